@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Training throughput: loom against PyTorch, side by side, alternating, same configs.
+
+    /usr/bin/python3 bench/bench_train.py [--loom build/loom] [--models gpt2-124m,gpt2-l6]
+                                          [--steps 10] [--rounds 3] [--threads 2] [--precision fp32]
+
+Each round runs every model once in loom and once in PyTorch (bench/torch_gpt.py, in PyTorch's tuned
+configuration from ../shared/PERFORMANCE.md via bench/peer_env.sh). Per-step times after the first two
+(warm-up) steps are pooled over rounds; the table gives medians, tokens/s, MFU against this machine's
+measured GEMM peak (`loom bench peak`), peak memory, and loom/PyTorch ratios. Prints figures; asserts nothing.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CONFIGS = {"gpt2-124m": (12, 768), "gpt2-l6": (6, 384)}
+
+
+def n_params(L, C, V=50257, T=1024):
+    return V * C + T * C + 2 * C + L * (12 * C * C + 13 * C)
+
+
+def flops_per_token(model, seq):
+    L, C = CONFIGS[model]
+    return 6 * n_params(L, C) + 12 * L * C * seq
+
+
+def peak_gflops(loom, threads):
+    out = subprocess.run([loom, "-q", "bench", "peak", "--threads", str(threads), "--quick"],
+                         capture_output=True, text=True, check=True).stdout
+    kernel = "?"
+    for line in out.splitlines():
+        if line.startswith("best kernel:"):
+            kernel = line.split(":", 1)[1].strip()
+    return float(out.strip().splitlines()[-1].split("=")[1]), kernel
+
+
+def run_loom(loom, model, args, workdir):
+    out = os.path.join(workdir, f"loom-{model}")
+    metrics = os.path.join(out, "m.jsonl")
+    cmd = [loom, "-q", "train", "--preset", model, "--data", "synthetic", "--steps", str(args.steps),
+           "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--threads", str(args.threads),
+           "--out", out, "--metrics", metrics, "--peak-gflops", "1", "--set", "train.eval_batches=1"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    rows = [json.loads(l) for l in open(metrics) if '"loss"' in l]
+    return [r["ms"] for r in rows[2:]], max(r["rss_peak_bytes"] for r in rows)
+
+
+def run_torch(model, args):
+    cmd = [os.path.join(HERE, "peer_env.sh"), "/usr/bin/python3", os.path.join(HERE, "torch_gpt.py"),
+           "--model", model, "--steps", str(args.steps), "--batch", str(args.batch), "--seq-len",
+           str(args.seq_len), "--threads", str(args.threads), "--precision", args.precision]
+    env = dict(os.environ, THREADS=str(args.threads))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    rows = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+    steps = [r for r in rows if "ms" in r and not r.get("summary")]
+    summary = [r for r in rows if r.get("summary")][-1]
+    return [r["ms"] for r in steps[2:]], summary["peak_rss_bytes"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loom", default=os.path.join(ROOT, "build", "loom"))
+    ap.add_argument("--models", default="gpt2-124m,gpt2-l6")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+    models = args.models.split(",")
+    peak, kernel = peak_gflops(args.loom, args.threads)
+    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads); B={args.batch} T={args.seq_len}, "
+          f"{args.rounds} rounds x {args.steps} steps, first 2 steps of each run dropped", flush=True)
+    res = {(m, s): ([], 0) for m in models for s in ("loom", "torch")}
+    with tempfile.TemporaryDirectory() as wd:
+        for r in range(args.rounds):
+            for m in models:
+                for system in ("loom", "torch"):
+                    ms, mem = run_loom(args.loom, m, args, wd) if system == "loom" else run_torch(m, args)
+                    acc, old = res[(m, system)]
+                    res[(m, system)] = (acc + ms, max(old, mem))
+                    print(f"  round {r + 1} {m:10s} {system:5s} median {statistics.median(ms):8.1f} ms/step", flush=True)
+    tok = args.batch * args.seq_len
+    print(f"\n{'model':10s} {'system':6s} {'ms/step':>9s} {'tokens/s':>9s} {'MFU':>7s} {'peak RSS':>10s}")
+    for m in models:
+        tps = {}
+        for system in ("loom", "torch"):
+            ms, mem = res[(m, system)]
+            med = statistics.median(ms)
+            tps[system] = tok / (med / 1e3)
+            mfu = flops_per_token(m, args.seq_len) * tps[system] / (peak * 1e9)
+            print(f"{m:10s} {system:6s} {med:9.1f} {tps[system]:9.1f} {100 * mfu:6.1f}% {mem / 2**20:8.0f} MiB")
+        print(f"{m:10s} ratio  loom/torch tokens/s = {tps['loom'] / tps['torch']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+/* loom/optim.h: AdamW, SGD (momentum, Nesterov), LAMB and LARS over the flat parameter buffer, with
+ * global-norm clipping and a warm-up + cosine/linear learning-rate schedule.
+ *
+ *   loom_optim_config oc = loom_optim_config_default();
+ *   loom_optim *opt;
+ *   LOOM_CALL(loom_optim_init(&oc, be, &mem, model, &opt));
+ *   loom_optim_stats st;
+ *   LOOM_CALL(loom_optim_step(opt, model, step, &st));   // step counts from 0
+ *
+ * State (m, v or momentum) lives in flat buffers of the parameters' layout, so a later ZeRO stage can
+ * shard it by slicing. Weight decay applies only to parameters marked `decay` (matrices, embeddings). */
+#ifndef LOOM_OPTIM_H
+#define LOOM_OPTIM_H
+#include "loom/backend.h"
+#include "loom/mem.h"
+#include "loom/model.h"
+
+typedef enum { LOOM_OPTIM_ADAMW = 0, LOOM_OPTIM_SGD, LOOM_OPTIM_LAMB, LOOM_OPTIM_LARS } loom_optim_kind;
+typedef enum { LOOM_SCHEDULE_COSINE = 0, LOOM_SCHEDULE_LINEAR, LOOM_SCHEDULE_CONSTANT } loom_schedule;
+
+typedef struct {
+    loom_optim_kind kind;
+    double lr, min_lr;
+    int64_t warmup_steps;
+    int64_t decay_steps; /* step at which lr reaches min_lr; 0 = the run's total steps */
+    loom_schedule schedule;
+    double beta1, beta2, eps, weight_decay;
+    double momentum;     /* SGD, LARS */
+    int nesterov;        /* SGD */
+    double trust_coef;   /* LARS */
+    double grad_clip;    /* global-norm clip; 0 = off */
+    int decay_all;       /* also decay norms and biases */
+} loom_optim_config;
+
+typedef struct {
+    double lr;
+    double grad_norm;  /* before clipping */
+    double clip_coef;  /* applied scale (1 = none) */
+} loom_optim_stats;
+
+typedef struct loom_optim loom_optim;
+
+loom_optim_config loom_optim_config_default(void);
+const char *loom_optim_kind_name(loom_optim_kind k);
+LOOM_NODISCARD loom_status loom_optim_config_validate(const loom_optim_config *c);
+/* Learning rate of step `step` (0-based) in a run of `total_steps`. */
+double loom_optim_lr(const loom_optim_config *c, int64_t step, int64_t total_steps);
+LOOM_NODISCARD loom_status loom_optim_init(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
+                                           const loom_model *model, loom_optim **out);
+void loom_optim_free(loom_optim **o);
+void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps);
+/* One update from the model's gradient buffer. */
+LOOM_NODISCARD loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st);
+/* Global L2 norm of the gradients (deterministic). */
+double loom_optim_grad_norm(loom_optim *o, loom_model *model);
+/* State buffers for checkpoints: count (1 or 2) and each buffer of loom_model_buffer_size floats. */
+int loom_optim_num_state_buffers(const loom_optim *o);
+float *loom_optim_state_buffer(loom_optim *o, int i);
+int64_t loom_optim_state_size(const loom_optim *o);
+#endif

@@ -1,0 +1,65 @@
+/* loom/run.h: the training driver behind `loom train`, and its typed configuration.
+ *
+ *   loom_run_config rc;
+ *   LOOM_CALL(loom_run_config_init(&rc, "gpt2-124m"));        // preset
+ *   LOOM_CALL(loom_run_config_set(&rc, "train.steps", "100")); // typed, validated; unknown keys are errors
+ *   LOOM_CALL(loom_train(&rc, peak_gflops));
+ *
+ * Every option has a key (`section.name`), a type, a default and a help line; `loom train --help` lists
+ * them all. A JSON config file uses the same keys, nested ({"model": {"n_layer": 6}}) or dotted. */
+#ifndef LOOM_RUN_H
+#define LOOM_RUN_H
+#include <stdio.h>
+
+#include "loom/json.h"
+#include "loom/model.h"
+#include "loom/optim.h"
+
+#define LOOM_PATH_MAX 4096
+
+typedef struct {
+    int64_t steps;          /* total optimizer steps of the run (a resumed run continues up to it) */
+    int64_t stop_after;     /* stop (checkpointing) after this step, as if interrupted; 0 = never */
+    int64_t batch;          /* micro-batch size B */
+    int64_t seq_len;        /* T */
+    int64_t grad_accum;     /* micro-batches per optimizer step */
+    int64_t threads;        /* 0 = all cores */
+    char data[LOOM_PATH_MAX];
+    double val_fraction;
+    int64_t eval_interval;  /* steps between validations; 0 = only at the end */
+    int64_t eval_batches;
+    int64_t ckpt_interval;  /* steps between checkpoints; 0 = only at the end (and on a signal) */
+    int64_t log_interval;
+    int64_t seed;
+    char out[LOOM_PATH_MAX];     /* run directory: checkpoint.bin, metrics.jsonl */
+    char metrics[LOOM_PATH_MAX]; /* default: <out>/metrics.jsonl */
+    int resume;
+    loom_recompute recompute;
+    int profile;
+    char blas_coretype[32];
+    int progress;           /* 1 = always a progress line, 0 = plain lines, -1 = auto (terminal) */
+} loom_train_config;
+
+typedef struct {
+    char preset[64];
+    loom_model_config model;
+    loom_optim_config optim;
+    loom_train_config train;
+} loom_run_config;
+
+LOOM_NODISCARD loom_status loom_run_config_init(loom_run_config *c, const char *preset);
+/* key = "section.name"; value parsed by the key's type. */
+LOOM_NODISCARD loom_status loom_run_config_set(loom_run_config *c, const char *key, const char *value);
+/* Applies a parsed JSON object: nested sections or dotted keys; "preset" is handled by the caller. */
+LOOM_NODISCARD loom_status loom_run_config_apply_json(loom_run_config *c, const loom_json *obj, const char *origin);
+LOOM_NODISCARD loom_status loom_run_config_validate(const loom_run_config *c);
+void loom_run_config_print_help(FILE *f);
+/* The model section as JSON (written into checkpoints, compared on resume). */
+void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb);
+LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loom_model_config *m);
+
+/* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
+void loom_train_install_signal_handlers(void);
+/* Trains as configured. peak_gflops > 0 enables the MFU figure. */
+LOOM_NODISCARD loom_status loom_train(const loom_run_config *c, double peak_gflops, const char *peak_kernel);
+#endif

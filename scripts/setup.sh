@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what loom needs on Debian 12 (as root) and builds it. Idempotent.
+#   scripts/setup.sh            build tools, OpenBLAS (OpenMP build), the demo corpus
+#   scripts/setup.sh --test     also PyTorch (the reference the tests compare against) and valgrind
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes)
+if [[ "${1:-}" == "--test" ]]; then
+  pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${LOOM_CMAKE_ARGS:-} >/dev/null
+cmake --build build -j "$(nproc)"

@@ -1,0 +1,123 @@
+/* GELU (tanh approximation, as GPT-2) fused with the bias add of the GEMM before it; SwiGLU; bias and
+ * residual adds. */
+#include "cpu_impl.h"
+
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define GELU_C 0.044715f
+
+void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
+                                int64_t F) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *p = pre + n * F;
+        if (out) {
+            float *o = out + n * F;
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) {
+                float x = p[f] + bias[f];
+                p[f] = x;
+                o[f] = 0.5f * x * (1.0f + loom_fast_tanhf(GELU_K * (x + GELU_C * x * x * x)));
+            }
+        } else {
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) p[f] += bias[f];
+        }
+    }
+}
+
+void loom_cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float x = pre[i];
+        out[i] = 0.5f * x * (1.0f + loom_fast_tanhf(GELU_K * (x + GELU_C * x * x * x)));
+    }
+}
+
+void loom_cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float x = pre[i];
+        float u = GELU_K * (x + GELU_C * x * x * x);
+        float t = loom_fast_tanhf(u);
+        float sech2 = 1.0f - t * t;
+        float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
+        dpre[i] = grad * dout[i];
+    }
+}
+
+void loom_cpu_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *g = gu + n * 2 * F, *u = g + F;
+        float *o = out + n * F;
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) {
+            float s = 1.0f / (1.0f + loom_fast_expf(-g[f]));
+            o[f] = g[f] * s * u[f];
+        }
+    }
+}
+
+void loom_cpu_swiglu_backward(loom_backend *be, float *dgu, const float *gu, const float *dout, int64_t N,
+                              int64_t F) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *g = gu + n * 2 * F, *u = g + F, *dy = dout + n * F;
+        float *dg = dgu + n * 2 * F, *du = dg + F;
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) {
+            float s = 1.0f / (1.0f + loom_fast_expf(-g[f]));
+            float silu = g[f] * s;
+            du[f] = dy[f] * silu;
+            dg[f] = dy[f] * u[f] * s * (1.0f + g[f] * (1.0f - s));
+        }
+    }
+}
+
+void loom_cpu_bias_add(loom_backend *be, float *x, const float *bias, int64_t N, int64_t C) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *r = x + n * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) r[c] += bias[c];
+    }
+}
+
+void loom_cpu_bias_backward(loom_backend *be, float *db, const float *dout, int64_t N, int64_t C,
+                            int accumulate) {
+    (void)be;
+#pragma omp parallel
+    {
+#ifdef _OPENMP
+        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+#else
+        int nth = 1, ith = 0;
+#endif
+        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        if (!accumulate)
+            for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            const float *dy = dout + n * C;
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++) db[c] += dy[c];
+        }
+    }
+}
+
+void loom_cpu_add(loom_backend *be, float *out, const float *a, const float *b, int64_t n) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void loom_cpu_scale(loom_backend *be, float *x, float s, int64_t n) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) x[i] *= s;
+}

@@ -1,0 +1,79 @@
+/* Private to the CPU backend: kernel entry points that cpu.c puts in the table, and shared helpers. */
+#ifndef LOOM_CPU_IMPL_H
+#define LOOM_CPU_IMPL_H
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../backend_impl.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Cephes-style expf: ~1 ulp on [-87, 88], written so that the compiler vectorises it without
+ * -ffast-math (glibc's expf only vectorises under fast-math). Deterministic. */
+static inline float loom_fast_expf(float x) {
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = __builtin_fmaf(n, -0.693359375f, x);
+    r = __builtin_fmaf(n, 2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = __builtin_fmaf(p, r, 1.3981999507e-3f);
+    p = __builtin_fmaf(p, r, 8.3334519073e-3f);
+    p = __builtin_fmaf(p, r, 4.1665795894e-2f);
+    p = __builtin_fmaf(p, r, 1.6666665459e-1f);
+    p = __builtin_fmaf(p, r, 5.0000001201e-1f);
+    float y = __builtin_fmaf(p * r, r, r) + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return y * scale;
+}
+
+static inline float loom_fast_tanhf(float x) {
+    /* tanh(x) = 1 - 2 / (exp(2x) + 1); the absolute error near 0 is ~1e-7, well inside the tests' bounds */
+    return 1.0f - 2.0f / (loom_fast_expf(2.0f * x) + 1.0f);
+}
+
+void loom_cpu_matmul(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
+                     const float *, int64_t, float, float *, int64_t);
+void loom_cpu_layernorm_forward(loom_backend *, float *, float *, float *, const float *, const float *,
+                                const float *, int64_t, int64_t, float);
+void loom_cpu_layernorm_backward(loom_backend *, float *, float *, float *, const float *, const float *,
+                                 const float *, const float *, const float *, int64_t, int64_t, int);
+void loom_cpu_rmsnorm_forward(loom_backend *, float *, float *, const float *, const float *, int64_t, int64_t,
+                              float);
+void loom_cpu_rmsnorm_backward(loom_backend *, float *, float *, const float *, const float *, const float *,
+                               const float *, int64_t, int64_t, int);
+void loom_cpu_bias_gelu_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t);
+void loom_cpu_gelu_forward(loom_backend *, float *, const float *, int64_t);
+void loom_cpu_gelu_backward(loom_backend *, float *, const float *, const float *, int64_t);
+void loom_cpu_swiglu_forward(loom_backend *, float *, const float *, int64_t, int64_t);
+void loom_cpu_swiglu_backward(loom_backend *, float *, const float *, const float *, int64_t, int64_t);
+void loom_cpu_bias_add(loom_backend *, float *, const float *, int64_t, int64_t);
+void loom_cpu_bias_backward(loom_backend *, float *, const float *, int64_t, int64_t, int);
+void loom_cpu_add(loom_backend *, float *, const float *, const float *, int64_t);
+void loom_cpu_rope(loom_backend *, float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t,
+                   int64_t, int);
+void loom_cpu_attention_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t, int64_t,
+                                int64_t, int64_t);
+void loom_cpu_attention_backward(loom_backend *, float *, const float *, const float *, const float *,
+                                 const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+void loom_cpu_embedding_forward(loom_backend *, float *, const int32_t *, const float *, const float *, int64_t,
+                                int64_t, int64_t);
+void loom_cpu_embedding_backward(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,
+                                 int64_t, int64_t, int64_t, int, int);
+void loom_cpu_softmax_cross_entropy(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
+double loom_cpu_sum_squares(loom_backend *, const float *, int64_t);
+void loom_cpu_scale(loom_backend *, float *, float, int64_t);
+void loom_cpu_adamw(loom_backend *, float *, const float *, float *, float *, int64_t, float, float, float,
+                    float, float, float, float, float);
+double loom_cpu_lamb_moments(loom_backend *, const float *, const float *, float *, float *, int64_t, float,
+                             float, float, float, float, float, float);
+void loom_cpu_lamb_apply(loom_backend *, float *, const float *, const float *, int64_t, float, float, float,
+                         float, float);
+void loom_cpu_sgd(loom_backend *, float *, const float *, float *, int64_t, float, float, int, float, float,
+                  int);
+void loom_cpu_lars(loom_backend *, float *, const float *, float *, int64_t, float, float, float, float);
+#endif

@@ -1,0 +1,57 @@
+/* Token (+ learned position) embedding. The backward scatter is parallel over channel ranges, each
+ * thread walking all tokens in order, so repeated tokens add up in the same order on any thread count. */
+#include "cpu_impl.h"
+
+void loom_cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
+                                const float *wpe, int64_t B, int64_t T, int64_t C) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t bt = 0; bt < B * T; bt++) {
+        const float *e = wte + (int64_t)tokens[bt] * C;
+        float *o = out + bt * C;
+        if (wpe) {
+            const float *p = wpe + (bt % T) * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] = e[c] + p[c];
+        } else {
+            memcpy(o, e, (size_t)C * sizeof(float));
+        }
+    }
+}
+
+void loom_cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, const float *dout,
+                                 const int32_t *tokens, int64_t B, int64_t T, int64_t C, int64_t V,
+                                 int accumulate_wte, int accumulate_wpe) {
+    (void)be;
+    if (dwte && !accumulate_wte) {
+#pragma omp parallel for schedule(static)
+        for (int64_t v = 0; v < V; v++) memset(dwte + v * C, 0, (size_t)C * sizeof(float));
+    }
+#pragma omp parallel
+    {
+#ifdef _OPENMP
+        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+#else
+        int nth = 1, ith = 0;
+#endif
+        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        if (dwte)
+            for (int64_t bt = 0; bt < B * T; bt++) {
+                float *d = dwte + (int64_t)tokens[bt] * C;
+                const float *g = dout + bt * C;
+#pragma omp simd
+                for (int64_t c = c0; c < c1; c++) d[c] += g[c];
+            }
+        if (dwpe)
+            for (int64_t t = 0; t < T; t++) {
+                float *d = dwpe + t * C;
+                if (!accumulate_wpe)
+                    for (int64_t c = c0; c < c1; c++) d[c] = 0.0f;
+                for (int64_t b = 0; b < B; b++) {
+                    const float *g = dout + (b * T + t) * C;
+#pragma omp simd
+                    for (int64_t c = c0; c < c1; c++) d[c] += g[c];
+                }
+            }
+    }
+}

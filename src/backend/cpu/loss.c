@@ -1,0 +1,33 @@
+/* Softmax and cross-entropy fused: one pass for the row maximum, one for the sum of exponentials, and
+ * (training) one that overwrites the logits with their gradient, so the (N,V) probabilities are never
+ * stored separately. */
+#include "cpu_impl.h"
+
+void loom_cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
+                                    int64_t N, int64_t V, float grad_scale) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *x = logits + n * V;
+        int32_t tgt = targets[n];
+        float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int64_t v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - mx);
+        float lse = mx + logf(s);
+        if (tgt < 0) {
+            losses[n] = 0.0f;
+            if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        losses[n] = lse - x[tgt];
+        if (grad_scale != 0.0f) {
+            float inv = grad_scale / s;
+#pragma omp simd
+            for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - mx) * inv;
+            x[tgt] -= grad_scale;
+        }
+    }
+}

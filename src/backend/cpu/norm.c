@@ -1,0 +1,125 @@
+/* LayerNorm and RMSNorm, forward and backward. Row statistics are computed per row (parallel over
+ * rows); weight/bias gradients are reduced per channel range (parallel over channels) so the result does
+ * not depend on the thread count. dinp accumulates (+=): it is the residual stream's gradient. */
+#include "cpu_impl.h"
+
+void loom_cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
+                                const float *w, const float *b, int64_t N, int64_t C, float eps) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *y = out + n * C;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < C; c++) s += x[c];
+        float m = s / (float)C;
+        float v = 0.0f;
+#pragma omp simd reduction(+ : v)
+        for (int64_t c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
+        float r = 1.0f / sqrtf(v / (float)C + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * r * w[c] + b[c];
+        if (mean) mean[n] = m;
+        if (rstd) rstd[n] = r;
+    }
+}
+
+void loom_cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float *db, const float *dout,
+                                 const float *inp, const float *w, const float *mean, const float *rstd,
+                                 int64_t N, int64_t C, int accumulate) {
+    (void)be;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static) nowait
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C, *dy = dout + n * C;
+            float *dx = dinp + n * C;
+            float m = mean[n], r = rstd[n];
+            float a = 0.0f, bsum = 0.0f;
+#pragma omp simd reduction(+ : a, bsum)
+            for (int64_t c = 0; c < C; c++) {
+                float dn = dy[c] * w[c];
+                a += dn;
+                bsum += dn * (x[c] - m) * r;
+            }
+            a /= (float)C;
+            bsum /= (float)C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                float dn = dy[c] * w[c];
+                float nrm = (x[c] - m) * r;
+                dx[c] += (dn - a - nrm * bsum) * r;
+            }
+        }
+        /* parameter gradients: each thread owns a channel range and walks all rows in order */
+#ifdef _OPENMP
+        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+#else
+        int nth = 1, ith = 0;
+#endif
+        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        if (!accumulate)
+            for (int64_t c = c0; c < c1; c++) dw[c] = db[c] = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C, *dy = dout + n * C;
+            float m = mean[n], r = rstd[n];
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++) {
+                dw[c] += dy[c] * (x[c] - m) * r;
+                db[c] += dy[c];
+            }
+        }
+    }
+}
+
+void loom_cpu_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const float *inp, const float *w,
+                              int64_t N, int64_t C, float eps) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = inp + n * C;
+        float *y = out + n * C;
+        float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+        for (int64_t c = 0; c < C; c++) ss += x[c] * x[c];
+        float r = 1.0f / sqrtf(ss / (float)C + eps);
+#pragma omp simd
+        for (int64_t c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+        if (rstd) rstd[n] = r;
+    }
+}
+
+void loom_cpu_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
+                               const float *w, const float *rstd, int64_t N, int64_t C, int accumulate) {
+    (void)be;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static) nowait
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C, *dy = dout + n * C;
+            float *dx = dinp + n * C;
+            float r = rstd[n];
+            float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+            for (int64_t c = 0; c < C; c++) a += dy[c] * w[c] * x[c] * r;
+            a /= (float)C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) dx[c] += r * (dy[c] * w[c] - x[c] * r * a);
+        }
+#ifdef _OPENMP
+        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
+#else
+        int nth = 1, ith = 0;
+#endif
+        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        if (!accumulate)
+            for (int64_t c = c0; c < c1; c++) dw[c] = 0.0f;
+        for (int64_t n = 0; n < N; n++) {
+            const float *x = inp + n * C, *dy = dout + n * C;
+            float r = rstd[n];
+#pragma omp simd
+            for (int64_t c = c0; c < c1; c++) dw[c] += dy[c] * x[c] * r;
+        }
+    }
+}

@@ -1,0 +1,118 @@
+/* Optimizer update kernels over one contiguous range of the flat parameter buffer (a parameter, or later a
+ * ZeRO shard or an offloaded chunk). PyTorch's operation order is mirrored so one step matches it to
+ * rounding. */
+#include <stdlib.h>
+
+#include "cpu_impl.h"
+
+#define SUM_BLOCK 16384
+
+/* Blocked sum of squares: each fixed-size block is summed in double, then the block sums in order, so the
+ * bits do not depend on the thread count. */
+double loom_cpu_sum_squares(loom_backend *be, const float *x, int64_t n) {
+    (void)be;
+    int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
+    double stack_part[64];
+    double *part = nb <= 64 ? stack_part : malloc((size_t)nb * sizeof(double));
+    if (!part) { /* fall back to a serial sum: same order as the blocks below */
+        double total = 0.0;
+        for (int64_t b = 0; b < nb; b++) {
+            double s = 0.0;
+            for (int64_t i = b * SUM_BLOCK; i < n && i < (b + 1) * SUM_BLOCK; i++) s += (double)x[i] * x[i];
+            total += s;
+        }
+        return total;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * SUM_BLOCK, i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = i0; i < i1; i++) s += (double)x[i] * (double)x[i];
+        part[b] = s;
+    }
+    double total = 0.0;
+    for (int64_t b = 0; b < nb; b++) total += part[b];
+    if (part != stack_part) free(part);
+    return total;
+}
+
+void loom_cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float lr,
+                    float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
+    (void)be;
+    const float decay = 1.0f - lr * wd, step = lr / bc1, bc2s = sqrtf(bc2);
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        float pi = p[i] * decay;
+        float mi = m[i] * beta1 + (1.0f - beta1) * gi;
+        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
+    }
+}
+
+double loom_cpu_lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n,
+                             float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
+    (void)be;
+    int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
+    double *part = malloc((size_t)(nb > 0 ? nb : 1) * sizeof(double));
+    double total = 0.0;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * SUM_BLOCK, i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
+        double s = 0.0;
+        for (int64_t i = i0; i < i1; i++) {
+            float gi = g[i] * gs;
+            float mi = m[i] * beta1 + (1.0f - beta1) * gi;
+            float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+            m[i] = mi;
+            v[i] = vi;
+            float r = (mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * p[i];
+            s += (double)r * r;
+        }
+        if (part) part[b] = s;
+    }
+    if (!part) return NAN;
+    for (int64_t b = 0; b < nb; b++) total += part[b];
+    free(part);
+    return total;
+}
+
+void loom_cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, int64_t n, float eps,
+                         float wd, float bc1, float bc2, float step) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float r = (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i];
+        p[i] -= step * r;
+    }
+}
+
+void loom_cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
+                  int nesterov, float wd, float gs, int first_step) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] * gs + wd * p[i];
+        if (momentum != 0.0f) {
+            float b = first_step ? d : momentum * buf[i] + d;
+            buf[i] = b;
+            d = nesterov ? d + momentum * b : b;
+        }
+        p[i] -= lr * d;
+    }
+}
+
+void loom_cpu_lars(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr_local,
+                   float momentum, float wd, float gs) {
+    (void)be;
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] * gs + wd * p[i];
+        float b = momentum * buf[i] + lr_local * d;
+        buf[i] = b;
+        p[i] -= b;
+    }
+}

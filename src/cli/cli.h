@@ -1,0 +1,13 @@
+/* Private to the CLI: subcommand entry points and shared helpers. Only the CLI calls exit codes. */
+#ifndef LOOM_CLI_H
+#define LOOM_CLI_H
+#include <stdio.h>
+
+int loom_cmd_train(int argc, char **argv);
+int loom_cmd_bench(int argc, char **argv);
+int loom_cmd_ckpt(int argc, char **argv);
+/* Peak fp32 GEMM rate for `threads`, from the cache or measured now (and cached). 0 when unknown. */
+double loom_cli_peak_gflops(int threads, char *kernel, size_t kernel_size);
+/* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */
+int loom_cli_fail(const char *cmd);
+#endif

@@ -1,0 +1,228 @@
+/* loom bench peak | gemm: this machine's fp32 GEMM peak.
+ *
+ * `bench peak` runs `bench gemm` in a child process once per OpenBLAS kernel (the kernel is fixed when
+ * the library loads, so each needs its own process) and keeps the best rate: the peak that MFU is
+ * measured against is the best any available kernel reaches, so a slow kernel cannot flatter MFU. The
+ * result is cached per thread count in $LOOM_CACHE_DIR (default ~/.cache/loom). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "loom/backend.h"
+#include "loom/log.h"
+#include "loom/mem.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void cache_path(char *buf, size_t n, int threads) {
+    const char *dir = getenv("LOOM_CACHE_DIR");
+    char def[4096];
+    if (!dir || !dir[0]) {
+        const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+        if (xdg && xdg[0]) snprintf(def, sizeof def, "%s/loom", xdg);
+        else snprintf(def, sizeof def, "%s/.cache/loom", home && home[0] ? home : "/tmp");
+        dir = def;
+    }
+    snprintf(buf, n, "%s/peak-%dthreads.txt", dir, threads);
+}
+
+static void mkdir_parent(const char *path) {
+    char buf[4200];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            (void)mkdir(buf, 0755);
+            *p = '/';
+        }
+}
+
+/* Median-of-reps GFLOP/s of the best shape, GPT-2-shaped products and a large square one. */
+static int bench_gemm(int threads, const char *coretype, int quick, double *best, char *kernel, size_t ks) {
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = threads;
+    bc.blas_coretype = coretype;
+    bc.quiet = 1;
+    loom_backend *be;
+    if (loom_backend_init(&bc, &be) != LOOM_OK) return loom_cli_fail("bench");
+    snprintf(kernel, ks, "%s", loom_backend_gemm_kernel(be));
+    static const struct { int64_t M, N, K; int ta, tb; } shapes[] = {
+        {256, 2304, 768, 0, 1}, {256, 768, 3072, 0, 1}, {256, 3072, 768, 0, 1},
+        {768, 3072, 256, 1, 0}, {256, 50257, 768, 0, 1}, {2048, 2048, 2048, 0, 0}};
+    size_t maxe = (size_t)256 * 50257 + 16;
+    if ((size_t)2048 * 2048 > maxe) maxe = (size_t)2048 * 2048;
+    float *A, *B, *C;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    if (loom_mem_alloc(&mem, LOOM_MEM_WORKSPACE, (size_t)3072 * 2048 * 4, (void **)&A) ||
+        loom_mem_alloc(&mem, LOOM_MEM_WORKSPACE, (size_t)50257 * 768 * 4, (void **)&B) ||
+        loom_mem_alloc(&mem, LOOM_MEM_WORKSPACE, maxe * 4, (void **)&C))
+        return loom_cli_fail("bench");
+    for (size_t i = 0; i < (size_t)3072 * 2048; i++) A[i] = (float)((i * 13) % 17) * 0.01f;
+    for (size_t i = 0; i < (size_t)50257 * 768; i++) B[i] = (float)((i * 7) % 19) * 0.01f;
+    *best = 0;
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int64_t M = shapes[s].M, N = shapes[s].N, K = shapes[s].K;
+        double flops = 2.0 * (double)M * (double)N * (double)K;
+        int reps = quick ? 3 : 7;
+        double times[16];
+        int64_t lda = shapes[s].ta ? M : K, ldb = shapes[s].tb ? K : N;
+        loom_k_matmul(be, shapes[s].ta, shapes[s].tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N); /* warm-up */
+        for (int r = 0; r < reps; r++) {
+            double t0 = now_s();
+            loom_k_matmul(be, shapes[s].ta, shapes[s].tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
+            times[r] = now_s() - t0;
+        }
+        for (int a = 0; a < reps; a++)
+            for (int b = a + 1; b < reps; b++)
+                if (times[b] < times[a]) { double x = times[a]; times[a] = times[b]; times[b] = x; }
+        double g = flops / times[reps / 2] / 1e9;
+        printf("gemm %lldx%lldx%lld %s%s: %.1f GFLOP/s\n", (long long)M, (long long)N, (long long)K,
+               shapes[s].ta ? "T" : "N", shapes[s].tb ? "T" : "N", g);
+        if (g > *best) *best = g;
+    }
+    loom_mem_free(&mem, LOOM_MEM_WORKSPACE, A, 0);
+    loom_mem_free(&mem, LOOM_MEM_WORKSPACE, B, 0);
+    loom_mem_free(&mem, LOOM_MEM_WORKSPACE, C, 0);
+    loom_backend_free(&be);
+    return 0;
+}
+
+/* Runs `loom bench gemm` for one kernel in a child; parses its last line. */
+static double run_child(int threads, const char *coretype, int quick, char *kernel, size_t ks) {
+    char cmd[4096 + 256];
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 0;
+    self[n] = '\0';
+    snprintf(cmd, sizeof cmd, "'%s' -q bench gemm --threads %d --blas-coretype %s%s", self, threads, coretype,
+             quick ? " --quick" : "");
+    FILE *p = popen(cmd, "r");
+    if (!p) return 0;
+    char line[512];
+    double g = 0;
+    while (fgets(line, sizeof line, p)) {
+        if (!strncmp(line, "gflops=", 7)) {
+            g = atof(line + 7);
+            char *k = strstr(line, " kernel=");
+            if (k) {
+                snprintf(kernel, ks, "%s", k + 8);
+                kernel[strcspn(kernel, "\n")] = '\0';
+            }
+        }
+    }
+    int status = pclose(p);
+    return (WIFEXITED(status) && WEXITSTATUS(status) == 0) ? g : 0;
+}
+
+static double measure_peak(int threads, int quick, int verbose, char *kernel, size_t ks) {
+    static const char *const kinds[] = {"keep", "SkylakeX", "Haswell", NULL};
+    double best = 0;
+    for (int i = 0; kinds[i]; i++) {
+        char k[128] = "?";
+        double g = run_child(threads, kinds[i], quick, k, sizeof k);
+        if (verbose) printf("kernel %-32s (%s): %.1f GFLOP/s\n", k, kinds[i], g);
+        if (g > best) {
+            best = g;
+            snprintf(kernel, ks, "%s", k);
+        }
+    }
+    return best;
+}
+
+static void write_cache(int threads, double peak, const char *kernel) {
+    char path[4200];
+    cache_path(path, sizeof path, threads);
+    mkdir_parent(path);
+    char tmp[4300];
+    snprintf(tmp, sizeof tmp, "%s.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return;
+    fprintf(f, "peak_gflops=%.3f\nkernel=%s\nthreads=%d\n", peak, kernel, threads);
+    if (fclose(f) == 0) rename(tmp, path);
+    else unlink(tmp);
+}
+
+double loom_cli_peak_gflops(int threads, char *kernel, size_t ks) {
+    char path[4200];
+    cache_path(path, sizeof path, threads);
+    FILE *f = fopen(path, "r");
+    double peak = 0;
+    if (f) {
+        char line[512];
+        while (fgets(line, sizeof line, f)) {
+            if (!strncmp(line, "peak_gflops=", 12)) peak = atof(line + 12);
+            if (!strncmp(line, "kernel=", 7)) {
+                snprintf(kernel, ks, "%s", line + 7);
+                kernel[strcspn(kernel, "\n")] = '\0';
+            }
+        }
+        fclose(f);
+        if (peak > 0) return peak;
+    }
+    LOOM_INFO("measuring this machine's GEMM peak for %d threads once (cached in %s; `loom bench peak` to redo)",
+              threads, path);
+    peak = measure_peak(threads, 1, 0, kernel, ks);
+    if (peak > 0) write_cache(threads, peak, kernel);
+    return peak;
+}
+
+int loom_cmd_bench(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        printf("usage: loom bench peak [--threads N] [--quick]\n"
+               "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick]\n"
+               "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
+               "in its own process), cached for training's MFU; last line peak_gflops=<number>.\n"
+               "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products.\n"
+               "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
+        return argc < 2 ? 2 : 0;
+    }
+    int threads = 0, quick = 0;
+    const char *coretype = "auto";
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--blas-coretype") && i + 1 < argc) coretype = argv[++i];
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else {
+            fprintf(stderr, "loom bench: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    char kernel[128] = "?";
+    if (!strcmp(argv[1], "gemm")) {
+        double best = 0;
+        int rc = bench_gemm(threads, coretype, quick, &best, kernel, sizeof kernel);
+        if (rc) return rc;
+        printf("gflops=%.3f kernel=%s\n", best, kernel);
+        return 0;
+    }
+    if (!strcmp(argv[1], "peak")) {
+        double peak = measure_peak(threads, quick, 1, kernel, sizeof kernel);
+        if (peak <= 0) {
+            fprintf(stderr, "loom bench peak: error: no GEMM kernel could be measured\n");
+            return 1;
+        }
+        write_cache(threads, peak, kernel);
+        char path[4200];
+        cache_path(path, sizeof path, threads);
+        printf("best kernel: %s, %d threads (cached in %s)\n", kernel, threads, path);
+        printf("peak_gflops=%.1f\n", peak);
+        return 0;
+    }
+    fprintf(stderr, "loom bench: unknown benchmark '%s' (peak, gemm)\n", argv[1]);
+    return 2;
+}

@@ -1,0 +1,174 @@
+/* loom train: builds a run config from preset, JSON file, --set overrides and flags (in that order of
+ * precedence, later wins), then runs the training driver. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "loom/json.h"
+#include "loom/log.h"
+#include "loom/run.h"
+
+#define DEFAULT_CORPUS "/usr/share/games/fortunes"
+
+static void train_help(void) {
+    printf("usage: loom train [--config FILE.json] [--preset NAME] [--set key=value]... [--steps N] [--batch B]\n"
+           "                  [--seq-len T] [--grad-accum N] [--threads N] [--data PATH|synthetic] [--out DIR]\n"
+           "                  [--resume] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
+           "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
+           "                  [--stop-after N] [--profile] [--blas-coretype auto|keep|NAME] [--peak-gflops X]\n\n"
+           "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
+           "400 steps, with a checkpoint in runs/demo. --steps is the run's total: --resume continues up to it.\n"
+           "SIGINT/SIGTERM save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl.\n\n"
+           "presets:",
+           DEFAULT_CORPUS);
+    for (const char *const *p = loom_model_preset_names(); *p; p++) printf(" %s", *p);
+    printf("\n\n");
+    loom_run_config_print_help(stdout);
+}
+
+typedef struct {
+    const char *flag;
+    const char *key;
+    int takes_value;
+} flag_alias;
+
+static const flag_alias aliases[] = {
+    {"--steps", "train.steps", 1},          {"--batch", "train.batch", 1},
+    {"--seq-len", "train.seq_len", 1},      {"--grad-accum", "train.grad_accum", 1},
+    {"--threads", "train.threads", 1},      {"--data", "train.data", 1},
+    {"--out", "train.out", 1},              {"--seed", "train.seed", 1},
+    {"--metrics", "train.metrics", 1},      {"--recompute", "train.recompute", 1},
+    {"--optimizer", "optim.kind", 1},       {"--lr", "optim.lr", 1},
+    {"--eval-interval", "train.eval_interval", 1}, {"--ckpt-interval", "train.ckpt_interval", 1},
+    {"--stop-after", "train.stop_after", 1}, {"--blas-coretype", "train.blas_coretype", 1},
+    {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
+};
+
+int loom_cmd_train(int argc, char **argv) {
+    const char *config_path = NULL, *preset = NULL;
+    double peak = -1;
+    int n_over = 0;
+    const char **keys = calloc((size_t)argc, sizeof *keys), **vals = calloc((size_t)argc, sizeof *vals);
+    char **owned = calloc((size_t)argc, sizeof *owned);
+    int rc = 2;
+    if (!keys || !vals || !owned) goto out;
+    int explicit_data = 0, explicit_steps = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            train_help();
+            rc = 0;
+            goto out;
+        }
+        const char *val = NULL;
+        int need = !strcmp(a, "--config") || !strcmp(a, "--preset") || !strcmp(a, "--set") || !strcmp(a, "--peak-gflops");
+        const flag_alias *al = NULL;
+        for (size_t k = 0; k < sizeof aliases / sizeof aliases[0]; k++)
+            if (!strcmp(a, aliases[k].flag)) al = &aliases[k];
+        if (al && al->takes_value) need = 1;
+        if (need) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "loom train: %s needs a value\n", a);
+                goto out;
+            }
+            val = argv[++i];
+        }
+        if (!strcmp(a, "--config")) config_path = val;
+        else if (!strcmp(a, "--preset")) preset = val;
+        else if (!strcmp(a, "--peak-gflops")) peak = atof(val);
+        else if (!strcmp(a, "--set")) {
+            const char *eq = strchr(val, '=');
+            if (!eq || eq == val) {
+                fprintf(stderr, "loom train: --set expects key=value, got '%s'\n", val);
+                goto out;
+            }
+            owned[n_over] = strndup(val, (size_t)(eq - val));
+            keys[n_over] = owned[n_over];
+            vals[n_over++] = eq + 1;
+            if (!strcmp(keys[n_over - 1], "train.data")) explicit_data = 1;
+            if (!strcmp(keys[n_over - 1], "train.steps")) explicit_steps = 1;
+        } else if (al) {
+            keys[n_over] = al->key;
+            vals[n_over++] = al->takes_value ? val : "true";
+            if (!strcmp(al->key, "train.data")) explicit_data = 1;
+            if (!strcmp(al->key, "train.steps")) explicit_steps = 1;
+        } else {
+            fprintf(stderr, "loom train: unknown option '%s' (see loom train --help)\n", a);
+            goto out;
+        }
+    }
+    rc = 1;
+    loom_json *cfg_json = NULL;
+    if (config_path) {
+        if (loom_json_parse_file(config_path, &cfg_json) != LOOM_OK) {
+            rc = loom_cli_fail("train");
+            goto out;
+        }
+        const loom_json *p = loom_json_get(cfg_json, "preset");
+        if (p && !preset) {
+            if (p->type != LOOM_JSON_STRING) {
+                fprintf(stderr, "loom train: error: %s: \"preset\" must be a string\n", config_path);
+                loom_json_free(&cfg_json);
+                goto out;
+            }
+            preset = p->string;
+        }
+        if (loom_json_get(cfg_json, "train") && loom_json_get(loom_json_get(cfg_json, "train"), "data")) explicit_data = 1;
+    }
+    loom_run_config run;
+    int demo = !preset;
+    if (loom_run_config_init(&run, preset ? preset : "demo") != LOOM_OK ||
+        (cfg_json && loom_run_config_apply_json(&run, cfg_json, config_path) != LOOM_OK)) {
+        loom_json_free(&cfg_json);
+        rc = loom_cli_fail("train");
+        goto out;
+    }
+    loom_json_free(&cfg_json);
+    if (demo && !explicit_data) {
+        /* the first-run experience: learn real text */
+        if (access(DEFAULT_CORPUS, R_OK) == 0) snprintf(run.train.data, sizeof run.train.data, "%s", DEFAULT_CORPUS);
+        else LOOM_WARN("default corpus %s not found (apt-get install fortunes); training on synthetic tokens", DEFAULT_CORPUS);
+        run.train.seq_len = 128;
+        run.train.batch = 16;
+        run.optim.lr = 2e-3;
+        run.optim.min_lr = 2e-4;
+        run.optim.warmup_steps = 20;
+        run.train.eval_interval = 100;
+        if (!explicit_steps) run.train.steps = 400;
+    }
+    for (int k = 0; k < n_over; k++)
+        if (loom_run_config_set(&run, keys[k], vals[k]) != LOOM_OK) {
+            rc = loom_cli_fail("train");
+            goto out;
+        }
+    if (loom_run_config_validate(&run) != LOOM_OK) {
+        rc = loom_cli_fail("train");
+        goto out;
+    }
+    int threads = (int)run.train.threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    char kernel[128] = "given";
+    if (peak < 0) peak = loom_cli_peak_gflops(threads, kernel, sizeof kernel);
+    loom_train_install_signal_handlers();
+    loom_status st = loom_train(&run, peak, kernel);
+    if (st == LOOM_ERR_INTERRUPTED) {
+        fprintf(stderr, "loom train: %s\n", loom_error_message());
+        rc = 130;
+    } else if (st != LOOM_OK) {
+        rc = loom_cli_fail("train");
+    } else {
+        rc = 0;
+    }
+out:
+    if (owned)
+        for (int k = 0; k < argc; k++) free(owned[k]);
+    free(owned);
+    free(keys);
+    free(vals);
+    return rc;
+}

@@ -1,0 +1,65 @@
+/* loom: the command-line front end. Subcommands live in cmd_*.c; the library never exits, main does. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "loom/log.h"
+#include "loom/status.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "loom %s: train, fine-tune and serve GPT-family language models on the CPU\n\n"
+            "usage: loom <command> [options]   (loom <command> --help for its options)\n\n"
+            "commands:\n"
+            "  train        train a model (no arguments: the demo model on the default corpus)\n"
+            "  bench        benchmarks: `bench peak` measures this machine's fp32 GEMM peak\n"
+            "  ckpt         inspect a checkpoint: `ckpt info DIR|FILE`\n\n"
+            "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
+            LOOM_VERSION);
+}
+
+int loom_cli_fail(const char *cmd) {
+    const char *trace = getenv("LOOM_TRACE");
+    if (trace && trace[0] == '1') fprintf(stderr, "loom %s: error: %s", cmd, loom_error_trace_text());
+    else fprintf(stderr, "loom %s: error: %s\n", cmd, loom_error_message());
+    return 1;
+}
+
+int main(int argc, char **argv) {
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (!strcmp(argv[i], "--version")) {
+            printf("loom %s\n", LOOM_VERSION);
+            return 0;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "-v") || !strcmp(argv[i], "--verbose")) {
+            loom_log_set_level(LOOM_LOG_DEBUG);
+        } else if (!strcmp(argv[i], "-q") || !strcmp(argv[i], "--quiet")) {
+            loom_log_set_level(LOOM_LOG_ERROR);
+        } else {
+            fprintf(stderr, "loom: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (i >= argc) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[i];
+    int sub_argc = argc - i;
+    char **sub_argv = argv + i;
+    if (!strcmp(cmd, "train")) return loom_cmd_train(sub_argc, sub_argv);
+    if (!strcmp(cmd, "bench")) return loom_cmd_bench(sub_argc, sub_argv);
+    if (!strcmp(cmd, "ckpt")) return loom_cmd_ckpt(sub_argc, sub_argv);
+    if (!strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "loom: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,228 @@
+/* Checkpoint container: header, section table, section data. Atomic replace on write; every size and
+ * checksum verified on read (docs/FORMATS.md). */
+#include "loom/ckpt.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define CKPT_MAGIC "LOOMCKPT"
+#define CKPT_VERSION 1u
+#define CKPT_MAX_SECTIONS 4096
+
+typedef struct {
+    char name[LOOM_CKPT_NAME_MAX];
+    uint64_t offset, nbytes;
+    uint32_t crc, reserved;
+} ckpt_entry; /* 72 bytes, little-endian on disk (loom targets little-endian hosts) */
+
+typedef struct {
+    char magic[8];
+    uint32_t version, n_sections;
+    uint32_t table_crc, reserved;
+} ckpt_header; /* 24 bytes */
+
+struct loom_ckpt_reader {
+    int fd;
+    char path[4096];
+    uint32_t n;
+    ckpt_entry *entries;
+};
+
+static loom_status write_all(int fd, const void *buf, size_t n, const char *path) {
+    const char *p = buf;
+    while (n > 0) {
+        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        ssize_t w = write(fd, p, chunk);
+        if (w < 0 && errno == EINTR) continue;
+        LOOM_CHECK(w > 0, LOOM_ERR_IO, "writing %s: %s", path, w < 0 ? strerror(errno) : "short write");
+        p += w;
+        n -= (size_t)w;
+    }
+    return LOOM_OK;
+}
+
+static loom_status read_all(int fd, void *buf, size_t n, uint64_t off, const char *path) {
+    char *p = buf;
+    while (n > 0) {
+        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
+        ssize_t r = pread(fd, p, chunk, (off_t)off);
+        if (r < 0 && errno == EINTR) continue;
+        LOOM_CHECK(r > 0, LOOM_ERR_FORMAT, "%s is truncated (reading %zu bytes at offset %llu: %s)", path, n,
+                   (unsigned long long)off, r < 0 ? strerror(errno) : "end of file");
+        p += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n) {
+    LOOM_CHECK(n >= 0 && n <= CKPT_MAX_SECTIONS, LOOM_ERR_INVALID_ARG, "bad section count %d", n);
+    ckpt_entry *e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
+    LOOM_CHECK(e != NULL, LOOM_ERR_NOMEM, "out of memory");
+    uint64_t off = sizeof(ckpt_header) + (uint64_t)n * sizeof(ckpt_entry);
+    for (int i = 0; i < n; i++) {
+        if (strlen(s[i].name) >= LOOM_CKPT_NAME_MAX || s[i].nbytes < 0) {
+            free(e);
+            return loom_error_set(LOOM_ERR_INVALID_ARG, __FILE__, __LINE__, __func__, "bad section '%s'", s[i].name);
+        }
+        snprintf(e[i].name, sizeof e[i].name, "%s", s[i].name);
+        off = (off + 63) / 64 * 64;
+        e[i].offset = off;
+        e[i].nbytes = (uint64_t)s[i].nbytes;
+        e[i].crc = loom_crc32c(0, s[i].data, (size_t)s[i].nbytes);
+        off += (uint64_t)s[i].nbytes;
+    }
+    ckpt_header h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    h.version = CKPT_VERSION;
+    h.n_sections = (uint32_t)n;
+    h.table_crc = loom_crc32c(0, e, (size_t)n * sizeof *e);
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        free(e);
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
+    }
+    loom_status st = write_all(fd, &h, sizeof h, tmp);
+    if (st == LOOM_OK) st = write_all(fd, e, (size_t)n * sizeof *e, tmp);
+    uint64_t pos = sizeof h + (uint64_t)n * sizeof *e;
+    static const char zeros[64];
+    for (int i = 0; i < n && st == LOOM_OK; i++) {
+        if (e[i].offset > pos) st = write_all(fd, zeros, (size_t)(e[i].offset - pos), tmp);
+        if (st == LOOM_OK) st = write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
+        pos = e[i].offset + e[i].nbytes;
+    }
+    if (st == LOOM_OK && fsync(fd) != 0)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
+    if (close(fd) != 0 && st == LOOM_OK)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "close %s: %s", tmp, strerror(errno));
+    free(e);
+    if (st != LOOM_OK) {
+        unlink(tmp); /* the old checkpoint stays as it was */
+        loom_error_trace(__FILE__, __LINE__, __func__);
+        return st;
+    }
+    if (rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rename %s -> %s: %s", tmp, path,
+                              strerror(err));
+    }
+    /* make the rename itself durable */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_ckpt_open(const char *path, loom_ckpt_reader **out) {
+    *out = NULL;
+    int fd = open(path, O_RDONLY);
+    LOOM_CHECK(fd >= 0, LOOM_ERR_IO, "cannot open checkpoint %s: %s", path, strerror(errno));
+    loom_ckpt_reader *r = calloc(1, sizeof *r);
+    if (!r) {
+        close(fd);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    r->fd = fd;
+    snprintf(r->path, sizeof r->path, "%s", path);
+    loom_status st;
+    struct stat sb;
+    LOOM_CHECK_GOTO(st, fstat(fd, &sb) == 0, LOOM_ERR_IO, fail, "stat %s: %s", path, strerror(errno));
+    ckpt_header h;
+    LOOM_CHECK_GOTO(st, (uint64_t)sb.st_size >= sizeof h, LOOM_ERR_FORMAT, fail,
+                    "%s is not a loom checkpoint (only %lld bytes)", path, (long long)sb.st_size);
+    LOOM_CALL_GOTO(st, read_all(fd, &h, sizeof h, 0, path), fail);
+    LOOM_CHECK_GOTO(st, memcmp(h.magic, CKPT_MAGIC, 8) == 0, LOOM_ERR_FORMAT, fail,
+                    "%s is not a loom checkpoint (bad magic)", path);
+    LOOM_CHECK_GOTO(st, h.version == CKPT_VERSION, LOOM_ERR_FORMAT, fail,
+                    "%s has checkpoint format version %u; this loom reads version %u", path, h.version, CKPT_VERSION);
+    LOOM_CHECK_GOTO(st, h.n_sections <= CKPT_MAX_SECTIONS, LOOM_ERR_FORMAT, fail, "%s: bad section count %u", path,
+                    h.n_sections);
+    uint64_t table_end = sizeof h + (uint64_t)h.n_sections * sizeof(ckpt_entry);
+    LOOM_CHECK_GOTO(st, (uint64_t)sb.st_size >= table_end, LOOM_ERR_FORMAT, fail,
+                    "%s is truncated (%lld bytes, the section table alone needs %llu)", path, (long long)sb.st_size,
+                    (unsigned long long)table_end);
+    r->n = h.n_sections;
+    r->entries = calloc(h.n_sections ? h.n_sections : 1, sizeof(ckpt_entry));
+    LOOM_CHECK_GOTO(st, r->entries != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
+    LOOM_CALL_GOTO(st, read_all(fd, r->entries, h.n_sections * sizeof(ckpt_entry), sizeof h, path), fail);
+    LOOM_CHECK_GOTO(st, loom_crc32c(0, r->entries, h.n_sections * sizeof(ckpt_entry)) == h.table_crc,
+                    LOOM_ERR_CHECKSUM, fail, "%s: the section table's checksum does not match (corrupt file)", path);
+    for (uint32_t i = 0; i < r->n; i++) {
+        ckpt_entry *e = &r->entries[i];
+        e->name[LOOM_CKPT_NAME_MAX - 1] = '\0';
+        LOOM_CHECK_GOTO(st, e->offset >= table_end && e->offset + e->nbytes >= e->offset &&
+                                e->offset + e->nbytes <= (uint64_t)sb.st_size,
+                        LOOM_ERR_FORMAT, fail,
+                        "%s is truncated: section '%s' needs bytes up to %llu, the file has %lld", path, e->name,
+                        (unsigned long long)(e->offset + e->nbytes), (long long)sb.st_size);
+    }
+    *out = r;
+    return LOOM_OK;
+fail:
+    loom_ckpt_close(&r);
+    return st;
+}
+
+void loom_ckpt_close(loom_ckpt_reader **pr) {
+    if (!pr || !*pr) return;
+    close((*pr)->fd);
+    free((*pr)->entries);
+    free(*pr);
+    *pr = NULL;
+}
+
+static const ckpt_entry *find(const loom_ckpt_reader *r, const char *name) {
+    for (uint32_t i = 0; i < r->n; i++)
+        if (strcmp(r->entries[i].name, name) == 0) return &r->entries[i];
+    return NULL;
+}
+
+int64_t loom_ckpt_section_size(const loom_ckpt_reader *r, const char *name) {
+    const ckpt_entry *e = find(r, name);
+    return e ? (int64_t)e->nbytes : -1;
+}
+
+loom_status loom_ckpt_read(loom_ckpt_reader *r, const char *name, void *dst, int64_t nbytes) {
+    const ckpt_entry *e = find(r, name);
+    LOOM_CHECK(e != NULL, LOOM_ERR_FORMAT, "%s has no section '%s'", r->path, name);
+    LOOM_CHECK((int64_t)e->nbytes == nbytes, LOOM_ERR_MISMATCH,
+               "%s: section '%s' has %llu bytes, this model expects %lld (another model shape?)", r->path, name,
+               (unsigned long long)e->nbytes, (long long)nbytes);
+    LOOM_CALL(read_all(r->fd, dst, (size_t)nbytes, e->offset, r->path));
+    LOOM_CHECK(loom_crc32c(0, dst, (size_t)nbytes) == e->crc, LOOM_ERR_CHECKSUM,
+               "%s: section '%s' fails its checksum (corrupt file)", r->path, name);
+    return LOOM_OK;
+}
+
+loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **out) {
+    *out = NULL;
+    int64_t n = loom_ckpt_section_size(r, name);
+    LOOM_CHECK(n >= 0, LOOM_ERR_FORMAT, "%s has no section '%s'", r->path, name);
+    LOOM_CHECK(n < (1 << 26), LOOM_ERR_FORMAT, "%s: section '%s' is too large for text", r->path, name);
+    char *s = malloc((size_t)n + 1);
+    LOOM_CHECK(s != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = loom_ckpt_read(r, name, s, n);
+    if (st != LOOM_OK) {
+        free(s);
+        loom_error_trace(__FILE__, __LINE__, __func__);
+        return st;
+    }
+    s[n] = '\0';
+    *out = s;
+    return LOOM_OK;
+}

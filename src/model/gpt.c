@@ -1,0 +1,488 @@
+/* GPT-2 and LLaMA transformers: parameter layout, forward and backward.
+ *
+ * One training micro-step's data flow (N = B*T tokens, C width, F hidden, V vocabulary):
+ *   tokens -> embedding (N,C) -> L x [norm -> qkv GEMM (+bias, RoPE) -> causal attention -> out GEMM
+ *   (+bias) -> residual -> norm -> fc GEMM (bias+GELU fused | SwiGLU) -> proj GEMM -> residual]
+ *   -> final norm -> head GEMM (N,V) -> fused softmax+cross-entropy, which overwrites the logits with
+ *   their gradient -> the same chain backwards, every weight gradient written (first micro-step) or
+ *   added (later ones) straight into the flat gradient buffer.
+ *
+ * Recompute: each layer's activations are pointers into either a per-layer store or one shared scratch
+ * set; `attn` keeps attention outputs and the MLP activation in scratch (recomputed in backward), `full`
+ * keeps only each layer's input and re-runs the layer forward before its backward. The forward code is
+ * the same in every mode. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/model.h"
+#include "loom/rng.h"
+
+enum {
+    W_LN1_W, W_LN1_B, W_QKV_W, W_QKV_B, W_ATTN_PROJ_W, W_ATTN_PROJ_B, W_LN2_W, W_LN2_B,
+    W_FC_W, W_FC_B, W_MLP_PROJ_W, W_MLP_PROJ_B, W_COUNT
+};
+
+/* Activations of one layer (pointers into the store or the scratch set). */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N) */
+    float *qkv;                       /* (N,Cq) after RoPE */
+    float *atty, *lse;                /* (N,C), (B,H,T) */
+    float *res1;                      /* (N,C) x after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fc_pre;                    /* (N,F) GPT-2 pre-activation, or (N,2F) LLaMA gate|up */
+    float *fc_act;                    /* (N,F) */
+    float *out;                       /* (N,C) the layer's output = next layer's input */
+} layer_acts;
+
+struct loom_model {
+    loom_model_config cfg;
+    loom_backend *be;
+    loom_comm *tp;
+    loom_mem *mem;
+    int64_t C, H, KV, hd, Cq, F, V; /* local dimensions */
+    int64_t n_params, buf_size;
+    float *params, *grads;
+    loom_param_info *infos;
+    int n_infos;
+    int64_t off_wte, off_wpe, off_lnf_w, off_lnf_b, off_head;
+    int64_t *layer_off; /* [L][W_COUNT], -1 when absent */
+    /* activations */
+    int64_t cap_B, cap_T;
+    loom_recompute rc;
+    float *act_mem;
+    size_t act_bytes;
+    float *enc;                 /* (N,C) embedding output = layer 0 input */
+    layer_acts *acts;           /* [L] */
+    float *lnf, *lnf_mean, *lnf_rstd;
+    float *logits;              /* (N,V) */
+    float *losses;              /* (N) */
+    float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
+    float *rope_cos, *rope_sin; /* (T, hd/2) */
+    int64_t last_B, last_T;
+};
+
+#define P(off) (m->params + (off))
+#define G(off) (m->grads + (off))
+
+static loom_status add_param(loom_model *m, int cap, const char *name, int layer, int ndim, int64_t d0,
+                             int64_t d1, int decay, int64_t *cursor, int64_t *out_off) {
+    LOOM_CHECK(m->n_infos < cap, LOOM_ERR_INTERNAL, "parameter table overflow");
+    loom_param_info *p = &m->infos[m->n_infos++];
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->offset = *cursor;
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = ndim > 1 ? d1 : 1;
+    p->numel = d0 * (ndim > 1 ? d1 : 1);
+    p->layer = layer;
+    p->decay = decay;
+    m->n_params += p->numel;
+    *cursor += (p->numel + 15) / 16 * 16; /* 64-byte aligned views */
+    *out_off = p->offset;
+    return LOOM_OK;
+}
+
+static loom_status build_layout(loom_model *m) {
+    const loom_model_config *c = &m->cfg;
+    int64_t L = c->n_layer, C = m->C, Cq = m->Cq, F = m->F, V = m->V;
+    int gpt = c->family == LOOM_FAMILY_GPT2;
+    int cap = 8 + (int)L * W_COUNT;
+    m->infos = calloc((size_t)cap, sizeof *m->infos);
+    m->layer_off = malloc((size_t)(L * W_COUNT) * sizeof(int64_t));
+    LOOM_CHECK(m->infos && m->layer_off, LOOM_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < L * W_COUNT; i++) m->layer_off[i] = -1;
+    int64_t cur = 0;
+    m->off_wpe = m->off_lnf_b = -1;
+    LOOM_CALL(add_param(m, cap, "wte", -1, 2, V, C, 1, &cur, &m->off_wte));
+    if (gpt) LOOM_CALL(add_param(m, cap, "wpe", -1, 2, c->max_seq_len, C, 1, &cur, &m->off_wpe));
+    static const char *const gpt_names[W_COUNT] = {
+        "ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
+        "ln_2.weight", "ln_2.bias", "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias"};
+    static const char *const llama_names[W_COUNT] = {
+        "attn_norm.weight", NULL, "attn.qkv.weight", NULL, "attn.proj.weight", NULL,
+        "mlp_norm.weight", NULL, "mlp.gate_up.weight", NULL, "mlp.down.weight", NULL};
+    for (int64_t l = 0; l < L; l++) {
+        int64_t *lo = m->layer_off + l * W_COUNT;
+        for (int w = 0; w < W_COUNT; w++) {
+            const char *nm = gpt ? gpt_names[w] : llama_names[w];
+            if (!nm || (!c->bias && (w == W_QKV_B || w == W_ATTN_PROJ_B || w == W_FC_B || w == W_MLP_PROJ_B)))
+                continue;
+            int64_t d0 = C, d1 = 1;
+            int ndim = 1;
+            switch (w) {
+            case W_QKV_W: d0 = Cq; d1 = C; ndim = 2; break;
+            case W_QKV_B: d0 = Cq; break;
+            case W_ATTN_PROJ_W: d0 = C; d1 = m->H * m->hd; ndim = 2; break;
+            case W_FC_W: d0 = gpt ? F : 2 * F; d1 = C; ndim = 2; break;
+            case W_FC_B: d0 = gpt ? F : 2 * F; break;
+            case W_MLP_PROJ_W: d0 = C; d1 = F; ndim = 2; break;
+            default: break;
+            }
+            char name[64];
+            snprintf(name, sizeof name, "h.%lld.%s", (long long)l, nm);
+            LOOM_CALL(add_param(m, cap, name, (int)l, ndim, d0, d1, ndim == 2, &cur, &lo[w]));
+        }
+    }
+    LOOM_CALL(add_param(m, cap, gpt ? "ln_f.weight" : "norm_f.weight", -1, 1, C, 1, 0, &cur, &m->off_lnf_w));
+    if (gpt) LOOM_CALL(add_param(m, cap, "ln_f.bias", -1, 1, C, 1, 0, &cur, &m->off_lnf_b));
+    if (c->tie_embeddings) m->off_head = m->off_wte;
+    else LOOM_CALL(add_param(m, cap, "lm_head.weight", -1, 2, V, C, 1, &cur, &m->off_head));
+    m->buf_size = cur;
+    return LOOM_OK;
+}
+
+loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp, loom_mem *mem,
+                            int with_grads, loom_model **out) {
+    *out = NULL;
+    LOOM_CALL(loom_model_config_validate(cfg));
+    int tps = loom_comm_size(tp);
+    LOOM_CHECK(tps == 1, LOOM_ERR_UNSUPPORTED,
+               "tensor parallel size %d: this build's model runs on one rank per layer (tp=1)", tps);
+    loom_model *m = calloc(1, sizeof *m);
+    LOOM_CHECK(m != NULL, LOOM_ERR_NOMEM, "out of memory");
+    m->cfg = *cfg;
+    m->be = be;
+    m->tp = tp;
+    m->mem = mem;
+    m->C = cfg->d_model;
+    m->H = cfg->n_head / tps;
+    m->KV = cfg->n_kv_head / tps;
+    m->hd = cfg->d_model / cfg->n_head;
+    m->Cq = (m->H + 2 * m->KV) * m->hd;
+    m->F = cfg->d_ff / tps;
+    m->V = cfg->vocab_size;
+    loom_status st;
+    LOOM_CALL_GOTO(st, build_layout(m), fail);
+    LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params), fail);
+    if (with_grads)
+        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)m->buf_size * sizeof(float), (void **)&m->grads), fail);
+    *out = m;
+    return LOOM_OK;
+fail:
+    loom_model_free(&m);
+    return st;
+}
+
+static void free_acts(loom_model *m) {
+    if (m->act_mem) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);
+    m->act_mem = NULL;
+    m->act_bytes = 0;
+    free(m->acts);
+    m->acts = NULL;
+    m->cap_B = m->cap_T = 0;
+}
+
+void loom_model_free(loom_model **pm) {
+    if (!pm || !*pm) return;
+    loom_model *m = *pm;
+    free_acts(m);
+    loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
+    loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
+    free(m->infos);
+    free(m->layer_off);
+    free(m);
+    *pm = NULL;
+}
+
+void loom_model_init_weights(loom_model *m, uint64_t seed) {
+    const loom_model_config *c = &m->cfg;
+    double resid_std = c->init_std / sqrt(2.0 * (double)c->n_layer);
+    /* Each parameter draws from its own stream (seed, parameter index), so the values do not depend on
+     * how parameters are later laid out or sharded. */
+    for (int i = 0; i < m->n_infos; i++) {
+        const loom_param_info *p = &m->infos[i];
+        float *w = m->params + p->offset;
+        const char *nm = p->name;
+        size_t len = strlen(nm);
+        int is_norm = strstr(nm, "ln_") || strstr(nm, "norm");
+        int is_bias = len > 5 && strcmp(nm + len - 5, ".bias") == 0;
+        if (is_bias) {
+            memset(w, 0, (size_t)p->numel * sizeof(float));
+            continue;
+        }
+        if (is_norm) {
+            for (int64_t j = 0; j < p->numel; j++) w[j] = 1.0f;
+            continue;
+        }
+        int resid = strstr(nm, "attn.proj.weight") || strstr(nm, "mlp.proj.weight") || strstr(nm, "mlp.down.weight");
+        double sd = resid ? resid_std : c->init_std;
+        loom_rng r;
+        loom_rng_seed(&r, seed * 0x9e3779b97f4a7c15ull + (uint64_t)i + 1);
+        for (int64_t j = 0; j < p->numel; j++) w[j] = (float)(sd * loom_rng_normal(&r));
+    }
+}
+
+loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc) {
+    LOOM_CHECK(B >= 1 && T >= 1, LOOM_ERR_INVALID_ARG, "batch %lld and sequence length %lld must be >= 1",
+               (long long)B, (long long)T);
+    LOOM_CHECK(T <= m->cfg.max_seq_len, LOOM_ERR_CONFIG,
+               "sequence length %lld exceeds the model's max_seq_len %lld", (long long)T,
+               (long long)m->cfg.max_seq_len);
+    if (m->act_mem && B <= m->cap_B && T <= m->cap_T && rc == m->rc) return LOOM_OK;
+    free_acts(m);
+    const int64_t L = m->cfg.n_layer, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int64_t fcw = gpt ? F : 2 * F;
+    /* per-tensor sizes of one layer */
+    int64_t s_ln = N * C, s_stat = N, s_qkv = N * Cq, s_att = N * C, s_lse = B * H * T, s_fc = N * fcw, s_act = N * F;
+    /* which tensors are stored per layer (1) or live in the shared scratch (0) */
+    int keep_ln = rc != LOOM_RECOMPUTE_FULL, keep_att = rc == LOOM_RECOMPUTE_NONE, keep_act = rc == LOOM_RECOMPUTE_NONE;
+    int64_t per_layer_store = N * C; /* out */
+    int64_t ln_pack = 2 * s_ln + 4 * s_stat + s_qkv + N * C /* res1 */ + s_fc;
+    if (keep_ln) per_layer_store += ln_pack;
+    if (keep_att) per_layer_store += s_att + s_lse;
+    if (keep_act) per_layer_store += s_act;
+    int64_t scratch = (keep_ln ? 0 : ln_pack) + (keep_att ? 0 : s_att + s_lse) + (keep_act ? 0 : s_act);
+    int64_t top = N * C /* enc */ + N * C + 2 * N /* lnf */ + N * V + N /* losses */;
+    int64_t grads = m->grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
+    int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
+    int64_t total = L * per_layer_store + scratch + top + grads + rope + 64 * 64; /* + alignment slack */
+    m->act_bytes = (size_t)total * sizeof(float);
+    LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
+    m->acts = calloc((size_t)L, sizeof *m->acts);
+    LOOM_CHECK(m->acts != NULL, LOOM_ERR_NOMEM, "out of memory");
+    float *cur = m->act_mem;
+#define TAKE(n) (cur += (((n) + 15) / 16 * 16), cur - (((n) + 15) / 16 * 16))
+    m->enc = TAKE(N * C);
+    m->lnf = TAKE(N * C);
+    m->lnf_mean = TAKE(N);
+    m->lnf_rstd = TAKE(N);
+    m->logits = TAKE(N * V);
+    m->losses = TAKE(N);
+    if (m->grads) {
+        m->dres = TAKE(N * C);
+        m->dln = TAKE(N * C);
+        m->datty = TAKE(N * C);
+        m->dqkv = TAKE(N * Cq);
+        m->dfc = TAKE(N * fcw);
+        m->dfc_act = TAKE(N * F);
+    }
+    m->rope_cos = TAKE(T * (m->hd / 2));
+    m->rope_sin = TAKE(T * (m->hd / 2));
+    layer_acts sc;
+    memset(&sc, 0, sizeof sc);
+    if (!keep_ln) {
+        sc.ln1 = TAKE(s_ln); sc.ln1_mean = TAKE(s_stat); sc.ln1_rstd = TAKE(s_stat); sc.qkv = TAKE(s_qkv);
+        sc.res1 = TAKE(N * C); sc.ln2 = TAKE(s_ln); sc.ln2_mean = TAKE(s_stat); sc.ln2_rstd = TAKE(s_stat);
+        sc.fc_pre = TAKE(s_fc);
+    }
+    if (!keep_att) { sc.atty = TAKE(s_att); sc.lse = TAKE(s_lse); }
+    if (!keep_act) sc.fc_act = TAKE(s_act);
+    for (int64_t l = 0; l < L; l++) {
+        layer_acts *a = &m->acts[l];
+        *a = sc;
+        a->out = TAKE(N * C);
+        if (keep_ln) {
+            a->ln1 = TAKE(s_ln); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
+            a->res1 = TAKE(N * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
+            a->fc_pre = TAKE(s_fc);
+        }
+        if (keep_att) { a->atty = TAKE(s_att); a->lse = TAKE(s_lse); }
+        if (keep_act) a->fc_act = TAKE(s_act);
+    }
+#undef TAKE
+    LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
+               "activation arena overflow");
+    m->cap_B = B;
+    m->cap_T = T;
+    m->rc = rc;
+    /* RoPE tables, computed in double once */
+    int64_t half = m->hd / 2;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < half; i++) {
+            double inv = pow(m->cfg.rope_theta, -2.0 * (double)i / (double)m->hd);
+            m->rope_cos[t * half + i] = (float)cos((double)t * inv);
+            m->rope_sin[t * half + i] = (float)sin((double)t * inv);
+        }
+    return LOOM_OK;
+}
+
+static const float *layer_input(const loom_model *m, int64_t l) { return l == 0 ? m->enc : m->acts[l - 1].out; }
+
+/* The attention core of layer l: qkv -> atty, lse. */
+static void attention_core_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+    loom_k_attention_forward(m->be, a->atty, a->lse, a->qkv, B, T, m->H, m->KV, m->hd);
+}
+
+static void mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *lo, int64_t N, int with_bias) {
+    if (m->cfg.family == LOOM_FAMILY_GPT2) {
+        if (with_bias && lo[W_FC_B] >= 0) loom_k_bias_gelu_forward(m->be, a->fc_pre, a->fc_act, P(lo[W_FC_B]), N, m->F);
+        else loom_k_gelu_forward(m->be, a->fc_act, a->fc_pre, N * m->F);
+    } else {
+        loom_k_swiglu_forward(m->be, a->fc_act, a->fc_pre, N, m->F);
+    }
+}
+
+static void layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
+    loom_backend *be = m->be;
+    const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? F : 2 * F;
+    const int64_t *lo = m->layer_off + l * W_COUNT;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const float eps = (float)m->cfg.norm_eps;
+    layer_acts *a = &m->acts[l];
+    const float *x = layer_input(m, l);
+    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), N, C, eps);
+    else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), N, C, eps);
+    loom_k_matmul(be, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq);
+    if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
+    if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
+    attention_core_forward(m, a, B, T);
+    /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x */
+    memcpy(a->res1, x, (size_t)(N * C) * sizeof(float));
+    loom_k_matmul(be, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd, 1.0f,
+                  a->res1, C);
+    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
+    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), N, C, eps);
+    else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), N, C, eps);
+    loom_k_matmul(be, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw);
+    mlp_activation_forward(m, a, lo, N, 1);
+    memcpy(a->out, a->res1, (size_t)(N * C) * sizeof(float));
+    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 1.0f, a->out, C);
+    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
+}
+
+static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T) {
+    LOOM_CHECK(m->act_mem && B <= m->cap_B && T <= m->cap_T, LOOM_ERR_INVALID_ARG,
+               "micro-batch %lldx%lld exceeds the reserved %lldx%lld (call loom_model_reserve)", (long long)B,
+               (long long)T, (long long)m->cap_B, (long long)m->cap_T);
+    LOOM_CHECK(T == m->cap_T, LOOM_ERR_INVALID_ARG, "sequence length %lld differs from the reserved %lld",
+               (long long)T, (long long)m->cap_T);
+    for (int64_t i = 0; i < B * T; i++) {
+        LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
+                   "token %d at position %lld is outside the vocabulary [0, %lld)", tokens[i], (long long)i,
+                   (long long)m->V);
+        LOOM_CHECK(!targets || targets[i] < m->V, LOOM_ERR_INVALID_ARG,
+                   "target %d at position %lld is outside the vocabulary [0, %lld)", targets[i], (long long)i,
+                   (long long)m->V);
+    }
+    return LOOM_OK;
+}
+
+/* Forward to the logits; with targets, the fused loss (and with grad_scale != 0, dlogits in place). */
+static void forward_all(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
+                        float grad_scale, float *loss) {
+    loom_backend *be = m->be;
+    const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    loom_k_embedding_forward(be, m->enc, tokens, P(m->off_wte), gpt ? P(m->off_wpe) : NULL, B, T, C);
+    for (int64_t l = 0; l < L; l++) layer_forward(m, l, B, T);
+    const float *x = m->acts[L - 1].out;
+    if (gpt)
+        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), N, C,
+                                 (float)m->cfg.norm_eps);
+    else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), N, C, (float)m->cfg.norm_eps);
+    loom_k_matmul(be, 0, 1, N, V, C, 1.0f, m->lnf, C, P(m->off_head), C, 0.0f, m->logits, V);
+    m->last_B = B;
+    m->last_T = T;
+    if (targets) {
+        loom_k_softmax_cross_entropy(be, m->logits, m->losses, targets, N, V, grad_scale);
+        double s = 0.0;
+        int64_t valid = 0;
+        for (int64_t i = 0; i < N; i++)
+            if (targets[i] >= 0) { s += m->losses[i]; valid++; }
+        *loss = valid ? (float)(s / (double)valid) : 0.0f;
+    }
+}
+
+loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
+                               float *loss) {
+    LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    float l = 0.0f;
+    forward_all(m, tokens, targets, B, T, 0.0f, &l);
+    if (loss) *loss = l;
+    return LOOM_OK;
+}
+
+static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
+    loom_backend *be = m->be;
+    const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int64_t fcw = gpt ? F : 2 * F;
+    const int64_t *lo = m->layer_off + l * W_COUNT;
+    const float beta = acc ? 1.0f : 0.0f;
+    layer_acts *a = &m->acts[l];
+    const float *x = layer_input(m, l);
+    /* recompute what this mode did not keep */
+    if (m->rc == LOOM_RECOMPUTE_FULL) layer_forward(m, l, B, T);
+    else if (m->rc == LOOM_RECOMPUTE_ATTN) {
+        attention_core_forward(m, a, B, T);
+        mlp_activation_forward(m, a, lo, N, 0);
+    }
+    float *dres = m->dres;
+    /* MLP: out = res1 + fc_act W2^T + b2 */
+    loom_k_matmul(be, 0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F);
+    loom_k_matmul(be, 1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F);
+    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_MLP_PROJ_B]), dres, N, C, acc);
+    if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F);
+    else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
+    loom_k_matmul(be, 1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C);
+    if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
+    loom_k_matmul(be, 0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C);
+    if (gpt)
+        loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
+                                  a->ln2_mean, a->ln2_rstd, N, C, acc);
+    else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN2_W]), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, N, C, acc);
+    /* attention: res1 = x + atty Wo^T + bo */
+    loom_k_matmul(be, 0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca);
+    loom_k_matmul(be, 1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca);
+    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_ATTN_PROJ_B]), dres, N, C, acc);
+    loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
+    if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
+    loom_k_matmul(be, 1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C);
+    if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
+    loom_k_matmul(be, 0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C);
+    if (gpt)
+        loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
+                                  a->ln1_mean, a->ln1_rstd, N, C, acc);
+    else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN1_W]), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, N, C, acc);
+}
+
+loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B,
+                                        int64_t T, float grad_scale, int accumulate, float *loss) {
+    LOOM_CHECK(m->grads != NULL, LOOM_ERR_INVALID_ARG, "model was created without gradients");
+    LOOM_CHECK(targets != NULL, LOOM_ERR_INVALID_ARG, "training needs targets");
+    LOOM_CHECK(grad_scale != 0.0f, LOOM_ERR_INVALID_ARG, "grad_scale must be non-zero");
+    LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    loom_backend *be = m->be;
+    const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const float beta = accumulate ? 1.0f : 0.0f;
+    float l = 0.0f;
+    forward_all(m, tokens, targets, B, T, grad_scale, &l);
+    /* head: logits = lnf Whead^T; m->logits now holds dlogits */
+    loom_k_matmul(be, 1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C);
+    loom_k_matmul(be, 0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C);
+    memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
+    const float *xL = m->acts[L - 1].out;
+    if (gpt)
+        loom_k_layernorm_backward(be, m->dres, G(m->off_lnf_w), G(m->off_lnf_b), m->dln, xL, P(m->off_lnf_w),
+                                  m->lnf_mean, m->lnf_rstd, N, C, accumulate);
+    else loom_k_rmsnorm_backward(be, m->dres, G(m->off_lnf_w), m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, N, C,
+                                 accumulate);
+    for (int64_t li = L - 1; li >= 0; li--) layer_backward(m, li, B, T, accumulate);
+    /* the token embedding: tied, the head already wrote this micro-step's part */
+    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) : NULL, m->dres, tokens, B, T, C, V,
+                              m->cfg.tie_embeddings ? 1 : accumulate, accumulate);
+    if (gpt && !accumulate && T < m->cfg.max_seq_len)
+        memset(G(m->off_wpe) + T * C, 0, (size_t)((m->cfg.max_seq_len - T) * C) * sizeof(float));
+    if (loss) *loss = l;
+    return LOOM_OK;
+}
+
+const loom_model_config *loom_model_get_config(const loom_model *m) { return &m->cfg; }
+float *loom_model_params(loom_model *m) { return m->params; }
+float *loom_model_grads(loom_model *m) { return m->grads; }
+int64_t loom_model_buffer_size(const loom_model *m) { return m->buf_size; }
+int64_t loom_model_num_params(const loom_model *m) { return m->n_params; }
+int loom_model_num_param_infos(const loom_model *m) { return m->n_infos; }
+const loom_param_info *loom_model_param_info(const loom_model *m, int i) {
+    return (i >= 0 && i < m->n_infos) ? &m->infos[i] : NULL;
+}
+const loom_param_info *loom_model_find_param(const loom_model *m, const char *name) {
+    for (int i = 0; i < m->n_infos; i++)
+        if (strcmp(m->infos[i].name, name) == 0) return &m->infos[i];
+    return NULL;
+}
+const float *loom_model_logits(const loom_model *m) { return m->logits; }

@@ -1,0 +1,174 @@
+/* Optimizers over named views of the flat buffers (see include/loom/optim.h). */
+#include "loom/optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct loom_optim {
+    loom_optim_config cfg;
+    loom_backend *be;
+    loom_mem *mem;
+    int64_t size;       /* floats per state buffer */
+    float *m, *v;       /* v only for AdamW and LAMB */
+    int64_t total_steps;
+};
+
+loom_optim_config loom_optim_config_default(void) {
+    loom_optim_config c;
+    memset(&c, 0, sizeof c);
+    c.kind = LOOM_OPTIM_ADAMW;
+    c.lr = 6e-4;
+    c.min_lr = 6e-5;
+    c.warmup_steps = 0;
+    c.decay_steps = 0;
+    c.schedule = LOOM_SCHEDULE_COSINE;
+    c.beta1 = 0.9;
+    c.beta2 = 0.95;
+    c.eps = 1e-8;
+    c.weight_decay = 0.1;
+    c.momentum = 0.9;
+    c.nesterov = 0;
+    c.trust_coef = 0.001;
+    c.grad_clip = 1.0;
+    return c;
+}
+
+const char *loom_optim_kind_name(loom_optim_kind k) {
+    switch (k) {
+    case LOOM_OPTIM_ADAMW: return "adamw";
+    case LOOM_OPTIM_SGD: return "sgd";
+    case LOOM_OPTIM_LAMB: return "lamb";
+    case LOOM_OPTIM_LARS: return "lars";
+    }
+    return "?";
+}
+
+loom_status loom_optim_config_validate(const loom_optim_config *c) {
+    LOOM_CHECK(c->lr >= 0 && isfinite(c->lr), LOOM_ERR_CONFIG, "optim.lr must be >= 0, got %g", c->lr);
+    LOOM_CHECK(c->min_lr >= 0 && c->min_lr <= c->lr, LOOM_ERR_CONFIG,
+               "optim.min_lr must be in [0, optim.lr=%g], got %g", c->lr, c->min_lr);
+    LOOM_CHECK(c->beta1 >= 0 && c->beta1 < 1, LOOM_ERR_CONFIG, "optim.beta1 must be in [0, 1), got %g", c->beta1);
+    LOOM_CHECK(c->beta2 >= 0 && c->beta2 < 1, LOOM_ERR_CONFIG, "optim.beta2 must be in [0, 1), got %g", c->beta2);
+    LOOM_CHECK(c->eps > 0, LOOM_ERR_CONFIG, "optim.eps must be > 0, got %g", c->eps);
+    LOOM_CHECK(c->weight_decay >= 0, LOOM_ERR_CONFIG, "optim.weight_decay must be >= 0, got %g", c->weight_decay);
+    LOOM_CHECK(c->momentum >= 0 && c->momentum < 1, LOOM_ERR_CONFIG, "optim.momentum must be in [0, 1), got %g",
+               c->momentum);
+    LOOM_CHECK(c->grad_clip >= 0, LOOM_ERR_CONFIG, "optim.grad_clip must be >= 0 (0 = off), got %g", c->grad_clip);
+    LOOM_CHECK(c->warmup_steps >= 0 && c->decay_steps >= 0, LOOM_ERR_CONFIG,
+               "optim.warmup_steps and optim.decay_steps must be >= 0");
+    LOOM_CHECK(c->trust_coef > 0, LOOM_ERR_CONFIG, "optim.trust_coef must be > 0, got %g", c->trust_coef);
+    return LOOM_OK;
+}
+
+double loom_optim_lr(const loom_optim_config *c, int64_t step, int64_t total_steps) {
+    /* nanoGPT's schedule: linear warm-up over warmup_steps, then decay to min_lr at decay_steps */
+    if (step < c->warmup_steps) return c->lr * (double)(step + 1) / (double)(c->warmup_steps + 1);
+    if (c->schedule == LOOM_SCHEDULE_CONSTANT) return c->lr;
+    int64_t decay = c->decay_steps > 0 ? c->decay_steps : total_steps;
+    if (step >= decay || decay <= c->warmup_steps) return c->min_lr;
+    double ratio = (double)(step - c->warmup_steps) / (double)(decay - c->warmup_steps);
+    double coef = c->schedule == LOOM_SCHEDULE_COSINE ? 0.5 * (1.0 + cos(M_PI * ratio)) : 1.0 - ratio;
+    return c->min_lr + coef * (c->lr - c->min_lr);
+}
+
+loom_status loom_optim_init(const loom_optim_config *c, loom_backend *be, loom_mem *mem, const loom_model *model,
+                            loom_optim **out) {
+    *out = NULL;
+    LOOM_CALL(loom_optim_config_validate(c));
+    loom_optim *o = calloc(1, sizeof *o);
+    LOOM_CHECK(o != NULL, LOOM_ERR_NOMEM, "out of memory");
+    o->cfg = *c;
+    o->be = be;
+    o->mem = mem;
+    o->size = loom_model_buffer_size(model);
+    size_t bytes = (size_t)o->size * sizeof(float);
+    loom_status st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
+    if (st == LOOM_OK && (c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_LAMB))
+        st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->v);
+    if (st != LOOM_OK) {
+        loom_optim_free(&o);
+        loom_error_trace(__FILE__, __LINE__, __func__);
+        return st;
+    }
+    *out = o;
+    return LOOM_OK;
+}
+
+void loom_optim_free(loom_optim **po) {
+    if (!po || !*po) return;
+    loom_optim *o = *po;
+    size_t bytes = (size_t)o->size * sizeof(float);
+    loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->m, bytes);
+    loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->v, bytes);
+    free(o);
+    *po = NULL;
+}
+
+void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps) { o->total_steps = total_steps; }
+
+double loom_optim_grad_norm(loom_optim *o, loom_model *model) {
+    const float *g = loom_model_grads(model);
+    double ss = 0.0;
+    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+        const loom_param_info *p = loom_model_param_info(model, i);
+        ss += loom_k_sum_squares(o->be, g + p->offset, p->numel);
+    }
+    return sqrt(ss);
+}
+
+loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st) {
+    const loom_optim_config *c = &o->cfg;
+    LOOM_CHECK(step >= 0, LOOM_ERR_INVALID_ARG, "step must be >= 0, got %lld", (long long)step);
+    float *params = loom_model_params(model), *grads = loom_model_grads(model);
+    double norm = loom_optim_grad_norm(o, model);
+    double clip = 1.0;
+    if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6); /* as torch's clip_grad_norm_ */
+    double lr = loom_optim_lr(c, step, o->total_steps);
+    if (st) {
+        st->lr = lr;
+        st->grad_norm = norm;
+        st->clip_coef = clip;
+    }
+    LOOM_CHECK(isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
+               (long long)step);
+    const double t = (double)(step + 1);
+    const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
+    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+        const loom_param_info *pi = loom_model_param_info(model, i);
+        float *p = params + pi->offset, *m = o->m + pi->offset, *v = o->v ? o->v + pi->offset : NULL;
+        const float *g = grads + pi->offset;
+        const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
+        switch (c->kind) {
+        case LOOM_OPTIM_ADAMW:
+            loom_k_adamw(o->be, p, g, m, v, pi->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, wd,
+                         bc1, bc2, (float)clip);
+            break;
+        case LOOM_OPTIM_LAMB: {
+            double pn = sqrt(loom_k_sum_squares(o->be, p, pi->numel));
+            double rn = sqrt(loom_k_lamb_moments(o->be, p, g, m, v, pi->numel, (float)c->beta1, (float)c->beta2,
+                                                 (float)c->eps, wd, bc1, bc2, (float)clip));
+            double trust = (pn > 0 && rn > 0) ? pn / rn : 1.0;
+            loom_k_lamb_apply(o->be, p, m, v, pi->numel, (float)c->eps, wd, bc1, bc2, (float)(lr * trust));
+            break;
+        }
+        case LOOM_OPTIM_SGD:
+            loom_k_sgd(o->be, p, g, m, pi->numel, (float)lr, (float)c->momentum, c->nesterov, wd, (float)clip,
+                       step == 0);
+            break;
+        case LOOM_OPTIM_LARS: {
+            double pn = sqrt(loom_k_sum_squares(o->be, p, pi->numel));
+            double gn = clip * sqrt(loom_k_sum_squares(o->be, g, pi->numel));
+            double denom = gn + (double)wd * pn;
+            double local = (pn > 0 && denom > 0) ? c->trust_coef * pn / denom : 1.0;
+            loom_k_lars(o->be, p, g, m, pi->numel, (float)(lr * local), (float)c->momentum, wd, (float)clip);
+            break;
+        }
+        }
+    }
+    return LOOM_OK;
+}
+
+int loom_optim_num_state_buffers(const loom_optim *o) { return o->v ? 2 : 1; }
+float *loom_optim_state_buffer(loom_optim *o, int i) { return i == 0 ? o->m : (i == 1 ? o->v : NULL); }
+int64_t loom_optim_state_size(const loom_optim *o) { return o->size; }

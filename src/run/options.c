@@ -1,0 +1,298 @@
+/* The typed option table behind `loom train`: every key, its type, default and help. */
+#include <errno.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/run.h"
+
+typedef enum { OPT_INT, OPT_FLOAT, OPT_BOOL, OPT_STRING, OPT_ENUM } opt_type;
+
+typedef struct {
+    const char *key;
+    opt_type type;
+    size_t offset;
+    size_t size; /* strings: buffer size */
+    const char *const *choices;
+    const char *help;
+} option;
+
+static const char *const family_choices[] = {"gpt2", "llama", NULL};
+static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
+static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
+static const char *const rc_choices[] = {"none", "attn", "full", NULL};
+
+#define M(f) offsetof(loom_run_config, model.f)
+#define O(f) offsetof(loom_run_config, optim.f)
+#define T(f) offsetof(loom_run_config, train.f)
+#define S(f) sizeof(((loom_run_config *)0)->train.f)
+
+static const option options[] = {
+    {"model.family", OPT_ENUM, M(family), 0, family_choices, "gpt2 (LayerNorm, GELU, learned positions, tied head) or llama (RMSNorm, RoPE, SwiGLU, GQA)"},
+    {"model.n_layer", OPT_INT, M(n_layer), 0, NULL, "transformer blocks"},
+    {"model.n_head", OPT_INT, M(n_head), 0, NULL, "attention (query) heads"},
+    {"model.n_kv_head", OPT_INT, M(n_kv_head), 0, NULL, "key/value heads (grouped-query attention; = n_head for gpt2)"},
+    {"model.d_model", OPT_INT, M(d_model), 0, NULL, "width"},
+    {"model.d_ff", OPT_INT, M(d_ff), 0, NULL, "MLP hidden size"},
+    {"model.vocab_size", OPT_INT, M(vocab_size), 0, NULL, "vocabulary size"},
+    {"model.max_seq_len", OPT_INT, M(max_seq_len), 0, NULL, "longest sequence (gpt2: rows of the position table)"},
+    {"model.norm_eps", OPT_FLOAT, M(norm_eps), 0, NULL, "LayerNorm/RMSNorm epsilon"},
+    {"model.rope_theta", OPT_FLOAT, M(rope_theta), 0, NULL, "RoPE base (llama)"},
+    {"model.tie_embeddings", OPT_BOOL, M(tie_embeddings), 0, NULL, "head shares the token embedding"},
+    {"model.bias", OPT_BOOL, M(bias), 0, NULL, "linear layers have biases"},
+    {"model.init_std", OPT_FLOAT, M(init_std), 0, NULL, "init standard deviation (residual projections / sqrt(2L))"},
+    {"optim.kind", OPT_ENUM, O(kind), 0, optim_choices, "optimizer"},
+    {"optim.lr", OPT_FLOAT, O(lr), 0, NULL, "peak learning rate"},
+    {"optim.min_lr", OPT_FLOAT, O(min_lr), 0, NULL, "learning rate at the end of the decay"},
+    {"optim.warmup_steps", OPT_INT, O(warmup_steps), 0, NULL, "linear warm-up steps"},
+    {"optim.decay_steps", OPT_INT, O(decay_steps), 0, NULL, "step where the decay reaches min_lr (0 = train.steps)"},
+    {"optim.schedule", OPT_ENUM, O(schedule), 0, sched_choices, "decay after warm-up"},
+    {"optim.beta1", OPT_FLOAT, O(beta1), 0, NULL, "AdamW/LAMB first-moment decay"},
+    {"optim.beta2", OPT_FLOAT, O(beta2), 0, NULL, "AdamW/LAMB second-moment decay"},
+    {"optim.eps", OPT_FLOAT, O(eps), 0, NULL, "AdamW/LAMB epsilon"},
+    {"optim.weight_decay", OPT_FLOAT, O(weight_decay), 0, NULL, "decoupled weight decay (matrices and embeddings)"},
+    {"optim.decay_all", OPT_BOOL, O(decay_all), 0, NULL, "also decay norms and biases"},
+    {"optim.momentum", OPT_FLOAT, O(momentum), 0, NULL, "SGD/LARS momentum"},
+    {"optim.nesterov", OPT_BOOL, O(nesterov), 0, NULL, "SGD Nesterov momentum"},
+    {"optim.trust_coef", OPT_FLOAT, O(trust_coef), 0, NULL, "LARS trust coefficient"},
+    {"optim.grad_clip", OPT_FLOAT, O(grad_clip), 0, NULL, "global gradient-norm clip (0 = off)"},
+    {"train.steps", OPT_INT, T(steps), 0, NULL, "optimizer steps of the whole run (--steps)"},
+    {"train.stop_after", OPT_INT, T(stop_after), 0, NULL, "checkpoint and stop after this step, as if interrupted (0 = never)"},
+    {"train.batch", OPT_INT, T(batch), 0, NULL, "micro-batch size B (--batch)"},
+    {"train.seq_len", OPT_INT, T(seq_len), 0, NULL, "sequence length T (--seq-len)"},
+    {"train.grad_accum", OPT_INT, T(grad_accum), 0, NULL, "micro-batches per optimizer step (--grad-accum)"},
+    {"train.threads", OPT_INT, T(threads), 0, NULL, "threads, 0 = all cores (--threads)"},
+    {"train.data", OPT_STRING, T(data), S(data), NULL, "synthetic | text file | directory of text files | .bin uint16 tokens (--data)"},
+    {"train.val_fraction", OPT_FLOAT, T(val_fraction), 0, NULL, "tail of the data held out for validation"},
+    {"train.eval_interval", OPT_INT, T(eval_interval), 0, NULL, "steps between validations (0 = at the end only)"},
+    {"train.eval_batches", OPT_INT, T(eval_batches), 0, NULL, "micro-batches per validation"},
+    {"train.ckpt_interval", OPT_INT, T(ckpt_interval), 0, NULL, "steps between checkpoints (0 = at the end and on a signal)"},
+    {"train.log_interval", OPT_INT, T(log_interval), 0, NULL, "steps between plain log lines"},
+    {"train.seed", OPT_INT, T(seed), 0, NULL, "seed for weights and data order (--seed)"},
+    {"train.out", OPT_STRING, T(out), S(out), NULL, "run directory for checkpoint.bin and metrics.jsonl (--out)"},
+    {"train.metrics", OPT_STRING, T(metrics), S(metrics), NULL, "metrics JSONL file (--metrics; default <out>/metrics.jsonl)"},
+    {"train.resume", OPT_BOOL, T(resume), 0, NULL, "continue from <out>/checkpoint.bin (--resume)"},
+    {"train.recompute", OPT_ENUM, T(recompute), 0, rc_choices, "activation recompute (--recompute)"},
+    {"train.profile", OPT_BOOL, T(profile), 0, NULL, "print where the time went, per kernel category (--profile)"},
+    {"train.blas_coretype", OPT_STRING, T(blas_coretype), S(blas_coretype), NULL, "OpenBLAS kernel: auto | keep | a core name (--blas-coretype)"},
+    {"train.progress", OPT_INT, T(progress), 0, NULL, "1 progress line, 0 plain lines, -1 auto (terminal)"},
+};
+#define N_OPTIONS (sizeof options / sizeof options[0])
+
+loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
+    memset(c, 0, sizeof *c);
+    snprintf(c->preset, sizeof c->preset, "%s", preset ? preset : "demo");
+    LOOM_CALL(loom_model_config_preset(c->preset, &c->model));
+    c->optim = loom_optim_config_default();
+    loom_train_config *t = &c->train;
+    t->steps = 200;
+    t->batch = 8;
+    t->seq_len = c->model.max_seq_len < 64 ? c->model.max_seq_len : 64;
+    t->grad_accum = 1;
+    t->threads = 0;
+    snprintf(t->data, sizeof t->data, "synthetic");
+    t->val_fraction = 0.1;
+    t->eval_interval = 0;
+    t->eval_batches = 8;
+    t->ckpt_interval = 0;
+    t->log_interval = 10;
+    t->seed = 1337;
+    snprintf(t->out, sizeof t->out, "runs/%s", c->preset);
+    t->recompute = LOOM_RECOMPUTE_NONE;
+    snprintf(t->blas_coretype, sizeof t->blas_coretype, "auto");
+    t->progress = -1;
+    return LOOM_OK;
+}
+
+static const option *find_option(const char *key) {
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (strcmp(options[i].key, key) == 0) return &options[i];
+    return NULL;
+}
+
+static loom_status unknown_key(const char *key) {
+    /* name the closest section's keys to help the user */
+    char known[2048] = "";
+    const char *dot = strchr(key, '.');
+    size_t sec = dot ? (size_t)(dot - key) : 0;
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        if (sec && strncmp(options[i].key, key, sec + 1) == 0 && strlen(known) + strlen(options[i].key) + 3 < sizeof known) {
+            strcat(known, known[0] ? ", " : "");
+            strcat(known, options[i].key);
+        }
+    return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "unknown config key '%s'%s%s%s", key,
+                          known[0] ? " (known: " : " (see loom train --help)", known, known[0] ? ")" : "");
+}
+
+static loom_status set_value(loom_run_config *c, const option *o, const char *value) {
+    char *base = (char *)c + o->offset;
+    char *end = NULL;
+    errno = 0;
+    switch (o->type) {
+    case OPT_INT: {
+        long long v = strtoll(value, &end, 10);
+        if (end && *end == '\0' && end != value && errno == 0) {
+            *(int64_t *)base = v;
+            return LOOM_OK;
+        }
+        /* accept integral floats such as 1e4 */
+        double d = strtod(value, &end);
+        LOOM_CHECK(end != value && *end == '\0' && isfinite(d) && d == floor(d) && fabs(d) < 9e18, LOOM_ERR_CONFIG,
+                   "%s expects an integer, got '%s'", o->key, value);
+        *(int64_t *)base = (int64_t)d;
+        return LOOM_OK;
+    }
+    case OPT_FLOAT: {
+        double d = strtod(value, &end);
+        LOOM_CHECK(end != value && *end == '\0' && isfinite(d), LOOM_ERR_CONFIG, "%s expects a number, got '%s'",
+                   o->key, value);
+        *(double *)base = d;
+        return LOOM_OK;
+    }
+    case OPT_BOOL:
+        if (!strcmp(value, "true") || !strcmp(value, "1") || !strcmp(value, "yes")) *(int *)base = 1;
+        else if (!strcmp(value, "false") || !strcmp(value, "0") || !strcmp(value, "no")) *(int *)base = 0;
+        else return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "%s expects true or false, got '%s'", o->key, value);
+        return LOOM_OK;
+    case OPT_STRING:
+        LOOM_CHECK(strlen(value) < o->size, LOOM_ERR_CONFIG, "%s is too long (%zu characters, at most %zu)", o->key,
+                   strlen(value), o->size - 1);
+        snprintf(base, o->size, "%s", value);
+        return LOOM_OK;
+    case OPT_ENUM:
+        for (int i = 0; o->choices[i]; i++)
+            if (strcmp(o->choices[i], value) == 0) {
+                *(int *)base = i;
+                return LOOM_OK;
+            }
+        {
+            char list[256] = "";
+            for (int i = 0; o->choices[i]; i++) {
+                strcat(list, i ? "|" : "");
+                strcat(list, o->choices[i]);
+            }
+            return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "%s expects one of %s, got '%s'",
+                                  o->key, list, value);
+        }
+    }
+    return LOOM_ERR_INTERNAL;
+}
+
+loom_status loom_run_config_set(loom_run_config *c, const char *key, const char *value) {
+    const option *o = find_option(key);
+    if (!o) return unknown_key(key);
+    LOOM_CALL(set_value(c, o, value));
+    return LOOM_OK;
+}
+
+static loom_status apply_json_value(loom_run_config *c, const char *key, const loom_json *v, const char *origin) {
+    const option *o = find_option(key);
+    if (!o) {
+        loom_status st = unknown_key(key);
+        loom_error_trace(__FILE__, __LINE__, origin);
+        return st;
+    }
+    char buf[LOOM_PATH_MAX];
+    switch (v->type) {
+    case LOOM_JSON_NUMBER: snprintf(buf, sizeof buf, "%.17g", v->number); break;
+    case LOOM_JSON_BOOL: snprintf(buf, sizeof buf, "%s", v->boolean ? "true" : "false"); break;
+    case LOOM_JSON_STRING:
+        LOOM_CHECK(o->type == OPT_STRING || o->type == OPT_ENUM, LOOM_ERR_CONFIG, "%s: %s expects a %s, got a string",
+                   origin, key, o->type == OPT_BOOL ? "boolean" : "number");
+        snprintf(buf, sizeof buf, "%s", v->string);
+        break;
+    default:
+        return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "%s: %s must be a number, string or boolean",
+                              origin, key);
+    }
+    LOOM_CHECK(v->type != LOOM_JSON_NUMBER || o->type == OPT_INT || o->type == OPT_FLOAT, LOOM_ERR_CONFIG,
+               "%s: %s expects a %s, got a number", origin, key, o->type == OPT_BOOL ? "boolean" : "string");
+    LOOM_CHECK(v->type != LOOM_JSON_BOOL || o->type == OPT_BOOL, LOOM_ERR_CONFIG, "%s: %s expects a %s, got a boolean",
+               origin, key, o->type == OPT_STRING || o->type == OPT_ENUM ? "string" : "number");
+    loom_status st = set_value(c, o, buf);
+    if (st != LOOM_OK) loom_error_trace(__FILE__, __LINE__, origin);
+    return st;
+}
+
+loom_status loom_run_config_apply_json(loom_run_config *c, const loom_json *obj, const char *origin) {
+    LOOM_CHECK(obj && obj->type == LOOM_JSON_OBJECT, LOOM_ERR_CONFIG, "%s: a config must be a JSON object", origin);
+    for (const loom_json *e = obj->child; e; e = e->next) {
+        if (strcmp(e->key, "preset") == 0) continue; /* applied by the caller first */
+        if (e->type == LOOM_JSON_OBJECT) {
+            LOOM_CHECK(!strcmp(e->key, "model") || !strcmp(e->key, "optim") || !strcmp(e->key, "train"), LOOM_ERR_CONFIG,
+                       "%s: unknown config section '%s' (known: model, optim, train)", origin, e->key);
+            for (const loom_json *f = e->child; f; f = f->next) {
+                char key[256];
+                snprintf(key, sizeof key, "%s.%s", e->key, f->key);
+                LOOM_CALL(apply_json_value(c, key, f, origin));
+            }
+        } else {
+            LOOM_CALL(apply_json_value(c, e->key, e, origin));
+        }
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_run_config_validate(const loom_run_config *c) {
+    LOOM_CALL(loom_model_config_validate(&c->model));
+    LOOM_CALL(loom_optim_config_validate(&c->optim));
+    const loom_train_config *t = &c->train;
+    LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
+    LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
+    LOOM_CHECK(t->batch >= 1 && t->batch <= 65536, LOOM_ERR_CONFIG, "train.batch must be in [1, 65536], got %lld",
+               (long long)t->batch);
+    LOOM_CHECK(t->seq_len >= 1 && t->seq_len <= c->model.max_seq_len, LOOM_ERR_CONFIG,
+               "train.seq_len must be in [1, model.max_seq_len=%lld], got %lld", (long long)c->model.max_seq_len,
+               (long long)t->seq_len);
+    LOOM_CHECK(t->grad_accum >= 1, LOOM_ERR_CONFIG, "train.grad_accum must be >= 1, got %lld", (long long)t->grad_accum);
+    LOOM_CHECK(t->threads >= 0 && t->threads <= 4096, LOOM_ERR_CONFIG, "train.threads must be in [0, 4096]");
+    LOOM_CHECK(t->eval_interval >= 0 && t->eval_batches >= 1 && t->ckpt_interval >= 0 && t->log_interval >= 1,
+               LOOM_ERR_CONFIG, "train.eval_interval, ckpt_interval >= 0 and eval_batches, log_interval >= 1");
+    LOOM_CHECK(t->val_fraction >= 0 && t->val_fraction < 1, LOOM_ERR_CONFIG, "train.val_fraction must be in [0, 1)");
+    LOOM_CHECK(t->out[0] != '\0', LOOM_ERR_CONFIG, "train.out must name a directory");
+    return LOOM_OK;
+}
+
+void loom_run_config_print_help(FILE *f) {
+    loom_run_config d;
+    if (loom_run_config_init(&d, "demo") != LOOM_OK) return;
+    fprintf(f, "Config keys (JSON file sections or --set key=value; defaults shown for --preset demo):\n");
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const option *o = &options[i];
+        const char *base = (const char *)&d + o->offset;
+        char def[128];
+        switch (o->type) {
+        case OPT_INT: snprintf(def, sizeof def, "%lld", (long long)*(const int64_t *)base); break;
+        case OPT_FLOAT: snprintf(def, sizeof def, "%g", *(const double *)base); break;
+        case OPT_BOOL: snprintf(def, sizeof def, "%s", *(const int *)base ? "true" : "false"); break;
+        case OPT_STRING: snprintf(def, sizeof def, "\"%s\"", base); break;
+        case OPT_ENUM: snprintf(def, sizeof def, "%s", o->choices[*(const int *)base]); break;
+        }
+        fprintf(f, "  %-22s %-12s %s\n", o->key, def, o->help);
+    }
+}
+
+void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb) {
+    loom_strbuf_printf(sb,
+                       "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,"
+                       "\"d_ff\":%lld,\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
+                       "\"tie_embeddings\":%s,\"bias\":%s,\"init_std\":%.17g}",
+                       loom_family_name(m->family), (long long)m->n_layer, (long long)m->n_head,
+                       (long long)m->n_kv_head, (long long)m->d_model, (long long)m->d_ff, (long long)m->vocab_size,
+                       (long long)m->max_seq_len, m->norm_eps, m->rope_theta, m->tie_embeddings ? "true" : "false",
+                       m->bias ? "true" : "false", m->init_std);
+}
+
+loom_status loom_model_config_from_json(const loom_json *obj, loom_model_config *m) {
+    loom_run_config tmp;
+    memset(&tmp, 0, sizeof tmp);
+    LOOM_CHECK(obj && obj->type == LOOM_JSON_OBJECT, LOOM_ERR_FORMAT, "model config must be a JSON object");
+    for (const loom_json *e = obj->child; e; e = e->next) {
+        char key[256];
+        snprintf(key, sizeof key, "model.%s", e->key);
+        LOOM_CALL(apply_json_value(&tmp, key, e, "checkpoint"));
+    }
+    *m = tmp.model;
+    return LOOM_OK;
+}

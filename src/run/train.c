@@ -1,0 +1,368 @@
+/* The training driver: set-up, the step loop, validation, checkpoints, metrics and progress.
+ *
+ * One optimizer step: grad_accum micro-batches (forward+backward, gradients written on the first and
+ * added on the rest, no zeroing pass), then the optimizer (global-norm clip, schedule, update), then the
+ * metrics line. Resume is bit-exact: the checkpoint holds the parameters, the optimizer state, the step
+ * and the data sampler's generator, and every kernel is deterministic for a fixed thread count. */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "loom/backend.h"
+#include "loom/ckpt.h"
+#include "loom/comm.h"
+#include "loom/data.h"
+#include "loom/log.h"
+#include "loom/run.h"
+
+/* The one process-wide flag: a signal handler can only reach a global. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int sig) { stop_signal = sig; }
+
+void loom_train_install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static loom_status mkdir_p(const char *path) {
+    char buf[LOOM_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    LOOM_CHECK(mkdir(buf, 0755) == 0 || errno == EEXIST, LOOM_ERR_IO, "cannot create %s: %s", buf, strerror(errno));
+    return LOOM_OK;
+}
+
+typedef struct {
+    int64_t step;               /* optimizer steps completed */
+    loom_data_state data;
+    int32_t optim_kind;
+    int32_t reserved;
+} train_state; /* the "state" section, binary */
+
+typedef struct {
+    const loom_run_config *rc;
+    loom_backend *be;
+    loom_comm *comm;
+    loom_mem mem;
+    loom_model *model;
+    loom_optim *opt;
+    loom_data *data;
+    int32_t *tokens, *targets;
+    char ckpt_path[LOOM_PATH_MAX + 32];
+    FILE *metrics;
+    double peak_gflops;
+} trainer;
+
+static loom_status save_checkpoint(trainer *tr, int64_t step) {
+    const loom_run_config *rc = tr->rc;
+    loom_strbuf meta;
+    loom_strbuf_init(&meta);
+    loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
+    loom_json_write_string(&meta, rc->preset);
+    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"model\":", (long long)step,
+                       loom_optim_kind_name(rc->optim.kind), loom_backend_threads(tr->be));
+    loom_model_config_to_json(&rc->model, &meta);
+    loom_strbuf_printf(&meta, ",\"params\":[");
+    for (int i = 0; i < loom_model_num_param_infos(tr->model); i++) {
+        const loom_param_info *p = loom_model_param_info(tr->model, i);
+        loom_strbuf_printf(&meta, "%s{\"name\":\"%s\",\"offset\":%lld,\"shape\":[%lld", i ? "," : "", p->name,
+                           (long long)p->offset, (long long)p->shape[0]);
+        if (p->ndim > 1) loom_strbuf_printf(&meta, ",%lld", (long long)p->shape[1]);
+        loom_strbuf_printf(&meta, "]}");
+    }
+    loom_strbuf_printf(&meta, "]}");
+    if (meta.failed) {
+        loom_strbuf_free(&meta);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    train_state ts;
+    memset(&ts, 0, sizeof ts);
+    ts.step = step;
+    ts.data = loom_data_get_state(tr->data);
+    ts.optim_kind = (int32_t)rc->optim.kind;
+    int64_t pbytes = loom_model_buffer_size(tr->model) * (int64_t)sizeof(float);
+    loom_ckpt_section s[5] = {
+        {"meta", meta.buf, (int64_t)meta.len},
+        {"state", &ts, (int64_t)sizeof ts},
+        {"params", loom_model_params(tr->model), pbytes},
+    };
+    int n = 3;
+    for (int i = 0; i < loom_optim_num_state_buffers(tr->opt); i++)
+        s[n++] = (loom_ckpt_section){i == 0 ? "optim.0" : "optim.1", loom_optim_state_buffer(tr->opt, i), pbytes};
+    loom_status st = loom_ckpt_write(tr->ckpt_path, s, n);
+    loom_strbuf_free(&meta);
+    LOOM_CALL(st);
+    return LOOM_OK;
+}
+
+static loom_status compare_models(const loom_model_config *a, const loom_model_config *b, const char *path) {
+#define SAME(f)                                                                                              \
+    LOOM_CHECK(a->f == b->f, LOOM_ERR_MISMATCH,                                                              \
+               "checkpoint %s belongs to another model: model." #f " is %g there and %g in this config", path, \
+               (double)a->f, (double)b->f)
+    LOOM_CHECK(a->family == b->family, LOOM_ERR_MISMATCH,
+               "checkpoint %s belongs to another model: family %s there, %s in this config", path,
+               loom_family_name(a->family), loom_family_name(b->family));
+    SAME(n_layer); SAME(n_head); SAME(n_kv_head); SAME(d_model); SAME(d_ff); SAME(vocab_size); SAME(max_seq_len);
+    SAME(tie_embeddings); SAME(bias); SAME(norm_eps); SAME(rope_theta);
+#undef SAME
+    return LOOM_OK;
+}
+
+static loom_status load_checkpoint(trainer *tr, int64_t *step) {
+    loom_ckpt_reader *r = NULL;
+    char *meta = NULL;
+    loom_json *j = NULL;
+    loom_status st;
+    LOOM_CALL_GOTO(st, loom_ckpt_open(tr->ckpt_path, &r), done);
+    LOOM_CALL_GOTO(st, loom_ckpt_read_text(r, "meta", &meta), done);
+    LOOM_CALL_GOTO(st, loom_json_parse(meta, strlen(meta), &j), done);
+    const loom_json *fmt = loom_json_get(j, "format");
+    LOOM_CHECK_GOTO(st, fmt && fmt->type == LOOM_JSON_STRING && !strcmp(fmt->string, "loom.train"), LOOM_ERR_FORMAT,
+                    done, "%s is not a loom training checkpoint", tr->ckpt_path);
+    loom_model_config mc;
+    LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), done);
+    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->rc->model, tr->ckpt_path), done);
+    train_state ts;
+    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "state", &ts, (int64_t)sizeof ts), done);
+    LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
+                    "checkpoint %s was trained with optimizer %s, this run uses %s", tr->ckpt_path,
+                    loom_optim_kind_name((loom_optim_kind)ts.optim_kind), loom_optim_kind_name(tr->rc->optim.kind));
+    int64_t pbytes = loom_model_buffer_size(tr->model) * (int64_t)sizeof(float);
+    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "params", loom_model_params(tr->model), pbytes), done);
+    for (int i = 0; i < loom_optim_num_state_buffers(tr->opt); i++)
+        LOOM_CALL_GOTO(st, loom_ckpt_read(r, i == 0 ? "optim.0" : "optim.1", loom_optim_state_buffer(tr->opt, i), pbytes),
+                       done);
+    const loom_json *th = loom_json_get(j, "threads");
+    if (th && th->type == LOOM_JSON_NUMBER && (int)th->number != loom_backend_threads(tr->be))
+        LOOM_WARN("checkpoint was written with %d threads, this run uses %d: the continued losses will match "
+                  "an uninterrupted run to rounding, not bit for bit", (int)th->number, loom_backend_threads(tr->be));
+    loom_data_set_state(tr->data, &ts.data);
+    *step = ts.step;
+    st = LOOM_OK;
+done:
+    loom_json_free(&j);
+    free(meta);
+    loom_ckpt_close(&r);
+    return st;
+}
+
+static loom_status evaluate(trainer *tr, float *val_loss) {
+    const loom_train_config *t = &tr->rc->train;
+    loom_data_reset_val(tr->data);
+    double s = 0.0;
+    for (int64_t i = 0; i < t->eval_batches; i++) {
+        float l;
+        LOOM_CALL(loom_data_next(tr->data, LOOM_SPLIT_VAL, t->batch, t->seq_len, tr->tokens, tr->targets));
+        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, t->batch, t->seq_len, &l));
+        s += l;
+    }
+    *val_loss = (float)(s / (double)t->eval_batches);
+    return LOOM_OK;
+}
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (s < 0 || !isfinite(s)) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
+}
+
+static void print_profile(loom_backend *be, double total_s) {
+    loom_profile *p = loom_backend_profile(be);
+    double ksum = 0;
+    for (int i = 0; i < LOOM_OP_COUNT; i++) ksum += p->seconds[i];
+    printf("profile (kernel time by category; %.2f s in kernels of %.2f s total):\n", ksum, total_s);
+    printf("  %-12s %10s %10s %7s %10s\n", "category", "calls", "seconds", "share", "GFLOP/s");
+    for (int i = 0; i < LOOM_OP_COUNT; i++) {
+        if (!p->calls[i]) continue;
+        printf("  %-12s %10lld %10.3f %6.1f%% %10.1f\n", loom_op_name((loom_op)i), (long long)p->calls[i],
+               p->seconds[i], 100.0 * p->seconds[i] / total_s, p->seconds[i] > 0 ? p->flops[i] / p->seconds[i] / 1e9 : 0.0);
+    }
+    printf("  %-12s %10s %10.3f %6.1f%%\n", "other", "", total_s - ksum, 100.0 * (total_s - ksum) / total_s);
+}
+
+static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom_optim_stats *os, double tok_s,
+                               double mfu, double ms) {
+    if (!tr->metrics) return;
+    loom_strbuf sb;
+    loom_strbuf_init(&sb);
+    loom_strbuf_printf(&sb, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens_per_sec\":%.3f,"
+                       "\"mfu\":%.6f,\"ms\":%.3f,\"mem_peak_bytes\":%lld", (long long)step, (double)loss, os->lr,
+                       os->grad_norm, tok_s, mfu, ms, (long long)tr->mem.peak_total);
+    for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
+        loom_strbuf_printf(&sb, ",\"mem_peak_%s\":%lld", loom_mem_category_name((loom_mem_category)c),
+                           (long long)tr->mem.peak[c]);
+    loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld}\n", (long long)loom_mem_process_peak_rss());
+    if (!sb.failed) fputs(sb.buf, tr->metrics);
+    fflush(tr->metrics);
+    loom_strbuf_free(&sb);
+}
+
+static void trainer_free(trainer *tr) {
+    if (tr->metrics) fclose(tr->metrics);
+    free(tr->tokens);
+    free(tr->targets);
+    loom_data_free(&tr->data);
+    loom_optim_free(&tr->opt);
+    loom_model_free(&tr->model);
+    loom_comm_free(&tr->comm);
+    loom_backend_free(&tr->be);
+}
+
+loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char *peak_kernel) {
+    LOOM_CALL(loom_run_config_validate(rc));
+    const loom_train_config *t = &rc->train;
+    trainer tr;
+    memset(&tr, 0, sizeof tr);
+    tr.rc = rc;
+    tr.peak_gflops = peak_gflops;
+    loom_mem_init(&tr.mem);
+    loom_status st;
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = (int)t->threads;
+    bc.blas_coretype = t->blas_coretype;
+    LOOM_CALL_GOTO(st, loom_backend_init(&bc, &tr.be), done);
+    LOOM_CALL_GOTO(st, loom_comm_init_self(&tr.comm), done);
+    LOOM_CALL_GOTO(st, loom_data_open(t->data, rc->model.vocab_size, t->val_fraction, (uint64_t)t->seed, &tr.data), done);
+    LOOM_CALL_GOTO(st, loom_model_init(&rc->model, tr.be, tr.comm, &tr.mem, 1, &tr.model), done);
+    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, t->batch, t->seq_len, t->recompute), done);
+    LOOM_CALL_GOTO(st, loom_optim_init(&rc->optim, tr.be, &tr.mem, tr.model, &tr.opt), done);
+    loom_optim_set_total_steps(tr.opt, t->steps);
+    const int64_t BT = t->batch * t->seq_len;
+    tr.tokens = malloc((size_t)BT * sizeof(int32_t));
+    tr.targets = malloc((size_t)BT * sizeof(int32_t));
+    LOOM_CHECK_GOTO(st, tr.tokens && tr.targets, LOOM_ERR_NOMEM, done, "out of memory");
+    snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.bin", t->out);
+    int64_t step = 0;
+    if (t->resume) {
+        LOOM_CALL_GOTO(st, load_checkpoint(&tr, &step), done);
+        LOOM_INFO("resumed from %s at step %lld", tr.ckpt_path, (long long)step);
+    } else {
+        loom_model_init_weights(tr.model, (uint64_t)t->seed);
+    }
+    /* everything is validated: only now touch the run directory */
+    LOOM_CALL_GOTO(st, mkdir_p(t->out), done);
+    if (!t->resume && access(tr.ckpt_path, F_OK) == 0) {
+        char prev[LOOM_PATH_MAX + 64];
+        snprintf(prev, sizeof prev, "%s/checkpoint.prev.bin", t->out);
+        LOOM_CHECK_GOTO(st, rename(tr.ckpt_path, prev) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s",
+                        tr.ckpt_path, strerror(errno));
+        LOOM_WARN("%s already held a checkpoint; moved it to %s (use --resume to continue a run)", t->out, prev);
+    }
+    char mpath[LOOM_PATH_MAX + 32];
+    if (t->metrics[0]) snprintf(mpath, sizeof mpath, "%s", t->metrics);
+    else snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out);
+    tr.metrics = fopen(mpath, t->resume ? "a" : "w");
+    LOOM_CHECK_GOTO(st, tr.metrics != NULL, LOOM_ERR_IO, done, "cannot write metrics %s: %s", mpath, strerror(errno));
+
+    const double flops_tok = loom_model_config_flops_per_token(&rc->model, t->seq_len);
+    const int64_t tokens_per_step = BT * t->grad_accum;
+    LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
+              loom_family_name(rc->model.family), (double)loom_model_num_params(tr.model) / 1e6, flops_tok / 1e9,
+              loom_data_describe(tr.data));
+    LOOM_INFO("batch %lld x %lld x %lld accum = %lld tokens/step; %s %s; %d threads; GEMM %s; peak %.1f GFLOP/s (%s)",
+              (long long)t->batch, (long long)t->seq_len, (long long)t->grad_accum, (long long)tokens_per_step,
+              loom_optim_kind_name(rc->optim.kind), t->recompute == LOOM_RECOMPUTE_NONE ? "" : "recompute",
+              loom_backend_threads(tr.be), loom_backend_gemm_kernel(tr.be), peak_gflops,
+              peak_kernel ? peak_kernel : "unmeasured");
+    int tty = t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO));
+    if (t->profile) loom_backend_set_profiling(tr.be, 1);
+    const float grad_scale = 1.0f / (float)tokens_per_step;
+    double t_start = now_s(), t_train = 0;
+    int64_t first_step = step;
+    float loss = NAN, val_loss = NAN;
+    while (step < t->steps) {
+        double t0 = now_s();
+        double lsum = 0.0;
+        for (int64_t micro = 0; micro < t->grad_accum; micro++) {
+            float l;
+            LOOM_CALL_GOTO(st, loom_data_next(tr.data, LOOM_SPLIT_TRAIN, t->batch, t->seq_len, tr.tokens, tr.targets), done);
+            LOOM_CALL_GOTO(st, loom_model_forward_backward(tr.model, tr.tokens, tr.targets, t->batch, t->seq_len,
+                                                           grad_scale, micro > 0, &l), done);
+            lsum += l;
+        }
+        loss = (float)(lsum / (double)t->grad_accum);
+        loom_optim_stats os;
+        LOOM_CALL_GOTO(st, loom_optim_step(tr.opt, tr.model, step, &os), done);
+        step++;
+        double dt = now_s() - t0;
+        t_train += dt;
+        double tok_s = (double)tokens_per_step / dt;
+        double mfu = peak_gflops > 0 ? flops_tok * tok_s / (peak_gflops * 1e9) : 0.0;
+        write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3);
+        char eta[32];
+        fmt_duration(eta, sizeof eta, t_train / (double)(step - first_step) * (double)(t->steps - step));
+        if (tty) {
+            printf("\rstep %lld/%lld | loss %.4f | %.0f tok/s | MFU %.1f%% | %.0f ms/step | ETA %s   ", (long long)step,
+                   (long long)t->steps, loss, tok_s, 100 * mfu, dt * 1e3, eta);
+            fflush(stdout);
+        } else if (step % t->log_interval == 0 || step == t->steps || step == first_step + 1) {
+            printf("step %lld/%lld loss %.6f lr %.3e grad_norm %.4f tok/s %.0f mfu %.1f%% ms %.0f eta %s\n",
+                   (long long)step, (long long)t->steps, loss, os.lr, os.grad_norm, tok_s, 100 * mfu, dt * 1e3, eta);
+            fflush(stdout);
+        }
+        int last = step == t->steps;
+        if ((t->eval_interval > 0 && step % t->eval_interval == 0) || last) {
+            LOOM_CALL_GOTO(st, evaluate(&tr, &val_loss), done);
+            if (tr.metrics) {
+                fprintf(tr.metrics, "{\"step\":%lld,\"val_loss\":%.9g}\n", (long long)step, (double)val_loss);
+                fflush(tr.metrics);
+            }
+            printf("%sstep %lld val_loss %.6f\n", tty ? "\n" : "", (long long)step, val_loss);
+        }
+        int stop_now = stop_signal != 0 || (t->stop_after > 0 && step == t->stop_after);
+        if ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now) {
+            LOOM_CALL_GOTO(st, save_checkpoint(&tr, step), done);
+            LOOM_DEBUG("checkpoint %s at step %lld", tr.ckpt_path, (long long)step);
+        }
+        if (stop_now) {
+            if (tty) printf("\n");
+            if (stop_signal) {
+                st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
+                                    "interrupted by signal %d at step %lld; checkpoint saved to %s (continue with --resume)",
+                                    (int)stop_signal, (long long)step, tr.ckpt_path);
+                goto done;
+            }
+            LOOM_INFO("stopped after step %lld as asked; checkpoint %s", (long long)step, tr.ckpt_path);
+            break;
+        }
+    }
+    if (tty) printf("\n");
+    double total = now_s() - t_start;
+    printf("done: %lld steps, final loss %.6f, val_loss %.6f, %.1f s, %.0f tokens/s, peak memory %.1f MiB "
+           "(params %.1f, grads %.1f, optim %.1f, acts %.1f MiB), checkpoint %s\n",
+           (long long)(step - first_step), loss, val_loss, total,
+           t_train > 0 ? (double)(tokens_per_step * (step - first_step)) / t_train : 0.0,
+           (double)tr.mem.peak_total / 1048576.0, (double)tr.mem.peak[LOOM_MEM_PARAMS] / 1048576.0,
+           (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
+           (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, tr.ckpt_path);
+    if (t->profile) print_profile(tr.be, t_train);
+    st = LOOM_OK;
+done:
+    trainer_free(&tr);
+    return st;
+}

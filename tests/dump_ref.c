@@ -1,0 +1,147 @@
+/* Writes a small model's weights, logits, loss, gradients and one step of each optimizer to a file that
+ * tests/torch_ref.py recomputes independently in PyTorch (float64) and compares.
+ * Usage: dump_ref gpt2|llama OUTFILE [recompute: none|attn|full] */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/backend.h"
+#include "loom/model.h"
+#include "loom/optim.h"
+#include "loom/rng.h"
+
+static void put(FILE *f, const char *name, uint32_t dtype, int ndim, const int64_t *shape, const void *data,
+                size_t elem) {
+    uint32_t nl = (uint32_t)strlen(name), nd = (uint32_t)ndim;
+    fwrite(&nl, 4, 1, f);
+    fwrite(name, 1, nl, f);
+    fwrite(&dtype, 4, 1, f);
+    fwrite(&nd, 4, 1, f);
+    size_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        fwrite(&shape[i], 8, 1, f);
+        n *= (size_t)shape[i];
+    }
+    fwrite(data, elem, n, f);
+}
+
+static void put_params(FILE *f, loom_model *m, const char *prefix, const float *buf) {
+    for (int i = 0; i < loom_model_num_param_infos(m); i++) {
+        const loom_param_info *p = loom_model_param_info(m, i);
+        char name[128];
+        snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        put(f, name, 0, p->ndim, p->shape, buf + p->offset, 4);
+    }
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: dump_ref gpt2|llama OUTFILE [none|attn|full]\n");
+        return 2;
+    }
+    int llama = strcmp(argv[1], "llama") == 0;
+    loom_recompute rc = LOOM_RECOMPUTE_NONE;
+    if (argc > 3) rc = strcmp(argv[3], "full") == 0 ? LOOM_RECOMPUTE_FULL : strcmp(argv[3], "attn") == 0 ? LOOM_RECOMPUTE_ATTN : LOOM_RECOMPUTE_NONE;
+    loom_model_config c;
+    if (loom_model_config_preset(llama ? "llama-tiny" : "demo", &c) != LOOM_OK) return 1;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_kv_head = llama ? 2 : 4;
+    c.d_model = 64;
+    c.d_ff = llama ? 96 : 256;
+    c.vocab_size = llama ? 101 : 97;
+    c.max_seq_len = 32;
+    c.init_std = 0.1; /* larger than training's 0.02 so that every path carries signal */
+    const int64_t B = 2, T = 16, N = B * T;
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = 2;
+    bc.quiet = 1;
+    loom_backend *be;
+    loom_comm *comm;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m;
+    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) || loom_model_init(&c, be, comm, &mem, 1, &m) ||
+        loom_model_reserve(m, B, T, rc)) {
+        fprintf(stderr, "error: %s\n", loom_error_trace_text());
+        return 1;
+    }
+    loom_model_init_weights(m, 1234);
+    /* norms and biases away from their trivial init, so their gradients are tested on real values */
+    loom_rng r;
+    loom_rng_seed(&r, 99);
+    float *params = loom_model_params(m);
+    for (int i = 0; i < loom_model_num_param_infos(m); i++) {
+        const loom_param_info *p = loom_model_param_info(m, i);
+        if (p->ndim == 1)
+            for (int64_t j = 0; j < p->numel; j++) params[p->offset + j] += (float)(0.1 * loom_rng_normal(&r));
+    }
+    int32_t tokens[64], targets[64];
+    for (int64_t i = 0; i < N; i++) {
+        tokens[i] = (int32_t)loom_rng_below(&r, (uint64_t)c.vocab_size);
+        targets[i] = (int32_t)loom_rng_below(&r, (uint64_t)c.vocab_size);
+    }
+    FILE *f = fopen(argv[2], "wb");
+    if (!f) return 1;
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
+    char cfgjson[1024];
+    snprintf(cfgjson, sizeof cfgjson,
+             "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,\"d_ff\":%lld,"
+             "\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
+             "\"tie_embeddings\":%s,\"bias\":%s,\"B\":%lld,\"T\":%lld,\"lr\":%.17g,\"beta1\":%.17g,"
+             "\"beta2\":%.17g,\"eps\":%.17g,\"weight_decay\":%.17g,\"step\":1}",
+             loom_family_name(c.family), (long long)c.n_layer, (long long)c.n_head, (long long)c.n_kv_head,
+             (long long)c.d_model, (long long)c.d_ff, (long long)c.vocab_size, (long long)c.max_seq_len, c.norm_eps,
+             c.rope_theta, c.tie_embeddings ? "true" : "false", c.bias ? "true" : "false", (long long)B,
+             (long long)T, lr, b1, b2, eps, wd);
+    int64_t len = (int64_t)strlen(cfgjson), bt[2] = {B, T};
+    put(f, "config", 2, 1, &len, cfgjson, 1);
+    put(f, "tokens", 1, 2, bt, tokens, 4);
+    put(f, "targets", 1, 2, bt, targets, 4);
+    put_params(f, m, "param/", params);
+    float loss = 0;
+    if (loom_model_forward(m, tokens, targets, B, T, &loss)) return 1;
+    int64_t lshape[3] = {B, T, c.vocab_size}, one = 1;
+    put(f, "logits", 0, 3, lshape, loom_model_logits(m), 4);
+    put(f, "loss", 0, 1, &one, &loss, 4);
+    /* the gradient twice accumulated over two halves equals one full pass: exercise accumulation */
+    if (loom_model_forward_backward(m, tokens, targets, B, T, 1.0f / (float)N, 0, &loss)) {
+        fprintf(stderr, "error: %s\n", loom_error_trace_text());
+        return 1;
+    }
+    put_params(f, m, "grad/", loom_model_grads(m));
+    size_t pbytes = (size_t)loom_model_buffer_size(m) * sizeof(float);
+    float *saved = malloc(pbytes);
+    memcpy(saved, params, pbytes);
+    static const struct { loom_optim_kind kind; const char *prefix; } opts[] = {
+        {LOOM_OPTIM_ADAMW, "adamw/"}, {LOOM_OPTIM_LAMB, "lamb/"}, {LOOM_OPTIM_SGD, "sgd/"}, {LOOM_OPTIM_LARS, "lars/"}};
+    for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
+        loom_optim_config oc = loom_optim_config_default();
+        oc.kind = opts[k].kind;
+        oc.lr = lr;
+        oc.min_lr = lr;
+        oc.schedule = LOOM_SCHEDULE_CONSTANT;
+        oc.beta1 = b1;
+        oc.beta2 = b2;
+        oc.eps = eps;
+        oc.weight_decay = wd;
+        oc.grad_clip = 0;
+        oc.momentum = 0.9;
+        oc.nesterov = 1;
+        loom_optim *o;
+        if (loom_optim_init(&oc, be, &mem, m, &o) || loom_optim_step(o, m, 0, NULL)) {
+            fprintf(stderr, "error: %s\n", loom_error_trace_text());
+            return 1;
+        }
+        put_params(f, m, opts[k].prefix, params);
+        memcpy(params, saved, pbytes);
+        loom_optim_free(&o);
+    }
+    fclose(f);
+    free(saved);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    loom_backend_free(&be);
+    printf("wrote %s (%s, recompute %d, loss %.6f)\n", argv[2], argv[1], (int)rc, loss);
+    return 0;
+}

@@ -1,0 +1,1127 @@
+/* Layers 1 and 2 of the numerical tests (docs: CONVENTIONS.md rule 10).
+ *
+ * Layer 1: every loom_k_* kernel of the CPU backend against a plain double-precision loop written here,
+ * on random inputs with awkward sizes (none a multiple of 16), with a per-op tolerance
+ * |got - ref| <= atol + rtol * |ref| whose reason is given next to it.
+ * Layer 2: finite-difference gradient checks of a tiny GPT-2 and a tiny LLaMA through the public model
+ * API, plus the recompute modes (bit-identical gradients) and gradient accumulation.
+ *
+ * Output: one line per check, "ok|FAIL name err tol", where err and tol are taken at the element whose
+ * err/tol ratio is the largest (so err <= tol exactly when the check passes; tol 0 means bit-exact);
+ * then "N passed, M failed". Exit status 1 when anything failed. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/backend.h"
+#include "loom/comm.h"
+#include "loom/mem.h"
+#include "loom/model.h"
+#include "loom/rng.h"
+
+static int g_pass, g_fail;
+static loom_rng g_rng;
+
+/* ------------------------------------------------------------------------------------------------ */
+/* helpers                                                                                           */
+
+static void report(const char *name, int ok, double err, double tol) {
+    printf("%s %s %.3e %.3e\n", ok ? "ok" : "FAIL", name, err, tol);
+    fflush(stdout);
+    if (ok) g_pass++;
+    else g_fail++;
+}
+
+/* got (float) vs ref (double): every element within atol + rtol*|ref|, NaN fails. */
+static void check_close(const char *name, const float *got, const double *ref, int64_t n, double atol,
+                        double rtol) {
+    int ok = 1;
+    double worst = -1.0, werr = 0.0, wtol = atol;
+    for (int64_t i = 0; i < n; i++) {
+        double err = fabs((double)got[i] - ref[i]);
+        double tol = atol + rtol * fabs(ref[i]);
+        int good = err <= tol; /* false for NaN */
+        if (!good) ok = 0;
+        double ratio = !good ? (isnan(err) ? INFINITY : (tol > 0 ? err / tol : INFINITY)) : (tol > 0 ? err / tol : 0.0);
+        if (ratio > worst) {
+            worst = ratio;
+            werr = err;
+            wtol = tol;
+        }
+    }
+    report(name, ok, werr, wtol);
+}
+
+static void check_scalar(const char *name, double got, double ref, double atol, double rtol) {
+    double err = fabs(got - ref), tol = atol + rtol * fabs(ref);
+    report(name, err <= tol, err, tol);
+}
+
+/* bit-exact comparison of two float arrays */
+static void check_bits(const char *name, const float *got, const float *want, int64_t n) {
+    int ok = 1;
+    double maxerr = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+            ok = 0;
+            double e = fabs((double)got[i] - (double)want[i]);
+            if (isnan(e)) e = INFINITY;
+            if (e > maxerr) maxerr = e;
+        }
+    }
+    report(name, ok, ok ? 0.0 : (maxerr > 0 ? maxerr : INFINITY), 0.0);
+}
+
+static double urand(double lo, double hi) { return lo + (hi - lo) * loom_rng_uniform(&g_rng); }
+
+static float *fvec(int64_t n) {
+    float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+static double *dvec(int64_t n) {
+    double *p = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
+    return p;
+}
+static void fill(float *x, int64_t n, double lo, double hi) {
+    for (int64_t i = 0; i < n; i++) x[i] = (float)urand(lo, hi);
+}
+static void fill_value(float *x, int64_t n, float v) {
+    for (int64_t i = 0; i < n; i++) x[i] = v;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* matmul                                                                                            */
+
+static void test_matmul_case(loom_backend *be, const char *tag, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                             float alpha, float beta) {
+    /* leading dimensions larger than the rows they hold */
+    const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 5, ldc = N + 7;
+    const int64_t arows = ta ? K : M, brows = tb ? N : K;
+    float *A = fvec(arows * lda), *Bm = fvec(brows * ldb), *C = fvec(M * ldc), *C0 = fvec(M * ldc);
+    fill(A, arows * lda, -1, 1);
+    fill(Bm, brows * ldb, -1, 1);
+    fill(C, M * ldc, -1, 1);
+    /* beta == 0: C is output only and must not be read (BLAS semantics; the model relies on it) */
+    if (beta == 0.0f)
+        for (int64_t i = 0; i < M; i++) fill_value(C + i * ldc, N, NAN);
+    memcpy(C0, C, (size_t)(M * ldc) * sizeof(float));
+    loom_k_matmul(be, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+    double *ref = dvec(M * N);
+    float *got = fvec(M * N), *pad = fvec(M * 7), *pad0 = fvec(M * 7);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double s = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+                double a = ta ? A[k * lda + i] : A[i * lda + k];
+                double b = tb ? Bm[j * ldb + k] : Bm[k * ldb + j];
+                s += a * b;
+            }
+            ref[i * N + j] = (double)alpha * s + (beta != 0.0f ? (double)beta * C0[i * ldc + j] : 0.0);
+            got[i * N + j] = C[i * ldc + j];
+        }
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < 7; j++) {
+            pad[i * 7 + j] = C[i * ldc + N + j];
+            pad0[i * 7 + j] = C0[i * ldc + N + j];
+        }
+    char name[160];
+    snprintf(name, sizeof name, "matmul_%s_%s%s_%lldx%lldx%lld_alpha%g_beta%g", tag, ta ? "t" : "n", tb ? "t" : "n",
+             (long long)M, (long long)N, (long long)K, (double)alpha, (double)beta);
+    /* A float dot product of K=71 unit-range products: the worst-case rounding bound is
+     * K*2^-24*sum|a b| ~ 71 * 6e-8 * 18 ~ 8e-5, the typical (random-walk) error ~ 1e-6; OpenBLAS's
+     * blocked FMA kernels sit near the typical end. atol 2e-5 leaves 10x room over typical while still
+     * catching any wrong term (which moves a result by ~0.1); rtol covers the beta*C term. */
+    check_close(name, got, ref, M * N, 2e-5, 1e-5);
+    snprintf(name, sizeof name, "matmul_%s_%s%s_%lldx%lldx%lld_ldc_padding_untouched", tag, ta ? "t" : "n",
+             tb ? "t" : "n", (long long)M, (long long)N, (long long)K);
+    check_bits(name, pad, pad0, M * 7);
+    free(A);
+    free(Bm);
+    free(C);
+    free(C0);
+    free(ref);
+    free(got);
+    free(pad);
+    free(pad0);
+}
+
+static void test_matmul(loom_backend *be, const char *tag) {
+    static const int64_t shapes[][3] = {{37, 53, 71}, {1, 53, 71}, {37, 1, 71}, {5, 3, 1}};
+    for (int s = 0; s < 4; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                test_matmul_case(be, tag, ta, tb, M, N, K, 0.7f, -1.3f);
+                if (s == 0) {
+                    test_matmul_case(be, tag, ta, tb, M, N, K, 1.0f, 0.0f);
+                    test_matmul_case(be, tag, ta, tb, M, N, K, -0.5f, 1.0f);
+                }
+            }
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* norms                                                                                             */
+
+static void test_layernorm(loom_backend *be) {
+    const int64_t N = 37, C = 53;
+    const float eps = 1e-5f;
+    float *x = fvec(N * C), *w = fvec(C), *b = fvec(C), *y = fvec(N * C), *mean = fvec(N), *rstd = fvec(N);
+    fill(x, N * C, -1, 1);
+    for (int64_t i = 0; i < N * C; i++) x[i] += 0.5f + 0.1f * (float)(i / C % 5); /* non-zero row means */
+    fill(w, C, 0.5, 1.5);
+    fill(b, C, -0.5, 0.5);
+    loom_k_layernorm_forward(be, y, mean, rstd, x, w, b, N, C, eps);
+    double *yr = dvec(N * C), *mr = dvec(N), *rr = dvec(N);
+    for (int64_t n = 0; n < N; n++) {
+        double m = 0, v = 0;
+        for (int64_t c = 0; c < C; c++) m += x[n * C + c];
+        m /= (double)C;
+        for (int64_t c = 0; c < C; c++) v += (x[n * C + c] - m) * (x[n * C + c] - m);
+        double r = 1.0 / sqrt(v / (double)C + eps);
+        mr[n] = m;
+        rr[n] = r;
+        for (int64_t c = 0; c < C; c++) yr[n * C + c] = (x[n * C + c] - m) * r * w[c] + b[c];
+    }
+    /* forward: a 53-term float mean and variance, then a few multiplies: relative error of mean/rstd
+     * ~ C*2^-24 ~ 3e-6 worst case, outputs are O(1): 1e-5 bounds all three with room. */
+    check_close("layernorm_forward_out", y, yr, N * C, 1e-5, 1e-5);
+    check_close("layernorm_forward_mean", mean, mr, N, 1e-6, 1e-5);
+    check_close("layernorm_forward_rstd", rstd, rr, N, 1e-6, 1e-5);
+
+    /* backward: dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy w; dw = sum dy xhat;
+     * db = sum dy. Reference from x alone (its own double mean/rstd). */
+    float *dy = fvec(N * C), *dx = fvec(N * C), *dx0 = fvec(N * C), *dw = fvec(C), *db = fvec(C);
+    fill(dy, N * C, -1, 1);
+    fill(dx0, N * C, -1, 1);
+    double *dxr = dvec(N * C), *dwr = dvec(C), *dbr = dvec(C);
+    for (int64_t n = 0; n < N; n++) {
+        double a = 0, bs = 0;
+        for (int64_t c = 0; c < C; c++) {
+            double xh = (x[n * C + c] - mr[n]) * rr[n], dn = (double)dy[n * C + c] * w[c];
+            a += dn;
+            bs += dn * xh;
+            dwr[c] += (double)dy[n * C + c] * xh;
+            dbr[c] += dy[n * C + c];
+        }
+        a /= (double)C;
+        bs /= (double)C;
+        for (int64_t c = 0; c < C; c++) {
+            double xh = (x[n * C + c] - mr[n]) * rr[n], dn = (double)dy[n * C + c] * w[c];
+            dxr[n * C + c] = dx0[n * C + c] + rr[n] * (dn - a - xh * bs);
+        }
+    }
+    /* accumulate = 0: dw, db are written (pre-filled with NaN to prove it); dinp always += */
+    memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
+    fill_value(dw, C, NAN);
+    fill_value(db, C, NAN);
+    loom_k_layernorm_backward(be, dx, dw, db, dy, x, w, mean, rstd, N, C, 0);
+    /* dx: two 53-term float row sums feed an O(1) result (|dx| up to ~5): 2e-5 absolute covers
+     * C*2^-24*|terms| with margin. dw, db: 37-row float column sums of O(1) terms: same bound. */
+    check_close("layernorm_backward_dinp_accumulates", dx, dxr, N * C, 2e-5, 1e-5);
+    check_close("layernorm_backward_dw_acc0", dw, dwr, C, 2e-5, 1e-5);
+    check_close("layernorm_backward_db_acc0", db, dbr, C, 2e-5, 1e-5);
+    /* accumulate = 1: dw, db += */
+    float *dw0 = fvec(C), *db0 = fvec(C);
+    fill(dw0, C, -1, 1);
+    fill(db0, C, -1, 1);
+    memcpy(dw, dw0, (size_t)C * sizeof(float));
+    memcpy(db, db0, (size_t)C * sizeof(float));
+    memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
+    loom_k_layernorm_backward(be, dx, dw, db, dy, x, w, mean, rstd, N, C, 1);
+    double *dwr1 = dvec(C), *dbr1 = dvec(C);
+    for (int64_t c = 0; c < C; c++) {
+        dwr1[c] = dwr[c] + dw0[c];
+        dbr1[c] = dbr[c] + db0[c];
+    }
+    check_close("layernorm_backward_dw_acc1", dw, dwr1, C, 2e-5, 1e-5);
+    check_close("layernorm_backward_db_acc1", db, dbr1, C, 2e-5, 1e-5);
+    free(x); free(w); free(b); free(y); free(mean); free(rstd); free(yr); free(mr); free(rr);
+    free(dy); free(dx); free(dx0); free(dw); free(db); free(dxr); free(dwr); free(dbr);
+    free(dw0); free(db0); free(dwr1); free(dbr1);
+}
+
+static void test_rmsnorm(loom_backend *be) {
+    const int64_t N = 37, C = 53;
+    const float eps = 1e-5f;
+    float *x = fvec(N * C), *w = fvec(C), *y = fvec(N * C), *rstd = fvec(N);
+    fill(x, N * C, -1.5, 1.5);
+    fill(w, C, 0.5, 1.5);
+    loom_k_rmsnorm_forward(be, y, rstd, x, w, N, C, eps);
+    double *yr = dvec(N * C), *rr = dvec(N);
+    for (int64_t n = 0; n < N; n++) {
+        double ss = 0;
+        for (int64_t c = 0; c < C; c++) ss += (double)x[n * C + c] * x[n * C + c];
+        rr[n] = 1.0 / sqrt(ss / (double)C + eps);
+        for (int64_t c = 0; c < C; c++) yr[n * C + c] = x[n * C + c] * rr[n] * w[c];
+    }
+    /* one 53-term float sum of squares (positive terms: relative error <= C*2^-24 ~ 3e-6) */
+    check_close("rmsnorm_forward_out", y, yr, N * C, 1e-5, 1e-5);
+    check_close("rmsnorm_forward_rstd", rstd, rr, N, 1e-6, 1e-5);
+    /* backward: dx = r (dy w - xhat mean(dy w xhat)), xhat = x r; dw = sum dy xhat */
+    float *dy = fvec(N * C), *dx = fvec(N * C), *dx0 = fvec(N * C), *dw = fvec(C), *dw0 = fvec(C);
+    fill(dy, N * C, -1, 1);
+    fill(dx0, N * C, -1, 1);
+    fill(dw0, C, -1, 1);
+    double *dxr = dvec(N * C), *dwr = dvec(C), *dwr1 = dvec(C);
+    for (int64_t n = 0; n < N; n++) {
+        double a = 0;
+        for (int64_t c = 0; c < C; c++) {
+            double xh = x[n * C + c] * rr[n];
+            a += (double)dy[n * C + c] * w[c] * xh;
+            dwr[c] += (double)dy[n * C + c] * xh;
+        }
+        a /= (double)C;
+        for (int64_t c = 0; c < C; c++)
+            dxr[n * C + c] = dx0[n * C + c] + rr[n] * ((double)dy[n * C + c] * w[c] - x[n * C + c] * rr[n] * a);
+    }
+    for (int64_t c = 0; c < C; c++) dwr1[c] = dwr[c] + dw0[c];
+    memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
+    fill_value(dw, C, NAN);
+    loom_k_rmsnorm_backward(be, dx, dw, dy, x, w, rstd, N, C, 0);
+    /* same reasoning as layernorm backward */
+    check_close("rmsnorm_backward_dinp_accumulates", dx, dxr, N * C, 2e-5, 1e-5);
+    check_close("rmsnorm_backward_dw_acc0", dw, dwr, C, 2e-5, 1e-5);
+    memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
+    memcpy(dw, dw0, (size_t)C * sizeof(float));
+    loom_k_rmsnorm_backward(be, dx, dw, dy, x, w, rstd, N, C, 1);
+    check_close("rmsnorm_backward_dw_acc1", dw, dwr1, C, 2e-5, 1e-5);
+    free(x); free(w); free(y); free(rstd); free(yr); free(rr); free(dy); free(dx); free(dx0); free(dw);
+    free(dw0); free(dxr); free(dwr); free(dwr1);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* activations and elementwise                                                                       */
+
+static double gelu_ref(double x) {
+    const double k = sqrt(2.0 / M_PI), c = 0.044715;
+    return 0.5 * x * (1.0 + tanh(k * (x + c * x * x * x)));
+}
+static double gelu_grad_ref(double x) {
+    const double k = sqrt(2.0 / M_PI), c = 0.044715;
+    double t = tanh(k * (x + c * x * x * x));
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * c * x * x);
+}
+
+static void test_activations(loom_backend *be) {
+    const int64_t N = 37, F = 53, n = N * F;
+    float *pre = fvec(n), *pre0 = fvec(n), *bias = fvec(F), *out = fvec(n);
+    fill(pre0, n, -5, 5); /* both tails of the GELU and the region around 0 */
+    fill(bias, F, -0.5, 0.5);
+    /* bias_gelu_forward with out: pre += bias, out = gelu(pre) */
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    loom_k_bias_gelu_forward(be, pre, out, bias, N, F);
+    float *pre_want = fvec(n);
+    double *ref = dvec(n);
+    for (int64_t i = 0; i < n; i++) {
+        pre_want[i] = pre0[i] + bias[i % F]; /* one float add: the kernel must give exactly this */
+        ref[i] = gelu_ref((double)pre_want[i]);
+    }
+    check_bits("bias_gelu_forward_pre_plus_bias", pre, pre_want, n);
+    /* tanh through 1 - 2/(exp(2u)+1) with a ~1-ulp expf: absolute error ~1e-7 near 0 (cancellation),
+     * times 0.5|x| <= 2.75, plus the ulp of the O(5) result: atol 2e-6, rtol 4e-6. */
+    check_close("bias_gelu_forward_out", out, ref, n, 2e-6, 4e-6);
+    /* out == NULL: bias only */
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    loom_k_bias_gelu_forward(be, pre, NULL, bias, N, F);
+    check_bits("bias_gelu_forward_out_null_bias_only", pre, pre_want, n);
+    /* gelu_forward */
+    fill_value(out, n, NAN);
+    loom_k_gelu_forward(be, out, pre0, n);
+    for (int64_t i = 0; i < n; i++) ref[i] = gelu_ref((double)pre0[i]);
+    check_close("gelu_forward", out, ref, n, 2e-6, 4e-6);
+    /* gelu_backward (and in place: dpre aliases dout) */
+    float *dout = fvec(n), *dpre = fvec(n);
+    fill(dout, n, -1, 1);
+    loom_k_gelu_backward(be, dpre, pre0, dout, n);
+    for (int64_t i = 0; i < n; i++) ref[i] = gelu_grad_ref((double)pre0[i]) * dout[i];
+    /* gelu' is O(1) (max ~1.13), but its sech^2 = 1 - t^2 is formed in float from t = tanh(u) ~ 1 for
+     * |x| > 3: an error of ~1 ulp(1) = 1.2e-7 in t becomes 2.4e-7 absolute in sech^2, multiplied by
+     * 0.5 x k (1 + 3 c x^2) ~ 9 at |x| = 5: ~2e-6 absolute (measured 1.8e-6). atol 5e-6. */
+    check_close("gelu_backward", dpre, ref, n, 5e-6, 4e-6);
+    memcpy(dpre, dout, (size_t)n * sizeof(float));
+    loom_k_gelu_backward(be, dpre, pre0, dpre, n);
+    check_close("gelu_backward_in_place", dpre, ref, n, 5e-6, 4e-6);
+
+    /* SwiGLU: gu (N, 2F) = [gate | up]; out = silu(gate) * up */
+    float *gu = fvec(N * 2 * F), *sw = fvec(n), *dgu = fvec(N * 2 * F);
+    fill(gu, N * 2 * F, -6, 6);
+    loom_k_swiglu_forward(be, sw, gu, N, F);
+    double *swr = dvec(n), *dgur = dvec(N * 2 * F);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t f = 0; f < F; f++) {
+            double g = gu[r * 2 * F + f], u = gu[r * 2 * F + F + f], dy = dout[r * F + f];
+            double s = 1.0 / (1.0 + exp(-g));
+            swr[r * F + f] = g * s * u;
+            dgur[r * 2 * F + f] = dy * u * s * (1.0 + g * (1.0 - s));
+            dgur[r * 2 * F + F + f] = dy * g * s;
+        }
+    /* sigmoid through a ~1-ulp expf and one division: a few ulp relative on O(36) products */
+    check_close("swiglu_forward", sw, swr, n, 1e-6, 4e-6);
+    fill_value(dgu, N * 2 * F, NAN);
+    loom_k_swiglu_backward(be, dgu, gu, dout, N, F);
+    /* dgate's factor s(1 + g(1-s)) is a difference-free product; same few-ulp bound */
+    check_close("swiglu_backward", dgu, dgur, N * 2 * F, 1e-6, 4e-6);
+
+    /* bias_add: one float add per element, exact to the rounding of that add */
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    loom_k_bias_add(be, pre, bias, N, F);
+    check_bits("bias_add", pre, pre_want, n);
+    /* bias_backward: column sums */
+    float *db = fvec(F), *db0 = fvec(F);
+    double *dbr = dvec(F), *dbr1 = dvec(F);
+    fill(db0, F, -1, 1);
+    for (int64_t r = 0; r < N; r++)
+        for (int64_t f = 0; f < F; f++) dbr[f] += dout[r * F + f];
+    for (int64_t f = 0; f < F; f++) dbr1[f] = dbr[f] + db0[f];
+    fill_value(db, F, NAN);
+    loom_k_bias_backward(be, db, dout, N, F, 0);
+    /* 37 (38) unit-range terms summed in float: <= 38 * 2^-24 * 38 ~ 1e-4 worst case, ~1e-6 typical */
+    check_close("bias_backward_acc0", db, dbr, F, 1e-5, 1e-5);
+    memcpy(db, db0, (size_t)F * sizeof(float));
+    loom_k_bias_backward(be, db, dout, N, F, 1);
+    check_close("bias_backward_acc1", db, dbr1, F, 1e-5, 1e-5);
+
+    /* add (and out aliasing a), scale: one float operation each, so bit-exact */
+    float *a = fvec(n), *s = fvec(n), *want = fvec(n);
+    fill(a, n, -3, 3);
+    for (int64_t i = 0; i < n; i++) want[i] = a[i] + dout[i];
+    fill_value(s, n, NAN);
+    loom_k_add(be, s, a, dout, n);
+    check_bits("add", s, want, n);
+    memcpy(s, a, (size_t)n * sizeof(float));
+    loom_k_add(be, s, s, dout, n);
+    check_bits("add_out_aliases_a", s, want, n);
+    for (int64_t i = 0; i < n; i++) want[i] = a[i] * -0.37f;
+    memcpy(s, a, (size_t)n * sizeof(float));
+    loom_k_scale(be, s, -0.37f, n);
+    check_bits("scale", s, want, n);
+    free(pre); free(pre0); free(bias); free(out); free(pre_want); free(ref); free(dout); free(dpre);
+    free(gu); free(sw); free(dgu); free(swr); free(dgur); free(db); free(db0); free(dbr); free(dbr1);
+    free(a); free(s); free(want);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* RoPE                                                                                              */
+
+static void test_rope(loom_backend *be) {
+    const int64_t B = 2, T = 13, H = 4, KV = 2, hd = 8, half = hd / 2, row = (H + 2 * KV) * hd, n = B * T * row;
+    float *cs = fvec(T * half), *sn = fvec(T * half), *x0 = fvec(n), *x = fvec(n);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < half; i++) {
+            double ang = (double)t * pow(10000.0, -2.0 * (double)i / (double)hd);
+            cs[t * half + i] = (float)cos(ang);
+            sn[t * half + i] = (float)sin(ang);
+        }
+    fill(x0, n, -1, 1);
+    for (int inverse = 0; inverse < 2; inverse++) {
+        memcpy(x, x0, (size_t)n * sizeof(float));
+        loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, inverse);
+        double *ref = dvec(n);
+        for (int64_t i = 0; i < n; i++) ref[i] = x0[i];
+        double sg = inverse ? -1.0 : 1.0;
+        for (int64_t bt = 0; bt < B * T; bt++) {
+            int64_t t = bt % T;
+            for (int64_t h = 0; h < H + KV; h++) { /* q heads then k heads; v untouched */
+                const float *xi = x0 + bt * row + h * hd;
+                double *o = ref + bt * row + h * hd;
+                for (int64_t i = 0; i < half; i++) {
+                    double c = cs[t * half + i], s = sg * sn[t * half + i];
+                    double x1 = xi[i], x2 = xi[i + half]; /* rotate_half: out = x c + rotate_half(x) s */
+                    o[i] = x1 * c - x2 * s;
+                    o[i + half] = x2 * c + x1 * s;
+                }
+            }
+        }
+        /* two products and one add of unit values: <= 2 ulp ~ 2.4e-7 */
+        check_close(inverse ? "rope_inverse" : "rope_forward", x, ref, n, 5e-7, 1e-6);
+        /* v heads must be left bit-identical */
+        float *vg = fvec(B * T * KV * hd), *vw = fvec(B * T * KV * hd);
+        for (int64_t bt = 0; bt < B * T; bt++)
+            for (int64_t j = 0; j < KV * hd; j++) {
+                vg[bt * KV * hd + j] = x[bt * row + (H + KV) * hd + j];
+                vw[bt * KV * hd + j] = x0[bt * row + (H + KV) * hd + j];
+            }
+        check_bits(inverse ? "rope_inverse_v_untouched" : "rope_forward_v_untouched", vg, vw, B * T * KV * hd);
+        free(vg);
+        free(vw);
+        free(ref);
+    }
+    /* inverse(forward(x)) == x up to cos^2 + sin^2 = 1 in float and 4 roundings: ~5e-7 */
+    memcpy(x, x0, (size_t)n * sizeof(float));
+    loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, 0);
+    loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, 1);
+    double *id = dvec(n);
+    for (int64_t i = 0; i < n; i++) id[i] = x0[i];
+    check_close("rope_inverse_of_forward_is_identity", x, id, n, 1e-6, 1e-6);
+    free(id); free(cs); free(sn); free(x0); free(x);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* attention                                                                                         */
+
+/* Explicit causal softmax over the T x T scores in double; with dout, the analytic backward:
+ * dV_j += p_ij dy_i, dp_ij = dy_i . v_j, ds_ij = p_ij (dp_ij - sum_k p_ik dp_ik),
+ * dq_i = scale sum_j ds_ij k_j, dk_j += scale ds_ij q_i. GQA: query head h reads kv head h/(H/KV). */
+static void ref_attention(const float *qkv, const float *dout, int64_t B, int64_t T, int64_t H, int64_t KV,
+                          int64_t hd, double *out, double *lse, double *dqkv) {
+    const int64_t row = (H + 2 * KV) * hd, group = H / KV, C = H * hd;
+    const double scale = 1.0 / sqrt((double)hd);
+    double *s = dvec(T * T), *p = dvec(T * T), *dp = dvec(T);
+    if (dqkv) memset(dqkv, 0, (size_t)(B * T * row) * sizeof(double));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t kvh = h / group;
+            for (int64_t i = 0; i < T; i++) {
+                const float *q = qkv + (b * T + i) * row + h * hd;
+                double mx = -INFINITY, sum = 0.0;
+                for (int64_t j = 0; j <= i; j++) {
+                    const float *k = qkv + (b * T + j) * row + (H + kvh) * hd;
+                    double d = 0;
+                    for (int64_t e = 0; e < hd; e++) d += (double)q[e] * k[e];
+                    s[i * T + j] = d * scale;
+                    if (s[i * T + j] > mx) mx = s[i * T + j];
+                }
+                for (int64_t j = 0; j <= i; j++) sum += exp(s[i * T + j] - mx);
+                lse[(b * H + h) * T + i] = mx + log(sum);
+                for (int64_t j = 0; j <= i; j++) p[i * T + j] = exp(s[i * T + j] - mx) / sum;
+                double *o = out + (b * T + i) * C + h * hd;
+                for (int64_t e = 0; e < hd; e++) o[e] = 0.0;
+                for (int64_t j = 0; j <= i; j++) {
+                    const float *v = qkv + (b * T + j) * row + (H + KV + kvh) * hd;
+                    for (int64_t e = 0; e < hd; e++) o[e] += p[i * T + j] * v[e];
+                }
+                if (!dout) continue;
+                const float *dy = dout + (b * T + i) * C + h * hd;
+                double D = 0.0;
+                for (int64_t j = 0; j <= i; j++) {
+                    const float *v = qkv + (b * T + j) * row + (H + KV + kvh) * hd;
+                    double d = 0;
+                    for (int64_t e = 0; e < hd; e++) d += (double)dy[e] * v[e];
+                    dp[j] = d;
+                    D += p[i * T + j] * d;
+                }
+                double *dq = dqkv + (b * T + i) * row + h * hd;
+                for (int64_t j = 0; j <= i; j++) {
+                    const float *k = qkv + (b * T + j) * row + (H + kvh) * hd;
+                    double *dk = dqkv + (b * T + j) * row + (H + kvh) * hd;
+                    double *dv = dqkv + (b * T + j) * row + (H + KV + kvh) * hd;
+                    double ds = p[i * T + j] * (dp[j] - D);
+                    for (int64_t e = 0; e < hd; e++) {
+                        dq[e] += scale * ds * k[e];
+                        dk[e] += scale * ds * q[e];
+                        dv[e] += p[i * T + j] * dy[e];
+                    }
+                }
+            }
+        }
+    free(s);
+    free(p);
+    free(dp);
+}
+
+static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
+    const int64_t row = (H + 2 * KV) * hd, C = H * hd;
+    float *qkv = fvec(B * T * row), *out = fvec(B * T * C), *lse = fvec(B * H * T), *dout = fvec(B * T * C),
+          *dqkv = fvec(B * T * row);
+    fill(qkv, B * T * row, -1.5, 1.5); /* scores up to ~|q||k|/sqrt(hd) ~ 6: peaked and flat rows both */
+    fill(dout, B * T * C, -1, 1);
+    fill_value(out, B * T * C, NAN);
+    fill_value(lse, B * H * T, NAN);
+    loom_k_attention_forward(be, out, lse, qkv, B, T, H, KV, hd);
+    double *outr = dvec(B * T * C), *lser = dvec(B * H * T), *dqkvr = dvec(B * T * row);
+    ref_attention(qkv, dout, B, T, H, KV, hd, outr, lser, dqkvr);
+    char name[128];
+    /* out: a convex combination of unit-range v (<= T terms) with probabilities from a ~1-ulp expf and
+     * hd-term float dot products: ~1e-6 absolute. lse: max + log(sum) of O(6) numbers: a few ulp. */
+    snprintf(name, sizeof name, "attention_forward_out_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
+             (long long)T, (long long)H, (long long)KV, (long long)hd);
+    check_close(name, out, outr, B * T * C, 5e-6, 1e-5);
+    snprintf(name, sizeof name, "attention_forward_lse_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
+             (long long)T, (long long)H, (long long)KV, (long long)hd);
+    check_close(name, lse, lser, B * H * T, 5e-6, 2e-6);
+    fill_value(dqkv, B * T * row, NAN); /* written, not accumulated */
+    loom_k_attention_backward(be, dqkv, dout, qkv, out, lse, B, T, H, KV, hd);
+    /* dq, dk, dv: sums over up to T (x group) terms of products of O(1) values, with p recomputed as
+     * exp(s - lse) from float s and lse (relative error ~ ulp(|s|+|lse|) ~ 1e-6): 2e-5 absolute. */
+    snprintf(name, sizeof name, "attention_backward_dqkv_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
+             (long long)T, (long long)H, (long long)KV, (long long)hd);
+    check_close(name, dqkv, dqkvr, B * T * row, 2e-5, 1e-4);
+    free(qkv); free(out); free(lse); free(dout); free(dqkv); free(outr); free(lser); free(dqkvr);
+}
+
+static void test_attention(loom_backend *be) {
+    test_attention_case(be, 2, 13, 4, 2, 8);  /* GQA, group 2 */
+    test_attention_case(be, 1, 17, 3, 1, 10); /* multi-query: one kv head for three query heads */
+    test_attention_case(be, 3, 5, 2, 2, 6);   /* plain multi-head */
+    test_attention_case(be, 2, 1, 2, 1, 4);   /* T = 1: the softmax of a single score */
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* embedding and loss                                                                                */
+
+static void test_embedding(loom_backend *be) {
+    const int64_t B = 2, T = 13, C = 53, V = 101, N = B * T;
+    int32_t tok[26];
+    for (int64_t i = 0; i < N; i++) tok[i] = (i % 4 == 0) ? (int32_t)(V - 1) : (int32_t)loom_rng_below(&g_rng, 5);
+    float *wte = fvec(V * C), *wpe = fvec(T * C), *out = fvec(N * C), *want = fvec(N * C);
+    fill(wte, V * C, -1, 1);
+    fill(wpe, T * C, -1, 1);
+    loom_k_embedding_forward(be, out, tok, wte, wpe, B, T, C);
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) want[i * C + c] = wte[tok[i] * C + c] + wpe[(i % T) * C + c];
+    check_bits("embedding_forward_wte_wpe", out, want, N * C); /* a copy and one float add: exact */
+    loom_k_embedding_forward(be, out, tok, wte, NULL, B, T, C);
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) want[i * C + c] = wte[tok[i] * C + c];
+    check_bits("embedding_forward_wte_only", out, want, N * C);
+
+    float *dout = fvec(N * C), *dwte = fvec(V * C), *dwpe = fvec(T * C), *dwte0 = fvec(V * C), *dwpe0 = fvec(T * C);
+    fill(dout, N * C, -1, 1);
+    fill(dwte0, V * C, -1, 1);
+    fill(dwpe0, T * C, -1, 1);
+    double *rte = dvec(V * C), *rpe = dvec(T * C), *rte1 = dvec(V * C), *rpe1 = dvec(T * C);
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) {
+            rte[tok[i] * C + c] += dout[i * C + c];
+            rpe[(i % T) * C + c] += dout[i * C + c];
+        }
+    for (int64_t i = 0; i < V * C; i++) rte1[i] = rte[i] + dwte0[i];
+    for (int64_t i = 0; i < T * C; i++) rpe1[i] = rpe[i] + dwpe0[i];
+    /* repeated tokens: token V-1 appears 7 times, tokens 0..4 ~4 times each; float sums of <= 8
+     * unit-range terms: <= 8 * 2^-24 * 8 ~ 4e-6 worst case */
+    fill_value(dwte, V * C, NAN); /* accumulate 0 zeroes first: rows of absent tokens must become 0 */
+    fill_value(dwpe, T * C, NAN);
+    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 0, 0);
+    check_close("embedding_backward_dwte_acc0", dwte, rte, V * C, 5e-6, 1e-6);
+    check_close("embedding_backward_dwpe_acc0", dwpe, rpe, T * C, 5e-6, 1e-6);
+    memcpy(dwte, dwte0, (size_t)(V * C) * sizeof(float));
+    memcpy(dwpe, dwpe0, (size_t)(T * C) * sizeof(float));
+    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 1, 1);
+    check_close("embedding_backward_dwte_acc1", dwte, rte1, V * C, 5e-6, 1e-6);
+    check_close("embedding_backward_dwpe_acc1", dwpe, rpe1, T * C, 5e-6, 1e-6);
+    /* mixed flags (the tied GPT-2 path: wte accumulates onto the head's part, wpe is written) */
+    memcpy(dwte, dwte0, (size_t)(V * C) * sizeof(float));
+    fill_value(dwpe, T * C, NAN);
+    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 1, 0);
+    check_close("embedding_backward_dwte_acc1_mixed", dwte, rte1, V * C, 5e-6, 1e-6);
+    check_close("embedding_backward_dwpe_acc0_mixed", dwpe, rpe, T * C, 5e-6, 1e-6);
+    /* no position table (LLaMA) */
+    fill_value(dwte, V * C, NAN);
+    loom_k_embedding_backward(be, dwte, NULL, dout, tok, B, T, C, V, 0, 0);
+    check_close("embedding_backward_dwte_no_wpe", dwte, rte, V * C, 5e-6, 1e-6);
+    free(wte); free(wpe); free(out); free(want); free(dout); free(dwte); free(dwpe); free(dwte0); free(dwpe0);
+    free(rte); free(rpe); free(rte1); free(rpe1);
+}
+
+static void test_cross_entropy(loom_backend *be) {
+    const int64_t N = 37, V = 101;
+    const float gs = 1.0f / (float)N;
+    float *x0 = fvec(N * V), *x = fvec(N * V), *loss = fvec(N), *loss_nog = fvec(N);
+    int32_t tgt[37];
+    fill(x0, N * V, -6, 6);
+    for (int64_t v = 0; v < V; v++) x0[5 * V + v] += 90.0f; /* a row that overflows expf without the max shift */
+    for (int64_t n = 0; n < N; n++) tgt[n] = (int32_t)loom_rng_below(&g_rng, (uint64_t)V);
+    tgt[0] = 0;
+    tgt[1] = (int32_t)(V - 1);
+    tgt[3] = -1;
+    tgt[20] = -1;
+    double *lr = dvec(N), *gr = dvec(N * V);
+    for (int64_t n = 0; n < N; n++) {
+        const float *r = x0 + n * V;
+        double mx = -INFINITY, s = 0;
+        for (int64_t v = 0; v < V; v++) mx = r[v] > mx ? r[v] : mx;
+        for (int64_t v = 0; v < V; v++) s += exp(r[v] - mx);
+        double lse = mx + log(s);
+        if (tgt[n] < 0) continue; /* loss 0, gradient row 0 */
+        lr[n] = lse - r[tgt[n]];
+        for (int64_t v = 0; v < V; v++) gr[n * V + v] = gs * (exp(r[v] - mx) / s - (v == tgt[n] ? 1.0 : 0.0));
+    }
+    memcpy(x, x0, (size_t)(N * V) * sizeof(float));
+    loom_k_softmax_cross_entropy(be, x, loss, tgt, N, V, gs);
+    /* loss = (max + log sum) - x[t]: a difference of numbers as large as the row maximum (~96 in the
+     * shifted row), so a few ulp of 96 (7.6e-6 each) absolute. */
+    check_close("softmax_cross_entropy_loss", loss, lr, N, 3e-5, 1e-6);
+    /* gradient gs*(p - onehot): p to a few ulp relative (expf ~1 ulp, one division); the target
+     * entry p*gs - gs rounds at ulp(gs) ~ 2e-9. */
+    check_close("softmax_cross_entropy_grad", x, gr, N * V, 1e-8, 1e-5);
+    /* ignored targets: loss exactly 0 and gradient row exactly 0 */
+    float zrow[2 * 101], grow[2 * 101];
+    memset(zrow, 0, sizeof zrow);
+    memcpy(grow, x + 3 * V, (size_t)V * sizeof(float));
+    memcpy(grow + V, x + 20 * V, (size_t)V * sizeof(float));
+    check_bits("softmax_cross_entropy_ignored_target_grad_zero", grow, zrow, 2 * V);
+    float lz[2] = {loss[3], loss[20]};
+    check_bits("softmax_cross_entropy_ignored_target_loss_zero", lz, zrow, 2);
+    /* grad_scale 0: losses only, logits left as they were */
+    memcpy(x, x0, (size_t)(N * V) * sizeof(float));
+    loom_k_softmax_cross_entropy(be, x, loss_nog, tgt, N, V, 0.0f);
+    check_bits("softmax_cross_entropy_no_grad_logits_untouched", x, x0, N * V);
+    check_bits("softmax_cross_entropy_no_grad_same_losses", loss_nog, loss, N);
+    free(x0); free(x); free(loss); free(loss_nog); free(lr); free(gr);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* sum of squares and optimizers                                                                     */
+
+static void test_sum_squares(loom_backend *be) {
+    const int64_t n = 100003;
+    float *x = fvec(n);
+    fill(x, n, -1, 1);
+    long double ref = 0;
+    for (int64_t i = 0; i < n; i++) ref += (long double)x[i] * x[i];
+    /* float squares are exact in double; summing 1e5 positive doubles: <= n * 2^-53 ~ 1.1e-11 relative */
+    check_scalar("sum_squares_n100003", loom_k_sum_squares(be, x, n), (double)ref, 0.0, 1.2e-11);
+    long double r37 = 0;
+    for (int64_t i = 0; i < 37; i++) r37 += (long double)x[i] * x[i];
+    check_scalar("sum_squares_n37", loom_k_sum_squares(be, x, 37), (double)r37, 0.0, 1e-15);
+    check_scalar("sum_squares_n0", loom_k_sum_squares(be, x, 0), 0.0, 0.0, 0.0);
+    free(x);
+}
+
+static void test_adamw(loom_backend *be, int64_t n) {
+    float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n), *p0 = fvec(n), *m0 = fvec(n), *v0 = fvec(n);
+    fill(p0, n, -1, 1);
+    fill(g, n, -1, 1);
+    fill(m0, n, -0.1, 0.1);
+    fill(v0, n, 1e-4, 1e-2);
+    const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
+    const int t = 3;
+    const float bc1 = (float)(1.0 - pow(b1, t)), bc2 = (float)(1.0 - pow(b2, t));
+    memcpy(p, p0, (size_t)n * sizeof(float));
+    memcpy(m, m0, (size_t)n * sizeof(float));
+    memcpy(v, v0, (size_t)n * sizeof(float));
+    loom_k_adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    double *pr = dvec(n), *mr = dvec(n), *vr = dvec(n);
+    /* torch.optim.AdamW: p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= (lr/bc1) m / (sqrt(v)/sqrt(bc2) + eps) */
+    for (int64_t i = 0; i < n; i++) {
+        double gi = (double)g[i] * gs;
+        double mi = (double)b1 * m0[i] + (1.0 - (double)b1) * gi;
+        double vi = (double)b2 * v0[i] + (1.0 - (double)b2) * gi * gi;
+        double pi = (double)p0[i] * (1.0 - (double)lr * wd);
+        mr[i] = mi;
+        vr[i] = vi;
+        pr[i] = pi - ((double)lr / bc1) * mi / (sqrt(vi) / sqrt((double)bc2) + eps);
+    }
+    /* each result is a handful of float operations on O(1) (p), O(0.1) (m), O(1e-2) (v) values: a few
+     * ulp relative. m = b1 m + (1-b1) g cancels when its two terms (each up to ~0.1) have opposite
+     * signs, so its error is a few ulp of the terms (ulp(0.1) = 7.5e-9), not of the result: atol 3e-8.
+     * v's terms are both positive (no cancellation); p's floor is below ulp(1). */
+    check_close("adamw_p", p, pr, n, 1e-7, 1e-6);
+    check_close("adamw_m", m, mr, n, 3e-8, 1e-6);
+    check_close("adamw_v", v, vr, n, 1e-11, 1e-6);
+    free(p); free(g); free(m); free(v); free(p0); free(m0); free(v0); free(pr); free(mr); free(vr);
+}
+
+static void test_lamb(loom_backend *be, int64_t n) {
+    float *p = fvec(n), *g = fvec(n), *m = fvec(n), *v = fvec(n), *m0 = fvec(n), *v0 = fvec(n);
+    fill(p, n, -1, 1);
+    fill(g, n, -1, 1);
+    fill(m0, n, -0.1, 0.1);
+    fill(v0, n, 1e-4, 1e-2);
+    memcpy(m, m0, (size_t)n * sizeof(float));
+    memcpy(v, v0, (size_t)n * sizeof(float));
+    const float b1 = 0.9f, b2 = 0.999f, eps = 1e-6f, wd = 0.01f, gs = 2.0f, step = 0.0123f;
+    const float bc1 = (float)(1.0 - pow(b1, 5)), bc2 = (float)(1.0 - pow(b2, 5));
+    double sq = loom_k_lamb_moments(be, p, g, m, v, n, b1, b2, eps, wd, bc1, bc2, gs);
+    double *pr = dvec(n), *mr = dvec(n), *vr = dvec(n), sqr = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double gi = (double)g[i] * gs;
+        mr[i] = (double)b1 * m0[i] + (1.0 - (double)b1) * gi;
+        vr[i] = (double)b2 * v0[i] + (1.0 - (double)b2) * gi * gi;
+        double r = (mr[i] / bc1) / (sqrt(vr[i] / bc2) + eps) + (double)wd * p[i];
+        sqr += r * r;
+        pr[i] = p[i] - (double)step * r;
+    }
+    /* as AdamW: m's terms (up to ~0.2 here, gs = 2) may cancel, so a few ulp(0.2) = 1.5e-8 absolute */
+    check_close("lamb_moments_m", m, mr, n, 5e-8, 1e-6);
+    check_close("lamb_moments_v", v, vr, n, 1e-11, 1e-6);
+    /* sum of n squares of float r, each a few ulp (~5e-7) off: the total is within ~1e-6 relative */
+    check_scalar("lamb_moments_sq_norm", sq, sqr, 0.0, 2e-6);
+    loom_k_lamb_apply(be, p, m, v, n, eps, wd, bc1, bc2, step);
+    check_close("lamb_apply_p", p, pr, n, 1e-7, 1e-6);
+    free(p); free(g); free(m); free(v); free(m0); free(v0); free(pr); free(mr); free(vr);
+}
+
+static void test_sgd(loom_backend *be, int64_t n) {
+    float *p = fvec(n), *g = fvec(n), *buf = fvec(n), *p0 = fvec(n), *b0 = fvec(n);
+    fill(p0, n, -1, 1);
+    fill(g, n, -1, 1);
+    fill(b0, n, -0.5, 0.5);
+    const float lr = 0.05f, wd = 0.01f, gs = 0.25f;
+    double *pr = dvec(n), *br = dvec(n);
+    static const struct { float momentum; int nesterov, first; } cases[] = {
+        {0.9f, 0, 0}, {0.9f, 1, 0}, {0.9f, 0, 1}, {0.9f, 1, 1}, {0.0f, 0, 0}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const float mom = cases[c].momentum;
+        memcpy(p, p0, (size_t)n * sizeof(float));
+        memcpy(buf, b0, (size_t)n * sizeof(float));
+        if (cases[c].first) fill_value(buf, n, NAN); /* the first step must not read the buffer */
+        loom_k_sgd(be, p, g, buf, n, lr, mom, cases[c].nesterov, wd, gs, cases[c].first);
+        /* torch.optim.SGD (dampening 0): d = g + wd p; buf = first ? d : mom buf + d;
+         * d = nesterov ? d + mom buf : buf; p -= lr d */
+        for (int64_t i = 0; i < n; i++) {
+            double d = (double)g[i] * gs + (double)wd * p0[i];
+            if (mom != 0.0f) {
+                double b = cases[c].first ? d : (double)mom * b0[i] + d;
+                br[i] = b;
+                d = cases[c].nesterov ? d + (double)mom * b : b;
+            }
+            pr[i] = p0[i] - (double)lr * d;
+        }
+        char name[96];
+        snprintf(name, sizeof name, "sgd_p_momentum%g_nesterov%d_first%d", (double)mom, cases[c].nesterov,
+                 cases[c].first);
+        /* three or four float operations: a few ulp of O(1) values */
+        check_close(name, p, pr, n, 1e-7, 1e-6);
+        if (mom != 0.0f) {
+            snprintf(name, sizeof name, "sgd_buf_momentum%g_nesterov%d_first%d", (double)mom, cases[c].nesterov,
+                     cases[c].first);
+            check_close(name, buf, br, n, 1e-7, 1e-6);
+        }
+    }
+    /* LARS: d = g gs + wd p; buf = mom buf + lr_local d; p -= buf */
+    const float lrl = 0.037f, mom = 0.9f;
+    memcpy(p, p0, (size_t)n * sizeof(float));
+    memcpy(buf, b0, (size_t)n * sizeof(float));
+    loom_k_lars(be, p, g, buf, n, lrl, mom, wd, gs);
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)g[i] * gs + (double)wd * p0[i];
+        br[i] = (double)mom * b0[i] + (double)lrl * d;
+        pr[i] = p0[i] - br[i];
+    }
+    check_close("lars_p", p, pr, n, 1e-7, 1e-6);
+    check_close("lars_buf", buf, br, n, 1e-7, 1e-6);
+    free(p); free(g); free(buf); free(p0); free(b0); free(pr); free(br);
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* thread-count invariance of the reductions that promise it                                         */
+
+typedef struct {
+    double ss, lamb;
+    float *ln_dx, *ln_dw, *ln_db, *rms_dx, *rms_dw, *bias_db, *dwte, *dwpe, *att_out, *att_lse, *att_dqkv;
+} det_out;
+
+enum { DN = 37, DC = 53, DV = 101, DB = 2, DT = 13, DH = 4, DKV = 2, DHD = 8, DSS = 100003 };
+
+static void det_run(loom_backend *be, const float *x, const float *w, const float *b, const float *dy,
+                    const float *qkv, const float *big, const int32_t *tok, det_out *o) {
+    float mean[DN], rstd[DN], *y = fvec(DN * DC), *m = fvec(DSS), *v = fvec(DSS);
+    o->ss = loom_k_sum_squares(be, big, DSS);
+    for (int64_t i = 0; i < DSS; i++) {
+        m[i] = 0.01f * big[DSS - 1 - i];
+        v[i] = 1e-3f;
+    }
+    o->lamb = loom_k_lamb_moments(be, big, big, m, v, DSS, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f, 1.0f);
+    loom_k_layernorm_forward(be, y, mean, rstd, x, w, b, DN, DC, 1e-5f);
+    memset(o->ln_dx, 0, DN * DC * sizeof(float));
+    loom_k_layernorm_backward(be, o->ln_dx, o->ln_dw, o->ln_db, dy, x, w, mean, rstd, DN, DC, 0);
+    loom_k_rmsnorm_forward(be, y, rstd, x, w, DN, DC, 1e-5f);
+    memset(o->rms_dx, 0, DN * DC * sizeof(float));
+    loom_k_rmsnorm_backward(be, o->rms_dx, o->rms_dw, dy, x, w, rstd, DN, DC, 0);
+    loom_k_bias_backward(be, o->bias_db, dy, DN, DC, 0);
+    loom_k_embedding_backward(be, o->dwte, o->dwpe, dy, tok, DB, DT, DC, DV, 0, 0);
+    loom_k_attention_forward(be, o->att_out, o->att_lse, qkv, DB, DT, DH, DKV, DHD);
+    loom_k_attention_backward(be, o->att_dqkv, dy, qkv, o->att_out, o->att_lse, DB, DT, DH, DKV, DHD);
+    free(y);
+    free(m);
+    free(v);
+}
+
+static void det_alloc(det_out *o) {
+    const int64_t row = (DH + 2 * DKV) * DHD;
+    o->ln_dx = fvec(DN * DC); o->ln_dw = fvec(DC); o->ln_db = fvec(DC); o->rms_dx = fvec(DN * DC);
+    o->rms_dw = fvec(DC); o->bias_db = fvec(DC); o->dwte = fvec(DV * DC); o->dwpe = fvec(DT * DC);
+    o->att_out = fvec(DB * DT * DH * DHD); o->att_lse = fvec(DB * DH * DT); o->att_dqkv = fvec(DB * DT * row);
+}
+static void det_free(det_out *o) {
+    free(o->ln_dx); free(o->ln_dw); free(o->ln_db); free(o->rms_dx); free(o->rms_dw); free(o->bias_db);
+    free(o->dwte); free(o->dwpe); free(o->att_out); free(o->att_lse); free(o->att_dqkv);
+}
+
+/* Backends set the (process-wide) OpenMP thread count when they are created, so each is used right
+ * after its creation here. Returns non-zero when a backend cannot be made. */
+static int test_thread_invariance(void) {
+    const int64_t row = (DH + 2 * DKV) * DHD;
+    /* inputs: dy doubles as the (B*T, C) gradient for the embedding and (B,T,H*hd) for attention */
+    float *x = fvec(DN * DC), *w = fvec(DC), *b = fvec(DC), *dy = fvec(DN * DC), *qkv = fvec(DB * DT * row),
+          *big = fvec(DSS);
+    int32_t tok[DB * DT];
+    fill(x, DN * DC, -1, 1.5);
+    fill(w, DC, 0.5, 1.5);
+    fill(b, DC, -0.5, 0.5);
+    fill(dy, DN * DC, -1, 1);
+    fill(qkv, DB * DT * row, -1.5, 1.5);
+    fill(big, DSS, -1, 1);
+    for (int i = 0; i < DB * DT; i++) tok[i] = (int32_t)loom_rng_below(&g_rng, 6);
+    det_out o1, o2;
+    det_alloc(&o1);
+    det_alloc(&o2);
+    loom_backend *be1 = NULL, *be2 = NULL;
+    loom_backend_config bc = loom_backend_config_default();
+    bc.quiet = 1;
+    bc.threads = 1;
+    if (loom_backend_init(&bc, &be1) != LOOM_OK) return 1;
+    det_run(be1, x, w, b, dy, qkv, big, tok, &o1);
+    bc.threads = 2;
+    if (loom_backend_init(&bc, &be2) != LOOM_OK) return 1;
+    det_run(be2, x, w, b, dy, qkv, big, tok, &o2);
+    /* doubles compared bit for bit */
+    report("threads_1v2_sum_squares_n100003_bitwise", memcmp(&o1.ss, &o2.ss, sizeof(double)) == 0,
+           fabs(o1.ss - o2.ss), 0.0);
+    report("threads_1v2_lamb_moments_bitwise", memcmp(&o1.lamb, &o2.lamb, sizeof(double)) == 0,
+           fabs(o1.lamb - o2.lamb), 0.0);
+    check_bits("threads_1v2_layernorm_backward_dinp", o1.ln_dx, o2.ln_dx, DN * DC);
+    check_bits("threads_1v2_layernorm_backward_dw", o1.ln_dw, o2.ln_dw, DC);
+    check_bits("threads_1v2_layernorm_backward_db", o1.ln_db, o2.ln_db, DC);
+    check_bits("threads_1v2_rmsnorm_backward_dinp", o1.rms_dx, o2.rms_dx, DN * DC);
+    check_bits("threads_1v2_rmsnorm_backward_dw", o1.rms_dw, o2.rms_dw, DC);
+    check_bits("threads_1v2_bias_backward", o1.bias_db, o2.bias_db, DC);
+    check_bits("threads_1v2_embedding_backward_dwte", o1.dwte, o2.dwte, DV * DC);
+    check_bits("threads_1v2_embedding_backward_dwpe", o1.dwpe, o2.dwpe, DT * DC);
+    check_bits("threads_1v2_attention_forward_out", o1.att_out, o2.att_out, DB * DT * DH * DHD);
+    check_bits("threads_1v2_attention_forward_lse", o1.att_lse, o2.att_lse, DB * DH * DT);
+    check_bits("threads_1v2_attention_backward_dqkv", o1.att_dqkv, o2.att_dqkv, DB * DT * row);
+    loom_backend_free(&be1);
+    loom_backend_free(&be2);
+    det_free(&o1);
+    det_free(&o2);
+    free(x); free(w); free(b); free(dy); free(qkv); free(big);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+/* layer 2: finite differences through the model                                                     */
+
+enum { MB = 2, MT = 5 };
+
+static loom_status make_tiny_model(int llama, loom_backend *be, loom_comm *comm, loom_mem *mem, loom_model **out) {
+    loom_model_config c;
+    LOOM_CALL(loom_model_config_preset(llama ? "llama-tiny" : "demo", &c));
+    c.n_layer = 1;
+    c.d_model = 16;
+    c.n_head = 2;
+    c.n_kv_head = llama ? 1 : 2;
+    c.d_ff = 24;
+    c.vocab_size = 23;
+    c.max_seq_len = 8;
+    c.init_std = 0.2;
+    LOOM_CALL(loom_model_init(&c, be, comm, mem, 1, out));
+    loom_model_init_weights(*out, 4242);
+    /* norm gains and biases away from 1 and 0 so that their gradients are tested on real values */
+    loom_rng r;
+    loom_rng_seed(&r, 77);
+    float *params = loom_model_params(*out);
+    for (int i = 0; i < loom_model_num_param_infos(*out); i++) {
+        const loom_param_info *p = loom_model_param_info(*out, i);
+        if (p->ndim == 1)
+            for (int64_t j = 0; j < p->numel; j++) params[p->offset + j] += (float)(0.1 * loom_rng_normal(&r));
+    }
+    LOOM_CALL(loom_model_reserve(*out, MB, MT, LOOM_RECOMPUTE_NONE));
+    return LOOM_OK;
+}
+
+/* Gradients of every parameter view compared element-wise (padding between views is not touched). */
+static void compare_grads(const char *name, loom_model *m, const float *got, const float *want, int exact,
+                          double rel, double factor) {
+    int ok = 1;
+    double worst = -1, werr = 0, wtol = 0;
+    for (int i = 0; i < loom_model_num_param_infos(m); i++) {
+        const loom_param_info *p = loom_model_param_info(m, i);
+        double gmax = 0;
+        for (int64_t j = 0; j < p->numel; j++) gmax = fmax(gmax, fabs((double)want[p->offset + j]));
+        for (int64_t j = 0; j < p->numel; j++) {
+            float a = got[p->offset + j], b = want[p->offset + j];
+            double err, tol;
+            if (exact) {
+                err = memcmp(&a, &b, sizeof a) ? fabs((double)a - b) + 1e-300 : 0.0;
+                if (isnan(err)) err = INFINITY;
+                tol = 0.0;
+            } else {
+                double ref = factor * (double)b;
+                err = fabs((double)a - ref);
+                /* relative to the element, with a floor relative to the tensor's largest gradient
+                 * (float sums of mixed signs lose relative accuracy on the elements that cancel) */
+                tol = rel * fabs(ref) + rel * factor * gmax;
+            }
+            int good = err <= tol;
+            if (!good) ok = 0;
+            double ratio = tol > 0 ? err / tol : (err > 0 ? INFINITY : 0);
+            if (isnan(ratio)) ratio = INFINITY;
+            if (ratio > worst) {
+                worst = ratio;
+                werr = err;
+                wtol = tol;
+            }
+        }
+    }
+    report(name, ok, werr, wtol);
+}
+
+static int test_model_family(loom_backend *be, int llama) {
+    const char *fam = llama ? "llama" : "gpt2";
+    loom_comm *comm = NULL;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m = NULL;
+    if (loom_comm_init_self(&comm) != LOOM_OK || make_tiny_model(llama, be, comm, &mem, &m) != LOOM_OK) {
+        fprintf(stderr, "error: %s\n", loom_error_trace_text());
+        return 1;
+    }
+    const int64_t N = MB * MT, nbuf = loom_model_buffer_size(m);
+    const int64_t V = loom_model_get_config(m)->vocab_size;
+    int32_t tok[MB * MT], tgt[MB * MT];
+    loom_rng r;
+    loom_rng_seed(&r, llama ? 11 : 12);
+    for (int64_t i = 0; i < N; i++) {
+        tok[i] = (int32_t)loom_rng_below(&r, (uint64_t)V);
+        tgt[i] = (int32_t)loom_rng_below(&r, (uint64_t)V);
+    }
+    float *params = loom_model_params(m), *grads = loom_model_grads(m);
+    float *g0 = fvec(nbuf);
+    float loss_fb = 0, loss_f = 0;
+    char name[160];
+#define MCALL(expr)                                                   \
+    do {                                                              \
+        if ((expr) != LOOM_OK) {                                      \
+            fprintf(stderr, "error: %s\n", loom_error_trace_text());  \
+            return 1;                                                 \
+        }                                                             \
+    } while (0)
+    MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 0, &loss_fb));
+    memcpy(g0, grads, (size_t)nbuf * sizeof(float));
+    MCALL(loom_model_forward(m, tok, tgt, MB, MT, &loss_f));
+    snprintf(name, sizeof name, "model_%s_forward_loss_equals_forward_backward_loss", fam);
+    check_bits(name, &loss_f, &loss_fb, 1);
+
+    /* finite differences: one element of every parameter view, then random ones up to 24 */
+    enum { NFD = 24 };
+    int64_t picked[NFD];
+    int ninfo = loom_model_num_param_infos(m);
+    for (int k = 0; k < NFD; k++) {
+        const loom_param_info *p;
+        int64_t j, idx;
+        int dup;
+        do { /* distinct elements, each where a gradient can be non-zero */
+            p = loom_model_param_info(m, k < ninfo ? k : (int)loom_rng_below(&r, (uint64_t)ninfo));
+            if (strcmp(p->name, "wte") == 0) /* a row of a token in the batch */
+                j = (int64_t)tok[loom_rng_below(&r, (uint64_t)N)] * p->shape[1] +
+                    (int64_t)loom_rng_below(&r, (uint64_t)p->shape[1]);
+            else if (strcmp(p->name, "wpe") == 0) /* rows >= T are not used */
+                j = (int64_t)loom_rng_below(&r, (uint64_t)(MT * p->shape[1]));
+            else
+                j = (int64_t)loom_rng_below(&r, (uint64_t)p->numel);
+            idx = p->offset + j;
+            dup = 0;
+            for (int q = 0; q < k; q++) dup |= picked[q] == idx;
+        } while (dup);
+        picked[k] = idx;
+        const float orig = params[idx], h = 1e-2f;
+        float lp = 0, lm = 0;
+        params[idx] = orig + h;
+        const float xp = params[idx];
+        MCALL(loom_model_forward(m, tok, tgt, MB, MT, &lp));
+        params[idx] = orig - h;
+        const float xm = params[idx];
+        MCALL(loom_model_forward(m, tok, tgt, MB, MT, &lm));
+        params[idx] = orig;
+        double fd = ((double)lp - (double)lm) / ((double)xp - (double)xm); /* the step actually taken */
+        double g = g0[idx];
+        /* Central difference with h = 1e-2: truncation error h^2/6 |f'''| ~ 2e-5 * |f'''| (f''' is O(1)
+         * to O(10) for these 0.2-std weights), plus float noise in the loss: ~|loss| * 2^-24 * a few
+         * over 2h, i.e. ~1e-4. |fd - g| <= 2e-3 + 5e-2 |g| is ~10x above both, while a wrong gradient
+         * (a missing term, a wrong sign, a factor 2) on these O(1e-2..1) gradients is far outside it. */
+        double err = fabs(fd - g), tol = 2e-3 + 5e-2 * fabs(g);
+        snprintf(name, sizeof name, "fd_grad_%s_%s[%lld]_g=%.4g", fam, p->name, (long long)j, g);
+        report(name, err <= tol, err, tol);
+    }
+    /* the forwards above must not have disturbed anything: a fresh backward gives the same bits */
+    MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 0, &loss_fb));
+    snprintf(name, sizeof name, "model_%s_backward_repeatable_bitwise", fam);
+    compare_grads(name, m, grads, g0, 1, 0, 1);
+
+    /* recompute modes: the same kernels on the same inputs, so the same bits */
+    static const struct { loom_recompute rc; const char *name; } modes[] = {
+        {LOOM_RECOMPUTE_ATTN, "attn"}, {LOOM_RECOMPUTE_FULL, "full"}};
+    for (int k = 0; k < 2; k++) {
+        float l2 = 0;
+        MCALL(loom_model_reserve(m, MB, MT, modes[k].rc));
+        MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 0, &l2));
+        snprintf(name, sizeof name, "model_%s_recompute_%s_grads_bitwise_vs_none", fam, modes[k].name);
+        compare_grads(name, m, grads, g0, 1, 0, 1);
+        snprintf(name, sizeof name, "model_%s_recompute_%s_loss_bitwise_vs_none", fam, modes[k].name);
+        check_bits(name, &l2, &loss_fb, 1);
+    }
+    MCALL(loom_model_reserve(m, MB, MT, LOOM_RECOMPUTE_NONE));
+
+    /* accumulation: acc=0 then acc=1 on the same batch gives 2x. Every gradient is written once then
+     * added once, so the only difference from 2*g is the rounding of sums that now start from g instead
+     * of 0: ~ (rows summed) * 2^-24 relative to the tensor's scale; 1e-6 relative. */
+    MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 0, &loss_fb));
+    MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 1, &loss_fb));
+    snprintf(name, sizeof name, "model_%s_accumulate_same_batch_twice_is_2x", fam);
+    compare_grads(name, m, grads, g0, 0, 1e-6, 2.0);
+    /* two half-batches (B=1 each, grad_scale 1/(B*T) of the full batch) accumulate to the full batch's
+     * gradient; the per-row sums are split in two, so float rounding differs at ~1e-6 of the scale */
+    MCALL(loom_model_forward_backward(m, tok, tgt, 1, MT, 1.0f / (float)N, 0, &loss_fb));
+    MCALL(loom_model_forward_backward(m, tok + MT, tgt + MT, 1, MT, 1.0f / (float)N, 1, &loss_fb));
+    snprintf(name, sizeof name, "model_%s_accumulate_two_half_batches_equals_full", fam);
+    compare_grads(name, m, grads, g0, 0, 1e-5, 1.0);
+#undef MCALL
+    free(g0);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------------ */
+
+int main(void) {
+    loom_rng_seed(&g_rng, 20240601);
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = 2;
+    bc.quiet = 1;
+    loom_backend *be = NULL, *be_builtin = NULL;
+    if (loom_backend_init(&bc, &be) != LOOM_OK) {
+        fprintf(stderr, "error: %s\n", loom_error_trace_text());
+        return 1;
+    }
+    printf("# backend %s, GEMM %s, %d threads\n", loom_backend_name(be), loom_backend_gemm_kernel(be),
+           loom_backend_threads(be));
+    bc.blas_library = "builtin";
+    if (loom_backend_init(&bc, &be_builtin) != LOOM_OK) {
+        fprintf(stderr, "error: %s\n", loom_error_trace_text());
+        return 1;
+    }
+    test_matmul(be, strncmp(loom_backend_gemm_kernel(be), "openblas", 8) == 0 ? "openblas" : "default");
+    test_matmul(be_builtin, "builtin");
+    loom_backend_free(&be_builtin);
+    test_layernorm(be);
+    test_rmsnorm(be);
+    test_activations(be);
+    test_rope(be);
+    test_attention(be);
+    test_embedding(be);
+    test_cross_entropy(be);
+    test_sum_squares(be);
+    test_adamw(be, 40009);
+    test_lamb(be, 40009); /* three of the kernel's 16384-element blocks, the last partial */
+    test_sgd(be, 40009);
+    int rc = test_model_family(be, 0);
+    rc |= test_model_family(be, 1);
+    loom_backend_free(&be);
+    rc |= test_thread_invariance();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return (rc || g_fail) ? 1 : 0;
+}
