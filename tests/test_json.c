@@ -1,6 +1,7 @@
 /* Unit tests for loom/json.h. Exits non-zero if any check fails.
  *
  *   gcc -std=c11 -Iinclude src/core/status.c src/core/json.c tests/test_json.c -o test_json && ./test_json */
+#define _POSIX_C_SOURCE 200809L /* mkstemp, unlink, write */
 #include "loom/json.h"
 
 #include <locale.h>

@@ -210,9 +210,15 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     if (!tr->metrics) return;
     loom_strbuf sb;
     loom_strbuf_init(&sb);
-    loom_strbuf_printf(&sb, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens_per_sec\":%.3f,"
-                       "\"mfu\":%.6f,\"ms\":%.3f,\"mem_peak_bytes\":%lld", (long long)step, (double)loss, os->lr,
-                       os->grad_norm, tok_s, mfu, ms, (long long)tr->mem.peak_total);
+    /* numbers through the JSON writer: a diverged run's NaN is written as null, keeping the line valid */
+    loom_strbuf_printf(&sb, "{\"step\":%lld,\"loss\":", (long long)step);
+    loom_json_write_number(&sb, (double)loss);
+    loom_strbuf_printf(&sb, ",\"lr\":");
+    loom_json_write_number(&sb, os->lr);
+    loom_strbuf_printf(&sb, ",\"grad_norm\":");
+    loom_json_write_number(&sb, os->grad_norm);
+    loom_strbuf_printf(&sb, ",\"tokens_per_sec\":%.3f,\"mfu\":%.6f,\"ms\":%.3f,\"mem_peak_bytes\":%lld", tok_s, mfu,
+                       ms, (long long)tr->mem.peak_total);
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
         loom_strbuf_printf(&sb, ",\"mem_peak_%s\":%lld", loom_mem_category_name((loom_mem_category)c),
                            (long long)tr->mem.peak[c]);
@@ -329,7 +335,13 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         if ((t->eval_interval > 0 && step % t->eval_interval == 0) || last) {
             LOOM_CALL_GOTO(st, evaluate(&tr, &val_loss), done);
             if (tr.metrics) {
-                fprintf(tr.metrics, "{\"step\":%lld,\"val_loss\":%.9g}\n", (long long)step, (double)val_loss);
+                loom_strbuf vb;
+                loom_strbuf_init(&vb);
+                loom_strbuf_printf(&vb, "{\"step\":%lld,\"val_loss\":", (long long)step);
+                loom_json_write_number(&vb, (double)val_loss);
+                loom_strbuf_printf(&vb, "}\n");
+                if (!vb.failed) fputs(vb.buf, tr.metrics);
+                loom_strbuf_free(&vb);
                 fflush(tr.metrics);
             }
             printf("%sstep %lld val_loss %.6f\n", tty ? "\n" : "", (long long)step, val_loss);
