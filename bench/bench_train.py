@@ -37,7 +37,7 @@ def peak_gflops(loom, threads):
     kernel = "?"
     for line in out.splitlines():
         if line.startswith("best kernel:"):
-            kernel = line.split(":", 1)[1].strip()
+            kernel = line.split(":", 1)[1].split(" (cached")[0].strip()
     return float(out.strip().splitlines()[-1].split("=")[1]), kernel
 
 

@@ -123,7 +123,9 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--warmup", type=int, default=2, help="steps run first and left out of the summary")
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.1,
+                    help="decoupled weight decay on matrices and embeddings (not norms or biases), as loom")
+    ap.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip (0 = off), as loom")
     ap.add_argument("--foreach", choices=["on", "off"], default="off",
                     help="AdamW's multi-tensor (foreach) implementation; the per-tensor loop ('off', torch 1.13's "
                          "default) measured ~10%% faster here (L6: ~75 against ~85 ms per optimizer step)")
@@ -141,7 +143,11 @@ def main():
     model = GPT(**MODELS[a.model])
     model.train()
     n_params = sum(p.numel() for p in model.parameters())  # tied head counted once
-    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=a.weight_decay,
+    # the same recipe as loom's defaults: decay on 2-D parameters only, global-norm clipping
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
                             foreach=(a.foreach == "on"))
     gen = torch.Generator().manual_seed(a.seed + 1)
     B, T = a.batch, a.seq_len
@@ -158,6 +164,8 @@ def main():
         else:
             loss = model(x, y)
         loss.backward()
+        if a.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         lossv = loss.item()

@@ -61,6 +61,25 @@ const char *loom_op_name(loom_op op);
 void loom_k_matmul(loom_backend *be, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
+/* One GEMM's arguments, for loom_k_matmul_pair. */
+typedef struct {
+    int trans_a, trans_b;
+    int64_t M, N, K;
+    float alpha;
+    const float *A;
+    int64_t lda;
+    const float *B;
+    int64_t ldb;
+    float beta;
+    float *C;
+    int64_t ldc;
+} loom_gemm;
+
+/* Two independent GEMMs (no output of one is an input of the other), e.g. a layer's input and weight
+ * gradients. On two threads they run side by side, one thread each, which keeps both cores busy with less
+ * synchronisation than splitting each product over both. */
+void loom_k_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm *b);
+
 /* out (N,C) = LayerNorm(inp (N,C)) * w (C) + b (C); mean, rstd (N) saved for backward. */
 void loom_k_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
                               const float *w, const float *b, int64_t N, int64_t C, float eps);

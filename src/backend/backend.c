@@ -73,6 +73,11 @@ void loom_k_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64
     DISPATCH(LOOM_OP_MATMUL, 2.0 * (double)M * (double)N * (double)K,
              be->ops.matmul(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
 }
+void loom_k_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm *b) {
+    DISPATCH(LOOM_OP_MATMUL,
+             2.0 * ((double)a->M * (double)a->N * (double)a->K + (double)b->M * (double)b->N * (double)b->K),
+             be->ops.matmul_pair(be, a, b));
+}
 void loom_k_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
                               const float *w, const float *b, int64_t N, int64_t C, float eps) {
     DISPATCH(LOOM_OP_NORM, 0, be->ops.layernorm_forward(be, out, mean, rstd, inp, w, b, N, C, eps));

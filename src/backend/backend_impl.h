@@ -7,6 +7,7 @@
 typedef struct {
     void (*matmul)(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
                    const float *, int64_t, float, float *, int64_t);
+    void (*matmul_pair)(loom_backend *, const loom_gemm *, const loom_gemm *);
     void (*layernorm_forward)(loom_backend *, float *, float *, float *, const float *, const float *,
                               const float *, int64_t, int64_t, float);
     void (*layernorm_backward)(loom_backend *, float *, float *, float *, const float *, const float *,

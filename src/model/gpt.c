@@ -64,6 +64,9 @@ struct loom_model {
 };
 
 #define P(off) (m->params + (off))
+
+/* a layer's input- and weight-gradient products are independent: one call runs them side by side */
+static void gemm_pair(loom_backend *be, loom_gemm a, loom_gemm b) { loom_k_matmul_pair(be, &a, &b); }
 #define G(off) (m->grads + (off))
 
 static loom_status add_param(loom_model *m, int cap, const char *name, int layer, int ndim, int64_t d0,
@@ -412,27 +415,27 @@ static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int a
     }
     float *dres = m->dres;
     /* MLP: out = res1 + fc_act W2^T + b2 */
-    loom_k_matmul(be, 0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F);
-    loom_k_matmul(be, 1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F);
+    gemm_pair(be, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+              (loom_gemm){1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F});
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_MLP_PROJ_B]), dres, N, C, acc);
     if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F);
     else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
-    loom_k_matmul(be, 1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C);
+    gemm_pair(be, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
+              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C});
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
-    loom_k_matmul(be, 0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C);
     if (gpt)
         loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
                                   a->ln2_mean, a->ln2_rstd, N, C, acc);
     else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN2_W]), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, N, C, acc);
     /* attention: res1 = x + atty Wo^T + bo */
-    loom_k_matmul(be, 0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca);
-    loom_k_matmul(be, 1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca);
+    gemm_pair(be, (loom_gemm){0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca});
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_ATTN_PROJ_B]), dres, N, C, acc);
     loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
     if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
-    loom_k_matmul(be, 1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C);
+    gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
+              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C});
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
-    loom_k_matmul(be, 0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C);
     if (gpt)
         loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
                                   a->ln1_mean, a->ln1_rstd, N, C, acc);
@@ -452,8 +455,8 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     float l = 0.0f;
     forward_all(m, tokens, targets, B, T, grad_scale, &l);
     /* head: logits = lnf Whead^T; m->logits now holds dlogits */
-    loom_k_matmul(be, 1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C);
-    loom_k_matmul(be, 0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C);
+    gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
+              (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
     memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
     const float *xL = m->acts[L - 1].out;
     if (gpt)

@@ -333,7 +333,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
         int last = step == t->steps;
         if ((t->eval_interval > 0 && step % t->eval_interval == 0) || last) {
+            loom_backend_set_profiling(tr.be, 0); /* the profile covers training steps only */
             LOOM_CALL_GOTO(st, evaluate(&tr, &val_loss), done);
+            loom_backend_set_profiling(tr.be, t->profile);
             if (tr.metrics) {
                 loom_strbuf vb;
                 loom_strbuf_init(&vb);

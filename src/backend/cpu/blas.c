@@ -67,6 +67,28 @@ void loom_cpu_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int
     builtin_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+static void run_gemm(loom_backend *be, const loom_gemm *g) {
+    loom_cpu_matmul(be, g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C,
+                    g->ldc);
+}
+
+void loom_cpu_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm *b) {
+#ifdef _OPENMP
+    /* Inside a parallel region OpenBLAS's OpenMP build runs single-threaded, so on exactly two threads each
+     * product gets one core. Other thread counts split each product over all threads, one after the other. */
+    if (be->threads == 2) {
+#pragma omp parallel num_threads(2)
+        {
+            if (omp_get_thread_num() == 0) run_gemm(be, a);
+            else run_gemm(be, b);
+        }
+        return;
+    }
+#endif
+    run_gemm(be, a);
+    run_gemm(be, b);
+}
+
 static void cpu_blas_free(void *p) {
     cpu_blas *blas = p;
     if (!blas) return;

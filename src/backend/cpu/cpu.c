@@ -25,6 +25,7 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     be->threads = threads;
     loom_backend_ops *o = &be->ops;
     o->matmul = loom_cpu_matmul;
+    o->matmul_pair = loom_cpu_matmul_pair;
     o->layernorm_forward = loom_cpu_layernorm_forward;
     o->layernorm_backward = loom_cpu_layernorm_backward;
     o->rmsnorm_forward = loom_cpu_rmsnorm_forward;

@@ -38,6 +38,7 @@ static inline float loom_fast_tanhf(float x) {
 
 void loom_cpu_matmul(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
                      const float *, int64_t, float, float *, int64_t);
+void loom_cpu_matmul_pair(loom_backend *, const loom_gemm *, const loom_gemm *);
 void loom_cpu_layernorm_forward(loom_backend *, float *, float *, float *, const float *, const float *,
                                 const float *, int64_t, int64_t, float);
 void loom_cpu_layernorm_backward(loom_backend *, float *, float *, float *, const float *, const float *,
