@@ -94,12 +94,8 @@ void loom_cpu_bias_backward(loom_backend *be, float *db, const float *dout, int6
     (void)be;
 #pragma omp parallel
     {
-#ifdef _OPENMP
-        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-#else
-        int nth = 1, ith = 0;
-#endif
-        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        int64_t c0, c1;
+        loom_cpu_thread_range(C, &c0, &c1);
         if (!accumulate)
             for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
         for (int64_t n = 0; n < N; n++) {

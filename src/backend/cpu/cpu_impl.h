@@ -11,6 +11,18 @@
 #include <omp.h>
 #endif
 
+/* This thread's share [lo, hi) of n items inside a parallel region: a fixed partition, so per-channel
+ * reductions (weight and bias gradients) add rows in the same order whatever the thread count. */
+static inline void loom_cpu_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
+#ifdef _OPENMP
+    int64_t nth = omp_get_num_threads(), ith = omp_get_thread_num();
+#else
+    int64_t nth = 1, ith = 0;
+#endif
+    *lo = n * ith / nth;
+    *hi = n * (ith + 1) / nth;
+}
+
 /* Cephes-style expf: ~1 ulp on [-87, 88], written so that the compiler vectorises it without
  * -ffast-math (glibc's expf only vectorises under fast-math). Deterministic. */
 static inline float loom_fast_expf(float x) {

@@ -29,12 +29,8 @@ void loom_cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, con
     }
 #pragma omp parallel
     {
-#ifdef _OPENMP
-        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-#else
-        int nth = 1, ith = 0;
-#endif
-        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        int64_t c0, c1;
+        loom_cpu_thread_range(C, &c0, &c1);
         if (dwte)
             for (int64_t bt = 0; bt < B * T; bt++) {
                 float *d = dwte + (int64_t)tokens[bt] * C;

@@ -53,12 +53,8 @@ void loom_cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float
             }
         }
         /* parameter gradients: each thread owns a channel range and walks all rows in order */
-#ifdef _OPENMP
-        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-#else
-        int nth = 1, ith = 0;
-#endif
-        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        int64_t c0, c1;
+        loom_cpu_thread_range(C, &c0, &c1);
         if (!accumulate)
             for (int64_t c = c0; c < c1; c++) dw[c] = db[c] = 0.0f;
         for (int64_t n = 0; n < N; n++) {
@@ -107,12 +103,8 @@ void loom_cpu_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const f
 #pragma omp simd
             for (int64_t c = 0; c < C; c++) dx[c] += r * (dy[c] * w[c] - x[c] * r * a);
         }
-#ifdef _OPENMP
-        int nth = omp_get_num_threads(), ith = omp_get_thread_num();
-#else
-        int nth = 1, ith = 0;
-#endif
-        int64_t c0 = C * ith / nth, c1 = C * (ith + 1) / nth;
+        int64_t c0, c1;
+        loom_cpu_thread_range(C, &c0, &c1);
         if (!accumulate)
             for (int64_t c = c0; c < c1; c++) dw[c] = 0.0f;
         for (int64_t n = 0; n < N; n++) {

@@ -53,30 +53,41 @@ void loom_cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float 
     }
 }
 
+/* One block of LAMB's first pass: updates m and v, returns the block's sum of r^2. */
+static double lamb_block(const float *p, const float *g, float *m, float *v, int64_t i0, int64_t i1, float beta1,
+                         float beta2, float eps, float wd, float bc1, float bc2, float gs) {
+    double s = 0.0;
+    for (int64_t i = i0; i < i1; i++) {
+        float gi = g[i] * gs;
+        float mi = m[i] * beta1 + (1.0f - beta1) * gi;
+        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float r = (mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * p[i];
+        s += (double)r * r;
+    }
+    return s;
+}
+
 double loom_cpu_lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n,
                              float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
     (void)be;
     int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
-    double *part = malloc((size_t)(nb > 0 ? nb : 1) * sizeof(double));
+    double stack_part[64];
+    double *part = nb <= 64 ? stack_part : malloc((size_t)nb * sizeof(double));
     double total = 0.0;
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t i0 = b * SUM_BLOCK, i1 = i0 + SUM_BLOCK < n ? i0 + SUM_BLOCK : n;
-        double s = 0.0;
-        for (int64_t i = i0; i < i1; i++) {
-            float gi = g[i] * gs;
-            float mi = m[i] * beta1 + (1.0f - beta1) * gi;
-            float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-            m[i] = mi;
-            v[i] = vi;
-            float r = (mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * p[i];
-            s += (double)r * r;
-        }
-        if (part) part[b] = s;
+    if (!part) { /* same blocks, same order, one thread */
+        for (int64_t b = 0; b < nb; b++)
+            total += lamb_block(p, g, m, v, b * SUM_BLOCK, b * SUM_BLOCK + SUM_BLOCK < n ? b * SUM_BLOCK + SUM_BLOCK : n,
+                                beta1, beta2, eps, wd, bc1, bc2, gs);
+        return total;
     }
-    if (!part) return NAN;
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < nb; b++)
+        part[b] = lamb_block(p, g, m, v, b * SUM_BLOCK, b * SUM_BLOCK + SUM_BLOCK < n ? b * SUM_BLOCK + SUM_BLOCK : n,
+                             beta1, beta2, eps, wd, bc1, bc2, gs);
     for (int64_t b = 0; b < nb; b++) total += part[b];
-    free(part);
+    if (part != stack_part) free(part);
     return total;
 }
 
