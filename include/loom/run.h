@@ -38,6 +38,8 @@ typedef struct {
     int profile;
     char blas_coretype[32];
     int progress;           /* 1 = always a progress line, 0 = plain lines, -1 = auto (terminal) */
+    int64_t sample_tokens;  /* after training, print a sample of this many tokens (0 = none) */
+    int fit_vocab;          /* grow model.vocab_size to the data's tokenizer (off when the vocabulary is set explicitly) */
 } loom_train_config;
 
 typedef struct {
@@ -57,6 +59,12 @@ void loom_run_config_print_help(FILE *f);
 /* The model section as JSON (written into checkpoints, compared on resume). */
 void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb);
 LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loom_model_config *m);
+
+/* Loads a model from a training checkpoint (a file, or a run directory holding checkpoint.bin): the model
+ * config from its metadata, the parameters verified against their checksum. *meta receives the parsed
+ * metadata (loom_json_free it); the model has no gradients. */
+LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_comm *comm,
+                                                      loom_mem *mem, loom_model **model, loom_json **meta);
 
 /* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
 void loom_train_install_signal_handlers(void);

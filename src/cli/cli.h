@@ -6,6 +6,12 @@
 int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
 int loom_cmd_ckpt(int argc, char **argv);
+int loom_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
+int loom_cmd_tokenizer(int argc, char **argv); /* cmd_tokenizer.c */
+int loom_cmd_data(int argc, char **argv);      /* cmd_data.c */
+int loom_cmd_export(int argc, char **argv);    /* cmd_hf.c */
+int loom_cmd_import(int argc, char **argv);    /* cmd_hf.c */
+int loom_cmd_plot(int argc, char **argv);      /* cmd_plot.c */
 /* Peak fp32 GEMM rate for `threads`, from the cache or measured now (and cached). 0 when unknown. */
 double loom_cli_peak_gflops(int threads, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */

@@ -17,9 +17,10 @@ static void train_help(void) {
            "                  [--seq-len T] [--grad-accum N] [--threads N] [--data PATH|synthetic] [--out DIR]\n"
            "                  [--resume] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
-           "                  [--stop-after N] [--profile] [--blas-coretype auto|keep|NAME] [--peak-gflops X]\n\n"
+           "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
+           "                  [--peak-gflops X]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
-           "400 steps, with a checkpoint in runs/demo. --steps is the run's total: --resume continues up to it.\n"
+           "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
            "SIGINT/SIGTERM save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl.\n\n"
            "presets:",
            DEFAULT_CORPUS);
@@ -43,6 +44,7 @@ static const flag_alias aliases[] = {
     {"--optimizer", "optim.kind", 1},       {"--lr", "optim.lr", 1},
     {"--eval-interval", "train.eval_interval", 1}, {"--ckpt-interval", "train.ckpt_interval", 1},
     {"--stop-after", "train.stop_after", 1}, {"--blas-coretype", "train.blas_coretype", 1},
+    {"--sample", "train.sample_tokens", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
 };
 
@@ -54,7 +56,7 @@ int loom_cmd_train(int argc, char **argv) {
     char **owned = calloc((size_t)argc, sizeof *owned);
     int rc = 2;
     if (!keys || !vals || !owned) goto out;
-    int explicit_data = 0, explicit_steps = 0;
+    int explicit_data = 0, explicit_steps = 0, cfg_vocab = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -116,6 +118,9 @@ int loom_cmd_train(int argc, char **argv) {
             preset = p->string;
         }
         if (loom_json_get(cfg_json, "train") && loom_json_get(loom_json_get(cfg_json, "train"), "data")) explicit_data = 1;
+        if ((loom_json_get(cfg_json, "model") && loom_json_get(loom_json_get(cfg_json, "model"), "vocab_size")) ||
+            loom_json_get(cfg_json, "model.vocab_size"))
+            cfg_vocab = 1;
     }
     loom_run_config run;
     int demo = !preset;
@@ -137,12 +142,17 @@ int loom_cmd_train(int argc, char **argv) {
         run.optim.warmup_steps = 20;
         run.train.eval_interval = 100;
         if (!explicit_steps) run.train.steps = 400;
+        run.train.sample_tokens = 300;
     }
-    for (int k = 0; k < n_over; k++)
+    /* a vocabulary the user states is kept as stated (an error if the data needs more) */
+    if (cfg_vocab) run.train.fit_vocab = 0;
+    for (int k = 0; k < n_over; k++) {
+        if (!strcmp(keys[k], "model.vocab_size")) run.train.fit_vocab = 0;
         if (loom_run_config_set(&run, keys[k], vals[k]) != LOOM_OK) {
             rc = loom_cli_fail("train");
             goto out;
         }
+    }
     if (loom_run_config_validate(&run) != LOOM_OK) {
         rc = loom_cli_fail("train");
         goto out;

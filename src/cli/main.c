@@ -14,7 +14,13 @@ static void usage(FILE *f) {
             "commands:\n"
             "  train        train a model (no arguments: the demo model on the default corpus)\n"
             "  bench        benchmarks: `bench peak` measures this machine's fp32 GEMM peak\n"
-            "  ckpt         inspect a checkpoint: `ckpt info DIR|FILE`\n\n"
+            "  ckpt         inspect a checkpoint: `ckpt info DIR|FILE`\n"
+            "  generate     sample text from a checkpoint (KV cache, temperature, top-k, top-p)\n"
+            "  tokenizer    encode, decode, train a tokenizer\n"
+            "  data         prepare token shards from text\n"
+            "  export       write a checkpoint as Hugging Face safetensors\n"
+            "  import       read Hugging Face safetensors into a checkpoint\n"
+            "  plot         draw the loss and throughput of a metrics log\n\n"
             "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
             LOOM_VERSION);
 }
@@ -55,6 +61,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "train")) return loom_cmd_train(sub_argc, sub_argv);
     if (!strcmp(cmd, "bench")) return loom_cmd_bench(sub_argc, sub_argv);
     if (!strcmp(cmd, "ckpt")) return loom_cmd_ckpt(sub_argc, sub_argv);
+    if (!strcmp(cmd, "generate")) return loom_cmd_generate(sub_argc, sub_argv);
+    if (!strcmp(cmd, "tokenizer")) return loom_cmd_tokenizer(sub_argc, sub_argv);
+    if (!strcmp(cmd, "data")) return loom_cmd_data(sub_argc, sub_argv);
+    if (!strcmp(cmd, "export")) return loom_cmd_export(sub_argc, sub_argv);
+    if (!strcmp(cmd, "import")) return loom_cmd_import(sub_argc, sub_argv);
+    if (!strcmp(cmd, "plot")) return loom_cmd_plot(sub_argc, sub_argv);
     if (!strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -70,7 +70,7 @@ uint16_t loom_f32_to_f16(float x) {
     if (absu < 0x38800000u) {                                             /* subnormal or zero */
         if (absu < 0x33000000u) return (uint16_t)sign;
         uint32_t mant = (absu & 0x7fffffu) | 0x800000u;
-        int shift = 126 - (int)(absu >> 23) + 14 - 1 + 1;                 /* to 10-bit subnormal */
+        int shift = 126 - (int)(absu >> 23); /* mantissa with its implicit bit, to a 10-bit subnormal */
         uint32_t r = mant >> shift;
         uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
         if (rem > half || (rem == half && (r & 1u))) r++;

@@ -1,21 +1,51 @@
-/* Data sources and the deterministic window sampler (include/loom/data.h). */
+/* Data sources and the deterministic window sampler (include/loom/data.h).
+ *
+ * Three kinds of source share one sampler: synthetic tokens, a token stream held in memory (text read as
+ * bytes, a .bin of uint16), and a prepared dataset whose shards are memory-mapped. A window is T+1
+ * consecutive tokens of one split's stream at an offset drawn from the generator; for shards the stream
+ * is the split's shards end to end, so a window may continue from one shard into the next. */
+#define _DEFAULT_SOURCE /* MAP_PRIVATE etc. under -std=c11 */
 #include "loom/data.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+typedef enum { SRC_SYNTHETIC, SRC_MEMORY, SRC_SHARDS } source_kind;
+
+typedef struct {
+    void *map;                   /* the whole file, MAP_PRIVATE read-only */
+    size_t map_size;
+    const unsigned char *tokens; /* map + header */
+    uint32_t width;
+    int64_t n, start;            /* tokens; position of the first within its split's stream */
+} shard_map;
 
 struct loom_data {
-    int synthetic;
-    int64_t vocab;
-    int32_t *tokens;  /* all tokens; train = [0, n_train), val = [n_train, n) */
+    source_kind kind;
+    int64_t vocab;       /* the model's vocabulary given at open (0: not checked at open) */
+    int64_t data_vocab;  /* the tokenizer's vocabulary, 0 if unknown */
+    int64_t max_token;   /* largest id in the data (an upper bound for text: 255) */
+    int32_t eot;
+    int32_t *tokens;     /* SRC_MEMORY: all tokens; train = [0, n_train), val = [n_train, n) */
     int64_t n, n_train;
+    shard_map *shards;   /* SRC_SHARDS: training shards, then validation shards */
+    int n_shards;
+    int first_shard[2], n_split_shards[2];
+    int64_t split_tokens[2];
+    int rank, nranks;
     uint64_t seed;
     loom_rng train_rng, val_rng;
     uint64_t batches_drawn;
+    char tokenizer[4096 + 256];
+    char source[4096];
     char desc[512];
 };
 
@@ -69,7 +99,7 @@ static loom_status read_file(const char *path, unsigned char **out, size_t *n) {
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Regular text files of a directory, in name order (binary files, e.g. fortune's .dat indexes, and
- * symbolic links are skipped). */
+ * symbolic links are skipped; not recursive: `loom data prepare` walks trees). */
 static loom_status load_dir(loom_data *d, const char *dir, int64_t *cap, int *files) {
     DIR *dp = opendir(dir);
     LOOM_CHECK(dp != NULL, LOOM_ERR_IO, "cannot open data directory %s: %s", dir, strerror(errno));
@@ -110,17 +140,113 @@ static loom_status load_dir(loom_data *d, const char *dir, int64_t *cap, int *fi
     return st;
 }
 
-static loom_status load_source(loom_data *d, const char *source) {
+/* ---- prepared datasets ---- */
+
+static loom_status map_shard(const char *path, const loom_dataset_shard *e, const loom_dataset_manifest *m,
+                             shard_map *out) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    LOOM_CHECK(fd >= 0, LOOM_ERR_IO, "cannot open shard %s: %s", path, strerror(errno));
     struct stat sb;
-    LOOM_CHECK(stat(source, &sb) == 0, LOOM_ERR_IO, "data source %s: %s (use a text file, a directory of text "
-               "files, a .bin of uint16 tokens, or 'synthetic')", source, strerror(errno));
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "shard %s is not a regular file", path);
+    }
+    size_t size = (size_t)sb.st_size;
+    if (size < LOOM_SHARD_HEADER_BYTES) { /* too short to map or decode */
+        close(fd);
+        return loom_error_set(LOOM_ERR_FORMAT, __FILE__, __LINE__, __func__,
+                              "shard %s: %zu bytes, shorter than the %d-byte header (truncated)", path, size,
+                              LOOM_SHARD_HEADER_BYTES);
+    }
+    void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int mmap_errno = errno;
+    close(fd);
+    LOOM_CHECK(map != MAP_FAILED, LOOM_ERR_IO, "cannot map shard %s: %s", path, strerror(mmap_errno));
+    out->map = map;
+    out->map_size = size;
+    loom_shard_header h;
+    LOOM_CALL(loom_shard_header_decode(map, size, path, &h));
+    LOOM_CHECK(h.n_tokens == e->n_tokens && (int)h.split == (int)e->split && h.first_token == e->first_token &&
+                   h.data_crc32c == e->crc32c,
+               LOOM_ERR_FORMAT,
+               "shard %s: header (%lld %s tokens from %lld, crc %08x) disagrees with dataset.json (%lld %s tokens "
+               "from %lld, crc %08x)",
+               path, (long long)h.n_tokens, h.split ? "val" : "train", (long long)h.first_token, h.data_crc32c,
+               (long long)e->n_tokens, e->split ? "val" : "train", (long long)e->first_token, e->crc32c);
+    LOOM_CHECK(h.vocab_size == m->vocab_size && h.token_bytes == m->token_bytes, LOOM_ERR_FORMAT,
+               "shard %s: vocabulary %lld / %u-byte tokens, but dataset.json says %lld / %u", path,
+               (long long)h.vocab_size, h.token_bytes, (long long)m->vocab_size, m->token_bytes);
+    LOOM_CALL(loom_shard_check_tokens(map, &h, path));
+    out->tokens = (const unsigned char *)map + LOOM_SHARD_HEADER_BYTES;
+    out->width = h.token_bytes;
+    out->n = h.n_tokens;
+    return LOOM_OK;
+}
+
+static loom_status load_dataset(loom_data *d, const char *dir, const char *manifest_path) {
+    unsigned char *text;
+    size_t len;
+    LOOM_CALL(read_file(manifest_path, &text, &len));
+    loom_dataset_manifest *m = NULL;
+    loom_status st = loom_dataset_manifest_parse((const char *)text, len, manifest_path, &m);
+    free(text);
+    LOOM_CALL(st);
+    d->shards = calloc((size_t)(m->n_shards ? m->n_shards : 1), sizeof *d->shards);
+    if (!d->shards) {
+        loom_dataset_manifest_free(&m);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    for (int i = 0; i < m->n_shards; i++) {
+        const loom_dataset_shard *e = &m->shards[i];
+        char path[4096 + 300];
+        snprintf(path, sizeof path, "%s/%s", dir, e->file);
+        st = map_shard(path, e, m, &d->shards[i]);
+        d->n_shards = i + 1; /* mapped (or half-mapped) shards are unmapped by loom_data_free */
+        if (st != LOOM_OK) break;
+        int s = (int)e->split;
+        if (d->n_split_shards[s] == 0) d->first_shard[s] = i;
+        d->shards[i].start = d->split_tokens[s];
+        d->split_tokens[s] += e->n_tokens;
+        d->n_split_shards[s]++;
+    }
+    if (st == LOOM_OK) {
+        d->kind = SRC_SHARDS;
+        d->data_vocab = m->vocab_size;
+        d->max_token = m->vocab_size - 1;
+        d->eot = m->eot;
+        if (m->tokenizer_file[0]) { /* absolute, so that a checkpoint can record it for later use elsewhere */
+            char abs[PATH_MAX];
+            snprintf(d->tokenizer, sizeof d->tokenizer, "%s/%s", realpath(dir, abs) ? abs : dir, m->tokenizer_file);
+        } else {
+            snprintf(d->tokenizer, sizeof d->tokenizer, "%s", m->tokenizer);
+        }
+        snprintf(d->desc, sizeof d->desc,
+                 "%s (%s tokens, vocabulary %lld; %lld train + %lld val tokens (val_fraction %g, fixed at prepare) "
+                 "in %d shards)",
+                 dir, m->tokenizer, (long long)m->vocab_size, (long long)d->split_tokens[0],
+                 (long long)d->split_tokens[1], m->val_fraction, m->n_shards);
+    }
+    loom_dataset_manifest_free(&m);
+    LOOM_CALL(st);
+    return LOOM_OK;
+}
+
+static loom_status load_source(loom_data *d, const char *source, double val_fraction) {
+    struct stat sb;
+    LOOM_CHECK(stat(source, &sb) == 0, LOOM_ERR_IO, "data source %s: %s (use a dataset directory from `loom data "
+               "prepare`, a text file, a directory of text files, a .bin of uint16 tokens, or 'synthetic')",
+               source, strerror(errno));
     int64_t cap = 0;
     size_t len = strlen(source);
     if (S_ISDIR(sb.st_mode)) {
+        char manifest[4096 + 32];
+        snprintf(manifest, sizeof manifest, "%s/dataset.json", source);
+        if (access(manifest, F_OK) == 0) return load_dataset(d, source, manifest);
         int files = 0;
         LOOM_CALL(load_dir(d, source, &cap, &files));
-        LOOM_CHECK(files > 0, LOOM_ERR_IO, "data directory %s holds no text files", source);
+        LOOM_CHECK(files > 0, LOOM_ERR_IO, "data directory %s holds no text files and no dataset.json", source);
         snprintf(d->desc, sizeof d->desc, "%s (%d text files, byte-level)", source, files);
+        d->data_vocab = 256;
     } else if (len > 4 && strcmp(source + len - 4, ".bin") == 0) {
         unsigned char *buf;
         size_t n;
@@ -134,11 +260,12 @@ static loom_status load_source(loom_data *d, const char *source) {
         d->n = (int64_t)(n / 2);
         d->tokens = malloc((size_t)(d->n ? d->n : 1) * sizeof(int32_t));
         if (!d->tokens) { free(buf); return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory"); }
-        for (int64_t i = 0; i < d->n; i++) d->tokens[i] = (int32_t)(buf[2 * i] | (buf[2 * i + 1] << 8));
+        d->max_token = 0;
+        for (int64_t i = 0; i < d->n; i++) {
+            d->tokens[i] = (int32_t)(buf[2 * i] | (buf[2 * i + 1] << 8));
+            if (d->tokens[i] > d->max_token) d->max_token = d->tokens[i];
+        }
         free(buf);
-        for (int64_t i = 0; i < d->n; i++)
-            LOOM_CHECK(d->tokens[i] < d->vocab, LOOM_ERR_FORMAT, "%s: token %d at %lld is outside the model's vocabulary "
-                       "of %lld", source, d->tokens[i], (long long)i, (long long)d->vocab);
         snprintf(d->desc, sizeof d->desc, "%s (uint16 tokens)", source);
     } else {
         unsigned char *buf;
@@ -148,10 +275,14 @@ static loom_status load_source(loom_data *d, const char *source) {
         free(buf);
         LOOM_CALL(st);
         snprintf(d->desc, sizeof d->desc, "%s (byte-level)", source);
+        d->data_vocab = 256;
     }
-    if (strstr(d->desc, "byte-level"))
-        LOOM_CHECK(d->vocab >= 256, LOOM_ERR_CONFIG, "byte-level text needs model.vocab_size >= 256, got %lld",
-                   (long long)d->vocab);
+    if (d->data_vocab == 256) {
+        d->max_token = 255;
+        snprintf(d->tokenizer, sizeof d->tokenizer, "byte");
+    }
+    d->kind = SRC_MEMORY;
+    d->n_train = loom_data_split_point(d->n, val_fraction);
     return LOOM_OK;
 }
 
@@ -159,22 +290,28 @@ loom_status loom_data_open(const char *source, int64_t vocab, double val_fractio
     *out = NULL;
     LOOM_CHECK(val_fraction >= 0 && val_fraction < 1, LOOM_ERR_CONFIG,
                "data.val_fraction must be in [0, 1), got %g", val_fraction);
-    LOOM_CHECK(vocab >= 2, LOOM_ERR_CONFIG, "vocabulary size %lld too small", (long long)vocab);
+    const int synthetic = strcmp(source, "synthetic") == 0;
+    LOOM_CHECK(vocab >= 2 || (vocab == 0 && !synthetic), LOOM_ERR_CONFIG, "vocabulary size %lld too small",
+               (long long)vocab);
     loom_data *d = calloc(1, sizeof *d);
     LOOM_CHECK(d != NULL, LOOM_ERR_NOMEM, "out of memory");
     d->vocab = vocab;
     d->seed = seed;
-    if (strcmp(source, "synthetic") == 0) {
-        d->synthetic = 1;
+    d->eot = -1;
+    d->nranks = 1;
+    snprintf(d->source, sizeof d->source, "%s", source);
+    if (synthetic) {
+        d->kind = SRC_SYNTHETIC;
+        d->max_token = vocab - 1;
         snprintf(d->desc, sizeof d->desc, "synthetic (uniform random tokens over %lld)", (long long)vocab);
     } else {
-        loom_status st = load_source(d, source);
+        loom_status st = load_source(d, source, val_fraction);
+        if (st == LOOM_OK && vocab > 0) st = loom_data_check_vocab(d, vocab);
         if (st != LOOM_OK) {
             loom_data_free(&d);
             loom_error_trace(__FILE__, __LINE__, __func__);
             return st;
         }
-        d->n_train = d->n - (int64_t)((double)d->n * val_fraction);
     }
     loom_rng_seed(&d->train_rng, seed ^ 0x7261696eull);
     loom_data_reset_val(d);
@@ -182,42 +319,125 @@ loom_status loom_data_open(const char *source, int64_t vocab, double val_fractio
     return LOOM_OK;
 }
 
+loom_status loom_data_check_vocab(const loom_data *d, int64_t vocab) {
+    LOOM_CHECK(vocab >= 2, LOOM_ERR_CONFIG, "vocabulary size %lld too small", (long long)vocab);
+    if (d->kind == SRC_SYNTHETIC)
+        LOOM_CHECK(vocab <= d->vocab, LOOM_ERR_CONFIG, "synthetic data was opened for a vocabulary of %lld, not %lld",
+                   (long long)d->vocab, (long long)vocab);
+    if (d->kind == SRC_SHARDS)
+        LOOM_CHECK(d->data_vocab <= vocab, LOOM_ERR_CONFIG,
+                   "dataset %s was tokenized with a vocabulary of %lld, larger than model.vocab_size %lld "
+                   "(set model.vocab_size to at least %lld)",
+                   d->source, (long long)d->data_vocab, (long long)vocab, (long long)d->data_vocab);
+    else if (d->data_vocab == 256)
+        LOOM_CHECK(vocab >= 256, LOOM_ERR_CONFIG, "byte-level text needs model.vocab_size >= 256, got %lld",
+                   (long long)vocab);
+    else if (d->kind == SRC_MEMORY && d->max_token >= vocab) {
+        for (int64_t i = 0; i < d->n; i++)
+            LOOM_CHECK(d->tokens[i] < vocab, LOOM_ERR_FORMAT, "%s: token %d at %lld is outside the model's "
+                       "vocabulary of %lld", d->desc, d->tokens[i], (long long)i, (long long)vocab);
+    }
+    return LOOM_OK;
+}
+
 void loom_data_free(loom_data **pd) {
     if (!pd || !*pd) return;
-    free((*pd)->tokens);
-    free(*pd);
+    loom_data *d = *pd;
+    for (int i = 0; i < d->n_shards; i++)
+        if (d->shards[i].map) munmap(d->shards[i].map, d->shards[i].map_size);
+    free(d->shards);
+    free(d->tokens);
+    free(d);
     *pd = NULL;
 }
 
 const char *loom_data_describe(const loom_data *d) { return d->desc; }
+int64_t loom_data_vocab_size(const loom_data *d) { return d->data_vocab; }
+const char *loom_data_tokenizer(const loom_data *d) { return d->tokenizer[0] ? d->tokenizer : NULL; }
+int32_t loom_data_eot(const loom_data *d) { return d->eot; }
 
 int64_t loom_data_num_tokens(const loom_data *d, loom_split split) {
-    if (d->synthetic) return INT64_MAX;
+    if (d->kind == SRC_SYNTHETIC) return INT64_MAX;
+    if (d->kind == SRC_SHARDS) return d->split_tokens[split];
     return split == LOOM_SPLIT_TRAIN ? d->n_train : d->n - d->n_train;
+}
+
+loom_status loom_data_set_rank(loom_data *d, int rank, int nranks) {
+    LOOM_CHECK(nranks >= 1 && rank >= 0 && rank < nranks, LOOM_ERR_INVALID_ARG,
+               "data rank %d of %d: expected 0 <= rank < nranks", rank, nranks);
+    d->rank = rank;
+    d->nranks = nranks;
+    return LOOM_OK;
+}
+
+/* count tokens of the split's stream from position off (within the split) into dst */
+static void copy_tokens(const loom_data *d, loom_split split, int64_t off, int64_t count, int32_t *dst) {
+    if (d->kind == SRC_MEMORY) {
+        memcpy(dst, d->tokens + (split == LOOM_SPLIT_TRAIN ? 0 : d->n_train) + off, (size_t)count * sizeof(int32_t));
+        return;
+    }
+    /* binary search for the shard holding off */
+    int lo = d->first_shard[split], hi = lo + d->n_split_shards[split] - 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo + 1) / 2;
+        if (d->shards[mid].start <= off) lo = mid;
+        else hi = mid - 1;
+    }
+    for (int s = lo; count > 0; s++) {
+        const shard_map *m = &d->shards[s];
+        int64_t at = off - m->start, k = m->n - at < count ? m->n - at : count;
+        if (m->width == 2) {
+            const uint16_t *t = (const uint16_t *)(const void *)m->tokens + at;
+            for (int64_t i = 0; i < k; i++) dst[i] = t[i];
+        } else {
+            const uint32_t *t = (const uint32_t *)(const void *)m->tokens + at;
+            for (int64_t i = 0; i < k; i++) dst[i] = (int32_t)t[i];
+        }
+        dst += k;
+        off += k;
+        count -= k;
+    }
+}
+
+loom_status loom_data_read(const loom_data *d, loom_split split, int64_t off, int64_t count, int32_t *dst) {
+    LOOM_CHECK(d->kind != SRC_SYNTHETIC, LOOM_ERR_INVALID_ARG, "synthetic data has no token stream to read");
+    const int64_t n = loom_data_num_tokens(d, split);
+    LOOM_CHECK(off >= 0 && count >= 0 && off <= n && count <= n - off, LOOM_ERR_INVALID_ARG,
+               "tokens [%lld, %lld) are outside the %s split's %lld", (long long)off, (long long)(off + count),
+               split == LOOM_SPLIT_TRAIN ? "training" : "validation", (long long)n);
+    if (count > 0) copy_tokens(d, split, off, count, dst);
+    return LOOM_OK;
 }
 
 loom_status loom_data_next(loom_data *d, loom_split split, int64_t B, int64_t T, int32_t *tokens, int32_t *targets) {
     loom_rng *r = split == LOOM_SPLIT_TRAIN ? &d->train_rng : &d->val_rng;
-    if (d->synthetic) {
-        for (int64_t b = 0; b < B; b++) {
+    /* the global batch is B*nranks windows; this rank keeps rows [rank*B, (rank+1)*B) */
+    const int64_t mine = (int64_t)d->rank * B, total = B * d->nranks;
+    if (d->kind == SRC_SYNTHETIC) {
+        for (int64_t g = 0; g < total; g++) {
+            const int keep = g >= mine && g < mine + B;
+            const int64_t b = g - mine;
             int32_t prev = (int32_t)loom_rng_below(r, (uint64_t)d->vocab);
             for (int64_t t = 0; t < T; t++) {
                 int32_t next = (int32_t)loom_rng_below(r, (uint64_t)d->vocab);
-                tokens[b * T + t] = prev;
-                targets[b * T + t] = next;
+                if (keep) {
+                    tokens[b * T + t] = prev;
+                    targets[b * T + t] = next;
+                }
                 prev = next;
             }
         }
     } else {
-        int64_t lo = split == LOOM_SPLIT_TRAIN ? 0 : d->n_train;
-        int64_t hi = split == LOOM_SPLIT_TRAIN ? d->n_train : d->n;
-        LOOM_CHECK(hi - lo > T + 1, LOOM_ERR_CONFIG,
+        const int64_t n = loom_data_num_tokens(d, split);
+        LOOM_CHECK(n > T + 1, LOOM_ERR_CONFIG,
                    "the %s split has %lld tokens, fewer than one window of %lld (lower --seq-len or add data)",
-                   split == LOOM_SPLIT_TRAIN ? "training" : "validation", (long long)(hi - lo), (long long)(T + 1));
-        for (int64_t b = 0; b < B; b++) {
-            int64_t off = lo + (int64_t)loom_rng_below(r, (uint64_t)(hi - lo - T - 1) + 1);
-            memcpy(tokens + b * T, d->tokens + off, (size_t)T * sizeof(int32_t));
-            memcpy(targets + b * T, d->tokens + off + 1, (size_t)T * sizeof(int32_t));
+                   split == LOOM_SPLIT_TRAIN ? "training" : "validation", (long long)n, (long long)(T + 1));
+        for (int64_t g = 0; g < total; g++) {
+            int64_t off = (int64_t)loom_rng_below(r, (uint64_t)(n - T - 1) + 1);
+            if (g < mine || g >= mine + B) continue;
+            const int64_t b = g - mine;
+            copy_tokens(d, split, off, T, tokens + b * T);
+            copy_tokens(d, split, off + 1, T, targets + b * T);
         }
     }
     if (split == LOOM_SPLIT_TRAIN) d->batches_drawn++;

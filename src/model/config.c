@@ -4,7 +4,7 @@
 #include "loom/model.h"
 
 static const char *const preset_names[] = {"demo", "gpt2-124m", "gpt2-350m", "gpt2-l6", "llama-tiny",
-                                           "llama-l6", NULL};
+                                           "llama-l6", "nanogpt-char", NULL};
 
 const char *const *loom_model_preset_names(void) { return preset_names; }
 
@@ -52,6 +52,12 @@ loom_status loom_model_config_preset(const char *name, loom_model_config *out) {
     else if (strcmp(name, "gpt2-l6") == 0) *out = gpt2(6, 6, 384);
     else if (strcmp(name, "llama-tiny") == 0) *out = llama(4, 8, 4, 256, 704);
     else if (strcmp(name, "llama-l6") == 0) *out = llama(6, 6, 2, 384, 1024);
+    else if (strcmp(name, "nanogpt-char") == 0) {
+        /* nanoGPT's CPU recipe for character-level Tiny Shakespeare (65 characters, context 64) */
+        *out = gpt2(4, 4, 128);
+        out->vocab_size = 65;
+        out->max_seq_len = 64;
+    }
     else {
         char list[256] = "";
         for (int i = 0; preset_names[i]; i++) {

@@ -77,6 +77,8 @@ static const option options[] = {
     {"train.profile", OPT_BOOL, T(profile), 0, NULL, "print where the time went, per kernel category (--profile)"},
     {"train.blas_coretype", OPT_STRING, T(blas_coretype), S(blas_coretype), NULL, "OpenBLAS kernel: auto | keep | a core name (--blas-coretype)"},
     {"train.progress", OPT_INT, T(progress), 0, NULL, "1 progress line, 0 plain lines, -1 auto (terminal)"},
+    {"train.fit_vocab", OPT_BOOL, T(fit_vocab), 0, NULL, "grow model.vocab_size to fit the data's tokenizer (off when model.vocab_size is set)"},
+    {"train.sample_tokens", OPT_INT, T(sample_tokens), 0, NULL, "print a generated sample of this many tokens at the end (--sample)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -102,6 +104,7 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->recompute = LOOM_RECOMPUTE_NONE;
     snprintf(t->blas_coretype, sizeof t->blas_coretype, "auto");
     t->progress = -1;
+    t->fit_vocab = 1;
     return LOOM_OK;
 }
 
@@ -251,6 +254,7 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
                LOOM_ERR_CONFIG, "train.eval_interval, ckpt_interval >= 0 and eval_batches, log_interval >= 1");
     LOOM_CHECK(t->val_fraction >= 0 && t->val_fraction < 1, LOOM_ERR_CONFIG, "train.val_fraction must be in [0, 1)");
     LOOM_CHECK(t->out[0] != '\0', LOOM_ERR_CONFIG, "train.out must name a directory");
+    LOOM_CHECK(t->sample_tokens >= 0, LOOM_ERR_CONFIG, "train.sample_tokens must be >= 0");
     return LOOM_OK;
 }
 

@@ -5,6 +5,7 @@
  * metrics line. Resume is bit-exact: the checkpoint holds the parameters, the optimizer state, the step
  * and the data sampler's generator, and every kernel is deterministic for a fixed thread count. */
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@
 #include "loom/ckpt.h"
 #include "loom/comm.h"
 #include "loom/data.h"
+#include "loom/generate.h"
 #include "loom/log.h"
 #include "loom/run.h"
 
@@ -74,6 +76,8 @@ typedef struct {
     char ckpt_path[LOOM_PATH_MAX + 32];
     FILE *metrics;
     double peak_gflops;
+    char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
+    loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
 } trainer;
 
 static loom_status save_checkpoint(trainer *tr, int64_t step) {
@@ -82,9 +86,15 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_strbuf_init(&meta);
     loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
     loom_json_write_string(&meta, rc->preset);
-    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"model\":", (long long)step,
+    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,", (long long)step,
                        loom_optim_kind_name(rc->optim.kind), loom_backend_threads(tr->be));
-    loom_model_config_to_json(&rc->model, &meta);
+    if (tr->tokenizer[0]) { /* what generation decodes with */
+        loom_strbuf_printf(&meta, "\"tokenizer\":");
+        loom_json_write_string(&meta, tr->tokenizer);
+        loom_strbuf_printf(&meta, ",");
+    }
+    loom_strbuf_printf(&meta, "\"model\":");
+    loom_model_config_to_json(&tr->model_cfg, &meta);
     loom_strbuf_printf(&meta, ",\"params\":[");
     for (int i = 0; i < loom_model_num_param_infos(tr->model); i++) {
         const loom_param_info *p = loom_model_param_info(tr->model, i);
@@ -145,7 +155,7 @@ static loom_status load_checkpoint(trainer *tr, int64_t *step) {
                     done, "%s is not a loom training checkpoint", tr->ckpt_path);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), done);
-    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->rc->model, tr->ckpt_path), done);
+    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, tr->ckpt_path), done);
     train_state ts;
     LOOM_CALL_GOTO(st, loom_ckpt_read(r, "state", &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
@@ -228,6 +238,30 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     loom_strbuf_free(&sb);
 }
 
+/* A short text from the trained model, so a first run ends with something to read. */
+static loom_status print_sample(trainer *tr) {
+    loom_tokenizer *tok = NULL;
+    LOOM_CALL(loom_tokenizer_load(tr->tokenizer, &tok));
+    int32_t start = loom_tokenizer_eot(tok);
+    if (start < 0) {
+        int32_t *nl = NULL;
+        int64_t n = 0;
+        loom_status st = loom_tokenizer_encode(tok, "\n", 1, &nl, &n);
+        start = (st == LOOM_OK && n > 0) ? nl[0] : 0;
+        free(nl);
+    }
+    loom_sample_config sc = loom_sample_config_default();
+    sc.max_tokens = tr->rc->train.sample_tokens;
+    sc.seed = (uint64_t)tr->rc->train.seed;
+    printf("--- sample (%lld tokens, temperature %.1f) ---\n", (long long)sc.max_tokens, sc.temperature);
+    loom_generate_stats gs;
+    loom_status st = loom_generate(tr->model, tok, &start, 1, &sc, stdout, &gs, NULL, NULL);
+    printf("\n--- %.0f tokens/s ---\n", gs.decode_seconds > 0 ? (double)gs.generated_tokens / gs.decode_seconds : 0.0);
+    loom_tokenizer_free(&tok);
+    LOOM_CALL(st);
+    return LOOM_OK;
+}
+
 static void trainer_free(trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
     free(tr->tokens);
@@ -253,11 +287,29 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     bc.blas_coretype = t->blas_coretype;
     LOOM_CALL_GOTO(st, loom_backend_init(&bc, &tr.be), done);
     LOOM_CALL_GOTO(st, loom_comm_init_self(&tr.comm), done);
-    LOOM_CALL_GOTO(st, loom_data_open(t->data, rc->model.vocab_size, t->val_fraction, (uint64_t)t->seed, &tr.data), done);
-    LOOM_CALL_GOTO(st, loom_model_init(&rc->model, tr.be, tr.comm, &tr.mem, 1, &tr.model), done);
+    const int synthetic = strcmp(t->data, "synthetic") == 0;
+    LOOM_CALL_GOTO(st, loom_data_open(t->data, synthetic ? rc->model.vocab_size : 0, t->val_fraction,
+                                      (uint64_t)t->seed, &tr.data), done);
+    /* A preset's vocabulary too small for the data's tokenizer grows to it (e.g. the demo preset on a GPT-2
+     * dataset) unless the vocabulary was set explicitly; a larger one is kept (unused rows cost little). */
+    tr.model_cfg = rc->model;
+    const int64_t data_vocab = loom_data_vocab_size(tr.data);
+    if (t->fit_vocab && data_vocab > tr.model_cfg.vocab_size) {
+        LOOM_INFO("model.vocab_size %lld -> %lld to fit the data's tokenizer (%s)", (long long)tr.model_cfg.vocab_size,
+                  (long long)data_vocab, loom_data_tokenizer(tr.data) ? loom_data_tokenizer(tr.data) : "?");
+        tr.model_cfg.vocab_size = data_vocab;
+    }
+    LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
+    LOOM_CALL_GOTO(st, loom_model_init(&tr.model_cfg, tr.be, tr.comm, &tr.mem, 1, &tr.model), done);
     LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, t->batch, t->seq_len, t->recompute), done);
     LOOM_CALL_GOTO(st, loom_optim_init(&rc->optim, tr.be, &tr.mem, tr.model, &tr.opt), done);
     loom_optim_set_total_steps(tr.opt, t->steps);
+    const char *tk = loom_data_tokenizer(tr.data);
+    if (tk) {
+        char abs[PATH_MAX];
+        if (strchr(tk, '/') && realpath(tk, abs)) tk = abs;
+        snprintf(tr.tokenizer, sizeof tr.tokenizer, "%s", tk);
+    }
     const int64_t BT = t->batch * t->seq_len;
     tr.tokens = malloc((size_t)BT * sizeof(int32_t));
     tr.targets = malloc((size_t)BT * sizeof(int32_t));
@@ -285,10 +337,10 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     tr.metrics = fopen(mpath, t->resume ? "a" : "w");
     LOOM_CHECK_GOTO(st, tr.metrics != NULL, LOOM_ERR_IO, done, "cannot write metrics %s: %s", mpath, strerror(errno));
 
-    const double flops_tok = loom_model_config_flops_per_token(&rc->model, t->seq_len);
+    const double flops_tok = loom_model_config_flops_per_token(&tr.model_cfg, t->seq_len);
     const int64_t tokens_per_step = BT * t->grad_accum;
     LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
-              loom_family_name(rc->model.family), (double)loom_model_num_params(tr.model) / 1e6, flops_tok / 1e9,
+              loom_family_name(tr.model_cfg.family), (double)loom_model_num_params(tr.model) / 1e6, flops_tok / 1e9,
               loom_data_describe(tr.data));
     LOOM_INFO("batch %lld x %lld x %lld accum = %lld tokens/step; %s %s; %d threads; GEMM %s; peak %.1f GFLOP/s (%s)",
               (long long)t->batch, (long long)t->seq_len, (long long)t->grad_accum, (long long)tokens_per_step,
@@ -375,6 +427,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
            (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
            (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, tr.ckpt_path);
     if (t->profile) print_profile(tr.be, t_train);
+    if (t->sample_tokens > 0 && tr.tokenizer[0]) {
+        LOOM_CALL_GOTO(st, print_sample(&tr), done);
+    }
     st = LOOM_OK;
 done:
     trainer_free(&tr);

@@ -1,0 +1,150 @@
+/* loom generate: text from a checkpoint, streamed to stdout as it is sampled (KV cache). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "loom/generate.h"
+#include "loom/log.h"
+#include "loom/run.h"
+
+static void generate_help(void) {
+    printf("usage: loom generate --ckpt DIR [--prompt TEXT] [--max-tokens N] [--temperature X] [--top-k K]\n"
+           "                     [--top-p P] [--seed S] [--tokenizer gpt2|byte|FILE] [--threads N] [--no-stop]\n"
+           "Samples from the model in DIR/checkpoint.bin with a KV cache and streams the text to stdout; the\n"
+           "tokens/s go to stderr. Defaults: --max-tokens 200 --temperature 0.8 --top-k 0 (off) --top-p 1 (off)\n"
+           "--seed 1337; temperature 0 is greedy. Stops at end-of-text unless --no-stop. The tokenizer is the one\n"
+           "the checkpoint was trained with (recorded in it), unless --tokenizer says otherwise.\n");
+}
+
+/* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
+static const char *pick_tokenizer(const loom_json *meta, const loom_model_config *mc) {
+    const loom_json *t = loom_json_get(meta, "tokenizer");
+    if (t && t->type == LOOM_JSON_STRING && t->string[0]) return t->string;
+    if (mc->vocab_size == 256) return "byte";
+    if (mc->vocab_size == 50257) return "gpt2";
+    return NULL;
+}
+
+int loom_cmd_generate(int argc, char **argv) {
+    const char *ckpt = NULL, *prompt = NULL, *tok_name = NULL;
+    loom_sample_config sc = loom_sample_config_default();
+    int threads = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            generate_help();
+            return 0;
+        }
+        if (!strcmp(a, "--no-stop")) {
+            sc.stop_at_eot = 0;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "loom generate: %s needs a value (see --help)\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        char *end = NULL;
+        if (!strcmp(a, "--ckpt")) ckpt = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--tokenizer")) tok_name = v;
+        else if (!strcmp(a, "--max-tokens")) sc.max_tokens = strtoll(v, &end, 10);
+        else if (!strcmp(a, "--temperature")) sc.temperature = strtod(v, &end);
+        else if (!strcmp(a, "--top-k")) sc.top_k = strtoll(v, &end, 10);
+        else if (!strcmp(a, "--top-p")) sc.top_p = strtod(v, &end);
+        else if (!strcmp(a, "--seed")) sc.seed = strtoull(v, &end, 10);
+        else if (!strcmp(a, "--threads")) threads = (int)strtol(v, &end, 10);
+        else {
+            fprintf(stderr, "loom generate: unknown option '%s' (see --help)\n", a);
+            return 2;
+        }
+        if (end && (*end || end == v)) {
+            fprintf(stderr, "loom generate: %s expects a number, got '%s'\n", a, v);
+            return 2;
+        }
+    }
+    if (!ckpt) {
+        fprintf(stderr, "loom generate: --ckpt DIR is required (see --help)\n");
+        return 2;
+    }
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = threads;
+    bc.quiet = 1;
+    loom_backend *be = NULL;
+    loom_comm *comm = NULL;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m = NULL;
+    loom_json *meta = NULL;
+    loom_tokenizer *tok = NULL;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    int rc = 1;
+    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
+        loom_checkpoint_load_model(ckpt, be, comm, &mem, &m, &meta)) {
+        rc = loom_cli_fail("generate");
+        goto out;
+    }
+    const loom_model_config *mc = loom_model_get_config(m);
+    if (!tok_name) tok_name = pick_tokenizer(meta, mc);
+    if (!tok_name) {
+        fprintf(stderr, "loom generate: error: the checkpoint does not record its tokenizer (vocabulary %lld); "
+                        "name it with --tokenizer\n", (long long)mc->vocab_size);
+        goto out;
+    }
+    if (loom_tokenizer_load(tok_name, &tok)) {
+        rc = loom_cli_fail("generate");
+        goto out;
+    }
+    if (loom_tokenizer_vocab_size(tok) > mc->vocab_size) {
+        fprintf(stderr, "loom generate: error: tokenizer %s has %lld tokens, the model only %lld\n", tok_name,
+                (long long)loom_tokenizer_vocab_size(tok), (long long)mc->vocab_size);
+        goto out;
+    }
+    if (prompt && prompt[0]) {
+        if (loom_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n)) {
+            rc = loom_cli_fail("generate");
+            goto out;
+        }
+    }
+    if (n == 0) { /* no prompt: start from end-of-text, or a newline */
+        free(ids);
+        ids = malloc(sizeof(int32_t));
+        int32_t eot = loom_tokenizer_eot(tok);
+        if (eot < 0) {
+            int32_t *nl = NULL;
+            int64_t nn = 0;
+            if (loom_tokenizer_encode(tok, "\n", 1, &nl, &nn) || nn < 1) {
+                free(nl);
+                rc = loom_cli_fail("generate");
+                goto out;
+            }
+            eot = nl[0];
+            free(nl);
+        }
+        ids[0] = eot;
+        n = 1;
+    }
+    if (prompt) fputs(prompt, stdout);
+    loom_generate_stats gs;
+    if (loom_generate(m, tok, ids, n, &sc, stdout, &gs, NULL, NULL)) {
+        rc = loom_cli_fail("generate");
+        goto out;
+    }
+    printf("\n");
+    fflush(stdout);
+    fprintf(stderr, "[loom] %lld tokens in %.2f s (%.1f tokens/s); prompt %lld tokens in %.3f s%s\n",
+            (long long)gs.generated_tokens, gs.decode_seconds,
+            gs.decode_seconds > 0 ? (double)gs.generated_tokens / gs.decode_seconds : 0.0, (long long)gs.prompt_tokens,
+            gs.prefill_seconds, gs.stopped_at_eot ? "; stopped at end-of-text" : gs.context_full ? "; context full" : "");
+    rc = 0;
+out:
+    free(ids);
+    loom_tokenizer_free(&tok);
+    loom_json_free(&meta);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    loom_backend_free(&be);
+    return rc;
+}

@@ -1,0 +1,156 @@
+/* loom export / loom import: Hugging Face safetensors + config.json <-> loom checkpoints (loom/hf.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "loom/hf.h"
+#include "loom/log.h"
+
+static void export_help(FILE *f) {
+    fprintf(f,
+            "usage: loom export --ckpt DIR|FILE --format hf --out DIR [--dtype f32|bf16|f16] [--max-shard-size SIZE]\n\n"
+            "Writes a loom checkpoint as a Hugging Face model: DIR/config.json and DIR/model.safetensors in\n"
+            "transformers' names (GPT2LMHeadModel for gpt2, LlamaForCausalLM for llama).\n\n"
+            "  --ckpt DIR|FILE        run directory holding checkpoint.bin, or the file\n"
+            "  --format hf            the only format (default)\n"
+            "  --out DIR              output directory (created)\n"
+            "  --dtype f32|bf16|f16   tensor type on disk (default f32; bf16/f16 round to nearest even)\n"
+            "  --max-shard-size SIZE  split into model-0000i-of-0000n.safetensors + model.safetensors.index.json\n"
+            "                         when larger (bytes, or with a unit: 500MB, 5GB, 2GiB); default: one file\n");
+}
+
+static void import_help(FILE *f) {
+    fprintf(f,
+            "usage: loom import --format hf SRC_DIR --out DIR [--seed S]\n\n"
+            "Reads a Hugging Face model (SRC_DIR/config.json with model_type gpt2 or llama, and\n"
+            "model.safetensors or model.safetensors.index.json + shards; F32, BF16 or F16 tensors) and writes\n"
+            "DIR/checkpoint.bin (step 0, zero AdamW state) and DIR/train-config.json.\n\n"
+            "  --format hf   the only format (default)\n"
+            "  --out DIR     output run directory (created; an existing checkpoint is moved to checkpoint.prev.bin)\n"
+            "  --seed S      data sampler seed of the saved state (default 1337, as loom train)\n\n"
+            "Then:  loom generate --ckpt DIR\n"
+            "       loom train --config DIR/train-config.json --resume --out DIR --data ... --steps N\n");
+}
+
+/* "123", "500MB" (10^6), "2GiB" (2^30), "10kB" ... */
+static int parse_size(const char *s, int64_t *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v >= 0)) return 0;
+    struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"", 1},           {"B", 1},          {"KB", 1e3},     {"kB", 1e3},     {"MB", 1e6},
+                 {"GB", 1e9},       {"TB", 1e12},      {"KiB", 1024.0}, {"MiB", 1048576.0},
+                 {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (strcmp(end, units[i].unit) == 0) {
+            double b = v * units[i].mult;
+            if (b > 9e18) return 0;
+            *out = (int64_t)b;
+            return 1;
+        }
+    return 0;
+}
+
+int loom_cmd_export(int argc, char **argv) {
+    const char *ckpt = NULL, *out = NULL, *format = "hf";
+    loom_hf_export_options o = loom_hf_export_options_default();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            export_help(stdout);
+            return 0;
+        }
+        int takes = !strcmp(a, "--ckpt") || !strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--dtype") ||
+                    !strcmp(a, "--max-shard-size");
+        if (!takes) {
+            fprintf(stderr, "loom export: unknown argument '%s' (see loom export --help)\n", a);
+            return 2;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "loom export: %s needs a value\n", a);
+            return 2;
+        }
+        const char *v = argv[++i];
+        if (!strcmp(a, "--ckpt")) ckpt = v;
+        else if (!strcmp(a, "--out")) out = v;
+        else if (!strcmp(a, "--format")) format = v;
+        else if (!strcmp(a, "--dtype")) {
+            if (!strcmp(v, "f32") || !strcmp(v, "float32")) o.dtype = LOOM_ST_F32;
+            else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16")) o.dtype = LOOM_ST_BF16;
+            else if (!strcmp(v, "f16") || !strcmp(v, "float16")) o.dtype = LOOM_ST_F16;
+            else {
+                fprintf(stderr, "loom export: --dtype expects f32, bf16 or f16, got '%s'\n", v);
+                return 2;
+            }
+        } else if (!parse_size(v, &o.max_shard_bytes)) {
+            fprintf(stderr, "loom export: --max-shard-size expects bytes (e.g. 1000000, 500MB, 2GiB), got '%s'\n", v);
+            return 2;
+        }
+    }
+    if (strcmp(format, "hf") != 0) {
+        fprintf(stderr, "loom export: --format expects hf, got '%s'\n", format);
+        return 2;
+    }
+    if (!ckpt || !out) {
+        fprintf(stderr, "loom export: --ckpt and --out are required (see loom export --help)\n");
+        return 2;
+    }
+    if (loom_hf_export(ckpt, out, &o) != LOOM_OK) return loom_cli_fail("export");
+    LOOM_INFO("exported %s to %s (%s)", ckpt, out, loom_st_dtype_name(o.dtype));
+    return 0;
+}
+
+int loom_cmd_import(int argc, char **argv) {
+    const char *src = NULL, *out = NULL, *format = "hf";
+    loom_hf_import_options o = loom_hf_import_options_default();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            import_help(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--seed")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "loom import: %s needs a value\n", a);
+                return 2;
+            }
+            const char *v = argv[++i];
+            if (!strcmp(a, "--out")) out = v;
+            else if (!strcmp(a, "--format")) format = v;
+            else {
+                char *end = NULL;
+                errno = 0;
+                unsigned long long s = strtoull(v, &end, 10);
+                if (end == v || *end || errno || v[0] == '-') {
+                    fprintf(stderr, "loom import: --seed expects a non-negative integer, got '%s'\n", v);
+                    return 2;
+                }
+                o.seed = (uint64_t)s;
+            }
+        } else if (a[0] == '-' && a[1] != '\0') {
+            fprintf(stderr, "loom import: unknown option '%s' (see loom import --help)\n", a);
+            return 2;
+        } else if (src) {
+            fprintf(stderr, "loom import: one source directory, got '%s' and '%s'\n", src, a);
+            return 2;
+        } else {
+            src = a;
+        }
+    }
+    if (strcmp(format, "hf") != 0) {
+        fprintf(stderr, "loom import: --format expects hf, got '%s'\n", format);
+        return 2;
+    }
+    if (!src || !out) {
+        fprintf(stderr, "loom import: a source directory and --out are required (see loom import --help)\n");
+        return 2;
+    }
+    if (loom_hf_import(src, out, &o) != LOOM_OK) return loom_cli_fail("import");
+    LOOM_INFO("imported %s into %s/checkpoint.bin", src, out);
+    return 0;
+}

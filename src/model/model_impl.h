@@ -1,0 +1,54 @@
+/* Private to src/model/: the model's layout and state, shared by the training path (gpt.c) and the
+ * KV-cache decoder (kvcache.c). */
+#ifndef LOOM_MODEL_IMPL_H
+#define LOOM_MODEL_IMPL_H
+#include "loom/model.h"
+
+enum {
+    W_LN1_W, W_LN1_B, W_QKV_W, W_QKV_B, W_ATTN_PROJ_W, W_ATTN_PROJ_B, W_LN2_W, W_LN2_B,
+    W_FC_W, W_FC_B, W_MLP_PROJ_W, W_MLP_PROJ_B, W_COUNT
+};
+
+/* Activations of one layer (pointers into the store or the scratch set). */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N) */
+    float *qkv;                       /* (N,Cq) after RoPE */
+    float *atty, *lse;                /* (N,C), (B,H,T) */
+    float *res1;                      /* (N,C) x after attention */
+    float *ln2, *ln2_mean, *ln2_rstd;
+    float *fc_pre;                    /* (N,F) GPT-2 pre-activation, or (N,2F) LLaMA gate|up */
+    float *fc_act;                    /* (N,F) */
+    float *out;                       /* (N,C) the layer's output = next layer's input */
+} layer_acts;
+
+struct loom_model {
+    loom_model_config cfg;
+    loom_backend *be;
+    loom_comm *tp;
+    loom_mem *mem;
+    int64_t C, H, KV, hd, Cq, F, V; /* local dimensions */
+    int64_t n_params, buf_size;
+    float *params, *grads;
+    loom_param_info *infos;
+    int n_infos;
+    int64_t off_wte, off_wpe, off_lnf_w, off_lnf_b, off_head;
+    int64_t *layer_off; /* [L][W_COUNT], -1 when absent */
+    /* activations */
+    int64_t cap_B, cap_T;
+    loom_recompute rc;
+    float *act_mem;
+    size_t act_bytes;
+    float *enc;                 /* (N,C) embedding output = layer 0 input */
+    layer_acts *acts;           /* [L] */
+    float *lnf, *lnf_mean, *lnf_rstd;
+    float *logits;              /* (N,V) */
+    float *losses;              /* (N) */
+    float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
+    float *rope_cos, *rope_sin; /* (T, hd/2) */
+    int64_t last_B, last_T;
+    struct loom_kv_cache *kv; /* generation state (kvcache.c), NULL until used */
+};
+
+void loom_kv_cache_free(loom_model *m);
+
+#endif
