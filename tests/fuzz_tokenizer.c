@@ -27,6 +27,7 @@ static const char sample[] = "Hello, world! It's 2024 \xe2\x80\x94 caf\xc3\xa9 \
                              "  \n\n'll 've x\xc3";
 
 static char *g_enc, *g_bpe; /* the valid miniature files */
+static long g_loaded;       /* inputs that loaded */
 static size_t g_enc_len, g_bpe_len;
 
 static int msg_ok(loom_status st) {
@@ -88,6 +89,7 @@ static int fuzz_check(int target, const uint8_t *data, size_t size) {
         return msg_ok(st);
     }
     int ok = use_ok(t, data, size);
+    g_loaded++;
     loom_tokenizer_free(&t);
     return ok;
 }
@@ -261,7 +263,6 @@ int main(int argc, char **argv) {
         if (seeds[s].n > cap) cap = seeds[s].n;
     cap = 2 * cap + 4096;
     uint8_t *work = malloc(cap);
-    long loaded = 0;
     for (long it = 0; it < iters; it++) {
         int s = (int)(rnd() % (uint32_t)n_seeds);
         size_t n = seeds[s].n;
@@ -270,14 +271,13 @@ int main(int argc, char **argv) {
         uint8_t *input = malloc(n ? n : 1); /* exactly its size, for the sanitizers */
         memcpy(input, work, n);
         int ok = fuzz_check(seed_target[s], input, n);
-        if (ok && loom_error_message()[0] == '\0') loaded++;
         free(input);
         if (!ok) {
             fprintf(stderr, "fuzz: iteration %ld (seed %d, target %d, %zu bytes) failed\n", it, s, seed_target[s], n);
             return 1;
         }
     }
-    printf("fuzz_tokenizer: %ld mutated inputs (%ld loaded and round-tripped), no failures\n", iters, loaded);
+    printf("fuzz_tokenizer: %ld mutated inputs (%ld loaded and round-tripped), no failures\n", iters, g_loaded);
     free(work);
     for (int s = 0; s < n_seeds; s++) free(seeds[s].d);
     free(g_enc);

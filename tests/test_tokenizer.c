@@ -167,9 +167,20 @@ static char *make_corpus(size_t len) {
                                         "\n", "\n\n", " ", "  ", ",", ".", "!", "?", " 123", " 42", " caf\xc3\xa9",
                                         " \xe6\x97\xa5\xe6\x9c\xac", "\xf0\x9f\x98\x80", " don't", "\xff", "\xc3",
                                         " <|endoftext|>", "\t", " Romeo", " Juliet", " thou", " art"};
-    char *s = malloc(len + 32);
+    static const char *const syl[] = {"th", "e", "an", "in", "er", "on", "re", "at", "en", "nd", "st", "or",
+                                      "te", "es", "is", "ha", "ou", "it", "to", "ed", "qu", "x", "y", "z"};
+    char *s = malloc(len + 64);
     size_t n = 0;
     while (n < len) {
+        if (rnd() % 2) { /* a made-up word of 1-4 syllables: many distinct words sharing pieces */
+            s[n++] = rnd() % 4 ? ' ' : '\n';
+            for (uint32_t k = 1 + rnd() % 4; k > 0; k--) {
+                const char *y = syl[rnd() % (rnd() % 2 ? 6 : sizeof syl / sizeof syl[0])];
+                memcpy(s + n, y, strlen(y));
+                n += strlen(y);
+            }
+            continue;
+        }
         const char *w = words[rnd() % (sizeof words / sizeof words[0])];
         size_t l = strlen(w);
         memcpy(s + n, w, l);
@@ -250,7 +261,8 @@ static int ref_train(const char *text, size_t len, int n_merges, uint32_t *merge
     for (; nm < n_merges; nm++) {
         memset(cnt, 0, (size_t)V * (size_t)V * sizeof *cnt);
         for (int i = 0; i < nw; i++)
-            for (int k = 0; k + 1 < w[i].len; k++) cnt[(size_t)w[i].s[k] * (size_t)V + (size_t)w[i].s[k + 1]] += w[i].count;
+            for (int k = 0; k + 1 < w[i].len; k++)
+                cnt[(size_t)w[i].s[k] * (size_t)V + (size_t)w[i].s[k + 1]] += w[i].count;
         int64_t best = 0;
         size_t bi = 0;
         for (size_t p = 0; p < (size_t)V * (size_t)V; p++)
@@ -313,10 +325,25 @@ static void test_bpe_train(void) {
     CHECK(same, "trained merges equal the reference trainer's (%u vs %d)", nm, nref);
     free(ref);
     /* round trips, streaming, and the file loads back to the same encoder */
-    int64_t n1;
+    int64_t n1 = 0;
     CHECK(roundtrip(t, text, len, &n1), "bpe round trip on the training text");
     CHECK(n1 < (int64_t)len / 2, "bpe compresses its training text (%lld ids for %zu bytes)", (long long)n1, len);
     for (size_t step = 1; step <= 64; step *= 4) CHECK(pieces_equal(t, text, len, step), "bpe pieces of %zu", step);
+    {
+        /* the packed pair table (ids below 2^16) and the general one give the same ids */
+        int32_t *a, *b;
+        int64_t na, nb;
+        CHECK(t->pairs16 != NULL, "a 557-token BPE uses the packed pair table");
+        CHECK(loom_tokenizer_encode(t, text, len, &a, &na) == LOOM_OK, "encode");
+        uint64_t *packed = t->pairs16;
+        t->pairs16 = NULL;
+        CHECK(loom_tokenizer_encode(t, text, len, &b, &nb) == LOOM_OK && na == nb &&
+                  memcmp(a, b, (size_t)na * sizeof *a) == 0,
+              "packed and general pair tables agree");
+        t->pairs16 = packed;
+        free(a);
+        free(b);
+    }
     loom_tokenizer *t2 = NULL;
     CHECK(loom_tokenizer_load_memory(file, flen, "mem.tok", &t2) == LOOM_OK, "load_memory: %s", loom_error_message());
     if (t2) {

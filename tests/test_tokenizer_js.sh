@@ -14,7 +14,7 @@ fi
 # where loom looks for the files (include/loom/tokenizer.h), in its order
 cands=()
 [[ -n "${LOOM_GPT2_DIR:-}" ]] && cands+=("$LOOM_GPT2_DIR")
-cands+=("$(cd "$(dirname "$LOOM")" && pwd)/share/gpt2")
+cands+=("$(cd "$(dirname "$LOOM")" 2> /dev/null && pwd || dirname "$LOOM")/share/gpt2")
 [[ -n "${HOME:-}" ]] && cands+=("$HOME/.cache/loom/gpt2")
 cands+=(/usr/local/share/loom/gpt2)
 dir=

@@ -12,11 +12,12 @@
  * Encoding works on raw bytes: invalid UTF-8 is kept byte for byte and decodes back exactly.
  *
  * "gpt2" equals the JavaScript encoder of the npm package gpt-3-encoder (OpenAI's encoder.js), including
- * where that encoder differs from OpenAI's Python one (it looks merges up by the string "left,right", so
- * 11 pairs whose joined string has an extra comma, such as `",` + `"`, merge in JavaScript and not in
- * Python). Special tokens (<|endoftext|>, id 50256) are cut out of the text first and encoded as their ids;
- * the text between them is encoded on its own (LOOM_TOKENIZER_NO_SPECIAL encodes them as plain text, as
- * the JavaScript encoder, which knows no special tokens, does).
+ * where that encoder could differ from OpenAI's Python one (it looks merges up by the string "left,right",
+ * so 11 pairs whose joined string has an extra comma, such as `",` + `"`, merge in JavaScript and not in
+ * Python; with GPT-2's ranks no text has been found where that changes the ids). Special tokens
+ * (<|endoftext|>, id 50256) are cut out of the text first and encoded as their ids; the text between them
+ * is encoded on its own (LOOM_TOKENIZER_NO_SPECIAL encodes them as plain text, as the JavaScript encoder,
+ * which knows no special tokens, does).
  *
  * A loaded tokenizer is read-only: encode and decode may run on one tokenizer from several threads at
  * once (the word cache lives in each call). Not Collective. File format: docs/FORMATS-tokenizer.md. */

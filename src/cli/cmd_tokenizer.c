@@ -181,7 +181,8 @@ static int cmd_encode(int argc, char **argv) {
         int64_t n;
         size_t used;
         double t0 = now_s();
-        loom_status st = loom_tokenizer_encode_ex(tok, buf, have, flags | (eof ? 0u : LOOM_TOKENIZER_PARTIAL), &ids, &n, &used);
+        loom_status st =
+            loom_tokenizer_encode_ex(tok, buf, have, flags | (eof ? 0u : LOOM_TOKENIZER_PARTIAL), &ids, &n, &used);
         enc_s += now_s() - t0;
         if (st != LOOM_OK) {
             rc = loom_cli_fail("tokenizer encode");

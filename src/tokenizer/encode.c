@@ -112,7 +112,7 @@ static heap_ent heap_pop(enc_state *e) {
 static inline loom_status push_pair(const loom_tokenizer *t, enc_state *e, int32_t i) {
     int32_t j = e->nxt[i];
     uint64_t v;
-    if (j < 0 || !loom_tok_map64_get(&t->pairs, (uint64_t)(uint32_t)e->sym[i] << 32 | (uint32_t)e->sym[j], &v))
+    if (j < 0 || !loom_tok_pair_get(t, e->sym[i], e->sym[j], &v))
         return LOOM_OK;
     heap_ent x = {(uint32_t)(v >> 32), i, e->sym[i], e->sym[j], (int32_t)(uint32_t)v};
     return heap_push(e, x);
@@ -133,7 +133,7 @@ static loom_status bpe_short(const loom_tokenizer *t, enc_state *e, const uint8_
     int m = (int)n;
     for (int i = 0; i < m; i++) sym[i] = t->byte_id[w[i]];
     for (int i = 0; i + 1 < m; i++)
-        if (!loom_tok_map64_get(&t->pairs, (uint64_t)(uint32_t)sym[i] << 32 | (uint32_t)sym[i + 1], &pv[i]))
+        if (!loom_tok_pair_get(t, sym[i], sym[i + 1], &pv[i]))
             pv[i] = UINT64_MAX;
     while (m > 1) {
         uint64_t best = UINT64_MAX;
@@ -162,9 +162,9 @@ static loom_status bpe_short(const loom_tokenizer *t, enc_state *e, const uint8_
         m = j;
         for (int k = 0; k < nz; k++) {
             int q = zat[k];
-            if (q > 0 && !loom_tok_map64_get(&t->pairs, (uint64_t)(uint32_t)sym[q - 1] << 32 | (uint32_t)sym[q], &pv[q - 1]))
+            if (q > 0 && !loom_tok_pair_get(t, sym[q - 1], sym[q], &pv[q - 1]))
                 pv[q - 1] = UINT64_MAX;
-            if (q + 1 < m && !loom_tok_map64_get(&t->pairs, (uint64_t)(uint32_t)sym[q] << 32 | (uint32_t)sym[q + 1], &pv[q]))
+            if (q + 1 < m && !loom_tok_pair_get(t, sym[q], sym[q + 1], &pv[q]))
                 pv[q] = UINT64_MAX;
         }
     }
@@ -337,9 +337,12 @@ loom_status loom_tokenizer_encode_ex(const loom_tokenizer *t, const char *text, 
     enc_state e;
     memset(&e, 0, sizeof e);
     loom_status st = LOOM_OK;
-    LOOM_CALL_GOTO(st, grow_i32(&e.ids, &e.cap, (t->kind == LOOM_TOK_KIND_GPT2 || t->kind == LOOM_TOK_KIND_BPE ? len / 3 : len) + 16), fail);
-    if (t->kind == LOOM_TOK_KIND_GPT2 || t->kind == LOOM_TOK_KIND_BPE)
-        LOOM_CALL_GOTO(st, loom_tok_strmap_init(&e.cache, len / 64 < 1024 ? 1024 : (len / 64 > (1u << 20) ? (1u << 20) : len / 64)), fail);
+    int bpe = t->kind == LOOM_TOK_KIND_GPT2 || t->kind == LOOM_TOK_KIND_BPE;
+    LOOM_CALL_GOTO(st, grow_i32(&e.ids, &e.cap, (bpe ? len / 3 : len) + 16), fail); /* ~3.3 bytes a token */
+    if (bpe) { /* about one new word per 64 bytes, between 1 Ki and 1 Mi to start with */
+        size_t words = len / 64 < 1024 ? 1024 : len / 64 > (1u << 20) ? (1u << 20) : len / 64;
+        LOOM_CALL_GOTO(st, loom_tok_strmap_init(&e.cache, words), fail);
+    }
     size_t pos = 0;
     while (pos < len) {
         int which = -1;

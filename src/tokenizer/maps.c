@@ -45,7 +45,8 @@ loom_status loom_tok_map64_put(loom_tok_map64 *m, uint64_t key, uint64_t value) 
         for (size_t i = 0; i < 2 * n; i += 2) s[i] = LOOM_TOK_NO_KEY;
         int added;
         for (size_t i = 0; i <= m->mask; i++)
-            if (m->slots[2 * i] != LOOM_TOK_NO_KEY) map64_insert(s, n - 1, m->slots[2 * i], m->slots[2 * i + 1], &added);
+            if (m->slots[2 * i] != LOOM_TOK_NO_KEY)
+                map64_insert(s, n - 1, m->slots[2 * i], m->slots[2 * i + 1], &added);
         free(m->slots);
         m->slots = s;
         m->mask = n - 1;
@@ -151,5 +152,34 @@ loom_status loom_tok_strmap_upsert(loom_tok_strmap *m, const uint8_t *key, size_
     m->n++;
     *slot = s;
     *is_new = 1;
+    return LOOM_OK;
+}
+
+loom_status loom_tok_pack_pairs(loom_tokenizer *t) {
+    free(t->pairs16);
+    t->pairs16 = NULL;
+    if (t->vocab_size > 65535 || !t->pairs.slots) return LOOM_OK;
+    for (size_t i = 0; i <= t->pairs.mask; i++) {
+        if (t->pairs.slots[2 * i] == LOOM_TOK_NO_KEY) continue;
+        if ((t->pairs.slots[2 * i + 1] >> 32) > 0xFFFF) return LOOM_OK; /* a rank past 16 bits */
+    }
+    uint32_t bits = 4;
+    while (((size_t)1 << bits) < 2 * t->pairs.n) bits++;
+    size_t n = (size_t)1 << bits;
+    uint64_t *p = malloc(n * sizeof *p);
+    LOOM_CHECK(p != NULL, LOOM_ERR_NOMEM, "out of memory for a pair table of %zu entries", n);
+    for (size_t i = 0; i < n; i++) p[i] = 0xFFFFFFFFu;
+    uint32_t shift = 32 - bits;
+    for (size_t i = 0; i <= t->pairs.mask; i++) {
+        uint64_t k = t->pairs.slots[2 * i], v = t->pairs.slots[2 * i + 1];
+        if (k == LOOM_TOK_NO_KEY) continue;
+        uint32_t key = (uint32_t)(k >> 32) << 16 | (uint32_t)(k & 0xFFFF);
+        uint32_t val = (uint32_t)(v >> 32) << 16 | (uint32_t)(v & 0xFFFF);
+        size_t j = (size_t)((key * 0x9E3779B1u) >> shift);
+        while ((uint32_t)p[j] != 0xFFFFFFFFu) j = (j + 1) & (n - 1);
+        p[j] = (uint64_t)val << 32 | key;
+    }
+    t->pairs16 = p;
+    t->pairs16_shift = shift;
     return LOOM_OK;
 }

@@ -33,6 +33,7 @@ void loom_tokenizer_free(loom_tokenizer **tp) {
     free(t->blob);
     free(t->off);
     loom_tok_map64_free(&t->pairs);
+    free(t->pairs16);
     loom_tok_map64_free(&t->chars);
     free(t->merges);
     for (int i = 0; i < t->n_special; i++) free(t->special[i].bytes);
@@ -132,6 +133,7 @@ loom_status loom_tok_build_bpe(loom_tokenizer *t, const char *what) {
         LOOM_CALL_GOTO(st, loom_tok_map64_put(&t->pairs, (uint64_t)t->merges[2 * i] << 32 | t->merges[2 * i + 1],
                                               (uint64_t)i << 32 | (uint64_t)(256 + i)), out);
     for (int b = 0; b < 256; b++) t->byte_id[b] = b;
+    LOOM_CALL_GOTO(st, loom_tok_pack_pairs(t), out);
 out:
     free(len);
     return st;
@@ -150,8 +152,8 @@ loom_status loom_tok_build_char(loom_tokenizer *t, const char *what) {
         LOOM_CHECK(l == 1 || cp != LOOM_TOK_INVALID_CP, LOOM_ERR_FORMAT, "%s: character %lld is not valid UTF-8",
                    what, (long long)i);
         uint64_t key = loom_tok_char_key(c, l), v;
-        LOOM_CHECK(!loom_tok_map64_get(&t->chars, key, &v), LOOM_ERR_FORMAT, "%s: character %lld repeats character %lld",
-                   what, (long long)i, (long long)v);
+        LOOM_CHECK(!loom_tok_map64_get(&t->chars, key, &v), LOOM_ERR_FORMAT,
+                   "%s: character %lld repeats character %lld", what, (long long)i, (long long)v);
         LOOM_CALL(loom_tok_map64_put(&t->chars, key, (uint64_t)i));
     }
     return LOOM_OK;

@@ -3,8 +3,8 @@
  *
  *   unicode_tables.c  generated \p{L} / \p{N} / \s ranges (scripts/gen_unicode_tables.js)
  *   pretok.c          UTF-8 decoding, character classes, GPT-2's pre-tokenizer, special-token search
- *   maps.c            the two hash maps (u64 -> u64, bytes -> i64)
- *   bpe.c             encoding (BPE merges with a per-call word cache, char and byte kinds), decoding
+ *   maps.c            the hash maps (u64 -> u64, bytes -> i64) and the packed 16-bit pair table
+ *   encode.c          encoding (BPE merges with a per-call word cache, char and byte kinds), decoding
  *   gpt2.c            encoder.json + vocab.bpe, and where loom looks for them
  *   tokfile.c         the loom tokenizer file (docs/FORMATS-tokenizer.md)
  *   train.c           `loom tokenizer train`: byte-level BPE and char vocabularies
@@ -131,6 +131,10 @@ struct loom_tokenizer {
     /* BPE (gpt2, bpe): initial token of each byte; (left << 32 | right) -> (rank << 32 | merged id) */
     int32_t byte_id[256];
     loom_tok_map64 pairs;
+    /* the same pairs packed in 8-byte slots (left << 16 | right, rank << 16 | merged) when ids and ranks fit
+     * in 16 bits (GPT-2's do): half the memory, so more of it stays in cache while encoding; NULL otherwise */
+    uint64_t *pairs16;
+    uint32_t pairs16_shift;
     /* bpe files: merge i joins merges[2i], merges[2i+1] into 256 + i */
     int64_t n_merges;
     uint32_t *merges;
@@ -160,6 +164,28 @@ static inline uint64_t loom_tok_char_key(const uint8_t *s, size_t len) {
     uint64_t k = (uint64_t)len << 32;
     for (size_t i = 0; i < len; i++) k |= (uint64_t)s[i] << (8 * i);
     return k;
+}
+/* Builds t->pairs16 from t->pairs where everything fits (else leaves it NULL). */
+LOOM_NODISCARD loom_status loom_tok_pack_pairs(loom_tokenizer *t);
+/* (rank << 32 | merged id) of the merge of tokens a and b; 0 if they do not merge. */
+static inline int loom_tok_pair_get(const loom_tokenizer *t, int32_t a, int32_t b, uint64_t *v) {
+    if (t->pairs16) {
+        uint32_t key = (uint32_t)a << 16 | (uint32_t)b;
+        size_t mask = ((size_t)1 << (32 - t->pairs16_shift)) - 1;
+        size_t i = (size_t)((key * 0x9E3779B1u) >> t->pairs16_shift);
+        for (;;) {
+            uint64_t s = t->pairs16[i];
+            uint32_t k = (uint32_t)s;
+            if (k == key) {
+                uint32_t x = (uint32_t)(s >> 32);
+                *v = (uint64_t)(x >> 16) << 32 | (x & 0xFFFFu);
+                return 1;
+            }
+            if (k == 0xFFFFFFFFu) return 0;
+            i = (i + 1) & mask;
+        }
+    }
+    return loom_tok_map64_get(&t->pairs, (uint64_t)(uint32_t)a << 32 | (uint32_t)b, v);
 }
 /* The first special token occurrence in s[i..end) (its start, and which one in *which), or end. */
 size_t loom_tok_find_special(const loom_tokenizer *t, const uint8_t *s, size_t i, size_t end, int *which);

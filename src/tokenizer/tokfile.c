@@ -196,7 +196,8 @@ loom_status loom_tokenizer_load_memory(const void *data, size_t len, const char 
         }
     }
     for (uint32_t i = 0; i < n_special; i++, k++) {
-        LOOM_CHECK_GOTO(st, end - p >= 4, LOOM_ERR_FORMAT, out, "%s: the payload ends inside special token %u", name, i);
+        LOOM_CHECK_GOTO(st, end - p >= 4, LOOM_ERR_FORMAT, out, "%s: the payload ends inside special token %u", name,
+                        i);
         uint32_t l = get32(p);
         p += 4;
         LOOM_CHECK_GOTO(st, l >= 1 && l <= TOKFILE_MAX_SPECIAL_LEN && l <= (size_t)(end - p), LOOM_ERR_FORMAT, out,

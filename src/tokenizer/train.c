@@ -84,7 +84,7 @@ static loom_status feed_file(trainer *tr, const char *path) {
             cap *= 2;
         }
         size_t r = fread(buf + have, 1, cap - have, f);
-        LOOM_CHECK_GOTO(st, !ferror(f), LOOM_ERR_IO, out, "%s: read error", path);
+        LOOM_CHECK_GOTO(st, !ferror(f), LOOM_ERR_IO, out, "%s: read error: %s", path, strerror(errno));
         have += r;
         int eof = r == 0 || feof(f);
         tr->stats.bytes += (int64_t)r;
@@ -327,7 +327,8 @@ static loom_status train_bpe(trainer *tr, int64_t n_merges_max, uint32_t **merge
     b.stamp = 0;
     for (int64_t w = 0; w < W; w++) {
         const int32_t *s = b.sym + b.woff[w];
-        for (int32_t i = 0; i + 1 < b.wlen[w]; i++) LOOM_CALL_GOTO(st, pair_add(&b, s[i], s[i + 1], b.wcount[w], (int32_t)w), out);
+        for (int32_t i = 0; i + 1 < b.wlen[w]; i++)
+            LOOM_CALL_GOTO(st, pair_add(&b, s[i], s[i + 1], b.wcount[w], (int32_t)w), out);
     }
     for (int64_t i = 0; i < b.n_pairs; i++)
         if (b.pcount[i] > 0) LOOM_CALL_GOTO(st, hpush(&b, b.pcount[i], b.pkey[i]), out);
@@ -397,7 +398,8 @@ static int char_ent_cmp(const void *pa, const void *pb) {
 /* ---- driver ---- */
 
 static loom_status train_run(const loom_tokenizer_train_config *cfg, const char *const *paths, int n_paths,
-                             const char *text, size_t text_len, loom_tokenizer **out, loom_tokenizer_train_stats *stats) {
+                             const char *text, size_t text_len, loom_tokenizer **out,
+                             loom_tokenizer_train_stats *stats) {
     LOOM_CHECK(out != NULL, LOOM_ERR_INVALID_ARG, "loom_tokenizer_train: out is NULL");
     *out = NULL;
     loom_tokenizer_train_config def = loom_tokenizer_train_config_default();
