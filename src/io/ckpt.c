@@ -2,6 +2,8 @@
  * checksum verified on read (docs/FORMATS.md). */
 #include "loom/ckpt.h"
 
+#include "io_impl.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -34,7 +36,7 @@ struct loom_ckpt_reader {
     ckpt_entry *entries;
 };
 
-static loom_status write_all(int fd, const void *buf, size_t n, const char *path) {
+loom_status loom_io_write_all(int fd, const void *buf, size_t n, const char *path) {
     const char *p = buf;
     while (n > 0) {
         size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
@@ -92,13 +94,13 @@ loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n)
         free(e);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
     }
-    loom_status st = write_all(fd, &h, sizeof h, tmp);
-    if (st == LOOM_OK) st = write_all(fd, e, (size_t)n * sizeof *e, tmp);
+    loom_status st = loom_io_write_all(fd, &h, sizeof h, tmp);
+    if (st == LOOM_OK) st = loom_io_write_all(fd, e, (size_t)n * sizeof *e, tmp);
     uint64_t pos = sizeof h + (uint64_t)n * sizeof *e;
     static const char zeros[64];
     for (int i = 0; i < n && st == LOOM_OK; i++) {
-        if (e[i].offset > pos) st = write_all(fd, zeros, (size_t)(e[i].offset - pos), tmp);
-        if (st == LOOM_OK) st = write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
+        if (e[i].offset > pos) st = loom_io_write_all(fd, zeros, (size_t)(e[i].offset - pos), tmp);
+        if (st == LOOM_OK) st = loom_io_write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
         pos = e[i].offset + e[i].nbytes;
     }
     if (st == LOOM_OK && fsync(fd) != 0)

@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io_impl.h"
 #include "loom/hf.h"
 #include "loom/json.h"
 #include "loom/log.h"
@@ -709,19 +710,6 @@ const loom_st_tensor *loom_st_model_find(const loom_st_model *m, const char *nam
 /* ------------------------------------------------------------------------------------------------------ */
 /* writing */
 
-static loom_status write_all(int fd, const void *buf, size_t n, const char *path) {
-    const char *p = buf;
-    while (n > 0) {
-        size_t chunk = n > ((size_t)1 << 30) ? ((size_t)1 << 30) : n;
-        ssize_t w = write(fd, p, chunk);
-        if (w < 0 && errno == EINTR) continue;
-        LOOM_CHECK(w > 0, LOOM_ERR_IO, "writing %s: %s", path, w < 0 ? strerror(errno) : "short write");
-        p += w;
-        n -= (size_t)w;
-    }
-    return LOOM_OK;
-}
-
 static loom_status spec_nbytes(const loom_st_spec *s, size_t *out) {
     LOOM_CHECK((unsigned)s->dtype < LOOM_ST_DTYPE_COUNT, LOOM_ERR_INVALID_ARG, "tensor '%s': bad dtype %d", s->name,
                (int)s->dtype);
@@ -777,13 +765,13 @@ loom_status loom_st_write(const char *path, const loom_st_spec *specs, int n, lo
     LOOM_CHECK_GOTO(st, fd >= 0, LOOM_ERR_IO, done, "cannot create %s: %s", tmp, strerror(errno));
     unsigned char len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (unsigned char)((uint64_t)h.len >> (8 * i));
-    LOOM_CALL_GOTO(st, write_all(fd, len8, 8, tmp), done);
-    LOOM_CALL_GOTO(st, write_all(fd, h.buf, h.len, tmp), done);
+    LOOM_CALL_GOTO(st, loom_io_write_all(fd, len8, 8, tmp), done);
+    LOOM_CALL_GOTO(st, loom_io_write_all(fd, h.buf, h.len, tmp), done);
     for (int i = 0; i < n; i++) {
         size_t nb = 0;
         LOOM_CALL_GOTO(st, spec_nbytes(&specs[i], &nb), done);
         LOOM_CALL_GOTO(st, fill(ctx, i, buf, nb), done);
-        LOOM_CALL_GOTO(st, write_all(fd, buf, nb, tmp), done);
+        LOOM_CALL_GOTO(st, loom_io_write_all(fd, buf, nb, tmp), done);
     }
     LOOM_CHECK_GOTO(st, fsync(fd) == 0, LOOM_ERR_IO, done, "fsync %s: %s", tmp, strerror(errno));
     LOOM_CHECK_GOTO(st, close(fd) == 0, LOOM_ERR_IO, done, "closing %s: %s", tmp, strerror(errno));
@@ -905,7 +893,7 @@ loom_status loom_st_write_model(const char *dir, const loom_st_spec *specs, int 
             if (fd < 0) {
                 st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
             } else {
-                st = write_all(fd, ix.buf, ix.len, tmp);
+                st = loom_io_write_all(fd, ix.buf, ix.len, tmp);
                 if (st == LOOM_OK && fsync(fd) != 0)
                     st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
                 close(fd);
