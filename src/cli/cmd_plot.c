@@ -129,7 +129,7 @@ int loom_cmd_plot(int argc, char **argv) {
         fprintf(stderr, "loom plot: error: cannot run gnuplot\n");
         return 1;
     }
-    fprintf(gp, "set terminal %s size 1200,520 font 'DejaVu Sans,11'\nset output ", svg ? "svg dynamic background rgb 'white'" : "pngcairo");
+    fprintf(gp, "set terminal %s size 1200,520 font 'DejaVu Sans,11'\nset output ", svg ? "svg dynamic noenhanced background rgb 'white'" : "pngcairo noenhanced");
     gp_quote(gp, out);
     fprintf(gp, "\nset multiplot layout 1,2 title ");
     gp_quote(gp, title);
