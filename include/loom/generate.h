@@ -6,8 +6,8 @@
  *   LOOM_CALL(loom_generate(model, tok, prompt_ids, n_prompt, &sc, stdout, &gs));   // streams text
  *
  * temperature 0 is greedy. top_k 0 and top_p 1 switch those filters off. The same seed gives the same
- * text. Generation stops at max_tokens, at the tokenizer's end-of-text (unless disabled), or when the
- * model's context is full. */
+ * text. Generation stops at max_tokens or at the tokenizer's end-of-text (unless disabled); when the
+ * model's context is full the window slides: the last half of the text is re-read into a fresh cache. */
 #ifndef LOOM_GENERATE_H
 #define LOOM_GENERATE_H
 #include <stdio.h>
@@ -28,7 +28,7 @@ typedef struct {
 typedef struct {
     int64_t prompt_tokens, generated_tokens;
     double prefill_seconds, decode_seconds;
-    int stopped_at_eot, context_full;
+    int stopped_at_eot, context_full; /* context_full: the window slid at least once */
 } loom_generate_stats;
 
 loom_sample_config loom_sample_config_default(void);

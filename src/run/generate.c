@@ -122,9 +122,19 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
             break;
         }
         emit(out, tok, next);
+        if (n >= sc->max_tokens) break;
         if (loom_model_kv_position(m) >= max_len) {
-            gs.context_full = n < sc->max_tokens;
-            break;
+            /* context full: slide the window, re-reading the last half of the text into a fresh cache
+             * (as nanoGPT crops to its block size) */
+            gs.context_full = 1;
+            const int64_t keep = max_len / 2 > 0 ? max_len / 2 : 1;
+            st = loom_model_kv_reset(m, max_len);
+            for (int64_t i = keep - 1; i >= 1 && st == LOOM_OK; i--) {
+                int64_t back = n - 1 - i; /* the tokens before `next`: gen, or the prompt before it */
+                if (back < -n_prompt) continue;
+                st = loom_model_kv_step(m, back >= 0 ? gen[back] : prompt[n_prompt + back], &logits);
+            }
+            if (st != LOOM_OK) break;
         }
         st = loom_model_kv_step(m, next, &logits);
     }
