@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Bad input gets a clear one-line error naming the problem, a non-zero exit, and nothing is overwritten.
 set -uo pipefail
+# grep -q exits at the first match; under pipefail the writer then dies of SIGPIPE
+# and the pipeline fails at random, so read all input and drop it instead.
+grepq() { grep "$@" >/dev/null; }
 LOOM=${1:?usage: test_bad_input.sh LOOM_BINARY}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
@@ -11,7 +14,7 @@ expect_error() {
   "$@" > "$W/out" 2> "$W/err"
   local rc=$? lines
   lines=$(grep -v '^\[loom' "$W/err" | wc -l)
-  if [[ $rc -ne 0 && $lines -eq 1 ]] && grep -v '^\[loom' "$W/err" | grep -qiE "$pattern"; then
+  if [[ $rc -ne 0 && $lines -eq 1 ]] && grep -v '^\[loom' "$W/err" | grepq -iE "$pattern"; then
     pass=$((pass + 1)); echo "ok   $name: $(grep -v '^\[loom' "$W/err")"
   else
     fail=$((fail + 1)); echo "FAIL $name (exit $rc, $lines error lines):"; cat "$W/err"

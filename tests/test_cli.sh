@@ -2,15 +2,18 @@
 # The CLI as a user meets it: --version, every --help, a short training run whose metrics have the keys
 # scripts rely on, a config file with --set overrides, bench peak's last line.
 set -uo pipefail
+# grep -q exits at the first match; under pipefail the writer then dies of SIGPIPE
+# and the pipeline fails at random, so read all input and drop it instead.
+grepq() { grep "$@" >/dev/null; }
 LOOM=${1:?usage: test_cli.sh LOOM_BINARY}
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 pass=0 fail=0
 ok() { pass=$((pass + 1)); echo "ok   $1"; }
 bad() { fail=$((fail + 1)); echo "FAIL $1"; }
-"$LOOM" --version | grep -qE '^loom [0-9]+\.[0-9]+' && ok version || bad version
-for c in train bench ckpt; do "$LOOM" $c --help | grep -q usage && ok "help $c" || bad "help $c"; done
-"$LOOM" train --help | grep -q 'optim.weight_decay' && ok "help lists config keys" || bad "help lists keys"
+"$LOOM" --version | grepq -E '^loom [0-9]+\.[0-9]+' && ok version || bad version
+for c in train bench ckpt; do "$LOOM" $c --help | grepq usage && ok "help $c" || bad "help $c"; done
+"$LOOM" train --help | grepq 'optim.weight_decay' && ok "help lists config keys" || bad "help lists keys"
 
 cat > "$W/cfg.json" <<'JSON'
 {"preset": "llama-tiny", "model": {"n_layer": 2}, "optim": {"kind": "adamw", "lr": 0.001}, "train": {"eval_interval": 3}}
@@ -22,8 +25,8 @@ for k in step loss lr grad_norm tokens_per_sec mfu mem_peak_bytes; do
   [[ $(grep -c "\"$k\":" "$m") -ge 6 ]] && ok "metrics key $k" || bad "metrics key $k"
 done
 [[ $(grep -c '"val_loss"' "$m") -eq 2 ]] && ok "validation lines" || bad "validation lines"
-"$LOOM" ckpt info "$W/run" | grep -q '"d_model":128' && ok "config file + --set reached the model" || bad "config/--set"
-"$LOOM" ckpt info "$W/run" | grep -q '"n_layer":2' && ok "config file n_layer" || bad "config n_layer"
+"$LOOM" ckpt info "$W/run" | grepq '"d_model":128' && ok "config file + --set reached the model" || bad "config/--set"
+"$LOOM" ckpt info "$W/run" | grepq '"n_layer":2' && ok "config file n_layer" || bad "config n_layer"
 # learning on real text: the loss must fall
 seq 1 20000 | tr '\n' ' ' > "$W/text.txt"
 "$LOOM" -q train --preset demo --data "$W/text.txt" --steps 60 --batch 8 --seq-len 64 --lr 3e-3 --threads 2 \
@@ -31,7 +34,7 @@ seq 1 20000 | tr '\n' ' ' > "$W/text.txt"
 first=$(grep '"loss"' "$W/learn/metrics.jsonl" | head -1 | grep -o '"loss":[0-9.e+-]*' | cut -d: -f2)
 last=$(grep '"loss"' "$W/learn/metrics.jsonl" | tail -1 | grep -o '"loss":[0-9.e+-]*' | cut -d: -f2)
 awk -v a="$first" -v b="$last" 'BEGIN{exit !(b < a - 1.0)}' && ok "loss falls ($first -> $last)" || bad "loss did not fall ($first -> $last)"
-"$LOOM" bench peak --threads 1 --quick > "$W/peak" && tail -1 "$W/peak" | grep -qE '^peak_gflops=[0-9]+(\.[0-9]+)?$' \
+"$LOOM" bench peak --threads 1 --quick > "$W/peak" && tail -1 "$W/peak" | grepq -E '^peak_gflops=[0-9]+(\.[0-9]+)?$' \
   && ok "bench peak: $(tail -1 "$W/peak")" || bad "bench peak"
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -4,6 +4,9 @@
 # gives the same shards as one chunk on one thread, rank shares are disjoint and make up the single-process
 # batch, `loom train --data DIR` trains on a dataset, and damaged datasets fail with a clear one-line error.
 set -uo pipefail
+# grep -q exits at the first match; under pipefail the writer then dies of SIGPIPE
+# and the pipeline fails at random, so read all input and drop it instead.
+grepq() { grep "$@" >/dev/null; }
 LOOM=${1:?usage: test_data.sh LOOM_BINARY TEST_DATA_BINARY [BUILD_DIR]}
 TD=${2:?usage: test_data.sh LOOM_BINARY TEST_DATA_BINARY [BUILD_DIR]}
 BUILD=${3:-}
@@ -23,7 +26,7 @@ expect_error() {
   "$@" > "$W/out" 2> "$W/err"
   local rc=$? lines
   lines=$(grep -v '^\[loom' "$W/err" | wc -l)
-  if [[ $rc -ne 0 && $lines -eq 1 ]] && grep -v '^\[loom' "$W/err" | grep -qiE -e "$pattern"; then
+  if [[ $rc -ne 0 && $lines -eq 1 ]] && grep -v '^\[loom' "$W/err" | grepq -iE -e "$pattern"; then
     ok "$name: $(grep -v '^\[loom' "$W/err")"
   else
     bad "$name (exit $rc, $lines error lines, expected /$pattern/):"; cat "$W/err"
