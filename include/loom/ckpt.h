@@ -28,6 +28,8 @@ typedef struct loom_ckpt_reader loom_ckpt_reader;
 
 uint32_t loom_crc32c(uint32_t crc, const void *data, size_t n);
 
+/* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
+LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);
 LOOM_NODISCARD loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *sections, int n);
 LOOM_NODISCARD loom_status loom_ckpt_open(const char *path, loom_ckpt_reader **out);
 void loom_ckpt_close(loom_ckpt_reader **r);

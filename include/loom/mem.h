@@ -35,6 +35,9 @@ const char *loom_mem_category_name(loom_mem_category c);
 /* Zero-filled, 64-byte (or for >= 4 MiB, 2 MiB) aligned. */
 LOOM_NODISCARD loom_status loom_mem_alloc(loom_mem *mem, loom_mem_category cat, size_t bytes, void **out);
 void loom_mem_free(loom_mem *mem, loom_mem_category cat, void *p, size_t bytes);
+/* Accounts bytes that live outside loom_mem_alloc (mapped by a caller, e.g. ZeRO's gathered units):
+ * delta > 0 when they become resident, < 0 when released. */
+void loom_mem_track(loom_mem *mem, loom_mem_category cat, int64_t delta);
 /* Peak resident set of the process, from the OS (bytes). */
 int64_t loom_mem_process_peak_rss(void);
 #endif

@@ -3,7 +3,7 @@
  *   loom_model_config cfg;
  *   LOOM_CALL(loom_model_config_preset("gpt2-124m", &cfg));
  *   loom_model *m;
- *   LOOM_CALL(loom_model_init(&cfg, be, tp_comm, &mem, 1, &m));       // 1: with gradients
+ *   LOOM_CALL(loom_model_init(&cfg, be, tp_comm, &mem, LOOM_MODEL_GRADS, &m));
  *   loom_model_init_weights(m, seed);
  *   LOOM_CALL(loom_model_reserve(m, B, T, LOOM_RECOMPUTE_NONE));      // activation arena, once
  *   float loss;
@@ -60,10 +60,38 @@ int64_t loom_model_config_num_params(const loom_model_config *cfg);
 /* Model FLOPs per token for training: 6 N + 12 L d T (Megatron/PaLM accounting). */
 double loom_model_config_flops_per_token(const loom_model_config *cfg, int64_t T);
 
+/* flags of loom_model_init */
+enum {
+    LOOM_MODEL_GRADS = 1,           /* with a gradient buffer (training) */
+    LOOM_MODEL_EXTERNAL_PARAMS = 2, /* the caller provides the parameter buffer (loom_model_set_buffers) */
+    LOOM_MODEL_EXTERNAL_GRADS = 4   /* the caller provides the gradient buffer */
+};
 LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp,
-                                           loom_mem *mem, int with_grads, loom_model **out);
+                                           loom_mem *mem, int flags, loom_model **out);
 void loom_model_free(loom_model **m);
 void loom_model_init_weights(loom_model *m, uint64_t seed);
+/* Writes the initial values of flat positions [begin, end) to dst (end - begin floats): the same values
+ * loom_model_init_weights puts there, without touching the model's buffer (a ZeRO-3 shard). */
+void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst);
+
+/* ---- units and hooks: how a parallel layer (ZeRO) manages where parameters and gradients live ----
+ * A unit is a contiguous range of the flat buffers that the model uses together: unit 0 the embeddings,
+ * units 1..L the blocks, unit L+1 the final norm and the untied head. Units tile [0, buffer size). */
+int loom_model_num_units(const loom_model *m);
+void loom_model_unit_range(const loom_model *m, int unit, int64_t *begin, int64_t *end);
+typedef struct {
+    void *ctx;
+    /* before the model reads unit's parameters (dir +1 forward, -1 backward) */
+    loom_status (*params_needed)(void *ctx, int unit, int dir);
+    /* after the model's last read of unit's parameters in this pass */
+    loom_status (*params_done)(void *ctx, int unit);
+    /* backward: unit's gradients for this micro-batch are final */
+    loom_status (*grads_done)(void *ctx, int unit);
+} loom_model_hooks;
+/* NULL hooks: every parameter and gradient is always resident (the default). */
+void loom_model_set_hooks(loom_model *m, const loom_model_hooks *hooks);
+/* Points the model at caller-owned flat buffers (either may be NULL to keep the current one). */
+void loom_model_set_buffers(loom_model *m, float *params, float *grads);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 

@@ -47,13 +47,23 @@ LOOM_NODISCARD loom_status loom_optim_config_validate(const loom_optim_config *c
 double loom_optim_lr(const loom_optim_config *c, int64_t step, int64_t total_steps);
 LOOM_NODISCARD loom_status loom_optim_init(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
                                            const loom_model *model, loom_optim **out);
+/* An optimizer of flat positions [begin, end) only (a ZeRO shard; its state is end - begin floats per
+ * buffer). Norms (clipping, LAMB/LARS trust ratios) are summed over `comm`, whose ranks hold the other
+ * ranges (NULL: this range is everything). */
+LOOM_NODISCARD loom_status loom_optim_init_range(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
+                                                 const loom_model *model, int64_t begin, int64_t end,
+                                                 loom_comm *comm, loom_optim **out);
 void loom_optim_free(loom_optim **o);
 void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps);
 /* One update from the model's gradient buffer. */
 LOOM_NODISCARD loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st);
+/* The update of the range from explicit buffers: params and grads point at flat position `begin`. */
+LOOM_NODISCARD loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step, float *params,
+                                                 const float *grads, loom_optim_stats *st);
+int64_t loom_optim_range_begin(const loom_optim *o);
 /* Global L2 norm of the gradients (deterministic). */
 double loom_optim_grad_norm(loom_optim *o, loom_model *model);
-/* State buffers for checkpoints: count (1 or 2) and each buffer of loom_model_buffer_size floats. */
+/* State buffers for checkpoints: count (1 or 2) and each buffer of loom_optim_state_size floats. */
 int loom_optim_num_state_buffers(const loom_optim *o);
 float *loom_optim_state_buffer(loom_optim *o, int i);
 int64_t loom_optim_state_size(const loom_optim *o);

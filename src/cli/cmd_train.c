@@ -18,6 +18,7 @@ static void train_help(void) {
            "                  [--resume] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
+           "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
            "                  [--peak-gflops X]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
@@ -43,7 +44,7 @@ static const flag_alias aliases[] = {
     {"--metrics", "train.metrics", 1},      {"--recompute", "train.recompute", 1},
     {"--optimizer", "optim.kind", 1},       {"--lr", "optim.lr", 1},
     {"--eval-interval", "train.eval_interval", 1}, {"--ckpt-interval", "train.ckpt_interval", 1},
-    {"--stop-after", "train.stop_after", 1}, {"--blas-coretype", "train.blas_coretype", 1},
+    {"--stop-after", "train.stop_after", 1}, {"--zero", "train.zero", 1}, {"--mesh", "train.mesh", 1}, {"--blas-coretype", "train.blas_coretype", 1},
     {"--sample", "train.sample_tokens", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
 };

@@ -1,28 +1,116 @@
-/* The communicator interface and its single-rank implementation (every collective is the identity). */
+/* The communicator interface, its single-rank implementation, and the process mesh (include/loom/comm.h). */
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "comm_impl.h"
 
-static loom_status self_allreduce_f32(loom_comm *c, float *b, int64_t n) { (void)c; (void)b; (void)n; return LOOM_OK; }
-static loom_status self_allreduce_f64(loom_comm *c, double *b, int64_t n) { (void)c; (void)b; (void)n; return LOOM_OK; }
-static loom_status self_broadcast(loom_comm *c, void *b, int64_t n, int root) {
-    (void)b; (void)n;
-    LOOM_CHECK(root == 0, LOOM_ERR_INVALID_ARG, "broadcast root %d on a communicator of size %d", root, c->size);
+double loom_comm_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *loom_coll_name(loom_coll c) {
+    static const char *const n[LOOM_COLL_COUNT] = {"all-reduce", "reduce-scatter", "all-gather", "broadcast",
+                                                   "send/recv", "barrier"};
+    return (c >= 0 && c < LOOM_COLL_COUNT) ? n[c] : "?";
+}
+
+void loom_comm_init_common(loom_comm *c, const char *name, int rank, int size, int world_rank) {
+    snprintf(c->name, sizeof c->name, "%s", name);
+    c->rank = rank;
+    c->size = size;
+    c->world_rank = world_rank;
+    c->timeout_s = 600.0;
+}
+
+/* ---- self: one rank, every collective completes at once ---- */
+
+static loom_status self_iallreduce(loom_comm *c, void *b, int64_t n, int dt, int op, loom_comm_req *r) {
+    (void)c; (void)b; (void)n; (void)dt; (void)op; (void)r;
     return LOOM_OK;
 }
-static loom_status self_barrier(loom_comm *c) { (void)c; return LOOM_OK; }
+static loom_status self_ireduce_scatter(loom_comm *c, const float *s, float *rv, const int64_t *counts,
+                                        loom_comm_req *r) {
+    (void)c; (void)r;
+    if (s != rv) memmove(rv, s, (size_t)counts[0] * sizeof(float));
+    return LOOM_OK;
+}
+static loom_status self_iallgather(loom_comm *c, float *b, const int64_t *counts, loom_comm_req *r) {
+    (void)c; (void)b; (void)counts; (void)r;
+    return LOOM_OK;
+}
+static loom_status self_iallgather_bytes(loom_comm *c, const void *s, int64_t n, void *rv, loom_comm_req *r) {
+    (void)c; (void)r;
+    if (s != rv) memmove(rv, s, (size_t)n);
+    return LOOM_OK;
+}
+static loom_status self_ibroadcast(loom_comm *c, void *b, int64_t n, int root, loom_comm_req *r) {
+    (void)b; (void)n; (void)r;
+    LOOM_CHECK(root == 0, LOOM_ERR_INVALID_ARG, "broadcast root %d on communicator '%s' of size %d", root, c->name,
+               c->size);
+    return LOOM_OK;
+}
+static loom_status self_ibarrier(loom_comm *c, loom_comm_req *r) { (void)c; (void)r; return LOOM_OK; }
+static loom_status self_p2p(loom_comm *c, const void *b, int64_t n, int peer, int tag, loom_comm_req *r) {
+    (void)b; (void)n; (void)tag; (void)r;
+    return loom_error_set(LOOM_ERR_INVALID_ARG, __FILE__, __LINE__, __func__,
+                          "send/recv with rank %d on communicator '%s' of one rank", peer, c->name);
+}
+static loom_status self_irecv(loom_comm *c, void *b, int64_t n, int peer, int tag, loom_comm_req *r) {
+    return self_p2p(c, b, n, peer, tag, r);
+}
+static int self_test(loom_comm_req *r, int *done, char *err, int errlen) {
+    (void)r; (void)err; (void)errlen;
+    *done = 1;
+    return 0;
+}
+static loom_status self_split(loom_comm *c, int color, int key, const char *name, loom_comm **out);
 
-loom_status loom_comm_init_self(loom_comm **out) {
+static const loom_comm_ops self_ops = {self_iallreduce, self_ireduce_scatter, self_iallgather, self_iallgather_bytes,
+                                       self_ibroadcast, self_ibarrier, self_p2p, self_irecv, self_test, self_split,
+                                       NULL};
+
+static loom_status self_make(const char *name, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);
     LOOM_CHECK(c != NULL, LOOM_ERR_NOMEM, "out of memory");
-    c->name = "self";
-    c->rank = 0;
-    c->size = 1;
-    c->ops.allreduce_sum_f32 = self_allreduce_f32;
-    c->ops.allreduce_sum_f64 = self_allreduce_f64;
-    c->ops.broadcast = self_broadcast;
-    c->ops.barrier = self_barrier;
+    loom_comm_init_common(c, name, 0, 1, 0);
+    c->ops = self_ops;
     *out = c;
+    return LOOM_OK;
+}
+
+static loom_status self_split(loom_comm *c, int color, int key, const char *name, loom_comm **out) {
+    (void)c; (void)color; (void)key;
+    return self_make(name, out);
+}
+
+loom_status loom_comm_init_self(loom_comm **out) { return self_make("self", out); }
+
+loom_status loom_comm_init_world(loom_comm **out) {
+#ifdef LOOM_HAVE_MPI
+    if (loom_comm_mpi_launched()) return loom_comm_mpi_world(out);
+#endif
+    return self_make("world", out);
+}
+
+int loom_comm_have_mpi(void) {
+#ifdef LOOM_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+loom_status loom_comm_split(loom_comm *c, int color, int key, const char *name, loom_comm **out) {
+    *out = NULL;
+    LOOM_CALL(c->ops.split(c, color, key, name, out));
+    (*out)->timeout_s = c->timeout_s;
+    (*out)->interrupt = c->interrupt;
     return LOOM_OK;
 }
 
@@ -36,7 +124,215 @@ void loom_comm_free(loom_comm **pc) {
 int loom_comm_rank(const loom_comm *c) { return c ? c->rank : 0; }
 int loom_comm_size(const loom_comm *c) { return c ? c->size : 1; }
 const char *loom_comm_name(const loom_comm *c) { return c ? c->name : "none"; }
-loom_status loom_comm_allreduce_sum_f32(loom_comm *c, float *b, int64_t n) { return c->ops.allreduce_sum_f32(c, b, n); }
-loom_status loom_comm_allreduce_sum_f64(loom_comm *c, double *b, int64_t n) { return c->ops.allreduce_sum_f64(c, b, n); }
-loom_status loom_comm_broadcast(loom_comm *c, void *b, int64_t n, int root) { return c->ops.broadcast(c, b, n, root); }
-loom_status loom_comm_barrier(loom_comm *c) { return c->ops.barrier(c); }
+int loom_comm_world_rank(const loom_comm *c) { return c ? c->world_rank : 0; }
+void loom_comm_set_timeout(loom_comm *c, double s) { c->timeout_s = s; }
+void loom_comm_set_interrupt(loom_comm *c, volatile sig_atomic_t *flag) { c->interrupt = flag; }
+loom_comm_stats loom_comm_get_stats(const loom_comm *c) { return c->stats; }
+void loom_comm_reset_stats(loom_comm *c) { memset(&c->stats, 0, sizeof c->stats); }
+
+/* ---- waits: polling, so that a lost peer or a signal ends the wait with a message ---- */
+
+loom_status loom_comm_test(loom_comm_req *r, int *done) {
+    *done = 1;
+    if (!r->active) return LOOM_OK;
+    char err[256] = "";
+    if (r->comm->ops.test(r, done, err, (int)sizeof err) != 0) {
+        r->active = 0;
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rank %d: %s on communicator '%s' (%d ranks) failed: %s",
+                              r->comm->world_rank, r->op, r->comm->name, r->comm->size, err);
+    }
+    if (*done) r->active = 0;
+    return LOOM_OK;
+}
+
+loom_status loom_comm_wait(loom_comm_req *r) {
+    if (!r->active) return LOOM_OK;
+    loom_comm *c = r->comm;
+    const double t0 = loom_comm_now();
+    long spins = 0;
+    for (;;) {
+        int done = 0;
+        LOOM_CALL(loom_comm_test(r, &done));
+        if (done) break;
+        double now = loom_comm_now();
+        if (c->interrupt && *c->interrupt) {
+            c->stats.wait_seconds += now - t0;
+            r->active = 0;
+            return loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
+                                  "rank %d: interrupted by signal %d while waiting %.1f s in %s on communicator "
+                                  "'%s' (%d ranks); if a peer rank died, its launcher's message names it",
+                                  c->world_rank, (int)*c->interrupt, now - t0, r->op, c->name, c->size);
+        }
+        if (c->timeout_s > 0 && now - t0 > c->timeout_s) {
+            c->stats.wait_seconds += now - t0;
+            r->active = 0;
+            return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                                  "rank %d: %s on communicator '%s' (%d ranks) did not finish within %.0f s: a peer "
+                                  "rank is lost or stuck (comm.timeout sets the limit)",
+                                  c->world_rank, r->op, c->name, c->size, c->timeout_s);
+        }
+        /* spin briefly (latency), then yield the core (ranks may outnumber cores), then sleep (long waits) */
+        if (++spins > 2000) {
+            if (now - t0 > 0.5) {
+                struct timespec ts = {0, 100000};
+                nanosleep(&ts, NULL);
+            } else {
+                sched_yield();
+            }
+        }
+    }
+    c->stats.wait_seconds += loom_comm_now() - t0;
+    return LOOM_OK;
+}
+
+static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, int64_t bytes) {
+    memset(r, 0, sizeof *r);
+    r->comm = c;
+    r->op = op;
+    r->started = loom_comm_now();
+    c->stats.calls[k]++;
+    c->stats.bytes[k] += bytes;
+}
+
+loom_status loom_comm_iallreduce_sum_f32(loom_comm *c, float *b, int64_t n, loom_comm_req *r) {
+    begin(c, r, "all-reduce", LOOM_COLL_ALLREDUCE, n * 4);
+    return c->ops.iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_SUM, r);
+}
+
+loom_status loom_comm_ireduce_scatter_f32(loom_comm *c, const float *s, float *rv, const int64_t *counts,
+                                          loom_comm_req *r) {
+    int64_t tot = 0;
+    for (int i = 0; i < c->size; i++) tot += counts[i];
+    begin(c, r, "reduce-scatter", LOOM_COLL_REDUCE_SCATTER, tot * 4);
+    return c->ops.ireduce_scatter(c, s, rv, counts, r);
+}
+
+loom_status loom_comm_iallgather_f32(loom_comm *c, float *b, const int64_t *counts, loom_comm_req *r) {
+    begin(c, r, "all-gather", LOOM_COLL_ALLGATHER, counts[c->rank] * 4);
+    return c->ops.iallgather(c, b, counts, r);
+}
+
+loom_status loom_comm_isend_f32(loom_comm *c, const float *b, int64_t n, int dst, int tag, loom_comm_req *r) {
+    begin(c, r, "send", LOOM_COLL_SENDRECV, n * 4);
+    return c->ops.isend(c, b, n * 4, dst, tag, r);
+}
+
+loom_status loom_comm_irecv_f32(loom_comm *c, float *b, int64_t n, int src, int tag, loom_comm_req *r) {
+    begin(c, r, "recv", LOOM_COLL_SENDRECV, 0);
+    return c->ops.irecv(c, b, n * 4, src, tag, r);
+}
+
+/* blocking forms: start + wait, so the timeout and interrupt apply to them too */
+#define BLOCKING(start)             \
+    do {                            \
+        loom_comm_req r_;           \
+        LOOM_CALL(start);           \
+        LOOM_CALL(loom_comm_wait(&r_)); \
+        return LOOM_OK;             \
+    } while (0)
+
+loom_status loom_comm_allreduce_sum_f32(loom_comm *c, float *b, int64_t n) {
+    BLOCKING(loom_comm_iallreduce_sum_f32(c, b, n, &r_));
+}
+loom_status loom_comm_allreduce_sum_f64(loom_comm *c, double *b, int64_t n) {
+    loom_comm_req r_;
+    begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8);
+    LOOM_CALL(c->ops.iallreduce(c, b, n, LOOM_DT_F64, LOOM_OP_SUM, &r_));
+    LOOM_CALL(loom_comm_wait(&r_));
+    return LOOM_OK;
+}
+loom_status loom_comm_allreduce_max_i64(loom_comm *c, int64_t *b, int64_t n) {
+    loom_comm_req r_;
+    begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8);
+    LOOM_CALL(c->ops.iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_));
+    LOOM_CALL(loom_comm_wait(&r_));
+    return LOOM_OK;
+}
+loom_status loom_comm_broadcast(loom_comm *c, void *b, int64_t n, int root) {
+    loom_comm_req r_;
+    begin(c, &r_, "broadcast", LOOM_COLL_BROADCAST, n);
+    LOOM_CALL(c->ops.ibroadcast(c, b, n, root, &r_));
+    LOOM_CALL(loom_comm_wait(&r_));
+    return LOOM_OK;
+}
+loom_status loom_comm_allgather_bytes(loom_comm *c, const void *s, int64_t n, void *rv) {
+    loom_comm_req r_;
+    begin(c, &r_, "all-gather", LOOM_COLL_ALLGATHER, n);
+    LOOM_CALL(c->ops.iallgather_bytes(c, s, n, rv, &r_));
+    LOOM_CALL(loom_comm_wait(&r_));
+    return LOOM_OK;
+}
+loom_status loom_comm_barrier(loom_comm *c) {
+    loom_comm_req r_;
+    begin(c, &r_, "barrier", LOOM_COLL_BARRIER, 0);
+    LOOM_CALL(c->ops.ibarrier(c, &r_));
+    LOOM_CALL(loom_comm_wait(&r_));
+    return LOOM_OK;
+}
+loom_status loom_comm_send_f32(loom_comm *c, const float *b, int64_t n, int dst, int tag) {
+    BLOCKING(loom_comm_isend_f32(c, b, n, dst, tag, &r_));
+}
+loom_status loom_comm_recv_f32(loom_comm *c, float *b, int64_t n, int src, int tag) {
+    BLOCKING(loom_comm_irecv_f32(c, b, n, src, tag, &r_));
+}
+
+/* ---- the mesh ---- */
+
+loom_status loom_mesh_shape_parse(const char *text, loom_mesh_shape *out) {
+    loom_mesh_shape s = {1, 1, 1, 1};
+    const char *p = text ? text : "";
+    while (*p) {
+        char axis[8];
+        int n = 0, used = 0;
+        LOOM_CHECK(sscanf(p, "%7[a-z]=%d%n", axis, &n, &used) == 2, LOOM_ERR_CONFIG,
+                   "mesh '%s': expected axis=N[,axis=N...] with axes dp, pp, tp, sp", text);
+        LOOM_CHECK(n >= 1, LOOM_ERR_CONFIG, "mesh '%s': %s=%d must be >= 1", text, axis, n);
+        if (!strcmp(axis, "dp")) s.dp = n;
+        else if (!strcmp(axis, "pp")) s.pp = n;
+        else if (!strcmp(axis, "tp")) s.tp = n;
+        else if (!strcmp(axis, "sp")) s.sp = n;
+        else return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__,
+                                   "mesh '%s': unknown axis '%s' (known: dp, pp, tp, sp)", text, axis);
+        p += used;
+        if (*p == ',') p++;
+        else LOOM_CHECK(*p == '\0', LOOM_ERR_CONFIG, "mesh '%s': expected ',' after %s=%d", text, axis, n);
+    }
+    *out = s;
+    return LOOM_OK;
+}
+
+loom_status loom_mesh_init(loom_comm *world, loom_mesh_shape s, loom_mesh *m) {
+    memset(m, 0, sizeof *m);
+    const int W = loom_comm_size(world), r = loom_comm_rank(world);
+    LOOM_CHECK(s.dp >= 1 && s.pp >= 1 && s.tp >= 1 && s.sp >= 1, LOOM_ERR_CONFIG, "mesh degrees must be >= 1");
+    LOOM_CHECK((int64_t)s.dp * s.pp * s.tp * s.sp == W, LOOM_ERR_CONFIG,
+               "mesh dp=%d x pp=%d x tp=%d x sp=%d = %lld ranks, but the world has %d (launch with that many "
+               "processes, or change the mesh)", s.dp, s.pp, s.tp, s.sp, (long long)s.dp * s.pp * s.tp * s.sp, W);
+    m->shape = s;
+    m->world = world;
+    m->tp_rank = r % s.tp;
+    m->sp_rank = (r / s.tp) % s.sp;
+    m->dp_rank = (r / (s.tp * s.sp)) % s.dp;
+    m->pp_rank = r / (s.tp * s.sp * s.dp);
+    /* each axis: ranks that agree on every other coordinate form one group, ordered by their coordinate */
+    const int c_tp = (m->pp_rank * s.dp + m->dp_rank) * s.sp + m->sp_rank;
+    const int c_sp = (m->pp_rank * s.dp + m->dp_rank) * s.tp + m->tp_rank;
+    const int c_dp = (m->pp_rank * s.sp + m->sp_rank) * s.tp + m->tp_rank;
+    const int c_pp = (m->dp_rank * s.sp + m->sp_rank) * s.tp + m->tp_rank;
+    loom_status st;
+    LOOM_CALL_GOTO(st, loom_comm_split(world, c_dp, m->dp_rank, "dp", &m->dp), fail);
+    LOOM_CALL_GOTO(st, loom_comm_split(world, c_pp, m->pp_rank, "pp", &m->pp), fail);
+    LOOM_CALL_GOTO(st, loom_comm_split(world, c_tp, m->tp_rank, "tp", &m->tp), fail);
+    LOOM_CALL_GOTO(st, loom_comm_split(world, c_sp, m->sp_rank, "sp", &m->sp), fail);
+    return LOOM_OK;
+fail:
+    loom_mesh_free(m);
+    return st;
+}
+
+void loom_mesh_free(loom_mesh *m) {
+    loom_comm_free(&m->dp);
+    loom_comm_free(&m->pp);
+    loom_comm_free(&m->tp);
+    loom_comm_free(&m->sp);
+}

@@ -55,6 +55,14 @@ void loom_mem_free(loom_mem *mem, loom_mem_category cat, void *p, size_t bytes) 
     }
 }
 
+void loom_mem_track(loom_mem *mem, loom_mem_category cat, int64_t delta) {
+    if (!mem || cat < 0 || cat >= LOOM_MEM_N_CATEGORIES) return;
+    mem->current[cat] += delta;
+    mem->current_total += delta;
+    if (mem->current[cat] > mem->peak[cat]) mem->peak[cat] = mem->current[cat];
+    if (mem->current_total > mem->peak_total) mem->peak_total = mem->current_total;
+}
+
 int64_t loom_mem_process_peak_rss(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;

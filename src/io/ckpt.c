@@ -228,3 +228,29 @@ loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **ou
     *out = s;
     return LOOM_OK;
 }
+
+loom_status loom_file_write_atomic(const char *path, const void *data, size_t n) {
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    LOOM_CHECK(fd >= 0, LOOM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
+    loom_status st = loom_io_write_all(fd, data, n, tmp);
+    if (st == LOOM_OK && fsync(fd) != 0)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
+    if (close(fd) != 0 && st == LOOM_OK)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "close %s: %s", tmp, strerror(errno));
+    if (st == LOOM_OK && rename(tmp, path) != 0)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rename %s -> %s: %s", tmp, path, strerror(errno));
+    if (st != LOOM_OK) {
+        unlink(tmp);
+        return st;
+    }
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return LOOM_OK;
+}

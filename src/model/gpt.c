@@ -95,7 +95,7 @@ static loom_status build_layout(loom_model *m) {
 }
 
 loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp, loom_mem *mem,
-                            int with_grads, loom_model **out) {
+                            int flags, loom_model **out) {
     *out = NULL;
     LOOM_CALL(loom_model_config_validate(cfg));
     int tps = loom_comm_size(tp);
@@ -116,9 +116,13 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
     m->V = cfg->vocab_size;
     loom_status st;
     LOOM_CALL_GOTO(st, build_layout(m), fail);
-    LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params), fail);
-    if (with_grads)
+    m->own_params = !(flags & LOOM_MODEL_EXTERNAL_PARAMS);
+    m->own_grads = (flags & LOOM_MODEL_GRADS) && !(flags & LOOM_MODEL_EXTERNAL_GRADS);
+    if (m->own_params)
+        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params), fail);
+    if (m->own_grads)
         LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)m->buf_size * sizeof(float), (void **)&m->grads), fail);
+    m->has_grads = (flags & LOOM_MODEL_GRADS) != 0;
     *out = m;
     return LOOM_OK;
 fail:
@@ -139,8 +143,8 @@ void loom_model_free(loom_model **pm) {
     if (!pm || !*pm) return;
     loom_model *m = *pm;
     free_acts(m);
-    loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
-    loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
+    if (m->own_params) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
+    if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
     free(m->infos);
     free(m->layer_off);
     loom_kv_cache_free(m);
@@ -149,31 +153,60 @@ void loom_model_free(loom_model **pm) {
 }
 
 void loom_model_init_weights(loom_model *m, uint64_t seed) {
+    loom_model_init_weights_range(m, seed, 0, m->buf_size, m->params);
+}
+
+void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst) {
     const loom_model_config *c = &m->cfg;
     double resid_std = c->init_std / sqrt(2.0 * (double)c->n_layer);
+    memset(dst, 0, (size_t)(end - begin) * sizeof(float)); /* alignment padding stays zero */
     /* Each parameter draws from its own stream (seed, parameter index), so the values do not depend on
-     * how parameters are later laid out or sharded. */
+     * how parameters are later laid out or sharded: a shard replays its parameters' streams up to its end. */
     for (int i = 0; i < m->n_infos; i++) {
         const loom_param_info *p = &m->infos[i];
-        float *w = m->params + p->offset;
+        const int64_t lo = p->offset > begin ? p->offset : begin;
+        const int64_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
+        if (lo >= hi) continue;
+        float *w = dst + (p->offset - begin); /* w[j] for j in [lo - offset, hi - offset) only */
         const char *nm = p->name;
         size_t len = strlen(nm);
         int is_norm = strstr(nm, "ln_") || strstr(nm, "norm");
         int is_bias = len > 5 && strcmp(nm + len - 5, ".bias") == 0;
-        if (is_bias) {
-            memset(w, 0, (size_t)p->numel * sizeof(float));
-            continue;
-        }
+        if (is_bias) continue;
         if (is_norm) {
-            for (int64_t j = 0; j < p->numel; j++) w[j] = 1.0f;
+            for (int64_t j = lo - p->offset; j < hi - p->offset; j++) w[j] = 1.0f;
             continue;
         }
         int resid = strstr(nm, "attn.proj.weight") || strstr(nm, "mlp.proj.weight") || strstr(nm, "mlp.down.weight");
         double sd = resid ? resid_std : c->init_std;
         loom_rng r;
         loom_rng_seed(&r, seed * 0x9e3779b97f4a7c15ull + (uint64_t)i + 1);
-        for (int64_t j = 0; j < p->numel; j++) w[j] = (float)(sd * loom_rng_normal(&r));
+        for (int64_t j = 0; j < hi - p->offset; j++) {
+            float v = (float)(sd * loom_rng_normal(&r));
+            if (j >= lo - p->offset) w[j] = v;
+        }
     }
+}
+
+int loom_model_num_units(const loom_model *m) { return (int)m->cfg.n_layer + 2; }
+
+void loom_model_unit_range(const loom_model *m, int unit, int64_t *begin, int64_t *end) {
+    const int64_t L = m->cfg.n_layer;
+    /* a block's first parameter is its first norm's weight (W_LN1_W is always present) */
+#define BLOCK_START(l) ((l) < L ? m->layer_off[(l) * W_COUNT + W_LN1_W] : m->off_lnf_w)
+    *begin = unit == 0 ? 0 : BLOCK_START(unit - 1);
+    *end = unit == L + 1 ? m->buf_size : BLOCK_START(unit);
+#undef BLOCK_START
+}
+
+void loom_model_set_hooks(loom_model *m, const loom_model_hooks *h) {
+    if (h) m->hooks = *h;
+    else memset(&m->hooks, 0, sizeof m->hooks);
+}
+
+void loom_model_set_buffers(loom_model *m, float *params, float *grads) {
+    if (params) m->params = params;
+    if (grads) m->grads = grads;
 }
 
 loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc) {
@@ -198,7 +231,7 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     if (keep_act) per_layer_store += s_act;
     int64_t scratch = (keep_ln ? 0 : ln_pack) + (keep_att ? 0 : s_att + s_lse) + (keep_act ? 0 : s_act);
     int64_t top = N * C /* enc */ + N * C + 2 * N /* lnf */ + N * V + N /* losses */;
-    int64_t grads = m->grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
+    int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
     int64_t total = L * per_layer_store + scratch + top + grads + rope + 64 * 64; /* + alignment slack */
     m->act_bytes = (size_t)total * sizeof(float);
@@ -213,7 +246,7 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     m->lnf_rstd = TAKE(N);
     m->logits = TAKE(N * V);
     m->losses = TAKE(N);
-    if (m->grads) {
+    if (m->has_grads) {
         m->dres = TAKE(N * C);
         m->dln = TAKE(N * C);
         m->datty = TAKE(N * C);
@@ -320,20 +353,38 @@ static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32
     return LOOM_OK;
 }
 
-/* Forward to the logits; with targets, the fused loss (and with grad_scale != 0, dlogits in place). */
-static void forward_all(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
-                        float grad_scale, float *loss) {
+#define HOOK(name, ...)                                                          \
+    do {                                                                         \
+        if (m->hooks.name) LOOM_CALL(m->hooks.name(m->hooks.ctx, __VA_ARGS__)); \
+    } while (0)
+
+/* Forward to the logits; with targets, the fused loss (and with grad_scale != 0, dlogits in place).
+ * keep_head: leave the head's units (L+1, and 0 when tied) acquired for the backward pass. */
+static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
+                               float grad_scale, float *loss, int keep_head) {
     loom_backend *be = m->be;
     const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
-    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2, tied = m->cfg.tie_embeddings;
+    HOOK(params_needed, 0, 1);
     loom_k_embedding_forward(be, m->enc, tokens, P(m->off_wte), gpt ? P(m->off_wpe) : NULL, B, T, C);
-    for (int64_t l = 0; l < L; l++) layer_forward(m, l, B, T);
+    HOOK(params_done, 0);
+    for (int64_t l = 0; l < L; l++) {
+        HOOK(params_needed, (int)l + 1, 1);
+        layer_forward(m, l, B, T);
+        HOOK(params_done, (int)l + 1);
+    }
+    HOOK(params_needed, (int)L + 1, 1);
+    if (tied) HOOK(params_needed, 0, 1);
     const float *x = m->acts[L - 1].out;
     if (gpt)
         loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), N, C,
                                  (float)m->cfg.norm_eps);
     else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), N, C, (float)m->cfg.norm_eps);
     loom_k_matmul(be, 0, 1, N, V, C, 1.0f, m->lnf, C, P(m->off_head), C, 0.0f, m->logits, V);
+    if (!keep_head) {
+        HOOK(params_done, (int)L + 1);
+        if (tied) HOOK(params_done, 0);
+    }
     m->last_B = B;
     m->last_T = T;
     if (targets) {
@@ -344,13 +395,14 @@ static void forward_all(loom_model *m, const int32_t *tokens, const int32_t *tar
             if (targets[i] >= 0) { s += m->losses[i]; valid++; }
         *loss = valid ? (float)(s / (double)valid) : 0.0f;
     }
+    return LOOM_OK;
 }
 
 loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
                                float *loss) {
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
     float l = 0.0f;
-    forward_all(m, tokens, targets, B, T, 0.0f, &l);
+    LOOM_CALL(forward_all(m, tokens, targets, B, T, 0.0f, &l, 0));
     if (loss) *loss = l;
     return LOOM_OK;
 }
@@ -401,7 +453,7 @@ static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int a
 
 loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B,
                                         int64_t T, float grad_scale, int accumulate, float *loss) {
-    LOOM_CHECK(m->grads != NULL, LOOM_ERR_INVALID_ARG, "model was created without gradients");
+    LOOM_CHECK(m->has_grads && m->grads != NULL, LOOM_ERR_INVALID_ARG, "model was created without gradients");
     LOOM_CHECK(targets != NULL, LOOM_ERR_INVALID_ARG, "training needs targets");
     LOOM_CHECK(grad_scale != 0.0f, LOOM_ERR_INVALID_ARG, "grad_scale must be non-zero");
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
@@ -410,7 +462,7 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const float beta = accumulate ? 1.0f : 0.0f;
     float l = 0.0f;
-    forward_all(m, tokens, targets, B, T, grad_scale, &l);
+    LOOM_CALL(forward_all(m, tokens, targets, B, T, grad_scale, &l, 1));
     /* head: logits = lnf Whead^T; m->logits now holds dlogits */
     gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
               (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
@@ -421,12 +473,21 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
                                   m->lnf_mean, m->lnf_rstd, N, C, accumulate);
     else loom_k_rmsnorm_backward(be, m->dres, G(m->off_lnf_w), m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, N, C,
                                  accumulate);
-    for (int64_t li = L - 1; li >= 0; li--) layer_backward(m, li, B, T, accumulate);
-    /* the token embedding: tied, the head already wrote this micro-step's part */
+    HOOK(params_done, (int)L + 1);
+    if (m->cfg.tie_embeddings) HOOK(params_done, 0);
+    HOOK(grads_done, (int)L + 1);
+    for (int64_t li = L - 1; li >= 0; li--) {
+        HOOK(params_needed, (int)li + 1, -1);
+        layer_backward(m, li, B, T, accumulate);
+        HOOK(params_done, (int)li + 1);
+        HOOK(grads_done, (int)li + 1);
+    }
+    /* the token embedding (reads no parameter): tied, the head already wrote this micro-step's part */
     loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) : NULL, m->dres, tokens, B, T, C, V,
                               m->cfg.tie_embeddings ? 1 : accumulate, accumulate);
     if (gpt && !accumulate && T < m->cfg.max_seq_len)
         memset(G(m->off_wpe) + T * C, 0, (size_t)((m->cfg.max_seq_len - T) * C) * sizeof(float));
+    HOOK(grads_done, 0);
     if (loss) *loss = l;
     return LOOM_OK;
 }

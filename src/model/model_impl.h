@@ -29,6 +29,8 @@ struct loom_model {
     int64_t C, H, KV, hd, Cq, F, V; /* local dimensions */
     int64_t n_params, buf_size;
     float *params, *grads;
+    int own_params, own_grads, has_grads;   /* 0: the buffer belongs to the caller (ZeRO) */
+    loom_model_hooks hooks;      /* all NULL unless a parallel layer installed them */
     loom_param_info *infos;
     int n_infos;
     int64_t off_wte, off_wpe, off_lnf_w, off_lnf_b, off_head;

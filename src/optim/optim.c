@@ -2,6 +2,7 @@
 #include "loom/optim.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,9 +10,12 @@ struct loom_optim {
     loom_optim_config cfg;
     loom_backend *be;
     loom_mem *mem;
-    int64_t size;       /* floats per state buffer */
+    int64_t size;       /* floats per state buffer = end - begin */
+    int64_t begin, end; /* the range of the flat buffers this optimizer updates (a ZeRO shard, or all) */
+    loom_comm *comm;    /* the ranks sharing the other ranges (norms are summed over it); NULL: none */
     float *m, *v;       /* v only for AdamW and LAMB */
     int64_t total_steps;
+    double *norms;      /* LAMB/LARS: 2 per parameter, partial sums of squares */
 };
 
 loom_optim_config loom_optim_config_default(void) {
@@ -74,14 +78,31 @@ double loom_optim_lr(const loom_optim_config *c, int64_t step, int64_t total_ste
 
 loom_status loom_optim_init(const loom_optim_config *c, loom_backend *be, loom_mem *mem, const loom_model *model,
                             loom_optim **out) {
+    return loom_optim_init_range(c, be, mem, model, 0, loom_model_buffer_size(model), NULL, out);
+}
+
+loom_status loom_optim_init_range(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
+                                  const loom_model *model, int64_t begin, int64_t end, loom_comm *comm,
+                                  loom_optim **out) {
     *out = NULL;
     LOOM_CALL(loom_optim_config_validate(c));
+    LOOM_CHECK(begin >= 0 && begin <= end && end <= loom_model_buffer_size(model), LOOM_ERR_INVALID_ARG,
+               "optimizer range [%lld, %lld) outside the model's buffer of %lld", (long long)begin, (long long)end,
+               (long long)loom_model_buffer_size(model));
     loom_optim *o = calloc(1, sizeof *o);
     LOOM_CHECK(o != NULL, LOOM_ERR_NOMEM, "out of memory");
     o->cfg = *c;
     o->be = be;
     o->mem = mem;
-    o->size = loom_model_buffer_size(model);
+    o->begin = begin;
+    o->end = end;
+    o->comm = comm && loom_comm_size(comm) > 1 ? comm : NULL;
+    o->size = end - begin;
+    o->norms = calloc((size_t)(2 * loom_model_num_param_infos(model) + 1), sizeof(double));
+    if (!o->norms) {
+        free(o);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
     size_t bytes = (size_t)o->size * sizeof(float);
     loom_status st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
     if (st == LOOM_OK && (c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_LAMB))
@@ -101,27 +122,48 @@ void loom_optim_free(loom_optim **po) {
     size_t bytes = (size_t)o->size * sizeof(float);
     loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->m, bytes);
     loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->v, bytes);
+    free(o->norms);
     free(o);
     *po = NULL;
 }
 
 void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps) { o->total_steps = total_steps; }
 
-double loom_optim_grad_norm(loom_optim *o, loom_model *model) {
-    const float *g = loom_model_grads(model);
+/* The part of parameter p inside the optimizer's range: [*lo, *hi) in flat positions; 0 if none. */
+static int clip_to_range(const loom_optim *o, const loom_param_info *p, int64_t *lo, int64_t *hi) {
+    *lo = p->offset > o->begin ? p->offset : o->begin;
+    *hi = p->offset + p->numel < o->end ? p->offset + p->numel : o->end;
+    return *lo < *hi;
+}
+
+static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float *g, double *norm) {
     double ss = 0.0;
-    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
-        const loom_param_info *p = loom_model_param_info(model, i);
-        ss += loom_k_sum_squares(o->be, g + p->offset, p->numel);
-    }
-    return sqrt(ss);
+    int64_t lo, hi;
+    for (int i = 0; i < loom_model_num_param_infos(model); i++)
+        if (clip_to_range(o, loom_model_param_info(model, i), &lo, &hi))
+            ss += loom_k_sum_squares(o->be, g + (lo - o->begin), hi - lo);
+    if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
+    *norm = sqrt(ss);
+    return LOOM_OK;
+}
+
+double loom_optim_grad_norm(loom_optim *o, loom_model *model) {
+    double n = NAN;
+    if (range_grad_norm(o, model, loom_model_grads(model) + o->begin, &n) != LOOM_OK) return NAN;
+    return n;
 }
 
 loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st) {
+    return loom_optim_step_range(o, model, step, loom_model_params(model) + o->begin,
+                                 loom_model_grads(model) + o->begin, st);
+}
+
+loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step, float *params, const float *grads,
+                                  loom_optim_stats *st) {
     const loom_optim_config *c = &o->cfg;
     LOOM_CHECK(step >= 0, LOOM_ERR_INVALID_ARG, "step must be >= 0, got %lld", (long long)step);
-    float *params = loom_model_params(model), *grads = loom_model_grads(model);
-    double norm = loom_optim_grad_norm(o, model);
+    double norm;
+    LOOM_CALL(range_grad_norm(o, model, grads, &norm));
     double clip = 1.0;
     if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6); /* as torch's clip_grad_norm_ */
     double lr = loom_optim_lr(c, step, o->total_steps);
@@ -134,34 +176,54 @@ loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom
                (long long)step);
     const double t = (double)(step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
-    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+    const int np = loom_model_num_param_infos(model);
+    const int layerwise = c->kind == LOOM_OPTIM_LAMB || c->kind == LOOM_OPTIM_LARS;
+    int64_t lo, hi;
+    /* LAMB and LARS scale each parameter by a ratio of whole-parameter norms: partial sums over this
+     * range first (LAMB's moments update here too), summed over the ranks holding the other parts */
+    if (layerwise) {
+        for (int i = 0; i < 2 * np; i++) o->norms[i] = 0.0;
+        for (int i = 0; i < np; i++) {
+            const loom_param_info *pi = loom_model_param_info(model, i);
+            if (!clip_to_range(o, pi, &lo, &hi)) continue;
+            float *p = params + (lo - o->begin), *m = o->m + (lo - o->begin), *v = o->v ? o->v + (lo - o->begin) : NULL;
+            const float *g = grads + (lo - o->begin);
+            const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
+            o->norms[2 * i] = loom_k_sum_squares(o->be, p, hi - lo);
+            if (c->kind == LOOM_OPTIM_LAMB)
+                o->norms[2 * i + 1] = loom_k_lamb_moments(o->be, p, g, m, v, hi - lo, (float)c->beta1, (float)c->beta2,
+                                                          (float)c->eps, wd, bc1, bc2, (float)clip);
+            else o->norms[2 * i + 1] = loom_k_sum_squares(o->be, g, hi - lo);
+        }
+        if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, o->norms, 2 * np));
+    }
+    for (int i = 0; i < np; i++) {
         const loom_param_info *pi = loom_model_param_info(model, i);
-        float *p = params + pi->offset, *m = o->m + pi->offset, *v = o->v ? o->v + pi->offset : NULL;
-        const float *g = grads + pi->offset;
+        if (!clip_to_range(o, pi, &lo, &hi)) continue;
+        const int64_t n = hi - lo;
+        float *p = params + (lo - o->begin), *m = o->m + (lo - o->begin), *v = o->v ? o->v + (lo - o->begin) : NULL;
+        const float *g = grads + (lo - o->begin);
         const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
         switch (c->kind) {
         case LOOM_OPTIM_ADAMW:
-            loom_k_adamw(o->be, p, g, m, v, pi->numel, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, wd,
-                         bc1, bc2, (float)clip);
+            loom_k_adamw(o->be, p, g, m, v, n, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, wd, bc1, bc2,
+                         (float)clip);
             break;
         case LOOM_OPTIM_LAMB: {
-            double pn = sqrt(loom_k_sum_squares(o->be, p, pi->numel));
-            double rn = sqrt(loom_k_lamb_moments(o->be, p, g, m, v, pi->numel, (float)c->beta1, (float)c->beta2,
-                                                 (float)c->eps, wd, bc1, bc2, (float)clip));
+            double pn = sqrt(o->norms[2 * i]), rn = sqrt(o->norms[2 * i + 1]);
             double trust = (pn > 0 && rn > 0) ? pn / rn : 1.0;
-            loom_k_lamb_apply(o->be, p, m, v, pi->numel, (float)c->eps, wd, bc1, bc2, (float)(lr * trust));
+            loom_k_lamb_apply(o->be, p, m, v, n, (float)c->eps, wd, bc1, bc2, (float)(lr * trust));
             break;
         }
         case LOOM_OPTIM_SGD:
-            loom_k_sgd(o->be, p, g, m, pi->numel, (float)lr, (float)c->momentum, c->nesterov, wd, (float)clip,
-                       step == 0);
+            loom_k_sgd(o->be, p, g, m, n, (float)lr, (float)c->momentum, c->nesterov, wd, (float)clip, step == 0);
             break;
         case LOOM_OPTIM_LARS: {
-            double pn = sqrt(loom_k_sum_squares(o->be, p, pi->numel));
-            double gn = clip * sqrt(loom_k_sum_squares(o->be, g, pi->numel));
+            double pn = sqrt(o->norms[2 * i]);
+            double gn = clip * sqrt(o->norms[2 * i + 1]);
             double denom = gn + (double)wd * pn;
             double local = (pn > 0 && denom > 0) ? c->trust_coef * pn / denom : 1.0;
-            loom_k_lars(o->be, p, g, m, pi->numel, (float)(lr * local), (float)c->momentum, wd, (float)clip);
+            loom_k_lars(o->be, p, g, m, n, (float)(lr * local), (float)c->momentum, wd, (float)clip);
             break;
         }
         }
@@ -172,3 +234,4 @@ loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom
 int loom_optim_num_state_buffers(const loom_optim *o) { return o->v ? 2 : 1; }
 float *loom_optim_state_buffer(loom_optim *o, int i) { return i == 0 ? o->m : (i == 1 ? o->v : NULL); }
 int64_t loom_optim_state_size(const loom_optim *o) { return o->size; }
+int64_t loom_optim_range_begin(const loom_optim *o) { return o->begin; }

@@ -59,7 +59,7 @@ static const option options[] = {
     {"optim.grad_clip", OPT_FLOAT, O(grad_clip), 0, NULL, "global gradient-norm clip (0 = off)"},
     {"train.steps", OPT_INT, T(steps), 0, NULL, "optimizer steps of the whole run (--steps)"},
     {"train.stop_after", OPT_INT, T(stop_after), 0, NULL, "checkpoint and stop after this step, as if interrupted (0 = never)"},
-    {"train.batch", OPT_INT, T(batch), 0, NULL, "micro-batch size B (--batch)"},
+    {"train.batch", OPT_INT, T(batch), 0, NULL, "micro-batch size B over all dp ranks, each gets B/dp (--batch)"},
     {"train.seq_len", OPT_INT, T(seq_len), 0, NULL, "sequence length T (--seq-len)"},
     {"train.grad_accum", OPT_INT, T(grad_accum), 0, NULL, "micro-batches per optimizer step (--grad-accum)"},
     {"train.threads", OPT_INT, T(threads), 0, NULL, "threads, 0 = all cores (--threads)"},
@@ -79,6 +79,10 @@ static const option options[] = {
     {"train.progress", OPT_INT, T(progress), 0, NULL, "1 progress line, 0 plain lines, -1 auto (terminal)"},
     {"train.fit_vocab", OPT_BOOL, T(fit_vocab), 0, NULL, "grow model.vocab_size to fit the data's tokenizer (off when model.vocab_size is set)"},
     {"train.sample_tokens", OPT_INT, T(sample_tokens), 0, NULL, "print a generated sample of this many tokens at the end (--sample)"},
+    {"train.mesh", OPT_STRING, T(mesh), S(mesh), NULL, "process mesh, e.g. dp=4 (--mesh; default: dp = every MPI rank)"},
+    {"train.zero", OPT_INT, T(zero), 0, NULL, "ZeRO stage over dp: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters (--zero)"},
+    {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
+    {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
 
@@ -105,6 +109,8 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     snprintf(t->blas_coretype, sizeof t->blas_coretype, "auto");
     t->progress = -1;
     t->fit_vocab = 1;
+    t->dp_overlap = 1;
+    t->comm_timeout = 300;
     return LOOM_OK;
 }
 
@@ -243,6 +249,9 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     const loom_train_config *t = &c->train;
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
+    LOOM_CHECK(t->zero >= 0 && t->zero <= 3, LOOM_ERR_CONFIG, "train.zero must be 0, 1, 2 or 3, got %lld", (long long)t->zero);
+    loom_mesh_shape ms;
+    LOOM_CALL(loom_mesh_shape_parse(t->mesh, &ms));
     LOOM_CHECK(t->batch >= 1 && t->batch <= 65536, LOOM_ERR_CONFIG, "train.batch must be in [1, 65536], got %lld",
                (long long)t->batch);
     LOOM_CHECK(t->seq_len >= 1 && t->seq_len <= c->model.max_seq_len, LOOM_ERR_CONFIG,

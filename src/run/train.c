@@ -21,6 +21,7 @@
 #include "loom/data.h"
 #include "loom/generate.h"
 #include "loom/log.h"
+#include "loom/parallel.h"
 #include "loom/run.h"
 
 /* The one process-wide flag: a signal handler can only reach a global. */
@@ -67,7 +68,13 @@ typedef struct {
 typedef struct {
     const loom_run_config *rc;
     loom_backend *be;
-    loom_comm *comm;
+    loom_comm *world;
+    loom_mesh mesh;
+    int have_mesh;
+    loom_zero *zero;            /* owns the model and the optimizer */
+    int root;                   /* world rank 0: prints, writes metrics and the manifest */
+    int dp, dp_rank;
+    int64_t local_batch;        /* train.batch / dp */
     loom_mem mem;
     loom_model *model;
     loom_optim *opt;
@@ -78,6 +85,7 @@ typedef struct {
     double peak_gflops;
     char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
     loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
+    int64_t *rank_mem;             /* [dp][2][categories] */
 } trainer;
 
 static loom_status save_checkpoint(trainer *tr, int64_t step) {
@@ -86,8 +94,9 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_strbuf_init(&meta);
     loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
     loom_json_write_string(&meta, rc->preset);
-    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,", (long long)step,
-                       loom_optim_kind_name(rc->optim.kind), loom_backend_threads(tr->be));
+    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"world\":%d,\"zero\":%d,",
+                       (long long)step, loom_optim_kind_name(rc->optim.kind), loom_backend_threads(tr->be), tr->dp,
+                       loom_zero_stage(tr->zero));
     if (tr->tokenizer[0]) { /* what generation decodes with */
         loom_strbuf_printf(&meta, "\"tokenizer\":");
         loom_json_write_string(&meta, tr->tokenizer);
@@ -113,16 +122,26 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     ts.step = step;
     ts.data = loom_data_get_state(tr->data);
     ts.optim_kind = (int32_t)rc->optim.kind;
-    int64_t pbytes = loom_model_buffer_size(tr->model) * (int64_t)sizeof(float);
-    loom_ckpt_section s[5] = {
-        {"meta", meta.buf, (int64_t)meta.len},
-        {"state", &ts, (int64_t)sizeof ts},
-        {"params", loom_model_params(tr->model), pbytes},
-    };
-    int n = 3;
-    for (int i = 0; i < loom_optim_num_state_buffers(tr->opt); i++)
-        s[n++] = (loom_ckpt_section){i == 0 ? "optim.0" : "optim.1", loom_optim_state_buffer(tr->opt, i), pbytes};
-    loom_status st = loom_ckpt_write(tr->ckpt_path, s, n);
+    int64_t begin, end;
+    loom_zero_slice(tr->zero, &begin, &end);
+    float *slices[3];
+    for (int k = 0; k < 3; k++) slices[k] = loom_zero_slice_ptr(tr->zero, k);
+    loom_status st;
+    if (tr->dp == 1) { /* one process: the single-file checkpoint (its slice is everything) */
+        int64_t pbytes = (end - begin) * (int64_t)sizeof(float);
+        loom_ckpt_section s[5] = {
+            {"meta", meta.buf, (int64_t)meta.len},
+            {"state", &ts, (int64_t)sizeof ts},
+            {"params", slices[0], pbytes},
+        };
+        int n = 3;
+        for (int i = 1; i < 3; i++)
+            if (slices[i]) s[n++] = (loom_ckpt_section){i == 1 ? "optim.0" : "optim.1", slices[i], pbytes};
+        st = loom_ckpt_write(tr->ckpt_path, s, n);
+    } else {
+        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->mesh.dp, meta.buf, step, loom_zero_stage(tr->zero), &ts,
+                                        (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, slices);
+    }
     loom_strbuf_free(&meta);
     LOOM_CALL(st);
     return LOOM_OK;
@@ -142,41 +161,45 @@ static loom_status compare_models(const loom_model_config *a, const loom_model_c
     return LOOM_OK;
 }
 
+static loom_status read_ckpt_range(void *ctx, const char *section, int64_t begin, int64_t end, float *dst) {
+    return loom_run_ckpt_read((loom_run_ckpt *)ctx, section, begin, end, dst);
+}
+
+/* Resumes from the newest checkpoint of the run directory, written by any number of ranks and any ZeRO
+ * stage: each rank reads the flat ranges its own layout needs (resharding). */
 static loom_status load_checkpoint(trainer *tr, int64_t *step) {
-    loom_ckpt_reader *r = NULL;
-    char *meta = NULL;
-    loom_json *j = NULL;
+    loom_run_ckpt *c = NULL;
     loom_status st;
-    LOOM_CALL_GOTO(st, loom_ckpt_open(tr->ckpt_path, &r), done);
-    LOOM_CALL_GOTO(st, loom_ckpt_read_text(r, "meta", &meta), done);
-    LOOM_CALL_GOTO(st, loom_json_parse(meta, strlen(meta), &j), done);
-    const loom_json *fmt = loom_json_get(j, "format");
-    LOOM_CHECK_GOTO(st, fmt && fmt->type == LOOM_JSON_STRING && !strcmp(fmt->string, "loom.train"), LOOM_ERR_FORMAT,
-                    done, "%s is not a loom training checkpoint", tr->ckpt_path);
+    const char *out = tr->rc->train.out;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(out, &c), done);
+    const loom_json *j = loom_run_ckpt_meta(c);
+    const char *path = loom_run_ckpt_path(c);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), done);
-    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, tr->ckpt_path), done);
+    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, path), done);
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_buffer_size(tr->model), LOOM_ERR_MISMATCH, done,
+                    "checkpoint %s holds %lld floats, this model %lld", path, (long long)loom_run_ckpt_size(c),
+                    (long long)loom_model_buffer_size(tr->model));
     train_state ts;
-    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "state", &ts, (int64_t)sizeof ts), done);
+    LOOM_CALL_GOTO(st, loom_run_ckpt_read_state(c, &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
-                    "checkpoint %s was trained with optimizer %s, this run uses %s", tr->ckpt_path,
+                    "checkpoint %s was trained with optimizer %s, this run uses %s", path,
                     loom_optim_kind_name((loom_optim_kind)ts.optim_kind), loom_optim_kind_name(tr->rc->optim.kind));
-    int64_t pbytes = loom_model_buffer_size(tr->model) * (int64_t)sizeof(float);
-    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "params", loom_model_params(tr->model), pbytes), done);
-    for (int i = 0; i < loom_optim_num_state_buffers(tr->opt); i++)
-        LOOM_CALL_GOTO(st, loom_ckpt_read(r, i == 0 ? "optim.0" : "optim.1", loom_optim_state_buffer(tr->opt, i), pbytes),
-                       done);
+    LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
     const loom_json *th = loom_json_get(j, "threads");
-    if (th && th->type == LOOM_JSON_NUMBER && (int)th->number != loom_backend_threads(tr->be))
+    const loom_json *wo = loom_json_get(j, "world");
+    int ck_world = wo && wo->type == LOOM_JSON_NUMBER ? (int)wo->number : 1;
+    if (tr->root && ck_world != tr->dp)
+        LOOM_INFO("resharding: checkpoint written by %d rank(s), this run has %d (ZeRO-%d)", ck_world, tr->dp,
+                  loom_zero_stage(tr->zero));
+    if (tr->root && th && th->type == LOOM_JSON_NUMBER && (int)th->number != loom_backend_threads(tr->be))
         LOOM_WARN("checkpoint was written with %d threads, this run uses %d: the continued losses will match "
                   "an uninterrupted run to rounding, not bit for bit", (int)th->number, loom_backend_threads(tr->be));
     loom_data_set_state(tr->data, &ts.data);
     *step = ts.step;
     st = LOOM_OK;
 done:
-    loom_json_free(&j);
-    free(meta);
-    loom_ckpt_close(&r);
+    loom_run_ckpt_close(&c);
     return st;
 }
 
@@ -186,9 +209,13 @@ static loom_status evaluate(trainer *tr, float *val_loss) {
     double s = 0.0;
     for (int64_t i = 0; i < t->eval_batches; i++) {
         float l;
-        LOOM_CALL(loom_data_next(tr->data, LOOM_SPLIT_VAL, t->batch, t->seq_len, tr->tokens, tr->targets));
-        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, t->batch, t->seq_len, &l));
+        LOOM_CALL(loom_data_next(tr->data, LOOM_SPLIT_VAL, tr->local_batch, t->seq_len, tr->tokens, tr->targets));
+        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, tr->local_batch, t->seq_len, &l));
         s += l;
+    }
+    if (tr->dp > 1) { /* equal shares: the global mean is the mean of the ranks' means */
+        LOOM_CALL(loom_comm_allreduce_sum_f64(tr->mesh.dp, &s, 1));
+        s /= tr->dp;
     }
     *val_loss = (float)(s / (double)t->eval_batches);
     return LOOM_OK;
@@ -215,8 +242,22 @@ static void print_profile(loom_backend *be, double total_s) {
     printf("  %-12s %10s %10.3f %6.1f%%\n", "other", "", total_s - ksum, 100.0 * (total_s - ksum) / total_s);
 }
 
+/* every rank's memory by category: [rank][category] current bytes, peak bytes (collective) */
+static loom_status gather_memory(trainer *tr, int64_t *all) {
+    int64_t mine[2 * LOOM_MEM_N_CATEGORIES];
+    for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++) {
+        mine[c] = tr->mem.current[c];
+        mine[LOOM_MEM_N_CATEGORIES + c] = tr->mem.peak[c];
+    }
+    if (tr->dp == 1) {
+        memcpy(all, mine, sizeof mine);
+        return LOOM_OK;
+    }
+    return loom_comm_allgather_bytes(tr->mesh.dp, mine, (int64_t)sizeof mine, all);
+}
+
 static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom_optim_stats *os, double tok_s,
-                               double mfu, double ms) {
+                               double mfu, double ms, double comm_wait_ms, const int64_t *rank_mem) {
     if (!tr->metrics) return;
     loom_strbuf sb;
     loom_strbuf_init(&sb);
@@ -232,7 +273,18 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
         loom_strbuf_printf(&sb, ",\"mem_peak_%s\":%lld", loom_mem_category_name((loom_mem_category)c),
                            (long long)tr->mem.peak[c]);
-    loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld}\n", (long long)loom_mem_process_peak_rss());
+    loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f", (long long)loom_mem_process_peak_rss(),
+                       tr->dp, comm_wait_ms);
+    /* per rank, peak bytes by category [params, grads, optim, acts, workspace] */
+    loom_strbuf_printf(&sb, ",\"mem_rank_peak_bytes\":[");
+    for (int r = 0; r < tr->dp; r++) {
+        loom_strbuf_printf(&sb, "%s[", r ? "," : "");
+        for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
+            loom_strbuf_printf(&sb, "%s%lld", c ? "," : "",
+                               (long long)rank_mem[r * 2 * LOOM_MEM_N_CATEGORIES + LOOM_MEM_N_CATEGORIES + c]);
+        loom_strbuf_printf(&sb, "]");
+    }
+    loom_strbuf_printf(&sb, "]}\n");
     if (!sb.failed) fputs(sb.buf, tr->metrics);
     fflush(tr->metrics);
     loom_strbuf_free(&sb);
@@ -267,9 +319,10 @@ static void trainer_free(trainer *tr) {
     free(tr->tokens);
     free(tr->targets);
     loom_data_free(&tr->data);
-    loom_optim_free(&tr->opt);
-    loom_model_free(&tr->model);
-    loom_comm_free(&tr->comm);
+    loom_zero_free(&tr->zero); /* the model and the optimizer */
+    free(tr->rank_mem);
+    if (tr->have_mesh) loom_mesh_free(&tr->mesh);
+    loom_comm_free(&tr->world);
     loom_backend_free(&tr->be);
 }
 
@@ -286,7 +339,26 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     bc.threads = (int)t->threads;
     bc.blas_coretype = t->blas_coretype;
     LOOM_CALL_GOTO(st, loom_backend_init(&bc, &tr.be), done);
-    LOOM_CALL_GOTO(st, loom_comm_init_self(&tr.comm), done);
+    LOOM_CALL_GOTO(st, loom_comm_init_world(&tr.world), done);
+    loom_comm_set_timeout(tr.world, t->comm_timeout);
+    loom_comm_set_interrupt(tr.world, &stop_signal);
+    tr.root = loom_comm_rank(tr.world) == 0;
+    if (!tr.root && loom_log_get_level() > LOOM_LOG_WARN) loom_log_set_level(LOOM_LOG_WARN); /* rank 0 reports */
+    loom_mesh_shape shape;
+    LOOM_CALL_GOTO(st, loom_mesh_shape_parse(t->mesh, &shape), done);
+    if (!t->mesh[0]) shape.dp = loom_comm_size(tr.world);
+    LOOM_CHECK_GOTO(st, shape.pp == 1 && shape.tp == 1 && shape.sp == 1, LOOM_ERR_UNSUPPORTED, done,
+                    "mesh '%s': this build runs data parallelism only (pp, tp and sp must be 1)", t->mesh);
+    LOOM_CALL_GOTO(st, loom_mesh_init(tr.world, shape, &tr.mesh), done);
+    tr.have_mesh = 1;
+    tr.dp = shape.dp;
+    tr.dp_rank = tr.mesh.dp_rank;
+    LOOM_CHECK_GOTO(st, t->batch % tr.dp == 0, LOOM_ERR_CONFIG, done,
+                    "train.batch %lld is the global micro-batch: it must divide evenly over dp=%d ranks",
+                    (long long)t->batch, tr.dp);
+    tr.local_batch = t->batch / tr.dp;
+    tr.rank_mem = calloc((size_t)tr.dp * 2 * LOOM_MEM_N_CATEGORIES, sizeof(int64_t));
+    LOOM_CHECK_GOTO(st, tr.rank_mem != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     const int synthetic = strcmp(t->data, "synthetic") == 0;
     LOOM_CALL_GOTO(st, loom_data_open(t->data, synthetic ? rc->model.vocab_size : 0, t->val_fraction,
                                       (uint64_t)t->seed, &tr.data), done);
@@ -300,9 +372,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         tr.model_cfg.vocab_size = data_vocab;
     }
     LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
-    LOOM_CALL_GOTO(st, loom_model_init(&tr.model_cfg, tr.be, tr.comm, &tr.mem, 1, &tr.model), done);
-    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, t->batch, t->seq_len, t->recompute), done);
-    LOOM_CALL_GOTO(st, loom_optim_init(&rc->optim, tr.be, &tr.mem, tr.model, &tr.opt), done);
+    LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.dp_rank, tr.dp), done);
+    LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, (int)t->zero, t->dp_overlap, tr.mesh.dp, tr.be, &tr.mem,
+                                      &tr.zero), done);
+    tr.model = loom_zero_model(tr.zero);
+    tr.opt = loom_zero_optim(tr.zero);
+    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, tr.local_batch, t->seq_len, t->recompute), done);
     loom_optim_set_total_steps(tr.opt, t->steps);
     const char *tk = loom_data_tokenizer(tr.data);
     if (tk) {
@@ -310,7 +385,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         if (strchr(tk, '/') && realpath(tk, abs)) tk = abs;
         snprintf(tr.tokenizer, sizeof tr.tokenizer, "%s", tk);
     }
-    const int64_t BT = t->batch * t->seq_len;
+    const int64_t BT = t->batch * t->seq_len; /* global; this rank holds local_batch rows */
     tr.tokens = malloc((size_t)BT * sizeof(int32_t));
     tr.targets = malloc((size_t)BT * sizeof(int32_t));
     LOOM_CHECK_GOTO(st, tr.tokens && tr.targets, LOOM_ERR_NOMEM, done, "out of memory");
@@ -320,11 +395,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         LOOM_CALL_GOTO(st, load_checkpoint(&tr, &step), done);
         LOOM_INFO("resumed from %s at step %lld", tr.ckpt_path, (long long)step);
     } else {
-        loom_model_init_weights(tr.model, (uint64_t)t->seed);
+        loom_zero_init_weights(tr.zero, (uint64_t)t->seed);
     }
     /* everything is validated: only now touch the run directory */
     LOOM_CALL_GOTO(st, mkdir_p(t->out), done);
-    if (!t->resume && access(tr.ckpt_path, F_OK) == 0) {
+    if (!t->resume && tr.root) loom_run_ckpt_move_aside(t->out);
+    if (!t->resume && tr.root && access(tr.ckpt_path, F_OK) == 0) {
         char prev[LOOM_PATH_MAX + 64];
         snprintf(prev, sizeof prev, "%s/checkpoint.prev.bin", t->out);
         LOOM_CHECK_GOTO(st, rename(tr.ckpt_path, prev) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s",
@@ -334,8 +410,10 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     char mpath[LOOM_PATH_MAX + 32];
     if (t->metrics[0]) snprintf(mpath, sizeof mpath, "%s", t->metrics);
     else snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out);
-    tr.metrics = fopen(mpath, t->resume ? "a" : "w");
-    LOOM_CHECK_GOTO(st, tr.metrics != NULL, LOOM_ERR_IO, done, "cannot write metrics %s: %s", mpath, strerror(errno));
+    if (tr.root) {
+        tr.metrics = fopen(mpath, t->resume ? "a" : "w");
+        LOOM_CHECK_GOTO(st, tr.metrics != NULL, LOOM_ERR_IO, done, "cannot write metrics %s: %s", mpath, strerror(errno));
+    }
 
     const double flops_tok = loom_model_config_flops_per_token(&tr.model_cfg, t->seq_len);
     const int64_t tokens_per_step = BT * t->grad_accum;
@@ -347,7 +425,15 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
               loom_optim_kind_name(rc->optim.kind), t->recompute == LOOM_RECOMPUTE_NONE ? "" : "recompute",
               loom_backend_threads(tr.be), loom_backend_gemm_kernel(tr.be), peak_gflops,
               peak_kernel ? peak_kernel : "unmeasured");
-    int tty = t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO));
+    if (tr.dp > 1)
+        LOOM_INFO("data parallel: %d ranks (%s), ZeRO-%lld, %lld sequences per rank per micro-step, gradient "
+                  "reduction %s; this rank holds params %.1f, grads %.1f, optim %.1f MiB",
+                  tr.dp, loom_comm_have_mpi() ? "MPI" : "self", (long long)t->zero, (long long)tr.local_batch,
+                  t->dp_overlap ? "overlapped with the backward pass" : "after the backward pass",
+                  tr.mem.current[LOOM_MEM_PARAMS] / 1048576.0, tr.mem.current[LOOM_MEM_GRADS] / 1048576.0,
+                  tr.mem.current[LOOM_MEM_OPTIM] / 1048576.0);
+    const double world_peak = peak_gflops * tr.dp; /* every rank's share of the machine(s) */
+    int tty = tr.root && (t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO)));
     if (t->profile) loom_backend_set_profiling(tr.be, 1);
     const float grad_scale = 1.0f / (float)tokens_per_step;
     double t_start = now_s(), t_train = 0;
@@ -356,29 +442,38 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     while (step < t->steps) {
         double t0 = now_s();
         double lsum = 0.0;
+        loom_zero_reset_stats(tr.zero);
         for (int64_t micro = 0; micro < t->grad_accum; micro++) {
             float l;
-            LOOM_CALL_GOTO(st, loom_data_next(tr.data, LOOM_SPLIT_TRAIN, t->batch, t->seq_len, tr.tokens, tr.targets), done);
-            LOOM_CALL_GOTO(st, loom_model_forward_backward(tr.model, tr.tokens, tr.targets, t->batch, t->seq_len,
-                                                           grad_scale, micro > 0, &l), done);
+            LOOM_CALL_GOTO(st, loom_data_next(tr.data, LOOM_SPLIT_TRAIN, tr.local_batch, t->seq_len, tr.tokens, tr.targets), done);
+            loom_zero_begin_micro(tr.zero, micro, micro == t->grad_accum - 1);
+            LOOM_CALL_GOTO(st, loom_model_forward_backward(tr.model, tr.tokens, tr.targets, tr.local_batch, t->seq_len,
+                                                           grad_scale, loom_zero_accumulate(tr.zero, micro), &l), done);
+            LOOM_CALL_GOTO(st, loom_zero_end_micro(tr.zero), done);
             lsum += l;
         }
-        loss = (float)(lsum / (double)t->grad_accum);
         loom_optim_stats os;
-        LOOM_CALL_GOTO(st, loom_optim_step(tr.opt, tr.model, step, &os), done);
+        LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
+        if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
+            LOOM_CALL_GOTO(st, loom_comm_allreduce_sum_f64(tr.mesh.dp, &lsum, 1), done);
+            lsum /= tr.dp;
+        }
+        loss = (float)(lsum / (double)t->grad_accum);
         step++;
         double dt = now_s() - t0;
         t_train += dt;
         double tok_s = (double)tokens_per_step / dt;
-        double mfu = peak_gflops > 0 ? flops_tok * tok_s / (peak_gflops * 1e9) : 0.0;
-        write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3);
+        double mfu = world_peak > 0 ? flops_tok * tok_s / (world_peak * 1e9) : 0.0;
+        LOOM_CALL_GOTO(st, gather_memory(&tr, tr.rank_mem), done);
+        write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3, loom_zero_get_stats(tr.zero).comm_wait_s * 1e3,
+                           tr.rank_mem);
         char eta[32];
         fmt_duration(eta, sizeof eta, t_train / (double)(step - first_step) * (double)(t->steps - step));
         if (tty) {
             printf("\rstep %lld/%lld | loss %.4f | %.0f tok/s | MFU %.1f%% | %.0f ms/step | ETA %s   ", (long long)step,
                    (long long)t->steps, loss, tok_s, 100 * mfu, dt * 1e3, eta);
             fflush(stdout);
-        } else if (step % t->log_interval == 0 || step == t->steps || step == first_step + 1) {
+        } else if (tr.root && (step % t->log_interval == 0 || step == t->steps || step == first_step + 1)) {
             printf("step %lld/%lld loss %.6f lr %.3e grad_norm %.4f tok/s %.0f mfu %.1f%% ms %.0f eta %s\n",
                    (long long)step, (long long)t->steps, loss, os.lr, os.grad_norm, tok_s, 100 * mfu, dt * 1e3, eta);
             fflush(stdout);
@@ -398,37 +493,50 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                 loom_strbuf_free(&vb);
                 fflush(tr.metrics);
             }
-            printf("%sstep %lld val_loss %.6f\n", tty ? "\n" : "", (long long)step, val_loss);
+            if (tr.root) printf("%sstep %lld val_loss %.6f\n", tty ? "\n" : "", (long long)step, val_loss);
         }
-        int stop_now = stop_signal != 0 || (t->stop_after > 0 && step == t->stop_after);
+        int64_t stop_vote = stop_signal != 0;
+        if (tr.dp > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
+            LOOM_CALL_GOTO(st, loom_comm_allreduce_max_i64(tr.mesh.dp, &stop_vote, 1), done);
+        int stop_now = stop_vote != 0 || (t->stop_after > 0 && step == t->stop_after);
         if ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now) {
             LOOM_CALL_GOTO(st, save_checkpoint(&tr, step), done);
             LOOM_DEBUG("checkpoint %s at step %lld", tr.ckpt_path, (long long)step);
         }
         if (stop_now) {
             if (tty) printf("\n");
-            if (stop_signal) {
+            if (stop_vote) {
                 st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
                                     "interrupted by signal %d at step %lld; checkpoint saved to %s (continue with --resume)",
-                                    (int)stop_signal, (long long)step, tr.ckpt_path);
+                                    (int)stop_signal, (long long)step, tr.dp > 1 ? t->out : tr.ckpt_path);
                 goto done;
             }
-            LOOM_INFO("stopped after step %lld as asked; checkpoint %s", (long long)step, tr.ckpt_path);
+            LOOM_INFO("stopped after step %lld as asked; checkpoint in %s", (long long)step, t->out);
             break;
         }
     }
     if (tty) printf("\n");
     double total = now_s() - t_start;
-    printf("done: %lld steps, final loss %.6f, val_loss %.6f, %.1f s, %.0f tokens/s, peak memory %.1f MiB "
-           "(params %.1f, grads %.1f, optim %.1f, acts %.1f MiB), checkpoint %s\n",
-           (long long)(step - first_step), loss, val_loss, total,
-           t_train > 0 ? (double)(tokens_per_step * (step - first_step)) / t_train : 0.0,
-           (double)tr.mem.peak_total / 1048576.0, (double)tr.mem.peak[LOOM_MEM_PARAMS] / 1048576.0,
-           (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
-           (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, tr.ckpt_path);
-    if (t->profile) print_profile(tr.be, t_train);
+    if (tr.root) {
+        printf("done: %lld steps, final loss %.6f, val_loss %.6f, %.1f s, %.0f tokens/s, peak memory %.1f MiB "
+               "(params %.1f, grads %.1f, optim %.1f, acts %.1f, workspace %.1f MiB), checkpoint %s\n",
+               (long long)(step - first_step), loss, val_loss, total,
+               t_train > 0 ? (double)(tokens_per_step * (step - first_step)) / t_train : 0.0,
+               (double)tr.mem.peak_total / 1048576.0, (double)tr.mem.peak[LOOM_MEM_PARAMS] / 1048576.0,
+               (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
+               (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
+               tr.dp > 1 ? t->out : tr.ckpt_path);
+        for (int r = 0; tr.dp > 1 && r < tr.dp; r++) {
+            const int64_t *pk = tr.rank_mem + r * 2 * LOOM_MEM_N_CATEGORIES + LOOM_MEM_N_CATEGORIES;
+            printf("  rank %d peak MiB: params %.1f, grads %.1f, optim %.1f, acts %.1f, workspace %.1f\n", r,
+                   pk[0] / 1048576.0, pk[1] / 1048576.0, pk[2] / 1048576.0, pk[3] / 1048576.0, pk[4] / 1048576.0);
+        }
+    }
+    if (t->profile && tr.root) print_profile(tr.be, t_train);
     if (t->sample_tokens > 0 && tr.tokenizer[0]) {
-        LOOM_CALL_GOTO(st, print_sample(&tr), done);
+        LOOM_CALL_GOTO(st, loom_zero_gather_all(tr.zero), done); /* ZeRO-3: every rank lends its slice */
+        if (tr.root) LOOM_CALL_GOTO(st, print_sample(&tr), done);
+        loom_zero_release_all(tr.zero);
     }
     st = LOOM_OK;
 done:

@@ -1,0 +1,72 @@
+/* loom/parallel.h: data parallelism with ZeRO stages 0-3 over the dp axis of the mesh.
+ *
+ *   loom_zero *z;
+ *   LOOM_CALL(loom_zero_init(&model_cfg, &optim_cfg, stage, overlap, mesh.dp, be, &mem, &z));
+ *   loom_model *m = loom_zero_model(z);
+ *   loom_zero_init_weights(z, seed);
+ *   for each step:
+ *       for micro in 0..accum-1:
+ *           loom_zero_begin_micro(z, micro, micro == accum - 1);
+ *           LOOM_CALL(loom_model_forward_backward(m, tok, tgt, B, T, scale, loom_zero_accumulate(z, micro), &l));
+ *           LOOM_CALL(loom_zero_end_micro(z));
+ *       LOOM_CALL(loom_zero_step(z, step, &stats));
+ *
+ * The flat buffer of n floats is cut into dp contiguous slices, rank r owning [r*S, min((r+1)*S, n)) with
+ * S = ceil(n/dp). What each stage keeps per rank (fp32 AdamW; 4 bytes a float):
+ *   stage 0: parameters, gradients and optimizer state whole (16 bytes/param); gradients all-reduced
+ *   stage 1: optimizer state of the slice (4 + 4 + 8/N); all-reduce, update the slice, all-gather params
+ *   stage 2: gradients of the slice too (4 + 12/N); each unit's gradients reduce-scattered as soon as the
+ *            backward pass finishes them, then dropped
+ *   stage 3: parameters of the slice too (16/N); each unit's parameters all-gathered just before its
+ *            forward and again before its backward (the next unit prefetched), dropped after use
+ * Units (loom_model_num_units) are the buckets: all-reduces and reduce-scatters start, non-blocking, the
+ * moment a unit's gradients are final and overlap the rest of the backward pass. Transient gathered
+ * parameters and not-yet-reduced unit gradients are accounted as workspace. */
+#ifndef LOOM_PARALLEL_H
+#define LOOM_PARALLEL_H
+#include "loom/comm.h"
+#include "loom/model.h"
+#include "loom/optim.h"
+
+typedef struct loom_zero loom_zero;
+
+typedef struct {
+    double comm_wait_s;     /* blocked in waits since the last reset */
+    double backward_s;      /* compute time during which reductions could run (forward+backward) */
+    int64_t bytes_reduced;  /* gradient bytes this rank contributed to reductions */
+    int64_t bytes_gathered; /* parameter bytes this rank contributed to all-gathers */
+} loom_zero_stats;
+
+/* Collective over dp. Creates the model (tensor-parallel size 1) and the optimizer of this rank's part. */
+LOOM_NODISCARD loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, int stage,
+                                          int overlap, loom_comm *dp, loom_backend *be, loom_mem *mem,
+                                          loom_zero **out);
+void loom_zero_free(loom_zero **z);
+loom_model *loom_zero_model(loom_zero *z);
+loom_optim *loom_zero_optim(loom_zero *z);
+int loom_zero_stage(const loom_zero *z);
+/* This rank's slice [begin, end) of the flat buffer. */
+void loom_zero_slice(const loom_zero *z, int64_t *begin, int64_t *end);
+/* The slice of a buffer for checkpoints: which 0 = parameters, 1 = optimizer state 0, 2 = state 1
+ * (NULL when absent); end - begin floats. */
+float *loom_zero_slice_ptr(loom_zero *z, int which);
+void loom_zero_init_weights(loom_zero *z, uint64_t seed);
+
+/* Fills this rank's buffers from a checkpoint: read(ctx, section, begin, end, dst) must write flat
+ * positions [begin, end) of section "params", "optim.0" or "optim.1" to dst. */
+typedef loom_status (*loom_zero_reader)(void *ctx, const char *section, int64_t begin, int64_t end, float *dst);
+LOOM_NODISCARD loom_status loom_zero_load(loom_zero *z, loom_zero_reader read, void *ctx);
+
+void loom_zero_begin_micro(loom_zero *z, int64_t micro, int last);
+/* The model's `accumulate` argument for this micro-step. */
+int loom_zero_accumulate(const loom_zero *z, int64_t micro);
+LOOM_NODISCARD loom_status loom_zero_end_micro(loom_zero *z);
+/* Finishes the reductions, updates this rank's part, re-assembles the parameters where the stage keeps
+ * them whole. Collective. */
+LOOM_NODISCARD loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st);
+/* Stage 3: makes every parameter resident (generation, export) until loom_zero_release_all. Collective. */
+LOOM_NODISCARD loom_status loom_zero_gather_all(loom_zero *z);
+void loom_zero_release_all(loom_zero *z);
+loom_zero_stats loom_zero_get_stats(const loom_zero *z);
+void loom_zero_reset_stats(loom_zero *z);
+#endif
