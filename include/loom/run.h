@@ -71,34 +71,6 @@ LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_bac
                                                       loom_mem *mem, loom_model **model, loom_json **meta);
 
 /* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
-/* ---- a run's checkpoint: one file <out>/checkpoint.bin (one rank), or per-rank shards and the manifest
- * <out>/checkpoint.json (docs/FORMATS.md). Readers address flat positions in either: resharding. ---- */
-typedef struct loom_run_ckpt loom_run_ckpt;
-/* path: a run directory (the newer of its checkpoint.bin and checkpoint.json), or either file */
-LOOM_NODISCARD loom_status loom_run_ckpt_open(const char *path, loom_run_ckpt **out);
-void loom_run_ckpt_close(loom_run_ckpt **c);
-/* format, step, model, params, tokenizer, threads, ... (the same object in both layouts) */
-const loom_json *loom_run_ckpt_meta(const loom_run_ckpt *c);
-const char *loom_run_ckpt_path(const loom_run_ckpt *c);
-int loom_run_ckpt_world(const loom_run_ckpt *c);
-int64_t loom_run_ckpt_size(const loom_run_ckpt *c);
-int loom_run_ckpt_has(const loom_run_ckpt *c, const char *section);
-/* flat positions [begin, end) of "params", "optim.0" or "optim.1", checksums verified */
-LOOM_NODISCARD loom_status loom_run_ckpt_read(loom_run_ckpt *c, const char *section, int64_t begin, int64_t end,
-                                              float *dst);
-LOOM_NODISCARD loom_status loom_run_ckpt_read_state(loom_run_ckpt *c, void *dst, int64_t bytes);
-/* Collective over dp: each rank writes its slice [begin, end) of the three buffers (slices[k] NULL when
- * absent) to <out>/shards/step-N/, then rank 0 commits the manifest. A failure on any rank leaves the
- * previous checkpoint in place and is reported on every rank. */
-LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json,
-                                                      int64_t step, int zero_stage, const void *state,
-                                                      int64_t state_bytes, int64_t n, int64_t begin, int64_t end,
-                                                      float *const slices[3]);
-/* A new run in a directory holding a sharded checkpoint: keep it as checkpoint.prev.json + shards.prev. */
-void loom_run_ckpt_move_aside(const char *out);
-/* Writes a sharded checkpoint as one checkpoint.bin-format file. */
-LOOM_NODISCARD loom_status loom_run_ckpt_consolidate(const char *path, const char *out_file);
-
 void loom_train_install_signal_handlers(void);
 /* Trains as configured. peak_gflops > 0 enables the MFU figure. */
 LOOM_NODISCARD loom_status loom_train(const loom_run_config *c, double peak_gflops, const char *peak_kernel);

@@ -12,6 +12,7 @@ int loom_cmd_data(int argc, char **argv);      /* cmd_data.c */
 int loom_cmd_export(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_import(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_plot(int argc, char **argv);      /* cmd_plot.c */
+int loom_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
 /* Peak fp32 GEMM rate for `threads`, from the cache or measured now (and cached). 0 when unknown. */
 double loom_cli_peak_gflops(int threads, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */

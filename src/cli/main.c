@@ -20,15 +20,22 @@ static void usage(FILE *f) {
             "  data         prepare token shards from text\n"
             "  export       write a checkpoint as Hugging Face safetensors\n"
             "  import       read Hugging Face safetensors into a checkpoint\n"
-            "  plot         draw the loss and throughput of a metrics log\n\n"
+            "  plot         draw the loss and throughput of a metrics log\n"
+            "  launch       run a command on N MPI ranks (mpirun with the right flags)\n\n"
             "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
             LOOM_VERSION);
 }
 
 int loom_cli_fail(const char *cmd) {
     const char *trace = getenv("LOOM_TRACE");
-    if (trace && trace[0] == '1') fprintf(stderr, "loom %s: error: %s", cmd, loom_error_trace_text());
-    else fprintf(stderr, "loom %s: error: %s\n", cmd, loom_error_message());
+    /* under an MPI launcher every rank's error reaches the same terminal: say whose it is */
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (!rank) rank = getenv("PMIX_RANK");
+    if (!rank) rank = getenv("PMI_RANK");
+    char who[48] = "";
+    if (rank) snprintf(who, sizeof who, "[rank %s] ", rank);
+    if (trace && trace[0] == '1') fprintf(stderr, "%sloom %s: error: %s", who, cmd, loom_error_trace_text());
+    else fprintf(stderr, "%sloom %s: error: %s\n", who, cmd, loom_error_message());
     return 1;
 }
 
@@ -67,6 +74,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "export")) return loom_cmd_export(sub_argc, sub_argv);
     if (!strcmp(cmd, "import")) return loom_cmd_import(sub_argc, sub_argv);
     if (!strcmp(cmd, "plot")) return loom_cmd_plot(sub_argc, sub_argv);
+    if (!strcmp(cmd, "launch")) return loom_cmd_launch(sub_argc, sub_argv);
     if (!strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

@@ -537,14 +537,11 @@ loom_status loom_hf_export(const char *ckpt, const char *out_dir, const loom_hf_
     LOOM_CHECK(o.dtype == LOOM_ST_F32 || o.dtype == LOOM_ST_BF16 || o.dtype == LOOM_ST_F16, LOOM_ERR_INVALID_ARG,
                "export dtype must be F32, BF16 or F16, got %s", loom_st_dtype_name(o.dtype));
     LOOM_CHECK(o.max_shard_bytes >= 0, LOOM_ERR_INVALID_ARG, "max shard size must be >= 0");
-    struct stat sb;
-    char *path = NULL;
-    if (stat(ckpt, &sb) == 0 && S_ISDIR(sb.st_mode)) path = join(ckpt, "checkpoint.bin");
-    else path = strdup(ckpt);
+    char *path = strdup(ckpt);
     LOOM_CHECK(path != NULL, LOOM_ERR_NOMEM, "out of memory");
-    loom_ckpt_reader *r = NULL;
-    char *meta = NULL, *cfg_path = NULL;
-    loom_json *j = NULL;
+    loom_run_ckpt *r = NULL; /* a single-file or a sharded checkpoint */
+    char *cfg_path = NULL;
+    const loom_json *j = NULL;
     model_ctx mc;
     memset(&mc, 0, sizeof mc);
     hf_piece *pieces = NULL;
@@ -552,12 +549,8 @@ loom_status loom_hf_export(const char *ckpt, const char *out_dir, const loom_hf_
     loom_strbuf cj;
     loom_strbuf_init(&cj);
     loom_status st;
-    LOOM_CALL_GOTO(st, loom_ckpt_open(path, &r), done);
-    LOOM_CALL_GOTO(st, loom_ckpt_read_text(r, "meta", &meta), done);
-    LOOM_CALL_GOTO(st, loom_json_parse(meta, strlen(meta), &j), done);
-    const loom_json *fmt = loom_json_get(j, "format");
-    LOOM_CHECK_GOTO(st, fmt && fmt->type == LOOM_JSON_STRING && !strcmp(fmt->string, "loom.train"), LOOM_ERR_FORMAT, done,
-                    "%s is not a loom training checkpoint (meta.format is not \"loom.train\")", path);
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(path, &r), done);
+    j = loom_run_ckpt_meta(r);
     loom_model_config cfg;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &cfg), done);
     LOOM_CALL_GOTO(st, loom_model_config_validate(&cfg), done);
@@ -566,8 +559,10 @@ loom_status loom_hf_export(const char *ckpt, const char *out_dir, const loom_hf_
     LOOM_CALL_GOTO(st, model_ctx_init(&cfg, &mc), done);
     LOOM_CALL_GOTO(st, check_layout(j, mc.model, path), done);
     float *params = loom_model_params(mc.model);
-    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "params", params, loom_model_buffer_size(mc.model) * (int64_t)sizeof(float)),
-                   done);
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(r) == loom_model_buffer_size(mc.model), LOOM_ERR_MISMATCH, done,
+                    "%s holds %lld floats of parameters, its model needs %lld", path, (long long)loom_run_ckpt_size(r),
+                    (long long)loom_model_buffer_size(mc.model));
+    LOOM_CALL_GOTO(st, loom_run_ckpt_read(r, "params", 0, loom_model_buffer_size(mc.model), params), done);
     int n = 0;
     LOOM_CALL_GOTO(st, build_pieces(mc.model, &pieces, &n), done);
     specs = calloc((size_t)n, sizeof *specs);
@@ -592,9 +587,7 @@ done:
     free(specs);
     free(pieces);
     model_ctx_free(&mc);
-    loom_json_free(&j);
-    free(meta);
-    loom_ckpt_close(&r);
+    loom_run_ckpt_close(&r);
     free(path);
     return st;
 }

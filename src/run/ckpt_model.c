@@ -1,8 +1,7 @@
-/* A model from a training checkpoint, for generation and export (include/loom/run.h). */
+/* A model from a training checkpoint (either layout), for generation and export (include/loom/run.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "loom/ckpt.h"
 #include "loom/run.h"
@@ -11,35 +10,32 @@ loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_
                                        loom_model **model, loom_json **meta) {
     *model = NULL;
     *meta = NULL;
-    char file[LOOM_PATH_MAX + 32];
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(file, sizeof file, "%s/checkpoint.bin", path);
-    else snprintf(file, sizeof file, "%s", path);
-    loom_ckpt_reader *r = NULL;
-    char *text = NULL;
+    loom_run_ckpt *c = NULL;
     loom_json *j = NULL;
     loom_model *m = NULL;
+    loom_strbuf sb;
+    loom_strbuf_init(&sb);
     loom_status st;
-    LOOM_CALL_GOTO(st, loom_ckpt_open(file, &r), fail);
-    LOOM_CALL_GOTO(st, loom_ckpt_read_text(r, "meta", &text), fail);
-    LOOM_CALL_GOTO(st, loom_json_parse(text, strlen(text), &j), fail);
-    const loom_json *fmt = loom_json_get(j, "format");
-    LOOM_CHECK_GOTO(st, fmt && fmt->type == LOOM_JSON_STRING && !strcmp(fmt->string, "loom.train"), LOOM_ERR_FORMAT,
-                    fail, "%s is not a loom training checkpoint", file);
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(path, &c), fail);
+    /* the caller owns its copy of the metadata */
+    LOOM_CALL_GOTO(st, loom_json_serialize(loom_run_ckpt_meta(c), &sb), fail);
+    LOOM_CALL_GOTO(st, loom_json_parse(sb.buf, sb.len, &j), fail);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), fail);
     LOOM_CALL_GOTO(st, loom_model_init(&mc, be, comm, mem, 0, &m), fail);
-    LOOM_CALL_GOTO(st, loom_ckpt_read(r, "params", loom_model_params(m),
-                                      loom_model_buffer_size(m) * (int64_t)sizeof(float)), fail);
-    loom_ckpt_close(&r);
-    free(text);
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_buffer_size(m), LOOM_ERR_MISMATCH, fail,
+                    "%s holds %lld floats of parameters, its model config needs %lld", loom_run_ckpt_path(c),
+                    (long long)loom_run_ckpt_size(c), (long long)loom_model_buffer_size(m));
+    LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, loom_model_buffer_size(m), loom_model_params(m)), fail);
+    loom_run_ckpt_close(&c);
+    loom_strbuf_free(&sb);
     *model = m;
     *meta = j;
     return LOOM_OK;
 fail:
     loom_model_free(&m);
     loom_json_free(&j);
-    free(text);
-    loom_ckpt_close(&r);
+    loom_strbuf_free(&sb);
+    loom_run_ckpt_close(&c);
     return st;
 }

@@ -12,7 +12,8 @@
 #include <unistd.h>
 
 #include "loom/ckpt.h"
-#include "loom/run.h"
+
+#define LOOM_PATH_MAX 4096
 
 typedef struct {
     char file[2 * LOOM_PATH_MAX + 64];
