@@ -64,6 +64,36 @@ static loom_status read_all(int fd, void *buf, size_t n, uint64_t off, const cha
     return LOOM_OK;
 }
 
+/* The end of every atomic write: fd holds the complete new contents in tmp (st says whether writing them
+ * worked). fsync, close, rename over path, fsync the directory; on any failure tmp is removed and the old
+ * file stays as it was. */
+static loom_status commit_tmp(int fd, const char *tmp, const char *path, loom_status st) {
+    if (st == LOOM_OK && fsync(fd) != 0)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
+    if (close(fd) != 0 && st == LOOM_OK)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "close %s: %s", tmp, strerror(errno));
+    if (st != LOOM_OK) {
+        unlink(tmp);
+        loom_error_trace(__FILE__, __LINE__, __func__);
+        return st;
+    }
+    if (rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rename %s -> %s: %s", tmp, path,
+                              strerror(err));
+    }
+    /* make the rename itself durable */
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+    return LOOM_OK;
+}
+
 loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n) {
     LOOM_CHECK(n >= 0 && n <= CKPT_MAX_SECTIONS, LOOM_ERR_INVALID_ARG, "bad section count %d", n);
     ckpt_entry *e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
@@ -103,30 +133,8 @@ loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n)
         if (st == LOOM_OK) st = loom_io_write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
         pos = e[i].offset + e[i].nbytes;
     }
-    if (st == LOOM_OK && fsync(fd) != 0)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && st == LOOM_OK)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "close %s: %s", tmp, strerror(errno));
     free(e);
-    if (st != LOOM_OK) {
-        unlink(tmp); /* the old checkpoint stays as it was */
-        loom_error_trace(__FILE__, __LINE__, __func__);
-        return st;
-    }
-    if (rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rename %s -> %s: %s", tmp, path,
-                              strerror(err));
-    }
-    /* make the rename itself durable */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
+    LOOM_CALL(commit_tmp(fd, tmp, path, st));
     return LOOM_OK;
 }
 
@@ -234,23 +242,6 @@ loom_status loom_file_write_atomic(const char *path, const void *data, size_t n)
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     LOOM_CHECK(fd >= 0, LOOM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    loom_status st = loom_io_write_all(fd, data, n, tmp);
-    if (st == LOOM_OK && fsync(fd) != 0)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "fsync %s: %s", tmp, strerror(errno));
-    if (close(fd) != 0 && st == LOOM_OK)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "close %s: %s", tmp, strerror(errno));
-    if (st == LOOM_OK && rename(tmp, path) != 0)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rename %s -> %s: %s", tmp, path, strerror(errno));
-    if (st != LOOM_OK) {
-        unlink(tmp);
-        return st;
-    }
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
+    LOOM_CALL(commit_tmp(fd, tmp, path, loom_io_write_all(fd, data, n, tmp)));
     return LOOM_OK;
 }

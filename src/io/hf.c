@@ -413,30 +413,6 @@ static char *join(const char *dir, const char *name) {
     return p;
 }
 
-/* Writes a small text file atomically. */
-static loom_status write_text(const char *path, const char *text, size_t len) {
-    size_t n = strlen(path) + 32;
-    char *tmp = malloc(n);
-    LOOM_CHECK(tmp != NULL, LOOM_ERR_NOMEM, "out of memory");
-    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    loom_status st = LOOM_OK;
-    if (!f) st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
-    else {
-        int ok = fwrite(text, 1, len, f) == len;
-        ok = (fflush(f) == 0) && ok;
-        ok = (fsync(fileno(f)) == 0) && ok;
-        ok = (fclose(f) == 0) && ok;
-        if (!ok) st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "writing %s: %s", tmp, strerror(errno));
-        else if (rename(tmp, path) != 0)
-            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot rename %s to %s: %s", tmp, path,
-                                strerror(errno));
-        if (st != LOOM_OK) unlink(tmp);
-    }
-    free(tmp);
-    return st;
-}
-
 /* A model object for a config: the parameter layout (views) and a zeroed flat buffer. */
 typedef struct {
     loom_backend *be;
@@ -579,7 +555,7 @@ loom_status loom_hf_export(const char *ckpt, const char *out_dir, const loom_hf_
     LOOM_CHECK_GOTO(st, !cj.failed, LOOM_ERR_NOMEM, done, "out of memory");
     cfg_path = join(out_dir, "config.json");
     LOOM_CHECK_GOTO(st, cfg_path != NULL, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, write_text(cfg_path, cj.buf, cj.len), done);
+    LOOM_CALL_GOTO(st, loom_file_write_atomic(cfg_path, cj.buf, cj.len), done);
     st = LOOM_OK;
 done:
     loom_strbuf_free(&cj);
@@ -774,7 +750,7 @@ loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_
     loom_strbuf_printf(&tc, ",\n \"train\": {\"seq_len\": %lld}}\n",
                        (long long)(cfg.max_seq_len < 64 ? cfg.max_seq_len : 64));
     LOOM_CHECK_GOTO(st, !tc.failed, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, write_text(tc_path, tc.buf, tc.len), done);
+    LOOM_CALL_GOTO(st, loom_file_write_atomic(tc_path, tc.buf, tc.len), done);
     st = LOOM_OK;
 done:
     loom_strbuf_free(&meta);
