@@ -33,7 +33,6 @@ typedef struct {
     loom_comm *comm;
     const char *op;       /* "all-reduce", ... for error messages */
     uint64_t handle[2];   /* the implementation's request */
-    double started;       /* seconds (monotonic) */
     int active;
 } loom_comm_req;
 

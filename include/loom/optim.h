@@ -60,7 +60,6 @@ LOOM_NODISCARD loom_status loom_optim_step(loom_optim *o, loom_model *model, int
 /* The update of the range from explicit buffers: params and grads point at flat position `begin`. */
 LOOM_NODISCARD loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step, float *params,
                                                  const float *grads, loom_optim_stats *st);
-int64_t loom_optim_range_begin(const loom_optim *o);
 /* Global L2 norm of the gradients (deterministic). */
 double loom_optim_grad_norm(loom_optim *o, loom_model *model);
 /* State buffers for checkpoints: count (1 or 2) and each buffer of loom_optim_state_size floats. */

@@ -30,11 +30,9 @@
 
 typedef struct loom_zero loom_zero;
 
+/* (bytes moved per collective: loom_comm_get_stats of the dp communicator) */
 typedef struct {
-    double comm_wait_s;     /* blocked in waits since the last reset */
-    double backward_s;      /* compute time during which reductions could run (forward+backward) */
-    int64_t bytes_reduced;  /* gradient bytes this rank contributed to reductions */
-    int64_t bytes_gathered; /* parameter bytes this rank contributed to all-gathers */
+    double comm_wait_s;     /* blocked in gradient/parameter waits since the last reset */
 } loom_zero_stats;
 
 /* Collective over dp. Creates the model (tensor-parallel size 1) and the optimizer of this rank's part. */

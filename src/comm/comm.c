@@ -189,7 +189,6 @@ static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, i
     memset(r, 0, sizeof *r);
     r->comm = c;
     r->op = op;
-    r->started = loom_comm_now();
     c->stats.calls[k]++;
     c->stats.bytes[k] += bytes;
 }
@@ -234,40 +233,23 @@ loom_status loom_comm_irecv_f32(loom_comm *c, float *b, int64_t n, int src, int 
 loom_status loom_comm_allreduce_sum_f32(loom_comm *c, float *b, int64_t n) {
     BLOCKING(loom_comm_iallreduce_sum_f32(c, b, n, &r_));
 }
+/* the operations without a public non-blocking form: begin's bookkeeping, then the implementation's start */
 loom_status loom_comm_allreduce_sum_f64(loom_comm *c, double *b, int64_t n) {
-    loom_comm_req r_;
-    begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8);
-    LOOM_CALL(c->ops.iallreduce(c, b, n, LOOM_DT_F64, LOOM_OP_SUM, &r_));
-    LOOM_CALL(loom_comm_wait(&r_));
-    return LOOM_OK;
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8),
+              c->ops.iallreduce(c, b, n, LOOM_DT_F64, LOOM_OP_SUM, &r_)));
 }
 loom_status loom_comm_allreduce_max_i64(loom_comm *c, int64_t *b, int64_t n) {
-    loom_comm_req r_;
-    begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8);
-    LOOM_CALL(c->ops.iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_));
-    LOOM_CALL(loom_comm_wait(&r_));
-    return LOOM_OK;
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8),
+              c->ops.iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_)));
 }
 loom_status loom_comm_broadcast(loom_comm *c, void *b, int64_t n, int root) {
-    loom_comm_req r_;
-    begin(c, &r_, "broadcast", LOOM_COLL_BROADCAST, n);
-    LOOM_CALL(c->ops.ibroadcast(c, b, n, root, &r_));
-    LOOM_CALL(loom_comm_wait(&r_));
-    return LOOM_OK;
+    BLOCKING((begin(c, &r_, "broadcast", LOOM_COLL_BROADCAST, n), c->ops.ibroadcast(c, b, n, root, &r_)));
 }
 loom_status loom_comm_allgather_bytes(loom_comm *c, const void *s, int64_t n, void *rv) {
-    loom_comm_req r_;
-    begin(c, &r_, "all-gather", LOOM_COLL_ALLGATHER, n);
-    LOOM_CALL(c->ops.iallgather_bytes(c, s, n, rv, &r_));
-    LOOM_CALL(loom_comm_wait(&r_));
-    return LOOM_OK;
+    BLOCKING((begin(c, &r_, "all-gather", LOOM_COLL_ALLGATHER, n), c->ops.iallgather_bytes(c, s, n, rv, &r_)));
 }
 loom_status loom_comm_barrier(loom_comm *c) {
-    loom_comm_req r_;
-    begin(c, &r_, "barrier", LOOM_COLL_BARRIER, 0);
-    LOOM_CALL(c->ops.ibarrier(c, &r_));
-    LOOM_CALL(loom_comm_wait(&r_));
-    return LOOM_OK;
+    BLOCKING((begin(c, &r_, "barrier", LOOM_COLL_BARRIER, 0), c->ops.ibarrier(c, &r_)));
 }
 loom_status loom_comm_send_f32(loom_comm *c, const float *b, int64_t n, int dst, int tag) {
     BLOCKING(loom_comm_isend_f32(c, b, n, dst, tag, &r_));

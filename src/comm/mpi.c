@@ -58,75 +58,56 @@ static loom_status m_iallreduce(loom_comm *c, void *b, int64_t n, int dt, int op
     return LOOM_OK;
 }
 
-static loom_status to_int_counts(loom_comm *c, const int64_t *counts, int **ic, int **displ, const char *what) {
-    *ic = malloc((size_t)c->size * sizeof(int));
-    *displ = malloc((size_t)c->size * sizeof(int));
-    LOOM_CHECK(*ic && *displ, LOOM_ERR_NOMEM, "out of memory");
+/* MPI's int counts and displacements for a v-collective: one block (counts, then displacements) that must
+ * outlive the non-blocking call, so the request keeps it (second handle word) until it finishes. */
+static loom_status hold_counts(loom_comm *c, const int64_t *counts, loom_comm_req *r, int **ic, int **displ,
+                               const char *what) {
+    int *block = malloc(2 * (size_t)c->size * sizeof(int));
+    LOOM_CHECK(block != NULL, LOOM_ERR_NOMEM, "out of memory");
     int64_t off = 0;
     for (int i = 0; i < c->size; i++) {
-        LOOM_CALL(count_ok(c, off + counts[i], what));
-        (*ic)[i] = (int)counts[i];
-        (*displ)[i] = (int)off;
+        loom_status st = count_ok(c, off + counts[i], what);
+        if (st != LOOM_OK) {
+            free(block);
+            return st;
+        }
+        block[i] = (int)counts[i];
+        block[c->size + i] = (int)off;
         off += counts[i];
     }
+    memcpy(&r->handle[1], &block, sizeof block);
+    *ic = block;
+    *displ = block + c->size;
     return LOOM_OK;
 }
 
-/* the count arrays must outlive the non-blocking call: kept in the request's second handle word */
-static void keep_counts(loom_comm_req *r, int *ic, int *displ) {
-    int **kept = malloc(2 * sizeof(int *));
-    if (kept) {
-        kept[0] = ic;
-        kept[1] = displ;
-    }
-    memcpy(&r->handle[1], &kept, sizeof kept);
-}
-
 static void release_counts(loom_comm_req *r) {
-    int **kept = NULL;
-    memcpy(&kept, &r->handle[1], sizeof kept);
-    if (kept) {
-        free(kept[0]);
-        free(kept[1]);
-        free(kept);
-    }
+    int *block = NULL;
+    memcpy(&block, &r->handle[1], sizeof block);
+    free(block);
     memset(&r->handle[1], 0, sizeof r->handle[1]);
 }
 
 static loom_status m_ireduce_scatter(loom_comm *c, const float *s, float *rv, const int64_t *counts, loom_comm_req *r) {
-    int *ic = NULL, *displ = NULL;
-    loom_status st = to_int_counts(c, counts, &ic, &displ, "reduce-scatter");
-    if (st != LOOM_OK) {
-        free(ic);
-        free(displ);
-        return st;
-    }
+    int *ic, *displ;
+    LOOM_CALL(hold_counts(c, counts, r, &ic, &displ, "reduce-scatter"));
     int rc = MPI_Ireduce_scatter(s, rv, ic, MPI_FLOAT, MPI_SUM, comm_of(c), req_of(r));
     if (rc != MPI_SUCCESS) {
-        free(ic);
-        free(displ);
+        release_counts(r);
         return mpi_fail(c, rc, "reduce-scatter");
     }
-    keep_counts(r, ic, displ);
     armed(r);
     return LOOM_OK;
 }
 
 static loom_status m_iallgather(loom_comm *c, float *b, const int64_t *counts, loom_comm_req *r) {
-    int *ic = NULL, *displ = NULL;
-    loom_status st = to_int_counts(c, counts, &ic, &displ, "all-gather");
-    if (st != LOOM_OK) {
-        free(ic);
-        free(displ);
-        return st;
-    }
+    int *ic, *displ;
+    LOOM_CALL(hold_counts(c, counts, r, &ic, &displ, "all-gather"));
     int rc = MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, b, ic, displ, MPI_FLOAT, comm_of(c), req_of(r));
     if (rc != MPI_SUCCESS) {
-        free(ic);
-        free(displ);
+        release_counts(r);
         return mpi_fail(c, rc, "all-gather");
     }
-    keep_counts(r, ic, displ);
     armed(r);
     return LOOM_OK;
 }

@@ -123,42 +123,43 @@ static loom_status open_sharded(loom_run_ckpt *c, const char *file) {
     return LOOM_OK;
 }
 
-/* the newest of <dir>/checkpoint.bin and <dir>/checkpoint.json, or the file given */
-loom_status loom_run_ckpt_open(const char *path, loom_run_ckpt **out) {
+/* the file given: a manifest (.json) or a single-file checkpoint */
+static loom_status open_file(const char *path, loom_run_ckpt **out) {
     *out = NULL;
     loom_run_ckpt *c = calloc(1, sizeof *c);
     LOOM_CHECK(c != NULL, LOOM_ERR_NOMEM, "out of memory");
-    loom_status st;
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
-        char bin[LOOM_PATH_MAX + 32], man[LOOM_PATH_MAX + 32];
-        snprintf(bin, sizeof bin, "%s/checkpoint.bin", path);
-        snprintf(man, sizeof man, "%s/checkpoint.json", path);
-        int has_bin = access(bin, F_OK) == 0, has_man = access(man, F_OK) == 0;
-        LOOM_CHECK_GOTO(st, has_bin || has_man, LOOM_ERR_IO, fail, "%s holds no checkpoint (checkpoint.bin or checkpoint.json)",
-                        path);
-        if (has_bin && has_man) { /* both: the one of the later step */
-            loom_run_ckpt *a = NULL;
-            LOOM_CALL_GOTO(st, loom_run_ckpt_open(bin, &a), fail);
-            int64_t sa = meta_step(a->meta);
-            loom_run_ckpt_close(&a);
-            loom_json *m = NULL;
-            LOOM_CALL_GOTO(st, loom_json_parse_file(man, &m), fail);
-            int64_t sm = meta_step(loom_json_get(m, "meta"));
-            loom_json_free(&m);
-            has_bin = sa >= sm;
-        }
-        st = has_bin ? open_single(c, bin) : open_sharded(c, man);
-    } else {
-        size_t len = strlen(path);
-        st = (len > 5 && !strcmp(path + len - 5, ".json")) ? open_sharded(c, path) : open_single(c, path);
+    size_t len = strlen(path);
+    loom_status st = (len > 5 && !strcmp(path + len - 5, ".json")) ? open_sharded(c, path) : open_single(c, path);
+    if (st != LOOM_OK) {
+        loom_run_ckpt_close(&c);
+        return st;
     }
-    if (st != LOOM_OK) goto fail;
     *out = c;
     return LOOM_OK;
-fail:
-    loom_run_ckpt_close(&c);
-    return st;
+}
+
+/* a directory: the newer of its checkpoint.bin and checkpoint.json; else the file given */
+loom_status loom_run_ckpt_open(const char *path, loom_run_ckpt **out) {
+    *out = NULL;
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode)) return open_file(path, out);
+    char bin[LOOM_PATH_MAX + 32], man[LOOM_PATH_MAX + 32];
+    snprintf(bin, sizeof bin, "%s/checkpoint.bin", path);
+    snprintf(man, sizeof man, "%s/checkpoint.json", path);
+    const int has_bin = access(bin, F_OK) == 0, has_man = access(man, F_OK) == 0;
+    LOOM_CHECK(has_bin || has_man, LOOM_ERR_IO, "%s holds no checkpoint (checkpoint.bin or checkpoint.json)", path);
+    if (!has_bin || !has_man) return open_file(has_bin ? bin : man, out);
+    loom_run_ckpt *a = NULL, *b = NULL; /* both: the one of the later step */
+    LOOM_CALL(open_file(bin, &a));
+    loom_status st = open_file(man, &b);
+    if (st != LOOM_OK) {
+        loom_run_ckpt_close(&a);
+        return st;
+    }
+    const int bin_newer = meta_step(a->meta) >= meta_step(b->meta);
+    *out = bin_newer ? a : b;
+    loom_run_ckpt_close(bin_newer ? &b : &a);
+    return LOOM_OK;
 }
 
 void loom_run_ckpt_close(loom_run_ckpt **pc) {

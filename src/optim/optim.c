@@ -234,4 +234,3 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
 int loom_optim_num_state_buffers(const loom_optim *o) { return o->v ? 2 : 1; }
 float *loom_optim_state_buffer(loom_optim *o, int i) { return i == 0 ? o->m : (i == 1 ? o->v : NULL); }
 int64_t loom_optim_state_size(const loom_optim *o) { return o->size; }
-int64_t loom_optim_range_begin(const loom_optim *o) { return o->begin; }

@@ -83,7 +83,6 @@ static loom_status gather_start(loom_zero *z, int u) {
     const int64_t lo = max64(a, z->begin), hi = min64(b, z->end);
     if (hi > lo) memcpy(z->pfull + lo, z->pshard + (lo - z->begin), (size_t)(hi - lo) * sizeof(float));
     unit_counts(z, a, b);
-    z->stats.bytes_gathered += max64(0, hi - lo) * 4;
     LOOM_CALL(loom_comm_iallgather_f32(z->dp, z->pfull + a, z->counts, &z->preq[u]));
     z->pstate[u] = UNIT_GATHERING;
     loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, unit_bytes(z, u));
@@ -114,7 +113,7 @@ static loom_status hook_params_needed(void *ctx, int u, int dir) {
     }
     /* prefetch the unit this pass needs next, so its gather overlaps this unit's compute */
     int next = u + dir;
-    if (next >= 1 && next <= z->n_units - 1 && !(dir < 0 && next == 0) && z->pstate[next] == UNIT_ABSENT)
+    if (next >= 1 && next <= z->n_units - 1 && z->pstate[next] == UNIT_ABSENT)
         LOOM_CALL(gather_start(z, next));
     return LOOM_OK;
 }
@@ -180,7 +179,6 @@ static loom_status start_reduction(loom_zero *z, int u) {
     const int64_t a = z->unit_lo[u], b = z->unit_lo[u + 1];
     pending *p = &z->red[z->n_red++];
     p->unit = u;
-    z->stats.bytes_reduced += (b - a) * 4;
     if (z->stage < 2) {
         LOOM_CALL(loom_comm_iallreduce_sum_f32(z->dp, z->gfull + a, b - a, &p->req));
     } else {
@@ -361,7 +359,6 @@ loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     if (z->stage == 1 || z->stage == 2) { /* every rank needs the whole updated parameters */
         for (int r = 0; r < loom_comm_size(z->dp); r++) z->counts[r] = z->slice_lo[r + 1] - z->slice_lo[r];
         loom_comm_req req;
-        z->stats.bytes_gathered += (z->end - z->begin) * 4;
         LOOM_CALL(loom_comm_iallgather_f32(z->dp, z->pfull, z->counts, &req));
         LOOM_CALL(wait_req(z, &req));
     }

@@ -385,9 +385,10 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         if (strchr(tk, '/') && realpath(tk, abs)) tk = abs;
         snprintf(tr.tokenizer, sizeof tr.tokenizer, "%s", tk);
     }
-    const int64_t BT = t->batch * t->seq_len; /* global; this rank holds local_batch rows */
-    tr.tokens = malloc((size_t)BT * sizeof(int32_t));
-    tr.targets = malloc((size_t)BT * sizeof(int32_t));
+    const int64_t BT = t->batch * t->seq_len;              /* the global micro-batch's tokens */
+    const int64_t local_BT = tr.local_batch * t->seq_len;  /* this rank's rows of it */
+    tr.tokens = malloc((size_t)local_BT * sizeof(int32_t));
+    tr.targets = malloc((size_t)local_BT * sizeof(int32_t));
     LOOM_CHECK_GOTO(st, tr.tokens && tr.targets, LOOM_ERR_NOMEM, done, "out of memory");
     snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.bin", t->out);
     int64_t step = 0;
