@@ -2,7 +2,8 @@
 """Distributed training checks (issue 4), each against the single-process run:
 
   equivalence  gpt2-family (demo) and llama-family (llama-tiny, vocabulary 512) for 1, 2 and 4 ranks and
-               ZeRO 0-3, 20 steps, same global batch: losses equal the single-process losses within TOL
+               ZeRO 0-3 (stages 0-1 over both dp transports: node-shared memory and MPI collectives), 20
+               steps, same global batch: losses equal the single-process losses within TOL
   memory       per rank, parameters + gradients + optimizer state (fp32 AdamW) match ZeRO's formulas
                (16; 4+4+8/N; 4+12/N; 16/N bytes per parameter) within 5%
   reshard      4 ranks ZeRO-3 stopped at step 10, resumed at 2 ranks ZeRO-1 and at 1 rank: steps 11-20 equal
@@ -91,17 +92,19 @@ if "equivalence" in CHECKS or "memory" in CHECKS:
     worst = {}
     for fam, fargs in FAMILIES.items():
         for n in (1, 2, 4):
-            for z in (0, 1, 2, 3):
-                out = os.path.join(W, f"{fam}-n{n}-z{z}")
-                rc = train(n, out, fargs + COMMON, zero=z)
+            for z, tp in [(z, tp) for z in (0, 1, 2, 3)
+                          for tp in (("shm", "mpi") if n > 1 and z <= 1 else ("auto",))]:
+                out = os.path.join(W, f"{fam}-n{n}-z{z}-{tp}")
+                name = f"{fam} N={n} ZeRO-{z}" + (f" {tp}" if tp != "auto" else "")
+                rc = train(n, out, fargs + COMMON + ["--set", f"train.dp_transport={tp}"], zero=z)
                 if rc != 0:
-                    check(False, f"{fam} N={n} ZeRO-{z}: run failed")
+                    check(False, f"{name}: run failed")
                     continue
                 got = losses(out)
                 d = maxdiff(got, ref[fam], range(1, 21))
                 worst[fam] = max(worst.get(fam, 0), d)
                 if "equivalence" in CHECKS:
-                    check(d <= TOL, f"{fam} N={n} ZeRO-{z}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+                    check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
                 if "memory" in CHECKS and fam == "gpt2":
                     last = metrics(out)[-1]
                     nparam = None
@@ -112,7 +115,7 @@ if "equivalence" in CHECKS or "memory" in CHECKS:
                     for r, cats in enumerate(last["mem_rank_peak_bytes"]):
                         state = cats[0] + cats[1] + cats[2]
                         check(abs(state / formula - 1) <= 0.05,
-                              f"memory N={n} ZeRO-{z} rank {r}: params+grads+optim {state} bytes vs formula "
+                              f"memory {name} rank {r}: params+grads+optim {state} bytes vs formula "
                               f"{formula:.0f} ({100 * (state / formula - 1):+.2f}%)")
     print("largest loss difference from one process:", {k: f"{v:.2e}" for k, v in worst.items()})
 

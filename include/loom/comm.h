@@ -21,6 +21,7 @@
 #ifndef LOOM_COMM_H
 #define LOOM_COMM_H
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "loom/status.h"
@@ -102,6 +103,30 @@ LOOM_NODISCARD loom_status loom_comm_irecv_f32(loom_comm *comm, float *buf, int6
 LOOM_NODISCARD loom_status loom_comm_wait(loom_comm_req *req);
 /* Non-blocking progress: *done = 1 when finished (the request becomes inactive). */
 LOOM_NODISCARD loom_status loom_comm_test(loom_comm_req *req, int *done);
+
+/* ---- node-shared memory ----
+ * When every rank of a communicator runs on one node, each rank can own a segment that all the others
+ * address directly (MPI-3 shared windows). A reduction then reads the peers' buffers in place: one pass
+ * over memory instead of MPI's copies through its own buffers, which matters on a CPU, where moving bytes
+ * costs the same cores the model computes on. Ranks order their accesses with flags in the segments:
+ * loom_comm_shm_post publishes a value (release), loom_comm_shm_wait blocks until a peer's flag reaches one
+ * (acquire), under the communicator's timeout and interrupt like every other wait. */
+typedef struct loom_comm_shm loom_comm_shm;
+/* Collective: `bytes` per rank, zero-filled. LOOM_ERR_UNSUPPORTED (nothing allocated, no collective left
+ * pending) when the ranks span nodes, the communicator is not MPI's, or the node's shared-memory file
+ * system lacks room; the caller falls back to message passing. */
+LOOM_NODISCARD loom_status loom_comm_shm_alloc(loom_comm *comm, size_t bytes, loom_comm_shm **out);
+/* Collective. */
+void loom_comm_shm_free(loom_comm_shm **shm);
+/* Rank r's segment, in this process's address space. */
+void *loom_comm_shm_base(const loom_comm_shm *shm, int rank);
+void loom_comm_shm_post(uint64_t *flag, uint64_t value);
+LOOM_NODISCARD loom_status loom_comm_shm_wait(loom_comm_shm *shm, const uint64_t *flag, uint64_t value,
+                                              const char *op);
+/* Non-blocking: 1 when *flag >= value. */
+int loom_comm_shm_ready(const uint64_t *flag, uint64_t value);
+/* Counts a collective done through shared memory in the communicator's statistics. */
+void loom_comm_count(loom_comm *comm, loom_coll coll, int64_t bytes);
 
 /* ---- the process mesh ---- */
 

@@ -1,7 +1,8 @@
 /* loom/parallel.h: data parallelism with ZeRO stages 0-3 over the dp axis of the mesh.
  *
  *   loom_zero *z;
- *   LOOM_CALL(loom_zero_init(&model_cfg, &optim_cfg, stage, overlap, mesh.dp, be, &mem, &z));
+ *   loom_zero_options zo = {.stage = 1, .overlap = 1, .transport = LOOM_DP_AUTO};
+ *   LOOM_CALL(loom_zero_init(&model_cfg, &optim_cfg, &zo, mesh.dp, be, &mem, &z));
  *   loom_model *m = loom_zero_model(z);
  *   loom_zero_init_weights(z, seed);
  *   for each step:
@@ -21,7 +22,16 @@
  *            forward and again before its backward (the next unit prefetched), dropped after use
  * Units (loom_model_num_units) are the buckets: all-reduces and reduce-scatters start, non-blocking, the
  * moment a unit's gradients are final and overlap the rest of the backward pass. Transient gathered
- * parameters and not-yet-reduced unit gradients are accounted as workspace. */
+ * parameters and not-yet-reduced unit gradients are accounted as workspace.
+ *
+ * Transport. Between nodes the reductions are MPI's collectives. When every dp rank shares one node (and
+ * the stage is 0 or 1) the gradient buffers (and at stage 1 the parameter buffers) are node-shared segments
+ * (loom_comm_shm_alloc): each rank sums its slice of a unit straight out of every rank's gradients once all
+ * of them have posted that unit (rank order, so every rank computes the same sums), then copies the other
+ * slices (stage 0: gradients; stage 1: updated parameters) from their owners. That is one read of each
+ * peer byte instead of MPI's copy into and out of its transfer buffers: on a CPU the cores that move bytes
+ * are the ones that compute, so fewer bytes moved is the whole gain. Each rank still holds its own copy,
+ * so the memory per rank is that of the stage's formula. */
 #ifndef LOOM_PARALLEL_H
 #define LOOM_PARALLEL_H
 #include "loom/comm.h"
@@ -33,12 +43,27 @@ typedef struct loom_zero loom_zero;
 /* (bytes moved per collective: loom_comm_get_stats of the dp communicator) */
 typedef struct {
     double comm_wait_s;     /* blocked in gradient/parameter waits since the last reset */
+    double comm_work_s;     /* shared-memory transport: this core summing and copying peers' bytes */
 } loom_zero_stats;
 
+typedef enum {
+    LOOM_DP_AUTO = 0, /* node-shared memory where possible, else MPI */
+    LOOM_DP_MPI,      /* MPI collectives */
+    LOOM_DP_SHM       /* node-shared memory, or an error saying why not */
+} loom_dp_transport;
+
+typedef struct {
+    int stage;                   /* ZeRO stage 0-3 */
+    int overlap;                 /* reduce each unit as its gradients become final (0: all after backward) */
+    loom_dp_transport transport;
+} loom_zero_options;
+
 /* Collective over dp. Creates the model (tensor-parallel size 1) and the optimizer of this rank's part. */
-LOOM_NODISCARD loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, int stage,
-                                          int overlap, loom_comm *dp, loom_backend *be, loom_mem *mem,
-                                          loom_zero **out);
+LOOM_NODISCARD loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc,
+                                          const loom_zero_options *zo, loom_comm *dp, loom_backend *be,
+                                          loom_mem *mem, loom_zero **out);
+/* "MPI", "shared memory" or "none" (one rank). */
+const char *loom_zero_transport_name(const loom_zero *z);
 void loom_zero_free(loom_zero **z);
 loom_model *loom_zero_model(loom_zero *z);
 loom_optim *loom_zero_optim(loom_zero *z);

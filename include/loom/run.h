@@ -43,6 +43,7 @@ typedef struct {
     char mesh[64];          /* "dp=2,pp=1,tp=1,sp=1"; "" = dp over every rank */
     int64_t zero;           /* ZeRO stage 0-3 over dp */
     int dp_overlap;         /* start gradient reductions during the backward pass (0: after it, for measuring) */
+    int dp_transport;       /* loom_dp_transport: 0 auto, 1 MPI, 2 node-shared memory */
     double comm_timeout;    /* seconds a collective may block before the run fails (<= 0: forever) */
 } loom_train_config;
 

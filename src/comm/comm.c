@@ -73,7 +73,7 @@ static loom_status self_split(loom_comm *c, int color, int key, const char *name
 
 static const loom_comm_ops self_ops = {self_iallreduce, self_ireduce_scatter, self_iallgather, self_iallgather_bytes,
                                        self_ibroadcast, self_ibarrier, self_p2p, self_irecv, self_test, self_split,
-                                       NULL};
+                                       NULL, NULL, NULL};
 
 static loom_status self_make(const char *name, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);
@@ -145,33 +145,32 @@ loom_status loom_comm_test(loom_comm_req *r, int *done) {
     return LOOM_OK;
 }
 
-loom_status loom_comm_wait(loom_comm_req *r) {
-    if (!r->active) return LOOM_OK;
-    loom_comm *c = r->comm;
+/* Polls until ready(ctx, &err) says done (1), fails (< 0, err set) or the communicator's timeout or
+ * interrupt flag ends the wait with a message naming rank, operation and communicator. The time counts as
+ * waiting. Spins briefly (latency), then yields the core (ranks may outnumber cores), then sleeps. */
+static loom_status poll_wait(loom_comm *c, const char *op, int (*ready)(void *ctx, loom_status *err), void *ctx) {
     const double t0 = loom_comm_now();
     long spins = 0;
+    loom_status st = LOOM_OK;
     for (;;) {
-        int done = 0;
-        LOOM_CALL(loom_comm_test(r, &done));
-        if (done) break;
+        int r = ready(ctx, &st);
+        if (r < 0) break;
+        if (r > 0) break;
         double now = loom_comm_now();
         if (c->interrupt && *c->interrupt) {
-            c->stats.wait_seconds += now - t0;
-            r->active = 0;
-            return loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
-                                  "rank %d: interrupted by signal %d while waiting %.1f s in %s on communicator "
-                                  "'%s' (%d ranks); if a peer rank died, its launcher's message names it",
-                                  c->world_rank, (int)*c->interrupt, now - t0, r->op, c->name, c->size);
+            st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
+                                "rank %d: interrupted by signal %d while waiting %.1f s in %s on communicator "
+                                "'%s' (%d ranks); if a peer rank died, its launcher's message names it",
+                                c->world_rank, (int)*c->interrupt, now - t0, op, c->name, c->size);
+            break;
         }
         if (c->timeout_s > 0 && now - t0 > c->timeout_s) {
-            c->stats.wait_seconds += now - t0;
-            r->active = 0;
-            return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
-                                  "rank %d: %s on communicator '%s' (%d ranks) did not finish within %.0f s: a peer "
-                                  "rank is lost or stuck (comm.timeout sets the limit)",
-                                  c->world_rank, r->op, c->name, c->size, c->timeout_s);
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                                "rank %d: %s on communicator '%s' (%d ranks) did not finish within %.0f s: a peer "
+                                "rank is lost or stuck (comm.timeout sets the limit)",
+                                c->world_rank, op, c->name, c->size, c->timeout_s);
+            break;
         }
-        /* spin briefly (latency), then yield the core (ranks may outnumber cores), then sleep (long waits) */
         if (++spins > 2000) {
             if (now - t0 > 0.5) {
                 struct timespec ts = {0, 100000};
@@ -182,15 +181,94 @@ loom_status loom_comm_wait(loom_comm_req *r) {
         }
     }
     c->stats.wait_seconds += loom_comm_now() - t0;
+    return st;
+}
+
+static int req_ready(void *ctx, loom_status *err) {
+    int done = 0;
+    *err = loom_comm_test(ctx, &done);
+    return *err != LOOM_OK ? -1 : done;
+}
+
+loom_status loom_comm_wait(loom_comm_req *r) {
+    if (!r->active) return LOOM_OK;
+    loom_status st = poll_wait(r->comm, r->op, req_ready, r);
+    r->active = 0;
+    return st;
+}
+
+/* ---- node-shared memory ---- */
+
+struct loom_comm_shm {
+    loom_comm *comm;
+    void **base;
+    void *handle;
+};
+
+loom_status loom_comm_shm_alloc(loom_comm *c, size_t bytes, loom_comm_shm **out) {
+    *out = NULL;
+    LOOM_CHECK(c->ops.shm_alloc != NULL, LOOM_ERR_UNSUPPORTED, "communicator '%s' has no shared memory", c->name);
+    loom_comm_shm *s = calloc(1, sizeof *s);
+    void **base = calloc((size_t)c->size, sizeof(void *));
+    if (!s || !base) {
+        free(s);
+        free(base);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    loom_status st = c->ops.shm_alloc(c, bytes, base, &s->handle);
+    if (st != LOOM_OK) {
+        free(s);
+        free(base);
+        return st;
+    }
+    s->comm = c;
+    s->base = base;
+    *out = s;
     return LOOM_OK;
+}
+
+void loom_comm_shm_free(loom_comm_shm **ps) {
+    if (!ps || !*ps) return;
+    loom_comm_shm *s = *ps;
+    s->comm->ops.shm_free(s->comm, s->handle);
+    free(s->base);
+    free(s);
+    *ps = NULL;
+}
+
+void *loom_comm_shm_base(const loom_comm_shm *s, int r) { return s->base[r]; }
+
+void loom_comm_shm_post(uint64_t *flag, uint64_t v) { __atomic_store_n(flag, v, __ATOMIC_RELEASE); }
+
+int loom_comm_shm_ready(const uint64_t *flag, uint64_t v) { return __atomic_load_n(flag, __ATOMIC_ACQUIRE) >= v; }
+
+typedef struct {
+    const uint64_t *flag;
+    uint64_t value;
+} flag_wait;
+
+static int flag_ready(void *ctx, loom_status *err) {
+    const flag_wait *f = ctx;
+    *err = LOOM_OK;
+    return loom_comm_shm_ready(f->flag, f->value);
+}
+
+loom_status loom_comm_shm_wait(loom_comm_shm *s, const uint64_t *flag, uint64_t v, const char *op) {
+    if (loom_comm_shm_ready(flag, v)) return LOOM_OK;
+    flag_wait f = {flag, v};
+    return poll_wait(s->comm, op, flag_ready, &f);
+}
+
+void loom_comm_count(loom_comm *c, loom_coll k, int64_t bytes) {
+    c->stats.calls[k]++;
+    c->stats.bytes[k] += bytes;
 }
 
 static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, int64_t bytes) {
     memset(r, 0, sizeof *r);
     r->comm = c;
     r->op = op;
-    c->stats.calls[k]++;
-    c->stats.bytes[k] += bytes;
+    loom_comm_count(c, k, bytes);
 }
 
 loom_status loom_comm_iallreduce_sum_f32(loom_comm *c, float *b, int64_t n, loom_comm_req *r) {

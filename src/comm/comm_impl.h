@@ -19,6 +19,9 @@ typedef struct {
     int (*test)(loom_comm_req *, int *done, char *err, int errlen);
     loom_status (*split)(loom_comm *, int color, int key, const char *name, loom_comm **out);
     void (*free_impl)(loom_comm *);
+    /* node-shared segments (NULL: unsupported): base[r] = rank r's; *handle for shm_free */
+    loom_status (*shm_alloc)(loom_comm *, size_t bytes, void **base, void **handle);
+    void (*shm_free)(loom_comm *, void *handle);
 } loom_comm_ops;
 
 enum { LOOM_DT_F32 = 0, LOOM_DT_F64, LOOM_DT_I64 };

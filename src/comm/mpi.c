@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 
 #include "comm_impl.h"
 
@@ -179,8 +180,83 @@ static void m_free(loom_comm *c) {
 
 static loom_status m_split(loom_comm *c, int color, int key, const char *name, loom_comm **out);
 
+/* ---- node-shared segments: an MPI-3 shared window over the communicator, when it is one node ---- */
+
+typedef struct {
+    MPI_Comm node;
+    MPI_Win win;
+} shm_impl;
+
+/* Where Open MPI puts its shared-window backing files (osc_sm_backing_directory's default): pages are
+ * allocated on first touch, so a full file system would be a SIGBUS mid-step, not an error; check first. */
+static int shm_room(size_t bytes_per_node) {
+    const char *dir = getenv("OMPI_MCA_osc_sm_backing_directory");
+    struct statvfs v;
+    if (statvfs(dir && *dir ? dir : "/dev/shm", &v) != 0) return 1; /* not Linux's layout: let MPI decide */
+    return (double)v.f_bavail * (double)v.f_frsize >= 1.1 * (double)bytes_per_node + (64 << 20);
+}
+
+static loom_status m_shm_alloc(loom_comm *c, size_t bytes, void **base, void **handle) {
+    MPI_Comm node;
+    MPI_TRY(c, MPI_Comm_split_type(comm_of(c), MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node), "split by node");
+    int n = 0, ok;
+    MPI_Comm_size(node, &n);
+    ok = n == c->size && shm_room(bytes * (size_t)c->size); /* node ranks keep the communicator's order (key 0) */
+    int rc = MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, comm_of(c));
+    if (rc != MPI_SUCCESS || !ok) {
+        MPI_Comm_free(&node);
+        if (rc != MPI_SUCCESS) return mpi_fail(c, rc, "shared-memory agreement");
+        return loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
+                              "communicator '%s': its %d ranks are not all on one node, or the node's shared-memory "
+                              "file system lacks room for %zu bytes", c->name, c->size, bytes * (size_t)c->size);
+    }
+    shm_impl *im = calloc(1, sizeof *im);
+    if (!im) {
+        MPI_Comm_free(&node);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    im->node = node;
+    MPI_Comm_set_errhandler(node, MPI_ERRORS_RETURN);
+    MPI_Info info;
+    MPI_Info_create(&info);
+    MPI_Info_set(info, "alloc_shared_noncontig", "true"); /* each rank's segment in its own pages */
+    void *mine = NULL;
+    rc = MPI_Win_allocate_shared((MPI_Aint)bytes, 1, info, node, &mine, &im->win);
+    MPI_Info_free(&info);
+    if (rc != MPI_SUCCESS) {
+        MPI_Comm_free(&node);
+        free(im);
+        return mpi_fail(c, rc, "shared window allocation");
+    }
+    MPI_Win_set_errhandler(im->win, MPI_ERRORS_RETURN);
+    for (int r = 0; r < c->size; r++) {
+        MPI_Aint sz = 0;
+        int disp = 0;
+        MPI_Win_shared_query(im->win, r, &sz, &disp, &base[r]);
+    }
+    memset(mine, 0, bytes);
+    /* one passive epoch for the window's life; ranks order their accesses with their own flags */
+    MPI_Win_lock_all(MPI_MODE_NOCHECK, im->win);
+    MPI_Barrier(node); /* every segment zeroed before anyone reads a flag */
+    *handle = im;
+    return LOOM_OK;
+}
+
+static void m_shm_free(loom_comm *c, void *handle) {
+    (void)c;
+    shm_impl *im = handle;
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized) {
+        MPI_Win_unlock_all(im->win);
+        MPI_Win_free(&im->win);
+        MPI_Comm_free(&im->node);
+    }
+    free(im);
+}
+
 static const loom_comm_ops mpi_ops = {m_iallreduce, m_ireduce_scatter, m_iallgather, m_iallgather_bytes, m_ibroadcast,
-                                      m_ibarrier, m_isend, m_irecv, m_test, m_split, m_free};
+                                      m_ibarrier, m_isend, m_irecv, m_test, m_split, m_free, m_shm_alloc, m_shm_free};
 
 static loom_status wrap(MPI_Comm mc, int owns, int is_world, const char *name, int world_rank, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);

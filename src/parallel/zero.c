@@ -4,15 +4,20 @@
  *   params: stage < 3 a whole buffer; stage 3 a slice buffer plus a reserved (not resident) whole-size
  *           mapping into which units are gathered and from which their pages are dropped after use
  *   grads:  stage < 2 a whole buffer; stage >= 2 a slice buffer plus such a mapping for unit gradients
- * The mappings keep the model's indexing (params + offset) unchanged: only residency changes. */
+ * The mappings keep the model's indexing (params + offset) unchanged: only residency changes.
+ * With the node-shared transport (stages 0-1) the whole gradient buffer (and at stage 1 the parameter
+ * buffer) is this rank's segment of a shared window instead, with the flags that order the ranks. */
 #include <string.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "loom/log.h"
 #include "loom/parallel.h"
 
 enum { UNIT_ABSENT = 0, UNIT_GATHERING, UNIT_RESIDENT };
+enum { OWN_MEM = 1, OWN_MAP, OWN_SHM };
 
 typedef struct {
     int unit;
@@ -34,7 +39,7 @@ struct loom_zero {
     float *pshard, *gshard; /* this rank's slice (aliases into pfull/gfull below the sharding stage) */
     float *rs_tmp;          /* stage >= 2: reduce-scatter results, slice-indexed */
     size_t map_bytes;       /* size of each whole-size mapping */
-    int owns_pfull, owns_gfull; /* 1: loom_mem buffer; 2: mapping; 0: none */
+    int owns_pfull, owns_gfull; /* 0: the model's; OWN_MEM, OWN_MAP or OWN_SHM */
     /* stage 3 parameter residency */
     int *pstate;
     loom_comm_req *preq;
@@ -45,6 +50,12 @@ struct loom_zero {
     int64_t micro;
     int last_micro;
     int *gres;              /* stage >= 2: unit gradients resident (accounted) */
+    /* node-shared transport (stages 0-1): per rank [flags][gradients] and, at stage 1, [parameters] */
+    loom_comm_shm *gwin, *pwin;
+    size_t flags_bytes;
+    uint64_t epoch;         /* reduction rounds so far; a flag at `epoch` means "done this round" */
+    int *queue;             /* units this rank posted this round, in order; [queue_head, n_queue) unreduced */
+    int n_queue, queue_head;
     int64_t *counts;        /* scratch [N] */
     loom_zero_stats stats;
 };
@@ -93,6 +104,93 @@ static loom_status wait_req(loom_zero *z, loom_comm_req *r) {
     double w0 = loom_comm_get_stats(z->dp).wait_seconds;
     LOOM_CALL(loom_comm_wait(r));
     z->stats.comm_wait_s += loom_comm_get_stats(z->dp).wait_seconds - w0;
+    return LOOM_OK;
+}
+
+/* ---- node-shared transport ----
+ * Flags, one 64-byte line each at the start of every rank's gradient segment: READY + u (this rank's unit u
+ * gradients are final), then REDUCED (every slice this rank owns is summed), UPDATED (stage 1: this rank's
+ * parameter slice is updated), COPIED (stage 0: this rank has copied every other slice). A flag holds the
+ * round (epoch) it was last posted in. */
+enum { FLAG_LINE = 64 };
+#define SLOT_READY(u) (u)
+#define SLOT_REDUCED(z) ((z)->n_units)
+#define SLOT_UPDATED(z) ((z)->n_units + 1)
+#define SLOT_COPIED(z) ((z)->n_units + 2)
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static uint64_t *flag_of(const loom_zero *z, int rank, int slot) {
+    return (uint64_t *)((char *)loom_comm_shm_base(z->gwin, rank) + (size_t)slot * FLAG_LINE);
+}
+static float *grads_of(const loom_zero *z, int rank) {
+    return (float *)((char *)loom_comm_shm_base(z->gwin, rank) + z->flags_bytes);
+}
+static float *params_of(const loom_zero *z, int rank) { return loom_comm_shm_base(z->pwin, rank); }
+
+static loom_status wait_flag(loom_zero *z, int rank, int slot, const char *op) {
+    double w0 = loom_comm_get_stats(z->dp).wait_seconds;
+    LOOM_CALL(loom_comm_shm_wait(z->gwin, flag_of(z, rank, slot), z->epoch, op));
+    z->stats.comm_wait_s += loom_comm_get_stats(z->dp).wait_seconds - w0;
+    return LOOM_OK;
+}
+
+/* This rank's slice of unit u, summed over the ranks in rank order (so every rank's sums are the same
+ * numbers whichever rank computes them), written into its own gradients. */
+static void shm_reduce_unit(loom_zero *z, int u) {
+    const int N = loom_comm_size(z->dp);
+    const int64_t lo = max64(z->unit_lo[u], z->begin), hi = min64(z->unit_lo[u + 1], z->end);
+    const double t0 = now_s();
+    enum { CHUNK = 2048 }; /* 8 KiB of partial sums stay in L1 while the peers stream past */
+    float acc[CHUNK];
+    float *dst = z->gfull;
+    for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
+        const int64_t m = min64(CHUNK, hi - i0);
+        const float *g0 = grads_of(z, 0) + i0, *g1 = grads_of(z, 1) + i0;
+        for (int64_t i = 0; i < m; i++) acc[i] = g0[i] + g1[i];
+        for (int q = 2; q < N; q++) {
+            const float *g = grads_of(z, q) + i0;
+            for (int64_t i = 0; i < m; i++) acc[i] += g[i];
+        }
+        memcpy(dst + i0, acc, (size_t)m * sizeof(float));
+    }
+    z->stats.comm_work_s += now_s() - t0;
+    loom_comm_count(z->dp, LOOM_COLL_REDUCE_SCATTER, unit_bytes(z, u));
+}
+
+/* Reduces the posted units whose peers have posted them too, in order; `block`: wait for every one. */
+static loom_status shm_progress(loom_zero *z, int block) {
+    const int N = loom_comm_size(z->dp);
+    while (z->queue_head < z->n_queue) {
+        const int u = z->queue[z->queue_head];
+        for (int q = 0; q < N; q++) {
+            if (loom_comm_shm_ready(flag_of(z, q, SLOT_READY(u)), z->epoch)) continue;
+            if (!block) return LOOM_OK;
+            LOOM_CALL(wait_flag(z, q, SLOT_READY(u), "shared-memory reduce-scatter"));
+        }
+        shm_reduce_unit(z, u);
+        z->queue_head++;
+    }
+    return LOOM_OK;
+}
+
+/* Copies every other rank's slice of `src_of(q)` into `dst` once rank q has posted `slot`. */
+static loom_status shm_gather(loom_zero *z, float *dst, float *(*src_of)(const loom_zero *, int), int slot,
+                              const char *op) {
+    const int N = loom_comm_size(z->dp), me = loom_comm_rank(z->dp);
+    for (int k = 1; k < N; k++) {
+        const int q = (me + k) % N; /* start at different peers: the ranks do not all read one segment */
+        LOOM_CALL(wait_flag(z, q, slot, op));
+        const double t0 = now_s();
+        const int64_t a = z->slice_lo[q], b = z->slice_lo[q + 1];
+        memcpy(dst + a, src_of(z, q) + a, (size_t)(b - a) * sizeof(float));
+        z->stats.comm_work_s += now_s() - t0;
+    }
+    loom_comm_count(z->dp, LOOM_COLL_ALLGATHER, (z->end - z->begin) * 4);
     return LOOM_OK;
 }
 
@@ -148,6 +246,7 @@ static void reduce_scatter_done(loom_zero *z, int u) {
 
 /* tests the reductions in flight (MPI progresses non-blocking collectives inside its calls) */
 static loom_status progress(loom_zero *z) {
+    if (z->gwin) return z->overlap ? shm_progress(z, 0) : LOOM_OK;
     for (int i = 0; i < z->n_red; i++) {
         int done = 0;
         LOOM_CALL(loom_comm_test(&z->red[i].req, &done));
@@ -167,6 +266,11 @@ static loom_status progress(loom_zero *z) {
 }
 
 static loom_status finish_reductions(loom_zero *z) {
+    if (z->gwin) {
+        LOOM_CALL(shm_progress(z, 1));
+        z->n_queue = z->queue_head = 0;
+        return LOOM_OK;
+    }
     for (int i = 0; i < z->n_red; i++) {
         LOOM_CALL(wait_req(z, &z->red[i].req));
         if (z->stage >= 2) reduce_scatter_done(z, z->red[i].unit);
@@ -198,15 +302,49 @@ static loom_status hook_grads_done(void *ctx, int u) {
     loom_zero *z = ctx;
     if (z->stage < 2 && !z->last_micro) return LOOM_OK; /* accumulate locally; reduce once */
     if (loom_comm_size(z->dp) == 1 && z->stage < 2) return LOOM_OK;
+    if (z->gwin) {
+        loom_comm_shm_post(flag_of(z, loom_comm_rank(z->dp), SLOT_READY(u)), z->epoch);
+        z->queue[z->n_queue++] = u;
+        return progress(z);
+    }
     LOOM_CALL(start_reduction(z, u));
     return progress(z);
 }
 
 /* ---- set-up ---- */
 
-loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, int stage, int overlap,
+/* Stages 0-1 on one node: the gradient (and stage-1 parameter) buffers become shared segments. Returns
+ * LOOM_ERR_UNSUPPORTED (after the collective attempt) when the node cannot share them. */
+static loom_status shm_setup(loom_zero *z) {
+    z->flags_bytes = ((size_t)(z->n_units + 3) * FLAG_LINE + 4095) / 4096 * 4096;
+    const size_t gbytes = (size_t)z->n * sizeof(float);
+    LOOM_CALL(loom_comm_shm_alloc(z->dp, z->flags_bytes + gbytes, &z->gwin));
+    if (z->stage == 1) {
+        loom_status st = loom_comm_shm_alloc(z->dp, gbytes, &z->pwin);
+        if (st != LOOM_OK) {
+            loom_comm_shm_free(&z->gwin);
+            return st;
+        }
+    }
+    const int me = loom_comm_rank(z->dp);
+    z->gfull = grads_of(z, me);
+    z->owns_gfull = OWN_SHM;
+    loom_mem_track(z->mem, LOOM_MEM_GRADS, (int64_t)gbytes);
+    loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, (int64_t)z->flags_bytes);
+    if (z->pwin) {
+        z->pfull = params_of(z, me);
+        z->owns_pfull = OWN_SHM;
+        loom_mem_track(z->mem, LOOM_MEM_PARAMS, (int64_t)gbytes);
+    }
+    z->queue = calloc((size_t)z->n_units, sizeof(int));
+    LOOM_CHECK(z->queue != NULL, LOOM_ERR_NOMEM, "out of memory");
+    return LOOM_OK;
+}
+
+loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, const loom_zero_options *zo,
                            loom_comm *dp, loom_backend *be, loom_mem *mem, loom_zero **out) {
     *out = NULL;
+    const int stage = zo->stage, overlap = zo->overlap;
     LOOM_CHECK(stage >= 0 && stage <= 3, LOOM_ERR_CONFIG, "zero stage must be 0, 1, 2 or 3, got %d", stage);
     loom_zero *z = calloc(1, sizeof *z);
     LOOM_CHECK(z != NULL, LOOM_ERR_NOMEM, "out of memory");
@@ -217,7 +355,11 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->mem = mem;
     loom_status st;
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
-    int flags = LOOM_MODEL_GRADS | (stage >= 3 ? LOOM_MODEL_EXTERNAL_PARAMS : 0) | (stage >= 2 ? LOOM_MODEL_EXTERNAL_GRADS : 0);
+    const int try_shm = N > 1 && zo->transport != LOOM_DP_MPI;
+    LOOM_CHECK_GOTO(st, zo->transport != LOOM_DP_SHM || stage <= 1, LOOM_ERR_CONFIG, fail,
+                    "the shared-memory dp transport serves ZeRO stages 0 and 1 (stage %d reduces through MPI)", stage);
+    int flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
+                (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0);
     loom_comm *tp_self = NULL;
     LOOM_CALL_GOTO(st, loom_comm_init_self(&tp_self), fail);
     st = loom_model_init(mc, be, tp_self, mem, flags, &z->model);
@@ -241,21 +383,38 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     for (int u = 0; u < z->n_units; u++) loom_model_unit_range(z->model, u, &z->unit_lo[u], &z->unit_lo[u + 1]);
     const int64_t slice = z->end - z->begin;
     z->map_bytes = (size_t)z->n * sizeof(float);
+    if (try_shm && stage <= 1) {
+        st = shm_setup(z);
+        if (st == LOOM_ERR_UNSUPPORTED && zo->transport == LOOM_DP_AUTO) {
+            LOOM_INFO("dp transport: MPI (%s)", loom_error_message());
+            loom_error_clear();
+        } else {
+            LOOM_CALL_GOTO(st, st, fail);
+        }
+    }
+    if (try_shm && stage <= 1 && !z->gwin) { /* no shared segments after all: this rank's own buffers */
+        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, z->map_bytes, (void **)&z->gfull), fail);
+        z->owns_gfull = OWN_MEM;
+        if (stage == 1) {
+            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, z->map_bytes, (void **)&z->pfull), fail);
+            z->owns_pfull = OWN_MEM;
+        }
+    }
     if (stage >= 3) {
         LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->pfull), fail);
-        z->owns_pfull = 2;
+        z->owns_pfull = OWN_MAP;
         LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)slice * sizeof(float), (void **)&z->pshard), fail);
     } else {
-        z->pfull = loom_model_params(z->model);
+        if (!z->owns_pfull) z->pfull = loom_model_params(z->model);
         z->pshard = z->pfull + z->begin;
     }
     if (stage >= 2) {
         LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->gfull), fail);
-        z->owns_gfull = 2;
+        z->owns_gfull = OWN_MAP;
         LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)slice * sizeof(float), (void **)&z->gshard), fail);
         LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)slice * sizeof(float), (void **)&z->rs_tmp), fail);
     } else {
-        z->gfull = loom_model_grads(z->model);
+        if (!z->owns_gfull) z->gfull = loom_model_grads(z->model);
         z->gshard = z->gfull + z->begin;
     }
     loom_model_set_buffers(z->model, z->pfull, z->gfull);
@@ -280,15 +439,27 @@ void loom_zero_free(loom_zero **pz) {
         if (loom_comm_wait(&z->preq[u]) != LOOM_OK) break;
     const int64_t slice = z->end - z->begin;
     loom_optim_free(&z->opt);
-    if (z->owns_pfull == 2) {
+    if (z->owns_pfull == OWN_MAP) {
         munmap(z->pfull, z->map_bytes);
         loom_mem_free(z->mem, LOOM_MEM_PARAMS, z->pshard, (size_t)slice * sizeof(float));
     }
-    if (z->owns_gfull == 2) {
+    if (z->owns_gfull == OWN_MAP) {
         munmap(z->gfull, z->map_bytes);
         loom_mem_free(z->mem, LOOM_MEM_GRADS, z->gshard, (size_t)slice * sizeof(float));
         loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->rs_tmp, (size_t)slice * sizeof(float));
     }
+    if (z->owns_pfull == OWN_MEM) loom_mem_free(z->mem, LOOM_MEM_PARAMS, z->pfull, z->map_bytes);
+    if (z->owns_gfull == OWN_MEM) loom_mem_free(z->mem, LOOM_MEM_GRADS, z->gfull, z->map_bytes);
+    if (z->pwin) {
+        loom_mem_track(z->mem, LOOM_MEM_PARAMS, -(int64_t)z->map_bytes);
+        loom_comm_shm_free(&z->pwin);
+    }
+    if (z->gwin) {
+        loom_mem_track(z->mem, LOOM_MEM_GRADS, -(int64_t)z->map_bytes);
+        loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, -(int64_t)z->flags_bytes);
+        loom_comm_shm_free(&z->gwin);
+    }
+    free(z->queue);
     loom_model_free(&z->model);
     free(z->slice_lo);
     free(z->counts);
@@ -302,6 +473,9 @@ void loom_zero_free(loom_zero **pz) {
 }
 
 loom_model *loom_zero_model(loom_zero *z) { return z->model; }
+const char *loom_zero_transport_name(const loom_zero *z) {
+    return loom_comm_size(z->dp) == 1 ? "none" : z->gwin ? "shared memory" : "MPI";
+}
 loom_optim *loom_zero_optim(loom_zero *z) { return z->opt; }
 int loom_zero_stage(const loom_zero *z) { return z->stage; }
 
@@ -337,6 +511,7 @@ loom_status loom_zero_load(loom_zero *z, loom_zero_reader read, void *ctx) {
 void loom_zero_begin_micro(loom_zero *z, int64_t micro, int last) {
     z->micro = micro;
     z->last_micro = last;
+    if (z->gwin && last) z->epoch++; /* a new reduction round */
     if (z->stage >= 2) /* the head's units: their gradients are written from the first backward kernel */
         for (int u = 0; u < z->n_units; u += z->n_units - 1)
             if (!z->gres[u]) {
@@ -352,7 +527,25 @@ loom_status loom_zero_end_micro(loom_zero *z) {
     return LOOM_OK;
 }
 
+/* The node-shared step: every flag wait below is what keeps a rank from rewriting a buffer a peer still
+ * reads (gradients are rewritten by the next backward, parameter slices by the next update). */
+static loom_status shm_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
+    const int me = loom_comm_rank(z->dp), N = loom_comm_size(z->dp);
+    LOOM_CALL(finish_reductions(z));
+    loom_comm_shm_post(flag_of(z, me, SLOT_REDUCED(z)), z->epoch);
+    if (z->stage == 0) { /* every rank needs the whole reduced gradient */
+        LOOM_CALL(shm_gather(z, z->gfull, grads_of, SLOT_REDUCED(z), "shared-memory all-gather"));
+        loom_comm_shm_post(flag_of(z, me, SLOT_COPIED(z)), z->epoch);
+        for (int q = 0; q < N; q++) LOOM_CALL(wait_flag(z, q, SLOT_COPIED(z), "shared-memory all-gather"));
+        return loom_optim_step(z->opt, z->model, step, st);
+    }
+    LOOM_CALL(loom_optim_step_range(z->opt, z->model, step, z->pshard, z->gshard, st));
+    loom_comm_shm_post(flag_of(z, me, SLOT_UPDATED(z)), z->epoch);
+    return shm_gather(z, z->pfull, params_of, SLOT_UPDATED(z), "shared-memory all-gather");
+}
+
 loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
+    if (z->gwin) return shm_step(z, step, st);
     LOOM_CALL(finish_reductions(z));
     if (z->stage == 0) LOOM_CALL(loom_optim_step(z->opt, z->model, step, st));
     else LOOM_CALL(loom_optim_step_range(z->opt, z->model, step, z->pshard, z->gshard, st));

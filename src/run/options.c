@@ -22,6 +22,7 @@ static const char *const family_choices[] = {"gpt2", "llama", NULL};
 static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
 static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
 static const char *const rc_choices[] = {"none", "attn", "full", NULL};
+static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
 
 #define M(f) offsetof(loom_run_config, model.f)
 #define O(f) offsetof(loom_run_config, optim.f)
@@ -82,6 +83,7 @@ static const option options[] = {
     {"train.mesh", OPT_STRING, T(mesh), S(mesh), NULL, "process mesh, e.g. dp=4 (--mesh; default: dp = every MPI rank)"},
     {"train.zero", OPT_INT, T(zero), 0, NULL, "ZeRO stage over dp: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters (--zero)"},
     {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
+    {"train.dp_transport", OPT_ENUM, T(dp_transport), 0, transport_choices, "gradient reductions: auto (node-shared memory when every dp rank is on one node, stages 0-1), mpi, shm"},
     {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])

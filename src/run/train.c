@@ -85,7 +85,7 @@ typedef struct {
     double peak_gflops;
     char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
     loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
-    int64_t *rank_mem;             /* [dp][2][categories] */
+    int64_t *rank_mem;             /* [dp][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
 } trainer;
 
 static loom_status save_checkpoint(trainer *tr, int64_t step) {
@@ -242,13 +242,18 @@ static void print_profile(loom_backend *be, double total_s) {
     printf("  %-12s %10s %10.3f %6.1f%%\n", "other", "", total_s - ksum, 100.0 * (total_s - ksum) / total_s);
 }
 
-/* every rank's memory by category: [rank][category] current bytes, peak bytes (collective) */
-static loom_status gather_memory(trainer *tr, int64_t *all) {
-    int64_t mine[2 * LOOM_MEM_N_CATEGORIES];
+/* every rank's row: current bytes and peak bytes by category, then this step's communication wait and work
+ * in microseconds (collective) */
+enum { RANK_ROW = 2 * LOOM_MEM_N_CATEGORIES + 2 };
+static loom_status gather_rank_stats(trainer *tr, int64_t *all) {
+    int64_t mine[RANK_ROW];
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++) {
         mine[c] = tr->mem.current[c];
         mine[LOOM_MEM_N_CATEGORIES + c] = tr->mem.peak[c];
     }
+    const loom_zero_stats zs = loom_zero_get_stats(tr->zero);
+    mine[2 * LOOM_MEM_N_CATEGORIES] = (int64_t)(zs.comm_wait_s * 1e6);
+    mine[2 * LOOM_MEM_N_CATEGORIES + 1] = (int64_t)(zs.comm_work_s * 1e6);
     if (tr->dp == 1) {
         memcpy(all, mine, sizeof mine);
         return LOOM_OK;
@@ -257,7 +262,7 @@ static loom_status gather_memory(trainer *tr, int64_t *all) {
 }
 
 static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom_optim_stats *os, double tok_s,
-                               double mfu, double ms, double comm_wait_ms, const int64_t *rank_mem) {
+                               double mfu, double ms, const int64_t *rank_mem) {
     if (!tr->metrics) return;
     loom_strbuf sb;
     loom_strbuf_init(&sb);
@@ -273,15 +278,22 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
         loom_strbuf_printf(&sb, ",\"mem_peak_%s\":%lld", loom_mem_category_name((loom_mem_category)c),
                            (long long)tr->mem.peak[c]);
-    loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f", (long long)loom_mem_process_peak_rss(),
-                       tr->dp, comm_wait_ms);
+    /* communication per step, averaged over the dp ranks: blocked waiting, and (node-shared transport) this
+     * rank's cores summing and copying peers' bytes */
+    double wait_us = 0, work_us = 0;
+    for (int r = 0; r < tr->dp; r++) {
+        wait_us += (double)rank_mem[r * RANK_ROW + 2 * LOOM_MEM_N_CATEGORIES];
+        work_us += (double)rank_mem[r * RANK_ROW + 2 * LOOM_MEM_N_CATEGORIES + 1];
+    }
+    loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f,\"comm_work_ms\":%.3f",
+                       (long long)loom_mem_process_peak_rss(), tr->dp, wait_us / 1e3 / tr->dp, work_us / 1e3 / tr->dp);
     /* per rank, peak bytes by category [params, grads, optim, acts, workspace] */
     loom_strbuf_printf(&sb, ",\"mem_rank_peak_bytes\":[");
     for (int r = 0; r < tr->dp; r++) {
         loom_strbuf_printf(&sb, "%s[", r ? "," : "");
         for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
             loom_strbuf_printf(&sb, "%s%lld", c ? "," : "",
-                               (long long)rank_mem[r * 2 * LOOM_MEM_N_CATEGORIES + LOOM_MEM_N_CATEGORIES + c]);
+                               (long long)rank_mem[r * RANK_ROW + LOOM_MEM_N_CATEGORIES + c]);
         loom_strbuf_printf(&sb, "]");
     }
     loom_strbuf_printf(&sb, "]}\n");
@@ -357,7 +369,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                     "train.batch %lld is the global micro-batch: it must divide evenly over dp=%d ranks",
                     (long long)t->batch, tr.dp);
     tr.local_batch = t->batch / tr.dp;
-    tr.rank_mem = calloc((size_t)tr.dp * 2 * LOOM_MEM_N_CATEGORIES, sizeof(int64_t));
+    tr.rank_mem = calloc((size_t)tr.dp * RANK_ROW, sizeof(int64_t));
     LOOM_CHECK_GOTO(st, tr.rank_mem != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     const int synthetic = strcmp(t->data, "synthetic") == 0;
     LOOM_CALL_GOTO(st, loom_data_open(t->data, synthetic ? rc->model.vocab_size : 0, t->val_fraction,
@@ -373,8 +385,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     }
     LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
     LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.dp_rank, tr.dp), done);
-    LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, (int)t->zero, t->dp_overlap, tr.mesh.dp, tr.be, &tr.mem,
-                                      &tr.zero), done);
+    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport};
+    LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.mesh.dp, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
     LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, tr.local_batch, t->seq_len, t->recompute), done);
@@ -427,9 +439,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
               loom_backend_threads(tr.be), loom_backend_gemm_kernel(tr.be), peak_gflops,
               peak_kernel ? peak_kernel : "unmeasured");
     if (tr.dp > 1)
-        LOOM_INFO("data parallel: %d ranks (%s), ZeRO-%lld, %lld sequences per rank per micro-step, gradient "
-                  "reduction %s; this rank holds params %.1f, grads %.1f, optim %.1f MiB",
-                  tr.dp, loom_comm_have_mpi() ? "MPI" : "self", (long long)t->zero, (long long)tr.local_batch,
+        LOOM_INFO("data parallel: %d ranks (reductions through %s), ZeRO-%lld, %lld sequences per rank per "
+                  "micro-step, gradient reduction %s; this rank holds params %.1f, grads %.1f, optim %.1f MiB",
+                  tr.dp, loom_zero_transport_name(tr.zero), (long long)t->zero, (long long)tr.local_batch,
                   t->dp_overlap ? "overlapped with the backward pass" : "after the backward pass",
                   tr.mem.current[LOOM_MEM_PARAMS] / 1048576.0, tr.mem.current[LOOM_MEM_GRADS] / 1048576.0,
                   tr.mem.current[LOOM_MEM_OPTIM] / 1048576.0);
@@ -465,9 +477,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         t_train += dt;
         double tok_s = (double)tokens_per_step / dt;
         double mfu = world_peak > 0 ? flops_tok * tok_s / (world_peak * 1e9) : 0.0;
-        LOOM_CALL_GOTO(st, gather_memory(&tr, tr.rank_mem), done);
-        write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3, loom_zero_get_stats(tr.zero).comm_wait_s * 1e3,
-                           tr.rank_mem);
+        LOOM_CALL_GOTO(st, gather_rank_stats(&tr, tr.rank_mem), done);
+        write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3, tr.rank_mem);
         char eta[32];
         fmt_duration(eta, sizeof eta, t_train / (double)(step - first_step) * (double)(t->steps - step));
         if (tty) {
@@ -528,7 +539,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
                tr.dp > 1 ? t->out : tr.ckpt_path);
         for (int r = 0; tr.dp > 1 && r < tr.dp; r++) {
-            const int64_t *pk = tr.rank_mem + r * 2 * LOOM_MEM_N_CATEGORIES + LOOM_MEM_N_CATEGORIES;
+            const int64_t *pk = tr.rank_mem + r * RANK_ROW + LOOM_MEM_N_CATEGORIES;
             printf("  rank %d peak MiB: params %.1f, grads %.1f, optim %.1f, acts %.1f, workspace %.1f\n", r,
                    pk[0] / 1048576.0, pk[1] / 1048576.0, pk[2] / 1048576.0, pk[3] / 1048576.0, pk[4] / 1048576.0);
         }
