@@ -8,6 +8,12 @@
                (16; 4+4+8/N; 4+12/N; 16/N bytes per parameter) within 5%
   reshard      4 ranks ZeRO-3 stopped at step 10, resumed at 2 ranks ZeRO-1 and at 1 rank: steps 11-20 equal
                the uninterrupted 4-rank run within TOL
+  tensor       tensor parallel (Megatron 1D) for tp=2 and 4 and dp=2 x tp=2 (ZeRO-1 and ZeRO-3), both families:
+               losses within TOL of one process; the tp all-reduces counted per step equal the analytic count
+               (4 L + 2 of B/dp x T x d floats: the embedding, 2 per block forward, 2 per block backward, the
+               head's input gradient; plus the vocabulary-parallel loss's row maxima (N) and sums (2 N) and the
+               gradient norm (1 double)); checkpoints written at dp=2 x tp=2 resume at tp=1 and at tp=1 resume
+               at tp=4, continuing within TOL
   killed       one of 4 ranks killed -9: the job ends within 60 s with an error naming the lost rank, and the
                last checkpoint verifies and resumes
 
@@ -29,7 +35,7 @@ import tempfile
 import time
 
 LOOM = os.path.abspath(sys.argv[1])
-CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "killed"]
+CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "killed"]
 TOL = 2e-4
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_dist_")
@@ -52,8 +58,8 @@ def mpirun(n):
     return ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(n)] if n > 1 else []
 
 
-def train(n, out, args, zero=0, timeout=600):
-    cmd = mpirun(n) + [LOOM, "train", "--out", out, "--zero", str(zero)] + args
+def train(n, out, args, zero=0, timeout=600, mesh=None):
+    cmd = mpirun(n) + [LOOM, "train", "--out", out, "--zero", str(zero)] + args + (["--mesh", mesh] if mesh else [])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         print(" ".join(cmd), "\n", r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
@@ -138,6 +144,38 @@ if "reshard" in CHECKS:
     cons = os.path.join(W, "consolidated.bin")
     r = subprocess.run([LOOM, "ckpt", "consolidate", base, "--out", cons], capture_output=True, text=True)
     check(r.returncode == 0 and os.path.exists(cons), "reshard: ckpt consolidate")
+
+if "tensor" in CHECKS:
+    for fam, fargs in FAMILIES.items():
+        for mesh, n, z in (("tp=2", 2, 0), ("tp=4", 4, 0), ("dp=2,tp=2", 4, 1), ("dp=2,tp=2", 4, 3)):
+            out = os.path.join(W, f"{fam}-{mesh}-z{z}")
+            name = f"{fam} {mesh} ZeRO-{z}"
+            if train(n, out, fargs + COMMON, zero=z, mesh=mesh) != 0:
+                check(False, f"{name}: run failed")
+                continue
+            d = maxdiff(losses(out), ref[fam], range(1, 21))
+            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+            meta = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
+                                             text=True).stdout.split("meta ", 1)[1])
+            L, C = meta["model"]["n_layer"], meta["model"]["d_model"]
+            dp = 2 if "dp=2" in mesh else 1
+            N = 8 // dp * 32
+            calls = 4 * L + 2 + 2 + 1
+            nbytes = (4 * L + 2) * N * C * 4 + 3 * N * 4 + 8
+            row = metrics(out)[-1]
+            check(row.get("tp_allreduce_calls") == calls and row.get("tp_allreduce_bytes") == nbytes,
+                  f"{name}: tp all-reduces per step {row.get('tp_allreduce_calls')} calls, "
+                  f"{row.get('tp_allreduce_bytes')} bytes; analytic {calls} calls, {nbytes} bytes")
+    fargs = FAMILIES["llama"] + COMMON
+    for save, sn, resume, rn in (("dp=2,tp=2", 4, None, 1), (None, 1, "tp=4", 4)):
+        out = os.path.join(W, f"tpre-{save}-{resume}")
+        ok = train(sn, out, fargs + ["--stop-after", "10"], zero=1 if save else 0, mesh=save) == 0 and \
+            train(rn, out, fargs + ["--resume"], zero=0, mesh=resume) == 0
+        check(ok, f"tensor reshard: {save or 'one rank'} -> {resume or 'one rank'} ran")
+        if ok:
+            d = maxdiff(losses(out), ref["llama"], range(11, 21))
+            check(d <= TOL, f"tensor reshard: saved at {save or 'one rank'}, resumed at {resume or 'one rank'}: "
+                            f"steps 11-20 within {TOL} of one process (max diff {d:.2e})")
 
 if "killed" in CHECKS:
     out = os.path.join(W, "killed")

@@ -127,7 +127,8 @@ void loom_k_attention_backward(loom_backend *be, float *dqkv, const float *dout,
                                const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                int64_t hd);
 
-/* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL). */
+/* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL). A negative token's row is zero (vocabulary-
+ * parallel: that row lives on another rank); in backward it adds nothing to dwte. */
 void loom_k_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
                               const float *wpe, int64_t B, int64_t T, int64_t C);
 /* dwte (V,C) (+)= scatter of dout rows; dwpe (maxT,C) (+)= sums over batch. accumulate=0 zeroes first. */
@@ -142,6 +143,19 @@ void loom_k_softmax_cross_entropy(loom_backend *be, float *logits, float *losses
 
 /* sum of squares of x (n), in double, summed in fixed-size blocks in a fixed order: the same bits for
  * any thread count. */
+/* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
+ * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.
+ *   row_max: mx (N) = each row's local maximum                       -> caller: all-reduce max
+ *   row_sums: sums (2N) = [sum_v exp(x - mx) (N), the target's logit where this rank holds it, else 0 (N)]
+ *                                                                      -> caller: all-reduce sum
+ *   finish: losses (N) = log(sum) + mx - target logit; with grad_scale != 0 the logits become
+ *           grad_scale * (softmax - onehot(target)) over this rank's columns. Targets < 0 are ignored. */
+void loom_k_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *mx);
+void loom_k_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
+                        int64_t v0, const float *mx, float *sums);
+void loom_k_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
+                      int64_t v0, const float *mx, const float *sums, float grad_scale);
+
 double loom_k_sum_squares(loom_backend *be, const float *x, int64_t n);
 /* x (n) *= s */
 void loom_k_scale(loom_backend *be, float *x, float s, int64_t n);

@@ -76,6 +76,7 @@ void loom_comm_reset_stats(loom_comm *comm);
 LOOM_NODISCARD loom_status loom_comm_allreduce_sum_f32(loom_comm *comm, float *buf, int64_t n);
 LOOM_NODISCARD loom_status loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, int64_t n);
 LOOM_NODISCARD loom_status loom_comm_allreduce_max_i64(loom_comm *comm, int64_t *buf, int64_t n);
+LOOM_NODISCARD loom_status loom_comm_allreduce_max_f32(loom_comm *comm, float *buf, int64_t n);
 /* rank `root`'s buffer to all. */
 LOOM_NODISCARD loom_status loom_comm_broadcast(loom_comm *comm, void *buf, int64_t bytes, int root);
 /* recv (size * bytes) = every rank's `bytes` of send, in rank order. */

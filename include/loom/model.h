@@ -45,7 +45,17 @@ typedef struct {
     int64_t shape[2];
     int layer;      /* -1 for embeddings and head */
     int decay;      /* weight decay applies (matrices and embeddings; not norms or biases) */
+    int tp_split;   /* LOOM_TP_*: how tensor parallelism cuts the full tensor into this rank's view */
+    int64_t full_shape[2]; /* the whole tensor's shape (= shape when tp_split is LOOM_TP_REPLICATED) */
+    int64_t canon_offset;  /* where the whole tensor starts in the one-rank layout (checkpoints) */
 } loom_param_info;
+
+/* Tensor-parallel cuts (Megatron 1D). Rows: column-parallel linears (qkv, fc/gate_up) and their biases,
+ * the vocabulary rows of the embedding and head; each block of rows (q|k|v, gate|up) is cut separately,
+ * rank r taking the r-th of tp equal parts (the vocabulary: parts of ceil(V/tp), the last one shorter).
+ * Columns: row-parallel linears (attention and MLP output projections). Everything else is replicated
+ * and computed identically on every tp rank. */
+enum { LOOM_TP_REPLICATED = 0, LOOM_TP_ROWS, LOOM_TP_COLS };
 
 typedef struct loom_model loom_model;
 
@@ -122,4 +132,14 @@ int loom_model_num_param_infos(const loom_model *m);
 const loom_param_info *loom_model_param_info(const loom_model *m, int i);
 const loom_param_info *loom_model_find_param(const loom_model *m, const char *name);
 const float *loom_model_logits(const loom_model *m);
+/* The tensor-parallel communicator given at init (borrowed). */
+loom_comm *loom_model_tp_comm(const loom_model *m);
+/* The one-rank layout, which checkpoints hold whatever the tensor-parallel size: its size in floats. Without
+ * tensor parallelism it is the model's own layout. */
+int64_t loom_model_canonical_size(const loom_model *m);
+/* Element k (row-major in this rank's shape) of parameter i: its index in the whole tensor (row-major in
+ * full_shape). */
+int64_t loom_model_tp_element(const loom_model *m, int i, int64_t k);
+/* This rank's columns [*v0, *v0 + n) of the vocabulary (all of it without tensor parallelism). */
+void loom_model_vocab_range(const loom_model *m, int64_t *v0, int64_t *n);
 #endif

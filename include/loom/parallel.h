@@ -56,9 +56,11 @@ typedef struct {
     int stage;                   /* ZeRO stage 0-3 */
     int overlap;                 /* reduce each unit as its gradients become final (0: all after backward) */
     loom_dp_transport transport;
+    loom_comm *tp;               /* the model's tensor-parallel communicator (borrowed); NULL: one rank */
 } loom_zero_options;
 
-/* Collective over dp. Creates the model (tensor-parallel size 1) and the optimizer of this rank's part. */
+/* Collective over dp. Creates the model (cut over zo->tp) and the optimizer of this rank's part; the dp
+ * slices cut this rank's own (tensor-parallel local) flat buffers. */
 LOOM_NODISCARD loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc,
                                           const loom_zero_options *zo, loom_comm *dp, loom_backend *be,
                                           loom_mem *mem, loom_zero **out);

@@ -153,6 +153,17 @@ void loom_k_softmax_cross_entropy(loom_backend *be, float *logits, float *losses
                                   int64_t N, int64_t V, float grad_scale) {
     DISPATCH(LOOM_OP_LOSS, 0, be->ops.softmax_cross_entropy(be, logits, losses, targets, N, V, grad_scale));
 }
+void loom_k_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *mx) {
+    DISPATCH(LOOM_OP_LOSS, 0, be->ops.ce_row_max(be, logits, N, V, mx));
+}
+void loom_k_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
+                        int64_t v0, const float *mx, float *sums) {
+    DISPATCH(LOOM_OP_LOSS, 0, be->ops.ce_row_sums(be, logits, targets, N, V, v0, mx, sums));
+}
+void loom_k_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
+                      int64_t v0, const float *mx, const float *sums, float grad_scale) {
+    DISPATCH(LOOM_OP_LOSS, 0, be->ops.ce_finish(be, logits, losses, targets, N, V, v0, mx, sums, grad_scale));
+}
 double loom_k_sum_squares(loom_backend *be, const float *x, int64_t n) {
     double r = 0;
     DISPATCH(LOOM_OP_OPTIMIZER, 0, r = be->ops.sum_squares(be, x, n));

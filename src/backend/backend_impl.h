@@ -35,6 +35,11 @@ typedef struct {
     void (*embedding_backward)(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,
                                int64_t, int64_t, int64_t, int, int);
     void (*softmax_cross_entropy)(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
+    void (*ce_row_max)(loom_backend *, const float *, int64_t, int64_t, float *);
+    void (*ce_row_sums)(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
+                        float *);
+    void (*ce_finish)(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
+                      const float *, float);
     double (*sum_squares)(loom_backend *, const float *, int64_t);
     void (*scale)(loom_backend *, float *, float, int64_t);
     void (*adamw)(loom_backend *, float *, const float *, float *, float *, int64_t, float, float, float, float,

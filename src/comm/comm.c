@@ -320,6 +320,10 @@ loom_status loom_comm_allreduce_max_i64(loom_comm *c, int64_t *b, int64_t n) {
     BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8),
               c->ops.iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_)));
 }
+loom_status loom_comm_allreduce_max_f32(loom_comm *c, float *b, int64_t n) {
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 4),
+              c->ops.iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_MAX, &r_)));
+}
 loom_status loom_comm_broadcast(loom_comm *c, void *b, int64_t n, int root) {
     BLOCKING((begin(c, &r_, "broadcast", LOOM_COLL_BROADCAST, n), c->ops.ibroadcast(c, b, n, root, &r_)));
 }

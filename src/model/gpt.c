@@ -39,10 +39,89 @@ static loom_status add_param(loom_model *m, int cap, const char *name, int layer
     p->numel = d0 * (ndim > 1 ? d1 : 1);
     p->layer = layer;
     p->decay = decay;
+    p->tp_split = LOOM_TP_REPLICATED;
+    p->full_shape[0] = p->shape[0];
+    p->full_shape[1] = p->shape[1];
     m->n_params += p->numel;
     *cursor += (p->numel + 15) / 16 * 16; /* 64-byte aligned views */
+    p->canon_offset = -1; /* set_canonical_offsets, once every cut is known */
     *out_off = p->offset;
     return LOOM_OK;
+}
+
+/* How the last added parameter is cut over tensor parallelism (see LOOM_TP_* in loom/model.h). */
+static void set_split(loom_model *m, int kind, int64_t full0, int64_t full1, int64_t b0, int64_t b1, int64_t b2) {
+    const int i = m->n_infos - 1;
+    loom_param_info *p = &m->infos[i];
+    p->tp_split = m->tp_size > 1 ? kind : LOOM_TP_REPLICATED;
+    p->full_shape[0] = full0;
+    p->full_shape[1] = full1;
+    m->row_blocks[i][0] = b0;
+    m->row_blocks[i][1] = b1;
+    m->row_blocks[i][2] = b2;
+}
+
+/* rows [*lo, *hi) of a block of `size` rows that tp rank r holds (equal parts of ceil(size / tp)) */
+static void tp_part(const loom_model *m, int64_t size, int r, int64_t *lo, int64_t *hi) {
+    const int64_t chunk = (size + m->tp_size - 1) / m->tp_size;
+    *lo = (int64_t)r * chunk < size ? (int64_t)r * chunk : size;
+    *hi = *lo + chunk < size ? *lo + chunk : size;
+}
+
+/* The local flat index of full-tensor element (row, col) of parameter i, or -1 when another tp rank holds it. */
+static int64_t tp_local_index(const loom_model *m, int i, int64_t row, int64_t col) {
+    const loom_param_info *p = &m->infos[i];
+    int64_t lo, hi;
+    if (p->tp_split == LOOM_TP_COLS) {
+        tp_part(m, p->full_shape[1], m->tp_rank, &lo, &hi);
+        return col >= lo && col < hi ? p->offset + row * p->shape[1] + (col - lo) : -1;
+    }
+    if (p->tp_split == LOOM_TP_ROWS) {
+        int64_t start = 0, local_before = 0;
+        for (int b = 0; b < 3 && m->row_blocks[i][b] > 0; b++) {
+            const int64_t size = m->row_blocks[i][b];
+            tp_part(m, size, m->tp_rank, &lo, &hi);
+            if (row < start + size) {
+                const int64_t k = row - start;
+                return k >= lo && k < hi ? p->offset + (local_before + k - lo) * p->shape[1] + col : -1;
+            }
+            start += size;
+            local_before += hi - lo;
+        }
+        return -1;
+    }
+    return p->offset + row * p->shape[1] + col;
+}
+
+/* The one-rank layout: the same parameters in the same order, whole, with the same alignment rule. */
+static void set_canonical_offsets(loom_model *m) {
+    int64_t cur = 0;
+    for (int i = 0; i < m->n_infos; i++) {
+        loom_param_info *p = &m->infos[i];
+        p->canon_offset = cur;
+        cur += (p->full_shape[0] * p->full_shape[1] + 15) / 16 * 16;
+    }
+    m->canon_size = cur;
+}
+
+int64_t loom_model_tp_element(const loom_model *m, int i, int64_t k) {
+    const loom_param_info *p = &m->infos[i];
+    const int64_t row = k / p->shape[1], col = k % p->shape[1];
+    int64_t lo, hi;
+    if (p->tp_split == LOOM_TP_COLS) {
+        tp_part(m, p->full_shape[1], m->tp_rank, &lo, &hi);
+        return row * p->full_shape[1] + lo + col;
+    }
+    if (p->tp_split == LOOM_TP_ROWS) {
+        int64_t start = 0, local_before = 0;
+        for (int b = 0; b < 3 && m->row_blocks[i][b] > 0; b++) {
+            tp_part(m, m->row_blocks[i][b], m->tp_rank, &lo, &hi);
+            if (row < local_before + (hi - lo)) return (start + lo + row - local_before) * p->full_shape[1] + col;
+            start += m->row_blocks[i][b];
+            local_before += hi - lo;
+        }
+    }
+    return k;
 }
 
 static loom_status build_layout(loom_model *m) {
@@ -51,12 +130,15 @@ static loom_status build_layout(loom_model *m) {
     int gpt = c->family == LOOM_FAMILY_GPT2;
     int cap = 8 + (int)L * W_COUNT;
     m->infos = calloc((size_t)cap, sizeof *m->infos);
+    m->row_blocks = calloc((size_t)cap, sizeof *m->row_blocks);
     m->layer_off = malloc((size_t)(L * W_COUNT) * sizeof(int64_t));
-    LOOM_CHECK(m->infos && m->layer_off, LOOM_ERR_NOMEM, "out of memory");
+    LOOM_CHECK(m->infos && m->row_blocks && m->layer_off, LOOM_ERR_NOMEM, "out of memory");
+    const int64_t P = m->tp_size, hd = m->hd, Vf = m->V_full;
     for (int64_t i = 0; i < L * W_COUNT; i++) m->layer_off[i] = -1;
     int64_t cur = 0;
     m->off_wpe = m->off_lnf_b = -1;
     LOOM_CALL(add_param(m, cap, "wte", -1, 2, V, C, 1, &cur, &m->off_wte));
+    set_split(m, LOOM_TP_ROWS, Vf, C, Vf, 0, 0);
     if (gpt) LOOM_CALL(add_param(m, cap, "wpe", -1, 2, c->max_seq_len, C, 1, &cur, &m->off_wpe));
     static const char *const gpt_names[W_COUNT] = {
         "ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
@@ -84,13 +166,24 @@ static loom_status build_layout(loom_model *m) {
             char name[64];
             snprintf(name, sizeof name, "h.%lld.%s", (long long)l, nm);
             LOOM_CALL(add_param(m, cap, name, (int)l, ndim, d0, d1, ndim == 2, &cur, &lo[w]));
+            const int64_t Hf = m->H * P, KVf = m->KV * P, Ff = m->F * P;
+            switch (w) {
+            case W_QKV_W: case W_QKV_B: set_split(m, LOOM_TP_ROWS, d0 * P, d1, Hf * hd, KVf * hd, KVf * hd); break;
+            case W_FC_W: case W_FC_B: set_split(m, LOOM_TP_ROWS, d0 * P, d1, Ff, gpt ? 0 : Ff, 0); break;
+            case W_ATTN_PROJ_W: case W_MLP_PROJ_W: set_split(m, LOOM_TP_COLS, d0, d1 * P, 0, 0, 0); break;
+            default: set_split(m, LOOM_TP_REPLICATED, d0, d1, 0, 0, 0); break;
+            }
         }
     }
     LOOM_CALL(add_param(m, cap, gpt ? "ln_f.weight" : "norm_f.weight", -1, 1, C, 1, 0, &cur, &m->off_lnf_w));
     if (gpt) LOOM_CALL(add_param(m, cap, "ln_f.bias", -1, 1, C, 1, 0, &cur, &m->off_lnf_b));
     if (c->tie_embeddings) m->off_head = m->off_wte;
-    else LOOM_CALL(add_param(m, cap, "lm_head.weight", -1, 2, V, C, 1, &cur, &m->off_head));
+    else {
+        LOOM_CALL(add_param(m, cap, "lm_head.weight", -1, 2, V, C, 1, &cur, &m->off_head));
+        set_split(m, LOOM_TP_ROWS, Vf, C, Vf, 0, 0);
+    }
     m->buf_size = cur;
+    set_canonical_offsets(m);
     return LOOM_OK;
 }
 
@@ -98,9 +191,12 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
                             int flags, loom_model **out) {
     *out = NULL;
     LOOM_CALL(loom_model_config_validate(cfg));
-    int tps = loom_comm_size(tp);
-    LOOM_CHECK(tps == 1, LOOM_ERR_UNSUPPORTED,
-               "tensor parallel size %d: this build's model runs on one rank per layer (tp=1)", tps);
+    const int tps = loom_comm_size(tp);
+    LOOM_CHECK(cfg->n_head % tps == 0 && cfg->n_kv_head % tps == 0 && cfg->d_ff % tps == 0, LOOM_ERR_CONFIG,
+               "tensor parallel size %d must divide the heads (%lld), the key/value heads (%lld) and d_ff (%lld)",
+               tps, (long long)cfg->n_head, (long long)cfg->n_kv_head, (long long)cfg->d_ff);
+    LOOM_CHECK(cfg->vocab_size >= 2 * tps, LOOM_ERR_CONFIG, "vocabulary %lld too small for tensor parallel size %d",
+               (long long)cfg->vocab_size, tps);
     loom_model *m = calloc(1, sizeof *m);
     LOOM_CHECK(m != NULL, LOOM_ERR_NOMEM, "out of memory");
     m->cfg = *cfg;
@@ -113,7 +209,15 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
     m->hd = cfg->d_model / cfg->n_head;
     m->Cq = (m->H + 2 * m->KV) * m->hd;
     m->F = cfg->d_ff / tps;
-    m->V = cfg->vocab_size;
+    m->tp_size = tps;
+    m->tp_rank = loom_comm_rank(tp);
+    m->V_full = cfg->vocab_size;
+    {
+        int64_t lo, hi;
+        tp_part(m, m->V_full, m->tp_rank, &lo, &hi);
+        m->v0 = lo;
+        m->V = hi - lo;
+    }
     loom_status st;
     LOOM_CALL_GOTO(st, build_layout(m), fail);
     m->own_params = !(flags & LOOM_MODEL_EXTERNAL_PARAMS);
@@ -146,6 +250,9 @@ void loom_model_free(loom_model **pm) {
     if (m->own_params) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
     if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
     free(m->infos);
+    free(m->row_blocks);
+    free(m->tok_local);
+    free(m->ce_stats);
     free(m->layer_off);
     loom_kv_cache_free(m);
     free(m);
@@ -181,6 +288,17 @@ void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t b
         double sd = resid ? resid_std : c->init_std;
         loom_rng r;
         loom_rng_seed(&r, seed * 0x9e3779b97f4a7c15ull + (uint64_t)i + 1);
+        if (p->tp_split != LOOM_TP_REPLICATED) {
+            /* the whole tensor's stream, each value kept where this rank holds it: a tp shard of the
+             * one-process initialisation */
+            const int64_t cols = p->full_shape[1];
+            for (int64_t j = 0; j < p->full_shape[0] * cols; j++) {
+                float v = (float)(sd * loom_rng_normal(&r));
+                int64_t at = tp_local_index(m, i, j / cols, j % cols);
+                if (at >= lo && at < hi) dst[at - begin] = v;
+            }
+            continue;
+        }
         for (int64_t j = 0; j < hi - p->offset; j++) {
             float v = (float)(sd * loom_rng_normal(&r));
             if (j >= lo - p->offset) w[j] = v;
@@ -280,6 +398,13 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
 #undef TAKE
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
+    if (m->tp_size > 1) {
+        free(m->tok_local);
+        free(m->ce_stats);
+        m->tok_local = malloc((size_t)N * sizeof(int32_t));
+        m->ce_stats = malloc((size_t)(3 * N) * sizeof(float));
+        LOOM_CHECK(m->tok_local && m->ce_stats, LOOM_ERR_NOMEM, "out of memory");
+    }
     m->cap_B = B;
     m->cap_T = T;
     m->rc = rc;
@@ -310,7 +435,13 @@ static void mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *
     }
 }
 
-static void layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
+/* Tensor parallel: completes a row-parallel product (each rank's partial sum over its heads or hidden
+ * columns) by summing over the tp ranks; the one all-reduce of each attention and MLP part per pass. */
+static loom_status tp_sum(loom_model *m, float *x, int64_t n) {
+    return m->tp_size > 1 ? loom_comm_allreduce_sum_f32(m->tp, x, n) : LOOM_OK;
+}
+
+static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
     loom_backend *be = m->be;
     const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? F : 2 * F;
     const int64_t *lo = m->layer_off + l * W_COUNT;
@@ -324,18 +455,22 @@ static void layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
     if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
     if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
     attention_core_forward(m, a, B, T);
-    /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x */
-    memcpy(a->res1, x, (size_t)(N * C) * sizeof(float));
-    loom_k_matmul(be, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd, 1.0f,
-                  a->res1, C);
-    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
+    /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x. Tensor parallel: tp rank 0
+     * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
+    const int lead = m->tp_rank == 0;
+    if (lead) memcpy(a->res1, x, (size_t)(N * C) * sizeof(float));
+    loom_k_matmul(be, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd,
+                  lead ? 1.0f : 0.0f, a->res1, C);
+    if (lead && lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
+    LOOM_CALL(tp_sum(m, a->res1, N * C));
     if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), N, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), N, C, eps);
     loom_k_matmul(be, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw);
     mlp_activation_forward(m, a, lo, N, 1);
-    memcpy(a->out, a->res1, (size_t)(N * C) * sizeof(float));
-    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 1.0f, a->out, C);
-    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
+    if (lead) memcpy(a->out, a->res1, (size_t)(N * C) * sizeof(float));
+    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C);
+    if (lead && lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
+    return tp_sum(m, a->out, N * C);
 }
 
 static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T) {
@@ -343,12 +478,12 @@ static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32
                "micro-batch %lldx%lld exceeds the reserved %lldx%lld (call loom_model_reserve)", (long long)B,
                (long long)T, (long long)m->cap_B, (long long)m->cap_T);
     for (int64_t i = 0; i < B * T; i++) {
-        LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
+        LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V_full, LOOM_ERR_INVALID_ARG,
                    "token %d at position %lld is outside the vocabulary [0, %lld)", tokens[i], (long long)i,
-                   (long long)m->V);
-        LOOM_CHECK(!targets || targets[i] < m->V, LOOM_ERR_INVALID_ARG,
+                   (long long)m->V_full);
+        LOOM_CHECK(!targets || targets[i] < m->V_full, LOOM_ERR_INVALID_ARG,
                    "target %d at position %lld is outside the vocabulary [0, %lld)", targets[i], (long long)i,
-                   (long long)m->V);
+                   (long long)m->V_full);
     }
     return LOOM_OK;
 }
@@ -366,11 +501,20 @@ static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32
     const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2, tied = m->cfg.tie_embeddings;
     HOOK(params_needed, 0, 1);
-    loom_k_embedding_forward(be, m->enc, tokens, P(m->off_wte), gpt ? P(m->off_wpe) : NULL, B, T, C);
+    const int32_t *tok = tokens;
+    if (m->tp_size > 1) { /* vocabulary-parallel embedding: this rank's rows, zero elsewhere, summed over tp */
+        for (int64_t i = 0; i < N; i++) {
+            const int64_t t = (int64_t)tokens[i] - m->v0;
+            m->tok_local[i] = t >= 0 && t < V ? (int32_t)t : -1;
+        }
+        tok = m->tok_local;
+    }
+    loom_k_embedding_forward(be, m->enc, tok, P(m->off_wte), gpt && m->tp_rank == 0 ? P(m->off_wpe) : NULL, B, T, C);
+    LOOM_CALL(tp_sum(m, m->enc, N * C));
     HOOK(params_done, 0);
     for (int64_t l = 0; l < L; l++) {
         HOOK(params_needed, (int)l + 1, 1);
-        layer_forward(m, l, B, T);
+        LOOM_CALL(layer_forward(m, l, B, T));
         HOOK(params_done, (int)l + 1);
     }
     HOOK(params_needed, (int)L + 1, 1);
@@ -387,8 +531,17 @@ static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32
     }
     m->last_B = B;
     m->last_T = T;
-    if (targets) {
+    if (targets && m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
+        float *mx = m->ce_stats, *sums = m->ce_stats + N;
+        loom_k_ce_row_max(be, m->logits, N, V, mx);
+        LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, N));
+        loom_k_ce_row_sums(be, m->logits, targets, N, V, m->v0, mx, sums);
+        LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * N));
+        loom_k_ce_finish(be, m->logits, m->losses, targets, N, V, m->v0, mx, sums, grad_scale);
+    } else if (targets) {
         loom_k_softmax_cross_entropy(be, m->logits, m->losses, targets, N, V, grad_scale);
+    }
+    if (targets) {
         double s = 0.0;
         int64_t valid = 0;
         for (int64_t i = 0; i < N; i++)
@@ -407,7 +560,7 @@ loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32
     return LOOM_OK;
 }
 
-static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
+static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
     loom_backend *be = m->be;
     const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
@@ -417,7 +570,7 @@ static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int a
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
     /* recompute what this mode did not keep */
-    if (m->rc == LOOM_RECOMPUTE_FULL) layer_forward(m, l, B, T);
+    if (m->rc == LOOM_RECOMPUTE_FULL) LOOM_CALL(layer_forward(m, l, B, T));
     else if (m->rc == LOOM_RECOMPUTE_ATTN) {
         attention_core_forward(m, a, B, T);
         mlp_activation_forward(m, a, lo, N, 0);
@@ -432,6 +585,7 @@ static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int a
     gemm_pair(be, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
               (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C});
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
+    LOOM_CALL(tp_sum(m, m->dln, N * C)); /* column-parallel fc: the input gradient sums over tp */
     if (gpt)
         loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
                                   a->ln2_mean, a->ln2_rstd, N, C, acc);
@@ -445,10 +599,12 @@ static void layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int a
     gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
               (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C});
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
+    LOOM_CALL(tp_sum(m, m->dln, N * C));
     if (gpt)
         loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
                                   a->ln1_mean, a->ln1_rstd, N, C, acc);
     else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN1_W]), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, N, C, acc);
+    return LOOM_OK;
 }
 
 loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B,
@@ -466,6 +622,7 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     /* head: logits = lnf Whead^T; m->logits now holds dlogits */
     gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
               (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
+    LOOM_CALL(tp_sum(m, m->dln, N * C));
     memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
     const float *xL = m->acts[L - 1].out;
     if (gpt)
@@ -478,12 +635,13 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     HOOK(grads_done, (int)L + 1);
     for (int64_t li = L - 1; li >= 0; li--) {
         HOOK(params_needed, (int)li + 1, -1);
-        layer_backward(m, li, B, T, accumulate);
+        LOOM_CALL(layer_backward(m, li, B, T, accumulate));
         HOOK(params_done, (int)li + 1);
         HOOK(grads_done, (int)li + 1);
     }
     /* the token embedding (reads no parameter): tied, the head already wrote this micro-step's part */
-    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) : NULL, m->dres, tokens, B, T, C, V,
+    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) : NULL, m->dres,
+                              m->tp_size > 1 ? m->tok_local : tokens, B, T, C, V,
                               m->cfg.tie_embeddings ? 1 : accumulate, accumulate);
     if (gpt && !accumulate && T < m->cfg.max_seq_len)
         memset(G(m->off_wpe) + T * C, 0, (size_t)((m->cfg.max_seq_len - T) * C) * sizeof(float));
@@ -507,3 +665,9 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
     return NULL;
 }
 const float *loom_model_logits(const loom_model *m) { return m->logits; }
+loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
+int64_t loom_model_canonical_size(const loom_model *m) { return m->canon_size; }
+void loom_model_vocab_range(const loom_model *m, int64_t *v0, int64_t *n) {
+    *v0 = m->v0;
+    *n = m->V;
+}

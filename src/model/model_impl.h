@@ -26,8 +26,13 @@ struct loom_model {
     loom_backend *be;
     loom_comm *tp;
     loom_mem *mem;
-    int64_t C, H, KV, hd, Cq, F, V; /* local dimensions */
-    int64_t n_params, buf_size;
+    int64_t C, H, KV, hd, Cq, F, V; /* local dimensions (V: this rank's vocabulary columns) */
+    int tp_size, tp_rank;
+    int64_t v0, V_full;             /* this rank's vocabulary columns start at v0 of V_full */
+    int32_t *tok_local;             /* tp > 1: tokens shifted into this rank's vocabulary range, -1 outside */
+    float *ce_stats;                /* tp > 1: (3N) row maxima, sums of exponentials, target logits */
+    int64_t (*row_blocks)[3];       /* per parameter: sizes of the full tensor's row blocks cut separately */
+    int64_t n_params, buf_size, canon_size;
     float *params, *grads;
     int own_params, own_grads, has_grads;   /* 0: the buffer belongs to the caller (ZeRO) */
     loom_model_hooks hooks;      /* all NULL unless a parallel layer installed them */

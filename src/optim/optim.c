@@ -136,13 +136,26 @@ static int clip_to_range(const loom_optim *o, const loom_param_info *p, int64_t 
     return *lo < *hi;
 }
 
+/* Tensor parallelism: a parameter replicated over tp counts once (on tp rank 0) in norms summed over tp;
+ * a cut one counts on every rank, each holding its part. */
+static loom_comm *tp_of(const loom_model *model) {
+    loom_comm *tp = loom_model_tp_comm(model);
+    return tp && loom_comm_size(tp) > 1 ? tp : NULL;
+}
+static int counts_here(const loom_model *model, const loom_param_info *p) {
+    return p->tp_split != LOOM_TP_REPLICATED || loom_comm_rank(loom_model_tp_comm(model)) == 0;
+}
+
 static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float *g, double *norm) {
     double ss = 0.0;
     int64_t lo, hi;
-    for (int i = 0; i < loom_model_num_param_infos(model); i++)
-        if (clip_to_range(o, loom_model_param_info(model, i), &lo, &hi))
+    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+        const loom_param_info *p = loom_model_param_info(model, i);
+        if (clip_to_range(o, p, &lo, &hi) && counts_here(model, p))
             ss += loom_k_sum_squares(o->be, g + (lo - o->begin), hi - lo);
+    }
     if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
+    if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
     *norm = sqrt(ss);
     return LOOM_OK;
 }
@@ -194,8 +207,10 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
                 o->norms[2 * i + 1] = loom_k_lamb_moments(o->be, p, g, m, v, hi - lo, (float)c->beta1, (float)c->beta2,
                                                           (float)c->eps, wd, bc1, bc2, (float)clip);
             else o->norms[2 * i + 1] = loom_k_sum_squares(o->be, g, hi - lo);
+            if (!counts_here(model, pi)) o->norms[2 * i] = o->norms[2 * i + 1] = 0.0;
         }
         if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, o->norms, 2 * np));
+        if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), o->norms, 2 * np));
     }
     for (int i = 0; i < np; i++) {
         const loom_param_info *pi = loom_model_param_info(model, i);

@@ -58,6 +58,7 @@ struct loom_zero {
     int n_queue, queue_head;
     int64_t *counts;        /* scratch [N] */
     loom_zero_stats stats;
+    loom_comm *tp_self;     /* the model's one-rank tp communicator when none was given */
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -360,11 +361,12 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
                     "the shared-memory dp transport serves ZeRO stages 0 and 1 (stage %d reduces through MPI)", stage);
     int flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
                 (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0);
-    loom_comm *tp_self = NULL;
-    LOOM_CALL_GOTO(st, loom_comm_init_self(&tp_self), fail);
-    st = loom_model_init(mc, be, tp_self, mem, flags, &z->model);
-    loom_comm_free(&tp_self); /* a size-1 tp communicator: the model only reads its size at init */
-    LOOM_CALL_GOTO(st, st, fail);
+    loom_comm *tp = zo->tp;
+    if (!tp) {
+        LOOM_CALL_GOTO(st, loom_comm_init_self(&z->tp_self), fail);
+        tp = z->tp_self;
+    }
+    LOOM_CALL_GOTO(st, loom_model_init(mc, be, tp, mem, flags, &z->model), fail);
     z->n = loom_model_buffer_size(z->model);
     z->slice_lo = calloc((size_t)N + 1, sizeof(int64_t));
     z->counts = calloc((size_t)N, sizeof(int64_t));
@@ -461,6 +463,7 @@ void loom_zero_free(loom_zero **pz) {
     }
     free(z->queue);
     loom_model_free(&z->model);
+    loom_comm_free(&z->tp_self);
     free(z->slice_lo);
     free(z->counts);
     free(z->unit_lo);

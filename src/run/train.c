@@ -73,7 +73,7 @@ typedef struct {
     int have_mesh;
     loom_zero *zero;            /* owns the model and the optimizer */
     int root;                   /* world rank 0: prints, writes metrics and the manifest */
-    int dp, dp_rank;
+    int dp, dp_rank, tp;
     int64_t local_batch;        /* train.batch / dp */
     loom_mem mem;
     loom_model *model;
@@ -86,7 +86,26 @@ typedef struct {
     char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
     loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
     int64_t *rank_mem;             /* [dp][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
+    loom_comm_stats tp_stats;      /* the last step's collectives on the tp axis (this rank) */
 } trainer;
+
+/* Tensor parallel checkpoints hold the one-rank layout: each rank scatters its dp slice [begin, end) of a
+ * buffer to the one-rank positions (parameters replicated over tp from tp rank 0 only), and a sum over the
+ * world, where every position has exactly one contributor, assembles the whole (collective). */
+static loom_status canonical_gather(trainer *tr, const float *slice, int64_t begin, int64_t end, float *canon) {
+    const int64_t nc = loom_model_canonical_size(tr->model);
+    const int tp_rank = tr->mesh.tp_rank;
+    memset(canon, 0, (size_t)nc * sizeof(float));
+    for (int i = 0; i < loom_model_num_param_infos(tr->model); i++) {
+        const loom_param_info *p = loom_model_param_info(tr->model, i);
+        if (p->tp_split == LOOM_TP_REPLICATED && tp_rank != 0) continue;
+        const int64_t lo = p->offset > begin ? p->offset : begin;
+        const int64_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
+        for (int64_t j = lo; j < hi; j++)
+            canon[p->canon_offset + loom_model_tp_element(tr->model, i, j - p->offset)] = slice[j - begin];
+    }
+    return loom_comm_allreduce_sum_f32(tr->world, canon, nc);
+}
 
 static loom_status save_checkpoint(trainer *tr, int64_t step) {
     const loom_run_config *rc = tr->rc;
@@ -94,9 +113,9 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_strbuf_init(&meta);
     loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
     loom_json_write_string(&meta, rc->preset);
-    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"world\":%d,\"zero\":%d,",
-                       (long long)step, loom_optim_kind_name(rc->optim.kind), loom_backend_threads(tr->be), tr->dp,
-                       loom_zero_stage(tr->zero));
+    loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"world\":%d,\"zero\":%d,"
+                       "\"mesh\":{\"dp\":%d,\"tp\":%d},", (long long)step, loom_optim_kind_name(rc->optim.kind),
+                       loom_backend_threads(tr->be), tr->tp > 1 ? 1 : tr->dp, loom_zero_stage(tr->zero), tr->dp, tr->tp);
     if (tr->tokenizer[0]) { /* what generation decodes with */
         loom_strbuf_printf(&meta, "\"tokenizer\":");
         loom_json_write_string(&meta, tr->tokenizer);
@@ -104,12 +123,12 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     }
     loom_strbuf_printf(&meta, "\"model\":");
     loom_model_config_to_json(&tr->model_cfg, &meta);
-    loom_strbuf_printf(&meta, ",\"params\":[");
+    loom_strbuf_printf(&meta, ",\"params\":["); /* the one-rank layout, which the sections hold */
     for (int i = 0; i < loom_model_num_param_infos(tr->model); i++) {
         const loom_param_info *p = loom_model_param_info(tr->model, i);
         loom_strbuf_printf(&meta, "%s{\"name\":\"%s\",\"offset\":%lld,\"shape\":[%lld", i ? "," : "", p->name,
-                           (long long)p->offset, (long long)p->shape[0]);
-        if (p->ndim > 1) loom_strbuf_printf(&meta, ",%lld", (long long)p->shape[1]);
+                           (long long)p->canon_offset, (long long)p->full_shape[0]);
+        if (p->ndim > 1) loom_strbuf_printf(&meta, ",%lld", (long long)p->full_shape[1]);
         loom_strbuf_printf(&meta, "]}");
     }
     loom_strbuf_printf(&meta, "]}");
@@ -127,7 +146,27 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     float *slices[3];
     for (int k = 0; k < 3; k++) slices[k] = loom_zero_slice_ptr(tr->zero, k);
     loom_status st;
-    if (tr->dp == 1) { /* one process: the single-file checkpoint (its slice is everything) */
+    float *canon = NULL;
+    if (tr->tp > 1) { /* tensor parallel: the one-rank layout, assembled over the world, written by rank 0 */
+        const int64_t nc = loom_model_canonical_size(tr->model);
+        canon = malloc((size_t)(3 * nc) * sizeof(float));
+        st = canon ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+        for (int k = 0; k < 3 && st == LOOM_OK; k++)
+            if (slices[k]) {
+                st = canonical_gather(tr, slices[k], begin, end, canon + k * nc);
+                slices[k] = canon + k * nc;
+            }
+        if (st != LOOM_OK) {
+            free(canon);
+            loom_strbuf_free(&meta);
+            return st;
+        }
+        begin = 0;
+        end = nc;
+    }
+    if (tr->tp > 1 && !tr->root) {
+        st = LOOM_OK;
+    } else if (tr->dp == 1 || tr->tp > 1) { /* one process (or the assembled tp layout): the single file */
         int64_t pbytes = (end - begin) * (int64_t)sizeof(float);
         loom_ckpt_section s[5] = {
             {"meta", meta.buf, (int64_t)meta.len},
@@ -142,7 +181,15 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
         st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->mesh.dp, meta.buf, step, loom_zero_stage(tr->zero), &ts,
                                         (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, slices);
     }
+    free(canon);
     loom_strbuf_free(&meta);
+    if (tr->tp > 1) { /* every rank learns whether rank 0's write succeeded */
+        int64_t failed = st != LOOM_OK;
+        loom_status s2 = loom_comm_allreduce_max_i64(tr->world, &failed, 1);
+        if (st == LOOM_OK && s2 != LOOM_OK) st = s2;
+        if (st == LOOM_OK && failed)
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rank 0 could not write the checkpoint");
+    }
     LOOM_CALL(st);
     return LOOM_OK;
 }
@@ -165,6 +212,33 @@ static loom_status read_ckpt_range(void *ctx, const char *section, int64_t begin
     return loom_run_ckpt_read((loom_run_ckpt *)ctx, section, begin, end, dst);
 }
 
+/* Tensor parallel: local flat positions [begin, end) from the checkpoint's one-rank layout, each parameter
+ * read whole and this rank's elements picked out. */
+typedef struct {
+    loom_run_ckpt *c;
+    const loom_model *m;
+} tp_reader;
+
+static loom_status read_tp_range(void *ctx, const char *section, int64_t begin, int64_t end, float *dst) {
+    const tp_reader *r = ctx;
+    memset(dst, 0, (size_t)(end - begin) * sizeof(float));
+    for (int i = 0; i < loom_model_num_param_infos(r->m); i++) {
+        const loom_param_info *p = loom_model_param_info(r->m, i);
+        const int64_t lo = p->offset > begin ? p->offset : begin;
+        const int64_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
+        if (lo >= hi) continue;
+        const int64_t whole = p->full_shape[0] * p->full_shape[1];
+        float *tmp = malloc((size_t)whole * sizeof(float));
+        LOOM_CHECK(tmp != NULL, LOOM_ERR_NOMEM, "out of memory");
+        loom_status st = loom_run_ckpt_read(r->c, section, p->canon_offset, p->canon_offset + whole, tmp);
+        if (st == LOOM_OK)
+            for (int64_t j = lo; j < hi; j++) dst[j - begin] = tmp[loom_model_tp_element(r->m, i, j - p->offset)];
+        free(tmp);
+        LOOM_CALL(st);
+    }
+    return LOOM_OK;
+}
+
 /* Resumes from the newest checkpoint of the run directory, written by any number of ranks and any ZeRO
  * stage: each rank reads the flat ranges its own layout needs (resharding). */
 static loom_status load_checkpoint(trainer *tr, int64_t *step) {
@@ -177,15 +251,17 @@ static loom_status load_checkpoint(trainer *tr, int64_t *step) {
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), done);
     LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, path), done);
-    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_buffer_size(tr->model), LOOM_ERR_MISMATCH, done,
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_canonical_size(tr->model), LOOM_ERR_MISMATCH, done,
                     "checkpoint %s holds %lld floats, this model %lld", path, (long long)loom_run_ckpt_size(c),
-                    (long long)loom_model_buffer_size(tr->model));
+                    (long long)loom_model_canonical_size(tr->model));
     train_state ts;
     LOOM_CALL_GOTO(st, loom_run_ckpt_read_state(c, &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
                     "checkpoint %s was trained with optimizer %s, this run uses %s", path,
                     loom_optim_kind_name((loom_optim_kind)ts.optim_kind), loom_optim_kind_name(tr->rc->optim.kind));
-    LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
+    tp_reader tpr = {c, tr->model};
+    if (tr->tp > 1) LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_tp_range, &tpr), done);
+    else LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
     const loom_json *th = loom_json_get(j, "threads");
     const loom_json *wo = loom_json_get(j, "world");
     int ck_world = wo && wo->type == LOOM_JSON_NUMBER ? (int)wo->number : 1;
@@ -287,6 +363,10 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     }
     loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f,\"comm_work_ms\":%.3f",
                        (long long)loom_mem_process_peak_rss(), tr->dp, wait_us / 1e3 / tr->dp, work_us / 1e3 / tr->dp);
+    if (tr->tp > 1)
+        loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld", tr->tp,
+                           (long long)tr->tp_stats.calls[LOOM_COLL_ALLREDUCE],
+                           (long long)tr->tp_stats.bytes[LOOM_COLL_ALLREDUCE]);
     /* per rank, peak bytes by category [params, grads, optim, acts, workspace] */
     loom_strbuf_printf(&sb, ",\"mem_rank_peak_bytes\":[");
     for (int r = 0; r < tr->dp; r++) {
@@ -358,13 +438,15 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     if (!tr.root && loom_log_get_level() > LOOM_LOG_WARN) loom_log_set_level(LOOM_LOG_WARN); /* rank 0 reports */
     loom_mesh_shape shape;
     LOOM_CALL_GOTO(st, loom_mesh_shape_parse(t->mesh, &shape), done);
-    if (!t->mesh[0]) shape.dp = loom_comm_size(tr.world);
-    LOOM_CHECK_GOTO(st, shape.pp == 1 && shape.tp == 1 && shape.sp == 1, LOOM_ERR_UNSUPPORTED, done,
-                    "mesh '%s': this build runs data parallelism only (pp, tp and sp must be 1)", t->mesh);
+    /* dp left out of the mesh: every rank the other axes leave */
+    if (!strstr(t->mesh, "dp=")) shape.dp = loom_comm_size(tr.world) / (shape.pp * shape.tp * shape.sp);
+    LOOM_CHECK_GOTO(st, shape.pp == 1 && shape.sp == 1, LOOM_ERR_UNSUPPORTED, done,
+                    "mesh '%s': this build runs data and tensor parallelism (pp and sp must be 1)", t->mesh);
     LOOM_CALL_GOTO(st, loom_mesh_init(tr.world, shape, &tr.mesh), done);
     tr.have_mesh = 1;
     tr.dp = shape.dp;
     tr.dp_rank = tr.mesh.dp_rank;
+    tr.tp = shape.tp;
     LOOM_CHECK_GOTO(st, t->batch % tr.dp == 0, LOOM_ERR_CONFIG, done,
                     "train.batch %lld is the global micro-batch: it must divide evenly over dp=%d ranks",
                     (long long)t->batch, tr.dp);
@@ -385,7 +467,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     }
     LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
     LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.dp_rank, tr.dp), done);
-    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport};
+    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp};
     LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.mesh.dp, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
@@ -445,7 +527,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                   t->dp_overlap ? "overlapped with the backward pass" : "after the backward pass",
                   tr.mem.current[LOOM_MEM_PARAMS] / 1048576.0, tr.mem.current[LOOM_MEM_GRADS] / 1048576.0,
                   tr.mem.current[LOOM_MEM_OPTIM] / 1048576.0);
-    const double world_peak = peak_gflops * tr.dp; /* every rank's share of the machine(s) */
+    if (tr.tp > 1)
+        LOOM_INFO("tensor parallel: %d ranks per layer (heads, MLP hidden and vocabulary cut; 2 all-reduces of %lld "
+                  "floats per block per pass); this rank holds %.2fM of %.2fM parameters", tr.tp,
+                  (long long)(tr.local_batch * t->seq_len * tr.model_cfg.d_model),
+                  (double)loom_model_num_params(tr.model) / 1e6, (double)loom_model_config_num_params(&tr.model_cfg) / 1e6);
+    const double world_peak = peak_gflops * loom_comm_size(tr.world); /* every rank's share of the machine(s) */
     int tty = tr.root && (t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO)));
     if (t->profile) loom_backend_set_profiling(tr.be, 1);
     const float grad_scale = 1.0f / (float)tokens_per_step;
@@ -456,6 +543,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         double t0 = now_s();
         double lsum = 0.0;
         loom_zero_reset_stats(tr.zero);
+        loom_comm_reset_stats(tr.mesh.tp);
         for (int64_t micro = 0; micro < t->grad_accum; micro++) {
             float l;
             LOOM_CALL_GOTO(st, loom_data_next(tr.data, LOOM_SPLIT_TRAIN, tr.local_batch, t->seq_len, tr.tokens, tr.targets), done);
@@ -467,6 +555,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
         loom_optim_stats os;
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
+        tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
         if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
             LOOM_CALL_GOTO(st, loom_comm_allreduce_sum_f64(tr.mesh.dp, &lsum, 1), done);
             lsum /= tr.dp;
@@ -509,7 +598,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
         int64_t stop_vote = stop_signal != 0;
         if (tr.dp > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
-            LOOM_CALL_GOTO(st, loom_comm_allreduce_max_i64(tr.mesh.dp, &stop_vote, 1), done);
+            LOOM_CALL_GOTO(st, loom_comm_allreduce_max_i64(tr.world, &stop_vote, 1), done);
         int stop_now = stop_vote != 0 || (t->stop_after > 0 && step == t->stop_after);
         if ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now) {
             LOOM_CALL_GOTO(st, save_checkpoint(&tr, step), done);
@@ -545,7 +634,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
     }
     if (t->profile && tr.root) print_profile(tr.be, t_train);
-    if (t->sample_tokens > 0 && tr.tokenizer[0]) {
+    if (t->sample_tokens > 0 && tr.tokenizer[0] && tr.tp > 1) {
+        if (tr.root) LOOM_INFO("no sample: generation runs on one tensor-parallel rank (loom generate %s)", t->out);
+    } else if (t->sample_tokens > 0 && tr.tokenizer[0]) {
         LOOM_CALL_GOTO(st, loom_zero_gather_all(tr.zero), done); /* ZeRO-3: every rank lends its slice */
         if (tr.root) LOOM_CALL_GOTO(st, print_sample(&tr), done);
         loom_zero_release_all(tr.zero);

@@ -44,6 +44,9 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     o->embedding_forward = loom_cpu_embedding_forward;
     o->embedding_backward = loom_cpu_embedding_backward;
     o->softmax_cross_entropy = loom_cpu_softmax_cross_entropy;
+    o->ce_row_max = loom_cpu_ce_row_max;
+    o->ce_row_sums = loom_cpu_ce_row_sums;
+    o->ce_finish = loom_cpu_ce_finish;
     o->sum_squares = loom_cpu_sum_squares;
     o->scale = loom_cpu_scale;
     o->adamw = loom_cpu_adamw;

@@ -78,6 +78,11 @@ void loom_cpu_embedding_forward(loom_backend *, float *, const int32_t *, const 
 void loom_cpu_embedding_backward(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,
                                  int64_t, int64_t, int64_t, int, int);
 void loom_cpu_softmax_cross_entropy(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
+void loom_cpu_ce_row_max(loom_backend *, const float *, int64_t, int64_t, float *);
+void loom_cpu_ce_row_sums(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
+                          float *);
+void loom_cpu_ce_finish(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
+                        const float *, float);
 double loom_cpu_sum_squares(loom_backend *, const float *, int64_t);
 void loom_cpu_scale(loom_backend *, float *, float, int64_t);
 void loom_cpu_adamw(loom_backend *, float *, const float *, float *, float *, int64_t, float, float, float,

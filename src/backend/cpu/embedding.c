@@ -7,8 +7,13 @@ void loom_cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tok
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
-        const float *e = wte + (int64_t)tokens[bt] * C;
         float *o = out + bt * C;
+        if (tokens[bt] < 0) { /* another rank's vocabulary row */
+            if (wpe) memcpy(o, wpe + (bt % T) * C, (size_t)C * sizeof(float));
+            else memset(o, 0, (size_t)C * sizeof(float));
+            continue;
+        }
+        const float *e = wte + (int64_t)tokens[bt] * C;
         if (wpe) {
             const float *p = wpe + (bt % T) * C;
 #pragma omp simd
@@ -33,6 +38,7 @@ void loom_cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, con
         loom_cpu_thread_range(C, &c0, &c1);
         if (dwte)
             for (int64_t bt = 0; bt < B * T; bt++) {
+                if (tokens[bt] < 0) continue;
                 float *d = dwte + (int64_t)tokens[bt] * C;
                 const float *g = dout + bt * C;
 #pragma omp simd

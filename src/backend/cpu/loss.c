@@ -31,3 +31,54 @@ void loom_cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *loss
         }
     }
 }
+
+void loom_cpu_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *out) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = logits + n * V;
+        float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
+        for (int64_t v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        out[n] = mx;
+    }
+}
+
+void loom_cpu_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
+                          int64_t v0, const float *mx, float *sums) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = logits + n * V;
+        const float m = mx[n];
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - m);
+        sums[n] = s;
+        const int64_t t = (int64_t)targets[n] - v0;
+        sums[N + n] = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f;
+    }
+}
+
+void loom_cpu_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
+                        int64_t v0, const float *mx, const float *sums, float grad_scale) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        float *x = logits + n * V;
+        if (targets[n] < 0) {
+            losses[n] = 0.0f;
+            if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
+            continue;
+        }
+        const float m = mx[n], s = sums[n];
+        losses[n] = m + logf(s) - sums[N + n];
+        if (grad_scale != 0.0f) {
+            const float inv = grad_scale / s;
+#pragma omp simd
+            for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - m) * inv;
+            const int64_t t = (int64_t)targets[n] - v0;
+            if (t >= 0 && t < V) x[t] -= grad_scale;
+        }
+    }
+}
