@@ -127,6 +127,21 @@ void loom_k_attention_backward(loom_backend *be, float *dqkv, const float *dout,
                                const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                int64_t hd);
 
+/* Ring attention's pieces: queries of one sequence block against the keys and values of one block.
+ * q: (B,Tq) rows of stride qs, head h at column h*hd; kv: (B,Tk) rows of stride kvs, kv head g's key at
+ * column g*hd and its value at (KV+g)*hd. causal: both blocks cover the same positions; otherwise the
+ * keys are all earlier and all visible. Forward writes this block's out (B,Tq,H*hd) and lse (B,H,Tq);
+ * merge folds a second block's (out_b, lse_b) into (out, lse) as the softmax over the union would.
+ * Backward, given the final out and lse: dq (same layout as q) += and dkv (same layout as kv) +=. */
+void loom_k_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+                                    const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                    int64_t KV, int64_t hd, int causal);
+void loom_k_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+                                     int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                     int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd, int causal);
+void loom_k_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
+                            int64_t B, int64_t T, int64_t H, int64_t hd);
+
 /* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL). A negative token's row is zero (vocabulary-
  * parallel: that row lives on another rank); in backward it adds nothing to dwte. */
 void loom_k_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,

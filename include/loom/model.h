@@ -102,6 +102,9 @@ typedef struct {
 void loom_model_set_hooks(loom_model *m, const loom_model_hooks *hooks);
 /* Points the model at caller-owned flat buffers (either may be NULL to keep the current one). */
 void loom_model_set_buffers(loom_model *m, float *params, float *grads);
+/* Sequence parallel: the model sees positions [rank * T, (rank + 1) * T) of each sequence (T its local
+ * length) and its attention runs as a ring over `sp` (keys and values pass rank to rank). Before reserve. */
+void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 

@@ -138,6 +138,22 @@ void loom_k_attention_backward(loom_backend *be, float *dqkv, const float *dout,
     DISPATCH(LOOM_OP_ATTENTION, 5.0 * (double)B * (double)H * (double)T * (double)(T + 1) * (double)hd,
              be->ops.attention_backward(be, dqkv, dout, qkv, out, lse, B, T, H, KV, hd));
 }
+void loom_k_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+                                    const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                    int64_t KV, int64_t hd, int causal) {
+    DISPATCH(LOOM_OP_ATTENTION, (causal ? 2.0 : 4.0) * (double)B * (double)H * (double)Tq * (double)Tk * (double)hd,
+             be->ops.attention_block_forward(be, out, lse, q, qs, kv, kvs, B, Tq, Tk, H, KV, hd, causal));
+}
+void loom_k_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+                                     int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                     int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd, int causal) {
+    DISPATCH(LOOM_OP_ATTENTION, (causal ? 5.0 : 10.0) * (double)B * (double)H * (double)Tq * (double)Tk * (double)hd,
+             be->ops.attention_block_backward(be, dq, dkv, dout, q, qs, kv, kvs, out, lse, B, Tq, Tk, H, KV, hd, causal));
+}
+void loom_k_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
+                            int64_t B, int64_t T, int64_t H, int64_t hd) {
+    DISPATCH(LOOM_OP_ATTENTION, 0, be->ops.attention_merge(be, out, lse, out_b, lse_b, B, T, H, hd));
+}
 void loom_k_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
                               const float *wpe, int64_t B, int64_t T, int64_t C) {
     DISPATCH(LOOM_OP_EMBEDDING, 0, be->ops.embedding_forward(be, out, tokens, wte, wpe, B, T, C));

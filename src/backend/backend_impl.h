@@ -30,6 +30,13 @@ typedef struct {
                               int64_t, int64_t);
     void (*attention_backward)(loom_backend *, float *, const float *, const float *, const float *,
                                const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
+    void (*attention_block_forward)(loom_backend *, float *, float *, const float *, int64_t, const float *, int64_t,
+                                    int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int);
+    void (*attention_block_backward)(loom_backend *, float *, float *, const float *, const float *, int64_t,
+                                     const float *, int64_t, const float *, const float *, int64_t, int64_t, int64_t,
+                                     int64_t, int64_t, int64_t, int);
+    void (*attention_merge)(loom_backend *, float *, float *, const float *, const float *, int64_t, int64_t, int64_t,
+                            int64_t);
     void (*embedding_forward)(loom_backend *, float *, const int32_t *, const float *, const float *, int64_t,
                               int64_t, int64_t);
     void (*embedding_backward)(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,

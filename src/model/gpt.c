@@ -211,6 +211,7 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
     m->F = cfg->d_ff / tps;
     m->tp_size = tps;
     m->tp_rank = loom_comm_rank(tp);
+    m->sp_size = 1;
     m->V_full = cfg->vocab_size;
     {
         int64_t lo, hi;
@@ -236,6 +237,14 @@ fail:
 
 static void free_acts(loom_model *m) {
     if (m->act_mem) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);
+    for (int i = 0; i < 2; i++)
+        if (m->ring[i]) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring[i], m->ring_bytes);
+    if (m->ring_out) {
+        const int64_t N = m->cap_B * m->cap_T;
+        loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring_out, (size_t)(N * m->H * m->hd) * sizeof(float));
+        loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
+    }
+    m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
     m->act_mem = NULL;
     m->act_bytes = 0;
     free(m->acts);
@@ -330,8 +339,8 @@ void loom_model_set_buffers(loom_model *m, float *params, float *grads) {
 loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc) {
     LOOM_CHECK(B >= 1 && T >= 1, LOOM_ERR_INVALID_ARG, "batch %lld and sequence length %lld must be >= 1",
                (long long)B, (long long)T);
-    LOOM_CHECK(T <= m->cfg.max_seq_len, LOOM_ERR_CONFIG,
-               "sequence length %lld exceeds the model's max_seq_len %lld", (long long)T,
+    LOOM_CHECK(T * m->sp_size <= m->cfg.max_seq_len, LOOM_ERR_CONFIG,
+               "sequence length %lld exceeds the model's max_seq_len %lld", (long long)(T * m->sp_size),
                (long long)m->cfg.max_seq_len);
     if (m->act_mem && B <= m->cap_B && T <= m->cap_T && rc == m->rc) return LOOM_OK;
     free_acts(m);
@@ -398,6 +407,12 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
 #undef TAKE
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
+    if (m->sp_size > 1) {
+        m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);
+        for (int i = 0; i < 2; i++) LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
+        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * H * m->hd) * sizeof(float), (void **)&m->ring_out));
+        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * H) * sizeof(float), (void **)&m->ring_lse));
+    }
     if (m->tp_size > 1) {
         free(m->tok_local);
         free(m->ce_stats);
@@ -408,22 +423,101 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     m->cap_B = B;
     m->cap_T = T;
     m->rc = rc;
-    /* RoPE tables, computed in double once */
+    /* RoPE tables, computed in double once, at this rank's absolute positions */
     int64_t half = m->hd / 2;
+    const int64_t t0 = (int64_t)m->sp_rank * T;
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < half; i++) {
             double inv = pow(m->cfg.rope_theta, -2.0 * (double)i / (double)m->hd);
-            m->rope_cos[t * half + i] = (float)cos((double)t * inv);
-            m->rope_sin[t * half + i] = (float)sin((double)t * inv);
+            m->rope_cos[t * half + i] = (float)cos((double)(t0 + t) * inv);
+            m->rope_sin[t * half + i] = (float)sin((double)(t0 + t) * inv);
         }
     return LOOM_OK;
 }
 
 static const float *layer_input(const loom_model *m, int64_t l) { return l == 0 ? m->enc : m->acts[l - 1].out; }
 
+/* ---- sequence parallel: ring self-attention ----
+ * Rank r holds block r of every sequence. Its queries see its own block causally and every earlier block
+ * whole; later blocks are fully masked, so they are passed on without compute. Keys and values travel
+ * r -> r+1 in sp-1 steps, each step's transfer posted before the previous block's compute. Backward sends
+ * packets [K | V | dK | dV] round the same ring: each rank adds its queries' contribution to the visiting
+ * block's dK, dV, and after sp steps every packet is home with its gradients from all later ranks. */
+static loom_status ring_shift(loom_model *m, float *send, float *recv, int64_t n, loom_comm_req *rs, loom_comm_req *rr) {
+    const int p = m->sp_size, r = m->sp_rank;
+    LOOM_CALL(loom_comm_irecv_f32(m->sp, recv, n, (r + p - 1) % p, 7, rr));
+    LOOM_CALL(loom_comm_isend_f32(m->sp, send, n, (r + 1) % p, 7, rs));
+    return LOOM_OK;
+}
+
+static loom_status ring_wait(loom_comm_req *rs, loom_comm_req *rr) {
+    LOOM_CALL(loom_comm_wait(rs));
+    return loom_comm_wait(rr);
+}
+
+/* rows of src (stride ss) -> rows of dst (stride ds): `w` floats each, N rows; add: accumulate */
+static void copy_rows(float *dst, int64_t ds, const float *src, int64_t ss, int64_t N, int64_t w, int add) {
+    for (int64_t i = 0; i < N; i++)
+        if (add)
+            for (int64_t k = 0; k < w; k++) dst[i * ds + k] += src[i * ss + k];
+        else memcpy(dst + i * ds, src + i * ss, (size_t)w * sizeof(float));
+}
+
+static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+    const int p = m->sp_size, r = m->sp_rank;
+    const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd;
+    float *cur = m->ring[0], *nxt = m->ring[1];
+    copy_rows(cur, kvw, a->qkv + H * hd, Cq, N, kvw, 0); /* this block's [K | V] */
+    loom_comm_req rs, rr;
+    LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
+    loom_k_attention_block_forward(m->be, a->atty, a->lse, a->qkv, Cq, a->qkv + H * hd, Cq, B, T, T, H, KV, hd, 1);
+    for (int s = 1; s < p; s++) {
+        LOOM_CALL(ring_wait(&rs, &rr));
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        if (s < p - 1) LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
+        const int j = (r - s + p) % p; /* whose block arrived */
+        if (j < r) {
+            loom_k_attention_block_forward(m->be, m->ring_out, m->ring_lse, a->qkv, Cq, cur, kvw, B, T, T, H, KV, hd, 0);
+            loom_k_attention_merge(m->be, a->atty, a->lse, m->ring_out, m->ring_lse, B, T, H, hd);
+        }
+    }
+    return LOOM_OK;
+}
+
+static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+    const int p = m->sp_size, r = m->sp_rank;
+    const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd, pw = 2 * kvw;
+    memset(m->dqkv, 0, (size_t)(N * Cq) * sizeof(float));
+    loom_k_attention_block_backward(m->be, m->dqkv, m->dqkv + H * hd, m->datty, a->qkv, Cq, a->qkv + H * hd, Cq,
+                                    a->atty, a->lse, B, T, T, H, KV, hd, 1);
+    float *cur = m->ring[0], *nxt = m->ring[1];
+    for (int64_t i = 0; i < N; i++) { /* packet: [K | V] of this block, [dK | dV] from the ranks it visits */
+        memcpy(cur + i * pw, a->qkv + i * Cq + H * hd, (size_t)kvw * sizeof(float));
+        memset(cur + i * pw + kvw, 0, (size_t)kvw * sizeof(float));
+    }
+    loom_comm_req rs, rr;
+    for (int s = 1; s <= p; s++) {
+        LOOM_CALL(ring_shift(m, cur, nxt, N * pw, &rs, &rr));
+        LOOM_CALL(ring_wait(&rs, &rr));
+        float *t = cur;
+        cur = nxt;
+        nxt = t;
+        const int j = (r - s + p) % p;
+        if (s < p && j < r)
+            loom_k_attention_block_backward(m->be, m->dqkv, cur + kvw, m->datty, a->qkv, Cq, cur, pw, a->atty, a->lse,
+                                            B, T, T, H, KV, hd, 0);
+    }
+    copy_rows(m->dqkv + H * hd, Cq, cur + kvw, pw, N, kvw, 1); /* home again: the later ranks' dK, dV */
+    return LOOM_OK;
+}
+
 /* The attention core of layer l: qkv -> atty, lse. */
-static void attention_core_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+static loom_status attention_core_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+    if (m->sp_size > 1) return ring_attention_forward(m, a, B, T);
     loom_k_attention_forward(m->be, a->atty, a->lse, a->qkv, B, T, m->H, m->KV, m->hd);
+    return LOOM_OK;
 }
 
 static void mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *lo, int64_t N, int with_bias) {
@@ -454,7 +548,7 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     loom_k_matmul(be, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq);
     if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
     if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
-    attention_core_forward(m, a, B, T);
+    LOOM_CALL(attention_core_forward(m, a, B, T));
     /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x. Tensor parallel: tp rank 0
      * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
     const int lead = m->tp_rank == 0;
@@ -477,6 +571,9 @@ static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32
     LOOM_CHECK(m->act_mem && B <= m->cap_B && T <= m->cap_T, LOOM_ERR_INVALID_ARG,
                "micro-batch %lldx%lld exceeds the reserved %lldx%lld (call loom_model_reserve)", (long long)B,
                (long long)T, (long long)m->cap_B, (long long)m->cap_T);
+    LOOM_CHECK(m->sp_size == 1 || T == m->cap_T, LOOM_ERR_INVALID_ARG,
+               "sequence parallel: every micro-batch must have the reserved length %lld (positions are fixed per rank)",
+               (long long)m->cap_T);
     for (int64_t i = 0; i < B * T; i++) {
         LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V_full, LOOM_ERR_INVALID_ARG,
                    "token %d at position %lld is outside the vocabulary [0, %lld)", tokens[i], (long long)i,
@@ -509,7 +606,9 @@ static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32
         }
         tok = m->tok_local;
     }
-    loom_k_embedding_forward(be, m->enc, tok, P(m->off_wte), gpt && m->tp_rank == 0 ? P(m->off_wpe) : NULL, B, T, C);
+    const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
+    loom_k_embedding_forward(be, m->enc, tok, P(m->off_wte), gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
+                             B, T, C);
     LOOM_CALL(tp_sum(m, m->enc, N * C));
     HOOK(params_done, 0);
     for (int64_t l = 0; l < L; l++) {
@@ -572,7 +671,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     /* recompute what this mode did not keep */
     if (m->rc == LOOM_RECOMPUTE_FULL) LOOM_CALL(layer_forward(m, l, B, T));
     else if (m->rc == LOOM_RECOMPUTE_ATTN) {
-        attention_core_forward(m, a, B, T);
+        LOOM_CALL(attention_core_forward(m, a, B, T));
         mlp_activation_forward(m, a, lo, N, 0);
     }
     float *dres = m->dres;
@@ -594,7 +693,8 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     gemm_pair(be, (loom_gemm){0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
               (loom_gemm){1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca});
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_ATTN_PROJ_B]), dres, N, C, acc);
-    loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
+    if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
+    else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
     if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
     gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
               (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C});
@@ -640,11 +740,15 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
         HOOK(grads_done, (int)li + 1);
     }
     /* the token embedding (reads no parameter): tied, the head already wrote this micro-step's part */
-    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) : NULL, m->dres,
+    const int64_t t0 = (int64_t)m->sp_rank * T; /* positions [t0, t0 + T) */
+    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) + t0 * C : NULL, m->dres,
                               m->tp_size > 1 ? m->tok_local : tokens, B, T, C, V,
                               m->cfg.tie_embeddings ? 1 : accumulate, accumulate);
-    if (gpt && !accumulate && T < m->cfg.max_seq_len)
-        memset(G(m->off_wpe) + T * C, 0, (size_t)((m->cfg.max_seq_len - T) * C) * sizeof(float));
+    if (gpt && !accumulate) { /* the positions this rank did not see have no gradient here */
+        memset(G(m->off_wpe), 0, (size_t)(t0 * C) * sizeof(float));
+        if (t0 + T < m->cfg.max_seq_len)
+            memset(G(m->off_wpe) + (t0 + T) * C, 0, (size_t)((m->cfg.max_seq_len - t0 - T) * C) * sizeof(float));
+    }
     HOOK(grads_done, 0);
     if (loss) *loss = l;
     return LOOM_OK;
@@ -666,6 +770,11 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
 }
 const float *loom_model_logits(const loom_model *m) { return m->logits; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
+void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp) {
+    m->sp = sp;
+    m->sp_size = loom_comm_size(sp);
+    m->sp_rank = loom_comm_rank(sp);
+}
 int64_t loom_model_canonical_size(const loom_model *m) { return m->canon_size; }
 void loom_model_vocab_range(const loom_model *m, int64_t *v0, int64_t *n) {
     *v0 = m->v0;

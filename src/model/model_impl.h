@@ -32,6 +32,12 @@ struct loom_model {
     int32_t *tok_local;             /* tp > 1: tokens shifted into this rank's vocabulary range, -1 outside */
     float *ce_stats;                /* tp > 1: (3N) row maxima, sums of exponentials, target logits */
     int64_t (*row_blocks)[3];       /* per parameter: sizes of the full tensor's row blocks cut separately */
+    /* sequence parallel (ring attention): this rank holds positions [sp_rank * T, (sp_rank + 1) * T) */
+    loom_comm *sp;
+    int sp_size, sp_rank;
+    float *ring[2];                 /* key/value packets in flight: (B,T,4*KV*hd) each */
+    float *ring_out, *ring_lse;     /* one block's partial attention output and log-sum-exp */
+    size_t ring_bytes;
     int64_t n_params, buf_size, canon_size;
     float *params, *grads;
     int own_params, own_grads, has_grads;   /* 0: the buffer belongs to the caller (ZeRO) */

@@ -73,7 +73,12 @@ typedef struct {
     int have_mesh;
     loom_zero *zero;            /* owns the model and the optimizer */
     int root;                   /* world rank 0: prints, writes metrics and the manifest */
-    int dp, dp_rank, tp;
+    int dp, dp_rank, tp, sp;    /* dp: the ranks that reduce gradients (data x sequence parallel) */
+    loom_comm *red;             /* their communicator: mesh.dp, or dp x sp (owned) when sp > 1 */
+    loom_comm *red_owned;
+    int data_dp;                /* the mesh's dp: how the global batch is split */
+    int64_t T_local;            /* train.seq_len / sp: this rank's positions of each sequence */
+    int32_t *seq_tokens, *seq_targets; /* sp > 1: whole sequences, of which this rank keeps its block */
     int64_t local_batch;        /* train.batch / dp */
     loom_mem mem;
     loom_model *model;
@@ -114,8 +119,9 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
     loom_json_write_string(&meta, rc->preset);
     loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"world\":%d,\"zero\":%d,"
-                       "\"mesh\":{\"dp\":%d,\"tp\":%d},", (long long)step, loom_optim_kind_name(rc->optim.kind),
-                       loom_backend_threads(tr->be), tr->tp > 1 ? 1 : tr->dp, loom_zero_stage(tr->zero), tr->dp, tr->tp);
+                       "\"mesh\":{\"dp\":%d,\"tp\":%d,\"sp\":%d},", (long long)step, loom_optim_kind_name(rc->optim.kind),
+                       loom_backend_threads(tr->be), tr->tp > 1 ? 1 : tr->dp, loom_zero_stage(tr->zero), tr->data_dp, tr->tp,
+                       tr->sp);
     if (tr->tokenizer[0]) { /* what generation decodes with */
         loom_strbuf_printf(&meta, "\"tokenizer\":");
         loom_json_write_string(&meta, tr->tokenizer);
@@ -178,7 +184,7 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
             if (slices[i]) s[n++] = (loom_ckpt_section){i == 1 ? "optim.0" : "optim.1", slices[i], pbytes};
         st = loom_ckpt_write(tr->ckpt_path, s, n);
     } else {
-        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->mesh.dp, meta.buf, step, loom_zero_stage(tr->zero), &ts,
+        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->red, meta.buf, step, loom_zero_stage(tr->zero), &ts,
                                         (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, slices);
     }
     free(canon);
@@ -279,18 +285,31 @@ done:
     return st;
 }
 
+/* The next micro-batch of this rank: its rows of the global batch, and with sp > 1 its block of positions. */
+static loom_status next_batch(trainer *tr, loom_split split) {
+    const int64_t T = tr->rc->train.seq_len, B = tr->local_batch;
+    if (tr->sp == 1) return loom_data_next(tr->data, split, B, T, tr->tokens, tr->targets);
+    LOOM_CALL(loom_data_next(tr->data, split, B, T, tr->seq_tokens, tr->seq_targets));
+    const int64_t t0 = (int64_t)tr->mesh.sp_rank * tr->T_local;
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(tr->tokens + b * tr->T_local, tr->seq_tokens + b * T + t0, (size_t)tr->T_local * sizeof(int32_t));
+        memcpy(tr->targets + b * tr->T_local, tr->seq_targets + b * T + t0, (size_t)tr->T_local * sizeof(int32_t));
+    }
+    return LOOM_OK;
+}
+
 static loom_status evaluate(trainer *tr, float *val_loss) {
     const loom_train_config *t = &tr->rc->train;
     loom_data_reset_val(tr->data);
     double s = 0.0;
     for (int64_t i = 0; i < t->eval_batches; i++) {
         float l;
-        LOOM_CALL(loom_data_next(tr->data, LOOM_SPLIT_VAL, tr->local_batch, t->seq_len, tr->tokens, tr->targets));
-        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, tr->local_batch, t->seq_len, &l));
+        LOOM_CALL(next_batch(tr, LOOM_SPLIT_VAL));
+        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local, &l));
         s += l;
     }
     if (tr->dp > 1) { /* equal shares: the global mean is the mean of the ranks' means */
-        LOOM_CALL(loom_comm_allreduce_sum_f64(tr->mesh.dp, &s, 1));
+        LOOM_CALL(loom_comm_allreduce_sum_f64(tr->red, &s, 1));
         s /= tr->dp;
     }
     *val_loss = (float)(s / (double)t->eval_batches);
@@ -334,7 +353,7 @@ static loom_status gather_rank_stats(trainer *tr, int64_t *all) {
         memcpy(all, mine, sizeof mine);
         return LOOM_OK;
     }
-    return loom_comm_allgather_bytes(tr->mesh.dp, mine, (int64_t)sizeof mine, all);
+    return loom_comm_allgather_bytes(tr->red, mine, (int64_t)sizeof mine, all);
 }
 
 static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom_optim_stats *os, double tok_s,
@@ -410,9 +429,12 @@ static void trainer_free(trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
     free(tr->tokens);
     free(tr->targets);
+    free(tr->seq_tokens);
+    free(tr->seq_targets);
     loom_data_free(&tr->data);
     loom_zero_free(&tr->zero); /* the model and the optimizer */
     free(tr->rank_mem);
+    loom_comm_free(&tr->red_owned);
     if (tr->have_mesh) loom_mesh_free(&tr->mesh);
     loom_comm_free(&tr->world);
     loom_backend_free(&tr->be);
@@ -440,17 +462,28 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     LOOM_CALL_GOTO(st, loom_mesh_shape_parse(t->mesh, &shape), done);
     /* dp left out of the mesh: every rank the other axes leave */
     if (!strstr(t->mesh, "dp=")) shape.dp = loom_comm_size(tr.world) / (shape.pp * shape.tp * shape.sp);
-    LOOM_CHECK_GOTO(st, shape.pp == 1 && shape.sp == 1, LOOM_ERR_UNSUPPORTED, done,
-                    "mesh '%s': this build runs data and tensor parallelism (pp and sp must be 1)", t->mesh);
+    LOOM_CHECK_GOTO(st, shape.pp == 1, LOOM_ERR_UNSUPPORTED, done,
+                    "mesh '%s': this build runs data, tensor and sequence parallelism (pp must be 1)", t->mesh);
+    LOOM_CHECK_GOTO(st, t->seq_len % shape.sp == 0, LOOM_ERR_CONFIG, done,
+                    "train.seq_len %lld must divide evenly over sp=%d ranks", (long long)t->seq_len, shape.sp);
     LOOM_CALL_GOTO(st, loom_mesh_init(tr.world, shape, &tr.mesh), done);
     tr.have_mesh = 1;
-    tr.dp = shape.dp;
-    tr.dp_rank = tr.mesh.dp_rank;
     tr.tp = shape.tp;
-    LOOM_CHECK_GOTO(st, t->batch % tr.dp == 0, LOOM_ERR_CONFIG, done,
+    tr.sp = shape.sp;
+    tr.data_dp = shape.dp;
+    tr.T_local = t->seq_len / shape.sp;
+    /* gradients are summed over every rank that saw other tokens: data and sequence parallel alike */
+    if (shape.sp > 1)
+        LOOM_CALL_GOTO(st, loom_comm_split(tr.world, tr.mesh.pp_rank * shape.tp + tr.mesh.tp_rank,
+                                           tr.mesh.dp_rank * shape.sp + tr.mesh.sp_rank, "dp x sp", &tr.red_owned),
+                       done);
+    tr.red = shape.sp > 1 ? tr.red_owned : tr.mesh.dp;
+    tr.dp = loom_comm_size(tr.red);
+    tr.dp_rank = loom_comm_rank(tr.red);
+    LOOM_CHECK_GOTO(st, t->batch % shape.dp == 0, LOOM_ERR_CONFIG, done,
                     "train.batch %lld is the global micro-batch: it must divide evenly over dp=%d ranks",
-                    (long long)t->batch, tr.dp);
-    tr.local_batch = t->batch / tr.dp;
+                    (long long)t->batch, shape.dp);
+    tr.local_batch = t->batch / shape.dp;
     tr.rank_mem = calloc((size_t)tr.dp * RANK_ROW, sizeof(int64_t));
     LOOM_CHECK_GOTO(st, tr.rank_mem != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     const int synthetic = strcmp(t->data, "synthetic") == 0;
@@ -466,12 +499,13 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         tr.model_cfg.vocab_size = data_vocab;
     }
     LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
-    LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.dp_rank, tr.dp), done);
+    LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.mesh.dp_rank, tr.data_dp), done);
     const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp};
-    LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.mesh.dp, tr.be, &tr.mem, &tr.zero), done);
+    LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.red, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
-    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, tr.local_batch, t->seq_len, t->recompute), done);
+    if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
+    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, tr.local_batch, tr.T_local, t->recompute), done);
     loom_optim_set_total_steps(tr.opt, t->steps);
     const char *tk = loom_data_tokenizer(tr.data);
     if (tk) {
@@ -480,10 +514,15 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         snprintf(tr.tokenizer, sizeof tr.tokenizer, "%s", tk);
     }
     const int64_t BT = t->batch * t->seq_len;              /* the global micro-batch's tokens */
-    const int64_t local_BT = tr.local_batch * t->seq_len;  /* this rank's rows of it */
+    const int64_t local_BT = tr.local_batch * tr.T_local;  /* this rank's rows (and positions) of it */
     tr.tokens = malloc((size_t)local_BT * sizeof(int32_t));
     tr.targets = malloc((size_t)local_BT * sizeof(int32_t));
     LOOM_CHECK_GOTO(st, tr.tokens && tr.targets, LOOM_ERR_NOMEM, done, "out of memory");
+    if (tr.sp > 1) {
+        tr.seq_tokens = malloc((size_t)(tr.local_batch * t->seq_len) * sizeof(int32_t));
+        tr.seq_targets = malloc((size_t)(tr.local_batch * t->seq_len) * sizeof(int32_t));
+        LOOM_CHECK_GOTO(st, tr.seq_tokens && tr.seq_targets, LOOM_ERR_NOMEM, done, "out of memory");
+    }
     snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.bin", t->out);
     int64_t step = 0;
     if (t->resume) {
@@ -546,9 +585,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         loom_comm_reset_stats(tr.mesh.tp);
         for (int64_t micro = 0; micro < t->grad_accum; micro++) {
             float l;
-            LOOM_CALL_GOTO(st, loom_data_next(tr.data, LOOM_SPLIT_TRAIN, tr.local_batch, t->seq_len, tr.tokens, tr.targets), done);
+            LOOM_CALL_GOTO(st, next_batch(&tr, LOOM_SPLIT_TRAIN), done);
             loom_zero_begin_micro(tr.zero, micro, micro == t->grad_accum - 1);
-            LOOM_CALL_GOTO(st, loom_model_forward_backward(tr.model, tr.tokens, tr.targets, tr.local_batch, t->seq_len,
+            LOOM_CALL_GOTO(st, loom_model_forward_backward(tr.model, tr.tokens, tr.targets, tr.local_batch, tr.T_local,
                                                            grad_scale, loom_zero_accumulate(tr.zero, micro), &l), done);
             LOOM_CALL_GOTO(st, loom_zero_end_micro(tr.zero), done);
             lsum += l;
@@ -557,7 +596,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
         tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
         if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
-            LOOM_CALL_GOTO(st, loom_comm_allreduce_sum_f64(tr.mesh.dp, &lsum, 1), done);
+            LOOM_CALL_GOTO(st, loom_comm_allreduce_sum_f64(tr.red, &lsum, 1), done);
             lsum /= tr.dp;
         }
         loss = (float)(lsum / (double)t->grad_accum);
@@ -634,8 +673,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
     }
     if (t->profile && tr.root) print_profile(tr.be, t_train);
-    if (t->sample_tokens > 0 && tr.tokenizer[0] && tr.tp > 1) {
-        if (tr.root) LOOM_INFO("no sample: generation runs on one tensor-parallel rank (loom generate %s)", t->out);
+    if (t->sample_tokens > 0 && tr.tokenizer[0] && (tr.tp > 1 || tr.sp > 1)) {
+        if (tr.root) LOOM_INFO("no sample: generation runs on one rank per sequence and layer (loom generate %s)", t->out);
     } else if (t->sample_tokens > 0 && tr.tokenizer[0]) {
         LOOM_CALL_GOTO(st, loom_zero_gather_all(tr.zero), done); /* ZeRO-3: every rank lends its slice */
         if (tr.root) LOOM_CALL_GOTO(st, print_sample(&tr), done);

@@ -13,12 +13,13 @@
 
 #define ATT_BLOCK 64
 
-/* Row i of the block (absolute position i0 + r) sees keys 0..i0+r: softmax in place over those, zero beyond.
- * s holds raw q.k scores on entry, probabilities on exit; lse gets scale*max + log(sum). */
-static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t rows, float scale) {
+/* Row i of the block (absolute position i0 + r) sees keys 0..i0+r (causal) or all ld keys: softmax in place
+ * over those, zero beyond. s holds raw q.k scores on entry, probabilities on exit; lse gets
+ * scale*max + log(sum). */
+static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t rows, float scale, int causal) {
     for (int64_t r = 0; r < rows; r++) {
         float *p = s + r * ld;
-        const int64_t n = i0 + r + 1;
+        const int64_t n = causal ? i0 + r + 1 : ld;
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
         for (int64_t j = 0; j < n; j++) mx = p[j] > mx ? p[j] : mx;
@@ -54,7 +55,7 @@ void loom_cpu_attention_forward(loom_backend *be, float *out, float *lse, const 
                     const int64_t rows = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + rows;
                     /* S (rows, n) = Q_blk K[0:n]^T */
                     loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, base + i0 * row + h * hd, row, K, row, 0.0f, s, n);
-                    softmax_rows(s, n, lse + (b * H + h) * T + i0, i0, rows, scale);
+                    softmax_rows(s, n, lse + (b * H + h) * T + i0, i0, rows, scale, 1);
                     /* O_blk (rows, hd) = P V[0:n] */
                     loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, s, n, V, row, 0.0f, out + (b * T + i0) * C + h * hd, C);
                 }
@@ -117,4 +118,105 @@ void loom_cpu_attention_backward(loom_backend *be, float *dqkv, const float *dou
         free(p);
         free(dp);
     }
+}
+
+/* ---- one block of queries against one block of keys and values (ring attention) ----
+ * Queries: rows of stride qs, head h at column h*hd. Keys and values: rows of stride kvs, kv head g's key at
+ * column g*hd and value at (KV+g)*hd. causal: the two blocks cover the same positions (key j visible to
+ * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). */
+
+void loom_cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+                                      const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                      int64_t KV, int64_t hd, int causal) {
+    const int64_t group = H / KV, C = H * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        float *s = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float));
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t h = 0; h < H; h++) {
+                if (!s) continue;
+                const int64_t g = h / group;
+                const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
+                for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
+                    const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
+                    loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, q + (b * Tq + i0) * qs + h * hd, qs, K, kvs, 0.0f, s, n);
+                    softmax_rows(s, n, lse + (b * H + h) * Tq + i0, i0, rows, scale, causal);
+                    loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, s, n, V, kvs, 0.0f, out + (b * Tq + i0) * C + h * hd, C);
+                }
+            }
+        free(s);
+    }
+}
+
+void loom_cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+                                       int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                       int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
+                                       int causal) {
+    const int64_t group = H / KV, C = H * hd;
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel
+    {
+        float *p = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float));
+        float *dp = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float));
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t g = 0; g < KV; g++) {
+                if (!p || !dp) continue;
+                const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
+                float *dK = dkv + b * Tk * kvs + g * hd, *dV = dkv + b * Tk * kvs + (KV + g) * hd;
+                for (int64_t h = g * group; h < (g + 1) * group; h++)
+                    for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
+                        const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
+                        const float *Q = q + (b * Tq + i0) * qs + h * hd;
+                        const float *dO = dout + (b * Tq + i0) * C + h * hd, *O = out + (b * Tq + i0) * C + h * hd;
+                        const float *L = lse + (b * H + h) * Tq + i0;
+                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, Q, qs, K, kvs, 0.0f, p, n);  /* S */
+                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, dO, C, V, kvs, 0.0f, dp, n); /* dP */
+                        for (int64_t r = 0; r < rows; r++) {
+                            float *pr = p + r * n, *dpr = dp + r * n;
+                            const float *dor = dO + r * C, *orow = O + r * C;
+                            float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+                            for (int64_t d = 0; d < hd; d++) D += dor[d] * orow[d];
+                            const int64_t valid = causal ? i0 + r + 1 : n;
+                            const float Lr = L[r];
+#pragma omp simd
+                            for (int64_t j = 0; j < valid; j++) {
+                                float pj = loom_fast_expf(pr[j] * scale - Lr);
+                                pr[j] = pj;
+                                dpr[j] = pj * (dpr[j] - D) * scale;
+                            }
+                            for (int64_t j = valid; j < n; j++) pr[j] = dpr[j] = 0.0f;
+                        }
+                        /* dQ_blk += dS K; dK += dS^T Q_blk; dV += P^T dO_blk */
+                        loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, dp, n, K, kvs, 1.0f, dq + (b * Tq + i0) * qs + h * hd, qs);
+                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, dp, n, Q, qs, 1.0f, dK, kvs);
+                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, p, n, dO, C, 1.0f, dV, kvs);
+                    }
+            }
+        free(p);
+        free(dp);
+    }
+}
+
+void loom_cpu_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
+                              int64_t B, int64_t T, int64_t H, int64_t hd) {
+    (void)be;
+    const int64_t C = H * hd;
+#pragma omp parallel for schedule(static) collapse(2)
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t h = 0; h < H; h++) {
+                float *la = lse + (b * H + h) * T + t;
+                const float lb = lse_b[(b * H + h) * T + t];
+                const float m = *la > lb ? *la : lb;
+                const float wa = expf(*la - m), wb = expf(lb - m), inv = 1.0f / (wa + wb);
+                float *o = out + (b * T + t) * C + h * hd;
+                const float *ob = out_b + (b * T + t) * C + h * hd;
+#pragma omp simd
+                for (int64_t d = 0; d < hd; d++) o[d] = (o[d] * wa + ob[d] * wb) * inv;
+                *la = m + logf(wa + wb);
+            }
 }

@@ -41,6 +41,9 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     o->rope = loom_cpu_rope;
     o->attention_forward = loom_cpu_attention_forward;
     o->attention_backward = loom_cpu_attention_backward;
+    o->attention_block_forward = loom_cpu_attention_block_forward;
+    o->attention_block_backward = loom_cpu_attention_block_backward;
+    o->attention_merge = loom_cpu_attention_merge;
     o->embedding_forward = loom_cpu_embedding_forward;
     o->embedding_backward = loom_cpu_embedding_backward;
     o->softmax_cross_entropy = loom_cpu_softmax_cross_entropy;

@@ -71,6 +71,13 @@ void loom_cpu_rope(loom_backend *, float *, const float *, const float *, int64_
                    int64_t, int);
 void loom_cpu_attention_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t, int64_t,
                                 int64_t, int64_t);
+void loom_cpu_attention_block_forward(loom_backend *, float *, float *, const float *, int64_t, const float *,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int);
+void loom_cpu_attention_block_backward(loom_backend *, float *, float *, const float *, const float *, int64_t,
+                                       const float *, int64_t, const float *, const float *, int64_t, int64_t,
+                                       int64_t, int64_t, int64_t, int64_t, int);
+void loom_cpu_attention_merge(loom_backend *, float *, float *, const float *, const float *, int64_t, int64_t,
+                              int64_t, int64_t);
 void loom_cpu_attention_backward(loom_backend *, float *, const float *, const float *, const float *,
                                  const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
 void loom_cpu_embedding_forward(loom_backend *, float *, const int32_t *, const float *, const float *, int64_t,
