@@ -14,6 +14,12 @@
                head's input gradient; plus the vocabulary-parallel loss's row maxima (N) and sums (2 N) and the
                gradient norm (1 double)); checkpoints written at dp=2 x tp=2 resume at tp=1 and at tp=1 resume
                at tp=4, continuing within TOL
+  sequence     sequence parallel (ring self-attention) for sp=2 and 4, dp=2 x sp=2 (ZeRO-1) and tp=2 x sp=2, both
+               families: losses within TOL of one process; the ring's sends per step equal the analytic count
+               (per layer: sp-1 forward steps of this block's K and V, B x T/sp x 2 x KV x hd floats; sp backward
+               steps of [K, V, dK, dV], twice that); long context: llama-tiny at T=1024, B=1, whose one-process
+               activations exceed a budget of 30% of themselves, trains with sp=4 inside it (peak activation
+               bytes per rank against 1/4 of one process's)
   killed       one of 4 ranks killed -9: the job ends within 60 s with an error naming the lost rank, and the
                last checkpoint verifies and resumes
 
@@ -35,7 +41,7 @@ import tempfile
 import time
 
 LOOM = os.path.abspath(sys.argv[1])
-CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "killed"]
+CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "killed"]
 TOL = 2e-4
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_dist_")
@@ -176,6 +182,42 @@ if "tensor" in CHECKS:
             d = maxdiff(losses(out), ref["llama"], range(11, 21))
             check(d <= TOL, f"tensor reshard: saved at {save or 'one rank'}, resumed at {resume or 'one rank'}: "
                             f"steps 11-20 within {TOL} of one process (max diff {d:.2e})")
+
+if "sequence" in CHECKS:
+    for fam, fargs in FAMILIES.items():
+        for mesh, n, z in (("sp=2", 2, 0), ("sp=4", 4, 0), ("dp=2,sp=2", 4, 1), ("tp=2,sp=2", 4, 0)):
+            out = os.path.join(W, f"{fam}-{mesh}-z{z}")
+            name = f"{fam} {mesh} ZeRO-{z}"
+            if train(n, out, fargs + COMMON, zero=z, mesh=mesh) != 0:
+                check(False, f"{name}: run failed")
+                continue
+            d = maxdiff(losses(out), ref[fam], range(1, 21))
+            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+            meta = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
+                                             text=True).stdout.split("meta ", 1)[1])
+            mc = meta["model"]
+            dp, tp, sp = (int(dict(kv.split("=") for kv in mesh.split(",")).get(a, 1)) for a in ("dp", "tp", "sp"))
+            L, KV, hd = mc["n_layer"], mc["n_kv_head"] // tp, mc["d_model"] // mc["n_head"]
+            N = 8 // dp * 32 // sp
+            calls = L * (sp - 1) + L * sp
+            nbytes = L * (sp - 1) * N * 2 * KV * hd * 4 + L * sp * N * 4 * KV * hd * 4
+            row = metrics(out)[-1]
+            check(row.get("sp_send_calls") == calls and row.get("sp_send_bytes") == nbytes,
+                  f"{name}: ring sends per step {row.get('sp_send_calls')}, {row.get('sp_send_bytes')} bytes; "
+                  f"analytic {calls}, {nbytes} bytes")
+    lc = FAMILIES["llama"] + ["--steps", "2", "--batch", "1", "--seq-len", "1024", "--threads", "1",
+                              "--set", "train.progress=0"]
+    one, four = os.path.join(W, "long1"), os.path.join(W, "long4")
+    ok = train(1, one, lc) == 0 and train(4, four, lc, mesh="sp=4") == 0
+    check(ok, "long context: T=1024 on one process and on sp=4")
+    if ok:
+        a1, a4 = metrics(one)[-1]["mem_peak_acts"], metrics(four)[-1]["mem_peak_acts"]
+        budget = 0.30 * a1
+        check(a1 > budget and a4 <= budget,
+              f"long context: activations {a1} bytes on one process exceed the budget {budget:.0f}; sp=4 peaks at "
+              f"{a4} per rank ({a4 / a1:.3f} of one process; 1/p = 0.250)")
+        d = maxdiff(losses(four), losses(one), (1, 2))
+        check(d <= TOL, f"long context: sp=4 losses within {TOL} of one process (max diff {d:.2e})")
 
 if "killed" in CHECKS:
     out = os.path.join(W, "killed")

@@ -43,7 +43,7 @@ typedef enum {
     LOOM_COLL_BARRIER, LOOM_COLL_COUNT
 } loom_coll;
 typedef struct {
-    int64_t calls[LOOM_COLL_COUNT];
+    int64_t calls[LOOM_COLL_COUNT];   /* send/recv: the sends (a transfer counts once, at its sender) */
     int64_t bytes[LOOM_COLL_COUNT];   /* payload bytes this rank contributed */
     double wait_seconds;              /* time spent blocked in waits (not hidden behind compute) */
 } loom_comm_stats;

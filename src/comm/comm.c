@@ -264,10 +264,14 @@ void loom_comm_count(loom_comm *c, loom_coll k, int64_t bytes) {
     c->stats.bytes[k] += bytes;
 }
 
-static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, int64_t bytes) {
+static void begin_uncounted(loom_comm *c, loom_comm_req *r, const char *op) {
     memset(r, 0, sizeof *r);
     r->comm = c;
     r->op = op;
+}
+
+static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, int64_t bytes) {
+    begin_uncounted(c, r, op);
     loom_comm_count(c, k, bytes);
 }
 
@@ -295,7 +299,7 @@ loom_status loom_comm_isend_f32(loom_comm *c, const float *b, int64_t n, int dst
 }
 
 loom_status loom_comm_irecv_f32(loom_comm *c, float *b, int64_t n, int src, int tag, loom_comm_req *r) {
-    begin(c, r, "recv", LOOM_COLL_SENDRECV, 0);
+    begin_uncounted(c, r, "recv"); /* a transfer counts once, at its sender */
     return c->ops.irecv(c, b, n * 4, src, tag, r);
 }
 

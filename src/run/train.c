@@ -92,6 +92,7 @@ typedef struct {
     loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
     int64_t *rank_mem;             /* [dp][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
     loom_comm_stats tp_stats;      /* the last step's collectives on the tp axis (this rank) */
+    loom_comm_stats sp_stats;      /* and the ring transfers on the sp axis */
 } trainer;
 
 /* Tensor parallel checkpoints hold the one-rank layout: each rank scatters its dp slice [begin, end) of a
@@ -386,6 +387,10 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
         loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld", tr->tp,
                            (long long)tr->tp_stats.calls[LOOM_COLL_ALLREDUCE],
                            (long long)tr->tp_stats.bytes[LOOM_COLL_ALLREDUCE]);
+    if (tr->sp > 1)
+        loom_strbuf_printf(&sb, ",\"sp\":%d,\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", tr->sp,
+                           (long long)tr->sp_stats.calls[LOOM_COLL_SENDRECV],
+                           (long long)tr->sp_stats.bytes[LOOM_COLL_SENDRECV]);
     /* per rank, peak bytes by category [params, grads, optim, acts, workspace] */
     loom_strbuf_printf(&sb, ",\"mem_rank_peak_bytes\":[");
     for (int r = 0; r < tr->dp; r++) {
@@ -583,6 +588,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         double lsum = 0.0;
         loom_zero_reset_stats(tr.zero);
         loom_comm_reset_stats(tr.mesh.tp);
+        loom_comm_reset_stats(tr.mesh.sp);
         for (int64_t micro = 0; micro < t->grad_accum; micro++) {
             float l;
             LOOM_CALL_GOTO(st, next_batch(&tr, LOOM_SPLIT_TRAIN), done);
@@ -595,6 +601,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         loom_optim_stats os;
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
         tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
+        tr.sp_stats = loom_comm_get_stats(tr.mesh.sp);
         if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
             LOOM_CALL_GOTO(st, loom_comm_allreduce_sum_f64(tr.red, &lsum, 1), done);
             lsum /= tr.dp;
