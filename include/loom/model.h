@@ -48,6 +48,8 @@ typedef struct {
     int tp_split;   /* LOOM_TP_*: how tensor parallelism cuts the full tensor into this rank's view */
     int64_t full_shape[2]; /* the whole tensor's shape (= shape when tp_split is LOOM_TP_REPLICATED) */
     int64_t canon_offset;  /* where the whole tensor starts in the one-rank layout (checkpoints) */
+    int seed_index;        /* its index in the whole model's parameter list: its initialisation stream */
+    int tied_copy;         /* pipeline: the last stage's copy of the tied embedding (the first stage's counts) */
 } loom_param_info;
 
 /* Tensor-parallel cuts (Megatron 1D). Rows: column-parallel linears (qkv, fc/gate_up) and their biases,
@@ -78,6 +80,38 @@ enum {
 };
 LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp,
                                            loom_mem *mem, int flags, loom_model **out);
+
+/* ---- pipeline parts ----
+ * A pipeline stage holds some of the blocks, in chunks (virtual stages: one chunk without interleaving),
+ * plus the embedding when it is the first stage and the final norm and head when it is the last (with a
+ * tied head, the last stage keeps its own copy of the embedding matrix, flagged tied_copy). Parameter
+ * names, initialisation and the one-rank layout are the whole model's, so any part starts from the same
+ * weights and checkpoints in the same layout. */
+#define LOOM_MAX_CHUNKS 16
+typedef struct {
+    int n_chunks;
+    int64_t layer_lo[LOOM_MAX_CHUNKS], layer_hi[LOOM_MAX_CHUNKS]; /* global blocks of each chunk, ascending */
+    int first, last;
+} loom_model_part;
+LOOM_NODISCARD loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_part *part,
+                                                loom_backend *be, loom_comm *tp, loom_mem *mem, int flags,
+                                                loom_model **out);
+int loom_model_num_chunks(const loom_model *m);
+/* Activations for `slots` micro-batches in flight (pipeline schedules); loom_model_reserve is one slot. */
+LOOM_NODISCARD loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc,
+                                                    int slots);
+void loom_model_use_slot(loom_model *m, int slot);
+/* One chunk of one micro-batch, in the current slot. Forward: the first stage's chunk 0 reads tokens,
+ * every other chunk x_in (B*T, C), the previous chunk's output; the last stage's last chunk computes the
+ * loss (with grad_scale != 0, its gradient in place, as loom_model_forward_backward); every other chunk
+ * returns its output in *x_out (valid while the slot is). Backward: dy (B*T, C) is the gradient of the
+ * chunk's output (ignored on the head's chunk); *dx_out receives the gradient of its input (valid until
+ * the next backward call), except on the embedding's chunk. accumulate: add to the gradients. */
+LOOM_NODISCARD loom_status loom_model_chunk_forward(loom_model *m, int chunk, const int32_t *tokens, const float *x_in,
+                                                    const int32_t *targets, int64_t B, int64_t T, float grad_scale,
+                                                    float *loss, const float **x_out);
+LOOM_NODISCARD loom_status loom_model_chunk_backward(loom_model *m, int chunk, const int32_t *tokens, const float *dy,
+                                                     int64_t B, int64_t T, int accumulate, const float **dx_out);
 void loom_model_free(loom_model **m);
 void loom_model_init_weights(loom_model *m, uint64_t seed);
 /* Writes the initial values of flat positions [begin, end) to dst (end - begin floats): the same values

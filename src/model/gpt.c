@@ -44,7 +44,7 @@ static loom_status add_param(loom_model *m, int cap, const char *name, int layer
     p->full_shape[1] = p->shape[1];
     m->n_params += p->numel;
     *cursor += (p->numel + 15) / 16 * 16; /* 64-byte aligned views */
-    p->canon_offset = -1; /* set_canonical_offsets, once every cut is known */
+    p->canon_offset = -1; /* walk_param sets it */
     *out_off = p->offset;
     return LOOM_OK;
 }
@@ -93,17 +93,6 @@ static int64_t tp_local_index(const loom_model *m, int i, int64_t row, int64_t c
     return p->offset + row * p->shape[1] + col;
 }
 
-/* The one-rank layout: the same parameters in the same order, whole, with the same alignment rule. */
-static void set_canonical_offsets(loom_model *m) {
-    int64_t cur = 0;
-    for (int i = 0; i < m->n_infos; i++) {
-        loom_param_info *p = &m->infos[i];
-        p->canon_offset = cur;
-        cur += (p->full_shape[0] * p->full_shape[1] + 15) / 16 * 16;
-    }
-    m->canon_size = cur;
-}
-
 int64_t loom_model_tp_element(const loom_model *m, int i, int64_t k) {
     const loom_param_info *p = &m->infos[i];
     const int64_t row = k / p->shape[1], col = k % p->shape[1];
@@ -124,30 +113,60 @@ int64_t loom_model_tp_element(const loom_model *m, int i, int64_t k) {
     return k;
 }
 
+/* One parameter of the whole model as the layout walk meets it: it always advances the one-rank layout and
+ * the seed index; it takes a place in this rank's buffer only when this rank holds it. */
+typedef struct {
+    int split;
+    int64_t full0, full1, b0, b1, b2;
+} split_spec;
+
+static loom_status walk_param(loom_model *m, int cap, int include, const char *name, int layer, int ndim, int64_t d0,
+                              int64_t d1, int decay, split_spec sp, int64_t *cursor, int64_t *out_off) {
+    const int64_t canon = m->canon_size;
+    const int seed = m->n_full_params;
+    m->canon_size += (sp.full0 * sp.full1 + 15) / 16 * 16;
+    m->n_full_params++;
+    *out_off = -1;
+    if (!include) return LOOM_OK;
+    LOOM_CALL(add_param(m, cap, name, layer, ndim, d0, d1, decay, cursor, out_off));
+    set_split(m, sp.split, sp.full0, sp.full1, sp.b0, sp.b1, sp.b2);
+    m->infos[m->n_infos - 1].canon_offset = canon;
+    m->infos[m->n_infos - 1].seed_index = seed;
+    return LOOM_OK;
+}
+
 static loom_status build_layout(loom_model *m) {
     const loom_model_config *c = &m->cfg;
-    int64_t L = c->n_layer, C = m->C, Cq = m->Cq, F = m->F, V = m->V;
-    int gpt = c->family == LOOM_FAMILY_GPT2;
-    int cap = 8 + (int)L * W_COUNT;
+    const int64_t Lg = c->n_layer, C = m->C, Cq = m->Cq, F = m->F, V = m->V;
+    const int gpt = c->family == LOOM_FAMILY_GPT2;
+    const int cap = 8 + (int)Lg * W_COUNT;
     m->infos = calloc((size_t)cap, sizeof *m->infos);
     m->row_blocks = calloc((size_t)cap, sizeof *m->row_blocks);
-    m->layer_off = malloc((size_t)(L * W_COUNT) * sizeof(int64_t));
+    m->layer_off = malloc((size_t)((m->L ? m->L : 1) * W_COUNT) * sizeof(int64_t));
     LOOM_CHECK(m->infos && m->row_blocks && m->layer_off, LOOM_ERR_NOMEM, "out of memory");
     const int64_t P = m->tp_size, hd = m->hd, Vf = m->V_full;
-    for (int64_t i = 0; i < L * W_COUNT; i++) m->layer_off[i] = -1;
-    int64_t cur = 0;
-    m->off_wpe = m->off_lnf_b = -1;
-    LOOM_CALL(add_param(m, cap, "wte", -1, 2, V, C, 1, &cur, &m->off_wte));
-    set_split(m, LOOM_TP_ROWS, Vf, C, Vf, 0, 0);
-    if (gpt) LOOM_CALL(add_param(m, cap, "wpe", -1, 2, c->max_seq_len, C, 1, &cur, &m->off_wpe));
+    for (int64_t i = 0; i < m->L * W_COUNT; i++) m->layer_off[i] = -1;
+    int64_t cur = 0, off;
+    m->off_wte = m->off_wpe = m->off_lnf_w = m->off_lnf_b = m->off_head = -1;
+    const split_spec vocab = {LOOM_TP_ROWS, Vf, C, Vf, 0, 0};
+    LOOM_CALL(walk_param(m, cap, m->first, "wte", -1, 2, V, C, 1, vocab, &cur, &m->off_wte));
+    if (gpt)
+        LOOM_CALL(walk_param(m, cap, m->first, "wpe", -1, 2, c->max_seq_len, C, 1,
+                             (split_spec){LOOM_TP_REPLICATED, c->max_seq_len, C, 0, 0, 0}, &cur, &m->off_wpe));
     static const char *const gpt_names[W_COUNT] = {
         "ln_1.weight", "ln_1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
         "ln_2.weight", "ln_2.bias", "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight", "mlp.proj.bias"};
     static const char *const llama_names[W_COUNT] = {
         "attn_norm.weight", NULL, "attn.qkv.weight", NULL, "attn.proj.weight", NULL,
         "mlp_norm.weight", NULL, "mlp.gate_up.weight", NULL, "mlp.down.weight", NULL};
-    for (int64_t l = 0; l < L; l++) {
-        int64_t *lo = m->layer_off + l * W_COUNT;
+    int64_t l = 0; /* local index of the next held block */
+    m->n_units = 0;
+    m->unit_lo = calloc((size_t)m->L + 3, sizeof(int64_t));
+    LOOM_CHECK(m->unit_lo != NULL, LOOM_ERR_NOMEM, "out of memory");
+    if (m->first) m->unit_lo[m->n_units++] = 0;
+    for (int64_t g = 0; g < Lg; g++) {
+        const int held = l < m->L && m->layer_g[l] == g;
+        if (held) m->unit_lo[m->n_units++] = cur;
         for (int w = 0; w < W_COUNT; w++) {
             const char *nm = gpt ? gpt_names[w] : llama_names[w];
             if (!nm || (!c->bias && (w == W_QKV_B || w == W_ATTN_PROJ_B || w == W_FC_B || w == W_MLP_PROJ_B)))
@@ -163,34 +182,53 @@ static loom_status build_layout(loom_model *m) {
             case W_MLP_PROJ_W: d0 = C; d1 = F; ndim = 2; break;
             default: break;
             }
-            char name[64];
-            snprintf(name, sizeof name, "h.%lld.%s", (long long)l, nm);
-            LOOM_CALL(add_param(m, cap, name, (int)l, ndim, d0, d1, ndim == 2, &cur, &lo[w]));
             const int64_t Hf = m->H * P, KVf = m->KV * P, Ff = m->F * P;
+            split_spec sp = {LOOM_TP_REPLICATED, d0, d1, 0, 0, 0};
             switch (w) {
-            case W_QKV_W: case W_QKV_B: set_split(m, LOOM_TP_ROWS, d0 * P, d1, Hf * hd, KVf * hd, KVf * hd); break;
-            case W_FC_W: case W_FC_B: set_split(m, LOOM_TP_ROWS, d0 * P, d1, Ff, gpt ? 0 : Ff, 0); break;
-            case W_ATTN_PROJ_W: case W_MLP_PROJ_W: set_split(m, LOOM_TP_COLS, d0, d1 * P, 0, 0, 0); break;
-            default: set_split(m, LOOM_TP_REPLICATED, d0, d1, 0, 0, 0); break;
+            case W_QKV_W: case W_QKV_B: sp = (split_spec){LOOM_TP_ROWS, d0 * P, d1, Hf * hd, KVf * hd, KVf * hd}; break;
+            case W_FC_W: case W_FC_B: sp = (split_spec){LOOM_TP_ROWS, d0 * P, d1, Ff, gpt ? 0 : Ff, 0}; break;
+            case W_ATTN_PROJ_W: case W_MLP_PROJ_W: sp = (split_spec){LOOM_TP_COLS, d0, d1 * P, 0, 0, 0}; break;
+            default: break;
             }
+            char name[64];
+            snprintf(name, sizeof name, "h.%lld.%s", (long long)g, nm);
+            LOOM_CALL(walk_param(m, cap, held, name, (int)g, ndim, d0, d1, ndim == 2, sp, &cur, &off));
+            if (held) m->layer_off[l * W_COUNT + w] = off;
         }
+        if (held) l++;
     }
-    LOOM_CALL(add_param(m, cap, gpt ? "ln_f.weight" : "norm_f.weight", -1, 1, C, 1, 0, &cur, &m->off_lnf_w));
-    if (gpt) LOOM_CALL(add_param(m, cap, "ln_f.bias", -1, 1, C, 1, 0, &cur, &m->off_lnf_b));
-    if (c->tie_embeddings) m->off_head = m->off_wte;
-    else {
-        LOOM_CALL(add_param(m, cap, "lm_head.weight", -1, 2, V, C, 1, &cur, &m->off_head));
-        set_split(m, LOOM_TP_ROWS, Vf, C, Vf, 0, 0);
+    if (m->last) m->unit_lo[m->n_units++] = cur;
+    const split_spec repl = {LOOM_TP_REPLICATED, C, 1, 0, 0, 0};
+    LOOM_CALL(walk_param(m, cap, m->last, gpt ? "ln_f.weight" : "norm_f.weight", -1, 1, C, 1, 0, repl, &cur,
+                         &m->off_lnf_w));
+    if (gpt) LOOM_CALL(walk_param(m, cap, m->last, "ln_f.bias", -1, 1, C, 1, 0, repl, &cur, &m->off_lnf_b));
+    if (!c->tie_embeddings) {
+        LOOM_CALL(walk_param(m, cap, m->last, "lm_head.weight", -1, 2, V, C, 1, vocab, &cur, &m->off_head));
+    } else if (m->first) {
+        m->off_head = m->off_wte;
+    } else if (m->last) { /* the tied head on a later stage: its own copy of the embedding matrix */
+        LOOM_CALL(add_param(m, cap, "wte", -1, 2, V, C, 1, &cur, &m->off_head));
+        set_split(m, vocab.split, vocab.full0, vocab.full1, vocab.b0, vocab.b1, vocab.b2);
+        m->infos[m->n_infos - 1].canon_offset = 0; /* the embedding leads the one-rank layout */
+        m->infos[m->n_infos - 1].seed_index = 0;
+        m->infos[m->n_infos - 1].tied_copy = 1;
     }
     m->buf_size = cur;
-    set_canonical_offsets(m);
+    m->unit_lo[m->n_units] = cur;
     return LOOM_OK;
 }
 
-loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp, loom_mem *mem,
-                            int flags, loom_model **out) {
+loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
+                                 loom_comm *tp, loom_mem *mem, int flags, loom_model **out) {
     *out = NULL;
     LOOM_CALL(loom_model_config_validate(cfg));
+    LOOM_CHECK(part->n_chunks >= 1 && part->n_chunks <= LOOM_MAX_CHUNKS, LOOM_ERR_INVALID_ARG,
+               "a model part has 1..%d chunks, got %d", LOOM_MAX_CHUNKS, part->n_chunks);
+    for (int k = 0; k < part->n_chunks; k++)
+        LOOM_CHECK(part->layer_lo[k] < part->layer_hi[k] && part->layer_lo[k] >= 0 &&
+                       part->layer_hi[k] <= cfg->n_layer && (k == 0 || part->layer_lo[k] >= part->layer_hi[k - 1]),
+                   LOOM_ERR_INVALID_ARG, "model part chunk %d covers blocks [%lld, %lld) of %lld", k,
+                   (long long)part->layer_lo[k], (long long)part->layer_hi[k], (long long)cfg->n_layer);
     const int tps = loom_comm_size(tp);
     LOOM_CHECK(cfg->n_head % tps == 0 && cfg->n_kv_head % tps == 0 && cfg->d_ff % tps == 0, LOOM_ERR_CONFIG,
                "tensor parallel size %d must divide the heads (%lld), the key/value heads (%lld) and d_ff (%lld)",
@@ -200,6 +238,24 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
     loom_model *m = calloc(1, sizeof *m);
     LOOM_CHECK(m != NULL, LOOM_ERR_NOMEM, "out of memory");
     m->cfg = *cfg;
+    m->first = part->first;
+    m->last = part->last;
+    m->n_chunks = part->n_chunks;
+    for (int k = 0; k < part->n_chunks; k++) m->L += part->layer_hi[k] - part->layer_lo[k];
+    m->layer_g = calloc((size_t)m->L, sizeof(int64_t));
+    m->layer_chunk = calloc((size_t)m->L, sizeof(int));
+    if (!m->layer_g || !m->layer_chunk) {
+        loom_model_free(&m);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    for (int k = 0, l = 0; k < part->n_chunks; k++) {
+        m->chunk_l0[k] = l;
+        for (int64_t g = part->layer_lo[k]; g < part->layer_hi[k]; g++, l++) {
+            m->layer_g[l] = g;
+            m->layer_chunk[l] = k;
+        }
+        m->chunk_l1[k] = l;
+    }
     m->be = be;
     m->tp = tp;
     m->mem = mem;
@@ -235,6 +291,14 @@ fail:
     return st;
 }
 
+loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp, loom_mem *mem,
+                            int flags, loom_model **out) {
+    loom_model_part whole = {1, {0}, {cfg->n_layer}, 1, 1};
+    return loom_model_init_part(cfg, &whole, be, tp, mem, flags, out);
+}
+
+int loom_model_num_chunks(const loom_model *m) { return m->n_chunks; }
+
 static void free_acts(loom_model *m) {
     if (m->act_mem) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);
     for (int i = 0; i < 2; i++)
@@ -247,7 +311,10 @@ static void free_acts(loom_model *m) {
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
     m->act_mem = NULL;
     m->act_bytes = 0;
-    free(m->acts);
+    for (int i = 0; m->slots && i < m->n_slots; i++) free(m->slots[i].acts);
+    free(m->slots);
+    m->slots = NULL;
+    m->n_slots = 0;
     m->acts = NULL;
     m->cap_B = m->cap_T = 0;
 }
@@ -260,6 +327,9 @@ void loom_model_free(loom_model **pm) {
     if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
     free(m->infos);
     free(m->row_blocks);
+    free(m->layer_g);
+    free(m->layer_chunk);
+    free(m->unit_lo);
     free(m->tok_local);
     free(m->ce_stats);
     free(m->layer_off);
@@ -274,7 +344,7 @@ void loom_model_init_weights(loom_model *m, uint64_t seed) {
 
 void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst) {
     const loom_model_config *c = &m->cfg;
-    double resid_std = c->init_std / sqrt(2.0 * (double)c->n_layer);
+    double resid_std = c->init_std / sqrt(2.0 * (double)c->n_layer); /* the whole model's depth */
     memset(dst, 0, (size_t)(end - begin) * sizeof(float)); /* alignment padding stays zero */
     /* Each parameter draws from its own stream (seed, parameter index), so the values do not depend on
      * how parameters are later laid out or sharded: a shard replays its parameters' streams up to its end. */
@@ -296,7 +366,7 @@ void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t b
         int resid = strstr(nm, "attn.proj.weight") || strstr(nm, "mlp.proj.weight") || strstr(nm, "mlp.down.weight");
         double sd = resid ? resid_std : c->init_std;
         loom_rng r;
-        loom_rng_seed(&r, seed * 0x9e3779b97f4a7c15ull + (uint64_t)i + 1);
+        loom_rng_seed(&r, seed * 0x9e3779b97f4a7c15ull + (uint64_t)p->seed_index + 1);
         if (p->tp_split != LOOM_TP_REPLICATED) {
             /* the whole tensor's stream, each value kept where this rank holds it: a tp shard of the
              * one-process initialisation */
@@ -315,15 +385,11 @@ void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t b
     }
 }
 
-int loom_model_num_units(const loom_model *m) { return (int)m->cfg.n_layer + 2; }
+int loom_model_num_units(const loom_model *m) { return m->n_units; }
 
 void loom_model_unit_range(const loom_model *m, int unit, int64_t *begin, int64_t *end) {
-    const int64_t L = m->cfg.n_layer;
-    /* a block's first parameter is its first norm's weight (W_LN1_W is always present) */
-#define BLOCK_START(l) ((l) < L ? m->layer_off[(l) * W_COUNT + W_LN1_W] : m->off_lnf_w)
-    *begin = unit == 0 ? 0 : BLOCK_START(unit - 1);
-    *end = unit == L + 1 ? m->buf_size : BLOCK_START(unit);
-#undef BLOCK_START
+    *begin = m->unit_lo[unit];
+    *end = m->unit_lo[unit + 1];
 }
 
 void loom_model_set_hooks(loom_model *m, const loom_model_hooks *h) {
@@ -337,14 +403,30 @@ void loom_model_set_buffers(loom_model *m, float *params, float *grads) {
 }
 
 loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc) {
-    LOOM_CHECK(B >= 1 && T >= 1, LOOM_ERR_INVALID_ARG, "batch %lld and sequence length %lld must be >= 1",
-               (long long)B, (long long)T);
+    return loom_model_reserve_slots(m, B, T, rc, 1);
+}
+
+void loom_model_use_slot(loom_model *m, int slot) {
+    const act_slot *a = &m->slots[slot];
+    m->slot = slot;
+    m->enc = a->enc;
+    m->lnf = a->lnf;
+    m->lnf_mean = a->lnf_mean;
+    m->lnf_rstd = a->lnf_rstd;
+    m->logits = a->logits;
+    m->losses = a->losses;
+    m->acts = a->acts;
+}
+
+loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
+    LOOM_CHECK(B >= 1 && T >= 1 && slots >= 1, LOOM_ERR_INVALID_ARG,
+               "batch %lld, sequence length %lld and slots %d must be >= 1", (long long)B, (long long)T, slots);
     LOOM_CHECK(T * m->sp_size <= m->cfg.max_seq_len, LOOM_ERR_CONFIG,
                "sequence length %lld exceeds the model's max_seq_len %lld", (long long)(T * m->sp_size),
                (long long)m->cfg.max_seq_len);
-    if (m->act_mem && B <= m->cap_B && T <= m->cap_T && rc == m->rc) return LOOM_OK;
+    if (m->act_mem && B <= m->cap_B && T <= m->cap_T && rc == m->rc && slots <= m->n_slots) return LOOM_OK;
     free_acts(m);
-    const int64_t L = m->cfg.n_layer, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
+    const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
     /* per-tensor sizes of one layer */
@@ -357,22 +439,23 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     if (keep_att) per_layer_store += s_att + s_lse;
     if (keep_act) per_layer_store += s_act;
     int64_t scratch = (keep_ln ? 0 : ln_pack) + (keep_att ? 0 : s_att + s_lse) + (keep_act ? 0 : s_act);
-    int64_t top = N * C /* enc */ + N * C + 2 * N /* lnf */ + N * V + N /* losses */;
+    /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
+    int64_t per_slot = L * per_layer_store + (m->first ? N * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * N * C +
+                       (m->last ? N * C + 2 * N + N * V + N : 0) + (m->has_grads ? N * C : 0);
     int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
-    int64_t total = L * per_layer_store + scratch + top + grads + rope + 64 * 64; /* + alignment slack */
+    int64_t total = (int64_t)slots * per_slot + scratch + grads + rope + (64 + 16 * (int64_t)L * 16) * 64 * slots;
     m->act_bytes = (size_t)total * sizeof(float);
     LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
-    m->acts = calloc((size_t)L, sizeof *m->acts);
-    LOOM_CHECK(m->acts != NULL, LOOM_ERR_NOMEM, "out of memory");
+    m->slots = calloc((size_t)slots, sizeof *m->slots);
+    LOOM_CHECK(m->slots != NULL, LOOM_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < slots; i++) {
+        m->slots[i].acts = calloc((size_t)(L ? L : 1), sizeof(layer_acts));
+        LOOM_CHECK(m->slots[i].acts != NULL, LOOM_ERR_NOMEM, "out of memory");
+    }
+    m->n_slots = slots;
     float *cur = m->act_mem;
 #define TAKE(n) (cur += (((n) + 15) / 16 * 16), cur - (((n) + 15) / 16 * 16))
-    m->enc = TAKE(N * C);
-    m->lnf = TAKE(N * C);
-    m->lnf_mean = TAKE(N);
-    m->lnf_rstd = TAKE(N);
-    m->logits = TAKE(N * V);
-    m->losses = TAKE(N);
     if (m->has_grads) {
         m->dres = TAKE(N * C);
         m->dln = TAKE(N * C);
@@ -392,21 +475,36 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     }
     if (!keep_att) { sc.atty = TAKE(s_att); sc.lse = TAKE(s_lse); }
     if (!keep_act) sc.fc_act = TAKE(s_act);
-    for (int64_t l = 0; l < L; l++) {
-        layer_acts *a = &m->acts[l];
-        *a = sc;
-        a->out = TAKE(N * C);
-        if (keep_ln) {
-            a->ln1 = TAKE(s_ln); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
-            a->res1 = TAKE(N * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
-            a->fc_pre = TAKE(s_fc);
+    for (int i = 0; i < slots; i++) {
+        act_slot *as = &m->slots[i];
+        if (m->first) as->enc = TAKE(N * C);
+        for (int k = 0; k < m->n_chunks; k++)
+            as->chunk_in[k] = (k == 0 && m->first) ? as->enc : TAKE(N * C);
+        if (m->last) {
+            as->lnf = TAKE(N * C);
+            as->lnf_mean = TAKE(N);
+            as->lnf_rstd = TAKE(N);
+            as->logits = TAKE(N * V);
+            as->losses = TAKE(N);
         }
-        if (keep_att) { a->atty = TAKE(s_att); a->lse = TAKE(s_lse); }
-        if (keep_act) a->fc_act = TAKE(s_act);
+        if (m->has_grads) as->dx = TAKE(N * C);
+        for (int64_t l = 0; l < L; l++) {
+            layer_acts *a = &as->acts[l];
+            *a = sc;
+            a->out = TAKE(N * C);
+            if (keep_ln) {
+                a->ln1 = TAKE(s_ln); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
+                a->res1 = TAKE(N * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
+                a->fc_pre = TAKE(s_fc);
+            }
+            if (keep_att) { a->atty = TAKE(s_att); a->lse = TAKE(s_lse); }
+            if (keep_act) a->fc_act = TAKE(s_act);
+        }
     }
 #undef TAKE
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
+    loom_model_use_slot(m, 0);
     if (m->sp_size > 1) {
         m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);
         for (int i = 0; i < 2; i++) LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
@@ -435,7 +533,15 @@ loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompu
     return LOOM_OK;
 }
 
-static const float *layer_input(const loom_model *m, int64_t l) { return l == 0 ? m->enc : m->acts[l - 1].out; }
+/* a chunk's first block reads the chunk's input (the embedding's output on the first stage's chunk 0) */
+static const float *layer_input(const loom_model *m, int64_t l) {
+    const int k = m->layer_chunk[l];
+    return l == m->chunk_l0[k] ? m->slots[m->slot].chunk_in[k] : m->acts[l - 1].out;
+}
+
+/* hook units: the embedding (first stage), one per held block, the head (last stage) */
+#define U_LAYER(l) ((int)(l) + m->first)
+#define U_HEAD ((int)m->L + m->first)
 
 /* ---- sequence parallel: ring self-attention ----
  * Rank r holds block r of every sequence. Its queries see its own block causally and every earlier block
@@ -590,43 +696,59 @@ static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32
         if (m->hooks.name) LOOM_CALL(m->hooks.name(m->hooks.ctx, __VA_ARGS__)); \
     } while (0)
 
-/* Forward to the logits; with targets, the fused loss (and with grad_scale != 0, dlogits in place).
- * keep_head: leave the head's units (L+1, and 0 when tied) acquired for the backward pass. */
-static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
-                               float grad_scale, float *loss, int keep_head) {
+/* vocabulary-parallel embedding: tokens shifted into this rank's rows, -1 for the other ranks' */
+static const int32_t *local_tokens(loom_model *m, const int32_t *tokens, int64_t N) {
+    if (m->tp_size == 1) return tokens;
+    for (int64_t i = 0; i < N; i++) {
+        const int64_t t = (int64_t)tokens[i] - m->v0;
+        m->tok_local[i] = t >= 0 && t < m->V ? (int32_t)t : -1;
+    }
+    return m->tok_local;
+}
+
+/* the head multiplies by the embedding matrix itself (tied, on the stage that holds the embedding) */
+static int head_is_wte(const loom_model *m) { return m->cfg.tie_embeddings && m->first; }
+
+/* Forward of chunk k: from tokens (the first stage's chunk 0) or x_in, to the next chunk's input, or on
+ * the last stage's last chunk to the logits and, with targets, the fused loss (grad_scale != 0: dlogits
+ * in place). keep_head: leave the head's units acquired for the backward pass. */
+static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, const float *x_in,
+                                 const int32_t *targets, int64_t B, int64_t T, float grad_scale, float *loss,
+                                 int keep_head, const float **x_out) {
     loom_backend *be = m->be;
-    const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
-    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2, tied = m->cfg.tie_embeddings;
-    HOOK(params_needed, 0, 1);
-    const int32_t *tok = tokens;
-    if (m->tp_size > 1) { /* vocabulary-parallel embedding: this rank's rows, zero elsewhere, summed over tp */
-        for (int64_t i = 0; i < N; i++) {
-            const int64_t t = (int64_t)tokens[i] - m->v0;
-            m->tok_local[i] = t >= 0 && t < V ? (int32_t)t : -1;
-        }
-        tok = m->tok_local;
+    const int64_t N = B * T, C = m->C, V = m->V;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int embed = k == 0 && m->first, head = k == m->n_chunks - 1 && m->last;
+    if (embed) {
+        HOOK(params_needed, 0, 1);
+        const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
+        loom_k_embedding_forward(be, m->enc, local_tokens(m, tokens, N), P(m->off_wte),
+                                 gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL, B, T, C);
+        LOOM_CALL(tp_sum(m, m->enc, N * C));
+        HOOK(params_done, 0);
+    } else if (x_in != m->slots[m->slot].chunk_in[k]) {
+        memcpy(m->slots[m->slot].chunk_in[k], x_in, (size_t)(N * C) * sizeof(float));
     }
-    const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
-    loom_k_embedding_forward(be, m->enc, tok, P(m->off_wte), gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
-                             B, T, C);
-    LOOM_CALL(tp_sum(m, m->enc, N * C));
-    HOOK(params_done, 0);
-    for (int64_t l = 0; l < L; l++) {
-        HOOK(params_needed, (int)l + 1, 1);
+    for (int64_t l = m->chunk_l0[k]; l < m->chunk_l1[k]; l++) {
+        HOOK(params_needed, U_LAYER(l), 1);
         LOOM_CALL(layer_forward(m, l, B, T));
-        HOOK(params_done, (int)l + 1);
+        HOOK(params_done, U_LAYER(l));
     }
-    HOOK(params_needed, (int)L + 1, 1);
-    if (tied) HOOK(params_needed, 0, 1);
-    const float *x = m->acts[L - 1].out;
+    const float *x = m->acts[m->chunk_l1[k] - 1].out;
+    if (!head) {
+        if (x_out) *x_out = x;
+        return LOOM_OK;
+    }
+    HOOK(params_needed, U_HEAD, 1);
+    if (head_is_wte(m)) HOOK(params_needed, 0, 1);
     if (gpt)
         loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), N, C,
                                  (float)m->cfg.norm_eps);
     else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), N, C, (float)m->cfg.norm_eps);
     loom_k_matmul(be, 0, 1, N, V, C, 1.0f, m->lnf, C, P(m->off_head), C, 0.0f, m->logits, V);
     if (!keep_head) {
-        HOOK(params_done, (int)L + 1);
-        if (tied) HOOK(params_done, 0);
+        HOOK(params_done, U_HEAD);
+        if (head_is_wte(m)) HOOK(params_done, 0);
     }
     m->last_B = B;
     m->last_T = T;
@@ -640,7 +762,7 @@ static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32
     } else if (targets) {
         loom_k_softmax_cross_entropy(be, m->logits, m->losses, targets, N, V, grad_scale);
     }
-    if (targets) {
+    if (targets && loss) {
         double s = 0.0;
         int64_t valid = 0;
         for (int64_t i = 0; i < N; i++)
@@ -650,11 +772,14 @@ static loom_status forward_all(loom_model *m, const int32_t *tokens, const int32
     return LOOM_OK;
 }
 
+static int whole(const loom_model *m) { return m->first && m->last && m->n_chunks == 1; }
+
 loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T,
                                float *loss) {
+    LOOM_CHECK(whole(m), LOOM_ERR_INVALID_ARG, "loom_model_forward runs a whole model (this is a pipeline part)");
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
     float l = 0.0f;
-    LOOM_CALL(forward_all(m, tokens, targets, B, T, 0.0f, &l, 0));
+    LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, 0.0f, &l, 0, NULL));
     if (loss) *loss = l;
     return LOOM_OK;
 }
@@ -707,51 +832,95 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     return LOOM_OK;
 }
 
-loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B,
-                                        int64_t T, float grad_scale, int accumulate, float *loss) {
-    LOOM_CHECK(m->has_grads && m->grads != NULL, LOOM_ERR_INVALID_ARG, "model was created without gradients");
-    LOOM_CHECK(targets != NULL, LOOM_ERR_INVALID_ARG, "training needs targets");
-    LOOM_CHECK(grad_scale != 0.0f, LOOM_ERR_INVALID_ARG, "grad_scale must be non-zero");
-    LOOM_CALL(check_batch(m, tokens, targets, B, T));
+/* Backward of chunk k (after its forward, in the same slot): from the loss (the head's chunk) or dy, the
+ * gradient of the chunk's output; every weight gradient written (accumulate = 0) or added. */
+static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, const float *dy, int64_t B, int64_t T,
+                                  int accumulate, const float **dx_out) {
     loom_backend *be = m->be;
-    const int64_t N = B * T, C = m->C, V = m->V, L = m->cfg.n_layer;
+    const int64_t N = B * T, C = m->C, V = m->V;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int embed = k == 0 && m->first, head = k == m->n_chunks - 1 && m->last;
     const float beta = accumulate ? 1.0f : 0.0f;
-    float l = 0.0f;
-    LOOM_CALL(forward_all(m, tokens, targets, B, T, grad_scale, &l, 1));
-    /* head: logits = lnf Whead^T; m->logits now holds dlogits */
-    gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
-              (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
-    LOOM_CALL(tp_sum(m, m->dln, N * C));
-    memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
-    const float *xL = m->acts[L - 1].out;
-    if (gpt)
-        loom_k_layernorm_backward(be, m->dres, G(m->off_lnf_w), G(m->off_lnf_b), m->dln, xL, P(m->off_lnf_w),
-                                  m->lnf_mean, m->lnf_rstd, N, C, accumulate);
-    else loom_k_rmsnorm_backward(be, m->dres, G(m->off_lnf_w), m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, N, C,
-                                 accumulate);
-    HOOK(params_done, (int)L + 1);
-    if (m->cfg.tie_embeddings) HOOK(params_done, 0);
-    HOOK(grads_done, (int)L + 1);
-    for (int64_t li = L - 1; li >= 0; li--) {
-        HOOK(params_needed, (int)li + 1, -1);
-        LOOM_CALL(layer_backward(m, li, B, T, accumulate));
-        HOOK(params_done, (int)li + 1);
-        HOOK(grads_done, (int)li + 1);
+    const int64_t l0 = m->chunk_l0[k], l1 = m->chunk_l1[k];
+    if (head) { /* logits = lnf Whead^T; m->logits holds dlogits */
+        gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
+                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
+        LOOM_CALL(tp_sum(m, m->dln, N * C));
+        memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
+        const float *xL = m->acts[l1 - 1].out;
+        if (gpt)
+            loom_k_layernorm_backward(be, m->dres, G(m->off_lnf_w), G(m->off_lnf_b), m->dln, xL, P(m->off_lnf_w),
+                                      m->lnf_mean, m->lnf_rstd, N, C, accumulate);
+        else loom_k_rmsnorm_backward(be, m->dres, G(m->off_lnf_w), m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, N, C,
+                                     accumulate);
+        HOOK(params_done, U_HEAD);
+        if (head_is_wte(m)) HOOK(params_done, 0);
+        HOOK(grads_done, U_HEAD);
+    } else {
+        memcpy(m->dres, dy, (size_t)(N * C) * sizeof(float));
     }
-    /* the token embedding (reads no parameter): tied, the head already wrote this micro-step's part */
+    for (int64_t li = l1 - 1; li >= l0; li--) {
+        HOOK(params_needed, U_LAYER(li), -1);
+        LOOM_CALL(layer_backward(m, li, B, T, accumulate));
+        HOOK(params_done, U_LAYER(li));
+        HOOK(grads_done, U_LAYER(li));
+    }
+    if (!embed) {
+        float *dx = m->slots[m->slot].dx;
+        memcpy(dx, m->dres, (size_t)(N * C) * sizeof(float));
+        if (dx_out) *dx_out = dx;
+        return LOOM_OK;
+    }
+    /* the token embedding (reads no parameter): with the tied head here, the head already wrote this
+     * micro-step's part */
     const int64_t t0 = (int64_t)m->sp_rank * T; /* positions [t0, t0 + T) */
     loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) + t0 * C : NULL, m->dres,
-                              m->tp_size > 1 ? m->tok_local : tokens, B, T, C, V,
-                              m->cfg.tie_embeddings ? 1 : accumulate, accumulate);
+                              local_tokens(m, tokens, N), B, T, C, V, head_is_wte(m) && m->last ? 1 : accumulate,
+                              accumulate);
     if (gpt && !accumulate) { /* the positions this rank did not see have no gradient here */
         memset(G(m->off_wpe), 0, (size_t)(t0 * C) * sizeof(float));
         if (t0 + T < m->cfg.max_seq_len)
             memset(G(m->off_wpe) + (t0 + T) * C, 0, (size_t)((m->cfg.max_seq_len - t0 - T) * C) * sizeof(float));
     }
     HOOK(grads_done, 0);
+    return LOOM_OK;
+}
+
+static loom_status check_training(const loom_model *m, float grad_scale) {
+    LOOM_CHECK(m->has_grads && m->grads != NULL, LOOM_ERR_INVALID_ARG, "model was created without gradients");
+    LOOM_CHECK(grad_scale != 0.0f, LOOM_ERR_INVALID_ARG, "grad_scale must be non-zero");
+    return LOOM_OK;
+}
+
+loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B,
+                                        int64_t T, float grad_scale, int accumulate, float *loss) {
+    LOOM_CALL(check_training(m, grad_scale));
+    LOOM_CHECK(targets != NULL, LOOM_ERR_INVALID_ARG, "training needs targets");
+    LOOM_CHECK(whole(m), LOOM_ERR_INVALID_ARG, "loom_model_forward_backward runs a whole model (this is a pipeline part)");
+    LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    float l = 0.0f;
+    LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, grad_scale, &l, 1, NULL));
+    LOOM_CALL(chunk_backward(m, 0, tokens, NULL, B, T, accumulate, NULL));
     if (loss) *loss = l;
     return LOOM_OK;
+}
+
+loom_status loom_model_chunk_forward(loom_model *m, int chunk, const int32_t *tokens, const float *x_in,
+                                     const int32_t *targets, int64_t B, int64_t T, float grad_scale, float *loss,
+                                     const float **x_out) {
+    LOOM_CHECK(chunk >= 0 && chunk < m->n_chunks, LOOM_ERR_INVALID_ARG, "chunk %d of %d", chunk, m->n_chunks);
+    LOOM_CHECK(grad_scale == 0.0f || m->has_grads, LOOM_ERR_INVALID_ARG, "model was created without gradients");
+    LOOM_CHECK((chunk == 0 && m->first) || x_in, LOOM_ERR_INVALID_ARG, "chunk %d needs its input", chunk);
+    LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    return chunk_forward(m, chunk, tokens, x_in, targets, B, T, grad_scale, loss, grad_scale != 0.0f, x_out);
+}
+
+loom_status loom_model_chunk_backward(loom_model *m, int chunk, const int32_t *tokens, const float *dy, int64_t B,
+                                      int64_t T, int accumulate, const float **dx_out) {
+    LOOM_CHECK(chunk >= 0 && chunk < m->n_chunks, LOOM_ERR_INVALID_ARG, "chunk %d of %d", chunk, m->n_chunks);
+    LOOM_CALL(check_training(m, 1.0f));
+    LOOM_CHECK((chunk == m->n_chunks - 1 && m->last) || dy, LOOM_ERR_INVALID_ARG, "chunk %d needs dy", chunk);
+    return chunk_backward(m, chunk, tokens, dy, B, T, accumulate, dx_out);
 }
 
 const loom_model_config *loom_model_get_config(const loom_model *m) { return &m->cfg; }

@@ -24,8 +24,9 @@ void loom_kv_cache_free(loom_model *m) {
 }
 
 loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
-    LOOM_CHECK(m->tp_size == 1 && m->sp_size == 1, LOOM_ERR_UNSUPPORTED,
-               "generation runs on one rank (this model is cut over tp=%d, sp=%d); generate from its "
+    LOOM_CHECK(m->tp_size == 1 && m->sp_size == 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
+               "generation runs on one rank holding the whole model (this one is cut over tp=%d, sp=%d, or a "
+               "pipeline part); generate from its "
                "checkpoint", m->tp_size, m->sp_size);
     LOOM_CHECK(max_len >= 1 && max_len <= m->cfg.max_seq_len, LOOM_ERR_INVALID_ARG,
                "generation length %lld must be in [1, max_seq_len=%lld]", (long long)max_len,

@@ -10,7 +10,8 @@ enum {
 };
 
 /* Activations of one layer (pointers into the store or the scratch set). */
-typedef struct {
+struct act_slot; /* below */
+typedef struct layer_acts_s {
     float *ln1, *ln1_mean, *ln1_rstd; /* (N,C), (N), (N) */
     float *qkv;                       /* (N,Cq) after RoPE */
     float *atty, *lse;                /* (N,C), (B,H,T) */
@@ -21,8 +22,28 @@ typedef struct {
     float *out;                       /* (N,C) the layer's output = next layer's input */
 } layer_acts;
 
+/* What one micro-batch in flight keeps (pipeline schedules keep several). */
+typedef struct act_slot {
+    float *enc, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+    struct layer_acts_s *acts;
+    float *chunk_in[LOOM_MAX_CHUNKS]; /* each chunk's input (chunks that do not start with the embedding) */
+    float *dx;                        /* the gradient of a chunk's input, sent from here */
+} act_slot;
+
 struct loom_model {
     loom_model_config cfg;
+    /* the part of the model this rank holds (all of it without pipeline parallelism) */
+    int64_t L;                  /* local blocks */
+    int64_t *layer_g;           /* [L] global index of local block l */
+    int *layer_chunk;           /* [L] its chunk */
+    int n_chunks;
+    int64_t chunk_l0[LOOM_MAX_CHUNKS], chunk_l1[LOOM_MAX_CHUNKS]; /* local blocks of each chunk */
+    int first, last;            /* holds the embedding / the final norm and head */
+    int n_full_params;          /* parameters of the whole model */
+    int n_units;
+    int64_t *unit_lo;           /* [n_units + 1] */
+    int n_slots, slot;
+    act_slot *slots;
     loom_backend *be;
     loom_comm *tp;
     loom_mem *mem;
