@@ -20,6 +20,10 @@
                steps of [K, V, dK, dV], twice that); long context: llama-tiny at T=1024, B=1, whose one-process
                activations exceed a budget of 30% of themselves, trains with sp=4 inside it (peak activation
                bytes per rank against 1/4 of one process's)
+  pipeline     pipeline parallel, 8 blocks, 4 micro-batches per step: pp=2 and 4 with 1F1B, pp=2 and 4 interleaved
+               (2 chunks per stage), both families, and dp=2 x pp=2 x tp=2 (ZeRO-1) on 8 ranks: losses within TOL
+               of one process with the same gradient accumulation; each stage's idle fraction is reported beside
+               the theory; checkpoints saved at tp=2 x pp=2 resume at one rank and the reverse, within TOL
   killed       one of 4 ranks killed -9: the job ends within 60 s with an error naming the lost rank, and the
                last checkpoint verifies and resumes
 
@@ -41,7 +45,7 @@ import tempfile
 import time
 
 LOOM = os.path.abspath(sys.argv[1])
-CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "killed"]
+CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "pipeline", "killed"]
 TOL = 2e-4
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_dist_")
@@ -218,6 +222,40 @@ if "sequence" in CHECKS:
               f"{a4} per rank ({a4 / a1:.3f} of one process; 1/p = 0.250)")
         d = maxdiff(losses(four), losses(one), (1, 2))
         check(d <= TOL, f"long context: sp=4 losses within {TOL} of one process (max diff {d:.2e})")
+
+if "pipeline" in CHECKS:
+    PCOMMON = COMMON + ["--set", "model.n_layer=8", "--grad-accum", "4"]
+    for fam, fargs in FAMILIES.items():
+        pref = os.path.join(W, f"{fam}-pref")
+        check(train(1, pref, fargs + PCOMMON) == 0, f"{fam}: 8-block single-process reference (4 micro-batches)")
+        base = losses(pref)
+        layouts = [("pp=2", 2, "1f1b"), ("pp=4", 4, "1f1b"), ("pp=2", 2, "interleaved"), ("pp=4", 4, "interleaved")]
+        if fam == "gpt2":
+            layouts.append(("dp=2,pp=2,tp=2", 8, "1f1b"))
+        for mesh, n, sched in layouts:
+            out = os.path.join(W, f"{fam}-{mesh}-{sched}")
+            name = f"{fam} {mesh} {sched}"
+            z = 1 if "dp=2" in mesh else 0
+            if train(n, out, fargs + PCOMMON + ["--set", f"train.pp_schedule={sched}"], zero=z, mesh=mesh) != 0:
+                check(False, f"{name}: run failed")
+                continue
+            d = maxdiff(losses(out), base, range(1, 21))
+            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+            row = metrics(out)[-1]
+            idle = row.get("pp_idle_fraction")
+            check(isinstance(idle, list) and len(idle) == int(mesh.split("pp=")[1][0]),
+                  f"{name}: idle fraction per stage {idle} beside the theory {row.get('pp_bubble_theory')}")
+    fargs = FAMILIES["gpt2"] + PCOMMON
+    pref = os.path.join(W, "gpt2-pref")
+    for save, sn, resume, rn in (("tp=2,pp=2", 4, None, 1), (None, 1, "tp=2,pp=2", 4)):
+        out = os.path.join(W, f"ppre-{save}-{resume}")
+        ok = train(sn, out, fargs + ["--stop-after", "10"], mesh=save) == 0 and \
+            train(rn, out, fargs + ["--resume"], mesh=resume) == 0
+        check(ok, f"pipeline reshard: {save or 'one rank'} -> {resume or 'one rank'} ran")
+        if ok:
+            d = maxdiff(losses(out), losses(pref), range(11, 21))
+            check(d <= TOL, f"pipeline reshard: saved at {save or 'one rank'}, resumed at {resume or 'one rank'}: "
+                            f"steps 11-20 within {TOL} of one process (max diff {d:.2e})")
 
 if "killed" in CHECKS:
     out = os.path.join(W, "killed")

@@ -97,6 +97,9 @@ LOOM_NODISCARD loom_status loom_model_init_part(const loom_model_config *cfg, co
                                                 loom_backend *be, loom_comm *tp, loom_mem *mem, int flags,
                                                 loom_model **out);
 int loom_model_num_chunks(const loom_model *m);
+/* The pipeline axis: the ranks holding the other parts (whole-model norms sum over it; borrowed). */
+void loom_model_set_parts_comm(loom_model *m, loom_comm *pp);
+loom_comm *loom_model_parts_comm(const loom_model *m);
 /* Activations for `slots` micro-batches in flight (pipeline schedules); loom_model_reserve is one slot. */
 LOOM_NODISCARD loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc,
                                                     int slots);

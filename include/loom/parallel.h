@@ -57,6 +57,7 @@ typedef struct {
     int overlap;                 /* reduce each unit as its gradients become final (0: all after backward) */
     loom_dp_transport transport;
     loom_comm *tp;               /* the model's tensor-parallel communicator (borrowed); NULL: one rank */
+    const loom_model_part *part; /* pipeline: this stage's part of the model; NULL: the whole model */
 } loom_zero_options;
 
 /* Collective over dp. Creates the model (cut over zo->tp) and the optimizer of this rank's part; the dp
@@ -94,4 +95,42 @@ LOOM_NODISCARD loom_status loom_zero_gather_all(loom_zero *z);
 void loom_zero_release_all(loom_zero *z);
 loom_zero_stats loom_zero_get_stats(const loom_zero *z);
 void loom_zero_reset_stats(loom_zero *z);
+/* Stages 0-1: starts every unit's reduction now (a pipeline, whose micro-batches end at different times
+ * per unit, reduces after its last backward and the tied-embedding sync). Collective over dp. */
+LOOM_NODISCARD loom_status loom_zero_reduce_all(loom_zero *z);
+
+/* ---- pipeline parallel ----
+ * Blocks are cut into pp x v contiguous chunks balanced by modelled FLOPs (the head counted on the last
+ * chunk); rank r of the pipeline axis holds chunks r, r + pp, ... (v > 1: Megatron's interleaved
+ * virtual stages). One step runs train.grad_accum micro-batches through the schedule:
+ *   1F1B: warm-up forwards (pp - r - 1), then one forward and one backward alternately, then the rest
+ *   interleaved: the same over v chunks per rank, micro-batches in groups of pp (grad_accum % pp == 0)
+ * Activations and gradients go point-to-point (non-blocking sends), every stage keeps activations only
+ * for the micro-batches in flight on it (loom_pipeline_slots), the tied embedding's two copies add their
+ * gradients after the last backward, then ZeRO reduces over dp. Idle time = time blocked receiving. */
+typedef enum { LOOM_PP_1F1B = 0, LOOM_PP_INTERLEAVED } loom_pp_schedule;
+typedef struct loom_pipeline loom_pipeline;
+typedef struct {
+    double idle_s, busy_s; /* the last step: blocked in pipeline receives and sends / everything else */
+} loom_pipeline_stats;
+/* This rank's part of the model (and, when bounds != NULL, the pp*v+1 block boundaries of all chunks). */
+LOOM_NODISCARD loom_status loom_pipeline_partition(const loom_model_config *mc, int pp, int v, int rank,
+                                                   loom_model_part *part, int64_t *bounds);
+/* embed: the communicator of the first and the last stage (tied embeddings), or NULL. */
+LOOM_NODISCARD loom_status loom_pipeline_init(loom_comm *pp, loom_comm *embed, loom_pp_schedule sched, int v,
+                                              int micro_batches, loom_pipeline **out);
+void loom_pipeline_free(loom_pipeline **pl);
+/* Activation slots this rank needs (loom_model_reserve_slots). */
+int loom_pipeline_slots(const loom_pipeline *pl);
+/* One step's forwards and backwards: tokens and targets hold the micro-batches back to back (each B x T);
+ * *loss_sum = the sum of the micro-batches' mean losses, on every stage. Then call loom_zero_step. */
+LOOM_NODISCARD loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero *z,
+                                                    const int32_t *tokens, const int32_t *targets, int64_t B,
+                                                    int64_t T, float grad_scale, double *loss_sum);
+/* Forward only, one micro-batch: its mean loss on every stage. */
+LOOM_NODISCARD loom_status loom_pipeline_eval(loom_pipeline *pl, loom_model *m, const int32_t *tokens,
+                                              const int32_t *targets, int64_t B, int64_t T, double *loss);
+loom_pipeline_stats loom_pipeline_get_stats(const loom_pipeline *pl);
+/* The schedule's idle fraction in theory: (pp - 1) / (v m + pp - 1). */
+double loom_pipeline_bubble_theory(const loom_pipeline *pl);
 #endif

@@ -298,6 +298,8 @@ loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom
 }
 
 int loom_model_num_chunks(const loom_model *m) { return m->n_chunks; }
+void loom_model_set_parts_comm(loom_model *m, loom_comm *pp) { m->parts = pp; }
+loom_comm *loom_model_parts_comm(const loom_model *m) { return m->parts; }
 
 static void free_acts(loom_model *m) {
     if (m->act_mem) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);

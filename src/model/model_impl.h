@@ -39,6 +39,7 @@ struct loom_model {
     int n_chunks;
     int64_t chunk_l0[LOOM_MAX_CHUNKS], chunk_l1[LOOM_MAX_CHUNKS]; /* local blocks of each chunk */
     int first, last;            /* holds the embedding / the final norm and head */
+    loom_comm *parts;           /* the pipeline axis (NULL: the whole model is here) */
     int n_full_params;          /* parameters of the whole model */
     int n_units;
     int64_t *unit_lo;           /* [n_units + 1] */

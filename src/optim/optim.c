@@ -142,8 +142,17 @@ static loom_comm *tp_of(const loom_model *model) {
     loom_comm *tp = loom_model_tp_comm(model);
     return tp && loom_comm_size(tp) > 1 ? tp : NULL;
 }
-static int counts_here(const loom_model *model, const loom_param_info *p) {
+static int counts_on_tp(const loom_model *model, const loom_param_info *p) {
     return p->tp_split != LOOM_TP_REPLICATED || loom_comm_rank(loom_model_tp_comm(model)) == 0;
+}
+/* in the whole model's norm: a pipeline's tied embedding counts once, on the first stage */
+static int counts_here(const loom_model *model, const loom_param_info *p) {
+    return !p->tied_copy && counts_on_tp(model, p);
+}
+/* Pipeline: the other stages hold the rest of the model; a whole-model norm sums over them. */
+static loom_comm *pp_of(const loom_model *model) {
+    loom_comm *pp = loom_model_parts_comm(model);
+    return pp && loom_comm_size(pp) > 1 ? pp : NULL;
 }
 
 static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float *g, double *norm) {
@@ -156,6 +165,7 @@ static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float
     }
     if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
     if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
+    if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), &ss, 1));
     *norm = sqrt(ss);
     return LOOM_OK;
 }
@@ -207,7 +217,7 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
                 o->norms[2 * i + 1] = loom_k_lamb_moments(o->be, p, g, m, v, hi - lo, (float)c->beta1, (float)c->beta2,
                                                           (float)c->eps, wd, bc1, bc2, (float)clip);
             else o->norms[2 * i + 1] = loom_k_sum_squares(o->be, g, hi - lo);
-            if (!counts_here(model, pi)) o->norms[2 * i] = o->norms[2 * i + 1] = 0.0;
+            if (!counts_on_tp(model, pi)) o->norms[2 * i] = o->norms[2 * i + 1] = 0.0;
         }
         if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, o->norms, 2 * np));
         if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), o->norms, 2 * np));

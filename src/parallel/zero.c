@@ -366,7 +366,8 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
         LOOM_CALL_GOTO(st, loom_comm_init_self(&z->tp_self), fail);
         tp = z->tp_self;
     }
-    LOOM_CALL_GOTO(st, loom_model_init(mc, be, tp, mem, flags, &z->model), fail);
+    if (zo->part) LOOM_CALL_GOTO(st, loom_model_init_part(mc, zo->part, be, tp, mem, flags, &z->model), fail);
+    else LOOM_CALL_GOTO(st, loom_model_init(mc, be, tp, mem, flags, &z->model), fail);
     z->n = loom_model_buffer_size(z->model);
     z->slice_lo = calloc((size_t)N + 1, sizeof(int64_t));
     z->counts = calloc((size_t)N, sizeof(int64_t));
@@ -572,6 +573,14 @@ void loom_zero_release_all(loom_zero *z) {
     if (z->stage < 3) return;
     z->pinned = 0;
     for (int u = 0; u < z->n_units; u++) (void)hook_params_done(z, u);
+}
+
+loom_status loom_zero_reduce_all(loom_zero *z) {
+    LOOM_CHECK(z->stage < 2, LOOM_ERR_UNSUPPORTED, "ZeRO-%d reduces per micro-batch; a pipeline composes with "
+               "stages 0 and 1", z->stage);
+    loom_zero_begin_micro(z, z->micro, 1);
+    for (int u = 0; u < z->n_units; u++) LOOM_CALL(hook_grads_done(z, u));
+    return LOOM_OK;
 }
 
 loom_zero_stats loom_zero_get_stats(const loom_zero *z) { return z->stats; }

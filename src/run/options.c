@@ -22,6 +22,7 @@ static const char *const family_choices[] = {"gpt2", "llama", NULL};
 static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
 static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
 static const char *const rc_choices[] = {"none", "attn", "full", NULL};
+static const char *const pp_choices[] = {"1f1b", "interleaved", NULL}; /* loom_pp_schedule's order */
 static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
 
 #define M(f) offsetof(loom_run_config, model.f)
@@ -84,6 +85,8 @@ static const option options[] = {
     {"train.zero", OPT_INT, T(zero), 0, NULL, "ZeRO stage over dp: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters (--zero)"},
     {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
     {"train.dp_transport", OPT_ENUM, T(dp_transport), 0, transport_choices, "gradient reductions: auto (node-shared memory when every dp rank is on one node, stages 0-1), mpi, shm"},
+    {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
+    {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
     {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
@@ -112,6 +115,7 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->progress = -1;
     t->fit_vocab = 1;
     t->dp_overlap = 1;
+    t->pp_virtual = 2;
     t->comm_timeout = 300;
     return LOOM_OK;
 }

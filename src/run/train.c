@@ -73,7 +73,12 @@ typedef struct {
     int have_mesh;
     loom_zero *zero;            /* owns the model and the optimizer */
     int root;                   /* world rank 0: prints, writes metrics and the manifest */
-    int dp, dp_rank, tp, sp;    /* dp: the ranks that reduce gradients (data x sequence parallel) */
+    int dp, dp_rank, tp, sp, pp; /* dp: the ranks that reduce gradients (data x sequence parallel) */
+    loom_pipeline *pipe;        /* pp > 1 */
+    loom_comm *embed;           /* pp > 1, tied embeddings: the first and the last stage */
+    loom_model_part part;
+    int32_t *mb_tokens, *mb_targets; /* pp > 1: a step's micro-batches back to back */
+    double *pp_stats;           /* pp > 1: [pp][2] idle and busy seconds of the last step, per stage */
     loom_comm *red;             /* their communicator: mesh.dp, or dp x sp (owned) when sp > 1 */
     loom_comm *red_owned;
     int data_dp;                /* the mesh's dp: how the global batch is split */
@@ -104,7 +109,7 @@ static loom_status canonical_gather(trainer *tr, const float *slice, int64_t beg
     memset(canon, 0, (size_t)nc * sizeof(float));
     for (int i = 0; i < loom_model_num_param_infos(tr->model); i++) {
         const loom_param_info *p = loom_model_param_info(tr->model, i);
-        if (p->tp_split == LOOM_TP_REPLICATED && tp_rank != 0) continue;
+        if ((p->tp_split == LOOM_TP_REPLICATED && tp_rank != 0) || p->tied_copy) continue;
         const int64_t lo = p->offset > begin ? p->offset : begin;
         const int64_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
         for (int64_t j = lo; j < hi; j++)
@@ -121,8 +126,8 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_json_write_string(&meta, rc->preset);
     loom_strbuf_printf(&meta, ",\"step\":%lld,\"optimizer\":\"%s\",\"threads\":%d,\"world\":%d,\"zero\":%d,"
                        "\"mesh\":{\"dp\":%d,\"tp\":%d,\"sp\":%d},", (long long)step, loom_optim_kind_name(rc->optim.kind),
-                       loom_backend_threads(tr->be), tr->tp > 1 ? 1 : tr->dp, loom_zero_stage(tr->zero), tr->data_dp, tr->tp,
-                       tr->sp);
+                       loom_backend_threads(tr->be), tr->tp > 1 || tr->pp > 1 ? 1 : tr->dp, loom_zero_stage(tr->zero),
+                       tr->data_dp, tr->tp, tr->sp);
     if (tr->tokenizer[0]) { /* what generation decodes with */
         loom_strbuf_printf(&meta, "\"tokenizer\":");
         loom_json_write_string(&meta, tr->tokenizer);
@@ -154,7 +159,8 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     for (int k = 0; k < 3; k++) slices[k] = loom_zero_slice_ptr(tr->zero, k);
     loom_status st;
     float *canon = NULL;
-    if (tr->tp > 1) { /* tensor parallel: the one-rank layout, assembled over the world, written by rank 0 */
+    const int assembled = tr->tp > 1 || tr->pp > 1;
+    if (assembled) { /* tensor/pipeline parallel: the one-rank layout, assembled over the world, by rank 0 */
         const int64_t nc = loom_model_canonical_size(tr->model);
         canon = malloc((size_t)(3 * nc) * sizeof(float));
         st = canon ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
@@ -171,9 +177,9 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
         begin = 0;
         end = nc;
     }
-    if (tr->tp > 1 && !tr->root) {
+    if (assembled && !tr->root) {
         st = LOOM_OK;
-    } else if (tr->dp == 1 || tr->tp > 1) { /* one process (or the assembled tp layout): the single file */
+    } else if (tr->dp == 1 || assembled) { /* one process (or the assembled tp layout): the single file */
         int64_t pbytes = (end - begin) * (int64_t)sizeof(float);
         loom_ckpt_section s[5] = {
             {"meta", meta.buf, (int64_t)meta.len},
@@ -190,7 +196,7 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     }
     free(canon);
     loom_strbuf_free(&meta);
-    if (tr->tp > 1) { /* every rank learns whether rank 0's write succeeded */
+    if (assembled) { /* every rank learns whether rank 0's write succeeded */
         int64_t failed = st != LOOM_OK;
         loom_status s2 = loom_comm_allreduce_max_i64(tr->world, &failed, 1);
         if (st == LOOM_OK && s2 != LOOM_OK) st = s2;
@@ -267,7 +273,7 @@ static loom_status load_checkpoint(trainer *tr, int64_t *step) {
                     "checkpoint %s was trained with optimizer %s, this run uses %s", path,
                     loom_optim_kind_name((loom_optim_kind)ts.optim_kind), loom_optim_kind_name(tr->rc->optim.kind));
     tp_reader tpr = {c, tr->model};
-    if (tr->tp > 1) LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_tp_range, &tpr), done);
+    if (tr->tp > 1 || tr->pp > 1) LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_tp_range, &tpr), done);
     else LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
     const loom_json *th = loom_json_get(j, "threads");
     const loom_json *wo = loom_json_get(j, "world");
@@ -306,7 +312,13 @@ static loom_status evaluate(trainer *tr, float *val_loss) {
     for (int64_t i = 0; i < t->eval_batches; i++) {
         float l;
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_VAL));
-        LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local, &l));
+        if (tr->pipe) {
+            double dl = 0.0;
+            LOOM_CALL(loom_pipeline_eval(tr->pipe, tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local, &dl));
+            l = (float)dl;
+        } else {
+            LOOM_CALL(loom_model_forward(tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local, &l));
+        }
         s += l;
     }
     if (tr->dp > 1) { /* equal shares: the global mean is the mean of the ranks' means */
@@ -387,6 +399,15 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
         loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld", tr->tp,
                            (long long)tr->tp_stats.calls[LOOM_COLL_ALLREDUCE],
                            (long long)tr->tp_stats.bytes[LOOM_COLL_ALLREDUCE]);
+    if (tr->pp > 1) { /* each stage's idle share of the step (blocked receiving) beside the schedule's theory */
+        loom_strbuf_printf(&sb, ",\"pp\":%d,\"pp_bubble_theory\":%.4f,\"pp_idle_fraction\":[", tr->pp,
+                           loom_pipeline_bubble_theory(tr->pipe));
+        for (int r = 0; r < tr->pp; r++) {
+            const double idle = tr->pp_stats[2 * r], busy = tr->pp_stats[2 * r + 1];
+            loom_strbuf_printf(&sb, "%s%.4f", r ? "," : "", idle + busy > 0 ? idle / (idle + busy) : 0.0);
+        }
+        loom_strbuf_printf(&sb, "]");
+    }
     if (tr->sp > 1)
         loom_strbuf_printf(&sb, ",\"sp\":%d,\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", tr->sp,
                            (long long)tr->sp_stats.calls[LOOM_COLL_SENDRECV],
@@ -439,6 +460,11 @@ static void trainer_free(trainer *tr) {
     loom_data_free(&tr->data);
     loom_zero_free(&tr->zero); /* the model and the optimizer */
     free(tr->rank_mem);
+    loom_pipeline_free(&tr->pipe);
+    loom_comm_free(&tr->embed);
+    free(tr->mb_tokens);
+    free(tr->mb_targets);
+    free(tr->pp_stats);
     loom_comm_free(&tr->red_owned);
     if (tr->have_mesh) loom_mesh_free(&tr->mesh);
     loom_comm_free(&tr->world);
@@ -467,14 +493,16 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     LOOM_CALL_GOTO(st, loom_mesh_shape_parse(t->mesh, &shape), done);
     /* dp left out of the mesh: every rank the other axes leave */
     if (!strstr(t->mesh, "dp=")) shape.dp = loom_comm_size(tr.world) / (shape.pp * shape.tp * shape.sp);
-    LOOM_CHECK_GOTO(st, shape.pp == 1, LOOM_ERR_UNSUPPORTED, done,
-                    "mesh '%s': this build runs data, tensor and sequence parallelism (pp must be 1)", t->mesh);
+    LOOM_CHECK_GOTO(st, shape.pp == 1 || t->zero <= 1, LOOM_ERR_UNSUPPORTED, done,
+                    "mesh '%s': pipeline parallelism composes with ZeRO stages 0 and 1 (got --zero %lld)", t->mesh,
+                    (long long)t->zero);
     LOOM_CHECK_GOTO(st, t->seq_len % shape.sp == 0, LOOM_ERR_CONFIG, done,
                     "train.seq_len %lld must divide evenly over sp=%d ranks", (long long)t->seq_len, shape.sp);
     LOOM_CALL_GOTO(st, loom_mesh_init(tr.world, shape, &tr.mesh), done);
     tr.have_mesh = 1;
     tr.tp = shape.tp;
     tr.sp = shape.sp;
+    tr.pp = shape.pp;
     tr.data_dp = shape.dp;
     tr.T_local = t->seq_len / shape.sp;
     /* gradients are summed over every rank that saw other tokens: data and sequence parallel alike */
@@ -505,12 +533,32 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     }
     LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
     LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.mesh.dp_rank, tr.data_dp), done);
-    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp};
+    if (tr.pp > 1) {
+        LOOM_CALL_GOTO(st, loom_pipeline_partition(&tr.model_cfg, tr.pp, t->pp_schedule ? (int)t->pp_virtual : 1,
+                                                   tr.mesh.pp_rank, &tr.part, NULL), done);
+        /* the tied embedding's two copies: the first and the last stage of each pipeline */
+        const int ends = tr.mesh.pp_rank == 0 || tr.mesh.pp_rank == tr.pp - 1;
+        const int lane = (tr.mesh.dp_rank * tr.sp + tr.mesh.sp_rank) * tr.tp + tr.mesh.tp_rank;
+        LOOM_CALL_GOTO(st, loom_comm_split(tr.world, ends ? lane : loom_comm_size(tr.world) + loom_comm_rank(tr.world),
+                                           tr.mesh.pp_rank, "embedding", &tr.embed), done);
+        tr.pp_stats = calloc((size_t)tr.pp * 2, sizeof(double));
+        LOOM_CHECK_GOTO(st, tr.pp_stats != NULL, LOOM_ERR_NOMEM, done, "out of memory");
+    }
+    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp,
+                                  tr.pp > 1 ? &tr.part : NULL};
     LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.red, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
     if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
-    LOOM_CALL_GOTO(st, loom_model_reserve(tr.model, tr.local_batch, tr.T_local, t->recompute), done);
+    int slots = 1;
+    if (tr.pp > 1) {
+        loom_model_set_parts_comm(tr.model, tr.mesh.pp);
+        LOOM_CALL_GOTO(st, loom_pipeline_init(tr.mesh.pp, rc->model.tie_embeddings ? tr.embed : NULL,
+                                              (loom_pp_schedule)t->pp_schedule, (int)t->pp_virtual, (int)t->grad_accum,
+                                              &tr.pipe), done);
+        slots = loom_pipeline_slots(tr.pipe);
+    }
+    LOOM_CALL_GOTO(st, loom_model_reserve_slots(tr.model, tr.local_batch, tr.T_local, t->recompute, slots), done);
     loom_optim_set_total_steps(tr.opt, t->steps);
     const char *tk = loom_data_tokenizer(tr.data);
     if (tk) {
@@ -523,6 +571,11 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     tr.tokens = malloc((size_t)local_BT * sizeof(int32_t));
     tr.targets = malloc((size_t)local_BT * sizeof(int32_t));
     LOOM_CHECK_GOTO(st, tr.tokens && tr.targets, LOOM_ERR_NOMEM, done, "out of memory");
+    if (tr.pp > 1) {
+        tr.mb_tokens = malloc((size_t)(local_BT * t->grad_accum) * sizeof(int32_t));
+        tr.mb_targets = malloc((size_t)(local_BT * t->grad_accum) * sizeof(int32_t));
+        LOOM_CHECK_GOTO(st, tr.mb_tokens && tr.mb_targets, LOOM_ERR_NOMEM, done, "out of memory");
+    }
     if (tr.sp > 1) {
         tr.seq_tokens = malloc((size_t)(tr.local_batch * t->seq_len) * sizeof(int32_t));
         tr.seq_targets = malloc((size_t)(tr.local_batch * t->seq_len) * sizeof(int32_t));
@@ -571,6 +624,17 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                   t->dp_overlap ? "overlapped with the backward pass" : "after the backward pass",
                   tr.mem.current[LOOM_MEM_PARAMS] / 1048576.0, tr.mem.current[LOOM_MEM_GRADS] / 1048576.0,
                   tr.mem.current[LOOM_MEM_OPTIM] / 1048576.0);
+    if (tr.pp > 1) {
+        LOOM_INFO("pipeline: %d stages, %s schedule, %d chunk(s) per stage, %lld micro-batches per step; this stage "
+                  "holds blocks%s%s, %.2fM parameters, activations for %d micro-batches in flight; bubble in theory "
+                  "%.1f%%", tr.pp, t->pp_schedule ? "interleaved" : "1F1B", tr.part.n_chunks, (long long)t->grad_accum,
+                  tr.part.first ? " (+ embedding)" : "", tr.part.last ? " (+ head)" : "",
+                  (double)loom_model_num_params(tr.model) / 1e6, loom_pipeline_slots(tr.pipe),
+                  100 * loom_pipeline_bubble_theory(tr.pipe));
+        for (int k = 0; k < tr.part.n_chunks; k++)
+            LOOM_INFO("  stage 0 chunk %d: blocks [%lld, %lld)", k, (long long)tr.part.layer_lo[k],
+                      (long long)tr.part.layer_hi[k]);
+    }
     if (tr.tp > 1)
         LOOM_INFO("tensor parallel: %d ranks per layer (heads, MLP hidden and vocabulary cut; 2 all-reduces of %lld "
                   "floats per block per pass); this rank holds %.2fM of %.2fM parameters", tr.tp,
@@ -589,7 +653,19 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         loom_zero_reset_stats(tr.zero);
         loom_comm_reset_stats(tr.mesh.tp);
         loom_comm_reset_stats(tr.mesh.sp);
-        for (int64_t micro = 0; micro < t->grad_accum; micro++) {
+        for (int64_t micro = 0; tr.pipe && micro < t->grad_accum; micro++) { /* the step's micro-batches */
+            LOOM_CALL_GOTO(st, next_batch(&tr, LOOM_SPLIT_TRAIN), done);
+            memcpy(tr.mb_tokens + micro * local_BT, tr.tokens, (size_t)local_BT * sizeof(int32_t));
+            memcpy(tr.mb_targets + micro * local_BT, tr.targets, (size_t)local_BT * sizeof(int32_t));
+        }
+        if (tr.pipe) {
+            LOOM_CALL_GOTO(st, loom_pipeline_train_step(tr.pipe, tr.model, tr.zero, tr.mb_tokens, tr.mb_targets,
+                                                        tr.local_batch, tr.T_local, grad_scale, &lsum), done);
+            const loom_pipeline_stats ps = loom_pipeline_get_stats(tr.pipe);
+            double mine[2] = {ps.idle_s, ps.busy_s};
+            LOOM_CALL_GOTO(st, loom_comm_allgather_bytes(tr.mesh.pp, mine, (int64_t)sizeof mine, tr.pp_stats), done);
+        }
+        for (int64_t micro = 0; !tr.pipe && micro < t->grad_accum; micro++) {
             float l;
             LOOM_CALL_GOTO(st, next_batch(&tr, LOOM_SPLIT_TRAIN), done);
             loom_zero_begin_micro(tr.zero, micro, micro == t->grad_accum - 1);
@@ -673,6 +749,11 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
                (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
                tr.dp > 1 ? t->out : tr.ckpt_path);
+        for (int r = 0; tr.pp > 1 && r < tr.pp; r++) {
+            const double idle = tr.pp_stats[2 * r], busy = tr.pp_stats[2 * r + 1];
+            printf("  pipeline stage %d idle %.1f%% of the last step (theory (p-1)/(v m+p-1) = %.1f%%)\n", r,
+                   idle + busy > 0 ? 100 * idle / (idle + busy) : 0.0, 100 * loom_pipeline_bubble_theory(tr.pipe));
+        }
         for (int r = 0; tr.dp > 1 && r < tr.dp; r++) {
             const int64_t *pk = tr.rank_mem + r * RANK_ROW + LOOM_MEM_N_CATEGORIES;
             printf("  rank %d peak MiB: params %.1f, grads %.1f, optim %.1f, acts %.1f, workspace %.1f\n", r,
@@ -680,7 +761,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
     }
     if (t->profile && tr.root) print_profile(tr.be, t_train);
-    if (t->sample_tokens > 0 && tr.tokenizer[0] && (tr.tp > 1 || tr.sp > 1)) {
+    if (t->sample_tokens > 0 && tr.tokenizer[0] && (tr.tp > 1 || tr.sp > 1 || tr.pp > 1)) {
         if (tr.root) LOOM_INFO("no sample: generation runs on one rank per sequence and layer (loom generate %s)", t->out);
     } else if (t->sample_tokens > 0 && tr.tokenizer[0]) {
         LOOM_CALL_GOTO(st, loom_zero_gather_all(tr.zero), done); /* ZeRO-3: every rank lends its slice */
