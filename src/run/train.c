@@ -95,7 +95,8 @@ typedef struct {
     double peak_gflops;
     char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
     loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
-    int64_t *rank_mem;             /* [dp][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
+    int world_size;
+    int64_t *rank_mem;             /* [world][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
     loom_comm_stats tp_stats;      /* the last step's collectives on the tp axis (this rank) */
     loom_comm_stats sp_stats;      /* and the ring transfers on the sp axis */
 } trainer;
@@ -362,11 +363,11 @@ static loom_status gather_rank_stats(trainer *tr, int64_t *all) {
     const loom_zero_stats zs = loom_zero_get_stats(tr->zero);
     mine[2 * LOOM_MEM_N_CATEGORIES] = (int64_t)(zs.comm_wait_s * 1e6);
     mine[2 * LOOM_MEM_N_CATEGORIES + 1] = (int64_t)(zs.comm_work_s * 1e6);
-    if (tr->dp == 1) {
+    if (tr->world_size == 1) {
         memcpy(all, mine, sizeof mine);
         return LOOM_OK;
     }
-    return loom_comm_allgather_bytes(tr->red, mine, (int64_t)sizeof mine, all);
+    return loom_comm_allgather_bytes(tr->world, mine, (int64_t)sizeof mine, all);
 }
 
 static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom_optim_stats *os, double tok_s,
@@ -386,15 +387,16 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
         loom_strbuf_printf(&sb, ",\"mem_peak_%s\":%lld", loom_mem_category_name((loom_mem_category)c),
                            (long long)tr->mem.peak[c]);
-    /* communication per step, averaged over the dp ranks: blocked waiting, and (node-shared transport) this
-     * rank's cores summing and copying peers' bytes */
+    /* data-parallel communication per step, averaged over the ranks: blocked waiting, and (node-shared
+     * transport) this rank's cores summing and copying peers' bytes */
     double wait_us = 0, work_us = 0;
-    for (int r = 0; r < tr->dp; r++) {
+    for (int r = 0; r < tr->world_size; r++) {
         wait_us += (double)rank_mem[r * RANK_ROW + 2 * LOOM_MEM_N_CATEGORIES];
         work_us += (double)rank_mem[r * RANK_ROW + 2 * LOOM_MEM_N_CATEGORIES + 1];
     }
     loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f,\"comm_work_ms\":%.3f",
-                       (long long)loom_mem_process_peak_rss(), tr->dp, wait_us / 1e3 / tr->dp, work_us / 1e3 / tr->dp);
+                       (long long)loom_mem_process_peak_rss(), tr->world_size, wait_us / 1e3 / tr->world_size,
+                       work_us / 1e3 / tr->world_size);
     if (tr->tp > 1)
         loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld", tr->tp,
                            (long long)tr->tp_stats.calls[LOOM_COLL_ALLREDUCE],
@@ -412,9 +414,9 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
         loom_strbuf_printf(&sb, ",\"sp\":%d,\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", tr->sp,
                            (long long)tr->sp_stats.calls[LOOM_COLL_SENDRECV],
                            (long long)tr->sp_stats.bytes[LOOM_COLL_SENDRECV]);
-    /* per rank, peak bytes by category [params, grads, optim, acts, workspace] */
+    /* per world rank, peak bytes by category [params, grads, optim, acts, workspace] */
     loom_strbuf_printf(&sb, ",\"mem_rank_peak_bytes\":[");
-    for (int r = 0; r < tr->dp; r++) {
+    for (int r = 0; r < tr->world_size; r++) {
         loom_strbuf_printf(&sb, "%s[", r ? "," : "");
         for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
             loom_strbuf_printf(&sb, "%s%lld", c ? "," : "",
@@ -517,7 +519,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                     "train.batch %lld is the global micro-batch: it must divide evenly over dp=%d ranks",
                     (long long)t->batch, shape.dp);
     tr.local_batch = t->batch / shape.dp;
-    tr.rank_mem = calloc((size_t)tr.dp * RANK_ROW, sizeof(int64_t));
+    tr.world_size = loom_comm_size(tr.world);
+    tr.rank_mem = calloc((size_t)tr.world_size * RANK_ROW, sizeof(int64_t));
     LOOM_CHECK_GOTO(st, tr.rank_mem != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     const int synthetic = strcmp(t->data, "synthetic") == 0;
     LOOM_CALL_GOTO(st, loom_data_open(t->data, synthetic ? rc->model.vocab_size : 0, t->val_fraction,
@@ -719,7 +722,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
             if (tr.root) printf("%sstep %lld val_loss %.6f\n", tty ? "\n" : "", (long long)step, val_loss);
         }
         int64_t stop_vote = stop_signal != 0;
-        if (tr.dp > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
+        if (tr.world_size > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
             LOOM_CALL_GOTO(st, loom_comm_allreduce_max_i64(tr.world, &stop_vote, 1), done);
         int stop_now = stop_vote != 0 || (t->stop_after > 0 && step == t->stop_after);
         if ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now) {
@@ -754,7 +757,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
             printf("  pipeline stage %d idle %.1f%% of the last step (theory (p-1)/(v m+p-1) = %.1f%%)\n", r,
                    idle + busy > 0 ? 100 * idle / (idle + busy) : 0.0, 100 * loom_pipeline_bubble_theory(tr.pipe));
         }
-        for (int r = 0; tr.dp > 1 && r < tr.dp; r++) {
+        for (int r = 0; tr.world_size > 1 && r < tr.world_size; r++) {
             const int64_t *pk = tr.rank_mem + r * RANK_ROW + LOOM_MEM_N_CATEGORIES;
             printf("  rank %d peak MiB: params %.1f, grads %.1f, optim %.1f, acts %.1f, workspace %.1f\n", r,
                    pk[0] / 1048576.0, pk[1] / 1048576.0, pk[2] / 1048576.0, pk[3] / 1048576.0, pk[4] / 1048576.0);
