@@ -13,7 +13,11 @@
                (4 L + 2 of B/dp x T x d floats: the embedding, 2 per block forward, 2 per block backward, the
                head's input gradient; plus the vocabulary-parallel loss's row maxima (N) and sums (2 N) and the
                gradient norm (1 double)); checkpoints written at dp=2 x tp=2 resume at tp=1 and at tp=1 resume
-               at tp=4, continuing within TOL
+               at tp=4, continuing within TOL; Megatron sequence parallelism (train.tp_seq_parallel) at tp=2
+               and 4: losses within TOL, per step 6L+2 all-gathers of B/dp x T/tp x d floats (2 per block forward,
+               4 backward, the final norm, the embedding's gradient), 4L+2 reduce-scatters of B/dp x T x d, and
+               small all-reduces (loss statistics, each layer's replicated gradients, wpe, the norm); fewer
+               activation bytes than without it
   sequence     sequence parallel (ring self-attention) for sp=2 and 4, dp=2 x sp=2 (ZeRO-1) and tp=2 x sp=2, both
                families: losses within TOL of one process; the ring's sends per step equal the analytic count
                (per layer: sp-1 forward steps of this block's K and V, B x T/sp x 2 x KV x hd floats; sp backward
@@ -176,6 +180,31 @@ if "tensor" in CHECKS:
             check(row.get("tp_allreduce_calls") == calls and row.get("tp_allreduce_bytes") == nbytes,
                   f"{name}: tp all-reduces per step {row.get('tp_allreduce_calls')} calls, "
                   f"{row.get('tp_allreduce_bytes')} bytes; analytic {calls} calls, {nbytes} bytes")
+    for fam, fargs in FAMILIES.items():
+        for mesh, n in (("tp=2", 2), ("tp=4", 4)):
+            out = os.path.join(W, f"{fam}-{mesh}-seqpar")
+            name = f"{fam} {mesh} sequence-parallel"
+            if train(n, out, fargs + COMMON + ["--set", "train.tp_seq_parallel=1"], mesh=mesh) != 0:
+                check(False, f"{name}: run failed")
+                continue
+            d = maxdiff(losses(out), ref[fam], range(1, 21))
+            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+            mc = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
+                                           text=True).stdout.split("meta ", 1)[1])["model"]
+            L, C, tp, N = mc["n_layer"], mc["d_model"], int(mesh[3:]), 8 * 32
+            gpt = mc["family"] == "gpt2"
+            row = metrics(out)[-1]
+            ag = (6 * L + 2, (6 * L + 2) * N // tp * C * 4)
+            rs = (4 * L + 2, (4 * L + 2) * N * C * 4)
+            ar = (4 + L + gpt, 3 * N * 4 + 2 * C * 4 + L * 6 * C * 4 + (32 * C * 4 if gpt else 0) + 8)
+            got = ((row.get("tp_allgather_calls"), row.get("tp_allgather_bytes")),
+                   (row.get("tp_reduce_scatter_calls"), row.get("tp_reduce_scatter_bytes")),
+                   (row.get("tp_allreduce_calls"), row.get("tp_allreduce_bytes")))
+            check(got == (ag, rs, ar), f"{name}: (all-gather, reduce-scatter, all-reduce) (calls, bytes) per step "
+                                       f"{got}; analytic {(ag, rs, ar)}")
+            plain = metrics(os.path.join(W, f"{fam}-{mesh}-z0"))[-1]["mem_peak_acts"]
+            check(row["mem_peak_acts"] < plain, f"{name}: activations {row['mem_peak_acts']} bytes per rank "
+                                                f"against {plain} without it")
     fargs = FAMILIES["llama"] + COMMON
     for save, sn, resume, rn in (("dp=2,tp=2", 4, None, 1), (None, 1, "tp=4", 4)):
         out = os.path.join(W, f"tpre-{save}-{resume}")

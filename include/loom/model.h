@@ -142,6 +142,12 @@ void loom_model_set_buffers(loom_model *m, float *params, float *grads);
 /* Sequence parallel: the model sees positions [rank * T, (rank + 1) * T) of each sequence (T its local
  * length) and its attention runs as a ring over `sp` (keys and values pass rank to rank). Before reserve. */
 void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp);
+/* Megatron sequence parallelism (tp > 1): the norms, residual stream and embedding output hold B*T/tp rows
+ * per rank; each all-reduce becomes an all-gather before a column-parallel product and a reduce-scatter
+ * after a row-parallel one. Before reserve; B*T must divide by tp. */
+void loom_model_set_tp_sequence_parallel(loom_model *m, int on);
+/* Floats of one activation passed between pipeline chunks for a B x T micro-batch. */
+int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 

@@ -329,6 +329,7 @@ void loom_model_free(loom_model **pm) {
     if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
     free(m->infos);
     free(m->row_blocks);
+    free(m->sp_counts);
     free(m->layer_g);
     free(m->layer_chunk);
     free(m->unit_lo);
@@ -431,22 +432,29 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
+    LOOM_CHECK(!m->tp_sp || N % m->tp_size == 0, LOOM_ERR_CONFIG,
+               "tp sequence parallelism: the micro-batch's %lld tokens must divide over tp = %d", (long long)N,
+               m->tp_size);
+    const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the norms and the residual stream here */
     /* per-tensor sizes of one layer */
-    int64_t s_ln = N * C, s_stat = N, s_qkv = N * Cq, s_att = N * C, s_lse = B * H * T, s_fc = N * fcw, s_act = N * F;
+    int64_t s_ln = Nr * C, s_stat = Nr, s_qkv = N * Cq, s_att = N * C, s_lse = B * H * T, s_fc = N * fcw, s_act = N * F;
     /* which tensors are stored per layer (1) or live in the shared scratch (0) */
     int keep_ln = rc != LOOM_RECOMPUTE_FULL, keep_att = rc == LOOM_RECOMPUTE_NONE, keep_act = rc == LOOM_RECOMPUTE_NONE;
-    int64_t per_layer_store = N * C; /* out */
-    int64_t ln_pack = 2 * s_ln + 4 * s_stat + s_qkv + N * C /* res1 */ + s_fc;
+    int64_t per_layer_store = Nr * C; /* out */
+    int64_t ln_pack = 2 * s_ln + 4 * s_stat + s_qkv + Nr * C /* res1 */ + s_fc;
     if (keep_ln) per_layer_store += ln_pack;
     if (keep_att) per_layer_store += s_att + s_lse;
     if (keep_act) per_layer_store += s_act;
     int64_t scratch = (keep_ln ? 0 : ln_pack) + (keep_att ? 0 : s_att + s_lse) + (keep_act ? 0 : s_act);
     /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
-    int64_t per_slot = L * per_layer_store + (m->first ? N * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * N * C +
-                       (m->last ? N * C + 2 * N + N * V + N : 0) + (m->has_grads ? N * C : 0);
+    int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
+                       (m->last ? Nr * C + 2 * Nr + N * V + N + (m->tp_sp ? N * C : 0) : 0) +
+                       (m->has_grads ? Nr * C : 0);
     int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
-    int64_t total = (int64_t)slots * per_slot + scratch + grads + rope + (64 + 16 * (int64_t)L * 16) * 64 * slots;
+    int64_t sp_scratch = m->tp_sp ? 2 * N * C + 8 * C + (gpt ? T * C : 0) : 0;
+    int64_t total = (int64_t)slots * per_slot + scratch + grads + rope + sp_scratch +
+                    (64 + 16 * (int64_t)L * 16) * 64 * slots;
     m->act_bytes = (size_t)total * sizeof(float);
     LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
     m->slots = calloc((size_t)slots, sizeof *m->slots);
@@ -468,35 +476,42 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     }
     m->rope_cos = TAKE(T * (m->hd / 2));
     m->rope_sin = TAKE(T * (m->hd / 2));
+    if (m->tp_sp) {
+        m->sp_gather = TAKE(N * C);
+        m->sp_partial = TAKE(N * C);
+        m->sp_rep = TAKE(8 * C);
+        if (gpt) m->sp_wpe = TAKE(T * C);
+    }
     layer_acts sc;
     memset(&sc, 0, sizeof sc);
     if (!keep_ln) {
         sc.ln1 = TAKE(s_ln); sc.ln1_mean = TAKE(s_stat); sc.ln1_rstd = TAKE(s_stat); sc.qkv = TAKE(s_qkv);
-        sc.res1 = TAKE(N * C); sc.ln2 = TAKE(s_ln); sc.ln2_mean = TAKE(s_stat); sc.ln2_rstd = TAKE(s_stat);
+        sc.res1 = TAKE(Nr * C); sc.ln2 = TAKE(s_ln); sc.ln2_mean = TAKE(s_stat); sc.ln2_rstd = TAKE(s_stat);
         sc.fc_pre = TAKE(s_fc);
     }
     if (!keep_att) { sc.atty = TAKE(s_att); sc.lse = TAKE(s_lse); }
     if (!keep_act) sc.fc_act = TAKE(s_act);
     for (int i = 0; i < slots; i++) {
         act_slot *as = &m->slots[i];
-        if (m->first) as->enc = TAKE(N * C);
+        if (m->first) as->enc = TAKE(Nr * C);
         for (int k = 0; k < m->n_chunks; k++)
-            as->chunk_in[k] = (k == 0 && m->first) ? as->enc : TAKE(N * C);
+            as->chunk_in[k] = (k == 0 && m->first) ? as->enc : TAKE(Nr * C);
         if (m->last) {
-            as->lnf = TAKE(N * C);
-            as->lnf_mean = TAKE(N);
-            as->lnf_rstd = TAKE(N);
+            as->lnf = TAKE(Nr * C);
+            as->lnf_mean = TAKE(Nr);
+            as->lnf_rstd = TAKE(Nr);
             as->logits = TAKE(N * V);
             as->losses = TAKE(N);
+            as->lnf_full = m->tp_sp ? TAKE(N * C) : as->lnf;
         }
-        if (m->has_grads) as->dx = TAKE(N * C);
+        if (m->has_grads) as->dx = TAKE(Nr * C);
         for (int64_t l = 0; l < L; l++) {
             layer_acts *a = &as->acts[l];
             *a = sc;
-            a->out = TAKE(N * C);
+            a->out = TAKE(Nr * C);
             if (keep_ln) {
                 a->ln1 = TAKE(s_ln); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
-                a->res1 = TAKE(N * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
+                a->res1 = TAKE(Nr * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
                 a->fc_pre = TAKE(s_fc);
             }
             if (keep_att) { a->atty = TAKE(s_att); a->lse = TAKE(s_lse); }
@@ -643,7 +658,10 @@ static loom_status tp_sum(loom_model *m, float *x, int64_t n) {
     return m->tp_size > 1 ? loom_comm_allreduce_sum_f32(m->tp, x, n) : LOOM_OK;
 }
 
+static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t T);
+
 static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
+    if (m->tp_sp) return layer_forward_sp(m, l, B, T);
     loom_backend *be = m->be;
     const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? F : 2 * F;
     const int64_t *lo = m->layer_off + l * W_COUNT;
@@ -673,6 +691,128 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C);
     if (lead && lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
     return tp_sum(m, a->out, N * C);
+}
+
+/* ---- Megatron sequence parallelism inside tp ----
+ * The residual stream, the norms and the embedding output hold rows [r Nr, (r+1) Nr) of the N tokens on tp
+ * rank r (Nr = N/tp). A column-parallel product first all-gathers its input (N,C); a row-parallel one
+ * reduce-scatters its partial product back to rows. The replicated parameters (norms, the output
+ * projections' biases, wpe) then see only this rank's rows: their gradients are summed over tp per layer. */
+static loom_status sp_all_gather(loom_model *m, const float *shard, float *full, int64_t Nr) {
+    const int64_t w = Nr * m->C;
+    memcpy(full + m->tp_rank * w, shard, (size_t)w * sizeof(float));
+    for (int r = 0; r < m->tp_size; r++) m->sp_counts[r] = w;
+    loom_comm_req rq;
+    LOOM_CALL(loom_comm_iallgather_f32(m->tp, full, m->sp_counts, &rq));
+    return loom_comm_wait(&rq);
+}
+
+static loom_status sp_reduce_scatter(loom_model *m, const float *full, float *shard, int64_t Nr) {
+    for (int r = 0; r < m->tp_size; r++) m->sp_counts[r] = Nr * m->C;
+    loom_comm_req rq;
+    LOOM_CALL(loom_comm_ireduce_scatter_f32(m->tp, full, shard, m->sp_counts, &rq));
+    return loom_comm_wait(&rq);
+}
+
+/* x (n) += y (n) */
+static void add_into(loom_model *m, float *x, const float *y, int64_t n) { loom_k_add(m->be, x, x, y, n); }
+
+/* the replicated gradients of one layer (or the final norm), gathered in m->sp_rep, summed over tp and
+ * written (acc = 0) or added to their places; offsets < 0 are absent parameters */
+static loom_status sp_apply_rep(loom_model *m, const int64_t *offs, int n, int acc) {
+    const int64_t C = m->C;
+    LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, m->sp_rep, n * C));
+    for (int i = 0; i < n; i++) {
+        if (offs[i] < 0) continue;
+        float *g = m->grads + offs[i];
+        if (acc) add_into(m, g, m->sp_rep + i * C, C);
+        else memcpy(g, m->sp_rep + i * C, (size_t)C * sizeof(float));
+    }
+    return LOOM_OK;
+}
+
+static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t T) {
+    loom_backend *be = m->be;
+    const int64_t N = B * T, Nr = N / m->tp_size, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int64_t fcw = gpt ? F : 2 * F;
+    const int64_t *lo = m->layer_off + l * W_COUNT;
+    const float eps = (float)m->cfg.norm_eps;
+    layer_acts *a = &m->acts[l];
+    const float *x = layer_input(m, l);
+    float *full = m->sp_gather, *part = m->sp_partial;
+    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), Nr, C, eps);
+    else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), Nr, C, eps);
+    LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
+    loom_k_matmul(be, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq);
+    if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
+    if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
+    LOOM_CALL(attention_core_forward(m, a, B, T));
+    loom_k_matmul(be, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C);
+    LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
+    add_into(m, a->res1, x, Nr * C);
+    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), Nr, C);
+    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), Nr, C, eps);
+    else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), Nr, C, eps);
+    LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
+    loom_k_matmul(be, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw);
+    mlp_activation_forward(m, a, lo, N, 1);
+    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 0.0f, part, C);
+    LOOM_CALL(sp_reduce_scatter(m, part, a->out, Nr));
+    add_into(m, a->out, a->res1, Nr * C);
+    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), Nr, C);
+    return LOOM_OK;
+}
+
+static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
+    loom_backend *be = m->be;
+    const int64_t N = B * T, Nr = N / m->tp_size, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int64_t fcw = gpt ? F : 2 * F;
+    const int64_t *lo = m->layer_off + l * W_COUNT;
+    const float beta = acc ? 1.0f : 0.0f;
+    layer_acts *a = &m->acts[l];
+    const float *x = layer_input(m, l);
+    float *full = m->sp_gather, *part = m->sp_partial, *rep = m->sp_rep, *dres = m->dres;
+    if (m->rc == LOOM_RECOMPUTE_FULL) LOOM_CALL(layer_forward_sp(m, l, B, T));
+    else if (m->rc == LOOM_RECOMPUTE_ATTN) {
+        LOOM_CALL(attention_core_forward(m, a, B, T));
+        mlp_activation_forward(m, a, lo, N, 0);
+    }
+    /* rep: [ln1.w, ln1.b, proj.b, ln2.w, ln2.b, mlp.proj.b], this rank's rows' part */
+    memset(rep, 0, (size_t)(6 * C) * sizeof(float));
+    LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the MLP output's gradient, all rows */
+    gemm_pair(be, (loom_gemm){0, 0, N, F, C, 1.0f, full, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+              (loom_gemm){1, 0, C, F, N, 1.0f, full, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F});
+    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 5 * C, dres, Nr, C, 0);
+    if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F);
+    else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
+    LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
+    gemm_pair(be, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, full, C, beta, G(lo[W_FC_W]), C},
+              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, part, C});
+    if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
+    LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
+    if (gpt)
+        loom_k_layernorm_backward(be, dres, rep + 3 * C, rep + 4 * C, m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_mean,
+                                  a->ln2_rstd, Nr, C, 0);
+    else loom_k_rmsnorm_backward(be, dres, rep + 3 * C, m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, Nr, C, 0);
+    LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the attention output's gradient, all rows */
+    gemm_pair(be, (loom_gemm){0, 0, N, Ca, C, 1.0f, full, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, full, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca});
+    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 2 * C, dres, Nr, C, 0);
+    if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
+    else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
+    if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
+    LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
+    gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, full, C, beta, G(lo[W_QKV_W]), C},
+              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, part, C});
+    if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
+    LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
+    if (gpt)
+        loom_k_layernorm_backward(be, dres, rep, rep + C, m->dln, x, P(lo[W_LN1_W]), a->ln1_mean, a->ln1_rstd, Nr, C, 0);
+    else loom_k_rmsnorm_backward(be, dres, rep, m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, Nr, C, 0);
+    const int64_t offs[6] = {lo[W_LN1_W], lo[W_LN1_B], lo[W_ATTN_PROJ_B], lo[W_LN2_W], lo[W_LN2_B], lo[W_MLP_PROJ_B]};
+    return sp_apply_rep(m, offs, 6, acc);
 }
 
 static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T) {
@@ -721,7 +861,15 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     const int64_t N = B * T, C = m->C, V = m->V;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int embed = k == 0 && m->first, head = k == m->n_chunks - 1 && m->last;
-    if (embed) {
+    const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
+    if (embed && m->tp_sp) { /* this rank's vocabulary rows for every token, reduce-scattered to its rows */
+        HOOK(params_needed, 0, 1);
+        const int64_t t0 = (int64_t)m->sp_rank * T, r0 = m->tp_rank * Nr;
+        loom_k_embedding_forward(be, m->sp_partial, local_tokens(m, tokens, N), P(m->off_wte), NULL, B, T, C);
+        LOOM_CALL(sp_reduce_scatter(m, m->sp_partial, m->enc, Nr));
+        for (int64_t i = 0; gpt && i < Nr; i++) add_into(m, m->enc + i * C, P(m->off_wpe) + (t0 + (r0 + i) % T) * C, C);
+        HOOK(params_done, 0);
+    } else if (embed) {
         HOOK(params_needed, 0, 1);
         const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
         loom_k_embedding_forward(be, m->enc, local_tokens(m, tokens, N), P(m->off_wte),
@@ -729,7 +877,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(tp_sum(m, m->enc, N * C));
         HOOK(params_done, 0);
     } else if (x_in != m->slots[m->slot].chunk_in[k]) {
-        memcpy(m->slots[m->slot].chunk_in[k], x_in, (size_t)(N * C) * sizeof(float));
+        memcpy(m->slots[m->slot].chunk_in[k], x_in, (size_t)(Nr * C) * sizeof(float));
     }
     for (int64_t l = m->chunk_l0[k]; l < m->chunk_l1[k]; l++) {
         HOOK(params_needed, U_LAYER(l), 1);
@@ -744,10 +892,12 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     HOOK(params_needed, U_HEAD, 1);
     if (head_is_wte(m)) HOOK(params_needed, 0, 1);
     if (gpt)
-        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), N, C,
+        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), Nr, C,
                                  (float)m->cfg.norm_eps);
-    else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), N, C, (float)m->cfg.norm_eps);
-    loom_k_matmul(be, 0, 1, N, V, C, 1.0f, m->lnf, C, P(m->off_head), C, 0.0f, m->logits, V);
+    else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), Nr, C, (float)m->cfg.norm_eps);
+    float *lnf_full = m->slots[m->slot].lnf_full;
+    if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
+    loom_k_matmul(be, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V);
     if (!keep_head) {
         HOOK(params_done, U_HEAD);
         if (head_is_wte(m)) HOOK(params_done, 0);
@@ -787,6 +937,7 @@ loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32
 }
 
 static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
+    if (m->tp_sp) return layer_backward_sp(m, l, B, T, acc);
     loom_backend *be = m->be;
     const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
@@ -844,22 +995,36 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     const int embed = k == 0 && m->first, head = k == m->n_chunks - 1 && m->last;
     const float beta = accumulate ? 1.0f : 0.0f;
     const int64_t l0 = m->chunk_l0[k], l1 = m->chunk_l1[k];
+    const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
     if (head) { /* logits = lnf Whead^T; m->logits holds dlogits */
-        gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, m->lnf, C, beta, G(m->off_head), C},
-                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, m->dln, C});
-        LOOM_CALL(tp_sum(m, m->dln, N * C));
-        memset(m->dres, 0, (size_t)(N * C) * sizeof(float));
+        const float *lnf_full = m->slots[m->slot].lnf_full;
+        float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
+        gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C},
+                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C});
+        if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
+        else LOOM_CALL(tp_sum(m, m->dln, N * C));
+        memset(m->dres, 0, (size_t)(Nr * C) * sizeof(float));
         const float *xL = m->acts[l1 - 1].out;
+        float *gw = G(m->off_lnf_w), *gb = m->off_lnf_b >= 0 ? G(m->off_lnf_b) : NULL;
+        const int acc_n = m->tp_sp ? 0 : accumulate;
+        if (m->tp_sp) { /* this rank's rows' part, summed over tp below */
+            gw = m->sp_rep;
+            gb = m->sp_rep + C;
+            memset(m->sp_rep, 0, (size_t)(2 * C) * sizeof(float));
+        }
         if (gpt)
-            loom_k_layernorm_backward(be, m->dres, G(m->off_lnf_w), G(m->off_lnf_b), m->dln, xL, P(m->off_lnf_w),
-                                      m->lnf_mean, m->lnf_rstd, N, C, accumulate);
-        else loom_k_rmsnorm_backward(be, m->dres, G(m->off_lnf_w), m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, N, C,
-                                     accumulate);
+            loom_k_layernorm_backward(be, m->dres, gw, gb, m->dln, xL, P(m->off_lnf_w), m->lnf_mean, m->lnf_rstd, Nr,
+                                      C, acc_n);
+        else loom_k_rmsnorm_backward(be, m->dres, gw, m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, Nr, C, acc_n);
+        if (m->tp_sp) {
+            const int64_t offs[2] = {m->off_lnf_w, m->off_lnf_b};
+            LOOM_CALL(sp_apply_rep(m, offs, 2, accumulate));
+        }
         HOOK(params_done, U_HEAD);
         if (head_is_wte(m)) HOOK(params_done, 0);
         HOOK(grads_done, U_HEAD);
     } else {
-        memcpy(m->dres, dy, (size_t)(N * C) * sizeof(float));
+        memcpy(m->dres, dy, (size_t)(Nr * C) * sizeof(float));
     }
     for (int64_t li = l1 - 1; li >= l0; li--) {
         HOOK(params_needed, U_LAYER(li), -1);
@@ -869,16 +1034,31 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     }
     if (!embed) {
         float *dx = m->slots[m->slot].dx;
-        memcpy(dx, m->dres, (size_t)(N * C) * sizeof(float));
+        memcpy(dx, m->dres, (size_t)(Nr * C) * sizeof(float));
         if (dx_out) *dx_out = dx;
         return LOOM_OK;
     }
     /* the token embedding (reads no parameter): with the tied head here, the head already wrote this
      * micro-step's part */
     const int64_t t0 = (int64_t)m->sp_rank * T; /* positions [t0, t0 + T) */
-    loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) + t0 * C : NULL, m->dres,
-                              local_tokens(m, tokens, N), B, T, C, V, head_is_wte(m) && m->last ? 1 : accumulate,
-                              accumulate);
+    if (m->tp_sp) { /* every token's gradient for this rank's vocabulary rows; wpe from this rank's rows */
+        LOOM_CALL(sp_all_gather(m, m->dres, m->sp_gather, Nr));
+        loom_k_embedding_backward(be, G(m->off_wte), NULL, m->sp_gather, local_tokens(m, tokens, N), B, T, C, V,
+                                  head_is_wte(m) && m->last ? 1 : accumulate, accumulate);
+        if (gpt) {
+            float *w = m->sp_wpe, *g = G(m->off_wpe) + t0 * C;
+            const int64_t r0 = m->tp_rank * Nr;
+            memset(w, 0, (size_t)(T * C) * sizeof(float));
+            for (int64_t i = 0; i < Nr; i++) add_into(m, w + ((r0 + i) % T) * C, m->dres + i * C, C);
+            LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, w, T * C));
+            if (accumulate) add_into(m, g, w, T * C);
+            else memcpy(g, w, (size_t)(T * C) * sizeof(float));
+        }
+    } else {
+        loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) + t0 * C : NULL, m->dres,
+                                  local_tokens(m, tokens, N), B, T, C, V, head_is_wte(m) && m->last ? 1 : accumulate,
+                                  accumulate);
+    }
     if (gpt && !accumulate) { /* the positions this rank did not see have no gradient here */
         memset(G(m->off_wpe), 0, (size_t)(t0 * C) * sizeof(float));
         if (t0 + T < m->cfg.max_seq_len)
@@ -941,6 +1121,14 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
 }
 const float *loom_model_logits(const loom_model *m) { return m->logits; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
+void loom_model_set_tp_sequence_parallel(loom_model *m, int on) {
+    m->tp_sp = on && m->tp_size > 1;
+    if (m->tp_sp && !m->sp_counts) m->sp_counts = calloc((size_t)m->tp_size, sizeof(int64_t));
+    if (!m->sp_counts) m->tp_sp = 0;
+}
+int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T) {
+    return B * T / (m->tp_sp ? m->tp_size : 1) * m->C;
+}
 void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp) {
     m->sp = sp;
     m->sp_size = loom_comm_size(sp);

@@ -25,6 +25,7 @@ typedef struct layer_acts_s {
 /* What one micro-batch in flight keeps (pipeline schedules keep several). */
 typedef struct act_slot {
     float *enc, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
+    float *lnf_full;                  /* tp sequence parallel: the final norm's output gathered (N,C) */
     struct layer_acts_s *acts;
     float *chunk_in[LOOM_MAX_CHUNKS]; /* each chunk's input (chunks that do not start with the embedding) */
     float *dx;                        /* the gradient of a chunk's input, sent from here */
@@ -54,6 +55,12 @@ struct loom_model {
     int32_t *tok_local;             /* tp > 1: tokens shifted into this rank's vocabulary range, -1 outside */
     float *ce_stats;                /* tp > 1: (3N) row maxima, sums of exponentials, target logits */
     int64_t (*row_blocks)[3];       /* per parameter: sizes of the full tensor's row blocks cut separately */
+    /* Megatron sequence parallelism inside tp: norms and residuals on N/tp rows per rank */
+    int tp_sp;
+    int64_t *sp_counts;             /* [tp] floats per rank of a gather or scatter */
+    float *sp_gather, *sp_partial;  /* (N,C) each: an all-gathered input, a partial product before its reduce-scatter */
+    float *sp_rep;                  /* replicated parameters' gradients of one layer (8C), summed over tp */
+    float *sp_wpe;                  /* GPT-2: (T,C) this rank's positions' wpe gradient of one micro-batch */
     /* sequence parallel (ring attention): this rank holds positions [sp_rank * T, (sp_rank + 1) * T) */
     loom_comm *sp;
     int sp_size, sp_rank;

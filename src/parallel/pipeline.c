@@ -248,7 +248,7 @@ loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero
                                      const int32_t *targets, int64_t B, int64_t T, float grad_scale,
                                      double *loss_sum) {
     const int p = pl->p, r = pl->r, K = p * pl->v;
-    const int64_t N = B * T, C = loom_model_get_config(m)->d_model, NC = N * C;
+    const int64_t N = B * T, NC = loom_model_boundary_floats(m, B, T);
     LOOM_CALL(buffers(pl, NC));
     pl->stats.idle_s = 0.0;
     const double t_start = now_s();
@@ -314,7 +314,7 @@ loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero
 loom_status loom_pipeline_eval(loom_pipeline *pl, loom_model *m, const int32_t *tokens, const int32_t *targets,
                                int64_t B, int64_t T, double *loss) {
     const int p = pl->p, r = pl->r, K = p * pl->v;
-    const int64_t N = B * T, NC = N * loom_model_get_config(m)->d_model;
+    const int64_t NC = loom_model_boundary_floats(m, B, T);
     LOOM_CALL(buffers(pl, NC));
     loom_model_use_slot(m, 0);
     double l_out = 0.0;

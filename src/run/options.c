@@ -85,6 +85,7 @@ static const option options[] = {
     {"train.zero", OPT_INT, T(zero), 0, NULL, "ZeRO stage over dp: 0 replicate, 1 shard optimizer state, 2 + gradients, 3 + parameters (--zero)"},
     {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
     {"train.dp_transport", OPT_ENUM, T(dp_transport), 0, transport_choices, "gradient reductions: auto (node-shared memory when every dp rank is on one node, stages 0-1), mpi, shm"},
+    {"train.tp_seq_parallel", OPT_BOOL, T(tp_seq_parallel), 0, NULL, "tp > 1: norms and residuals on B*T/tp rows per rank, all-gather + reduce-scatter instead of all-reduce"},
     {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
     {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
     {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},

@@ -397,10 +397,16 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f,\"comm_work_ms\":%.3f",
                        (long long)loom_mem_process_peak_rss(), tr->world_size, wait_us / 1e3 / tr->world_size,
                        work_us / 1e3 / tr->world_size);
-    if (tr->tp > 1)
-        loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld", tr->tp,
+    if (tr->tp > 1) /* this step's tensor-parallel collectives (all-gather: this rank's part) */
+        loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld,"
+                           "\"tp_allgather_calls\":%lld,\"tp_allgather_bytes\":%lld,\"tp_reduce_scatter_calls\":%lld,"
+                           "\"tp_reduce_scatter_bytes\":%lld", tr->tp,
                            (long long)tr->tp_stats.calls[LOOM_COLL_ALLREDUCE],
-                           (long long)tr->tp_stats.bytes[LOOM_COLL_ALLREDUCE]);
+                           (long long)tr->tp_stats.bytes[LOOM_COLL_ALLREDUCE],
+                           (long long)tr->tp_stats.calls[LOOM_COLL_ALLGATHER],
+                           (long long)tr->tp_stats.bytes[LOOM_COLL_ALLGATHER],
+                           (long long)tr->tp_stats.calls[LOOM_COLL_REDUCE_SCATTER],
+                           (long long)tr->tp_stats.bytes[LOOM_COLL_REDUCE_SCATTER]);
     if (tr->pp > 1) { /* each stage's idle share of the step (blocked receiving) beside the schedule's theory */
         loom_strbuf_printf(&sb, ",\"pp\":%d,\"pp_bubble_theory\":%.4f,\"pp_idle_fraction\":[", tr->pp,
                            loom_pipeline_bubble_theory(tr->pipe));
@@ -553,6 +559,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
     if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
+    if (t->tp_seq_parallel) loom_model_set_tp_sequence_parallel(tr.model, 1);
     int slots = 1;
     if (tr.pp > 1) {
         loom_model_set_parts_comm(tr.model, tr.mesh.pp);
