@@ -97,6 +97,14 @@ LOOM_NODISCARD loom_status loom_model_init_part(const loom_model_config *cfg, co
                                                 loom_backend *be, loom_comm *tp, loom_mem *mem, int flags,
                                                 loom_model **out);
 int loom_model_num_chunks(const loom_model *m);
+/* Planning: the layout alone (no buffers, no communicator) of tp rank `tp_rank` of `tp_size` holding `part`
+ * (NULL: the whole model), for buffer sizes and loom_model_activation_bytes. Free with loom_model_free. */
+LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_model_part *part,
+                                                  int tp_size, int tp_rank, loom_model **out);
+/* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring
+ * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
+int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
+                                    int tp_seq_parallel);
 /* The pipeline axis: the ranks holding the other parts (whole-model norms sum over it; borrowed). */
 void loom_model_set_parts_comm(loom_model *m, loom_comm *pp);
 loom_comm *loom_model_parts_comm(const loom_model *m);

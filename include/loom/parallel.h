@@ -122,6 +122,8 @@ LOOM_NODISCARD loom_status loom_pipeline_init(loom_comm *pp, loom_comm *embed, l
 void loom_pipeline_free(loom_pipeline **pl);
 /* Activation slots this rank needs (loom_model_reserve_slots). */
 int loom_pipeline_slots(const loom_pipeline *pl);
+/* The same, before any communicator exists (planning). */
+int loom_pipeline_schedule_slots(int pp, int rank, loom_pp_schedule sched, int v, int micro_batches);
 /* One step's forwards and backwards: tokens and targets hold the micro-batches back to back (each B x T);
  * *loss_sum = the sum of the micro-batches' mean losses, on every stage. Then call loom_zero_step. */
 LOOM_NODISCARD loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero *z,

@@ -3,6 +3,8 @@
 #define LOOM_CLI_H
 #include <stdio.h>
 
+#include "loom/run.h"
+
 int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
 int loom_cmd_ckpt(int argc, char **argv);
@@ -13,6 +15,12 @@ int loom_cmd_export(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_import(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_plot(int argc, char **argv);      /* cmd_plot.c */
 int loom_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
+int loom_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
+/* cmd_train.c: a run config from argv the way `loom train` reads it (preset, --config, --set, flags);
+ * own_flags: NULL or {"--flag", "1" (takes a value) | "0", ..., NULL}, flags the caller reads itself.
+ * Returns 0 (built), -1 (--help: printed) or an exit code. */
+int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *const *own_flags, loom_run_config *out,
+                        double *peak_out);
 /* Peak fp32 GEMM rate for `threads`, from the cache or measured now (and cached). 0 when unknown. */
 double loom_cli_peak_gflops(int threads, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */

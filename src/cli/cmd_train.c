@@ -49,7 +49,10 @@ static const flag_alias aliases[] = {
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
 };
 
-int loom_cmd_train(int argc, char **argv) {
+/* The run config from argv (preset, JSON, --set, flags). Returns 0 (built), -1 (help printed) or an exit
+ * code. */
+int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *const *own_flags, loom_run_config *out,
+                        double *peak_out) {
     const char *config_path = NULL, *preset = NULL;
     double peak = -1;
     int n_over = 0;
@@ -61,10 +64,17 @@ int loom_cmd_train(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            train_help();
-            rc = 0;
+            if (!strcmp(cmd, "train")) train_help();
+            rc = -1;
             goto out;
         }
+        int own = 0;
+        for (int k = 0; own_flags && own_flags[k]; k += 2)
+            if (!strcmp(a, own_flags[k])) {
+                own = 1;
+                i += own_flags[k + 1][0] == '1'; /* the caller's flag and its value */
+            }
+        if (own) continue;
         const char *val = NULL;
         int need = !strcmp(a, "--config") || !strcmp(a, "--preset") || !strcmp(a, "--set") || !strcmp(a, "--peak-gflops");
         const flag_alias *al = NULL;
@@ -73,7 +83,7 @@ int loom_cmd_train(int argc, char **argv) {
         if (al && al->takes_value) need = 1;
         if (need) {
             if (i + 1 >= argc) {
-                fprintf(stderr, "loom train: %s needs a value\n", a);
+                fprintf(stderr, "loom %s: %s needs a value\n", cmd, a);
                 goto out;
             }
             val = argv[++i];
@@ -84,7 +94,7 @@ int loom_cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--set")) {
             const char *eq = strchr(val, '=');
             if (!eq || eq == val) {
-                fprintf(stderr, "loom train: --set expects key=value, got '%s'\n", val);
+                fprintf(stderr, "loom %s: --set expects key=value, got '%s'\n", cmd, val);
                 goto out;
             }
             owned[n_over] = strndup(val, (size_t)(eq - val));
@@ -98,7 +108,7 @@ int loom_cmd_train(int argc, char **argv) {
             if (!strcmp(al->key, "train.data")) explicit_data = 1;
             if (!strcmp(al->key, "train.steps")) explicit_steps = 1;
         } else {
-            fprintf(stderr, "loom train: unknown option '%s' (see loom train --help)\n", a);
+            fprintf(stderr, "loom %s: unknown option '%s' (see loom %s --help)\n", cmd, a, cmd);
             goto out;
         }
     }
@@ -106,13 +116,13 @@ int loom_cmd_train(int argc, char **argv) {
     loom_json *cfg_json = NULL;
     if (config_path) {
         if (loom_json_parse_file(config_path, &cfg_json) != LOOM_OK) {
-            rc = loom_cli_fail("train");
+            rc = loom_cli_fail(cmd);
             goto out;
         }
         const loom_json *p = loom_json_get(cfg_json, "preset");
         if (p && !preset) {
             if (p->type != LOOM_JSON_STRING) {
-                fprintf(stderr, "loom train: error: %s: \"preset\" must be a string\n", config_path);
+                fprintf(stderr, "loom %s: error: %s: \"preset\" must be a string\n", cmd, config_path);
                 loom_json_free(&cfg_json);
                 goto out;
             }
@@ -128,7 +138,7 @@ int loom_cmd_train(int argc, char **argv) {
     if (loom_run_config_init(&run, preset ? preset : "demo") != LOOM_OK ||
         (cfg_json && loom_run_config_apply_json(&run, cfg_json, config_path) != LOOM_OK)) {
         loom_json_free(&cfg_json);
-        rc = loom_cli_fail("train");
+        rc = loom_cli_fail(cmd);
         goto out;
     }
     loom_json_free(&cfg_json);
@@ -150,14 +160,31 @@ int loom_cmd_train(int argc, char **argv) {
     for (int k = 0; k < n_over; k++) {
         if (!strcmp(keys[k], "model.vocab_size")) run.train.fit_vocab = 0;
         if (loom_run_config_set(&run, keys[k], vals[k]) != LOOM_OK) {
-            rc = loom_cli_fail("train");
+            rc = loom_cli_fail(cmd);
             goto out;
         }
     }
     if (loom_run_config_validate(&run) != LOOM_OK) {
-        rc = loom_cli_fail("train");
+        rc = loom_cli_fail(cmd);
         goto out;
     }
+    *out = run;
+    *peak_out = peak;
+    rc = 0;
+out:
+    if (owned)
+        for (int k = 0; k < argc; k++) free(owned[k]);
+    free(owned);
+    free(keys);
+    free(vals);
+    return rc;
+}
+
+int loom_cmd_train(int argc, char **argv) {
+    loom_run_config run;
+    double peak = -1;
+    int rc = loom_cli_run_config(argc, argv, "train", NULL, &run, &peak);
+    if (rc) return rc < 0 ? 0 : rc;
     int threads = (int)run.train.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -175,11 +202,5 @@ int loom_cmd_train(int argc, char **argv) {
     } else {
         rc = 0;
     }
-out:
-    if (owned)
-        for (int k = 0; k < argc; k++) free(owned[k]);
-    free(owned);
-    free(keys);
-    free(vals);
     return rc;
 }

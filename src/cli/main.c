@@ -21,7 +21,8 @@ static void usage(FILE *f) {
             "  export       write a checkpoint as Hugging Face safetensors\n"
             "  import       read Hugging Face safetensors into a checkpoint\n"
             "  plot         draw the loss and throughput of a metrics log\n"
-            "  launch       run a command on N MPI ranks (mpirun with the right flags)\n\n"
+            "  launch       run a command on N MPI ranks (mpirun with the right flags)\n"
+            "  plan         predict a run before it runs: `plan --memory` (peak memory per rank by category)\n\n"
             "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
             LOOM_VERSION);
 }
@@ -66,6 +67,7 @@ int main(int argc, char **argv) {
     int sub_argc = argc - i;
     char **sub_argv = argv + i;
     if (!strcmp(cmd, "train")) return loom_cmd_train(sub_argc, sub_argv);
+    if (!strcmp(cmd, "plan")) return loom_cmd_plan(sub_argc, sub_argv);
     if (!strcmp(cmd, "bench")) return loom_cmd_bench(sub_argc, sub_argv);
     if (!strcmp(cmd, "ckpt")) return loom_cmd_ckpt(sub_argc, sub_argv);
     if (!strcmp(cmd, "generate")) return loom_cmd_generate(sub_argc, sub_argv);

@@ -218,8 +218,25 @@ static loom_status build_layout(loom_model *m) {
     return LOOM_OK;
 }
 
+static loom_status model_create(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
+                                loom_comm *tp, int tps, int tpr, loom_mem *mem, int flags, loom_model **out);
+
 loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
                                  loom_comm *tp, loom_mem *mem, int flags, loom_model **out) {
+    return model_create(cfg, part, be, tp, loom_comm_size(tp), loom_comm_rank(tp), mem, flags, out);
+}
+
+loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_model_part *part, int tp_size,
+                                   int tp_rank, loom_model **out) {
+    LOOM_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, LOOM_ERR_INVALID_ARG, "tp rank %d of %d", tp_rank,
+               tp_size);
+    loom_model_part whole = {1, {0}, {cfg->n_layer}, 1, 1};
+    return model_create(cfg, part ? part : &whole, NULL, NULL, tp_size, tp_rank, NULL,
+                        LOOM_MODEL_GRADS | LOOM_MODEL_EXTERNAL_PARAMS | LOOM_MODEL_EXTERNAL_GRADS, out);
+}
+
+static loom_status model_create(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
+                                loom_comm *tp, int tps, int tpr, loom_mem *mem, int flags, loom_model **out) {
     *out = NULL;
     LOOM_CALL(loom_model_config_validate(cfg));
     LOOM_CHECK(part->n_chunks >= 1 && part->n_chunks <= LOOM_MAX_CHUNKS, LOOM_ERR_INVALID_ARG,
@@ -229,7 +246,6 @@ loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_
                        part->layer_hi[k] <= cfg->n_layer && (k == 0 || part->layer_lo[k] >= part->layer_hi[k - 1]),
                    LOOM_ERR_INVALID_ARG, "model part chunk %d covers blocks [%lld, %lld) of %lld", k,
                    (long long)part->layer_lo[k], (long long)part->layer_hi[k], (long long)cfg->n_layer);
-    const int tps = loom_comm_size(tp);
     LOOM_CHECK(cfg->n_head % tps == 0 && cfg->n_kv_head % tps == 0 && cfg->d_ff % tps == 0, LOOM_ERR_CONFIG,
                "tensor parallel size %d must divide the heads (%lld), the key/value heads (%lld) and d_ff (%lld)",
                tps, (long long)cfg->n_head, (long long)cfg->n_kv_head, (long long)cfg->d_ff);
@@ -266,7 +282,7 @@ loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_
     m->Cq = (m->H + 2 * m->KV) * m->hd;
     m->F = cfg->d_ff / tps;
     m->tp_size = tps;
-    m->tp_rank = loom_comm_rank(tp);
+    m->tp_rank = tpr;
     m->sp_size = 1;
     m->V_full = cfg->vocab_size;
     {
@@ -421,6 +437,51 @@ void loom_model_use_slot(loom_model *m, int slot) {
     m->acts = a->acts;
 }
 
+/* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */
+typedef struct {
+    int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act;
+    int keep_ln, keep_att, keep_act;
+    int64_t total; /* floats */
+} arena_plan;
+
+static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int tp_sp) {
+    const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
+    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
+    const int64_t fcw = gpt ? F : 2 * F;
+    arena_plan p;
+    p.Nr = tp_sp ? N / m->tp_size : N; /* rows of the norms and the residual stream here */
+    const int64_t Nr = p.Nr;
+    /* per-tensor sizes of one layer */
+    p.s_ln = Nr * C, p.s_stat = Nr, p.s_qkv = N * Cq, p.s_att = N * C, p.s_lse = B * H * T, p.s_fc = N * fcw;
+    p.s_act = N * F;
+    /* which tensors are stored per layer (1) or live in the shared scratch (0) */
+    p.keep_ln = rc != LOOM_RECOMPUTE_FULL, p.keep_att = rc == LOOM_RECOMPUTE_NONE, p.keep_act = rc == LOOM_RECOMPUTE_NONE;
+    int64_t per_layer_store = Nr * C; /* out */
+    const int64_t ln_pack = 2 * p.s_ln + 4 * p.s_stat + p.s_qkv + Nr * C /* res1 */ + p.s_fc;
+    if (p.keep_ln) per_layer_store += ln_pack;
+    if (p.keep_att) per_layer_store += p.s_att + p.s_lse;
+    if (p.keep_act) per_layer_store += p.s_act;
+    const int64_t scratch = (p.keep_ln ? 0 : ln_pack) + (p.keep_att ? 0 : p.s_att + p.s_lse) + (p.keep_act ? 0 : p.s_act);
+    /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
+    const int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
+                             (m->last ? Nr * C + 2 * Nr + N * V + N + (tp_sp ? N * C : 0) : 0) +
+                             (m->has_grads ? Nr * C : 0);
+    const int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
+    const int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
+    const int64_t sp_scratch = tp_sp ? 2 * N * C + 8 * C + (gpt ? T * C : 0) : 0;
+    p.total = (int64_t)slots * per_slot + scratch + grads + rope + sp_scratch + (64 + 16 * (int64_t)L * 16) * 64 * slots;
+    return p;
+}
+
+int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
+                                    int tp_seq_parallel) {
+    const int tp_sp = tp_seq_parallel && m->tp_size > 1;
+    int64_t bytes = plan_arena(m, B, T, rc, slots, tp_sp).total * (int64_t)sizeof(float);
+    if (sp > 1) /* ring attention's packets and one block's partial output */
+        bytes += (int64_t)sizeof(float) * (2 * B * T * 4 * m->KV * m->hd + B * T * m->H * m->hd + B * T * m->H);
+    return bytes;
+}
+
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
     LOOM_CHECK(B >= 1 && T >= 1 && slots >= 1, LOOM_ERR_INVALID_ARG,
                "batch %lld, sequence length %lld and slots %d must be >= 1", (long long)B, (long long)T, slots);
@@ -429,32 +490,17 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
                (long long)m->cfg.max_seq_len);
     if (m->act_mem && B <= m->cap_B && T <= m->cap_T && rc == m->rc && slots <= m->n_slots) return LOOM_OK;
     free_acts(m);
-    const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
+    const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
     LOOM_CHECK(!m->tp_sp || N % m->tp_size == 0, LOOM_ERR_CONFIG,
                "tp sequence parallelism: the micro-batch's %lld tokens must divide over tp = %d", (long long)N,
                m->tp_size);
-    const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the norms and the residual stream here */
-    /* per-tensor sizes of one layer */
-    int64_t s_ln = Nr * C, s_stat = Nr, s_qkv = N * Cq, s_att = N * C, s_lse = B * H * T, s_fc = N * fcw, s_act = N * F;
-    /* which tensors are stored per layer (1) or live in the shared scratch (0) */
-    int keep_ln = rc != LOOM_RECOMPUTE_FULL, keep_att = rc == LOOM_RECOMPUTE_NONE, keep_act = rc == LOOM_RECOMPUTE_NONE;
-    int64_t per_layer_store = Nr * C; /* out */
-    int64_t ln_pack = 2 * s_ln + 4 * s_stat + s_qkv + Nr * C /* res1 */ + s_fc;
-    if (keep_ln) per_layer_store += ln_pack;
-    if (keep_att) per_layer_store += s_att + s_lse;
-    if (keep_act) per_layer_store += s_act;
-    int64_t scratch = (keep_ln ? 0 : ln_pack) + (keep_att ? 0 : s_att + s_lse) + (keep_act ? 0 : s_act);
-    /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
-    int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
-                       (m->last ? Nr * C + 2 * Nr + N * V + N + (m->tp_sp ? N * C : 0) : 0) +
-                       (m->has_grads ? Nr * C : 0);
-    int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
-    int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
-    int64_t sp_scratch = m->tp_sp ? 2 * N * C + 8 * C + (gpt ? T * C : 0) : 0;
-    int64_t total = (int64_t)slots * per_slot + scratch + grads + rope + sp_scratch +
-                    (64 + 16 * (int64_t)L * 16) * 64 * slots;
+    const arena_plan ap = plan_arena(m, B, T, rc, slots, m->tp_sp);
+    const int64_t Nr = ap.Nr, s_ln = ap.s_ln, s_stat = ap.s_stat, s_qkv = ap.s_qkv, s_att = ap.s_att, s_lse = ap.s_lse,
+                  s_fc = ap.s_fc, s_act = ap.s_act;
+    const int keep_ln = ap.keep_ln, keep_att = ap.keep_att, keep_act = ap.keep_act;
+    const int64_t total = ap.total;
     m->act_bytes = (size_t)total * sizeof(float);
     LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
     m->slots = calloc((size_t)slots, sizeof *m->slots);
@@ -525,8 +571,8 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     if (m->sp_size > 1) {
         m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);
         for (int i = 0; i < 2; i++) LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
-        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * H * m->hd) * sizeof(float), (void **)&m->ring_out));
-        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * H) * sizeof(float), (void **)&m->ring_lse));
+        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H * m->hd) * sizeof(float), (void **)&m->ring_out));
+        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H) * sizeof(float), (void **)&m->ring_lse));
     }
     if (m->tp_size > 1) {
         free(m->tok_local);

@@ -133,6 +133,26 @@ static int build_schedule(int p, int r, int v, int m, pp_op *ops) {
     return n;
 }
 
+/* micro-batches alive at once on rank r: from their first forward to their last backward (chunk 0's) */
+static int count_slots(const pp_op *ops, int n_ops) {
+    int live = 0, most = 0;
+    for (int i = 0; i < n_ops; i++) {
+        if (ops[i].fwd && ops[i].chunk == 0) live++;
+        if (live > most) most = live;
+        if (!ops[i].fwd && ops[i].chunk == 0) live--;
+    }
+    return most;
+}
+
+int loom_pipeline_schedule_slots(int pp, int rank, loom_pp_schedule sched, int v, int micro) {
+    if (sched == LOOM_PP_1F1B) v = 1;
+    pp_op *ops = calloc((size_t)(2 * micro * v), sizeof(pp_op));
+    if (!ops) return micro; /* the bound: every micro-batch at once */
+    const int slots = count_slots(ops, build_schedule(pp, rank, v, micro, ops));
+    free(ops);
+    return slots;
+}
+
 loom_status loom_pipeline_init(loom_comm *pp, loom_comm *embed, loom_pp_schedule sched, int v, int micro,
                                loom_pipeline **out) {
     *out = NULL;
@@ -157,14 +177,7 @@ loom_status loom_pipeline_init(loom_comm *pp, loom_comm *embed, loom_pp_schedule
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
     pl->n_ops = build_schedule(p, r, v, micro, pl->ops);
-    /* slots: micro-batches alive at once (from their first forward to their last backward, chunk 0's) */
-    int live = 0;
-    for (int i = 0; i < pl->n_ops; i++) {
-        const pp_op *o = &pl->ops[i];
-        if (o->fwd && o->chunk == 0) live++;
-        if (live > pl->slots) pl->slots = live;
-        if (!o->fwd && o->chunk == 0) live--;
-    }
+    pl->slots = count_slots(pl->ops, pl->n_ops);
     pl->free_slots = calloc((size_t)pl->slots, sizeof(int));
     pl->fwd_send = calloc((size_t)pl->slots, sizeof(loom_comm_req));
     pl->bwd_send = calloc((size_t)pl->slots, sizeof(loom_comm_req));

@@ -1,0 +1,26 @@
+/* loom/plan.h: predictions made before anything runs.
+ *
+ *   loom_plan_rank *ranks; int n;
+ *   LOOM_CALL(loom_plan_memory(&run_config, world_size, &ranks, &n));
+ *   ... ranks[r].bytes[LOOM_MEM_PARAMS] ...
+ *   free(ranks);
+ *
+ * Memory: every rank's peak bytes by category (the categories loom_mem accounts), from the same layout and
+ * activation-arena code the training run allocates with (loom_model_init_layout,
+ * loom_model_activation_bytes) and the ZeRO stage's slices; transient ZeRO-2/3 units are estimated from
+ * the largest units. */
+#ifndef LOOM_PLAN_H
+#define LOOM_PLAN_H
+#include "loom/mem.h"
+#include "loom/run.h"
+
+typedef struct {
+    int world_rank;
+    int dp_rank, pp_rank, tp_rank, sp_rank;
+    int64_t bytes[LOOM_MEM_N_CATEGORIES]; /* predicted peak per category */
+} loom_plan_rank;
+
+/* For `world` ranks laid out by rc->train.mesh (dp = the rest when left out); *out is malloc'd, one entry
+ * per world rank. */
+LOOM_NODISCARD loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_rank **out, int *n);
+#endif
