@@ -280,8 +280,18 @@ static loom_status finish_reductions(loom_zero *z) {
     return LOOM_OK;
 }
 
+/* Stages 2-3 keep a unit's whole gradients until its reduce-scatter finishes: at most this many in flight
+ * (the oldest is waited for first), so the transient memory is bounded and predictable (loom plan). */
+enum { MAX_SCATTERS_IN_FLIGHT = 2 };
+
 static loom_status start_reduction(loom_zero *z, int u) {
     const int64_t a = z->unit_lo[u], b = z->unit_lo[u + 1];
+    while (z->stage >= 2 && z->n_red >= MAX_SCATTERS_IN_FLIGHT) {
+        LOOM_CALL(wait_req(z, &z->red[0].req));
+        reduce_scatter_done(z, z->red[0].unit);
+        memmove(&z->red[0], &z->red[1], (size_t)(z->n_red - 1) * sizeof *z->red);
+        z->n_red--;
+    }
     pending *p = &z->red[z->n_red++];
     p->unit = u;
     if (z->stage < 2) {

@@ -69,8 +69,9 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         int64_t ws = 0;
         if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI) /* node-shared flags page(s) */
             ws += ((int64_t)(loom_model_num_units(m) + 3) * 64 + 4095) / 4096 * 4096;
-        if (stage >= 2) /* reduce-scatter results; the head's unit gradients and those in flight */
-            ws += 4 * (slice + u_first + u_last + 2 * u_block);
+        if (stage >= 2) /* reduce-scatter results; the head's unit gradients, the unit being computed and at
+                         * most two more whose reduce-scatters are in flight (zero.c bounds them) */
+            ws += 4 * (slice + u_first + u_last + 3 * u_block);
         if (stage >= 3) /* gathered units: the one in use, the one prefetched, the head's kept into backward */
             ws += 4 * (u_first + u_last + 2 * u_block);
         p->bytes[LOOM_MEM_WORKSPACE] = ws;
