@@ -26,12 +26,13 @@
  *
  * Transport. Between nodes the reductions are MPI's collectives. When every dp rank shares one node (and
  * the stage is 0 or 1) the gradient buffers (and at stage 1 the parameter buffers) are node-shared segments
- * (loom_comm_shm_alloc): each rank sums its slice of a unit straight out of every rank's gradients once all
- * of them have posted that unit (rank order, so every rank computes the same sums), then copies the other
- * slices (stage 0: gradients; stage 1: updated parameters) from their owners. That is one read of each
- * peer byte instead of MPI's copy into and out of its transfer buffers: on a CPU the cores that move bytes
- * are the ones that compute, so fewer bytes moved is the whole gain. Each rank still holds its own copy,
- * so the memory per rank is that of the stage's formula. */
+ * (loom_comm_shm_alloc): once every rank has posted a unit, rank r sums the r-th part of it straight out
+ * of every rank's gradients (in rank order, so the sums do not depend on who computes them) and writes
+ * the sums where they are needed: into every rank's gradients at stage 0, into the slice owner's at stage
+ * 1 (which then copies the others' updated parameter slices). Every unit is split, so the work is even
+ * over the backward pass; each peer byte is read once, instead of MPI's copies into and out of its transfer
+ * buffers: on a CPU the cores that move bytes are the ones that compute, so fewer bytes moved is the whole
+ * gain. Each rank still holds its own copy, so the memory per rank is that of the stage's formula. */
 #ifndef LOOM_PARALLEL_H
 #define LOOM_PARALLEL_H
 #include "loom/comm.h"

@@ -110,14 +110,13 @@ static loom_status wait_req(loom_zero *z, loom_comm_req *r) {
 
 /* ---- node-shared transport ----
  * Flags, one 64-byte line each at the start of every rank's gradient segment: READY + u (this rank's unit u
- * gradients are final), then REDUCED (every slice this rank owns is summed), UPDATED (stage 1: this rank's
- * parameter slice is updated), COPIED (stage 0: this rank has copied every other slice). A flag holds the
- * round (epoch) it was last posted in. */
+ * gradients are final), then REDUCED (this rank has written every sum it computes, and read its last
+ * input), UPDATED (stage 1: this rank's parameter slice is updated). A flag holds the round (epoch) it was
+ * last posted in. */
 enum { FLAG_LINE = 64 };
 #define SLOT_READY(u) (u)
 #define SLOT_REDUCED(z) ((z)->n_units)
 #define SLOT_UPDATED(z) ((z)->n_units + 1)
-#define SLOT_COPIED(z) ((z)->n_units + 2)
 
 static double now_s(void) {
     struct timespec ts;
@@ -143,12 +142,14 @@ static loom_status wait_flag(loom_zero *z, int rank, int slot, const char *op) {
 /* This rank's slice of unit u, summed over the ranks in rank order (so every rank's sums are the same
  * numbers whichever rank computes them), written into its own gradients. */
 static void shm_reduce_unit(loom_zero *z, int u) {
-    const int N = loom_comm_size(z->dp);
-    const int64_t lo = max64(z->unit_lo[u], z->begin), hi = min64(z->unit_lo[u + 1], z->end);
+    const int N = loom_comm_size(z->dp), me = loom_comm_rank(z->dp);
+    /* this rank's share of the work: the me-th of N equal parts of the unit (every unit is split, so the
+     * ranks' work stays even through the backward pass whichever rank owns which slice) */
+    const int64_t a = z->unit_lo[u], len = z->unit_lo[u + 1] - a;
+    const int64_t lo = a + len * me / N / 16 * 16, hi = me == N - 1 ? a + len : a + len * (me + 1) / N / 16 * 16;
     const double t0 = now_s();
     enum { CHUNK = 2048 }; /* 8 KiB of partial sums stay in L1 while the peers stream past */
     float acc[CHUNK];
-    float *dst = z->gfull;
     for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
         const int64_t m = min64(CHUNK, hi - i0);
         const float *g0 = grads_of(z, 0) + i0, *g1 = grads_of(z, 1) + i0;
@@ -157,7 +158,13 @@ static void shm_reduce_unit(loom_zero *z, int u) {
             const float *g = grads_of(z, q) + i0;
             for (int64_t i = 0; i < m; i++) acc[i] += g[i];
         }
-        memcpy(dst + i0, acc, (size_t)m * sizeof(float));
+        /* the sums go where they are needed: ZeRO-0 every rank's gradients, ZeRO-1 the slice owner's; only
+         * this rank reads or writes these positions until it posts REDUCED */
+        for (int q = 0; q < N; q++) {
+            const int64_t s0 = z->stage == 0 ? i0 : max64(i0, z->slice_lo[q]);
+            const int64_t s1 = z->stage == 0 ? i0 + m : min64(i0 + m, z->slice_lo[q + 1]);
+            if (s1 > s0) memcpy(grads_of(z, q) + s0, acc + (s0 - i0), (size_t)(s1 - s0) * sizeof(float));
+        }
     }
     z->stats.comm_work_s += now_s() - t0;
     loom_comm_count(z->dp, LOOM_COLL_REDUCE_SCATTER, unit_bytes(z, u));
@@ -547,12 +554,9 @@ static loom_status shm_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     const int me = loom_comm_rank(z->dp), N = loom_comm_size(z->dp);
     LOOM_CALL(finish_reductions(z));
     loom_comm_shm_post(flag_of(z, me, SLOT_REDUCED(z)), z->epoch);
-    if (z->stage == 0) { /* every rank needs the whole reduced gradient */
-        LOOM_CALL(shm_gather(z, z->gfull, grads_of, SLOT_REDUCED(z), "shared-memory all-gather"));
-        loom_comm_shm_post(flag_of(z, me, SLOT_COPIED(z)), z->epoch);
-        for (int q = 0; q < N; q++) LOOM_CALL(wait_flag(z, q, SLOT_COPIED(z), "shared-memory all-gather"));
-        return loom_optim_step(z->opt, z->model, step, st);
-    }
+    /* every peer has written its sums into this rank's gradients and read its last input from them */
+    for (int q = 0; q < N; q++) LOOM_CALL(wait_flag(z, q, SLOT_REDUCED(z), "shared-memory reduce-scatter"));
+    if (z->stage == 0) return loom_optim_step(z->opt, z->model, step, st);
     LOOM_CALL(loom_optim_step_range(z->opt, z->model, step, z->pshard, z->gshard, st));
     loom_comm_shm_post(flag_of(z, me, SLOT_UPDATED(z)), z->epoch);
     return shm_gather(z, z->pfull, params_of, SLOT_UPDATED(z), "shared-memory all-gather");
