@@ -93,6 +93,22 @@ def maxdiff(a, b, steps):
     return max(abs(a[s] - b[s]) for s in steps)
 
 
+def model_meta(out):
+    """the model section of a run's checkpoint metadata"""
+    info = subprocess.run([LOOM, "ckpt", "info", out], capture_output=True, text=True).stdout
+    return json.loads(info.split("meta ", 1)[1])["model"]
+
+
+def layout_run(fam, args, n, out, name, base, zero=0, mesh=None):
+    """trains a layout; checks its 20 losses against `base`; returns its last metrics row, None if it failed"""
+    if train(n, out, args, zero=zero, mesh=mesh) != 0:
+        check(False, f"{name}: run failed")
+        return None
+    d = maxdiff(losses(out), base, range(1, 21))
+    check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
+    return metrics(out)[-1]
+
+
 if shutil.which("mpirun") is None:
     print("SKIP: mpirun not found (apt-get install openmpi-bin libopenmpi-dev)")
     sys.exit(77)
@@ -164,19 +180,15 @@ if "tensor" in CHECKS:
         for mesh, n, z in (("tp=2", 2, 0), ("tp=4", 4, 0), ("dp=2,tp=2", 4, 1), ("dp=2,tp=2", 4, 3)):
             out = os.path.join(W, f"{fam}-{mesh}-z{z}")
             name = f"{fam} {mesh} ZeRO-{z}"
-            if train(n, out, fargs + COMMON, zero=z, mesh=mesh) != 0:
-                check(False, f"{name}: run failed")
+            row = layout_run(fam, fargs + COMMON, n, out, name, ref[fam], zero=z, mesh=mesh)
+            if row is None:
                 continue
-            d = maxdiff(losses(out), ref[fam], range(1, 21))
-            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
-            meta = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
-                                             text=True).stdout.split("meta ", 1)[1])
-            L, C = meta["model"]["n_layer"], meta["model"]["d_model"]
+            mc = model_meta(out)
+            L, C = mc["n_layer"], mc["d_model"]
             dp = 2 if "dp=2" in mesh else 1
             N = 8 // dp * 32
             calls = 4 * L + 2 + 2 + 1
             nbytes = (4 * L + 2) * N * C * 4 + 3 * N * 4 + 8
-            row = metrics(out)[-1]
             check(row.get("tp_allreduce_calls") == calls and row.get("tp_allreduce_bytes") == nbytes,
                   f"{name}: tp all-reduces per step {row.get('tp_allreduce_calls')} calls, "
                   f"{row.get('tp_allreduce_bytes')} bytes; analytic {calls} calls, {nbytes} bytes")
@@ -184,16 +196,13 @@ if "tensor" in CHECKS:
         for mesh, n in (("tp=2", 2), ("tp=4", 4)):
             out = os.path.join(W, f"{fam}-{mesh}-seqpar")
             name = f"{fam} {mesh} sequence-parallel"
-            if train(n, out, fargs + COMMON + ["--set", "train.tp_seq_parallel=1"], mesh=mesh) != 0:
-                check(False, f"{name}: run failed")
+            row = layout_run(fam, fargs + COMMON + ["--set", "train.tp_seq_parallel=1"], n, out, name, ref[fam],
+                             mesh=mesh)
+            if row is None:
                 continue
-            d = maxdiff(losses(out), ref[fam], range(1, 21))
-            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
-            mc = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
-                                           text=True).stdout.split("meta ", 1)[1])["model"]
+            mc = model_meta(out)
             L, C, tp, N = mc["n_layer"], mc["d_model"], int(mesh[3:]), 8 * 32
             gpt = mc["family"] == "gpt2"
-            row = metrics(out)[-1]
             ag = (6 * L + 2, (6 * L + 2) * N // tp * C * 4)
             rs = (4 * L + 2, (4 * L + 2) * N * C * 4)
             ar = (4 + L + gpt, 3 * N * 4 + 2 * C * 4 + L * 6 * C * 4 + (32 * C * 4 if gpt else 0) + 8)
@@ -221,20 +230,15 @@ if "sequence" in CHECKS:
         for mesh, n, z in (("sp=2", 2, 0), ("sp=4", 4, 0), ("dp=2,sp=2", 4, 1), ("tp=2,sp=2", 4, 0)):
             out = os.path.join(W, f"{fam}-{mesh}-z{z}")
             name = f"{fam} {mesh} ZeRO-{z}"
-            if train(n, out, fargs + COMMON, zero=z, mesh=mesh) != 0:
-                check(False, f"{name}: run failed")
+            row = layout_run(fam, fargs + COMMON, n, out, name, ref[fam], zero=z, mesh=mesh)
+            if row is None:
                 continue
-            d = maxdiff(losses(out), ref[fam], range(1, 21))
-            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
-            meta = json.loads(subprocess.run([LOOM, "ckpt", "info", out], capture_output=True,
-                                             text=True).stdout.split("meta ", 1)[1])
-            mc = meta["model"]
+            mc = model_meta(out)
             dp, tp, sp = (int(dict(kv.split("=") for kv in mesh.split(",")).get(a, 1)) for a in ("dp", "tp", "sp"))
             L, KV, hd = mc["n_layer"], mc["n_kv_head"] // tp, mc["d_model"] // mc["n_head"]
             N = 8 // dp * 32 // sp
             calls = L * (sp - 1) + L * sp
             nbytes = L * (sp - 1) * N * 2 * KV * hd * 4 + L * sp * N * 4 * KV * hd * 4
-            row = metrics(out)[-1]
             check(row.get("sp_send_calls") == calls and row.get("sp_send_bytes") == nbytes,
                   f"{name}: ring sends per step {row.get('sp_send_calls')}, {row.get('sp_send_bytes')} bytes; "
                   f"analytic {calls}, {nbytes} bytes")
@@ -265,12 +269,10 @@ if "pipeline" in CHECKS:
             out = os.path.join(W, f"{fam}-{mesh}-{sched}")
             name = f"{fam} {mesh} {sched}"
             z = 1 if "dp=2" in mesh else 0
-            if train(n, out, fargs + PCOMMON + ["--set", f"train.pp_schedule={sched}"], zero=z, mesh=mesh) != 0:
-                check(False, f"{name}: run failed")
+            row = layout_run(fam, fargs + PCOMMON + ["--set", f"train.pp_schedule={sched}"], n, out, name, base,
+                             zero=z, mesh=mesh)
+            if row is None:
                 continue
-            d = maxdiff(losses(out), base, range(1, 21))
-            check(d <= TOL, f"{name}: 20 losses within {TOL} of one process (max diff {d:.2e})")
-            row = metrics(out)[-1]
             idle = row.get("pp_idle_fraction")
             check(isinstance(idle, list) and len(idle) == int(mesh.split("pp=")[1][0]),
                   f"{name}: idle fraction per stage {idle} beside the theory {row.get('pp_bubble_theory')}")

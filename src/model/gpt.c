@@ -810,6 +810,16 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     return LOOM_OK;
 }
 
+/* before a layer's backward: recompute what the recompute mode did not keep */
+static loom_status recompute_layer(loom_model *m, int64_t l, int64_t B, int64_t T) {
+    if (m->rc == LOOM_RECOMPUTE_FULL) return m->tp_sp ? layer_forward_sp(m, l, B, T) : layer_forward(m, l, B, T);
+    if (m->rc == LOOM_RECOMPUTE_ATTN) {
+        LOOM_CALL(attention_core_forward(m, &m->acts[l], B, T));
+        mlp_activation_forward(m, &m->acts[l], m->layer_off + l * W_COUNT, B * T, 0);
+    }
+    return LOOM_OK;
+}
+
 static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
     loom_backend *be = m->be;
     const int64_t N = B * T, Nr = N / m->tp_size, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
@@ -820,11 +830,7 @@ static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
     float *full = m->sp_gather, *part = m->sp_partial, *rep = m->sp_rep, *dres = m->dres;
-    if (m->rc == LOOM_RECOMPUTE_FULL) LOOM_CALL(layer_forward_sp(m, l, B, T));
-    else if (m->rc == LOOM_RECOMPUTE_ATTN) {
-        LOOM_CALL(attention_core_forward(m, a, B, T));
-        mlp_activation_forward(m, a, lo, N, 0);
-    }
+    LOOM_CALL(recompute_layer(m, l, B, T));
     /* rep: [ln1.w, ln1.b, proj.b, ln2.w, ln2.b, mlp.proj.b], this rank's rows' part */
     memset(rep, 0, (size_t)(6 * C) * sizeof(float));
     LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the MLP output's gradient, all rows */
@@ -992,12 +998,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     const float beta = acc ? 1.0f : 0.0f;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
-    /* recompute what this mode did not keep */
-    if (m->rc == LOOM_RECOMPUTE_FULL) LOOM_CALL(layer_forward(m, l, B, T));
-    else if (m->rc == LOOM_RECOMPUTE_ATTN) {
-        LOOM_CALL(attention_core_forward(m, a, B, T));
-        mlp_activation_forward(m, a, lo, N, 0);
-    }
+    LOOM_CALL(recompute_layer(m, l, B, T));
     float *dres = m->dres;
     /* MLP: out = res1 + fc_act W2^T + b2 */
     gemm_pair(be, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},

@@ -39,85 +39,17 @@ static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t r
 
 void loom_cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
                                 int64_t H, int64_t KV, int64_t hd) {
-    const int64_t row = (H + 2 * KV) * hd, group = H / KV, C = H * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
-    {
-        float *s = malloc((size_t)(ATT_BLOCK * T) * sizeof(float));
-#pragma omp for schedule(static) collapse(2)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t h = 0; h < H; h++) {
-                if (!s) continue;
-                const int64_t kvh = h / group;
-                const float *base = qkv + b * T * row;
-                const float *K = base + (H + kvh) * hd, *V = base + (H + KV + kvh) * hd;
-                for (int64_t i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                    const int64_t rows = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + rows;
-                    /* S (rows, n) = Q_blk K[0:n]^T */
-                    loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, base + i0 * row + h * hd, row, K, row, 0.0f, s, n);
-                    softmax_rows(s, n, lse + (b * H + h) * T + i0, i0, rows, scale, 1);
-                    /* O_blk (rows, hd) = P V[0:n] */
-                    loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, s, n, V, row, 0.0f, out + (b * T + i0) * C + h * hd, C);
-                }
-            }
-        free(s);
-    }
+    const int64_t row = (H + 2 * KV) * hd; /* q, k and v of a position side by side */
+    loom_cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
 }
 
 void loom_cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
                                  const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                  int64_t hd) {
-    const int64_t row = (H + 2 * KV) * hd, group = H / KV, C = H * hd;
-    const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel
-    {
-        float *p = malloc((size_t)(ATT_BLOCK * T) * sizeof(float));
-        float *dp = malloc((size_t)(ATT_BLOCK * T) * sizeof(float));
-#pragma omp for schedule(static) collapse(2)
-        for (int64_t b = 0; b < B; b++)
-            for (int64_t kvh = 0; kvh < KV; kvh++) {
-                if (!p || !dp) continue;
-                const float *base = qkv + b * T * row;
-                float *dbase = dqkv + b * T * row;
-                const float *K = base + (H + kvh) * hd, *V = base + (H + KV + kvh) * hd;
-                float *dK = dbase + (H + kvh) * hd, *dV = dbase + (H + KV + kvh) * hd;
-                for (int64_t j = 0; j < T; j++) {
-                    memset(dK + j * row, 0, (size_t)hd * sizeof(float));
-                    memset(dV + j * row, 0, (size_t)hd * sizeof(float));
-                }
-                for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
-                    for (int64_t i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-                        const int64_t rows = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + rows;
-                        const float *Q = base + i0 * row + h * hd;
-                        const float *dO = dout + (b * T + i0) * C + h * hd, *O = out + (b * T + i0) * C + h * hd;
-                        const float *L = lse + (b * H + h) * T + i0;
-                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, Q, row, K, row, 0.0f, p, n);  /* S */
-                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, dO, C, V, row, 0.0f, dp, n);  /* dP */
-                        for (int64_t r = 0; r < rows; r++) {
-                            float *pr = p + r * n, *dpr = dp + r * n;
-                            const float *dor = dO + r * C, *orow = O + r * C;
-                            float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-                            for (int64_t d = 0; d < hd; d++) D += dor[d] * orow[d];
-                            const int64_t valid = i0 + r + 1;
-                            const float Lr = L[r];
-#pragma omp simd
-                            for (int64_t j = 0; j < valid; j++) {
-                                float pj = loom_fast_expf(pr[j] * scale - Lr);
-                                pr[j] = pj;
-                                dpr[j] = pj * (dpr[j] - D) * scale;
-                            }
-                            for (int64_t j = valid; j < n; j++) pr[j] = dpr[j] = 0.0f;
-                        }
-                        /* dQ_blk = dS K[0:n]; dK[0:n] += dS^T Q_blk; dV[0:n] += P^T dO_blk */
-                        loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, dp, n, K, row, 0.0f, dbase + i0 * row + h * hd, row);
-                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, dp, n, Q, row, 1.0f, dK, row);
-                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, p, n, dO, C, 1.0f, dV, row);
-                    }
-            }
-        free(p);
-        free(dp);
-    }
+    const int64_t row = (H + 2 * KV) * hd;
+    memset(dqkv, 0, (size_t)(B * T * row) * sizeof(float));
+    loom_cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
+                                      KV, hd, 1);
 }
 
 /* ---- one block of queries against one block of keys and values (ring attention) ----
