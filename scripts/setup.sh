@@ -5,7 +5,7 @@
 #   scripts/setup.sh --test     also PyTorch (the reference the tests compare against) and valgrind
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2)
+pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2 libdnnl-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4)
 fi

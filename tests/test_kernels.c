@@ -673,6 +673,55 @@ static void test_cross_entropy(loom_backend *be) {
 /* ------------------------------------------------------------------------------------------------ */
 /* sum of squares and optimizers                                                                     */
 
+/* bf16 GEMM (oneDNN or the reference): against a double-precision product of the same bf16 values; the only
+ * difference is fp32 accumulation order. Also the fp32 -> bf16 rounding itself. */
+static float bf16_value(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static void test_matmul_bf16(loom_backend *be) {
+    const float probe[6] = {1.0f, 1.0f + 1.0f / 256.0f, 1.0f + 3.0f / 256.0f, -2.5f, 3.0e38f, NAN};
+    const float want[6] = {1.0f, 1.0f, 1.0f + 4.0f / 256.0f, -2.5f, 3.00405527e38f, NAN}; /* ties to even */
+    uint16_t h[6];
+    loom_k_f32_to_bf16(be, h, probe, 6);
+    int ok = 1;
+    for (int i = 0; i < 5; i++) ok &= bf16_value(h[i]) == want[i];
+    ok &= isnan(bf16_value(h[5]));
+    report("f32_to_bf16 rounding (nearest, ties to even; NaN kept)", ok, 0, 0);
+    const int64_t M = 37, N = 45, K = 70;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            float *a = fvec(M * K), *b = fvec(K * N), *c = fvec(M * N);
+            double *ref = dvec(M * N);
+            uint16_t *a16 = malloc((size_t)(M * K) * 2), *b16 = malloc((size_t)(K * N) * 2);
+            fill(a, M * K, -1, 1);
+            fill(b, K * N, -1, 1);
+            fill(c, M * N, -1, 1);
+            loom_k_f32_to_bf16(be, a16, a, M * K);
+            loom_k_f32_to_bf16(be, b16, b, K * N);
+            const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++) {
+                    double acc = 0.0;
+                    for (int64_t k = 0; k < K; k++)
+                        acc += (double)bf16_value(a16[ta ? k * lda + i : i * lda + k]) *
+                               (double)bf16_value(b16[tb ? j * ldb + k : k * ldb + j]);
+                    ref[i * N + j] = 0.5 * acc + 1.0 * (double)c[i * N + j];
+                }
+            char name[96];
+            snprintf(name, sizeof name, "matmul_bf16 %s%s (alpha 0.5, beta 1) [%s]", ta ? "T" : "N", tb ? "T" : "N",
+                     loom_backend_bf16_kernel(be));
+            if (loom_k_matmul_bf16(be, ta, tb, M, N, K, 0.5f, a16, lda, b16, ldb, 1.0f, c, N) != LOOM_OK)
+                report(name, 0, 0, 0);
+            else
+                check_close(name, c, ref, M * N, 1e-5, 1e-5);
+            free(a); free(b); free(c); free(ref); free(a16); free(b16);
+        }
+}
+
 static void test_sum_squares(loom_backend *be) {
     const int64_t n = 100003;
     float *x = fvec(n);
@@ -1114,6 +1163,7 @@ int main(void) {
     test_attention(be);
     test_embedding(be);
     test_cross_entropy(be);
+    test_matmul_bf16(be);
     test_sum_squares(be);
     test_adamw(be, 40009);
     test_lamb(be, 40009); /* three of the kernel's 16384-element blocks, the last partial */

@@ -158,6 +158,17 @@ void loom_k_softmax_cross_entropy(loom_backend *be, float *logits, float *losses
 
 /* sum of squares of x (n), in double, summed in fixed-size blocks in a fixed order: the same bits for
  * any thread count. */
+/* bf16 GEMM (mixed precision): C (fp32, row-major) = alpha op(A) op(B) + beta C, with A and B bf16 (the
+ * upper 16 bits of an IEEE float), accumulated in fp32. oneDNN's matmul when libdnnl.so.2 loads (its
+ * AVX512_BF16 kernels where the CPU has them), else a reference through the fp32 GEMM;
+ * loom_backend_bf16_kernel says which. */
+LOOM_NODISCARD loom_status loom_k_matmul_bf16(loom_backend *be, int trans_a, int trans_b, int64_t M, int64_t N,
+                                              int64_t K, float alpha, const uint16_t *A, int64_t lda,
+                                              const uint16_t *B, int64_t ldb, float beta, float *C, int64_t ldc);
+/* dst (n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
+void loom_k_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
+const char *loom_backend_bf16_kernel(const loom_backend *be);
+
 /* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
  * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.
  *   row_max: mx (N) = each row's local maximum                       -> caller: all-reduce max

@@ -31,12 +31,14 @@ void loom_backend_free(loom_backend **pbe) {
     if (!pbe || !*pbe) return;
     loom_backend *be = *pbe;
     if (be->impl_free) be->impl_free(be->impl);
+    if (be->bf16_free) be->bf16_free(be->bf16);
     free(be);
     *pbe = NULL;
 }
 
 const char *loom_backend_name(const loom_backend *be) { return be->name; }
 const char *loom_backend_gemm_kernel(const loom_backend *be) { return be->gemm_kernel; }
+const char *loom_backend_bf16_kernel(const loom_backend *be) { return be->bf16_kernel; }
 int loom_backend_threads(const loom_backend *be) { return be->threads; }
 void loom_backend_set_profiling(loom_backend *be, int on) { be->profiling = on; }
 loom_profile *loom_backend_profile(loom_backend *be) { return &be->profile; }
@@ -168,6 +170,17 @@ void loom_k_embedding_backward(loom_backend *be, float *dwte, float *dwpe, const
 void loom_k_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
                                   int64_t N, int64_t V, float grad_scale) {
     DISPATCH(LOOM_OP_LOSS, 0, be->ops.softmax_cross_entropy(be, logits, losses, targets, N, V, grad_scale));
+}
+loom_status loom_k_matmul_bf16(loom_backend *be, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                               float alpha, const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta,
+                               float *C, int64_t ldc) {
+    loom_status st = LOOM_OK;
+    DISPATCH(LOOM_OP_MATMUL, 2.0 * (double)M * (double)N * (double)K,
+             st = be->ops.matmul_bf16(be, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
+    return st;
+}
+void loom_k_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
+    DISPATCH(LOOM_OP_ELEMENTWISE, 0, be->ops.f32_to_bf16(be, dst, src, n));
 }
 void loom_k_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *mx) {
     DISPATCH(LOOM_OP_LOSS, 0, be->ops.ce_row_max(be, logits, N, V, mx));

@@ -43,6 +43,9 @@ typedef struct {
                                int64_t, int64_t, int64_t, int, int);
     void (*softmax_cross_entropy)(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
     void (*ce_row_max)(loom_backend *, const float *, int64_t, int64_t, float *);
+    loom_status (*matmul_bf16)(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const uint16_t *, int64_t,
+                               const uint16_t *, int64_t, float, float *, int64_t);
+    void (*f32_to_bf16)(loom_backend *, uint16_t *, const float *, int64_t);
     void (*ce_row_sums)(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
                         float *);
     void (*ce_finish)(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
@@ -64,6 +67,9 @@ struct loom_backend {
     loom_backend_ops ops;
     int threads;
     char gemm_kernel[128];
+    char bf16_kernel[160];        /* which bf16 GEMM runs (src/backend/cpu/dnnl.c) */
+    void *bf16;                   /* its state (oneDNN), NULL when the reference runs */
+    void (*bf16_free)(void *);
     int profiling;
     loom_profile profile;
     void *impl; /* backend-private state (the CPU backend's BLAS handle) */

@@ -5,6 +5,7 @@
  * measured against is the best any available kernel reaches, so a slow kernel cannot flatter MFU. The
  * result is cached per thread count in $LOOM_CACHE_DIR (default ~/.cache/loom). */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,7 +49,38 @@ static void mkdir_parent(const char *path) {
 }
 
 /* Median-of-reps GFLOP/s of the best shape, GPT-2-shaped products and a large square one. */
-static int bench_gemm(int threads, const char *coretype, int quick, double *best, char *kernel, size_t ks) {
+typedef struct {
+    int64_t M, N, K;
+    int ta, tb;
+} gemm_shape;
+
+/* GPT-2 124M's products at 256 tokens (qkv, MLP out, MLP in, a weight gradient, the head), then 2048^3 */
+static const gemm_shape shapes[] = {{256, 2304, 768, 0, 1}, {256, 768, 3072, 0, 1}, {256, 3072, 768, 0, 1},
+                                    {768, 3072, 256, 1, 0}, {256, 50257, 768, 0, 1}, {2048, 2048, 2048, 0, 0}};
+enum { N_SHAPES = sizeof shapes / sizeof shapes[0], N_GPT2_SHAPES = N_SHAPES - 1 };
+
+/* the median GFLOP/s of `reps` runs of one product (after a warm-up): fp32 operands, or their bf16 copies */
+static double median_rate(loom_backend *be, const gemm_shape *g, int reps, const float *A, const float *B,
+                          const uint16_t *A16, const uint16_t *B16, float *C) {
+    const int64_t lda = g->ta ? g->M : g->K, ldb = g->tb ? g->K : g->N;
+    double times[16];
+    for (int r = -1; r < reps; r++) {
+        const double t0 = now_s();
+        if (A16) {
+            if (loom_k_matmul_bf16(be, g->ta, g->tb, g->M, g->N, g->K, 1.0f, A16, lda, B16, ldb, 0.0f, C, g->N) != LOOM_OK)
+                return 0.0;
+        } else {
+            loom_k_matmul(be, g->ta, g->tb, g->M, g->N, g->K, 1.0f, A, lda, B, ldb, 0.0f, C, g->N);
+        }
+        if (r >= 0) times[r] = now_s() - t0;
+    }
+    for (int a = 0; a < reps; a++)
+        for (int b = a + 1; b < reps; b++)
+            if (times[b] < times[a]) { double x = times[a]; times[a] = times[b]; times[b] = x; }
+    return 2.0 * (double)g->M * (double)g->N * (double)g->K / times[reps / 2] / 1e9;
+}
+
+static int bench_gemm(int threads, const char *coretype, int quick, int bf16, double *best, char *kernel, size_t ks) {
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = threads;
     bc.blas_coretype = coretype;
@@ -56,9 +88,6 @@ static int bench_gemm(int threads, const char *coretype, int quick, double *best
     loom_backend *be;
     if (loom_backend_init(&bc, &be) != LOOM_OK) return loom_cli_fail("bench");
     snprintf(kernel, ks, "%s", loom_backend_gemm_kernel(be));
-    static const struct { int64_t M, N, K; int ta, tb; } shapes[] = {
-        {256, 2304, 768, 0, 1}, {256, 768, 3072, 0, 1}, {256, 3072, 768, 0, 1},
-        {768, 3072, 256, 1, 0}, {256, 50257, 768, 0, 1}, {2048, 2048, 2048, 0, 0}};
     size_t maxe = (size_t)256 * 50257 + 16;
     if ((size_t)2048 * 2048 > maxe) maxe = (size_t)2048 * 2048;
     float *A, *B, *C;
@@ -70,27 +99,43 @@ static int bench_gemm(int threads, const char *coretype, int quick, double *best
         return loom_cli_fail("bench");
     for (size_t i = 0; i < (size_t)3072 * 2048; i++) A[i] = (float)((i * 13) % 17) * 0.01f;
     for (size_t i = 0; i < (size_t)50257 * 768; i++) B[i] = (float)((i * 7) % 19) * 0.01f;
-    *best = 0;
-    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
-        int64_t M = shapes[s].M, N = shapes[s].N, K = shapes[s].K;
-        double flops = 2.0 * (double)M * (double)N * (double)K;
-        int reps = quick ? 3 : 7;
-        double times[16];
-        int64_t lda = shapes[s].ta ? M : K, ldb = shapes[s].tb ? K : N;
-        loom_k_matmul(be, shapes[s].ta, shapes[s].tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N); /* warm-up */
-        for (int r = 0; r < reps; r++) {
-            double t0 = now_s();
-            loom_k_matmul(be, shapes[s].ta, shapes[s].tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
-            times[r] = now_s() - t0;
+    uint16_t *A16 = NULL, *B16 = NULL;
+    if (bf16) { /* bf16 copies of the same operands */
+        A16 = malloc((size_t)3072 * 2048 * sizeof(uint16_t));
+        B16 = malloc((size_t)50257 * 768 * sizeof(uint16_t));
+        if (!A16 || !B16) {
+            fprintf(stderr, "loom bench: out of memory\n");
+            return 1;
         }
-        for (int a = 0; a < reps; a++)
-            for (int b = a + 1; b < reps; b++)
-                if (times[b] < times[a]) { double x = times[a]; times[a] = times[b]; times[b] = x; }
-        double g = flops / times[reps / 2] / 1e9;
-        printf("gemm %lldx%lldx%lld %s%s: %.1f GFLOP/s\n", (long long)M, (long long)N, (long long)K,
-               shapes[s].ta ? "T" : "N", shapes[s].tb ? "T" : "N", g);
-        if (g > *best) *best = g;
+        loom_k_f32_to_bf16(be, A16, A, (int64_t)3072 * 2048);
+        loom_k_f32_to_bf16(be, B16, B, (int64_t)50257 * 768);
     }
+    *best = 0;
+    double worst_ratio = 1e30, log_sum = 0.0;
+    const int reps = quick ? 3 : 7;
+    for (int s = 0; s < N_SHAPES; s++) {
+        const gemm_shape *g = &shapes[s];
+        const double f = median_rate(be, g, reps, A, B, NULL, NULL, C);
+        if (f > *best) *best = f;
+        if (!bf16) {
+            printf("gemm %lldx%lldx%lld %s%s: %.1f GFLOP/s\n", (long long)g->M, (long long)g->N, (long long)g->K,
+                   g->ta ? "T" : "N", g->tb ? "T" : "N", f);
+            continue;
+        }
+        const double h = median_rate(be, g, reps, NULL, NULL, A16, B16, C);
+        printf("gemm %lldx%lldx%lld %s%s: fp32 %.1f, bf16 %.1f GFLOP/s, bf16/fp32 %.2fx\n", (long long)g->M,
+               (long long)g->N, (long long)g->K, g->ta ? "T" : "N", g->tb ? "T" : "N", f, h, h / f);
+        if (s < N_GPT2_SHAPES) {
+            if (h / f < worst_ratio) worst_ratio = h / f;
+            log_sum += log(h / f);
+        }
+    }
+    if (bf16)
+        printf("fp32: %s; bf16: %s; %d threads\nbf16/fp32 on GPT-2 shapes: geometric mean %.2fx, lowest %.2fx "
+               "(bar >= 1.6x)\n", loom_backend_gemm_kernel(be), loom_backend_bf16_kernel(be), threads,
+               exp(log_sum / N_GPT2_SHAPES), worst_ratio);
+    free(A16);
+    free(B16);
     loom_mem_free(&mem, LOOM_MEM_WORKSPACE, A, 0);
     loom_mem_free(&mem, LOOM_MEM_WORKSPACE, B, 0);
     loom_mem_free(&mem, LOOM_MEM_WORKSPACE, C, 0);
@@ -180,19 +225,21 @@ double loom_cli_peak_gflops(int threads, char *kernel, size_t ks) {
 int loom_cmd_bench(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: loom bench peak [--threads N] [--quick]\n"
-               "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick]\n"
+               "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick] [--bf16]\n"
                "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
                "in its own process), cached for training's MFU; last line peak_gflops=<number>.\n"
-               "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products.\n"
+               "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products; --bf16: beside it the bf16 GEMM's\n"
+               "(oneDNN's matmul when libdnnl.so.2 is installed) on the same products, and their ratio.\n"
                "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
         return argc < 2 ? 2 : 0;
     }
-    int threads = 0, quick = 0;
+    int threads = 0, quick = 0, bf16 = 0;
     const char *coretype = "auto";
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--blas-coretype") && i + 1 < argc) coretype = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
         else {
             fprintf(stderr, "loom bench: unknown option '%s'\n", argv[i]);
             return 2;
@@ -205,7 +252,7 @@ int loom_cmd_bench(int argc, char **argv) {
     char kernel[128] = "?";
     if (!strcmp(argv[1], "gemm")) {
         double best = 0;
-        int rc = bench_gemm(threads, coretype, quick, &best, kernel, sizeof kernel);
+        int rc = bench_gemm(threads, coretype, quick, bf16, &best, kernel, sizeof kernel);
         if (rc) return rc;
         printf("gflops=%.3f kernel=%s\n", best, kernel);
         return 0;

@@ -48,6 +48,8 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     o->embedding_backward = loom_cpu_embedding_backward;
     o->softmax_cross_entropy = loom_cpu_softmax_cross_entropy;
     o->ce_row_max = loom_cpu_ce_row_max;
+    o->matmul_bf16 = loom_cpu_matmul_bf16;
+    o->f32_to_bf16 = loom_cpu_f32_to_bf16;
     o->ce_row_sums = loom_cpu_ce_row_sums;
     o->ce_finish = loom_cpu_ce_finish;
     o->sum_squares = loom_cpu_sum_squares;
@@ -58,5 +60,6 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     o->sgd = loom_cpu_sgd;
     o->lars = loom_cpu_lars;
     LOOM_CALL(loom_cpu_blas_load(cfg, be));
+    loom_cpu_bf16_load(be); /* optional: oneDNN when installed, else the reference */
     return LOOM_OK;
 }

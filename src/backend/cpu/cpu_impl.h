@@ -85,6 +85,11 @@ void loom_cpu_embedding_forward(loom_backend *, float *, const int32_t *, const 
 void loom_cpu_embedding_backward(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,
                                  int64_t, int64_t, int64_t, int, int);
 void loom_cpu_softmax_cross_entropy(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
+void loom_cpu_bf16_load(loom_backend *be);
+loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                                 const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                                 int64_t ldc);
+void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
 void loom_cpu_ce_row_max(loom_backend *, const float *, int64_t, int64_t, float *);
 void loom_cpu_ce_row_sums(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
                           float *);

@@ -1,0 +1,236 @@
+/* bf16 x bf16 -> fp32 GEMM through oneDNN's matmul primitive (its brgemm kernels use AVX512_BF16's
+ * vdpbf16ps where the CPU has it), loaded at run time like OpenBLAS: libdnnl.so.2 from Debian's libdnnl2.
+ * Nothing links against it, so a machine without it still runs loom; loom_k_matmul_bf16 then converts to
+ * fp32 and uses the fp32 GEMM, and loom_backend_bf16_kernel says so. A primitive is made once per shape
+ * (with its strides, alpha as an output scale and beta as a sum post-op) and kept. */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_impl.h"
+
+#if defined(__has_include)
+#if __has_include(<dnnl.h>)
+#include <dnnl.h>
+#define LOOM_DNNL_HEADERS 1
+#endif
+#endif
+
+#ifdef LOOM_DNNL_HEADERS
+typedef struct {
+    int ta, tb;
+    int64_t M, N, K, lda, ldb, ldc;
+    float alpha, beta;
+    dnnl_primitive_t prim;
+    dnnl_memory_t a, b, c;
+} bf16_plan;
+
+enum { MAX_PLANS = 64 };
+
+typedef struct {
+    void *h;
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    bf16_plan plans[MAX_PLANS];
+    int n_plans;
+#define F(ret, name, args) ret(*name) args;
+#define DNNL_FUNCS                                                                                             \
+    F(dnnl_status_t, engine_create, (dnnl_engine_t *, dnnl_engine_kind_t, size_t))                             \
+    F(dnnl_status_t, engine_destroy, (dnnl_engine_t))                                                          \
+    F(dnnl_status_t, stream_create, (dnnl_stream_t *, dnnl_engine_t, unsigned))                                \
+    F(dnnl_status_t, stream_destroy, (dnnl_stream_t))                                                          \
+    F(dnnl_status_t, stream_wait, (dnnl_stream_t))                                                             \
+    F(dnnl_status_t, memory_desc_init_by_strides, (dnnl_memory_desc_t *, int, const dnnl_dims_t, dnnl_data_type_t, \
+                                                   const dnnl_dims_t))                                         \
+    F(dnnl_status_t, matmul_desc_init, (dnnl_matmul_desc_t *, const dnnl_memory_desc_t *,                      \
+                                        const dnnl_memory_desc_t *, const dnnl_memory_desc_t *,                \
+                                        const dnnl_memory_desc_t *))                                           \
+    F(dnnl_status_t, primitive_attr_create, (dnnl_primitive_attr_t *))                                         \
+    F(dnnl_status_t, primitive_attr_destroy, (dnnl_primitive_attr_t))                                          \
+    F(dnnl_status_t, primitive_attr_set_output_scales, (dnnl_primitive_attr_t, dnnl_dim_t, int, const float *)) \
+    F(dnnl_status_t, primitive_attr_set_post_ops, (dnnl_primitive_attr_t, const_dnnl_post_ops_t))              \
+    F(dnnl_status_t, post_ops_create, (dnnl_post_ops_t *))                                                     \
+    F(dnnl_status_t, post_ops_destroy, (dnnl_post_ops_t))                                                      \
+    F(dnnl_status_t, post_ops_append_sum, (dnnl_post_ops_t, float))                                            \
+    F(dnnl_status_t, primitive_desc_create, (dnnl_primitive_desc_t *, const_dnnl_op_desc_t,                   \
+                                             const_dnnl_primitive_attr_t, dnnl_engine_t,                       \
+                                             const_dnnl_primitive_desc_t))                                     \
+    F(dnnl_status_t, primitive_desc_destroy, (dnnl_primitive_desc_t))                                          \
+    F(dnnl_status_t, primitive_desc_query, (const_dnnl_primitive_desc_t, dnnl_query_t, int, void *))           \
+    F(dnnl_status_t, primitive_create, (dnnl_primitive_t *, const_dnnl_primitive_desc_t))                      \
+    F(dnnl_status_t, primitive_destroy, (dnnl_primitive_t))                                                    \
+    F(dnnl_status_t, primitive_execute, (const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *)) \
+    F(dnnl_status_t, memory_create, (dnnl_memory_t *, const dnnl_memory_desc_t *, dnnl_engine_t, void *))      \
+    F(dnnl_status_t, memory_destroy, (dnnl_memory_t))                                                          \
+    F(dnnl_status_t, memory_set_data_handle, (dnnl_memory_t, void *))
+    DNNL_FUNCS
+#undef F
+} dnnl_lib;
+
+static void dnnl_lib_free(void *p) {
+    dnnl_lib *d = p;
+    if (!d) return;
+    for (int i = 0; i < d->n_plans; i++) {
+        d->primitive_destroy(d->plans[i].prim);
+        d->memory_destroy(d->plans[i].a);
+        d->memory_destroy(d->plans[i].b);
+        d->memory_destroy(d->plans[i].c);
+    }
+    if (d->stream) d->stream_destroy(d->stream);
+    if (d->engine) d->engine_destroy(d->engine);
+    if (d->h) dlclose(d->h);
+    free(d);
+}
+
+void loom_cpu_bf16_load(loom_backend *be) {
+    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: no libdnnl.so.2)");
+    const char *want = getenv("LOOM_BF16_GEMM"); /* "reference": compare against the fallback */
+    if (want && !strcmp(want, "reference")) {
+        snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: LOOM_BF16_GEMM)");
+        return;
+    }
+    dnnl_lib *d = calloc(1, sizeof *d);
+    if (!d) return;
+    d->h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!d->h) {
+        free(d);
+        return;
+    }
+    int ok = 1;
+#define F(ret, name, args) ok &= (*(void **)&d->name = dlsym(d->h, "dnnl_" #name)) != NULL;
+    DNNL_FUNCS
+#undef F
+    if (!ok || d->engine_create(&d->engine, dnnl_cpu, 0) != dnnl_success ||
+        d->stream_create(&d->stream, d->engine, dnnl_stream_default_flags) != dnnl_success) {
+        dnnl_lib_free(d);
+        return;
+    }
+    be->bf16 = d;
+    be->bf16_free = dnnl_lib_free;
+    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "onednn matmul");
+}
+
+static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                           int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
+    for (int i = 0; i < d->n_plans; i++) {
+        bf16_plan *p = &d->plans[i];
+        if (p->ta == ta && p->tb == tb && p->M == M && p->N == N && p->K == K && p->lda == lda && p->ldb == ldb &&
+            p->ldc == ldc && p->alpha == alpha && p->beta == beta)
+            return p;
+    }
+    if (d->n_plans == MAX_PLANS) return NULL;
+    dnnl_memory_desc_t ma, mb, mc;
+    dnnl_dims_t da = {M, K}, db = {K, N}, dc = {M, N};
+    dnnl_dims_t sa = {ta ? 1 : lda, ta ? lda : 1}, sb = {tb ? 1 : ldb, tb ? ldb : 1}, sc = {ldc, 1};
+    if (d->memory_desc_init_by_strides(&ma, 2, da, dnnl_bf16, sa) != dnnl_success ||
+        d->memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb) != dnnl_success ||
+        d->memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc) != dnnl_success)
+        return NULL;
+    dnnl_matmul_desc_t md;
+    if (d->matmul_desc_init(&md, &ma, &mb, NULL, &mc) != dnnl_success) return NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    bf16_plan *p = &d->plans[d->n_plans];
+    memset(p, 0, sizeof *p);
+    int ok = d->primitive_attr_create(&attr) == dnnl_success &&
+             (alpha == 1.0f || d->primitive_attr_set_output_scales(attr, 1, 0, &alpha) == dnnl_success);
+    if (ok && beta != 0.0f)
+        ok = d->post_ops_create(&po) == dnnl_success && d->post_ops_append_sum(po, beta) == dnnl_success &&
+             d->primitive_attr_set_post_ops(attr, po) == dnnl_success;
+    ok = ok && d->primitive_desc_create(&pd, &md, attr, d->engine, NULL) == dnnl_success &&
+         d->primitive_create(&p->prim, pd) == dnnl_success &&
+         d->memory_create(&p->a, &ma, d->engine, DNNL_MEMORY_NONE) == dnnl_success &&
+         d->memory_create(&p->b, &mb, d->engine, DNNL_MEMORY_NONE) == dnnl_success &&
+         d->memory_create(&p->c, &mc, d->engine, DNNL_MEMORY_NONE) == dnnl_success;
+    if (ok && d->n_plans == 0) { /* say which implementation oneDNN chose */
+        const char *impl = NULL;
+        if (d->primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)&impl) == dnnl_success && impl)
+            snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "onednn matmul %s", impl);
+    }
+    if (pd) d->primitive_desc_destroy(pd);
+    if (po) d->post_ops_destroy(po);
+    if (attr) d->primitive_attr_destroy(attr);
+    if (!ok) {
+        if (p->prim) d->primitive_destroy(p->prim);
+        if (p->a) d->memory_destroy(p->a);
+        if (p->b) d->memory_destroy(p->b);
+        if (p->c) d->memory_destroy(p->c);
+        return NULL;
+    }
+    *p = (bf16_plan){ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, p->prim, p->a, p->b, p->c};
+    d->n_plans++;
+    return p;
+}
+
+static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                       int64_t ldc) {
+    dnnl_lib *d = be->bf16;
+    if (!d) return 0;
+    bf16_plan *p = plan_for(be, d, ta, tb, M, N, K, lda, ldb, ldc, alpha, beta);
+    if (!p) return 0;
+    d->memory_set_data_handle(p->a, (void *)A);
+    d->memory_set_data_handle(p->b, (void *)B);
+    d->memory_set_data_handle(p->c, C);
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}};
+    if (d->primitive_execute(p->prim, d->stream, 3, args) != dnnl_success) return 0;
+    d->stream_wait(d->stream);
+    return 1;
+}
+#else
+void loom_cpu_bf16_load(loom_backend *be) {
+    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: built without dnnl.h)");
+}
+static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                       int64_t ldc) {
+    (void)be; (void)ta; (void)tb; (void)M; (void)N; (void)K; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    (void)beta; (void)C; (void)ldc;
+    return 0;
+}
+#endif
+
+static float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
+    (void)be;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &src[i], sizeof u);
+        if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) { /* NaN stays a (quiet) NaN */
+            dst[i] = (uint16_t)((u >> 16) | 0x40);
+            continue;
+        }
+        u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
+        dst[i] = (uint16_t)(u >> 16);
+    }
+}
+
+loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                                 const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                                 int64_t ldc) {
+    if (onednn_matmul(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return LOOM_OK;
+    /* reference: the same products in fp32 from the bf16 values */
+    const int64_t ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
+    float *fa = malloc((size_t)(ra * ca) * sizeof(float)), *fb = malloc((size_t)(rb * cb) * sizeof(float));
+    const int ok = fa && fb;
+    if (ok) {
+        for (int64_t i = 0; i < ra; i++)
+            for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = bf16_to_f32(A[i * lda + j]);
+        for (int64_t i = 0; i < rb; i++)
+            for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = bf16_to_f32(B[i * ldb + j]);
+        loom_cpu_matmul(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
+    }
+    free(fa);
+    free(fb);
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the reference bf16 GEMM");
+    return LOOM_OK;
+}
