@@ -37,7 +37,7 @@ typedef struct {
     loom_recompute recompute;
     int profile;
     char blas_coretype[32];
-    int progress;           /* 1 = always a progress line, 0 = plain lines, -1 = auto (terminal) */
+    int64_t progress;       /* 1 = always a progress line, 0 = plain lines, -1 = auto (terminal); int64: an OPT_INT */
     int64_t sample_tokens;  /* after training, print a sample of this many tokens (0 = none) */
     int fit_vocab;          /* grow model.vocab_size to the data's tokenizer (off when the vocabulary is set explicitly) */
     char mesh[64];          /* "dp=2,pp=1,tp=1,sp=1"; "" = dp over every rank */
