@@ -46,7 +46,8 @@ def run_loom(loom, model, args, workdir):
     metrics = os.path.join(out, "m.jsonl")
     cmd = [loom, "-q", "train", "--preset", model, "--data", "synthetic", "--steps", str(args.steps),
            "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--threads", str(args.threads),
-           "--out", out, "--metrics", metrics, "--peak-gflops", "1", "--set", "train.eval_batches=1"]
+           "--out", out, "--metrics", metrics, "--peak-gflops", "1", "--set", "train.eval_batches=1",
+           "--precision", args.precision]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rows = [json.loads(l) for l in open(metrics) if '"loss"' in l]
     return [r["ms"] for r in rows[2:]], max(r["rss_peak_bytes"] for r in rows)
@@ -77,7 +78,10 @@ def main():
     args = ap.parse_args()
     models = args.models.split(",")
     peak, kernel = peak_gflops(args.loom, args.threads)
-    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads); B={args.batch} T={args.seq_len}, "
+    if args.precision == "bf16":  # vdpbf16ps doubles the multiply rate: MFU against twice the fp32 peak
+        peak *= 2
+    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads{', x2 for bf16' if args.precision == 'bf16' else ''}); "
+          f"B={args.batch} T={args.seq_len}, "
           f"{args.rounds} rounds x {args.steps} steps, first 2 steps of each run dropped", flush=True)
     res = {(m, s): ([], 0) for m in models for s in ("loom", "torch")}
     with tempfile.TemporaryDirectory() as wd:

@@ -154,6 +154,13 @@ void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp);
  * per rank; each all-reduce becomes an all-gather before a column-parallel product and a reduce-scatter
  * after a row-parallel one. Before reserve; B*T must divide by tp. */
 void loom_model_set_tp_sequence_parallel(loom_model *m, int on);
+/* Mixed precision: with LOOM_PRECISION_BF16 every product with the weights (forward and backward)
+ * multiplies bf16 copies of both operands and accumulates in fp32 (loom_k_matmul_bf16); master weights,
+ * gradients, optimizer state and stored activations stay fp32 (the operands are converted at each
+ * product). Before reserve; loom_model_refresh_low_precision after every change of the parameters. */
+typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16 } loom_precision;
+LOOM_NODISCARD loom_status loom_model_set_precision(loom_model *m, loom_precision p);
+void loom_model_refresh_low_precision(loom_model *m);
 /* Floats of one activation passed between pipeline chunks for a B x T micro-batch. */
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */

@@ -45,6 +45,7 @@ typedef struct {
     int dp_overlap;         /* start gradient reductions during the backward pass (0: after it, for measuring) */
     int dp_transport;       /* loom_dp_transport: 0 auto, 1 MPI, 2 node-shared memory */
     int pp_schedule;        /* loom_pp_schedule: 0 1F1B, 1 interleaved */
+    int precision;          /* loom_precision: 0 fp32, 1 bf16 products with fp32 master state */
     int tp_seq_parallel;    /* Megatron sequence parallelism in the norm/residual regions (tp > 1) */
     int64_t pp_virtual;     /* interleaved: chunks (virtual stages) per pipeline rank */
     double comm_timeout;    /* seconds a collective may block before the run fails (<= 0: forever) */

@@ -45,7 +45,7 @@ static const flag_alias aliases[] = {
     {"--optimizer", "optim.kind", 1},       {"--lr", "optim.lr", 1},
     {"--eval-interval", "train.eval_interval", 1}, {"--ckpt-interval", "train.ckpt_interval", 1},
     {"--stop-after", "train.stop_after", 1}, {"--zero", "train.zero", 1}, {"--mesh", "train.mesh", 1}, {"--blas-coretype", "train.blas_coretype", 1},
-    {"--sample", "train.sample_tokens", 1},
+    {"--sample", "train.sample_tokens", 1},  {"--precision", "train.precision", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
 };
 

@@ -23,8 +23,36 @@
 
 #define P(off) (m->params + (off))
 
-/* a layer's input- and weight-gradient products are independent: one call runs them side by side */
-static void gemm_pair(loom_backend *be, loom_gemm a, loom_gemm b) { loom_k_matmul_pair(be, &a, &b); }
+/* ---- the model's products with its weights: fp32, or bf16 copies of both operands (mixed precision) ---- */
+
+/* a bf16 view of an operand: the weights' bf16 copy when it lies in the parameter buffer, else `rows` rows
+ * of `ld` floats converted into scratch */
+static const uint16_t *as_bf16(loom_model *m, const float *x, int64_t rows, int64_t ld, uint16_t *scratch) {
+    if (x >= m->params && x < m->params + m->buf_size) return m->params16 + (x - m->params);
+    loom_k_f32_to_bf16(m->be, scratch, x, rows * ld);
+    return scratch;
+}
+
+static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                      int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (!m->params16) {
+        loom_k_matmul(m->be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+        return LOOM_OK;
+    }
+    const uint16_t *a = as_bf16(m, A, ta ? K : M, lda, m->scratch16[0]);
+    const uint16_t *b = as_bf16(m, B, tb ? N : K, ldb, m->scratch16[1]);
+    return loom_k_matmul_bf16(m->be, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+}
+
+/* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side */
+static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
+    if (!m->params16) {
+        loom_k_matmul_pair(m->be, &a, &b);
+        return LOOM_OK;
+    }
+    LOOM_CALL(mm(m, a.trans_a, a.trans_b, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
+    return mm(m, b.trans_a, b.trans_b, b.M, b.N, b.K, b.alpha, b.A, b.lda, b.B, b.ldb, b.beta, b.C, b.ldc);
+}
 #define G(off) (m->grads + (off))
 
 static loom_status add_param(loom_model *m, int cap, const char *name, int layer, int ndim, int64_t d0,
@@ -327,6 +355,9 @@ static void free_acts(loom_model *m) {
         loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
     }
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
+    for (int i = 0; i < 2; i++)
+        if (m->scratch16[i]) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
+    m->scratch16[0] = m->scratch16[1] = NULL;
     m->act_mem = NULL;
     m->act_bytes = 0;
     for (int i = 0; m->slots && i < m->n_slots; i++) free(m->slots[i].acts);
@@ -343,6 +374,7 @@ void loom_model_free(loom_model **pm) {
     free_acts(m);
     if (m->own_params) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
     if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
+    if (m->params16) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
     free(m->infos);
     free(m->row_blocks);
     free(m->sp_counts);
@@ -568,6 +600,14 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
     loom_model_use_slot(m, 0);
+    if (m->params16) { /* the widest activation operand of any product: (N, max(C, Cq, 2F, V)) */
+        int64_t w = C > Cq ? C : Cq;
+        w = w > fcw ? w : fcw;
+        w = w > V ? w : V;
+        m->scratch16_bytes = (size_t)(N * w) * sizeof(uint16_t);
+        for (int i = 0; i < 2; i++)
+            LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
+    }
     if (m->sp_size > 1) {
         m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);
         for (int i = 0; i < 2; i++) LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
@@ -717,7 +757,7 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float *x = layer_input(m, l);
     if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), N, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), N, C, eps);
-    loom_k_matmul(be, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq);
+    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
     if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
     LOOM_CALL(attention_core_forward(m, a, B, T));
@@ -725,16 +765,16 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
      * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
     const int lead = m->tp_rank == 0;
     if (lead) memcpy(a->res1, x, (size_t)(N * C) * sizeof(float));
-    loom_k_matmul(be, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd,
-                  lead ? 1.0f : 0.0f, a->res1, C);
+    LOOM_CALL(mm(m, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd,
+                  lead ? 1.0f : 0.0f, a->res1, C));
     if (lead && lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
     LOOM_CALL(tp_sum(m, a->res1, N * C));
     if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), N, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), N, C, eps);
-    loom_k_matmul(be, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw);
+    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
     mlp_activation_forward(m, a, lo, N, 1);
     if (lead) memcpy(a->out, a->res1, (size_t)(N * C) * sizeof(float));
-    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C);
+    LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C));
     if (lead && lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
     return tp_sum(m, a->out, N * C);
 }
@@ -790,20 +830,20 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), Nr, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), Nr, C, eps);
     LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
-    loom_k_matmul(be, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq);
+    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
     if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
     LOOM_CALL(attention_core_forward(m, a, B, T));
-    loom_k_matmul(be, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C);
+    LOOM_CALL(mm(m, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C));
     LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
     add_into(m, a->res1, x, Nr * C);
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), Nr, C);
     if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), Nr, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), Nr, C, eps);
     LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
-    loom_k_matmul(be, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw);
+    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
     mlp_activation_forward(m, a, lo, N, 1);
-    loom_k_matmul(be, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 0.0f, part, C);
+    LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 0.0f, part, C));
     LOOM_CALL(sp_reduce_scatter(m, part, a->out, Nr));
     add_into(m, a->out, a->res1, Nr * C);
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), Nr, C);
@@ -834,14 +874,14 @@ static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_
     /* rep: [ln1.w, ln1.b, proj.b, ln2.w, ln2.b, mlp.proj.b], this rank's rows' part */
     memset(rep, 0, (size_t)(6 * C) * sizeof(float));
     LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the MLP output's gradient, all rows */
-    gemm_pair(be, (loom_gemm){0, 0, N, F, C, 1.0f, full, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, full, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F});
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, full, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+              (loom_gemm){1, 0, C, F, N, 1.0f, full, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 5 * C, dres, Nr, C, 0);
     if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F);
     else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
     LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
-    gemm_pair(be, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, full, C, beta, G(lo[W_FC_W]), C},
-              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, part, C});
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, full, C, beta, G(lo[W_FC_W]), C},
+              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, part, C}));
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
     LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
     if (gpt)
@@ -849,15 +889,15 @@ static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_
                                   a->ln2_rstd, Nr, C, 0);
     else loom_k_rmsnorm_backward(be, dres, rep + 3 * C, m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, Nr, C, 0);
     LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the attention output's gradient, all rows */
-    gemm_pair(be, (loom_gemm){0, 0, N, Ca, C, 1.0f, full, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, full, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca});
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, full, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, full, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 2 * C, dres, Nr, C, 0);
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
     if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
     LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
-    gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, full, C, beta, G(lo[W_QKV_W]), C},
-              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, part, C});
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, full, C, beta, G(lo[W_QKV_W]), C},
+              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, part, C}));
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
     LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
     if (gpt)
@@ -949,7 +989,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), Nr, C, (float)m->cfg.norm_eps);
     float *lnf_full = m->slots[m->slot].lnf_full;
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
-    loom_k_matmul(be, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V);
+    LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
     if (!keep_head) {
         HOOK(params_done, U_HEAD);
         if (head_is_wte(m)) HOOK(params_done, 0);
@@ -1001,13 +1041,13 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     LOOM_CALL(recompute_layer(m, l, B, T));
     float *dres = m->dres;
     /* MLP: out = res1 + fc_act W2^T + b2 */
-    gemm_pair(be, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F});
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+              (loom_gemm){1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_MLP_PROJ_B]), dres, N, C, acc);
     if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F);
     else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
-    gemm_pair(be, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
-              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C});
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
+              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C}));
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
     LOOM_CALL(tp_sum(m, m->dln, N * C)); /* column-parallel fc: the input gradient sums over tp */
     if (gpt)
@@ -1015,14 +1055,14 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
                                   a->ln2_mean, a->ln2_rstd, N, C, acc);
     else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN2_W]), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, N, C, acc);
     /* attention: res1 = x + atty Wo^T + bo */
-    gemm_pair(be, (loom_gemm){0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca});
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_ATTN_PROJ_B]), dres, N, C, acc);
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
     if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
-    gemm_pair(be, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
-              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C});
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
+              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C}));
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
     LOOM_CALL(tp_sum(m, m->dln, N * C));
     if (gpt)
@@ -1046,8 +1086,8 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     if (head) { /* logits = lnf Whead^T; m->logits holds dlogits */
         const float *lnf_full = m->slots[m->slot].lnf_full;
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
-        gemm_pair(be, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C},
-                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C});
+        LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C},
+                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C}));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         memset(m->dres, 0, (size_t)(Nr * C) * sizeof(float));
@@ -1168,6 +1208,17 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
 }
 const float *loom_model_logits(const loom_model *m) { return m->logits; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
+
+loom_status loom_model_set_precision(loom_model *m, loom_precision p) {
+    if (p == LOOM_PRECISION_FP32 || m->params16) return LOOM_OK;
+    LOOM_CHECK(p == LOOM_PRECISION_BF16, LOOM_ERR_INVALID_ARG, "unknown precision %d", (int)p);
+    LOOM_CHECK(m->act_mem == NULL, LOOM_ERR_INVALID_ARG, "set the precision before loom_model_reserve");
+    return loom_mem_alloc(m->mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(uint16_t), (void **)&m->params16);
+}
+
+void loom_model_refresh_low_precision(loom_model *m) {
+    if (m->params16) loom_k_f32_to_bf16(m->be, m->params16, m->params, m->buf_size);
+}
 void loom_model_set_tp_sequence_parallel(loom_model *m, int on) {
     m->tp_sp = on && m->tp_size > 1;
     if (m->tp_sp && !m->sp_counts) m->sp_counts = calloc((size_t)m->tp_size, sizeof(int64_t));

@@ -22,6 +22,7 @@ static const char *const family_choices[] = {"gpt2", "llama", NULL};
 static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
 static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
 static const char *const rc_choices[] = {"none", "attn", "full", NULL};
+static const char *const precision_choices[] = {"fp32", "bf16", NULL}; /* loom_precision's order */
 static const char *const pp_choices[] = {"1f1b", "interleaved", NULL}; /* loom_pp_schedule's order */
 static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
 
@@ -86,6 +87,7 @@ static const option options[] = {
     {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
     {"train.dp_transport", OPT_ENUM, T(dp_transport), 0, transport_choices, "gradient reductions: auto (node-shared memory when every dp rank is on one node, stages 0-1), mpi, shm"},
     {"train.tp_seq_parallel", OPT_BOOL, T(tp_seq_parallel), 0, NULL, "tp > 1: norms and residuals on B*T/tp rows per rank, all-gather + reduce-scatter instead of all-reduce"},
+    {"train.precision", OPT_ENUM, T(precision), 0, precision_choices, "fp32, or bf16 (weight products in bf16, fp32 accumulation and master state) (--precision)"},
     {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
     {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
     {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},

@@ -560,6 +560,9 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     tr.opt = loom_zero_optim(tr.zero);
     if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
     if (t->tp_seq_parallel) loom_model_set_tp_sequence_parallel(tr.model, 1);
+    LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || t->zero < 3, LOOM_ERR_UNSUPPORTED, done,
+                    "--precision bf16 keeps a bf16 copy of the whole local parameters: use ZeRO 0-2");
+    LOOM_CALL_GOTO(st, loom_model_set_precision(tr.model, (loom_precision)t->precision), done);
     int slots = 1;
     if (tr.pp > 1) {
         loom_model_set_parts_comm(tr.model, tr.mesh.pp);
@@ -599,6 +602,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     } else {
         loom_zero_init_weights(tr.zero, (uint64_t)t->seed);
     }
+    loom_model_refresh_low_precision(tr.model); /* bf16: the working copy of the weights */
     /* everything is validated: only now touch the run directory */
     LOOM_CALL_GOTO(st, mkdir_p(t->out), done);
     if (!t->resume && tr.root) loom_run_ckpt_move_aside(t->out);
@@ -650,7 +654,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                   "floats per block per pass); this rank holds %.2fM of %.2fM parameters", tr.tp,
                   (long long)(tr.local_batch * t->seq_len * tr.model_cfg.d_model),
                   (double)loom_model_num_params(tr.model) / 1e6, (double)loom_model_config_num_params(&tr.model_cfg) / 1e6);
-    const double world_peak = peak_gflops * loom_comm_size(tr.world); /* every rank's share of the machine(s) */
+    /* every rank's share of the machine(s); bf16 products run at twice the fp32 rate on vdpbf16ps hardware
+     * (../shared/PERFORMANCE.md: ~800 against ~440 GFLOP/s on two cores), so their peak is taken as 2x */
+    const double world_peak = peak_gflops * loom_comm_size(tr.world) * (t->precision == LOOM_PRECISION_BF16 ? 2.0 : 1.0);
+    if (t->precision == LOOM_PRECISION_BF16)
+        LOOM_INFO("precision bf16: weight products in bf16 (%s), fp32 accumulation, master weights, gradients and "
+                  "optimizer state; MFU against 2x the fp32 peak", loom_backend_bf16_kernel(tr.be));
     int tty = tr.root && (t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO)));
     if (t->profile) loom_backend_set_profiling(tr.be, 1);
     const float grad_scale = 1.0f / (float)tokens_per_step;
@@ -686,6 +695,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
         loom_optim_stats os;
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
+        loom_model_refresh_low_precision(tr.model);
         tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
         tr.sp_stats = loom_comm_get_stats(tr.mesh.sp);
         if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
