@@ -139,20 +139,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 #else
 
-static uint64_t xorshift(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-static size_t below(uint64_t *s, size_t n) { return n ? (size_t)(xorshift(s) % n) : 0; }
-
-#define FUZZ_MAX 65536
-
-typedef struct {
-    uint8_t *buf;
-    size_t len;
-} fuzz_input;
+#include "fuzz_mutate.h"
 
 /* A valid file: tensors of the given dtypes and shapes, data filled with pseudo-random bytes. */
 static void make_file(fuzz_input *in, uint64_t *rng, int variant) {
@@ -205,13 +192,6 @@ static const char *const tokens[] = {
     "18446744073709551615", "9007199254740993", "4294967296", "1.5", "null", "true", "\"../x\"", "\"a/b\"", "\".\"",
     "\"..\"", "\"weight_map\":", "\"total_size\":", "\\u0000", "\xff", " ",
 };
-
-static void insert(fuzz_input *in, size_t at, const void *src, size_t n) {
-    if (n > FUZZ_MAX - in->len) n = FUZZ_MAX - in->len;
-    memmove(in->buf + at + n, in->buf + at, in->len - at);
-    memmove(in->buf + at, src, n);
-    in->len += n;
-}
 
 static void mutate_bytes(fuzz_input *in, size_t from, uint64_t *rng) {
     int steps = 1 + (int)below(rng, 6);
@@ -317,12 +297,6 @@ static void mutate_length(fuzz_input *in, uint64_t *rng) {
     static const uint64_t vals[] = {0, 1, 2, 7, 8, UINT64_MAX, (uint64_t)INT64_MAX, 100000001, 1ull << 32};
     uint64_t v = below(rng, 2) ? vals[below(rng, sizeof vals / sizeof vals[0])] : (uint64_t)below(rng, in->len + 16);
     for (int i = 0; i < 8; i++) in->buf[i] = (uint8_t)(v >> (8 * i));
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int main(int argc, char **argv) {

@@ -110,20 +110,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 }
 #else
 
-#define FUZZ_MAX 65536
-
-typedef struct {
-    uint8_t *buf;
-    size_t len;
-} fuzz_input;
-
-static uint64_t xorshift(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-static size_t below(uint64_t *s, size_t n) { return n ? (size_t)(xorshift(s) % n) : 0; }
+#include "fuzz_mutate.h"
 
 static void put_u32(uint8_t *p, uint32_t v) {
     for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
@@ -131,13 +118,6 @@ static void put_u32(uint8_t *p, uint32_t v) {
 static void put_u64(uint8_t *p, uint64_t v) {
     put_u32(p, (uint32_t)v);
     put_u32(p + 4, (uint32_t)(v >> 32));
-}
-
-static void insert(fuzz_input *in, size_t at, const void *src, size_t n) {
-    if (n > FUZZ_MAX - in->len) n = FUZZ_MAX - in->len;
-    memmove(in->buf + at + n, in->buf + at, in->len - at);
-    memmove(in->buf + at, src, n);
-    in->len += n;
 }
 
 /* seeds */
@@ -243,12 +223,6 @@ static void mutate_shard(fuzz_input *in, uint64_t *rng) {
         }
     }
     if (below(rng, 4) != 0) put_u32(in->buf + 60, loom_crc32c(0, in->buf, 60)); /* usually a valid header CRC */
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 int main(int argc, char **argv) {
