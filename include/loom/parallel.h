@@ -99,6 +99,8 @@ void loom_zero_reset_stats(loom_zero *z);
 /* Stages 0-1: starts every unit's reduction now (a pipeline, whose micro-batches end at different times
  * per unit, reduces after its last backward and the tied-embedding sync). Collective over dp. */
 LOOM_NODISCARD loom_status loom_zero_reduce_all(loom_zero *z);
+/* The node-shared transport's flag pages per rank (workspace) for a model of n_units units. */
+int64_t loom_zero_shm_flags_bytes(int n_units);
 
 /* ---- pipeline parallel ----
  * Blocks are cut into pp x v contiguous chunks balanced by modelled FLOPs (the head counted on the last

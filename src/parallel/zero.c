@@ -186,16 +186,15 @@ static loom_status shm_progress(loom_zero *z, int block) {
     return LOOM_OK;
 }
 
-/* Copies every other rank's slice of `src_of(q)` into `dst` once rank q has posted `slot`. */
-static loom_status shm_gather(loom_zero *z, float *dst, float *(*src_of)(const loom_zero *, int), int slot,
-                              const char *op) {
+/* ZeRO-1: copies every other rank's updated parameter slice once that rank has posted UPDATED. */
+static loom_status shm_gather_params(loom_zero *z) {
     const int N = loom_comm_size(z->dp), me = loom_comm_rank(z->dp);
     for (int k = 1; k < N; k++) {
         const int q = (me + k) % N; /* start at different peers: the ranks do not all read one segment */
-        LOOM_CALL(wait_flag(z, q, slot, op));
+        LOOM_CALL(wait_flag(z, q, SLOT_UPDATED(z), "shared-memory all-gather"));
         const double t0 = now_s();
         const int64_t a = z->slice_lo[q], b = z->slice_lo[q + 1];
-        memcpy(dst + a, src_of(z, q) + a, (size_t)(b - a) * sizeof(float));
+        memcpy(z->pfull + a, params_of(z, q) + a, (size_t)(b - a) * sizeof(float));
         z->stats.comm_work_s += now_s() - t0;
     }
     loom_comm_count(z->dp, LOOM_COLL_ALLGATHER, (z->end - z->begin) * 4);
@@ -334,7 +333,7 @@ static loom_status hook_grads_done(void *ctx, int u) {
 /* Stages 0-1 on one node: the gradient (and stage-1 parameter) buffers become shared segments. Returns
  * LOOM_ERR_UNSUPPORTED (after the collective attempt) when the node cannot share them. */
 static loom_status shm_setup(loom_zero *z) {
-    z->flags_bytes = ((size_t)(z->n_units + 3) * FLAG_LINE + 4095) / 4096 * 4096;
+    z->flags_bytes = (size_t)loom_zero_shm_flags_bytes(z->n_units);
     const size_t gbytes = (size_t)z->n * sizeof(float);
     LOOM_CALL(loom_comm_shm_alloc(z->dp, z->flags_bytes + gbytes, &z->gwin));
     if (z->stage == 1) {
@@ -559,7 +558,7 @@ static loom_status shm_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     if (z->stage == 0) return loom_optim_step(z->opt, z->model, step, st);
     LOOM_CALL(loom_optim_step_range(z->opt, z->model, step, z->pshard, z->gshard, st));
     loom_comm_shm_post(flag_of(z, me, SLOT_UPDATED(z)), z->epoch);
-    return shm_gather(z, z->pfull, params_of, SLOT_UPDATED(z), "shared-memory all-gather");
+    return shm_gather_params(z);
 }
 
 loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
@@ -598,4 +597,8 @@ loom_status loom_zero_reduce_all(loom_zero *z) {
 }
 
 loom_zero_stats loom_zero_get_stats(const loom_zero *z) { return z->stats; }
+
+int64_t loom_zero_shm_flags_bytes(int n_units) { /* READY per unit, REDUCED, UPDATED: a line each, whole pages */
+    return ((int64_t)(n_units + 2) * FLAG_LINE + 4095) / 4096 * 4096;
+}
 void loom_zero_reset_stats(loom_zero *z) { memset(&z->stats, 0, sizeof z->stats); }

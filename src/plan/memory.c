@@ -68,7 +68,7 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         unit_sizes(m, &u_first, &u_last, &u_block);
         int64_t ws = 0;
         if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI) /* node-shared flags page(s) */
-            ws += ((int64_t)(loom_model_num_units(m) + 3) * 64 + 4095) / 4096 * 4096;
+            ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
         if (stage >= 2) /* reduce-scatter results; the head's unit gradients, the unit being computed and at
                          * most two more whose reduce-scatters are in flight (zero.c bounds them) */
             ws += 4 * (slice + u_first + u_last + 3 * u_block);
