@@ -24,6 +24,10 @@ typedef struct {
     const char *name;
     const void *data;
     int64_t nbytes;
+    /* data == NULL: the writer pulls the section in pieces, fill(ctx, offset, n, dst) writing its bytes
+     * [offset, offset + n) to dst (state that is not in RAM at once: the memory manager's) */
+    loom_status (*fill)(void *ctx, int64_t offset, int64_t n, void *dst);
+    void *ctx;
 } loom_ckpt_section;
 
 typedef struct loom_ckpt_reader loom_ckpt_reader;
@@ -33,6 +37,9 @@ uint32_t loom_crc32c(uint32_t crc, const void *data, size_t n);
 /* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
 LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);
 LOOM_NODISCARD loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *sections, int n);
+/* The same, returning each section's CRC-32C in crcs[n]. */
+LOOM_NODISCARD loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *sections, int n,
+                                                uint32_t *crcs);
 LOOM_NODISCARD loom_status loom_ckpt_open(const char *path, loom_ckpt_reader **out);
 void loom_ckpt_close(loom_ckpt_reader **r);
 /* -1 when the section is absent */
@@ -57,13 +64,14 @@ int loom_run_ckpt_has(const loom_run_ckpt *c, const char *section);
 LOOM_NODISCARD loom_status loom_run_ckpt_read(loom_run_ckpt *c, const char *section, int64_t begin, int64_t end,
                                               float *dst);
 LOOM_NODISCARD loom_status loom_run_ckpt_read_state(loom_run_ckpt *c, void *dst, int64_t bytes);
-/* Collective over dp: each rank writes its slice [begin, end) of the three buffers (slices[k] NULL when
- * absent) to <out>/shards/step-N/, then rank 0 commits the manifest. A failure on any rank leaves the
- * previous checkpoint in place and is reported on every rank. */
+/* Collective over dp: each rank writes its slice [begin, end) of the three buffers (params, optim.0,
+ * optim.1: each a section of (end - begin) floats given as data or fill; absent when both are NULL) to
+ * <out>/shards/step-N/, then rank 0 commits the manifest. A failure on any rank leaves the previous
+ * checkpoint in place and is reported on every rank. */
 LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json,
                                                       int64_t step, int zero_stage, const void *state,
                                                       int64_t state_bytes, int64_t n, int64_t begin, int64_t end,
-                                                      float *const slices[3]);
+                                                      const loom_ckpt_section slices[3]);
 /* A new run in a directory holding a sharded checkpoint: keep it as checkpoint.prev.json + shards.prev. */
 void loom_run_ckpt_move_aside(const char *out);
 /* Writes a sharded checkpoint as one checkpoint.bin-format file. */

@@ -62,6 +62,21 @@ LOOM_NODISCARD loom_status loom_optim_step_range(loom_optim *o, loom_model *mode
                                                  const float *grads, loom_optim_stats *st);
 /* Global L2 norm of the gradients (deterministic). */
 double loom_optim_grad_norm(loom_optim *o, loom_model *model);
+/* ---- the streamed update (the memory manager keeps the moments in chunks, RAM or file) ----
+ * An optimizer of [begin, end) that owns no state; elementwise kinds only (AdamW, SGD: LAMB and LARS need
+ * whole-parameter norms before any chunk moves). A step is: the gradients' sum of squares over this range,
+ * collected chunk by chunk (loom_optim_grad_sumsq), then loom_optim_begin_streamed (norm, clipping, lr;
+ * collective over the comm given and the model's tp/pp axes), then loom_optim_update_chunk per chunk. */
+LOOM_NODISCARD loom_status loom_optim_init_streamed(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
+                                                    const loom_model *model, int64_t begin, int64_t end,
+                                                    loom_comm *comm, loom_optim **out);
+/* Sum of squares of gradients [lo, hi) (g points at flat position lo), parameters counted as the norm counts them. */
+double loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, const float *g);
+LOOM_NODISCARD loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t step, double sumsq,
+                                                     loom_optim_stats *st);
+/* The update of flat positions [lo, hi): p, g, m, v (v NULL for SGD) point at position lo. */
+void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p, const float *g,
+                             float *m, float *v);
 /* State buffers for checkpoints: count (1 or 2) and each buffer of loom_optim_state_size floats. */
 int loom_optim_num_state_buffers(const loom_optim *o);
 float *loom_optim_state_buffer(loom_optim *o, int i);

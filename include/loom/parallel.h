@@ -4,7 +4,7 @@
  *   loom_zero_options zo = {.stage = 1, .overlap = 1, .transport = LOOM_DP_AUTO};
  *   LOOM_CALL(loom_zero_init(&model_cfg, &optim_cfg, &zo, mesh.dp, be, &mem, &z));
  *   loom_model *m = loom_zero_model(z);
- *   loom_zero_init_weights(z, seed);
+ *   LOOM_CALL(loom_zero_init_weights(z, seed));
  *   for each step:
  *       for micro in 0..accum-1:
  *           loom_zero_begin_micro(z, micro, micro == accum - 1);
@@ -37,6 +37,7 @@
 #define LOOM_PARALLEL_H
 #include "loom/comm.h"
 #include "loom/model.h"
+#include "loom/offload.h"
 #include "loom/optim.h"
 
 typedef struct loom_zero loom_zero;
@@ -59,6 +60,15 @@ typedef struct {
     loom_dp_transport transport;
     loom_comm *tp;               /* the model's tensor-parallel communicator (borrowed); NULL: one rank */
     const loom_model_part *part; /* pipeline: this stage's part of the model; NULL: the whole model */
+    /* the heterogeneous memory manager (loom/offload.h): a RAM budget for this rank's parameters, gradients
+     * and optimizer state. Within it everything stays in RAM; above it, with offload on, the chunk store
+     * holds the rank's optimizer moments (stages 0-2) or its whole shard (stage 3; one rank alone always
+     * runs as stage 3, its shard being everything), pinning in RAM what the budget allows. */
+    int64_t mem_budget;          /* bytes; 0: no budget */
+    int offload;                 /* 1: offload what the budget cannot hold; 0: exceeding it is an error */
+    int64_t mem_chunk;           /* bytes per chunk (0: 16 MiB) */
+    const char *offload_dir;     /* scratch files (NULL: the working directory) */
+    FILE *mem_trace;             /* placement and per-step traffic as JSON lines (NULL: none) */
 } loom_zero_options;
 
 /* Collective over dp. Creates the model (cut over zo->tp) and the optimizer of this rank's part; the dp
@@ -77,7 +87,7 @@ void loom_zero_slice(const loom_zero *z, int64_t *begin, int64_t *end);
 /* The slice of a buffer for checkpoints: which 0 = parameters, 1 = optimizer state 0, 2 = state 1
  * (NULL when absent); end - begin floats. */
 float *loom_zero_slice_ptr(loom_zero *z, int which);
-void loom_zero_init_weights(loom_zero *z, uint64_t seed);
+LOOM_NODISCARD loom_status loom_zero_init_weights(loom_zero *z, uint64_t seed);
 
 /* Fills this rank's buffers from a checkpoint: read(ctx, section, begin, end, dst) must write flat
  * positions [begin, end) of section "params", "optim.0" or "optim.1" to dst. */
@@ -99,6 +109,14 @@ void loom_zero_reset_stats(loom_zero *z);
 /* Stages 0-1: starts every unit's reduction now (a pipeline, whose micro-batches end at different times
  * per unit, reduces after its last backward and the tied-embedding sync). Collective over dp. */
 LOOM_NODISCARD loom_status loom_zero_reduce_all(loom_zero *z);
+/* The memory manager: its store, or NULL when everything is in RAM (traffic, trace). */
+loom_offload *loom_zero_offload(loom_zero *z);
+/* Floats [lo, hi) of this rank's slice (positions relative to its begin) of buffer `which` (as
+ * loom_zero_slice_ptr), from RAM or the store: checkpoints of offloaded state. */
+LOOM_NODISCARD loom_status loom_zero_read_slice(loom_zero *z, int which, int64_t lo, int64_t hi, float *dst);
+/* Bytes of this rank's parameters, gradients and optimizer state with everything in RAM at `stage`
+ * (n floats, slice floats, state buffers): what a budget is compared with. */
+int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state);
 /* The node-shared transport's flag pages per rank (workspace) for a model of n_units units. */
 int64_t loom_zero_shm_flags_bytes(int n_units);
 

@@ -49,6 +49,11 @@ typedef struct {
     int tp_seq_parallel;    /* Megatron sequence parallelism in the norm/residual regions (tp > 1) */
     int64_t pp_virtual;     /* interleaved: chunks (virtual stages) per pipeline rank */
     double comm_timeout;    /* seconds a collective may block before the run fails (<= 0: forever) */
+    int64_t mem_budget;     /* bytes of RAM for this rank's parameters, gradients, optimizer state (0: none) */
+    int offload;            /* the memory manager may offload what the budget cannot hold */
+    int64_t mem_chunk;      /* its chunk, bytes */
+    char offload_dir[LOOM_PATH_MAX]; /* its scratch files ("" = out) */
+    char mem_trace[LOOM_PATH_MAX];   /* JSON lines of placement and traffic ("" = none) */
 } loom_train_config;
 
 typedef struct {

@@ -46,6 +46,7 @@ static const flag_alias aliases[] = {
     {"--eval-interval", "train.eval_interval", 1}, {"--ckpt-interval", "train.ckpt_interval", 1},
     {"--stop-after", "train.stop_after", 1}, {"--zero", "train.zero", 1}, {"--mesh", "train.mesh", 1}, {"--blas-coretype", "train.blas_coretype", 1},
     {"--sample", "train.sample_tokens", 1},  {"--precision", "train.precision", 1},
+    {"--mem-budget", "train.mem_budget", 1}, {"--mem-trace", "train.mem_trace", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
 };
 

@@ -95,12 +95,35 @@ static loom_status commit_tmp(int fd, const char *tmp, const char *path, loom_st
 }
 
 loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n) {
+    return loom_ckpt_write_crcs(path, s, n, NULL);
+}
+
+/* a pulled section (fill): written a piece at a time through one buffer, its CRC computed on the way */
+static loom_status write_filled(int fd, const loom_ckpt_section *s, const char *tmp, uint32_t *crc) {
+    enum { PIECE = 8 << 20 };
+    char *buf = malloc(PIECE);
+    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = LOOM_OK;
+    *crc = 0;
+    for (int64_t off = 0; off < s->nbytes && st == LOOM_OK; off += PIECE) {
+        const int64_t k = s->nbytes - off < PIECE ? s->nbytes - off : PIECE;
+        st = s->fill(s->ctx, off, k, buf);
+        if (st == LOOM_OK) {
+            *crc = loom_crc32c(*crc, buf, (size_t)k);
+            st = loom_io_write_all(fd, buf, (size_t)k, tmp);
+        }
+    }
+    free(buf);
+    return st;
+}
+
+loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *s, int n, uint32_t *crcs) {
     LOOM_CHECK(n >= 0 && n <= CKPT_MAX_SECTIONS, LOOM_ERR_INVALID_ARG, "bad section count %d", n);
     ckpt_entry *e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
     LOOM_CHECK(e != NULL, LOOM_ERR_NOMEM, "out of memory");
     uint64_t off = sizeof(ckpt_header) + (uint64_t)n * sizeof(ckpt_entry);
     for (int i = 0; i < n; i++) {
-        if (strlen(s[i].name) >= LOOM_CKPT_NAME_MAX || s[i].nbytes < 0) {
+        if (strlen(s[i].name) >= LOOM_CKPT_NAME_MAX || s[i].nbytes < 0 || (!s[i].data && !s[i].fill)) {
             free(e);
             return loom_error_set(LOOM_ERR_INVALID_ARG, __FILE__, __LINE__, __func__, "bad section '%s'", s[i].name);
         }
@@ -108,15 +131,8 @@ loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n)
         off = (off + 63) / 64 * 64;
         e[i].offset = off;
         e[i].nbytes = (uint64_t)s[i].nbytes;
-        e[i].crc = loom_crc32c(0, s[i].data, (size_t)s[i].nbytes);
         off += (uint64_t)s[i].nbytes;
     }
-    ckpt_header h;
-    memset(&h, 0, sizeof h);
-    memcpy(h.magic, CKPT_MAGIC, 8);
-    h.version = CKPT_VERSION;
-    h.n_sections = (uint32_t)n;
-    h.table_crc = loom_crc32c(0, e, (size_t)n * sizeof *e);
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -124,15 +140,37 @@ loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n)
         free(e);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
     }
-    loom_status st = loom_io_write_all(fd, &h, sizeof h, tmp);
-    if (st == LOOM_OK) st = loom_io_write_all(fd, e, (size_t)n * sizeof *e, tmp);
-    uint64_t pos = sizeof h + (uint64_t)n * sizeof *e;
+    /* the sections first (their checksums computed on the way), then the header and table in front */
+    loom_status st = LOOM_OK;
+    uint64_t pos = 0;
     static const char zeros[64];
     for (int i = 0; i < n && st == LOOM_OK; i++) {
-        if (e[i].offset > pos) st = loom_io_write_all(fd, zeros, (size_t)(e[i].offset - pos), tmp);
-        if (st == LOOM_OK) st = loom_io_write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
+        const uint64_t start = i == 0 ? 0 : pos;
+        if (i == 0 && lseek(fd, (off_t)e[0].offset, SEEK_SET) < 0)
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot seek in %s: %s", tmp, strerror(errno));
+        else if (i > 0 && e[i].offset > start)
+            st = loom_io_write_all(fd, zeros, (size_t)(e[i].offset - start), tmp);
+        if (st == LOOM_OK && s[i].data) {
+            e[i].crc = loom_crc32c(0, s[i].data, (size_t)s[i].nbytes);
+            st = loom_io_write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
+        } else if (st == LOOM_OK) {
+            st = write_filled(fd, &s[i], tmp, &e[i].crc);
+        }
+        if (crcs) crcs[i] = e[i].crc;
         pos = e[i].offset + e[i].nbytes;
     }
+    ckpt_header h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, CKPT_MAGIC, 8);
+    h.version = CKPT_VERSION;
+    h.n_sections = (uint32_t)n;
+    h.table_crc = loom_crc32c(0, e, (size_t)n * sizeof *e);
+    if (st == LOOM_OK && lseek(fd, 0, SEEK_SET) < 0)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot seek in %s: %s", tmp, strerror(errno));
+    if (st == LOOM_OK) st = loom_io_write_all(fd, &h, sizeof h, tmp);
+    if (st == LOOM_OK) st = loom_io_write_all(fd, e, (size_t)n * sizeof *e, tmp);
+    if (st == LOOM_OK && n > 0 && e[0].offset > sizeof h + (uint64_t)n * sizeof *e) /* the gap before section 0 */
+        st = loom_io_write_all(fd, zeros, (size_t)(e[0].offset - sizeof h - (uint64_t)n * sizeof *e), tmp);
     free(e);
     LOOM_CALL(commit_tmp(fd, tmp, path, st));
     return LOOM_OK;

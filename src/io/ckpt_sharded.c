@@ -267,7 +267,7 @@ typedef struct {
 
 loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json, int64_t step,
                                        int zero_stage, const void *state, int64_t state_bytes, int64_t n,
-                                       int64_t begin, int64_t end, float *const slices[3]) {
+                                       int64_t begin, int64_t end, const loom_ckpt_section slices[3]) {
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
     char shards[LOOM_PATH_MAX + 16], dir[LOOM_PATH_MAX + 48], file[LOOM_PATH_MAX + 80], fname[32];
     snprintf(shards, sizeof shards, "%s/shards", out);
@@ -285,15 +285,19 @@ loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const cha
         char m[160];
         snprintf(m, sizeof m, "{\"format\":\"loom.shard\",\"rank\":%d,\"world\":%d,\"begin\":%lld,\"end\":%lld,\"step\":%lld}",
                  r, N, (long long)begin, (long long)end, (long long)step);
-        loom_ckpt_section s[4] = {{"meta", m, (int64_t)strlen(m)}};
-        int ns = 1;
+        loom_ckpt_section s[4] = {{"meta", m, (int64_t)strlen(m), NULL, NULL}};
+        int ns = 1, which[4] = {-1, -1, -1, -1};
         for (int k = 0; k < 3; k++)
-            if (slices[k]) {
-                me.crc[k] = loom_crc32c(0, slices[k], (size_t)(end - begin) * sizeof(float));
-                s[ns++] = (loom_ckpt_section){section_names[k], slices[k], (end - begin) * 4};
+            if (slices[k].data || slices[k].fill) {
+                s[ns] = slices[k];
+                s[ns].name = section_names[k];
+                s[ns].nbytes = (end - begin) * 4;
+                which[ns++] = k;
                 n_sec = k + 1;
             }
-        st = loom_ckpt_write(file, s, ns);
+        uint32_t crcs[4];
+        st = loom_ckpt_write_crcs(file, s, ns, crcs);
+        for (int i = 1; i < ns && st == LOOM_OK; i++) me.crc[which[i]] = crcs[i];
     }
     me.ok = st == LOOM_OK;
     char err[512] = "";
@@ -388,20 +392,20 @@ loom_status loom_run_ckpt_consolidate(const char *path, const char *out_file) {
     loom_ckpt_section s[5];
     int ns = 0;
     LOOM_CALL_GOTO(st, loom_json_serialize(c->meta, &meta), done);
-    s[ns++] = (loom_ckpt_section){"meta", meta.buf, (int64_t)meta.len};
+    s[ns++] = (loom_ckpt_section){"meta", meta.buf, (int64_t)meta.len, NULL, NULL};
     const loom_json *h = loom_json_get(c->doc, "state_hex");
     LOOM_CHECK_GOTO(st, h && h->type == LOOM_JSON_STRING, LOOM_ERR_FORMAT, done, "%s lacks state_hex", c->path);
     int64_t sb = (int64_t)strlen(h->string) / 2;
     state = malloc((size_t)sb + 1);
     LOOM_CHECK_GOTO(st, state != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     LOOM_CALL_GOTO(st, hex_decode(h->string, state, sb), done);
-    s[ns++] = (loom_ckpt_section){"state", state, sb};
+    s[ns++] = (loom_ckpt_section){"state", state, sb, NULL, NULL};
     for (int k = 0; k < 3; k++) {
         if (!loom_run_ckpt_has(c, section_names[k])) continue;
         buf[k] = malloc((size_t)c->n * sizeof(float));
         LOOM_CHECK_GOTO(st, buf[k] != NULL, LOOM_ERR_NOMEM, done, "out of memory");
         LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, section_names[k], 0, c->n, buf[k]), done);
-        s[ns++] = (loom_ckpt_section){section_names[k], buf[k], c->n * 4};
+        s[ns++] = (loom_ckpt_section){section_names[k], buf[k], c->n * 4, NULL, NULL};
     }
     LOOM_CALL_GOTO(st, loom_ckpt_write(out_file, s, ns), done);
 done:

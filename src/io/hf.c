@@ -730,8 +730,9 @@ loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_
     zeros = calloc((size_t)pbytes, 1); /* AdamW's m and v start at zero (untouched pages cost no memory) */
     LOOM_CHECK_GOTO(st, zeros != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     loom_ckpt_section sec[5] = {
-        {"meta", meta.buf, (int64_t)meta.len}, {"state", &ts, (int64_t)sizeof ts}, {"params", params, pbytes},
-        {"optim.0", zeros, pbytes},           {"optim.1", zeros, pbytes},
+        {"meta", meta.buf, (int64_t)meta.len, NULL, NULL}, {"state", &ts, (int64_t)sizeof ts, NULL, NULL},
+        {"params", params, pbytes, NULL, NULL},            {"optim.0", zeros, pbytes, NULL, NULL},
+        {"optim.1", zeros, pbytes, NULL, NULL},
     };
     LOOM_CALL_GOTO(st, mkdir_p(out_dir), done);
     ckpt_path = join(out_dir, "checkpoint.bin");

@@ -16,6 +16,9 @@ struct loom_optim {
     float *m, *v;       /* v only for AdamW and LAMB */
     int64_t total_steps;
     double *norms;      /* LAMB/LARS: 2 per parameter, partial sums of squares */
+    int streamed;       /* the moments live outside (loom_optim_init_streamed) */
+    int64_t cur_step;   /* streamed: the step begun, its lr and clipping */
+    double cur_lr, cur_clip;
 };
 
 loom_optim_config loom_optim_config_default(void) {
@@ -81,9 +84,26 @@ loom_status loom_optim_init(const loom_optim_config *c, loom_backend *be, loom_m
     return loom_optim_init_range(c, be, mem, model, 0, loom_model_buffer_size(model), NULL, out);
 }
 
+static loom_status init_range(const loom_optim_config *c, loom_backend *be, loom_mem *mem, const loom_model *model,
+                              int64_t begin, int64_t end, loom_comm *comm, int streamed, loom_optim **out);
+
 loom_status loom_optim_init_range(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
                                   const loom_model *model, int64_t begin, int64_t end, loom_comm *comm,
                                   loom_optim **out) {
+    return init_range(c, be, mem, model, begin, end, comm, 0, out);
+}
+
+loom_status loom_optim_init_streamed(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
+                                     const loom_model *model, int64_t begin, int64_t end, loom_comm *comm,
+                                     loom_optim **out) {
+    LOOM_CHECK(c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_SGD, LOOM_ERR_UNSUPPORTED,
+               "the memory manager streams elementwise optimizers (adamw, sgd); %s needs whole-parameter norms "
+               "before the update", loom_optim_kind_name(c->kind));
+    return init_range(c, be, mem, model, begin, end, comm, 1, out);
+}
+
+static loom_status init_range(const loom_optim_config *c, loom_backend *be, loom_mem *mem, const loom_model *model,
+                              int64_t begin, int64_t end, loom_comm *comm, int streamed, loom_optim **out) {
     *out = NULL;
     LOOM_CALL(loom_optim_config_validate(c));
     LOOM_CHECK(begin >= 0 && begin <= end && end <= loom_model_buffer_size(model), LOOM_ERR_INVALID_ARG,
@@ -103,9 +123,10 @@ loom_status loom_optim_init_range(const loom_optim_config *c, loom_backend *be, 
         free(o);
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
+    o->streamed = streamed;
     size_t bytes = (size_t)o->size * sizeof(float);
-    loom_status st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
-    if (st == LOOM_OK && (c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_LAMB))
+    loom_status st = streamed ? LOOM_OK : loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
+    if (st == LOOM_OK && !streamed && (c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_LAMB))
         st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->v);
     if (st != LOOM_OK) {
         loom_optim_free(&o);
@@ -256,6 +277,62 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
     return LOOM_OK;
 }
 
-int loom_optim_num_state_buffers(const loom_optim *o) { return o->v ? 2 : 1; }
+double loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, const float *g) {
+    double ss = 0.0;
+    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+        const loom_param_info *p = loom_model_param_info(model, i);
+        const int64_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
+        if (a < b && counts_here(model, p)) ss += loom_k_sum_squares(o->be, g + (a - lo), b - a);
+    }
+    return ss;
+}
+
+loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t step, double ss, loom_optim_stats *st) {
+    const loom_optim_config *c = &o->cfg;
+    LOOM_CHECK(o->streamed, LOOM_ERR_INVALID_ARG, "loom_optim_begin_streamed needs loom_optim_init_streamed");
+    LOOM_CHECK(step >= 0, LOOM_ERR_INVALID_ARG, "step must be >= 0, got %lld", (long long)step);
+    if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
+    if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
+    if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), &ss, 1));
+    const double norm = sqrt(ss);
+    double clip = 1.0;
+    if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6);
+    o->cur_step = step;
+    o->cur_lr = loom_optim_lr(c, step, o->total_steps);
+    o->cur_clip = clip;
+    if (st) {
+        st->lr = o->cur_lr;
+        st->grad_norm = norm;
+        st->clip_coef = clip;
+    }
+    LOOM_CHECK(isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
+               (long long)step);
+    return LOOM_OK;
+}
+
+void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p, const float *g,
+                             float *m, float *v) {
+    const loom_optim_config *c = &o->cfg;
+    const double t = (double)(o->cur_step + 1);
+    const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
+    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
+        const loom_param_info *pi = loom_model_param_info(model, i);
+        const int64_t a = pi->offset > lo ? pi->offset : lo, b = pi->offset + pi->numel < hi ? pi->offset + pi->numel : hi;
+        if (a >= b) continue;
+        const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
+        const int64_t k = a - lo;
+        if (c->kind == LOOM_OPTIM_ADAMW)
+            loom_k_adamw(o->be, p + k, g + k, m + k, v + k, b - a, (float)o->cur_lr, (float)c->beta1, (float)c->beta2,
+                         (float)c->eps, wd, bc1, bc2, (float)o->cur_clip);
+        else
+            loom_k_sgd(o->be, p + k, g + k, m + k, b - a, (float)o->cur_lr, (float)c->momentum, c->nesterov, wd,
+                       (float)o->cur_clip, o->cur_step == 0);
+    }
+}
+
+int loom_optim_num_state_buffers(const loom_optim *o) {
+    if (o->streamed) return o->cfg.kind == LOOM_OPTIM_ADAMW ? 2 : 1;
+    return o->v ? 2 : 1;
+}
 float *loom_optim_state_buffer(loom_optim *o, int i) { return i == 0 ? o->m : (i == 1 ? o->v : NULL); }
 int64_t loom_optim_state_size(const loom_optim *o) { return o->size; }

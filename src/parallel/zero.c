@@ -16,7 +16,7 @@
 #include "loom/log.h"
 #include "loom/parallel.h"
 
-enum { UNIT_ABSENT = 0, UNIT_GATHERING, UNIT_RESIDENT };
+enum { UNIT_ABSENT = 0, UNIT_READING, UNIT_GATHERING, UNIT_RESIDENT };
 enum { OWN_MEM = 1, OWN_MAP, OWN_SHM };
 
 typedef struct {
@@ -59,6 +59,18 @@ struct loom_zero {
     int64_t *counts;        /* scratch [N] */
     loom_zero_stats stats;
     loom_comm *tp_self;     /* the model's one-rank tp communicator when none was given */
+    /* the memory manager (NULL: everything in RAM). The store's position 0 is flat position olo. */
+    loom_offload *off;
+    int off_pg;             /* stage 3: the slice's parameters and gradients are in the store too */
+    int64_t olo, ohi;       /* the optimizer's range */
+    int64_t *pticket;       /* [n_units] the read of a unit's slice part in flight */
+    int64_t gw_ticket[2];   /* unit gradient writes in flight (FIFO), their source pages dropped when done */
+    int gw_unit[2], n_gw;
+    double gsumsq;          /* this step's gradient sum of squares, collected as gradients reach the store */
+    float *stage_buf[2][LOOM_OFF_N_STREAMS]; /* update staging, two chunk sets (NULL where the chunk is elsewhere) */
+    size_t stage_bytes;
+    float *rs_unit;         /* dp > 1 offloaded: one unit's reduce-scatter result */
+    int64_t rs_unit_floats;
 };
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -89,8 +101,31 @@ static int64_t unit_bytes(const loom_zero *z, int u) { return (z->unit_lo[u + 1]
 
 /* ---- stage 3: parameters ---- */
 
+static loom_status gather_start(loom_zero *z, int u);
+
+/* stage 3 offloaded: a unit's slice part has arrived from the store; the other ranks' parts follow. Only
+ * from hook_params_needed: every rank starts its collectives in the model's order, whatever its disk did. */
+static loom_status unit_read_done(loom_zero *z, int u) {
+    z->pticket[u] = 0;
+    if (loom_comm_size(z->dp) == 1) {
+        z->pstate[u] = UNIT_RESIDENT;
+        return LOOM_OK;
+    }
+    unit_counts(z, z->unit_lo[u], z->unit_lo[u + 1]);
+    LOOM_CALL(loom_comm_iallgather_f32(z->dp, z->pfull + z->unit_lo[u], z->counts, &z->preq[u]));
+    z->pstate[u] = UNIT_GATHERING;
+    return LOOM_OK;
+}
+
 static loom_status gather_start(loom_zero *z, int u) {
     const int64_t a = z->unit_lo[u], b = z->unit_lo[u + 1];
+    if (z->off_pg) { /* this rank's part comes from the store straight to its place in the whole buffer */
+        const int64_t lo = max64(a, z->begin), hi = min64(b, z->end);
+        loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, unit_bytes(z, u));
+        z->pstate[u] = UNIT_READING;
+        z->pticket[u] = hi > lo ? loom_offload_read(z->off, LOOM_OFF_PARAMS, lo - z->olo, hi - z->olo, z->pfull + lo) : 0;
+        return LOOM_OK;
+    }
     /* in-place all-gather: this rank's part first goes to its place in the whole buffer */
     const int64_t lo = max64(a, z->begin), hi = min64(b, z->end);
     if (hi > lo) memcpy(z->pfull + lo, z->pshard + (lo - z->begin), (size_t)(hi - lo) * sizeof(float));
@@ -212,6 +247,10 @@ static loom_status hook_params_needed(void *ctx, int u, int dir) {
     }
     if (z->stage < 3) return LOOM_OK;
     if (z->pstate[u] == UNIT_ABSENT) LOOM_CALL(gather_start(z, u));
+    if (z->pstate[u] == UNIT_READING) {
+        LOOM_CALL(loom_offload_wait(z->off, z->pticket[u]));
+        LOOM_CALL(unit_read_done(z, u));
+    }
     if (z->pstate[u] == UNIT_GATHERING) {
         LOOM_CALL(wait_req(z, &z->preq[u]));
         z->pstate[u] = UNIT_RESIDENT;
@@ -234,21 +273,70 @@ static loom_status hook_params_done(void *ctx, int u) {
 
 /* ---- gradients ---- */
 
-/* a finished reduce-scatter: add this micro-step's slice of unit u into the gradient slice, drop the unit */
-static void reduce_scatter_done(loom_zero *z, int u) {
+/* ---- the memory manager: unit gradients into the store ---- */
+
+static void release_unit_grads(loom_zero *z, int u) {
+    drop_range(z->gfull, z->unit_lo[u], z->unit_lo[u + 1]);
+    if (z->gres[u]) {
+        z->gres[u] = 0;
+        loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, -unit_bytes(z, u));
+    }
+}
+
+/* waits for the oldest gradient write; its source pages (one rank: the unit's own) can go */
+static loom_status finish_grad_write(loom_zero *z) {
+    LOOM_CALL(loom_offload_wait(z->off, z->gw_ticket[0]));
+    if (z->gw_unit[0] >= 0) release_unit_grads(z, z->gw_unit[0]);
+    z->gw_ticket[0] = z->gw_ticket[1];
+    z->gw_unit[0] = z->gw_unit[1];
+    z->n_gw--;
+    return LOOM_OK;
+}
+
+/* This micro-step's gradients of flat [lo, hi) (part of unit u, at src) into the store: written on the first
+ * micro-step, added on later ones; on the last, their sum of squares joins the step's norm. src must stay
+ * until the write is waited for: with one rank it is the unit's own pages (dropped then, u >= 0). */
+static loom_status grads_to_store(loom_zero *z, int u, int64_t lo, int64_t hi, const float *src) {
+    while (z->n_gw >= 2) LOOM_CALL(finish_grad_write(z));
+    if (z->micro == 0) {
+        if (z->last_micro && hi > lo) z->gsumsq += loom_optim_grad_sumsq(z->opt, z->model, lo, hi, src);
+        z->gw_ticket[z->n_gw] = hi > lo ? loom_offload_write(z->off, LOOM_OFF_GRADS, lo - z->olo, hi - z->olo, src) : 0;
+        z->gw_unit[z->n_gw++] = u;
+        return LOOM_OK;
+    }
+    float *acc = z->stage_buf[0][LOOM_OFF_GRADS]; /* a chunk at a time: read, add, write back */
+    const int64_t C = loom_offload_chunk_floats(z->off);
+    for (int64_t a = lo; a < hi; a += C) {
+        const int64_t b = min64(a + C, hi);
+        LOOM_CALL(loom_offload_wait(z->off, loom_offload_read(z->off, LOOM_OFF_GRADS, a - z->olo, b - z->olo, acc)));
+        for (int64_t i = 0; i < b - a; i++) acc[i] += src[a - lo + i];
+        if (z->last_micro) z->gsumsq += loom_optim_grad_sumsq(z->opt, z->model, a, b, acc);
+        LOOM_CALL(loom_offload_wait(z->off, loom_offload_write(z->off, LOOM_OFF_GRADS, a - z->olo, b - z->olo, acc)));
+    }
+    if (u >= 0) release_unit_grads(z, u);
+    return LOOM_OK;
+}
+
+static loom_status finish_grad_writes(loom_zero *z) {
+    while (z->n_gw > 0) LOOM_CALL(finish_grad_write(z));
+    return LOOM_OK;
+}
+
+/* a finished reduce-scatter: add this micro-step's slice of unit u into the gradient slice (or the store),
+ * drop the unit */
+static loom_status reduce_scatter_done(loom_zero *z, int u) {
     const int64_t lo = max64(z->unit_lo[u], z->begin), hi = min64(z->unit_lo[u + 1], z->end);
-    if (hi > lo) {
+    if (z->off_pg) {
+        LOOM_CALL(grads_to_store(z, -1, lo, hi, z->rs_unit));
+    } else if (hi > lo) {
         float *dst = z->gshard + (lo - z->begin);
         const float *src = z->rs_tmp + (lo - z->begin);
         if (z->micro == 0) memcpy(dst, src, (size_t)(hi - lo) * sizeof(float));
         else
             for (int64_t i = 0; i < hi - lo; i++) dst[i] += src[i];
     }
-    drop_range(z->gfull, z->unit_lo[u], z->unit_lo[u + 1]);
-    if (z->gres[u]) {
-        z->gres[u] = 0;
-        loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, -unit_bytes(z, u));
-    }
+    release_unit_grads(z, u);
+    return LOOM_OK;
 }
 
 /* tests the reductions in flight (MPI progresses non-blocking collectives inside its calls) */
@@ -258,7 +346,7 @@ static loom_status progress(loom_zero *z) {
         int done = 0;
         LOOM_CALL(loom_comm_test(&z->red[i].req, &done));
         if (!done) break; /* they finish in order */
-        if (z->stage >= 2) reduce_scatter_done(z, z->red[i].unit);
+        if (z->stage >= 2) LOOM_CALL(reduce_scatter_done(z, z->red[i].unit));
         memmove(&z->red[i], &z->red[i + 1], (size_t)(z->n_red - i - 1) * sizeof *z->red);
         z->n_red--;
         i--;
@@ -280,9 +368,10 @@ static loom_status finish_reductions(loom_zero *z) {
     }
     for (int i = 0; i < z->n_red; i++) {
         LOOM_CALL(wait_req(z, &z->red[i].req));
-        if (z->stage >= 2) reduce_scatter_done(z, z->red[i].unit);
+        if (z->stage >= 2) LOOM_CALL(reduce_scatter_done(z, z->red[i].unit));
     }
     z->n_red = 0;
+    if (z->off_pg) LOOM_CALL(finish_grad_writes(z));
     return LOOM_OK;
 }
 
@@ -292,9 +381,10 @@ enum { MAX_SCATTERS_IN_FLIGHT = 2 };
 
 static loom_status start_reduction(loom_zero *z, int u) {
     const int64_t a = z->unit_lo[u], b = z->unit_lo[u + 1];
-    while (z->stage >= 2 && z->n_red >= MAX_SCATTERS_IN_FLIGHT) {
+    /* offloaded: one scatter at a time into rs_unit, whose last contents must have reached the store */
+    while (z->stage >= 2 && z->n_red >= (z->off_pg ? 1 : MAX_SCATTERS_IN_FLIGHT)) {
         LOOM_CALL(wait_req(z, &z->red[0].req));
-        reduce_scatter_done(z, z->red[0].unit);
+        LOOM_CALL(reduce_scatter_done(z, z->red[0].unit));
         memmove(&z->red[0], &z->red[1], (size_t)(z->n_red - 1) * sizeof *z->red);
         z->n_red--;
     }
@@ -307,6 +397,10 @@ static loom_status start_reduction(loom_zero *z, int u) {
         const int64_t lo = max64(a, z->begin);
         /* recv: this rank's part of [a, b), at its slice position (any valid pointer when the part is empty) */
         float *recv = z->rs_tmp + (min64(lo, z->end) - z->begin);
+        if (z->off_pg) {
+            LOOM_CALL(finish_grad_writes(z));
+            recv = z->rs_unit;
+        }
         LOOM_CALL(loom_comm_ireduce_scatter_f32(z->dp, z->gfull + a, recv, z->counts, &p->req));
     }
     if (!z->overlap) { /* measured baseline: the same reductions, each waited for at once */
@@ -319,6 +413,8 @@ static loom_status hook_grads_done(void *ctx, int u) {
     loom_zero *z = ctx;
     if (z->stage < 2 && !z->last_micro) return LOOM_OK; /* accumulate locally; reduce once */
     if (loom_comm_size(z->dp) == 1 && z->stage < 2) return LOOM_OK;
+    if (z->off_pg && loom_comm_size(z->dp) == 1) /* the rank's own gradients go to the store as they are */
+        return grads_to_store(z, u, z->unit_lo[u], z->unit_lo[u + 1], z->gfull + z->unit_lo[u]);
     if (z->gwin) {
         loom_comm_shm_post(flag_of(z, loom_comm_rank(z->dp), SLOT_READY(u)), z->epoch);
         z->queue[z->n_queue++] = u;
@@ -358,11 +454,71 @@ static loom_status shm_setup(loom_zero *z) {
     return LOOM_OK;
 }
 
+int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state) {
+    return 4 * ((stage >= 3 ? slice : n) + (stage >= 2 ? slice : n) + (int64_t)n_state * (stage >= 1 ? slice : n));
+}
+
+/* Whether this rank's state fits the budget, and if not what the memory manager takes over: *offload (the
+ * moments) and *stage (one rank alone streams everything: its shard is the whole model, ZeRO-3's layout). */
+static loom_status budget_plan(const loom_model_config *mc, const loom_optim_config *oc, const loom_zero_options *zo,
+                               int N, int *stage, int *offload) {
+    *offload = 0;
+    if (zo->mem_budget <= 0) return LOOM_OK;
+    LOOM_CHECK(!zo->part && (!zo->tp || loom_comm_size(zo->tp) == 1), LOOM_ERR_UNSUPPORTED,
+               "the memory budget composes with data parallelism and ZeRO; not yet with tensor or pipeline parallelism");
+    loom_model *lay;
+    LOOM_CALL(loom_model_init_layout(mc, NULL, 1, 0, &lay));
+    const int64_t n = loom_model_buffer_size(lay), S = (n + N - 1) / N;
+    loom_model_free(&lay);
+    const int n_state = oc->kind == LOOM_OPTIM_ADAMW || oc->kind == LOOM_OPTIM_LAMB ? 2 : 1;
+    const int64_t need = loom_zero_state_bytes(*stage, n, S, n_state);
+    if (need <= zo->mem_budget) return LOOM_OK;
+    LOOM_CHECK(zo->offload, LOOM_ERR_CONFIG,
+               "this rank's parameters, gradients and optimizer state need %.1f MiB at ZeRO-%d, above the memory "
+               "budget of %.1f MiB (train.offload=1 lets the memory manager keep what does not fit in files)",
+               need / 1048576.0, *stage, zo->mem_budget / 1048576.0);
+    if (N == 1 && *stage < 3) {
+        LOOM_INFO("memory manager: %.1f MiB of state over a %.1f MiB budget: one rank streams its whole state "
+                  "(ZeRO-3 layout)", need / 1048576.0, zo->mem_budget / 1048576.0);
+        *stage = 3;
+    }
+    *offload = 1;
+    return LOOM_OK;
+}
+
+/* The store of the rank's moments (and at stage 3 its parameters and gradients), with the working set it
+ * must leave free: update staging (two chunk sets), and at stage 3 the units resident at once (forward and
+ * backward: the embedding and head units, the block computed and the one prefetched; the backward's
+ * gradients: those units plus two blocks whose writes are in flight), else the RAM-resident buffers. */
+static loom_status offload_setup(loom_zero *z, const loom_zero_options *zo, int n_state) {
+    const int64_t chunk = zo->mem_chunk > 0 ? zo->mem_chunk : (int64_t)16 << 20;
+    int mask = 1 << LOOM_OFF_M | (n_state == 2 ? 1 << LOOM_OFF_V : 0);
+    if (z->off_pg) mask |= 1 << LOOM_OFF_PARAMS | 1 << LOOM_OFF_GRADS;
+    int64_t ws = 0, max_block = 0;
+    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
+        if (mask & (1 << s)) ws += 2 * chunk;
+    for (int u = 1; u < z->n_units - 1; u++) max_block = max64(max_block, unit_bytes(z, u));
+    const int64_t ends = unit_bytes(z, 0) + unit_bytes(z, z->n_units - 1);
+    if (z->off_pg) ws += (ends + 2 * max_block) + (ends + 3 * max_block) + z->rs_unit_floats * 4;
+    else ws += loom_zero_state_bytes(z->stage, z->n, z->end - z->begin, 0);
+    static const double cost[LOOM_OFF_N_STREAMS] = {3, 2, 2, 2}; /* file bytes moved per byte per step */
+    const loom_offload_options oo = {zo->mem_budget, chunk, zo->offload_dir ? zo->offload_dir : ".", zo->mem_trace};
+    LOOM_CALL(loom_offload_init(&oo, z->ohi - z->olo, mask, cost, ws, z->mem, &z->off));
+    for (int k = 0; k < 2; k++)
+        for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
+            if (mask & (1 << s))
+                LOOM_CALL(loom_mem_alloc(z->mem, LOOM_MEM_WORKSPACE, (size_t)chunk, (void **)&z->stage_buf[k][s]));
+    z->stage_bytes = (size_t)chunk;
+    return LOOM_OK;
+}
+
 loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, const loom_zero_options *zo,
                            loom_comm *dp, loom_backend *be, loom_mem *mem, loom_zero **out) {
     *out = NULL;
-    const int stage = zo->stage, overlap = zo->overlap;
+    int stage = zo->stage, offload = 0;
+    const int overlap = zo->overlap;
     LOOM_CHECK(stage >= 0 && stage <= 3, LOOM_ERR_CONFIG, "zero stage must be 0, 1, 2 or 3, got %d", stage);
+    LOOM_CALL(budget_plan(mc, oc, zo, loom_comm_size(dp), &stage, &offload));
     loom_zero *z = calloc(1, sizeof *z);
     LOOM_CHECK(z != NULL, LOOM_ERR_NOMEM, "out of memory");
     z->stage = stage;
@@ -372,7 +528,7 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->mem = mem;
     loom_status st;
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
-    const int try_shm = N > 1 && zo->transport != LOOM_DP_MPI;
+    const int try_shm = N > 1 && zo->transport != LOOM_DP_MPI && !offload;
     LOOM_CHECK_GOTO(st, zo->transport != LOOM_DP_SHM || stage <= 1, LOOM_ERR_CONFIG, fail,
                     "the shared-memory dp transport serves ZeRO stages 0 and 1 (stage %d reduces through MPI)", stage);
     int flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
@@ -393,7 +549,8 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->gres = calloc((size_t)z->n_units, sizeof(int));
     z->preq = calloc((size_t)z->n_units, sizeof(loom_comm_req));
     z->red = calloc((size_t)z->n_units, sizeof(pending));
-    LOOM_CHECK_GOTO(st, z->slice_lo && z->counts && z->unit_lo && z->pstate && z->gres && z->preq && z->red,
+    z->pticket = calloc((size_t)z->n_units, sizeof(int64_t));
+    LOOM_CHECK_GOTO(st, z->slice_lo && z->counts && z->unit_lo && z->pstate && z->gres && z->preq && z->red && z->pticket,
                     LOOM_ERR_NOMEM, fail, "out of memory");
     const int64_t S = (z->n + N - 1) / N;
     for (int i = 0; i <= N; i++) z->slice_lo[i] = min64((int64_t)i * S, z->n);
@@ -419,10 +576,20 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
             z->owns_pfull = OWN_MEM;
         }
     }
+    z->off_pg = offload && stage >= 3;
+    z->olo = stage == 0 ? 0 : z->begin;
+    z->ohi = stage == 0 ? z->n : z->end;
+    if (z->off_pg && N > 1) { /* one unit's part of the reduce-scatter at a time */
+        for (int u = 0; u < z->n_units; u++)
+            z->rs_unit_floats = max64(z->rs_unit_floats, min64(z->unit_lo[u + 1], z->end) - max64(z->unit_lo[u], z->begin));
+        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)(z->rs_unit_floats + 1) * sizeof(float),
+                                          (void **)&z->rs_unit), fail);
+    }
     if (stage >= 3) {
         LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->pfull), fail);
         z->owns_pfull = OWN_MAP;
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)slice * sizeof(float), (void **)&z->pshard), fail);
+        if (!z->off_pg)
+            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)slice * sizeof(float), (void **)&z->pshard), fail);
     } else {
         if (!z->owns_pfull) z->pfull = loom_model_params(z->model);
         z->pshard = z->pfull + z->begin;
@@ -430,14 +597,20 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     if (stage >= 2) {
         LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->gfull), fail);
         z->owns_gfull = OWN_MAP;
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)slice * sizeof(float), (void **)&z->gshard), fail);
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)slice * sizeof(float), (void **)&z->rs_tmp), fail);
+        if (!z->off_pg) {
+            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)slice * sizeof(float), (void **)&z->gshard), fail);
+            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)slice * sizeof(float), (void **)&z->rs_tmp), fail);
+        }
     } else {
         if (!z->owns_gfull) z->gfull = loom_model_grads(z->model);
         z->gshard = z->gfull + z->begin;
     }
     loom_model_set_buffers(z->model, z->pfull, z->gfull);
-    if (stage == 0) LOOM_CALL_GOTO(st, loom_optim_init(oc, be, mem, z->model, &z->opt), fail);
+    if (offload) {
+        LOOM_CALL_GOTO(st, loom_optim_init_streamed(oc, be, mem, z->model, z->olo, z->ohi, stage == 0 ? NULL : dp, &z->opt),
+                       fail);
+        LOOM_CALL_GOTO(st, offload_setup(z, zo, loom_optim_num_state_buffers(z->opt)), fail);
+    } else if (stage == 0) LOOM_CALL_GOTO(st, loom_optim_init(oc, be, mem, z->model, &z->opt), fail);
     else LOOM_CALL_GOTO(st, loom_optim_init_range(oc, be, mem, z->model, z->begin, z->end, dp, &z->opt), fail);
     loom_model_hooks h = {z, hook_params_needed, hook_params_done, hook_grads_done};
     loom_model_set_hooks(z->model, &h);
@@ -458,6 +631,11 @@ void loom_zero_free(loom_zero **pz) {
         if (loom_comm_wait(&z->preq[u]) != LOOM_OK) break;
     const int64_t slice = z->end - z->begin;
     loom_optim_free(&z->opt);
+    loom_offload_free(&z->off); /* waits for its requests first: they may read the mappings below */
+    for (int k = 0; k < 2; k++)
+        for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->stage_buf[k][s], z->stage_bytes);
+    loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->rs_unit, (size_t)(z->rs_unit_floats + 1) * sizeof(float));
+    free(z->pticket);
     if (z->owns_pfull == OWN_MAP) {
         munmap(z->pfull, z->map_bytes);
         loom_mem_free(z->mem, LOOM_MEM_PARAMS, z->pshard, (size_t)slice * sizeof(float));
@@ -506,17 +684,73 @@ void loom_zero_slice(const loom_zero *z, int64_t *b, int64_t *e) {
 
 float *loom_zero_slice_ptr(loom_zero *z, int which) {
     if (which == 0) return z->pshard;
-    if (which > loom_optim_num_state_buffers(z->opt)) return NULL;
+    if (which > loom_optim_num_state_buffers(z->opt) || z->off) return NULL;
     float *s = loom_optim_state_buffer(z->opt, which - 1);
     return z->stage == 0 ? s + z->begin : s;
 }
 
-void loom_zero_init_weights(loom_zero *z, uint64_t seed) {
+loom_offload *loom_zero_offload(loom_zero *z) { return z->off; }
+
+static loom_offload_stream which_stream(int which) {
+    return which == 0 ? LOOM_OFF_PARAMS : which == 1 ? LOOM_OFF_M : LOOM_OFF_V;
+}
+
+loom_status loom_zero_read_slice(loom_zero *z, int which, int64_t lo, int64_t hi, float *dst) {
+    LOOM_CHECK(which >= 0 && which <= loom_optim_num_state_buffers(z->opt) && lo >= 0 && lo <= hi &&
+               hi <= z->end - z->begin, LOOM_ERR_INVALID_ARG, "bad slice read %d [%lld, %lld)", which, (long long)lo,
+               (long long)hi);
+    float *ram = loom_zero_slice_ptr(z, which);
+    if (ram) {
+        memcpy(dst, ram + lo, (size_t)(hi - lo) * sizeof(float));
+        return LOOM_OK;
+    }
+    const int64_t a = z->begin + lo - z->olo;
+    return loom_offload_wait(z->off, loom_offload_read(z->off, which_stream(which), a, a + hi - lo, dst));
+}
+
+/* Fills stream s of the store over flat [lo, hi) chunk by chunk: fill(ctx, a, b, buf) writes positions [a, b). */
+typedef loom_status (*fill_fn)(void *ctx, const char *section, int64_t a, int64_t b, float *buf);
+static loom_status store_fill(loom_zero *z, loom_offload_stream s, const char *section, int64_t lo, int64_t hi,
+                              fill_fn fill, void *ctx) {
+    float *buf = z->stage_buf[0][s];
+    const int64_t C = loom_offload_chunk_floats(z->off);
+    for (int64_t a = lo; a < hi; a += C) {
+        const int64_t b = min64(a + C, hi);
+        LOOM_CALL(fill(ctx, section, a, b, buf));
+        LOOM_CALL(loom_offload_wait(z->off, loom_offload_write(z->off, s, a - z->olo, b - z->olo, buf)));
+    }
+    return LOOM_OK;
+}
+
+typedef struct {
+    loom_zero *z;
+    uint64_t seed;
+} init_ctx;
+static loom_status fill_init(void *ctx, const char *section, int64_t a, int64_t b, float *buf) {
+    (void)section;
+    const init_ctx *ic = ctx;
+    loom_model_init_weights_range(ic->z->model, ic->seed, a, b, buf);
+    return LOOM_OK;
+}
+
+loom_status loom_zero_init_weights(loom_zero *z, uint64_t seed) {
+    if (z->off_pg) {
+        init_ctx ic = {z, seed};
+        return store_fill(z, LOOM_OFF_PARAMS, "params", z->begin, z->end, fill_init, &ic);
+    }
     if (z->stage >= 3) loom_model_init_weights_range(z->model, seed, z->begin, z->end, z->pshard);
     else loom_model_init_weights(z->model, seed);
+    return LOOM_OK;
 }
 
 loom_status loom_zero_load(loom_zero *z, loom_zero_reader read, void *ctx) {
+    if (z->off) { /* through the store, a chunk at a time */
+        if (z->off_pg) LOOM_CALL(store_fill(z, LOOM_OFF_PARAMS, "params", z->begin, z->end, read, ctx));
+        else LOOM_CALL(read(ctx, "params", 0, z->n, z->pfull));
+        for (int i = 0; i < loom_optim_num_state_buffers(z->opt); i++)
+            LOOM_CALL(store_fill(z, which_stream(i + 1), i == 0 ? "optim.0" : "optim.1", z->olo, z->ohi, read, ctx));
+        return LOOM_OK;
+    }
     if (z->stage >= 3) LOOM_CALL(read(ctx, "params", z->begin, z->end, z->pshard));
     else LOOM_CALL(read(ctx, "params", 0, z->n, z->pfull));
     for (int i = 0; i < loom_optim_num_state_buffers(z->opt); i++) {
@@ -561,10 +795,60 @@ static loom_status shm_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     return shm_gather_params(z);
 }
 
+/* Where chunk c's floats of stream s are for the update: RAM (a buffer the store does not hold, or a pinned
+ * chunk, updated in place), else staging set k, read from the file (*ticket). */
+static float *update_operand(loom_zero *z, loom_offload_stream s, int64_t c, int k, int64_t lo, int64_t hi,
+                             int64_t *ticket) {
+    if (!loom_offload_holds(z->off, s)) {
+        if (s == LOOM_OFF_PARAMS) return z->pfull + lo;
+        return z->stage >= 2 ? z->gshard + (lo - z->begin) : z->gfull + lo;
+    }
+    float *pin = loom_offload_pinned(z->off, s, c);
+    if (pin) return pin;
+    *ticket = loom_offload_read(z->off, s, lo - z->olo, hi - z->olo, z->stage_buf[k][s]);
+    return z->stage_buf[k][s];
+}
+
+/* The streamed update: chunk c + 1 is read while chunk c is updated, then c's parameters and moments are
+ * queued for writing. The two staging sets alternate; the queue runs in order, so chunk c + 2's reads into
+ * c's set start only after c's writes from it are done. */
+static loom_status offload_update(loom_zero *z, int64_t step, loom_optim_stats *st) {
+    if (!z->off_pg) {
+        const float *g = z->stage >= 2 ? z->gshard + (z->olo - z->begin) : z->gfull + z->olo;
+        z->gsumsq = loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, g);
+    }
+    LOOM_CALL(loom_optim_begin_streamed(z->opt, z->model, step, z->gsumsq, st));
+    z->gsumsq = 0.0;
+    const int adam = loom_optim_num_state_buffers(z->opt) == 2;
+    const int64_t C = loom_offload_chunk_floats(z->off), nc = loom_offload_num_chunks(z->off);
+    float *ptr[2][LOOM_OFF_N_STREAMS] = {{NULL}};
+    int64_t ticket[2] = {0, 0};
+    for (int64_t c = 0; c <= nc; c++) {
+        if (c < nc) { /* queue chunk c's reads */
+            const int k = (int)(c & 1);
+            const int64_t lo = z->olo + c * C, hi = min64(lo + C, z->ohi);
+            for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
+                ptr[k][s] = s == LOOM_OFF_V && !adam ? NULL : update_operand(z, (loom_offload_stream)s, c, k, lo, hi, &ticket[k]);
+        }
+        if (c == 0) continue;
+        const int64_t d = c - 1; /* update chunk d, whose reads were queued one iteration ago */
+        const int k = (int)(d & 1);
+        const int64_t lo = z->olo + d * C, hi = min64(lo + C, z->ohi);
+        LOOM_CALL(loom_offload_wait(z->off, ticket[k]));
+        loom_optim_update_chunk(z->opt, z->model, lo, hi, ptr[k][LOOM_OFF_PARAMS], ptr[k][LOOM_OFF_GRADS],
+                                ptr[k][LOOM_OFF_M], ptr[k][LOOM_OFF_V]);
+        for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
+            if (s != LOOM_OFF_GRADS && ptr[k][s] == z->stage_buf[k][s] && ptr[k][s])
+                (void)loom_offload_write(z->off, (loom_offload_stream)s, lo - z->olo, hi - z->olo, ptr[k][s]);
+    }
+    return loom_offload_wait_all(z->off);
+}
+
 loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     if (z->gwin) return shm_step(z, step, st);
     LOOM_CALL(finish_reductions(z));
-    if (z->stage == 0) LOOM_CALL(loom_optim_step(z->opt, z->model, step, st));
+    if (z->off) LOOM_CALL(offload_update(z, step, st));
+    else if (z->stage == 0) LOOM_CALL(loom_optim_step(z->opt, z->model, step, st));
     else LOOM_CALL(loom_optim_step_range(z->opt, z->model, step, z->pshard, z->gshard, st));
     if (z->stage == 1 || z->stage == 2) { /* every rank needs the whole updated parameters */
         for (int r = 0; r < loom_comm_size(z->dp); r++) z->counts[r] = z->slice_lo[r + 1] - z->slice_lo[r];
@@ -577,6 +861,7 @@ loom_status loom_zero_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
 
 loom_status loom_zero_gather_all(loom_zero *z) {
     if (z->stage < 3) return LOOM_OK;
+    LOOM_CHECK(!z->off_pg, LOOM_ERR_UNSUPPORTED, "the parameters are offloaded: the whole model is never in RAM at once");
     for (int u = 0; u < z->n_units; u++) LOOM_CALL(hook_params_needed(z, u, 0));
     z->pinned = 1;
     return LOOM_OK;

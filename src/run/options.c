@@ -7,7 +7,7 @@
 
 #include "loom/run.h"
 
-typedef enum { OPT_INT, OPT_FLOAT, OPT_BOOL, OPT_STRING, OPT_ENUM } opt_type;
+typedef enum { OPT_INT, OPT_FLOAT, OPT_BOOL, OPT_STRING, OPT_ENUM, OPT_BYTES } opt_type;
 
 typedef struct {
     const char *key;
@@ -90,6 +90,11 @@ static const option options[] = {
     {"train.precision", OPT_ENUM, T(precision), 0, precision_choices, "fp32, or bf16 (weight products in bf16, fp32 accumulation and master state) (--precision)"},
     {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
     {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
+    {"train.mem_budget", OPT_BYTES, T(mem_budget), 0, NULL, "RAM for this rank's parameters, gradients and optimizer state, e.g. 2G (0 = no budget) (--mem-budget)"},
+    {"train.offload", OPT_BOOL, T(offload), 0, NULL, "let the memory manager keep what the budget cannot hold in files (0: over budget is an error)"},
+    {"train.mem_chunk", OPT_BYTES, T(mem_chunk), 0, NULL, "memory manager chunk, the unit of placement and transfer"},
+    {"train.offload_dir", OPT_STRING, T(offload_dir), S(offload_dir), NULL, "directory of the memory manager's scratch files (default: --out)"},
+    {"train.mem_trace", OPT_STRING, T(mem_trace), S(mem_trace), NULL, "JSON lines: what lived where and the bytes moved each step (--mem-trace)"},
     {"train.comm_timeout", OPT_FLOAT, T(comm_timeout), 0, NULL, "seconds a collective may wait before the run fails (0 = forever)"},
 };
 #define N_OPTIONS (sizeof options / sizeof options[0])
@@ -120,6 +125,8 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->dp_overlap = 1;
     t->pp_virtual = 2;
     t->comm_timeout = 300;
+    t->offload = 1;
+    t->mem_chunk = (int64_t)16 << 20;
     return LOOM_OK;
 }
 
@@ -148,6 +155,21 @@ static loom_status set_value(loom_run_config *c, const option *o, const char *va
     char *end = NULL;
     errno = 0;
     switch (o->type) {
+    case OPT_BYTES: { /* an integer with an optional K, M, G or T (powers of 1024) */
+        double d = strtod(value, &end);
+        double mult = 1;
+        if (end != value && *end && !end[1]) {
+            const char *units = "KMGT", *u = strchr(units, end[0] & ~0x20);
+            if (u && *u) {
+                mult = pow(1024.0, (double)(u - units + 1));
+                end++;
+            }
+        }
+        LOOM_CHECK(end != value && *end == '\0' && isfinite(d) && d >= 0 && d * mult < 9e18, LOOM_ERR_CONFIG,
+                   "%s expects a size in bytes such as 512M or 2G, got '%s'", o->key, value);
+        *(int64_t *)base = (int64_t)(d * mult);
+        return LOOM_OK;
+    }
     case OPT_INT: {
         long long v = strtoll(value, &end, 10);
         if (end && *end == '\0' && end != value && errno == 0) {
@@ -216,7 +238,8 @@ static loom_status apply_json_value(loom_run_config *c, const char *key, const l
     case LOOM_JSON_NUMBER: snprintf(buf, sizeof buf, "%.17g", v->number); break;
     case LOOM_JSON_BOOL: snprintf(buf, sizeof buf, "%s", v->boolean ? "true" : "false"); break;
     case LOOM_JSON_STRING:
-        LOOM_CHECK(o->type == OPT_STRING || o->type == OPT_ENUM, LOOM_ERR_CONFIG, "%s: %s expects a %s, got a string",
+        LOOM_CHECK(o->type == OPT_STRING || o->type == OPT_ENUM || o->type == OPT_BYTES, LOOM_ERR_CONFIG,
+                   "%s: %s expects a %s, got a string",
                    origin, key, o->type == OPT_BOOL ? "boolean" : "number");
         snprintf(buf, sizeof buf, "%s", v->string);
         break;
@@ -224,7 +247,7 @@ static loom_status apply_json_value(loom_run_config *c, const char *key, const l
         return loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "%s: %s must be a number, string or boolean",
                               origin, key);
     }
-    LOOM_CHECK(v->type != LOOM_JSON_NUMBER || o->type == OPT_INT || o->type == OPT_FLOAT, LOOM_ERR_CONFIG,
+    LOOM_CHECK(v->type != LOOM_JSON_NUMBER || o->type == OPT_INT || o->type == OPT_FLOAT || o->type == OPT_BYTES, LOOM_ERR_CONFIG,
                "%s: %s expects a %s, got a number", origin, key, o->type == OPT_BOOL ? "boolean" : "string");
     LOOM_CHECK(v->type != LOOM_JSON_BOOL || o->type == OPT_BOOL, LOOM_ERR_CONFIG, "%s: %s expects a %s, got a boolean",
                origin, key, o->type == OPT_STRING || o->type == OPT_ENUM ? "string" : "number");
@@ -259,6 +282,8 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
     LOOM_CHECK(t->zero >= 0 && t->zero <= 3, LOOM_ERR_CONFIG, "train.zero must be 0, 1, 2 or 3, got %lld", (long long)t->zero);
+    LOOM_CHECK(t->mem_chunk >= 4096 && t->mem_chunk % 4096 == 0, LOOM_ERR_CONFIG,
+               "train.mem_chunk must be a positive multiple of 4096 bytes, got %lld", (long long)t->mem_chunk);
     loom_mesh_shape ms;
     LOOM_CALL(loom_mesh_shape_parse(t->mesh, &ms));
     LOOM_CHECK(t->batch >= 1 && t->batch <= 65536, LOOM_ERR_CONFIG, "train.batch must be in [1, 65536], got %lld",
@@ -285,7 +310,8 @@ void loom_run_config_print_help(FILE *f) {
         const char *base = (const char *)&d + o->offset;
         char def[128];
         switch (o->type) {
-        case OPT_INT: snprintf(def, sizeof def, "%lld", (long long)*(const int64_t *)base); break;
+        case OPT_INT:
+        case OPT_BYTES: snprintf(def, sizeof def, "%lld", (long long)*(const int64_t *)base); break;
         case OPT_FLOAT: snprintf(def, sizeof def, "%g", *(const double *)base); break;
         case OPT_BOOL: snprintf(def, sizeof def, "%s", *(const int *)base ? "true" : "false"); break;
         case OPT_STRING: snprintf(def, sizeof def, "\"%s\"", base); break;

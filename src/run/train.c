@@ -89,6 +89,8 @@ typedef struct {
     loom_model *model;
     loom_optim *opt;
     loom_data *data;
+    FILE *mem_trace;            /* --mem-trace (rank 0) */
+    loom_offload_stats off_prev; /* the memory manager's totals at the last metrics line */
     int32_t *tokens, *targets;
     char ckpt_path[LOOM_PATH_MAX + 32];
     FILE *metrics;
@@ -117,6 +119,15 @@ static loom_status canonical_gather(trainer *tr, const float *slice, int64_t beg
             canon[p->canon_offset + loom_model_tp_element(tr->model, i, j - p->offset)] = slice[j - begin];
     }
     return loom_comm_allreduce_sum_f32(tr->world, canon, nc);
+}
+
+typedef struct {
+    loom_zero *z;
+    int which;
+} slice_fill;
+static loom_status fill_slice(void *ctx, int64_t off, int64_t n, void *dst) {
+    const slice_fill *f = ctx;
+    return loom_zero_read_slice(f->z, f->which, off / 4, (off + n) / 4, dst);
 }
 
 static loom_status save_checkpoint(trainer *tr, int64_t step) {
@@ -158,6 +169,18 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_zero_slice(tr->zero, &begin, &end);
     float *slices[3];
     for (int k = 0; k < 3; k++) slices[k] = loom_zero_slice_ptr(tr->zero, k);
+    /* state the memory manager keeps outside RAM is pulled from it a piece at a time */
+    const int n_state = loom_optim_num_state_buffers(tr->opt);
+    slice_fill fills[3];
+    loom_ckpt_section secs[3];
+    for (int k = 0; k < 3; k++) {
+        fills[k] = (slice_fill){tr->zero, k};
+        secs[k] = (loom_ckpt_section){NULL, slices[k], (end - begin) * 4, NULL, NULL};
+        if (!slices[k] && k <= n_state) {
+            secs[k].fill = fill_slice;
+            secs[k].ctx = &fills[k];
+        }
+    }
     loom_status st;
     float *canon = NULL;
     const int assembled = tr->tp > 1 || tr->pp > 1;
@@ -183,17 +206,20 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     } else if (tr->dp == 1 || assembled) { /* one process (or the assembled tp layout): the single file */
         int64_t pbytes = (end - begin) * (int64_t)sizeof(float);
         loom_ckpt_section s[5] = {
-            {"meta", meta.buf, (int64_t)meta.len},
-            {"state", &ts, (int64_t)sizeof ts},
-            {"params", slices[0], pbytes},
+            {"meta", meta.buf, (int64_t)meta.len, NULL, NULL},
+            {"state", &ts, (int64_t)sizeof ts, NULL, NULL},
         };
-        int n = 3;
-        for (int i = 1; i < 3; i++)
-            if (slices[i]) s[n++] = (loom_ckpt_section){i == 1 ? "optim.0" : "optim.1", slices[i], pbytes};
+        int n = 2;
+        for (int i = 0; i < 3; i++) {
+            if (assembled) secs[i] = (loom_ckpt_section){NULL, slices[i], pbytes, NULL, NULL};
+            if (!secs[i].data && !secs[i].fill) continue;
+            s[n] = secs[i];
+            s[n++].name = i == 0 ? "params" : i == 1 ? "optim.0" : "optim.1";
+        }
         st = loom_ckpt_write(tr->ckpt_path, s, n);
     } else {
         st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->red, meta.buf, step, loom_zero_stage(tr->zero), &ts,
-                                        (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, slices);
+                                        (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, secs);
     }
     free(canon);
     loom_strbuf_free(&meta);
@@ -397,6 +423,20 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     loom_strbuf_printf(&sb, ",\"rss_peak_bytes\":%lld,\"world\":%d,\"comm_wait_ms\":%.3f,\"comm_work_ms\":%.3f",
                        (long long)loom_mem_process_peak_rss(), tr->world_size, wait_us / 1e3 / tr->world_size,
                        work_us / 1e3 / tr->world_size);
+    loom_offload *off = loom_zero_offload(tr->zero);
+    if (off) { /* the memory manager's file traffic this step (this rank), and what it keeps where */
+        const loom_offload_stats now = loom_offload_get_stats(off);
+        int64_t rd = 0, wr = 0;
+        for (int i = 0; i < LOOM_OFF_N_STREAMS; i++) {
+            rd += now.read_bytes[i] - tr->off_prev.read_bytes[i];
+            wr += now.write_bytes[i] - tr->off_prev.write_bytes[i];
+        }
+        loom_strbuf_printf(&sb, ",\"offload_read_bytes\":%lld,\"offload_write_bytes\":%lld,\"offload_wait_ms\":%.3f,"
+                                "\"offload_pinned_bytes\":%lld,\"offload_file_bytes\":%lld",
+                           (long long)rd, (long long)wr, (now.wait_seconds - tr->off_prev.wait_seconds) * 1e3,
+                           (long long)loom_offload_pinned_bytes(off), (long long)loom_offload_file_bytes(off));
+        tr->off_prev = now;
+    }
     if (tr->tp > 1) /* this step's tensor-parallel collectives (all-gather: this rank's part) */
         loom_strbuf_printf(&sb, ",\"tp\":%d,\"tp_allreduce_calls\":%lld,\"tp_allreduce_bytes\":%lld,"
                            "\"tp_allgather_calls\":%lld,\"tp_allgather_bytes\":%lld,\"tp_reduce_scatter_calls\":%lld,"
@@ -467,6 +507,7 @@ static void trainer_free(trainer *tr) {
     free(tr->seq_targets);
     loom_data_free(&tr->data);
     loom_zero_free(&tr->zero); /* the model and the optimizer */
+    if (tr->mem_trace) fclose(tr->mem_trace);
     free(tr->rank_mem);
     loom_pipeline_free(&tr->pipe);
     loom_comm_free(&tr->embed);
@@ -553,15 +594,26 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         tr.pp_stats = calloc((size_t)tr.pp * 2, sizeof(double));
         LOOM_CHECK_GOTO(st, tr.pp_stats != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     }
+    const char *off_dir = t->offload_dir[0] ? t->offload_dir : t->out;
+    if (t->mem_budget > 0) { /* the memory manager's scratch files go there from the start */
+        LOOM_CALL_GOTO(st, mkdir_p(off_dir), done);
+        if (t->mem_trace[0] && tr.root) {
+            tr.mem_trace = fopen(t->mem_trace, "w");
+            LOOM_CHECK_GOTO(st, tr.mem_trace != NULL, LOOM_ERR_IO, done, "cannot create %s: %s", t->mem_trace,
+                            strerror(errno));
+        }
+    }
     const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp,
-                                  tr.pp > 1 ? &tr.part : NULL};
+                                  tr.pp > 1 ? &tr.part : NULL, t->mem_budget, t->offload, t->mem_chunk, off_dir,
+                                  tr.mem_trace};
     LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.red, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
     if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
     if (t->tp_seq_parallel) loom_model_set_tp_sequence_parallel(tr.model, 1);
-    LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || t->zero < 3, LOOM_ERR_UNSUPPORTED, done,
-                    "--precision bf16 keeps a bf16 copy of the whole local parameters: use ZeRO 0-2");
+    LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || loom_zero_stage(tr.zero) < 3, LOOM_ERR_UNSUPPORTED, done,
+                    "--precision bf16 keeps a bf16 copy of the whole local parameters: use ZeRO 0-2 (and no "
+                    "parameter offload)");
     LOOM_CALL_GOTO(st, loom_model_set_precision(tr.model, (loom_precision)t->precision), done);
     int slots = 1;
     if (tr.pp > 1) {
@@ -600,7 +652,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         LOOM_CALL_GOTO(st, load_checkpoint(&tr, &step), done);
         LOOM_INFO("resumed from %s at step %lld", tr.ckpt_path, (long long)step);
     } else {
-        loom_zero_init_weights(tr.zero, (uint64_t)t->seed);
+        LOOM_CALL_GOTO(st, loom_zero_init_weights(tr.zero, (uint64_t)t->seed), done);
     }
     loom_model_refresh_low_precision(tr.model); /* bf16: the working copy of the weights */
     /* everything is validated: only now touch the run directory */
@@ -710,6 +762,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         double mfu = world_peak > 0 ? flops_tok * tok_s / (world_peak * 1e9) : 0.0;
         LOOM_CALL_GOTO(st, gather_rank_stats(&tr, tr.rank_mem), done);
         write_metrics_line(&tr, step, loss, &os, tok_s, mfu, dt * 1e3, tr.rank_mem);
+        if (loom_zero_offload(tr.zero)) loom_offload_trace_step(loom_zero_offload(tr.zero), step, &tr.mem);
         char eta[32];
         fmt_duration(eta, sizeof eta, t_train / (double)(step - first_step) * (double)(t->steps - step));
         if (tty) {
@@ -783,6 +836,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     if (t->profile && tr.root) print_profile(tr.be, t_train);
     if (t->sample_tokens > 0 && tr.tokenizer[0] && (tr.tp > 1 || tr.sp > 1 || tr.pp > 1)) {
         if (tr.root) LOOM_INFO("no sample: generation runs on one rank per sequence and layer (loom generate %s)", t->out);
+    } else if (t->sample_tokens > 0 && tr.tokenizer[0] && loom_zero_offload(tr.zero) && loom_zero_stage(tr.zero) >= 3) {
+        if (tr.root) LOOM_INFO("no sample: the parameters are offloaded (loom generate %s)", t->out);
     } else if (t->sample_tokens > 0 && tr.tokenizer[0]) {
         LOOM_CALL_GOTO(st, loom_zero_gather_all(tr.zero), done); /* ZeRO-3: every rank lends its slice */
         if (tr.root) LOOM_CALL_GOTO(st, print_sample(&tr), done);
