@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """loom plan --memory against measured runs (issue 6, memory estimator).
 
-For each configuration (recompute none/attn/full x ZeRO 0-3 on 2 data-parallel ranks, plus one process,
-tensor, sequence (ring), pipeline (1F1B and interleaved) and Megatron sequence-parallel layouts, both model
-families), the prediction is made first, then the run trains 2 steps; on every rank the measured peak bytes
+For each configuration (recompute none/attn/full x ZeRO 0-3 on 2 data-parallel ranks; bf16 mixed precision
+with recompute and ZeRO; the memory manager under a budget (offload) on one rank and with ZeRO 1-3 on two,
+with recompute and SGD; one process, tensor, sequence (ring), pipeline (1F1B and interleaved) and Megatron
+sequence-parallel layouts; both model families), the prediction is made first, then the run trains 2 steps; on every rank the measured peak bytes
 (params + grads + optim + acts + workspace, each category's peak, from the metrics log) must be within 10%
 of the predicted total, and the persistent state (params + grads + optim) within 1%.
 
@@ -34,6 +35,21 @@ CONFIGS += [
     ("llama", "sp=2", 2, ["--mesh", "sp=2"]),
     ("gpt2", "pp=2 1F1B", 2, ["--mesh", "pp=2", "--grad-accum", "4"]),
     ("llama", "pp=2 interleaved", 2, ["--mesh", "pp=2", "--grad-accum", "4", "--set", "train.pp_schedule=interleaved"]),
+    ("gpt2", "bf16 one process", 1, ["--precision", "bf16"]),
+    ("llama", "bf16 recompute full", 1, ["--precision", "bf16", "--recompute", "full"]),
+    ("gpt2", "bf16 dp=2 ZeRO-1 recompute attn", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "1", "--recompute", "attn"]),
+    ("gpt2", "bf16 dp=2 ZeRO-2", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "2"]),
+]
+# the memory manager: budgets below the state, so it offloads (the chunk small enough to place many)
+OFF = ["--set", "train.mem_chunk=64K"]
+CONFIGS += [
+    ("gpt2", "offload one process", 1, OFF + ["--mem-budget", "6M"]),
+    ("gpt2", "offload one process recompute full", 1, OFF + ["--mem-budget", "5M", "--recompute", "full"]),
+    ("llama", "offload one process recompute attn", 1, OFF + ["--mem-budget", "24M", "--recompute", "attn"]),
+    ("gpt2", "offload dp=2 ZeRO-1", 2, OFF + ["--mesh", "dp=2", "--zero", "1", "--mem-budget", "9M"]),
+    ("gpt2", "offload dp=2 ZeRO-2 sgd", 2, OFF + ["--mesh", "dp=2", "--zero", "2", "--mem-budget", "7M", "--optimizer", "sgd"]),
+    ("gpt2", "offload dp=2 ZeRO-3", 2, OFF + ["--mesh", "dp=2", "--zero", "3", "--mem-budget", "6M"]),
+    ("gpt2", "bf16 offload dp=2 ZeRO-1", 2, OFF + ["--precision", "bf16", "--mesh", "dp=2", "--zero", "1", "--mem-budget", "9M"]),
 ]
 fails = 0
 

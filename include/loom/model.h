@@ -105,6 +105,8 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
  * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel);
+/* Bytes of the bf16 copies of a product's activation operands (mixed precision) for B x T. */
+int64_t loom_model_bf16_scratch_bytes(const loom_model *m, int64_t B, int64_t T);
 /* The pipeline axis: the ranks holding the other parts (whole-model norms sum over it; borrowed). */
 void loom_model_set_parts_comm(loom_model *m, loom_comm *pp);
 loom_comm *loom_model_parts_comm(const loom_model *m);

@@ -46,11 +46,17 @@ typedef struct {
 typedef struct loom_offload loom_offload;
 
 const char *loom_offload_stream_name(loom_offload_stream s);
+/* ZeRO's per-step file bytes per byte of each stream: parameters 3 (forward and backward reads, the update's
+ * write), gradients 2, moments 2 */
+extern const double loom_offload_default_cost[LOOM_OFF_N_STREAMS];
 /* n floats per stream; streams outside `mask` are not held here (the caller keeps them in RAM). Fails with a
  * message naming the shortfall when the budget cannot hold the working set. Not collective. */
 LOOM_NODISCARD loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask,
                                              const double cost[LOOM_OFF_N_STREAMS], int64_t working_set_bytes,
                                              loom_mem *mem, loom_offload **out);
+/* The placement loom_offload_init would make, without making it: bytes pinned per stream (planning). */
+void loom_offload_plan_pins(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
+                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS]);
 /* Waits for every queued request, then frees the files and chunks. */
 void loom_offload_free(loom_offload **st);
 int loom_offload_holds(const loom_offload *st, loom_offload_stream s);

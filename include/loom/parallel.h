@@ -109,6 +109,25 @@ void loom_zero_reset_stats(loom_zero *z);
 /* Stages 0-1: starts every unit's reduction now (a pipeline, whose micro-batches end at different times
  * per unit, reduces after its last backward and the tied-embedding sync). Collective over dp. */
 LOOM_NODISCARD loom_status loom_zero_reduce_all(loom_zero *z);
+/* The memory manager's plan for one rank, made from the layout alone (loom_zero_init and loom plan share it). */
+typedef struct {
+    int stage;              /* the stage the rank runs: the one asked for, or 3 for one rank over its budget */
+    int mask;               /* the store's streams (1 << loom_offload_stream); 0: everything in RAM */
+    int64_t store_floats;   /* floats per stream in the store (the optimizer's range) */
+    int64_t chunk_bytes;
+    int64_t staging_bytes;  /* the streamed update's two chunk sets */
+    int64_t working_set;    /* bytes the store leaves free: staging, units resident at once, RAM buffers */
+    int64_t rs_unit_floats; /* stage 3 offloaded over dp > 1: one unit's reduce-scatter part */
+    int64_t pinned[LOOM_OFF_N_STREAMS]; /* bytes the placement pins in RAM */
+} loom_zero_budget;
+LOOM_NODISCARD loom_status loom_zero_plan_budget(const loom_model *layout, const loom_optim_config *oc,
+                                                 const loom_zero_options *zo, int dp, int dp_rank,
+                                                 loom_zero_budget *out);
+/* Stages 2-3: the most bytes of whole units (gathered parameters, unit gradients before their reduction)
+ * resident at once, from the sizes (floats) of the embedding unit, the head unit and the largest block.
+ * The peak is at the head (both end units' parameters and gradients, the next block prefetched) or within
+ * the blocks' backward (two blocks' parameters; the end units' gradients, the block's and two in flight). */
+int64_t loom_zero_unit_workspace(int stage, int64_t u_first, int64_t u_last, int64_t u_block);
 /* The memory manager: its store, or NULL when everything is in RAM (traffic, trace). */
 loom_offload *loom_zero_offload(loom_zero *z);
 /* Floats [lo, hi) of this rank's slice (positions relative to its begin) of buffer `which` (as

@@ -8,10 +8,12 @@
 
 static void plan_help(void) {
     printf("usage: loom plan --memory [--world N] [--json] [train's configuration: --preset, --config, --set,\n"
-           "                 --batch, --seq-len, --grad-accum, --recompute, --zero, --mesh, --optimizer ...]\n\n"
+           "                 --batch, --seq-len, --grad-accum, --recompute, --zero, --mesh, --optimizer,\n"
+           "                 --precision, --mem-budget ...]\n\n"
            "Predicts each rank's peak bytes of parameters, gradients, optimizer state, activations and workspace\n"
            "for the run `loom train` would make with the same arguments on N ranks (default: the mesh's product),\n"
-           "from the layout and activation arena the run allocates. --json: one JSON object per rank.\n");
+           "from the layout and activation arena the run allocates; with --mem-budget, the memory manager's\n"
+           "placement (what is pinned in RAM, what goes to files). --json: one JSON object per rank.\n");
 }
 
 int loom_cmd_plan(int argc, char **argv) {
@@ -63,11 +65,15 @@ int loom_cmd_plan(int argc, char **argv) {
                    p->tp_rank, p->sp_rank);
             for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
                 printf(",\"%s_bytes\":%lld", loom_mem_category_name((loom_mem_category)c), (long long)p->bytes[c]);
-            printf(",\"total_bytes\":%lld}\n", (long long)total);
+            printf(",\"total_bytes\":%lld,\"zero\":%d,\"offload_pinned_bytes\":%lld,\"offload_file_bytes\":%lld}\n",
+                   (long long)total, p->stage, (long long)p->pinned_bytes, (long long)p->file_bytes);
         } else {
             printf("  %4d %3d %2d %2d %2d", p->world_rank, p->dp_rank, p->pp_rank, p->tp_rank, p->sp_rank);
             for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++) printf(" %9.2f", p->bytes[c] / 1048576.0);
             printf(" %9.2f\n", total / 1048576.0);
+            if (p->offload_mask)
+                printf("        memory manager: ZeRO-%d layout, %.1f MiB of state pinned in RAM, %.1f MiB in files\n",
+                       p->stage, p->pinned_bytes / 1048576.0, p->file_bytes / 1048576.0);
         }
     }
     free(ranks);

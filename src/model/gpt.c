@@ -514,6 +514,15 @@ int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, l
     return bytes;
 }
 
+int64_t loom_model_bf16_scratch_bytes(const loom_model *m, int64_t B, int64_t T) {
+    /* two buffers, each the widest activation operand of any product: (N, max(C, Cq, fc width, V)) */
+    const int64_t fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? m->F : 2 * m->F;
+    int64_t w = m->C > m->Cq ? m->C : m->Cq;
+    w = w > fcw ? w : fcw;
+    w = w > m->V ? w : m->V;
+    return 2 * B * T * w * (int64_t)sizeof(uint16_t);
+}
+
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
     LOOM_CHECK(B >= 1 && T >= 1 && slots >= 1, LOOM_ERR_INVALID_ARG,
                "batch %lld, sequence length %lld and slots %d must be >= 1", (long long)B, (long long)T, slots);
@@ -600,11 +609,8 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
     loom_model_use_slot(m, 0);
-    if (m->params16) { /* the widest activation operand of any product: (N, max(C, Cq, 2F, V)) */
-        int64_t w = C > Cq ? C : Cq;
-        w = w > fcw ? w : fcw;
-        w = w > V ? w : V;
-        m->scratch16_bytes = (size_t)(N * w) * sizeof(uint16_t);
+    if (m->params16) {
+        m->scratch16_bytes = (size_t)loom_model_bf16_scratch_bytes(m, B, T) / 2;
         for (int i = 0; i < 2; i++)
             LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
     }

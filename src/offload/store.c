@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -45,6 +46,8 @@ struct loom_offload {
     char err_msg[512];
     loom_offload_stats stats, step_stats;
 };
+
+const double loom_offload_default_cost[LOOM_OFF_N_STREAMS] = {3, 2, 2, 2};
 
 static const char *const stream_names[LOOM_OFF_N_STREAMS] = {"params", "grads", "optim.m", "optim.v"};
 const char *loom_offload_stream_name(loom_offload_stream s) {
@@ -202,6 +205,39 @@ static void write_placement(loom_offload *st) {
     fflush(f);
 }
 
+/* The placement rule, pure (the planner predicts with it): streams by cost, most costly first, each
+ * stream's chunks in order; a chunk is pinned when it fits in what the budget has left. Bytes pinned per
+ * stream go to pinned[]; marks[s][c] (when given) is set for each pinned chunk. */
+static void place(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
+                  int64_t working_set, int64_t pinned[LOOM_OFF_N_STREAMS], char *marks[LOOM_OFF_N_STREAMS]) {
+    const int64_t chunk = o->chunk_bytes / 4, n_chunks = (n + chunk - 1) / chunk;
+    int order[LOOM_OFF_N_STREAMS], n_order = 0;
+    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) {
+        pinned[s] = 0;
+        if (mask & (1 << s)) order[n_order++] = s;
+    }
+    for (int i = 1; i < n_order; i++) /* stable: equal costs keep stream order */
+        for (int j = i; j > 0 && cost[order[j]] > cost[order[j - 1]]; j--) {
+            const int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    int64_t left = o->budget_bytes - working_set;
+    for (int i = 0; i < n_order; i++)
+        for (int64_t c = 0; c < n_chunks; c++) {
+            const int64_t bytes = 4 * ((c + 1) * chunk < n ? chunk : n - c * chunk);
+            if (bytes > left) continue;
+            left -= bytes;
+            pinned[order[i]] += bytes;
+            if (marks) marks[order[i]][c] = 1;
+        }
+}
+
+void loom_offload_plan_pins(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
+                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS]) {
+    place(o, n, mask, cost, working_set_bytes, pinned, NULL);
+}
+
 loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
                               int64_t working_set_bytes, loom_mem *mem, loom_offload **out) {
     *out = NULL;
@@ -230,34 +266,40 @@ loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask
         st->pin[s] = calloc((size_t)(st->n_chunks ? st->n_chunks : 1), sizeof(float *));
         if (!st->pin[s]) err = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
-    /* pin the costliest chunks while the budget lasts: streams by cost, each stream's chunks in order */
-    int order[LOOM_OFF_N_STREAMS], n_order = 0;
-    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
-        if (mask & (1 << s)) order[n_order++] = s;
-    for (int i = 1; i < n_order; i++)
-        for (int j = i; j > 0 && cost[order[j]] > cost[order[j - 1]]; j--) {
-            const int t = order[j];
-            order[j] = order[j - 1];
-            order[j - 1] = t;
-        }
-    int64_t left = o->budget_bytes - working_set_bytes;
-    for (int i = 0; i < n_order && err == LOOM_OK; i++)
+    int64_t pinned[LOOM_OFF_N_STREAMS];
+    char *marks[LOOM_OFF_N_STREAMS] = {NULL};
+    for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++) {
+        marks[s] = calloc((size_t)st->n_chunks + 1, 1);
+        if (!marks[s]) err = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    if (err == LOOM_OK) place(o, n, mask, cost, working_set_bytes, pinned, marks);
+    for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++)
         for (int64_t c = 0; c < st->n_chunks && err == LOOM_OK; c++) {
-            const int64_t floats = (c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk;
-            const int64_t bytes = floats * 4;
-            if (bytes > left) continue;
-            err = loom_mem_alloc(mem, order[i] == LOOM_OFF_PARAMS ? LOOM_MEM_PARAMS
-                                      : order[i] == LOOM_OFF_GRADS ? LOOM_MEM_GRADS : LOOM_MEM_OPTIM,
-                                 (size_t)bytes, (void **)&st->pin[order[i]][c]);
-            left -= bytes;
+            const int64_t bytes = 4 * ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk);
+            if (!marks[s][c]) continue;
+            err = loom_mem_alloc(mem, s == LOOM_OFF_PARAMS ? LOOM_MEM_PARAMS : s == LOOM_OFF_GRADS ? LOOM_MEM_GRADS
+                                                                                                   : LOOM_MEM_OPTIM,
+                                 (size_t)bytes, (void **)&st->pin[s][c]);
             st->pinned_bytes += bytes;
         }
+    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) free(marks[s]);
+    for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++) {
+        if (!(mask & (1 << s))) continue;
+        for (int64_t c = 0; c < st->n_chunks; c++)
+            if (!st->pin[s][c]) st->file_bytes += 4 * ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk);
+    }
+    struct statvfs fs; /* sparse files: a full disk would otherwise surface mid-step */
+    if (err == LOOM_OK && st->file_bytes > 0 && statvfs(o->dir, &fs) == 0 &&
+        (int64_t)fs.f_bavail * (int64_t)fs.f_frsize < st->file_bytes)
+        err = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                             "the memory manager needs %.1f GiB of files in %s, which has %.1f GiB free (raise "
+                             "--mem-budget or choose train.offload_dir)", st->file_bytes / 1073741824.0, o->dir,
+                             (double)fs.f_bavail * (double)fs.f_frsize / 1073741824.0);
     for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++) {
         if (!(mask & (1 << s))) continue;
         int64_t in_file = 0;
         for (int64_t c = 0; c < st->n_chunks; c++)
             if (!st->pin[s][c]) in_file += ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk) * 4;
-        st->file_bytes += in_file;
         if (in_file == 0) continue;
         char path[4200];
         snprintf(path, sizeof path, "%s/.loom-offload-%ld-%s-%p", o->dir, (long)getpid(), stream_names[s], (void *)st);

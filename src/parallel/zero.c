@@ -458,67 +458,103 @@ int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state) 
     return 4 * ((stage >= 3 ? slice : n) + (stage >= 2 ? slice : n) + (int64_t)n_state * (stage >= 1 ? slice : n));
 }
 
-/* Whether this rank's state fits the budget, and if not what the memory manager takes over: *offload (the
- * moments) and *stage (one rank alone streams everything: its shard is the whole model, ZeRO-3's layout). */
-static loom_status budget_plan(const loom_model_config *mc, const loom_optim_config *oc, const loom_zero_options *zo,
-                               int N, int *stage, int *offload) {
-    *offload = 0;
+int64_t loom_zero_unit_workspace(int stage, int64_t u_first, int64_t u_last, int64_t u_block) {
+    if (stage < 2) return 0;
+    const int64_t ends = u_first + u_last;
+    const int64_t at_head = ends + (stage >= 3 ? ends + u_block : 0);
+    const int64_t in_blocks = ends + 3 * u_block + (stage >= 3 ? 2 * u_block : 0);
+    return 4 * (at_head > in_blocks ? at_head : in_blocks);
+}
+
+static void layout_units(const loom_model *m, int64_t *first, int64_t *last, int64_t *block) {
+    const int n = loom_model_num_units(m);
+    *first = *last = *block = 0;
+    for (int u = 0; u < n; u++) {
+        int64_t b, e;
+        loom_model_unit_range(m, u, &b, &e);
+        if (u == 0) *first = e - b;
+        else if (u == n - 1) *last = e - b;
+        else *block = max64(*block, e - b);
+    }
+}
+
+/* Whether this rank's state fits the budget, and if not what the memory manager takes over: the moments
+ * (stages 0-2), or the whole slice at stage 3; one rank alone runs as stage 3 (its shard is everything).
+ * Then the working set the store must leave free, and its placement. */
+loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config *oc, const loom_zero_options *zo,
+                                  int N, int rank, loom_zero_budget *b) {
+    memset(b, 0, sizeof *b);
+    b->stage = zo->stage;
     if (zo->mem_budget <= 0) return LOOM_OK;
     LOOM_CHECK(!zo->part && (!zo->tp || loom_comm_size(zo->tp) == 1), LOOM_ERR_UNSUPPORTED,
                "the memory budget composes with data parallelism and ZeRO; not yet with tensor or pipeline parallelism");
-    loom_model *lay;
-    LOOM_CALL(loom_model_init_layout(mc, NULL, 1, 0, &lay));
     const int64_t n = loom_model_buffer_size(lay), S = (n + N - 1) / N;
-    loom_model_free(&lay);
+    const int64_t lo = min64((int64_t)rank * S, n), hi = min64(lo + S, n);
     const int n_state = oc->kind == LOOM_OPTIM_ADAMW || oc->kind == LOOM_OPTIM_LAMB ? 2 : 1;
-    const int64_t need = loom_zero_state_bytes(*stage, n, S, n_state);
+    const int64_t need = loom_zero_state_bytes(b->stage, n, S, n_state);
     if (need <= zo->mem_budget) return LOOM_OK;
     LOOM_CHECK(zo->offload, LOOM_ERR_CONFIG,
                "this rank's parameters, gradients and optimizer state need %.1f MiB at ZeRO-%d, above the memory "
                "budget of %.1f MiB (train.offload=1 lets the memory manager keep what does not fit in files)",
-               need / 1048576.0, *stage, zo->mem_budget / 1048576.0);
-    if (N == 1 && *stage < 3) {
-        LOOM_INFO("memory manager: %.1f MiB of state over a %.1f MiB budget: one rank streams its whole state "
-                  "(ZeRO-3 layout)", need / 1048576.0, zo->mem_budget / 1048576.0);
-        *stage = 3;
+               need / 1048576.0, b->stage, zo->mem_budget / 1048576.0);
+    if (N == 1 && b->stage < 3) b->stage = 3;
+    b->chunk_bytes = zo->mem_chunk > 0 ? zo->mem_chunk : (int64_t)16 << 20;
+    b->mask = 1 << LOOM_OFF_M | (n_state == 2 ? 1 << LOOM_OFF_V : 0);
+    if (b->stage >= 3) b->mask |= 1 << LOOM_OFF_PARAMS | 1 << LOOM_OFF_GRADS;
+    b->store_floats = b->stage == 0 ? n : hi - lo;
+    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
+        if (b->mask & (1 << s)) b->staging_bytes += 2 * b->chunk_bytes;
+    int64_t u_first, u_last, u_block;
+    layout_units(lay, &u_first, &u_last, &u_block);
+    b->working_set = b->staging_bytes + loom_zero_unit_workspace(b->stage, u_first, u_last, u_block);
+    if (b->stage >= 3 && N > 1) {
+        for (int u = 0; u < loom_model_num_units(lay); u++) {
+            int64_t a, e;
+            loom_model_unit_range(lay, u, &a, &e);
+            b->rs_unit_floats = max64(b->rs_unit_floats, min64(e, hi) - max64(a, lo));
+        }
+        b->working_set += 4 * (b->rs_unit_floats + 1);
+    } else if (b->stage < 3) { /* what stays in RAM: parameters, gradients (and their reduce-scatter results) */
+        b->working_set += loom_zero_state_bytes(b->stage, n, S, 0) + (b->stage == 2 ? 4 * S : 0);
     }
-    *offload = 1;
+    const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, NULL, NULL};
+    if (zo->mem_budget >= b->working_set)
+        loom_offload_plan_pins(&oo, b->store_floats, b->mask, loom_offload_default_cost, b->working_set, b->pinned);
     return LOOM_OK;
 }
 
-/* The store of the rank's moments (and at stage 3 its parameters and gradients), with the working set it
- * must leave free: update staging (two chunk sets), and at stage 3 the units resident at once (forward and
- * backward: the embedding and head units, the block computed and the one prefetched; the backward's
- * gradients: those units plus two blocks whose writes are in flight), else the RAM-resident buffers. */
-static loom_status offload_setup(loom_zero *z, const loom_zero_options *zo, int n_state) {
-    const int64_t chunk = zo->mem_chunk > 0 ? zo->mem_chunk : (int64_t)16 << 20;
-    int mask = 1 << LOOM_OFF_M | (n_state == 2 ? 1 << LOOM_OFF_V : 0);
-    if (z->off_pg) mask |= 1 << LOOM_OFF_PARAMS | 1 << LOOM_OFF_GRADS;
-    int64_t ws = 0, max_block = 0;
-    for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
-        if (mask & (1 << s)) ws += 2 * chunk;
-    for (int u = 1; u < z->n_units - 1; u++) max_block = max64(max_block, unit_bytes(z, u));
-    const int64_t ends = unit_bytes(z, 0) + unit_bytes(z, z->n_units - 1);
-    if (z->off_pg) ws += (ends + 2 * max_block) + (ends + 3 * max_block) + z->rs_unit_floats * 4;
-    else ws += loom_zero_state_bytes(z->stage, z->n, z->end - z->begin, 0);
-    static const double cost[LOOM_OFF_N_STREAMS] = {3, 2, 2, 2}; /* file bytes moved per byte per step */
-    const loom_offload_options oo = {zo->mem_budget, chunk, zo->offload_dir ? zo->offload_dir : ".", zo->mem_trace};
-    LOOM_CALL(loom_offload_init(&oo, z->ohi - z->olo, mask, cost, ws, z->mem, &z->off));
+static loom_status offload_setup(loom_zero *z, const loom_zero_options *zo, const loom_zero_budget *b) {
+    const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, zo->offload_dir ? zo->offload_dir : ".",
+                                     zo->mem_trace};
+    LOOM_CALL(loom_offload_init(&oo, z->ohi - z->olo, b->mask, loom_offload_default_cost, b->working_set, z->mem,
+                                &z->off));
     for (int k = 0; k < 2; k++)
         for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
-            if (mask & (1 << s))
-                LOOM_CALL(loom_mem_alloc(z->mem, LOOM_MEM_WORKSPACE, (size_t)chunk, (void **)&z->stage_buf[k][s]));
-    z->stage_bytes = (size_t)chunk;
+            if (b->mask & (1 << s))
+                LOOM_CALL(loom_mem_alloc(z->mem, LOOM_MEM_WORKSPACE, (size_t)b->chunk_bytes, (void **)&z->stage_buf[k][s]));
+    z->stage_bytes = (size_t)b->chunk_bytes;
     return LOOM_OK;
 }
 
 loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config *oc, const loom_zero_options *zo,
                            loom_comm *dp, loom_backend *be, loom_mem *mem, loom_zero **out) {
     *out = NULL;
-    int stage = zo->stage, offload = 0;
     const int overlap = zo->overlap;
-    LOOM_CHECK(stage >= 0 && stage <= 3, LOOM_ERR_CONFIG, "zero stage must be 0, 1, 2 or 3, got %d", stage);
-    LOOM_CALL(budget_plan(mc, oc, zo, loom_comm_size(dp), &stage, &offload));
+    LOOM_CHECK(zo->stage >= 0 && zo->stage <= 3, LOOM_ERR_CONFIG, "zero stage must be 0, 1, 2 or 3, got %d", zo->stage);
+    loom_zero_budget budget;
+    memset(&budget, 0, sizeof budget);
+    budget.stage = zo->stage;
+    if (zo->mem_budget > 0) {
+        loom_model *lay;
+        LOOM_CALL(loom_model_init_layout(mc, NULL, 1, 0, &lay));
+        const loom_status bs = loom_zero_plan_budget(lay, oc, zo, loom_comm_size(dp), loom_comm_rank(dp), &budget);
+        loom_model_free(&lay);
+        LOOM_CALL(bs);
+        if (budget.stage != zo->stage)
+            LOOM_INFO("memory manager: the state is over the %.1f MiB budget: one rank streams all of it (ZeRO-3 layout)",
+                      zo->mem_budget / 1048576.0);
+    }
+    const int stage = budget.stage, offload = budget.mask != 0;
     loom_zero *z = calloc(1, sizeof *z);
     LOOM_CHECK(z != NULL, LOOM_ERR_NOMEM, "out of memory");
     z->stage = stage;
@@ -580,8 +616,7 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->olo = stage == 0 ? 0 : z->begin;
     z->ohi = stage == 0 ? z->n : z->end;
     if (z->off_pg && N > 1) { /* one unit's part of the reduce-scatter at a time */
-        for (int u = 0; u < z->n_units; u++)
-            z->rs_unit_floats = max64(z->rs_unit_floats, min64(z->unit_lo[u + 1], z->end) - max64(z->unit_lo[u], z->begin));
+        z->rs_unit_floats = budget.rs_unit_floats;
         LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)(z->rs_unit_floats + 1) * sizeof(float),
                                           (void **)&z->rs_unit), fail);
     }
@@ -609,7 +644,7 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     if (offload) {
         LOOM_CALL_GOTO(st, loom_optim_init_streamed(oc, be, mem, z->model, z->olo, z->ohi, stage == 0 ? NULL : dp, &z->opt),
                        fail);
-        LOOM_CALL_GOTO(st, offload_setup(z, zo, loom_optim_num_state_buffers(z->opt)), fail);
+        LOOM_CALL_GOTO(st, offload_setup(z, zo, &budget), fail);
     } else if (stage == 0) LOOM_CALL_GOTO(st, loom_optim_init(oc, be, mem, z->model, &z->opt), fail);
     else LOOM_CALL_GOTO(st, loom_optim_init_range(oc, be, mem, z->model, z->begin, z->end, dp, &z->opt), fail);
     loom_model_hooks h = {z, hook_params_needed, hook_params_done, hook_grads_done};

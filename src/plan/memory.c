@@ -37,7 +37,6 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
     const int red = s.dp * s.sp; /* the ranks ZeRO slices over */
     const int64_t B = t->batch / s.dp, T = t->seq_len / s.sp;
     const int states = rc->optim.kind == LOOM_OPTIM_ADAMW || rc->optim.kind == LOOM_OPTIM_LAMB ? 2 : 1;
-    const int stage = (int)t->zero;
     loom_status st = LOOM_OK;
     for (int w = 0; w < world && st == LOOM_OK; w++) {
         loom_plan_rank *p = &r[w];
@@ -61,22 +60,61 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         const int64_t n = loom_model_buffer_size(m);
         const int64_t S = (n + red - 1) / red, rr = p->dp_rank * s.sp + p->sp_rank;
         const int64_t lo = rr * S < n ? rr * S : n, hi = lo + S < n ? lo + S : n, slice = hi - lo;
-        p->bytes[LOOM_MEM_PARAMS] = 4 * (stage >= 3 ? slice : n);
-        p->bytes[LOOM_MEM_GRADS] = 4 * (stage >= 2 ? slice : n);
-        p->bytes[LOOM_MEM_OPTIM] = 4 * (int64_t)states * (stage >= 1 ? slice : n);
+        /* the memory budget: what zero.c would offload, and its placement */
+        loom_zero_options zo;
+        memset(&zo, 0, sizeof zo);
+        zo.stage = (int)t->zero;
+        zo.mem_budget = t->mem_budget;
+        zo.offload = t->offload;
+        zo.mem_chunk = t->mem_chunk;
+        zo.part = s.pp > 1 ? &part : NULL;
+        if (s.tp > 1 && t->mem_budget > 0) {
+            st = loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
+                                "the memory budget composes with data parallelism and ZeRO; not yet with tensor "
+                                "or pipeline parallelism");
+            loom_model_free(&m);
+            break;
+        }
+        loom_zero_budget zb;
+        st = loom_zero_plan_budget(m, &rc->optim, &zo, red, (int)rr, &zb);
+        if (st == LOOM_OK && zb.mask && zb.working_set > t->mem_budget)
+            st = loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "memory budget %.1f MiB is below the "
+                                "memory manager's working set of %.1f MiB", t->mem_budget / 1048576.0,
+                                zb.working_set / 1048576.0);
+        if (st != LOOM_OK) {
+            loom_model_free(&m);
+            break;
+        }
+        const int stage = zb.stage, off_pg = zb.mask && stage >= 3;
+        p->stage = stage;
+        p->offload_mask = zb.mask;
+        p->pinned_bytes = p->file_bytes = 0;
+        for (int k = 0; k < LOOM_OFF_N_STREAMS; k++)
+            if (zb.mask & (1 << k)) {
+                p->pinned_bytes += zb.pinned[k];
+                p->file_bytes += 4 * zb.store_floats - zb.pinned[k];
+            }
+        p->bytes[LOOM_MEM_PARAMS] = off_pg ? zb.pinned[LOOM_OFF_PARAMS] : 4 * (stage >= 3 ? slice : n);
+        p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
+        p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
+                                           : 4 * (int64_t)states * (stage >= 1 ? slice : n);
+        if (t->precision == LOOM_PRECISION_BF16) p->bytes[LOOM_MEM_PARAMS] += 2 * n; /* the bf16 working copy */
         int64_t u_first, u_last, u_block;
         unit_sizes(m, &u_first, &u_last, &u_block);
         int64_t ws = 0;
-        if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI) /* node-shared flags page(s) */
+        if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
             ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
-        if (stage >= 2) /* reduce-scatter results; the head's unit gradients, the unit being computed and at
-                         * most two more whose reduce-scatters are in flight (zero.c bounds them) */
-            ws += 4 * (slice + u_first + u_last + 3 * u_block);
-        if (stage >= 3) /* gathered units: the one in use, the one prefetched, the head's kept into backward */
-            ws += 4 * (u_first + u_last + 2 * u_block);
+        /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
+         * part); the memory manager's update staging */
+        ws += loom_zero_unit_workspace(stage, u_first, u_last, u_block);
+        if (stage >= 2 && !off_pg) ws += 4 * slice;
+        if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
+        ws += zb.staging_bytes;
         p->bytes[LOOM_MEM_WORKSPACE] = ws;
         p->bytes[LOOM_MEM_ACTS] =
             loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1);
+        if (t->precision == LOOM_PRECISION_BF16) /* bf16 copies of a product's two activation operands */
+            p->bytes[LOOM_MEM_ACTS] += loom_model_bf16_scratch_bytes(m, B, T);
         loom_model_free(&m);
     }
     if (st != LOOM_OK) {
