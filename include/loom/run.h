@@ -29,6 +29,7 @@ typedef struct {
     int64_t eval_interval;  /* steps between validations; 0 = only at the end */
     int64_t eval_batches;
     int64_t ckpt_interval;  /* steps between checkpoints; 0 = only at the end (and on a signal) */
+    int save_checkpoints;   /* 0: none at all (benchmarks) */
     int64_t log_interval;
     int64_t seed;
     char out[LOOM_PATH_MAX];     /* run directory: checkpoint.bin, metrics.jsonl */

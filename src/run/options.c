@@ -71,6 +71,7 @@ static const option options[] = {
     {"train.eval_interval", OPT_INT, T(eval_interval), 0, NULL, "steps between validations (0 = at the end only)"},
     {"train.eval_batches", OPT_INT, T(eval_batches), 0, NULL, "micro-batches per validation"},
     {"train.ckpt_interval", OPT_INT, T(ckpt_interval), 0, NULL, "steps between checkpoints (0 = at the end and on a signal)"},
+    {"train.save_checkpoints", OPT_BOOL, T(save_checkpoints), 0, NULL, "write checkpoints (false: benchmarks that must not spend disk or time on them)"},
     {"train.log_interval", OPT_INT, T(log_interval), 0, NULL, "steps between plain log lines"},
     {"train.seed", OPT_INT, T(seed), 0, NULL, "seed for weights and data order (--seed)"},
     {"train.out", OPT_STRING, T(out), S(out), NULL, "run directory for checkpoint.bin and metrics.jsonl (--out)"},
@@ -126,6 +127,7 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->pp_virtual = 2;
     t->comm_timeout = 300;
     t->offload = 1;
+    t->save_checkpoints = 1;
     t->mem_chunk = (int64_t)16 << 20;
     return LOOM_OK;
 }

@@ -795,7 +795,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         if (tr.world_size > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
             LOOM_CALL_GOTO(st, loom_comm_allreduce_max_i64(tr.world, &stop_vote, 1), done);
         int stop_now = stop_vote != 0 || (t->stop_after > 0 && step == t->stop_after);
-        if ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now) {
+        if (t->save_checkpoints && ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now)) {
             LOOM_CALL_GOTO(st, save_checkpoint(&tr, step), done);
             LOOM_DEBUG("checkpoint %s at step %lld", tr.ckpt_path, (long long)step);
         }
@@ -803,8 +803,10 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
             if (tty) printf("\n");
             if (stop_vote) {
                 st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
-                                    "interrupted by signal %d at step %lld; checkpoint saved to %s (continue with --resume)",
-                                    (int)stop_signal, (long long)step, tr.dp > 1 ? t->out : tr.ckpt_path);
+                                    "interrupted by signal %d at step %lld; %s%s", (int)stop_signal, (long long)step,
+                                    t->save_checkpoints ? "continue with --resume from the checkpoint in "
+                                                        : "no checkpoint (train.save_checkpoints=false)",
+                                    t->save_checkpoints ? (tr.dp > 1 ? t->out : tr.ckpt_path) : "");
                 goto done;
             }
             LOOM_INFO("stopped after step %lld as asked; checkpoint in %s", (long long)step, t->out);
@@ -821,7 +823,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                (double)tr.mem.peak_total / 1048576.0, (double)tr.mem.peak[LOOM_MEM_PARAMS] / 1048576.0,
                (double)tr.mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
                (double)tr.mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr.mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
-               tr.dp > 1 ? t->out : tr.ckpt_path);
+               !t->save_checkpoints ? "none (train.save_checkpoints=false)" : tr.dp > 1 ? t->out : tr.ckpt_path);
         for (int r = 0; tr.pp > 1 && r < tr.pp; r++) {
             const double idle = tr.pp_stats[2 * r], busy = tr.pp_stats[2 * r + 1];
             printf("  pipeline stage %d idle %.1f%% of the last step (theory (p-1)/(v m+p-1) = %.1f%%)\n", r,
