@@ -168,6 +168,11 @@ LOOM_NODISCARD loom_status loom_k_matmul_bf16(loom_backend *be, int trans_a, int
 /* dst (n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
 void loom_k_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
 const char *loom_backend_bf16_kernel(const loom_backend *be);
+/* dst (rows x cols, leading dimension ld_dst) = src (leading dimension ld_src) rounded to IEEE fp16 and back
+ * (nearest, ties to even; beyond 65504 it becomes inf, below 2^-24 zero, as fp16 storage does): fp16
+ * numerics on fp32 units. dst may be src. */
+void loom_k_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
+                       int64_t cols);
 
 /* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
  * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.

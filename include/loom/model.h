@@ -105,8 +105,6 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
  * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel);
-/* Bytes of the bf16 copies of a product's activation operands (mixed precision) for B x T. */
-int64_t loom_model_bf16_scratch_bytes(const loom_model *m, int64_t B, int64_t T);
 /* The pipeline axis: the ranks holding the other parts (whole-model norms sum over it; borrowed). */
 void loom_model_set_parts_comm(loom_model *m, loom_comm *pp);
 loom_comm *loom_model_parts_comm(const loom_model *m);
@@ -159,9 +157,15 @@ void loom_model_set_tp_sequence_parallel(loom_model *m, int on);
 /* Mixed precision: with LOOM_PRECISION_BF16 every product with the weights (forward and backward)
  * multiplies bf16 copies of both operands and accumulates in fp32 (loom_k_matmul_bf16); master weights,
  * gradients, optimizer state and stored activations stay fp32 (the operands are converted at each
- * product). Before reserve; loom_model_refresh_low_precision after every change of the parameters. */
-typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16 } loom_precision;
+ * product). Before reserve; loom_model_refresh_low_precision after every change of the parameters.
+ * With LOOM_PRECISION_FP16 the products run on fp16 values (operands rounded to fp16, the weights' rounded copy
+ * refreshed likewise) with fp32 accumulation, and each product's result is stored as fp16 stores it (beyond
+ * 65504: inf). This CPU has no fp16 arithmetic, so the values are held in fp32 registers: the numerics of
+ * fp16 training (what dynamic loss scaling is for), not its speed; bf16 is the fast low precision here. */
+typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16, LOOM_PRECISION_FP16 } loom_precision;
 LOOM_NODISCARD loom_status loom_model_set_precision(loom_model *m, loom_precision p);
+/* Bytes of the low-precision copies of a product's activation operands (mixed precision p) for B x T. */
+int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p);
 void loom_model_refresh_low_precision(loom_model *m);
 /* Floats of one activation passed between pipeline chunks for a B x T micro-batch. */
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);

@@ -36,6 +36,7 @@ typedef struct {
     double lr;
     double grad_norm;  /* before clipping */
     double clip_coef;  /* applied scale (1 = none) */
+    int skipped;       /* loss scaling: the gradients overflowed, nothing was updated */
 } loom_optim_stats;
 
 typedef struct loom_optim loom_optim;
@@ -55,6 +56,10 @@ LOOM_NODISCARD loom_status loom_optim_init_range(const loom_optim_config *c, loo
                                                  loom_comm *comm, loom_optim **out);
 void loom_optim_free(loom_optim **o);
 void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps);
+/* Dynamic loss scaling (fp16): the gradients are `scale` times the true ones; norms, clipping and the
+ * update divide it out, and a step whose gradient norm is not finite (an overflow) updates nothing and
+ * reports skipped. scale 0: off (a non-finite norm is an error, the default). */
+void loom_optim_set_loss_scale(loom_optim *o, double scale);
 /* One update from the model's gradient buffer. */
 LOOM_NODISCARD loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st);
 /* The update of the range from explicit buffers: params and grads point at flat position `begin`. */

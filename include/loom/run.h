@@ -30,6 +30,8 @@ typedef struct {
     int64_t eval_batches;
     int64_t ckpt_interval;  /* steps between checkpoints; 0 = only at the end (and on a signal) */
     int save_checkpoints;   /* 0: none at all (benchmarks) */
+    double loss_scale;      /* fp16: initial dynamic loss scale */
+    int64_t loss_scale_window; /* fp16: good steps before it doubles */
     int64_t log_interval;
     int64_t seed;
     char out[LOOM_PATH_MAX];     /* run directory: checkpoint.bin, metrics.jsonl */

@@ -182,6 +182,10 @@ loom_status loom_k_matmul_bf16(loom_backend *be, int trans_a, int trans_b, int64
 void loom_k_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
     DISPATCH(LOOM_OP_ELEMENTWISE, 0, be->ops.f32_to_bf16(be, dst, src, n));
 }
+void loom_k_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
+                       int64_t cols) {
+    DISPATCH(LOOM_OP_ELEMENTWISE, 0, be->ops.round_fp16(be, dst, ld_dst, src, ld_src, rows, cols));
+}
 void loom_k_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *mx) {
     DISPATCH(LOOM_OP_LOSS, 0, be->ops.ce_row_max(be, logits, N, V, mx));
 }

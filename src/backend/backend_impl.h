@@ -46,6 +46,7 @@ typedef struct {
     loom_status (*matmul_bf16)(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const uint16_t *, int64_t,
                                const uint16_t *, int64_t, float, float *, int64_t);
     void (*f32_to_bf16)(loom_backend *, uint16_t *, const float *, int64_t);
+    void (*round_fp16)(loom_backend *, float *, int64_t, const float *, int64_t, int64_t, int64_t);
     void (*ce_row_sums)(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
                         float *);
     void (*ce_finish)(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, int64_t, const float *,

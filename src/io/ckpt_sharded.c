@@ -230,10 +230,16 @@ loom_status loom_run_ckpt_read(loom_run_ckpt *c, const char *section, int64_t be
 }
 
 loom_status loom_run_ckpt_read_state(loom_run_ckpt *c, void *dst, int64_t bytes) {
-    if (!c->sharded) return loom_ckpt_read(c->single, "state", dst, bytes);
-    const loom_json *h = loom_json_get(c->doc, "state_hex");
-    LOOM_CHECK(h && h->type == LOOM_JSON_STRING, LOOM_ERR_FORMAT, "%s: manifest lacks state_hex", c->path);
-    return hex_decode(h->string, dst, bytes);
+    /* an older, shorter state: its fields, the newer ones zero */
+    const loom_json *h = c->sharded ? loom_json_get(c->doc, "state_hex") : NULL;
+    LOOM_CHECK(!c->sharded || (h && h->type == LOOM_JSON_STRING), LOOM_ERR_FORMAT, "%s: manifest lacks state_hex",
+               c->path);
+    const int64_t stored = c->sharded ? (int64_t)strlen(h->string) / 2 : loom_ckpt_section_size(c->single, "state");
+    LOOM_CHECK(stored > 0 && stored <= bytes, LOOM_ERR_FORMAT, "%s: a training state of %lld bytes, expected at most %lld",
+               c->path, (long long)stored, (long long)bytes);
+    memset(dst, 0, (size_t)bytes);
+    if (!c->sharded) return loom_ckpt_read(c->single, "state", dst, stored);
+    return hex_decode(h->string, dst, stored);
 }
 
 /* ---- writing ---- */

@@ -33,8 +33,24 @@ static const uint16_t *as_bf16(loom_model *m, const float *x, int64_t rows, int6
     return scratch;
 }
 
+/* an fp16 view of an operand (rows x cols, leading dimension ld): the weights' rounded copy, else rounded
+ * into scratch */
+static const float *as_fp16(loom_model *m, const float *x, int64_t rows, int64_t cols, int64_t ld, float *scratch) {
+    if (x >= m->params && x < m->params + m->buf_size) return m->params_h + (x - m->params);
+    loom_k_round_fp16(m->be, scratch, ld, x, ld, rows, cols);
+    return scratch;
+}
+
 static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
+    if (m->params_h) { /* fp16: operands rounded to fp16, exact products accumulated in fp32, the result
+                        * stored as fp16 stores it (overflow to inf: what loss scaling watches for) */
+        const float *a = as_fp16(m, A, ta ? K : M, ta ? M : K, lda, m->scratch16[0]);
+        const float *b = as_fp16(m, B, tb ? N : K, tb ? K : N, ldb, m->scratch16[1]);
+        loom_k_matmul(m->be, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+        loom_k_round_fp16(m->be, C, ldc, C, ldc, M, N);
+        return LOOM_OK;
+    }
     if (!m->params16) {
         loom_k_matmul(m->be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
         return LOOM_OK;
@@ -46,7 +62,7 @@ static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64
 
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side */
 static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
-    if (!m->params16) {
+    if (!m->params16 && !m->params_h) {
         loom_k_matmul_pair(m->be, &a, &b);
         return LOOM_OK;
     }
@@ -375,6 +391,7 @@ void loom_model_free(loom_model **pm) {
     if (m->own_params) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
     if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
     if (m->params16) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
+    if (m->params_h) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params_h, (size_t)m->buf_size * sizeof(float));
     free(m->infos);
     free(m->row_blocks);
     free(m->sp_counts);
@@ -514,13 +531,15 @@ int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, l
     return bytes;
 }
 
-int64_t loom_model_bf16_scratch_bytes(const loom_model *m, int64_t B, int64_t T) {
-    /* two buffers, each the widest activation operand of any product: (N, max(C, Cq, fc width, V)) */
+int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p) {
+    /* two buffers, each the widest activation operand of any product: (N, max(C, Cq, fc width, V)), in
+     * bf16, or for fp16 as fp32 values */
+    if (p == LOOM_PRECISION_FP32) return 0;
     const int64_t fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? m->F : 2 * m->F;
     int64_t w = m->C > m->Cq ? m->C : m->Cq;
     w = w > fcw ? w : fcw;
     w = w > m->V ? w : m->V;
-    return 2 * B * T * w * (int64_t)sizeof(uint16_t);
+    return 2 * B * T * w * (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
 }
 
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
@@ -609,8 +628,8 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
     loom_model_use_slot(m, 0);
-    if (m->params16) {
-        m->scratch16_bytes = (size_t)loom_model_bf16_scratch_bytes(m, B, T) / 2;
+    if (m->precision != LOOM_PRECISION_FP32) {
+        m->scratch16_bytes = (size_t)loom_model_lowp_scratch_bytes(m, B, T, m->precision) / 2;
         for (int i = 0; i < 2; i++)
             LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
     }
@@ -1216,14 +1235,19 @@ const float *loom_model_logits(const loom_model *m) { return m->logits; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
 
 loom_status loom_model_set_precision(loom_model *m, loom_precision p) {
-    if (p == LOOM_PRECISION_FP32 || m->params16) return LOOM_OK;
-    LOOM_CHECK(p == LOOM_PRECISION_BF16, LOOM_ERR_INVALID_ARG, "unknown precision %d", (int)p);
-    LOOM_CHECK(m->act_mem == NULL, LOOM_ERR_INVALID_ARG, "set the precision before loom_model_reserve");
+    if (p == m->precision) return LOOM_OK;
+    LOOM_CHECK(p == LOOM_PRECISION_BF16 || p == LOOM_PRECISION_FP16, LOOM_ERR_INVALID_ARG, "unknown precision %d", (int)p);
+    LOOM_CHECK(m->act_mem == NULL && m->precision == LOOM_PRECISION_FP32, LOOM_ERR_INVALID_ARG,
+               "set the precision once, before loom_model_reserve");
+    m->precision = p;
+    if (p == LOOM_PRECISION_FP16)
+        return loom_mem_alloc(m->mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params_h);
     return loom_mem_alloc(m->mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(uint16_t), (void **)&m->params16);
 }
 
 void loom_model_refresh_low_precision(loom_model *m) {
     if (m->params16) loom_k_f32_to_bf16(m->be, m->params16, m->params, m->buf_size);
+    if (m->params_h) loom_k_round_fp16(m->be, m->params_h, m->buf_size, m->params, m->buf_size, 1, m->buf_size);
 }
 void loom_model_set_tp_sequence_parallel(loom_model *m, int on) {
     m->tp_sp = on && m->tp_size > 1;

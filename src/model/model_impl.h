@@ -46,9 +46,11 @@ struct loom_model {
     int64_t *unit_lo;           /* [n_units + 1] */
     int n_slots, slot;
     act_slot *slots;
-    /* bf16 compute (NULL params16: fp32) */
-    uint16_t *params16;         /* bf16 copy of the parameters, refreshed after each update */
-    uint16_t *scratch16[2];     /* bf16 copies of a product's activation operands */
+    /* mixed precision (both NULL: fp32) */
+    loom_precision precision;
+    uint16_t *params16;         /* bf16: the parameters' bf16 copy, refreshed after each update */
+    float *params_h;            /* fp16: the parameters rounded to fp16 (held as fp32 values), likewise */
+    void *scratch16[2];         /* low-precision copies of a product's activation operands */
     size_t scratch16_bytes;
     loom_backend *be;
     loom_comm *tp;

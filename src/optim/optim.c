@@ -17,8 +17,10 @@ struct loom_optim {
     int64_t total_steps;
     double *norms;      /* LAMB/LARS: 2 per parameter, partial sums of squares */
     int streamed;       /* the moments live outside (loom_optim_init_streamed) */
+    double loss_scale;  /* > 0: gradients carry this factor; a non-finite norm skips the step */
     int64_t cur_step;   /* streamed: the step begun, its lr and clipping */
     double cur_lr, cur_clip;
+    int cur_skip;
 };
 
 loom_optim_config loom_optim_config_default(void) {
@@ -149,6 +151,29 @@ void loom_optim_free(loom_optim **po) {
 }
 
 void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps) { o->total_steps = total_steps; }
+void loom_optim_set_loss_scale(loom_optim *o, double scale) { o->loss_scale = scale > 0 ? scale : 0.0; }
+
+/* From the (loss-scaled) gradients' norm: stats, whether to skip (an overflow under loss scaling), and the
+ * factor the update multiplies gradients by (clipping and unscaling together). */
+static loom_status norm_to_clip(loom_optim *o, int64_t step, double norm, loom_optim_stats *st, int *skip,
+                                double *gmul) {
+    const loom_optim_config *c = &o->cfg;
+    const double unscale = o->loss_scale > 0 ? 1.0 / o->loss_scale : 1.0;
+    norm *= unscale;
+    double clip = 1.0;
+    if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6); /* as torch's clip_grad_norm_ */
+    *skip = o->loss_scale > 0 && !isfinite(norm);
+    *gmul = clip * unscale;
+    if (st) {
+        st->lr = loom_optim_lr(c, step, o->total_steps);
+        st->grad_norm = norm;
+        st->clip_coef = clip;
+        st->skipped = *skip;
+    }
+    LOOM_CHECK(*skip || isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
+               (long long)step);
+    return LOOM_OK;
+}
 
 /* The part of parameter p inside the optimizer's range: [*lo, *hi) in flat positions; 0 if none. */
 static int clip_to_range(const loom_optim *o, const loom_param_info *p, int64_t *lo, int64_t *hi) {
@@ -206,18 +231,12 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
                                   loom_optim_stats *st) {
     const loom_optim_config *c = &o->cfg;
     LOOM_CHECK(step >= 0, LOOM_ERR_INVALID_ARG, "step must be >= 0, got %lld", (long long)step);
-    double norm;
+    double norm, clip;
+    int skip;
     LOOM_CALL(range_grad_norm(o, model, grads, &norm));
-    double clip = 1.0;
-    if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6); /* as torch's clip_grad_norm_ */
-    double lr = loom_optim_lr(c, step, o->total_steps);
-    if (st) {
-        st->lr = lr;
-        st->grad_norm = norm;
-        st->clip_coef = clip;
-    }
-    LOOM_CHECK(isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
-               (long long)step);
+    LOOM_CALL(norm_to_clip(o, step, norm, st, &skip, &clip)); /* clip: also divides out a loss scale */
+    if (skip) return LOOM_OK;
+    const double lr = loom_optim_lr(c, step, o->total_steps);
     const double t = (double)(step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
     const int np = loom_model_num_param_infos(model);
@@ -294,25 +313,18 @@ loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t 
     if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
     if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
     if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), &ss, 1));
-    const double norm = sqrt(ss);
-    double clip = 1.0;
-    if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6);
+    int skip;
     o->cur_step = step;
     o->cur_lr = loom_optim_lr(c, step, o->total_steps);
-    o->cur_clip = clip;
-    if (st) {
-        st->lr = o->cur_lr;
-        st->grad_norm = norm;
-        st->clip_coef = clip;
-    }
-    LOOM_CHECK(isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
-               (long long)step);
+    LOOM_CALL(norm_to_clip(o, step, sqrt(ss), st, &skip, &o->cur_clip));
+    o->cur_skip = skip;
     return LOOM_OK;
 }
 
 void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p, const float *g,
                              float *m, float *v) {
     const loom_optim_config *c = &o->cfg;
+    if (o->cur_skip) return;
     const double t = (double)(o->cur_step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
     for (int i = 0; i < loom_model_num_param_infos(model); i++) {

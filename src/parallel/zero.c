@@ -255,8 +255,11 @@ static loom_status hook_params_needed(void *ctx, int u, int dir) {
         LOOM_CALL(wait_req(z, &z->preq[u]));
         z->pstate[u] = UNIT_RESIDENT;
     }
-    /* prefetch the unit this pass needs next, so its gather overlaps this unit's compute */
+    /* prefetch the unit this pass needs next, so its gather overlaps this unit's compute: after the head,
+     * the last block (the backward starts there); nothing after the tied head's embedding unit */
     int next = u + dir;
+    if (u == z->n_units - 1) next = u - 1;
+    else if (u == 0 && z->pstate[z->n_units - 1] == UNIT_RESIDENT) next = -1;
     if (next >= 1 && next <= z->n_units - 1 && z->pstate[next] == UNIT_ABSENT)
         LOOM_CALL(gather_start(z, next));
     return LOOM_OK;
@@ -852,8 +855,11 @@ static loom_status offload_update(loom_zero *z, int64_t step, loom_optim_stats *
         const float *g = z->stage >= 2 ? z->gshard + (z->olo - z->begin) : z->gfull + z->olo;
         z->gsumsq = loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, g);
     }
+    loom_optim_stats own;
+    if (!st) st = &own;
     LOOM_CALL(loom_optim_begin_streamed(z->opt, z->model, step, z->gsumsq, st));
     z->gsumsq = 0.0;
+    if (st->skipped) return LOOM_OK; /* loss scaling: an overflow, nothing to update */
     const int adam = loom_optim_num_state_buffers(z->opt) == 2;
     const int64_t C = loom_offload_chunk_floats(z->off), nc = loom_offload_num_chunks(z->off);
     float *ptr[2][LOOM_OFF_N_STREAMS] = {{NULL}};

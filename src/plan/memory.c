@@ -99,6 +99,7 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
                                            : 4 * (int64_t)states * (stage >= 1 ? slice : n);
         if (t->precision == LOOM_PRECISION_BF16) p->bytes[LOOM_MEM_PARAMS] += 2 * n; /* the bf16 working copy */
+        if (t->precision == LOOM_PRECISION_FP16) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp16 values, fp32-held */
         int64_t u_first, u_last, u_block;
         unit_sizes(m, &u_first, &u_last, &u_block);
         int64_t ws = 0;
@@ -113,8 +114,8 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         p->bytes[LOOM_MEM_WORKSPACE] = ws;
         p->bytes[LOOM_MEM_ACTS] =
             loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1);
-        if (t->precision == LOOM_PRECISION_BF16) /* bf16 copies of a product's two activation operands */
-            p->bytes[LOOM_MEM_ACTS] += loom_model_bf16_scratch_bytes(m, B, T);
+        /* low-precision copies of a product's two activation operands */
+        p->bytes[LOOM_MEM_ACTS] += loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision);
         loom_model_free(&m);
     }
     if (st != LOOM_OK) {

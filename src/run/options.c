@@ -22,7 +22,7 @@ static const char *const family_choices[] = {"gpt2", "llama", NULL};
 static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
 static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
 static const char *const rc_choices[] = {"none", "attn", "full", NULL};
-static const char *const precision_choices[] = {"fp32", "bf16", NULL}; /* loom_precision's order */
+static const char *const precision_choices[] = {"fp32", "bf16", "fp16", NULL}; /* loom_precision's order */
 static const char *const pp_choices[] = {"1f1b", "interleaved", NULL}; /* loom_pp_schedule's order */
 static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
 
@@ -88,7 +88,9 @@ static const option options[] = {
     {"train.dp_overlap", OPT_BOOL, T(dp_overlap), 0, NULL, "reduce gradients during the backward pass (0: after it)"},
     {"train.dp_transport", OPT_ENUM, T(dp_transport), 0, transport_choices, "gradient reductions: auto (node-shared memory when every dp rank is on one node, stages 0-1), mpi, shm"},
     {"train.tp_seq_parallel", OPT_BOOL, T(tp_seq_parallel), 0, NULL, "tp > 1: norms and residuals on B*T/tp rows per rank, all-gather + reduce-scatter instead of all-reduce"},
-    {"train.precision", OPT_ENUM, T(precision), 0, precision_choices, "fp32, or bf16 (weight products in bf16, fp32 accumulation and master state) (--precision)"},
+    {"train.precision", OPT_ENUM, T(precision), 0, precision_choices, "fp32, bf16 (weight products in bf16, fp32 accumulation and master state) or fp16 (likewise, with dynamic loss scaling) (--precision)"},
+    {"train.loss_scale", OPT_FLOAT, T(loss_scale), 0, NULL, "fp16: the initial loss scale (a power of two); halved on overflow (the step skipped)"},
+    {"train.loss_scale_window", OPT_INT, T(loss_scale_window), 0, NULL, "fp16: good steps in a row after which the loss scale doubles"},
     {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
     {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
     {"train.mem_budget", OPT_BYTES, T(mem_budget), 0, NULL, "RAM for this rank's parameters, gradients and optimizer state, e.g. 2G (0 = no budget) (--mem-budget)"},
@@ -128,6 +130,8 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->comm_timeout = 300;
     t->offload = 1;
     t->save_checkpoints = 1;
+    t->loss_scale = 65536.0;
+    t->loss_scale_window = 2000;
     t->mem_chunk = (int64_t)16 << 20;
     return LOOM_OK;
 }
@@ -284,6 +288,10 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
     LOOM_CHECK(t->zero >= 0 && t->zero <= 3, LOOM_ERR_CONFIG, "train.zero must be 0, 1, 2 or 3, got %lld", (long long)t->zero);
+    LOOM_CHECK(t->loss_scale >= 1 && t->loss_scale <= 1e30 && frexp(t->loss_scale, &(int){0}) == 0.5 &&
+                   t->loss_scale_window >= 1, LOOM_ERR_CONFIG,
+               "train.loss_scale must be a power of two >= 1 (got %g) and train.loss_scale_window >= 1 (got %lld)",
+               t->loss_scale, (long long)t->loss_scale_window);
     LOOM_CHECK(t->mem_chunk >= 4096 && t->mem_chunk % 4096 == 0, LOOM_ERR_CONFIG,
                "train.mem_chunk must be a positive multiple of 4096 bytes, got %lld", (long long)t->mem_chunk);
     loom_mesh_shape ms;

@@ -63,7 +63,9 @@ typedef struct {
     loom_data_state data;
     int32_t optim_kind;
     int32_t reserved;
-} train_state; /* the "state" section, binary */
+    double loss_scale;          /* fp16: the dynamic loss scale (0 in older checkpoints: start afresh) */
+    int64_t loss_scale_good;    /* good steps since it last changed */
+} train_state; /* the "state" section, binary (older, shorter ones read with the new fields zero) */
 
 typedef struct {
     const loom_run_config *rc;
@@ -90,6 +92,10 @@ typedef struct {
     loom_optim *opt;
     loom_data *data;
     FILE *mem_trace;            /* --mem-trace (rank 0) */
+    double loss_scale;          /* fp16: the dynamic loss scale (0: none) */
+    int64_t loss_scale_good;    /* good steps in a row at this scale */
+    int skipped;                /* the last step overflowed and was skipped */
+    double step_scale;          /* the scale the last step used */
     loom_offload_stats off_prev; /* the memory manager's totals at the last metrics line */
     int32_t *tokens, *targets;
     char ckpt_path[LOOM_PATH_MAX + 32];
@@ -165,6 +171,8 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     ts.step = step;
     ts.data = loom_data_get_state(tr->data);
     ts.optim_kind = (int32_t)rc->optim.kind;
+    ts.loss_scale = tr->loss_scale;
+    ts.loss_scale_good = tr->loss_scale_good;
     int64_t begin, end;
     loom_zero_slice(tr->zero, &begin, &end);
     float *slices[3];
@@ -299,6 +307,10 @@ static loom_status load_checkpoint(trainer *tr, int64_t *step) {
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
                     "checkpoint %s was trained with optimizer %s, this run uses %s", path,
                     loom_optim_kind_name((loom_optim_kind)ts.optim_kind), loom_optim_kind_name(tr->rc->optim.kind));
+    if (ts.loss_scale > 0 && tr->loss_scale > 0) {
+        tr->loss_scale = ts.loss_scale;
+        tr->loss_scale_good = ts.loss_scale_good;
+    }
     tp_reader tpr = {c, tr->model};
     if (tr->tp > 1 || tr->pp > 1) LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_tp_range, &tpr), done);
     else LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
@@ -408,6 +420,7 @@ static void write_metrics_line(trainer *tr, int64_t step, float loss, const loom
     loom_json_write_number(&sb, os->lr);
     loom_strbuf_printf(&sb, ",\"grad_norm\":");
     loom_json_write_number(&sb, os->grad_norm);
+    if (tr->loss_scale > 0) loom_strbuf_printf(&sb, ",\"loss_scale\":%.17g,\"skipped\":%d", tr->step_scale, tr->skipped);
     loom_strbuf_printf(&sb, ",\"tokens_per_sec\":%.3f,\"mfu\":%.6f,\"ms\":%.3f,\"mem_peak_bytes\":%lld", tok_s, mfu,
                        ms, (long long)tr->mem.peak_total);
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
@@ -609,11 +622,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.red, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
+    if (t->precision == LOOM_PRECISION_FP16) tr.loss_scale = t->loss_scale; /* a resumed run continues its own */
     if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
     if (t->tp_seq_parallel) loom_model_set_tp_sequence_parallel(tr.model, 1);
     LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || loom_zero_stage(tr.zero) < 3, LOOM_ERR_UNSUPPORTED, done,
-                    "--precision bf16 keeps a bf16 copy of the whole local parameters: use ZeRO 0-2 (and no "
-                    "parameter offload)");
+                    "--precision bf16/fp16 keeps a low-precision copy of the whole local parameters: use ZeRO 0-2 "
+                    "(and no parameter offload)");
     LOOM_CALL_GOTO(st, loom_model_set_precision(tr.model, (loom_precision)t->precision), done);
     int slots = 1;
     if (tr.pp > 1) {
@@ -714,13 +728,20 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                   "optimizer state; MFU against 2x the fp32 peak", loom_backend_bf16_kernel(tr.be));
     int tty = tr.root && (t->progress == 1 || (t->progress < 0 && isatty(STDOUT_FILENO)));
     if (t->profile) loom_backend_set_profiling(tr.be, 1);
-    const float grad_scale = 1.0f / (float)tokens_per_step;
+    if (t->precision == LOOM_PRECISION_FP16)
+        LOOM_INFO("precision fp16: weight products on fp16 values with fp32 accumulation (fp32 units: this CPU has "
+                  "no fp16 arithmetic), fp32 master state; dynamic loss scale from %g, doubled after %lld good steps, "
+                  "halved with the step skipped on overflow", tr.loss_scale, (long long)t->loss_scale_window);
     double t_start = now_s(), t_train = 0;
     int64_t first_step = step;
     float loss = NAN, val_loss = NAN;
     while (step < t->steps) {
         double t0 = now_s();
         double lsum = 0.0;
+        /* the loss's gradient is scaled (fp16), the optimizer divides the scale out */
+        tr.step_scale = tr.loss_scale;
+        const float grad_scale = (float)((tr.loss_scale > 0 ? tr.loss_scale : 1.0) / (double)tokens_per_step);
+        loom_optim_set_loss_scale(tr.opt, tr.loss_scale);
         loom_zero_reset_stats(tr.zero);
         loom_comm_reset_stats(tr.mesh.tp);
         loom_comm_reset_stats(tr.mesh.sp);
@@ -747,6 +768,16 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
         }
         loom_optim_stats os;
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
+        tr.skipped = tr.loss_scale > 0 && os.skipped;
+        if (tr.skipped) { /* an overflow: the step did nothing; a smaller scale */
+            tr.loss_scale *= 0.5;
+            tr.loss_scale_good = 0;
+            if (tr.root) LOOM_INFO("step %lld: gradients overflowed in fp16, step skipped, loss scale now %g",
+                                   (long long)step + 1, tr.loss_scale);
+        } else if (tr.loss_scale > 0 && ++tr.loss_scale_good >= t->loss_scale_window) {
+            tr.loss_scale *= 2.0;
+            tr.loss_scale_good = 0;
+        }
         loom_model_refresh_low_precision(tr.model);
         tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
         tr.sp_stats = loom_comm_get_stats(tr.mesh.sp);

@@ -50,6 +50,7 @@ loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *
     o->ce_row_max = loom_cpu_ce_row_max;
     o->matmul_bf16 = loom_cpu_matmul_bf16;
     o->f32_to_bf16 = loom_cpu_f32_to_bf16;
+    o->round_fp16 = loom_cpu_round_fp16;
     o->ce_row_sums = loom_cpu_ce_row_sums;
     o->ce_finish = loom_cpu_ce_finish;
     o->sum_squares = loom_cpu_sum_squares;

@@ -90,6 +90,8 @@ loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, in
                                  const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
                                  int64_t ldc);
 void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
+void loom_cpu_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
+                         int64_t cols);
 void loom_cpu_ce_row_max(loom_backend *, const float *, int64_t, int64_t, float *);
 void loom_cpu_ce_row_sums(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
                           float *);
