@@ -7,17 +7,18 @@ Tiny Shakespeare, written out faithfully in one file. nanoGPT's command is
       --dropout=0.0
 
 with the config's other values: learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, beta1 0.9, beta2 0.99,
-weight_decay 0.1 (2-D parameters only), grad_clip 1.0, eval_interval 250, bias True, gradient_accumulation_steps 1,
+weight_decay 0.1 (2-D parameters only), grad_clip 1.0, eval_interval 250, gradient_accumulation_steps 1, and
+train.py's bias = False (no bias in Linear or LayerNorm; the config does not override it),
 cosine decay; its README reports a validation loss of about 1.88.
 
 What is reproduced from nanoGPT (data/shakespeare_char/prepare.py, model.py, train.py, master):
   - data: vocabulary = the sorted set of the file's characters (65 for Tiny Shakespeare), the first 90% of the file
     (by position) for training and the rest for validation; a batch is B windows starting at
     torch.randint(len(split) - block_size, (B,)) from the global RNG, targets shifted by one.
-  - model: GPT-2 block (pre-LayerNorm with bias, eps 1e-5; causal self-attention, the manual path with a tril mask
+  - model: GPT-2 block (pre-LayerNorm without bias (bias=False), eps 1e-5; causal self-attention, the manual path with a tril mask
     because torch 1.13 has no scaled_dot_product_attention; MLP 4C with nn.GELU() = the exact erf GELU, NOT the tanh
     approximation loom and GPT-2 use), learned positions, tied wte/lm_head, dropout modules (p = 0 here). Module
-    names, construction order and init are nanoGPT's (N(0, 0.02) for Linear and Embedding, zero biases,
+    names, construction order and init are nanoGPT's (N(0, 0.02) for Linear and Embedding,
     c_proj.weight N(0, 0.02/sqrt(2 n_layer))), so a given seed draws the same initial weights as nanoGPT.
   - optimizer: configure_optimizers (AdamW, weight decay on dim >= 2 parameters, none on biases and LayerNorms,
     eps 1e-8, torch's default non-foreach implementation), grad-norm clip 1.0, get_lr of current master
@@ -62,7 +63,7 @@ DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt")
 
 # config/train_shakespeare_char.py with the README's CPU overrides
 CFG = dict(
-    block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=True,
+    block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
     learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000, max_iters=2000,
     beta1=0.9, beta2=0.99, weight_decay=1e-1, grad_clip=1.0, eval_interval=250, eval_iters=20,
     gradient_accumulation_steps=1, always_save_checkpoint=False,

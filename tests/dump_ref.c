@@ -36,7 +36,7 @@ static void put_params(FILE *f, loom_model *m, const char *prefix, const float *
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: dump_ref gpt2|llama OUTFILE [none|attn|full]\n");
+        fprintf(stderr, "usage: dump_ref gpt2|gpt2-nobias|llama OUTFILE [none|attn|full]\n");
         return 2;
     }
     int llama = strcmp(argv[1], "llama") == 0;
@@ -52,6 +52,7 @@ int main(int argc, char **argv) {
     c.vocab_size = llama ? 101 : 97;
     c.max_seq_len = 32;
     c.init_std = 0.1; /* larger than training's 0.02 so that every path carries signal */
+    if (strcmp(argv[1], "gpt2-nobias") == 0) c.bias = 0; /* nanoGPT's bias=False: no linear or LayerNorm bias */
     const int64_t B = 2, T = 16, N = B * T;
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;

@@ -120,21 +120,21 @@ def expected_params(cfg):
         out.append(("wpe", (cfg["max_seq_len"], C)))
         for l in range(L):
             p = "h.%d." % l
-            out += [(p + "ln_1.weight", (C,)), (p + "ln_1.bias", (C,))]
+            out += [(p + "ln_1.weight", (C,))] + ([(p + "ln_1.bias", (C,))] if bias else [])
             out.append((p + "attn.qkv.weight", (3 * C, C)))
             if bias:
                 out.append((p + "attn.qkv.bias", (3 * C,)))
             out.append((p + "attn.proj.weight", (C, C)))
             if bias:
                 out.append((p + "attn.proj.bias", (C,)))
-            out += [(p + "ln_2.weight", (C,)), (p + "ln_2.bias", (C,))]
+            out += [(p + "ln_2.weight", (C,))] + ([(p + "ln_2.bias", (C,))] if bias else [])
             out.append((p + "mlp.fc.weight", (F, C)))
             if bias:
                 out.append((p + "mlp.fc.bias", (F,)))
             out.append((p + "mlp.proj.weight", (C, F)))
             if bias:
                 out.append((p + "mlp.proj.bias", (C,)))
-        out += [("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
+        out += [("ln_f.weight", (C,))] + ([("ln_f.bias", (C,))] if bias else [])
     elif fam == "llama":
         for l in range(L):
             p = "h.%d." % l
@@ -163,7 +163,8 @@ def expected_params(cfg):
 def layer_norm(x, w, b, eps):
     mu = x.mean(-1, keepdim=True)
     var = ((x - mu) ** 2).mean(-1, keepdim=True)  # biased variance, as torch.nn.LayerNorm
-    return (x - mu) / torch.sqrt(var + eps) * w + b
+    y = (x - mu) / torch.sqrt(var + eps) * w
+    return y + b if b is not None else y  # bias=False: none
 
 
 def rms_norm(x, w, eps):
@@ -219,7 +220,7 @@ def forward(cfg, P, tokens, targets):
     for l in range(cfg["n_layer"]):
         p = "h.%d." % l
         if fam == "gpt2":
-            h = layer_norm(x, P[p + "ln_1.weight"], P[p + "ln_1.bias"], eps)
+            h = layer_norm(x, P[p + "ln_1.weight"], P.get(p + "ln_1.bias"), eps)
             qkv = linear(h, P, p + "attn.qkv.weight", p + "attn.qkv.bias")
             q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
             q = q.reshape(B, T, H, hd).transpose(1, 2)
@@ -227,7 +228,7 @@ def forward(cfg, P, tokens, targets):
             v = v.reshape(B, T, H, hd).transpose(1, 2)
             y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, C)
             x = x + linear(y, P, p + "attn.proj.weight", p + "attn.proj.bias")
-            h = layer_norm(x, P[p + "ln_2.weight"], P[p + "ln_2.bias"], eps)
+            h = layer_norm(x, P[p + "ln_2.weight"], P.get(p + "ln_2.bias"), eps)
             m = gelu_tanh(linear(h, P, p + "mlp.fc.weight", p + "mlp.fc.bias"))
             x = x + linear(m, P, p + "mlp.proj.weight", p + "mlp.proj.bias")
         else:
@@ -249,7 +250,7 @@ def forward(cfg, P, tokens, targets):
             m = (gate * torch.sigmoid(gate)) * up
             x = x + linear(m, P, p + "mlp.down.weight", p + "mlp.down.bias")
     if fam == "gpt2":
-        x = layer_norm(x, P["ln_f.weight"], P["ln_f.bias"], eps)
+        x = layer_norm(x, P["ln_f.weight"], P.get("ln_f.bias"), eps)
     else:
         x = rms_norm(x, P["norm_f.weight"], eps)
     head = P["wte"] if cfg.get("tie_embeddings", fam == "gpt2") else P["lm_head.weight"]

@@ -57,6 +57,7 @@ loom_status loom_model_config_preset(const char *name, loom_model_config *out) {
         *out = gpt2(4, 4, 128);
         out->vocab_size = 65;
         out->max_seq_len = 64;
+        out->bias = 0; /* nanoGPT's train.py: bias = False (no bias in Linear or LayerNorm) */
     }
     else {
         char list[256] = "";
@@ -109,8 +110,9 @@ int64_t loom_model_config_num_params(const loom_model_config *c) {
     int64_t C = c->d_model, hd = C / c->n_head, Cq = (c->n_head + 2 * c->n_kv_head) * hd, F = c->d_ff;
     int64_t per_layer, n = c->vocab_size * C;
     if (c->family == LOOM_FAMILY_GPT2) {
-        n += c->max_seq_len * C + 2 * C;
-        per_layer = 2 * C + Cq * C + Cq + C * C + C + 2 * C + F * C + F + C * F + C;
+        const int64_t b = c->bias ? 1 : 0; /* bias = 0: none in linears or LayerNorms */
+        n += c->max_seq_len * C + (1 + b) * C;
+        per_layer = (1 + b) * C + Cq * C + b * Cq + C * C + b * C + (1 + b) * C + F * C + b * F + C * F + b * C;
     } else {
         n += C + (c->tie_embeddings ? 0 : c->vocab_size * C);
         per_layer = C + Cq * C + C * (c->n_head * hd) + C + 2 * F * C + C * F;

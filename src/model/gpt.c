@@ -22,6 +22,7 @@
 #include "model_impl.h"
 
 #define P(off) (m->params + (off))
+#define P_OPT(off) ((off) >= 0 ? m->params + (off) : NULL) /* an optional parameter (a bias) */
 
 /* ---- the model's products with its weights: fp32, or bf16 copies of both operands (mixed precision) ---- */
 
@@ -70,6 +71,7 @@ static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
     return mm(m, b.trans_a, b.trans_b, b.M, b.N, b.K, b.alpha, b.A, b.lda, b.B, b.ldb, b.beta, b.C, b.ldc);
 }
 #define G(off) (m->grads + (off))
+#define G_OPT(off) ((off) >= 0 ? m->grads + (off) : NULL)
 
 static loom_status add_param(loom_model *m, int cap, const char *name, int layer, int ndim, int64_t d0,
                              int64_t d1, int decay, int64_t *cursor, int64_t *out_off) {
@@ -213,7 +215,9 @@ static loom_status build_layout(loom_model *m) {
         if (held) m->unit_lo[m->n_units++] = cur;
         for (int w = 0; w < W_COUNT; w++) {
             const char *nm = gpt ? gpt_names[w] : llama_names[w];
-            if (!nm || (!c->bias && (w == W_QKV_B || w == W_ATTN_PROJ_B || w == W_FC_B || w == W_MLP_PROJ_B)))
+            /* bias = 0: no bias in linears nor (GPT-2) LayerNorms, as nanoGPT's bias=False */
+            if (!nm || (!c->bias && (w == W_QKV_B || w == W_ATTN_PROJ_B || w == W_FC_B || w == W_MLP_PROJ_B ||
+                                     w == W_LN1_B || w == W_LN2_B)))
                 continue;
             int64_t d0 = C, d1 = 1;
             int ndim = 1;
@@ -245,7 +249,7 @@ static loom_status build_layout(loom_model *m) {
     const split_spec repl = {LOOM_TP_REPLICATED, C, 1, 0, 0, 0};
     LOOM_CALL(walk_param(m, cap, m->last, gpt ? "ln_f.weight" : "norm_f.weight", -1, 1, C, 1, 0, repl, &cur,
                          &m->off_lnf_w));
-    if (gpt) LOOM_CALL(walk_param(m, cap, m->last, "ln_f.bias", -1, 1, C, 1, 0, repl, &cur, &m->off_lnf_b));
+    if (gpt && c->bias) LOOM_CALL(walk_param(m, cap, m->last, "ln_f.bias", -1, 1, C, 1, 0, repl, &cur, &m->off_lnf_b));
     if (!c->tie_embeddings) {
         LOOM_CALL(walk_param(m, cap, m->last, "lm_head.weight", -1, 2, V, C, 1, vocab, &cur, &m->off_head));
     } else if (m->first) {
@@ -780,7 +784,7 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float eps = (float)m->cfg.norm_eps;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
-    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), N, C, eps);
+    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P_OPT(lo[W_LN1_B]), N, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), N, C, eps);
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
@@ -794,7 +798,7 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
                   lead ? 1.0f : 0.0f, a->res1, C));
     if (lead && lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
     LOOM_CALL(tp_sum(m, a->res1, N * C));
-    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), N, C, eps);
+    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), N, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), N, C, eps);
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
     mlp_activation_forward(m, a, lo, N, 1);
@@ -852,7 +856,7 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
     float *full = m->sp_gather, *part = m->sp_partial;
-    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), Nr, C, eps);
+    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P_OPT(lo[W_LN1_B]), Nr, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), Nr, C, eps);
     LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
@@ -863,7 +867,7 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
     add_into(m, a->res1, x, Nr * C);
     if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), Nr, C);
-    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P(lo[W_LN2_B]), Nr, C, eps);
+    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), Nr, C, eps);
     else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), Nr, C, eps);
     LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
@@ -1009,7 +1013,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     HOOK(params_needed, U_HEAD, 1);
     if (head_is_wte(m)) HOOK(params_needed, 0, 1);
     if (gpt)
-        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P(m->off_lnf_b), Nr, C,
+        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P_OPT(m->off_lnf_b), Nr, C,
                                  (float)m->cfg.norm_eps);
     else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), Nr, C, (float)m->cfg.norm_eps);
     float *lnf_full = m->slots[m->slot].lnf_full;
@@ -1076,7 +1080,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
     LOOM_CALL(tp_sum(m, m->dln, N * C)); /* column-parallel fc: the input gradient sums over tp */
     if (gpt)
-        loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
+        loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G_OPT(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
                                   a->ln2_mean, a->ln2_rstd, N, C, acc);
     else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN2_W]), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, N, C, acc);
     /* attention: res1 = x + atty Wo^T + bo */
@@ -1091,7 +1095,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
     LOOM_CALL(tp_sum(m, m->dln, N * C));
     if (gpt)
-        loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
+        loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G_OPT(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
                                   a->ln1_mean, a->ln1_rstd, N, C, acc);
     else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN1_W]), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, N, C, acc);
     return LOOM_OK;

@@ -103,6 +103,7 @@ static void cached_attention(loom_model *m, int64_t l) {
 }
 
 #define P(off) (m->params + (off))
+#define P_OPT(off) ((off) >= 0 ? m->params + (off) : NULL)
 
 loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logits) {
     struct loom_kv_cache *kv = m->kv;
@@ -120,7 +121,7 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logit
     if (gpt) loom_k_add(be, kv->x, kv->x, P(m->off_wpe) + pos * C, C);
     for (int64_t l = 0; l < m->cfg.n_layer; l++) {
         const int64_t *lo = m->layer_off + l * W_COUNT;
-        if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->x, P(lo[W_LN1_W]), P(lo[W_LN1_B]), 1, C, eps);
+        if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->x, P(lo[W_LN1_W]), P_OPT(lo[W_LN1_B]), 1, C, eps);
         else loom_k_rmsnorm_forward(be, kv->ln, NULL, kv->x, P(lo[W_LN1_W]), 1, C, eps);
         loom_k_matmul(be, 0, 1, 1, Cq, C, 1.0f, kv->ln, C, P(lo[W_QKV_W]), C, 0.0f, kv->qkv, Cq);
         if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, kv->qkv, P(lo[W_QKV_B]), 1, Cq);
@@ -131,7 +132,7 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logit
         memcpy(kv->res, kv->x, (size_t)C * sizeof(float));
         loom_k_matmul(be, 0, 1, 1, C, Ca, 1.0f, kv->att, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 1.0f, kv->res, C);
         if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, kv->res, P(lo[W_ATTN_PROJ_B]), 1, C);
-        if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->res, P(lo[W_LN2_W]), P(lo[W_LN2_B]), 1, C, eps);
+        if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->res, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), 1, C, eps);
         else loom_k_rmsnorm_forward(be, kv->ln, NULL, kv->res, P(lo[W_LN2_W]), 1, C, eps);
         loom_k_matmul(be, 0, 1, 1, fcw, C, 1.0f, kv->ln, C, P(lo[W_FC_W]), C, 0.0f, kv->fc, fcw);
         if (gpt) loom_k_bias_gelu_forward(be, kv->fc, kv->act, P(lo[W_FC_B]), 1, F);
@@ -140,7 +141,7 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logit
         loom_k_matmul(be, 0, 1, 1, C, F, 1.0f, kv->act, F, P(lo[W_MLP_PROJ_W]), F, 1.0f, kv->x, C);
         if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, kv->x, P(lo[W_MLP_PROJ_B]), 1, C);
     }
-    if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->x, P(m->off_lnf_w), P(m->off_lnf_b), 1, C, eps);
+    if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->x, P(m->off_lnf_w), P_OPT(m->off_lnf_b), 1, C, eps);
     else loom_k_rmsnorm_forward(be, kv->ln, NULL, kv->x, P(m->off_lnf_w), 1, C, eps);
     loom_k_matmul(be, 0, 1, 1, m->V, C, 1.0f, kv->ln, C, P(m->off_head), C, 0.0f, kv->logits, m->V);
     kv->pos++;

@@ -19,7 +19,7 @@ void loom_cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float
         for (int64_t c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
         float r = 1.0f / sqrtf(v / (float)C + eps);
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * r * w[c] + b[c];
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * r * w[c] + (b ? b[c] : 0.0f);
         if (mean) mean[n] = m;
         if (rstd) rstd[n] = r;
     }
@@ -56,15 +56,18 @@ void loom_cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float
         int64_t c0, c1;
         loom_cpu_thread_range(C, &c0, &c1);
         if (!accumulate)
-            for (int64_t c = c0; c < c1; c++) dw[c] = db[c] = 0.0f;
+            for (int64_t c = c0; c < c1; c++) {
+                dw[c] = 0.0f;
+                if (db) db[c] = 0.0f;
+            }
         for (int64_t n = 0; n < N; n++) {
             const float *x = inp + n * C, *dy = dout + n * C;
             float m = mean[n], r = rstd[n];
 #pragma omp simd
-            for (int64_t c = c0; c < c1; c++) {
-                dw[c] += dy[c] * (x[c] - m) * r;
-                db[c] += dy[c];
-            }
+            for (int64_t c = c0; c < c1; c++) dw[c] += dy[c] * (x[c] - m) * r;
+            if (db) /* a LayerNorm without bias (nanoGPT's bias=False) */
+#pragma omp simd
+                for (int64_t c = c0; c < c1; c++) db[c] += dy[c];
         }
     }
 }
