@@ -461,14 +461,6 @@ int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state) 
     return 4 * ((stage >= 3 ? slice : n) + (stage >= 2 ? slice : n) + (int64_t)n_state * (stage >= 1 ? slice : n));
 }
 
-int64_t loom_zero_unit_workspace(int stage, int64_t u_first, int64_t u_last, int64_t u_block) {
-    if (stage < 2) return 0;
-    const int64_t ends = u_first + u_last;
-    const int64_t at_head = ends + (stage >= 3 ? ends + u_block : 0);
-    const int64_t in_blocks = ends + 3 * u_block + (stage >= 3 ? 2 * u_block : 0);
-    return 4 * (at_head > in_blocks ? at_head : in_blocks);
-}
-
 static void layout_units(const loom_model *m, int64_t *first, int64_t *last, int64_t *block) {
     const int n = loom_model_num_units(m);
     *first = *last = *block = 0;
@@ -479,6 +471,16 @@ static void layout_units(const loom_model *m, int64_t *first, int64_t *last, int
         else if (u == n - 1) *last = e - b;
         else *block = max64(*block, e - b);
     }
+}
+
+int64_t loom_zero_unit_workspace(const loom_model *layout, int stage) {
+    if (stage < 2) return 0;
+    int64_t u_first, u_last, u_block;
+    layout_units(layout, &u_first, &u_last, &u_block);
+    const int64_t ends = u_first + u_last;
+    const int64_t at_head = ends + (stage >= 3 ? ends + u_block : 0);
+    const int64_t in_blocks = ends + 3 * u_block + (stage >= 3 ? 2 * u_block : 0);
+    return 4 * (at_head > in_blocks ? at_head : in_blocks);
 }
 
 /* Whether this rank's state fits the budget, and if not what the memory manager takes over: the moments
@@ -507,9 +509,7 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     b->store_floats = b->stage == 0 ? n : hi - lo;
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
         if (b->mask & (1 << s)) b->staging_bytes += 2 * b->chunk_bytes;
-    int64_t u_first, u_last, u_block;
-    layout_units(lay, &u_first, &u_last, &u_block);
-    b->working_set = b->staging_bytes + loom_zero_unit_workspace(b->stage, u_first, u_last, u_block);
+    b->working_set = b->staging_bytes + loom_zero_unit_workspace(lay, b->stage);
     if (b->stage >= 3 && N > 1) {
         for (int u = 0; u < loom_model_num_units(lay); u++) {
             int64_t a, e;

@@ -7,19 +7,6 @@
 #include "loom/parallel.h"
 #include "loom/plan.h"
 
-/* the largest block unit and the embedding/head units' sizes of a layout, in floats */
-static void unit_sizes(const loom_model *m, int64_t *first, int64_t *last, int64_t *largest_block) {
-    const int n = loom_model_num_units(m);
-    *first = *last = *largest_block = 0;
-    for (int u = 0; u < n; u++) {
-        int64_t b, e;
-        loom_model_unit_range(m, u, &b, &e);
-        if (u == 0) *first = e - b;
-        else if (u == n - 1) *last = e - b;
-        else if (e - b > *largest_block) *largest_block = e - b;
-    }
-}
-
 loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_rank **out, int *n_out) {
     *out = NULL;
     *n_out = 0;
@@ -100,14 +87,12 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
                                            : 4 * (int64_t)states * (stage >= 1 ? slice : n);
         if (t->precision == LOOM_PRECISION_BF16) p->bytes[LOOM_MEM_PARAMS] += 2 * n; /* the bf16 working copy */
         if (t->precision == LOOM_PRECISION_FP16) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp16 values, fp32-held */
-        int64_t u_first, u_last, u_block;
-        unit_sizes(m, &u_first, &u_last, &u_block);
         int64_t ws = 0;
         if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
             ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
         /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
          * part); the memory manager's update staging */
-        ws += loom_zero_unit_workspace(stage, u_first, u_last, u_block);
+        ws += loom_zero_unit_workspace(m, stage);
         if (stage >= 2 && !off_pg) ws += 4 * slice;
         if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
         ws += zb.staging_bytes;
