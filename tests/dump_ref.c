@@ -36,7 +36,8 @@ static void put_params(FILE *f, loom_model *m, const char *prefix, const float *
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: dump_ref gpt2|gpt2-nobias|llama OUTFILE [none|attn|full]\n");
+        fprintf(stderr, "usage: dump_ref gpt2|gpt2-nobias|llama OUTFILE [none|attn|full]\n"
+                        "  (gpt2-nobias: nanoGPT's model, no biases and the exact erf GELU)\n");
         return 2;
     }
     int llama = strcmp(argv[1], "llama") == 0;
@@ -52,7 +53,10 @@ int main(int argc, char **argv) {
     c.vocab_size = llama ? 101 : 97;
     c.max_seq_len = 32;
     c.init_std = 0.1; /* larger than training's 0.02 so that every path carries signal */
-    if (strcmp(argv[1], "gpt2-nobias") == 0) c.bias = 0; /* nanoGPT's bias=False: no linear or LayerNorm bias */
+    if (strcmp(argv[1], "gpt2-nobias") == 0) { /* nanoGPT's model: bias=False (no linear or LayerNorm bias), nn.GELU() */
+        c.bias = 0;
+        c.gelu = LOOM_GELU_ERF;
+    }
     const int64_t B = 2, T = 16, N = B * T;
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
@@ -89,11 +93,12 @@ int main(int argc, char **argv) {
     snprintf(cfgjson, sizeof cfgjson,
              "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,\"d_ff\":%lld,"
              "\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
-             "\"tie_embeddings\":%s,\"bias\":%s,\"B\":%lld,\"T\":%lld,\"lr\":%.17g,\"beta1\":%.17g,"
+             "\"tie_embeddings\":%s,\"bias\":%s,\"gelu\":\"%s\",\"B\":%lld,\"T\":%lld,\"lr\":%.17g,\"beta1\":%.17g,"
              "\"beta2\":%.17g,\"eps\":%.17g,\"weight_decay\":%.17g,\"step\":1}",
              loom_family_name(c.family), (long long)c.n_layer, (long long)c.n_head, (long long)c.n_kv_head,
              (long long)c.d_model, (long long)c.d_ff, (long long)c.vocab_size, (long long)c.max_seq_len, c.norm_eps,
-             c.rope_theta, c.tie_embeddings ? "true" : "false", c.bias ? "true" : "false", (long long)B,
+             c.rope_theta, c.tie_embeddings ? "true" : "false", c.bias ? "true" : "false",
+             c.gelu == LOOM_GELU_ERF ? "erf" : "tanh", (long long)B,
              (long long)T, lr, b1, b2, eps, wd);
     int64_t len = (int64_t)strlen(cfgjson), bt[2] = {B, T};
     put(f, "config", 2, 1, &len, cfgjson, 1);

@@ -125,7 +125,9 @@ int main(void) {
     loom_backend *be;
     loom_comm *comm;
     if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm)) return 1;
-    if (run_family(be, comm, "demo", 0) || run_family(be, comm, "llama-tiny", 1)) {
+    /* nanogpt-char: GPT-2 without biases and with the exact GELU */
+    if (run_family(be, comm, "demo", 0) || run_family(be, comm, "llama-tiny", 1) ||
+        run_family(be, comm, "nanogpt-char", 0)) {
         fprintf(stderr, "error: %s\n", loom_error_message());
         return 1;
     }

@@ -319,7 +319,7 @@ static void test_activations(loom_backend *be) {
     fill(bias, F, -0.5, 0.5);
     /* bias_gelu_forward with out: pre += bias, out = gelu(pre) */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_gelu_forward(be, pre, out, bias, N, F);
+    loom_k_bias_gelu_forward(be, pre, out, bias, N, F, 0);
     float *pre_want = fvec(n);
     double *ref = dvec(n);
     for (int64_t i = 0; i < n; i++) {
@@ -332,25 +332,42 @@ static void test_activations(loom_backend *be) {
     check_close("bias_gelu_forward_out", out, ref, n, 2e-6, 4e-6);
     /* out == NULL: bias only */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_gelu_forward(be, pre, NULL, bias, N, F);
+    loom_k_bias_gelu_forward(be, pre, NULL, bias, N, F, 0);
     check_bits("bias_gelu_forward_out_null_bias_only", pre, pre_want, n);
     /* gelu_forward */
     fill_value(out, n, NAN);
-    loom_k_gelu_forward(be, out, pre0, n);
+    loom_k_gelu_forward(be, out, pre0, n, 0);
     for (int64_t i = 0; i < n; i++) ref[i] = gelu_ref((double)pre0[i]);
     check_close("gelu_forward", out, ref, n, 2e-6, 4e-6);
     /* gelu_backward (and in place: dpre aliases dout) */
     float *dout = fvec(n), *dpre = fvec(n);
     fill(dout, n, -1, 1);
-    loom_k_gelu_backward(be, dpre, pre0, dout, n);
+    loom_k_gelu_backward(be, dpre, pre0, dout, n, 0);
     for (int64_t i = 0; i < n; i++) ref[i] = gelu_grad_ref((double)pre0[i]) * dout[i];
     /* gelu' is O(1) (max ~1.13), but its sech^2 = 1 - t^2 is formed in float from t = tanh(u) ~ 1 for
      * |x| > 3: an error of ~1 ulp(1) = 1.2e-7 in t becomes 2.4e-7 absolute in sech^2, multiplied by
      * 0.5 x k (1 + 3 c x^2) ~ 9 at |x| = 5: ~2e-6 absolute (measured 1.8e-6). atol 5e-6. */
     check_close("gelu_backward", dpre, ref, n, 5e-6, 4e-6);
     memcpy(dpre, dout, (size_t)n * sizeof(float));
-    loom_k_gelu_backward(be, dpre, pre0, dpre, n);
+    loom_k_gelu_backward(be, dpre, pre0, dpre, n, 0);
     check_close("gelu_backward_in_place", dpre, ref, n, 5e-6, 4e-6);
+    /* the exact GELU (erf, PyTorch's nn.GELU()): libm's erff/expf are within 1-2 ulp, so the float result
+     * of an O(5) value is within a few ulp: atol 1e-6, rtol 4e-6 (forward); its derivative
+     * Phi(x) + x phi(x) likewise (no cancellation): the same bounds */
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    loom_k_bias_gelu_forward(be, pre, out, bias, N, F, 1);
+    for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre_want[i] * (1.0 + erf(pre_want[i] / sqrt(2.0)));
+    check_bits("bias_gelu_erf_forward_pre_plus_bias", pre, pre_want, n);
+    check_close("bias_gelu_erf_forward_out", out, ref, n, 1e-6, 4e-6);
+    loom_k_gelu_forward(be, out, pre0, n, 1);
+    for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre0[i] * (1.0 + erf(pre0[i] / sqrt(2.0)));
+    check_close("gelu_erf_forward", out, ref, n, 1e-6, 4e-6);
+    loom_k_gelu_backward(be, dpre, pre0, dout, n, 1);
+    for (int64_t i = 0; i < n; i++) {
+        const double x = pre0[i];
+        ref[i] = (0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI)) * dout[i];
+    }
+    check_close("gelu_erf_backward", dpre, ref, n, 1e-6, 4e-6);
 
     /* SwiGLU: gu (N, 2F) = [gate | up]; out = silu(gate) * up */
     float *gu = fvec(N * 2 * F), *sw = fvec(n), *dgu = fvec(N * 2 * F);

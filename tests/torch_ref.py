@@ -229,7 +229,8 @@ def forward(cfg, P, tokens, targets):
             y = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, C)
             x = x + linear(y, P, p + "attn.proj.weight", p + "attn.proj.bias")
             h = layer_norm(x, P[p + "ln_2.weight"], P.get(p + "ln_2.bias"), eps)
-            m = gelu_tanh(linear(h, P, p + "mlp.fc.weight", p + "mlp.fc.bias"))
+            fc = linear(h, P, p + "mlp.fc.weight", p + "mlp.fc.bias")
+            m = torch.nn.functional.gelu(fc) if cfg.get("gelu") == "erf" else gelu_tanh(fc)  # erf: nn.GELU(), exact
             x = x + linear(m, P, p + "mlp.proj.weight", p + "mlp.proj.bias")
         else:
             h = rms_norm(x, P[p + "attn_norm.weight"], eps)

@@ -93,13 +93,14 @@ void loom_k_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const flo
 void loom_k_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
                              const float *w, const float *rstd, int64_t N, int64_t C, int accumulate);
 
-/* pre (N,F) += bias (F); out (N,F) = gelu_tanh(pre) (out may be NULL: bias only). */
+/* GELU: `exact` 0 the tanh approximation (GPT-2), 1 the erf form (PyTorch nn.GELU()).
+ * pre (N,F) += bias (F); out (N,F) = gelu(pre) (out may be NULL: bias only). */
 void loom_k_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
-                              int64_t F);
-/* out (N,F) = gelu_tanh(pre) */
-void loom_k_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n);
+                              int64_t F, int exact);
+/* out (n) = gelu(pre) */
+void loom_k_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact);
 /* dpre (n) = gelu'(pre) * dout; dpre may alias dout. */
-void loom_k_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n);
+void loom_k_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n, int exact);
 /* out (N,F) = silu(gu[:, :F]) * gu[:, F:], gu is (N,2F). */
 void loom_k_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F);
 /* dgu (N,2F) from dout (N,F). */

@@ -26,6 +26,9 @@
 
 typedef enum { LOOM_FAMILY_GPT2 = 0, LOOM_FAMILY_LLAMA } loom_family;
 typedef enum { LOOM_RECOMPUTE_NONE = 0, LOOM_RECOMPUTE_ATTN, LOOM_RECOMPUTE_FULL } loom_recompute;
+/* GPT-2's MLP activation: the tanh approximation (GPT-2, Hugging Face gelu_new) or the exact erf form
+ * (PyTorch's nn.GELU(), nanoGPT) */
+typedef enum { LOOM_GELU_TANH = 0, LOOM_GELU_ERF } loom_gelu;
 
 typedef struct {
     loom_family family;
@@ -33,7 +36,8 @@ typedef struct {
     double norm_eps;
     double rope_theta;   /* LLaMA */
     int tie_embeddings;  /* GPT-2: 1 */
-    int bias;            /* GPT-2: 1 */
+    int bias;            /* GPT-2: 1 (0: no bias in linears nor LayerNorms) */
+    loom_gelu gelu;      /* GPT-2: LOOM_GELU_TANH */
     double init_std;     /* weights ~ N(0, init_std); residual projections / sqrt(2 L) */
 } loom_model_config;
 

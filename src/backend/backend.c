@@ -98,15 +98,15 @@ void loom_k_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const flo
                              const float *w, const float *rstd, int64_t N, int64_t C, int accumulate) {
     DISPATCH(LOOM_OP_NORM, 0, be->ops.rmsnorm_backward(be, dinp, dw, dout, inp, w, rstd, N, C, accumulate));
 }
-void loom_k_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
-                              int64_t F) {
-    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.bias_gelu_forward(be, pre, out, bias, N, F));
+void loom_k_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N, int64_t F,
+                              int exact) {
+    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.bias_gelu_forward(be, pre, out, bias, N, F, exact));
 }
-void loom_k_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n) {
-    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.gelu_forward(be, out, pre, n));
+void loom_k_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact) {
+    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.gelu_forward(be, out, pre, n, exact));
 }
-void loom_k_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n) {
-    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.gelu_backward(be, dpre, pre, dout, n));
+void loom_k_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n, int exact) {
+    DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.gelu_backward(be, dpre, pre, dout, n, exact));
 }
 void loom_k_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F) {
     DISPATCH(LOOM_OP_ACTIVATION, 0, be->ops.swiglu_forward(be, out, gu, N, F));

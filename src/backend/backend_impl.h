@@ -16,9 +16,9 @@ typedef struct {
                             float);
     void (*rmsnorm_backward)(loom_backend *, float *, float *, const float *, const float *, const float *,
                              const float *, int64_t, int64_t, int);
-    void (*bias_gelu_forward)(loom_backend *, float *, float *, const float *, int64_t, int64_t);
-    void (*gelu_forward)(loom_backend *, float *, const float *, int64_t);
-    void (*gelu_backward)(loom_backend *, float *, const float *, const float *, int64_t);
+    void (*bias_gelu_forward)(loom_backend *, float *, float *, const float *, int64_t, int64_t, int);
+    void (*gelu_forward)(loom_backend *, float *, const float *, int64_t, int);
+    void (*gelu_backward)(loom_backend *, float *, const float *, const float *, int64_t, int);
     void (*swiglu_forward)(loom_backend *, float *, const float *, int64_t, int64_t);
     void (*swiglu_backward)(loom_backend *, float *, const float *, const float *, int64_t, int64_t);
     void (*bias_add)(loom_backend *, float *, const float *, int64_t, int64_t);

@@ -264,10 +264,12 @@ loom_status loom_hf_config_from_json(const loom_json *j, const char *label, loom
         c.bias = 1;
         const char *act = cfg_str(j, "activation_function");
         if (!act) act = "gelu_new";
-        LOOM_CHECK(!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_fast"),
+        LOOM_CHECK(!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_fast") ||
+                       !strcmp(act, "gelu"),
                    LOOM_ERR_UNSUPPORTED,
-                   "%s: activation_function '%.40s' is not supported (loom's GPT-2 uses the tanh GELU: gelu_new)", label,
-                   act);
+                   "%s: activation_function '%.40s' is not supported (loom's GPT-2 has the tanh GELU, gelu_new, and the "
+                   "exact one, gelu)", label, act);
+        c.gelu = !strcmp(act, "gelu") ? LOOM_GELU_ERF : LOOM_GELU_TANH;
         int tie = 1, scale = 1, inv_layer = 0, cross = 0;
         LOOM_CALL(cfg_bool(j, "tie_word_embeddings", 1, label, &tie));
         LOOM_CALL(cfg_bool(j, "scale_attn_weights", 1, label, &scale));
@@ -347,7 +349,8 @@ static void hf_config_to_json(const loom_model_config *c, int has_bias, loom_st_
                            (long long)c->d_model, (long long)c->n_layer, (long long)c->n_head);
         if (c->d_ff == 4 * c->d_model) loom_strbuf_printf(sb, "  \"n_inner\": null,\n");
         else loom_strbuf_printf(sb, "  \"n_inner\": %lld,\n", (long long)c->d_ff);
-        loom_strbuf_printf(sb, "  \"activation_function\": \"gelu_new\",\n  \"layer_norm_epsilon\": ");
+        loom_strbuf_printf(sb, "  \"activation_function\": \"%s\",\n  \"layer_norm_epsilon\": ",
+                           c->gelu == LOOM_GELU_ERF ? "gelu" : "gelu_new");
         loom_json_write_number(sb, c->norm_eps);
         loom_strbuf_printf(sb, ",\n  \"initializer_range\": ");
         loom_json_write_number(sb, c->init_std);

@@ -57,7 +57,8 @@ loom_status loom_model_config_preset(const char *name, loom_model_config *out) {
         *out = gpt2(4, 4, 128);
         out->vocab_size = 65;
         out->max_seq_len = 64;
-        out->bias = 0; /* nanoGPT's train.py: bias = False (no bias in Linear or LayerNorm) */
+        out->bias = 0;                /* nanoGPT's train.py: bias = False (no bias in Linear or LayerNorm) */
+        out->gelu = LOOM_GELU_ERF;    /* its MLP: nn.GELU(), the exact form */
     }
     else {
         char list[256] = "";

@@ -135,7 +135,9 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logit
         if (gpt) loom_k_layernorm_forward(be, kv->ln, NULL, NULL, kv->res, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), 1, C, eps);
         else loom_k_rmsnorm_forward(be, kv->ln, NULL, kv->res, P(lo[W_LN2_W]), 1, C, eps);
         loom_k_matmul(be, 0, 1, 1, fcw, C, 1.0f, kv->ln, C, P(lo[W_FC_W]), C, 0.0f, kv->fc, fcw);
-        if (gpt) loom_k_bias_gelu_forward(be, kv->fc, kv->act, P(lo[W_FC_B]), 1, F);
+        const int exact = m->cfg.gelu == LOOM_GELU_ERF;
+        if (gpt && lo[W_FC_B] >= 0) loom_k_bias_gelu_forward(be, kv->fc, kv->act, P(lo[W_FC_B]), 1, F, exact);
+        else if (gpt) loom_k_gelu_forward(be, kv->act, kv->fc, F, exact); /* bias = 0 */
         else loom_k_swiglu_forward(be, kv->act, kv->fc, 1, F);
         memcpy(kv->x, kv->res, (size_t)C * sizeof(float));
         loom_k_matmul(be, 0, 1, 1, C, F, 1.0f, kv->act, F, P(lo[W_MLP_PROJ_W]), F, 1.0f, kv->x, C);

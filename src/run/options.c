@@ -22,6 +22,7 @@ static const char *const family_choices[] = {"gpt2", "llama", NULL};
 static const char *const optim_choices[] = {"adamw", "sgd", "lamb", "lars", NULL};
 static const char *const sched_choices[] = {"cosine", "linear", "constant", NULL};
 static const char *const rc_choices[] = {"none", "attn", "full", NULL};
+static const char *const gelu_choices[] = {"tanh", "erf", NULL}; /* loom_gelu's order */
 static const char *const precision_choices[] = {"fp32", "bf16", "fp16", NULL}; /* loom_precision's order */
 static const char *const pp_choices[] = {"1f1b", "interleaved", NULL}; /* loom_pp_schedule's order */
 static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
@@ -43,7 +44,8 @@ static const option options[] = {
     {"model.norm_eps", OPT_FLOAT, M(norm_eps), 0, NULL, "LayerNorm/RMSNorm epsilon"},
     {"model.rope_theta", OPT_FLOAT, M(rope_theta), 0, NULL, "RoPE base (llama)"},
     {"model.tie_embeddings", OPT_BOOL, M(tie_embeddings), 0, NULL, "head shares the token embedding"},
-    {"model.bias", OPT_BOOL, M(bias), 0, NULL, "linear layers have biases"},
+    {"model.bias", OPT_BOOL, M(bias), 0, NULL, "linear layers (and GPT-2's LayerNorms) have biases"},
+    {"model.gelu", OPT_ENUM, M(gelu), 0, gelu_choices, "gpt2 MLP activation: tanh (GPT-2's approximation) or erf (exact, PyTorch nn.GELU)"},
     {"model.init_std", OPT_FLOAT, M(init_std), 0, NULL, "init standard deviation (residual projections / sqrt(2L))"},
     {"optim.kind", OPT_ENUM, O(kind), 0, optim_choices, "optimizer"},
     {"optim.lr", OPT_FLOAT, O(lr), 0, NULL, "peak learning rate"},
@@ -335,11 +337,11 @@ void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb) {
     loom_strbuf_printf(sb,
                        "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,"
                        "\"d_ff\":%lld,\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
-                       "\"tie_embeddings\":%s,\"bias\":%s,\"init_std\":%.17g}",
+                       "\"tie_embeddings\":%s,\"bias\":%s,\"gelu\":\"%s\",\"init_std\":%.17g}",
                        loom_family_name(m->family), (long long)m->n_layer, (long long)m->n_head,
                        (long long)m->n_kv_head, (long long)m->d_model, (long long)m->d_ff, (long long)m->vocab_size,
                        (long long)m->max_seq_len, m->norm_eps, m->rope_theta, m->tie_embeddings ? "true" : "false",
-                       m->bias ? "true" : "false", m->init_std);
+                       m->bias ? "true" : "false", m->gelu == LOOM_GELU_ERF ? "erf" : "tanh", m->init_std);
 }
 
 loom_status loom_model_config_from_json(const loom_json *obj, loom_model_config *m) {

@@ -251,7 +251,7 @@ static loom_status compare_models(const loom_model_config *a, const loom_model_c
                "checkpoint %s belongs to another model: family %s there, %s in this config", path,
                loom_family_name(a->family), loom_family_name(b->family));
     SAME(n_layer); SAME(n_head); SAME(n_kv_head); SAME(d_model); SAME(d_ff); SAME(vocab_size); SAME(max_seq_len);
-    SAME(tie_embeddings); SAME(bias); SAME(norm_eps); SAME(rope_theta);
+    SAME(tie_embeddings); SAME(bias); SAME(gelu); SAME(norm_eps); SAME(rope_theta);
 #undef SAME
     return LOOM_OK;
 }

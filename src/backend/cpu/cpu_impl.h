@@ -59,9 +59,9 @@ void loom_cpu_rmsnorm_forward(loom_backend *, float *, float *, const float *, c
                               float);
 void loom_cpu_rmsnorm_backward(loom_backend *, float *, float *, const float *, const float *, const float *,
                                const float *, int64_t, int64_t, int);
-void loom_cpu_bias_gelu_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t);
-void loom_cpu_gelu_forward(loom_backend *, float *, const float *, int64_t);
-void loom_cpu_gelu_backward(loom_backend *, float *, const float *, const float *, int64_t);
+void loom_cpu_bias_gelu_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t, int);
+void loom_cpu_gelu_forward(loom_backend *, float *, const float *, int64_t, int);
+void loom_cpu_gelu_backward(loom_backend *, float *, const float *, const float *, int64_t, int);
 void loom_cpu_swiglu_forward(loom_backend *, float *, const float *, int64_t, int64_t);
 void loom_cpu_swiglu_backward(loom_backend *, float *, const float *, const float *, int64_t, int64_t);
 void loom_cpu_bias_add(loom_backend *, float *, const float *, int64_t, int64_t);
