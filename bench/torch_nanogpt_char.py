@@ -17,7 +17,7 @@ What is reproduced from nanoGPT (data/shakespeare_char/prepare.py, model.py, tra
     torch.randint(len(split) - block_size, (B,)) from the global RNG, targets shifted by one.
   - model: GPT-2 block (pre-LayerNorm without bias (bias=False), eps 1e-5; causal self-attention, the manual path with a tril mask
     because torch 1.13 has no scaled_dot_product_attention; MLP 4C with nn.GELU() = the exact erf GELU, NOT the tanh
-    approximation loom and GPT-2 use), learned positions, tied wte/lm_head, dropout modules (p = 0 here). Module
+    approximation GPT-2 uses; loom's nanogpt-char preset uses the exact one too), learned positions, tied wte/lm_head, dropout modules (p = 0 here). Module
     names, construction order and init are nanoGPT's (N(0, 0.02) for Linear and Embedding,
     c_proj.weight N(0, 0.02/sqrt(2 n_layer))), so a given seed draws the same initial weights as nanoGPT.
   - optimizer: configure_optimizers (AdamW, weight decay on dim >= 2 parameters, none on biases and LayerNorms,
