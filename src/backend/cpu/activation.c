@@ -1,16 +1,15 @@
 /* GELU (the tanh approximation, as GPT-2, or the exact erf form, as PyTorch's nn.GELU()) fused with the
  * bias add of the GEMM before it; SwiGLU; bias and residual adds. */
-#include <math.h>
-
 #include "cpu_impl.h"
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define GELU_C 0.044715f
 
-static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static inline float gelu_erf(float x) { return 0.5f * x * (1.0f + loom_fast_erff(x * 0.70710678118654752f)); }
 /* d/dx x Phi(x) = Phi(x) + x phi(x) */
 static inline float gelu_erf_grad(float x) {
-    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
+    return 0.5f * (1.0f + loom_fast_erff(x * 0.70710678118654752f)) +
+           x * 0.3989422804014327f * loom_fast_expf(-0.5f * x * x);
 }
 
 void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
@@ -21,6 +20,7 @@ void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const 
         float *p = pre + n * F;
         if (out && exact) {
             float *o = out + n * F;
+#pragma omp simd
             for (int64_t f = 0; f < F; f++) {
                 p[f] += bias[f];
                 o[f] = gelu_erf(p[f]);
@@ -43,7 +43,7 @@ void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const 
 void loom_cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact) {
     (void)be;
     if (exact) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (int64_t i = 0; i < n; i++) out[i] = gelu_erf(pre[i]);
         return;
     }
@@ -58,7 +58,7 @@ void loom_cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, con
                             int exact) {
     (void)be;
     if (exact) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
         for (int64_t i = 0; i < n; i++) dpre[i] = gelu_erf_grad(pre[i]) * dout[i];
         return;
     }
