@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """loom plan --memory against measured runs (issue 6, memory estimator).
 
-For each configuration (recompute none/attn/full x ZeRO 0-3 on 2 data-parallel ranks; bf16 mixed precision
-with recompute and ZeRO; the memory manager under a budget (offload) on one rank and with ZeRO 1-3 on two,
+For each configuration (recompute none/attn/full x ZeRO 0-3 on 2 data-parallel ranks; bf16 and fp16 mixed
+precision with recompute and ZeRO; the memory manager under a budget (offload) on one rank and with ZeRO 1-3 on two,
 with recompute and SGD; one process, tensor, sequence (ring), pipeline (1F1B and interleaved) and Megatron
 sequence-parallel layouts; both model families), the prediction is made first, then the run trains 2 steps; on every rank the measured peak bytes
 (params + grads + optim + acts + workspace, each category's peak, from the metrics log) must be within 10%
@@ -39,6 +39,8 @@ CONFIGS += [
     ("llama", "bf16 recompute full", 1, ["--precision", "bf16", "--recompute", "full"]),
     ("gpt2", "bf16 dp=2 ZeRO-1 recompute attn", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "1", "--recompute", "attn"]),
     ("gpt2", "bf16 dp=2 ZeRO-2", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "2"]),
+    ("gpt2", "fp16 one process recompute attn", 1, ["--precision", "fp16", "--recompute", "attn"]),
+    ("llama", "fp16 dp=2 ZeRO-1", 2, ["--precision", "fp16", "--mesh", "dp=2", "--zero", "1"]),
 ]
 # the memory manager: budgets below the state, so it offloads (the chunk small enough to place many)
 OFF = ["--set", "train.mem_chunk=64K"]
