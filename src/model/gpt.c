@@ -768,6 +768,13 @@ static void mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *
     }
 }
 
+/* its backward: m->dfc (N, fc width) from m->dfc_act (N, F) */
+static void mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N) {
+    if (m->cfg.family == LOOM_FAMILY_GPT2)
+        loom_k_gelu_backward(m->be, m->dfc, a->fc_pre, m->dfc_act, N * m->F, m->cfg.gelu == LOOM_GELU_ERF);
+    else loom_k_swiglu_backward(m->be, m->dfc, a->fc_pre, m->dfc_act, N, m->F);
+}
+
 /* Tensor parallel: completes a row-parallel product (each rank's partial sum over its heads or hidden
  * columns) by summing over the tp ranks; the one all-reduce of each attention and MLP part per pass. */
 static loom_status tp_sum(loom_model *m, float *x, int64_t n) {
@@ -907,8 +914,7 @@ static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_
     LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, full, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, full, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 5 * C, dres, Nr, C, 0);
-    if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F, m->cfg.gelu == LOOM_GELU_ERF);
-    else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
+    mlp_activation_backward(m, a, N);
     LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
     LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, full, C, beta, G(lo[W_FC_W]), C},
               (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, part, C}));
@@ -1074,8 +1080,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
     if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_MLP_PROJ_B]), dres, N, C, acc);
-    if (gpt) loom_k_gelu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N * F, m->cfg.gelu == LOOM_GELU_ERF);
-    else loom_k_swiglu_backward(be, m->dfc, a->fc_pre, m->dfc_act, N, F);
+    mlp_activation_backward(m, a, N);
     LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
               (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C}));
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
