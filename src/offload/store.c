@@ -205,6 +205,13 @@ static void write_placement(loom_offload *st) {
     fflush(f);
 }
 
+/* floats of chunk c of a stream of n floats cut in chunks of `chunk` (the last may be shorter) */
+static int64_t chunk_len(int64_t chunk, int64_t n, int64_t c) { return (c + 1) * chunk < n ? chunk : n - c * chunk; }
+
+static loom_mem_category stream_category(int s) {
+    return s == LOOM_OFF_PARAMS ? LOOM_MEM_PARAMS : s == LOOM_OFF_GRADS ? LOOM_MEM_GRADS : LOOM_MEM_OPTIM;
+}
+
 /* The placement rule, pure (the planner predicts with it): streams by cost, most costly first, each
  * stream's chunks in order; a chunk is pinned when it fits in what the budget has left. Bytes pinned per
  * stream go to pinned[]; marks[s][c] (when given) is set for each pinned chunk. */
@@ -225,7 +232,7 @@ static void place(const loom_offload_options *o, int64_t n, int mask, const doub
     int64_t left = o->budget_bytes - working_set;
     for (int i = 0; i < n_order; i++)
         for (int64_t c = 0; c < n_chunks; c++) {
-            const int64_t bytes = 4 * ((c + 1) * chunk < n ? chunk : n - c * chunk);
+            const int64_t bytes = 4 * chunk_len(chunk, n, c);
             if (bytes > left) continue;
             left -= bytes;
             pinned[order[i]] += bytes;
@@ -274,19 +281,17 @@ loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask
     }
     if (err == LOOM_OK) place(o, n, mask, cost, working_set_bytes, pinned, marks);
     for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++)
-        for (int64_t c = 0; c < st->n_chunks && err == LOOM_OK; c++) {
-            const int64_t bytes = 4 * ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk);
-            if (!marks[s][c]) continue;
-            err = loom_mem_alloc(mem, s == LOOM_OFF_PARAMS ? LOOM_MEM_PARAMS : s == LOOM_OFF_GRADS ? LOOM_MEM_GRADS
-                                                                                                   : LOOM_MEM_OPTIM,
-                                 (size_t)bytes, (void **)&st->pin[s][c]);
-            st->pinned_bytes += bytes;
-        }
+        for (int64_t c = 0; c < st->n_chunks && err == LOOM_OK; c++)
+            if (marks[s][c])
+                err = loom_mem_alloc(mem, stream_category(s), (size_t)(4 * chunk_len(st->chunk, n, c)),
+                                     (void **)&st->pin[s][c]);
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) free(marks[s]);
+    int64_t in_file[LOOM_OFF_N_STREAMS] = {0}; /* what each stream keeps in its file */
     for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++) {
         if (!(mask & (1 << s))) continue;
-        for (int64_t c = 0; c < st->n_chunks; c++)
-            if (!st->pin[s][c]) st->file_bytes += 4 * ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk);
+        in_file[s] = 4 * n - pinned[s];
+        st->pinned_bytes += pinned[s];
+        st->file_bytes += in_file[s];
     }
     struct statvfs fs; /* sparse files: a full disk would otherwise surface mid-step */
     if (err == LOOM_OK && st->file_bytes > 0 && statvfs(o->dir, &fs) == 0 &&
@@ -296,11 +301,7 @@ loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask
                              "--mem-budget or choose train.offload_dir)", st->file_bytes / 1073741824.0, o->dir,
                              (double)fs.f_bavail * (double)fs.f_frsize / 1073741824.0);
     for (int s = 0; s < LOOM_OFF_N_STREAMS && err == LOOM_OK; s++) {
-        if (!(mask & (1 << s))) continue;
-        int64_t in_file = 0;
-        for (int64_t c = 0; c < st->n_chunks; c++)
-            if (!st->pin[s][c]) in_file += ((c + 1) * st->chunk < n ? st->chunk : n - c * st->chunk) * 4;
-        if (in_file == 0) continue;
+        if (in_file[s] == 0) continue;
         char path[4200];
         snprintf(path, sizeof path, "%s/.loom-offload-%ld-%s-%p", o->dir, (long)getpid(), stream_names[s], (void *)st);
         st->fd[s] = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -350,13 +351,8 @@ void loom_offload_free(loom_offload **pst) {
     }
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) {
         if (st->fd[s] >= 0) close(st->fd[s]);
-        for (int64_t c = 0; st->pin[s] && c < st->n_chunks; c++) {
-            if (!st->pin[s][c]) continue;
-            const int64_t floats = (c + 1) * st->chunk < st->n ? st->chunk : st->n - c * st->chunk;
-            loom_mem_free(st->mem, s == LOOM_OFF_PARAMS ? LOOM_MEM_PARAMS : s == LOOM_OFF_GRADS ? LOOM_MEM_GRADS
-                                                                                                 : LOOM_MEM_OPTIM,
-                          st->pin[s][c], (size_t)floats * 4);
-        }
+        for (int64_t c = 0; st->pin[s] && c < st->n_chunks; c++) /* loom_mem_free skips NULL */
+            loom_mem_free(st->mem, stream_category(s), st->pin[s][c], (size_t)(4 * chunk_len(st->chunk, st->n, c)));
         free(st->pin[s]);
     }
     free(st->ring);
