@@ -201,17 +201,18 @@ static loom_comm *pp_of(const loom_model *model) {
     return pp && loom_comm_size(pp) > 1 ? pp : NULL;
 }
 
+/* A sum of squares of this rank's part, summed over the ranks holding the other parts (the optimizer's
+ * comm, the model's tp and pp axes): the whole model's. */
+static loom_status sum_over_ranks(const loom_optim *o, const loom_model *model, double *ss) {
+    if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, ss, 1));
+    if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), ss, 1));
+    if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), ss, 1));
+    return LOOM_OK;
+}
+
 static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float *g, double *norm) {
-    double ss = 0.0;
-    int64_t lo, hi;
-    for (int i = 0; i < loom_model_num_param_infos(model); i++) {
-        const loom_param_info *p = loom_model_param_info(model, i);
-        if (clip_to_range(o, p, &lo, &hi) && counts_here(model, p))
-            ss += loom_k_sum_squares(o->be, g + (lo - o->begin), hi - lo);
-    }
-    if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
-    if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
-    if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), &ss, 1));
+    double ss = loom_optim_grad_sumsq(o, model, o->begin, o->end, g);
+    LOOM_CALL(sum_over_ranks(o, model, &ss));
     *norm = sqrt(ss);
     return LOOM_OK;
 }
@@ -310,9 +311,7 @@ loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t 
     const loom_optim_config *c = &o->cfg;
     LOOM_CHECK(o->streamed, LOOM_ERR_INVALID_ARG, "loom_optim_begin_streamed needs loom_optim_init_streamed");
     LOOM_CHECK(step >= 0, LOOM_ERR_INVALID_ARG, "step must be >= 0, got %lld", (long long)step);
-    if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, &ss, 1));
-    if (tp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(tp_of(model), &ss, 1));
-    if (pp_of(model)) LOOM_CALL(loom_comm_allreduce_sum_f64(pp_of(model), &ss, 1));
+    LOOM_CALL(sum_over_ranks(o, model, &ss));
     int skip;
     o->cur_step = step;
     o->cur_lr = loom_optim_lr(c, step, o->total_steps);

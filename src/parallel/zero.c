@@ -833,13 +833,18 @@ static loom_status shm_step(loom_zero *z, int64_t step, loom_optim_stats *st) {
     return shm_gather_params(z);
 }
 
+/* flat position pos of the gradients kept in RAM (the whole buffer, or from stage 2 this rank's slice) */
+static float *ram_grads_at(loom_zero *z, int64_t pos) {
+    return z->stage >= 2 ? z->gshard + (pos - z->begin) : z->gfull + pos;
+}
+
 /* Where chunk c's floats of stream s are for the update: RAM (a buffer the store does not hold, or a pinned
  * chunk, updated in place), else staging set k, read from the file (*ticket). */
 static float *update_operand(loom_zero *z, loom_offload_stream s, int64_t c, int k, int64_t lo, int64_t hi,
                              int64_t *ticket) {
     if (!loom_offload_holds(z->off, s)) {
         if (s == LOOM_OFF_PARAMS) return z->pfull + lo;
-        return z->stage >= 2 ? z->gshard + (lo - z->begin) : z->gfull + lo;
+        return ram_grads_at(z, lo);
     }
     float *pin = loom_offload_pinned(z->off, s, c);
     if (pin) return pin;
@@ -852,8 +857,7 @@ static float *update_operand(loom_zero *z, loom_offload_stream s, int64_t c, int
  * c's set start only after c's writes from it are done. */
 static loom_status offload_update(loom_zero *z, int64_t step, loom_optim_stats *st) {
     if (!z->off_pg) {
-        const float *g = z->stage >= 2 ? z->gshard + (z->olo - z->begin) : z->gfull + z->olo;
-        z->gsumsq = loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, g);
+        z->gsumsq = loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, ram_grads_at(z, z->olo));
     }
     loom_optim_stats own;
     if (!st) st = &own;
