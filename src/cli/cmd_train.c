@@ -19,6 +19,7 @@ static void train_help(void) {
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
            "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
+           "                  [--precision fp32|bf16|fp16] [--mem-budget SIZE] [--mem-trace FILE.jsonl]\n"
            "                  [--peak-gflops X]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
