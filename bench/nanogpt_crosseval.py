@@ -11,12 +11,9 @@ Usage: bench/nanogpt_crosseval.py [--data FILE] [--stride 16] [--loom CKPT...] [
 """
 import argparse
 import importlib.util
-import json
 import os
 import statistics
-import struct
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,55 +38,11 @@ def new_model():
 
 
 def full_val_loss(model):
-    model.eval()
-    starts = list(range(0, len(val) - T - 1, a.stride))
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(starts), 256):
-            s = starts[i:i + 256]
-            x = torch.stack([val[j:j + T] for j in s])
-            y = torch.stack([val[j + 1:j + T + 1] for j in s])
-            _, loss = model(x, y)
-            total += loss.item() * len(s)
-    return total / len(starts)
+    return peer.whole_split_loss(model, val, T, a.stride)
 
 
 def loom_model(path):
-    """A loom checkpoint (docs/FORMATS.md: header, 72-byte section entries, sections) into the peer's model."""
-    b = open(path, "rb").read()
-    assert b[:8] == b"LOOMCKPT", path
-    secs = {}
-    for i in range(struct.unpack_from("<I", b, 12)[0]):
-        off = 24 + 72 * i
-        name = b[off:off + 48].split(b"\0")[0].decode()
-        o, nb = struct.unpack_from("<QQ", b, off + 48)
-        secs[name] = b[o:o + nb]
-    meta = json.loads(secs["meta"])
-    flat = np.frombuffer(secs["params"], dtype=np.float32)
-    info = {p["name"]: p for p in meta["params"]}
-
-    def get(name):
-        p = info[name]
-        k = int(np.prod(p["shape"]))
-        return torch.from_numpy(flat[p["offset"]:p["offset"] + k].copy()).view(*p["shape"])
-
-    m = new_model()
-    rename = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
-    state = {}
-    for k, v in m.state_dict().items():
-        if k.endswith(".attn.bias"):  # the causal mask buffer
-            state[k] = v
-            continue
-        n = k.replace("transformer.", "")
-        if n in ("wte.weight", "lm_head.weight"):
-            n = "wte"
-        elif n == "wpe.weight":
-            n = "wpe"
-        for x, y in rename.items():
-            n = n.replace(x, y)
-        state[k] = get(n)
-    m.load_state_dict(state)
-    return m
+    return peer.from_loom_checkpoint(new_model(), path)
 
 
 rows = []

@@ -205,6 +205,50 @@ class GPT(nn.Module):
         return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)  # CPU: no fused
 
 
+# ---------------------------------------------------------------------------------------------- loom interop
+# (not nanoGPT's: used by bench/nanogpt_crosseval.py and bench/nanogpt_lockstep.py to compare the two)
+LOOM_NAMES = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
+
+
+def from_loom_checkpoint(model, path):
+    """Loads a loom checkpoint.bin (docs/FORMATS.md) into this GPT: loom's names -> nanoGPT's; returns model."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from loom_files import read_ckpt_params
+    _, params = read_ckpt_params(path)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith(".attn.bias"):  # the causal mask buffer, not a parameter
+            state[k] = v
+            continue
+        n = k.replace("transformer.", "")
+        if n in ("wte.weight", "lm_head.weight"):
+            n = "wte"
+        elif n == "wpe.weight":
+            n = "wpe"
+        for x, y in LOOM_NAMES.items():
+            n = n.replace(x, y)
+        state[k] = torch.from_numpy(params[n])
+    model.load_state_dict(state)
+    return model
+
+
+@torch.no_grad()
+def whole_split_loss(model, tokens, block_size, stride=16):
+    """Mean loss over windows of block_size starting every stride tokens of a split (1-D LongTensor): the
+    split's loss without the sampling noise of a few random batches."""
+    was_training = model.training
+    model.eval()
+    starts = list(range(0, len(tokens) - block_size - 1, stride))
+    total = 0.0
+    for i in range(0, len(starts), 256):
+        s = torch.tensor(starts[i:i + 256])
+        idx = s[:, None] + torch.arange(block_size)
+        _, loss = model(tokens[idx], tokens[idx + 1])
+        total += loss.item() * len(s)
+    model.train(was_training)
+    return total / len(starts)
+
+
 # ---------------------------------------------------------------------------------------------- environment check
 def tuned_env_problems(threads):
     probs = []

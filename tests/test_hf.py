@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from loom_files import read_ckpt_sections  # noqa: E402
 from torch_ref import causal_attention, gelu_tanh, layer_norm, rms_norm, rope_tables, rotate_half  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
@@ -144,22 +145,6 @@ def write_model_dir(d, config, tensors, shards=1, extra_files=None):
             total += len(t[3])
     with open(os.path.join(d, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": wm}, f, indent=2)
-
-
-def read_loom_ckpt(path):
-    """section name -> bytes (docs/FORMATS.md)."""
-    with open(path, "rb") as f:
-        buf = f.read()
-    assert buf[:8] == b"LOOMCKPT", path
-    version, n = struct.unpack("<II", buf[8:16])
-    assert version == 1
-    out = {}
-    for i in range(n):
-        e = buf[24 + 72 * i:24 + 72 * (i + 1)]
-        name = e[:48].rstrip(b"\0").decode()
-        off, size = struct.unpack("<QQ", e[48:64])
-        out[name] = buf[off:off + size]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -407,10 +392,10 @@ def roundtrip(family, loom, helper, work):
         check(not diff, "%s: exported config.json matches (%s)" % (vname, diff or "all keys"))
 
         # re-import the export, and a sharded export: the parameters are identical
-        base = read_loom_ckpt(os.path.join(ck, "checkpoint.bin"))
+        base = read_ckpt_sections(os.path.join(ck, "checkpoint.bin"))
         ck2 = os.path.join(work, vname + "_reimport")
         r = run([loom, "-q", "import", "--format", "hf", ex, "--out", ck2])
-        same = r.returncode == 0 and read_loom_ckpt(os.path.join(ck2, "checkpoint.bin"))["params"] == base["params"]
+        same = r.returncode == 0 and read_ckpt_sections(os.path.join(ck2, "checkpoint.bin"))["params"] == base["params"]
         check(same, "%s: re-import of the export is exact (params section identical)" % vname)
         ex2 = os.path.join(work, vname + "_export_sharded")
         r = run([loom, "-q", "export", "--ckpt", os.path.join(ck, "checkpoint.bin"), "--out", ex2, "--dtype", dt_flag,
@@ -422,7 +407,7 @@ def roundtrip(family, loom, helper, work):
                        "%s: sharded export (--max-shard-size 40000): %d shards + index, same tensors" % (vname, len(files2)))
         ck3 = os.path.join(work, vname + "_reimport_sharded")
         r = run([loom, "-q", "import", "--format", "hf", ex2, "--out", ck3])
-        check(ok and r.returncode == 0 and read_loom_ckpt(os.path.join(ck3, "checkpoint.bin"))["params"] == base["params"],
+        check(ok and r.returncode == 0 and read_ckpt_sections(os.path.join(ck3, "checkpoint.bin"))["params"] == base["params"],
               "%s: re-import of the sharded export is exact" % vname)
         # re-export into the same directory as one file: the index and shards are cleaned away
         r = run([loom, "-q", "export", "--ckpt", ck, "--out", ex2, "--dtype", dt_flag])
@@ -456,9 +441,9 @@ def roundtrip(family, loom, helper, work):
              "--peak-gflops", "100"])
     ok = r.returncode == 0
     if ok:
-        after = read_loom_ckpt(os.path.join(ft, "checkpoint.bin"))
+        after = read_ckpt_sections(os.path.join(ft, "checkpoint.bin"))
         step, = struct.unpack("<q", after["state"][:8])
-        ok = step == 2 and after["params"] != read_loom_ckpt(os.path.join(ck, "checkpoint.bin"))["params"]
+        ok = step == 2 and after["params"] != read_ckpt_sections(os.path.join(ck, "checkpoint.bin"))["params"]
     check(ok, "%s: loom train --resume fine-tunes the imported checkpoint (2 steps)" % vname)
     # and generation samples from it (vocabulary 256: the byte-level tokenizer)
     r = run([loom, "-q", "generate", "--ckpt", ck, "--prompt", "hi", "--max-tokens", "8", "--seed", "1"])
