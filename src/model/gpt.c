@@ -897,52 +897,6 @@ static loom_status recompute_layer(loom_model *m, int64_t l, int64_t B, int64_t 
     return LOOM_OK;
 }
 
-static loom_status layer_backward_sp(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
-    loom_backend *be = m->be;
-    const int64_t N = B * T, Nr = N / m->tp_size, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
-    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
-    const int64_t fcw = gpt ? F : 2 * F;
-    const int64_t *lo = m->layer_off + l * W_COUNT;
-    const float beta = acc ? 1.0f : 0.0f;
-    layer_acts *a = &m->acts[l];
-    const float *x = layer_input(m, l);
-    float *full = m->sp_gather, *part = m->sp_partial, *rep = m->sp_rep, *dres = m->dres;
-    LOOM_CALL(recompute_layer(m, l, B, T));
-    /* rep: [ln1.w, ln1.b, proj.b, ln2.w, ln2.b, mlp.proj.b], this rank's rows' part */
-    memset(rep, 0, (size_t)(6 * C) * sizeof(float));
-    LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the MLP output's gradient, all rows */
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, full, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, full, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
-    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 5 * C, dres, Nr, C, 0);
-    mlp_activation_backward(m, a, N);
-    LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, full, C, beta, G(lo[W_FC_W]), C},
-              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, part, C}));
-    if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
-    LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
-    if (gpt)
-        loom_k_layernorm_backward(be, dres, rep + 3 * C, rep + 4 * C, m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_mean,
-                                  a->ln2_rstd, Nr, C, 0);
-    else loom_k_rmsnorm_backward(be, dres, rep + 3 * C, m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, Nr, C, 0);
-    LOOM_CALL(sp_all_gather(m, dres, full, Nr)); /* the attention output's gradient, all rows */
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, full, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, full, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
-    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, rep + 2 * C, dres, Nr, C, 0);
-    if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
-    else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
-    if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
-    LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, full, C, beta, G(lo[W_QKV_W]), C},
-              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, part, C}));
-    if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
-    LOOM_CALL(sp_reduce_scatter(m, part, m->dln, Nr));
-    if (gpt)
-        loom_k_layernorm_backward(be, dres, rep, rep + C, m->dln, x, P(lo[W_LN1_W]), a->ln1_mean, a->ln1_rstd, Nr, C, 0);
-    else loom_k_rmsnorm_backward(be, dres, rep, m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, Nr, C, 0);
-    const int64_t offs[6] = {lo[W_LN1_W], lo[W_LN1_B], lo[W_ATTN_PROJ_B], lo[W_LN2_W], lo[W_LN2_B], lo[W_MLP_PROJ_B]};
-    return sp_apply_rep(m, offs, 6, acc);
-}
-
 static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32_t *targets, int64_t B, int64_t T) {
     LOOM_CHECK(m->act_mem && B <= m->cap_B && T <= m->cap_T, LOOM_ERR_INVALID_ARG,
                "micro-batch %lldx%lld exceeds the reserved %lldx%lld (call loom_model_reserve)", (long long)B,
@@ -1064,47 +1018,80 @@ loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32
     return LOOM_OK;
 }
 
+/* The input of a weight product in the backward: the rows as they are, or with Megatron-SP this rank's
+ * Nr rows all-gathered to all N (into m->sp_gather). */
+static loom_status all_rows(loom_model *m, const float *rows, int64_t Nr, const float **out) {
+    *out = rows;
+    if (!m->tp_sp) return LOOM_OK;
+    LOOM_CALL(sp_all_gather(m, rows, m->sp_gather, Nr));
+    *out = m->sp_gather;
+    return LOOM_OK;
+}
+
+/* A column-parallel product's input gradient, left in input_grad_dst(m) for all N rows, completed into m->dln:
+ * summed over tp (all rows), or with Megatron-SP reduce-scattered to this rank's rows. */
+static float *input_grad_dst(loom_model *m) { return m->tp_sp ? m->sp_partial : m->dln; }
+
+static loom_status input_grad_sum(loom_model *m, int64_t N, int64_t Nr) {
+    return m->tp_sp ? sp_reduce_scatter(m, m->sp_partial, m->dln, Nr) : tp_sum(m, m->dln, N * m->C);
+}
+
+/* One layer's backward, plain or tensor parallel, with or without Megatron-SP. The residual-stream
+ * gradient m->dres holds Nr rows (N, or N/tp with Megatron-SP). With Megatron-SP the replicated
+ * parameters (norms, output-projection biases) see only this rank's rows: their gradients are staged in
+ * m->sp_rep (slots [ln1.w, ln1.b, proj.b, ln2.w, ln2.b, mlp.proj.b]) and summed over tp at the end. */
 static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T, int acc) {
-    if (m->tp_sp) return layer_backward_sp(m, l, B, T, acc);
     loom_backend *be = m->be;
-    const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
+    const int sp = m->tp_sp;
+    const int64_t N = B * T, Nr = sp ? N / m->tp_size : N, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
     const int64_t *lo = m->layer_off + l * W_COUNT;
     const float beta = acc ? 1.0f : 0.0f;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
+    float *dres = m->dres, *dfull = input_grad_dst(m);
+    const float *in;
+    const int racc = sp ? 0 : acc; /* replicated gradients: staged (written) or in place (accumulated) */
+#define REP(slot, w) (sp ? m->sp_rep + (slot) * C : G_OPT(lo[w]))
     LOOM_CALL(recompute_layer(m, l, B, T));
-    float *dres = m->dres;
+    if (sp) memset(m->sp_rep, 0, (size_t)(6 * C) * sizeof(float));
     /* MLP: out = res1 + fc_act W2^T + b2 */
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, dres, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, dres, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
-    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_MLP_PROJ_B]), dres, N, C, acc);
+    LOOM_CALL(all_rows(m, dres, Nr, &in));
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+              (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
+    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, REP(5, W_MLP_PROJ_B), dres, Nr, C, racc);
     mlp_activation_backward(m, a, N);
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, a->ln2, C, beta, G(lo[W_FC_W]), C},
-              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, m->dln, C}));
+    LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C},
+              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, dfull, C}));
     if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
-    LOOM_CALL(tp_sum(m, m->dln, N * C)); /* column-parallel fc: the input gradient sums over tp */
+    LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
-        loom_k_layernorm_backward(be, dres, G(lo[W_LN2_W]), G_OPT(lo[W_LN2_B]), m->dln, a->res1, P(lo[W_LN2_W]),
-                                  a->ln2_mean, a->ln2_rstd, N, C, acc);
-    else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN2_W]), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, N, C, acc);
+        loom_k_layernorm_backward(be, dres, REP(3, W_LN2_W), REP(4, W_LN2_B), m->dln, a->res1, P(lo[W_LN2_W]),
+                                  a->ln2_mean, a->ln2_rstd, Nr, C, racc);
+    else loom_k_rmsnorm_backward(be, dres, REP(3, W_LN2_W), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, Nr, C, racc);
     /* attention: res1 = x + atty Wo^T + bo */
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, dres, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, dres, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
-    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, G(lo[W_ATTN_PROJ_B]), dres, N, C, acc);
+    LOOM_CALL(all_rows(m, dres, Nr, &in));
+    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
+    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, REP(2, W_ATTN_PROJ_B), dres, Nr, C, racc);
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
     if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, a->ln1, C, beta, G(lo[W_QKV_W]), C},
-              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, m->dln, C}));
+    LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
+    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C},
+              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, dfull, C}));
     if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
-    LOOM_CALL(tp_sum(m, m->dln, N * C));
+    LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
-        loom_k_layernorm_backward(be, dres, G(lo[W_LN1_W]), G_OPT(lo[W_LN1_B]), m->dln, x, P(lo[W_LN1_W]),
-                                  a->ln1_mean, a->ln1_rstd, N, C, acc);
-    else loom_k_rmsnorm_backward(be, dres, G(lo[W_LN1_W]), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, N, C, acc);
-    return LOOM_OK;
+        loom_k_layernorm_backward(be, dres, REP(0, W_LN1_W), REP(1, W_LN1_B), m->dln, x, P(lo[W_LN1_W]), a->ln1_mean,
+                                  a->ln1_rstd, Nr, C, racc);
+    else loom_k_rmsnorm_backward(be, dres, REP(0, W_LN1_W), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, Nr, C, racc);
+#undef REP
+    if (!sp) return LOOM_OK;
+    const int64_t offs[6] = {lo[W_LN1_W], lo[W_LN1_B], lo[W_ATTN_PROJ_B], lo[W_LN2_W], lo[W_LN2_B], lo[W_MLP_PROJ_B]};
+    return sp_apply_rep(m, offs, 6, acc);
 }
 
 /* Backward of chunk k (after its forward, in the same slot): from the loss (the head's chunk) or dy, the
