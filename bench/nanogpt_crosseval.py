@@ -5,7 +5,9 @@ Loads loom checkpoints (checkpoint.bin of `scripts/reproduce_nanogpt.sh`) into t
 (bench/torch_nanogpt_char.py) beside the peer's own ckpt.pt files, and computes each model's loss on the
 WHOLE validation split (windows of 64 starting every STRIDE characters), instead of the recipe's 20 random
 batches: that separates the models' quality from the noise of the estimate (and checks loom's forward pass
-end to end: its weights give the same loss under PyTorch's model).
+end to end: its weights give the same loss under PyTorch's model). For each model it also prints the standard
+deviation of the recipe's own estimate (eval_iters=20 batches of 12 random windows, 240 windows), from the
+spread of the windows' losses: how far one run's reported validation loss strays from the model's true loss.
 
 Usage: bench/nanogpt_crosseval.py [--data FILE] [--stride 16] [--loom CKPT...] [--torch CKPT.pt...]
 """
@@ -38,7 +40,9 @@ def new_model():
 
 
 def full_val_loss(model):
-    return peer.whole_split_loss(model, val, T, a.stride)
+    """(whole-split loss, standard deviation of the recipe's 240-window estimate of it)"""
+    w = peer.window_losses(model, val, T, a.stride)
+    return w.mean().item(), w.std().item() / (20 * 12) ** 0.5
 
 
 def loom_model(path):
@@ -47,13 +51,13 @@ def loom_model(path):
 
 rows = []
 for p in a.loom:
-    rows.append(("loom", p, full_val_loss(loom_model(p))))
-    print(f"loom  {p}: whole-validation loss {rows[-1][2]:.4f}", flush=True)
+    rows.append(("loom", p) + full_val_loss(loom_model(p)))
+    print(f"loom  {p}: whole-validation loss {rows[-1][2]:.4f} (20-batch estimate sd {rows[-1][3]:.4f})", flush=True)
 for p in a.torch:
     m = new_model()
     m.load_state_dict(torch.load(p, map_location="cpu")["model"])
-    rows.append(("torch", p, full_val_loss(m)))
-    print(f"torch {p}: whole-validation loss {rows[-1][2]:.4f}", flush=True)
+    rows.append(("torch", p) + full_val_loss(m))
+    print(f"torch {p}: whole-validation loss {rows[-1][2]:.4f} (20-batch estimate sd {rows[-1][3]:.4f})", flush=True)
 for who in ("loom", "torch"):
     v = [r[2] for r in rows if r[0] == who]
     if v:

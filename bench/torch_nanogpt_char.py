@@ -233,20 +233,24 @@ def from_loom_checkpoint(model, path):
 
 
 @torch.no_grad()
-def whole_split_loss(model, tokens, block_size, stride=16):
-    """Mean loss over windows of block_size starting every stride tokens of a split (1-D LongTensor): the
-    split's loss without the sampling noise of a few random batches."""
+def window_losses(model, tokens, block_size, stride=16):
+    """Each window's mean loss, for windows of block_size starting every stride tokens of a split (1-D
+    LongTensor), as a 1-D tensor."""
     was_training = model.training
     model.eval()
-    starts = list(range(0, len(tokens) - block_size - 1, stride))
-    total = 0.0
+    starts = torch.arange(0, len(tokens) - block_size - 1, stride)
+    out = torch.empty(len(starts))
     for i in range(0, len(starts), 256):
-        s = torch.tensor(starts[i:i + 256])
-        idx = s[:, None] + torch.arange(block_size)
-        _, loss = model(tokens[idx], tokens[idx + 1])
-        total += loss.item() * len(s)
+        idx = starts[i:i + 256, None] + torch.arange(block_size)
+        logits, _ = model(tokens[idx], tokens[idx + 1])
+        out[i:i + len(idx)] = F.cross_entropy(logits.transpose(1, 2), tokens[idx + 1], reduction="none").mean(1)
     model.train(was_training)
-    return total / len(starts)
+    return out
+
+
+def whole_split_loss(model, tokens, block_size, stride=16):
+    """The split's loss without the sampling noise of a few random batches: the mean of window_losses."""
+    return window_losses(model, tokens, block_size, stride).mean().item()
 
 
 # ---------------------------------------------------------------------------------------------- environment check

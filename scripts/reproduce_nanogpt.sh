@@ -32,7 +32,21 @@ BAR_LOSS=1.88
 die() { echo "reproduce_nanogpt: error: $*" >&2; exit 1; }
 warn() { echo "reproduce_nanogpt: warning: $*" >&2; }
 now() { date +%s.%N; }
-load1() { cut -d' ' -f1 /proc/loadavg; }
+# the share of all cores busy over the next second (from /proc/stat), in percent: what is running besides us. The
+# load average cannot tell: it decays over minutes, so right after one of our own runs it still reads ~2 here.
+busy_pct() {
+    local a b
+    a=$(awk '/^cpu /{ print $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat)
+    sleep 1
+    b=$(awk '/^cpu /{ print $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat)
+    echo "$a $b" | awk '{ t = ($3 - $1) + ($4 - $2); printf "%.0f", (t > 0 ? 100 * ($3 - $1) / t : 0) }'
+}
+check_idle() { # $1: what is about to run
+    local b
+    b=$(busy_pct)
+    [ "$b" -gt 25 ] && warn "the cores were ${b}% busy before $1: other work is running, times are not clean"
+    return 0
+}
 # the last "val_loss" of a metrics log (loom's {"step":N,"val_loss":X} or the peer's {"step": N, "val_loss": X, ...})
 last_val_loss() {
     grep '"val_loss"' "$1" 2>/dev/null | tail -n 1 | sed -E 's/.*"val_loss"[[:space:]]*:[[:space:]]*([^,}[:space:]]+).*/\1/'
@@ -64,7 +78,7 @@ timed() {
 mkdir -p "$W" || die "cannot create $W"
 
 echo "nanoGPT shakespeare-char CPU recipe: loom vs PyTorch $("$PYTHON" -c 'import torch; print(torch.__version__)') (tuned env), seeds ${SEEDS[*]}, $THREADS threads, $STEPS steps; outputs in $OUT"
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'); cores $(busy_pct)% busy now"
 
 # (0) the character-level dataset, once: 65-symbol vocabulary, the last 10% of the file for validation
 echo "preparing $W/shakespeare_char ..."
@@ -77,8 +91,7 @@ failed=0
 rows=()
 for s in "${SEEDS[@]}"; do
     # (a) loom
-    l=$(load1)
-    awk -v l="$l" 'BEGIN { exit !(l > 0.5) }' && warn "load average $l before loom seed $s: other work is running, times are not clean"
+    check_idle "loom seed $s"
     rm -rf "$W/loom-$s"
     echo "seed $s: loom train ..."
     if timed "$W/loom-$s.log" "$LOOM" -q train --preset nanogpt-char --data "$W/shakespeare_char" --seed "$s" \
@@ -97,8 +110,7 @@ for s in "${SEEDS[@]}"; do
     echo "seed $s: loom val_loss $lv, wall ${lw} s, peak RSS ${lrss} MiB"
 
     # (b) PyTorch, the same seed
-    l=$(load1)
-    awk -v l="$l" 'BEGIN { exit !(l > 0.5) }' && warn "load average $l before torch seed $s: other work is running, times are not clean"
+    check_idle "torch seed $s"
     rm -rf "$W/torch-$s"
     echo "seed $s: torch (bench/torch_nanogpt_char.py) ..."
     if timed "$W/torch-$s.log" bench/peer_env.sh "$PYTHON" bench/torch_nanogpt_char.py --data "$DATA" --seed "$s" \
@@ -147,7 +159,7 @@ END {
         (isnum(mean[3]) && isnum(mean[5]) && mean[3] < mean[5]) ? "PASS" : "FAIL",
         isnum(mean[3]) ? sprintf("%.2f", mean[3]) : "nan", isnum(mean[5]) ? sprintf("%.2f", mean[5]) : "nan"
 }' "$W/results.tsv" | tee "$W/results.txt"
-echo "load average after the runs: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$W/results.txt"
+echo "cores busy after the runs: $(busy_pct)%" | tee -a "$W/results.txt"
 
 # the loss curves and a sample (failures here are warnings)
 logs=()
