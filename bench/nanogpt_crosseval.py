@@ -40,9 +40,9 @@ def new_model():
 
 
 def full_val_loss(model):
-    """(whole-split loss, standard deviation of the recipe's 240-window estimate of it)"""
+    """(whole-split loss, standard deviation of the recipe's estimate of it: eval_iters batches of batch_size)"""
     w = peer.window_losses(model, val, T, a.stride)
-    return w.mean().item(), w.std().item() / (20 * 12) ** 0.5
+    return w.mean().item(), w.std().item() / (peer.CFG["eval_iters"] * peer.CFG["batch_size"]) ** 0.5
 
 
 def loom_model(path):
@@ -50,14 +50,20 @@ def loom_model(path):
 
 
 rows = []
+
+
+def score(who, path, model):
+    rows.append((who, path) + full_val_loss(model))
+    print(f"{who:5s} {path}: whole-validation loss {rows[-1][2]:.4f} (20-batch estimate sd {rows[-1][3]:.4f})",
+          flush=True)
+
+
 for p in a.loom:
-    rows.append(("loom", p) + full_val_loss(loom_model(p)))
-    print(f"loom  {p}: whole-validation loss {rows[-1][2]:.4f} (20-batch estimate sd {rows[-1][3]:.4f})", flush=True)
+    score("loom", p, loom_model(p))
 for p in a.torch:
     m = new_model()
     m.load_state_dict(torch.load(p, map_location="cpu")["model"])
-    rows.append(("torch", p) + full_val_loss(m))
-    print(f"torch {p}: whole-validation loss {rows[-1][2]:.4f} (20-batch estimate sd {rows[-1][3]:.4f})", flush=True)
+    score("torch", p, m)
 for who in ("loom", "torch"):
     v = [r[2] for r in rows if r[0] == who]
     if v:

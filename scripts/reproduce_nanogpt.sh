@@ -34,11 +34,12 @@ warn() { echo "reproduce_nanogpt: warning: $*" >&2; }
 now() { date +%s.%N; }
 # the share of all cores busy over the next second (from /proc/stat), in percent: what is running besides us. The
 # load average cannot tell: it decays over minutes, so right after one of our own runs it still reads ~2 here.
+cpu_ticks() { awk '/^cpu /{ print $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat; } # busy, idle (+ iowait)
 busy_pct() {
     local a b
-    a=$(awk '/^cpu /{ print $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat)
+    a=$(cpu_ticks)
     sleep 1
-    b=$(awk '/^cpu /{ print $2+$3+$4+$7+$8+$9, $5+$6 }' /proc/stat)
+    b=$(cpu_ticks)
     echo "$a $b" | awk '{ t = ($3 - $1) + ($4 - $2); printf "%.0f", (t > 0 ? 100 * ($3 - $1) / t : 0) }'
 }
 check_idle() { # $1: what is about to run
