@@ -38,7 +38,7 @@ out.push(' * /\\s/u (white space); everything else (and every surrogate) is OTHE
 out.push(` * non-OTHER code points: ${ranges.length} ranges; ${counts[1]} letters, ${counts[2]} numbers, ${counts[3]} spaces. */`);
 out.push('#include "tokenizer_impl.h"');
 out.push('');
-out.push(`const char loom_tok_unicode_version[] = "node ${process.version} ICU ${process.versions.icu} Unicode ${process.versions.unicode}";`);
+out.push(`const char loom_tok_unicode_version[] = "Unicode ${process.versions.unicode} (node ${process.version}, ICU ${process.versions.icu})";`);
 out.push(`const int32_t loom_tok_n_ranges = ${ranges.length};`);
 out.push(`const loom_tok_urange loom_tok_ranges[${ranges.length}] = {`);
 let line = '   ';

@@ -103,6 +103,38 @@ static void test_pretok(void) {
     }
 }
 
+/* ---- 1b. the Unicode version the class tables claim ----
+ * unicode_tables.c is generated from one Node.js's regex engine and names its Unicode version. Code points
+ * first assigned in each recent version (the Unicode Standard's version history: 15.0 Kawi and Nag Mundari,
+ * 16.0 Egyptian Hieroglyphs Extended-A and Todhri, 17.0 Sidetic, Tai Yo, Tolong Siki and CJK Extension J)
+ * must carry their class, and one still unassigned must not: tables regenerated from another Unicode
+ * version fail here until this list is updated with them. */
+static void test_unicode_version(void) {
+    const char *v = loom_tok_unicode_version;
+    CHECK(strstr(v, "Unicode 17.0") != NULL, "unicode_tables.c claims \"%s\"; this test checks Unicode 17.0", v);
+    static const struct {
+        uint32_t cp;
+        int cls;
+        const char *what;
+    } sentinels[] = {
+        {0x0041, LOOM_TOK_LETTER, "LATIN CAPITAL LETTER A (1.1)"},
+        {0x0660, LOOM_TOK_NUMBER, "ARABIC-INDIC DIGIT ZERO (1.1)"},
+        {0x3000, LOOM_TOK_SPACE, "IDEOGRAPHIC SPACE (1.1)"},
+        {0x11F04, LOOM_TOK_LETTER, "KAWI LETTER A (15.0)"},
+        {0x1E4F0, LOOM_TOK_NUMBER, "NAG MUNDARI DIGIT ZERO (15.0)"},
+        {0x13605, LOOM_TOK_LETTER, "an Egyptian hieroglyph of Extended-A (16.0)"},
+        {0x105C0, LOOM_TOK_LETTER, "TODHRI LETTER A (16.0)"},
+        {0x10940, LOOM_TOK_LETTER, "SIDETIC LETTER N01 (17.0)"},
+        {0x1E6C0, LOOM_TOK_LETTER, "TAI YO LETTER LOW KO (17.0)"},
+        {0x11DE0, LOOM_TOK_NUMBER, "TOLONG SIKI DIGIT ZERO (17.0)"},
+        {0x323B0, LOOM_TOK_LETTER, "the first ideograph of CJK Extension J (17.0)"},
+        {0x3FFFD, LOOM_TOK_OTHER, "an unassigned code point of plane 3 (17.0)"},
+    };
+    for (size_t i = 0; i < sizeof sentinels / sizeof sentinels[0]; i++)
+        CHECK(loom_tok_cp_class(sentinels[i].cp) == sentinels[i].cls, "U+%04X %s: class %d, want %d (tables: %s)",
+              (unsigned)sentinels[i].cp, sentinels[i].what, loom_tok_cp_class(sentinels[i].cp), sentinels[i].cls, v);
+}
+
 /* ---- helpers ---- */
 
 static int roundtrip(const loom_tokenizer *t, const char *text, size_t len, int64_t *n_out) {
@@ -697,6 +729,7 @@ static void test_threads(void) {
 
 int main(int argc, char **argv) {
     test_pretok();
+    test_unicode_version();
     test_byte();
     test_bpe_train();
     test_char(argc > 1 ? argv[1] : NULL);

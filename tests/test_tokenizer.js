@@ -6,6 +6,8 @@
 //      digits and numerals, apostrophes and contractions, <|endoftext|> and pieces of it, long runs);
 //   3. random bytes: JavaScript sees them decoded as UTF-8 with replacement characters, so both encoders get
 //      that replaced text; separately loom's exact round trip of the raw bytes, invalid UTF-8 included.
+// 0. first, loom's code-point classes against this Node's: they may differ only where one Unicode version is
+//    newer than the other, and the equality checks leave those code points out (see part 0 below).
 // Special tokens: the JavaScript encoder knows none, so loom --no-special is compared with encode(text), and
 // loom's default with the text cut at each <|endoftext|>, the pieces encoded, joined by 50256.
 // usage: node test_tokenizer.js --gpt2-dir DIR --loom LOOM --batch TEST_TOKENIZER_BATCH
@@ -80,6 +82,47 @@ function run(cmd, argv, input) {
   if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} exited ${r.status}: ${r.stderr}`);
   return r.stdout;
 }
+
+// ---- 0. code-point classes: loom's tables against this Node's regex engine ----
+// loom's pre-tokenizer classifies code points (\p{L}, \p{N}, \s) by the Unicode version its tables were
+// generated from (src/tokenizer/unicode_tables.c); the JavaScript reference by the Unicode version of the Node
+// running it (its ICU). For a character that is new in one of the two versions they split text differently,
+// and neither is wrong. So: (a) every code point on which they disagree must be such a version difference,
+// unassigned (\p{Cn}) in the older of the two, and with equal versions there must be none; (b) the
+// equality checks below leave those code points out of their texts, so they hold under any Node.
+const unstable = new Set();
+{
+  const out = run(args.batch, ['--classes']).toString().trim().split('\n');
+  const loomVersion = (/Unicode (\d+\.\d+)/.exec(out[0]) || [])[1];
+  const nodeVersion = process.versions.unicode;
+  const loomClass = new Uint8Array(0x110000);
+  for (const line of out.slice(1)) {
+    const [a, b, c] = line.split(' ');
+    loomClass.fill(Number(c), parseInt(a, 16), parseInt(b, 16) + 1);
+  }
+  const L = /^\p{L}$/u, N = /^\p{N}$/u, S = /^\s$/u, Cn = /^\p{Cn}$/u;
+  const cmpVersion = (x, y) => { const [a1, b1] = x.split('.').map(Number), [a2, b2] = y.split('.').map(Number); return a1 - a2 || b1 - b2; };
+  const order = loomVersion ? cmpVersion(nodeVersion, loomVersion) : NaN;
+  let unexplained = 0;
+  for (let cp = 0; cp < 0x110000; cp++) {
+    if (cp >= 0xd800 && cp <= 0xdfff) continue;
+    const ch = String.fromCodePoint(cp);
+    const js = L.test(ch) ? 1 : N.test(ch) ? 2 : S.test(ch) ? 3 : 0;
+    if (js === loomClass[cp]) continue;
+    unstable.add(cp);
+    // newer in loom: this Node has not assigned it; newer in Node: loom's tables do not know it (class OTHER)
+    const explained = order < 0 ? Cn.test(ch) : order > 0 ? loomClass[cp] === 0 : false;
+    if (!explained && ++unexplained <= 5)
+      console.log(`  U+${cp.toString(16).toUpperCase()}: loom class ${loomClass[cp]}, node class ${js}, not explained by a version difference`);
+  }
+  const what = `loom's tables follow Unicode ${loomVersion} (${out[0]}); node ${process.version} follows Unicode ${nodeVersion}`;
+  if (!loomVersion) bad(`test_tokenizer_batch --classes names no Unicode version: ${out[0]}`);
+  else if (unexplained) bad(`${what}: ${unexplained} code points classed differently for no version reason`);
+  else if (order === 0) ok(`${what}: every code point has the same class in both`);
+  else ok(`${what}: ${unstable.size} code points differ, all ${order < 0 ? 'unassigned in node\'s' : 'unknown to loom\'s'} older Unicode; the checks below leave them out`);
+}
+// text without the code points whose class depends on the Unicode version
+const stable = (t) => (unstable.size ? Array.from(t).filter((c) => !unstable.has(c.codePointAt(0))).join('') : t);
 
 // ---- 1. tinyshakespeare ----
 function checkChunking(text) {
@@ -189,7 +232,10 @@ function writeCases(file, bufs) {
   fs.writeFileSync(file, Buffer.concat(parts));
 }
 
-function compareBatch(label, texts, file) {
+function compareBatch(label, texts0, file) {
+  const texts = texts0.map(stable);
+  const changed = texts.reduce((n, t, i) => n + (t !== texts0[i]), 0);
+  if (changed) console.log(`  ${label}: ${changed} cases lost code points whose class depends on the Unicode version`);
   const bufs = texts.map((t) => Buffer.from(t, 'utf8'));
   writeCases(file, bufs);
   for (const [mode, ref] of [['encode-nospecial', encode], ['encode', encodeSpecial]]) {

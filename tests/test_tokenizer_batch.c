@@ -8,13 +8,17 @@
  *                     prints "roundtrip ok N" or the first failure, exit 1
  *   test_tokenizer_batch --write-mini DIR
  * writes the miniature encoder.json + vocab.bpe of tests/test_tokenizer_mini.c into DIR (which then works as
- * --tokenizer DIR, and with the JavaScript encoder copied next to it). */
+ * --tokenizer DIR, and with the JavaScript encoder copied next to it).
+ *   test_tokenizer_batch --classes
+ * prints the Unicode version of loom's class tables, then one "FIRST LAST CLASS" line (hex, hex, 1 letter,
+ * 2 number, 3 space) per range of code points that are not OTHER. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loom/tokenizer.h"
+#include "../src/tokenizer/tokenizer_impl.h" /* loom_tok_ranges */
 #include "test_tokenizer_mini.c"
 
 static int fail_msg(const char *what) {
@@ -80,8 +84,16 @@ int main(int argc, char **argv) {
         free(v);
         return rc;
     }
+    if (argc == 2 && !strcmp(argv[1], "--classes")) { /* loom's code-point classes, for the JS test */
+        printf("%s\n", loom_tok_unicode_version);
+        for (int32_t i = 0; i < loom_tok_n_ranges; i++)
+            printf("%X %X %u\n", (unsigned)loom_tok_ranges[i].first, (unsigned)loom_tok_ranges[i].last,
+                   (unsigned)loom_tok_ranges[i].cls);
+        return 0;
+    }
     if (argc != 4) {
-        fprintf(stderr, "usage: test_tokenizer_batch TOKENIZER encode|encode-nospecial|roundtrip CASES\n");
+        fprintf(stderr, "usage: test_tokenizer_batch TOKENIZER encode|encode-nospecial|roundtrip CASES\n"
+                        "       test_tokenizer_batch --classes | --write-mini DIR\n");
         return 2;
     }
     loom_tokenizer *t;

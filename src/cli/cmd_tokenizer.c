@@ -32,7 +32,12 @@ static void tokenizer_help(FILE *f) {
             "           ~/.cache/loom/gpt2 or /usr/local/share/loom/gpt2; scripts/fetch_gpt2_tokenizer.sh DIR)\n"
             "  byte     ids are the bytes 0..255\n"
             "  FILE     a tokenizer file from `loom tokenizer train` (bpe or char), or a directory holding a\n"
-            "           GPT-2 style encoder.json and vocab.bpe\n");
+            "           GPT-2 style encoder.json and vocab.bpe\n\n"
+            "The byte-level BPE pre-tokenizer (gpt2 and trained bpe) splits text by the letter, number and space\n"
+            "classes of %s. A tokenizer built on an older Unicode\n"
+            "(an older Node.js, Python or ICU) sees characters assigned since then as 'other' and may split text\n"
+            "holding them differently; text without such characters is encoded identically.\n",
+            loom_tokenizer_unicode_version());
 }
 
 static void encode_help(FILE *f) {

@@ -6,6 +6,7 @@
 #include "cli.h"
 #include "loom/log.h"
 #include "loom/status.h"
+#include "loom/tokenizer.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -45,6 +46,7 @@ int main(int argc, char **argv) {
     for (; i < argc && argv[i][0] == '-'; i++) {
         if (!strcmp(argv[i], "--version")) {
             printf("loom %s\n", LOOM_VERSION);
+            printf("pre-tokenizer (gpt2, bpe): character classes of %s\n", loom_tokenizer_unicode_version());
             return 0;
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);

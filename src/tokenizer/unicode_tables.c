@@ -6,7 +6,7 @@
  * non-OTHER code points: 840 ranges; 145672 letters, 1924 numbers, 25 spaces. */
 #include "tokenizer_impl.h"
 
-const char loom_tok_unicode_version[] = "node v20.20.2 ICU 78.2 Unicode 17.0";
+const char loom_tok_unicode_version[] = "Unicode 17.0 (node v20.20.2, ICU 78.2)";
 const int32_t loom_tok_n_ranges = 840;
 const loom_tok_urange loom_tok_ranges[840] = {
     {0x0009, 0x000D, 3}, {0x0020, 0x0020, 3}, {0x0030, 0x0039, 2}, {0x0041, 0x005A, 1}, {0x0061, 0x007A, 1},
