@@ -36,6 +36,10 @@ mount --bind /dev/shm "$root/dev/shm"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] && install -D -m 644 /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
 [[ -f /etc/npmrc ]] && install -D -m 644 /etc/npmrc "$root/etc/npmrc"
+# (the chroot's ca-certificates package rebuilds that file when it installs: the local CAs go in its input too)
+for ca in /usr/local/share/ca-certificates/*.crt; do
+  [[ -f "$ca" ]] && install -D -m 644 "$ca" "$root/usr/local/share/ca-certificates/$(basename "$ca")"
+done
 
 # the repository as a bundle of REV, cloned inside the chroot (git is the one thing a user adds first)
 git -C "$here" bundle create "$root/loom.bundle" "$rev" 2> /dev/null || git -C "$here" bundle create "$root/loom.bundle" HEAD

@@ -30,6 +30,13 @@
                the theory; checkpoints saved at tp=2 x pp=2 resume at one rank and the reverse, within TOL
   killed       one of 4 ranks killed -9: the job ends within 60 s with an error naming the lost rank, and the
                last checkpoint verifies and resumes
+  errors       an error on one rank of 2 (ZeRO-1, node-shared transport) at each point where it can strike: a
+               corrupt shard at resume, an unreadable data file, a shard write on a full disk (a small tmpfs),
+               an error in the middle of a step, an allocation that fails (the last three by the LOOM_TEST_FAULT
+               hook, the full disk for real): every time all ranks exit within 10 s with a non-zero status, the
+               failing rank's message is printed, the previous checkpoint still verifies and resumes, and no
+               temporary file or shared-memory segment is left behind; a kept earlier step
+               (train.keep_checkpoints=2) resumes through train.resume_from, equal to the uninterrupted run
 
 Tolerance: the ranks sum the same per-token gradients in a different order than one process (blocked GEMM
 rows split over ranks, then the reduction), so float rounding differs at ~1e-7 relative per step; over 20
@@ -49,7 +56,7 @@ import tempfile
 import time
 
 LOOM = os.path.abspath(sys.argv[1])
-CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "pipeline", "killed"]
+CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "pipeline", "killed", "errors"]
 TOL = 2e-4
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_dist_")
@@ -328,6 +335,98 @@ if "killed" in CHECKS:
         check(rc == 0, "killed: the run resumes from it on 2 ranks")
     else:
         os.killpg(p.pid, signal.SIGKILL)
+
+if "errors" in CHECKS:
+    ARGS = FAMILIES["gpt2"] + ["--batch", "8", "--seq-len", "32", "--threads", "1", "--set", "train.progress=0",
+                               "--set", "train.keep_checkpoints=2", "--ckpt-interval", "2"]
+
+    def shm_entries():
+        return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+    def leftovers(out):
+        return [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if ".tmp." in f]
+
+    def failing_run(name, out, steps, extra, env_extra=None, expect=""):
+        """a 2-rank run that must fail: within 10 s, non-zero, with `expect` in the output; returns the output"""
+        shm0 = shm_entries()
+        cmd = mpirun(2) + [LOOM, "train", "--out", out, "--zero", "1", "--steps", str(steps)] + ARGS + extra
+        t0 = time.time()
+        p = subprocess.Popen(cmd, env=dict(ENV, **(env_extra or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+        try:
+            text, _ = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            text, _ = p.communicate()
+        dt = time.time() - t0
+        errs = [l for l in text.splitlines() if "error:" in l]
+        check(p.returncode != 0 and dt <= 10, f"errors, {name}: every rank exited in {dt:.1f} s (<= 10), "
+                                              f"status {p.returncode}")
+        check(any(expect in l for l in errs), f"errors, {name}: the failing rank's message is printed: "
+                                               f"{' | '.join(errs)[:400]}")
+        check(not leftovers(out), f"errors, {name}: no temporary file left ({leftovers(out)[:3]})")
+        new = shm_entries() - shm0
+        check(not new, f"errors, {name}: no shared-memory segment left ({sorted(new)[:3]})")
+        return text
+
+    def verifies(out, step, name):
+        r = subprocess.run([LOOM, "ckpt", "info", out], capture_output=True, text=True)
+        got = json.loads(r.stdout.split("meta ", 1)[1])["step"] if r.returncode == 0 else None
+        check(got == step, f"errors, {name}: the previous checkpoint (step {step}) still verifies (got {got})")
+
+    # the uninterrupted reference and a run with checkpoints at steps 2 and 4 (both kept)
+    ref, out = os.path.join(W, "err-ref"), os.path.join(W, "err")
+    ok = train(2, ref, ARGS + ["--steps", "6"], zero=1) == 0 and \
+        train(2, out, ARGS + ["--steps", "6", "--stop-after", "4"], zero=1) == 0
+    check(ok, "errors: the base runs")
+    if ok:
+        man = os.path.join(out, "checkpoint.json")
+        before = open(man).read()
+        # 1. a corrupt shard (one bit of rank 1's optimizer state) at resume
+        shard = os.path.join(out, "shards", "step-00000004", "rank-00001.bin")
+        with open(shard, "r+b") as f:
+            f.seek(os.path.getsize(shard) - 1000)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x10]))
+        text = failing_run("corrupt shard at resume", out, 6, ["--resume"], expect="rank-00001.bin: section")
+        check("train.resume_from=" in text and "step-00000002" in text,
+              "errors, corrupt shard: the message names the kept earlier checkpoint to resume from")
+        check(open(man).read() == before, "errors, corrupt shard: the manifest is unchanged")
+        rc = train(2, out, ARGS + ["--steps", "6", "--set",
+                                   "train.resume_from=" + os.path.join(out, "shards", "step-00000002")], zero=1)
+        check(rc == 0, "errors, corrupt shard: the kept step 2 resumes (train.resume_from)")
+        if rc == 0:
+            d = maxdiff(losses(out), losses(ref), range(3, 7))
+            check(d == 0, f"errors, corrupt shard: steps 3-6 resumed from step 2 equal the uninterrupted run "
+                          f"(max diff {d:.2e})")
+            check(sorted(os.listdir(os.path.join(out, "shards"))) == ["step-00000004", "step-00000006"],
+                  "errors: the newest 2 steps' shards are kept (train.keep_checkpoints=2)")
+        # 2-4. an unreadable data file, an error in the middle of a step, a failing allocation, on rank 1
+        for name, fault, expect in [("unreadable data", "data@1", "synthetic.fault-injected"),
+                                    ("error in the middle of a step", "step@1:8", "in the middle of step 8"),
+                                    ("failed allocation", "oom@1:3", "failed (injected)")]:
+            failing_run(name, out, 10, ["--resume", "--data", "synthetic"], {"LOOM_TEST_FAULT": fault}, expect)
+            verifies(out, 6, name)
+        # 5. a shard write on a full disk: a tmpfs with room for step 6's checkpoint but not for step 8's too
+        disk = os.path.join(W, "tmpfs")
+        os.makedirs(disk)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=17m", "tmpfs", disk],
+                                 capture_output=True).returncode == 0
+        if not mounted:
+            print("SKIP errors, full disk: cannot mount a tmpfs here (not root?)")
+        else:
+            try:
+                run = os.path.join(disk, "run")
+                one = ["--set", "train.keep_checkpoints=1"]  # one checkpoint of 2 x 5 MB at a time
+                check(train(2, run, ARGS + one + ["--steps", "6", "--ckpt-interval", "0"], zero=1) == 0,
+                      "errors, full disk: the run fits at first")
+                failing_run("shard write on a full disk", run, 10, ["--resume"] + one, expect="No space left on device")
+                check(not os.path.exists(os.path.join(run, "shards", "step-00000008")),
+                      "errors, full disk: nothing of the failed step is left")
+                verifies(run, 6, "full disk")
+            finally:
+                subprocess.run(["umount", disk])
 
 shutil.rmtree(W, ignore_errors=True)
 print(f"{fails} failed")

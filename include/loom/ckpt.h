@@ -66,10 +66,12 @@ LOOM_NODISCARD loom_status loom_run_ckpt_read(loom_run_ckpt *c, const char *sect
 LOOM_NODISCARD loom_status loom_run_ckpt_read_state(loom_run_ckpt *c, void *dst, int64_t bytes);
 /* Collective over dp: each rank writes its slice [begin, end) of the three buffers (params, optim.0,
  * optim.1: each a section of (end - begin) floats given as data or fill; absent when both are NULL) to
- * <out>/shards/step-N/, then rank 0 commits the manifest. A failure on any rank leaves the previous
- * checkpoint in place and is reported on every rank. */
+ * <out>/shards/step-N/, then rank 0 writes that step's own manifest beside them and commits the run's
+ * manifest <out>/checkpoint.json; the shard directories of all but the newest `keep` steps are removed. A
+ * failure on any rank is agreed (loom_error_is_collective): every rank returns it, this step's shards are
+ * removed and the previous checkpoint stays. */
 LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json,
-                                                      int64_t step, int zero_stage, const void *state,
+                                                      int64_t step, int zero_stage, int64_t keep, const void *state,
                                                       int64_t state_bytes, int64_t n, int64_t begin, int64_t end,
                                                       const loom_ckpt_section slices[3]);
 /* A new run in a directory holding a sharded checkpoint: keep it as checkpoint.prev.json + shards.prev. */

@@ -72,6 +72,19 @@ void loom_comm_set_interrupt(loom_comm *comm, volatile sig_atomic_t *flag);
 loom_comm_stats loom_comm_get_stats(const loom_comm *comm);
 void loom_comm_reset_stats(loom_comm *comm);
 
+/* ---- errors across ranks ----
+ * An error on one rank must end the whole job within seconds, never leave its peers waiting in a collective.
+ * Where every rank must succeed together (set-up, resume, a checkpoint), they agree; elsewhere the rank
+ * that failed aborts the job once its message is out. */
+/* Collective: every rank learns whether any rank's `local` status failed. LOOM_OK when none did; else this
+ * rank's own error (its message kept) or one naming the first failing rank and `what` ("resuming"), marked
+ * collective (loom_error_is_collective) so that every rank may end normally. */
+LOOM_NODISCARD loom_status loom_comm_agree(loom_comm *comm, loom_status local, const char *what);
+/* Not collective: ends every process of the job at once with exit status `code` (MPI_Abort); for an error
+ * that struck this rank alone, after its message is printed. Returns only for a communicator of one
+ * process, where there is nothing else to end. */
+void loom_comm_abort(loom_comm *comm, int code);
+
 /* Collectives (blocking). In-place sums over the communicator's ranks. */
 LOOM_NODISCARD loom_status loom_comm_allreduce_sum_f32(loom_comm *comm, float *buf, int64_t n);
 LOOM_NODISCARD loom_status loom_comm_allreduce_sum_f64(loom_comm *comm, double *buf, int64_t n);

@@ -3,7 +3,7 @@
  *   loom_run_config rc;
  *   LOOM_CALL(loom_run_config_init(&rc, "gpt2-124m"));        // preset
  *   LOOM_CALL(loom_run_config_set(&rc, "train.steps", "100")); // typed, validated; unknown keys are errors
- *   LOOM_CALL(loom_train(&rc, peak_gflops));
+ *   LOOM_CALL(loom_train(&rc, NULL, peak_gflops, NULL));
  *
  * Every option has a key (`section.name`), a type, a default and a help line; `loom train --help` lists
  * them all. A JSON config file uses the same keys, nested ({"model": {"n_layer": 6}}) or dotted. */
@@ -37,6 +37,8 @@ typedef struct {
     char out[LOOM_PATH_MAX];     /* run directory: checkpoint.bin, metrics.jsonl */
     char metrics[LOOM_PATH_MAX]; /* default: <out>/metrics.jsonl */
     int resume;
+    char resume_from[LOOM_PATH_MAX]; /* resume from this checkpoint ("" = <out>'s newest) */
+    int64_t keep_checkpoints; /* sharded: steps whose shards stay on disk */
     loom_recompute recompute;
     int profile;
     char blas_coretype[32];
@@ -85,6 +87,10 @@ LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_bac
 
 /* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
 void loom_train_install_signal_handlers(void);
-/* Trains as configured. peak_gflops > 0 enables the MFU figure. */
-LOOM_NODISCARD loom_status loom_train(const loom_run_config *c, double peak_gflops, const char *peak_kernel);
+/* Collective over `world` (the caller's, from loom_comm_init_world; NULL: its own). Trains as configured;
+ * peak_gflops > 0 enables the MFU figure. In a job of several ranks an error that struck this rank alone
+ * (not loom_error_is_collective) returns at once, without the collective clean-up its peers would wait
+ * in: the caller prints the message and ends the job with loom_comm_abort(world). */
+LOOM_NODISCARD loom_status loom_train(const loom_run_config *c, loom_comm *world, double peak_gflops,
+                                      const char *peak_kernel);
 #endif

@@ -47,6 +47,12 @@ const char *loom_error_message(void);
 /* The last error's message followed by its trace, one frame a line. */
 const char *loom_error_trace_text(void);
 void loom_error_clear(void);
+/* Many processes: marks the current error as reached by every rank of the job together (an agreement,
+ * loom_comm_agree), so each can end normally. An error not so marked struck this rank alone: its peers may
+ * be waiting for it in a collective, and the job must be aborted (loom_comm_abort) once the message is out.
+ * loom_error_set clears the mark. */
+void loom_error_mark_collective(void);
+int loom_error_is_collective(void);
 const char *loom_status_name(loom_status s);
 
 /* Propagate an error up the stack, recording where it passed. */

@@ -195,7 +195,9 @@ int loom_cmd_train(int argc, char **argv) {
     char kernel[128] = "given";
     if (peak < 0) peak = loom_cli_peak_gflops(threads, kernel, sizeof kernel);
     loom_train_install_signal_handlers();
-    loom_status st = loom_train(&run, peak, kernel);
+    loom_comm *world = NULL; /* held here, so that MPI outlives the run for an abort */
+    if (loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");
+    loom_status st = loom_train(&run, world, peak, kernel);
     if (st == LOOM_ERR_INTERRUPTED) {
         fprintf(stderr, "loom train: %s\n", loom_error_message());
         rc = 130;
@@ -204,5 +206,8 @@ int loom_cmd_train(int argc, char **argv) {
     } else {
         rc = 0;
     }
+    /* an error of this rank alone: the others may wait for it in a collective; end them all now */
+    if (st != LOOM_OK && !loom_error_is_collective()) loom_comm_abort(world, rc);
+    loom_comm_free(&world);
     return rc;
 }

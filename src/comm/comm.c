@@ -73,7 +73,7 @@ static loom_status self_split(loom_comm *c, int color, int key, const char *name
 
 static const loom_comm_ops self_ops = {self_iallreduce, self_ireduce_scatter, self_iallgather, self_iallgather_bytes,
                                        self_ibroadcast, self_ibarrier, self_p2p, self_irecv, self_test, self_split,
-                                       NULL, NULL, NULL};
+                                       NULL, NULL, NULL, NULL};
 
 static loom_status self_make(const char *name, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);
@@ -119,6 +119,30 @@ void loom_comm_free(loom_comm **pc) {
     if ((*pc)->ops.free_impl) (*pc)->ops.free_impl(*pc);
     free(*pc);
     *pc = NULL;
+}
+
+void loom_comm_abort(loom_comm *c, int code) {
+    if (c && c->size > 1 && c->ops.abort_job) c->ops.abort_job(c, code);
+}
+
+loom_status loom_comm_agree(loom_comm *c, loom_status local, const char *what) {
+    /* the lowest failing world rank and its status, in one maximum: (2^30 - rank) above the status byte */
+    int64_t v = local != LOOM_OK ? (((int64_t)(1 << 30) - c->world_rank) << 8) | (int64_t)local : 0;
+    if (c->size > 1) {
+        char mine[1024];
+        snprintf(mine, sizeof mine, "%s", loom_error_message());
+        loom_status st = loom_comm_allreduce_max_i64(c, &v, 1);
+        if (st != LOOM_OK) return st; /* no agreement: the caller aborts */
+        if (local != LOOM_OK) loom_error_set(local, __FILE__, __LINE__, __func__, "%s", mine);
+    }
+    if (v == 0) return LOOM_OK;
+    loom_status st = local;
+    if (local == LOOM_OK)
+        st = loom_error_set((loom_status)(v & 0xff), __FILE__, __LINE__, __func__,
+                            "%s failed on rank %d (its message says why); every rank stops", what,
+                            (int)((1 << 30) - (v >> 8)));
+    loom_error_mark_collective();
+    return st;
 }
 
 int loom_comm_rank(const loom_comm *c) { return c ? c->rank : 0; }

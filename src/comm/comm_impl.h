@@ -22,6 +22,8 @@ typedef struct {
     /* node-shared segments (NULL: unsupported): base[r] = rank r's; *handle for shm_free */
     loom_status (*shm_alloc)(loom_comm *, size_t bytes, void **base, void **handle);
     void (*shm_free)(loom_comm *, void *handle);
+    /* ends every process of the job (NULL: one process, nothing to end) */
+    void (*abort_job)(loom_comm *, int code);
 } loom_comm_ops;
 
 enum { LOOM_DT_F32 = 0, LOOM_DT_F64, LOOM_DT_I64 };

@@ -10,6 +10,7 @@
 static _Thread_local char err_msg[LOOM_ERR_MSG_MAX];
 static _Thread_local char err_trace[LOOM_ERR_TRACE_MAX];
 static _Thread_local size_t err_trace_len;
+static _Thread_local int err_collective;
 
 loom_status loom_error_set(loom_status code, const char *file, int line, const char *func,
                            const char *fmt, ...) {
@@ -19,9 +20,13 @@ loom_status loom_error_set(loom_status code, const char *file, int line, const c
     va_end(ap);
     err_trace_len = 0;
     err_trace[0] = '\0';
+    err_collective = 0;
     loom_error_trace(file, line, func);
     return code;
 }
+
+void loom_error_mark_collective(void) { err_collective = 1; }
+int loom_error_is_collective(void) { return err_collective; }
 
 void loom_error_trace(const char *file, int line, const char *func) {
     if (err_trace_len >= sizeof err_trace - 1) return;
@@ -42,6 +47,7 @@ const char *loom_error_trace_text(void) {
 }
 
 void loom_error_clear(void) {
+    err_collective = 0;
     err_msg[0] = '\0';
     err_trace[0] = '\0';
     err_trace_len = 0;

@@ -4,7 +4,9 @@
 
 #include "io_impl.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
@@ -47,6 +49,27 @@ loom_status loom_io_write_all(int fd, const void *buf, size_t n, const char *pat
         n -= (size_t)w;
     }
     return LOOM_OK;
+}
+
+void loom_io_tmp_path(char *tmp, size_t n, const char *path) {
+    char dir[4096], base[4096];
+    snprintf(dir, sizeof dir, "%s", path);
+    snprintf(base, sizeof base, "%s", path);
+    const char *d = dirname(dir), *b = basename(base);
+    const size_t bl = strlen(b);
+    DIR *dh = opendir(d);
+    struct dirent *e;
+    while (dh && (e = readdir(dh)) != NULL) {
+        if (strncmp(e->d_name, b, bl) != 0 || strncmp(e->d_name + bl, ".tmp.", 5) != 0) continue;
+        char *end = NULL;
+        const long pid = strtol(e->d_name + bl + 5, &end, 10);
+        if (pid <= 0 || *end || pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char stale[8192];
+        snprintf(stale, sizeof stale, "%s/%s", d, e->d_name);
+        unlink(stale);
+    }
+    if (dh) closedir(dh);
+    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
 }
 
 static loom_status read_all(int fd, void *buf, size_t n, uint64_t off, const char *path) {
@@ -134,7 +157,7 @@ loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *s, i
         off += (uint64_t)s[i].nbytes;
     }
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    loom_io_tmp_path(tmp, sizeof tmp, path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) {
         free(e);
@@ -277,7 +300,7 @@ loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **ou
 
 loom_status loom_file_write_atomic(const char *path, const void *data, size_t n) {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    loom_io_tmp_path(tmp, sizeof tmp, path);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     LOOM_CHECK(fd >= 0, LOOM_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
     LOOM_CALL(commit_tmp(fd, tmp, path, loom_io_write_all(fd, data, n, tmp)));

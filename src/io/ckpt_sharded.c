@@ -271,9 +271,70 @@ typedef struct {
     int32_t pad;
 } shard_report;
 
+/* step N of a "step-NNNNNNNN" directory name, or -1 */
+static int64_t step_of_dir(const char *name) {
+    char *e = NULL;
+    if (strncmp(name, "step-", 5) != 0) return -1;
+    long long v = strtoll(name + 5, &e, 10);
+    return e && *e == '\0' && e != name + 5 ? (int64_t)v : -1;
+}
+
+/* After a commit of `step`: the shard directories of all but the newest `keep` steps up to it go, and any of
+ * a later step (left by a run that was resumed from an earlier checkpoint: another history). */
+static void remove_old_steps(const char *shards, int64_t step, int64_t keep) {
+    DIR *d = opendir(shards);
+    if (!d) return;
+    int64_t *steps = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const int64_t k = step_of_dir(e->d_name);
+        if (k < 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *grown = realloc(steps, cap * sizeof *steps);
+            if (!grown) break;
+            steps = grown;
+        }
+        steps[n++] = k;
+    }
+    closedir(d);
+    char old[LOOM_PATH_MAX + 300];
+    for (size_t i = 0; i < n; i++) {
+        int64_t newer = 0; /* steps newer than this one, up to the committed step */
+        for (size_t j = 0; j < n; j++) newer += steps[j] > steps[i] && steps[j] <= step;
+        if (steps[i] <= step && newer < keep) continue;
+        snprintf(old, sizeof old, "%s/step-%08lld", shards, (long long)steps[i]);
+        remove_flat_dir(old);
+    }
+    free(steps);
+}
+
+/* The manifest of one sharded step; `dir` is where its shards are, relative to the manifest's directory. */
+static loom_status write_manifest(const char *file, const char *dir, int64_t step, int N, int zero_stage, int64_t n,
+                                  int n_sec, const void *state, int64_t state_bytes, const shard_report *all,
+                                  const char *meta_json) {
+    loom_strbuf sb;
+    loom_strbuf_init(&sb);
+    loom_strbuf_printf(&sb, "{\"format\":\"loom.sharded\",\"version\":1,\"step\":%lld,\"world\":%d,\"zero\":%d,"
+                            "\"n\":%lld,\"sections\":%d,\"dir\":\"%s\",\"state_hex\":\"",
+                       (long long)step, N, zero_stage, (long long)n, n_sec, dir);
+    for (int64_t i = 0; i < state_bytes; i++) loom_strbuf_printf(&sb, "%02x", ((const unsigned char *)state)[i]);
+    loom_strbuf_printf(&sb, "\",\"shards\":[");
+    for (int i = 0; i < N; i++)
+        loom_strbuf_printf(&sb, "%s{\"file\":\"rank-%05d.bin\",\"begin\":%lld,\"end\":%lld,\"crc32c\":[%u,%u,%u]}",
+                           i ? "," : "", i, (long long)all[i].begin, (long long)all[i].end, all[i].crc[0], all[i].crc[1],
+                           all[i].crc[2]);
+    loom_strbuf_printf(&sb, "],\"meta\":%s}\n", meta_json);
+    loom_status st = sb.failed ? loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory")
+                               : loom_file_write_atomic(file, sb.buf, sb.len);
+    loom_strbuf_free(&sb);
+    return st;
+}
+
 loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json, int64_t step,
-                                       int zero_stage, const void *state, int64_t state_bytes, int64_t n,
-                                       int64_t begin, int64_t end, const loom_ckpt_section slices[3]) {
+                                       int zero_stage, int64_t keep, const void *state, int64_t state_bytes,
+                                       int64_t n, int64_t begin, int64_t end, const loom_ckpt_section slices[3]) {
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
     char shards[LOOM_PATH_MAX + 16], dir[LOOM_PATH_MAX + 48], file[LOOM_PATH_MAX + 80], fname[32];
     snprintf(shards, sizeof shards, "%s/shards", out);
@@ -306,61 +367,46 @@ loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const cha
         for (int i = 1; i < ns && st == LOOM_OK; i++) me.crc[which[i]] = crcs[i];
     }
     me.ok = st == LOOM_OK;
-    char err[512] = "";
-    if (st != LOOM_OK) snprintf(err, sizeof err, "%s", loom_error_message());
     /* every rank learns whether every shard is durable before the manifest commits them */
     shard_report *all = calloc((size_t)N, sizeof *all);
-    LOOM_CHECK(all != NULL, LOOM_ERR_NOMEM, "out of memory");
-    loom_status cst = loom_comm_allgather_bytes(dp, &me, (int64_t)sizeof me, all);
-    if (cst != LOOM_OK) {
+    loom_status ast = all ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (ast == LOOM_OK) ast = loom_comm_allgather_bytes(dp, &me, (int64_t)sizeof me, all);
+    int failed = ast == LOOM_OK ? -1 : r;
+    for (int i = 0; i < N && failed < 0; i++)
+        if (!all[i].ok) failed = i;
+    if (failed >= 0) { /* nothing of this step stays: the previous checkpoint is the newest */
         free(all);
-        return cst;
-    }
-    int failed = -1;
-    for (int i = 0; i < N; i++)
-        if (!all[i].ok && failed < 0) failed = i;
-    if (failed >= 0) {
-        free(all);
-        if (st != LOOM_OK) return loom_error_set(st, __FILE__, __LINE__, __func__, "%s", err);
-        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
-                              "rank %d could not write its checkpoint shard; the previous checkpoint stays", failed);
+        if (me.ok) unlink(file);
+        if (ast != LOOM_OK) return ast; /* no agreement: this rank's error alone */
+        rmdir(dir);                     /* when it is empty: the last rank to leave removes it */
+        if (st == LOOM_OK)
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                                "rank %d could not write its checkpoint shard of step %lld (its message says why); "
+                                "the previous checkpoint stays", failed, (long long)step);
+        loom_error_mark_collective();
+        return st;
     }
     int64_t committed = 1;
-    if (r == 0) {
-        loom_strbuf sb;
-        loom_strbuf_init(&sb);
-        loom_strbuf_printf(&sb, "{\"format\":\"loom.sharded\",\"version\":1,\"step\":%lld,\"world\":%d,\"zero\":%d,"
-                                "\"n\":%lld,\"sections\":%d,\"dir\":\"shards/step-%08lld\",\"state_hex\":\"",
-                           (long long)step, N, zero_stage, (long long)n, n_sec, (long long)step);
-        for (int64_t i = 0; i < state_bytes; i++) loom_strbuf_printf(&sb, "%02x", ((const unsigned char *)state)[i]);
-        loom_strbuf_printf(&sb, "\",\"shards\":[");
-        for (int i = 0; i < N; i++)
-            loom_strbuf_printf(&sb, "%s{\"file\":\"rank-%05d.bin\",\"begin\":%lld,\"end\":%lld,\"crc32c\":[%u,%u,%u]}",
-                               i ? "," : "", i, (long long)all[i].begin, (long long)all[i].end, all[i].crc[0],
-                               all[i].crc[1], all[i].crc[2]);
-        loom_strbuf_printf(&sb, "],\"meta\":%s}\n", meta_json);
-        char man[LOOM_PATH_MAX + 32];
+    if (r == 0) { /* the step's own manifest (kept with its shards), then the run's: the commit point */
+        char man[LOOM_PATH_MAX + 32], own[LOOM_PATH_MAX + 80], rel[32];
+        snprintf(own, sizeof own, "%s/checkpoint.json", dir);
         snprintf(man, sizeof man, "%s/checkpoint.json", out);
-        st = sb.failed ? loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory")
-                       : loom_file_write_atomic(man, sb.buf, sb.len);
-        loom_strbuf_free(&sb);
+        snprintf(rel, sizeof rel, "shards/step-%08lld", (long long)step);
+        st = write_manifest(own, ".", step, N, zero_stage, n, n_sec, state, state_bytes, all, meta_json);
+        if (st == LOOM_OK)
+            st = write_manifest(man, rel, step, N, zero_stage, n, n_sec, state, state_bytes, all, meta_json);
         committed = st == LOOM_OK;
-        if (committed) { /* older steps' shards are no longer referenced */
-            DIR *d = opendir(shards);
-            struct dirent *e;
-            char old[LOOM_PATH_MAX + 300];
-            while (d && (e = readdir(d)) != NULL)
-                if (!strncmp(e->d_name, "step-", 5) && strcmp(dir + strlen(shards) + 1, e->d_name) != 0) {
-                    snprintf(old, sizeof old, "%s/%s", shards, e->d_name);
-                    remove_flat_dir(old);
-                }
-            if (d) closedir(d);
-        }
+        if (committed) remove_old_steps(shards, step, keep);
     }
     free(all);
     LOOM_CALL(loom_comm_broadcast(dp, &committed, (int64_t)sizeof committed, 0));
-    if (r == 0) LOOM_CALL(st);
-    LOOM_CHECK(committed, LOOM_ERR_IO, "rank 0 could not write the checkpoint manifest; the previous checkpoint stays");
+    if (!committed) {
+        if (r != 0)
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                                "rank 0 could not write the checkpoint manifest; the previous checkpoint stays");
+        loom_error_mark_collective();
+        return st;
+    }
     return LOOM_OK;
 }
 

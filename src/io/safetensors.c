@@ -760,7 +760,7 @@ loom_status loom_st_write(const char *path, const loom_st_spec *specs, int n, lo
     int fd = -1;
     loom_status st = LOOM_OK;
     LOOM_CHECK_GOTO(st, tmp && buf, LOOM_ERR_NOMEM, done, "out of memory (%zu bytes for one tensor)", max_bytes);
-    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
+    loom_io_tmp_path(tmp, plen + 32, path);
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     LOOM_CHECK_GOTO(st, fd >= 0, LOOM_ERR_IO, done, "cannot create %s: %s", tmp, strerror(errno));
     unsigned char len8[8];
@@ -888,7 +888,7 @@ loom_status loom_st_write_model(const char *dir, const loom_st_spec *specs, int 
         if (ix.failed || !p || !tmp) {
             st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
         } else {
-            snprintf(tmp, strlen(p) + 32, "%s.tmp.%ld", p, (long)getpid());
+            loom_io_tmp_path(tmp, strlen(p) + 32, p);
             int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
             if (fd < 0) {
                 st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));

@@ -79,6 +79,8 @@ static const option options[] = {
     {"train.out", OPT_STRING, T(out), S(out), NULL, "run directory for checkpoint.bin and metrics.jsonl (--out)"},
     {"train.metrics", OPT_STRING, T(metrics), S(metrics), NULL, "metrics JSONL file (--metrics; default <out>/metrics.jsonl)"},
     {"train.resume", OPT_BOOL, T(resume), 0, NULL, "continue from <out>/checkpoint.bin (--resume)"},
+    {"train.resume_from", OPT_STRING, T(resume_from), S(resume_from), NULL, "continue from this checkpoint instead of <out>'s newest: a run directory, a kept step's shard directory (<out>/shards/step-N) or a checkpoint file; implies --resume"},
+    {"train.keep_checkpoints", OPT_INT, T(keep_checkpoints), 0, NULL, "sharded checkpoints: the newest N steps' shards stay on disk, each with its own manifest (older ones are removed)"},
     {"train.recompute", OPT_ENUM, T(recompute), 0, rc_choices, "activation recompute (--recompute)"},
     {"train.profile", OPT_BOOL, T(profile), 0, NULL, "print where the time went, per kernel category (--profile)"},
     {"train.blas_coretype", OPT_STRING, T(blas_coretype), S(blas_coretype), NULL, "OpenBLAS kernel: auto | keep | a core name (--blas-coretype)"},
@@ -130,6 +132,7 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->dp_overlap = 1;
     t->pp_virtual = 2;
     t->comm_timeout = 300;
+    t->keep_checkpoints = 1;
     t->offload = 1;
     t->save_checkpoints = 1;
     t->loss_scale = 65536.0;
@@ -289,6 +292,8 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     const loom_train_config *t = &c->train;
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
+    LOOM_CHECK(t->keep_checkpoints >= 1 && t->keep_checkpoints <= 1000000, LOOM_ERR_CONFIG,
+               "train.keep_checkpoints must be >= 1, got %lld", (long long)t->keep_checkpoints);
     LOOM_CHECK(t->zero >= 0 && t->zero <= 3, LOOM_ERR_CONFIG, "train.zero must be 0, 1, 2 or 3, got %lld", (long long)t->zero);
     LOOM_CHECK(t->loss_scale >= 1 && t->loss_scale <= 1e30 && frexp(t->loss_scale, &(int){0}) == 0.5 &&
                    t->loss_scale_window >= 1, LOOM_ERR_CONFIG,

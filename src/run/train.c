@@ -4,6 +4,7 @@
  * added on the rest, no zeroing pass), then the optimizer (global-norm clip, schedule, update), then the
  * metrics line. Resume is bit-exact: the checkpoint holds the parameters, the optimizer state, the step
  * and the data sampler's generator, and every kernel is deterministic for a fixed thread count. */
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -67,10 +68,31 @@ typedef struct {
     int64_t loss_scale_good;    /* good steps since it last changed */
 } train_state; /* the "state" section, binary (older, shorter ones read with the new fields zero) */
 
+/* A test hook, never set by a user: LOOM_TEST_FAULT=POINT@RANK[:N] makes world rank RANK fail at POINT:
+ * "data" (its data file cannot be read), "step" (an error in the middle of step N, after its backward and
+ * before the optimizer's reductions) or "oom" (its N-th allocation from the start of set-up fails). The tests
+ * of errors on one rank of many (tests/test_dist.py errors) use it. */
+typedef struct {
+    char point[16];
+    int rank;
+    int64_t n;
+} test_fault;
+
+static test_fault test_fault_parse(void) {
+    test_fault f = {"", -1, 0};
+    const char *e = getenv("LOOM_TEST_FAULT");
+    long long n = 0;
+    if (e && sscanf(e, "%15[a-z]@%d:%lld", f.point, &f.rank, &n) >= 2) f.n = n;
+    else f.point[0] = '\0';
+    return f;
+}
+
 typedef struct {
     const loom_run_config *rc;
     loom_backend *be;
-    loom_comm *world;
+    loom_comm *world;           /* the caller's, or world_owned */
+    loom_comm *world_owned;
+    test_fault fault;
     loom_mesh mesh;
     int have_mesh;
     loom_zero *zero;            /* owns the model and the optimizer */
@@ -226,7 +248,8 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
         }
         st = loom_ckpt_write(tr->ckpt_path, s, n);
     } else {
-        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->red, meta.buf, step, loom_zero_stage(tr->zero), &ts,
+        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->red, meta.buf, step, loom_zero_stage(tr->zero),
+                                        rc->train.keep_checkpoints, &ts,
                                         (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, secs);
     }
     free(canon);
@@ -237,6 +260,7 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
         if (st == LOOM_OK && s2 != LOOM_OK) st = s2;
         if (st == LOOM_OK && failed)
             st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rank 0 could not write the checkpoint");
+        if (st != LOOM_OK && s2 == LOOM_OK) loom_error_mark_collective(); /* every rank knows */
     }
     LOOM_CALL(st);
     return LOOM_OK;
@@ -287,13 +311,35 @@ static loom_status read_tp_range(void *ctx, const char *section, int64_t begin, 
     return LOOM_OK;
 }
 
+/* A damaged checkpoint: the message says what the user can do, naming the kept steps that remain. */
+static void resume_hint(const trainer *tr, int64_t bad_step, loom_status st) {
+    char kept[512] = "", dir[LOOM_PATH_MAX + 16];
+    snprintf(dir, sizeof dir, "%s/shards", tr->rc->train.out);
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL)
+        if (!strncmp(e->d_name, "step-", 5) && strlen(kept) + strlen(dir) + strlen(e->d_name) + 8 < sizeof kept) {
+            char man[2 * LOOM_PATH_MAX];
+            snprintf(man, sizeof man, "%s/%s/checkpoint.json", dir, e->d_name);
+            if (access(man, F_OK) == 0 && atoll(e->d_name + 5) != bad_step)
+                snprintf(kept + strlen(kept), sizeof kept - strlen(kept), "%s%s/%s", kept[0] ? ", " : "", dir, e->d_name);
+        }
+    if (d) closedir(d);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", loom_error_message());
+    loom_error_set(st, __FILE__, __LINE__, __func__,
+                   "%s. This checkpoint cannot be resumed: %s%s%s, or start afresh without --resume", msg,
+                   kept[0] ? "resume from a kept earlier one with --set train.resume_from=" : "no earlier one is kept "
+                   "(train.keep_checkpoints=2 keeps one for next time)", kept, kept[0] ? "" : "; restore it from a copy");
+}
+
 /* Resumes from the newest checkpoint of the run directory, written by any number of ranks and any ZeRO
  * stage: each rank reads the flat ranges its own layout needs (resharding). */
 static loom_status load_checkpoint(trainer *tr, int64_t *step) {
     loom_run_ckpt *c = NULL;
     loom_status st;
-    const char *out = tr->rc->train.out;
-    LOOM_CALL_GOTO(st, loom_run_ckpt_open(out, &c), done);
+    const char *from = tr->rc->train.resume_from[0] ? tr->rc->train.resume_from : tr->rc->train.out;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
     const loom_json *j = loom_run_ckpt_meta(c);
     const char *path = loom_run_ckpt_path(c);
     loom_model_config mc;
@@ -327,6 +373,10 @@ static loom_status load_checkpoint(trainer *tr, int64_t *step) {
     *step = ts.step;
     st = LOOM_OK;
 done:
+    if (st == LOOM_ERR_CHECKSUM || st == LOOM_ERR_FORMAT) { /* the damaged step, when its manifest was read */
+        const loom_json *js = c ? loom_json_get(loom_run_ckpt_meta(c), "step") : NULL;
+        resume_hint(tr, js && js->type == LOOM_JSON_NUMBER ? (int64_t)js->number : -1, st);
+    }
     loom_run_ckpt_close(&c);
     return st;
 }
@@ -512,6 +562,35 @@ static loom_status print_sample(trainer *tr) {
     return LOOM_OK;
 }
 
+/* 1 when the test hook asks this rank to fail at `point` (at step/allocation n, when the hook names one) */
+static int test_fault_at(const trainer *tr, const char *point, int64_t n) {
+    return !strcmp(tr->fault.point, point) && tr->fault.rank == loom_comm_world_rank(tr->world) &&
+           (tr->fault.n == 0 || tr->fault.n == n);
+}
+
+/* This rank's view of the training data, and the model's vocabulary fitted to it. Rank-local. */
+static loom_status open_data(trainer *tr) {
+    const loom_run_config *rc = tr->rc;
+    const loom_train_config *t = &rc->train;
+    const int synthetic = strcmp(t->data, "synthetic") == 0;
+    char path[LOOM_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s%s", t->data, test_fault_at(tr, "data", 0) ? ".fault-injected" : "");
+    LOOM_CALL(loom_data_open(path, synthetic ? rc->model.vocab_size : 0, t->val_fraction, (uint64_t)t->seed,
+                             &tr->data));
+    /* A preset's vocabulary too small for the data's tokenizer grows to it (e.g. the demo preset on a GPT-2
+     * dataset) unless the vocabulary was set explicitly; a larger one is kept (unused rows cost little). */
+    tr->model_cfg = rc->model;
+    const int64_t data_vocab = loom_data_vocab_size(tr->data);
+    if (t->fit_vocab && data_vocab > tr->model_cfg.vocab_size) {
+        LOOM_INFO("model.vocab_size %lld -> %lld to fit the data's tokenizer (%s)", (long long)tr->model_cfg.vocab_size,
+                  (long long)data_vocab, loom_data_tokenizer(tr->data) ? loom_data_tokenizer(tr->data) : "?");
+        tr->model_cfg.vocab_size = data_vocab;
+    }
+    LOOM_CALL(loom_data_check_vocab(tr->data, tr->model_cfg.vocab_size));
+    LOOM_CALL(loom_data_set_rank(tr->data, tr->mesh.dp_rank, tr->data_dp));
+    return LOOM_OK;
+}
+
 static void trainer_free(trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
     free(tr->tokens);
@@ -529,11 +608,11 @@ static void trainer_free(trainer *tr) {
     free(tr->pp_stats);
     loom_comm_free(&tr->red_owned);
     if (tr->have_mesh) loom_mesh_free(&tr->mesh);
-    loom_comm_free(&tr->world);
+    loom_comm_free(&tr->world_owned);
     loom_backend_free(&tr->be);
 }
 
-loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char *peak_kernel) {
+loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_gflops, const char *peak_kernel) {
     LOOM_CALL(loom_run_config_validate(rc));
     const loom_train_config *t = &rc->train;
     trainer tr;
@@ -545,8 +624,12 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = (int)t->threads;
     bc.blas_coretype = t->blas_coretype;
+    tr.world = world;
+    if (!tr.world) LOOM_CALL_GOTO(st, loom_comm_init_world(&tr.world_owned), done);
+    if (!tr.world) tr.world = tr.world_owned;
+    tr.fault = test_fault_parse();
+    if (test_fault_at(&tr, "oom", tr.fault.n)) tr.mem.fail_after = tr.fault.n;
     LOOM_CALL_GOTO(st, loom_backend_init(&bc, &tr.be), done);
-    LOOM_CALL_GOTO(st, loom_comm_init_world(&tr.world), done);
     loom_comm_set_timeout(tr.world, t->comm_timeout);
     loom_comm_set_interrupt(tr.world, &stop_signal);
     tr.root = loom_comm_rank(tr.world) == 0;
@@ -582,20 +665,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     tr.world_size = loom_comm_size(tr.world);
     tr.rank_mem = calloc((size_t)tr.world_size * RANK_ROW, sizeof(int64_t));
     LOOM_CHECK_GOTO(st, tr.rank_mem != NULL, LOOM_ERR_NOMEM, done, "out of memory");
-    const int synthetic = strcmp(t->data, "synthetic") == 0;
-    LOOM_CALL_GOTO(st, loom_data_open(t->data, synthetic ? rc->model.vocab_size : 0, t->val_fraction,
-                                      (uint64_t)t->seed, &tr.data), done);
-    /* A preset's vocabulary too small for the data's tokenizer grows to it (e.g. the demo preset on a GPT-2
-     * dataset) unless the vocabulary was set explicitly; a larger one is kept (unused rows cost little). */
-    tr.model_cfg = rc->model;
-    const int64_t data_vocab = loom_data_vocab_size(tr.data);
-    if (t->fit_vocab && data_vocab > tr.model_cfg.vocab_size) {
-        LOOM_INFO("model.vocab_size %lld -> %lld to fit the data's tokenizer (%s)", (long long)tr.model_cfg.vocab_size,
-                  (long long)data_vocab, loom_data_tokenizer(tr.data) ? loom_data_tokenizer(tr.data) : "?");
-        tr.model_cfg.vocab_size = data_vocab;
-    }
-    LOOM_CALL_GOTO(st, loom_data_check_vocab(tr.data, tr.model_cfg.vocab_size), done);
-    LOOM_CALL_GOTO(st, loom_data_set_rank(tr.data, tr.mesh.dp_rank, tr.data_dp), done);
+    /* every rank opens the data itself (a file one rank cannot read): they agree before the next collective */
+    LOOM_CALL_GOTO(st, loom_comm_agree(tr.world, open_data(&tr), "opening the data"), done);
     if (tr.pp > 1) {
         LOOM_CALL_GOTO(st, loom_pipeline_partition(&tr.model_cfg, tr.pp, t->pp_schedule ? (int)t->pp_virtual : 1,
                                                    tr.mesh.pp_rank, &tr.part, NULL), done);
@@ -662,17 +733,18 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     }
     snprintf(tr.ckpt_path, sizeof tr.ckpt_path, "%s/checkpoint.bin", t->out);
     int64_t step = 0;
-    if (t->resume) {
-        LOOM_CALL_GOTO(st, load_checkpoint(&tr, &step), done);
-        LOOM_INFO("resumed from %s at step %lld", tr.ckpt_path, (long long)step);
+    const int resume = t->resume || t->resume_from[0];
+    if (resume) { /* every rank reads its own ranges: all of them resume, or none */
+        LOOM_CALL_GOTO(st, loom_comm_agree(tr.world, load_checkpoint(&tr, &step), "resuming"), done);
+        LOOM_INFO("resumed from %s at step %lld", t->resume_from[0] ? t->resume_from : t->out, (long long)step);
     } else {
         LOOM_CALL_GOTO(st, loom_zero_init_weights(tr.zero, (uint64_t)t->seed), done);
     }
     loom_model_refresh_low_precision(tr.model); /* bf16: the working copy of the weights */
     /* everything is validated: only now touch the run directory */
     LOOM_CALL_GOTO(st, mkdir_p(t->out), done);
-    if (!t->resume && tr.root) loom_run_ckpt_move_aside(t->out);
-    if (!t->resume && tr.root && access(tr.ckpt_path, F_OK) == 0) {
+    if (!resume && tr.root) loom_run_ckpt_move_aside(t->out);
+    if (!resume && tr.root && access(tr.ckpt_path, F_OK) == 0) {
         char prev[LOOM_PATH_MAX + 64];
         snprintf(prev, sizeof prev, "%s/checkpoint.prev.bin", t->out);
         LOOM_CHECK_GOTO(st, rename(tr.ckpt_path, prev) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s",
@@ -683,7 +755,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     if (t->metrics[0]) snprintf(mpath, sizeof mpath, "%s", t->metrics);
     else snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out);
     if (tr.root) {
-        tr.metrics = fopen(mpath, t->resume ? "a" : "w");
+        tr.metrics = fopen(mpath, resume ? "a" : "w");
         LOOM_CHECK_GOTO(st, tr.metrics != NULL, LOOM_ERR_IO, done, "cannot write metrics %s: %s", mpath, strerror(errno));
     }
 
@@ -766,6 +838,8 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
             LOOM_CALL_GOTO(st, loom_zero_end_micro(tr.zero), done);
             lsum += l;
         }
+        LOOM_CHECK_GOTO(st, !test_fault_at(&tr, "step", step + 1), LOOM_ERR_INTERNAL, done,
+                        "an error in the middle of step %lld (injected by LOOM_TEST_FAULT)", (long long)step + 1);
         loom_optim_stats os;
         LOOM_CALL_GOTO(st, loom_zero_step(tr.zero, step, &os), done);
         tr.skipped = tr.loss_scale > 0 && os.skipped;
@@ -838,6 +912,7 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
                                     t->save_checkpoints ? "continue with --resume from the checkpoint in "
                                                         : "no checkpoint (train.save_checkpoints=false)",
                                     t->save_checkpoints ? (tr.dp > 1 ? t->out : tr.ckpt_path) : "");
+                loom_error_mark_collective(); /* the stop was voted: every rank stops here */
                 goto done;
             }
             LOOM_INFO("stopped after step %lld as asked; checkpoint in %s", (long long)step, t->out);
@@ -878,6 +953,13 @@ loom_status loom_train(const loom_run_config *rc, double peak_gflops, const char
     }
     st = LOOM_OK;
 done:
+    if (st != LOOM_OK && loom_comm_size(tr.world) > 1 && !loom_error_is_collective()) {
+        /* this rank alone failed: its peers may be waiting for it in a collective, so nothing collective is
+         * freed; the caller aborts the job. Files are closed, and scratch files were unlinked at creation. */
+        if (tr.metrics) fclose(tr.metrics);
+        if (tr.mem_trace) fclose(tr.mem_trace);
+        return st;
+    }
     trainer_free(&tr);
     return st;
 }
