@@ -14,9 +14,10 @@ mirror=${LOOM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 [[ $(id -u) -eq 0 ]] || { echo "fresh_debian_check: needs root (debootstrap, chroot, mounts)" >&2; exit 2; }
 command -v debootstrap > /dev/null || { echo "fresh_debian_check: apt-get install debootstrap" >&2; exit 2; }
 
-mounts=(proc sys dev dev/pts dev/shm)
-cleanup() {
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount -l "$root/${mounts[i]}" 2> /dev/null || true; done
+cleanup() { # every mount under the chroot (ours, and any a test made there, e.g. /run/netns), deepest first
+  awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2> /dev/null || true
+  done
 }
 trap cleanup EXIT
 
