@@ -15,7 +15,7 @@ mirror=${LOOM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 command -v debootstrap > /dev/null || { echo "fresh_debian_check: apt-get install debootstrap" >&2; exit 2; }
 
 cleanup() { # every mount under the chroot (ours, and any a test made there, e.g. /run/netns), deepest first
-  awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
+  awk -v r="$root" '$2 == r || index($2, r "/") == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2> /dev/null || true
   done
 }
@@ -28,6 +28,7 @@ if [[ "${LOOM_FRESH_KEEP:-0}" != 1 || ! -x "$root/usr/bin/apt-get" ]]; then
   debootstrap --variant=minbase bookworm "$root" "$mirror" > "$root.debootstrap.log" 2>&1 ||
     { tail -20 "$root.debootstrap.log"; exit 1; }
 fi
+mount --bind "$root" "$root" # "/" a mount point inside, as on a machine (ip netns exec needs it)
 mount -t proc proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --bind /dev "$root/dev"

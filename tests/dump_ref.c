@@ -1,6 +1,7 @@
 /* Writes a small model's weights, logits, loss, gradients and one step of each optimizer to a file that
  * tests/torch_ref.py recomputes independently in PyTorch (float64) and compares.
- * Usage: dump_ref gpt2|llama OUTFILE [recompute: none|attn|full] */
+ * Usage: dump_ref gpt2|llama OUTFILE [recompute: none|attn|full] [device: cpu|cpu-isolated|cuda]
+ * Every value crosses between the model and the host by an explicit copy, so any backend can be checked. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,18 +26,22 @@ static void put(FILE *f, const char *name, uint32_t dtype, int ndim, const int64
     fwrite(data, elem, n, f);
 }
 
-static void put_params(FILE *f, loom_model *m, const char *prefix, const float *buf) {
+/* every parameter of a flat buffer of the model's backend (parameters or gradients), through a host copy */
+static int put_params(FILE *f, loom_model *m, const char *prefix, const float *buf, float *host) {
+    if (loom_buf_download(loom_model_backend(m), host, buf, (size_t)loom_model_buffer_size(m) * sizeof(float)))
+        return 1;
     for (int i = 0; i < loom_model_num_param_infos(m); i++) {
         const loom_param_info *p = loom_model_param_info(m, i);
         char name[128];
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
-        put(f, name, 0, p->ndim, p->shape, buf + p->offset, 4);
+        put(f, name, 0, p->ndim, p->shape, host + p->offset, 4);
     }
+    return 0;
 }
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: dump_ref gpt2|gpt2-nobias|llama OUTFILE [none|attn|full]\n"
+        fprintf(stderr, "usage: dump_ref gpt2|gpt2-nobias|llama OUTFILE [none|attn|full] [cpu|cpu-isolated|cuda]\n"
                         "  (gpt2-nobias: nanoGPT's model, no biases and the exact erf GELU)\n");
         return 2;
     }
@@ -61,26 +66,30 @@ int main(int argc, char **argv) {
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
     bc.quiet = 1;
+    bc.device = argc > 4 ? argv[4] : "cpu";
     loom_backend *be;
-    loom_comm *comm;
     loom_mem mem;
     loom_mem_init(&mem);
     loom_model *m;
-    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) || loom_model_init(&c, be, comm, &mem, 1, &m) ||
-        loom_model_reserve(m, B, T, rc)) {
+    const loom_model_options mo = {.flags = LOOM_MODEL_GRADS};
+    if (loom_backend_init(&bc, &be) || loom_model_init(&c, be, &mem, &mo, &m) || loom_model_reserve(m, B, T, rc) ||
+        loom_model_init_weights(m, 1234)) {
         fprintf(stderr, "error: %s\n", loom_error_trace_text());
         return 1;
     }
-    loom_model_init_weights(m, 1234);
     /* norms and biases away from their trivial init, so their gradients are tested on real values */
     loom_rng r;
     loom_rng_seed(&r, 99);
-    float *params = loom_model_params(m);
+    const size_t pbytes = (size_t)loom_model_buffer_size(m) * sizeof(float);
+    float *params = loom_model_params(m), *host = malloc(pbytes), *saved = malloc(pbytes);
+    if (!host || !saved || loom_buf_download(be, host, params, pbytes)) return 1;
     for (int i = 0; i < loom_model_num_param_infos(m); i++) {
         const loom_param_info *p = loom_model_param_info(m, i);
         if (p->ndim == 1)
-            for (int64_t j = 0; j < p->numel; j++) params[p->offset + j] += (float)(0.1 * loom_rng_normal(&r));
+            for (int64_t j = 0; j < p->numel; j++) host[p->offset + j] += (float)(0.1 * loom_rng_normal(&r));
     }
+    memcpy(saved, host, pbytes);
+    if (loom_buf_upload(be, params, host, pbytes)) return 1;
     int32_t tokens[64], targets[64];
     for (int64_t i = 0; i < N; i++) {
         tokens[i] = (int32_t)loom_rng_below(&r, (uint64_t)c.vocab_size);
@@ -104,21 +113,20 @@ int main(int argc, char **argv) {
     put(f, "config", 2, 1, &len, cfgjson, 1);
     put(f, "tokens", 1, 2, bt, tokens, 4);
     put(f, "targets", 1, 2, bt, targets, 4);
-    put_params(f, m, "param/", params);
+    if (put_params(f, m, "param/", params, host)) return 1;
     float loss = 0;
-    if (loom_model_forward(m, tokens, targets, B, T, &loss)) return 1;
+    float *logits = malloc((size_t)(N * c.vocab_size) * sizeof(float));
+    if (!logits || loom_model_forward(m, tokens, targets, B, T, &loss) || loom_model_read_logits(m, logits)) return 1;
     int64_t lshape[3] = {B, T, c.vocab_size}, one = 1;
-    put(f, "logits", 0, 3, lshape, loom_model_logits(m), 4);
+    put(f, "logits", 0, 3, lshape, logits, 4);
+    free(logits);
     put(f, "loss", 0, 1, &one, &loss, 4);
     /* the gradient twice accumulated over two halves equals one full pass: exercise accumulation */
     if (loom_model_forward_backward(m, tokens, targets, B, T, 1.0f / (float)N, 0, &loss)) {
         fprintf(stderr, "error: %s\n", loom_error_trace_text());
         return 1;
     }
-    put_params(f, m, "grad/", loom_model_grads(m));
-    size_t pbytes = (size_t)loom_model_buffer_size(m) * sizeof(float);
-    float *saved = malloc(pbytes);
-    memcpy(saved, params, pbytes);
+    if (put_params(f, m, "grad/", loom_model_grads(m), host)) return 1;
     static const struct { loom_optim_kind kind; const char *prefix; } opts[] = {
         {LOOM_OPTIM_ADAMW, "adamw/"}, {LOOM_OPTIM_LAMB, "lamb/"}, {LOOM_OPTIM_SGD, "sgd/"}, {LOOM_OPTIM_LARS, "lars/"}};
     for (size_t k = 0; k < sizeof opts / sizeof opts[0]; k++) {
@@ -139,14 +147,13 @@ int main(int argc, char **argv) {
             fprintf(stderr, "error: %s\n", loom_error_trace_text());
             return 1;
         }
-        put_params(f, m, opts[k].prefix, params);
-        memcpy(params, saved, pbytes);
+        if (put_params(f, m, opts[k].prefix, params, host) || loom_buf_upload(be, params, saved, pbytes)) return 1;
         loom_optim_free(&o);
     }
     fclose(f);
     free(saved);
+    free(host);
     loom_model_free(&m);
-    loom_comm_free(&comm);
     loom_backend_free(&be);
     printf("wrote %s (%s, recompute %d, loss %.6f)\n", argv[2], argv[1], (int)rc, loss);
     return 0;

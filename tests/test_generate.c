@@ -17,7 +17,7 @@ static void check(int ok, const char *name, double err, double tol) {
     if (ok) pass++; else fail++;
 }
 
-static int run_family(loom_backend *be, loom_comm *comm, const char *preset, int llama) {
+static int run_family(loom_backend *be, const char *preset, int llama) {
     loom_model_config c;
     if (loom_model_config_preset(preset, &c) != LOOM_OK) return 1;
     c.n_layer = 2;
@@ -32,24 +32,23 @@ static int run_family(loom_backend *be, loom_comm *comm, const char *preset, int
     loom_mem_init(&mem);
     loom_model *m;
     const int64_t T = 40;
-    if (loom_model_init(&c, be, comm, &mem, 0, &m) || loom_model_reserve(m, 1, T, LOOM_RECOMPUTE_NONE)) {
+    if (loom_model_init(&c, be, &mem, NULL, &m) || loom_model_reserve(m, 1, T, LOOM_RECOMPUTE_NONE) ||
+        loom_model_init_weights(m, 7)) {
         fprintf(stderr, "%s\n", loom_error_message());
         return 1;
     }
-    loom_model_init_weights(m, 7);
     int32_t tok[64];
     loom_rng r;
     loom_rng_seed(&r, 3);
     for (int64_t i = 0; i < T; i++) tok[i] = (int32_t)loom_rng_below(&r, (uint64_t)c.vocab_size);
     if (loom_model_forward(m, tok, NULL, 1, T, NULL)) return 1;
-    float *full = malloc((size_t)(T * c.vocab_size) * sizeof(float));
-    memcpy(full, loom_model_logits(m), (size_t)(T * c.vocab_size) * sizeof(float));
+    float *full = malloc((size_t)(T * c.vocab_size) * sizeof(float)), *lg = malloc((size_t)(T * c.vocab_size) * sizeof(float));
+    if (!full || !lg || loom_model_read_logits(m, full)) return 1;
     double maxabs = 0, err = 0;
     for (int64_t i = 0; i < T * c.vocab_size; i++) maxabs = fmax(maxabs, fabs(full[i]));
     if (loom_model_kv_reset(m, T)) return 1;
     for (int64_t t = 0; t < T; t++) {
-        const float *lg;
-        if (loom_model_kv_step(m, tok[t], &lg)) return 1;
+        if (loom_model_kv_step(m, tok[t], lg)) return 1;
         for (int64_t v = 0; v < c.vocab_size; v++) err = fmax(err, fabs(lg[v] - full[t * c.vocab_size + v]));
     }
     char name[128];
@@ -60,8 +59,7 @@ static int run_family(loom_backend *be, loom_comm *comm, const char *preset, int
     if (loom_model_kv_reset(m, T)) return 1;
     double err2 = 0;
     for (int64_t t = 0; t < 5; t++) {
-        const float *lg;
-        if (loom_model_kv_step(m, tok[t], &lg)) return 1;
+        if (loom_model_kv_step(m, tok[t], lg)) return 1;
         for (int64_t v = 0; v < c.vocab_size; v++) err2 = fmax(err2, fabs(lg[v] - full[t * c.vocab_size + v]));
     }
     snprintf(name, sizeof name, "%s_kv_cache_reset", preset);
@@ -91,8 +89,7 @@ static int run_family(loom_backend *be, loom_comm *comm, const char *preset, int
     memcpy(ext + 4, g, (size_t)ng * sizeof(int32_t));
     int ok = 1;
     if (loom_model_reserve(m, 1, 4 + ng - 1, LOOM_RECOMPUTE_NONE) == LOOM_OK &&
-        loom_model_forward(m, ext, NULL, 1, 4 + ng - 1, NULL) == LOOM_OK) {
-        const float *lg = loom_model_logits(m);
+        loom_model_forward(m, ext, NULL, 1, 4 + ng - 1, NULL) == LOOM_OK && loom_model_read_logits(m, lg) == LOOM_OK) {
         for (int64_t t = 3; t < 4 + ng - 1; t++) {
             int64_t best = 0;
             for (int64_t v = 1; v < c.vocab_size; v++)
@@ -113,25 +110,23 @@ static int run_family(loom_backend *be, loom_comm *comm, const char *preset, int
     snprintf(name, sizeof name, "%s_slides_past_context", preset);
     check(nl == 100 && gs.context_full && nl2 == nl && memcmp(lim, lim2, (size_t)nl * 4) == 0, name, (double)nl, 100);
     free(lim2);
-    free(a); free(b); free(g); free(k1); free(lim); free(full);
+    free(a); free(b); free(g); free(k1); free(lim); free(full); free(lg);
     loom_model_free(&m);
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) { /* test_generate [device] */
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
     bc.quiet = 1;
+    bc.device = argc > 1 ? argv[1] : "cpu";
     loom_backend *be;
-    loom_comm *comm;
-    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm)) return 1;
+    if (loom_backend_init(&bc, &be)) return 1;
     /* nanogpt-char: GPT-2 without biases and with the exact GELU */
-    if (run_family(be, comm, "demo", 0) || run_family(be, comm, "llama-tiny", 1) ||
-        run_family(be, comm, "nanogpt-char", 0)) {
+    if (run_family(be, "demo", 0) || run_family(be, "llama-tiny", 1) || run_family(be, "nanogpt-char", 0)) {
         fprintf(stderr, "error: %s\n", loom_error_message());
         return 1;
     }
-    loom_comm_free(&comm);
     loom_backend_free(&be);
     printf("%d passed, %d failed\n", pass, fail);
     return fail != 0;

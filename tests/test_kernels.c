@@ -24,6 +24,15 @@
 static int g_pass, g_fail;
 static loom_rng g_rng;
 
+/* a kernel call that must succeed (the CPU backend's kernels return an error only for a bug or no memory) */
+#define K(call)                                                                              \
+    do {                                                                                     \
+        if ((call) != LOOM_OK) {                                                             \
+            fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #call, loom_error_message()); \
+            exit(2);                                                                         \
+        }                                                                                    \
+    } while (0)
+
 /* ------------------------------------------------------------------------------------------------ */
 /* helpers                                                                                           */
 
@@ -74,6 +83,22 @@ static void check_bits(const char *name, const float *got, const float *want, in
     report(name, ok, ok ? 0.0 : (maxerr > 0 ? maxerr : INFINITY), 0.0);
 }
 
+/* the kernels that return a scalar, as functions */
+static double sum_squares(loom_backend *be, const float *x, int64_t n) {
+    double r = NAN;
+    K(loom_k_sum_squares(be, &(loom_sum_squares_args){x, n, &r}));
+    return r;
+}
+static double lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n, float b1,
+                           float b2, float eps, float wd, float bc1, float bc2, float gs) {
+    double r = NAN;
+    K(loom_k_lamb_moments(be, &(loom_lamb_moments_args){.p = (float *)p, .g = g, .m = m, .v = v, .n = n, .beta1 = b1,
+                                                       .beta2 = b2, .eps = eps, .weight_decay = wd,
+                                                       .bias_correction1 = bc1, .bias_correction2 = bc2,
+                                                       .grad_scale = gs, .result = &r}));
+    return r;
+}
+
 static double urand(double lo, double hi) { return lo + (hi - lo) * loom_rng_uniform(&g_rng); }
 
 static float *fvec(int64_t n) {
@@ -115,7 +140,7 @@ static void test_matmul_case(loom_backend *be, const char *tag, int ta, int tb, 
     if (beta == 0.0f)
         for (int64_t i = 0; i < M; i++) fill_value(C + i * ldc, N, NAN);
     memcpy(C0, C, (size_t)(M * ldc) * sizeof(float));
-    loom_k_matmul(be, ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, C, ldc);
+    K(loom_k_matmul(be, &(loom_gemm){.trans_a = ta, .trans_b = tb, .M = M, .N = N, .K = K, .alpha = alpha, .A = A, .lda = lda, .B = Bm, .ldb = ldb, .beta = beta, .C = C, .ldc = ldc}));
     double *ref = dvec(M * N);
     float *got = fvec(M * N), *pad = fvec(M * 7), *pad0 = fvec(M * 7);
     for (int64_t i = 0; i < M; i++)
@@ -180,7 +205,7 @@ static void test_layernorm(loom_backend *be) {
     for (int64_t i = 0; i < N * C; i++) x[i] += 0.5f + 0.1f * (float)(i / C % 5); /* non-zero row means */
     fill(w, C, 0.5, 1.5);
     fill(b, C, -0.5, 0.5);
-    loom_k_layernorm_forward(be, y, mean, rstd, x, w, b, N, C, eps);
+    K(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = y, .mean = mean, .rstd = rstd, .inp = x, .w = w, .b = b, .N = N, .C = C, .eps = eps}));
     double *yr = dvec(N * C), *mr = dvec(N), *rr = dvec(N);
     for (int64_t n = 0; n < N; n++) {
         double m = 0, v = 0;
@@ -224,7 +249,7 @@ static void test_layernorm(loom_backend *be) {
     memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
     fill_value(dw, C, NAN);
     fill_value(db, C, NAN);
-    loom_k_layernorm_backward(be, dx, dw, db, dy, x, w, mean, rstd, N, C, 0);
+    K(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dx, .dw = dw, .db = db, .dout = dy, .inp = x, .w = w, .mean = mean, .rstd = rstd, .N = N, .C = C, .accumulate = 0}));
     /* dx: two 53-term float row sums feed an O(1) result (|dx| up to ~5): 2e-5 absolute covers
      * C*2^-24*|terms| with margin. dw, db: 37-row float column sums of O(1) terms: same bound. */
     check_close("layernorm_backward_dinp_accumulates", dx, dxr, N * C, 2e-5, 1e-5);
@@ -237,7 +262,7 @@ static void test_layernorm(loom_backend *be) {
     memcpy(dw, dw0, (size_t)C * sizeof(float));
     memcpy(db, db0, (size_t)C * sizeof(float));
     memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
-    loom_k_layernorm_backward(be, dx, dw, db, dy, x, w, mean, rstd, N, C, 1);
+    K(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dx, .dw = dw, .db = db, .dout = dy, .inp = x, .w = w, .mean = mean, .rstd = rstd, .N = N, .C = C, .accumulate = 1}));
     double *dwr1 = dvec(C), *dbr1 = dvec(C);
     for (int64_t c = 0; c < C; c++) {
         dwr1[c] = dwr[c] + dw0[c];
@@ -256,7 +281,7 @@ static void test_rmsnorm(loom_backend *be) {
     float *x = fvec(N * C), *w = fvec(C), *y = fvec(N * C), *rstd = fvec(N);
     fill(x, N * C, -1.5, 1.5);
     fill(w, C, 0.5, 1.5);
-    loom_k_rmsnorm_forward(be, y, rstd, x, w, N, C, eps);
+    K(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = y, .rstd = rstd, .inp = x, .w = w, .N = N, .C = C, .eps = eps}));
     double *yr = dvec(N * C), *rr = dvec(N);
     for (int64_t n = 0; n < N; n++) {
         double ss = 0;
@@ -287,13 +312,13 @@ static void test_rmsnorm(loom_backend *be) {
     for (int64_t c = 0; c < C; c++) dwr1[c] = dwr[c] + dw0[c];
     memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
     fill_value(dw, C, NAN);
-    loom_k_rmsnorm_backward(be, dx, dw, dy, x, w, rstd, N, C, 0);
+    K(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dx, .dw = dw, .dout = dy, .inp = x, .w = w, .rstd = rstd, .N = N, .C = C, .accumulate = 0}));
     /* same reasoning as layernorm backward */
     check_close("rmsnorm_backward_dinp_accumulates", dx, dxr, N * C, 2e-5, 1e-5);
     check_close("rmsnorm_backward_dw_acc0", dw, dwr, C, 2e-5, 1e-5);
     memcpy(dx, dx0, (size_t)(N * C) * sizeof(float));
     memcpy(dw, dw0, (size_t)C * sizeof(float));
-    loom_k_rmsnorm_backward(be, dx, dw, dy, x, w, rstd, N, C, 1);
+    K(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dx, .dw = dw, .dout = dy, .inp = x, .w = w, .rstd = rstd, .N = N, .C = C, .accumulate = 1}));
     check_close("rmsnorm_backward_dw_acc1", dw, dwr1, C, 2e-5, 1e-5);
     free(x); free(w); free(y); free(rstd); free(yr); free(rr); free(dy); free(dx); free(dx0); free(dw);
     free(dw0); free(dxr); free(dwr); free(dwr1);
@@ -319,7 +344,7 @@ static void test_activations(loom_backend *be) {
     fill(bias, F, -0.5, 0.5);
     /* bias_gelu_forward with out: pre += bias, out = gelu(pre) */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_gelu_forward(be, pre, out, bias, N, F, 0);
+    K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .out = out, .bias = bias, .N = N, .F = F, .exact = 0}));
     float *pre_want = fvec(n);
     double *ref = dvec(n);
     for (int64_t i = 0; i < n; i++) {
@@ -332,37 +357,37 @@ static void test_activations(loom_backend *be) {
     check_close("bias_gelu_forward_out", out, ref, n, 2e-6, 4e-6);
     /* out == NULL: bias only */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_gelu_forward(be, pre, NULL, bias, N, F, 0);
+    K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .bias = bias, .N = N, .F = F, .exact = 0}));
     check_bits("bias_gelu_forward_out_null_bias_only", pre, pre_want, n);
     /* gelu_forward */
     fill_value(out, n, NAN);
-    loom_k_gelu_forward(be, out, pre0, n, 0);
+    K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = out, .inp = pre0, .n = n, .exact = 0}));
     for (int64_t i = 0; i < n; i++) ref[i] = gelu_ref((double)pre0[i]);
     check_close("gelu_forward", out, ref, n, 2e-6, 4e-6);
     /* gelu_backward (and in place: dpre aliases dout) */
     float *dout = fvec(n), *dpre = fvec(n);
     fill(dout, n, -1, 1);
-    loom_k_gelu_backward(be, dpre, pre0, dout, n, 0);
+    K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.dinp = dpre, .inp = pre0, .dout = dout, .n = n, .exact = 0}));
     for (int64_t i = 0; i < n; i++) ref[i] = gelu_grad_ref((double)pre0[i]) * dout[i];
     /* gelu' is O(1) (max ~1.13), but its sech^2 = 1 - t^2 is formed in float from t = tanh(u) ~ 1 for
      * |x| > 3: an error of ~1 ulp(1) = 1.2e-7 in t becomes 2.4e-7 absolute in sech^2, multiplied by
      * 0.5 x k (1 + 3 c x^2) ~ 9 at |x| = 5: ~2e-6 absolute (measured 1.8e-6). atol 5e-6. */
     check_close("gelu_backward", dpre, ref, n, 5e-6, 4e-6);
     memcpy(dpre, dout, (size_t)n * sizeof(float));
-    loom_k_gelu_backward(be, dpre, pre0, dpre, n, 0);
+    K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.dinp = dpre, .inp = pre0, .dout = dpre, .n = n, .exact = 0}));
     check_close("gelu_backward_in_place", dpre, ref, n, 5e-6, 4e-6);
     /* the exact GELU (erf, PyTorch's nn.GELU()): erf to 1.5e-7 absolute (Abramowitz-Stegun 7.1.26) times
      * 0.5|x| <= 2.75 gives <= 4.2e-7, plus the ulp of the O(5) result: atol 1e-6, rtol 4e-6; its derivative
      * Phi(x) + x phi(x) has the erf error halved plus a ~1-ulp exp: the same bounds */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_gelu_forward(be, pre, out, bias, N, F, 1);
+    K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .out = out, .bias = bias, .N = N, .F = F, .exact = 1}));
     for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre_want[i] * (1.0 + erf(pre_want[i] / sqrt(2.0)));
     check_bits("bias_gelu_erf_forward_pre_plus_bias", pre, pre_want, n);
     check_close("bias_gelu_erf_forward_out", out, ref, n, 1e-6, 4e-6);
-    loom_k_gelu_forward(be, out, pre0, n, 1);
+    K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = out, .inp = pre0, .n = n, .exact = 1}));
     for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre0[i] * (1.0 + erf(pre0[i] / sqrt(2.0)));
     check_close("gelu_erf_forward", out, ref, n, 1e-6, 4e-6);
-    loom_k_gelu_backward(be, dpre, pre0, dout, n, 1);
+    K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.dinp = dpre, .inp = pre0, .dout = dout, .n = n, .exact = 1}));
     for (int64_t i = 0; i < n; i++) {
         const double x = pre0[i];
         ref[i] = (0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI)) * dout[i];
@@ -372,7 +397,7 @@ static void test_activations(loom_backend *be) {
     /* SwiGLU: gu (N, 2F) = [gate | up]; out = silu(gate) * up */
     float *gu = fvec(N * 2 * F), *sw = fvec(n), *dgu = fvec(N * 2 * F);
     fill(gu, N * 2 * F, -6, 6);
-    loom_k_swiglu_forward(be, sw, gu, N, F);
+    K(loom_k_swiglu_forward(be, &(loom_swiglu_forward_args){.out = sw, .gu = gu, .N = N, .F = F}));
     double *swr = dvec(n), *dgur = dvec(N * 2 * F);
     for (int64_t r = 0; r < N; r++)
         for (int64_t f = 0; f < F; f++) {
@@ -385,13 +410,13 @@ static void test_activations(loom_backend *be) {
     /* sigmoid through a ~1-ulp expf and one division: a few ulp relative on O(36) products */
     check_close("swiglu_forward", sw, swr, n, 1e-6, 4e-6);
     fill_value(dgu, N * 2 * F, NAN);
-    loom_k_swiglu_backward(be, dgu, gu, dout, N, F);
+    K(loom_k_swiglu_backward(be, &(loom_swiglu_backward_args){.dgu = dgu, .gu = gu, .dout = dout, .N = N, .F = F}));
     /* dgate's factor s(1 + g(1-s)) is a difference-free product; same few-ulp bound */
     check_close("swiglu_backward", dgu, dgur, N * 2 * F, 1e-6, 4e-6);
 
     /* bias_add: one float add per element, exact to the rounding of that add */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
-    loom_k_bias_add(be, pre, bias, N, F);
+    K(loom_k_bias_add(be, &(loom_bias_add_args){.x = pre, .bias = bias, .N = N, .C = F}));
     check_bits("bias_add", pre, pre_want, n);
     /* bias_backward: column sums */
     float *db = fvec(F), *db0 = fvec(F);
@@ -401,11 +426,11 @@ static void test_activations(loom_backend *be) {
         for (int64_t f = 0; f < F; f++) dbr[f] += dout[r * F + f];
     for (int64_t f = 0; f < F; f++) dbr1[f] = dbr[f] + db0[f];
     fill_value(db, F, NAN);
-    loom_k_bias_backward(be, db, dout, N, F, 0);
+    K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = N, .C = F, .accumulate = 0}));
     /* 37 (38) unit-range terms summed in float: <= 38 * 2^-24 * 38 ~ 1e-4 worst case, ~1e-6 typical */
     check_close("bias_backward_acc0", db, dbr, F, 1e-5, 1e-5);
     memcpy(db, db0, (size_t)F * sizeof(float));
-    loom_k_bias_backward(be, db, dout, N, F, 1);
+    K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = N, .C = F, .accumulate = 1}));
     check_close("bias_backward_acc1", db, dbr1, F, 1e-5, 1e-5);
 
     /* add (and out aliasing a), scale: one float operation each, so bit-exact */
@@ -413,14 +438,14 @@ static void test_activations(loom_backend *be) {
     fill(a, n, -3, 3);
     for (int64_t i = 0; i < n; i++) want[i] = a[i] + dout[i];
     fill_value(s, n, NAN);
-    loom_k_add(be, s, a, dout, n);
+    K(loom_k_add(be, &(loom_add_args){.out = s, .a = a, .b = dout, .n = n}));
     check_bits("add", s, want, n);
     memcpy(s, a, (size_t)n * sizeof(float));
-    loom_k_add(be, s, s, dout, n);
+    K(loom_k_add(be, &(loom_add_args){.out = s, .a = s, .b = dout, .n = n}));
     check_bits("add_out_aliases_a", s, want, n);
     for (int64_t i = 0; i < n; i++) want[i] = a[i] * -0.37f;
     memcpy(s, a, (size_t)n * sizeof(float));
-    loom_k_scale(be, s, -0.37f, n);
+    K(loom_k_scale(be, &(loom_scale_args){.x = s, .s = -0.37f, .n = n}));
     check_bits("scale", s, want, n);
     free(pre); free(pre0); free(bias); free(out); free(pre_want); free(ref); free(dout); free(dpre);
     free(gu); free(sw); free(dgu); free(swr); free(dgur); free(db); free(db0); free(dbr); free(dbr1);
@@ -442,7 +467,7 @@ static void test_rope(loom_backend *be) {
     fill(x0, n, -1, 1);
     for (int inverse = 0; inverse < 2; inverse++) {
         memcpy(x, x0, (size_t)n * sizeof(float));
-        loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, inverse);
+        K(loom_k_rope(be, &(loom_rope_args){.qkv = x, .cos_t = cs, .sin_t = sn, .B = B, .T = T, .H = H, .KV = KV, .hd = hd, .inverse = inverse}));
         double *ref = dvec(n);
         for (int64_t i = 0; i < n; i++) ref[i] = x0[i];
         double sg = inverse ? -1.0 : 1.0;
@@ -475,8 +500,8 @@ static void test_rope(loom_backend *be) {
     }
     /* inverse(forward(x)) == x up to cos^2 + sin^2 = 1 in float and 4 roundings: ~5e-7 */
     memcpy(x, x0, (size_t)n * sizeof(float));
-    loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, 0);
-    loom_k_rope(be, x, cs, sn, B, T, H, KV, hd, 1);
+    K(loom_k_rope(be, &(loom_rope_args){.qkv = x, .cos_t = cs, .sin_t = sn, .B = B, .T = T, .H = H, .KV = KV, .hd = hd, .inverse = 0}));
+    K(loom_k_rope(be, &(loom_rope_args){.qkv = x, .cos_t = cs, .sin_t = sn, .B = B, .T = T, .H = H, .KV = KV, .hd = hd, .inverse = 1}));
     double *id = dvec(n);
     for (int64_t i = 0; i < n; i++) id[i] = x0[i];
     check_close("rope_inverse_of_forward_is_identity", x, id, n, 1e-6, 1e-6);
@@ -554,7 +579,7 @@ static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t 
     fill(dout, B * T * C, -1, 1);
     fill_value(out, B * T * C, NAN);
     fill_value(lse, B * H * T, NAN);
-    loom_k_attention_forward(be, out, lse, qkv, B, T, H, KV, hd);
+    K(loom_k_attention_forward(be, &(loom_attention_forward_args){.out = out, .lse = lse, .qkv = qkv, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
     double *outr = dvec(B * T * C), *lser = dvec(B * H * T), *dqkvr = dvec(B * T * row);
     ref_attention(qkv, dout, B, T, H, KV, hd, outr, lser, dqkvr);
     char name[128];
@@ -567,7 +592,7 @@ static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t 
              (long long)T, (long long)H, (long long)KV, (long long)hd);
     check_close(name, lse, lser, B * H * T, 5e-6, 2e-6);
     fill_value(dqkv, B * T * row, NAN); /* written, not accumulated */
-    loom_k_attention_backward(be, dqkv, dout, qkv, out, lse, B, T, H, KV, hd);
+    K(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = dqkv, .dout = dout, .qkv = qkv, .out = out, .lse = lse, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
     /* dq, dk, dv: sums over up to T (x group) terms of products of O(1) values, with p recomputed as
      * exp(s - lse) from float s and lse (relative error ~ ulp(|s|+|lse|) ~ 1e-6): 2e-5 absolute. */
     snprintf(name, sizeof name, "attention_backward_dqkv_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
@@ -593,11 +618,11 @@ static void test_embedding(loom_backend *be) {
     float *wte = fvec(V * C), *wpe = fvec(T * C), *out = fvec(N * C), *want = fvec(N * C);
     fill(wte, V * C, -1, 1);
     fill(wpe, T * C, -1, 1);
-    loom_k_embedding_forward(be, out, tok, wte, wpe, B, T, C);
+    K(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = out, .tokens = tok, .wte = wte, .wpe = wpe, .B = B, .T = T, .C = C}));
     for (int64_t i = 0; i < N; i++)
         for (int64_t c = 0; c < C; c++) want[i * C + c] = wte[tok[i] * C + c] + wpe[(i % T) * C + c];
     check_bits("embedding_forward_wte_wpe", out, want, N * C); /* a copy and one float add: exact */
-    loom_k_embedding_forward(be, out, tok, wte, NULL, B, T, C);
+    K(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = out, .tokens = tok, .wte = wte, .B = B, .T = T, .C = C}));
     for (int64_t i = 0; i < N; i++)
         for (int64_t c = 0; c < C; c++) want[i * C + c] = wte[tok[i] * C + c];
     check_bits("embedding_forward_wte_only", out, want, N * C);
@@ -618,23 +643,23 @@ static void test_embedding(loom_backend *be) {
      * unit-range terms: <= 8 * 2^-24 * 8 ~ 4e-6 worst case */
     fill_value(dwte, V * C, NAN); /* accumulate 0 zeroes first: rows of absent tokens must become 0 */
     fill_value(dwpe, T * C, NAN);
-    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 0, 0);
+    K(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = dwte, .dwpe = dwpe, .dout = dout, .tokens = tok, .B = B, .T = T, .C = C, .V = V, .accumulate_wte = 0, .accumulate_wpe = 0}));
     check_close("embedding_backward_dwte_acc0", dwte, rte, V * C, 5e-6, 1e-6);
     check_close("embedding_backward_dwpe_acc0", dwpe, rpe, T * C, 5e-6, 1e-6);
     memcpy(dwte, dwte0, (size_t)(V * C) * sizeof(float));
     memcpy(dwpe, dwpe0, (size_t)(T * C) * sizeof(float));
-    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 1, 1);
+    K(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = dwte, .dwpe = dwpe, .dout = dout, .tokens = tok, .B = B, .T = T, .C = C, .V = V, .accumulate_wte = 1, .accumulate_wpe = 1}));
     check_close("embedding_backward_dwte_acc1", dwte, rte1, V * C, 5e-6, 1e-6);
     check_close("embedding_backward_dwpe_acc1", dwpe, rpe1, T * C, 5e-6, 1e-6);
     /* mixed flags (the tied GPT-2 path: wte accumulates onto the head's part, wpe is written) */
     memcpy(dwte, dwte0, (size_t)(V * C) * sizeof(float));
     fill_value(dwpe, T * C, NAN);
-    loom_k_embedding_backward(be, dwte, dwpe, dout, tok, B, T, C, V, 1, 0);
+    K(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = dwte, .dwpe = dwpe, .dout = dout, .tokens = tok, .B = B, .T = T, .C = C, .V = V, .accumulate_wte = 1, .accumulate_wpe = 0}));
     check_close("embedding_backward_dwte_acc1_mixed", dwte, rte1, V * C, 5e-6, 1e-6);
     check_close("embedding_backward_dwpe_acc0_mixed", dwpe, rpe, T * C, 5e-6, 1e-6);
     /* no position table (LLaMA) */
     fill_value(dwte, V * C, NAN);
-    loom_k_embedding_backward(be, dwte, NULL, dout, tok, B, T, C, V, 0, 0);
+    K(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = dwte, .dout = dout, .tokens = tok, .B = B, .T = T, .C = C, .V = V, .accumulate_wte = 0, .accumulate_wpe = 0}));
     check_close("embedding_backward_dwte_no_wpe", dwte, rte, V * C, 5e-6, 1e-6);
     free(wte); free(wpe); free(out); free(want); free(dout); free(dwte); free(dwpe); free(dwte0); free(dwpe0);
     free(rte); free(rpe); free(rte1); free(rpe1);
@@ -664,7 +689,7 @@ static void test_cross_entropy(loom_backend *be) {
         for (int64_t v = 0; v < V; v++) gr[n * V + v] = gs * (exp(r[v] - mx) / s - (v == tgt[n] ? 1.0 : 0.0));
     }
     memcpy(x, x0, (size_t)(N * V) * sizeof(float));
-    loom_k_softmax_cross_entropy(be, x, loss, tgt, N, V, gs);
+    K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss, .targets = tgt, .N = N, .V = V, .grad_scale = gs}));
     /* loss = (max + log sum) - x[t]: a difference of numbers as large as the row maximum (~96 in the
      * shifted row), so a few ulp of 96 (7.6e-6 each) absolute. */
     check_close("softmax_cross_entropy_loss", loss, lr, N, 3e-5, 1e-6);
@@ -681,7 +706,7 @@ static void test_cross_entropy(loom_backend *be) {
     check_bits("softmax_cross_entropy_ignored_target_loss_zero", lz, zrow, 2);
     /* grad_scale 0: losses only, logits left as they were */
     memcpy(x, x0, (size_t)(N * V) * sizeof(float));
-    loom_k_softmax_cross_entropy(be, x, loss_nog, tgt, N, V, 0.0f);
+    K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss_nog, .targets = tgt, .N = N, .V = V, .grad_scale = 0.0f}));
     check_bits("softmax_cross_entropy_no_grad_logits_untouched", x, x0, N * V);
     check_bits("softmax_cross_entropy_no_grad_same_losses", loss_nog, loss, N);
     free(x0); free(x); free(loss); free(loss_nog); free(lr); free(gr);
@@ -703,7 +728,7 @@ static void test_matmul_bf16(loom_backend *be) {
     const float probe[6] = {1.0f, 1.0f + 1.0f / 256.0f, 1.0f + 3.0f / 256.0f, -2.5f, 3.0e38f, NAN};
     const float want[6] = {1.0f, 1.0f, 1.0f + 4.0f / 256.0f, -2.5f, 3.00405527e38f, NAN}; /* ties to even */
     uint16_t h[6];
-    loom_k_f32_to_bf16(be, h, probe, 6);
+    K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = h, .src = probe, .n = 6}));
     int ok = 1;
     for (int i = 0; i < 5; i++) ok &= bf16_value(h[i]) == want[i];
     ok &= isnan(bf16_value(h[5]));
@@ -717,8 +742,8 @@ static void test_matmul_bf16(loom_backend *be) {
             fill(a, M * K, -1, 1);
             fill(b, K * N, -1, 1);
             fill(c, M * N, -1, 1);
-            loom_k_f32_to_bf16(be, a16, a, M * K);
-            loom_k_f32_to_bf16(be, b16, b, K * N);
+            K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = a16, .src = a, .n = M * K}));
+            K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = b16, .src = b, .n = K * N}));
             const int64_t lda = ta ? M : K, ldb = tb ? K : N;
             for (int64_t i = 0; i < M; i++)
                 for (int64_t j = 0; j < N; j++) {
@@ -731,7 +756,7 @@ static void test_matmul_bf16(loom_backend *be) {
             char name[96];
             snprintf(name, sizeof name, "matmul_bf16 %s%s (alpha 0.5, beta 1) [%s]", ta ? "T" : "N", tb ? "T" : "N",
                      loom_backend_bf16_kernel(be));
-            if (loom_k_matmul_bf16(be, ta, tb, M, N, K, 0.5f, a16, lda, b16, ldb, 1.0f, c, N) != LOOM_OK)
+            if (loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){.trans_a = ta, .trans_b = tb, .M = M, .N = N, .K = K, .alpha = 0.5f, .A = a16, .lda = lda, .B = b16, .ldb = ldb, .beta = 1.0f, .C = c, .ldc = N}) != LOOM_OK)
                 report(name, 0, 0, 0);
             else
                 check_close(name, c, ref, M * N, 1e-5, 1e-5);
@@ -746,11 +771,11 @@ static void test_sum_squares(loom_backend *be) {
     long double ref = 0;
     for (int64_t i = 0; i < n; i++) ref += (long double)x[i] * x[i];
     /* float squares are exact in double; summing 1e5 positive doubles: <= n * 2^-53 ~ 1.1e-11 relative */
-    check_scalar("sum_squares_n100003", loom_k_sum_squares(be, x, n), (double)ref, 0.0, 1.2e-11);
+    check_scalar("sum_squares_n100003", sum_squares(be, x, n), (double)ref, 0.0, 1.2e-11);
     long double r37 = 0;
     for (int64_t i = 0; i < 37; i++) r37 += (long double)x[i] * x[i];
-    check_scalar("sum_squares_n37", loom_k_sum_squares(be, x, 37), (double)r37, 0.0, 1e-15);
-    check_scalar("sum_squares_n0", loom_k_sum_squares(be, x, 0), 0.0, 0.0, 0.0);
+    check_scalar("sum_squares_n37", sum_squares(be, x, 37), (double)r37, 0.0, 1e-15);
+    check_scalar("sum_squares_n0", sum_squares(be, x, 0), 0.0, 0.0, 0.0);
     free(x);
 }
 
@@ -766,7 +791,7 @@ static void test_adamw(loom_backend *be, int64_t n) {
     memcpy(p, p0, (size_t)n * sizeof(float));
     memcpy(m, m0, (size_t)n * sizeof(float));
     memcpy(v, v0, (size_t)n * sizeof(float));
-    loom_k_adamw(be, p, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gs);
+    K(loom_k_adamw(be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = lr, .beta1 = b1, .beta2 = b2, .eps = eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = gs}));
     double *pr = dvec(n), *mr = dvec(n), *vr = dvec(n);
     /* torch.optim.AdamW: p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
      * p -= (lr/bc1) m / (sqrt(v)/sqrt(bc2) + eps) */
@@ -799,7 +824,7 @@ static void test_lamb(loom_backend *be, int64_t n) {
     memcpy(v, v0, (size_t)n * sizeof(float));
     const float b1 = 0.9f, b2 = 0.999f, eps = 1e-6f, wd = 0.01f, gs = 2.0f, step = 0.0123f;
     const float bc1 = (float)(1.0 - pow(b1, 5)), bc2 = (float)(1.0 - pow(b2, 5));
-    double sq = loom_k_lamb_moments(be, p, g, m, v, n, b1, b2, eps, wd, bc1, bc2, gs);
+    double sq = lamb_moments(be, p, g, m, v, n, b1, b2, eps, wd, bc1, bc2, gs);
     double *pr = dvec(n), *mr = dvec(n), *vr = dvec(n), sqr = 0;
     for (int64_t i = 0; i < n; i++) {
         double gi = (double)g[i] * gs;
@@ -814,7 +839,7 @@ static void test_lamb(loom_backend *be, int64_t n) {
     check_close("lamb_moments_v", v, vr, n, 1e-11, 1e-6);
     /* sum of n squares of float r, each a few ulp (~5e-7) off: the total is within ~1e-6 relative */
     check_scalar("lamb_moments_sq_norm", sq, sqr, 0.0, 2e-6);
-    loom_k_lamb_apply(be, p, m, v, n, eps, wd, bc1, bc2, step);
+    K(loom_k_lamb_apply(be, &(loom_lamb_apply_args){.p = p, .m = m, .v = v, .n = n, .eps = eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = step}));
     check_close("lamb_apply_p", p, pr, n, 1e-7, 1e-6);
     free(p); free(g); free(m); free(v); free(m0); free(v0); free(pr); free(mr); free(vr);
 }
@@ -833,7 +858,7 @@ static void test_sgd(loom_backend *be, int64_t n) {
         memcpy(p, p0, (size_t)n * sizeof(float));
         memcpy(buf, b0, (size_t)n * sizeof(float));
         if (cases[c].first) fill_value(buf, n, NAN); /* the first step must not read the buffer */
-        loom_k_sgd(be, p, g, buf, n, lr, mom, cases[c].nesterov, wd, gs, cases[c].first);
+        K(loom_k_sgd(be, &(loom_sgd_args){.p = p, .g = g, .buf = buf, .n = n, .lr = lr, .momentum = mom, .nesterov = cases[c].nesterov, .weight_decay = wd, .grad_scale = gs, .first_step = cases[c].first}));
         /* torch.optim.SGD (dampening 0): d = g + wd p; buf = first ? d : mom buf + d;
          * d = nesterov ? d + mom buf : buf; p -= lr d */
         for (int64_t i = 0; i < n; i++) {
@@ -860,7 +885,7 @@ static void test_sgd(loom_backend *be, int64_t n) {
     const float lrl = 0.037f, mom = 0.9f;
     memcpy(p, p0, (size_t)n * sizeof(float));
     memcpy(buf, b0, (size_t)n * sizeof(float));
-    loom_k_lars(be, p, g, buf, n, lrl, mom, wd, gs);
+    K(loom_k_lars(be, &(loom_lars_args){.p = p, .g = g, .buf = buf, .n = n, .lr = lrl, .momentum = mom, .weight_decay = wd, .grad_scale = gs}));
     for (int64_t i = 0; i < n; i++) {
         double d = (double)g[i] * gs + (double)wd * p0[i];
         br[i] = (double)mom * b0[i] + (double)lrl * d;
@@ -884,22 +909,22 @@ enum { DN = 37, DC = 53, DV = 101, DB = 2, DT = 13, DH = 4, DKV = 2, DHD = 8, DS
 static void det_run(loom_backend *be, const float *x, const float *w, const float *b, const float *dy,
                     const float *qkv, const float *big, const int32_t *tok, det_out *o) {
     float mean[DN], rstd[DN], *y = fvec(DN * DC), *m = fvec(DSS), *v = fvec(DSS);
-    o->ss = loom_k_sum_squares(be, big, DSS);
+    o->ss = sum_squares(be, big, DSS);
     for (int64_t i = 0; i < DSS; i++) {
         m[i] = 0.01f * big[DSS - 1 - i];
         v[i] = 1e-3f;
     }
-    o->lamb = loom_k_lamb_moments(be, big, big, m, v, DSS, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f, 1.0f);
-    loom_k_layernorm_forward(be, y, mean, rstd, x, w, b, DN, DC, 1e-5f);
+    o->lamb = lamb_moments(be, big, big, m, v, DSS, 0.9f, 0.95f, 1e-8f, 0.1f, 0.1f, 0.05f, 1.0f);
+    K(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = y, .mean = mean, .rstd = rstd, .inp = x, .w = w, .b = b, .N = DN, .C = DC, .eps = 1e-5f}));
     memset(o->ln_dx, 0, DN * DC * sizeof(float));
-    loom_k_layernorm_backward(be, o->ln_dx, o->ln_dw, o->ln_db, dy, x, w, mean, rstd, DN, DC, 0);
-    loom_k_rmsnorm_forward(be, y, rstd, x, w, DN, DC, 1e-5f);
+    K(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = o->ln_dx, .dw = o->ln_dw, .db = o->ln_db, .dout = dy, .inp = x, .w = w, .mean = mean, .rstd = rstd, .N = DN, .C = DC, .accumulate = 0}));
+    K(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = y, .rstd = rstd, .inp = x, .w = w, .N = DN, .C = DC, .eps = 1e-5f}));
     memset(o->rms_dx, 0, DN * DC * sizeof(float));
-    loom_k_rmsnorm_backward(be, o->rms_dx, o->rms_dw, dy, x, w, rstd, DN, DC, 0);
-    loom_k_bias_backward(be, o->bias_db, dy, DN, DC, 0);
-    loom_k_embedding_backward(be, o->dwte, o->dwpe, dy, tok, DB, DT, DC, DV, 0, 0);
-    loom_k_attention_forward(be, o->att_out, o->att_lse, qkv, DB, DT, DH, DKV, DHD);
-    loom_k_attention_backward(be, o->att_dqkv, dy, qkv, o->att_out, o->att_lse, DB, DT, DH, DKV, DHD);
+    K(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = o->rms_dx, .dw = o->rms_dw, .dout = dy, .inp = x, .w = w, .rstd = rstd, .N = DN, .C = DC, .accumulate = 0}));
+    K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = o->bias_db, .dout = dy, .N = DN, .C = DC, .accumulate = 0}));
+    K(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = o->dwte, .dwpe = o->dwpe, .dout = dy, .tokens = tok, .B = DB, .T = DT, .C = DC, .V = DV, .accumulate_wte = 0, .accumulate_wpe = 0}));
+    K(loom_k_attention_forward(be, &(loom_attention_forward_args){.out = o->att_out, .lse = o->att_lse, .qkv = qkv, .B = DB, .T = DT, .H = DH, .KV = DKV, .hd = DHD}));
+    K(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = o->att_dqkv, .dout = dy, .qkv = qkv, .out = o->att_out, .lse = o->att_lse, .B = DB, .T = DT, .H = DH, .KV = DKV, .hd = DHD}));
     free(y);
     free(m);
     free(v);
@@ -983,8 +1008,9 @@ static loom_status make_tiny_model(int llama, loom_backend *be, loom_comm *comm,
     c.vocab_size = 23;
     c.max_seq_len = 8;
     c.init_std = 0.2;
-    LOOM_CALL(loom_model_init(&c, be, comm, mem, 1, out));
-    loom_model_init_weights(*out, 4242);
+    const loom_model_options mo = {.flags = LOOM_MODEL_GRADS, .tp = comm};
+    LOOM_CALL(loom_model_init(&c, be, mem, &mo, out));
+    LOOM_CALL(loom_model_init_weights(*out, 4242));
     /* norm gains and biases away from 1 and 0 so that their gradients are tested on real values */
     loom_rng r;
     loom_rng_seed(&r, 77);

@@ -1,32 +1,50 @@
-/* loom/backend.h: the compute backend. Each backend (CPU now, CUDA later) fills a table of kernels;
- * model code calls the loom_k_* wrappers below, which dispatch through the table and, when profiling is
- * on, count calls, time and FLOPs per op (`loom train --profile`).
+/* loom/backend.h: the compute backend. A backend owns the memory kernels touch (its buffers) and runs the
+ * kernels on it. Backends: "cpu"; "cpu-isolated", the CPU kernels over buffers the host code cannot touch
+ * (the proof that nothing above this seam reads a buffer directly); "cuda" when built with the toolkit.
  *
  *   loom_backend *be;
  *   loom_backend_config cfg = loom_backend_config_default();
- *   cfg.threads = 2;
+ *   cfg.device = "cpu";
  *   LOOM_CALL(loom_backend_init(&cfg, &be));
- *   loom_k_matmul(be, 0, 1, M, N, K, 1.0f, x, K, w, K, 0.0f, y, N);   // y = x w^T
+ *   float *x, *y;                                                  // backend buffers ("device pointers")
+ *   LOOM_CALL(loom_buf_alloc(be, &mem, LOOM_MEM_ACTS, n * 4, (void **)&x));
+ *   LOOM_CALL(loom_buf_upload(be, x, host_x, n * 4));              // host -> buffer
+ *   LOOM_CALL(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = y, .inp = x, .n = n}));
+ *   LOOM_CALL(loom_buf_download(be, host_y, y, n * 4));            // buffer -> host
  *   loom_backend_free(&be);
  *
- * All kernels are deterministic for a fixed thread count: reductions use a fixed partition and order.
- * Shapes: N rows (tokens, B*T), C channels; every pointer argument says its shape in the comment. */
+ * A buffer address is like a CUDA device pointer: code above the backend does arithmetic with it (views,
+ * offsets) and passes it to kernels, copies and collectives, but never reads or writes through it. Where the
+ * host can address the backend's memory (loom_backend_host_accessible: the CPU backend) a caller may skip a
+ * staging copy, as an optimisation only.
+ *
+ * Kernels: every one is in LOOM_KERNELS below; loom_k_<name>(be, &args) runs it with its arguments in
+ * loom_<name>_args, returns a status, and is profiled (calls, seconds, FLOPs per category) when profiling is
+ * on. Adding a kernel: its line in LOOM_KERNELS and its args struct here, its function in each backend
+ * (src/backend/<backend>/, named <backend>_<name>), and its case in tests/test_kernels.c. All kernels are
+ * deterministic for a fixed thread count: reductions use a fixed partition and order. Shapes: N rows
+ * (tokens, B*T), C channels; every pointer says its shape in its comment. */
 #ifndef LOOM_BACKEND_H
 #define LOOM_BACKEND_H
+#include <stddef.h>
 #include <stdint.h>
 
+#include "loom/mem.h"
 #include "loom/status.h"
 
 typedef struct loom_backend loom_backend;
 
 typedef struct {
-    int threads;              /* 0 = all cores */
+    const char *device;       /* "cpu" (default), "cpu-isolated", "cuda" */
+    int threads;              /* CPU threads, 0 = all cores */
     const char *blas_coretype; /* "auto" (AVX-512 kernel on AVX-512 CPUs, overriding OPENBLAS_CORETYPE with a
                                   notice), "keep" (respect the environment), or an OpenBLAS core name */
     const char *blas_library; /* path to a libopenblas; NULL = search (OpenMP build first), "builtin" = none */
     int quiet;                /* do not log the kernel choice */
+    int gpu;                  /* cuda: the device index */
 } loom_backend_config;
 
+/* profiling categories */
 typedef enum {
     LOOM_OP_MATMUL = 0,
     LOOM_OP_NORM,
@@ -37,6 +55,7 @@ typedef enum {
     LOOM_OP_LOSS,
     LOOM_OP_ELEMENTWISE,
     LOOM_OP_OPTIMIZER,
+    LOOM_OP_COPY,
     LOOM_OP_COUNT
 } loom_op;
 
@@ -47,21 +66,50 @@ typedef struct {
 } loom_profile;
 
 loom_backend_config loom_backend_config_default(void);
+/* The devices this build has, e.g. "cpu cpu-isolated cuda". */
+const char *loom_backend_devices(void);
 LOOM_NODISCARD loom_status loom_backend_init(const loom_backend_config *cfg, loom_backend **out);
 void loom_backend_free(loom_backend **be);
 const char *loom_backend_name(const loom_backend *be);
-/* e.g. "openblas 0.3.21 SkylakeX (openmp)" or "builtin" */
+/* e.g. "openblas 0.3.21 SkylakeX (openmp)", "builtin", "cublas" */
 const char *loom_backend_gemm_kernel(const loom_backend *be);
+const char *loom_backend_bf16_kernel(const loom_backend *be);
 int loom_backend_threads(const loom_backend *be);
+/* 1 when the host can read and write the backend's buffers directly (the CPU backend) */
+int loom_backend_host_accessible(const loom_backend *be);
 void loom_backend_set_profiling(loom_backend *be, int on);
 loom_profile *loom_backend_profile(loom_backend *be);
 const char *loom_op_name(loom_op op);
+/* Waits until every operation issued so far has finished (kernels and copies may run asynchronously on a
+ * device; on the CPU they are done when they return). */
+LOOM_NODISCARD loom_status loom_backend_sync(loom_backend *be);
+
+/* ---- buffers ----
+ * Every allocation is accounted in `mem` by category and goes through its failure injection
+ * (loom_mem.fail_after). Buffers start zeroed. */
+LOOM_NODISCARD loom_status loom_buf_alloc(loom_backend *be, loom_mem *mem, loom_mem_category cat, size_t bytes,
+                                          void **out);
+void loom_buf_free(loom_backend *be, loom_mem *mem, loom_mem_category cat, void *p, size_t bytes);
+/* Address space for `bytes` whose pages become resident when written and return to the system with
+ * loom_buf_discard (ZeRO-3's whole-size mappings: only gathered units are resident). Not accounted: the
+ * caller accounts what it makes resident. A backend without such memory allocates it all. */
+LOOM_NODISCARD loom_status loom_buf_reserve(loom_backend *be, size_t bytes, void **out);
+void loom_buf_unreserve(loom_backend *be, void *p, size_t bytes);
+/* The pages wholly inside [p, p + bytes) of a reserved range go back (their contents become zero). */
+void loom_buf_discard(loom_backend *be, void *p, size_t bytes);
+/* 1 when p is backend memory the host cannot address: a host-side user of it (MPI, a file read) must stage
+ * it through host memory with loom_buf_download / loom_buf_upload. 0 for host memory, and on the CPU. */
+int loom_buf_device_only(const loom_backend *be, const void *p);
+/* copies between host memory and buffers (kernels of category "copy") */
+LOOM_NODISCARD loom_status loom_buf_upload(loom_backend *be, void *dst, const void *host_src, size_t bytes);
+LOOM_NODISCARD loom_status loom_buf_download(loom_backend *be, void *host_dst, const void *src, size_t bytes);
+LOOM_NODISCARD loom_status loom_buf_copy(loom_backend *be, void *dst, const void *src, size_t bytes);
+/* x (n floats) = value */
+LOOM_NODISCARD loom_status loom_buf_fill(loom_backend *be, float *x, float value, int64_t n);
+
+/* ---- kernel arguments ---- */
 
 /* C(MxN) = alpha * op(A) op(B) + beta * C, row-major; op(A) is MxK, op(B) is KxN. */
-void loom_k_matmul(loom_backend *be, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                   const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
-
-/* One GEMM's arguments, for loom_k_matmul_pair. */
 typedef struct {
     int trans_a, trans_b;
     int64_t M, N, K;
@@ -74,140 +122,350 @@ typedef struct {
     float *C;
     int64_t ldc;
 } loom_gemm;
-
+typedef loom_gemm loom_matmul_args;
 /* Two independent GEMMs (no output of one is an input of the other), e.g. a layer's input and weight
  * gradients. On two threads they run side by side, one thread each, which keeps both cores busy with less
  * synchronisation than splitting each product over both. */
-void loom_k_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm *b);
+typedef struct {
+    loom_gemm a, b;
+} loom_matmul_pair_args;
+/* bf16 GEMM (mixed precision): C (fp32) = alpha op(A) op(B) + beta C, A and B bf16 (the upper 16 bits of an
+ * IEEE float), accumulated in fp32. On the CPU: oneDNN's matmul when libdnnl.so.2 loads, else a reference
+ * through the fp32 GEMM (loom_backend_bf16_kernel says which). */
+typedef struct {
+    int trans_a, trans_b;
+    int64_t M, N, K;
+    float alpha;
+    const uint16_t *A;
+    int64_t lda;
+    const uint16_t *B;
+    int64_t ldb;
+    float beta;
+    float *C;
+    int64_t ldc;
+} loom_matmul_bf16_args;
 
-/* out (N,C) = LayerNorm(inp (N,C)) * w (C) + b (C); mean, rstd (N) saved for backward. */
-void loom_k_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
-                              const float *w, const float *b, int64_t N, int64_t C, float eps);
-/* dinp (N,C) += ...; dw, db (C) = (accumulate ? += : =) ... */
-void loom_k_layernorm_backward(loom_backend *be, float *dinp, float *dw, float *db, const float *dout,
-                               const float *inp, const float *w, const float *mean, const float *rstd,
-                               int64_t N, int64_t C, int accumulate);
-/* out (N,C) = inp * rsqrt(mean(inp^2) + eps) * w; rstd (N) saved. */
-void loom_k_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const float *inp, const float *w,
-                            int64_t N, int64_t C, float eps);
-void loom_k_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
-                             const float *w, const float *rstd, int64_t N, int64_t C, int accumulate);
+/* LayerNorm: out (N,C) = norm(inp (N,C)) * w (C) + b (C) (b may be NULL); mean, rstd (N) saved for backward
+ * (NULL: not saved). RMSNorm: out = inp * rsqrt(mean(inp^2) + eps) * w; mean and b unused. */
+typedef struct {
+    float *out, *mean, *rstd;
+    const float *inp, *w, *b;
+    int64_t N, C;
+    float eps;
+} loom_layernorm_forward_args;
+typedef loom_layernorm_forward_args loom_rmsnorm_forward_args;
+/* dinp (N,C) += ...; dw, db (C) = (accumulate ? += : =) ... (db NULL: no bias) */
+typedef struct {
+    float *dinp, *dw, *db;
+    const float *dout, *inp, *w, *mean, *rstd;
+    int64_t N, C;
+    int accumulate;
+} loom_layernorm_backward_args;
+typedef loom_layernorm_backward_args loom_rmsnorm_backward_args;
 
 /* GELU: `exact` 0 the tanh approximation (GPT-2), 1 the erf form (PyTorch nn.GELU()).
- * pre (N,F) += bias (F); out (N,F) = gelu(pre) (out may be NULL: bias only). */
-void loom_k_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
-                              int64_t F, int exact);
-/* out (n) = gelu(pre) */
-void loom_k_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact);
-/* dpre (n) = gelu'(pre) * dout; dpre may alias dout. */
-void loom_k_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n, int exact);
-/* out (N,F) = silu(gu[:, :F]) * gu[:, F:], gu is (N,2F). */
-void loom_k_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F);
-/* dgu (N,2F) from dout (N,F). */
-void loom_k_swiglu_backward(loom_backend *be, float *dgu, const float *gu, const float *dout, int64_t N,
-                            int64_t F);
+ * bias_gelu: pre (N,F) += bias (F); out (N,F) = gelu(pre) (out may be NULL: bias only). */
+typedef struct {
+    float *pre, *out;
+    const float *bias;
+    int64_t N, F;
+    int exact;
+} loom_bias_gelu_forward_args;
+/* out (n) = gelu(inp) */
+typedef struct {
+    float *out;
+    const float *inp;
+    int64_t n;
+    int exact;
+} loom_gelu_forward_args;
+/* dinp (n) = gelu'(inp) * dout; dinp may alias dout. */
+typedef struct {
+    float *dinp;
+    const float *inp, *dout;
+    int64_t n;
+    int exact;
+} loom_gelu_backward_args;
+/* forward: out (N,F) = silu(gu[:, :F]) * gu[:, F:], gu (N,2F). backward: dgu (N,2F) from dout (N,F). */
+typedef struct {
+    float *out;
+    const float *gu;
+    int64_t N, F;
+} loom_swiglu_forward_args;
+typedef struct {
+    float *dgu;
+    const float *gu, *dout;
+    int64_t N, F;
+} loom_swiglu_backward_args;
 /* x (N,C) += bias (C) */
-void loom_k_bias_add(loom_backend *be, float *x, const float *bias, int64_t N, int64_t C);
+typedef struct {
+    float *x;
+    const float *bias;
+    int64_t N, C;
+} loom_bias_add_args;
 /* db (C) (+)= column sums of dout (N,C) */
-void loom_k_bias_backward(loom_backend *be, float *db, const float *dout, int64_t N, int64_t C,
-                          int accumulate);
+typedef struct {
+    float *db;
+    const float *dout;
+    int64_t N, C;
+    int accumulate;
+} loom_bias_backward_args;
 /* out (n) = a + b (out may alias a) */
-void loom_k_add(loom_backend *be, float *out, const float *a, const float *b, int64_t n);
+typedef struct {
+    float *out;
+    const float *a, *b;
+    int64_t n;
+} loom_add_args;
+/* x (n) *= s */
+typedef struct {
+    float *x;
+    float s;
+    int64_t n;
+} loom_scale_args;
 
-/* Rotary embedding (rotate_half convention) of the q and k heads of qkv (B*T, (H+2*KV)*hd), in place;
- * cos, sin tables (T, hd/2). inverse rotates by -theta (the backward pass). */
-void loom_k_rope(loom_backend *be, float *qkv, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
-                 int64_t H, int64_t KV, int64_t hd, int inverse);
+/* Rotary embedding (rotate_half convention) of the q and k heads of qkv (B*T, (H+2*KV)*hd), in place; cos,
+ * sin tables (T, hd/2). inverse rotates by -theta (the backward pass). */
+typedef struct {
+    float *qkv;
+    const float *cos_t, *sin_t;
+    int64_t B, T, H, KV, hd;
+    int inverse;
+} loom_rope_args;
 
 /* Causal attention. qkv (B,T,(H+2KV)*hd); out (B,T,H*hd); lse (B,H,T) log-sum-exp of each row's scores.
  * Query head h reads kv head h / (H/KV). No T x T matrix is stored. */
-void loom_k_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
-                              int64_t H, int64_t KV, int64_t hd);
+typedef struct {
+    float *out, *lse;
+    const float *qkv;
+    int64_t B, T, H, KV, hd;
+} loom_attention_forward_args;
 /* dqkv (B,T,(H+2KV)*hd) is written (not accumulated). */
-void loom_k_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
-                               const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
-                               int64_t hd);
-
+typedef struct {
+    float *dqkv;
+    const float *dout, *qkv, *out, *lse;
+    int64_t B, T, H, KV, hd;
+} loom_attention_backward_args;
 /* Ring attention's pieces: queries of one sequence block against the keys and values of one block.
  * q: (B,Tq) rows of stride qs, head h at column h*hd; kv: (B,Tk) rows of stride kvs, kv head g's key at
- * column g*hd and its value at (KV+g)*hd. causal: both blocks cover the same positions; otherwise the
- * keys are all earlier and all visible. Forward writes this block's out (B,Tq,H*hd) and lse (B,H,Tq);
- * merge folds a second block's (out_b, lse_b) into (out, lse) as the softmax over the union would.
- * Backward, given the final out and lse: dq (same layout as q) += and dkv (same layout as kv) +=. */
-void loom_k_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
-                                    const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
-                                    int64_t KV, int64_t hd, int causal);
-void loom_k_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
-                                     int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
-                                     int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd, int causal);
-void loom_k_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
-                            int64_t B, int64_t T, int64_t H, int64_t hd);
+ * column g*hd and its value at (KV+g)*hd. causal: both blocks cover the same positions; otherwise the keys
+ * are all earlier and all visible. Forward writes this block's out (B,Tq,H*hd) and lse (B,H,Tq); merge
+ * folds a second block's (out_b, lse_b) into (out, lse) as the softmax over the union would. Backward,
+ * given the final out and lse: dq (same layout as q) += and dkv (same layout as kv) +=. */
+typedef struct {
+    float *out, *lse;
+    const float *q;
+    int64_t qs;
+    const float *kv;
+    int64_t kvs;
+    int64_t B, Tq, Tk, H, KV, hd;
+    int causal;
+} loom_attention_block_forward_args;
+typedef struct {
+    float *dq, *dkv;
+    const float *dout, *q;
+    int64_t qs;
+    const float *kv;
+    int64_t kvs;
+    const float *out, *lse;
+    int64_t B, Tq, Tk, H, KV, hd;
+    int causal;
+} loom_attention_block_backward_args;
+typedef struct {
+    float *out, *lse;
+    const float *out_b, *lse_b;
+    int64_t B, T, H, hd;
+} loom_attention_merge_args;
+/* One new position against a key/value cache (generation): out (H*hd) = softmax(q k^T / sqrt(hd)) v for q
+ * (H*hd) and the n cached positions of k and v (n rows of stride ld, kv head g at column g*hd). */
+typedef struct {
+    float *out;
+    const float *q, *k, *v;
+    int64_t ld, n, H, KV, hd;
+} loom_attention_decode_args;
 
-/* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL). A negative token's row is zero (vocabulary-
- * parallel: that row lives on another rank); in backward it adds nothing to dwte. */
-void loom_k_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
-                              const float *wpe, int64_t B, int64_t T, int64_t C);
-/* dwte (V,C) (+)= scatter of dout rows; dwpe (maxT,C) (+)= sums over batch. accumulate=0 zeroes first. */
-void loom_k_embedding_backward(loom_backend *be, float *dwte, float *dwpe, const float *dout,
-                               const int32_t *tokens, int64_t B, int64_t T, int64_t C, int64_t V,
-                               int accumulate_wte, int accumulate_wpe);
+/* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL); tokens (B,T) a buffer of int32. A negative token's
+ * row is zero (vocabulary-parallel: that row lives on another rank); in backward it adds nothing. */
+typedef struct {
+    float *out;
+    const int32_t *tokens;
+    const float *wte, *wpe;
+    int64_t B, T, C;
+} loom_embedding_forward_args;
+/* dwte (V,C) (+)= scatter of dout rows; dwpe (maxT,C) (+)= sums over batch (NULL: none). accumulate 0
+ * zeroes first. */
+typedef struct {
+    float *dwte, *dwpe;
+    const float *dout;
+    const int32_t *tokens;
+    int64_t B, T, C, V;
+    int accumulate_wte, accumulate_wpe;
+} loom_embedding_backward_args;
 
 /* Fused softmax + cross-entropy. logits (N,V) in; losses (N) out; when grad_scale != 0 the logits are
- * overwritten by grad_scale * (softmax - onehot(target)). Targets < 0 are ignored (loss 0, grad 0). */
-void loom_k_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
-                                  int64_t N, int64_t V, float grad_scale);
-
-/* sum of squares of x (n), in double, summed in fixed-size blocks in a fixed order: the same bits for
- * any thread count. */
-/* bf16 GEMM (mixed precision): C (fp32, row-major) = alpha op(A) op(B) + beta C, with A and B bf16 (the
- * upper 16 bits of an IEEE float), accumulated in fp32. oneDNN's matmul when libdnnl.so.2 loads (its
- * AVX512_BF16 kernels where the CPU has them), else a reference through the fp32 GEMM;
- * loom_backend_bf16_kernel says which. */
-LOOM_NODISCARD loom_status loom_k_matmul_bf16(loom_backend *be, int trans_a, int trans_b, int64_t M, int64_t N,
-                                              int64_t K, float alpha, const uint16_t *A, int64_t lda,
-                                              const uint16_t *B, int64_t ldb, float beta, float *C, int64_t ldc);
-/* dst (n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
-void loom_k_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
-const char *loom_backend_bf16_kernel(const loom_backend *be);
-/* dst (rows x cols, leading dimension ld_dst) = src (leading dimension ld_src) rounded to IEEE fp16 and back
- * (nearest, ties to even; beyond 65504 it becomes inf, below 2^-24 zero, as fp16 storage does): fp16
- * numerics on fp32 units. dst may be src. */
-void loom_k_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
-                       int64_t cols);
-
+ * overwritten by grad_scale * (softmax - onehot(target)). targets (N) int32; < 0 are ignored. */
+typedef struct {
+    float *logits, *losses;
+    const int32_t *targets;
+    int64_t N, V;
+    float grad_scale;
+} loom_softmax_cross_entropy_args;
 /* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
  * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.
- *   row_max: mx (N) = each row's local maximum                       -> caller: all-reduce max
+ *   row_max: mx (N) = each row's local maximum                     -> caller: all-reduce max
  *   row_sums: sums (2N) = [sum_v exp(x - mx) (N), the target's logit where this rank holds it, else 0 (N)]
- *                                                                      -> caller: all-reduce sum
+ *                                                                    -> caller: all-reduce sum
  *   finish: losses (N) = log(sum) + mx - target logit; with grad_scale != 0 the logits become
  *           grad_scale * (softmax - onehot(target)) over this rank's columns. Targets < 0 are ignored. */
-void loom_k_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *mx);
-void loom_k_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
-                        int64_t v0, const float *mx, float *sums);
-void loom_k_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
-                      int64_t v0, const float *mx, const float *sums, float grad_scale);
+typedef struct {
+    float *logits, *losses;
+    const int32_t *targets;
+    int64_t N, V, v0;
+    float *mx, *sums;
+    float grad_scale;
+} loom_ce_args;
+typedef loom_ce_args loom_ce_row_max_args;
+typedef loom_ce_args loom_ce_row_sums_args;
+typedef loom_ce_args loom_ce_finish_args;
 
-double loom_k_sum_squares(loom_backend *be, const float *x, int64_t n);
-/* x (n) *= s */
-void loom_k_scale(loom_backend *be, float *x, float s, int64_t n);
+/* dst (n) = src rounded to bf16 (nearest, ties to even; NaN stays NaN). */
+typedef struct {
+    uint16_t *dst;
+    const float *src;
+    int64_t n;
+} loom_f32_to_bf16_args;
+/* dst (rows x cols, leading dimension ld_dst) = src (leading dimension ld_src) rounded to IEEE fp16 and back
+ * (nearest, ties to even; beyond 65504 inf, below 2^-24 zero, as fp16 storage does): fp16 numerics on fp32
+ * units. dst may be src. */
+typedef struct {
+    float *dst;
+    int64_t ld_dst;
+    const float *src;
+    int64_t ld_src, rows, cols;
+} loom_round_fp16_args;
 
-/* Optimizer updates over one contiguous range; every argument is already scheduled (lr, corrections). */
-void loom_k_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, float bias_correction1,
-                  float bias_correction2, float grad_scale);
-/* LAMB, two passes so that no update buffer the size of a parameter is needed: the first updates m and v
- * and returns the squared norm of the Adam direction r = mhat/(sqrt(vhat)+eps) + wd*p; the second
- * recomputes r and applies p -= step * r (step = lr * trust ratio). */
-double loom_k_lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n,
-                           float beta1, float beta2, float eps, float weight_decay, float bias_correction1,
-                           float bias_correction2, float grad_scale);
-void loom_k_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, int64_t n, float eps,
-                       float weight_decay, float bias_correction1, float bias_correction2, float step);
-/* SGD with momentum (buf), optional Nesterov; dampening 0; weight decay added to the gradient. */
-void loom_k_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
-                int nesterov, float weight_decay, float grad_scale, int first_step);
-/* LARS: buf = momentum*buf + lr*local_lr*(g + wd*p); p -= buf. */
-void loom_k_lars(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr_local,
-                 float momentum, float weight_decay, float grad_scale);
+/* *result = sum of squares of x (n), in double, summed in fixed-size blocks in a fixed order: the same bits
+ * for any thread count. result is host memory. */
+typedef struct {
+    const float *x;
+    int64_t n;
+    double *result;
+} loom_sum_squares_args;
+
+/* Optimizer updates over one contiguous range; every scalar is already scheduled (lr, corrections). p, g
+ * and the state are buffers; grad_scale multiplies g (clipping, loss-scale removal). */
+typedef struct {
+    float *p;
+    const float *g;
+    float *m, *v;
+    int64_t n;
+    float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale;
+} loom_adamw_args;
+/* LAMB, two passes so that no update buffer the size of a parameter is needed: moments updates m and v and
+ * sets *result to the squared norm of the Adam direction r = mhat/(sqrt(vhat)+eps) + wd*p; apply recomputes r
+ * and sets p -= step * r (step = lr * trust ratio). */
+typedef struct {
+    float *p;
+    const float *g;
+    float *m, *v;
+    int64_t n;
+    float beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale, step;
+    double *result;
+} loom_lamb_args;
+typedef loom_lamb_args loom_lamb_moments_args;
+typedef loom_lamb_args loom_lamb_apply_args;
+/* SGD with momentum (buf), optional Nesterov; dampening 0; weight decay added to the gradient.
+ * LARS: buf = momentum*buf + lr*(g + wd*p); p -= buf (lr: the layer-wise rate). */
+typedef struct {
+    float *p;
+    const float *g;
+    float *buf;
+    int64_t n;
+    float lr, momentum, weight_decay, grad_scale;
+    int nesterov, first_step;
+} loom_sgd_args;
+typedef loom_sgd_args loom_lars_args;
+
+/* Copies. copy: bytes between host memory and buffers (kind) or buffer to buffer. copy_rows: rows x cols
+ * floats between buffers, strided, added to dst when accumulate. fill: x (n) = value. */
+typedef enum { LOOM_COPY_H2D = 0, LOOM_COPY_D2H, LOOM_COPY_D2D } loom_copy_kind;
+typedef struct {
+    void *dst;
+    const void *src;
+    int64_t bytes;
+    loom_copy_kind kind;
+} loom_copy_args;
+typedef struct {
+    float *dst;
+    int64_t ld_dst;
+    const float *src;
+    int64_t ld_src, rows, cols;
+    int accumulate;
+} loom_copy_rows_args;
+typedef struct {
+    float *x;
+    float value;
+    int64_t n;
+} loom_fill_args;
+
+/* ---- the one list of kernels: X(name, profiling category, model FLOPs of a call given `a`) ---- */
+#define LOOM_KERNELS(X)                                                                                         \
+    X(matmul, LOOM_OP_MATMUL, 2.0 * (double)a->M * (double)a->N * (double)a->K)                                  \
+    X(matmul_pair, LOOM_OP_MATMUL,                                                                              \
+      2.0 * ((double)a->a.M * (double)a->a.N * (double)a->a.K + (double)a->b.M * (double)a->b.N * (double)a->b.K)) \
+    X(matmul_bf16, LOOM_OP_MATMUL, 2.0 * (double)a->M * (double)a->N * (double)a->K)                             \
+    X(layernorm_forward, LOOM_OP_NORM, 0)                                                                       \
+    X(layernorm_backward, LOOM_OP_NORM, 0)                                                                      \
+    X(rmsnorm_forward, LOOM_OP_NORM, 0)                                                                         \
+    X(rmsnorm_backward, LOOM_OP_NORM, 0)                                                                        \
+    X(bias_gelu_forward, LOOM_OP_ACTIVATION, 0)                                                                 \
+    X(gelu_forward, LOOM_OP_ACTIVATION, 0)                                                                      \
+    X(gelu_backward, LOOM_OP_ACTIVATION, 0)                                                                     \
+    X(swiglu_forward, LOOM_OP_ACTIVATION, 0)                                                                    \
+    X(swiglu_backward, LOOM_OP_ACTIVATION, 0)                                                                   \
+    X(bias_add, LOOM_OP_ELEMENTWISE, 0)                                                                         \
+    X(bias_backward, LOOM_OP_ELEMENTWISE, 0)                                                                    \
+    X(add, LOOM_OP_ELEMENTWISE, 0)                                                                              \
+    X(scale, LOOM_OP_ELEMENTWISE, 0)                                                                            \
+    X(rope, LOOM_OP_ROPE, 0)                                                                                    \
+    X(attention_forward, LOOM_OP_ATTENTION,                                                                     \
+      2.0 * (double)a->B * (double)a->H * (double)a->T * (double)(a->T + 1) * (double)a->hd)                    \
+    X(attention_backward, LOOM_OP_ATTENTION,                                                                    \
+      5.0 * (double)a->B * (double)a->H * (double)a->T * (double)(a->T + 1) * (double)a->hd)                    \
+    X(attention_block_forward, LOOM_OP_ATTENTION,                                                               \
+      (a->causal ? 2.0 : 4.0) * (double)a->B * (double)a->H * (double)a->Tq * (double)a->Tk * (double)a->hd)     \
+    X(attention_block_backward, LOOM_OP_ATTENTION,                                                              \
+      (a->causal ? 5.0 : 10.0) * (double)a->B * (double)a->H * (double)a->Tq * (double)a->Tk * (double)a->hd)    \
+    X(attention_merge, LOOM_OP_ATTENTION, 0)                                                                    \
+    X(attention_decode, LOOM_OP_ATTENTION, 4.0 * (double)a->H * (double)a->n * (double)a->hd)                   \
+    X(embedding_forward, LOOM_OP_EMBEDDING, 0)                                                                  \
+    X(embedding_backward, LOOM_OP_EMBEDDING, 0)                                                                 \
+    X(softmax_cross_entropy, LOOM_OP_LOSS, 0)                                                                   \
+    X(ce_row_max, LOOM_OP_LOSS, 0)                                                                              \
+    X(ce_row_sums, LOOM_OP_LOSS, 0)                                                                             \
+    X(ce_finish, LOOM_OP_LOSS, 0)                                                                               \
+    X(f32_to_bf16, LOOM_OP_ELEMENTWISE, 0)                                                                      \
+    X(round_fp16, LOOM_OP_ELEMENTWISE, 0)                                                                       \
+    X(sum_squares, LOOM_OP_OPTIMIZER, 0)                                                                        \
+    X(adamw, LOOM_OP_OPTIMIZER, 0)                                                                              \
+    X(lamb_moments, LOOM_OP_OPTIMIZER, 0)                                                                       \
+    X(lamb_apply, LOOM_OP_OPTIMIZER, 0)                                                                         \
+    X(sgd, LOOM_OP_OPTIMIZER, 0)                                                                                \
+    X(lars, LOOM_OP_OPTIMIZER, 0)                                                                               \
+    X(copy, LOOM_OP_COPY, 0)                                                                                    \
+    X(copy_rows, LOOM_OP_COPY, 0)                                                                               \
+    X(fill, LOOM_OP_COPY, 0)
+
+/* loom_status loom_k_<name>(loom_backend *be, const loom_<name>_args *a) for every kernel */
+#define LOOM_KERNEL_DECLARE(name, category, flops) \
+    LOOM_NODISCARD loom_status loom_k_##name(loom_backend *be, const loom_##name##_args *a);
+LOOM_KERNELS(LOOM_KERNEL_DECLARE)
+#undef LOOM_KERNEL_DECLARE
+
+/* Kernel identifiers (tests iterate over them). */
+typedef enum {
+#define LOOM_KERNEL_ID(name, category, flops) LOOM_KERNEL_##name,
+    LOOM_KERNELS(LOOM_KERNEL_ID)
+#undef LOOM_KERNEL_ID
+        LOOM_KERNEL_COUNT
+} loom_kernel;
+const char *loom_kernel_name(loom_kernel k);
 #endif

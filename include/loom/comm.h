@@ -17,13 +17,18 @@
  *
  * Every wait polls, so a collective that does not finish within the communicator's timeout, or that is
  * interrupted by a signal, returns an error naming this rank, the collective and the axis instead of
- * hanging. Errors from MPI are returned, never fatal. Counts are elements; a float is 4 bytes. */
+ * hanging. Errors from MPI are returned, never fatal. Counts are elements; a float is 4 bytes.
+ *
+ * Buffers may be a backend's (loom/backend.h): with loom_comm_set_backend, a buffer the host cannot address
+ * is staged through host memory (downloaded before the transfer, uploaded when it completes) for an
+ * implementation that moves host memory (MPI); one that moves device memory itself (NCCL) takes it as it is. */
 #ifndef LOOM_COMM_H
 #define LOOM_COMM_H
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "loom/backend.h"
 #include "loom/status.h"
 
 typedef struct loom_comm loom_comm;
@@ -35,6 +40,10 @@ typedef struct {
     const char *op;       /* "all-reduce", ... for error messages */
     uint64_t handle[2];   /* the implementation's request */
     int active;
+    void *stage_in;       /* host copies of backend buffers (see loom_comm_set_backend): the input, freed */
+    void *stage_out;      /* and the result, uploaded to out_dst, when the operation completes */
+    void *out_dst;
+    int64_t out_bytes;
 } loom_comm_req;
 
 /* What a communicator has done: for measuring overlap and counting traffic (per communicator). */
@@ -65,6 +74,9 @@ int loom_comm_size(const loom_comm *comm);
 const char *loom_comm_name(const loom_comm *comm);
 /* The rank of this process in the world (for messages). */
 int loom_comm_world_rank(const loom_comm *comm);
+/* Not collective: the backend whose buffers this communicator (and every one split from it later) may be
+ * given (NULL: host memory only). */
+void loom_comm_set_backend(loom_comm *comm, loom_backend *be);
 /* Seconds a wait may block before it fails (default 600; <= 0: forever). */
 void loom_comm_set_timeout(loom_comm *comm, double seconds);
 /* A flag (a signal handler's) that makes a blocked wait fail as interrupted when it becomes non-zero. */
@@ -139,6 +151,12 @@ LOOM_NODISCARD loom_status loom_comm_shm_wait(loom_comm_shm *shm, const uint64_t
                                               const char *op);
 /* Non-blocking: 1 when *flag >= value. */
 int loom_comm_shm_ready(const uint64_t *flag, uint64_t value);
+/* This rank's share of a node-shared sum (every rank calls it for its own [lo, hi) of the same round, after
+ * the peers' flags say their inputs are final): floats [lo, hi) at byte offset `off` of every rank's segment,
+ * summed in rank order (so a sum is the same number whichever rank computes it), each sum written to every
+ * segment (owner_lo NULL) or to the segment of the rank q owning its position (owner_lo[q] <= pos <
+ * owner_lo[q+1]: a reduce-scatter). Only this rank touches [lo, hi) until it posts its next flag. */
+void loom_comm_shm_reduce(loom_comm_shm *shm, size_t off, int64_t lo, int64_t hi, const int64_t *owner_lo);
 /* Counts a collective done through shared memory in the communicator's statistics. */
 void loom_comm_count(loom_comm *comm, loom_coll coll, int64_t bytes);
 

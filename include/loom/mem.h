@@ -32,9 +32,15 @@ typedef struct {
 
 void loom_mem_init(loom_mem *mem);
 const char *loom_mem_category_name(loom_mem_category c);
-/* Zero-filled, 64-byte (or for >= 4 MiB, 2 MiB) aligned. */
+/* Host memory: zero-filled, 64-byte (or for >= 4 MiB, 2 MiB) aligned. */
 LOOM_NODISCARD loom_status loom_mem_alloc(loom_mem *mem, loom_mem_category cat, size_t bytes, void **out);
 void loom_mem_free(loom_mem *mem, loom_mem_category cat, void *p, size_t bytes);
+/* The one place every allocation (host, or a backend's buffer: loom_buf_alloc) is counted and may be made to
+ * fail (fail_after): counts `bytes` in `cat`, or fails with LOOM_ERR_NOMEM. unaccount reverses it. */
+LOOM_NODISCARD loom_status loom_mem_account(loom_mem *mem, loom_mem_category cat, size_t bytes);
+void loom_mem_unaccount(loom_mem *mem, loom_mem_category cat, size_t bytes);
+/* The host allocation behind loom_mem_alloc, unaccounted (a backend's own pages): NULL when out of memory. */
+void *loom_mem_host_alloc(size_t bytes);
 /* Accounts bytes that live outside loom_mem_alloc (mapped by a caller, e.g. ZeRO's gathered units):
  * delta > 0 when they become resident, < 0 when released. */
 void loom_mem_track(loom_mem *mem, loom_mem_category cat, int64_t delta);

@@ -3,8 +3,9 @@
  *   loom_model_config cfg;
  *   LOOM_CALL(loom_model_config_preset("gpt2-124m", &cfg));
  *   loom_model *m;
- *   LOOM_CALL(loom_model_init(&cfg, be, tp_comm, &mem, LOOM_MODEL_GRADS, &m));
- *   loom_model_init_weights(m, seed);
+ *   loom_model_options opts = {.flags = LOOM_MODEL_GRADS};           // tp, sp, pipeline, precision: here
+ *   LOOM_CALL(loom_model_init(&cfg, be, &mem, &opts, &m));
+ *   LOOM_CALL(loom_model_init_weights(m, seed));
  *   LOOM_CALL(loom_model_reserve(m, B, T, LOOM_RECOMPUTE_NONE));      // activation arena, once
  *   float loss;
  *   LOOM_CALL(loom_model_forward_backward(m, tokens, targets, B, T, 1.0f / (B * T), 0, &loss));
@@ -14,7 +15,8 @@
  * slice these buffers. Views are laid out layer by layer (embeddings, block 0 .. block L-1, final norm,
  * head), so a layer's parameters are one contiguous range. Layers use local dimensions (heads, hidden
  * size, vocabulary) of the tensor-parallel communicator given at init; with a size-1 communicator they
- * equal the global ones. */
+ * equal the global ones. Every buffer (parameters, gradients, activations) is the backend's: its pointers
+ * are device addresses (loom/backend.h), read and written by kernels and explicit copies only. */
 #ifndef LOOM_MODEL_H
 #define LOOM_MODEL_H
 #include <stdint.h>
@@ -76,14 +78,38 @@ int64_t loom_model_config_num_params(const loom_model_config *cfg);
 /* Model FLOPs per token for training: 6 N + 12 L d T (Megatron/PaLM accounting). */
 double loom_model_config_flops_per_token(const loom_model_config *cfg, int64_t T);
 
-/* flags of loom_model_init */
+/* flags of loom_model_options */
 enum {
     LOOM_MODEL_GRADS = 1,           /* with a gradient buffer (training) */
     LOOM_MODEL_EXTERNAL_PARAMS = 2, /* the caller provides the parameter buffer (loom_model_set_buffers) */
     LOOM_MODEL_EXTERNAL_GRADS = 4   /* the caller provides the gradient buffer */
 };
-LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp,
-                                           loom_mem *mem, int flags, loom_model **out);
+/* Mixed precision: with LOOM_PRECISION_BF16 every product with the weights (forward and backward)
+ * multiplies bf16 copies of both operands and accumulates in fp32 (loom_k_matmul_bf16); master weights,
+ * gradients, optimizer state and stored activations stay fp32 (the operands are converted at each
+ * product); loom_model_refresh_low_precision after every change of the parameters. With
+ * LOOM_PRECISION_FP16 the products run on fp16 values (operands rounded to fp16, the weights' rounded copy
+ * refreshed likewise) with fp32 accumulation, and each product's result is stored as fp16 stores it (beyond
+ * 65504: inf). This CPU has no fp16 arithmetic, so the values are held in fp32 registers: the numerics of
+ * fp16 training (what dynamic loss scaling is for), not its speed; bf16 is the fast low precision here. */
+typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16, LOOM_PRECISION_FP16 } loom_precision;
+/* How a model is built and where its parts live. Zero-initialised: one rank, fp32, no gradients. The
+ * communicators are borrowed; each NULL or of size 1 means "not cut over that axis". */
+typedef struct {
+    int flags;                /* LOOM_MODEL_* */
+    loom_comm *tp;            /* tensor parallel: heads, MLP hidden units and vocabulary cut over its ranks */
+    loom_comm *sp;            /* sequence parallel: this rank holds positions [rank*T, (rank+1)*T) of each
+                                 sequence (T its local length) and attention runs as a ring over sp */
+    loom_comm *parts;         /* pipeline: the ranks holding the other parts (whole-model norms sum over it) */
+    int tp_seq_parallel;      /* Megatron sequence parallelism (tp > 1): the norms, residual stream and
+                                 embedding output hold B*T/tp rows per rank; each all-reduce becomes an
+                                 all-gather before a column-parallel product and a reduce-scatter after a
+                                 row-parallel one; B*T must divide by tp */
+    loom_precision precision;
+} loom_model_options;
+/* Collective over opts->tp, sp and parts (none today: it only reads their sizes and ranks). */
+LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_mem *mem,
+                                           const loom_model_options *opts, loom_model **out);
 
 /* ---- pipeline parts ----
  * A pipeline stage holds some of the blocks, in chunks (virtual stages: one chunk without interleaving),
@@ -98,7 +124,7 @@ typedef struct {
     int first, last;
 } loom_model_part;
 LOOM_NODISCARD loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_part *part,
-                                                loom_backend *be, loom_comm *tp, loom_mem *mem, int flags,
+                                                loom_backend *be, loom_mem *mem, const loom_model_options *opts,
                                                 loom_model **out);
 int loom_model_num_chunks(const loom_model *m);
 /* Planning: the layout alone (no buffers, no communicator) of tp rank `tp_rank` of `tp_size` holding `part`
@@ -109,8 +135,7 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
  * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel);
-/* The pipeline axis: the ranks holding the other parts (whole-model norms sum over it; borrowed). */
-void loom_model_set_parts_comm(loom_model *m, loom_comm *pp);
+/* The pipeline axis given at init (borrowed; NULL without pipeline parallelism). */
 loom_comm *loom_model_parts_comm(const loom_model *m);
 /* Activations for `slots` micro-batches in flight (pipeline schedules); loom_model_reserve is one slot. */
 LOOM_NODISCARD loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc,
@@ -128,9 +153,9 @@ LOOM_NODISCARD loom_status loom_model_chunk_forward(loom_model *m, int chunk, co
 LOOM_NODISCARD loom_status loom_model_chunk_backward(loom_model *m, int chunk, const int32_t *tokens, const float *dy,
                                                      int64_t B, int64_t T, int accumulate, const float **dx_out);
 void loom_model_free(loom_model **m);
-void loom_model_init_weights(loom_model *m, uint64_t seed);
-/* Writes the initial values of flat positions [begin, end) to dst (end - begin floats): the same values
- * loom_model_init_weights puts there, without touching the model's buffer (a ZeRO-3 shard). */
+LOOM_NODISCARD loom_status loom_model_init_weights(loom_model *m, uint64_t seed);
+/* Writes the initial values of flat positions [begin, end) to dst (end - begin floats of host memory): the
+ * same values loom_model_init_weights puts there, without touching the model's buffer (a ZeRO-3 shard). */
 void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst);
 
 /* ---- units and hooks: how a parallel layer (ZeRO) manages where parameters and gradients live ----
@@ -151,32 +176,17 @@ typedef struct {
 void loom_model_set_hooks(loom_model *m, const loom_model_hooks *hooks);
 /* Points the model at caller-owned flat buffers (either may be NULL to keep the current one). */
 void loom_model_set_buffers(loom_model *m, float *params, float *grads);
-/* Sequence parallel: the model sees positions [rank * T, (rank + 1) * T) of each sequence (T its local
- * length) and its attention runs as a ring over `sp` (keys and values pass rank to rank). Before reserve. */
-void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp);
-/* Megatron sequence parallelism (tp > 1): the norms, residual stream and embedding output hold B*T/tp rows
- * per rank; each all-reduce becomes an all-gather before a column-parallel product and a reduce-scatter
- * after a row-parallel one. Before reserve; B*T must divide by tp. */
-void loom_model_set_tp_sequence_parallel(loom_model *m, int on);
-/* Mixed precision: with LOOM_PRECISION_BF16 every product with the weights (forward and backward)
- * multiplies bf16 copies of both operands and accumulates in fp32 (loom_k_matmul_bf16); master weights,
- * gradients, optimizer state and stored activations stay fp32 (the operands are converted at each
- * product). Before reserve; loom_model_refresh_low_precision after every change of the parameters.
- * With LOOM_PRECISION_FP16 the products run on fp16 values (operands rounded to fp16, the weights' rounded copy
- * refreshed likewise) with fp32 accumulation, and each product's result is stored as fp16 stores it (beyond
- * 65504: inf). This CPU has no fp16 arithmetic, so the values are held in fp32 registers: the numerics of
- * fp16 training (what dynamic loss scaling is for), not its speed; bf16 is the fast low precision here. */
-typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16, LOOM_PRECISION_FP16 } loom_precision;
-LOOM_NODISCARD loom_status loom_model_set_precision(loom_model *m, loom_precision p);
 /* Bytes of the low-precision copies of a product's activation operands (mixed precision p) for B x T. */
 int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p);
-void loom_model_refresh_low_precision(loom_model *m);
+/* Mixed precision: refreshes the weights' low-precision copy from the parameters (after each change). */
+LOOM_NODISCARD loom_status loom_model_refresh_low_precision(loom_model *m);
 /* Floats of one activation passed between pipeline chunks for a B x T micro-batch. */
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 
-/* Forward only. targets may be NULL (no loss). The logits (B,T,V) stay readable by loom_model_logits. */
+/* Forward only. targets may be NULL (no loss). The logits (B,T,V) stay readable by loom_model_read_logits.
+ * tokens and targets are host memory. */
 LOOM_NODISCARD loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets,
                                               int64_t B, int64_t T, float *loss);
 /* Forward and backward of one micro-batch. Gradients of grad_scale * sum of token losses are written
@@ -186,14 +196,16 @@ LOOM_NODISCARD loom_status loom_model_forward_backward(loom_model *m, const int3
                                                        float grad_scale, int accumulate, float *loss);
 
 /* Incremental decoding with a key/value cache (generation). reset starts a new sequence of up to max_len
- * positions (<= max_seq_len; allocates the cache once); step feeds the next token and returns the logits
- * (V) for the position after it, valid until the next call. Equal to loom_model_forward's logits at the
- * same position up to float rounding (different summation order; tested). */
+ * positions (<= max_seq_len; allocates the cache once); step feeds the next token and writes the logits
+ * (V floats, host memory) for the position after it. Equal to loom_model_forward's logits at the same
+ * position up to float rounding (different summation order; tested). */
 LOOM_NODISCARD loom_status loom_model_kv_reset(loom_model *m, int64_t max_len);
-LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, const float **logits);
+LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits);
 int64_t loom_model_kv_position(const loom_model *m);
 
 const loom_model_config *loom_model_get_config(const loom_model *m);
+loom_backend *loom_model_backend(const loom_model *m);
+/* the flat buffers: backend memory (loom_buf_download / loom_buf_upload to read or write them) */
 float *loom_model_params(loom_model *m);
 float *loom_model_grads(loom_model *m);
 /* Floats in the flat buffers (padded for alignment; >= the parameter count). */
@@ -202,7 +214,8 @@ int64_t loom_model_num_params(const loom_model *m);
 int loom_model_num_param_infos(const loom_model *m);
 const loom_param_info *loom_model_param_info(const loom_model *m, int i);
 const loom_param_info *loom_model_find_param(const loom_model *m, const char *name);
-const float *loom_model_logits(const loom_model *m);
+/* The last forward's logits (B*T rows of this rank's V columns) into host memory. */
+LOOM_NODISCARD loom_status loom_model_read_logits(const loom_model *m, float *dst);
 /* The tensor-parallel communicator given at init (borrowed). */
 loom_comm *loom_model_tp_comm(const loom_model *m);
 /* The one-rank layout, which checkpoints hold whatever the tensor-parallel size: its size in floats. Without

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "loom/backend.h"
 #include "loom/mem.h"
 #include "loom/status.h"
 
@@ -34,6 +35,10 @@ typedef struct {
     int64_t chunk_bytes;  /* placement unit (a multiple of 4096) */
     const char *dir;      /* where the scratch files go */
     FILE *trace;          /* JSON lines: the placement, then one record per step (NULL: none) */
+    loom_backend *be;     /* whose buffers reads and writes may be given (NULL: host memory only). A buffer the
+                             host cannot address is staged: a read lands in host memory and is uploaded when
+                             waited for; a write is downloaded when queued. Pinned chunks are then not lent out
+                             (loom_offload_pinned is NULL): the update works on its staging buffers. */
 } loom_offload_options;
 
 typedef struct {

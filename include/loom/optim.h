@@ -75,13 +75,15 @@ double loom_optim_grad_norm(loom_optim *o, loom_model *model);
 LOOM_NODISCARD loom_status loom_optim_init_streamed(const loom_optim_config *c, loom_backend *be, loom_mem *mem,
                                                     const loom_model *model, int64_t begin, int64_t end,
                                                     loom_comm *comm, loom_optim **out);
-/* Sum of squares of gradients [lo, hi) (g points at flat position lo), parameters counted as the norm counts them. */
-double loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, const float *g);
+/* *ss = sum of squares of gradients [lo, hi) (g, a buffer, points at flat position lo), parameters counted as
+ * the norm counts them. */
+LOOM_NODISCARD loom_status loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi,
+                                                 const float *g, double *ss);
 LOOM_NODISCARD loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t step, double sumsq,
                                                      loom_optim_stats *st);
-/* The update of flat positions [lo, hi): p, g, m, v (v NULL for SGD) point at position lo. */
-void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p, const float *g,
-                             float *m, float *v);
+/* The update of flat positions [lo, hi): p, g, m, v (buffers; v NULL for SGD) point at position lo. */
+LOOM_NODISCARD loom_status loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi,
+                                                   float *p, const float *g, float *m, float *v);
 /* State buffers for checkpoints: count (1 or 2) and each buffer of loom_optim_state_size floats. */
 int loom_optim_num_state_buffers(const loom_optim *o);
 float *loom_optim_state_buffer(loom_optim *o, int i);

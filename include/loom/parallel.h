@@ -60,6 +60,9 @@ typedef struct {
     loom_dp_transport transport;
     loom_comm *tp;               /* the model's tensor-parallel communicator (borrowed); NULL: one rank */
     const loom_model_part *part; /* pipeline: this stage's part of the model; NULL: the whole model */
+    loom_comm *sp, *parts;       /* the model's sequence-parallel ring and pipeline axis (loom_model_options) */
+    int tp_seq_parallel;
+    loom_precision precision;
     /* the heterogeneous memory manager (loom/offload.h): a RAM budget for this rank's parameters, gradients
      * and optimizer state. Within it everything stays in RAM; above it, with offload on, the chunk store
      * holds the rank's optimizer moments (stages 0-2) or its whole shard (stage 3; one rank alone always

@@ -24,6 +24,7 @@ typedef struct {
     int64_t seq_len;        /* T */
     int64_t grad_accum;     /* micro-batches per optimizer step */
     int64_t threads;        /* 0 = all cores */
+    char device[32];        /* the backend: cpu, cpu-isolated (tests), cuda */
     char data[LOOM_PATH_MAX];
     double val_fraction;
     int64_t eval_interval;  /* steps between validations; 0 = only at the end */

@@ -66,12 +66,11 @@ static double median_rate(loom_backend *be, const gemm_shape *g, int reps, const
     double times[16];
     for (int r = -1; r < reps; r++) {
         const double t0 = now_s();
-        if (A16) {
-            if (loom_k_matmul_bf16(be, g->ta, g->tb, g->M, g->N, g->K, 1.0f, A16, lda, B16, ldb, 0.0f, C, g->N) != LOOM_OK)
-                return 0.0;
-        } else {
-            loom_k_matmul(be, g->ta, g->tb, g->M, g->N, g->K, 1.0f, A, lda, B, ldb, 0.0f, C, g->N);
-        }
+        const loom_status st =
+            A16 ? loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){g->ta, g->tb, g->M, g->N, g->K, 1.0f, A16, lda, B16, ldb,
+                                                                  0.0f, C, g->N})
+                : loom_k_matmul(be, &(loom_gemm){g->ta, g->tb, g->M, g->N, g->K, 1.0f, A, lda, B, ldb, 0.0f, C, g->N});
+        if (st != LOOM_OK) return 0.0;
         if (r >= 0) times[r] = now_s() - t0;
     }
     for (int a = 0; a < reps; a++)
@@ -107,8 +106,9 @@ static int bench_gemm(int threads, const char *coretype, int quick, int bf16, do
             fprintf(stderr, "loom bench: out of memory\n");
             return 1;
         }
-        loom_k_f32_to_bf16(be, A16, A, (int64_t)3072 * 2048);
-        loom_k_f32_to_bf16(be, B16, B, (int64_t)50257 * 768);
+        if (loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){A16, A, (int64_t)3072 * 2048}) != LOOM_OK ||
+            loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){B16, B, (int64_t)50257 * 768}) != LOOM_OK)
+            return loom_cli_fail("bench");
     }
     *best = 0;
     double worst_ratio = 1e30, log_sum = 0.0;

@@ -11,6 +11,7 @@
 static void generate_help(void) {
     printf("usage: loom generate --ckpt DIR [--prompt TEXT] [--max-tokens N] [--temperature X] [--top-k K]\n"
            "                     [--top-p P] [--seed S] [--tokenizer gpt2|byte|FILE] [--threads N] [--no-stop]\n"
+           "                     [--device cpu|cuda]\n"
            "Samples from the model in DIR/checkpoint.bin with a KV cache and streams the text to stdout; the\n"
            "tokens/s go to stderr. Defaults: --max-tokens 200 --temperature 0.8 --top-k 0 (off) --top-p 1 (off)\n"
            "--seed 1337; temperature 0 is greedy. Stops at end-of-text unless --no-stop. The tokenizer is the one\n"
@@ -30,6 +31,7 @@ int loom_cmd_generate(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = NULL, *tok_name = NULL;
     loom_sample_config sc = loom_sample_config_default();
     int threads = 0;
+    const char *device = "cpu";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -55,6 +57,7 @@ int loom_cmd_generate(int argc, char **argv) {
         else if (!strcmp(a, "--top-p")) sc.top_p = strtod(v, &end);
         else if (!strcmp(a, "--seed")) sc.seed = strtoull(v, &end, 10);
         else if (!strcmp(a, "--threads")) threads = (int)strtol(v, &end, 10);
+        else if (!strcmp(a, "--device")) device = v;
         else {
             fprintf(stderr, "loom generate: unknown option '%s' (see --help)\n", a);
             return 2;
@@ -71,6 +74,7 @@ int loom_cmd_generate(int argc, char **argv) {
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = threads;
     bc.quiet = 1;
+    bc.device = device;
     loom_backend *be = NULL;
     loom_comm *comm = NULL;
     loom_mem mem;

@@ -20,7 +20,7 @@ static void train_help(void) {
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
            "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
            "                  [--precision fp32|bf16|fp16] [--mem-budget SIZE] [--mem-trace FILE.jsonl]\n"
-           "                  [--peak-gflops X]\n\n"
+           "                  [--peak-gflops X] [--device cpu|cuda]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
            "SIGINT/SIGTERM save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl.\n\n"
@@ -41,6 +41,7 @@ static const flag_alias aliases[] = {
     {"--steps", "train.steps", 1},          {"--batch", "train.batch", 1},
     {"--seq-len", "train.seq_len", 1},      {"--grad-accum", "train.grad_accum", 1},
     {"--threads", "train.threads", 1},      {"--data", "train.data", 1},
+    {"--device", "train.device", 1},
     {"--out", "train.out", 1},              {"--seed", "train.seed", 1},
     {"--metrics", "train.metrics", 1},      {"--recompute", "train.recompute", 1},
     {"--optimizer", "optim.kind", 1},       {"--lr", "optim.lr", 1},

@@ -36,8 +36,10 @@ static loom_status self_iallreduce(loom_comm *c, void *b, int64_t n, int dt, int
 }
 static loom_status self_ireduce_scatter(loom_comm *c, const float *s, float *rv, const int64_t *counts,
                                         loom_comm_req *r) {
-    (void)c; (void)r;
-    if (s != rv) memmove(rv, s, (size_t)counts[0] * sizeof(float));
+    (void)r;
+    const size_t bytes = (size_t)counts[0] * sizeof(float);
+    if (c->be) return loom_buf_copy(c->be, rv, s, bytes); /* backend buffers: the backend copies them */
+    if (s != rv) memmove(rv, s, bytes);
     return LOOM_OK;
 }
 static loom_status self_iallgather(loom_comm *c, float *b, const int64_t *counts, loom_comm_req *r) {
@@ -73,7 +75,7 @@ static loom_status self_split(loom_comm *c, int color, int key, const char *name
 
 static const loom_comm_ops self_ops = {self_iallreduce, self_ireduce_scatter, self_iallgather, self_iallgather_bytes,
                                        self_ibroadcast, self_ibarrier, self_p2p, self_irecv, self_test, self_split,
-                                       NULL, NULL, NULL, NULL};
+                                       NULL, NULL, NULL, NULL, 1 /* touches no buffer but through the backend */};
 
 static loom_status self_make(const char *name, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);
@@ -111,6 +113,7 @@ loom_status loom_comm_split(loom_comm *c, int color, int key, const char *name, 
     LOOM_CALL(c->ops.split(c, color, key, name, out));
     (*out)->timeout_s = c->timeout_s;
     (*out)->interrupt = c->interrupt;
+    (*out)->be = c->be;
     return LOOM_OK;
 }
 
@@ -150,11 +153,53 @@ int loom_comm_size(const loom_comm *c) { return c ? c->size : 1; }
 const char *loom_comm_name(const loom_comm *c) { return c ? c->name : "none"; }
 int loom_comm_world_rank(const loom_comm *c) { return c ? c->world_rank : 0; }
 void loom_comm_set_timeout(loom_comm *c, double s) { c->timeout_s = s; }
+void loom_comm_set_backend(loom_comm *c, loom_backend *be) { c->be = be; }
 void loom_comm_set_interrupt(loom_comm *c, volatile sig_atomic_t *flag) { c->interrupt = flag; }
 loom_comm_stats loom_comm_get_stats(const loom_comm *c) { return c->stats; }
 void loom_comm_reset_stats(loom_comm *c) { memset(&c->stats, 0, sizeof c->stats); }
 
 /* ---- waits: polling, so that a lost peer or a signal ends the wait with a message ---- */
+
+/* ---- staging: backend buffers the host cannot address go through host copies ---- */
+
+static int needs_stage(const loom_comm *c, const void *buf) {
+    return c->be && !c->ops.device_native && loom_buf_device_only(c->be, buf);
+}
+
+/* buf as the implementation gets it: itself, or a host copy (holding its contents when copy_in) */
+static loom_status stage(loom_comm *c, const void *buf, int64_t bytes, int copy_in, void **host) {
+    *host = (void *)buf;
+    if (!needs_stage(c, buf)) return LOOM_OK;
+    *host = malloc((size_t)(bytes > 0 ? bytes : 1));
+    LOOM_CHECK(*host != NULL, LOOM_ERR_NOMEM, "out of memory staging %lld bytes for communicator '%s'",
+               (long long)bytes, c->name);
+    if (!copy_in) return LOOM_OK;
+    loom_status st = loom_buf_download(c->be, *host, buf, (size_t)bytes);
+    if (st != LOOM_OK) {
+        free(*host);
+        *host = NULL;
+    }
+    return st;
+}
+
+/* the request's input copy (freed when done) and result copy (uploaded to dst when done) */
+static void stage_keep(loom_comm_req *r, void *in_copy, const void *in, void *out_copy, void *out, int64_t out_bytes) {
+    if (in_copy != in) r->stage_in = in_copy;
+    if (out_copy != out) {
+        r->stage_out = out_copy;
+        r->out_dst = out;
+        r->out_bytes = out_bytes;
+    }
+}
+
+static loom_status stage_finish(loom_comm_req *r, int ok) {
+    loom_status st = LOOM_OK;
+    if (r->stage_out && ok) st = loom_buf_upload(r->comm->be, r->out_dst, r->stage_out, (size_t)r->out_bytes);
+    if (r->stage_in != r->stage_out) free(r->stage_in);
+    free(r->stage_out);
+    r->stage_in = r->stage_out = NULL;
+    return st;
+}
 
 loom_status loom_comm_test(loom_comm_req *r, int *done) {
     *done = 1;
@@ -162,10 +207,14 @@ loom_status loom_comm_test(loom_comm_req *r, int *done) {
     char err[256] = "";
     if (r->comm->ops.test(r, done, err, (int)sizeof err) != 0) {
         r->active = 0;
+        (void)stage_finish(r, 0);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "rank %d: %s on communicator '%s' (%d ranks) failed: %s",
                               r->comm->world_rank, r->op, r->comm->name, r->comm->size, err);
     }
-    if (*done) r->active = 0;
+    if (*done) {
+        r->active = 0;
+        LOOM_CALL(stage_finish(r, 1));
+    }
     return LOOM_OK;
 }
 
@@ -215,9 +264,10 @@ static int req_ready(void *ctx, loom_status *err) {
 }
 
 loom_status loom_comm_wait(loom_comm_req *r) {
-    if (!r->active) return LOOM_OK;
+    if (!r->active) return stage_finish(r, 1); /* (an operation that completed when it started) */
     loom_status st = poll_wait(r->comm, r->op, req_ready, r);
     r->active = 0;
+    if (st != LOOM_OK) (void)stage_finish(r, 0);
     return st;
 }
 
@@ -283,6 +333,28 @@ loom_status loom_comm_shm_wait(loom_comm_shm *s, const uint64_t *flag, uint64_t 
     return poll_wait(s->comm, op, flag_ready, &f);
 }
 
+void loom_comm_shm_reduce(loom_comm_shm *s, size_t off, int64_t lo, int64_t hi, const int64_t *owner_lo) {
+    const int N = s->comm->size;
+    enum { CHUNK = 2048 }; /* 8 KiB of partial sums stay in L1 while the peers stream past */
+    float acc[CHUNK];
+#define SEG(q) ((float *)((char *)s->base[q] + off))
+    for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
+        const int64_t m = hi - i0 < CHUNK ? hi - i0 : CHUNK;
+        const float *g0 = SEG(0) + i0, *g1 = N > 1 ? SEG(1) + i0 : NULL;
+        for (int64_t i = 0; i < m; i++) acc[i] = g1 ? g0[i] + g1[i] : g0[i];
+        for (int q = 2; q < N; q++) {
+            const float *g = SEG(q) + i0;
+            for (int64_t i = 0; i < m; i++) acc[i] += g[i];
+        }
+        for (int q = 0; q < N; q++) { /* every segment, or the owner of each position */
+            const int64_t s0 = owner_lo ? (i0 > owner_lo[q] ? i0 : owner_lo[q]) : i0;
+            const int64_t s1 = owner_lo ? (i0 + m < owner_lo[q + 1] ? i0 + m : owner_lo[q + 1]) : i0 + m;
+            if (s1 > s0) memcpy(SEG(q) + s0, acc + (s0 - i0), (size_t)(s1 - s0) * sizeof(float));
+        }
+    }
+#undef SEG
+}
+
 void loom_comm_count(loom_comm *c, loom_coll k, int64_t bytes) {
     c->stats.calls[k]++;
     c->stats.bytes[k] += bytes;
@@ -299,9 +371,23 @@ static void begin(loom_comm *c, loom_comm_req *r, const char *op, loom_coll k, i
     loom_comm_count(c, k, bytes);
 }
 
+/* an implementation's start on staged buffers; on failure the copies go at once */
+static loom_status started(loom_comm_req *r, loom_status st) {
+    if (st != LOOM_OK) (void)stage_finish(r, 0);
+    return st;
+}
+
+static loom_status iallreduce(loom_comm *c, void *b, int64_t n, int dt, int op, loom_comm_req *r) {
+    const int64_t bytes = n * (dt == LOOM_DT_F32 ? 4 : 8);
+    void *h;
+    LOOM_CALL(stage(c, b, bytes, 1, &h));
+    stage_keep(r, NULL, NULL, h, b, bytes);
+    return started(r, c->ops.iallreduce(c, h, n, dt, op, r));
+}
+
 loom_status loom_comm_iallreduce_sum_f32(loom_comm *c, float *b, int64_t n, loom_comm_req *r) {
     begin(c, r, "all-reduce", LOOM_COLL_ALLREDUCE, n * 4);
-    return c->ops.iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_SUM, r);
+    return iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_SUM, r);
 }
 
 loom_status loom_comm_ireduce_scatter_f32(loom_comm *c, const float *s, float *rv, const int64_t *counts,
@@ -309,22 +395,41 @@ loom_status loom_comm_ireduce_scatter_f32(loom_comm *c, const float *s, float *r
     int64_t tot = 0;
     for (int i = 0; i < c->size; i++) tot += counts[i];
     begin(c, r, "reduce-scatter", LOOM_COLL_REDUCE_SCATTER, tot * 4);
-    return c->ops.ireduce_scatter(c, s, rv, counts, r);
+    void *hs, *hr;
+    LOOM_CALL(stage(c, s, tot * 4, 1, &hs));
+    loom_status st = stage(c, rv, counts[c->rank] * 4, 0, &hr);
+    if (st != LOOM_OK) {
+        if (hs != s) free(hs);
+        return st;
+    }
+    stage_keep(r, hs, s, hr, rv, counts[c->rank] * 4);
+    return started(r, c->ops.ireduce_scatter(c, hs, hr, counts, r));
 }
 
 loom_status loom_comm_iallgather_f32(loom_comm *c, float *b, const int64_t *counts, loom_comm_req *r) {
     begin(c, r, "all-gather", LOOM_COLL_ALLGATHER, counts[c->rank] * 4);
-    return c->ops.iallgather(c, b, counts, r);
+    int64_t tot = 0;
+    for (int i = 0; i < c->size; i++) tot += counts[i];
+    void *h;
+    LOOM_CALL(stage(c, b, tot * 4, 1, &h));
+    stage_keep(r, NULL, NULL, h, b, tot * 4);
+    return started(r, c->ops.iallgather(c, h, counts, r));
 }
 
 loom_status loom_comm_isend_f32(loom_comm *c, const float *b, int64_t n, int dst, int tag, loom_comm_req *r) {
     begin(c, r, "send", LOOM_COLL_SENDRECV, n * 4);
-    return c->ops.isend(c, b, n * 4, dst, tag, r);
+    void *h;
+    LOOM_CALL(stage(c, b, n * 4, 1, &h));
+    stage_keep(r, h, b, NULL, NULL, 0);
+    return started(r, c->ops.isend(c, h, n * 4, dst, tag, r));
 }
 
 loom_status loom_comm_irecv_f32(loom_comm *c, float *b, int64_t n, int src, int tag, loom_comm_req *r) {
     begin_uncounted(c, r, "recv"); /* a transfer counts once, at its sender */
-    return c->ops.irecv(c, b, n * 4, src, tag, r);
+    void *h;
+    LOOM_CALL(stage(c, b, n * 4, 0, &h));
+    stage_keep(r, NULL, NULL, h, b, n * 4);
+    return started(r, c->ops.irecv(c, h, n * 4, src, tag, r));
 }
 
 /* blocking forms: start + wait, so the timeout and interrupt apply to them too */
@@ -341,16 +446,13 @@ loom_status loom_comm_allreduce_sum_f32(loom_comm *c, float *b, int64_t n) {
 }
 /* the operations without a public non-blocking form: begin's bookkeeping, then the implementation's start */
 loom_status loom_comm_allreduce_sum_f64(loom_comm *c, double *b, int64_t n) {
-    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8),
-              c->ops.iallreduce(c, b, n, LOOM_DT_F64, LOOM_OP_SUM, &r_)));
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8), iallreduce(c, b, n, LOOM_DT_F64, LOOM_OP_SUM, &r_)));
 }
 loom_status loom_comm_allreduce_max_i64(loom_comm *c, int64_t *b, int64_t n) {
-    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8),
-              c->ops.iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_)));
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 8), iallreduce(c, b, n, LOOM_DT_I64, LOOM_OP_MAX, &r_)));
 }
 loom_status loom_comm_allreduce_max_f32(loom_comm *c, float *b, int64_t n) {
-    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 4),
-              c->ops.iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_MAX, &r_)));
+    BLOCKING((begin(c, &r_, "all-reduce", LOOM_COLL_ALLREDUCE, n * 4), iallreduce(c, b, n, LOOM_DT_F32, LOOM_OP_MAX, &r_)));
 }
 loom_status loom_comm_broadcast(loom_comm *c, void *b, int64_t n, int root) {
     BLOCKING((begin(c, &r_, "broadcast", LOOM_COLL_BROADCAST, n), c->ops.ibroadcast(c, b, n, root, &r_)));

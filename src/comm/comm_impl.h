@@ -24,6 +24,7 @@ typedef struct {
     void (*shm_free)(loom_comm *, void *handle);
     /* ends every process of the job (NULL: one process, nothing to end) */
     void (*abort_job)(loom_comm *, int code);
+    int device_native;  /* moves a backend's device buffers itself (NCCL); 0: host memory only (MPI) */
 } loom_comm_ops;
 
 enum { LOOM_DT_F32 = 0, LOOM_DT_F64, LOOM_DT_I64 };
@@ -34,6 +35,7 @@ struct loom_comm {
     int rank, size, world_rank;
     double timeout_s;
     volatile sig_atomic_t *interrupt;
+    loom_backend *be;   /* whose buffers may need staging (NULL: none) */
     loom_comm_stats stats;
     loom_comm_ops ops;
     void *impl;

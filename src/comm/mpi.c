@@ -264,7 +264,8 @@ static void m_abort(loom_comm *c, int code) {
 
 static const loom_comm_ops mpi_ops = {m_iallreduce, m_ireduce_scatter, m_iallgather, m_iallgather_bytes, m_ibroadcast,
                                       m_ibarrier,   m_isend,          m_irecv,     m_test,           m_split,
-                                      m_free,       m_shm_alloc,      m_shm_free,  m_abort};
+                                      m_free,       m_shm_alloc,      m_shm_free,  m_abort,
+                                      0 /* host memory: a backend's device buffers are staged */};
 
 static loom_status wrap(MPI_Comm mc, int owns, int is_world, const char *name, int world_rank, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);

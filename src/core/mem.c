@@ -17,29 +17,41 @@ const char *loom_mem_category_name(loom_mem_category c) {
     return (c >= 0 && c < LOOM_MEM_N_CATEGORIES) ? names[c] : "unknown";
 }
 
-loom_status loom_mem_alloc(loom_mem *mem, loom_mem_category cat, size_t bytes, void **out) {
-    *out = NULL;
-    LOOM_CHECK(cat >= 0 && cat < LOOM_MEM_N_CATEGORIES, LOOM_ERR_INVALID_ARG, "bad memory category %d",
-               (int)cat);
+loom_status loom_mem_account(loom_mem *mem, loom_mem_category cat, size_t bytes) {
+    LOOM_CHECK(cat >= 0 && cat < LOOM_MEM_N_CATEGORIES, LOOM_ERR_INVALID_ARG, "bad memory category %d", (int)cat);
     if (bytes == 0) bytes = 1;
     if (mem && mem->fail_after > 0 && --mem->fail_after == 0)
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__,
-                              "allocation of %zu bytes for %s failed (injected)", bytes,
-                              loom_mem_category_name(cat));
+                              "allocation of %zu bytes for %s failed (injected)", bytes, loom_mem_category_name(cat));
+    loom_mem_track(mem, cat, (int64_t)bytes);
+    return LOOM_OK;
+}
+
+void loom_mem_unaccount(loom_mem *mem, loom_mem_category cat, size_t bytes) {
+    loom_mem_track(mem, cat, -(int64_t)(bytes ? bytes : 1));
+}
+
+void *loom_mem_host_alloc(size_t bytes) {
+    if (bytes == 0) bytes = 1;
     size_t align = bytes >= LOOM_HUGE_MIN ? LOOM_HUGE_ALIGN : 64;
     size_t rounded = (bytes + align - 1) / align * align;
     void *p = aligned_alloc(align, rounded);
-    LOOM_CHECK(p != NULL, LOOM_ERR_NOMEM, "out of memory allocating %zu bytes for %s", bytes,
-               loom_mem_category_name(cat));
+    if (!p) return NULL;
 #ifdef MADV_HUGEPAGE
     if (align == LOOM_HUGE_ALIGN) (void)madvise(p, rounded, MADV_HUGEPAGE);
 #endif
     memset(p, 0, rounded);
-    if (mem) {
-        mem->current[cat] += (int64_t)bytes;
-        mem->current_total += (int64_t)bytes;
-        if (mem->current[cat] > mem->peak[cat]) mem->peak[cat] = mem->current[cat];
-        if (mem->current_total > mem->peak_total) mem->peak_total = mem->current_total;
+    return p;
+}
+
+loom_status loom_mem_alloc(loom_mem *mem, loom_mem_category cat, size_t bytes, void **out) {
+    *out = NULL;
+    LOOM_CALL(loom_mem_account(mem, cat, bytes));
+    void *p = loom_mem_host_alloc(bytes);
+    if (!p) {
+        loom_mem_unaccount(mem, cat, bytes);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory allocating %zu bytes for %s",
+                              bytes, loom_mem_category_name(cat));
     }
     *out = p;
     return LOOM_OK;
@@ -48,11 +60,7 @@ loom_status loom_mem_alloc(loom_mem *mem, loom_mem_category cat, size_t bytes, v
 void loom_mem_free(loom_mem *mem, loom_mem_category cat, void *p, size_t bytes) {
     if (!p) return;
     free(p);
-    if (mem && cat >= 0 && cat < LOOM_MEM_N_CATEGORIES) {
-        if (bytes == 0) bytes = 1;
-        mem->current[cat] -= (int64_t)bytes;
-        mem->current_total -= (int64_t)bytes;
-    }
+    if (cat >= 0 && cat < LOOM_MEM_N_CATEGORIES) loom_mem_unaccount(mem, cat, bytes);
 }
 
 void loom_mem_track(loom_mem *mem, loom_mem_category cat, int64_t delta) {

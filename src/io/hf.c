@@ -440,7 +440,9 @@ static loom_status model_ctx_init(const loom_model_config *cfg, model_ctx *mc) {
     loom_status st;
     LOOM_CALL_GOTO(st, loom_backend_init(&bc, &mc->be), fail);
     LOOM_CALL_GOTO(st, loom_comm_init_self(&mc->comm), fail);
-    LOOM_CALL_GOTO(st, loom_model_init(cfg, mc->be, mc->comm, &mc->mem, 0, &mc->model), fail);
+    /* the CPU backend: the parameters are host memory that the conversions read and write directly */
+    const loom_model_options mo = {.tp = mc->comm};
+    LOOM_CALL_GOTO(st, loom_model_init(cfg, mc->be, &mc->mem, &mo, &mc->model), fail);
     return LOOM_OK;
 fail:
     model_ctx_free(mc);

@@ -28,45 +28,48 @@
 
 /* a bf16 view of an operand: the weights' bf16 copy when it lies in the parameter buffer, else `rows` rows
  * of `ld` floats converted into scratch */
-static const uint16_t *as_bf16(loom_model *m, const float *x, int64_t rows, int64_t ld, uint16_t *scratch) {
-    if (x >= m->params && x < m->params + m->buf_size) return m->params16 + (x - m->params);
-    loom_k_f32_to_bf16(m->be, scratch, x, rows * ld);
-    return scratch;
+static loom_status as_bf16(loom_model *m, const float *x, int64_t rows, int64_t ld, uint16_t *scratch,
+                           const uint16_t **out) {
+    if (x >= m->params && x < m->params + m->buf_size) {
+        *out = m->params16 + (x - m->params);
+        return LOOM_OK;
+    }
+    *out = scratch;
+    return loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){.dst = scratch, .src = x, .n = rows * ld});
 }
 
 /* an fp16 view of an operand (rows x cols, leading dimension ld): the weights' rounded copy, else rounded
  * into scratch */
-static const float *as_fp16(loom_model *m, const float *x, int64_t rows, int64_t cols, int64_t ld, float *scratch) {
-    if (x >= m->params && x < m->params + m->buf_size) return m->params_h + (x - m->params);
-    loom_k_round_fp16(m->be, scratch, ld, x, ld, rows, cols);
-    return scratch;
+static loom_status as_fp16(loom_model *m, const float *x, int64_t rows, int64_t cols, int64_t ld, float *scratch,
+                           const float **out) {
+    if (x >= m->params && x < m->params + m->buf_size) {
+        *out = m->params_h + (x - m->params);
+        return LOOM_OK;
+    }
+    *out = scratch;
+    return loom_k_round_fp16(m->be, &(loom_round_fp16_args){scratch, ld, x, ld, rows, cols});
 }
 
 static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (m->params_h) { /* fp16: operands rounded to fp16, exact products accumulated in fp32, the result
                         * stored as fp16 stores it (overflow to inf: what loss scaling watches for) */
-        const float *a = as_fp16(m, A, ta ? K : M, ta ? M : K, lda, m->scratch16[0]);
-        const float *b = as_fp16(m, B, tb ? N : K, tb ? K : N, ldb, m->scratch16[1]);
-        loom_k_matmul(m->be, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
-        loom_k_round_fp16(m->be, C, ldc, C, ldc, M, N);
-        return LOOM_OK;
+        const float *a, *b;
+        LOOM_CALL(as_fp16(m, A, ta ? K : M, ta ? M : K, lda, m->scratch16[0], &a));
+        LOOM_CALL(as_fp16(m, B, tb ? N : K, tb ? K : N, ldb, m->scratch16[1], &b));
+        LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc}));
+        return loom_k_round_fp16(m->be, &(loom_round_fp16_args){C, ldc, C, ldc, M, N});
     }
-    if (!m->params16) {
-        loom_k_matmul(m->be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-        return LOOM_OK;
-    }
-    const uint16_t *a = as_bf16(m, A, ta ? K : M, lda, m->scratch16[0]);
-    const uint16_t *b = as_bf16(m, B, tb ? N : K, ldb, m->scratch16[1]);
-    return loom_k_matmul_bf16(m->be, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc);
+    if (!m->params16) return loom_k_matmul(m->be, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc});
+    const uint16_t *a, *b;
+    LOOM_CALL(as_bf16(m, A, ta ? K : M, lda, m->scratch16[0], &a));
+    LOOM_CALL(as_bf16(m, B, tb ? N : K, ldb, m->scratch16[1], &b));
+    return loom_k_matmul_bf16(m->be, &(loom_matmul_bf16_args){ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc});
 }
 
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side */
 static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
-    if (!m->params16 && !m->params_h) {
-        loom_k_matmul_pair(m->be, &a, &b);
-        return LOOM_OK;
-    }
+    if (!m->params16 && !m->params_h) return loom_k_matmul_pair(m->be, &(loom_matmul_pair_args){a, b});
     LOOM_CALL(mm(m, a.trans_a, a.trans_b, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
     return mm(m, b.trans_a, b.trans_b, b.M, b.N, b.K, b.alpha, b.A, b.lda, b.B, b.ldb, b.beta, b.C, b.ldc);
 }
@@ -267,11 +270,14 @@ static loom_status build_layout(loom_model *m) {
 }
 
 static loom_status model_create(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
-                                loom_comm *tp, int tps, int tpr, loom_mem *mem, int flags, loom_model **out);
+                                const loom_model_options *o, int tps, int tpr, loom_mem *mem, loom_model **out);
 
 loom_status loom_model_init_part(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
-                                 loom_comm *tp, loom_mem *mem, int flags, loom_model **out) {
-    return model_create(cfg, part, be, tp, loom_comm_size(tp), loom_comm_rank(tp), mem, flags, out);
+                                 loom_mem *mem, const loom_model_options *opts, loom_model **out) {
+    const loom_model_options none = {0};
+    if (!opts) opts = &none;
+    LOOM_CHECK(be != NULL, LOOM_ERR_INVALID_ARG, "a model needs a backend");
+    return model_create(cfg, part, be, opts, loom_comm_size(opts->tp), loom_comm_rank(opts->tp), mem, out);
 }
 
 loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_model_part *part, int tp_size,
@@ -279,12 +285,13 @@ loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_mode
     LOOM_CHECK(tp_size >= 1 && tp_rank >= 0 && tp_rank < tp_size, LOOM_ERR_INVALID_ARG, "tp rank %d of %d", tp_rank,
                tp_size);
     loom_model_part whole = {1, {0}, {cfg->n_layer}, 1, 1};
-    return model_create(cfg, part ? part : &whole, NULL, NULL, tp_size, tp_rank, NULL,
-                        LOOM_MODEL_GRADS | LOOM_MODEL_EXTERNAL_PARAMS | LOOM_MODEL_EXTERNAL_GRADS, out);
+    const loom_model_options o = {.flags = LOOM_MODEL_GRADS | LOOM_MODEL_EXTERNAL_PARAMS | LOOM_MODEL_EXTERNAL_GRADS};
+    return model_create(cfg, part ? part : &whole, NULL, &o, tp_size, tp_rank, NULL, out);
 }
 
 static loom_status model_create(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
-                                loom_comm *tp, int tps, int tpr, loom_mem *mem, int flags, loom_model **out) {
+                                const loom_model_options *o, int tps, int tpr, loom_mem *mem, loom_model **out) {
+    const int flags = o->flags;
     *out = NULL;
     LOOM_CALL(loom_model_config_validate(cfg));
     LOOM_CHECK(part->n_chunks >= 1 && part->n_chunks <= LOOM_MAX_CHUNKS, LOOM_ERR_INVALID_ARG,
@@ -321,8 +328,9 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
         m->chunk_l1[k] = l;
     }
     m->be = be;
-    m->tp = tp;
+    m->tp = o->tp;
     m->mem = mem;
+    m->parts = o->parts;
     m->C = cfg->d_model;
     m->H = cfg->n_head / tps;
     m->KV = cfg->n_kv_head / tps;
@@ -331,7 +339,10 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
     m->F = cfg->d_ff / tps;
     m->tp_size = tps;
     m->tp_rank = tpr;
-    m->sp_size = 1;
+    m->sp = o->sp;
+    m->sp_size = loom_comm_size(o->sp);
+    m->sp_rank = loom_comm_rank(o->sp);
+    m->tp_sp = o->tp_seq_parallel && tps > 1;
     m->V_full = cfg->vocab_size;
     {
         int64_t lo, hi;
@@ -340,14 +351,25 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
         m->V = hi - lo;
     }
     loom_status st;
+    LOOM_CHECK_GOTO(st, o->precision >= LOOM_PRECISION_FP32 && o->precision <= LOOM_PRECISION_FP16, LOOM_ERR_INVALID_ARG,
+                    fail, "unknown precision %d", (int)o->precision);
+    m->precision = o->precision;
+    if (m->tp_sp) {
+        m->sp_counts = calloc((size_t)tps, sizeof(int64_t));
+        LOOM_CHECK_GOTO(st, m->sp_counts != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
+    }
     LOOM_CALL_GOTO(st, build_layout(m), fail);
     m->own_params = !(flags & LOOM_MODEL_EXTERNAL_PARAMS);
     m->own_grads = (flags & LOOM_MODEL_GRADS) && !(flags & LOOM_MODEL_EXTERNAL_GRADS);
-    if (m->own_params)
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params), fail);
-    if (m->own_grads)
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)m->buf_size * sizeof(float), (void **)&m->grads), fail);
+    const size_t bytes = (size_t)m->buf_size * sizeof(float);
+    if (m->own_params) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params), fail);
+    if (m->own_grads) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, bytes, (void **)&m->grads), fail);
     m->has_grads = (flags & LOOM_MODEL_GRADS) != 0;
+    if (be && m->precision == LOOM_PRECISION_FP16) /* the weights rounded to fp16, held as fp32 values */
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params_h), fail);
+    if (be && m->precision == LOOM_PRECISION_BF16)
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(uint16_t),
+                                          (void **)&m->params16), fail);
     *out = m;
     return LOOM_OK;
 fail:
@@ -355,29 +377,33 @@ fail:
     return st;
 }
 
-loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_comm *tp, loom_mem *mem,
-                            int flags, loom_model **out) {
+loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_mem *mem,
+                            const loom_model_options *opts, loom_model **out) {
     loom_model_part whole = {1, {0}, {cfg->n_layer}, 1, 1};
-    return loom_model_init_part(cfg, &whole, be, tp, mem, flags, out);
+    return loom_model_init_part(cfg, &whole, be, mem, opts, out);
 }
 
 int loom_model_num_chunks(const loom_model *m) { return m->n_chunks; }
-void loom_model_set_parts_comm(loom_model *m, loom_comm *pp) { m->parts = pp; }
 loom_comm *loom_model_parts_comm(const loom_model *m) { return m->parts; }
 
 static void free_acts(loom_model *m) {
-    if (m->act_mem) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);
-    for (int i = 0; i < 2; i++)
-        if (m->ring[i]) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring[i], m->ring_bytes);
-    if (m->ring_out) {
-        const int64_t N = m->cap_B * m->cap_T;
-        loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring_out, (size_t)(N * m->H * m->hd) * sizeof(float));
-        loom_mem_free(m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
-    }
+    loom_backend *be = m->be;
+    const int64_t N = m->cap_B * m->cap_T;
+    loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->act_mem, m->act_bytes);
+    for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring[i], m->ring_bytes);
+    loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_out, (size_t)(N * m->H * m->hd) * sizeof(float));
+    loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
-    for (int i = 0; i < 2; i++)
-        if (m->scratch16[i]) loom_mem_free(m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
+    for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
     m->scratch16[0] = m->scratch16[1] = NULL;
+    loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->tok_dev, (size_t)(2 * N) * sizeof(int32_t));
+    loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->ce_stats, (size_t)(3 * N) * sizeof(float));
+    m->tok_dev = m->tgt_dev = NULL;
+    m->ce_stats = NULL;
+    free(m->losses_host);
+    free(m->tok_local);
+    m->losses_host = NULL;
+    m->tok_local = NULL;
     m->act_mem = NULL;
     m->act_bytes = 0;
     for (int i = 0; m->slots && i < m->n_slots; i++) free(m->slots[i].acts);
@@ -392,26 +418,35 @@ void loom_model_free(loom_model **pm) {
     if (!pm || !*pm) return;
     loom_model *m = *pm;
     free_acts(m);
-    if (m->own_params) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params, (size_t)m->buf_size * sizeof(float));
-    if (m->own_grads) loom_mem_free(m->mem, LOOM_MEM_GRADS, m->grads, (size_t)m->buf_size * sizeof(float));
-    if (m->params16) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
-    if (m->params_h) loom_mem_free(m->mem, LOOM_MEM_PARAMS, m->params_h, (size_t)m->buf_size * sizeof(float));
+    loom_backend *be = m->be;
+    const size_t bytes = (size_t)m->buf_size * sizeof(float);
+    if (m->own_params) loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params, bytes);
+    if (m->own_grads) loom_buf_free(be, m->mem, LOOM_MEM_GRADS, m->grads, bytes);
+    loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
+    loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params_h, bytes);
     free(m->infos);
     free(m->row_blocks);
     free(m->sp_counts);
     free(m->layer_g);
     free(m->layer_chunk);
     free(m->unit_lo);
-    free(m->tok_local);
-    free(m->ce_stats);
     free(m->layer_off);
     loom_kv_cache_free(m);
     free(m);
     *pm = NULL;
 }
 
-void loom_model_init_weights(loom_model *m, uint64_t seed) {
-    loom_model_init_weights_range(m, seed, 0, m->buf_size, m->params);
+loom_status loom_model_init_weights(loom_model *m, uint64_t seed) {
+    if (loom_backend_host_accessible(m->be)) { /* straight into the parameters */
+        loom_model_init_weights_range(m, seed, 0, m->buf_size, m->params);
+        return LOOM_OK;
+    }
+    float *host = malloc((size_t)m->buf_size * sizeof(float));
+    LOOM_CHECK(host != NULL, LOOM_ERR_NOMEM, "out of memory initialising %lld parameters", (long long)m->buf_size);
+    loom_model_init_weights_range(m, seed, 0, m->buf_size, host);
+    loom_status st = loom_buf_upload(m->be, m->params, host, (size_t)m->buf_size * sizeof(float));
+    free(host);
+    return st;
 }
 
 void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst) {
@@ -565,8 +600,9 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
                   s_fc = ap.s_fc, s_act = ap.s_act;
     const int keep_ln = ap.keep_ln, keep_att = ap.keep_att, keep_act = ap.keep_act;
     const int64_t total = ap.total;
+    loom_backend *be = m->be;
     m->act_bytes = (size_t)total * sizeof(float);
-    LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
+    LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->act_bytes, (void **)&m->act_mem));
     m->slots = calloc((size_t)slots, sizeof *m->slots);
     LOOM_CHECK(m->slots != NULL, LOOM_ERR_NOMEM, "out of memory");
     for (int i = 0; i < slots; i++) {
@@ -632,37 +668,44 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
     loom_model_use_slot(m, 0);
+    m->cap_B = B; /* from here free_acts frees what follows */
+    m->cap_T = T;
+    m->rc = rc;
     if (m->precision != LOOM_PRECISION_FP32) {
         m->scratch16_bytes = (size_t)loom_model_lowp_scratch_bytes(m, B, T, m->precision) / 2;
         for (int i = 0; i < 2; i++)
-            LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
+            LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
     }
     if (m->sp_size > 1) {
         m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);
-        for (int i = 0; i < 2; i++) LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
-        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H * m->hd) * sizeof(float), (void **)&m->ring_out));
-        LOOM_CALL(loom_mem_alloc(m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H) * sizeof(float), (void **)&m->ring_lse));
+        for (int i = 0; i < 2; i++) LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->ring_bytes, (void **)&m->ring[i]));
+        LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H * m->hd) * sizeof(float), (void **)&m->ring_out));
+        LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, (size_t)(N * m->H) * sizeof(float), (void **)&m->ring_lse));
     }
+    /* the micro-batch's tokens and targets where the kernels read them; the losses where the host sums them */
+    LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_WORKSPACE, (size_t)(2 * N) * sizeof(int32_t), (void **)&m->tok_dev));
+    m->tgt_dev = m->tok_dev + N;
+    m->losses_host = malloc((size_t)N * sizeof(float));
+    LOOM_CHECK(m->losses_host != NULL, LOOM_ERR_NOMEM, "out of memory");
     if (m->tp_size > 1) {
-        free(m->tok_local);
-        free(m->ce_stats);
         m->tok_local = malloc((size_t)N * sizeof(int32_t));
-        m->ce_stats = malloc((size_t)(3 * N) * sizeof(float));
-        LOOM_CHECK(m->tok_local && m->ce_stats, LOOM_ERR_NOMEM, "out of memory");
+        LOOM_CHECK(m->tok_local != NULL, LOOM_ERR_NOMEM, "out of memory");
+        LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_WORKSPACE, (size_t)(3 * N) * sizeof(float), (void **)&m->ce_stats));
     }
-    m->cap_B = B;
-    m->cap_T = T;
-    m->rc = rc;
     /* RoPE tables, computed in double once, at this rank's absolute positions */
-    int64_t half = m->hd / 2;
-    const int64_t t0 = (int64_t)m->sp_rank * T;
+    const int64_t half = m->hd / 2, t0 = (int64_t)m->sp_rank * T;
+    float *tab = malloc((size_t)(2 * T * half) * sizeof(float));
+    LOOM_CHECK(tab != NULL, LOOM_ERR_NOMEM, "out of memory");
     for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < half; i++) {
             double inv = pow(m->cfg.rope_theta, -2.0 * (double)i / (double)m->hd);
-            m->rope_cos[t * half + i] = (float)cos((double)(t0 + t) * inv);
-            m->rope_sin[t * half + i] = (float)sin((double)(t0 + t) * inv);
+            tab[t * half + i] = (float)cos((double)(t0 + t) * inv);
+            tab[(T + t) * half + i] = (float)sin((double)(t0 + t) * inv);
         }
-    return LOOM_OK;
+    loom_status st = loom_buf_upload(be, m->rope_cos, tab, (size_t)(T * half) * sizeof(float));
+    if (st == LOOM_OK) st = loom_buf_upload(be, m->rope_sin, tab + T * half, (size_t)(T * half) * sizeof(float));
+    free(tab);
+    return st;
 }
 
 /* a chunk's first block reads the chunk's input (the embedding's output on the first stage's chunk 0) */
@@ -694,21 +737,19 @@ static loom_status ring_wait(loom_comm_req *rs, loom_comm_req *rr) {
 }
 
 /* rows of src (stride ss) -> rows of dst (stride ds): `w` floats each, N rows; add: accumulate */
-static void copy_rows(float *dst, int64_t ds, const float *src, int64_t ss, int64_t N, int64_t w, int add) {
-    for (int64_t i = 0; i < N; i++)
-        if (add)
-            for (int64_t k = 0; k < w; k++) dst[i * ds + k] += src[i * ss + k];
-        else memcpy(dst + i * ds, src + i * ss, (size_t)w * sizeof(float));
+static loom_status copy_rows(loom_model *m, float *dst, int64_t ds, const float *src, int64_t ss, int64_t N, int64_t w,
+                             int add) {
+    return loom_k_copy_rows(m->be, &(loom_copy_rows_args){dst, ds, src, ss, N, w, add});
 }
 
 static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
     const int p = m->sp_size, r = m->sp_rank;
     const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd;
     float *cur = m->ring[0], *nxt = m->ring[1];
-    copy_rows(cur, kvw, a->qkv + H * hd, Cq, N, kvw, 0); /* this block's [K | V] */
+    LOOM_CALL(copy_rows(m, cur, kvw, a->qkv + H * hd, Cq, N, kvw, 0)); /* this block's [K | V] */
     loom_comm_req rs, rr;
     LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
-    loom_k_attention_block_forward(m->be, a->atty, a->lse, a->qkv, Cq, a->qkv + H * hd, Cq, B, T, T, H, KV, hd, 1);
+    LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = a->atty, .lse = a->lse, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1}));
     for (int s = 1; s < p; s++) {
         LOOM_CALL(ring_wait(&rs, &rr));
         float *t = cur;
@@ -717,8 +758,8 @@ static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t 
         if (s < p - 1) LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
         const int j = (r - s + p) % p; /* whose block arrived */
         if (j < r) {
-            loom_k_attention_block_forward(m->be, m->ring_out, m->ring_lse, a->qkv, Cq, cur, kvw, B, T, T, H, KV, hd, 0);
-            loom_k_attention_merge(m->be, a->atty, a->lse, m->ring_out, m->ring_lse, B, T, H, hd);
+            LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = m->ring_out, .lse = m->ring_lse, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = kvw, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0}));
+            LOOM_CALL(loom_k_attention_merge(m->be, &(loom_attention_merge_args){.out = a->atty, .lse = a->lse, .out_b = m->ring_out, .lse_b = m->ring_lse, .B = B, .T = T, .H = H, .hd = hd}));
         }
     }
     return LOOM_OK;
@@ -727,14 +768,12 @@ static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t 
 static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
     const int p = m->sp_size, r = m->sp_rank;
     const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd, pw = 2 * kvw;
-    memset(m->dqkv, 0, (size_t)(N * Cq) * sizeof(float));
-    loom_k_attention_block_backward(m->be, m->dqkv, m->dqkv + H * hd, m->datty, a->qkv, Cq, a->qkv + H * hd, Cq,
-                                    a->atty, a->lse, B, T, T, H, KV, hd, 1);
+    LOOM_CALL(loom_buf_fill(m->be, m->dqkv, 0.0f, N * Cq));
+    LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = m->dqkv + H * hd, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1}));
     float *cur = m->ring[0], *nxt = m->ring[1];
-    for (int64_t i = 0; i < N; i++) { /* packet: [K | V] of this block, [dK | dV] from the ranks it visits */
-        memcpy(cur + i * pw, a->qkv + i * Cq + H * hd, (size_t)kvw * sizeof(float));
-        memset(cur + i * pw + kvw, 0, (size_t)kvw * sizeof(float));
-    }
+    /* packet: [K | V] of this block, [dK | dV] (zero) from the ranks it visits */
+    LOOM_CALL(loom_buf_fill(m->be, cur, 0.0f, N * pw));
+    LOOM_CALL(copy_rows(m, cur, pw, a->qkv + H * hd, Cq, N, kvw, 0));
     loom_comm_req rs, rr;
     for (int s = 1; s <= p; s++) {
         LOOM_CALL(ring_shift(m, cur, nxt, N * pw, &rs, &rr));
@@ -744,35 +783,36 @@ static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t
         nxt = t;
         const int j = (r - s + p) % p;
         if (s < p && j < r)
-            loom_k_attention_block_backward(m->be, m->dqkv, cur + kvw, m->datty, a->qkv, Cq, cur, pw, a->atty, a->lse,
-                                            B, T, T, H, KV, hd, 0);
+            LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = cur + kvw, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = pw, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0}));
     }
-    copy_rows(m->dqkv + H * hd, Cq, cur + kvw, pw, N, kvw, 1); /* home again: the later ranks' dK, dV */
-    return LOOM_OK;
+    return copy_rows(m, m->dqkv + H * hd, Cq, cur + kvw, pw, N, kvw, 1); /* home again: the later ranks' dK, dV */
 }
 
 /* The attention core of layer l: qkv -> atty, lse. */
 static loom_status attention_core_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
     if (m->sp_size > 1) return ring_attention_forward(m, a, B, T);
-    loom_k_attention_forward(m->be, a->atty, a->lse, a->qkv, B, T, m->H, m->KV, m->hd);
+    LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse, .qkv = a->qkv, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     return LOOM_OK;
 }
 
-static void mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *lo, int64_t N, int with_bias) {
-    if (m->cfg.family == LOOM_FAMILY_GPT2) {
-        const int exact = m->cfg.gelu == LOOM_GELU_ERF;
-        if (with_bias && lo[W_FC_B] >= 0) loom_k_bias_gelu_forward(m->be, a->fc_pre, a->fc_act, P(lo[W_FC_B]), N, m->F, exact);
-        else loom_k_gelu_forward(m->be, a->fc_act, a->fc_pre, N * m->F, exact);
-    } else {
-        loom_k_swiglu_forward(m->be, a->fc_act, a->fc_pre, N, m->F);
-    }
+static loom_status mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *lo, int64_t N, int with_bias) {
+    if (m->cfg.family != LOOM_FAMILY_GPT2)
+        return loom_k_swiglu_forward(m->be, &(loom_swiglu_forward_args){.out = a->fc_act, .gu = a->fc_pre, .N = N, .F = m->F});
+    const int exact = m->cfg.gelu == LOOM_GELU_ERF;
+    if (with_bias && lo[W_FC_B] >= 0)
+        return loom_k_bias_gelu_forward(m->be, &(loom_bias_gelu_forward_args){.pre = a->fc_pre, .out = a->fc_act,
+                                        .bias = P(lo[W_FC_B]), .N = N, .F = m->F, .exact = exact});
+    return loom_k_gelu_forward(m->be, &(loom_gelu_forward_args){.out = a->fc_act, .inp = a->fc_pre, .n = N * m->F,
+                               .exact = exact});
 }
 
 /* its backward: m->dfc (N, fc width) from m->dfc_act (N, F) */
-static void mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N) {
+static loom_status mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N) {
     if (m->cfg.family == LOOM_FAMILY_GPT2)
-        loom_k_gelu_backward(m->be, m->dfc, a->fc_pre, m->dfc_act, N * m->F, m->cfg.gelu == LOOM_GELU_ERF);
-    else loom_k_swiglu_backward(m->be, m->dfc, a->fc_pre, m->dfc_act, N, m->F);
+        return loom_k_gelu_backward(m->be, &(loom_gelu_backward_args){.dinp = m->dfc, .inp = a->fc_pre, .dout = m->dfc_act,
+                                    .n = N * m->F, .exact = m->cfg.gelu == LOOM_GELU_ERF});
+    return loom_k_swiglu_backward(m->be, &(loom_swiglu_backward_args){.dgu = m->dfc, .gu = a->fc_pre, .dout = m->dfc_act,
+                                  .N = N, .F = m->F});
 }
 
 /* Tensor parallel: completes a row-parallel product (each rank's partial sum over its heads or hidden
@@ -792,27 +832,27 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float eps = (float)m->cfg.norm_eps;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
-    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P_OPT(lo[W_LN1_B]), N, C, eps);
-    else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), N, C, eps);
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = N, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = N, .C = C, .eps = eps}));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
-    if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
-    if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
+    if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
+    if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, a, B, T));
     /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x. Tensor parallel: tp rank 0
      * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
     const int lead = m->tp_rank == 0;
-    if (lead) memcpy(a->res1, x, (size_t)(N * C) * sizeof(float));
+    if (lead) LOOM_CALL(loom_buf_copy(be, a->res1, x, (size_t)(N * C) * sizeof(float)));
     LOOM_CALL(mm(m, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd,
                   lead ? 1.0f : 0.0f, a->res1, C));
-    if (lead && lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), N, C);
+    if (lead && lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->res1, .bias = P(lo[W_ATTN_PROJ_B]), .N = N, .C = C}));
     LOOM_CALL(tp_sum(m, a->res1, N * C));
-    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), N, C, eps);
-    else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), N, C, eps);
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = N, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = N, .C = C, .eps = eps}));
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
-    mlp_activation_forward(m, a, lo, N, 1);
-    if (lead) memcpy(a->out, a->res1, (size_t)(N * C) * sizeof(float));
+    LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
+    if (lead) LOOM_CALL(loom_buf_copy(be, a->out, a->res1, (size_t)(N * C) * sizeof(float)));
     LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C));
-    if (lead && lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), N, C);
+    if (lead && lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->out, .bias = P(lo[W_MLP_PROJ_B]), .N = N, .C = C}));
     return tp_sum(m, a->out, N * C);
 }
 
@@ -823,7 +863,7 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
  * projections' biases, wpe) then see only this rank's rows: their gradients are summed over tp per layer. */
 static loom_status sp_all_gather(loom_model *m, const float *shard, float *full, int64_t Nr) {
     const int64_t w = Nr * m->C;
-    memcpy(full + m->tp_rank * w, shard, (size_t)w * sizeof(float));
+    LOOM_CALL(loom_buf_copy(m->be, full + m->tp_rank * w, shard, (size_t)w * sizeof(float)));
     for (int r = 0; r < m->tp_size; r++) m->sp_counts[r] = w;
     loom_comm_req rq;
     LOOM_CALL(loom_comm_iallgather_f32(m->tp, full, m->sp_counts, &rq));
@@ -838,7 +878,9 @@ static loom_status sp_reduce_scatter(loom_model *m, const float *full, float *sh
 }
 
 /* x (n) += y (n) */
-static void add_into(loom_model *m, float *x, const float *y, int64_t n) { loom_k_add(m->be, x, x, y, n); }
+static loom_status add_into(loom_model *m, float *x, const float *y, int64_t n) {
+    return loom_k_add(m->be, &(loom_add_args){x, x, y, n});
+}
 
 /* the replicated gradients of one layer (or the final norm), gathered in m->sp_rep, summed over tp and
  * written (acc = 0) or added to their places; offsets < 0 are absent parameters */
@@ -848,8 +890,8 @@ static loom_status sp_apply_rep(loom_model *m, const int64_t *offs, int n, int a
     for (int i = 0; i < n; i++) {
         if (offs[i] < 0) continue;
         float *g = m->grads + offs[i];
-        if (acc) add_into(m, g, m->sp_rep + i * C, C);
-        else memcpy(g, m->sp_rep + i * C, (size_t)C * sizeof(float));
+        if (acc) LOOM_CALL(add_into(m, g, m->sp_rep + i * C, C));
+        else LOOM_CALL(loom_buf_copy(m->be, g, m->sp_rep + i * C, (size_t)C * sizeof(float)));
     }
     return LOOM_OK;
 }
@@ -864,26 +906,26 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l);
     float *full = m->sp_gather, *part = m->sp_partial;
-    if (gpt) loom_k_layernorm_forward(be, a->ln1, a->ln1_mean, a->ln1_rstd, x, P(lo[W_LN1_W]), P_OPT(lo[W_LN1_B]), Nr, C, eps);
-    else loom_k_rmsnorm_forward(be, a->ln1, a->ln1_rstd, x, P(lo[W_LN1_W]), Nr, C, eps);
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
-    if (lo[W_QKV_B] >= 0) loom_k_bias_add(be, a->qkv, P(lo[W_QKV_B]), N, Cq);
-    if (!gpt) loom_k_rope(be, a->qkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 0);
+    if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
+    if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, a, B, T));
     LOOM_CALL(mm(m, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C));
     LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
-    add_into(m, a->res1, x, Nr * C);
-    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_add(be, a->res1, P(lo[W_ATTN_PROJ_B]), Nr, C);
-    if (gpt) loom_k_layernorm_forward(be, a->ln2, a->ln2_mean, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), P_OPT(lo[W_LN2_B]), Nr, C, eps);
-    else loom_k_rmsnorm_forward(be, a->ln2, a->ln2_rstd, a->res1, P(lo[W_LN2_W]), Nr, C, eps);
+    LOOM_CALL(add_into(m, a->res1, x, Nr * C));
+    if (lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->res1, .bias = P(lo[W_ATTN_PROJ_B]), .N = Nr, .C = C}));
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
-    mlp_activation_forward(m, a, lo, N, 1);
+    LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
     LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 0.0f, part, C));
     LOOM_CALL(sp_reduce_scatter(m, part, a->out, Nr));
-    add_into(m, a->out, a->res1, Nr * C);
-    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_add(be, a->out, P(lo[W_MLP_PROJ_B]), Nr, C);
+    LOOM_CALL(add_into(m, a->out, a->res1, Nr * C));
+    if (lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->out, .bias = P(lo[W_MLP_PROJ_B]), .N = Nr, .C = C}));
     return LOOM_OK;
 }
 
@@ -892,7 +934,7 @@ static loom_status recompute_layer(loom_model *m, int64_t l, int64_t B, int64_t 
     if (m->rc == LOOM_RECOMPUTE_FULL) return m->tp_sp ? layer_forward_sp(m, l, B, T) : layer_forward(m, l, B, T);
     if (m->rc == LOOM_RECOMPUTE_ATTN) {
         LOOM_CALL(attention_core_forward(m, &m->acts[l], B, T));
-        mlp_activation_forward(m, &m->acts[l], m->layer_off + l * W_COUNT, B * T, 0);
+        LOOM_CALL(mlp_activation_forward(m, &m->acts[l], m->layer_off + l * W_COUNT, B * T, 0));
     }
     return LOOM_OK;
 }
@@ -920,14 +962,25 @@ static loom_status check_batch(loom_model *m, const int32_t *tokens, const int32
         if (m->hooks.name) LOOM_CALL(m->hooks.name(m->hooks.ctx, __VA_ARGS__)); \
     } while (0)
 
-/* vocabulary-parallel embedding: tokens shifted into this rank's rows, -1 for the other ranks' */
-static const int32_t *local_tokens(loom_model *m, const int32_t *tokens, int64_t N) {
-    if (m->tp_size == 1) return tokens;
-    for (int64_t i = 0; i < N; i++) {
-        const int64_t t = (int64_t)tokens[i] - m->v0;
-        m->tok_local[i] = t >= 0 && t < m->V ? (int32_t)t : -1;
+/* Host ids (tokens or targets, N) where the kernels read them: the host array itself when the backend
+ * addresses host memory, else uploaded into dev. */
+static loom_status stage_ids(loom_model *m, const int32_t *host, int32_t *dev, int64_t N, const int32_t **out) {
+    *out = host;
+    if (loom_backend_host_accessible(m->be)) return LOOM_OK;
+    *out = dev;
+    return loom_buf_upload(m->be, dev, host, (size_t)N * sizeof(int32_t));
+}
+
+/* the embedding's tokens; vocabulary-parallel: shifted into this rank's rows, -1 for the other ranks' */
+static loom_status local_tokens(loom_model *m, const int32_t *tokens, int64_t N, const int32_t **out) {
+    if (m->tp_size > 1) {
+        for (int64_t i = 0; i < N; i++) {
+            const int64_t t = (int64_t)tokens[i] - m->v0;
+            m->tok_local[i] = t >= 0 && t < m->V ? (int32_t)t : -1;
+        }
+        tokens = m->tok_local;
     }
-    return m->tok_local;
+    return stage_ids(m, tokens, m->tok_dev, N, out);
 }
 
 /* the head multiplies by the embedding matrix itself (tied, on the stage that holds the embedding) */
@@ -944,22 +997,27 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int embed = k == 0 && m->first, head = k == m->n_chunks - 1 && m->last;
     const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
+    const int32_t *tok = NULL;
+    if (embed) LOOM_CALL(local_tokens(m, tokens, N, &tok));
     if (embed && m->tp_sp) { /* this rank's vocabulary rows for every token, reduce-scattered to its rows */
         HOOK(params_needed, 0, 1);
         const int64_t t0 = (int64_t)m->sp_rank * T, r0 = m->tp_rank * Nr;
-        loom_k_embedding_forward(be, m->sp_partial, local_tokens(m, tokens, N), P(m->off_wte), NULL, B, T, C);
+        LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->sp_partial, .tokens = tok,
+                                           .wte = P(m->off_wte), .B = B, .T = T, .C = C}));
         LOOM_CALL(sp_reduce_scatter(m, m->sp_partial, m->enc, Nr));
-        for (int64_t i = 0; gpt && i < Nr; i++) add_into(m, m->enc + i * C, P(m->off_wpe) + (t0 + (r0 + i) % T) * C, C);
+        for (int64_t i = 0; gpt && i < Nr; i++)
+            LOOM_CALL(add_into(m, m->enc + i * C, P(m->off_wpe) + (t0 + (r0 + i) % T) * C, C));
         HOOK(params_done, 0);
     } else if (embed) {
         HOOK(params_needed, 0, 1);
         const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
-        loom_k_embedding_forward(be, m->enc, local_tokens(m, tokens, N), P(m->off_wte),
-                                 gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL, B, T, C);
+        LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->enc, .tokens = tok,
+                                           .wte = P(m->off_wte), .wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
+                                           .B = B, .T = T, .C = C}));
         LOOM_CALL(tp_sum(m, m->enc, N * C));
         HOOK(params_done, 0);
     } else if (x_in != m->slots[m->slot].chunk_in[k]) {
-        memcpy(m->slots[m->slot].chunk_in[k], x_in, (size_t)(Nr * C) * sizeof(float));
+        LOOM_CALL(loom_buf_copy(be, m->slots[m->slot].chunk_in[k], x_in, (size_t)(Nr * C) * sizeof(float)));
     }
     for (int64_t l = m->chunk_l0[k]; l < m->chunk_l1[k]; l++) {
         HOOK(params_needed, U_LAYER(l), 1);
@@ -974,9 +1032,8 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     HOOK(params_needed, U_HEAD, 1);
     if (head_is_wte(m)) HOOK(params_needed, 0, 1);
     if (gpt)
-        loom_k_layernorm_forward(be, m->lnf, m->lnf_mean, m->lnf_rstd, x, P(m->off_lnf_w), P_OPT(m->off_lnf_b), Nr, C,
-                                 (float)m->cfg.norm_eps);
-    else loom_k_rmsnorm_forward(be, m->lnf, m->lnf_rstd, x, P(m->off_lnf_w), Nr, C, (float)m->cfg.norm_eps);
+        LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = m->lnf, .mean = m->lnf_mean, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .b = P_OPT(m->off_lnf_b), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     float *lnf_full = m->slots[m->slot].lnf_full;
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
@@ -986,21 +1043,32 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     }
     m->last_B = B;
     m->last_T = T;
+    const int32_t *tgt = NULL;
+    if (targets) LOOM_CALL(stage_ids(m, targets, m->tgt_dev, N, &tgt));
     if (targets && m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
         float *mx = m->ce_stats, *sums = m->ce_stats + N;
-        loom_k_ce_row_max(be, m->logits, N, V, mx);
+        LOOM_CALL(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = m->logits, .N = N, .V = V, .mx = mx}));
         LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, N));
-        loom_k_ce_row_sums(be, m->logits, targets, N, V, m->v0, mx, sums);
+        LOOM_CALL(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = m->logits, .targets = tgt, .N = N, .V = V,
+                                     .v0 = m->v0, .mx = mx, .sums = sums}));
         LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * N));
-        loom_k_ce_finish(be, m->logits, m->losses, targets, N, V, m->v0, mx, sums, grad_scale);
+        LOOM_CALL(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses, .targets = tgt,
+                                   .N = N, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale}));
     } else if (targets) {
-        loom_k_softmax_cross_entropy(be, m->logits, m->losses, targets, N, V, grad_scale);
+        LOOM_CALL(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
+                                               .losses = m->losses, .targets = tgt, .N = N, .V = V,
+                                               .grad_scale = grad_scale}));
     }
-    if (targets && loss) {
+    if (targets && loss) { /* the mean over the tokens with a target, summed on the host */
+        const float *losses = m->losses;
+        if (!loom_backend_host_accessible(be)) {
+            LOOM_CALL(loom_buf_download(be, m->losses_host, m->losses, (size_t)N * sizeof(float)));
+            losses = m->losses_host;
+        }
         double s = 0.0;
         int64_t valid = 0;
         for (int64_t i = 0; i < N; i++)
-            if (targets[i] >= 0) { s += m->losses[i]; valid++; }
+            if (targets[i] >= 0) { s += losses[i]; valid++; }
         *loss = valid ? (float)(s / (double)valid) : 0.0f;
     }
     return LOOM_OK;
@@ -1055,39 +1123,37 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     const int racc = sp ? 0 : acc; /* replicated gradients: staged (written) or in place (accumulated) */
 #define REP(slot, w) (sp ? m->sp_rep + (slot) * C : G_OPT(lo[w]))
     LOOM_CALL(recompute_layer(m, l, B, T));
-    if (sp) memset(m->sp_rep, 0, (size_t)(6 * C) * sizeof(float));
+    if (sp) LOOM_CALL(loom_buf_fill(be, m->sp_rep, 0.0f, 6 * C));
     /* MLP: out = res1 + fc_act W2^T + b2 */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
     LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
-    if (lo[W_MLP_PROJ_B] >= 0) loom_k_bias_backward(be, REP(5, W_MLP_PROJ_B), dres, Nr, C, racc);
-    mlp_activation_backward(m, a, N);
+    if (lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
+    LOOM_CALL(mlp_activation_backward(m, a, N));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
     LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C},
               (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, dfull, C}));
-    if (lo[W_FC_B] >= 0) loom_k_bias_backward(be, G(lo[W_FC_B]), m->dfc, N, fcw, acc);
+    if (lo[W_FC_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
-        loom_k_layernorm_backward(be, dres, REP(3, W_LN2_W), REP(4, W_LN2_B), m->dln, a->res1, P(lo[W_LN2_W]),
-                                  a->ln2_mean, a->ln2_rstd, Nr, C, racc);
-    else loom_k_rmsnorm_backward(be, dres, REP(3, W_LN2_W), m->dln, a->res1, P(lo[W_LN2_W]), a->ln2_rstd, Nr, C, racc);
+        LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .db = REP(4, W_LN2_B), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .mean = a->ln2_mean, .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
+    else LOOM_CALL(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
     /* attention: res1 = x + atty Wo^T + bo */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
     LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
               (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
-    if (lo[W_ATTN_PROJ_B] >= 0) loom_k_bias_backward(be, REP(2, W_ATTN_PROJ_B), dres, Nr, C, racc);
+    if (lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
-    else loom_k_attention_backward(be, m->dqkv, m->datty, a->qkv, a->atty, a->lse, B, T, m->H, m->KV, m->hd);
-    if (!gpt) loom_k_rope(be, m->dqkv, m->rope_cos, m->rope_sin, B, T, m->H, m->KV, m->hd, 1);
+    else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
+    if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
     LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C},
               (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, dfull, C}));
-    if (lo[W_QKV_B] >= 0) loom_k_bias_backward(be, G(lo[W_QKV_B]), m->dqkv, N, Cq, acc);
+    if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
-        loom_k_layernorm_backward(be, dres, REP(0, W_LN1_W), REP(1, W_LN1_B), m->dln, x, P(lo[W_LN1_W]), a->ln1_mean,
-                                  a->ln1_rstd, Nr, C, racc);
-    else loom_k_rmsnorm_backward(be, dres, REP(0, W_LN1_W), m->dln, x, P(lo[W_LN1_W]), a->ln1_rstd, Nr, C, racc);
+        LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(0, W_LN1_W), .db = REP(1, W_LN1_B), .dout = m->dln, .inp = x, .w = P(lo[W_LN1_W]), .mean = a->ln1_mean, .rstd = a->ln1_rstd, .N = Nr, .C = C, .accumulate = racc}));
+    else LOOM_CALL(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dres, .dw = REP(0, W_LN1_W), .dout = m->dln, .inp = x, .w = P(lo[W_LN1_W]), .rstd = a->ln1_rstd, .N = Nr, .C = C, .accumulate = racc}));
 #undef REP
     if (!sp) return LOOM_OK;
     const int64_t offs[6] = {lo[W_LN1_W], lo[W_LN1_B], lo[W_ATTN_PROJ_B], lo[W_LN2_W], lo[W_LN2_B], lo[W_MLP_PROJ_B]};
@@ -1112,19 +1178,18 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
                   (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C}));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
-        memset(m->dres, 0, (size_t)(Nr * C) * sizeof(float));
+        LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));
         const float *xL = m->acts[l1 - 1].out;
         float *gw = G(m->off_lnf_w), *gb = m->off_lnf_b >= 0 ? G(m->off_lnf_b) : NULL;
         const int acc_n = m->tp_sp ? 0 : accumulate;
         if (m->tp_sp) { /* this rank's rows' part, summed over tp below */
             gw = m->sp_rep;
             gb = m->sp_rep + C;
-            memset(m->sp_rep, 0, (size_t)(2 * C) * sizeof(float));
+            LOOM_CALL(loom_buf_fill(be, m->sp_rep, 0.0f, 2 * C));
         }
         if (gpt)
-            loom_k_layernorm_backward(be, m->dres, gw, gb, m->dln, xL, P(m->off_lnf_w), m->lnf_mean, m->lnf_rstd, Nr,
-                                      C, acc_n);
-        else loom_k_rmsnorm_backward(be, m->dres, gw, m->dln, xL, P(m->off_lnf_w), m->lnf_rstd, Nr, C, acc_n);
+            LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = m->dres, .dw = gw, .db = gb, .dout = m->dln, .inp = xL, .w = P(m->off_lnf_w), .mean = m->lnf_mean, .rstd = m->lnf_rstd, .N = Nr, .C = C, .accumulate = acc_n}));
+        else LOOM_CALL(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = m->dres, .dw = gw, .dout = m->dln, .inp = xL, .w = P(m->off_lnf_w), .rstd = m->lnf_rstd, .N = Nr, .C = C, .accumulate = acc_n}));
         if (m->tp_sp) {
             const int64_t offs[2] = {m->off_lnf_w, m->off_lnf_b};
             LOOM_CALL(sp_apply_rep(m, offs, 2, accumulate));
@@ -1133,7 +1198,7 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
         if (head_is_wte(m)) HOOK(params_done, 0);
         HOOK(grads_done, U_HEAD);
     } else {
-        memcpy(m->dres, dy, (size_t)(Nr * C) * sizeof(float));
+        LOOM_CALL(loom_buf_copy(be, m->dres, dy, (size_t)(Nr * C) * sizeof(float)));
     }
     for (int64_t li = l1 - 1; li >= l0; li--) {
         HOOK(params_needed, U_LAYER(li), -1);
@@ -1143,35 +1208,41 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     }
     if (!embed) {
         float *dx = m->slots[m->slot].dx;
-        memcpy(dx, m->dres, (size_t)(Nr * C) * sizeof(float));
+        LOOM_CALL(loom_buf_copy(be, dx, m->dres, (size_t)(Nr * C) * sizeof(float)));
         if (dx_out) *dx_out = dx;
         return LOOM_OK;
     }
     /* the token embedding (reads no parameter): with the tied head here, the head already wrote this
      * micro-step's part */
     const int64_t t0 = (int64_t)m->sp_rank * T; /* positions [t0, t0 + T) */
+    const int32_t *tok;
+    LOOM_CALL(local_tokens(m, tokens, N, &tok));
     if (m->tp_sp) { /* every token's gradient for this rank's vocabulary rows; wpe from this rank's rows */
         LOOM_CALL(sp_all_gather(m, m->dres, m->sp_gather, Nr));
-        loom_k_embedding_backward(be, G(m->off_wte), NULL, m->sp_gather, local_tokens(m, tokens, N), B, T, C, V,
-                                  head_is_wte(m) && m->last ? 1 : accumulate, accumulate);
+        LOOM_CALL(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = G(m->off_wte),
+                                            .dout = m->sp_gather, .tokens = tok, .B = B, .T = T, .C = C, .V = V,
+                                            .accumulate_wte = head_is_wte(m) && m->last ? 1 : accumulate,
+                                            .accumulate_wpe = accumulate}));
         if (gpt) {
             float *w = m->sp_wpe, *g = G(m->off_wpe) + t0 * C;
             const int64_t r0 = m->tp_rank * Nr;
-            memset(w, 0, (size_t)(T * C) * sizeof(float));
-            for (int64_t i = 0; i < Nr; i++) add_into(m, w + ((r0 + i) % T) * C, m->dres + i * C, C);
+            LOOM_CALL(loom_buf_fill(be, w, 0.0f, T * C));
+            for (int64_t i = 0; i < Nr; i++) LOOM_CALL(add_into(m, w + ((r0 + i) % T) * C, m->dres + i * C, C));
             LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, w, T * C));
-            if (accumulate) add_into(m, g, w, T * C);
-            else memcpy(g, w, (size_t)(T * C) * sizeof(float));
+            if (accumulate) LOOM_CALL(add_into(m, g, w, T * C));
+            else LOOM_CALL(loom_buf_copy(be, g, w, (size_t)(T * C) * sizeof(float)));
         }
     } else {
-        loom_k_embedding_backward(be, G(m->off_wte), gpt ? G(m->off_wpe) + t0 * C : NULL, m->dres,
-                                  local_tokens(m, tokens, N), B, T, C, V, head_is_wte(m) && m->last ? 1 : accumulate,
-                                  accumulate);
+        LOOM_CALL(loom_k_embedding_backward(be, &(loom_embedding_backward_args){.dwte = G(m->off_wte),
+                                            .dwpe = gpt ? G(m->off_wpe) + t0 * C : NULL, .dout = m->dres, .tokens = tok,
+                                            .B = B, .T = T, .C = C, .V = V,
+                                            .accumulate_wte = head_is_wte(m) && m->last ? 1 : accumulate,
+                                            .accumulate_wpe = accumulate}));
     }
     if (gpt && !accumulate) { /* the positions this rank did not see have no gradient here */
-        memset(G(m->off_wpe), 0, (size_t)(t0 * C) * sizeof(float));
+        LOOM_CALL(loom_buf_fill(be, G(m->off_wpe), 0.0f, t0 * C));
         if (t0 + T < m->cfg.max_seq_len)
-            memset(G(m->off_wpe) + (t0 + T) * C, 0, (size_t)((m->cfg.max_seq_len - t0 - T) * C) * sizeof(float));
+            LOOM_CALL(loom_buf_fill(be, G(m->off_wpe) + (t0 + T) * C, 0.0f, (m->cfg.max_seq_len - t0 - T) * C));
     }
     HOOK(grads_done, 0);
     return LOOM_OK;
@@ -1228,36 +1299,23 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
         if (strcmp(m->infos[i].name, name) == 0) return &m->infos[i];
     return NULL;
 }
-const float *loom_model_logits(const loom_model *m) { return m->logits; }
+loom_status loom_model_read_logits(const loom_model *m, float *dst) {
+    LOOM_CHECK(m->logits && m->last_B > 0, LOOM_ERR_INVALID_ARG, "no forward pass has produced logits yet");
+    return loom_buf_download(m->be, dst, m->logits, (size_t)(m->last_B * m->last_T * m->V) * sizeof(float));
+}
+loom_backend *loom_model_backend(const loom_model *m) { return m->be; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
 
-loom_status loom_model_set_precision(loom_model *m, loom_precision p) {
-    if (p == m->precision) return LOOM_OK;
-    LOOM_CHECK(p == LOOM_PRECISION_BF16 || p == LOOM_PRECISION_FP16, LOOM_ERR_INVALID_ARG, "unknown precision %d", (int)p);
-    LOOM_CHECK(m->act_mem == NULL && m->precision == LOOM_PRECISION_FP32, LOOM_ERR_INVALID_ARG,
-               "set the precision once, before loom_model_reserve");
-    m->precision = p;
-    if (p == LOOM_PRECISION_FP16)
-        return loom_mem_alloc(m->mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(float), (void **)&m->params_h);
-    return loom_mem_alloc(m->mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(uint16_t), (void **)&m->params16);
-}
-
-void loom_model_refresh_low_precision(loom_model *m) {
-    if (m->params16) loom_k_f32_to_bf16(m->be, m->params16, m->params, m->buf_size);
-    if (m->params_h) loom_k_round_fp16(m->be, m->params_h, m->buf_size, m->params, m->buf_size, 1, m->buf_size);
-}
-void loom_model_set_tp_sequence_parallel(loom_model *m, int on) {
-    m->tp_sp = on && m->tp_size > 1;
-    if (m->tp_sp && !m->sp_counts) m->sp_counts = calloc((size_t)m->tp_size, sizeof(int64_t));
-    if (!m->sp_counts) m->tp_sp = 0;
+loom_status loom_model_refresh_low_precision(loom_model *m) {
+    if (m->params16)
+        LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16, m->params, m->buf_size}));
+    if (m->params_h)
+        LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h, m->buf_size, m->params, m->buf_size, 1,
+                                                                   m->buf_size}));
+    return LOOM_OK;
 }
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T) {
     return B * T / (m->tp_sp ? m->tp_size : 1) * m->C;
-}
-void loom_model_set_sequence_parallel(loom_model *m, loom_comm *sp) {
-    m->sp = sp;
-    m->sp_size = loom_comm_size(sp);
-    m->sp_rank = loom_comm_rank(sp);
 }
 int64_t loom_model_canonical_size(const loom_model *m) { return m->canon_size; }
 void loom_model_vocab_range(const loom_model *m, int64_t *v0, int64_t *n) {

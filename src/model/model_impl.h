@@ -58,8 +58,10 @@ struct loom_model {
     int64_t C, H, KV, hd, Cq, F, V; /* local dimensions (V: this rank's vocabulary columns) */
     int tp_size, tp_rank;
     int64_t v0, V_full;             /* this rank's vocabulary columns start at v0 of V_full */
-    int32_t *tok_local;             /* tp > 1: tokens shifted into this rank's vocabulary range, -1 outside */
+    int32_t *tok_local;             /* tp > 1: tokens shifted into this rank's vocabulary range, -1 outside (host) */
     float *ce_stats;                /* tp > 1: (3N) row maxima, sums of exponentials, target logits */
+    int32_t *tok_dev, *tgt_dev;     /* (N) each: the micro-batch's tokens and targets in backend memory */
+    float *losses_host;             /* (N) the losses, downloaded (backends the host cannot address) */
     int64_t (*row_blocks)[3];       /* per parameter: sizes of the full tensor's row blocks cut separately */
     /* Megatron sequence parallelism inside tp: norms and residuals on N/tp rows per rank */
     int tp_sp;

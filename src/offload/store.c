@@ -26,6 +26,14 @@ typedef struct {
     float *buf;
 } io_req;
 
+/* a request's host copy of a backend buffer the host cannot address (see loom_offload_options.be) */
+typedef struct {
+    int64_t ticket;
+    float *host;
+    float *dst; /* reads: the buffer it is uploaded to once done; writes: NULL */
+    int64_t bytes;
+} staged;
+
 struct loom_offload {
     loom_offload_options opt;
     loom_mem *mem;
@@ -45,6 +53,8 @@ struct loom_offload {
     loom_status err;
     char err_msg[512];
     loom_offload_stats stats, step_stats;
+    staged *stg;                /* in ticket order */
+    int64_t n_stg, cap_stg;
 };
 
 const double loom_offload_default_cost[LOOM_OFF_N_STREAMS] = {3, 2, 2, 2};
@@ -152,11 +162,58 @@ static int64_t enqueue(loom_offload *st, int write, loom_offload_stream s, int64
     return ticket;
 }
 
+/* a host copy of buf for a request (written from buf first for a write), or NULL after recording an error */
+static float *stage_host(loom_offload *st, int write, float *buf, int64_t lo, int64_t hi) {
+    const int64_t bytes = (hi - lo) * (int64_t)sizeof(float);
+    float *host = NULL;
+    staged *grown = st->n_stg < st->cap_stg ? st->stg : realloc(st->stg, (size_t)(2 * st->cap_stg + 8) * sizeof *st->stg);
+    if (grown) {
+        st->stg = grown;
+        if (st->n_stg >= st->cap_stg) st->cap_stg = 2 * st->cap_stg + 8;
+        host = malloc((size_t)(bytes > 0 ? bytes : 1));
+    }
+    loom_status e = host ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (e == LOOM_OK && write) e = loom_buf_download(st->opt.be, host, buf, (size_t)bytes);
+    if (e != LOOM_OK) {
+        pthread_mutex_lock(&st->mu);
+        if (st->err == LOOM_OK) {
+            st->err = e;
+            snprintf(st->err_msg, sizeof st->err_msg, "offload staging: %s", loom_error_message());
+        }
+        pthread_mutex_unlock(&st->mu);
+        free(host);
+        return NULL;
+    }
+    st->stg[st->n_stg++] = (staged){0, host, write ? NULL : buf, bytes};
+    return host;
+}
+
+static int64_t request(loom_offload *st, int write, loom_offload_stream s, int64_t lo, int64_t hi, float *buf) {
+    if (!loom_buf_device_only(st->opt.be, buf)) return enqueue(st, write, s, lo, hi, buf);
+    float *host = stage_host(st, write, buf, lo, hi);
+    if (!host) return 0;
+    return st->stg[st->n_stg - 1].ticket = enqueue(st, write, s, lo, hi, host);
+}
+
 int64_t loom_offload_read(loom_offload *st, loom_offload_stream s, int64_t lo, int64_t hi, float *dst) {
-    return enqueue(st, 0, s, lo, hi, dst);
+    return request(st, 0, s, lo, hi, dst);
 }
 int64_t loom_offload_write(loom_offload *st, loom_offload_stream s, int64_t lo, int64_t hi, const float *src) {
-    return enqueue(st, 1, s, lo, hi, (float *)src);
+    return request(st, 1, s, lo, hi, (float *)src);
+}
+
+/* the staged requests up to ticket are done: reads go to their buffers, host copies are freed */
+static loom_status unstage(loom_offload *st, int64_t ticket) {
+    loom_status e = LOOM_OK;
+    int64_t k = 0;
+    for (; k < st->n_stg && st->stg[k].ticket <= ticket; k++) {
+        const staged *g = &st->stg[k];
+        if (g->dst && e == LOOM_OK) e = loom_buf_upload(st->opt.be, g->dst, g->host, (size_t)g->bytes);
+        free(g->host);
+    }
+    memmove(st->stg, st->stg + k, (size_t)(st->n_stg - k) * sizeof *st->stg);
+    st->n_stg -= k;
+    return e;
 }
 
 loom_status loom_offload_wait(loom_offload *st, int64_t ticket) {
@@ -170,7 +227,7 @@ loom_status loom_offload_wait(loom_offload *st, int64_t ticket) {
     st->step_stats.wait_seconds += now_s() - t0;
     pthread_mutex_unlock(&st->mu);
     LOOM_CHECK(e == LOOM_OK, e, "%s", msg);
-    return LOOM_OK;
+    return unstage(st, ticket);
 }
 
 int loom_offload_done(loom_offload *st, int64_t ticket) {
@@ -349,6 +406,8 @@ void loom_offload_free(loom_offload **pst) {
         pthread_cond_destroy(&st->cv_work);
         pthread_cond_destroy(&st->cv_done);
     }
+    for (int64_t k = 0; k < st->n_stg; k++) free(st->stg[k].host);
+    free(st->stg);
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) {
         if (st->fd[s] >= 0) close(st->fd[s]);
         for (int64_t c = 0; st->pin[s] && c < st->n_chunks; c++) /* loom_mem_free skips NULL */
@@ -364,6 +423,7 @@ int loom_offload_holds(const loom_offload *st, loom_offload_stream s) { return (
 int64_t loom_offload_chunk_floats(const loom_offload *st) { return st->chunk; }
 int64_t loom_offload_num_chunks(const loom_offload *st) { return st->n_chunks; }
 float *loom_offload_pinned(loom_offload *st, loom_offload_stream s, int64_t c) {
+    if (st->opt.be && !loom_backend_host_accessible(st->opt.be)) return NULL; /* kernels cannot use host RAM */
     return st->pin[s] && c >= 0 && c < st->n_chunks ? st->pin[s][c] : NULL;
 }
 int64_t loom_offload_pinned_bytes(const loom_offload *st) { return st->pinned_bytes; }

@@ -127,9 +127,9 @@ static loom_status init_range(const loom_optim_config *c, loom_backend *be, loom
     }
     o->streamed = streamed;
     size_t bytes = (size_t)o->size * sizeof(float);
-    loom_status st = streamed ? LOOM_OK : loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
+    loom_status st = streamed ? LOOM_OK : loom_buf_alloc(be, mem, LOOM_MEM_OPTIM, bytes, (void **)&o->m);
     if (st == LOOM_OK && !streamed && (c->kind == LOOM_OPTIM_ADAMW || c->kind == LOOM_OPTIM_LAMB))
-        st = loom_mem_alloc(mem, LOOM_MEM_OPTIM, bytes, (void **)&o->v);
+        st = loom_buf_alloc(be, mem, LOOM_MEM_OPTIM, bytes, (void **)&o->v);
     if (st != LOOM_OK) {
         loom_optim_free(&o);
         loom_error_trace(__FILE__, __LINE__, __func__);
@@ -143,8 +143,8 @@ void loom_optim_free(loom_optim **po) {
     if (!po || !*po) return;
     loom_optim *o = *po;
     size_t bytes = (size_t)o->size * sizeof(float);
-    loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->m, bytes);
-    loom_mem_free(o->mem, LOOM_MEM_OPTIM, o->v, bytes);
+    loom_buf_free(o->be, o->mem, LOOM_MEM_OPTIM, o->m, bytes);
+    loom_buf_free(o->be, o->mem, LOOM_MEM_OPTIM, o->v, bytes);
     free(o->norms);
     free(o);
     *po = NULL;
@@ -211,7 +211,8 @@ static loom_status sum_over_ranks(const loom_optim *o, const loom_model *model, 
 }
 
 static loom_status range_grad_norm(loom_optim *o, loom_model *model, const float *g, double *norm) {
-    double ss = loom_optim_grad_sumsq(o, model, o->begin, o->end, g);
+    double ss;
+    LOOM_CALL(loom_optim_grad_sumsq(o, model, o->begin, o->end, g, &ss));
     LOOM_CALL(sum_over_ranks(o, model, &ss));
     *norm = sqrt(ss);
     return LOOM_OK;
@@ -253,11 +254,13 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
             float *p = params + (lo - o->begin), *m = o->m + (lo - o->begin), *v = o->v ? o->v + (lo - o->begin) : NULL;
             const float *g = grads + (lo - o->begin);
             const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
-            o->norms[2 * i] = loom_k_sum_squares(o->be, p, hi - lo);
+            LOOM_CALL(loom_k_sum_squares(o->be, &(loom_sum_squares_args){p, hi - lo, &o->norms[2 * i]}));
             if (c->kind == LOOM_OPTIM_LAMB)
-                o->norms[2 * i + 1] = loom_k_lamb_moments(o->be, p, g, m, v, hi - lo, (float)c->beta1, (float)c->beta2,
-                                                          (float)c->eps, wd, bc1, bc2, (float)clip);
-            else o->norms[2 * i + 1] = loom_k_sum_squares(o->be, g, hi - lo);
+                LOOM_CALL(loom_k_lamb_moments(o->be, &(loom_lamb_moments_args){.p = p, .g = g, .m = m, .v = v, .n = hi - lo,
+                                              .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps,
+                                              .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2,
+                                              .grad_scale = (float)clip, .result = &o->norms[2 * i + 1]}));
+            else LOOM_CALL(loom_k_sum_squares(o->be, &(loom_sum_squares_args){g, hi - lo, &o->norms[2 * i + 1]}));
             if (!counts_on_tp(model, pi)) o->norms[2 * i] = o->norms[2 * i + 1] = 0.0;
         }
         if (o->comm) LOOM_CALL(loom_comm_allreduce_sum_f64(o->comm, o->norms, 2 * np));
@@ -272,24 +275,23 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
         const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
         switch (c->kind) {
         case LOOM_OPTIM_ADAMW:
-            loom_k_adamw(o->be, p, g, m, v, n, (float)lr, (float)c->beta1, (float)c->beta2, (float)c->eps, wd, bc1, bc2,
-                         (float)clip);
+            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)clip}));
             break;
         case LOOM_OPTIM_LAMB: {
             double pn = sqrt(o->norms[2 * i]), rn = sqrt(o->norms[2 * i + 1]);
             double trust = (pn > 0 && rn > 0) ? pn / rn : 1.0;
-            loom_k_lamb_apply(o->be, p, m, v, n, (float)c->eps, wd, bc1, bc2, (float)(lr * trust));
+            LOOM_CALL(loom_k_lamb_apply(o->be, &(loom_lamb_apply_args){.p = p, .m = m, .v = v, .n = n, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = (float)(lr * trust)}));
             break;
         }
         case LOOM_OPTIM_SGD:
-            loom_k_sgd(o->be, p, g, m, n, (float)lr, (float)c->momentum, c->nesterov, wd, (float)clip, step == 0);
+            LOOM_CALL(loom_k_sgd(o->be, &(loom_sgd_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)lr, .momentum = (float)c->momentum, .nesterov = c->nesterov, .weight_decay = wd, .grad_scale = (float)clip, .first_step = step == 0}));
             break;
         case LOOM_OPTIM_LARS: {
             double pn = sqrt(o->norms[2 * i]);
             double gn = clip * sqrt(o->norms[2 * i + 1]);
             double denom = gn + (double)wd * pn;
             double local = (pn > 0 && denom > 0) ? c->trust_coef * pn / denom : 1.0;
-            loom_k_lars(o->be, p, g, m, n, (float)(lr * local), (float)c->momentum, wd, (float)clip);
+            LOOM_CALL(loom_k_lars(o->be, &(loom_lars_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)(lr * local), .momentum = (float)c->momentum, .weight_decay = wd, .grad_scale = (float)clip}));
             break;
         }
         }
@@ -297,14 +299,18 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
     return LOOM_OK;
 }
 
-double loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, const float *g) {
-    double ss = 0.0;
+loom_status loom_optim_grad_sumsq(const loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, const float *g,
+                                  double *ss) {
+    *ss = 0.0;
     for (int i = 0; i < loom_model_num_param_infos(model); i++) {
         const loom_param_info *p = loom_model_param_info(model, i);
         const int64_t a = p->offset > lo ? p->offset : lo, b = p->offset + p->numel < hi ? p->offset + p->numel : hi;
-        if (a < b && counts_here(model, p)) ss += loom_k_sum_squares(o->be, g + (a - lo), b - a);
+        double part;
+        if (a >= b || !counts_here(model, p)) continue;
+        LOOM_CALL(loom_k_sum_squares(o->be, &(loom_sum_squares_args){g + (a - lo), b - a, &part}));
+        *ss += part;
     }
-    return ss;
+    return LOOM_OK;
 }
 
 loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t step, double ss, loom_optim_stats *st) {
@@ -320,10 +326,10 @@ loom_status loom_optim_begin_streamed(loom_optim *o, loom_model *model, int64_t 
     return LOOM_OK;
 }
 
-void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p, const float *g,
-                             float *m, float *v) {
+loom_status loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo, int64_t hi, float *p,
+                                    const float *g, float *m, float *v) {
     const loom_optim_config *c = &o->cfg;
-    if (o->cur_skip) return;
+    if (o->cur_skip) return LOOM_OK;
     const double t = (double)(o->cur_step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
     for (int i = 0; i < loom_model_num_param_infos(model); i++) {
@@ -333,12 +339,11 @@ void loom_optim_update_chunk(loom_optim *o, const loom_model *model, int64_t lo,
         const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
         const int64_t k = a - lo;
         if (c->kind == LOOM_OPTIM_ADAMW)
-            loom_k_adamw(o->be, p + k, g + k, m + k, v + k, b - a, (float)o->cur_lr, (float)c->beta1, (float)c->beta2,
-                         (float)c->eps, wd, bc1, bc2, (float)o->cur_clip);
+            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p + k, .g = g + k, .m = m + k, .v = v + k, .n = b - a, .lr = (float)o->cur_lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)o->cur_clip}));
         else
-            loom_k_sgd(o->be, p + k, g + k, m + k, b - a, (float)o->cur_lr, (float)c->momentum, c->nesterov, wd,
-                       (float)o->cur_clip, o->cur_step == 0);
+            LOOM_CALL(loom_k_sgd(o->be, &(loom_sgd_args){.p = p + k, .g = g + k, .buf = m + k, .n = b - a, .lr = (float)o->cur_lr, .momentum = (float)c->momentum, .nesterov = c->nesterov, .weight_decay = wd, .grad_scale = (float)o->cur_clip, .first_step = o->cur_step == 0}));
     }
+    return LOOM_OK;
 }
 
 int loom_optim_num_state_buffers(const loom_optim *o) {

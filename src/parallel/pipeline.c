@@ -25,7 +25,8 @@ struct loom_pipeline {
     int *slot_of;          /* [m] */
     int *free_slots, n_free;
     loom_comm_req *fwd_send, *bwd_send; /* per slot: the last forward and backward send from it */
-    float *xbuf, *dybuf;   /* received activations and gradients (N x C) */
+    float *xbuf, *dybuf;   /* received activations and gradients (N x C), the model's backend's buffers */
+    loom_backend *be;
     int64_t cap_n;
     loom_pipeline_stats stats;
 };
@@ -199,8 +200,10 @@ void loom_pipeline_free(loom_pipeline **ppl) {
     free(pl->free_slots);
     free(pl->fwd_send);
     free(pl->bwd_send);
-    free(pl->xbuf);
-    free(pl->dybuf);
+    if (pl->be) {
+        loom_buf_free(pl->be, NULL, LOOM_MEM_ACTS, pl->xbuf, (size_t)pl->cap_n * sizeof(float));
+        loom_buf_free(pl->be, NULL, LOOM_MEM_ACTS, pl->dybuf, (size_t)pl->cap_n * sizeof(float));
+    }
     free(pl);
     *ppl = NULL;
 }
@@ -215,15 +218,17 @@ double loom_pipeline_bubble_theory(const loom_pipeline *pl) {
 
 /* ---- the step ---- */
 
-static loom_status buffers(loom_pipeline *pl, int64_t n) {
+static loom_status buffers(loom_pipeline *pl, const loom_model *m, int64_t n) {
     if (n <= pl->cap_n) return LOOM_OK;
-    free(pl->xbuf);
-    free(pl->dybuf);
-    pl->xbuf = malloc((size_t)n * sizeof(float));
-    pl->dybuf = malloc((size_t)n * sizeof(float));
-    LOOM_CHECK(pl->xbuf && pl->dybuf, LOOM_ERR_NOMEM, "out of memory");
-    pl->cap_n = n;
-    return LOOM_OK;
+    if (pl->be) {
+        loom_buf_free(pl->be, NULL, LOOM_MEM_ACTS, pl->xbuf, (size_t)pl->cap_n * sizeof(float));
+        loom_buf_free(pl->be, NULL, LOOM_MEM_ACTS, pl->dybuf, (size_t)pl->cap_n * sizeof(float));
+    }
+    pl->xbuf = pl->dybuf = NULL;
+    pl->cap_n = n; /* the size every free of these buffers gives */
+    pl->be = loom_model_backend(m);
+    LOOM_CALL(loom_buf_alloc(pl->be, NULL, LOOM_MEM_ACTS, (size_t)n * sizeof(float), (void **)&pl->xbuf));
+    return loom_buf_alloc(pl->be, NULL, LOOM_MEM_ACTS, (size_t)n * sizeof(float), (void **)&pl->dybuf);
 }
 
 static int tag_of(const loom_pipeline *pl, int g, int mb, int fwd) { return ((mb * pl->p * pl->v + g) * 2 + !fwd) % 32000; }
@@ -262,7 +267,7 @@ loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero
                                      double *loss_sum) {
     const int p = pl->p, r = pl->r, K = p * pl->v;
     const int64_t N = B * T, NC = loom_model_boundary_floats(m, B, T);
-    LOOM_CALL(buffers(pl, NC));
+    LOOM_CALL(buffers(pl, m, NC));
     pl->stats.idle_s = 0.0;
     const double t_start = now_s();
     pl->n_free = 0;
@@ -328,7 +333,7 @@ loom_status loom_pipeline_eval(loom_pipeline *pl, loom_model *m, const int32_t *
                                int64_t B, int64_t T, double *loss) {
     const int p = pl->p, r = pl->r, K = p * pl->v;
     const int64_t NC = loom_model_boundary_floats(m, B, T);
-    LOOM_CALL(buffers(pl, NC));
+    LOOM_CALL(buffers(pl, m, NC));
     loom_model_use_slot(m, 0);
     double l_out = 0.0;
     for (int c = 0; c < pl->v; c++) {

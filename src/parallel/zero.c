@@ -6,18 +6,18 @@
  *   grads:  stage < 2 a whole buffer; stage >= 2 a slice buffer plus such a mapping for unit gradients
  * The mappings keep the model's indexing (params + offset) unchanged: only residency changes.
  * With the node-shared transport (stages 0-1) the whole gradient buffer (and at stage 1 the parameter
- * buffer) is this rank's segment of a shared window instead, with the flags that order the ranks. */
+ * buffer) is this rank's segment of a shared window instead, with the flags that order the ranks; that
+ * needs a backend whose kernels address host memory (the CPU).
+ * Every buffer is the backend's; host memory meets it only through copies (checkpoints, initial values). */
 #include <string.h>
 #include <stdlib.h>
-#include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "loom/log.h"
 #include "loom/parallel.h"
 
 enum { UNIT_ABSENT = 0, UNIT_READING, UNIT_GATHERING, UNIT_RESIDENT };
-enum { OWN_MEM = 1, OWN_MAP, OWN_SHM };
+enum { OWN_BUF = 1, OWN_MAP, OWN_SHM };
 
 typedef struct {
     int unit;
@@ -39,7 +39,7 @@ struct loom_zero {
     float *pshard, *gshard; /* this rank's slice (aliases into pfull/gfull below the sharding stage) */
     float *rs_tmp;          /* stage >= 2: reduce-scatter results, slice-indexed */
     size_t map_bytes;       /* size of each whole-size mapping */
-    int owns_pfull, owns_gfull; /* 0: the model's; OWN_MEM, OWN_MAP or OWN_SHM */
+    int owns_pfull, owns_gfull; /* 0: the model's; OWN_BUF, OWN_MAP or OWN_SHM */
     /* stage 3 parameter residency */
     int *pstate;
     loom_comm_req *preq;
@@ -58,7 +58,6 @@ struct loom_zero {
     int n_queue, queue_head;
     int64_t *counts;        /* scratch [N] */
     loom_zero_stats stats;
-    loom_comm *tp_self;     /* the model's one-rank tp communicator when none was given */
     /* the memory manager (NULL: everything in RAM). The store's position 0 is flat position olo. */
     loom_offload *off;
     int off_pg;             /* stage 3: the slice's parameters and gradients are in the store too */
@@ -82,19 +81,10 @@ static void unit_counts(loom_zero *z, int64_t a, int64_t b) {
     for (int r = 0; r < N; r++) z->counts[r] = max64(0, min64(b, z->slice_lo[r + 1]) - max64(a, z->slice_lo[r]));
 }
 
-static loom_status map_whole(size_t bytes, float **out) {
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    LOOM_CHECK(p != MAP_FAILED, LOOM_ERR_NOMEM, "cannot reserve %zu bytes of address space", bytes);
-    *out = p;
-    return LOOM_OK;
-}
-
-/* Returns the pages wholly inside [a, b) of a mapping to the OS (boundary pages, shared with the
+/* Returns the pages wholly inside [a, b) of a whole-size mapping (boundary pages, shared with the
  * neighbouring units, stay; their stale part is overwritten before the next use). */
-static void drop_range(float *base, int64_t a, int64_t b) {
-    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t lo = ((uintptr_t)(base + a) + pg - 1) / pg * pg, hi = (uintptr_t)(base + b) / pg * pg;
-    if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
+static void drop_range(loom_zero *z, float *base, int64_t a, int64_t b) {
+    loom_buf_discard(z->be, base + a, (size_t)(b - a) * sizeof(float));
 }
 
 static int64_t unit_bytes(const loom_zero *z, int u) { return (z->unit_lo[u + 1] - z->unit_lo[u]) * 4; }
@@ -128,7 +118,7 @@ static loom_status gather_start(loom_zero *z, int u) {
     }
     /* in-place all-gather: this rank's part first goes to its place in the whole buffer */
     const int64_t lo = max64(a, z->begin), hi = min64(b, z->end);
-    if (hi > lo) memcpy(z->pfull + lo, z->pshard + (lo - z->begin), (size_t)(hi - lo) * sizeof(float));
+    if (hi > lo) LOOM_CALL(loom_buf_copy(z->be, z->pfull + lo, z->pshard + (lo - z->begin), (size_t)(hi - lo) * sizeof(float)));
     unit_counts(z, a, b);
     LOOM_CALL(loom_comm_iallgather_f32(z->dp, z->pfull + a, z->counts, &z->preq[u]));
     z->pstate[u] = UNIT_GATHERING;
@@ -174,33 +164,15 @@ static loom_status wait_flag(loom_zero *z, int rank, int slot, const char *op) {
     return LOOM_OK;
 }
 
-/* This rank's slice of unit u, summed over the ranks in rank order (so every rank's sums are the same
- * numbers whichever rank computes them), written into its own gradients. */
+/* This rank's share of unit u's sum over the ranks (loom_comm_shm_reduce): the me-th of N equal parts of the
+ * unit (every unit is split, so the ranks' work stays even through the backward pass whichever rank owns
+ * which slice), written to every rank's gradients (ZeRO-0) or the slice owner's (ZeRO-1). */
 static void shm_reduce_unit(loom_zero *z, int u) {
     const int N = loom_comm_size(z->dp), me = loom_comm_rank(z->dp);
-    /* this rank's share of the work: the me-th of N equal parts of the unit (every unit is split, so the
-     * ranks' work stays even through the backward pass whichever rank owns which slice) */
     const int64_t a = z->unit_lo[u], len = z->unit_lo[u + 1] - a;
     const int64_t lo = a + len * me / N / 16 * 16, hi = me == N - 1 ? a + len : a + len * (me + 1) / N / 16 * 16;
     const double t0 = now_s();
-    enum { CHUNK = 2048 }; /* 8 KiB of partial sums stay in L1 while the peers stream past */
-    float acc[CHUNK];
-    for (int64_t i0 = lo; i0 < hi; i0 += CHUNK) {
-        const int64_t m = min64(CHUNK, hi - i0);
-        const float *g0 = grads_of(z, 0) + i0, *g1 = grads_of(z, 1) + i0;
-        for (int64_t i = 0; i < m; i++) acc[i] = g0[i] + g1[i];
-        for (int q = 2; q < N; q++) {
-            const float *g = grads_of(z, q) + i0;
-            for (int64_t i = 0; i < m; i++) acc[i] += g[i];
-        }
-        /* the sums go where they are needed: ZeRO-0 every rank's gradients, ZeRO-1 the slice owner's; only
-         * this rank reads or writes these positions until it posts REDUCED */
-        for (int q = 0; q < N; q++) {
-            const int64_t s0 = z->stage == 0 ? i0 : max64(i0, z->slice_lo[q]);
-            const int64_t s1 = z->stage == 0 ? i0 + m : min64(i0 + m, z->slice_lo[q + 1]);
-            if (s1 > s0) memcpy(grads_of(z, q) + s0, acc + (s0 - i0), (size_t)(s1 - s0) * sizeof(float));
-        }
-    }
+    loom_comm_shm_reduce(z->gwin, z->flags_bytes, lo, hi, z->stage == 0 ? NULL : z->slice_lo);
     z->stats.comm_work_s += now_s() - t0;
     loom_comm_count(z->dp, LOOM_COLL_REDUCE_SCATTER, unit_bytes(z, u));
 }
@@ -229,7 +201,7 @@ static loom_status shm_gather_params(loom_zero *z) {
         LOOM_CALL(wait_flag(z, q, SLOT_UPDATED(z), "shared-memory all-gather"));
         const double t0 = now_s();
         const int64_t a = z->slice_lo[q], b = z->slice_lo[q + 1];
-        memcpy(z->pfull + a, params_of(z, q) + a, (size_t)(b - a) * sizeof(float));
+        memcpy(z->pfull + a, params_of(z, q) + a, (size_t)(b - a) * sizeof(float)); /* host memory (see above) */
         z->stats.comm_work_s += now_s() - t0;
     }
     loom_comm_count(z->dp, LOOM_COLL_ALLGATHER, (z->end - z->begin) * 4);
@@ -268,7 +240,7 @@ static loom_status hook_params_needed(void *ctx, int u, int dir) {
 static loom_status hook_params_done(void *ctx, int u) {
     loom_zero *z = ctx;
     if (z->stage < 3 || z->pinned || z->pstate[u] != UNIT_RESIDENT) return LOOM_OK;
-    drop_range(z->pfull, z->unit_lo[u], z->unit_lo[u + 1]);
+    drop_range(z, z->pfull, z->unit_lo[u], z->unit_lo[u + 1]);
     z->pstate[u] = UNIT_ABSENT;
     loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, -unit_bytes(z, u));
     return LOOM_OK;
@@ -279,7 +251,7 @@ static loom_status hook_params_done(void *ctx, int u) {
 /* ---- the memory manager: unit gradients into the store ---- */
 
 static void release_unit_grads(loom_zero *z, int u) {
-    drop_range(z->gfull, z->unit_lo[u], z->unit_lo[u + 1]);
+    drop_range(z, z->gfull, z->unit_lo[u], z->unit_lo[u + 1]);
     if (z->gres[u]) {
         z->gres[u] = 0;
         loom_mem_track(z->mem, LOOM_MEM_WORKSPACE, -unit_bytes(z, u));
@@ -301,8 +273,12 @@ static loom_status finish_grad_write(loom_zero *z) {
  * until the write is waited for: with one rank it is the unit's own pages (dropped then, u >= 0). */
 static loom_status grads_to_store(loom_zero *z, int u, int64_t lo, int64_t hi, const float *src) {
     while (z->n_gw >= 2) LOOM_CALL(finish_grad_write(z));
+    double ss;
     if (z->micro == 0) {
-        if (z->last_micro && hi > lo) z->gsumsq += loom_optim_grad_sumsq(z->opt, z->model, lo, hi, src);
+        if (z->last_micro && hi > lo) {
+            LOOM_CALL(loom_optim_grad_sumsq(z->opt, z->model, lo, hi, src, &ss));
+            z->gsumsq += ss;
+        }
         z->gw_ticket[z->n_gw] = hi > lo ? loom_offload_write(z->off, LOOM_OFF_GRADS, lo - z->olo, hi - z->olo, src) : 0;
         z->gw_unit[z->n_gw++] = u;
         return LOOM_OK;
@@ -312,8 +288,11 @@ static loom_status grads_to_store(loom_zero *z, int u, int64_t lo, int64_t hi, c
     for (int64_t a = lo; a < hi; a += C) {
         const int64_t b = min64(a + C, hi);
         LOOM_CALL(loom_offload_wait(z->off, loom_offload_read(z->off, LOOM_OFF_GRADS, a - z->olo, b - z->olo, acc)));
-        for (int64_t i = 0; i < b - a; i++) acc[i] += src[a - lo + i];
-        if (z->last_micro) z->gsumsq += loom_optim_grad_sumsq(z->opt, z->model, a, b, acc);
+        LOOM_CALL(loom_k_add(z->be, &(loom_add_args){acc, acc, src + (a - lo), b - a}));
+        if (z->last_micro) {
+            LOOM_CALL(loom_optim_grad_sumsq(z->opt, z->model, a, b, acc, &ss));
+            z->gsumsq += ss;
+        }
         LOOM_CALL(loom_offload_wait(z->off, loom_offload_write(z->off, LOOM_OFF_GRADS, a - z->olo, b - z->olo, acc)));
     }
     if (u >= 0) release_unit_grads(z, u);
@@ -334,9 +313,8 @@ static loom_status reduce_scatter_done(loom_zero *z, int u) {
     } else if (hi > lo) {
         float *dst = z->gshard + (lo - z->begin);
         const float *src = z->rs_tmp + (lo - z->begin);
-        if (z->micro == 0) memcpy(dst, src, (size_t)(hi - lo) * sizeof(float));
-        else
-            for (int64_t i = 0; i < hi - lo; i++) dst[i] += src[i];
+        if (z->micro == 0) LOOM_CALL(loom_buf_copy(z->be, dst, src, (size_t)(hi - lo) * sizeof(float)));
+        else LOOM_CALL(loom_k_add(z->be, &(loom_add_args){dst, dst, src, hi - lo}));
     }
     release_unit_grads(z, u);
     return LOOM_OK;
@@ -520,7 +498,7 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     } else if (b->stage < 3) { /* what stays in RAM: parameters, gradients (and their reduce-scatter results) */
         b->working_set += loom_zero_state_bytes(b->stage, n, S, 0) + (b->stage == 2 ? 4 * S : 0);
     }
-    const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, NULL, NULL};
+    const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, NULL, NULL, NULL};
     if (zo->mem_budget >= b->working_set)
         loom_offload_plan_pins(&oo, b->store_floats, b->mask, loom_offload_default_cost, b->working_set, b->pinned);
     return LOOM_OK;
@@ -528,13 +506,14 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
 
 static loom_status offload_setup(loom_zero *z, const loom_zero_options *zo, const loom_zero_budget *b) {
     const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, zo->offload_dir ? zo->offload_dir : ".",
-                                     zo->mem_trace};
+                                     zo->mem_trace, z->be};
     LOOM_CALL(loom_offload_init(&oo, z->ohi - z->olo, b->mask, loom_offload_default_cost, b->working_set, z->mem,
                                 &z->off));
     for (int k = 0; k < 2; k++)
         for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
             if (b->mask & (1 << s))
-                LOOM_CALL(loom_mem_alloc(z->mem, LOOM_MEM_WORKSPACE, (size_t)b->chunk_bytes, (void **)&z->stage_buf[k][s]));
+                LOOM_CALL(loom_buf_alloc(z->be, z->mem, LOOM_MEM_WORKSPACE, (size_t)b->chunk_bytes,
+                                         (void **)&z->stage_buf[k][s]));
     z->stage_bytes = (size_t)b->chunk_bytes;
     return LOOM_OK;
 }
@@ -567,18 +546,21 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->mem = mem;
     loom_status st;
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
-    const int try_shm = N > 1 && zo->transport != LOOM_DP_MPI && !offload;
+    /* node-shared segments are host memory: kernels must address it (the CPU backend) */
+    const int host = loom_backend_host_accessible(be);
+    const int try_shm = N > 1 && zo->transport != LOOM_DP_MPI && !offload && host;
     LOOM_CHECK_GOTO(st, zo->transport != LOOM_DP_SHM || stage <= 1, LOOM_ERR_CONFIG, fail,
                     "the shared-memory dp transport serves ZeRO stages 0 and 1 (stage %d reduces through MPI)", stage);
-    int flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
-                (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0);
-    loom_comm *tp = zo->tp;
-    if (!tp) {
-        LOOM_CALL_GOTO(st, loom_comm_init_self(&z->tp_self), fail);
-        tp = z->tp_self;
-    }
-    if (zo->part) LOOM_CALL_GOTO(st, loom_model_init_part(mc, zo->part, be, tp, mem, flags, &z->model), fail);
-    else LOOM_CALL_GOTO(st, loom_model_init(mc, be, tp, mem, flags, &z->model), fail);
+    LOOM_CHECK_GOTO(st, zo->transport != LOOM_DP_SHM || host, LOOM_ERR_CONFIG, fail,
+                    "the shared-memory dp transport needs buffers in host memory; the %s backend's are not (use mpi)",
+                    loom_backend_name(be));
+    const loom_model_options mo = {
+        .flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
+                 (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0),
+        .tp = zo->tp, .sp = zo->sp, .parts = zo->parts, .tp_seq_parallel = zo->tp_seq_parallel,
+        .precision = zo->precision};
+    if (zo->part) LOOM_CALL_GOTO(st, loom_model_init_part(mc, zo->part, be, mem, &mo, &z->model), fail);
+    else LOOM_CALL_GOTO(st, loom_model_init(mc, be, mem, &mo, &z->model), fail);
     z->n = loom_model_buffer_size(z->model);
     z->slice_lo = calloc((size_t)N + 1, sizeof(int64_t));
     z->counts = calloc((size_t)N, sizeof(int64_t));
@@ -608,11 +590,11 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
         }
     }
     if (try_shm && stage <= 1 && !z->gwin) { /* no shared segments after all: this rank's own buffers */
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, z->map_bytes, (void **)&z->gfull), fail);
-        z->owns_gfull = OWN_MEM;
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, z->map_bytes, (void **)&z->gfull), fail);
+        z->owns_gfull = OWN_BUF;
         if (stage == 1) {
-            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, z->map_bytes, (void **)&z->pfull), fail);
-            z->owns_pfull = OWN_MEM;
+            LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, z->map_bytes, (void **)&z->pfull), fail);
+            z->owns_pfull = OWN_BUF;
         }
     }
     z->off_pg = offload && stage >= 3;
@@ -620,24 +602,24 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
     z->ohi = stage == 0 ? z->n : z->end;
     if (z->off_pg && N > 1) { /* one unit's part of the reduce-scatter at a time */
         z->rs_unit_floats = budget.rs_unit_floats;
-        LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)(z->rs_unit_floats + 1) * sizeof(float),
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_WORKSPACE, (size_t)(z->rs_unit_floats + 1) * sizeof(float),
                                           (void **)&z->rs_unit), fail);
     }
     if (stage >= 3) {
-        LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->pfull), fail);
+        LOOM_CALL_GOTO(st, loom_buf_reserve(be, z->map_bytes, (void **)&z->pfull), fail);
         z->owns_pfull = OWN_MAP;
         if (!z->off_pg)
-            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_PARAMS, (size_t)slice * sizeof(float), (void **)&z->pshard), fail);
+            LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, (size_t)slice * sizeof(float), (void **)&z->pshard), fail);
     } else {
         if (!z->owns_pfull) z->pfull = loom_model_params(z->model);
         z->pshard = z->pfull + z->begin;
     }
     if (stage >= 2) {
-        LOOM_CALL_GOTO(st, map_whole(z->map_bytes, &z->gfull), fail);
+        LOOM_CALL_GOTO(st, loom_buf_reserve(be, z->map_bytes, (void **)&z->gfull), fail);
         z->owns_gfull = OWN_MAP;
         if (!z->off_pg) {
-            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_GRADS, (size_t)slice * sizeof(float), (void **)&z->gshard), fail);
-            LOOM_CALL_GOTO(st, loom_mem_alloc(mem, LOOM_MEM_WORKSPACE, (size_t)slice * sizeof(float), (void **)&z->rs_tmp), fail);
+            LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, (size_t)slice * sizeof(float), (void **)&z->gshard), fail);
+            LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_WORKSPACE, (size_t)slice * sizeof(float), (void **)&z->rs_tmp), fail);
         }
     } else {
         if (!z->owns_gfull) z->gfull = loom_model_grads(z->model);
@@ -671,20 +653,20 @@ void loom_zero_free(loom_zero **pz) {
     loom_optim_free(&z->opt);
     loom_offload_free(&z->off); /* waits for its requests first: they may read the mappings below */
     for (int k = 0; k < 2; k++)
-        for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->stage_buf[k][s], z->stage_bytes);
-    loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->rs_unit, (size_t)(z->rs_unit_floats + 1) * sizeof(float));
+        for (int s = 0; s < LOOM_OFF_N_STREAMS; s++) loom_buf_free(z->be, z->mem, LOOM_MEM_WORKSPACE, z->stage_buf[k][s], z->stage_bytes);
+    loom_buf_free(z->be, z->mem, LOOM_MEM_WORKSPACE, z->rs_unit, (size_t)(z->rs_unit_floats + 1) * sizeof(float));
     free(z->pticket);
     if (z->owns_pfull == OWN_MAP) {
-        munmap(z->pfull, z->map_bytes);
-        loom_mem_free(z->mem, LOOM_MEM_PARAMS, z->pshard, (size_t)slice * sizeof(float));
+        loom_buf_unreserve(z->be, z->pfull, z->map_bytes);
+        loom_buf_free(z->be, z->mem, LOOM_MEM_PARAMS, z->pshard, (size_t)slice * sizeof(float));
     }
     if (z->owns_gfull == OWN_MAP) {
-        munmap(z->gfull, z->map_bytes);
-        loom_mem_free(z->mem, LOOM_MEM_GRADS, z->gshard, (size_t)slice * sizeof(float));
-        loom_mem_free(z->mem, LOOM_MEM_WORKSPACE, z->rs_tmp, (size_t)slice * sizeof(float));
+        loom_buf_unreserve(z->be, z->gfull, z->map_bytes);
+        loom_buf_free(z->be, z->mem, LOOM_MEM_GRADS, z->gshard, (size_t)slice * sizeof(float));
+        loom_buf_free(z->be, z->mem, LOOM_MEM_WORKSPACE, z->rs_tmp, (size_t)slice * sizeof(float));
     }
-    if (z->owns_pfull == OWN_MEM) loom_mem_free(z->mem, LOOM_MEM_PARAMS, z->pfull, z->map_bytes);
-    if (z->owns_gfull == OWN_MEM) loom_mem_free(z->mem, LOOM_MEM_GRADS, z->gfull, z->map_bytes);
+    if (z->owns_pfull == OWN_BUF) loom_buf_free(z->be, z->mem, LOOM_MEM_PARAMS, z->pfull, z->map_bytes);
+    if (z->owns_gfull == OWN_BUF) loom_buf_free(z->be, z->mem, LOOM_MEM_GRADS, z->gfull, z->map_bytes);
     if (z->pwin) {
         loom_mem_track(z->mem, LOOM_MEM_PARAMS, -(int64_t)z->map_bytes);
         loom_comm_shm_free(&z->pwin);
@@ -696,7 +678,6 @@ void loom_zero_free(loom_zero **pz) {
     }
     free(z->queue);
     loom_model_free(&z->model);
-    loom_comm_free(&z->tp_self);
     free(z->slice_lo);
     free(z->counts);
     free(z->unit_lo);
@@ -738,10 +719,7 @@ loom_status loom_zero_read_slice(loom_zero *z, int which, int64_t lo, int64_t hi
                hi <= z->end - z->begin, LOOM_ERR_INVALID_ARG, "bad slice read %d [%lld, %lld)", which, (long long)lo,
                (long long)hi);
     float *ram = loom_zero_slice_ptr(z, which);
-    if (ram) {
-        memcpy(dst, ram + lo, (size_t)(hi - lo) * sizeof(float));
-        return LOOM_OK;
-    }
+    if (ram) return loom_buf_download(z->be, dst, ram + lo, (size_t)(hi - lo) * sizeof(float));
     const int64_t a = z->begin + lo - z->olo;
     return loom_offload_wait(z->off, loom_offload_read(z->off, which_stream(which), a, a + hi - lo, dst));
 }
@@ -750,14 +728,35 @@ loom_status loom_zero_read_slice(loom_zero *z, int which, int64_t lo, int64_t hi
 typedef loom_status (*fill_fn)(void *ctx, const char *section, int64_t a, int64_t b, float *buf);
 static loom_status store_fill(loom_zero *z, loom_offload_stream s, const char *section, int64_t lo, int64_t hi,
                               fill_fn fill, void *ctx) {
-    float *buf = z->stage_buf[0][s];
     const int64_t C = loom_offload_chunk_floats(z->off);
-    for (int64_t a = lo; a < hi; a += C) {
+    float *buf = malloc((size_t)C * sizeof(float)); /* host memory: fill writes it */
+    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = LOOM_OK;
+    for (int64_t a = lo; a < hi && st == LOOM_OK; a += C) {
         const int64_t b = min64(a + C, hi);
-        LOOM_CALL(fill(ctx, section, a, b, buf));
-        LOOM_CALL(loom_offload_wait(z->off, loom_offload_write(z->off, s, a - z->olo, b - z->olo, buf)));
+        st = fill(ctx, section, a, b, buf);
+        if (st == LOOM_OK) st = loom_offload_wait(z->off, loom_offload_write(z->off, s, a - z->olo, b - z->olo, buf));
     }
-    return LOOM_OK;
+    free(buf);
+    return st;
+}
+
+/* Host values into a buffer range: read(ctx, section, lo, hi, host) fills host memory; straight into the
+ * buffer where the host can address it, else through a bounded host copy. */
+static loom_status buffer_fill(loom_zero *z, const char *section, int64_t lo, int64_t hi, float *dst, fill_fn fill,
+                               void *ctx) {
+    if (loom_backend_host_accessible(z->be)) return fill(ctx, section, lo, hi, dst);
+    enum { PIECE = 4 << 20 }; /* floats */
+    float *buf = malloc((size_t)min64(PIECE, hi - lo + 1) * sizeof(float));
+    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = LOOM_OK;
+    for (int64_t a = lo; a < hi && st == LOOM_OK; a += PIECE) {
+        const int64_t b = min64(a + PIECE, hi);
+        st = fill(ctx, section, a, b, buf);
+        if (st == LOOM_OK) st = loom_buf_upload(z->be, dst + (a - lo), buf, (size_t)(b - a) * sizeof(float));
+    }
+    free(buf);
+    return st;
 }
 
 typedef struct {
@@ -776,24 +775,24 @@ loom_status loom_zero_init_weights(loom_zero *z, uint64_t seed) {
         init_ctx ic = {z, seed};
         return store_fill(z, LOOM_OFF_PARAMS, "params", z->begin, z->end, fill_init, &ic);
     }
-    if (z->stage >= 3) loom_model_init_weights_range(z->model, seed, z->begin, z->end, z->pshard);
-    else loom_model_init_weights(z->model, seed);
-    return LOOM_OK;
+    if (z->stage < 3) return loom_model_init_weights(z->model, seed);
+    init_ctx ic = {z, seed};
+    return buffer_fill(z, "params", z->begin, z->end, z->pshard, fill_init, &ic);
 }
 
 loom_status loom_zero_load(loom_zero *z, loom_zero_reader read, void *ctx) {
     if (z->off) { /* through the store, a chunk at a time */
         if (z->off_pg) LOOM_CALL(store_fill(z, LOOM_OFF_PARAMS, "params", z->begin, z->end, read, ctx));
-        else LOOM_CALL(read(ctx, "params", 0, z->n, z->pfull));
+        else LOOM_CALL(buffer_fill(z, "params", 0, z->n, z->pfull, read, ctx));
         for (int i = 0; i < loom_optim_num_state_buffers(z->opt); i++)
             LOOM_CALL(store_fill(z, which_stream(i + 1), i == 0 ? "optim.0" : "optim.1", z->olo, z->ohi, read, ctx));
         return LOOM_OK;
     }
-    if (z->stage >= 3) LOOM_CALL(read(ctx, "params", z->begin, z->end, z->pshard));
-    else LOOM_CALL(read(ctx, "params", 0, z->n, z->pfull));
+    if (z->stage >= 3) LOOM_CALL(buffer_fill(z, "params", z->begin, z->end, z->pshard, read, ctx));
+    else LOOM_CALL(buffer_fill(z, "params", 0, z->n, z->pfull, read, ctx));
     for (int i = 0; i < loom_optim_num_state_buffers(z->opt); i++) {
         const int64_t b = z->stage == 0 ? 0 : z->begin, e = z->stage == 0 ? z->n : z->end;
-        LOOM_CALL(read(ctx, i == 0 ? "optim.0" : "optim.1", b, e, loom_optim_state_buffer(z->opt, i)));
+        LOOM_CALL(buffer_fill(z, i == 0 ? "optim.0" : "optim.1", b, e, loom_optim_state_buffer(z->opt, i), read, ctx));
     }
     return LOOM_OK;
 }
@@ -856,9 +855,7 @@ static float *update_operand(loom_zero *z, loom_offload_stream s, int64_t c, int
  * queued for writing. The two staging sets alternate; the queue runs in order, so chunk c + 2's reads into
  * c's set start only after c's writes from it are done. */
 static loom_status offload_update(loom_zero *z, int64_t step, loom_optim_stats *st) {
-    if (!z->off_pg) {
-        z->gsumsq = loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, ram_grads_at(z, z->olo));
-    }
+    if (!z->off_pg) LOOM_CALL(loom_optim_grad_sumsq(z->opt, z->model, z->olo, z->ohi, ram_grads_at(z, z->olo), &z->gsumsq));
     loom_optim_stats own;
     if (!st) st = &own;
     LOOM_CALL(loom_optim_begin_streamed(z->opt, z->model, step, z->gsumsq, st));
@@ -880,8 +877,8 @@ static loom_status offload_update(loom_zero *z, int64_t step, loom_optim_stats *
         const int k = (int)(d & 1);
         const int64_t lo = z->olo + d * C, hi = min64(lo + C, z->ohi);
         LOOM_CALL(loom_offload_wait(z->off, ticket[k]));
-        loom_optim_update_chunk(z->opt, z->model, lo, hi, ptr[k][LOOM_OFF_PARAMS], ptr[k][LOOM_OFF_GRADS],
-                                ptr[k][LOOM_OFF_M], ptr[k][LOOM_OFF_V]);
+        LOOM_CALL(loom_optim_update_chunk(z->opt, z->model, lo, hi, ptr[k][LOOM_OFF_PARAMS], ptr[k][LOOM_OFF_GRADS],
+                                          ptr[k][LOOM_OFF_M], ptr[k][LOOM_OFF_V]));
         for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
             if (s != LOOM_OFF_GRADS && ptr[k][s] == z->stage_buf[k][s] && ptr[k][s])
                 (void)loom_offload_write(z->off, (loom_offload_stream)s, lo - z->olo, hi - z->olo, ptr[k][s]);

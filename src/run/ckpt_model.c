@@ -22,11 +22,22 @@ loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_
     LOOM_CALL_GOTO(st, loom_json_parse(sb.buf, sb.len, &j), fail);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), fail);
-    LOOM_CALL_GOTO(st, loom_model_init(&mc, be, comm, mem, 0, &m), fail);
-    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_buffer_size(m), LOOM_ERR_MISMATCH, fail,
+    const loom_model_options mo = {.tp = comm};
+    LOOM_CALL_GOTO(st, loom_model_init(&mc, be, mem, &mo, &m), fail);
+    const int64_t n = loom_model_buffer_size(m);
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, fail,
                     "%s holds %lld floats of parameters, its model config needs %lld", loom_run_ckpt_path(c),
-                    (long long)loom_run_ckpt_size(c), (long long)loom_model_buffer_size(m));
-    LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, loom_model_buffer_size(m), loom_model_params(m)), fail);
+                    (long long)loom_run_ckpt_size(c), (long long)n);
+    if (loom_backend_host_accessible(be)) {
+        LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, n, loom_model_params(m)), fail);
+    } else { /* read on the host, then into the backend's buffer */
+        float *host = malloc((size_t)n * sizeof(float));
+        LOOM_CHECK_GOTO(st, host != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
+        st = loom_run_ckpt_read(c, "params", 0, n, host);
+        if (st == LOOM_OK) st = loom_buf_upload(be, loom_model_params(m), host, (size_t)n * sizeof(float));
+        free(host);
+        LOOM_CALL_GOTO(st, st, fail);
+    }
     loom_run_ckpt_close(&c);
     loom_strbuf_free(&sb);
     *model = m;

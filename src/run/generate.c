@@ -94,10 +94,11 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     int64_t max_len = n_prompt + sc->max_tokens;
     if (max_len > cfg->max_seq_len) max_len = cfg->max_seq_len;
     LOOM_CALL(loom_model_kv_reset(m, max_len));
-    float *scratch = malloc((size_t)V * 2 * sizeof(float));
+    float *scratch = malloc((size_t)V * 2 * sizeof(float)), *logits = malloc((size_t)V * sizeof(float));
     int32_t *gen = malloc((size_t)(sc->max_tokens + 1) * sizeof(int32_t));
-    if (!scratch || !gen) {
+    if (!scratch || !gen || !logits) {
         free(scratch);
+        free(logits);
         free(gen);
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
@@ -106,10 +107,9 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     gs.prompt_tokens = n_prompt;
     loom_rng rng;
     loom_rng_seed(&rng, sc->seed);
-    const float *logits = NULL;
     loom_status st = LOOM_OK;
     double t0 = now_s();
-    for (int64_t i = 0; i < n_prompt && st == LOOM_OK; i++) st = loom_model_kv_step(m, prompt[i], &logits);
+    for (int64_t i = 0; i < n_prompt && st == LOOM_OK; i++) st = loom_model_kv_step(m, prompt[i], logits);
     gs.prefill_seconds = now_s() - t0;
     t0 = now_s();
     const int32_t eot = tok ? loom_tokenizer_eot(tok) : -1;
@@ -132,15 +132,16 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
             for (int64_t i = keep - 1; i >= 1 && st == LOOM_OK; i--) {
                 int64_t back = n - 1 - i; /* the tokens before `next`: gen, or the prompt before it */
                 if (back < -n_prompt) continue;
-                st = loom_model_kv_step(m, back >= 0 ? gen[back] : prompt[n_prompt + back], &logits);
+                st = loom_model_kv_step(m, back >= 0 ? gen[back] : prompt[n_prompt + back], logits);
             }
             if (st != LOOM_OK) break;
         }
-        st = loom_model_kv_step(m, next, &logits);
+        st = loom_model_kv_step(m, next, logits);
     }
     gs.decode_seconds = now_s() - t0;
     gs.generated_tokens = n;
     free(scratch);
+    free(logits);
     if (st != LOOM_OK) {
         free(gen);
         loom_error_trace(__FILE__, __LINE__, __func__);

@@ -68,6 +68,7 @@ static const option options[] = {
     {"train.seq_len", OPT_INT, T(seq_len), 0, NULL, "sequence length T (--seq-len)"},
     {"train.grad_accum", OPT_INT, T(grad_accum), 0, NULL, "micro-batches per optimizer step (--grad-accum)"},
     {"train.threads", OPT_INT, T(threads), 0, NULL, "threads, 0 = all cores (--threads)"},
+    {"train.device", OPT_STRING, T(device), S(device), NULL, "backend: cpu, cuda (when built with the CUDA toolkit), or cpu-isolated (tests: the CPU kernels over memory the host code cannot touch) (--device)"},
     {"train.data", OPT_STRING, T(data), S(data), NULL, "synthetic | text file | directory of text files | .bin uint16 tokens (--data)"},
     {"train.val_fraction", OPT_FLOAT, T(val_fraction), 0, NULL, "tail of the data held out for validation"},
     {"train.eval_interval", OPT_INT, T(eval_interval), 0, NULL, "steps between validations (0 = at the end only)"},
@@ -117,6 +118,7 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->seq_len = c->model.max_seq_len < 64 ? c->model.max_seq_len : 64;
     t->grad_accum = 1;
     t->threads = 0;
+    snprintf(t->device, sizeof t->device, "cpu");
     snprintf(t->data, sizeof t->data, "synthetic");
     t->val_fraction = 0.1;
     t->eval_interval = 0;

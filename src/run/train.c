@@ -199,30 +199,39 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
     loom_zero_slice(tr->zero, &begin, &end);
     float *slices[3];
     for (int k = 0; k < 3; k++) slices[k] = loom_zero_slice_ptr(tr->zero, k);
-    /* state the memory manager keeps outside RAM is pulled from it a piece at a time */
+    /* a buffer the host addresses is written as it is; otherwise (the backend's memory elsewhere, or state the
+     * memory manager keeps in files) each section is pulled a piece at a time */
+    const int host = loom_backend_host_accessible(tr->be);
     const int n_state = loom_optim_num_state_buffers(tr->opt);
     slice_fill fills[3];
     loom_ckpt_section secs[3];
     for (int k = 0; k < 3; k++) {
         fills[k] = (slice_fill){tr->zero, k};
-        secs[k] = (loom_ckpt_section){NULL, slices[k], (end - begin) * 4, NULL, NULL};
-        if (!slices[k] && k <= n_state) {
+        secs[k] = (loom_ckpt_section){NULL, host ? slices[k] : NULL, (end - begin) * 4, NULL, NULL};
+        if ((!host || !slices[k]) && k <= n_state) {
             secs[k].fill = fill_slice;
             secs[k].ctx = &fills[k];
         }
     }
-    loom_status st;
-    float *canon = NULL;
+    loom_status st = LOOM_OK;
+    float *canon = NULL, *tmp = NULL;
     const int assembled = tr->tp > 1 || tr->pp > 1;
     if (assembled) { /* tensor/pipeline parallel: the one-rank layout, assembled over the world, by rank 0 */
         const int64_t nc = loom_model_canonical_size(tr->model);
         canon = malloc((size_t)(3 * nc) * sizeof(float));
-        st = canon ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+        if (!host) tmp = malloc((size_t)(end - begin + 1) * sizeof(float)); /* a slice, in host memory */
+        if (!canon || (!host && !tmp)) st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
         for (int k = 0; k < 3 && st == LOOM_OK; k++)
             if (slices[k]) {
-                st = canonical_gather(tr, slices[k], begin, end, canon + k * nc);
+                const float *src = slices[k];
+                if (!host) {
+                    st = loom_zero_read_slice(tr->zero, k, 0, end - begin, tmp);
+                    src = tmp;
+                }
+                if (st == LOOM_OK) st = canonical_gather(tr, src, begin, end, canon + k * nc);
                 slices[k] = canon + k * nc;
             }
+        free(tmp);
         if (st != LOOM_OK) {
             free(canon);
             loom_strbuf_free(&meta);
@@ -241,7 +250,7 @@ static loom_status save_checkpoint(trainer *tr, int64_t step) {
         };
         int n = 2;
         for (int i = 0; i < 3; i++) {
-            if (assembled) secs[i] = (loom_ckpt_section){NULL, slices[i], pbytes, NULL, NULL};
+            if (assembled) secs[i] = (loom_ckpt_section){NULL, slices[i], pbytes, NULL, NULL}; /* host copies */
             if (!secs[i].data && !secs[i].fill) continue;
             s[n] = secs[i];
             s[n++].name = i == 0 ? "params" : i == 1 ? "optim.0" : "optim.1";
@@ -622,6 +631,7 @@ loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_
     loom_mem_init(&tr.mem);
     loom_status st;
     loom_backend_config bc = loom_backend_config_default();
+    bc.device = t->device;
     bc.threads = (int)t->threads;
     bc.blas_coretype = t->blas_coretype;
     tr.world = world;
@@ -632,6 +642,7 @@ loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_
     LOOM_CALL_GOTO(st, loom_backend_init(&bc, &tr.be), done);
     loom_comm_set_timeout(tr.world, t->comm_timeout);
     loom_comm_set_interrupt(tr.world, &stop_signal);
+    loom_comm_set_backend(tr.world, tr.be); /* every axis split from it stages this backend's buffers if need be */
     tr.root = loom_comm_rank(tr.world) == 0;
     if (!tr.root && loom_log_get_level() > LOOM_LOG_WARN) loom_log_set_level(LOOM_LOG_WARN); /* rank 0 reports */
     loom_mesh_shape shape;
@@ -687,22 +698,24 @@ loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_
                             strerror(errno));
         }
     }
-    const loom_zero_options zo = {(int)t->zero, t->dp_overlap, t->dp_transport, tr.mesh.tp,
-                                  tr.pp > 1 ? &tr.part : NULL, t->mem_budget, t->offload, t->mem_chunk, off_dir,
-                                  tr.mem_trace};
+    const loom_zero_options zo = {.stage = (int)t->zero, .overlap = t->dp_overlap, .transport = t->dp_transport,
+                                  .tp = tr.mesh.tp, .part = tr.pp > 1 ? &tr.part : NULL, .sp = tr.mesh.sp,
+                                  .parts = tr.pp > 1 ? tr.mesh.pp : NULL, .tp_seq_parallel = t->tp_seq_parallel,
+                                  .precision = (loom_precision)t->precision, .mem_budget = t->mem_budget,
+                                  .offload = t->offload, .mem_chunk = t->mem_chunk, .offload_dir = off_dir,
+                                  .mem_trace = tr.mem_trace};
+    LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || t->zero < 3, LOOM_ERR_UNSUPPORTED, done,
+                    "--precision bf16/fp16 keeps a low-precision copy of the whole local parameters: use ZeRO 0-2 "
+                    "(and no parameter offload)");
     LOOM_CALL_GOTO(st, loom_zero_init(&tr.model_cfg, &rc->optim, &zo, tr.red, tr.be, &tr.mem, &tr.zero), done);
     tr.model = loom_zero_model(tr.zero);
     tr.opt = loom_zero_optim(tr.zero);
     if (t->precision == LOOM_PRECISION_FP16) tr.loss_scale = t->loss_scale; /* a resumed run continues its own */
-    if (tr.sp > 1) loom_model_set_sequence_parallel(tr.model, tr.mesh.sp);
-    if (t->tp_seq_parallel) loom_model_set_tp_sequence_parallel(tr.model, 1);
     LOOM_CHECK_GOTO(st, t->precision == LOOM_PRECISION_FP32 || loom_zero_stage(tr.zero) < 3, LOOM_ERR_UNSUPPORTED, done,
                     "--precision bf16/fp16 keeps a low-precision copy of the whole local parameters: use ZeRO 0-2 "
                     "(and no parameter offload)");
-    LOOM_CALL_GOTO(st, loom_model_set_precision(tr.model, (loom_precision)t->precision), done);
     int slots = 1;
     if (tr.pp > 1) {
-        loom_model_set_parts_comm(tr.model, tr.mesh.pp);
         LOOM_CALL_GOTO(st, loom_pipeline_init(tr.mesh.pp, rc->model.tie_embeddings ? tr.embed : NULL,
                                               (loom_pp_schedule)t->pp_schedule, (int)t->pp_virtual, (int)t->grad_accum,
                                               &tr.pipe), done);
@@ -740,7 +753,7 @@ loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_
     } else {
         LOOM_CALL_GOTO(st, loom_zero_init_weights(tr.zero, (uint64_t)t->seed), done);
     }
-    loom_model_refresh_low_precision(tr.model); /* bf16: the working copy of the weights */
+    LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr.model), done); /* bf16: the working copy of the weights */
     /* everything is validated: only now touch the run directory */
     LOOM_CALL_GOTO(st, mkdir_p(t->out), done);
     if (!resume && tr.root) loom_run_ckpt_move_aside(t->out);
@@ -852,7 +865,7 @@ loom_status loom_train(const loom_run_config *rc, loom_comm *world, double peak_
             tr.loss_scale *= 2.0;
             tr.loss_scale_good = 0;
         }
-        loom_model_refresh_low_precision(tr.model);
+        LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr.model), done);
         tr.tp_stats = loom_comm_get_stats(tr.mesh.tp); /* this step's tensor-parallel traffic, before any eval */
         tr.sp_stats = loom_comm_get_stats(tr.mesh.sp);
         if (tr.dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */

@@ -12,7 +12,7 @@ static inline float gelu_erf_grad(float x) {
            x * 0.3989422804014327f * loom_fast_expf(-0.5f * x * x);
 }
 
-void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
+static void cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
                                 int64_t F, int exact) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -40,7 +40,12 @@ void loom_cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const 
     }
 }
 
-void loom_cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact) {
+loom_status loom_cpu_bias_gelu_forward(loom_backend *be, const loom_bias_gelu_forward_args *a) {
+    cpu_bias_gelu_forward(be, a->pre, a->out, a->bias, a->N, a->F, a->exact);
+    return LOOM_OK;
+}
+
+static void cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact) {
     (void)be;
     if (exact) {
 #pragma omp parallel for simd schedule(static)
@@ -54,7 +59,12 @@ void loom_cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64
     }
 }
 
-void loom_cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n,
+loom_status loom_cpu_gelu_forward(loom_backend *be, const loom_gelu_forward_args *a) {
+    cpu_gelu_forward(be, a->out, a->inp, a->n, a->exact);
+    return LOOM_OK;
+}
+
+static void cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n,
                             int exact) {
     (void)be;
     if (exact) {
@@ -73,7 +83,12 @@ void loom_cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, con
     }
 }
 
-void loom_cpu_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F) {
+loom_status loom_cpu_gelu_backward(loom_backend *be, const loom_gelu_backward_args *a) {
+    cpu_gelu_backward(be, a->dinp, a->inp, a->dout, a->n, a->exact);
+    return LOOM_OK;
+}
+
+static void cpu_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -87,7 +102,12 @@ void loom_cpu_swiglu_forward(loom_backend *be, float *out, const float *gu, int6
     }
 }
 
-void loom_cpu_swiglu_backward(loom_backend *be, float *dgu, const float *gu, const float *dout, int64_t N,
+loom_status loom_cpu_swiglu_forward(loom_backend *be, const loom_swiglu_forward_args *a) {
+    cpu_swiglu_forward(be, a->out, a->gu, a->N, a->F);
+    return LOOM_OK;
+}
+
+static void cpu_swiglu_backward(loom_backend *be, float *dgu, const float *gu, const float *dout, int64_t N,
                               int64_t F) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -104,7 +124,12 @@ void loom_cpu_swiglu_backward(loom_backend *be, float *dgu, const float *gu, con
     }
 }
 
-void loom_cpu_bias_add(loom_backend *be, float *x, const float *bias, int64_t N, int64_t C) {
+loom_status loom_cpu_swiglu_backward(loom_backend *be, const loom_swiglu_backward_args *a) {
+    cpu_swiglu_backward(be, a->dgu, a->gu, a->dout, a->N, a->F);
+    return LOOM_OK;
+}
+
+static void cpu_bias_add(loom_backend *be, float *x, const float *bias, int64_t N, int64_t C) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -114,7 +139,12 @@ void loom_cpu_bias_add(loom_backend *be, float *x, const float *bias, int64_t N,
     }
 }
 
-void loom_cpu_bias_backward(loom_backend *be, float *db, const float *dout, int64_t N, int64_t C,
+loom_status loom_cpu_bias_add(loom_backend *be, const loom_bias_add_args *a) {
+    cpu_bias_add(be, a->x, a->bias, a->N, a->C);
+    return LOOM_OK;
+}
+
+static void cpu_bias_backward(loom_backend *be, float *db, const float *dout, int64_t N, int64_t C,
                             int accumulate) {
     (void)be;
 #pragma omp parallel
@@ -131,14 +161,29 @@ void loom_cpu_bias_backward(loom_backend *be, float *db, const float *dout, int6
     }
 }
 
-void loom_cpu_add(loom_backend *be, float *out, const float *a, const float *b, int64_t n) {
+loom_status loom_cpu_bias_backward(loom_backend *be, const loom_bias_backward_args *a) {
+    cpu_bias_backward(be, a->db, a->dout, a->N, a->C, a->accumulate);
+    return LOOM_OK;
+}
+
+static void cpu_add(loom_backend *be, float *out, const float *a, const float *b, int64_t n) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }
 
-void loom_cpu_scale(loom_backend *be, float *x, float s, int64_t n) {
+loom_status loom_cpu_add(loom_backend *be, const loom_add_args *a) {
+    cpu_add(be, a->out, a->a, a->b, a->n);
+    return LOOM_OK;
+}
+
+static void cpu_scale(loom_backend *be, float *x, float s, int64_t n) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
     for (int64_t i = 0; i < n; i++) x[i] *= s;
+}
+
+loom_status loom_cpu_scale(loom_backend *be, const loom_scale_args *a) {
+    cpu_scale(be, a->x, a->s, a->n);
+    return LOOM_OK;
 }

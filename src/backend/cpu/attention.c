@@ -37,19 +37,37 @@ static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t r
     }
 }
 
-void loom_cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
+static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+                                        const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                        int64_t KV, int64_t hd, int causal);
+static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+                                         int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                         int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
+                                         int causal);
+
+static void cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
                                 int64_t H, int64_t KV, int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd; /* q, k and v of a position side by side */
-    loom_cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
+    cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
 }
 
-void loom_cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
+loom_status loom_cpu_attention_forward(loom_backend *be, const loom_attention_forward_args *a) {
+    cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd);
+    return LOOM_OK;
+}
+
+static void cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
                                  const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                  int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd;
     memset(dqkv, 0, (size_t)(B * T * row) * sizeof(float));
-    loom_cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
+    cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
                                       KV, hd, 1);
+}
+
+loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_backward_args *a) {
+    cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd);
+    return LOOM_OK;
 }
 
 /* ---- one block of queries against one block of keys and values (ring attention) ----
@@ -57,7 +75,7 @@ void loom_cpu_attention_backward(loom_backend *be, float *dqkv, const float *dou
  * column g*hd and value at (KV+g)*hd. causal: the two blocks cover the same positions (key j visible to
  * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). */
 
-void loom_cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
                                       const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
                                       int64_t KV, int64_t hd, int causal) {
     const int64_t group = H / KV, C = H * hd;
@@ -73,16 +91,21 @@ void loom_cpu_attention_block_forward(loom_backend *be, float *out, float *lse, 
                 const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
                 for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
                     const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
-                    loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, q + (b * Tq + i0) * qs + h * hd, qs, K, kvs, 0.0f, s, n);
+                    loom_cpu_sgemm(be, 0, 1, rows, n, hd, 1.0f, q + (b * Tq + i0) * qs + h * hd, qs, K, kvs, 0.0f, s, n);
                     softmax_rows(s, n, lse + (b * H + h) * Tq + i0, i0, rows, scale, causal);
-                    loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, s, n, V, kvs, 0.0f, out + (b * Tq + i0) * C + h * hd, C);
+                    loom_cpu_sgemm(be, 0, 0, rows, hd, n, 1.0f, s, n, V, kvs, 0.0f, out + (b * Tq + i0) * C + h * hd, C);
                 }
             }
         free(s);
     }
 }
 
-void loom_cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attention_block_forward_args *a) {
+    cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
+    return LOOM_OK;
+}
+
+static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
                                        int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
                                        int causal) {
@@ -104,8 +127,8 @@ void loom_cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, 
                         const float *Q = q + (b * Tq + i0) * qs + h * hd;
                         const float *dO = dout + (b * Tq + i0) * C + h * hd, *O = out + (b * Tq + i0) * C + h * hd;
                         const float *L = lse + (b * H + h) * Tq + i0;
-                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, Q, qs, K, kvs, 0.0f, p, n);  /* S */
-                        loom_cpu_matmul(be, 0, 1, rows, n, hd, 1.0f, dO, C, V, kvs, 0.0f, dp, n); /* dP */
+                        loom_cpu_sgemm(be, 0, 1, rows, n, hd, 1.0f, Q, qs, K, kvs, 0.0f, p, n);  /* S */
+                        loom_cpu_sgemm(be, 0, 1, rows, n, hd, 1.0f, dO, C, V, kvs, 0.0f, dp, n); /* dP */
                         for (int64_t r = 0; r < rows; r++) {
                             float *pr = p + r * n, *dpr = dp + r * n;
                             const float *dor = dO + r * C, *orow = O + r * C;
@@ -123,9 +146,9 @@ void loom_cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, 
                             for (int64_t j = valid; j < n; j++) pr[j] = dpr[j] = 0.0f;
                         }
                         /* dQ_blk += dS K; dK += dS^T Q_blk; dV += P^T dO_blk */
-                        loom_cpu_matmul(be, 0, 0, rows, hd, n, 1.0f, dp, n, K, kvs, 1.0f, dq + (b * Tq + i0) * qs + h * hd, qs);
-                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, dp, n, Q, qs, 1.0f, dK, kvs);
-                        loom_cpu_matmul(be, 1, 0, n, hd, rows, 1.0f, p, n, dO, C, 1.0f, dV, kvs);
+                        loom_cpu_sgemm(be, 0, 0, rows, hd, n, 1.0f, dp, n, K, kvs, 1.0f, dq + (b * Tq + i0) * qs + h * hd, qs);
+                        loom_cpu_sgemm(be, 1, 0, n, hd, rows, 1.0f, dp, n, Q, qs, 1.0f, dK, kvs);
+                        loom_cpu_sgemm(be, 1, 0, n, hd, rows, 1.0f, p, n, dO, C, 1.0f, dV, kvs);
                     }
             }
         free(p);
@@ -133,7 +156,12 @@ void loom_cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, 
     }
 }
 
-void loom_cpu_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
+loom_status loom_cpu_attention_block_backward(loom_backend *be, const loom_attention_block_backward_args *a) {
+    cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
+    return LOOM_OK;
+}
+
+static void cpu_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
                               int64_t B, int64_t T, int64_t H, int64_t hd) {
     (void)be;
     const int64_t C = H * hd;
@@ -151,4 +179,45 @@ void loom_cpu_attention_merge(loom_backend *be, float *out, float *lse, const fl
                 for (int64_t d = 0; d < hd; d++) o[d] = (o[d] * wa + ob[d] * wb) * inv;
                 *la = m + logf(wa + wb);
             }
+}
+
+loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merge_args *a) {
+    cpu_attention_merge(be, a->out, a->lse, a->out_b, a->lse_b, a->B, a->T, a->H, a->hd);
+    return LOOM_OK;
+}
+
+/* One query position against n cached ones: per head, scores, a max-subtracted softmax, the weighted sum of
+ * values (heads in parallel; each head's arithmetic in a fixed order). */
+loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
+    (void)be;
+    const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, ld = a->ld;
+    float *scores = malloc((size_t)(H * n) * sizeof(float));
+    LOOM_CHECK(scores != NULL, LOOM_ERR_NOMEM, "out of memory for %lld attention scores", (long long)(H * n));
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) if (H * n * hd > 65536)
+    for (int64_t h = 0; h < H; h++) {
+        const float *q = a->q + h * hd;
+        const int64_t off = (h / group) * hd;
+        float *s = scores + h * n, mx = -INFINITY;
+        for (int64_t j = 0; j < n; j++) {
+            const float *k = a->k + j * ld + off;
+            float d = 0.0f;
+            for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
+            s[j] = d * scale;
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            s[j] = expf(s[j] - mx);
+            sum += s[j];
+        }
+        float *o = a->out + h * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int64_t j = 0; j < n; j++) {
+            const float *v = a->v + j * ld + off, w = s[j] / sum;
+            for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
+        }
+    }
+    free(scores);
+    return LOOM_OK;
 }

@@ -46,10 +46,10 @@ static void builtin_sgemm(int ta, int tb, int64_t M, int64_t N, int64_t K, float
     }
 }
 
-void loom_cpu_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                     const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
-                     int64_t ldc) {
-    cpu_blas *blas = be->impl;
+void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                    const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                    int64_t ldc) {
+    cpu_blas *blas = be->blas;
     if (M == 0 || N == 0) return;
     /* BLAS takes int sizes: split along M (rows of C) where a dimension would not fit. The model's
      * sizes are far below 2^31; K and N over 2^31 are refused at model construction. */
@@ -68,11 +68,17 @@ void loom_cpu_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int
 }
 
 static void run_gemm(loom_backend *be, const loom_gemm *g) {
-    loom_cpu_matmul(be, g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C,
+    loom_cpu_sgemm(be, g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C,
                     g->ldc);
 }
 
-void loom_cpu_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm *b) {
+loom_status loom_cpu_matmul(loom_backend *be, const loom_gemm *g) {
+    run_gemm(be, g);
+    return LOOM_OK;
+}
+
+loom_status loom_cpu_matmul_pair(loom_backend *be, const loom_matmul_pair_args *p) {
+    const loom_gemm *a = &p->a, *b = &p->b;
 #ifdef _OPENMP
     /* Inside a parallel region OpenBLAS's OpenMP build runs single-threaded, so on exactly two threads each
      * product gets one core. Other thread counts split each product over all threads, one after the other. */
@@ -82,11 +88,12 @@ void loom_cpu_matmul_pair(loom_backend *be, const loom_gemm *a, const loom_gemm 
             if (omp_get_thread_num() == 0) run_gemm(be, a);
             else run_gemm(be, b);
         }
-        return;
+        return LOOM_OK;
     }
 #endif
     run_gemm(be, a);
     run_gemm(be, b);
+    return LOOM_OK;
 }
 
 static void cpu_blas_free(void *p) {
@@ -208,7 +215,7 @@ loom_status loom_cpu_blas_load(const loom_backend_config *cfg, loom_backend *be)
         else
             LOOM_INFO("GEMM: OpenBLAS kernel %s", cn);
     }
-    be->impl = blas;
-    be->impl_free = cpu_blas_free;
+    be->blas = blas;
+    be->blas_free = cpu_blas_free;
     return LOOM_OK;
 }

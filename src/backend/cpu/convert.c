@@ -5,7 +5,7 @@
  * gradual underflow, as fp16 storage on any hardware. */
 #include "cpu_impl.h"
 
-void loom_cpu_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
+static void cpu_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
                          int64_t cols) {
     (void)be;
 #pragma omp parallel for schedule(static) if (rows * cols > 65536)
@@ -14,4 +14,9 @@ void loom_cpu_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const flo
         float *d = dst + i * ld_dst;
         for (int64_t j = 0; j < cols; j++) d[j] = (float)(_Float16)s[j];
     }
+}
+
+loom_status loom_cpu_round_fp16(loom_backend *be, const loom_round_fp16_args *a) {
+    cpu_round_fp16(be, a->dst, a->ld_dst, a->src, a->ld_src, a->rows, a->cols);
+    return LOOM_OK;
 }

@@ -61,64 +61,20 @@ static inline float loom_fast_tanhf(float x) {
     return 1.0f - 2.0f / (loom_fast_expf(2.0f * x) + 1.0f);
 }
 
-void loom_cpu_matmul(loom_backend *, int, int, int64_t, int64_t, int64_t, float, const float *, int64_t,
-                     const float *, int64_t, float, float *, int64_t);
-void loom_cpu_matmul_pair(loom_backend *, const loom_gemm *, const loom_gemm *);
-void loom_cpu_layernorm_forward(loom_backend *, float *, float *, float *, const float *, const float *,
-                                const float *, int64_t, int64_t, float);
-void loom_cpu_layernorm_backward(loom_backend *, float *, float *, float *, const float *, const float *,
-                                 const float *, const float *, const float *, int64_t, int64_t, int);
-void loom_cpu_rmsnorm_forward(loom_backend *, float *, float *, const float *, const float *, int64_t, int64_t,
-                              float);
-void loom_cpu_rmsnorm_backward(loom_backend *, float *, float *, const float *, const float *, const float *,
-                               const float *, int64_t, int64_t, int);
-void loom_cpu_bias_gelu_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t, int);
-void loom_cpu_gelu_forward(loom_backend *, float *, const float *, int64_t, int);
-void loom_cpu_gelu_backward(loom_backend *, float *, const float *, const float *, int64_t, int);
-void loom_cpu_swiglu_forward(loom_backend *, float *, const float *, int64_t, int64_t);
-void loom_cpu_swiglu_backward(loom_backend *, float *, const float *, const float *, int64_t, int64_t);
-void loom_cpu_bias_add(loom_backend *, float *, const float *, int64_t, int64_t);
-void loom_cpu_bias_backward(loom_backend *, float *, const float *, int64_t, int64_t, int);
-void loom_cpu_add(loom_backend *, float *, const float *, const float *, int64_t);
-void loom_cpu_rope(loom_backend *, float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t,
-                   int64_t, int);
-void loom_cpu_attention_forward(loom_backend *, float *, float *, const float *, int64_t, int64_t, int64_t,
-                                int64_t, int64_t);
-void loom_cpu_attention_block_forward(loom_backend *, float *, float *, const float *, int64_t, const float *,
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int);
-void loom_cpu_attention_block_backward(loom_backend *, float *, float *, const float *, const float *, int64_t,
-                                       const float *, int64_t, const float *, const float *, int64_t, int64_t,
-                                       int64_t, int64_t, int64_t, int64_t, int);
-void loom_cpu_attention_merge(loom_backend *, float *, float *, const float *, const float *, int64_t, int64_t,
-                              int64_t, int64_t);
-void loom_cpu_attention_backward(loom_backend *, float *, const float *, const float *, const float *,
-                                 const float *, int64_t, int64_t, int64_t, int64_t, int64_t);
-void loom_cpu_embedding_forward(loom_backend *, float *, const int32_t *, const float *, const float *, int64_t,
-                                int64_t, int64_t);
-void loom_cpu_embedding_backward(loom_backend *, float *, float *, const float *, const int32_t *, int64_t,
-                                 int64_t, int64_t, int64_t, int, int);
-void loom_cpu_softmax_cross_entropy(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, float);
+/* every kernel of LOOM_KERNELS: loom_status loom_cpu_<name>(loom_backend *, const loom_<name>_args *) */
+#define LOOM_CPU_KERNEL_DECLARE(name, category, flops) \
+    loom_status loom_cpu_##name(loom_backend *be, const loom_##name##_args *a);
+LOOM_KERNELS(LOOM_CPU_KERNEL_DECLARE)
+#undef LOOM_CPU_KERNEL_DECLARE
+
+/* the fp32 GEMM itself (OpenBLAS, else a plain loop), for kernels built on products */
+void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
+                    int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
+/* loads OpenBLAS (required unless "builtin") and oneDNN (optional) */
+LOOM_NODISCARD loom_status loom_cpu_blas_load(const loom_backend_config *cfg, loom_backend *be);
 void loom_cpu_bf16_load(loom_backend *be);
-loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                                 const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
-                                 int64_t ldc);
-void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n);
-void loom_cpu_round_fp16(loom_backend *be, float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t rows,
-                         int64_t cols);
-void loom_cpu_ce_row_max(loom_backend *, const float *, int64_t, int64_t, float *);
-void loom_cpu_ce_row_sums(loom_backend *, const float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
-                          float *);
-void loom_cpu_ce_finish(loom_backend *, float *, float *, const int32_t *, int64_t, int64_t, int64_t, const float *,
-                        const float *, float);
-double loom_cpu_sum_squares(loom_backend *, const float *, int64_t);
-void loom_cpu_scale(loom_backend *, float *, float, int64_t);
-void loom_cpu_adamw(loom_backend *, float *, const float *, float *, float *, int64_t, float, float, float,
-                    float, float, float, float, float);
-double loom_cpu_lamb_moments(loom_backend *, const float *, const float *, float *, float *, int64_t, float,
-                             float, float, float, float, float, float);
-void loom_cpu_lamb_apply(loom_backend *, float *, const float *, const float *, int64_t, float, float, float,
-                         float, float);
-void loom_cpu_sgd(loom_backend *, float *, const float *, float *, int64_t, float, float, int, float, float,
-                  int);
-void loom_cpu_lars(loom_backend *, float *, const float *, float *, int64_t, float, float, float, float);
+/* host memory as the backend's buffers (malloc'ed, reserved with MAP_NORESERVE) */
+void loom_cpu_buffer_ops(loom_backend *be);
+/* fills the kernel table and the threads; the CPU backend and the isolated one share it */
+LOOM_NODISCARD loom_status loom_cpu_setup(const loom_backend_config *cfg, loom_backend *be);
 #endif

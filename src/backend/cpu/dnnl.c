@@ -199,7 +199,7 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
+static void cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; i++) {
@@ -214,7 +214,12 @@ void loom_cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int
     }
 }
 
-loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+loom_status loom_cpu_f32_to_bf16(loom_backend *be, const loom_f32_to_bf16_args *a) {
+    cpu_f32_to_bf16(be, a->dst, a->src, a->n);
+    return LOOM_OK;
+}
+
+static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                                  const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
                                  int64_t ldc) {
     if (onednn_matmul(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return LOOM_OK;
@@ -227,10 +232,14 @@ loom_status loom_cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, in
             for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = bf16_to_f32(A[i * lda + j]);
         for (int64_t i = 0; i < rb; i++)
             for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = bf16_to_f32(B[i * ldb + j]);
-        loom_cpu_matmul(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
+        loom_cpu_sgemm(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
     }
     free(fa);
     free(fb);
     LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the reference bf16 GEMM");
     return LOOM_OK;
+}
+
+loom_status loom_cpu_matmul_bf16(loom_backend *be, const loom_matmul_bf16_args *a) {
+    return cpu_matmul_bf16(be, a->trans_a, a->trans_b, a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
 }

@@ -2,7 +2,7 @@
  * thread walking all tokens in order, so repeated tokens add up in the same order on any thread count. */
 #include "cpu_impl.h"
 
-void loom_cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
+static void cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
                                 const float *wpe, int64_t B, int64_t T, int64_t C) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -24,7 +24,12 @@ void loom_cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tok
     }
 }
 
-void loom_cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, const float *dout,
+loom_status loom_cpu_embedding_forward(loom_backend *be, const loom_embedding_forward_args *a) {
+    cpu_embedding_forward(be, a->out, a->tokens, a->wte, a->wpe, a->B, a->T, a->C);
+    return LOOM_OK;
+}
+
+static void cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, const float *dout,
                                  const int32_t *tokens, int64_t B, int64_t T, int64_t C, int64_t V,
                                  int accumulate_wte, int accumulate_wpe) {
     (void)be;
@@ -56,4 +61,9 @@ void loom_cpu_embedding_backward(loom_backend *be, float *dwte, float *dwpe, con
                 }
             }
     }
+}
+
+loom_status loom_cpu_embedding_backward(loom_backend *be, const loom_embedding_backward_args *a) {
+    cpu_embedding_backward(be, a->dwte, a->dwpe, a->dout, a->tokens, a->B, a->T, a->C, a->V, a->accumulate_wte, a->accumulate_wpe);
+    return LOOM_OK;
 }

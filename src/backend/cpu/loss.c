@@ -3,7 +3,7 @@
  * stored separately. */
 #include "cpu_impl.h"
 
-void loom_cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
+static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
                                     int64_t N, int64_t V, float grad_scale) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -32,7 +32,12 @@ void loom_cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *loss
     }
 }
 
-void loom_cpu_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *out) {
+loom_status loom_cpu_softmax_cross_entropy(loom_backend *be, const loom_softmax_cross_entropy_args *a) {
+    cpu_softmax_cross_entropy(be, a->logits, a->losses, a->targets, a->N, a->V, a->grad_scale);
+    return LOOM_OK;
+}
+
+static void cpu_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64_t V, float *out) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -44,7 +49,12 @@ void loom_cpu_ce_row_max(loom_backend *be, const float *logits, int64_t N, int64
     }
 }
 
-void loom_cpu_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
+loom_status loom_cpu_ce_row_max(loom_backend *be, const loom_ce_row_max_args *a) {
+    cpu_ce_row_max(be, a->logits, a->N, a->V, a->mx);
+    return LOOM_OK;
+}
+
+static void cpu_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
                           int64_t v0, const float *mx, float *sums) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -60,7 +70,12 @@ void loom_cpu_ce_row_sums(loom_backend *be, const float *logits, const int32_t *
     }
 }
 
-void loom_cpu_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
+loom_status loom_cpu_ce_row_sums(loom_backend *be, const loom_ce_row_sums_args *a) {
+    cpu_ce_row_sums(be, a->logits, a->targets, a->N, a->V, a->v0, a->mx, a->sums);
+    return LOOM_OK;
+}
+
+static void cpu_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
                         int64_t v0, const float *mx, const float *sums, float grad_scale) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -81,4 +96,9 @@ void loom_cpu_ce_finish(loom_backend *be, float *logits, float *losses, const in
             if (t >= 0 && t < V) x[t] -= grad_scale;
         }
     }
+}
+
+loom_status loom_cpu_ce_finish(loom_backend *be, const loom_ce_finish_args *a) {
+    cpu_ce_finish(be, a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale);
+    return LOOM_OK;
 }

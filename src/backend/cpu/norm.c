@@ -3,7 +3,7 @@
  * not depend on the thread count. dinp accumulates (+=): it is the residual stream's gradient. */
 #include "cpu_impl.h"
 
-void loom_cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
+static void cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
                                 const float *w, const float *b, int64_t N, int64_t C, float eps) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -25,7 +25,12 @@ void loom_cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float
     }
 }
 
-void loom_cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float *db, const float *dout,
+loom_status loom_cpu_layernorm_forward(loom_backend *be, const loom_layernorm_forward_args *a) {
+    cpu_layernorm_forward(be, a->out, a->mean, a->rstd, a->inp, a->w, a->b, a->N, a->C, a->eps);
+    return LOOM_OK;
+}
+
+static void cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float *db, const float *dout,
                                  const float *inp, const float *w, const float *mean, const float *rstd,
                                  int64_t N, int64_t C, int accumulate) {
     (void)be;
@@ -72,7 +77,12 @@ void loom_cpu_layernorm_backward(loom_backend *be, float *dinp, float *dw, float
     }
 }
 
-void loom_cpu_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const float *inp, const float *w,
+loom_status loom_cpu_layernorm_backward(loom_backend *be, const loom_layernorm_backward_args *a) {
+    cpu_layernorm_backward(be, a->dinp, a->dw, a->db, a->dout, a->inp, a->w, a->mean, a->rstd, a->N, a->C, a->accumulate);
+    return LOOM_OK;
+}
+
+static void cpu_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const float *inp, const float *w,
                               int64_t N, int64_t C, float eps) {
     (void)be;
 #pragma omp parallel for schedule(static)
@@ -89,7 +99,12 @@ void loom_cpu_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const f
     }
 }
 
-void loom_cpu_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
+loom_status loom_cpu_rmsnorm_forward(loom_backend *be, const loom_rmsnorm_forward_args *a) {
+    cpu_rmsnorm_forward(be, a->out, a->rstd, a->inp, a->w, a->N, a->C, a->eps);
+    return LOOM_OK;
+}
+
+static void cpu_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const float *dout, const float *inp,
                                const float *w, const float *rstd, int64_t N, int64_t C, int accumulate) {
     (void)be;
 #pragma omp parallel
@@ -117,4 +132,9 @@ void loom_cpu_rmsnorm_backward(loom_backend *be, float *dinp, float *dw, const f
             for (int64_t c = c0; c < c1; c++) dw[c] += dy[c] * x[c] * r;
         }
     }
+}
+
+loom_status loom_cpu_rmsnorm_backward(loom_backend *be, const loom_rmsnorm_backward_args *a) {
+    cpu_rmsnorm_backward(be, a->dinp, a->dw, a->dout, a->inp, a->w, a->rstd, a->N, a->C, a->accumulate);
+    return LOOM_OK;
 }

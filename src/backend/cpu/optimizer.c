@@ -9,7 +9,7 @@
 
 /* Blocked sum of squares: each fixed-size block is summed in double, then the block sums in order, so the
  * bits do not depend on the thread count. */
-double loom_cpu_sum_squares(loom_backend *be, const float *x, int64_t n) {
+static double cpu_sum_squares(loom_backend *be, const float *x, int64_t n) {
     (void)be;
     int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
     double stack_part[64];
@@ -37,7 +37,12 @@ double loom_cpu_sum_squares(loom_backend *be, const float *x, int64_t n) {
     return total;
 }
 
-void loom_cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float lr,
+loom_status loom_cpu_sum_squares(loom_backend *be, const loom_sum_squares_args *a) {
+    *a->result = cpu_sum_squares(be, a->x, a->n);
+    return LOOM_OK;
+}
+
+static void cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float lr,
                     float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
     (void)be;
     const float decay = 1.0f - lr * wd, step = lr / bc1, bc2s = sqrtf(bc2);
@@ -51,6 +56,11 @@ void loom_cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float 
         v[i] = vi;
         p[i] = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
     }
+}
+
+loom_status loom_cpu_adamw(loom_backend *be, const loom_adamw_args *a) {
+    cpu_adamw(be, a->p, a->g, a->m, a->v, a->n, a->lr, a->beta1, a->beta2, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->grad_scale);
+    return LOOM_OK;
 }
 
 /* One block of LAMB's first pass: updates m and v, returns the block's sum of r^2. */
@@ -69,7 +79,7 @@ static double lamb_block(const float *p, const float *g, float *m, float *v, int
     return s;
 }
 
-double loom_cpu_lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n,
+static double cpu_lamb_moments(loom_backend *be, const float *p, const float *g, float *m, float *v, int64_t n,
                              float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
     (void)be;
     int64_t nb = (n + SUM_BLOCK - 1) / SUM_BLOCK;
@@ -91,7 +101,12 @@ double loom_cpu_lamb_moments(loom_backend *be, const float *p, const float *g, f
     return total;
 }
 
-void loom_cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, int64_t n, float eps,
+loom_status loom_cpu_lamb_moments(loom_backend *be, const loom_lamb_moments_args *a) {
+    *a->result = cpu_lamb_moments(be, a->p, a->g, a->m, a->v, a->n, a->beta1, a->beta2, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->grad_scale);
+    return LOOM_OK;
+}
+
+static void cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, int64_t n, float eps,
                          float wd, float bc1, float bc2, float step) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
@@ -101,7 +116,12 @@ void loom_cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float
     }
 }
 
-void loom_cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
+loom_status loom_cpu_lamb_apply(loom_backend *be, const loom_lamb_apply_args *a) {
+    cpu_lamb_apply(be, a->p, a->m, a->v, a->n, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->step);
+    return LOOM_OK;
+}
+
+static void cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
                   int nesterov, float wd, float gs, int first_step) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
@@ -116,7 +136,12 @@ void loom_cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_
     }
 }
 
-void loom_cpu_lars(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr_local,
+loom_status loom_cpu_sgd(loom_backend *be, const loom_sgd_args *a) {
+    cpu_sgd(be, a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->nesterov, a->weight_decay, a->grad_scale, a->first_step);
+    return LOOM_OK;
+}
+
+static void cpu_lars(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr_local,
                    float momentum, float wd, float gs) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
@@ -126,4 +151,9 @@ void loom_cpu_lars(loom_backend *be, float *p, const float *g, float *buf, int64
         buf[i] = b;
         p[i] -= b;
     }
+}
+
+loom_status loom_cpu_lars(loom_backend *be, const loom_lars_args *a) {
+    cpu_lars(be, a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->weight_decay, a->grad_scale);
+    return LOOM_OK;
 }

@@ -2,7 +2,7 @@
  * element i + hd/2. Applied in place to the q and k heads of the fused qkv rows. */
 #include "cpu_impl.h"
 
-void loom_cpu_rope(loom_backend *be, float *qkv, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
+static void cpu_rope(loom_backend *be, float *qkv, const float *cos_t, const float *sin_t, int64_t B, int64_t T,
                    int64_t H, int64_t KV, int64_t hd, int inverse) {
     (void)be;
     int64_t half = hd / 2, row = (H + 2 * KV) * hd, nheads = H + KV;
@@ -21,4 +21,9 @@ void loom_cpu_rope(loom_backend *be, float *qkv, const float *cos_t, const float
             }
         }
     }
+}
+
+loom_status loom_cpu_rope(loom_backend *be, const loom_rope_args *a) {
+    cpu_rope(be, a->qkv, a->cos_t, a->sin_t, a->B, a->T, a->H, a->KV, a->hd, a->inverse);
+    return LOOM_OK;
 }
