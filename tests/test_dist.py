@@ -45,6 +45,8 @@ AdamW steps the losses drift apart by at most ~1e-5 here. TOL = 2e-4 absolute on
 the loss by > 1e-2 within a step or two).
 
 Usage: test_dist.py LOOM [checks...]   (exit 77 = skipped: no MPI)
+Environment: LOOM_TEST_DEVICE=cpu-isolated runs every check on that backend (loom train --device); the
+node-shared transport, which needs buffers in host memory, is then left out.
 """
 import json
 import os
@@ -58,6 +60,9 @@ import time
 LOOM = os.path.abspath(sys.argv[1])
 CHECKS = sys.argv[2:] or ["equivalence", "memory", "reshard", "tensor", "sequence", "pipeline", "killed", "errors"]
 TOL = 2e-4
+DEVICE = os.environ.get("LOOM_TEST_DEVICE", "")
+DEV_ARGS = ["--device", DEVICE] if DEVICE else []
+HOST_BUFFERS = DEVICE in ("", "cpu")  # the node-shared dp transport needs them
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_dist_")
 FAMILIES = {
@@ -80,7 +85,8 @@ def mpirun(n):
 
 
 def train(n, out, args, zero=0, timeout=600, mesh=None):
-    cmd = mpirun(n) + [LOOM, "train", "--out", out, "--zero", str(zero)] + args + (["--mesh", mesh] if mesh else [])
+    cmd = mpirun(n) + [LOOM, "train", "--out", out, "--zero", str(zero)] + DEV_ARGS + args + \
+        (["--mesh", mesh] if mesh else [])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
     if r.returncode != 0:
         print(" ".join(cmd), "\n", r.stdout[-2000:], r.stderr[-3000:], file=sys.stderr)
@@ -136,7 +142,7 @@ if "equivalence" in CHECKS or "memory" in CHECKS:
     for fam, fargs in FAMILIES.items():
         for n in (1, 2, 4):
             for z, tp in [(z, tp) for z in (0, 1, 2, 3)
-                          for tp in (("shm", "mpi") if n > 1 and z <= 1 else ("auto",))]:
+                          for tp in (("shm", "mpi") if n > 1 and z <= 1 and HOST_BUFFERS else ("auto",))]:
                 out = os.path.join(W, f"{fam}-n{n}-z{z}-{tp}")
                 name = f"{fam} N={n} ZeRO-{z}" + (f" {tp}" if tp != "auto" else "")
                 rc = train(n, out, fargs + COMMON + ["--set", f"train.dp_transport={tp}"], zero=z)
@@ -297,7 +303,7 @@ if "pipeline" in CHECKS:
 
 if "killed" in CHECKS:
     out = os.path.join(W, "killed")
-    cmd = mpirun(4) + [LOOM, "train", "--out", out, "--zero", "2", "--ckpt-interval", "5"] + FAMILIES["gpt2"] + \
+    cmd = mpirun(4) + [LOOM, "train", "--out", out, "--zero", "2", "--ckpt-interval", "5"] + DEV_ARGS + FAMILIES["gpt2"] + \
         ["--steps", "100000", "--batch", "8", "--seq-len", "32", "--threads", "1", "--set", "train.progress=0"]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                          start_new_session=True)
@@ -349,7 +355,7 @@ if "errors" in CHECKS:
     def failing_run(name, out, steps, extra, env_extra=None, expect=""):
         """a 2-rank run that must fail: within 10 s, non-zero, with `expect` in the output; returns the output"""
         shm0 = shm_entries()
-        cmd = mpirun(2) + [LOOM, "train", "--out", out, "--zero", "1", "--steps", str(steps)] + ARGS + extra
+        cmd = mpirun(2) + [LOOM, "train", "--out", out, "--zero", "1", "--steps", str(steps)] + DEV_ARGS + ARGS + extra
         t0 = time.time()
         p = subprocess.Popen(cmd, env=dict(ENV, **(env_extra or {})), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, start_new_session=True)

@@ -16,7 +16,7 @@
 5. Clear errors: over budget with offload off, a budget below the working set, LAMB (not elementwise),
    tensor parallelism.
 
-Usage: test_offload.py LOOM
+Usage: test_offload.py LOOM      (LOOM_TEST_DEVICE=cpu-isolated: every run on that backend)
 """
 import json
 import os
@@ -28,6 +28,7 @@ import tempfile
 import time
 
 LOOM = os.path.abspath(sys.argv[1])
+DEV_ARGS = ["--device", os.environ["LOOM_TEST_DEVICE"]] if os.environ.get("LOOM_TEST_DEVICE") else []
 ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
 W = tempfile.mkdtemp(prefix="loom_offload_")
 fails = 0
@@ -45,7 +46,7 @@ def check(ok, what):
 def train(name, args, ranks=1, expect_ok=True):
     out = os.path.join(W, name)
     cmd = (["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] if ranks > 1 else []) + \
-        [LOOM, "-q", "train", "--out", out] + args
+        [LOOM, "-q", "train", "--out", out] + DEV_ARGS + args
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     if expect_ok and r.returncode != 0:
         check(False, f"{name}: run failed: {r.stderr.strip()[-800:]}")
@@ -111,7 +112,7 @@ args = ["--preset", "gpt2-l6", "--batch", "2", "--seq-len", "32", "--steps", "12
         "--set", "train.mem_chunk=4M"]
 straight, _ = train("kill-straight", args)
 out = os.path.join(W, "kill")
-p = subprocess.Popen([LOOM, "-q", "train", "--out", out] + args, env=ENV, stdout=subprocess.DEVNULL,
+p = subprocess.Popen([LOOM, "-q", "train", "--out", out] + DEV_ARGS + args, env=ENV, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL)
 mf = os.path.join(out, "metrics.jsonl")
 deadline = time.time() + 300

@@ -8,7 +8,8 @@ the metrics' loss_scale history; a run stopped and resumed continues the scale e
 
 Tolerance: bf16 rounds each product's operands to 8 significant bits (relative error 2^-9) while
 accumulating in fp32 and keeping fp32 master weights, so the two runs drift apart slowly; measured here the
-largest step difference is ~1e-3 on losses of 2.5-5.5. TOL = 2e-2 absolute. A wrong bf16 path (a
+largest step difference is ~1e-3 on losses of 2.5-5.5. TOL = 2e-2
+DEV_ARGS = ["--device", os.environ["LOOM_TEST_DEVICE"]] if os.environ.get("LOOM_TEST_DEVICE") else [] absolute. A wrong bf16 path (a
 transposed operand, a stale weight copy, a dropped beta) moves the loss by more than 0.1 within a few
 steps. fp16 keeps 11 significant bits (2^-12) but also rounds every product's result, which bf16 does not;
 measured its drift is smaller than bf16's.
@@ -29,7 +30,7 @@ W = tempfile.mkdtemp(prefix="loom_precision_")
 runs = {}
 for prec in ("fp32", "bf16", "fp16"):
     out = os.path.join(W, prec)
-    r = subprocess.run([LOOM, "-q", "train", "--preset", "demo", "--data", data, "--steps", "300", "--batch", "8",
+    r = subprocess.run([LOOM, "-q", "train"] + DEV_ARGS + ["--preset", "demo", "--data", data, "--steps", "300", "--batch", "8",
                         "--seq-len", "64", "--threads", "2", "--precision", prec, "--out", out,
                         "--set", "train.progress=0", "--set", "train.sample_tokens=0"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -56,7 +57,7 @@ common = ["--preset", "demo", "--data", data, "--steps", "80", "--batch", "8", "
 
 def scaled_run(name, extra):
     out = os.path.join(W, name)
-    r = subprocess.run([LOOM, "-q", "train", "--out", out] + common + extra, capture_output=True, text=True)
+    r = subprocess.run([LOOM, "-q", "train", "--out", out] + DEV_ARGS + common + extra, capture_output=True, text=True)
     if r.returncode != 0:
         print(f"FAIL {name}: {r.stderr[-600:]}")
         sys.exit(1)

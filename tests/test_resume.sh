@@ -3,7 +3,8 @@
 # weights), for both model families, with gradient accumulation, on text and synthetic data, and after a
 # real SIGINT at an arbitrary step.
 set -euo pipefail
-LOOM=${1:?usage: test_resume.sh LOOM_BINARY}
+LOOM=${1:?usage: test_resume.sh LOOM_BINARY}   # LOOM_TEST_DEVICE=cpu-isolated: every run on that backend
+dev=(); [[ -n "${LOOM_TEST_DEVICE:-}" ]] && dev=(--device "$LOOM_TEST_DEVICE")
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 seq 1 30000 > "$W/corpus.txt"
@@ -14,9 +15,9 @@ losses() { grep -o '"step":[0-9]*,"loss":[^,]*' "$1"; }
 run_case() {
   local name=$1; shift
   local common=(--threads 2 --peak-gflops 100 --steps 8 "$@")
-  "$LOOM" -q train "${common[@]}" --out "$W/$name-a" > /dev/null
-  "$LOOM" -q train "${common[@]}" --out "$W/$name-b" --stop-after 4 > /dev/null
-  "$LOOM" -q train "${common[@]}" --out "$W/$name-b" --resume > /dev/null
+  "$LOOM" -q train "${dev[@]}" "${common[@]}" --out "$W/$name-a" > /dev/null
+  "$LOOM" -q train "${dev[@]}" "${common[@]}" --out "$W/$name-b" --stop-after 4 > /dev/null
+  "$LOOM" -q train "${dev[@]}" "${common[@]}" --out "$W/$name-b" --resume > /dev/null
   check diff <(losses "$W/$name-a/metrics.jsonl") <(losses "$W/$name-b/metrics.jsonl")
   check cmp "$W/$name-a/checkpoint.bin" "$W/$name-b/checkpoint.bin"
   [[ $(losses "$W/$name-a/metrics.jsonl" | wc -l) -eq 8 ]] || { echo "FAIL: $name expected 8 loss lines"; fail=$((fail + 1)); }
@@ -30,8 +31,8 @@ run_case recompute --preset demo --data "$W/corpus.txt" --batch 2 --seq-len 32 -
 
 # A real signal: SIGINT after a few steps, then resume; the losses must match the uninterrupted run.
 args=(--threads 2 --peak-gflops 100 --preset demo --data "$W/corpus.txt" --batch 4 --seq-len 64 --steps 40)
-"$LOOM" -q train "${args[@]}" --out "$W/sig-a" > /dev/null
-"$LOOM" -q train "${args[@]}" --out "$W/sig-b" > /dev/null 2>&1 &
+"$LOOM" -q train "${dev[@]}" "${args[@]}" --out "$W/sig-a" > /dev/null
+"$LOOM" -q train "${dev[@]}" "${args[@]}" --out "$W/sig-b" > /dev/null 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do
   [[ -f "$W/sig-b/metrics.jsonl" && $(wc -l < "$W/sig-b/metrics.jsonl") -ge 3 ]] && break
@@ -46,7 +47,7 @@ else
 fi
 stopped=$(losses "$W/sig-b/metrics.jsonl" | wc -l)
 echo "interrupted after $stopped steps (exit $rc)"
-"$LOOM" -q train "${args[@]}" --out "$W/sig-b" --resume > /dev/null
+"$LOOM" -q train "${dev[@]}" "${args[@]}" --out "$W/sig-b" --resume > /dev/null
 check diff <(losses "$W/sig-a/metrics.jsonl") <(losses "$W/sig-b/metrics.jsonl")
 check cmp "$W/sig-a/checkpoint.bin" "$W/sig-b/checkpoint.bin"
 

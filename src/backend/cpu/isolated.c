@@ -57,6 +57,18 @@ static int live_at(const arena *ar, size_t off) {
     return -1;
 }
 
+/* the opened allocations' protection, adjacent ones in one call */
+static loom_status arena_protect(arena *ar, int prot) {
+    for (int k = 0; k < ar->n_open;) {
+        int e = k + 1;
+        while (e < ar->n_open && ar->open[e].lo == ar->open[e - 1].hi) e++;
+        if (mprotect(ar->base + ar->open[k].lo, ar->open[e - 1].hi - ar->open[k].lo, prot) != 0)
+            return loom_error_set(LOOM_ERR_INTERNAL, __FILE__, __LINE__, __func__, "mprotect: %s", strerror(errno));
+        k = e;
+    }
+    return LOOM_OK;
+}
+
 /* opens every allocation the argument struct `args` (bytes long) points into */
 static loom_status arena_open(arena *ar, const void *args, size_t bytes) {
     ar->n_open = 0;
@@ -69,16 +81,18 @@ static loom_status arena_open(arena *ar, const void *args, size_t bytes) {
         for (int k = 0; k < ar->n_open && !seen; k++) seen = ar->open[k].lo == ar->live[i].lo;
         if (seen) continue;
         LOOM_CHECK(ar->n_open < MAX_OPEN, LOOM_ERR_INTERNAL, "cpu-isolated: an operation on over %d buffers", MAX_OPEN);
-        const range r = ar->live[i];
-        if (mprotect(ar->base + r.lo, r.hi - r.lo, PROT_READ | PROT_WRITE) != 0)
-            return loom_error_set(LOOM_ERR_INTERNAL, __FILE__, __LINE__, __func__, "mprotect: %s", strerror(errno));
-        ar->open[ar->n_open++] = r;
+        int at = ar->n_open++; /* kept sorted, so neighbours open in one call */
+        while (at > 0 && ar->open[at - 1].lo > ar->live[i].lo) {
+            ar->open[at] = ar->open[at - 1];
+            at--;
+        }
+        ar->open[at] = ar->live[i];
     }
-    return LOOM_OK;
+    return arena_protect(ar, PROT_READ | PROT_WRITE);
 }
 
 static void arena_close(arena *ar) {
-    for (int k = 0; k < ar->n_open; k++) (void)mprotect(ar->base + ar->open[k].lo, ar->open[k].hi - ar->open[k].lo, PROT_NONE);
+    (void)arena_protect(ar, PROT_NONE);
     ar->n_open = 0;
 }
 
