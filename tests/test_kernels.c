@@ -20,6 +20,7 @@
 #include "loom/mem.h"
 #include "loom/model.h"
 #include "loom/rng.h"
+#include "loom/tensor.h"
 
 static int g_pass, g_fail;
 static loom_rng g_rng;
@@ -601,7 +602,77 @@ static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t 
     free(qkv); free(out); free(lse); free(dout); free(dqkv); free(outr); free(lser); free(dqkvr);
 }
 
+/* Ring attention's pieces against the whole sequence's reference: the second half's queries against their own
+ * keys (causal) and the first half's (all visible), merged, give the second half's rows of causal attention
+ * over all 2T positions; the two backward pieces give its dq and both halves' dk, dv (from those rows). */
+static void test_attention_blocks(loom_backend *be) {
+    const int64_t B = 2, T = 9, T2 = 2 * T, H = 4, KV = 2, hd = 6, row = (H + 2 * KV) * hd, C = H * hd, kvw = 2 * KV * hd;
+    float *qkv = fvec(B * T2 * row), *dout = fvec(B * T2 * C);
+    fill(qkv, B * T2 * row, -1.5, 1.5);
+    fill(dout, B * T2 * C, -1, 1);
+    for (int64_t b = 0; b < B; b++) /* the first half's rows carry no gradient: only the second half is checked */
+        for (int64_t i = 0; i < T * C; i++) dout[b * T2 * C + i] = 0.0f;
+    double *outr = dvec(B * T2 * C), *lser = dvec(B * H * T2), *dr = dvec(B * T2 * row);
+    ref_attention(qkv, dout, B, T2, H, KV, hd, outr, lser, dr);
+    /* the pieces as ring attention lays them out: the second half's q|k|v rows, the first half's k|v packet */
+    float *q1 = fvec(B * T * row), *kv0 = fvec(B * T * kvw), *dy1 = fvec(B * T * C);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            memcpy(q1 + (b * T + t) * row, qkv + (b * T2 + T + t) * row, (size_t)row * sizeof(float));
+            memcpy(kv0 + (b * T + t) * kvw, qkv + (b * T2 + t) * row + H * hd, (size_t)kvw * sizeof(float));
+            memcpy(dy1 + (b * T + t) * C, dout + (b * T2 + T + t) * C, (size_t)C * sizeof(float));
+        }
+    float *out = fvec(B * T * C), *lse = fvec(B * H * T), *ob = fvec(B * T * C), *lb = fvec(B * H * T);
+    K(loom_k_attention_block_forward(be, &(loom_attention_block_forward_args){out, lse, q1, row, q1 + H * hd, row, B, T,
+                                                                             T, H, KV, hd, 1}));
+    K(loom_k_attention_block_forward(be, &(loom_attention_block_forward_args){ob, lb, q1, row, kv0, kvw, B, T, T, H, KV,
+                                                                             hd, 0}));
+    K(loom_k_attention_merge(be, &(loom_attention_merge_args){out, lse, ob, lb, B, T, H, hd}));
+    double *want = dvec(B * T * C), *wl = dvec(B * H * T);
+    for (int64_t b = 0; b < B; b++) {
+        for (int64_t i = 0; i < T * C; i++) want[b * T * C + i] = outr[(b * T2 + T) * C + i];
+        for (int64_t h = 0; h < H; h++)
+            for (int64_t t = 0; t < T; t++) wl[(b * H + h) * T + t] = lser[(b * H + h) * T2 + T + t];
+    }
+    /* as the whole attention's out and lse (attention_forward's tolerances), through one more merge */
+    check_close("attention_block_forward_merge_out_equals_causal_rows", out, want, B * T * C, 5e-6, 1e-5);
+    check_close("attention_block_forward_merge_lse", lse, wl, B * H * T, 5e-6, 2e-6);
+    float *dq = fvec(B * T * row), *dkv0 = fvec(B * T * kvw);
+    fill_value(dq, B * T * row, 0.0f);
+    fill_value(dkv0, B * T * kvw, 0.0f);
+    K(loom_k_attention_block_backward(be, &(loom_attention_block_backward_args){dq, dq + H * hd, dy1, q1, row, q1 + H * hd,
+                                                                               row, out, lse, B, T, T, H, KV, hd, 1}));
+    K(loom_k_attention_block_backward(be, &(loom_attention_block_backward_args){dq, dkv0, dy1, q1, row, kv0, kvw, out, lse,
+                                                                               B, T, T, H, KV, hd, 0}));
+    double *wq = dvec(B * T * row), *wk = dvec(B * T * kvw);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            for (int64_t e = 0; e < row; e++) wq[(b * T + t) * row + e] = dr[(b * T2 + T + t) * row + e];
+            for (int64_t e = 0; e < kvw; e++) wk[(b * T + t) * kvw + e] = dr[(b * T2 + t) * row + H * hd + e];
+        }
+    check_close("attention_block_backward_dq_dk_dv_second_half", dq, wq, B * T * row, 2e-5, 1e-4);
+    check_close("attention_block_backward_dk_dv_first_half", dkv0, wk, B * T * kvw, 2e-5, 1e-4);
+    free(qkv); free(dout); free(outr); free(lser); free(dr); free(q1); free(kv0); free(dy1); free(out); free(lse);
+    free(ob); free(lb); free(want); free(wl); free(dq); free(dkv0); free(wq); free(wk);
+}
+
+/* One new position against a cache: the last row of the whole causal attention. */
+static void test_attention_decode(loom_backend *be) {
+    const int64_t T = 23, H = 6, KV = 3, hd = 10, row = (H + 2 * KV) * hd, C = H * hd;
+    float *qkv = fvec(T * row), *out = fvec(C);
+    fill(qkv, T * row, -1.5, 1.5);
+    double *outr = dvec(T * C), *lser = dvec(H * T);
+    ref_attention(qkv, NULL, 1, T, H, KV, hd, outr, lser, NULL);
+    /* the cache: keys and values of every position, rows of stride `row` (as the q|k|v rows lie) */
+    K(loom_k_attention_decode(be, &(loom_attention_decode_args){out, qkv + (T - 1) * row, qkv + H * hd,
+                                                               qkv + (H + KV) * hd, row, T, H, KV, hd}));
+    check_close("attention_decode_equals_last_causal_row", out, outr + (T - 1) * C, C, 5e-6, 1e-5);
+    free(qkv); free(out); free(outr); free(lser);
+}
+
 static void test_attention(loom_backend *be) {
+    test_attention_blocks(be);
+    test_attention_decode(be);
     test_attention_case(be, 2, 13, 4, 2, 8);  /* GQA, group 2 */
     test_attention_case(be, 1, 17, 3, 1, 10); /* multi-query: one kv head for three query heads */
     test_attention_case(be, 3, 5, 2, 2, 6);   /* plain multi-head */
@@ -709,7 +780,82 @@ static void test_cross_entropy(loom_backend *be) {
     K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss_nog, .targets = tgt, .N = N, .V = V, .grad_scale = 0.0f}));
     check_bits("softmax_cross_entropy_no_grad_logits_untouched", x, x0, N * V);
     check_bits("softmax_cross_entropy_no_grad_same_losses", loss_nog, loss, N);
+    /* vocabulary-parallel: the columns cut in two ranges (as two tp ranks hold them), the reductions between the
+     * passes done here; losses and gradients as the fused kernel's reference */
+    const int64_t V1 = 40;
+    float *xa = fvec(N * V1), *xb = fvec(N * (V - V1)), *mxa = fvec(N), *mxb = fvec(N), *sa = fvec(2 * N), *sb = fvec(2 * N),
+          *la = fvec(N), *lb = fvec(N);
+    for (int64_t n = 0; n < N; n++) {
+        memcpy(xa + n * V1, x0 + n * V, (size_t)V1 * sizeof(float));
+        memcpy(xb + n * (V - V1), x0 + n * V + V1, (size_t)(V - V1) * sizeof(float));
+    }
+    K(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = xa, .N = N, .V = V1, .mx = mxa}));
+    K(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = xb, .N = N, .V = V - V1, .mx = mxb}));
+    for (int64_t n = 0; n < N; n++) mxa[n] = mxb[n] = mxa[n] > mxb[n] ? mxa[n] : mxb[n]; /* all-reduce max */
+    K(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = xa, .targets = tgt, .N = N, .V = V1, .v0 = 0, .mx = mxa,
+                                                      .sums = sa}));
+    K(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = xb, .targets = tgt, .N = N, .V = V - V1, .v0 = V1,
+                                                      .mx = mxb, .sums = sb}));
+    for (int64_t i = 0; i < 2 * N; i++) sa[i] = sb[i] = sa[i] + sb[i]; /* all-reduce sum */
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la, tgt, N, V1, 0, mxa, sa, gs}));
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb, tgt, N, V - V1, V1, mxb, sb, gs}));
+    double *ga = dvec(N * V1), *gb = dvec(N * (V - V1));
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t v = 0; v < V; v++) *(v < V1 ? &ga[n * V1 + v] : &gb[n * (V - V1) + v - V1]) = gr[n * V + v];
+    check_close("ce_vocab_parallel_loss_rank0", la, lr, N, 3e-5, 1e-6);
+    check_close("ce_vocab_parallel_loss_rank1", lb, lr, N, 3e-5, 1e-6);
+    check_close("ce_vocab_parallel_grad_rank0", xa, ga, N * V1, 1e-8, 1e-5);
+    check_close("ce_vocab_parallel_grad_rank1", xb, gb, N * (V - V1), 1e-8, 1e-5);
+    free(xa); free(xb); free(mxa); free(mxb); free(sa); free(sb); free(la); free(lb); free(ga); free(gb);
     free(x0); free(x); free(loss); free(loss_nog); free(lr); free(gr);
+}
+
+/* Two independent products at once equal each alone (to the matmul tolerance), and fp16 rounding equals the
+ * software conversion in src/core/tensor.c; copies and fills are exact. */
+static void test_pair_round_copy(loom_backend *be) {
+    const int64_t M = 37, N = 29, Kd = 43;
+    float *A = fvec(M * Kd), *B = fvec(Kd * N), *C1 = fvec(M * N), *A2 = fvec(Kd * M), *B2 = fvec(Kd * N), *C2 = fvec(M * N);
+    fill(A, M * Kd, -1, 1); fill(B, Kd * N, -1, 1); fill(A2, Kd * M, -1, 1); fill(B2, Kd * N, -1, 1);
+    fill(C2, M * N, -1, 1);
+    double *r1 = dvec(M * N), *r2 = dvec(M * N);
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            double a = 0, b = 0;
+            for (int64_t k = 0; k < Kd; k++) {
+                a += (double)A[i * Kd + k] * B[k * N + j];
+                b += (double)A2[k * M + i] * B2[k * N + j]; /* op(A2) = A2^T */
+            }
+            r1[i * N + j] = a;
+            r2[i * N + j] = b + 0.5 * C2[i * N + j];
+        }
+    K(loom_k_matmul_pair(be, &(loom_matmul_pair_args){{0, 0, M, N, Kd, 1.0f, A, Kd, B, N, 0.0f, C1, N},
+                                                      {1, 0, M, N, Kd, 1.0f, A2, M, B2, N, 0.5f, C2, N}}));
+    check_close("matmul_pair_first", C1, r1, M * N, 1e-5, 1e-5);
+    check_close("matmul_pair_second_transposed_beta", C2, r2, M * N, 1e-5, 1e-5);
+    const int64_t rows = 7, cols = 33, ld = 40;
+    float *x = fvec(rows * ld), *y = fvec(rows * ld), *want = fvec(rows * ld);
+    fill(x, rows * ld, -70000, 70000);
+    for (int64_t i = 0; i < 12; i++) x[i] *= 1e-9f; /* subnormal and underflowing halves too */
+    fill_value(y, rows * ld, -1.0f);
+    memcpy(want, y, (size_t)(rows * ld) * sizeof(float));
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) want[i * ld + j] = loom_f16_to_f32(loom_f32_to_f16(x[i * ld + j]));
+    K(loom_k_round_fp16(be, &(loom_round_fp16_args){y, ld, x, ld, rows, cols}));
+    check_bits("round_fp16_equals_software_half_conversion", y, want, rows * ld);
+    K(loom_k_copy_rows(be, &(loom_copy_rows_args){y, ld, x, ld, rows, cols, 0}));
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) want[i * ld + j] = x[i * ld + j];
+    check_bits("copy_rows", y, want, rows * ld);
+    K(loom_k_copy_rows(be, &(loom_copy_rows_args){y, ld, x, ld, rows, cols, 1}));
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) want[i * ld + j] = x[i * ld + j] + x[i * ld + j];
+    check_bits("copy_rows_accumulate", y, want, rows * ld);
+    K(loom_k_fill(be, &(loom_fill_args){y + 3, 2.5f, 11}));
+    for (int64_t i = 3; i < 14; i++) want[i] = 2.5f;
+    check_bits("fill", y, want, rows * ld);
+    K(loom_k_copy(be, &(loom_copy_args){y, x, (int64_t)(rows * ld * sizeof(float)), LOOM_COPY_D2D}));
+    check_bits("copy", y, x, rows * ld);
+    free(A); free(B); free(C1); free(A2); free(B2); free(C2); free(r1); free(r2); free(x); free(y); free(want);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -1206,6 +1352,7 @@ int main(void) {
     test_attention(be);
     test_embedding(be);
     test_cross_entropy(be);
+    test_pair_round_copy(be);
     test_matmul_bf16(be);
     test_sum_squares(be);
     test_adamw(be, 40009);
