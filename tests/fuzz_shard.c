@@ -21,7 +21,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "loom/ckpt.h"
+#include "loom/crc32c.h"
 #include "loom/data.h"
 
 enum { T_SHARD, T_MANIFEST, N_TARGETS };

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loom/ckpt.h" /* loom_crc32c */
+#include "loom/crc32c.h"
 #include "loom/tokenizer.h"
 #include "test_tokenizer_mini.c"
 

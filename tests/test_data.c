@@ -14,7 +14,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "loom/ckpt.h"
+#include "loom/crc32c.h"
 #include "loom/data.h"
 
 static int failures;

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "loom/ckpt.h" /* loom_crc32c */
+#include "loom/crc32c.h"
 #include "loom/tokenizer.h"
 #include "../src/tokenizer/tokenizer_impl.h" /* loom_tok_pretok, loom_tok_read_file */
 #include "test_tokenizer_mini.c"

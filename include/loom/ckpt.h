@@ -16,6 +16,7 @@
 
 #include "loom/comm.h"
 #include "loom/json.h"
+#include "loom/crc32c.h"
 #include "loom/status.h"
 
 #define LOOM_CKPT_NAME_MAX 48
@@ -32,7 +33,6 @@ typedef struct {
 
 typedef struct loom_ckpt_reader loom_ckpt_reader;
 
-uint32_t loom_crc32c(uint32_t crc, const void *data, size_t n);
 
 /* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
 LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);

@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loom/ckpt.h"
+#include "loom/crc32c.h"
 #include "loom/data.h"
 #include "loom/json.h"
 #include "loom/log.h"

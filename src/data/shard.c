@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "loom/ckpt.h"
+#include "loom/crc32c.h"
 #include "loom/data.h"
 #include "loom/json.h"
 

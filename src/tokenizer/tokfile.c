@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "loom/ckpt.h" /* loom_crc32c */
+#include "loom/crc32c.h"
 #include "tokenizer_impl.h"
 
 #define TOKFILE_MAGIC "LOOMTOKN"

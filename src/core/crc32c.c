@@ -2,7 +2,7 @@
  * checks in well under a second), a table otherwise. */
 #include <string.h>
 
-#include "loom/ckpt.h"
+#include "loom/crc32c.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>
