@@ -14,6 +14,7 @@
 #include "loom/json.h"
 #include "loom/model.h"
 #include "loom/optim.h"
+#include "loom/comm.h"
 
 #define LOOM_PATH_MAX 4096
 
@@ -85,6 +86,43 @@ LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loo
  * metadata (loom_json_free it); the model has no gradients. */
 LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_comm *comm,
                                                       loom_mem *mem, loom_model **model, loom_json **meta);
+
+/* ---- the trainer: one run's state and its well-defined step, shared by `loom train`, the supervisor, the
+ * planner and the benchmarks ----
+ *   loom_trainer *tr;
+ *   LOOM_CALL(loom_trainer_init(&rc, world, peak, kernel, &tr));       // resumes when rc says so
+ *   while (loom_trainer_steps_done(tr) < rc.train.steps) {
+ *       loom_step_result r;
+ *       LOOM_CALL(loom_trainer_step(tr, &r));                           // and its metrics line
+ *       if (r.step % 100 == 0) LOOM_CALL(loom_trainer_save(tr));
+ *   }
+ *   loom_trainer_free(&tr, 1);
+ * Every call is collective over the world (every rank calls it for the same step). */
+typedef struct loom_trainer loom_trainer;
+typedef struct {
+    int64_t step;             /* optimizer steps completed, this one included */
+    float loss;               /* the step's mean token loss over the global batch */
+    loom_optim_stats optim;   /* learning rate, gradient norm, clipping, skipped (fp16 overflow) */
+    double seconds, tokens_per_sec, mfu;
+} loom_step_result;
+/* Collective over `world` (the caller's, from loom_comm_init_world; NULL: its own): the backend, mesh, data,
+ * model, optimizer and run directory; the weights from the seed, or from the newest checkpoint with
+ * train.resume (train.resume_from). On an error of this rank alone it frees nothing collective (see
+ * loom_train). */
+LOOM_NODISCARD loom_status loom_trainer_init(const loom_run_config *c, loom_comm *world, double peak_gflops,
+                                             const char *peak_kernel, loom_trainer **out);
+/* Collective: one optimizer step (train.grad_accum micro-batches, the update), its metrics line written. */
+LOOM_NODISCARD loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res);
+/* Collective: the validation loss (train.eval_batches micro-batches), its metrics line written. */
+LOOM_NODISCARD loom_status loom_trainer_eval(loom_trainer *tr, float *val_loss);
+/* Collective: a checkpoint of the state after the last step (atomic; sharded with several ranks). */
+LOOM_NODISCARD loom_status loom_trainer_save(loom_trainer *tr);
+int64_t loom_trainer_steps_done(const loom_trainer *tr);
+loom_comm *loom_trainer_world(const loom_trainer *tr);
+loom_model *loom_trainer_model(const loom_trainer *tr);
+/* Collective when `collective`; with 0 (after an error of this rank alone, before the job is aborted) only its
+ * files are closed. */
+void loom_trainer_free(loom_trainer **tr, int collective);
 
 /* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
 void loom_train_install_signal_handlers(void);

@@ -1,0 +1,92 @@
+/* Private to src/run/: the trainer object (one run's state) shared by the step (trainer.c), its
+ * checkpoints (trainer_ckpt.c) and the driver loop (train.c). */
+#ifndef LOOM_RUN_IMPL_H
+#define LOOM_RUN_IMPL_H
+#include <signal.h>
+#include <stdio.h>
+
+#include "loom/ckpt.h"
+#include "loom/comm.h"
+#include "loom/data.h"
+#include "loom/parallel.h"
+#include "loom/run.h"
+
+typedef struct {
+    int64_t step;               /* optimizer steps completed */
+    loom_data_state data;
+    int32_t optim_kind;
+    int32_t reserved;
+    double loss_scale;          /* fp16: the dynamic loss scale (0 in older checkpoints: start afresh) */
+    int64_t loss_scale_good;    /* good steps since it last changed */
+} train_state; /* the "state" section, binary (older, shorter ones read with the new fields zero) */
+
+/* A test hook, never set by a user: LOOM_TEST_FAULT=POINT@RANK[:N] makes world rank RANK fail at POINT:
+ * "data" (its data file cannot be read), "step" (an error in the middle of step N, after its backward and
+ * before the optimizer's reductions) or "oom" (its N-th allocation from the start of set-up fails). The tests
+ * of errors on one rank of many (tests/test_dist.py errors) use it. */
+typedef struct {
+    char point[16];
+    int rank;
+    int64_t n;
+} test_fault;
+
+/* every rank's row of statistics: current and peak bytes by category, then the step's communication wait
+ * and work in microseconds */
+enum { RANK_ROW = 2 * LOOM_MEM_N_CATEGORIES + 2 };
+
+struct loom_trainer {
+    const loom_run_config *rc;
+    loom_backend *be;
+    loom_comm *world;           /* the caller's, or world_owned */
+    loom_comm *world_owned;
+    test_fault fault;
+    loom_mesh mesh;
+    int have_mesh;
+    loom_zero *zero;            /* owns the model and the optimizer */
+    int root;                   /* world rank 0: prints, writes metrics and the manifest */
+    int dp, dp_rank, tp, sp, pp; /* dp: the ranks that reduce gradients (data x sequence parallel) */
+    loom_pipeline *pipe;        /* pp > 1 */
+    loom_comm *embed;           /* pp > 1, tied embeddings: the first and the last stage */
+    loom_model_part part;
+    int32_t *mb_tokens, *mb_targets; /* pp > 1: a step's micro-batches back to back */
+    double *pp_stats;           /* pp > 1: [pp][2] idle and busy seconds of the last step, per stage */
+    loom_comm *red;             /* their communicator: mesh.dp, or dp x sp (owned) when sp > 1 */
+    loom_comm *red_owned;
+    int data_dp;                /* the mesh's dp: how the global batch is split */
+    int64_t T_local;            /* train.seq_len / sp: this rank's positions of each sequence */
+    int32_t *seq_tokens, *seq_targets; /* sp > 1: whole sequences, of which this rank keeps its block */
+    int64_t local_batch;        /* train.batch / dp */
+    loom_mem mem;
+    loom_model *model;
+    loom_optim *opt;
+    loom_data *data;
+    FILE *mem_trace;            /* --mem-trace (rank 0) */
+    double loss_scale;          /* fp16: the dynamic loss scale (0: none) */
+    int64_t loss_scale_good;    /* good steps in a row at this scale */
+    int skipped;                /* the last step overflowed and was skipped */
+    double step_scale;          /* the scale the last step used */
+    loom_offload_stats off_prev; /* the memory manager's totals at the last metrics line */
+    int32_t *tokens, *targets;
+    char ckpt_path[LOOM_PATH_MAX + 32];
+    FILE *metrics;
+    double peak_gflops;
+    char tokenizer[LOOM_PATH_MAX]; /* the data's tokenizer (absolute path when a file), "" if none */
+    loom_model_config model_cfg;   /* the run's model: the config's, with the vocabulary fitted to the data */
+    int world_size;
+    int64_t *rank_mem;             /* [world][RANK_ROW]: current and peak bytes by category, comm wait and work (us) */
+    loom_comm_stats tp_stats;      /* the last step's collectives on the tp axis (this rank) */
+    loom_comm_stats sp_stats;      /* and the ring transfers on the sp axis */
+    int64_t step;                  /* optimizer steps completed */
+    int64_t tokens_per_step;       /* over every rank and micro-batch */
+    double flops_per_token, world_peak; /* for the MFU: model FLOPs, and every rank's peak (GFLOP/s) */
+    int resumed;
+};
+
+/* train.c: the flag the signal handlers set (a signal handler can only reach a global) */
+volatile sig_atomic_t *loom_run_stop_flag(void);
+double loom_run_now(void);
+LOOM_NODISCARD loom_status loom_run_mkdir_p(const char *path);
+/* trainer_ckpt.c: collective; the trainer's state at `step` into <out> / from its newest checkpoint */
+LOOM_NODISCARD loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step);
+LOOM_NODISCARD loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step);
+#endif
