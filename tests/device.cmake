@@ -43,3 +43,12 @@ if(VALGRIND)
   set_tests_properties(oom_no_leak PROPERTIES ENVIRONMENT "${LOOM_TEST_ENV};OPENBLAS_CORETYPE=Haswell")
 endif()
 set_tests_properties(oom_every_allocation PROPERTIES ENVIRONMENT "${LOOM_TEST_ENV}")
+
+# The CUDA backend's kernels and host code, without a GPU: built against tests/cuda_emu's CPU emulation of the
+# CUDA execution model and checked kernel by kernel against the CPU backend (~20 s). It proves indexing,
+# reductions, masking and the host code around them; not speed, real asynchrony or hardware limits.
+find_program(LOOM_GXX g++)
+if(LOOM_HAVE_CUDA AND LOOM_GXX)
+  add_test(NAME cuda_emu_ops COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/cuda_emu/run.sh ${CMAKE_BINARY_DIR})
+  set_tests_properties(cuda_emu_ops PROPERTIES ENVIRONMENT "${LOOM_TEST_ENV}" RUN_SERIAL TRUE)
+endif()

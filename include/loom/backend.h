@@ -78,6 +78,11 @@ int loom_backend_threads(const loom_backend *be);
 /* 1 when the host can read and write the backend's buffers directly (the CPU backend) */
 int loom_backend_host_accessible(const loom_backend *be);
 void loom_backend_set_profiling(loom_backend *be, int on);
+/* 1 when MFU must be taken against this backend's own measured GEMM rate, not the host CPU's (a GPU). */
+int loom_backend_has_own_peak(const loom_backend *be);
+/* The best rate of n x n x n GEMMs on this backend (fp32, or bf16 operands with bf16 != 0), GFLOP/s over a
+ * few timed repetitions after a warm-up; buffers are taken and returned (3 n^2 elements, not accounted). */
+LOOM_NODISCARD loom_status loom_backend_measure_gemm_peak(loom_backend *be, int64_t n, int bf16, double *gflops);
 loom_profile *loom_backend_profile(loom_backend *be);
 const char *loom_op_name(loom_op op);
 /* Waits until every operation issued so far has finished (kernels and copies may run asynchronously on a

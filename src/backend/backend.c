@@ -3,6 +3,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef LOOM_HAVE_CUDA
+#include <dlfcn.h>
+#include <stdio.h>
+#include <unistd.h>
+#endif
 
 #include "backend_impl.h"
 
@@ -22,6 +27,41 @@ const char *loom_backend_devices(void) {
 #endif
 }
 
+#ifdef LOOM_HAVE_CUDA
+/* The CUDA backend is the module libloom_cuda.so, loaded here when device "cuda" is asked for, so that loom
+ * itself links neither the CUDA runtime nor cuBLAS/NCCL (a CPU run starts as fast as without them). Searched
+ * at $LOOM_CUDA_LIBRARY, then beside the executable, then in the build directory that made this loom. The
+ * module calls back into loom (errors, logging): executables that load it export their symbols (CMake
+ * ENABLE_EXPORTS). It is never unloaded: the CUDA runtime inside it keeps state until the process ends. */
+typedef loom_status (*cuda_init_fn)(const loom_backend_config *, loom_backend *);
+
+static loom_status cuda_backend_init(const loom_backend_config *cfg, loom_backend *be) {
+    char beside[4096] = "", tried[2048] = "";
+    const ssize_t n = readlink("/proc/self/exe", beside, sizeof beside - 32); /* room for the file name */
+    if (n > 0) beside[n] = '\0';
+    char *slash = n > 0 ? strrchr(beside, '/') : NULL;
+    if (slash) snprintf(slash + 1, 32, "libloom_cuda.so");
+    const char *env = getenv("LOOM_CUDA_LIBRARY");
+    const char *paths[3] = {env, slash ? beside : NULL, LOOM_CUDA_MODULE_DEFAULT};
+    void *h = NULL;
+    for (int i = 0; i < 3 && !h; i++) {
+        if (!paths[i] || !*paths[i]) continue;
+        h = dlopen(paths[i], RTLD_NOW | RTLD_LOCAL);
+        if (!h) {
+            const size_t used = strlen(tried);
+            snprintf(tried + used, sizeof tried - used, "%s%s", used ? "; " : "", dlerror());
+        }
+    }
+    LOOM_CHECK(h != NULL, LOOM_ERR_UNSUPPORTED, "device 'cuda': cannot load the CUDA backend module (%s)%s", tried,
+               env && *env ? "" : "; LOOM_CUDA_LIBRARY=PATH names another");
+    cuda_init_fn init;
+    *(void **)&init = dlsym(h, "loom_cuda_backend_init");
+    LOOM_CHECK(init != NULL, LOOM_ERR_UNSUPPORTED, "device 'cuda': the module has no loom_cuda_backend_init: %s",
+               dlerror());
+    return init(cfg, be);
+}
+#endif
+
 loom_status loom_backend_init(const loom_backend_config *cfg, loom_backend **out) {
     *out = NULL;
     loom_backend_config def = loom_backend_config_default();
@@ -33,7 +73,7 @@ loom_status loom_backend_init(const loom_backend_config *cfg, loom_backend **out
     if (!strcmp(dev, "cpu")) st = loom_cpu_backend_init(cfg, be);
     else if (!strcmp(dev, "cpu-isolated")) st = loom_isolated_backend_init(cfg, be);
 #ifdef LOOM_HAVE_CUDA
-    else if (!strcmp(dev, "cuda")) st = loom_cuda_backend_init(cfg, be);
+    else if (!strcmp(dev, "cuda")) st = cuda_backend_init(cfg, be);
 #endif
     else
         st = loom_error_set(!strcmp(dev, "cuda") ? LOOM_ERR_UNSUPPORTED : LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__,
@@ -63,6 +103,7 @@ const char *loom_backend_gemm_kernel(const loom_backend *be) { return be->gemm_k
 const char *loom_backend_bf16_kernel(const loom_backend *be) { return be->bf16_kernel; }
 int loom_backend_threads(const loom_backend *be) { return be->threads; }
 int loom_backend_host_accessible(const loom_backend *be) { return be->host_accessible; }
+int loom_backend_has_own_peak(const loom_backend *be) { return be->own_peak; }
 void loom_backend_set_profiling(loom_backend *be, int on) { be->profiling = on; }
 loom_profile *loom_backend_profile(loom_backend *be) { return &be->profile; }
 loom_status loom_backend_sync(loom_backend *be) { return be->buf.sync ? be->buf.sync(be) : LOOM_OK; }
@@ -152,3 +193,45 @@ static double now_seconds(void) {
     }
 LOOM_KERNELS(LOOM_KERNEL_DEFINE)
 #undef LOOM_KERNEL_DEFINE
+
+/* Three rounds of `reps` products, each timed to the device's completion; the best round counts (a GPU's
+ * clocks ramp up during the first). Operands are filled with small values: the rate does not depend on them. */
+loom_status loom_backend_measure_gemm_peak(loom_backend *be, int64_t n, int bf16, double *gflops) {
+    *gflops = 0;
+    LOOM_CHECK(n > 0, LOOM_ERR_INVALID_ARG, "GEMM peak: size %lld", (long long)n);
+    const size_t elems = (size_t)n * (size_t)n, in_bytes = elems * (bf16 ? 2 : 4);
+    void *A = NULL, *B = NULL, *C = NULL;
+    loom_status st = LOOM_OK;
+    LOOM_CALL_GOTO(st, loom_buf_alloc(be, NULL, LOOM_MEM_WORKSPACE, in_bytes, &A), out);
+    LOOM_CALL_GOTO(st, loom_buf_alloc(be, NULL, LOOM_MEM_WORKSPACE, in_bytes, &B), out);
+    LOOM_CALL_GOTO(st, loom_buf_alloc(be, NULL, LOOM_MEM_WORKSPACE, elems * 4, &C), out);
+    /* bf16 1/64 is 0x3C80; two of them make one float word, so a float fill writes both halves */
+    if (bf16) {
+        const uint32_t pair = 0x3C803C80u;
+        float f;
+        memcpy(&f, &pair, sizeof f);
+        LOOM_CALL_GOTO(st, loom_buf_fill(be, A, f, (int64_t)(elems / 2)), out);
+        LOOM_CALL_GOTO(st, loom_buf_fill(be, B, f, (int64_t)(elems / 2)), out);
+    } else {
+        LOOM_CALL_GOTO(st, loom_buf_fill(be, A, 1.0f / 64.0f, (int64_t)elems), out);
+        LOOM_CALL_GOTO(st, loom_buf_fill(be, B, 1.0f / 64.0f, (int64_t)elems), out);
+    }
+    const loom_gemm g = {0, 0, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n};
+    const loom_matmul_bf16_args gb = {0, 0, n, n, n, 1.0f, A, n, B, n, 0.0f, C, n};
+    const int reps = 8;
+    for (int round = 0; round < 4; round++) { /* round 0 warms up */
+        LOOM_CALL_GOTO(st, loom_backend_sync(be), out);
+        const double t0 = now_seconds();
+        for (int r = 0; r < reps; r++)
+            LOOM_CALL_GOTO(st, bf16 ? loom_k_matmul_bf16(be, &gb) : loom_k_matmul(be, &g), out);
+        LOOM_CALL_GOTO(st, loom_backend_sync(be), out);
+        const double dt = now_seconds() - t0;
+        const double rate = 2.0 * (double)n * (double)n * (double)n * reps / dt / 1e9;
+        if (round > 0 && dt > 0 && rate > *gflops) *gflops = rate;
+    }
+out:
+    loom_buf_free(be, NULL, LOOM_MEM_WORKSPACE, C, elems * 4);
+    loom_buf_free(be, NULL, LOOM_MEM_WORKSPACE, B, in_bytes);
+    loom_buf_free(be, NULL, LOOM_MEM_WORKSPACE, A, in_bytes);
+    return st;
+}

@@ -4,6 +4,8 @@
 #define LOOM_BACKEND_IMPL_H
 #include "loom/backend.h"
 
+struct loom_comm; /* loom/comm.h */
+
 typedef struct {
 #define LOOM_KERNEL_SLOT(name, category, flops) loom_status (*name)(loom_backend *, const loom_##name##_args *);
     LOOM_KERNELS(LOOM_KERNEL_SLOT)
@@ -26,6 +28,7 @@ struct loom_backend {
     loom_kernel_table k;
     loom_buffer_ops buf;
     int host_accessible;
+    int own_peak;                 /* 1: the host CPU's GEMM peak says nothing of this backend's rate (a GPU) */
     int threads;
     char gemm_kernel[128];
     char bf16_kernel[160];        /* which bf16 GEMM runs */
@@ -37,6 +40,10 @@ struct loom_backend {
     loom_profile profile;
     void *impl;                   /* backend-private state (the CPU backend's BLAS handle, the CUDA context) */
     void (*impl_free)(loom_backend *);
+    /* Called by loom_comm_set_backend (and for every communicator split from one that has this backend): a
+     * backend with its own transport for its buffers (CUDA: NCCL) wraps the communicator's operations; not
+     * collective. NULL: the communicator stages this backend's device buffers through host memory. */
+    void (*comm_attach)(loom_backend *, struct loom_comm *);
 };
 
 /* The CPU backend fills `be` (src/backend/cpu/cpu.c). */
@@ -44,7 +51,7 @@ LOOM_NODISCARD loom_status loom_cpu_backend_init(const loom_backend_config *cfg,
 /* The CPU backend over buffers kept PROT_NONE except inside its own operations (src/backend/cpu/isolated.c). */
 LOOM_NODISCARD loom_status loom_isolated_backend_init(const loom_backend_config *cfg, loom_backend *be);
 #ifdef LOOM_HAVE_CUDA
-/* src/backend/cuda/ */
+/* src/backend/cuda/, built as the module libloom_cuda.so: backend.c finds it with dlopen and calls this */
 LOOM_NODISCARD loom_status loom_cuda_backend_init(const loom_backend_config *cfg, loom_backend *be);
 #endif
 #endif

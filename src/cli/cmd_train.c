@@ -194,7 +194,8 @@ int loom_cmd_train(int argc, char **argv) {
         threads = n > 0 ? (int)n : 1;
     }
     char kernel[128] = "given";
-    if (peak < 0) peak = loom_cli_peak_gflops(threads, kernel, sizeof kernel);
+    /* the host's GEMM peak for the CPU devices; a GPU's is measured on it by the trainer (peak stays < 0) */
+    if (peak < 0 && !strncmp(run.train.device, "cpu", 3)) peak = loom_cli_peak_gflops(threads, kernel, sizeof kernel);
     loom_train_install_signal_handlers();
     loom_comm *world = NULL; /* held here, so that MPI outlives the run for an abort */
     if (loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");

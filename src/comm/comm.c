@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend/backend_impl.h"
 #include "comm_impl.h"
 
 double loom_comm_now(void) {
@@ -75,7 +76,8 @@ static loom_status self_split(loom_comm *c, int color, int key, const char *name
 
 static const loom_comm_ops self_ops = {self_iallreduce, self_ireduce_scatter, self_iallgather, self_iallgather_bytes,
                                        self_ibroadcast, self_ibarrier, self_p2p, self_irecv, self_test, self_split,
-                                       NULL, NULL, NULL, NULL, 1 /* touches no buffer but through the backend */};
+                                       NULL, NULL, NULL, NULL, 1 /* touches no buffer but through the backend */,
+                                       NULL};
 
 static loom_status self_make(const char *name, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);
@@ -113,7 +115,7 @@ loom_status loom_comm_split(loom_comm *c, int color, int key, const char *name, 
     LOOM_CALL(c->ops.split(c, color, key, name, out));
     (*out)->timeout_s = c->timeout_s;
     (*out)->interrupt = c->interrupt;
-    (*out)->be = c->be;
+    loom_comm_set_backend(*out, c->be);
     return LOOM_OK;
 }
 
@@ -153,7 +155,10 @@ int loom_comm_size(const loom_comm *c) { return c ? c->size : 1; }
 const char *loom_comm_name(const loom_comm *c) { return c ? c->name : "none"; }
 int loom_comm_world_rank(const loom_comm *c) { return c ? c->world_rank : 0; }
 void loom_comm_set_timeout(loom_comm *c, double s) { c->timeout_s = s; }
-void loom_comm_set_backend(loom_comm *c, loom_backend *be) { c->be = be; }
+void loom_comm_set_backend(loom_comm *c, loom_backend *be) {
+    c->be = be;
+    if (be && be->comm_attach) be->comm_attach(be, c); /* the backend's own transport (CUDA: NCCL), if any */
+}
 void loom_comm_set_interrupt(loom_comm *c, volatile sig_atomic_t *flag) { c->interrupt = flag; }
 loom_comm_stats loom_comm_get_stats(const loom_comm *c) { return c->stats; }
 void loom_comm_reset_stats(loom_comm *c) { memset(&c->stats, 0, sizeof c->stats); }

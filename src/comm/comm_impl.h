@@ -25,6 +25,9 @@ typedef struct {
     /* ends every process of the job (NULL: one process, nothing to end) */
     void (*abort_job)(loom_comm *, int code);
     int device_native;  /* moves a backend's device buffers itself (NCCL); 0: host memory only (MPI) */
+    /* the MPI_Comm of an MPI communicator (a pointer to it), for a layer set up over it (NCCL exchanges its
+     * id through it); NULL: not MPI */
+    const void *(*mpi_handle)(const loom_comm *);
 } loom_comm_ops;
 
 enum { LOOM_DT_F32 = 0, LOOM_DT_F64, LOOM_DT_I64 };
@@ -39,6 +42,7 @@ struct loom_comm {
     loom_comm_stats stats;
     loom_comm_ops ops;
     void *impl;
+    void *dev;          /* a backend's layer over this communicator (NCCL: backend.h comm_attach), NULL: none */
 };
 
 /* comm.c: fills the generic fields of a new communicator */

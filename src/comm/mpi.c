@@ -262,10 +262,12 @@ static void m_abort(loom_comm *c, int code) {
     MPI_Abort(MPI_COMM_WORLD, code); /* the launcher ends every rank */
 }
 
+static const void *m_mpi_handle(const loom_comm *c) { return &((const mpi_impl *)c->impl)->comm; }
+
 static const loom_comm_ops mpi_ops = {m_iallreduce, m_ireduce_scatter, m_iallgather, m_iallgather_bytes, m_ibroadcast,
                                       m_ibarrier,   m_isend,          m_irecv,     m_test,           m_split,
                                       m_free,       m_shm_alloc,      m_shm_free,  m_abort,
-                                      0 /* host memory: a backend's device buffers are staged */};
+                                      0 /* host memory: a backend's device buffers are staged */, m_mpi_handle};
 
 static loom_status wrap(MPI_Comm mc, int owns, int is_world, const char *name, int world_rank, loom_comm **out) {
     loom_comm *c = calloc(1, sizeof *c);

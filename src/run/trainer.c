@@ -389,7 +389,8 @@ static void describe(const loom_trainer *tr, double peak_gflops, const char *pea
                   (double)loom_model_config_num_params(&tr->model_cfg) / 1e6);
     if (t->precision == LOOM_PRECISION_BF16)
         LOOM_INFO("precision bf16: weight products in bf16 (%s), fp32 accumulation, master weights, gradients and "
-                  "optimizer state; MFU against 2x the fp32 peak", loom_backend_bf16_kernel(tr->be));
+                  "optimizer state; MFU against %s", loom_backend_bf16_kernel(tr->be),
+                  loom_backend_has_own_peak(tr->be) ? "the device's measured bf16 peak" : "2x the fp32 peak");
     if (t->precision == LOOM_PRECISION_FP16)
         LOOM_INFO("precision fp16: weight products on fp16 values with fp32 accumulation (fp32 units: this CPU has "
                   "no fp16 arithmetic), fp32 master state; dynamic loss scale from %g, doubled after %lld good steps, "
@@ -416,7 +417,6 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     loom_trainer *tr = calloc(1, sizeof *tr);
     LOOM_CHECK(tr != NULL, LOOM_ERR_NOMEM, "out of memory");
     tr->rc = rc;
-    tr->peak_gflops = peak_gflops;
     loom_mem_init(&tr->mem);
     loom_status st;
     loom_backend_config bc = loom_backend_config_default();
@@ -453,8 +453,21 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     tr->flops_per_token = loom_model_config_flops_per_token(&tr->model_cfg, t->seq_len);
     tr->tokens_per_step = t->batch * t->seq_len * t->grad_accum;
     /* every rank's share of the machine(s); bf16 products run at twice the fp32 rate on vdpbf16ps hardware
-     * (../shared/PERFORMANCE.md: ~800 against ~440 GFLOP/s on two cores), so their peak is taken as 2x */
-    tr->world_peak = peak_gflops * loom_comm_size(tr->world) * (t->precision == LOOM_PRECISION_BF16 ? 2.0 : 1.0);
+     * (../shared/PERFORMANCE.md: ~800 against ~440 GFLOP/s on two cores), so their peak is taken as 2x. A GPU's
+     * bf16 tensor cores run many times its fp32 rate: its peak is measured on it, in the run's precision. */
+    double bf16_factor = t->precision == LOOM_PRECISION_BF16 ? 2.0 : 1.0;
+    char device_kernel[200];
+    if (peak_gflops < 0 && loom_backend_has_own_peak(tr->be)) {
+        const int bf16 = t->precision == LOOM_PRECISION_BF16;
+        LOOM_CALL_GOTO(st, loom_backend_measure_gemm_peak(tr->be, 4096, bf16, &peak_gflops), fail);
+        snprintf(device_kernel, sizeof device_kernel, "%s %s GEMM 4096^3 measured on the device",
+                 loom_backend_name(tr->be), bf16 ? "bf16" : "fp32");
+        peak_kernel = device_kernel;
+        bf16_factor = 1.0;
+    }
+    if (peak_gflops < 0) peak_gflops = 0; /* unmeasured: no MFU */
+    tr->peak_gflops = peak_gflops;
+    tr->world_peak = peak_gflops * loom_comm_size(tr->world) * bf16_factor;
     describe(tr, peak_gflops, peak_kernel);
     if (t->profile) loom_backend_set_profiling(tr->be, 1);
     *out = tr;

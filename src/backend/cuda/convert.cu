@@ -1,0 +1,45 @@
+/* Precision conversions on the GPU: fp32 -> bf16 (the bf16 GEMM's operands) with the CPU's exact rounding
+ * (nearest, ties to even, NaN kept a quiet NaN: the same integer arithmetic), and fp16 rounding (fp16
+ * storage's numerics: __float2half_rn rounds to nearest even, overflows to inf and keeps subnormals, as
+ * the CPU's _Float16 conversion does). Both are exact: the same bits as the CPU.
+ * UNVERIFIED on a GPU (see cuda_impl.h). */
+#include <cuda_fp16.h>
+
+#include "cuda_kernels.cuh"
+
+__global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, int64_t n) {
+    LOOM_GRID_STRIDE(i, n) {
+        uint32_t u = __float_as_uint(src[i]);
+        if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) {
+            dst[i] = (uint16_t)((u >> 16) | 0x40u);
+            continue;
+        }
+        u += 0x7fffu + ((u >> 16) & 1u);
+        dst[i] = (uint16_t)(u >> 16);
+    }
+}
+
+extern "C" loom_status loom_cuda_f32_to_bf16(loom_backend *be, const loom_f32_to_bf16_args *a) {
+    if (a->n <= 0) return LOOM_OK;
+    f32_to_bf16_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
+        a->dst, a->src, a->n);
+    LOOM_CUDA_LAUNCHED();
+    return LOOM_OK;
+}
+
+/* dst may be src: each element is read before it is written, by the same thread */
+__global__ void round_fp16_kernel(float *dst, int64_t ld_dst, const float *src, int64_t ld_src, int64_t cols, int64_t n) {
+    LOOM_GRID_STRIDE(k, n) {
+        const int64_t i = k / cols, j = k - i * cols;
+        dst[i * ld_dst + j] = __half2float(__float2half_rn(src[i * ld_src + j]));
+    }
+}
+
+extern "C" loom_status loom_cuda_round_fp16(loom_backend *be, const loom_round_fp16_args *a) {
+    const int64_t n = a->rows * a->cols;
+    if (n <= 0) return LOOM_OK;
+    round_fp16_kernel<<<loom_cuda_blocks(n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
+        a->dst, a->ld_dst, a->src, a->ld_src, a->cols, n);
+    LOOM_CUDA_LAUNCHED();
+    return LOOM_OK;
+}
