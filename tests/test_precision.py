@@ -8,8 +8,7 @@ the metrics' loss_scale history; a run stopped and resumed continues the scale e
 
 Tolerance: bf16 rounds each product's operands to 8 significant bits (relative error 2^-9) while
 accumulating in fp32 and keeping fp32 master weights, so the two runs drift apart slowly; measured here the
-largest step difference is ~1e-3 on losses of 2.5-5.5. TOL = 2e-2
-DEV_ARGS = ["--device", os.environ["LOOM_TEST_DEVICE"]] if os.environ.get("LOOM_TEST_DEVICE") else [] absolute. A wrong bf16 path (a
+largest step difference is ~1e-3 on losses of 2.5-5.5. TOL = 2e-2 absolute. A wrong bf16 path (a
 transposed operand, a stale weight copy, a dropped beta) moves the loss by more than 0.1 within a few
 steps. fp16 keeps 11 significant bits (2^-12) but also rounds every product's result, which bf16 does not;
 measured its drift is smaller than bf16's.
@@ -23,6 +22,7 @@ import sys
 import tempfile
 
 LOOM = os.path.abspath(sys.argv[1])
+DEV_ARGS = ["--device", os.environ["LOOM_TEST_DEVICE"]] if os.environ.get("LOOM_TEST_DEVICE") else []
 TOL = 2e-2
 corpus = "/usr/share/games/fortunes"
 data = corpus if os.path.exists(corpus) else "synthetic"

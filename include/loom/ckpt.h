@@ -36,6 +36,8 @@ typedef struct loom_ckpt_reader loom_ckpt_reader;
 
 /* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
 LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);
+/* Copies a file to dst atomically (the same temporary, fsync, rename and directory fsync). */
+LOOM_NODISCARD loom_status loom_file_copy_atomic(const char *src, const char *dst);
 LOOM_NODISCARD loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *sections, int n);
 /* The same, returning each section's CRC-32C in crcs[n]. */
 LOOM_NODISCARD loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *sections, int n,
@@ -74,6 +76,8 @@ LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm
                                                       int64_t step, int zero_stage, int64_t keep, const void *state,
                                                       int64_t state_bytes, int64_t n, int64_t begin, int64_t end,
                                                       const loom_ckpt_section slices[3]);
+/* Removes the shard directories of <out>/shards but the newest `keep` steps (not collective). */
+void loom_run_ckpt_prune(const char *out, int64_t keep);
 /* A new run in a directory holding a sharded checkpoint: keep it as checkpoint.prev.json + shards.prev. */
 void loom_run_ckpt_move_aside(const char *out);
 /* Writes a sharded checkpoint as one checkpoint.bin-format file. */

@@ -60,6 +60,8 @@ void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps);
  * update divide it out, and a step whose gradient norm is not finite (an overflow) updates nothing and
  * reports skipped. scale 0: off (a non-finite norm is an error, the default). */
 void loom_optim_set_loss_scale(loom_optim *o, double scale);
+/* on: a non-finite gradient norm skips the update (stats.skipped) instead of failing, as under loss scaling */
+void loom_optim_set_skip_nonfinite(loom_optim *o, int on);
 /* One update from the model's gradient buffer. */
 LOOM_NODISCARD loom_status loom_optim_step(loom_optim *o, loom_model *model, int64_t step, loom_optim_stats *st);
 /* The update of the range from explicit buffers: params and grads point at flat position `begin`. */

@@ -17,6 +17,7 @@
 #include "loom/comm.h"
 
 #define LOOM_PATH_MAX 4096
+#define LOOM_SPIKE_WINDOW_MAX 64 /* train.spike_window's largest value (the window is in the checkpoint) */
 
 typedef struct {
     int64_t steps;          /* total optimizer steps of the run (a resumed run continues up to it) */
@@ -41,6 +42,14 @@ typedef struct {
     int resume;
     char resume_from[LOOM_PATH_MAX]; /* resume from this checkpoint ("" = <out>'s newest) */
     int64_t keep_checkpoints; /* sharded: steps whose shards stay on disk */
+    int resume_if_any;      /* resume from the newest intact checkpoint (snapshot or disk), else start afresh */
+    int64_t snapshot_interval; /* steps between in-memory snapshots (0: none) */
+    char snapshot_dir[LOOM_PATH_MAX]; /* where they go ("" = /dev/shm/loom-<uid>-<hash of out>) */
+    int ckpt_async;         /* disk checkpoints written from a snapshot by a background thread */
+    double spike_zscore;    /* a step's loss this many deviations above the window's mean rolls back (0: off) */
+    int64_t spike_window;   /* the steps of that window */
+    int64_t max_bad_steps;  /* non-finite steps skipped in a row before the run fails */
+    char skip_steps[256];   /* "a-b,c": steps that consume their data and count but do not train */
     loom_recompute recompute;
     int profile;
     char blas_coretype[32];
@@ -76,6 +85,9 @@ LOOM_NODISCARD loom_status loom_run_config_set(loom_run_config *c, const char *k
 /* Applies a parsed JSON object: nested sections or dotted keys; "preset" is handled by the caller. */
 LOOM_NODISCARD loom_status loom_run_config_apply_json(loom_run_config *c, const loom_json *obj, const char *origin);
 LOOM_NODISCARD loom_status loom_run_config_validate(const loom_run_config *c);
+/* train.skip_steps ("100-120,250"): a malformed list is a config error; has: 1 when `step` is listed. */
+LOOM_NODISCARD loom_status loom_run_skip_steps_check(const char *spec);
+int loom_run_skip_steps_has(const char *spec, int64_t step);
 void loom_run_config_print_help(FILE *f);
 /* The model section as JSON (written into checkpoints, compared on resume). */
 void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb);
@@ -102,8 +114,10 @@ typedef struct loom_trainer loom_trainer;
 typedef struct {
     int64_t step;             /* optimizer steps completed, this one included */
     float loss;               /* the step's mean token loss over the global batch */
-    loom_optim_stats optim;   /* learning rate, gradient norm, clipping, skipped (fp16 overflow) */
+    loom_optim_stats optim;   /* learning rate, gradient norm, clipping, skipped (overflow, non-finite norm) */
     double seconds, tokens_per_sec, mfu;
+    int skipped_untrained;    /* train.skip_steps, or after a rollback: data drawn, nothing trained */
+    int rolled_back;          /* a loss spike: the state went back to an earlier step (loom_trainer_steps_done) */
 } loom_step_result;
 /* Collective over `world` (the caller's, from loom_comm_init_world; NULL: its own): the backend, mesh, data,
  * model, optimizer and run directory; the weights from the seed, or from the newest checkpoint with
@@ -125,8 +139,12 @@ loom_model *loom_trainer_model(const loom_trainer *tr);
  * files are closed. */
 void loom_trainer_free(loom_trainer **tr, int collective);
 
-/* Set by a SIGINT/SIGTERM handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED. */
+/* Set by a SIGINT/SIGTERM/SIGUSR1 handler: the loop saves a checkpoint and returns LOOM_ERR_INTERRUPTED
+ * (SIGUSR1: what Open MPI's mpirun forwards to every rank, the supervisor's "checkpoint and stop"). */
 void loom_train_install_signal_handlers(void);
+/* 1 after a trainer could not resume because its checkpoints are damaged (every candidate, with
+ * train.resume_if_any): `loom train` exits with 3, which a supervisor does not retry. */
+int loom_train_resume_failed(void);
 /* Collective over `world` (the caller's, from loom_comm_init_world; NULL: its own). Trains as configured;
  * peak_gflops > 0 enables the MFU figure. In a job of several ranks an error that struck this rank alone
  * (not loom_error_is_collective) returns at once, without the collective clean-up its peers would wait

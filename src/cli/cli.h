@@ -16,6 +16,7 @@ int loom_cmd_import(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_plot(int argc, char **argv);      /* cmd_plot.c */
 int loom_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
 int loom_cmd_plan(int argc, char **argv);      /* cmd_plan.c */
+int loom_cmd_events(int argc, char **argv);    /* cmd_events.c */
 /* cmd_train.c: a run config from argv the way `loom train` reads it (preset, --config, --set, flags);
  * own_flags: NULL or {"--flag", "1" (takes a value) | "0", ..., NULL}, flags the caller reads itself.
  * Returns 0 (built), -1 (--help: printed) or an exit code. */

@@ -9,13 +9,14 @@
 #include "loom/json.h"
 #include "loom/log.h"
 #include "loom/run.h"
+#include "loom/supervise.h"
 
 #define DEFAULT_CORPUS "/usr/share/games/fortunes"
 
 static void train_help(void) {
     printf("usage: loom train [--config FILE.json] [--preset NAME] [--set key=value]... [--steps N] [--batch B]\n"
            "                  [--seq-len T] [--grad-accum N] [--threads N] [--data PATH|synthetic] [--out DIR]\n"
-           "                  [--resume] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
+           "                  [--resume|--resume-if-any] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
            "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
@@ -23,7 +24,10 @@ static void train_help(void) {
            "                  [--peak-gflops X] [--device cpu|cuda]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
-           "SIGINT/SIGTERM save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl.\n\n"
+           "SIGINT/SIGTERM/SIGUSR1 save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl;\n"
+           "incidents (skipped and rolled-back steps, resumes; a supervisor's failures) in <out>/events.jsonl.\n"
+           "Exit status: 0 done, 1 error, 2 configuration error, 3 no intact checkpoint to resume, 130 stopped by a signal\n"
+           "(checkpointed).\n\n"
            "presets:",
            DEFAULT_CORPUS);
     for (const char *const *p = loom_model_preset_names(); *p; p++) printf(" %s", *p);
@@ -50,6 +54,7 @@ static const flag_alias aliases[] = {
     {"--sample", "train.sample_tokens", 1},  {"--precision", "train.precision", 1},
     {"--mem-budget", "train.mem_budget", 1}, {"--mem-trace", "train.mem_trace", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
+    {"--resume-if-any", "train.resume_if_any", 0},
 };
 
 /* The run config from argv (preset, JSON, --set, flags). Returns 0 (built), -1 (help printed) or an exit
@@ -183,11 +188,20 @@ out:
     return rc;
 }
 
+static int train(int argc, char **argv);
+
 int loom_cmd_train(int argc, char **argv) {
+    loom_heartbeat_start(); /* under a supervisor: beating from the start, so a hang at set-up is seen too */
+    const int rc = train(argc, argv);
+    loom_heartbeat_stop(rc);
+    return rc;
+}
+
+static int train(int argc, char **argv) {
     loom_run_config run;
     double peak = -1;
     int rc = loom_cli_run_config(argc, argv, "train", NULL, &run, &peak);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc) return rc < 0 ? 0 : 2; /* the configuration: a restart would fail the same way */
     int threads = (int)run.train.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -205,11 +219,16 @@ int loom_cmd_train(int argc, char **argv) {
         rc = 130;
     } else if (st != LOOM_OK) {
         rc = loom_cli_fail("train");
+        if (st == LOOM_ERR_CONFIG || st == LOOM_ERR_MISMATCH) rc = 2;
+        if (loom_train_resume_failed()) rc = 3;
     } else {
         rc = 0;
     }
     /* an error of this rank alone: the others may wait for it in a collective; end them all now */
-    if (st != LOOM_OK && !loom_error_is_collective()) loom_comm_abort(world, rc);
+    if (st != LOOM_OK && !loom_error_is_collective()) {
+        loom_heartbeat_stop(rc); /* the supervisor hears which rank failed before the abort kills the rest */
+        loom_comm_abort(world, rc);
+    }
     loom_comm_free(&world);
     return rc;
 }

@@ -22,7 +22,9 @@ static void usage(FILE *f) {
             "  export       write a checkpoint as Hugging Face safetensors\n"
             "  import       read Hugging Face safetensors into a checkpoint\n"
             "  plot         draw the loss and throughput of a metrics log\n"
-            "  launch       run a command on N MPI ranks (mpirun with the right flags)\n"
+            "  launch       run a command on N MPI ranks (mpirun with the right flags); with --max-restarts,\n"
+            "               supervised: failed, dead or hung ranks stop the job, which restarts from a checkpoint\n"
+            "  events       a run's incidents and its effective training time ratio (ETTR)\n"
             "  plan         predict a run before it runs: `plan --memory` (peak memory per rank by category)\n\n"
             "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
             LOOM_VERSION);
@@ -79,6 +81,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "import")) return loom_cmd_import(sub_argc, sub_argv);
     if (!strcmp(cmd, "plot")) return loom_cmd_plot(sub_argc, sub_argv);
     if (!strcmp(cmd, "launch")) return loom_cmd_launch(sub_argc, sub_argv);
+    if (!strcmp(cmd, "events")) return loom_cmd_events(sub_argc, sub_argv);
     if (!strcmp(cmd, "help")) {
         usage(stdout);
         return 0;

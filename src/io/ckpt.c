@@ -298,6 +298,34 @@ loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **ou
     return LOOM_OK;
 }
 
+loom_status loom_file_copy_atomic(const char *src, const char *dst) {
+    const int in = open(src, O_RDONLY | O_CLOEXEC);
+    LOOM_CHECK(in >= 0, LOOM_ERR_IO, "cannot open %s: %s", src, strerror(errno));
+    char tmp[4200];
+    loom_io_tmp_path(tmp, sizeof tmp, dst);
+    const int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        const int err = errno;
+        close(in);
+        return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(err));
+    }
+    enum { PIECE = 8 << 20 };
+    char *buf = malloc(PIECE);
+    loom_status st = buf ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    for (;;) {
+        if (st != LOOM_OK) break;
+        const ssize_t r = read(in, buf, PIECE);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "reading %s: %s", src, strerror(errno));
+        if (r <= 0) break;
+        st = loom_io_write_all(fd, buf, (size_t)r, tmp);
+    }
+    free(buf);
+    close(in);
+    LOOM_CALL(commit_tmp(fd, tmp, dst, st));
+    return LOOM_OK;
+}
+
 loom_status loom_file_write_atomic(const char *path, const void *data, size_t n) {
     char tmp[4200];
     loom_io_tmp_path(tmp, sizeof tmp, path);

@@ -410,6 +410,12 @@ loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const cha
     return LOOM_OK;
 }
 
+void loom_run_ckpt_prune(const char *out, int64_t keep) {
+    char shards[LOOM_PATH_MAX + 16];
+    snprintf(shards, sizeof shards, "%s/shards", out);
+    remove_old_steps(shards, INT64_MAX, keep);
+}
+
 void loom_run_ckpt_move_aside(const char *out) {
     char a[LOOM_PATH_MAX + 64], b[LOOM_PATH_MAX + 64];
     snprintf(a, sizeof a, "%s/checkpoint.json", out);

@@ -18,6 +18,7 @@ struct loom_optim {
     double *norms;      /* LAMB/LARS: 2 per parameter, partial sums of squares */
     int streamed;       /* the moments live outside (loom_optim_init_streamed) */
     double loss_scale;  /* > 0: gradients carry this factor; a non-finite norm skips the step */
+    int skip_nonfinite; /* a non-finite norm skips the step without loss scaling too */
     int64_t cur_step;   /* streamed: the step begun, its lr and clipping */
     double cur_lr, cur_clip;
     int cur_skip;
@@ -152,6 +153,7 @@ void loom_optim_free(loom_optim **po) {
 
 void loom_optim_set_total_steps(loom_optim *o, int64_t total_steps) { o->total_steps = total_steps; }
 void loom_optim_set_loss_scale(loom_optim *o, double scale) { o->loss_scale = scale > 0 ? scale : 0.0; }
+void loom_optim_set_skip_nonfinite(loom_optim *o, int on) { o->skip_nonfinite = on; }
 
 /* From the (loss-scaled) gradients' norm: stats, whether to skip (an overflow under loss scaling), and the
  * factor the update multiplies gradients by (clipping and unscaling together). */
@@ -162,7 +164,7 @@ static loom_status norm_to_clip(loom_optim *o, int64_t step, double norm, loom_o
     norm *= unscale;
     double clip = 1.0;
     if (c->grad_clip > 0 && norm > c->grad_clip) clip = c->grad_clip / (norm + 1e-6); /* as torch's clip_grad_norm_ */
-    *skip = o->loss_scale > 0 && !isfinite(norm);
+    *skip = (o->loss_scale > 0 || o->skip_nonfinite) && !isfinite(norm);
     *gmul = clip * unscale;
     if (st) {
         st->lr = loom_optim_lr(c, step, o->total_steps);

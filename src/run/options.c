@@ -82,6 +82,14 @@ static const option options[] = {
     {"train.resume", OPT_BOOL, T(resume), 0, NULL, "continue from <out>/checkpoint.bin (--resume)"},
     {"train.resume_from", OPT_STRING, T(resume_from), S(resume_from), NULL, "continue from this checkpoint instead of <out>'s newest: a run directory, a kept step's shard directory (<out>/shards/step-N) or a checkpoint file; implies --resume"},
     {"train.keep_checkpoints", OPT_INT, T(keep_checkpoints), 0, NULL, "sharded checkpoints: the newest N steps' shards stay on disk, each with its own manifest (older ones are removed)"},
+    {"train.resume_if_any", OPT_BOOL, T(resume_if_any), 0, NULL, "resume from the newest intact checkpoint (in-memory snapshot, then disk, newest first), or start afresh when there is none (--resume-if-any; what the supervisor's restarts use)"},
+    {"train.snapshot_interval", OPT_INT, T(snapshot_interval), 0, NULL, "steps between in-memory snapshots of the training state (shared memory: they outlive a crashed process; 0 = none)"},
+    {"train.snapshot_dir", OPT_STRING, T(snapshot_dir), S(snapshot_dir), NULL, "where snapshots go (default /dev/shm/loom-<uid>-<hash of the run directory>)"},
+    {"train.ckpt_async", OPT_BOOL, T(ckpt_async), 0, NULL, "disk checkpoints: the step pays for a snapshot in memory, a background thread writes the files"},
+    {"train.spike_zscore", OPT_FLOAT, T(spike_zscore), 0, NULL, "a loss this many standard deviations above the last spike_window steps' mean rolls back to the last snapshot and skips the data since (0 = off)"},
+    {"train.spike_window", OPT_INT, T(spike_window), 0, NULL, "steps in the loss spike window (8-64)"},
+    {"train.max_bad_steps", OPT_INT, T(max_bad_steps), 0, NULL, "steps with a non-finite gradient norm skipped in a row before the run fails"},
+    {"train.skip_steps", OPT_STRING, T(skip_steps), S(skip_steps), NULL, "steps that consume their data and count but do not train, e.g. \"100-120,250\" (as Megatron's --skip-train-iteration-range)"},
     {"train.recompute", OPT_ENUM, T(recompute), 0, rc_choices, "activation recompute (--recompute)"},
     {"train.profile", OPT_BOOL, T(profile), 0, NULL, "print where the time went, per kernel category (--profile)"},
     {"train.blas_coretype", OPT_STRING, T(blas_coretype), S(blas_coretype), NULL, "OpenBLAS kernel: auto | keep | a core name (--blas-coretype)"},
@@ -135,12 +143,48 @@ loom_status loom_run_config_init(loom_run_config *c, const char *preset) {
     t->pp_virtual = 2;
     t->comm_timeout = 300;
     t->keep_checkpoints = 1;
+    t->spike_window = 32;
+    t->max_bad_steps = 8;
     t->offload = 1;
     t->save_checkpoints = 1;
     t->loss_scale = 65536.0;
     t->loss_scale_window = 2000;
     t->mem_chunk = (int64_t)16 << 20;
     return LOOM_OK;
+}
+
+/* Walks "a-b,c": calls back with each range; 0 when malformed. */
+static int skip_ranges(const char *spec, int64_t step, int *hit) {
+    const char *p = spec;
+    *hit = 0;
+    while (*p) {
+        char *end;
+        const long long a = strtoll(p, &end, 10);
+        long long b = a;
+        if (end == p || a < 1) return 0;
+        p = end;
+        if (*p == '-') {
+            b = strtoll(p + 1, &end, 10);
+            if (end == p + 1 || b < a) return 0;
+            p = end;
+        }
+        if (step >= a && step <= b) *hit = 1;
+        if (*p == ',') p++;
+        else if (*p) return 0;
+    }
+    return 1;
+}
+
+loom_status loom_run_skip_steps_check(const char *spec) {
+    int hit;
+    LOOM_CHECK(skip_ranges(spec, 0, &hit), LOOM_ERR_CONFIG,
+               "train.skip_steps '%s': expected steps and ranges such as \"100-120,250\" (steps >= 1, a <= b)", spec);
+    return LOOM_OK;
+}
+
+int loom_run_skip_steps_has(const char *spec, int64_t step) {
+    int hit = 0;
+    return spec[0] && skip_ranges(spec, step, &hit) && hit;
 }
 
 static const option *find_option(const char *key) {
@@ -294,6 +338,14 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     const loom_train_config *t = &c->train;
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
+    LOOM_CHECK(t->snapshot_interval >= 0, LOOM_ERR_CONFIG, "train.snapshot_interval must be >= 0");
+    LOOM_CHECK(t->spike_zscore >= 0 && isfinite(t->spike_zscore), LOOM_ERR_CONFIG, "train.spike_zscore must be >= 0");
+    LOOM_CHECK(t->spike_window >= 8 && t->spike_window <= LOOM_SPIKE_WINDOW_MAX, LOOM_ERR_CONFIG,
+               "train.spike_window must be 8-%d, got %lld", LOOM_SPIKE_WINDOW_MAX, (long long)t->spike_window);
+    LOOM_CHECK(t->max_bad_steps >= 1, LOOM_ERR_CONFIG, "train.max_bad_steps must be >= 1");
+    LOOM_CHECK(!t->ckpt_async || t->save_checkpoints, LOOM_ERR_CONFIG,
+               "train.ckpt_async writes checkpoints: it needs train.save_checkpoints");
+    LOOM_CALL(loom_run_skip_steps_check(t->skip_steps));
     LOOM_CHECK(t->keep_checkpoints >= 1 && t->keep_checkpoints <= 1000000, LOOM_ERR_CONFIG,
                "train.keep_checkpoints must be >= 1, got %lld", (long long)t->keep_checkpoints);
     LOOM_CHECK(t->zero >= 0 && t->zero <= 3, LOOM_ERR_CONFIG, "train.zero must be 0, 1, 2 or 3, got %lld", (long long)t->zero);

@@ -2,7 +2,9 @@
  * checkpoints (trainer_ckpt.c) and the driver loop (train.c). */
 #ifndef LOOM_RUN_IMPL_H
 #define LOOM_RUN_IMPL_H
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 
 #include "loom/ckpt.h"
@@ -18,6 +20,9 @@ typedef struct {
     int32_t reserved;
     double loss_scale;          /* fp16: the dynamic loss scale (0 in older checkpoints: start afresh) */
     int64_t loss_scale_good;    /* good steps since it last changed */
+    int32_t window_n, window_pos; /* the loss spike window: losses held, the next slot */
+    float window[LOOM_SPIKE_WINDOW_MAX];
+    int64_t skip_until;         /* a rollback's skipped steps run up to this step */
 } train_state; /* the "state" section, binary (older, shorter ones read with the new fields zero) */
 
 /* A test hook, never set by a user: LOOM_TEST_FAULT=POINT@RANK[:N] makes world rank RANK fail at POINT:
@@ -29,6 +34,19 @@ typedef struct {
     int rank;
     int64_t n;
 } test_fault;
+
+/* An asynchronous disk checkpoint in flight: this rank's file of a snapshot, copied by a thread. */
+typedef struct {
+    pthread_t thread;
+    int running;                /* started and not yet joined */
+    atomic_int done;
+    loom_status status;
+    char err[1024];
+    int64_t step;
+    char src[LOOM_PATH_MAX + 80], dst[LOOM_PATH_MAX + 80]; /* "" when this rank writes no file */
+    char *manifest;             /* rank 0, sharded: the run manifest to commit */
+    size_t manifest_len;
+} ckpt_async;
 
 /* every rank's row of statistics: current and peak bytes by category, then the step's communication wait
  * and work in microseconds */
@@ -80,6 +98,14 @@ struct loom_trainer {
     int64_t tokens_per_step;       /* over every rank and micro-batch */
     double flops_per_token, world_peak; /* for the MFU: model FLOPs, and every rank's peak (GFLOP/s) */
     int resumed;
+    /* resilience: snapshots, asynchronous checkpoints, bad steps (trainer_ckpt.c, trainer.c) */
+    char snap_dir[LOOM_PATH_MAX];
+    int64_t snap_step;             /* the newest snapshot's step, -1: none */
+    ckpt_async async;
+    int32_t window_n, window_pos;  /* the loss spike window (in the checkpoint) */
+    float window[LOOM_SPIKE_WINDOW_MAX];
+    int64_t skip_until;            /* after a rollback: steps up to this one consume their data untrained */
+    int64_t bad_in_row, bad_steps; /* non-finite steps skipped: in a row, in all */
 };
 
 /* train.c: the flag the signal handlers set (a signal handler can only reach a global) */
@@ -89,4 +115,16 @@ LOOM_NODISCARD loom_status loom_run_mkdir_p(const char *path);
 /* trainer_ckpt.c: collective; the trainer's state at `step` into <out> / from its newest checkpoint */
 LOOM_NODISCARD loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step);
 LOOM_NODISCARD loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step);
+/* the snapshot directory of this run (train.snapshot_dir, or /dev/shm/loom-<uid>-<hash of out>); its removal */
+void loom_trainer_snapshot_dir(const loom_trainer *tr, char *dir, size_t n);
+void loom_trainer_snapshot_clear(loom_trainer *tr);
+/* Collective: a snapshot of the state now; to_disk: then written to <out> in the background */
+LOOM_NODISCARD loom_status loom_trainer_snapshot(loom_trainer *tr, int to_disk);
+/* Collective: commits the background checkpoint once every rank's copy is done (wait: blocks for it) */
+LOOM_NODISCARD loom_status loom_trainer_ckpt_poll(loom_trainer *tr, int wait);
+/* Collective: the newest intact checkpoint of the snapshot and run directories (*found 0: none at all;
+ * LOOM_ERR_CHECKSUM when every one is damaged) */
+LOOM_NODISCARD loom_status loom_trainer_ckpt_resume_auto(loom_trainer *tr, int64_t *step, int *found);
+/* Collective: the newest intact checkpoint of a step before `before` (*found 0: none) */
+LOOM_NODISCARD loom_status loom_trainer_ckpt_rollback(loom_trainer *tr, int64_t before, int64_t *to, int *found);
 #endif

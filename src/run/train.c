@@ -28,6 +28,7 @@ void loom_train_install_signal_handlers(void) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
 }
 
 volatile sig_atomic_t *loom_run_stop_flag(void) { return &stop_signal; }
@@ -149,6 +150,7 @@ static loom_status run_loop(loom_trainer *tr) {
     while (loom_trainer_steps_done(tr) < t->steps) {
         loom_step_result r;
         LOOM_CALL(loom_trainer_step(tr, &r));
+        if (r.rolled_back) continue; /* back at an earlier step: its steps come again (untrained up to the spike) */
         const int64_t step = r.step;
         loss = r.loss;
         t_train += r.seconds;
@@ -173,8 +175,12 @@ static loom_status run_loop(loom_trainer *tr) {
         if (tr->world_size > 1) /* a signal stops every rank at the same step, so the checkpoint is whole */
             LOOM_CALL(loom_comm_allreduce_max_i64(tr->world, &stop_vote, 1));
         const int stop_now = stop_vote != 0 || (t->stop_after > 0 && step == t->stop_after);
-        if (t->save_checkpoints && ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now))
-            LOOM_CALL(loom_trainer_save(tr));
+        const int disk = t->save_checkpoints && ((t->ckpt_interval > 0 && step % t->ckpt_interval == 0) || last || stop_now);
+        const int snap = t->snapshot_interval > 0 && step % t->snapshot_interval == 0;
+        if (disk && t->ckpt_async && !last && !stop_now) LOOM_CALL(loom_trainer_snapshot(tr, 1)); /* disk: later */
+        else if (disk) LOOM_CALL(loom_trainer_save(tr));
+        else if (snap) LOOM_CALL(loom_trainer_snapshot(tr, 0));
+        else LOOM_CALL(loom_trainer_ckpt_poll(tr, 0)); /* a background checkpoint: committed once all are done */
         if (stop_vote) {
             if (tty) printf("\n");
             loom_status st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
@@ -193,6 +199,8 @@ static loom_status run_loop(loom_trainer *tr) {
         }
     }
     if (tty) printf("\n");
+    LOOM_CALL(loom_trainer_ckpt_poll(tr, 1));
+    loom_trainer_snapshot_clear(tr); /* the run is complete: its checkpoint is on disk */
     if (tr->root)
         print_summary(tr, loom_trainer_steps_done(tr) - first_step, loss, val_loss, loom_run_now() - t_start, t_train);
     if (t->profile && tr->root) print_profile(tr->be, t_train);

@@ -10,10 +10,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "loom/backend.h"
 #include "loom/log.h"
+#include "loom/supervise.h"
 
 #include "run_impl.h"
 
@@ -92,7 +94,11 @@ static void write_metrics_line(loom_trainer *tr, int64_t step, float loss, const
     loom_json_write_number(&sb, os->lr);
     loom_strbuf_printf(&sb, ",\"grad_norm\":");
     loom_json_write_number(&sb, os->grad_norm);
-    if (tr->loss_scale > 0) loom_strbuf_printf(&sb, ",\"loss_scale\":%.17g,\"skipped\":%d", tr->step_scale, tr->skipped);
+    if (tr->loss_scale > 0) loom_strbuf_printf(&sb, ",\"loss_scale\":%.17g", tr->step_scale);
+    if (tr->loss_scale > 0 || os->skipped) loom_strbuf_printf(&sb, ",\"skipped\":%d", os->skipped ? 1 : 0);
+    struct timeval tv;
+    gettimeofday(&tv, NULL); /* when the step ended: `loom events` measures wall time with it */
+    loom_strbuf_printf(&sb, ",\"time\":%.3f", (double)tv.tv_sec + 1e-6 * (double)tv.tv_usec);
     loom_strbuf_printf(&sb, ",\"tokens_per_sec\":%.3f,\"mfu\":%.6f,\"ms\":%.3f,\"mem_peak_bytes\":%lld", tok_s, mfu,
                        ms, (long long)tr->mem.peak_total);
     for (int c = 0; c < LOOM_MEM_N_CATEGORIES; c++)
@@ -400,6 +406,12 @@ static void describe(const loom_trainer *tr, double peak_gflops, const char *pea
 /* After an error: everything freed (collective), or with `collective` 0 only the files closed (an error of
  * this rank alone: its peers may wait for it in a collective, and the caller ends the job). */
 static void trainer_release(loom_trainer *tr, int collective) {
+    if (tr->async.running) { /* a background checkpoint that will not be committed: its copy ends first */
+        pthread_join(tr->async.thread, NULL);
+        tr->async.running = 0;
+        free(tr->async.manifest);
+        tr->async.manifest = NULL;
+    }
     if (!collective) {
         if (tr->metrics) fclose(tr->metrics);
         if (tr->mem_trace) fclose(tr->mem_trace);
@@ -441,13 +453,29 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     LOOM_CALL_GOTO(st, setup_model(tr), fail);
     LOOM_CALL_GOTO(st, setup_batches(tr), fail);
     snprintf(tr->ckpt_path, sizeof tr->ckpt_path, "%s/checkpoint.bin", t->out);
+    /* the run directory exists before the snapshot directory's name is derived from its absolute path (an
+     * explicit resume needs it to exist already) */
+    if (!t->resume)
+        LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_run_mkdir_p(t->out), "creating the run directory"), fail);
+    loom_trainer_snapshot_dir(tr, tr->snap_dir, sizeof tr->snap_dir);
+    tr->snap_step = -1;
+    loom_heartbeat_progress(0, "init");
     tr->resumed = t->resume || t->resume_from[0];
     if (tr->resumed) { /* every rank reads its own ranges: all of them resume, or none */
         LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_ckpt_load(tr, &tr->step), "resuming"), fail);
         LOOM_INFO("resumed from %s at step %lld", t->resume_from[0] ? t->resume_from : t->out, (long long)tr->step);
-    } else {
-        LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
+    } else if (t->resume_if_any) { /* a supervisor's restart: the newest intact snapshot or checkpoint, or none */
+        int found = 0;
+        LOOM_CALL_GOTO(st, loom_trainer_ckpt_resume_auto(tr, &tr->step, &found), fail);
+        tr->resumed = found;
     }
+    if (!tr->resumed) {
+        LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
+        loom_trainer_snapshot_clear(tr); /* an earlier run's snapshots of this directory are not this run's */
+    }
+    loom_heartbeat_progress(tr->step, "init");
+    /* a non-finite gradient norm skips the step (fp16's overflows did already) */
+    loom_optim_set_skip_nonfinite(tr->opt, 1);
     LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr->model), fail); /* bf16: the working copy of the weights */
     LOOM_CALL_GOTO(st, setup_run_dir(tr), fail);
     tr->flops_per_token = loom_model_config_flops_per_token(&tr->model_cfg, t->seq_len);
@@ -483,20 +511,113 @@ void loom_trainer_free(loom_trainer **ptr, int collective) {
     *ptr = NULL;
 }
 
+/* rank 0: one line of <out>/events.jsonl (a failure to write it is worth a warning, not the run) */
+static void trainer_event(const loom_trainer *tr, const char *name, const char *fields) {
+    if (tr->root && loom_event_append(tr->rc->train.out, name, fields) != LOOM_OK) LOOM_WARN("%s", loom_error_message());
+}
+
+/* A step that trains nothing (train.skip_steps, or after a rollback): its micro-batches are drawn as a trained
+ * step draws them, so the data that follows is the same, and the step counts (the schedule moves on). */
+static loom_status skip_step(loom_trainer *tr, loom_step_result *res, const char *why) {
+    const loom_train_config *t = &tr->rc->train;
+    const double t0 = loom_run_now();
+    for (int64_t micro = 0; micro < t->grad_accum; micro++) LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
+    loom_step_result r;
+    memset(&r, 0, sizeof r);
+    r.step = ++tr->step;
+    r.loss = NAN;
+    r.optim.lr = loom_optim_lr(&tr->rc->optim, r.step - 1, t->steps);
+    r.optim.grad_norm = NAN;
+    r.optim.skipped = 1;
+    r.seconds = loom_run_now() - t0;
+    r.skipped_untrained = 1;
+    write_metrics_line(tr, r.step, r.loss, &r.optim, 0.0, 0.0, r.seconds * 1e3, tr->rank_mem);
+    if (tr->root && (r.step == tr->skip_until || !strcmp(why, "skip_steps")))
+        LOOM_INFO("step %lld: skipped, untrained (%s)", (long long)r.step, why);
+    loom_heartbeat_progress(tr->step, "step");
+    if (res) *res = r;
+    return LOOM_OK;
+}
+
+/* How far a step's loss lies above the window's mean, in its standard deviations (at least 1% of the mean:
+ * a flat window makes no spike of noise); 0 until the window holds 8 steps. */
+static double spike_zscore(const loom_trainer *tr, double loss) {
+    if (tr->window_n < 8 || !isfinite(loss)) return 0;
+    double mean = 0, var = 0;
+    for (int i = 0; i < tr->window_n; i++) mean += tr->window[i];
+    mean /= tr->window_n;
+    for (int i = 0; i < tr->window_n; i++) var += (tr->window[i] - mean) * (tr->window[i] - mean);
+    const double sd = sqrt(var / tr->window_n), floor_sd = 0.01 * fabs(mean) + 1e-12;
+    return (loss - mean) / (sd > floor_sd ? sd : floor_sd);
+}
+
+static void window_push(loom_trainer *tr, float loss) {
+    const int w = (int)tr->rc->train.spike_window;
+    tr->window[tr->window_pos] = loss;
+    tr->window_pos = (tr->window_pos + 1) % w;
+    if (tr->window_n < w) tr->window_n++;
+}
+
+/* A loss spike at `step`: back to the newest checkpoint (snapshot or disk) before it, and the steps since
+ * then skipped, their data with them (PaLM's remedy); a run that skips those steps from the start
+ * (train.skip_steps) trains to the same weights. */
+static loom_status rollback(loom_trainer *tr, int64_t step, double loss, double z, loom_step_result *r) {
+    LOOM_CALL(loom_trainer_ckpt_poll(tr, 1)); /* a background checkpoint is committed before the state moves */
+    int64_t to = 0;
+    int found = 0;
+    LOOM_CALL(loom_trainer_ckpt_rollback(tr, step, &to, &found));
+    char fields[256];
+    if (!found) {
+        if (tr->root) LOOM_WARN("step %lld: loss %.4f is a spike (z-score %.1f) but no snapshot or checkpoint before it "
+                                "to roll back to (train.snapshot_interval); training on", (long long)step, loss, z);
+        snprintf(fields, sizeof fields, "\"step\":%lld,\"loss\":%.6f,\"zscore\":%.3f,\"window\":%d,\"action\":\"none\"",
+                 (long long)step, loss, z, tr->window_n);
+        trainer_event(tr, "spike", fields);
+        return LOOM_OK;
+    }
+    snprintf(fields, sizeof fields, "\"step\":%lld,\"loss\":%.6f,\"zscore\":%.3f,\"window\":%d,\"rolled_back_to\":%lld",
+             (long long)step, loss, z, tr->window_n, (long long)to);
+    tr->step = to;
+    tr->skip_until = step;
+    LOOM_CALL(loom_model_refresh_low_precision(tr->model));
+    if (tr->root) LOOM_WARN("step %lld: loss %.4f is a spike (z-score %.1f): rolled back to step %lld; the data of steps "
+                            "%lld-%lld is skipped", (long long)step, loss, z, (long long)to, (long long)to + 1,
+                            (long long)step);
+    trainer_event(tr, "spike", fields);
+    r->rolled_back = 1;
+    return LOOM_OK;
+}
+
+/* LOOM_TEST_FAULT=spike@R:N: rank R's targets of step N become noise (a bad batch); deterministic */
+static void spike_targets(loom_trainer *tr, int64_t step) {
+    const int64_t n = tr->local_batch * tr->T_local;
+    uint64_t x = 0x9E3779B97F4A7C15ull * (uint64_t)step;
+    for (int64_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        tr->targets[i] = (int32_t)(x % (uint64_t)tr->model_cfg.vocab_size);
+    }
+}
+
 loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     const loom_train_config *t = &tr->rc->train;
+    const int64_t n = tr->step + 1;
+    if (n <= tr->skip_until) return skip_step(tr, res, "rolled back past a loss spike");
+    if (loom_run_skip_steps_has(t->skip_steps, n)) return skip_step(tr, res, "train.skip_steps");
     const double t0 = loom_run_now();
     const int64_t local_BT = tr->local_batch * tr->T_local;
     double lsum = 0.0;
     /* the loss's gradient is scaled (fp16), the optimizer divides the scale out */
     tr->step_scale = tr->loss_scale;
-    const float grad_scale = (float)((tr->loss_scale > 0 ? tr->loss_scale : 1.0) / (double)tr->tokens_per_step);
+    float grad_scale = (float)((tr->loss_scale > 0 ? tr->loss_scale : 1.0) / (double)tr->tokens_per_step);
+    if (test_fault_at(tr, "nan", n)) grad_scale = NAN; /* the test hook: this rank's gradients become NaN */
+    const int spike = test_fault_at(tr, "spike", n);
     loom_optim_set_loss_scale(tr->opt, tr->loss_scale);
     loom_zero_reset_stats(tr->zero);
     loom_comm_reset_stats(tr->mesh.tp);
     loom_comm_reset_stats(tr->mesh.sp);
     for (int64_t micro = 0; tr->pipe && micro < t->grad_accum; micro++) { /* the step's micro-batches */
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
+        if (spike) spike_targets(tr, n);
         memcpy(tr->mb_tokens + micro * local_BT, tr->tokens, (size_t)local_BT * sizeof(int32_t));
         memcpy(tr->mb_targets + micro * local_BT, tr->targets, (size_t)local_BT * sizeof(int32_t));
     }
@@ -510,6 +631,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     for (int64_t micro = 0; !tr->pipe && micro < t->grad_accum; micro++) {
         float l;
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
+        if (spike) spike_targets(tr, n);
         loom_zero_begin_micro(tr->zero, micro, micro == t->grad_accum - 1);
         LOOM_CALL(loom_model_forward_backward(tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local,
                                               grad_scale, loom_zero_accumulate(tr->zero, micro), &l));
@@ -521,6 +643,23 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     loom_optim_stats os;
     LOOM_CALL(loom_zero_step(tr->zero, tr->step, &os));
     tr->skipped = tr->loss_scale > 0 && os.skipped;
+    if (os.skipped && tr->loss_scale <= 0) { /* a non-finite gradient norm (every rank sees the same) */
+        tr->bad_steps++;
+        char fields[128];
+        snprintf(fields, sizeof fields, "\"step\":%lld,\"action\":\"skipped\",\"in_a_row\":%lld", (long long)n,
+                 (long long)tr->bad_in_row + 1);
+        trainer_event(tr, "bad_step", fields);
+        if (tr->root) LOOM_WARN("step %lld: the gradient norm is not finite; update skipped", (long long)n);
+        if (++tr->bad_in_row >= t->max_bad_steps) {
+            const loom_status st = loom_error_set(LOOM_ERR_INVALID_ARG, __FILE__, __LINE__, __func__,
+                                                  "the loss diverged: %lld steps in a row with a non-finite gradient "
+                                                  "norm (train.max_bad_steps)", (long long)tr->bad_in_row);
+            loom_error_mark_collective();
+            return st;
+        }
+    } else if (!os.skipped) {
+        tr->bad_in_row = 0;
+    }
     if (tr->skipped) { /* an overflow: the step did nothing; a smaller scale */
         tr->loss_scale *= 0.5;
         tr->loss_scale_good = 0;
@@ -549,6 +688,12 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     LOOM_CALL(gather_rank_stats(tr, tr->rank_mem));
     write_metrics_line(tr, r.step, r.loss, &os, r.tokens_per_sec, r.mfu, r.seconds * 1e3, tr->rank_mem);
     if (loom_zero_offload(tr->zero)) loom_offload_trace_step(loom_zero_offload(tr->zero), r.step, &tr->mem);
+    loom_heartbeat_progress(tr->step, "step");
+    if (t->spike_zscore > 0 && !os.skipped && isfinite(r.loss)) { /* the same loss on every rank: one decision */
+        const double z = spike_zscore(tr, r.loss);
+        if (z > t->spike_zscore) LOOM_CALL(rollback(tr, r.step, r.loss, z, &r));
+        else window_push(tr, r.loss);
+    }
     if (res) *res = r;
     return LOOM_OK;
 }
@@ -573,7 +718,9 @@ loom_status loom_trainer_eval(loom_trainer *tr, float *val_loss) {
 }
 
 loom_status loom_trainer_save(loom_trainer *tr) {
+    loom_heartbeat_progress(tr->step, "checkpoint");
     LOOM_CALL(loom_trainer_ckpt_save(tr, tr->step));
+    loom_heartbeat_progress(tr->step, "step");
     LOOM_DEBUG("checkpoint %s at step %lld", tr->ckpt_path, (long long)tr->step);
     return LOOM_OK;
 }

@@ -2,11 +2,15 @@
  * one-rank layout assembled over the world by rank 0) and read back by any layout (resharding). */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "loom/log.h"
+#include "loom/supervise.h"
 
 #include "run_impl.h"
 
@@ -37,7 +41,9 @@ static loom_status fill_slice(void *ctx, int64_t off, int64_t n, void *dst) {
     return loom_zero_read_slice(f->z, f->which, off / 4, (off + n) / 4, dst);
 }
 
-loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step) {
+/* The trainer's state at `step` into directory `dir`: <dir>/checkpoint.bin (one writer), or its sharded
+ * layout keeping the newest `keep` steps (collective). */
+static loom_status save_to(loom_trainer *tr, int64_t step, const char *dir, int64_t keep) {
     const loom_run_config *rc = tr->rc;
     loom_strbuf meta;
     loom_strbuf_init(&meta);
@@ -74,6 +80,10 @@ loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step) {
     ts.optim_kind = (int32_t)rc->optim.kind;
     ts.loss_scale = tr->loss_scale;
     ts.loss_scale_good = tr->loss_scale_good;
+    ts.window_n = tr->window_n;
+    ts.window_pos = tr->window_pos;
+    memcpy(ts.window, tr->window, sizeof ts.window);
+    ts.skip_until = tr->skip_until;
     int64_t begin, end;
     loom_zero_slice(tr->zero, &begin, &end);
     float *slices[3];
@@ -134,10 +144,11 @@ loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step) {
             s[n] = secs[i];
             s[n++].name = i == 0 ? "params" : i == 1 ? "optim.0" : "optim.1";
         }
-        st = loom_ckpt_write(tr->ckpt_path, s, n);
+        char file[LOOM_PATH_MAX + 32];
+        snprintf(file, sizeof file, "%s/checkpoint.bin", dir);
+        st = loom_ckpt_write(file, s, n);
     } else {
-        st = loom_run_ckpt_save_sharded(tr->rc->train.out, tr->red, meta.buf, step, loom_zero_stage(tr->zero),
-                                        rc->train.keep_checkpoints, &ts,
+        st = loom_run_ckpt_save_sharded(dir, tr->red, meta.buf, step, loom_zero_stage(tr->zero), keep, &ts,
                                         (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, secs);
     }
     free(canon);
@@ -221,12 +232,12 @@ static void resume_hint(const loom_trainer *tr, int64_t bad_step, loom_status st
                    "(train.keep_checkpoints=2 keeps one for next time)", kept, kept[0] ? "" : "; restore it from a copy");
 }
 
-/* Resumes from the newest checkpoint of the run directory, written by any number of ranks and any ZeRO
- * stage: each rank reads the flat ranges its own layout needs (resharding). */
-loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step) {
+/* This rank's part of the state from checkpoint `from` (a run directory, a step's shard directory or a
+ * file), written by any number of ranks and any ZeRO stage: each rank reads the flat ranges its own layout
+ * needs (resharding). Rank-local; `hint`: a damaged checkpoint's message names what the user can do. */
+static loom_status load_from(loom_trainer *tr, const char *from, int hint, int64_t *step) {
     loom_run_ckpt *c = NULL;
     loom_status st;
-    const char *from = tr->rc->train.resume_from[0] ? tr->rc->train.resume_from : tr->rc->train.out;
     LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
     const loom_json *j = loom_run_ckpt_meta(c);
     const char *path = loom_run_ckpt_path(c);
@@ -245,6 +256,11 @@ loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step) {
         tr->loss_scale = ts.loss_scale;
         tr->loss_scale_good = ts.loss_scale_good;
     }
+    /* the loss spike window and a rollback's skipped steps (zero in older checkpoints: none) */
+    tr->window_n = ts.window_n >= 0 && ts.window_n <= LOOM_SPIKE_WINDOW_MAX ? ts.window_n : 0;
+    tr->window_pos = ts.window_pos >= 0 && ts.window_pos < LOOM_SPIKE_WINDOW_MAX ? ts.window_pos : 0;
+    memcpy(tr->window, ts.window, sizeof tr->window);
+    tr->skip_until = ts.skip_until;
     tp_reader tpr = {c, tr->model};
     if (tr->tp > 1 || tr->pp > 1) LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_tp_range, &tpr), done);
     else LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_ckpt_range, c), done);
@@ -261,10 +277,315 @@ loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step) {
     *step = ts.step;
     st = LOOM_OK;
 done:
-    if (st == LOOM_ERR_CHECKSUM || st == LOOM_ERR_FORMAT) { /* the damaged step, when its manifest was read */
+    if (hint && (st == LOOM_ERR_CHECKSUM || st == LOOM_ERR_FORMAT)) { /* the damaged step, when its manifest was read */
         const loom_json *js = c ? loom_json_get(loom_run_ckpt_meta(c), "step") : NULL;
         resume_hint(tr, js && js->type == LOOM_JSON_NUMBER ? (int64_t)js->number : -1, st);
     }
     loom_run_ckpt_close(&c);
     return st;
+}
+
+loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step) {
+    const char *from = tr->rc->train.resume_from[0] ? tr->rc->train.resume_from : tr->rc->train.out;
+    return load_from(tr, from, 1, step);
+}
+
+/* ---- resilience: in-memory snapshots, asynchronous disk checkpoints, resuming from the newest intact ----
+ *
+ * A snapshot is a checkpoint written to the snapshot directory (shared memory: /dev/shm, so it outlives the
+ * crashed process, and costs a memory copy and a CRC), in the same layouts as on disk, the newest two kept.
+ * An asynchronous disk checkpoint is a snapshot that a background thread of each rank then copies to the run
+ * directory (its own file: shard, or the single file); once every rank's copy is done (a vote at each step
+ * boundary while one is in flight) rank 0 commits it with the manifests, as the synchronous writer does. A
+ * crash before the commit leaves the previous disk checkpoint as the newest one. */
+
+static int resume_failed_flag;
+int loom_train_resume_failed(void) { return resume_failed_flag; }
+
+static int sharded_layout(const loom_trainer *tr) { return tr->tp == 1 && tr->pp == 1 && tr->dp > 1; }
+/* the rank that writes the single file (tensor/pipeline parallel: the assembled one-rank layout) */
+static int writes_file(const loom_trainer *tr) { return sharded_layout(tr) || tr->root; }
+
+/* every file and directory under `dir`, and dir itself; missing ones are fine (several ranks may race) */
+static void remove_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char p[2 * LOOM_PATH_MAX];
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (unlink(p) != 0 && (errno == EISDIR || errno == EPERM)) remove_tree(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+void loom_trainer_snapshot_dir(const loom_trainer *tr, char *dir, size_t n) {
+    const loom_train_config *t = &tr->rc->train;
+    if (t->snapshot_dir[0]) {
+        snprintf(dir, n, "%s", t->snapshot_dir);
+        return;
+    }
+    char abs[PATH_MAX];
+    const char *out = realpath(t->out, abs) ? abs : t->out;
+    uint64_t h = 1469598103934665603ull; /* FNV-1a of the run directory's absolute path */
+    for (const char *c = out; *c; c++) h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    snprintf(dir, n, "/dev/shm/loom-%ld-%016llx", (long)getuid(), (unsigned long long)h);
+}
+
+void loom_trainer_snapshot_clear(loom_trainer *tr) { remove_tree(tr->snap_dir); }
+
+/* the background copy of this rank's file of a snapshot to the run directory */
+static void *async_copy(void *arg) {
+    ckpt_async *a = arg;
+    a->status = a->src[0] ? loom_file_copy_atomic(a->src, a->dst) : LOOM_OK;
+    if (a->status != LOOM_OK) snprintf(a->err, sizeof a->err, "%s", loom_error_message());
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+/* Collective: when every rank's copy is done (or with `wait`, once it is), rank 0 commits the step. */
+loom_status loom_trainer_ckpt_poll(loom_trainer *tr, int wait) {
+    ckpt_async *a = &tr->async;
+    if (!a->running) return LOOM_OK;
+    int64_t pending = 0;
+    if (wait) {
+        pthread_join(a->thread, NULL);
+    } else {
+        pending = !atomic_load(&a->done);
+        if (tr->world_size > 1) LOOM_CALL(loom_comm_allreduce_max_i64(tr->world, &pending, 1));
+        if (pending) return LOOM_OK;
+        pthread_join(a->thread, NULL);
+    }
+    a->running = 0;
+    int64_t failed = a->status != LOOM_OK;
+    if (tr->world_size > 1) LOOM_CALL(loom_comm_allreduce_max_i64(tr->world, &failed, 1));
+    loom_status st = LOOM_OK;
+    const loom_train_config *t = &tr->rc->train;
+    if (!failed && tr->root && sharded_layout(tr)) { /* the step's manifest, then the run's: the commit */
+        char src[LOOM_PATH_MAX + 80], dst[LOOM_PATH_MAX + 80], man[LOOM_PATH_MAX + 32];
+        snprintf(src, sizeof src, "%s/shards/step-%08lld/checkpoint.json", tr->snap_dir, (long long)a->step);
+        snprintf(dst, sizeof dst, "%s/shards/step-%08lld/checkpoint.json", t->out, (long long)a->step);
+        snprintf(man, sizeof man, "%s/checkpoint.json", t->out);
+        st = loom_file_copy_atomic(src, dst);
+        if (st == LOOM_OK) st = loom_file_write_atomic(man, a->manifest, a->manifest_len);
+        if (st == LOOM_OK) loom_run_ckpt_prune(t->out, t->keep_checkpoints);
+        failed = st != LOOM_OK;
+    }
+    free(a->manifest);
+    a->manifest = NULL;
+    if (tr->world_size > 1) LOOM_CALL(loom_comm_broadcast(tr->world, &failed, (int64_t)sizeof failed, 0));
+    if (failed) {
+        if (st == LOOM_OK)
+            st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__,
+                                "the asynchronous checkpoint of step %lld failed on %s: %s; the previous checkpoint "
+                                "stays", (long long)a->step, a->status != LOOM_OK ? "this rank" : "another rank",
+                                a->status != LOOM_OK ? a->err : "see its message");
+        loom_error_mark_collective();
+        return st;
+    }
+    if (tr->root) LOOM_DEBUG("checkpoint of step %lld committed to %s (written in the background)",
+                             (long long)a->step, t->out);
+    return LOOM_OK;
+}
+
+loom_status loom_trainer_snapshot(loom_trainer *tr, int to_disk) {
+    const loom_train_config *t = &tr->rc->train;
+    LOOM_CALL(loom_trainer_ckpt_poll(tr, 1)); /* the snapshot it copies is about to be replaced */
+    LOOM_CALL(loom_comm_agree(tr->world, loom_run_mkdir_p(tr->snap_dir), "creating the snapshot directory"));
+    LOOM_CALL(save_to(tr, tr->step, tr->snap_dir, 2));
+    tr->snap_step = tr->step;
+    if (!to_disk) return LOOM_OK;
+    ckpt_async *a = &tr->async;
+    memset(a, 0, sizeof *a);
+    a->step = tr->step;
+    if (writes_file(tr) && sharded_layout(tr)) {
+        const int r = loom_comm_rank(tr->red);
+        char dir[LOOM_PATH_MAX + 48];
+        snprintf(a->src, sizeof a->src, "%s/shards/step-%08lld/rank-%05d.bin", tr->snap_dir, (long long)a->step, r);
+        snprintf(dir, sizeof dir, "%s/shards", t->out);
+        loom_status st = loom_run_mkdir_p(dir);
+        snprintf(dir, sizeof dir, "%s/shards/step-%08lld", t->out, (long long)a->step);
+        if (st == LOOM_OK) st = loom_run_mkdir_p(dir);
+        LOOM_CALL(loom_comm_agree(tr->world, st, "creating the checkpoint directory"));
+        snprintf(a->dst, sizeof a->dst, "%s/rank-%05d.bin", dir, r);
+        if (tr->root) { /* the run manifest of this step, committed when every shard is on disk */
+            char man[LOOM_PATH_MAX + 32];
+            snprintf(man, sizeof man, "%s/checkpoint.json", tr->snap_dir);
+            FILE *f = fopen(man, "rb");
+            LOOM_CHECK(f != NULL, LOOM_ERR_IO, "cannot read %s: %s", man, strerror(errno));
+            fseek(f, 0, SEEK_END);
+            const long len = ftell(f);
+            fseek(f, 0, SEEK_SET);
+            a->manifest = malloc(len > 0 ? (size_t)len : 1);
+            a->manifest_len = a->manifest ? fread(a->manifest, 1, (size_t)(len > 0 ? len : 0), f) : 0;
+            fclose(f);
+            LOOM_CHECK(a->manifest && a->manifest_len == (size_t)len, LOOM_ERR_IO, "cannot read %s", man);
+        }
+    } else if (writes_file(tr)) {
+        snprintf(a->src, sizeof a->src, "%s/checkpoint.bin", tr->snap_dir);
+        snprintf(a->dst, sizeof a->dst, "%s", tr->ckpt_path);
+    }
+    atomic_store(&a->done, 0);
+    LOOM_CHECK(pthread_create(&a->thread, NULL, async_copy, a) == 0, LOOM_ERR_INTERNAL,
+               "cannot start the checkpoint thread");
+    a->running = 1;
+    return LOOM_OK;
+}
+
+loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step) {
+    LOOM_CALL(loom_trainer_ckpt_poll(tr, 1)); /* an older step in flight commits first */
+    return save_to(tr, step, tr->rc->train.out, tr->rc->train.keep_checkpoints);
+}
+
+/* ---- the candidates a restart or a rollback may load: every complete checkpoint of the snapshot and run
+ * directories, newest step first (a snapshot before the disk copy of the same step). */
+typedef struct {
+    char path[LOOM_PATH_MAX + 64];
+    int64_t step;
+    int snapshot;
+} candidate;
+
+static int64_t step_of(const char *path) {
+    loom_run_ckpt *c = NULL;
+    int64_t step = -1;
+    if (loom_run_ckpt_open(path, &c) == LOOM_OK) {
+        const loom_json *js = loom_json_get(loom_run_ckpt_meta(c), "step");
+        if (js && js->type == LOOM_JSON_NUMBER) step = (int64_t)js->number;
+    }
+    loom_run_ckpt_close(&c);
+    loom_error_clear();
+    return step;
+}
+
+static void add_candidate(candidate *list, int *n, int cap, const char *path, int snapshot) {
+    if (*n >= cap || strlen(path) >= sizeof list->path || access(path, R_OK) != 0) return;
+    const int64_t step = step_of(path);
+    if (step < 0) { /* unreadable manifest: still a candidate, tried last, so its error is reported */
+        LOOM_WARN("checkpoint %s cannot be read: %s", path, loom_error_message());
+    }
+    memcpy(list[*n].path, path, strlen(path) + 1);
+    list[*n].step = step;
+    list[*n].snapshot = snapshot;
+    (*n)++;
+}
+
+static void add_dir(candidate *list, int *n, int cap, const char *dir, int snapshot) {
+    char p[2 * LOOM_PATH_MAX];
+    snprintf(p, sizeof p, "%s/checkpoint.bin", dir);
+    add_candidate(list, n, cap, p, snapshot);
+    snprintf(p, sizeof p, "%s/shards", dir);
+    DIR *d = opendir(p);
+    struct dirent *e;
+    while (d && (e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "step-", 5) != 0) continue;
+        snprintf(p, sizeof p, "%s/shards/%s/checkpoint.json", dir, e->d_name);
+        add_candidate(list, n, cap, p, snapshot);
+    }
+    if (d) closedir(d);
+}
+
+static int newer_first(const void *x, const void *y) {
+    const candidate *a = x, *b = y;
+    if (a->step != b->step) return a->step > b->step ? -1 : 1;
+    return b->snapshot - a->snapshot;
+}
+
+/* Collective: rank 0 lists the candidates (older than `before` when >= 0) and every rank learns them. */
+static loom_status list_candidates(loom_trainer *tr, int64_t before, candidate *list, int cap, int *n) {
+    *n = 0;
+    if (tr->root) {
+        add_dir(list, n, cap, tr->snap_dir, 1);
+        add_dir(list, n, cap, tr->rc->train.out, 0);
+        qsort(list, (size_t)*n, sizeof *list, newer_first);
+        int k = 0;
+        for (int i = 0; i < *n; i++)
+            if (before < 0 || (list[i].step >= 0 && list[i].step < before)) list[k++] = list[i];
+        *n = k;
+    }
+    if (tr->world_size > 1) {
+        int64_t count = *n;
+        LOOM_CALL(loom_comm_broadcast(tr->world, &count, (int64_t)sizeof count, 0));
+        *n = (int)count;
+        if (*n) LOOM_CALL(loom_comm_broadcast(tr->world, list, (int64_t)(*n * (int)sizeof *list), 0));
+    }
+    return LOOM_OK;
+}
+
+/* Collective: loads the first candidate every rank reads intact; LOOM_ERR_CHECKSUM when none is. */
+static loom_status load_first_intact(loom_trainer *tr, const candidate *list, int n, int64_t *step, int *which) {
+    char tried[2048] = "";
+    for (int i = 0; i < n; i++) {
+        int64_t got = 0;
+        const loom_status st = load_from(tr, list[i].path, 0, &got);
+        int64_t failed = st != LOOM_OK;
+        char why[512];
+        snprintf(why, sizeof why, "%s", st == LOOM_OK ? "" : loom_error_message());
+        if (tr->world_size > 1) LOOM_CALL(loom_comm_allreduce_max_i64(tr->world, &failed, 1));
+        if (!failed) {
+            *step = got;
+            *which = i;
+            return LOOM_OK;
+        }
+        if (tr->root) LOOM_WARN("checkpoint %s (step %lld) cannot be loaded%s%s; trying an older one", list[i].path,
+                                (long long)list[i].step, why[0] ? ": " : " on another rank", why);
+        snprintf(tried + strlen(tried), sizeof tried - strlen(tried), "%s%s", i ? ", " : "", list[i].path);
+    }
+    loom_status st = loom_error_set(LOOM_ERR_CHECKSUM, __FILE__, __LINE__, __func__,
+                                    "no intact checkpoint to resume from: every one is damaged or incomplete (%s)", tried);
+    loom_error_mark_collective();
+    return st;
+}
+
+loom_status loom_trainer_ckpt_resume_auto(loom_trainer *tr, int64_t *step, int *found) {
+    enum { CAP = 64 };
+    candidate *list = calloc(CAP, sizeof *list);
+    LOOM_CHECK(list != NULL, LOOM_ERR_NOMEM, "out of memory");
+    int n = 0, which = -1;
+    loom_status st = list_candidates(tr, -1, list, CAP, &n);
+    *found = 0;
+    *step = 0;
+    if (st == LOOM_OK && n > 0) {
+        st = load_first_intact(tr, list, n, step, &which);
+        if (st == LOOM_ERR_CHECKSUM) resume_failed_flag = 1;
+    }
+    if (st == LOOM_OK && n > 0) {
+        *found = 1;
+        if (tr->root) {
+            LOOM_INFO("resumed at step %lld from %s %s", (long long)*step,
+                      list[which].snapshot ? "the in-memory snapshot" : "the disk checkpoint", list[which].path);
+            loom_strbuf sb;
+            loom_strbuf_init(&sb);
+            loom_strbuf_printf(&sb, "\"step\":%lld,\"source\":\"%s\",\"path\":", (long long)*step,
+                               list[which].snapshot ? "snapshot" : "disk");
+            loom_json_write_string(&sb, list[which].path);
+            if (!sb.failed && loom_event_append(tr->rc->train.out, "resumed", sb.buf) != LOOM_OK)
+                LOOM_WARN("%s", loom_error_message());
+            loom_strbuf_free(&sb);
+        }
+    } else if (st == LOOM_OK && tr->root) {
+        LOOM_INFO("no checkpoint in %s or %s: starting afresh", tr->rc->train.out, tr->snap_dir);
+        if (loom_event_append(tr->rc->train.out, "resumed", "\"step\":0,\"source\":\"none\"") != LOOM_OK)
+            LOOM_WARN("%s", loom_error_message());
+    }
+    free(list);
+    return st;
+}
+
+loom_status loom_trainer_ckpt_rollback(loom_trainer *tr, int64_t before, int64_t *to, int *found) {
+    enum { CAP = 64 };
+    candidate *list = calloc(CAP, sizeof *list);
+    LOOM_CHECK(list != NULL, LOOM_ERR_NOMEM, "out of memory");
+    int n = 0, which = -1;
+    loom_status st_ = LOOM_OK;
+    *found = 0;
+    LOOM_CALL_GOTO(st_, list_candidates(tr, before, list, CAP, &n), out);
+    if (n > 0) {
+        LOOM_CALL_GOTO(st_, load_first_intact(tr, list, n, to, &which), out);
+        *found = 1;
+    }
+out:
+    free(list);
+    return st_;
 }
