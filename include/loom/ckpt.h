@@ -36,8 +36,10 @@ typedef struct loom_ckpt_reader loom_ckpt_reader;
 
 /* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
 LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);
-/* Copies a file to dst atomically (the same temporary, fsync, rename and directory fsync). */
-LOOM_NODISCARD loom_status loom_file_copy_atomic(const char *src, const char *dst);
+/* Copies a file to dst atomically (the same temporary, fsync, rename and directory fsync), 1 MiB at a time;
+ * after_piece (may be NULL) runs after each piece (the tests slow a copy down with it). */
+LOOM_NODISCARD loom_status loom_file_copy_atomic(const char *src, const char *dst, void (*after_piece)(void *),
+                                                 void *ctx);
 LOOM_NODISCARD loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *sections, int n);
 /* The same, returning each section's CRC-32C in crcs[n]. */
 LOOM_NODISCARD loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *sections, int n,

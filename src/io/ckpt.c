@@ -298,7 +298,7 @@ loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **ou
     return LOOM_OK;
 }
 
-loom_status loom_file_copy_atomic(const char *src, const char *dst) {
+loom_status loom_file_copy_atomic(const char *src, const char *dst, void (*after_piece)(void *), void *ctx) {
     const int in = open(src, O_RDONLY | O_CLOEXEC);
     LOOM_CHECK(in >= 0, LOOM_ERR_IO, "cannot open %s: %s", src, strerror(errno));
     char tmp[4200];
@@ -309,10 +309,10 @@ loom_status loom_file_copy_atomic(const char *src, const char *dst) {
         close(in);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(err));
     }
-    enum { PIECE = 8 << 20 };
+    enum { PIECE = 1 << 20 };
     char *buf = malloc(PIECE);
     loom_status st = buf ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
-    for (;;) {
+    for (;; after_piece ? after_piece(ctx) : (void)0) {
         if (st != LOOM_OK) break;
         const ssize_t r = read(in, buf, PIECE);
         if (r < 0 && errno == EINTR) continue;

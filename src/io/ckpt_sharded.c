@@ -279,17 +279,25 @@ static int64_t step_of_dir(const char *name) {
     return e && *e == '\0' && e != name + 5 ? (int64_t)v : -1;
 }
 
-/* After a commit of `step`: the shard directories of all but the newest `keep` steps up to it go, and any of
- * a later step (left by a run that was resumed from an earlier checkpoint: another history). */
+/* After a commit of `step`: the shard directories of all but the newest `keep` complete steps up to it go,
+ * those of incomplete ones (no manifest of their own: a writer died) before it, and any of a later step (left
+ * by a run that was resumed from an earlier checkpoint: another history). */
 static void remove_old_steps(const char *shards, int64_t step, int64_t keep) {
     DIR *d = opendir(shards);
     if (!d) return;
     int64_t *steps = NULL;
     size_t n = 0, cap = 0;
     struct dirent *e;
+    char old[LOOM_PATH_MAX + 300];
     while ((e = readdir(d)) != NULL) {
         const int64_t k = step_of_dir(e->d_name);
         if (k < 0) continue;
+        snprintf(old, sizeof old, "%s/%s/checkpoint.json", shards, e->d_name);
+        if (k < step && access(old, F_OK) != 0) { /* incomplete */
+            snprintf(old, sizeof old, "%s/%s", shards, e->d_name);
+            remove_flat_dir(old);
+            continue;
+        }
         if (n == cap) {
             cap = cap ? 2 * cap : 16;
             int64_t *grown = realloc(steps, cap * sizeof *steps);
@@ -299,7 +307,6 @@ static void remove_old_steps(const char *shards, int64_t step, int64_t keep) {
         steps[n++] = k;
     }
     closedir(d);
-    char old[LOOM_PATH_MAX + 300];
     for (size_t i = 0; i < n; i++) {
         int64_t newer = 0; /* steps newer than this one, up to the committed step */
         for (size_t j = 0; j < n; j++) newer += steps[j] > steps[i] && steps[j] <= step;

@@ -27,7 +27,9 @@ typedef struct {
 
 /* A test hook, never set by a user: LOOM_TEST_FAULT=POINT@RANK[:N] makes world rank RANK fail at POINT:
  * "data" (its data file cannot be read), "step" (an error in the middle of step N, after its backward and
- * before the optimizer's reductions) or "oom" (its N-th allocation from the start of set-up fails). The tests
+ * before the optimizer's reductions), "oom" (its N-th allocation from the start of set-up fails), "nan" (its
+ * gradients of step N are NaN), "spike" (its targets of step N are noise: a loss spike) or "slowcopy" (its
+ * background checkpoint copies pause N ms after each MiB, to be killed in the middle). The tests
  * of errors on one rank of many (tests/test_dist.py errors) use it. */
 typedef struct {
     char point[16];
@@ -46,6 +48,7 @@ typedef struct {
     char src[LOOM_PATH_MAX + 80], dst[LOOM_PATH_MAX + 80]; /* "" when this rank writes no file */
     char *manifest;             /* rank 0, sharded: the run manifest to commit */
     size_t manifest_len;
+    int64_t slow_ms;            /* the test hook's pause after each piece (LOOM_TEST_FAULT=slowcopy@R:MS) */
 } ckpt_async;
 
 /* every rank's row of statistics: current and peak bytes by category, then the step's communication wait

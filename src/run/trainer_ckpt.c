@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loom/log.h"
@@ -336,10 +337,18 @@ void loom_trainer_snapshot_dir(const loom_trainer *tr, char *dir, size_t n) {
 
 void loom_trainer_snapshot_clear(loom_trainer *tr) { remove_tree(tr->snap_dir); }
 
+/* LOOM_TEST_FAULT=slowcopy@R:MS: rank R's background copies pause MS ms after each piece, so that a test can
+ * kill the rank in the middle of one */
+static void slow_piece(void *ctx) {
+    const struct timespec ts = {*(const int64_t *)ctx / 1000, (*(const int64_t *)ctx % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
 /* the background copy of this rank's file of a snapshot to the run directory */
 static void *async_copy(void *arg) {
     ckpt_async *a = arg;
-    a->status = a->src[0] ? loom_file_copy_atomic(a->src, a->dst) : LOOM_OK;
+    a->status = a->src[0] ? loom_file_copy_atomic(a->src, a->dst, a->slow_ms > 0 ? slow_piece : NULL, &a->slow_ms)
+                          : LOOM_OK;
     if (a->status != LOOM_OK) snprintf(a->err, sizeof a->err, "%s", loom_error_message());
     atomic_store(&a->done, 1);
     return NULL;
@@ -368,7 +377,7 @@ loom_status loom_trainer_ckpt_poll(loom_trainer *tr, int wait) {
         snprintf(src, sizeof src, "%s/shards/step-%08lld/checkpoint.json", tr->snap_dir, (long long)a->step);
         snprintf(dst, sizeof dst, "%s/shards/step-%08lld/checkpoint.json", t->out, (long long)a->step);
         snprintf(man, sizeof man, "%s/checkpoint.json", t->out);
-        st = loom_file_copy_atomic(src, dst);
+        st = loom_file_copy_atomic(src, dst, NULL, NULL);
         if (st == LOOM_OK) st = loom_file_write_atomic(man, a->manifest, a->manifest_len);
         if (st == LOOM_OK) loom_run_ckpt_prune(t->out, t->keep_checkpoints);
         failed = st != LOOM_OK;
@@ -427,6 +436,7 @@ loom_status loom_trainer_snapshot(loom_trainer *tr, int to_disk) {
         snprintf(a->src, sizeof a->src, "%s/checkpoint.bin", tr->snap_dir);
         snprintf(a->dst, sizeof a->dst, "%s", tr->ckpt_path);
     }
+    if (!strcmp(tr->fault.point, "slowcopy") && tr->fault.rank == loom_comm_world_rank(tr->world)) a->slow_ms = tr->fault.n;
     atomic_store(&a->done, 0);
     LOOM_CHECK(pthread_create(&a->thread, NULL, async_copy, a) == 0, LOOM_ERR_INTERNAL,
                "cannot start the checkpoint thread");

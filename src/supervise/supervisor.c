@@ -130,6 +130,7 @@ typedef struct {
     rank_view *ranks;
     char me[128];
     failure hint;         /* from mpirun's stderr */
+    double period_s;      /* the ranks' heartbeat period */
 } job;
 
 static void drain_stderr(job *j) {
@@ -297,8 +298,8 @@ static int check(job *j, double started, int *ended, int *status, failure *f) {
             f->since = v->last_beat;
             return 1;
         }
-        if (v->seen && now - v->progress_at > c->heartbeat_timeout) {
-            snprintf(f->kind, sizeof f->kind, "stuck");
+        if (v->seen && now - v->progress_at > c->heartbeat_timeout) { /* stuck, or stopped before the beats ran out */
+            snprintf(f->kind, sizeof f->kind, "%s", now - v->last_beat > 3 * j->period_s ? "silent" : "stuck");
             f->rank = r;
             f->since = v->progress_at;
             return 1;
@@ -412,6 +413,7 @@ int loom_supervise(const loom_supervise_config *c) {
     if (p > 1.0) p = 1.0;
     snprintf(period, sizeof period, "%d", (int)(p * 1000));
     setenv("LOOM_HEARTBEAT_MS", period, 0);
+    j.period_s = atof(getenv("LOOM_HEARTBEAT_MS")) / 1e3;
     j.ranks = calloc((size_t)c->n, sizeof *j.ranks);
     if (!j.ranks) return 1;
     signal(SIGPIPE, SIG_IGN);
