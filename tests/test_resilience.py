@@ -215,7 +215,7 @@ def chaos():
     for (kind, rank, t), f in zip(injected, fails):
         delay = f["time"] - t
         limit = timeout + 5 if kind == "hang" else 5
-        check(delay <= limit and f["left"] == 0,
+        check(delay <= limit and f["left"] == 0 and f["rank"] == rank,
               "%s of rank %d: detected as %s of rank %d in %.2f s (limit %g), %d process(es) left" %
               (kind, rank, f["kind"], f["rank"], delay, limit, f["left"]))
     resumed = [e for e in ev if e["event"] == "resumed"]
@@ -268,6 +268,21 @@ def bad_steps():
     check(a == b and len(a) == 2, "final state bit-identical to a run that skipped steps 15 and 41-45")
 
 
+def stuck():
+    """a rank that beats but never leaves step 10 (a deadlock): detected as stuck within the timeout + 5 s,
+    the job restarted from the snapshot of step 10, finished"""
+    out = os.path.join(W, "stuck")
+    env = dict(ENV, LOOM_TEST_FAULT="hang@1:11")
+    t0 = time.time()
+    r = subprocess.run([LOOM, "launch", "-n", "2", "--max-restarts", "2", "--heartbeat-timeout", "3s",
+                        "--restart-backoff", "0.1s", "--"] +
+                       base_args(out, 30, ["--set", "train.snapshot_interval=5"]), env=env, capture_output=True, text=True)
+    fails = [e for e in events(out) if e["event"] == "failure"]
+    check(r.returncode == 0 and len(fails) == 1 and fails[0]["kind"] == "stuck" and fails[0]["rank"] == 1 and
+          fails[0]["detect_s"] <= 3 + 5, "deadlocked rank 1: %s in %.1f s" %
+          (fails[0] if fails else r.stderr[-500:], time.time() - t0))
+
+
 def give_up():
     # the maximum of restarts: every attempt fails at step 5 (no checkpoint before it)
     out = os.path.join(W, "max")
@@ -303,7 +318,7 @@ def give_up():
     check(open(shard, "rb").read() == damaged, "the damaged checkpoint left as it was")
 
 
-{"chaos": chaos, "bad_steps": bad_steps, "give_up": give_up}[CHECK]()
+{"chaos": chaos, "bad_steps": bad_steps, "give_up": give_up, "stuck": stuck}[CHECK]()
 if failed:
     print("logs kept in", W)
 else:

@@ -5,10 +5,11 @@
  *
  * Rank side (the trainer): when the supervisor set LOOM_SUPERVISOR=host:port in the environment, a thread
  * sends this rank's progress as one UDP datagram per LOOM_HEARTBEAT_MS (default 1000):
- *   loom-hb 1 attempt=A rank=R pid=P host=H step=S age_ms=M phase=NAME
- * where age_ms is the time since the rank last made progress (a step, a phase of set-up, a checkpoint
- * section). A rank that stops beating (SIGSTOP, a dead machine) or beats without progress (a deadlock, a
- * collective that never completes) is hung. Without LOOM_SUPERVISOR nothing is started. */
+ *   loom-hb 1 attempt=A rank=R pid=P host=H step=S age_ms=M phase=NAME wait=0|1
+ * from loom/progress.h: age_ms is the time since the rank last made progress (a step, a phase of set-up, a
+ * checkpoint), wait=1 while it is blocked in a collective. A rank that stops beating (SIGSTOP, a dead
+ * machine) or beats without progress (a deadlock, a collective that never completes) is hung. Without
+ * LOOM_SUPERVISOR nothing is started. */
 #ifndef LOOM_SUPERVISE_H
 #define LOOM_SUPERVISE_H
 #include <stdint.h>
@@ -18,9 +19,6 @@
 
 /* Starts the heartbeat thread when LOOM_SUPERVISOR is set (once; later calls do nothing). */
 void loom_heartbeat_start(void);
-/* This rank made progress: at `step` (optimizer steps done), in `phase` (a static string: "init", "step",
- * "checkpoint", ...). Cheap (two atomic stores); safe from any thread. */
-void loom_heartbeat_progress(int64_t step, const char *phase);
 /* The last datagram ("phase=exit code=N") and the thread's end. */
 void loom_heartbeat_stop(int exit_code);
 

@@ -8,6 +8,7 @@
 
 #include "backend/backend_impl.h"
 #include "comm_impl.h"
+#include "loom/progress.h"
 
 double loom_comm_now(void) {
     struct timespec ts;
@@ -230,6 +231,7 @@ static loom_status poll_wait(loom_comm *c, const char *op, int (*ready)(void *ct
     const double t0 = loom_comm_now();
     long spins = 0;
     loom_status st = LOOM_OK;
+    loom_progress_waiting(1); /* a supervisor tells the rank everyone waits for from those waiting */
     for (;;) {
         int r = ready(ctx, &st);
         if (r < 0) break;
@@ -258,6 +260,7 @@ static loom_status poll_wait(loom_comm *c, const char *op, int (*ready)(void *ct
             }
         }
     }
+    loom_progress_waiting(0);
     c->stats.wait_seconds += loom_comm_now() - t0;
     return st;
 }

@@ -29,7 +29,8 @@ typedef struct {
  * "data" (its data file cannot be read), "step" (an error in the middle of step N, after its backward and
  * before the optimizer's reductions), "oom" (its N-th allocation from the start of set-up fails), "nan" (its
  * gradients of step N are NaN), "spike" (its targets of step N are noise: a loss spike) or "slowcopy" (its
- * background checkpoint copies pause N ms after each MiB, to be killed in the middle). The tests
+ * background checkpoint copies pause N ms after each MiB, to be killed in the middle) or "hang" (it never
+ * leaves step N, its heartbeat going on: a deadlock). The tests
  * of errors on one rank of many (tests/test_dist.py errors) use it. */
 typedef struct {
     char point[16];

@@ -15,6 +15,7 @@
 
 #include "loom/backend.h"
 #include "loom/log.h"
+#include "loom/progress.h"
 #include "loom/supervise.h"
 
 #include "run_impl.h"
@@ -459,7 +460,7 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
         LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_run_mkdir_p(t->out), "creating the run directory"), fail);
     loom_trainer_snapshot_dir(tr, tr->snap_dir, sizeof tr->snap_dir);
     tr->snap_step = -1;
-    loom_heartbeat_progress(0, "init");
+    loom_progress_mark(0, "init");
     tr->resumed = t->resume || t->resume_from[0];
     if (tr->resumed) { /* every rank reads its own ranges: all of them resume, or none */
         LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_ckpt_load(tr, &tr->step), "resuming"), fail);
@@ -473,7 +474,7 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
         LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
         loom_trainer_snapshot_clear(tr); /* an earlier run's snapshots of this directory are not this run's */
     }
-    loom_heartbeat_progress(tr->step, "init");
+    loom_progress_mark(tr->step, "init");
     /* a non-finite gradient norm skips the step (fp16's overflows did already) */
     loom_optim_set_skip_nonfinite(tr->opt, 1);
     LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr->model), fail); /* bf16: the working copy of the weights */
@@ -534,7 +535,7 @@ static loom_status skip_step(loom_trainer *tr, loom_step_result *res, const char
     write_metrics_line(tr, r.step, r.loss, &r.optim, 0.0, 0.0, r.seconds * 1e3, tr->rank_mem);
     if (tr->root && (r.step == tr->skip_until || !strcmp(why, "skip_steps")))
         LOOM_INFO("step %lld: skipped, untrained (%s)", (long long)r.step, why);
-    loom_heartbeat_progress(tr->step, "step");
+    loom_progress_mark(tr->step, "step");
     if (res) *res = r;
     return LOOM_OK;
 }
@@ -638,6 +639,9 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
         LOOM_CALL(loom_zero_end_micro(tr->zero));
         lsum += l;
     }
+    /* the test hook: a rank that never reaches the collective (in the first attempt of a supervised job) */
+    const char *attempt = getenv("LOOM_SUPERVISOR_ATTEMPT");
+    while (test_fault_at(tr, "hang", n) && (!attempt || !strcmp(attempt, "0"))) sleep(1);
     LOOM_CHECK(!test_fault_at(tr, "step", tr->step + 1), LOOM_ERR_INTERNAL,
                "an error in the middle of step %lld (injected by LOOM_TEST_FAULT)", (long long)tr->step + 1);
     loom_optim_stats os;
@@ -688,7 +692,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     LOOM_CALL(gather_rank_stats(tr, tr->rank_mem));
     write_metrics_line(tr, r.step, r.loss, &os, r.tokens_per_sec, r.mfu, r.seconds * 1e3, tr->rank_mem);
     if (loom_zero_offload(tr->zero)) loom_offload_trace_step(loom_zero_offload(tr->zero), r.step, &tr->mem);
-    loom_heartbeat_progress(tr->step, "step");
+    loom_progress_mark(tr->step, "step");
     if (t->spike_zscore > 0 && !os.skipped && isfinite(r.loss)) { /* the same loss on every rank: one decision */
         const double z = spike_zscore(tr, r.loss);
         if (z > t->spike_zscore) LOOM_CALL(rollback(tr, r.step, r.loss, z, &r));
@@ -718,9 +722,9 @@ loom_status loom_trainer_eval(loom_trainer *tr, float *val_loss) {
 }
 
 loom_status loom_trainer_save(loom_trainer *tr) {
-    loom_heartbeat_progress(tr->step, "checkpoint");
+    loom_progress_mark(tr->step, "checkpoint");
     LOOM_CALL(loom_trainer_ckpt_save(tr, tr->step));
-    loom_heartbeat_progress(tr->step, "step");
+    loom_progress_mark(tr->step, "step");
     LOOM_DEBUG("checkpoint %s at step %lld", tr->ckpt_path, (long long)tr->step);
     return LOOM_OK;
 }

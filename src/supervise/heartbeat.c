@@ -1,7 +1,8 @@
 /* A rank's heartbeat to its supervisor (include/loom/supervise.h): one UDP datagram per period from a
  * thread of its own, so a rank busy in a long kernel still beats, and a rank that is stopped or whose
- * machine is gone falls silent. Progress is two atomics the trainer stores; the thread reads them. UDP,
- * not TCP: a supervisor that restarts, or a datagram lost, costs nothing; the timeout spans many periods. */
+ * machine is gone falls silent. What it says is loom/progress.h's state, which the trainer and the
+ * communicator set. UDP, not TCP: a supervisor that restarts, or a datagram lost, costs nothing; the
+ * timeout spans many periods. */
 #include <netdb.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -12,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loom/progress.h"
 #include "loom/supervise.h"
 
 static struct {
@@ -25,9 +27,6 @@ static struct {
     int stopping;
     long period_ms;
     char ident[256];              /* "attempt=A rank=R pid=P host=H" */
-    _Atomic int64_t step;
-    _Atomic int64_t progress_ns;  /* CLOCK_MONOTONIC of the last progress */
-    _Atomic(const char *) phase;
 } hb = {.lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER, .fd = -1};
 
 static int64_t now_ns(void) {
@@ -38,9 +37,10 @@ static int64_t now_ns(void) {
 
 static void send_beat(const char *phase, int code) {
     char msg[512];
-    const int64_t age_ms = (now_ns() - atomic_load(&hb.progress_ns)) / 1000000;
-    int n = snprintf(msg, sizeof msg, "loom-hb 1 %s step=%lld age_ms=%lld phase=%s", hb.ident,
-                     (long long)atomic_load(&hb.step), (long long)age_ms, phase);
+    const loom_progress_state p = loom_progress_get();
+    const int64_t age_ms = (now_ns() - p.at_ns) / 1000000;
+    int n = snprintf(msg, sizeof msg, "loom-hb 1 %s step=%lld age_ms=%lld phase=%s wait=%d", hb.ident,
+                     (long long)p.step, (long long)age_ms, phase ? phase : p.phase, p.waiting);
     if (code >= 0 && n > 0 && n < (int)sizeof msg) n += snprintf(msg + n, sizeof msg - (size_t)n, " code=%d", code);
     if (n > 0) (void)sendto(hb.fd, msg, strlen(msg), MSG_DONTWAIT, (struct sockaddr *)&hb.to, hb.to_len);
 }
@@ -49,7 +49,7 @@ static void *beat_loop(void *arg) {
     (void)arg;
     pthread_mutex_lock(&hb.lock);
     while (!hb.stopping) {
-        send_beat(atomic_load(&hb.phase), -1);
+        send_beat(NULL, -1);
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += (hb.period_ms % 1000) * 1000000;
@@ -95,21 +95,13 @@ void loom_heartbeat_start(void) {
     const char *attempt = getenv("LOOM_SUPERVISOR_ATTEMPT");
     snprintf(hb.ident, sizeof hb.ident, "attempt=%s rank=%s pid=%ld host=%s", attempt ? attempt : "0",
              launcher_rank(), (long)getpid(), me);
-    atomic_store(&hb.step, 0);
-    atomic_store(&hb.progress_ns, now_ns());
-    atomic_store(&hb.phase, "start");
+    (void)loom_progress_get(); /* the clock of progress starts now at the latest */
     if (pthread_create(&hb.thread, NULL, beat_loop, NULL) != 0) {
         close(hb.fd);
         hb.fd = -1;
         return;
     }
     hb.started = 1;
-}
-
-void loom_heartbeat_progress(int64_t step, const char *phase) {
-    atomic_store(&hb.step, step);
-    atomic_store(&hb.phase, phase);
-    atomic_store(&hb.progress_ns, now_ns());
 }
 
 void loom_heartbeat_stop(int exit_code) {

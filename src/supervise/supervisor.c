@@ -46,6 +46,7 @@ typedef struct {
     double last_beat;     /* monotonic seconds of the last datagram */
     double progress_at;   /* monotonic seconds of its last progress (last_beat - age) */
     char phase[32];
+    int waiting;          /* blocked in a collective at its last beat */
     int said_exit, exit_code;
 } rank_view;
 
@@ -72,12 +73,12 @@ static void sleep_s(double s) {
 
 /* one heartbeat datagram into the table; datagrams of another attempt (a late one) are ignored */
 static void on_beat(rank_view *ranks, int n, int attempt, const char *msg, double now) {
-    int a = -1, r = -1, code = -1;
+    int a = -1, r = -1, code = -1, waiting = 0;
     long pid = 0;
     long long step = 0, age = 0;
     char host[128] = "?", phase[32] = "?";
-    if (sscanf(msg, "loom-hb 1 attempt=%d rank=%d pid=%ld host=%127s step=%lld age_ms=%lld phase=%31s code=%d", &a, &r,
-               &pid, host, &step, &age, phase, &code) < 7)
+    if (sscanf(msg, "loom-hb 1 attempt=%d rank=%d pid=%ld host=%127s step=%lld age_ms=%lld phase=%31s wait=%d code=%d",
+               &a, &r, &pid, host, &step, &age, phase, &waiting, &code) < 8)
         return;
     if (a != attempt || r < 0 || r >= n) return;
     rank_view *v = &ranks[r];
@@ -88,6 +89,7 @@ static void on_beat(rank_view *ranks, int n, int attempt, const char *msg, doubl
     v->last_beat = now;
     v->progress_at = now - (double)age / 1e3;
     snprintf(v->phase, sizeof v->phase, "%s", phase);
+    v->waiting = waiting;
     if (!strcmp(phase, "exit")) {
         v->said_exit = 1;
         v->exit_code = code;
@@ -283,29 +285,52 @@ static int check(job *j, double started, int *ended, int *status, failure *f) {
             if (j->ranks[r].seen && !j->ranks[r].said_exit) f->rank = r;
         return 1;
     }
+    /* a hang: the rank to blame is one that stopped beating (the oldest beat), else the one whose progress is
+     * oldest (in a deadlock the others wait for it in a collective, beating, their progress as old or newer) */
+    int hung = 0, culprit = -1;
     for (int r = 0; r < j->world; r++) {
         const rank_view *v = &j->ranks[r];
         if (v->said_exit) continue;
-        if (!v->seen && now - started > c->heartbeat_timeout + 10) {
-            snprintf(f->kind, sizeof f->kind, "silent");
-            f->rank = r;
-            f->since = started;
-            return 1;
+        if (!v->seen) {
+            if (now - started > c->heartbeat_timeout + 10) hung = 1, culprit = culprit < 0 ? r : culprit;
+            continue;
         }
-        if (v->seen && now - v->last_beat > c->heartbeat_timeout) {
-            snprintf(f->kind, sizeof f->kind, "silent");
-            f->rank = r;
-            f->since = v->last_beat;
-            return 1;
-        }
-        if (v->seen && now - v->progress_at > c->heartbeat_timeout) { /* stuck, or stopped before the beats ran out */
-            snprintf(f->kind, sizeof f->kind, "%s", now - v->last_beat > 3 * j->period_s ? "silent" : "stuck");
-            f->rank = r;
-            f->since = v->progress_at;
-            return 1;
-        }
+        if (now - v->last_beat > c->heartbeat_timeout || now - v->progress_at > c->heartbeat_timeout) hung = 1;
     }
-    return 0;
+    if (!hung) return 0;
+    for (int r = 0; r < j->world && culprit < 0; r++) { /* the silent one with the oldest beat */
+        const rank_view *v = &j->ranks[r];
+        if (!v->seen || v->said_exit || now - v->last_beat <= 3 * j->period_s) continue;
+        for (int q = 0; q < j->world; q++)
+            if (j->ranks[q].seen && !j->ranks[q].said_exit && now - j->ranks[q].last_beat > 3 * j->period_s &&
+                j->ranks[q].last_beat < v->last_beat)
+                goto next;
+        culprit = r;
+    next:;
+    }
+    if (culprit >= 0 && j->ranks[culprit].seen) {
+        snprintf(f->kind, sizeof f->kind, "silent");
+        f->rank = culprit;
+        f->since = j->ranks[culprit].last_beat;
+        return 1;
+    }
+    if (culprit >= 0) { /* never beat */
+        snprintf(f->kind, sizeof f->kind, "silent");
+        f->rank = culprit;
+        f->since = started;
+        return 1;
+    }
+    /* beating, not progressing: the oldest progress among those not waiting in a collective (the one the
+     * others wait for), else among all */
+    for (int pass = 0; pass < 2 && culprit < 0; pass++)
+        for (int r = 0; r < j->world; r++)
+            if (j->ranks[r].seen && !j->ranks[r].said_exit && (pass || !j->ranks[r].waiting) &&
+                (culprit < 0 || j->ranks[r].progress_at < j->ranks[culprit].progress_at))
+                culprit = r;
+    snprintf(f->kind, sizeof f->kind, "stuck");
+    f->rank = culprit;
+    f->since = culprit >= 0 ? j->ranks[culprit].progress_at : started;
+    return 1;
 }
 
 /* Stops every process of the job; returns how many of this host's ranks are still there after 5 s. */
