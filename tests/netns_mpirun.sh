@@ -3,8 +3,12 @@
 # rank 1 in namespace B, joined only by a veth pair (10.77.0.1 <-> 10.77.0.2),
 # so MPI traffic really crosses a network link (TCP BTL) instead of shm/loopback.
 #
-#   usage: tests/netns_mpirun.sh [--check] -- PROGRAM ARGS...
+#   usage: tests/netns_mpirun.sh [--check|--shell] -- PROGRAM ARGS...
 #   --check : only test whether namespaces can be created (exit 0, or 77 = skip)
+#   --shell : run PROGRAM itself inside namespace A (not under mpirun), with the
+#             same settings in its environment as OMPI_MCA_* variables, and
+#             NSA, NSB (the namespaces = host names) and SUBNET: for a test
+#             that launches jobs itself (a supervisor) and cuts the link
 #   env MPIRUN_EXTRA_ARGS : extra mpirun arguments (word-split)
 #
 # Why not "mpirun -np 1 ip netns exec A prog : -np 1 ip netns exec B prog"?
@@ -26,14 +30,16 @@ if [[ ${1:-} == --rsh-agent ]]; then
     shift
     while [[ ${1:-} == -* ]]; do shift; done      # ssh-style options, if any
     host=$1; shift                                # host name == namespace name
-    # own UTS namespace too, so each rank sees a distinct hostname (like 2 nodes)
-    exec ip netns exec "$host" unshare --uts /bin/sh -c "hostname '$host' && $*"
+    # own UTS namespace too, so each rank sees a distinct hostname (like 2 nodes), and its own /dev/shm
+    # (ip netns exec gives it a mount namespace): shared memory is per host
+    exec ip netns exec "$host" unshare --uts /bin/sh -c "mount -t tmpfs -o size=2g tmpfs /dev/shm && hostname '$host' && $*"
 fi
 
 skip() { echo "SKIP: cannot create network namespaces ($*)"; exit 77; }
 
-check=0
+check=0 shell=0
 [[ ${1:-} == --check ]] && { check=1; shift; }
+[[ ${1:-} == --shell ]] && { shell=1; shift; }
 [[ ${1:-} == -- ]] && shift
 [[ $check == 0 && $# == 0 ]] && { echo "usage: $0 [--check] -- PROGRAM ARGS..." >&2; exit 2; }
 
@@ -64,6 +70,13 @@ veth_bytes() {
 # Root: orted checks this too; the env reaches it through the agent.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 self=$(readlink -f "$0")
+if [[ $shell == 1 ]]; then
+    export NSA NSB SUBNET OMPI_MCA_plm=rsh OMPI_MCA_plm_rsh_agent="bash $self --rsh-agent" \
+        OMPI_MCA_ras=^slurm,gridengine OMPI_MCA_pml=ob1 OMPI_MCA_btl=tcp,self \
+        OMPI_MCA_btl_tcp_if_include=$SUBNET OMPI_MCA_oob_tcp_if_include=$SUBNET
+    ip netns exec "$NSA" "$@"
+    exit $?
+fi
 before=$(veth_bytes)
 echo "veth bytes before: $before" >&2
 # plm rsh + our agent: launch one orted per "host" (= namespace), 1 slot each

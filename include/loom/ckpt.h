@@ -42,6 +42,10 @@ LOOM_NODISCARD loom_status loom_file_copy_atomic(const char *src, const char *ds
                                                  void *ctx);
 LOOM_NODISCARD loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *sections, int n);
 /* The same, returning each section's CRC-32C in crcs[n]. */
+/* The same, overwriting the file `recycle` in place when it exists (moved to the temporary name first): an
+ * older checkpoint about to be dropped gives its storage to the new one (in-memory snapshots). */
+LOOM_NODISCARD loom_status loom_ckpt_write_recycled(const char *path, const char *recycle,
+                                                    const loom_ckpt_section *sections, int n, uint32_t *crcs);
 LOOM_NODISCARD loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *sections, int n,
                                                 uint32_t *crcs);
 LOOM_NODISCARD loom_status loom_ckpt_open(const char *path, loom_ckpt_reader **out);
@@ -73,8 +77,9 @@ LOOM_NODISCARD loom_status loom_run_ckpt_read_state(loom_run_ckpt *c, void *dst,
  * <out>/shards/step-N/, then rank 0 writes that step's own manifest beside them and commits the run's
  * manifest <out>/checkpoint.json; the shard directories of all but the newest `keep` steps are removed. A
  * failure on any rank is agreed (loom_error_is_collective): every rank returns it, this step's shards are
- * removed and the previous checkpoint stays. */
-LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json,
+ * removed and the previous checkpoint stays. recycle: each rank overwrites its file of the oldest step that
+ * this commit drops (its storage reused; that step is no longer whole from the start of the write). */
+LOOM_NODISCARD loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json, int recycle,
                                                       int64_t step, int zero_stage, int64_t keep, const void *state,
                                                       int64_t state_bytes, int64_t n, int64_t begin, int64_t end,
                                                       const loom_ckpt_section slices[3]);

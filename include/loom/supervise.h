@@ -5,7 +5,7 @@
  *
  * Rank side (the trainer): when the supervisor set LOOM_SUPERVISOR=host:port in the environment, a thread
  * sends this rank's progress as one UDP datagram per LOOM_HEARTBEAT_MS (default 1000):
- *   loom-hb 1 attempt=A rank=R pid=P host=H step=S age_ms=M phase=NAME wait=0|1
+ *   loom-hb 1 attempt=A rank=R pid=P host=H boot=ID step=S age_ms=M phase=NAME wait=0|1
  * from loom/progress.h: age_ms is the time since the rank last made progress (a step, a phase of set-up, a
  * checkpoint), wait=1 while it is blocked in a collective. A rank that stops beating (SIGSTOP, a dead
  * machine) or beats without progress (a deadlock, a collective that never completes) is hung. Without

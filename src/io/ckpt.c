@@ -141,6 +141,11 @@ static loom_status write_filled(int fd, const loom_ckpt_section *s, const char *
 }
 
 loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *s, int n, uint32_t *crcs) {
+    return loom_ckpt_write_recycled(path, NULL, s, n, crcs);
+}
+
+loom_status loom_ckpt_write_recycled(const char *path, const char *recycle, const loom_ckpt_section *s, int n,
+                                     uint32_t *crcs) {
     LOOM_CHECK(n >= 0 && n <= CKPT_MAX_SECTIONS, LOOM_ERR_INVALID_ARG, "bad section count %d", n);
     ckpt_entry *e = calloc((size_t)(n > 0 ? n : 1), sizeof *e);
     LOOM_CHECK(e != NULL, LOOM_ERR_NOMEM, "out of memory");
@@ -158,7 +163,9 @@ loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *s, i
     }
     char tmp[4200];
     loom_io_tmp_path(tmp, sizeof tmp, path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* a recycled file is overwritten in place: its pages (shared memory's) are not allocated again */
+    const int recycled = recycle && rename(recycle, tmp) == 0;
+    int fd = open(tmp, O_WRONLY | O_CREAT | (recycled ? 0 : O_TRUNC), 0644);
     if (fd < 0) {
         free(e);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(errno));
@@ -194,6 +201,9 @@ loom_status loom_ckpt_write_crcs(const char *path, const loom_ckpt_section *s, i
     if (st == LOOM_OK) st = loom_io_write_all(fd, e, (size_t)n * sizeof *e, tmp);
     if (st == LOOM_OK && n > 0 && e[0].offset > sizeof h + (uint64_t)n * sizeof *e) /* the gap before section 0 */
         st = loom_io_write_all(fd, zeros, (size_t)(e[0].offset - sizeof h - (uint64_t)n * sizeof *e), tmp);
+    const uint64_t size = n > 0 ? e[n - 1].offset + e[n - 1].nbytes : sizeof h;
+    if (st == LOOM_OK && recycled && ftruncate(fd, (off_t)size) != 0) /* a recycled file may have been longer */
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot truncate %s: %s", tmp, strerror(errno));
     free(e);
     LOOM_CALL(commit_tmp(fd, tmp, path, st));
     return LOOM_OK;

@@ -339,7 +339,25 @@ static loom_status write_manifest(const char *file, const char *dir, int64_t ste
     return st;
 }
 
-loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json, int64_t step,
+/* the oldest complete step that a commit keeping `keep` steps drops, or -1 */
+static int64_t doomed_step(const char *shards, int64_t keep) {
+    DIR *d = opendir(shards);
+    if (!d) return -1;
+    int64_t oldest = -1, count = 0;
+    struct dirent *e;
+    char man[LOOM_PATH_MAX + 300];
+    while ((e = readdir(d)) != NULL) {
+        const int64_t k = step_of_dir(e->d_name);
+        snprintf(man, sizeof man, "%s/%s/checkpoint.json", shards, e->d_name);
+        if (k < 0 || access(man, F_OK) != 0) continue;
+        count++;
+        if (oldest < 0 || k < oldest) oldest = k;
+    }
+    closedir(d);
+    return count >= keep ? oldest : -1;
+}
+
+loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const char *meta_json, int recycle, int64_t step,
                                        int zero_stage, int64_t keep, const void *state, int64_t state_bytes,
                                        int64_t n, int64_t begin, int64_t end, const loom_ckpt_section slices[3]) {
     const int N = loom_comm_size(dp), r = loom_comm_rank(dp);
@@ -370,7 +388,11 @@ loom_status loom_run_ckpt_save_sharded(const char *out, loom_comm *dp, const cha
                 n_sec = k + 1;
             }
         uint32_t crcs[4];
-        st = loom_ckpt_write_crcs(file, s, ns, crcs);
+        char old[LOOM_PATH_MAX + 80] = "";
+        const int64_t doomed = recycle ? doomed_step(shards, keep) : -1;
+        if (doomed >= 0 && doomed != step)
+            snprintf(old, sizeof old, "%s/step-%08lld/%s", shards, (long long)doomed, fname);
+        st = loom_ckpt_write_recycled(file, old[0] ? old : NULL, s, ns, crcs);
         for (int i = 1; i < ns && st == LOOM_OK; i++) me.crc[which[i]] = crcs[i];
     }
     me.ok = st == LOOM_OK;

@@ -7,6 +7,8 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -149,7 +151,8 @@ static loom_status save_to(loom_trainer *tr, int64_t step, const char *dir, int6
         snprintf(file, sizeof file, "%s/checkpoint.bin", dir);
         st = loom_ckpt_write(file, s, n);
     } else {
-        st = loom_run_ckpt_save_sharded(dir, tr->red, meta.buf, step, loom_zero_stage(tr->zero), keep, &ts,
+        st = loom_run_ckpt_save_sharded(dir, tr->red, meta.buf, !strcmp(dir, tr->snap_dir), step,
+                                        loom_zero_stage(tr->zero), keep, &ts,
                                         (int64_t)sizeof ts, loom_model_buffer_size(tr->model), begin, end, secs);
     }
     free(canon);
@@ -347,6 +350,9 @@ static void slow_piece(void *ctx) {
 /* the background copy of this rank's file of a snapshot to the run directory */
 static void *async_copy(void *arg) {
     ckpt_async *a = arg;
+    /* below the training threads: on a machine whose cores all train, the copy takes what they leave (a
+     * copy still done within the snapshot interval), not a share of every step */
+    (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
     a->status = a->src[0] ? loom_file_copy_atomic(a->src, a->dst, a->slow_ms > 0 ? slow_piece : NULL, &a->slow_ms)
                           : LOOM_OK;
     if (a->status != LOOM_OK) snprintf(a->err, sizeof a->err, "%s", loom_error_message());
@@ -401,10 +407,15 @@ loom_status loom_trainer_ckpt_poll(loom_trainer *tr, int wait) {
 
 loom_status loom_trainer_snapshot(loom_trainer *tr, int to_disk) {
     const loom_train_config *t = &tr->rc->train;
-    LOOM_CALL(loom_trainer_ckpt_poll(tr, 1)); /* the snapshot it copies is about to be replaced */
+    /* a background copy in flight must end first when this snapshot recycles the step it reads (the older of
+     * the two kept) or when another disk checkpoint starts; otherwise it goes on */
+    const int recycles_source = sharded_layout(tr) && tr->async.step < tr->snap_step;
+    LOOM_CALL(loom_trainer_ckpt_poll(tr, to_disk || recycles_source));
     LOOM_CALL(loom_comm_agree(tr->world, loom_run_mkdir_p(tr->snap_dir), "creating the snapshot directory"));
+    const double t0 = loom_run_now();
     LOOM_CALL(save_to(tr, tr->step, tr->snap_dir, 2));
     tr->snap_step = tr->step;
+    if (tr->root) LOOM_DEBUG("snapshot of step %lld in %s: %.3f s", (long long)tr->step, tr->snap_dir, loom_run_now() - t0);
     if (!to_disk) return LOOM_OK;
     ckpt_async *a = &tr->async;
     memset(a, 0, sizeof *a);

@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "loom/progress.h"
-#include "loom/supervise.h"
+#include "supervise_impl.h"
 
 static struct {
     int started;
@@ -43,6 +43,21 @@ static void send_beat(const char *phase, int code) {
                      (long long)p.step, (long long)age_ms, phase ? phase : p.phase, p.waiting);
     if (code >= 0 && n > 0 && n < (int)sizeof msg) n += snprintf(msg + n, sizeof msg - (size_t)n, " code=%d", code);
     if (n > 0) (void)sendto(hb.fd, msg, strlen(msg), MSG_DONTWAIT, (struct sockaddr *)&hb.to, hb.to_len);
+}
+
+void sv_process_table_id(char *buf, size_t n) {
+    char boot[40] = "", ns[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(boot, sizeof boot, f)) boot[0] = '\0';
+        boot[strcspn(boot, "\n")] = '\0';
+        fclose(f);
+    }
+    const ssize_t k = readlink("/proc/self/ns/pid", ns, sizeof ns - 1); /* "pid:[4026531836]" */
+    ns[k > 0 ? k : 0] = '\0';
+    const char *inode = strchr(ns, '[');
+    if (!boot[0] || !inode) snprintf(buf, n, "?");
+    else snprintf(buf, n, "%.36s/%.*s", boot, (int)strcspn(inode + 1, "]"), inode + 1);
 }
 
 static void *beat_loop(void *arg) {
@@ -93,8 +108,10 @@ void loom_heartbeat_start(void) {
     char me[128] = "?";
     gethostname(me, sizeof me - 1);
     const char *attempt = getenv("LOOM_SUPERVISOR_ATTEMPT");
-    snprintf(hb.ident, sizeof hb.ident, "attempt=%s rank=%s pid=%ld host=%s", attempt ? attempt : "0",
-             launcher_rank(), (long)getpid(), me);
+    char boot[80];
+    sv_process_table_id(boot, sizeof boot);
+    snprintf(hb.ident, sizeof hb.ident, "attempt=%s rank=%s pid=%ld host=%s boot=%s", attempt ? attempt : "0",
+             launcher_rank(), (long)getpid(), me, boot);
     (void)loom_progress_get(); /* the clock of progress starts now at the latest */
     if (pthread_create(&hb.thread, NULL, beat_loop, NULL) != 0) {
         close(hb.fd);

@@ -34,7 +34,7 @@
 
 #include "loom/json.h"
 #include "loom/log.h"
-#include "loom/supervise.h"
+#include "supervise_impl.h"
 
 enum { EXIT_CONFIG = 2, EXIT_NO_CHECKPOINT = 3 };
 
@@ -42,6 +42,7 @@ typedef struct {
     int seen;
     long pid;
     char host[128];
+    char boot[80];        /* its process table (boot id / pid namespace): the supervisor's own means its pid is ours */
     int64_t step;
     double last_beat;     /* monotonic seconds of the last datagram */
     double progress_at;   /* monotonic seconds of its last progress (last_beat - age) */
@@ -76,15 +77,16 @@ static void on_beat(rank_view *ranks, int n, int attempt, const char *msg, doubl
     int a = -1, r = -1, code = -1, waiting = 0;
     long pid = 0;
     long long step = 0, age = 0;
-    char host[128] = "?", phase[32] = "?";
-    if (sscanf(msg, "loom-hb 1 attempt=%d rank=%d pid=%ld host=%127s step=%lld age_ms=%lld phase=%31s wait=%d code=%d",
-               &a, &r, &pid, host, &step, &age, phase, &waiting, &code) < 8)
+    char host[128] = "?", boot[80] = "?", phase[32] = "?";
+    if (sscanf(msg, "loom-hb 1 attempt=%d rank=%d pid=%ld host=%127s boot=%79s step=%lld age_ms=%lld phase=%31s wait=%d "
+               "code=%d", &a, &r, &pid, host, boot, &step, &age, phase, &waiting, &code) < 9)
         return;
     if (a != attempt || r < 0 || r >= n) return;
     rank_view *v = &ranks[r];
     v->seen = 1;
     v->pid = pid;
     snprintf(v->host, sizeof v->host, "%s", host);
+    snprintf(v->boot, sizeof v->boot, "%s", boot);
     v->step = step;
     v->last_beat = now;
     v->progress_at = now - (double)age / 1e3;
@@ -109,7 +111,8 @@ static int pid_alive(long pid) {
     return !(close_paren && close_paren[1] == ' ' && (close_paren[2] == 'Z' || close_paren[2] == 'X'));
 }
 
-static int is_local(const rank_view *v, const char *me) { return !strcmp(v->host, me); }
+/* in this process table (one kernel, one pid namespace; network namespaces do not matter): its pid is ours */
+static int is_local(const rank_view *v, const char *boot) { return strcmp(v->boot, "?") && !strcmp(v->boot, boot); }
 
 /* Open MPI's report of a rank that died of a signal: "... process rank 2 with PID 123 on node h exited on
  * signal 9 (Killed)." */
@@ -131,8 +134,13 @@ typedef struct {
     size_t errlen;
     rank_view *ranks;
     char me[128];
+    char boot[80];        /* this process table's id */
     failure hint;         /* from mpirun's stderr */
     double period_s;      /* the ranks' heartbeat period */
+    int elastic;          /* hosts given: probed at restarts, the world fitted to the reachable ones */
+    sv_hosts hosts;
+    char host_arg[4096];  /* mpirun --host for this attempt */
+    int resizing;         /* the job was asked to checkpoint and stop, to grow back */
 } job;
 
 static void drain_stderr(job *j) {
@@ -198,15 +206,17 @@ static pid_t start_job(job *j, int resume) {
         av[k++] = "-x";
         av[k++] = "LOOM_HEARTBEAT_MS";
     }
-    av[k++] = "-np";
-    av[k++] = np;
-    if (c->hosts) {
-        av[k++] = "--host";
-        av[k++] = (char *)c->hosts;
+    if (!strcmp(base, "srun")) { /* Slurm: the allocation's nodes; the environment travels by default */
+        av[k++] = "-n";
+        av[k++] = np;
+        av[k++] = "--kill-on-bad-exit=1";
+    } else {
+        av[k++] = "-np";
+        av[k++] = np;
     }
-    if (c->hostfile) {
-        av[k++] = "--hostfile";
-        av[k++] = (char *)c->hostfile;
+    if (j->elastic && j->host_arg[0] && strcmp(base, "srun")) { /* under Slurm the allocation names the nodes */
+        av[k++] = "--host";
+        av[k++] = j->host_arg;
     }
     av[k++] = (char *)c->self;
     for (size_t i = 0; i < ncmd; i++) av[k++] = c->cmd[i];
@@ -266,7 +276,7 @@ static int check(job *j, double started, int *ended, int *status, failure *f) {
     }
     for (int r = 0; r < j->world; r++) { /* gone from this host without a goodbye */
         const rank_view *v = &j->ranks[r];
-        if (v->seen && !v->said_exit && is_local(v, j->me) && !pid_alive(v->pid)) {
+        if (v->seen && !v->said_exit && is_local(v, j->boot) && !pid_alive(v->pid)) {
             snprintf(f->kind, sizeof f->kind, "killed");
             f->rank = r;
             f->since = now - 0.05; /* alive at the previous look */
@@ -336,7 +346,7 @@ static int check(job *j, double started, int *ended, int *status, failure *f) {
 /* Stops every process of the job; returns how many of this host's ranks are still there after 5 s. */
 static int stop_job(job *j, int ended) {
     for (int r = 0; r < j->world; r++)
-        if (j->ranks[r].seen && is_local(&j->ranks[r], j->me) && j->ranks[r].pid > 0) kill((pid_t)j->ranks[r].pid, SIGKILL);
+        if (j->ranks[r].seen && is_local(&j->ranks[r], j->boot) && j->ranks[r].pid > 0) kill((pid_t)j->ranks[r].pid, SIGKILL);
     int status;
     if (!ended) {
         kill(-j->child, SIGTERM);
@@ -356,7 +366,7 @@ static int stop_job(job *j, int ended) {
     do {
         left = 0;
         for (int r = 0; r < j->world; r++)
-            if (j->ranks[r].seen && is_local(&j->ranks[r], j->me) && pid_alive(j->ranks[r].pid)) left++;
+            if (j->ranks[r].seen && is_local(&j->ranks[r], j->boot) && pid_alive(j->ranks[r].pid)) left++;
         if (left) sleep_s(0.05);
     } while (left && mono() - t0 < 5.0);
     return left;
@@ -391,7 +401,7 @@ static int give_up(const loom_supervise_config *c, int code, const char *fmt, ..
     return code ? code : 1;
 }
 
-static int open_socket(char *addr, size_t addr_size) {
+static int open_socket(char *addr, size_t addr_size, int remote) {
     const int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
@@ -401,8 +411,11 @@ static int open_socket(char *addr, size_t addr_size) {
         close(s);
         return -1;
     }
-    const char *host = getenv("LOOM_SUPERVISOR_HOST"); /* the address the ranks reach this host by */
-    snprintf(addr, addr_size, "%s:%d", host && host[0] ? host : "127.0.0.1", ntohs(a.sin_port));
+    /* the address the ranks reach this host by: loopback when they all run here, else this host's name */
+    const char *host = getenv("LOOM_SUPERVISOR_HOST");
+    char me[256] = "127.0.0.1";
+    if (!(host && host[0]) && remote) gethostname(me, sizeof me - 1);
+    snprintf(addr, addr_size, "%s:%d", host && host[0] ? host : me, ntohs(a.sin_port));
     return s;
 }
 
@@ -412,6 +425,79 @@ static int64_t last_step(const job *j) {
     for (int r = 0; r < j->world; r++)
         if (j->ranks[r].step > s) s = j->ranks[r].step;
     return s;
+}
+
+/* Elastic: every listed host probed at once (a restart); unreachable ones are excluded, returned ones not. */
+static void probe_all(job *j) {
+    const loom_supervise_config *c = j->cfg;
+    pid_t pids[SV_MAX_HOSTS];
+    int state[SV_MAX_HOSTS];
+    const double t0 = mono(), limit = c->heartbeat_timeout > 10 ? c->heartbeat_timeout : 10;
+    for (int i = 0; i < j->hosts.n; i++) {
+        state[i] = j->hosts.h[i].listed ? -1 : 2;
+        pids[i] = state[i] < 0 ? sv_probe_start(c, j->hosts.h[i].name) : -1;
+        if (state[i] < 0 && pids[i] < 0) state[i] = 0;
+    }
+    for (int pending = 1; pending;) {
+        pending = 0;
+        for (int i = 0; i < j->hosts.n; i++)
+            if (state[i] < 0 && (state[i] = sv_probe_poll(pids[i], t0, mono(), limit)) < 0) pending = 1;
+        if (pending) sleep_s(0.05);
+    }
+    for (int i = 0; i < j->hosts.n; i++) {
+        sv_host *h = &j->hosts.h[i];
+        if (state[i] == 2) continue;
+        if (state[i] == 0 && !h->excluded) {
+            LOOM_WARN("host %s does not answer: the job restarts without it", h->name);
+            event(c, "host_lost", "\"host\":\"%s\"", h->name);
+        } else if (state[i] == 1 && h->excluded) {
+            LOOM_INFO("host %s answers again", h->name);
+            event(c, "host_back", "\"host\":\"%s\"", h->name);
+        }
+        h->excluded = state[i] == 0;
+    }
+}
+
+/* Elastic, while the job runs on fewer ranks than asked: one excluded host probed at a time (every 10 s);
+ * when it answers (or the hostfile offers more slots), the job is asked to checkpoint and stop (SIGUSR1,
+ * which mpirun passes to every rank) and restarts on more ranks. */
+typedef struct {
+    pid_t pid;
+    int host;
+    double started, next;
+} grow_probe;
+
+static void try_grow(job *j, grow_probe *g) {
+    const loom_supervise_config *c = j->cfg;
+    if (!j->elastic || j->resizing || j->world >= c->n) return;
+    const double now = mono();
+    if (g->pid > 0) {
+        const int r = sv_probe_poll(g->pid, g->started, now, 10);
+        if (r < 0) return;
+        g->pid = -1;
+        if (r == 1) {
+            j->hosts.h[g->host].excluded = 0;
+            event(c, "host_back", "\"host\":\"%s\"", j->hosts.h[g->host].name);
+        }
+    }
+    if (now < g->next) return;
+    g->next = now + 10;
+    if (sv_hosts_read(c, &j->hosts) == 0 && sv_hosts_slots(&j->hosts) > j->world) {
+        LOOM_INFO("more ranks available (%d): the job checkpoints and restarts on them", sv_hosts_slots(&j->hosts));
+        event(c, "grow", "\"world\":%d,\"available\":%d", j->world, sv_hosts_slots(&j->hosts));
+        j->resizing = 1;
+        kill(j->child, SIGUSR1);
+        return;
+    }
+    for (int k = 1; k <= j->hosts.n; k++) { /* the next excluded host after the last one probed */
+        const int i = (g->host + k) % j->hosts.n;
+        if (j->hosts.h[i].listed && j->hosts.h[i].excluded) {
+            g->host = i;
+            g->started = now;
+            g->pid = sv_probe_start(c, j->hosts.h[i].name);
+            break;
+        }
+    }
 }
 
 int loom_supervise(const loom_supervise_config *c) {
@@ -427,7 +513,10 @@ int loom_supervise(const loom_supervise_config *c) {
     j.err_fd = -1;
     j.world = c->n;
     gethostname(j.me, sizeof j.me - 1);
-    j.sock = open_socket(addr, sizeof addr);
+    sv_process_table_id(j.boot, sizeof j.boot);
+    j.elastic = c->hosts || c->hostfile;
+    const char *base = strrchr(c->mpirun, '/') ? strrchr(c->mpirun, '/') + 1 : c->mpirun;
+    j.sock = open_socket(addr, sizeof addr, j.elastic || !strcmp(base, "srun"));
     if (j.sock < 0) {
         fprintf(stderr, "loom launch: cannot open the heartbeat socket: %s\n", strerror(errno));
         return 1;
@@ -444,7 +533,27 @@ int loom_supervise(const loom_supervise_config *c) {
     signal(SIGPIPE, SIG_IGN);
     double backoff = c->backoff;
     int rc = 0;
+    int restarts = 0; /* after failures (a planned resize is not one) */
+    const int min_ranks = c->min_ranks > 0 ? c->min_ranks : c->n;
     for (j.attempt = 0;; j.attempt++) {
+        if (j.elastic) { /* the hosts as listed now, the unreachable ones left out */
+            if (sv_hosts_read(c, &j.hosts) != 0) {
+                rc = give_up(c, 1, "cannot read the hostfile %s: %s", c->hostfile, strerror(errno));
+                break;
+            }
+            if (j.attempt > 0) probe_all(&j);
+            const int avail = sv_hosts_slots(&j.hosts);
+            j.world = avail < c->n ? avail : c->n;
+            if (j.world < min_ranks) {
+                rc = give_up(c, 1, "only %d rank(s) on the reachable hosts, fewer than --min-ranks %d", j.world, min_ranks);
+                break;
+            }
+            sv_hosts_arg(&j.hosts, j.world, j.host_arg, sizeof j.host_arg);
+            if (j.world < c->n)
+                LOOM_WARN("running on %d of %d ranks (%s): the global batch is kept", j.world, c->n, j.host_arg);
+        }
+        j.resizing = 0;
+        grow_probe grow = {-1, 0, 0, mono() + 10};
         memset(j.ranks, 0, (size_t)c->n * sizeof *j.ranks);
         memset(&j.hint, 0, sizeof j.hint);
         j.hint.rank = -1;
@@ -467,13 +576,21 @@ int loom_supervise(const loom_supervise_config *c) {
             if (first_step < 0 && j.ranks[0].seen && strcmp(j.ranks[0].phase, "start") && strcmp(j.ranks[0].phase, "init"))
                 first_step = j.ranks[0].step; /* where this attempt began (its resumed step) */
             if (check(&j, started, &ended, &status, &f)) break;
+            try_grow(&j, &grow);
         }
+        if (grow.pid > 0) (void)sv_probe_poll(grow.pid, 0, 1e18, 0); /* a probe in flight: ended */
         if (ended && WIFEXITED(status) && WEXITSTATUS(status) == 0 && !f.kind[0]) {
             stop_job(&j, 1);
             event(c, "done", "\"attempts\":%d,\"step\":%lld", j.attempt + 1, (long long)last_step(&j));
             break;
         }
         const double t_stop = mono();
+        if (j.resizing && (!strcmp(f.kind, "exited") || ended)) { /* the stop asked for: every rank checkpointed */
+            if (!ended) waitpid(j.child, &status, 0);
+            stop_job(&j, 1);
+            event(c, "resized", "\"attempt\":%d,\"step\":%lld", j.attempt, (long long)last_step(&j));
+            continue;
+        }
         const int left = stop_job(&j, ended);
         const rank_view *v = f.rank >= 0 ? &j.ranks[f.rank] : NULL;
         char extra[64] = "";
@@ -500,14 +617,15 @@ int loom_supervise(const loom_supervise_config *c) {
                                                 "the damaged files were left as they are", c->out);
             break;
         }
-        if (j.attempt >= c->max_restarts) {
+        if (restarts >= c->max_restarts) {
             rc = give_up(c, 1, "the job failed %d time(s); --max-restarts %d reached (the last failure: rank %d %s)",
-                         j.attempt + 1, c->max_restarts, f.rank, f.kind);
+                         restarts + 1, c->max_restarts, f.rank, f.kind);
             break;
         }
+        restarts++;
         const int progressed = first_step >= 0 && last_step(&j) > first_step;
         if (progressed) backoff = c->backoff;
-        LOOM_INFO("restarting in %.1f s (restart %d of at most %d)", backoff, j.attempt + 1, c->max_restarts);
+        LOOM_INFO("restarting in %.1f s (restart %d of at most %d)", backoff, restarts, c->max_restarts);
         sleep_s(backoff);
         if (!progressed) backoff = backoff * 2 > 60 ? 60 : backoff * 2;
     }

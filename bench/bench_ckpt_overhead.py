@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""What cheap checkpoints cost (issue 17): training throughput with in-memory snapshots every 10 steps and an
+asynchronous disk checkpoint every 100, side by side with checkpoints off, in the same session.
+
+    /usr/bin/python3 bench/bench_ckpt_overhead.py [--preset gpt2-124m] [--ranks 2] [--steps 210]
+                                                  [--batch 4] [--seq-len 64] [--rounds 3] [--threads 1]
+
+Each round trains both configurations (alternating which goes first) under `loom launch -n RANKS`; a run's
+throughput is its tokens from the end of step FROM (default 30) to the end of its last step over the wall
+time between them (metrics.jsonl's "time": snapshot and checkpoint pauses between steps count, unlike the
+step's "ms"). From step 30 on is the steady state: the first two snapshots allocate their shared memory
+(once per run; the later ones reuse it), which the table reports apart as "first two snapshots". The table
+gives each configuration's median tokens/s over the rounds and the overhead 1 - with/without; the bar is
+<= 3%.
+Synthetic tokens; snapshots in /dev/shm; the disk checkpoints in a temporary directory.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--loom", default=os.path.join(HERE, "..", "build", "loom"))
+ap.add_argument("--preset", default="gpt2-124m")
+ap.add_argument("--ranks", type=int, default=2)
+ap.add_argument("--steps", type=int, default=210)
+ap.add_argument("--batch", type=int, default=4)
+ap.add_argument("--seq-len", type=int, default=64)
+ap.add_argument("--threads", type=int, default=1)
+ap.add_argument("--rounds", type=int, default=3)
+ap.add_argument("--zero", type=int, default=1)
+ap.add_argument("--from-step", type=int, default=30)
+a = ap.parse_args()
+LOOM = os.path.abspath(a.loom)
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1")
+W = tempfile.mkdtemp(prefix="loom_ckpt_overhead_")
+CONFIGS = {
+    "off": ["--set", "train.save_checkpoints=false"],
+    "snap10+async100": ["--set", "train.snapshot_interval=10", "--ckpt-interval", "100", "--set", "train.ckpt_async=true",
+                        "--set", "train.snapshot_dir=/dev/shm/loom-bench-overhead-%d" % os.getpid()],
+}
+
+
+def run(name, rnd):
+    out = os.path.join(W, "%s-%d" % (name, rnd))
+    cmd = [LOOM, "-v", "launch", "-n", str(a.ranks), "--", "train", "--preset", a.preset, "--data", "synthetic",
+           "--steps", str(a.steps), "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--threads", str(a.threads),
+           "--zero", str(a.zero), "--peak-gflops", "100", "--out", out, "--set", "train.progress=0",
+           "--set", "train.sample_tokens=0", "--set", "train.log_interval=1000"] + CONFIGS[name]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit("%s failed:\n%s" % (name, r.stderr[-3000:]))
+    lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"ms"' in l]
+    t = {l["step"]: l["time"] for l in lines}
+    ms_of = {l["step"]: l["ms"] for l in lines}
+    tokens = a.batch * a.seq_len * (a.steps - a.from_step)
+    tps = tokens / (t[a.steps] - t[a.from_step])
+    ms = statistics.median(l["ms"] for l in lines[10:])
+    # the pauses after steps 10 and 20 beyond their neighbours' step time: the first two snapshots
+    first = sum(t[s + 1] - t[s] - ms_of[s + 1] / 1e3 for s in (10, 20))
+    shutil.rmtree(out, ignore_errors=True)
+    return tps, ms, first
+
+
+results = {k: [] for k in CONFIGS}
+for rnd in range(a.rounds):
+    order = list(CONFIGS) if rnd % 2 == 0 else list(reversed(CONFIGS))
+    for name in order:
+        results[name].append(run(name, rnd))
+    print("round %d/%d done" % (rnd + 1, a.rounds), flush=True)
+shutil.rmtree(W, ignore_errors=True)
+base = statistics.median(r[0] for r in results["off"])
+print("%s, %d ranks x %d thread(s), B%d T%d, ZeRO-%d, %d steps (throughput over steps %d-%d), %d rounds, medians" %
+      (a.preset, a.ranks, a.threads, a.batch, a.seq_len, a.zero, a.steps, a.from_step + 1, a.steps, a.rounds))
+print("%-18s %12s %12s %10s %24s" % ("checkpoints", "tokens/s", "step ms", "overhead", "first two snapshots (s)"))
+for name in CONFIGS:
+    tps = statistics.median(r[0] for r in results[name])
+    ms = statistics.median(r[1] for r in results[name])
+    first = statistics.median(r[2] for r in results[name])
+    print("%-18s %12.1f %12.1f %9.2f%% %24.2f" % (name, tps, ms, 100 * (1 - tps / base), first))
