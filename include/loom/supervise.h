@@ -54,6 +54,7 @@ typedef struct {
     int min_ranks;            /* elastic: the fewest ranks a restart may run on (0: n, not elastic) */
     double heartbeat_timeout; /* seconds without a beat, or without progress, before a rank counts as hung */
     double backoff;           /* seconds before the first restart; doubled after each failure without progress */
+    double probe_interval;    /* elastic, running short of ranks: seconds between probes of a lost host */
     const char *out;          /* the run directory (the command's --out): events.jsonl, checkpoints */
     char **cmd;               /* the loom command and its arguments (e.g. "train" ...), NULL-terminated */
     const char *self;         /* this loom executable */

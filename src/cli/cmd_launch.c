@@ -14,7 +14,8 @@
 
 static int usage(FILE *f, int rc) {
     fprintf(f, "usage: loom launch -n N [--hosts H1,H2,...|--hostfile F] [--mpirun PATH] [--dry-run]\n"
-               "                   [--max-restarts R [--heartbeat-timeout 30s] [--restart-backoff 1s]]\n"
+               "                   [--max-restarts R [--heartbeat-timeout 30s] [--restart-backoff 1s]\n"
+               "                    [--min-ranks M] [--probe-interval 10s]]\n"
                "                   -- COMMAND [ARGS...]\n"
                "  runs `loom COMMAND ARGS` on N ranks with mpirun, e.g.\n"
                "    loom launch -n 4 -- train --preset gpt2-l6 --zero 2 --threads 1\n"
@@ -29,6 +30,11 @@ static int usage(FILE *f, int rc) {
                "  Incidents go to <out>/events.jsonl (the command's --out, required); `loom events <out>` sums\n"
                "  them up with the ETTR. Not restarted: exit code 2 (a configuration error), 3 (no intact\n"
                "  checkpoint). LOOM_SUPERVISOR_HOST: the address other hosts reach this one by.\n"
+               "elastic (--hosts/--hostfile with --min-ranks M < N): every host is probed through the launcher\n"
+               "  before a restart; unreachable ones are left out and the job runs on the ranks that remain (down\n"
+               "  to M; the global batch is kept: choose one that divides over every world size). A left-out host\n"
+               "  is probed every --probe-interval; when it answers (or the hostfile, re-read, offers more slots)\n"
+               "  the job checkpoints, stops and restarts on more ranks.\n"
                "  Adds --allow-run-as-root when run as root, --oversubscribe when N exceeds this host's cores,\n"
                "  and --bind-to none (loom's OpenMP threads place themselves). Rank 0 prints progress and writes\n"
                "  the metrics; every rank's errors reach stderr, prefixed with its rank.\n");
@@ -59,7 +65,7 @@ static const char *command_out(char **cmd) {
 
 int loom_cmd_launch(int argc, char **argv) {
     int n = 0, dry = 0, i = 1, max_restarts = -1, min_ranks = 0;
-    double timeout = 30, backoff = 1;
+    double timeout = 30, backoff = 1, probe = 10;
     const char *hosts = NULL, *hostfile = NULL, *mpirun = "mpirun";
     for (; i < argc; i++) {
         if (!strcmp(argv[i], "--")) {
@@ -78,13 +84,14 @@ int loom_cmd_launch(int argc, char **argv) {
             if (max_restarts < 0) max_restarts = 0;
         } else if (!strcmp(argv[i], "--min-ranks") && i + 1 < argc) {
             min_ranks = atoi(argv[++i]);
-        } else if ((!strcmp(argv[i], "--heartbeat-timeout") || !strcmp(argv[i], "--restart-backoff")) && i + 1 < argc) {
+        } else if ((!strcmp(argv[i], "--heartbeat-timeout") || !strcmp(argv[i], "--restart-backoff") ||
+                    !strcmp(argv[i], "--probe-interval")) && i + 1 < argc) {
             const double d = parse_duration(argv[i + 1]);
-            if (d < 0 || (d <= 0 && argv[i][2] == 'h')) {
+            if (d < 0 || (d <= 0 && argv[i][2] != 'r')) {
                 fprintf(stderr, "loom launch: %s wants a duration (30s, 500ms, 2m), got '%s'\n", argv[i], argv[i + 1]);
                 return 2;
             }
-            *(argv[i][2] == 'h' ? &timeout : &backoff) = d;
+            *(argv[i][2] == 'h' ? &timeout : argv[i][2] == 'r' ? &backoff : &probe) = d;
             i++;
         } else if (!strcmp(argv[i], "--mpirun") && i + 1 < argc) {
             mpirun = argv[++i];
@@ -118,7 +125,8 @@ int loom_cmd_launch(int argc, char **argv) {
         }
         const loom_supervise_config sc = {.n = n, .hosts = hosts, .hostfile = hostfile, .mpirun = mpirun,
                                           .max_restarts = max_restarts, .min_ranks = min_ranks,
-                                          .heartbeat_timeout = timeout, .backoff = backoff, .out = out,
+                                          .heartbeat_timeout = timeout, .backoff = backoff,
+                                          .probe_interval = probe, .out = out,
                                           .cmd = argv + i, .self = self};
         return loom_supervise(&sc);
     }

@@ -227,6 +227,9 @@ loom_status loom_comm_test(loom_comm_req *r, int *done) {
 /* Polls until ready(ctx, &err) says done (1), fails (< 0, err set) or the communicator's timeout or
  * interrupt flag ends the wait with a message naming rank, operation and communicator. The time counts as
  * waiting. Spins briefly (latency), then yields the core (ranks may outnumber cores), then sleeps. */
+enum { INTERRUPT_GRACE_S = 5 };
+static double interrupt_seen; /* when a wait first saw the stop flag (process-wide, as the flag is) */
+
 static loom_status poll_wait(loom_comm *c, const char *op, int (*ready)(void *ctx, loom_status *err), void *ctx) {
     const double t0 = loom_comm_now();
     long spins = 0;
@@ -237,7 +240,11 @@ static loom_status poll_wait(loom_comm *c, const char *op, int (*ready)(void *ct
         if (r < 0) break;
         if (r > 0) break;
         double now = loom_comm_now();
-        if (c->interrupt && *c->interrupt) {
+        /* A stop signal usually reaches every rank at once (a launcher forwards it): the step finishes, and
+         * the ranks stop together after it, checkpointed. A wait that goes on INTERRUPT_GRACE_S after the
+         * signal waits for a peer that is gone or stuck: it ends with an error. */
+        if (c->interrupt && *c->interrupt && interrupt_seen == 0) interrupt_seen = now;
+        if (c->interrupt && *c->interrupt && now - interrupt_seen > INTERRUPT_GRACE_S) {
             st = loom_error_set(LOOM_ERR_INTERRUPTED, __FILE__, __LINE__, __func__,
                                 "rank %d: interrupted by signal %d while waiting %.1f s in %s on communicator "
                                 "'%s' (%d ranks); if a peer rank died, its launcher's message names it",

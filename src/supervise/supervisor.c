@@ -458,7 +458,8 @@ static void probe_all(job *j) {
     }
 }
 
-/* Elastic, while the job runs on fewer ranks than asked: one excluded host probed at a time (every 10 s);
+/* Elastic, while the job runs on fewer ranks than asked: one excluded host probed at a time (every
+ * --probe-interval);
  * when it answers (or the hostfile offers more slots), the job is asked to checkpoint and stop (SIGUSR1,
  * which mpirun passes to every rank) and restarts on more ranks. */
 typedef struct {
@@ -481,7 +482,7 @@ static void try_grow(job *j, grow_probe *g) {
         }
     }
     if (now < g->next) return;
-    g->next = now + 10;
+    g->next = now + c->probe_interval;
     if (sv_hosts_read(c, &j->hosts) == 0 && sv_hosts_slots(&j->hosts) > j->world) {
         LOOM_INFO("more ranks available (%d): the job checkpoints and restarts on them", sv_hosts_slots(&j->hosts));
         event(c, "grow", "\"world\":%d,\"available\":%d", j->world, sv_hosts_slots(&j->hosts));
@@ -553,7 +554,7 @@ int loom_supervise(const loom_supervise_config *c) {
                 LOOM_WARN("running on %d of %d ranks (%s): the global batch is kept", j.world, c->n, j.host_arg);
         }
         j.resizing = 0;
-        grow_probe grow = {-1, 0, 0, mono() + 10};
+        grow_probe grow = {-1, 0, 0, mono() + c->probe_interval};
         memset(j.ranks, 0, (size_t)c->n * sizeof *j.ranks);
         memset(&j.hint, 0, sizeof j.hint);
         j.hint.rank = -1;
