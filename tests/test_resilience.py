@@ -92,9 +92,9 @@ def procs_of(out):
             continue
         rank = None
         for e in env:
-            if e.startswith(b"OMPI_COMM_WORLD_RANK="):
+            if e.startswith(b"OMPI_COMM_WORLD_RANK=") or e.startswith(b"SLURM_PROCID="):  # mpirun's, srun's
                 rank = int(e.split(b"=")[1])
-        if b"launch" not in cmd and b"mpirun" not in os.path.basename(cmd[0]):
+        if b"launch" not in cmd and os.path.basename(cmd[0]) not in (b"mpirun", b"srun", b"salloc"):
             found[int(pid)] = rank
     return found
 
@@ -318,7 +318,67 @@ def give_up():
     check(open(shard, "rb").read() == damaged, "the damaged checkpoint left as it was")
 
 
-{"chaos": chaos, "bad_steps": bad_steps, "give_up": give_up, "stuck": stuck}[CHECK]()
+def slurm():
+    """the supervisor inside a Slurm allocation (a private one-node cluster): srun launches the ranks, a kill -9
+    of one is detected, the job step ended and the run restarted by a new srun in the same allocation, to a
+    final state bit-identical to an uninterrupted run's"""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cluster = os.path.join(W, "slurm")
+    r = subprocess.run([os.path.join(here, "slurm_local.sh"), "start", cluster], capture_output=True, text=True)
+    if r.returncode == 77:
+        print(r.stdout.strip())
+        sys.exit(77)
+    check(r.returncode == 0, "a private Slurm cluster started")
+    if r.returncode:
+        print(r.stdout[-2000:], r.stderr[-3000:])
+        return
+    env = dict(ENV, SLURM_CONF=os.path.join(cluster, "slurm.conf"))
+    steps = 60
+    extra = ["--zero", "1", "--ckpt-interval", "10"]
+    try:
+        ref = os.path.join(W, "slurm-ref")
+        r = subprocess.run([LOOM, "launch", "-n", "2", "--"] + base_args(ref, steps, extra), env=ENV,
+                           capture_output=True, text=True)
+        check(r.returncode == 0, "uninterrupted 2-rank run (mpirun, %d steps)" % steps)
+        out = os.path.join(W, "slurm-run")
+        log = open(os.path.join(W, "slurm.log"), "w")
+        sup = subprocess.Popen(["salloc", "-n", "2", "--quiet", LOOM, "launch", "--mpirun", "srun", "-n", "2",
+                                "--max-restarts", "2", "--heartbeat-timeout", "10s", "--restart-backoff", "0.5s",
+                                "--"] + base_args(out, steps, extra), env=env, stdout=log, stderr=subprocess.STDOUT)
+        t_kill = None
+        try:
+            wait_for(lambda: len(rank_pids(out)) == 2 and metrics_steps(out) >= 25, 180, "the first steps under srun")
+            os.kill(rank_pids(out)[1], signal.SIGKILL)
+            t_kill = time.time()
+            rc = sup.wait(timeout=300)
+        except Exception as e:
+            check(False, "fault injection under Slurm: %s" % e)
+            sup.terminate()
+            sup.wait()
+            rc = -1
+        log.close()
+        check(rc == 0, "salloc ... loom launch --mpirun srun finished (exit %d)" % rc)
+        if rc != 0:
+            print(open(os.path.join(W, "slurm.log")).read()[-6000:])
+        fails = [e for e in events(out) if e["event"] == "failure"]
+        resumed = [e for e in events(out) if e["event"] == "resumed"]
+        if fails and t_kill:
+            f = fails[0]
+            check(len(fails) == 1 and f["rank"] == 1 and f["time"] - t_kill <= 5 and f["left"] == 0,
+                  "kill -9 of rank 1 under srun: detected as %s of rank %d in %.2f s, %d process(es) left" %
+                  (f["kind"], f["rank"], f["time"] - t_kill, f["left"]))
+        else:
+            check(False, "the kill under srun was detected (%d failures)" % len(fails))
+        check(len(resumed) == 1, "one restart by a new srun, resumed at step %s" %
+              (resumed[0]["step"] if resumed else "-"))
+        check(not procs_of(out), "no process of the job left")
+        a, b = final_state(ref), final_state(out)
+        check(a == b and len(a) == 2, "final parameters and optimizer state bit-identical to the uninterrupted run's")
+    finally:
+        subprocess.run([os.path.join(here, "slurm_local.sh"), "stop", cluster])
+
+
+{"chaos": chaos, "bad_steps": bad_steps, "give_up": give_up, "stuck": stuck, "slurm": slurm}[CHECK]()
 if failed:
     print("logs kept in", W)
 else:

@@ -1,5 +1,6 @@
 /* Checkpoint container: header, section table, section data. Atomic replace on write; every size and
  * checksum verified on read (docs/FORMATS.md). */
+#define _GNU_SOURCE /* O_DIRECT */
 #include "loom/ckpt.h"
 
 #include "io_impl.h"
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -121,9 +123,11 @@ loom_status loom_ckpt_write(const char *path, const loom_ckpt_section *s, int n)
     return loom_ckpt_write_crcs(path, s, n, NULL);
 }
 
+enum { CKPT_PIECE = 256 << 10 }; /* written a piece at a time, a piece fits the L2 cache: each pass reads it hot */
+
 /* a pulled section (fill): written a piece at a time through one buffer, its CRC computed on the way */
 static loom_status write_filled(int fd, const loom_ckpt_section *s, const char *tmp, uint32_t *crc) {
-    enum { PIECE = 8 << 20 };
+    enum { PIECE = CKPT_PIECE };
     char *buf = malloc(PIECE);
     LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
     loom_status st = LOOM_OK;
@@ -180,9 +184,13 @@ loom_status loom_ckpt_write_recycled(const char *path, const char *recycle, cons
             st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot seek in %s: %s", tmp, strerror(errno));
         else if (i > 0 && e[i].offset > start)
             st = loom_io_write_all(fd, zeros, (size_t)(e[i].offset - start), tmp);
-        if (st == LOOM_OK && s[i].data) {
-            e[i].crc = loom_crc32c(0, s[i].data, (size_t)s[i].nbytes);
-            st = loom_io_write_all(fd, s[i].data, (size_t)s[i].nbytes, tmp);
+        if (st == LOOM_OK && s[i].data) { /* a piece at a time: the write reads what the CRC just brought to L2 */
+            const char *p = s[i].data;
+            for (int64_t at = 0; at < s[i].nbytes && st == LOOM_OK; at += CKPT_PIECE) {
+                const size_t k = (size_t)(s[i].nbytes - at < CKPT_PIECE ? s[i].nbytes - at : CKPT_PIECE);
+                e[i].crc = loom_crc32c(e[i].crc, p + at, k);
+                st = loom_io_write_all(fd, p + at, k, tmp);
+            }
         } else if (st == LOOM_OK) {
             st = write_filled(fd, &s[i], tmp, &e[i].crc);
         }
@@ -308,6 +316,45 @@ loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **ou
     return LOOM_OK;
 }
 
+/* The copy's pieces written with O_DIRECT straight from the source's mapping: no page-cache copy for the
+ * kernel to make and write back later, so a background copy takes little CPU from training. 1 when done,
+ * 0 when this file system or source cannot (the caller copies through a buffer), -1 on an I/O error. */
+static int copy_direct(int in, int fd, const char *tmp, void (*after_piece)(void *), void *ctx,
+                       loom_status *st) {
+    enum { PIECE = 8 << 20 };
+    struct stat sb;
+    const long page = sysconf(_SC_PAGESIZE);
+    if (fstat(in, &sb) != 0 || sb.st_size < PIECE || page <= 0) return 0;
+    const int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_DIRECT) != 0) return 0;
+    const size_t size = (size_t)sb.st_size;
+    char *m = mmap(NULL, size, PROT_READ, MAP_SHARED, in, 0);
+    if (m == MAP_FAILED) {
+        (void)fcntl(fd, F_SETFL, flags);
+        return 0;
+    }
+    const size_t aligned = size / (size_t)page * (size_t)page;
+    size_t at = 0;
+    while (at < aligned) {
+        const size_t k = aligned - at < PIECE ? aligned - at : PIECE;
+        const ssize_t w = write(fd, m + at, k);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && at == 0 && errno == EINVAL) break; /* O_DIRECT refused: the buffered copy instead */
+        if (w <= 0) {
+            *st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "writing %s: %s", tmp,
+                                 w < 0 ? strerror(errno) : "no progress");
+            break;
+        }
+        at += (size_t)w;
+        if (after_piece) after_piece(ctx);
+    }
+    (void)fcntl(fd, F_SETFL, flags); /* the tail, shorter than a page, through the page cache */
+    if (*st == LOOM_OK && at == aligned && at < size) *st = loom_io_write_all(fd, m + at, size - at, tmp);
+    munmap(m, size);
+    if (*st != LOOM_OK) return -1;
+    return at > 0 ? 1 : 0;
+}
+
 loom_status loom_file_copy_atomic(const char *src, const char *dst, void (*after_piece)(void *), void *ctx) {
     const int in = open(src, O_RDONLY | O_CLOEXEC);
     LOOM_CHECK(in >= 0, LOOM_ERR_IO, "cannot open %s: %s", src, strerror(errno));
@@ -319,9 +366,15 @@ loom_status loom_file_copy_atomic(const char *src, const char *dst, void (*after
         close(in);
         return loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", tmp, strerror(err));
     }
+    loom_status st = LOOM_OK;
+    if (copy_direct(in, fd, tmp, after_piece, ctx, &st) != 0) {
+        close(in);
+        LOOM_CALL(commit_tmp(fd, tmp, dst, st));
+        return LOOM_OK;
+    }
     enum { PIECE = 1 << 20 };
     char *buf = malloc(PIECE);
-    loom_status st = buf ? LOOM_OK : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    if (!buf) st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     for (;; after_piece ? after_piece(ctx) : (void)0) {
         if (st != LOOM_OK) break;
         const ssize_t r = read(in, buf, PIECE);
