@@ -14,6 +14,10 @@
   give_up   the failures the supervisor cannot recover from end with one clear message, a non-zero exit
             and the last good checkpoint intact: the maximum of restarts, a configuration error (exit 2,
             no restart), no intact checkpoint (exit 3, no restart).
+  stuck     a deadlocked rank (LOOM_TEST_FAULT=hang) found within the heartbeat timeout and blamed.
+  slurm     inside a Slurm allocation (a private one-node cluster, tests/slurm_local.sh; exit 77 without
+            Slurm): `salloc loom launch --mpirun srun`, a kill -9 of a rank under srun detected, a new srun
+            resumes, and the final state is bit-identical to an uninterrupted run's.
 
 Usage: test_resilience.py LOOM CHECK
 """
