@@ -10,8 +10,8 @@ throughput is its tokens from the end of step FROM (default 30) to the end of it
 time between them (metrics.jsonl's "time": snapshot and checkpoint pauses between steps count, unlike the
 step's "ms"). From step 30 on is the steady state: the first two snapshots allocate their shared memory
 (once per run; the later ones reuse it), which the table reports apart as "first two snapshots". The table
-gives each configuration's median tokens/s over the rounds and the overhead 1 - with/without; the bar is
-<= 3%.
+gives each configuration's median tokens/s over the rounds (and each round's), the overhead 1 - with/without
+(the bar is <= 3%), and the pauses: the share of a run's own wall time spent between its steps.
 Synthetic tokens; snapshots in /dev/shm; the disk checkpoints in a temporary directory.
 """
 import argparse
@@ -63,8 +63,12 @@ def run(name, rnd):
     ms = statistics.median(l["ms"] for l in lines[10:])
     # the pauses after steps 10 and 20 beyond their neighbours' step time: the first two snapshots
     first = sum(t[s + 1] - t[s] - ms_of[s + 1] / 1e3 for s in (10, 20))
+    # within this run: the share of the wall time spent between steps (snapshot and checkpoint pauses), free of
+    # the step-time noise between runs that the A/B comparison carries
+    paused = sum(t[s] - t[s - 1] - ms_of[s] / 1e3 for s in range(a.from_step + 1, a.steps + 1))
+    pause_share = paused / (t[a.steps] - t[a.from_step])
     shutil.rmtree(out, ignore_errors=True)
-    return tps, ms, first
+    return tps, ms, first, pause_share
 
 
 results = {k: [] for k in CONFIGS}
@@ -77,9 +81,14 @@ shutil.rmtree(W, ignore_errors=True)
 base = statistics.median(r[0] for r in results["off"])
 print("%s, %d ranks x %d thread(s), B%d T%d, ZeRO-%d, %d steps (throughput over steps %d-%d), %d rounds, medians" %
       (a.preset, a.ranks, a.threads, a.batch, a.seq_len, a.zero, a.steps, a.from_step + 1, a.steps, a.rounds))
-print("%-18s %12s %12s %10s %24s" % ("checkpoints", "tokens/s", "step ms", "overhead", "first two snapshots (s)"))
+print("%-18s %12s %12s %10s %10s %24s  %s" % ("checkpoints", "tokens/s", "step ms", "overhead", "pauses",
+                                           "first two snapshots (s)", "tokens/s by round"))
 for name in CONFIGS:
     tps = statistics.median(r[0] for r in results[name])
     ms = statistics.median(r[1] for r in results[name])
     first = statistics.median(r[2] for r in results[name])
-    print("%-18s %12.1f %12.1f %9.2f%% %24.2f" % (name, tps, ms, 100 * (1 - tps / base), first))
+    pauses = statistics.median(r[3] for r in results[name])
+    print("%-18s %12.1f %12.1f %9.2f%% %9.2f%% %24.2f  %s" % (name, tps, ms, 100 * (1 - tps / base), 100 * pauses, first,
+                                                          " ".join("%.1f" % r[0] for r in results[name])))
+print("overhead: 1 - tokens/s over the run without checkpoints (bar <= 3%); pauses: the share of the run's own wall "
+      "time between steps (the snapshots' and checkpoints' cost without the step-time noise between runs)")
