@@ -94,7 +94,12 @@ void loom_heartbeat_start(void) {
     if (!colon) return;
     *colon = '\0';
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM}, *ai = NULL;
-    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai) return;
+    const int gai = getaddrinfo(host, colon + 1, &hints, &ai);
+    if (gai != 0 || !ai) { /* the supervisor would find this rank silent: say why */
+        fprintf(stderr, "loom: cannot resolve the supervisor's address %s (%s): this rank sends no heartbeats "
+                        "(LOOM_SUPERVISOR_HOST on the supervisor's side sets the address)\n", sup, gai_strerror(gai));
+        return;
+    }
     hb.fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (hb.fd >= 0) {
         memcpy(&hb.to, ai->ai_addr, ai->ai_addrlen);

@@ -18,7 +18,10 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <math.h>
+#include <net/if.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -401,6 +404,30 @@ static int give_up(const loom_supervise_config *c, int code, const char *fmt, ..
     return code ? code : 1;
 }
 
+/* How other hosts reach this one: its name where the name resolves (a cluster's names do), else the address
+ * of its first interface up other than loopback (a machine whose name is in no /etc/hosts), else loopback. */
+static void this_host_address(char *me, size_t n) {
+    char name[256] = "";
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_DGRAM}, *ai = NULL;
+    if (gethostname(name, sizeof name - 1) == 0 && name[0] && getaddrinfo(name, NULL, &hints, &ai) == 0) {
+        freeaddrinfo(ai);
+        snprintf(me, n, "%s", name);
+        return;
+    }
+    snprintf(me, n, "127.0.0.1");
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) != 0) return;
+    for (struct ifaddrs *i = ifs; i; i = i->ifa_next)
+        if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET && (i->ifa_flags & IFF_UP) &&
+            !(i->ifa_flags & IFF_LOOPBACK)) {
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, me, (socklen_t)n);
+            break;
+        }
+    freeifaddrs(ifs);
+    LOOM_WARN("this host's name '%s' does not resolve: the ranks send heartbeats to %s (LOOM_SUPERVISOR_HOST "
+              "sets the address)", name, me);
+}
+
 static int open_socket(char *addr, size_t addr_size, int remote) {
     const int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s < 0) return -1;
@@ -414,7 +441,7 @@ static int open_socket(char *addr, size_t addr_size, int remote) {
     /* the address the ranks reach this host by: loopback when they all run here, else this host's name */
     const char *host = getenv("LOOM_SUPERVISOR_HOST");
     char me[256] = "127.0.0.1";
-    if (!(host && host[0]) && remote) gethostname(me, sizeof me - 1);
+    if (!(host && host[0]) && remote) this_host_address(me, sizeof me);
     snprintf(addr, addr_size, "%s:%d", host && host[0] ? host : me, ntohs(a.sin_port));
     return s;
 }
