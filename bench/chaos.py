@@ -33,7 +33,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from loom_files import read_ckpt_sections  # noqa: E402
+from loom_run import final_state, rank_pids  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--loom", default=os.path.join(HERE, "..", "build", "loom"))
@@ -67,29 +67,6 @@ def args(out, steps):
     for s in sets:
         cmd += ["--set", s]
     return cmd
-
-
-def final_state(out):
-    m = json.load(open(os.path.join(out, "checkpoint.json")))
-    d = os.path.join(out, m["dir"])
-    return {f: tuple(read_ckpt_sections(os.path.join(d, f)).get(k) for k in ("params", "optim.0", "optim.1"))
-            for f in sorted(os.listdir(d)) if f.startswith("rank-")}
-
-
-def rank_pids(out):
-    found = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
-            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0") if out.encode() in cmd else []
-        except OSError:
-            continue
-        for e in env:
-            if e.startswith(b"OMPI_COMM_WORLD_RANK="):
-                found[int(e.split(b"=")[1])] = int(pid)
-    return found
 
 
 def left_behind(out):

@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from loom_run import wait_for
+
 LOOM = os.path.abspath(sys.argv[1])
 NSA, NSB = os.environ["NSA"], os.environ["NSB"]
 W = tempfile.mkdtemp(prefix="loom_elastic_")
@@ -50,16 +52,6 @@ def losses(out):
         if "ms" in j and j.get("loss") is not None:
             last[j["step"]] = j["loss"]
     return last
-
-
-def wait_for(cond, limit, what):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise RuntimeError("timed out (%d s) waiting for %s" % (limit, what))
 
 
 # real text: on uniform random tokens the model cannot learn and sits where rounding differences grow (a

@@ -32,7 +32,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from loom_files import read_ckpt_sections  # noqa: E402
+from loom_run import final_state, procs_of, rank_pids, wait_for  # noqa: E402
 
 LOOM = os.path.abspath(sys.argv[1])
 CHECK = sys.argv[2] if len(sys.argv) > 2 else "chaos"
@@ -60,51 +60,9 @@ def base_args(out, steps, extra=()):
             "--set", "train.log_interval=100", "--out", out] + list(extra)
 
 
-def final_state(out):
-    """{file: (params, optim.0, optim.1)} of the run's newest checkpoint (shards or the single file)"""
-    man = os.path.join(out, "checkpoint.json")
-    if os.path.exists(man):
-        m = json.load(open(man))
-        d = os.path.join(out, m["dir"])
-        files = sorted(f for f in os.listdir(d) if f.startswith("rank-"))
-    else:
-        d, files = out, ["checkpoint.bin"]
-    state = {}
-    for f in files:
-        s = read_ckpt_sections(os.path.join(d, f))
-        state[f] = tuple(s.get(k) for k in ("params", "optim.0", "optim.1"))
-    return state
-
-
 def events(out):
     p = os.path.join(out, "events.jsonl")
     return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
-
-
-def procs_of(out):
-    """{pid: world rank or None} of this machine's processes whose command line names `out`"""
-    found = {}
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = open("/proc/%s/cmdline" % pid, "rb").read().split(b"\0")
-            if out.encode() not in cmd:
-                continue
-            env = open("/proc/%s/environ" % pid, "rb").read().split(b"\0")
-        except OSError:
-            continue
-        rank = None
-        for e in env:
-            if e.startswith(b"OMPI_COMM_WORLD_RANK=") or e.startswith(b"SLURM_PROCID="):  # mpirun's, srun's
-                rank = int(e.split(b"=")[1])
-        if b"launch" not in cmd and os.path.basename(cmd[0]) not in (b"mpirun", b"srun", b"salloc"):
-            found[int(pid)] = rank
-    return found
-
-
-def rank_pids(out):
-    return {r: p for p, r in procs_of(out).items() if r is not None}
 
 
 def metrics_steps(out):
@@ -115,16 +73,6 @@ def metrics_steps(out):
             if '"ms"' in l:
                 n += 1
     return n
-
-
-def wait_for(cond, limit, what):
-    t0 = time.time()
-    while time.time() - t0 < limit:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise RuntimeError("timed out waiting for " + what)
 
 
 def chaos():
