@@ -31,14 +31,22 @@ def flops_per_token(model, seq):
     return 6 * n_params(L, C) + 12 * L * C * seq
 
 
-def peak_gflops(loom, threads):
+def peak_gflops(loom, threads, precision):
+    """this machine's measured GEMM peak in the run's precision (fp16 runs on fp32 units: fp32's)"""
     out = subprocess.run([loom, "-q", "bench", "peak", "--threads", str(threads), "--quick"],
                          capture_output=True, text=True, check=True).stdout
-    kernel = "?"
+    vals, kernels = {}, {}
     for line in out.splitlines():
-        if line.startswith("best kernel:"):
-            kernel = line.split(":", 1)[1].split(" (cached")[0].strip()
-    return float(out.strip().splitlines()[-1].split("=")[1]), kernel
+        if "=" in line and line.split("=")[0] in ("peak_gflops", "peak_bf16_gflops"):
+            vals[line.split("=")[0]] = float(line.split("=")[1])
+        elif line.startswith("fp32 kernel ") or line.startswith("bf16 kernel "):
+            k = line.split()
+            kernels.setdefault(k[0], (0.0, ""))
+            rate = float(line.rsplit(":", 1)[1].split()[0])
+            if rate > kernels[k[0]][0]:
+                kernels[k[0]] = (rate, k[2])
+    key = "bf16" if precision == "bf16" else "fp32"
+    return vals["peak_bf16_gflops" if key == "bf16" else "peak_gflops"], key + " " + kernels.get(key, (0, "?"))[1]
 
 
 def run_loom(loom, model, args, workdir):
@@ -77,10 +85,8 @@ def main():
     ap.add_argument("--precision", default="fp32")
     args = ap.parse_args()
     models = args.models.split(",")
-    peak, kernel = peak_gflops(args.loom, args.threads)
-    if args.precision == "bf16":  # vdpbf16ps doubles the multiply rate: MFU against twice the fp32 peak
-        peak *= 2
-    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads{', x2 for bf16' if args.precision == 'bf16' else ''}); "
+    peak, kernel = peak_gflops(args.loom, args.threads, args.precision)
+    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads; MFU against it); "
           f"B={args.batch} T={args.seq_len}, "
           f"{args.rounds} rounds x {args.steps} steps, first 2 steps of each run dropped", flush=True)
     res = {(m, s): ([], 0) for m in models for s in ("loom", "torch")}

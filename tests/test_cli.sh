@@ -34,7 +34,29 @@ seq 1 20000 | tr '\n' ' ' > "$W/text.txt"
 first=$(grep '"loss"' "$W/learn/metrics.jsonl" | head -1 | grep -o '"loss":[0-9.e+-]*' | cut -d: -f2)
 last=$(grep '"loss"' "$W/learn/metrics.jsonl" | tail -1 | grep -o '"loss":[0-9.e+-]*' | cut -d: -f2)
 awk -v a="$first" -v b="$last" 'BEGIN{exit !(b < a - 1.0)}' && ok "loss falls ($first -> $last)" || bad "loss did not fall ($first -> $last)"
+export LOOM_CACHE_DIR="$W/cache" # this test's own peaks
 "$LOOM" bench peak --threads 1 --quick > "$W/peak" && tail -1 "$W/peak" | grepq -E '^peak_gflops=[0-9]+(\.[0-9]+)?$' \
   && ok "bench peak: $(tail -1 "$W/peak")" || bad "bench peak"
+tail -2 "$W/peak" | head -1 | grepq -E '^peak_bf16_gflops=[0-9]+(\.[0-9]+)?$' && ok "bench peak: $(tail -2 "$W/peak" | head -1)" \
+  || bad "bench peak: no bf16 peak"
+# MFU in each precision against that precision's cached peak: a cache with peaks far from 2:1 (as on AMX),
+# so that a bf16 MFU against twice the fp32 peak would show
+pf=100.0 pb=700.0
+printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test bf16\nthreads=1\n' "$pf" "$pb" \
+  > "$LOOM_CACHE_DIR/peak-1threads.txt"
+for p in fp32 bf16; do
+  "$LOOM" train --preset demo --data synthetic --steps 3 --batch 2 --seq-len 16 --threads 1 --precision $p \
+    --set train.save_checkpoints=false --set train.sample_tokens=0 --out "$W/mfu-$p" > "$W/mfu-$p.log" 2>&1 || bad "train $p"
+done
+grepq -F "peak of $pf GFLOP/s per rank (fp32 " "$W/mfu-fp32.log" && ok "fp32 run: MFU against the fp32 peak $pf" \
+  || bad "fp32 run does not say it uses the fp32 peak $pf: $(grep -o 'MFU against.*' "$W/mfu-fp32.log")"
+grepq -F "peak of $pb GFLOP/s per rank (bf16 " "$W/mfu-bf16.log" && ok "bf16 run: MFU against the bf16 peak $pb" \
+  || bad "bf16 run does not say it uses the bf16 peak $pb: $(grep -o 'MFU against.*' "$W/mfu-bf16.log")"
+# mfu / tokens_per_sec = FLOPs per token / peak: the same model, so (mfu / tokens_per_sec) x peak agrees
+ratio() { grep '"mfu"' "$W/mfu-$1/metrics.jsonl" | tail -1 | tr ',' '\n' | awk -F: -v p="$2" '/"mfu"/{m=$2} /"tokens_per_sec"/{t=$2} END{printf "%.6g", m / t * p}'; }
+rf=$(ratio fp32 "$pf") rb=$(ratio bf16 "$pb")
+awk -v a="$rf" -v b="$rb" 'BEGIN{d = a / b - 1; exit !(a > 0 && d < 0.05 && d > -0.05)}' \
+  && ok "mfu x peak / tokens_per_sec agrees across precisions ($rf, $rb GFLOP/token)" \
+  || bad "mfu not against each precision's peak: ($rf, $rb)"
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

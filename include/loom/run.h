@@ -121,8 +121,9 @@ typedef struct {
 } loom_step_result;
 /* Collective over `world` (the caller's, from loom_comm_init_world; NULL: its own): the backend, mesh, data,
  * model, optimizer and run directory; the weights from the seed, or from the newest checkpoint with
- * train.resume (train.resume_from). peak_gflops is one rank's fp32 GEMM peak for MFU (the host's, from `loom
- * bench peak`); < 0: measured on the device when the backend has its own (a GPU), else no MFU. On an error of
+ * train.resume (train.resume_from). peak_gflops is one rank's GEMM peak for MFU in the run's precision (the
+ * host's, from `loom bench peak`: bf16's for bf16, fp32's for fp32 and fp16, which runs on fp32 units here);
+ * < 0: measured on the device when the backend has its own (a GPU), else no MFU. On an error of
  * this rank alone it frees nothing collective (see loom_train). */
 LOOM_NODISCARD loom_status loom_trainer_init(const loom_run_config *c, loom_comm *world, double peak_gflops,
                                              const char *peak_kernel, loom_trainer **out);

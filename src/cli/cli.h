@@ -3,6 +3,7 @@
 #define LOOM_CLI_H
 #include <stdio.h>
 
+#include "loom/model.h"
 #include "loom/run.h"
 
 int loom_cmd_train(int argc, char **argv);
@@ -22,8 +23,10 @@ int loom_cmd_events(int argc, char **argv);    /* cmd_events.c */
  * Returns 0 (built), -1 (--help: printed) or an exit code. */
 int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *const *own_flags, loom_run_config *out,
                         double *peak_out);
-/* Peak fp32 GEMM rate for `threads`, from the cache or measured now (and cached). 0 when unknown. */
-double loom_cli_peak_gflops(int threads, char *kernel, size_t kernel_size);
+/* The GEMM peak of `threads` in a run's precision (bf16's for bf16; fp32's for fp32 and fp16, whose products
+ * run on fp32 units here), from the cache or measured now (and cached); kernel: its precision and kernel. 0
+ * when unknown. */
+double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */
 int loom_cli_fail(const char *cmd);
 #endif

@@ -1,9 +1,11 @@
-/* loom bench peak | gemm: this machine's fp32 GEMM peak.
+/* loom bench peak | gemm: this machine's fp32 and bf16 GEMM peaks.
  *
  * `bench peak` runs `bench gemm` in a child process once per OpenBLAS kernel (the kernel is fixed when
- * the library loads, so each needs its own process) and keeps the best rate: the peak that MFU is
- * measured against is the best any available kernel reaches, so a slow kernel cannot flatter MFU. The
- * result is cached per thread count in $LOOM_CACHE_DIR (default ~/.cache/loom). */
+ * the library loads, so each needs its own process) and keeps the best rate, then the bf16 products
+ * (oneDNN's, which picks its own kernel: AMX, AVX512_BF16 or a conversion) in one more child: MFU in each
+ * precision is measured against the best that precision's products reach here, so a slow kernel cannot
+ * flatter it, and bf16 is not credited with a guessed multiple of fp32 (AMX runs 3.5-7x fp32, AVX512_BF16
+ * about 2x). The results are cached per thread count in $LOOM_CACHE_DIR (default ~/.cache/loom). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -79,6 +81,8 @@ static double median_rate(loom_backend *be, const gemm_shape *g, int reps, const
     return 2.0 * (double)g->M * (double)g->N * (double)g->K / times[reps / 2] / 1e9;
 }
 
+/* bf16: 0 fp32 products only, 1 fp32 and bf16 side by side (*best: fp32's), 2 bf16 products only (*best and
+ * kernel: bf16's) */
 static int bench_gemm(int threads, const char *coretype, int quick, int bf16, double *best, char *kernel, size_t ks) {
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = threads;
@@ -113,8 +117,16 @@ static int bench_gemm(int threads, const char *coretype, int quick, int bf16, do
     *best = 0;
     double worst_ratio = 1e30, log_sum = 0.0;
     const int reps = quick ? 3 : 7;
+    if (bf16 == 2) snprintf(kernel, ks, "%s", loom_backend_bf16_kernel(be));
     for (int s = 0; s < N_SHAPES; s++) {
         const gemm_shape *g = &shapes[s];
+        if (bf16 == 2) {
+            const double h = median_rate(be, g, reps, NULL, NULL, A16, B16, C);
+            if (h > *best) *best = h;
+            printf("gemm %lldx%lldx%lld %s%s: bf16 %.1f GFLOP/s\n", (long long)g->M, (long long)g->N, (long long)g->K,
+                   g->ta ? "T" : "N", g->tb ? "T" : "N", h);
+            continue;
+        }
         const double f = median_rate(be, g, reps, A, B, NULL, NULL, C);
         if (f > *best) *best = f;
         if (!bf16) {
@@ -130,7 +142,7 @@ static int bench_gemm(int threads, const char *coretype, int quick, int bf16, do
             log_sum += log(h / f);
         }
     }
-    if (bf16)
+    if (bf16 == 1)
         printf("fp32: %s; bf16: %s; %d threads\nbf16/fp32 on GPT-2 shapes: geometric mean %.2fx, lowest %.2fx "
                "(bar >= 1.6x)\n", loom_backend_gemm_kernel(be), loom_backend_bf16_kernel(be), threads,
                exp(log_sum / N_GPT2_SHAPES), worst_ratio);
@@ -143,15 +155,15 @@ static int bench_gemm(int threads, const char *coretype, int quick, int bf16, do
     return 0;
 }
 
-/* Runs `loom bench gemm` for one kernel in a child; parses its last line. */
-static double run_child(int threads, const char *coretype, int quick, char *kernel, size_t ks) {
+/* Runs `loom bench gemm` for one kernel (fp32) or the bf16 products in a child; parses its last line. */
+static double run_child(int threads, const char *coretype, int quick, int bf16, char *kernel, size_t ks) {
     char cmd[4096 + 256];
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) return 0;
     self[n] = '\0';
-    snprintf(cmd, sizeof cmd, "'%s' -q bench gemm --threads %d --blas-coretype %s%s", self, threads, coretype,
-             quick ? " --quick" : "");
+    snprintf(cmd, sizeof cmd, "'%s' -q bench gemm --threads %d --blas-coretype %s%s%s", self, threads, coretype,
+             quick ? " --quick" : "", bf16 ? " --precision bf16" : "");
     FILE *p = popen(cmd, "r");
     if (!p) return 0;
     char line[512];
@@ -170,22 +182,30 @@ static double run_child(int threads, const char *coretype, int quick, char *kern
     return (WIFEXITED(status) && WEXITSTATUS(status) == 0) ? g : 0;
 }
 
-static double measure_peak(int threads, int quick, int verbose, char *kernel, size_t ks) {
+/* the best fp32 rate over the OpenBLAS kernels, and the bf16 products' */
+typedef struct {
+    double fp32, bf16;
+    char kernel[128], bf16_kernel[128];
+} machine_peak;
+
+static machine_peak measure_peak(int threads, int quick, int verbose) {
     static const char *const kinds[] = {"keep", "SkylakeX", "Haswell", NULL};
-    double best = 0;
+    machine_peak p = {0, 0, "?", "?"};
     for (int i = 0; kinds[i]; i++) {
         char k[128] = "?";
-        double g = run_child(threads, kinds[i], quick, k, sizeof k);
-        if (verbose) printf("kernel %-32s (%s): %.1f GFLOP/s\n", k, kinds[i], g);
-        if (g > best) {
-            best = g;
-            snprintf(kernel, ks, "%s", k);
+        double g = run_child(threads, kinds[i], quick, 0, k, sizeof k);
+        if (verbose) printf("fp32 kernel %-32s (%s): %.1f GFLOP/s\n", k, kinds[i], g);
+        if (g > p.fp32) {
+            p.fp32 = g;
+            snprintf(p.kernel, sizeof p.kernel, "%s", k);
         }
     }
-    return best;
+    p.bf16 = run_child(threads, "auto", quick, 1, p.bf16_kernel, sizeof p.bf16_kernel);
+    if (verbose) printf("bf16 kernel %-32s: %.1f GFLOP/s\n", p.bf16_kernel, p.bf16);
+    return p;
 }
 
-static void write_cache(int threads, double peak, const char *kernel) {
+static void write_cache(int threads, const machine_peak *p) {
     char path[4200];
     cache_path(path, sizeof path, threads);
     mkdir_parent(path);
@@ -193,43 +213,64 @@ static void write_cache(int threads, double peak, const char *kernel) {
     snprintf(tmp, sizeof tmp, "%s.%ld", path, (long)getpid());
     FILE *f = fopen(tmp, "w");
     if (!f) return;
-    fprintf(f, "peak_gflops=%.3f\nkernel=%s\nthreads=%d\n", peak, kernel, threads);
+    fprintf(f, "peak_gflops=%.3f\nkernel=%s\npeak_bf16_gflops=%.3f\nbf16_kernel=%s\nthreads=%d\n", p->fp32, p->kernel,
+            p->bf16, p->bf16_kernel, threads);
     if (fclose(f) == 0) rename(tmp, path);
     else unlink(tmp);
 }
 
-double loom_cli_peak_gflops(int threads, char *kernel, size_t ks) {
+static void line_value(const char *line, const char *key, char *dst, size_t n) {
+    const size_t k = strlen(key);
+    if (strncmp(line, key, k) || line[k] != '=') return;
+    size_t len = strcspn(line + k + 1, "\n"); /* a longer value is cut to fit */
+    if (len >= n) len = n - 1;
+    memcpy(dst, line + k + 1, len);
+    dst[len] = '\0';
+}
+
+double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t ks) {
     char path[4200];
     cache_path(path, sizeof path, threads);
     FILE *f = fopen(path, "r");
-    double peak = 0;
+    machine_peak p = {0, 0, "?", "?"};
     if (f) {
-        char line[512];
+        char line[512], v[128] = "";
         while (fgets(line, sizeof line, f)) {
-            if (!strncmp(line, "peak_gflops=", 12)) peak = atof(line + 12);
-            if (!strncmp(line, "kernel=", 7)) {
-                snprintf(kernel, ks, "%s", line + 7);
-                kernel[strcspn(kernel, "\n")] = '\0';
-            }
+            v[0] = '\0';
+            line_value(line, "peak_gflops", v, sizeof v);
+            if (v[0]) p.fp32 = atof(v);
+            v[0] = '\0';
+            line_value(line, "peak_bf16_gflops", v, sizeof v);
+            if (v[0]) p.bf16 = atof(v);
+            line_value(line, "kernel", p.kernel, sizeof p.kernel);
+            line_value(line, "bf16_kernel", p.bf16_kernel, sizeof p.bf16_kernel);
         }
         fclose(f);
-        if (peak > 0) return peak;
     }
-    LOOM_INFO("measuring this machine's GEMM peak for %d threads once (cached in %s; `loom bench peak` to redo)",
-              threads, path);
-    peak = measure_peak(threads, 1, 0, kernel, ks);
-    if (peak > 0) write_cache(threads, peak, kernel);
-    return peak;
+    if (p.fp32 <= 0 || p.bf16 <= 0) { /* none yet, or a cache from before bf16 was measured */
+        LOOM_INFO("measuring this machine's fp32 and bf16 GEMM peaks for %d threads once (cached in %s; `loom bench "
+                  "peak` to redo)", threads, path);
+        p = measure_peak(threads, 1, 0);
+        if (p.fp32 > 0 && p.bf16 > 0) write_cache(threads, &p);
+    }
+    /* fp16 runs its products on fp32 units here: against fp32's peak */
+    const int bf16 = precision == LOOM_PRECISION_BF16;
+    snprintf(kernel, ks, "%s %s", bf16 ? "bf16" : "fp32", bf16 ? p.bf16_kernel : p.kernel);
+    return bf16 ? p.bf16 : p.fp32;
 }
 
 int loom_cmd_bench(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: loom bench peak [--threads N] [--quick]\n"
                "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick] [--bf16]\n"
+               "                       [--precision fp32|bf16]\n"
                "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
-               "in its own process), cached for training's MFU; last line peak_gflops=<number>.\n"
+               "in its own process), and the best bf16 GEMM rate (oneDNN's matmul), cached for training's MFU: a\n"
+               "run's MFU is against its precision's peak (fp16, which runs on fp32 units here, against fp32's).\n"
+               "Its last two lines: peak_bf16_gflops=<number>, peak_gflops=<number> (fp32).\n"
                "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products; --bf16: beside it the bf16 GEMM's\n"
-               "(oneDNN's matmul when libdnnl.so.2 is installed) on the same products, and their ratio.\n"
+               "(oneDNN's matmul when libdnnl.so.2 is installed) on the same products, and their ratio;\n"
+               "--precision bf16: the bf16 products alone (last line gflops=<best> kernel=<name>).\n"
                "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
         return argc < 2 ? 2 : 0;
     }
@@ -240,6 +281,8 @@ int loom_cmd_bench(int argc, char **argv) {
         else if (!strcmp(argv[i], "--blas-coretype") && i + 1 < argc) coretype = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
+        else if (!strcmp(argv[i], "--precision") && i + 1 < argc && (!strcmp(argv[i + 1], "fp32") || !strcmp(argv[i + 1], "bf16")))
+            bf16 = !strcmp(argv[++i], "bf16") ? 2 : 0;
         else {
             fprintf(stderr, "loom bench: unknown option '%s'\n", argv[i]);
             return 2;
@@ -258,16 +301,17 @@ int loom_cmd_bench(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "peak")) {
-        double peak = measure_peak(threads, quick, 1, kernel, sizeof kernel);
-        if (peak <= 0) {
-            fprintf(stderr, "loom bench peak: error: no GEMM kernel could be measured\n");
+        const machine_peak p = measure_peak(threads, quick, 1);
+        if (p.fp32 <= 0 || p.bf16 <= 0) {
+            fprintf(stderr, "loom bench peak: error: no %s GEMM kernel could be measured\n", p.fp32 <= 0 ? "fp32" : "bf16");
             return 1;
         }
-        write_cache(threads, peak, kernel);
+        write_cache(threads, &p);
         char path[4200];
         cache_path(path, sizeof path, threads);
-        printf("best kernel: %s, %d threads (cached in %s)\n", kernel, threads, path);
-        printf("peak_gflops=%.1f\n", peak);
+        printf("best fp32 kernel: %s; bf16: %s; bf16/fp32 %.2fx; %d threads (cached in %s)\n", p.kernel, p.bf16_kernel,
+               p.bf16 / p.fp32, threads, path);
+        printf("peak_bf16_gflops=%.1f\npeak_gflops=%.1f\n", p.bf16, p.fp32);
         return 0;
     }
     fprintf(stderr, "loom bench: unknown benchmark '%s' (peak, gemm)\n", argv[1]);

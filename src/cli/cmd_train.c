@@ -24,6 +24,8 @@ static void train_help(void) {
            "                  [--peak-gflops X] [--device cpu|cuda]\n\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
+           "MFU is against this machine's measured GEMM peak in the run's precision (`loom bench peak`: bf16's for bf16,\n"
+           "fp32's for fp32 and fp16); --peak-gflops X gives one rank's peak in that precision instead.\n"
            "SIGINT/SIGTERM/SIGUSR1 save a checkpoint before exiting. Metrics: one JSON line per step in <out>/metrics.jsonl;\n"
            "incidents (skipped and rolled-back steps, resumes; a supervisor's failures) in <out>/events.jsonl.\n"
            "Exit status: 0 done, 1 error, 2 configuration error, 3 no intact checkpoint to resume, 130 stopped by a signal\n"
@@ -207,9 +209,10 @@ static int train(int argc, char **argv) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (int)n : 1;
     }
-    char kernel[128] = "given";
+    char kernel[300] = "given by --peak-gflops";
     /* the host's GEMM peak for the CPU devices; a GPU's is measured on it by the trainer (peak stays < 0) */
-    if (peak < 0 && !strncmp(run.train.device, "cpu", 3)) peak = loom_cli_peak_gflops(threads, kernel, sizeof kernel);
+    if (peak < 0 && !strncmp(run.train.device, "cpu", 3))
+        peak = loom_cli_peak_gflops(threads, (loom_precision)run.train.precision, kernel, sizeof kernel);
     loom_train_install_signal_handlers();
     loom_comm *world = NULL; /* held here, so that MPI outlives the run for an abort */
     if (loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");

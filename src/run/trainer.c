@@ -365,7 +365,8 @@ static void describe(const loom_trainer *tr, double peak_gflops, const char *pea
     LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
               loom_family_name(tr->model_cfg.family), (double)loom_model_num_params(tr->model) / 1e6,
               tr->flops_per_token / 1e9, loom_data_describe(tr->data));
-    LOOM_INFO("batch %lld x %lld x %lld accum = %lld tokens/step; %s %s; %d threads on %s; GEMM %s; peak %.1f GFLOP/s (%s)",
+    LOOM_INFO("batch %lld x %lld x %lld accum = %lld tokens/step; %s %s; %d threads on %s; GEMM %s; MFU against a "
+              "peak of %.1f GFLOP/s per rank (%s)",
               (long long)t->batch, (long long)t->seq_len, (long long)t->grad_accum, (long long)tr->tokens_per_step,
               loom_optim_kind_name(rc->optim.kind), t->recompute == LOOM_RECOMPUTE_NONE ? "" : "recompute",
               loom_backend_threads(tr->be), loom_backend_name(tr->be), loom_backend_gemm_kernel(tr->be), peak_gflops,
@@ -396,8 +397,7 @@ static void describe(const loom_trainer *tr, double peak_gflops, const char *pea
                   (double)loom_model_config_num_params(&tr->model_cfg) / 1e6);
     if (t->precision == LOOM_PRECISION_BF16)
         LOOM_INFO("precision bf16: weight products in bf16 (%s), fp32 accumulation, master weights, gradients and "
-                  "optimizer state; MFU against %s", loom_backend_bf16_kernel(tr->be),
-                  loom_backend_has_own_peak(tr->be) ? "the device's measured bf16 peak" : "2x the fp32 peak");
+                  "optimizer state; MFU against the measured bf16 peak", loom_backend_bf16_kernel(tr->be));
     if (t->precision == LOOM_PRECISION_FP16)
         LOOM_INFO("precision fp16: weight products on fp16 values with fp32 accumulation (fp32 units: this CPU has "
                   "no fp16 arithmetic), fp32 master state; dynamic loss scale from %g, doubled after %lld good steps, "
@@ -481,10 +481,8 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     LOOM_CALL_GOTO(st, setup_run_dir(tr), fail);
     tr->flops_per_token = loom_model_config_flops_per_token(&tr->model_cfg, t->seq_len);
     tr->tokens_per_step = t->batch * t->seq_len * t->grad_accum;
-    /* every rank's share of the machine(s); bf16 products run at twice the fp32 rate on vdpbf16ps hardware
-     * (../shared/PERFORMANCE.md: ~800 against ~440 GFLOP/s on two cores), so their peak is taken as 2x. A GPU's
-     * bf16 tensor cores run many times its fp32 rate: its peak is measured on it, in the run's precision. */
-    double bf16_factor = t->precision == LOOM_PRECISION_BF16 ? 2.0 : 1.0;
+    /* every rank's share of the machine(s), in the run's precision: the host's peak comes measured in it (`loom
+     * bench peak`); a GPU's is measured on it here */
     char device_kernel[200];
     if (peak_gflops < 0 && loom_backend_has_own_peak(tr->be)) {
         const int bf16 = t->precision == LOOM_PRECISION_BF16;
@@ -492,11 +490,10 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
         snprintf(device_kernel, sizeof device_kernel, "%s %s GEMM 4096^3 measured on the device",
                  loom_backend_name(tr->be), bf16 ? "bf16" : "fp32");
         peak_kernel = device_kernel;
-        bf16_factor = 1.0;
     }
     if (peak_gflops < 0) peak_gflops = 0; /* unmeasured: no MFU */
     tr->peak_gflops = peak_gflops;
-    tr->world_peak = peak_gflops * loom_comm_size(tr->world) * bf16_factor;
+    tr->world_peak = peak_gflops * loom_comm_size(tr->world);
     describe(tr, peak_gflops, peak_kernel);
     if (t->profile) loom_backend_set_profiling(tr->be, 1);
     *out = tr;
