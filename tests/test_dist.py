@@ -4,6 +4,8 @@
   equivalence  gpt2-family (demo) and llama-family (llama-tiny, vocabulary 512) for 1, 2 and 4 ranks and
                ZeRO 0-3 (stages 0-1 over both dp transports: node-shared memory and MPI collectives), 20
                steps, same global batch: losses equal the single-process losses within TOL
+               bf16 (gpt2) and fp16 (llama) at ZeRO-3 on 2 ranks, the weights' low-precision copy made a unit at
+               a time: losses within TOL of ZeRO-0's (the whole copy)
   memory       per rank, parameters + gradients + optimizer state (fp32 AdamW) match ZeRO's formulas
                (16; 4+4+8/N; 4+12/N; 16/N bytes per parameter) within 5%
   reshard      4 ranks ZeRO-3 stopped at step 10, resumed at 2 ranks ZeRO-1 and at 1 rank: steps 11-20 equal
@@ -167,6 +169,20 @@ if "equivalence" in CHECKS or "memory" in CHECKS:
                               f"memory {name} rank {r}: params+grads+optim {state} bytes vs formula "
                               f"{formula:.0f} ({100 * (state / formula - 1):+.2f}%)")
     print("largest loss difference from one process:", {k: f"{v:.2e}" for k, v in worst.items()})
+    # mixed precision at ZeRO-3 (the weights' low-precision copy made a unit at a time) against ZeRO-0 (the
+    # whole copy), 2 ranks: the same bf16/fp16 products of the same weights
+    if "equivalence" in CHECKS:
+        for fam, prec in (("gpt2", "bf16"), ("llama", "fp16")):
+            got = {}
+            for z in (0, 3):
+                out = os.path.join(W, f"{fam}-{prec}-z{z}")
+                if train(2, out, FAMILIES[fam] + COMMON + ["--precision", prec], zero=z) == 0:
+                    got[z] = losses(out)
+            if len(got) < 2:
+                check(False, f"{fam} {prec} N=2: ZeRO-0 or ZeRO-3 run failed")
+                continue
+            d = maxdiff(got[3], got[0], range(1, 21))
+            check(d <= TOL, f"{fam} {prec} N=2 ZeRO-3: 20 losses within {TOL} of ZeRO-0 (max diff {d:.2e})")
 
 if "reshard" in CHECKS:
     fargs = FAMILIES["gpt2"] + COMMON

@@ -52,6 +52,11 @@ CONFIGS += [
     ("gpt2", "offload dp=2 ZeRO-2 sgd", 2, OFF + ["--mesh", "dp=2", "--zero", "2", "--mem-budget", "7M", "--optimizer", "sgd"]),
     ("gpt2", "offload dp=2 ZeRO-3", 2, OFF + ["--mesh", "dp=2", "--zero", "3", "--mem-budget", "6M"]),
     ("gpt2", "bf16 offload dp=2 ZeRO-1", 2, OFF + ["--precision", "bf16", "--mesh", "dp=2", "--zero", "1", "--mem-budget", "9M"]),
+    # mixed precision at ZeRO-3 (the low-precision copy a unit at a time) and with parameter offload
+    ("gpt2", "bf16 dp=2 ZeRO-3", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "3"]),
+    ("llama", "fp16 dp=2 ZeRO-3 recompute attn", 2, ["--precision", "fp16", "--mesh", "dp=2", "--zero", "3", "--recompute", "attn"]),
+    ("gpt2", "bf16 offload dp=2 ZeRO-3", 2, OFF + ["--precision", "bf16", "--mesh", "dp=2", "--zero", "3", "--mem-budget", "6M"]),
+    ("gpt2", "bf16 offload one process", 1, OFF + ["--precision", "bf16", "--mem-budget", "7M"]),
 ]
 fails = 0
 

@@ -82,7 +82,12 @@ double loom_model_config_flops_per_token(const loom_model_config *cfg, int64_t T
 enum {
     LOOM_MODEL_GRADS = 1,           /* with a gradient buffer (training) */
     LOOM_MODEL_EXTERNAL_PARAMS = 2, /* the caller provides the parameter buffer (loom_model_set_buffers) */
-    LOOM_MODEL_EXTERNAL_GRADS = 4   /* the caller provides the gradient buffer */
+    LOOM_MODEL_EXTERNAL_GRADS = 4,  /* the caller provides the gradient buffer */
+    /* mixed precision where the parameters are resident a unit at a time (ZeRO-3): the weights' low-precision
+     * copy is then too, in reserved memory (loom_buf_reserve), each unit's part made at its first product
+     * and dropped when the model is done with the unit (after the params_done hook), accounted as
+     * workspace while it lives; loom_model_refresh_low_precision drops every part */
+    LOOM_MODEL_LOWP_PER_UNIT = 8
 };
 /* Mixed precision: with LOOM_PRECISION_BF16 every product with the weights (forward and backward)
  * multiplies bf16 copies of both operands and accumulates in fp32 (loom_k_matmul_bf16); master weights,

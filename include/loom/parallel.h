@@ -129,8 +129,10 @@ LOOM_NODISCARD loom_status loom_zero_plan_budget(const loom_model *layout, const
 /* Stages 2-3: the most bytes of whole units (gathered parameters, unit gradients before their reduction)
  * resident at once for a layout, from the sizes of its embedding unit, head unit and largest block. The
  * peak is at the head (both end units' parameters and gradients, the last block prefetched) or within the
- * blocks' backward (two blocks' parameters; the end units' gradients, the block's and two in flight). */
-int64_t loom_zero_unit_workspace(const loom_model *layout, int stage);
+ * blocks' backward (two blocks' parameters; the end units' gradients, the block's and two in flight).
+ * Stage 3 in mixed precision adds the units' low-precision copies (LOOM_MODEL_LOWP_PER_UNIT): the end
+ * units' at the head, one block's within the blocks; precision: loom_precision. */
+int64_t loom_zero_unit_workspace(const loom_model *layout, int stage, int precision);
 /* The memory manager: its store, or NULL when everything is in RAM (traffic, trace). */
 loom_offload *loom_zero_offload(loom_zero *z);
 /* Floats [lo, hi) of this rank's slice (positions relative to its begin) of buffer `which` (as

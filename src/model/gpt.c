@@ -26,11 +26,47 @@
 
 /* ---- the model's products with its weights: fp32, or bf16 copies of both operands (mixed precision) ---- */
 
+/* ---- the weights' low-precision copy: whole (refreshed after each update), or per unit (ZeRO-3, whose
+ * parameters are resident a unit at a time): a unit's part made at its first product and dropped when the
+ * model is done with the unit ---- */
+
+static size_t lowp_elem(const loom_model *m) { return m->params16 ? sizeof(uint16_t) : sizeof(float); }
+
+static void lowp_drop(loom_model *m, int u) {
+    const int64_t a = m->unit_lo[u], b = m->unit_lo[u + 1];
+    const size_t e = lowp_elem(m);
+    loom_buf_discard(m->be, (m->params16 ? (char *)m->params16 : (char *)m->params_h) + a * e, (size_t)(b - a) * e);
+    m->lowp_made[u] = 0;
+    loom_mem_track(m->mem, LOOM_MEM_WORKSPACE, -(int64_t)((size_t)(b - a) * e));
+}
+
+/* the unit holding flat position k, its part of the copy made when it is not yet */
+static loom_status lowp_unit_of(loom_model *m, int64_t k) {
+    if (!m->lowp_made) return LOOM_OK;
+    int u = 0;
+    while (u + 1 < m->n_units && m->unit_lo[u + 1] <= k) u++;
+    if (m->lowp_made[u]) return LOOM_OK;
+    const int64_t a = m->unit_lo[u], n = m->unit_lo[u + 1] - a;
+    if (m->params16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16 + a, m->params + a, n}));
+    else LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h + a, n, m->params + a, n, 1, n}));
+    m->lowp_made[u] = 1;
+    loom_mem_track(m->mem, LOOM_MEM_WORKSPACE, (int64_t)((size_t)n * lowp_elem(m)));
+    return LOOM_OK;
+}
+
+/* the model is done with unit u (the hook's params_done): its part of a per-unit copy goes too */
+static loom_status unit_done(loom_model *m, int u) {
+    if (m->hooks.params_done) LOOM_CALL(m->hooks.params_done(m->hooks.ctx, u));
+    if (m->lowp_made && m->lowp_made[u]) lowp_drop(m, u);
+    return LOOM_OK;
+}
+
 /* a bf16 view of an operand: the weights' bf16 copy when it lies in the parameter buffer, else `rows` rows
  * of `ld` floats converted into scratch */
 static loom_status as_bf16(loom_model *m, const float *x, int64_t rows, int64_t ld, uint16_t *scratch,
                            const uint16_t **out) {
     if (x >= m->params && x < m->params + m->buf_size) {
+        LOOM_CALL(lowp_unit_of(m, x - m->params));
         *out = m->params16 + (x - m->params);
         return LOOM_OK;
     }
@@ -43,6 +79,7 @@ static loom_status as_bf16(loom_model *m, const float *x, int64_t rows, int64_t 
 static loom_status as_fp16(loom_model *m, const float *x, int64_t rows, int64_t cols, int64_t ld, float *scratch,
                            const float **out) {
     if (x >= m->params && x < m->params + m->buf_size) {
+        LOOM_CALL(lowp_unit_of(m, x - m->params));
         *out = m->params_h + (x - m->params);
         return LOOM_OK;
     }
@@ -365,11 +402,18 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
     if (m->own_params) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params), fail);
     if (m->own_grads) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, bytes, (void **)&m->grads), fail);
     m->has_grads = (flags & LOOM_MODEL_GRADS) != 0;
-    if (be && m->precision == LOOM_PRECISION_FP16) /* the weights rounded to fp16, held as fp32 values */
-        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params_h), fail);
-    if (be && m->precision == LOOM_PRECISION_BF16)
-        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, (size_t)m->buf_size * sizeof(uint16_t),
-                                          (void **)&m->params16), fail);
+    if (be && m->precision != LOOM_PRECISION_FP32) {
+        /* bf16's copy, or fp16's (the weights rounded to fp16, held as fp32 values): whole, or per unit */
+        void **copy = m->precision == LOOM_PRECISION_BF16 ? (void **)&m->params16 : (void **)&m->params_h;
+        const size_t copy_bytes = (size_t)m->buf_size * (m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
+        if (flags & LOOM_MODEL_LOWP_PER_UNIT) {
+            m->lowp_made = calloc((size_t)m->n_units, 1);
+            LOOM_CHECK_GOTO(st, m->lowp_made != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
+            LOOM_CALL_GOTO(st, loom_buf_reserve(be, copy_bytes, copy), fail);
+        } else {
+            LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, copy_bytes, copy), fail);
+        }
+    }
     *out = m;
     return LOOM_OK;
 fail:
@@ -422,8 +466,16 @@ void loom_model_free(loom_model **pm) {
     const size_t bytes = (size_t)m->buf_size * sizeof(float);
     if (m->own_params) loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params, bytes);
     if (m->own_grads) loom_buf_free(be, m->mem, LOOM_MEM_GRADS, m->grads, bytes);
-    loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
-    loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params_h, bytes);
+    if (m->lowp_made) { /* reserved: the made units were accounted as they were made */
+        for (int u = 0; u < m->n_units; u++)
+            if (m->lowp_made[u]) lowp_drop(m, u);
+        if (m->params16 || m->params_h)
+            loom_buf_unreserve(be, m->params16 ? (void *)m->params16 : (void *)m->params_h, (size_t)m->buf_size * lowp_elem(m));
+        free(m->lowp_made);
+    } else {
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params_h, bytes);
+    }
     free(m->infos);
     free(m->row_blocks);
     free(m->sp_counts);
@@ -1007,7 +1059,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(sp_reduce_scatter(m, m->sp_partial, m->enc, Nr));
         for (int64_t i = 0; gpt && i < Nr; i++)
             LOOM_CALL(add_into(m, m->enc + i * C, P(m->off_wpe) + (t0 + (r0 + i) % T) * C, C));
-        HOOK(params_done, 0);
+        LOOM_CALL(unit_done(m, 0));
     } else if (embed) {
         HOOK(params_needed, 0, 1);
         const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
@@ -1015,14 +1067,14 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
                                            .wte = P(m->off_wte), .wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
                                            .B = B, .T = T, .C = C}));
         LOOM_CALL(tp_sum(m, m->enc, N * C));
-        HOOK(params_done, 0);
+        LOOM_CALL(unit_done(m, 0));
     } else if (x_in != m->slots[m->slot].chunk_in[k]) {
         LOOM_CALL(loom_buf_copy(be, m->slots[m->slot].chunk_in[k], x_in, (size_t)(Nr * C) * sizeof(float)));
     }
     for (int64_t l = m->chunk_l0[k]; l < m->chunk_l1[k]; l++) {
         HOOK(params_needed, U_LAYER(l), 1);
         LOOM_CALL(layer_forward(m, l, B, T));
-        HOOK(params_done, U_LAYER(l));
+        LOOM_CALL(unit_done(m, U_LAYER(l)));
     }
     const float *x = m->acts[m->chunk_l1[k] - 1].out;
     if (!head) {
@@ -1038,8 +1090,8 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
     LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
     if (!keep_head) {
-        HOOK(params_done, U_HEAD);
-        if (head_is_wte(m)) HOOK(params_done, 0);
+        LOOM_CALL(unit_done(m, U_HEAD));
+        if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
     }
     m->last_B = B;
     m->last_T = T;
@@ -1194,8 +1246,8 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
             const int64_t offs[2] = {m->off_lnf_w, m->off_lnf_b};
             LOOM_CALL(sp_apply_rep(m, offs, 2, accumulate));
         }
-        HOOK(params_done, U_HEAD);
-        if (head_is_wte(m)) HOOK(params_done, 0);
+        LOOM_CALL(unit_done(m, U_HEAD));
+        if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
         HOOK(grads_done, U_HEAD);
     } else {
         LOOM_CALL(loom_buf_copy(be, m->dres, dy, (size_t)(Nr * C) * sizeof(float)));
@@ -1203,7 +1255,7 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     for (int64_t li = l1 - 1; li >= l0; li--) {
         HOOK(params_needed, U_LAYER(li), -1);
         LOOM_CALL(layer_backward(m, li, B, T, accumulate));
-        HOOK(params_done, U_LAYER(li));
+        LOOM_CALL(unit_done(m, U_LAYER(li)));
         HOOK(grads_done, U_LAYER(li));
     }
     if (!embed) {
@@ -1307,6 +1359,11 @@ loom_backend *loom_model_backend(const loom_model *m) { return m->be; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
 
 loom_status loom_model_refresh_low_precision(loom_model *m) {
+    if (m->lowp_made) { /* per unit: every part is made again from the new values at its next use */
+        for (int u = 0; u < m->n_units; u++)
+            if (m->lowp_made[u]) lowp_drop(m, u);
+        return LOOM_OK;
+    }
     if (m->params16)
         LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16, m->params, m->buf_size}));
     if (m->params_h)

@@ -50,6 +50,8 @@ struct loom_model {
     loom_precision precision;
     uint16_t *params16;         /* bf16: the parameters' bf16 copy, refreshed after each update */
     float *params_h;            /* fp16: the parameters rounded to fp16 (held as fp32 values), likewise */
+    unsigned char *lowp_made;   /* per unit (LOOM_MODEL_LOWP_PER_UNIT; NULL: the copy is whole): its part of
+                                   the copy is made (reserved memory, resident while made) */
     void *scratch16[2];         /* low-precision copies of a product's activation operands */
     size_t scratch16_bytes;
     loom_backend *be;

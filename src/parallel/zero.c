@@ -451,14 +451,16 @@ static void layout_units(const loom_model *m, int64_t *first, int64_t *last, int
     }
 }
 
-int64_t loom_zero_unit_workspace(const loom_model *layout, int stage) {
+int64_t loom_zero_unit_workspace(const loom_model *layout, int stage, int precision) {
     if (stage < 2) return 0;
     int64_t u_first, u_last, u_block;
     layout_units(layout, &u_first, &u_last, &u_block);
     const int64_t ends = u_first + u_last;
-    const int64_t at_head = ends + (stage >= 3 ? ends + u_block : 0);
-    const int64_t in_blocks = ends + 3 * u_block + (stage >= 3 ? 2 * u_block : 0);
-    return 4 * (at_head > in_blocks ? at_head : in_blocks);
+    /* bytes per element of the low-precision copy (fp16's values are held as fp32) */
+    const int64_t lowp = stage < 3 ? 0 : precision == LOOM_PRECISION_BF16 ? 2 : precision == LOOM_PRECISION_FP16 ? 4 : 0;
+    const int64_t at_head = 4 * (ends + (stage >= 3 ? ends + u_block : 0)) + lowp * ends;
+    const int64_t in_blocks = 4 * (ends + 3 * u_block + (stage >= 3 ? 2 * u_block : 0)) + lowp * u_block;
+    return at_head > in_blocks ? at_head : in_blocks;
 }
 
 /* Whether this rank's state fits the budget, and if not what the memory manager takes over: the moments
@@ -487,7 +489,7 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     b->store_floats = b->stage == 0 ? n : hi - lo;
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
         if (b->mask & (1 << s)) b->staging_bytes += 2 * b->chunk_bytes;
-    b->working_set = b->staging_bytes + loom_zero_unit_workspace(lay, b->stage);
+    b->working_set = b->staging_bytes + loom_zero_unit_workspace(lay, b->stage, zo->precision);
     if (b->stage >= 3 && N > 1) {
         for (int u = 0; u < loom_model_num_units(lay); u++) {
             int64_t a, e;
@@ -556,7 +558,8 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
                     loom_backend_name(be));
     const loom_model_options mo = {
         .flags = LOOM_MODEL_GRADS | (stage >= 3 || (stage == 1 && try_shm) ? LOOM_MODEL_EXTERNAL_PARAMS : 0) |
-                 (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0),
+                 (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0) |
+                 (stage >= 3 ? LOOM_MODEL_LOWP_PER_UNIT : 0), /* the parameters come and go a unit at a time */
         .tp = zo->tp, .sp = zo->sp, .parts = zo->parts, .tp_seq_parallel = zo->tp_seq_parallel,
         .precision = zo->precision};
     if (zo->part) LOOM_CALL_GOTO(st, loom_model_init_part(mc, zo->part, be, mem, &mo, &z->model), fail);

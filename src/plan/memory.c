@@ -54,6 +54,7 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         zo.mem_budget = t->mem_budget;
         zo.offload = t->offload;
         zo.mem_chunk = t->mem_chunk;
+        zo.precision = (loom_precision)t->precision; /* stage 3's low-precision copy is part of the working set */
         zo.part = s.pp > 1 ? &part : NULL;
         if (s.tp > 1 && t->mem_budget > 0) {
             st = loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
@@ -85,14 +86,15 @@ loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_ran
         p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
         p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
                                            : 4 * (int64_t)states * (stage >= 1 ? slice : n);
-        if (t->precision == LOOM_PRECISION_BF16) p->bytes[LOOM_MEM_PARAMS] += 2 * n; /* the bf16 working copy */
-        if (t->precision == LOOM_PRECISION_FP16) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp16 values, fp32-held */
+        /* the weights' low-precision copy: whole below stage 3, a unit at a time (workspace, below) at stage 3 */
+        if (t->precision == LOOM_PRECISION_BF16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 2 * n;
+        if (t->precision == LOOM_PRECISION_FP16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp32-held */
         int64_t ws = 0;
         if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
             ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
         /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
          * part); the memory manager's update staging */
-        ws += loom_zero_unit_workspace(m, stage);
+        ws += loom_zero_unit_workspace(m, stage, t->precision);
         if (stage >= 2 && !off_pg) ws += 4 * slice;
         if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
         ws += zb.staging_bytes;

@@ -288,16 +288,10 @@ static loom_status setup_model(loom_trainer *tr) {
                                   .precision = (loom_precision)t->precision, .mem_budget = t->mem_budget,
                                   .offload = t->offload, .mem_chunk = t->mem_chunk, .offload_dir = off_dir,
                                   .mem_trace = tr->mem_trace};
-    LOOM_CHECK(t->precision == LOOM_PRECISION_FP32 || t->zero < 3, LOOM_ERR_UNSUPPORTED,
-               "--precision bf16/fp16 keeps a low-precision copy of the whole local parameters: use ZeRO 0-2 (and no "
-               "parameter offload)");
     LOOM_CALL(loom_zero_init(&tr->model_cfg, &rc->optim, &zo, tr->red, tr->be, &tr->mem, &tr->zero));
     tr->model = loom_zero_model(tr->zero);
     tr->opt = loom_zero_optim(tr->zero);
     if (t->precision == LOOM_PRECISION_FP16) tr->loss_scale = t->loss_scale; /* a resumed run continues its own */
-    LOOM_CHECK(t->precision == LOOM_PRECISION_FP32 || loom_zero_stage(tr->zero) < 3, LOOM_ERR_UNSUPPORTED,
-               "--precision bf16/fp16 keeps a low-precision copy of the whole local parameters: use ZeRO 0-2 (and no "
-               "parameter offload)");
     int slots = 1;
     if (tr->pp > 1) {
         LOOM_CALL(loom_pipeline_init(tr->mesh.pp, rc->model.tie_embeddings ? tr->embed : NULL,
