@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Resume is exact: 2N steps straight equal N steps + resume + N steps, bit for bit (losses and final
 # weights), for both model families, with gradient accumulation, on text and synthetic data, and after a
-# real SIGINT at an arbitrary step.
+# real SIGINT at an arbitrary step. And --init: a new run from a checkpoint's (or its HF export's) weights.
 set -euo pipefail
 LOOM=${1:?usage: test_resume.sh LOOM_BINARY}   # LOOM_TEST_DEVICE=cpu-isolated: every run on that backend
 dev=(); [[ -n "${LOOM_TEST_DEVICE:-}" ]] && dev=(--device "$LOOM_TEST_DEVICE")
@@ -50,6 +50,34 @@ echo "interrupted after $stopped steps (exit $rc)"
 "$LOOM" -q train "${dev[@]}" "${args[@]}" --out "$W/sig-b" --resume > /dev/null
 check diff <(losses "$W/sig-a/metrics.jsonl") <(losses "$W/sig-b/metrics.jsonl")
 check cmp "$W/sig-a/checkpoint.bin" "$W/sig-b/checkpoint.bin"
+
+# A new run from trained weights (--init, fine-tuning): the model taken from the checkpoint, its weights
+# loaded, a fresh optimizer, step count and data position; from the checkpoint and from its Hugging Face
+# export alike, bit for bit.
+first_loss() { losses "$1" | head -1 | cut -d: -f3; }
+fresh=(--threads 2 --peak-gflops 100 --data "$W/corpus.txt" --batch 4 --seq-len 64 --steps 3 --set train.sample_tokens=0)
+"$LOOM" -q train "${dev[@]}" "${fresh[@]}" --preset demo --out "$W/init-fresh" > /dev/null
+"$LOOM" -q train "${dev[@]}" "${fresh[@]}" --init "$W/sig-a" --out "$W/init-ckpt" > /dev/null
+"$LOOM" -q export --ckpt "$W/sig-a" --format hf --out "$W/sig-a-hf" > /dev/null
+"$LOOM" -q train "${dev[@]}" "${fresh[@]}" --init "$W/sig-a-hf" --out "$W/init-hf" > /dev/null
+f0=$(first_loss "$W/init-fresh/metrics.jsonl") f1=$(first_loss "$W/init-ckpt/metrics.jsonl")
+last_a=$(losses "$W/sig-a/metrics.jsonl" | tail -1 | cut -d: -f3)
+echo "--init: first loss $f1 (the trained run ended at $last_a; from scratch $f0)"
+check awk -v f0="$f0" -v f1="$f1" -v a="$last_a" 'BEGIN{exit !(f1 < f0 - 1.0 && f1 < a + 0.5)}'
+check diff <(losses "$W/init-ckpt/metrics.jsonl") <(losses "$W/init-hf/metrics.jsonl")
+check test -f "$W/init-hf/init-hf/checkpoint.bin"
+"$LOOM" ckpt info "$W/init-ckpt" | grep -q '"step":3,' || { echo "FAIL: --init run's step count is not its own"; fail=$((fail + 1)); }
+# its first learning rate is a fresh schedule's (warm-up from the start), not the trained run's
+lr() { grep -o '"lr":[^,]*' "$1/metrics.jsonl" | head -1; }
+check test "$(lr "$W/init-ckpt")" = "$(lr "$W/init-fresh")"
+set +e
+"$LOOM" -q train "${fresh[@]}" --init "$W/sig-a" --preset gpt2-l6 --out "$W/init-bad" > "$W/init-bad.log" 2>&1; rc=$?
+"$LOOM" -q train "${fresh[@]}" --init "$W/sig-a" --resume --out "$W/init-both" > "$W/init-both.log" 2>&1; rc2=$?
+set -e
+check test "$rc" -eq 2
+check grep -q "belongs to another model" "$W/init-bad.log"
+check test "$rc2" -eq 2
+check grep -q "give one of them" "$W/init-both.log"
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -160,6 +160,12 @@ LOOM_NODISCARD loom_status loom_st_write_model(const char *dir, const loom_st_sp
 LOOM_NODISCARD loom_status loom_hf_config_from_json(const loom_json *cfg, const char *label,
                                                     loom_model_config *out);
 
+/* 1 when dir is a Hugging Face model directory (a config.json, and no loom checkpoint beside it) */
+int loom_hf_is_model_dir(const char *dir);
+/* The model config of a checkpoint (a loom run directory, shard step directory or checkpoint file) or of a
+ * Hugging Face model directory (its config.json). */
+LOOM_NODISCARD loom_status loom_hf_model_config_of(const char *path, loom_model_config *out);
+
 typedef struct {
     loom_st_dtype dtype;     /* LOOM_ST_F32 (default), LOOM_ST_BF16 or LOOM_ST_F16 */
     int64_t max_shard_bytes; /* 0 (default): one model.safetensors */

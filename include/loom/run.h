@@ -41,6 +41,7 @@ typedef struct {
     char metrics[LOOM_PATH_MAX]; /* default: <out>/metrics.jsonl */
     int resume;
     char resume_from[LOOM_PATH_MAX]; /* resume from this checkpoint ("" = <out>'s newest) */
+    char init_from[LOOM_PATH_MAX];   /* a new run from this checkpoint's (or HF directory's) weights ("" = none) */
     int64_t keep_checkpoints; /* sharded: steps whose shards stay on disk */
     int resume_if_any;      /* resume from the newest intact checkpoint (snapshot or disk), else start afresh */
     int64_t snapshot_interval; /* steps between in-memory snapshots (0: none) */

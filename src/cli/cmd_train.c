@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "loom/hf.h"
 #include "loom/json.h"
 #include "loom/log.h"
 #include "loom/run.h"
@@ -16,7 +17,8 @@
 static void train_help(void) {
     printf("usage: loom train [--config FILE.json] [--preset NAME] [--set key=value]... [--steps N] [--batch B]\n"
            "                  [--seq-len T] [--grad-accum N] [--threads N] [--data PATH|synthetic] [--out DIR]\n"
-           "                  [--resume|--resume-if-any] [--seed S] [--metrics FILE.jsonl] [--recompute none|attn|full]\n"
+           "                  [--resume|--resume-if-any|--init CKPT_OR_HF_DIR] [--seed S] [--metrics FILE.jsonl]\n"
+           "                  [--recompute none|attn|full]\n"
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
            "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
@@ -56,7 +58,7 @@ static const flag_alias aliases[] = {
     {"--sample", "train.sample_tokens", 1},  {"--precision", "train.precision", 1},
     {"--mem-budget", "train.mem_budget", 1}, {"--mem-trace", "train.mem_trace", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
-    {"--resume-if-any", "train.resume_if_any", 0},
+    {"--resume-if-any", "train.resume_if_any", 0}, {"--init", "train.init_from", 1},
 };
 
 /* The run config from argv (preset, JSON, --set, flags). Returns 0 (built), -1 (help printed) or an exit
@@ -143,8 +145,11 @@ int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *cons
             loom_json_get(cfg_json, "model.vocab_size"))
             cfg_vocab = 1;
     }
+    const char *init_from = NULL; /* --init: without --preset or --config, the model is the checkpoint's */
+    for (int k = 0; k < n_over; k++)
+        if (!strcmp(keys[k], "train.init_from")) init_from = vals[k];
     loom_run_config run;
-    int demo = !preset;
+    int demo = !preset && !init_from;
     if (loom_run_config_init(&run, preset ? preset : "demo") != LOOM_OK ||
         (cfg_json && loom_run_config_apply_json(&run, cfg_json, config_path) != LOOM_OK)) {
         loom_json_free(&cfg_json);
@@ -152,6 +157,13 @@ int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *cons
         goto out;
     }
     loom_json_free(&cfg_json);
+    if (init_from && !preset && !config_path) {
+        if (loom_hf_model_config_of(init_from, &run.model) != LOOM_OK) {
+            rc = loom_cli_fail(cmd);
+            goto out;
+        }
+        run.train.fit_vocab = 0; /* the checkpoint's vocabulary: data that needs more is an error */
+    }
     if (demo && !explicit_data) {
         /* the first-run experience: learn real text */
         if (access(DEFAULT_CORPUS, R_OK) == 0) snprintf(run.train.data, sizeof run.train.data, "%s", DEFAULT_CORPUS);

@@ -645,6 +645,35 @@ static loom_status check_tied_head(const loom_st_tensor *t, const float *wte, in
     return LOOM_OK;
 }
 
+int loom_hf_is_model_dir(const char *dir) {
+    static const char *const names[] = {"config.json", "checkpoint.bin", "checkpoint.json"};
+    int has[3];
+    for (int i = 0; i < 3; i++) {
+        char *p = join(dir, names[i]);
+        has[i] = p && access(p, F_OK) == 0;
+        free(p);
+    }
+    return has[0] && !has[1] && !has[2];
+}
+
+loom_status loom_hf_model_config_of(const char *path, loom_model_config *out) {
+    if (!loom_hf_is_model_dir(path)) {
+        loom_run_ckpt *c = NULL;
+        LOOM_CALL(loom_run_ckpt_open(path, &c));
+        const loom_status st = loom_model_config_from_json(loom_json_get(loom_run_ckpt_meta(c), "model"), out);
+        loom_run_ckpt_close(&c);
+        return st;
+    }
+    char *cfg_path = join(path, "config.json");
+    LOOM_CHECK(cfg_path != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_json *cj = NULL;
+    loom_status st = loom_json_parse_file(cfg_path, &cj);
+    if (st == LOOM_OK) st = loom_hf_config_from_json(cj, cfg_path, out);
+    loom_json_free(&cj);
+    free(cfg_path);
+    return st;
+}
+
 loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_hf_import_options *opt) {
     LOOM_CHECK(src_dir && out_dir, LOOM_ERR_INVALID_ARG, "loom_hf_import: src_dir and out_dir are required");
     loom_hf_import_options o = opt ? *opt : loom_hf_import_options_default();

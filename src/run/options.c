@@ -82,6 +82,7 @@ static const option options[] = {
     {"train.resume", OPT_BOOL, T(resume), 0, NULL, "continue from <out>/checkpoint.bin (--resume)"},
     {"train.resume_from", OPT_STRING, T(resume_from), S(resume_from), NULL, "continue from this checkpoint instead of <out>'s newest: a run directory, a kept step's shard directory (<out>/shards/step-N) or a checkpoint file; implies --resume"},
     {"train.keep_checkpoints", OPT_INT, T(keep_checkpoints), 0, NULL, "sharded checkpoints: the newest N steps' shards stay on disk, each with its own manifest (older ones are removed)"},
+    {"train.init_from", OPT_STRING, T(init_from), S(init_from), NULL, "start a new run from this checkpoint's weights, with a fresh optimizer, step 0 and the data from its start (fine-tuning; --init): a run directory, a kept step's shard directory, a checkpoint file, or a Hugging Face directory (config.json + safetensors; imported first into <out>/init-hf); the model must be the checkpoint's"},
     {"train.resume_if_any", OPT_BOOL, T(resume_if_any), 0, NULL, "resume from the newest intact checkpoint (in-memory snapshot, then disk, newest first), or start afresh when there is none (--resume-if-any; what the supervisor's restarts use)"},
     {"train.snapshot_interval", OPT_INT, T(snapshot_interval), 0, NULL, "steps between in-memory snapshots of the training state (shared memory: they outlive a crashed process; 0 = none)"},
     {"train.snapshot_dir", OPT_STRING, T(snapshot_dir), S(snapshot_dir), NULL, "where snapshots go (default /dev/shm/loom-<uid>-<hash of the run directory>)"},
@@ -339,6 +340,9 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
     LOOM_CHECK(t->snapshot_interval >= 0, LOOM_ERR_CONFIG, "train.snapshot_interval must be >= 0");
+    LOOM_CHECK(!t->init_from[0] || (!t->resume && !t->resume_from[0]), LOOM_ERR_CONFIG,
+               "train.init_from (--init) starts a new run from a checkpoint's weights and train.resume continues one: "
+               "give one of them");
     LOOM_CHECK(t->spike_zscore >= 0 && isfinite(t->spike_zscore), LOOM_ERR_CONFIG, "train.spike_zscore must be >= 0");
     LOOM_CHECK(t->spike_window >= 8 && t->spike_window <= LOOM_SPIKE_WINDOW_MAX, LOOM_ERR_CONFIG,
                "train.spike_window must be 8-%d, got %lld", LOOM_SPIKE_WINDOW_MAX, (long long)t->spike_window);

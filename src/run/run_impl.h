@@ -119,6 +119,9 @@ LOOM_NODISCARD loom_status loom_run_mkdir_p(const char *path);
 /* trainer_ckpt.c: collective; the trainer's state at `step` into <out> / from its newest checkpoint */
 LOOM_NODISCARD loom_status loom_trainer_ckpt_save(loom_trainer *tr, int64_t step);
 LOOM_NODISCARD loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step);
+/* Collective: the parameters of train.init_from (a loom checkpoint, or a Hugging Face directory imported into
+ * <out>/init-hf first), the optimizer's state zero: a new run from trained weights. */
+LOOM_NODISCARD loom_status loom_trainer_ckpt_init(loom_trainer *tr);
 /* the snapshot directory of this run (train.snapshot_dir, or /dev/shm/loom-<uid>-<hash of out>); its removal */
 void loom_trainer_snapshot_dir(const loom_trainer *tr, char *dir, size_t n);
 void loom_trainer_snapshot_clear(loom_trainer *tr);

@@ -465,7 +465,10 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
         tr->resumed = found;
     }
     if (!tr->resumed) {
-        LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
+        if (t->init_from[0]) /* every rank reads its own ranges of the weights, or none does */
+            LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_ckpt_init(tr), "loading the initial weights"), fail);
+        else
+            LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
         loom_trainer_snapshot_clear(tr); /* an earlier run's snapshots of this directory are not this run's */
     }
     loom_progress_mark(tr->step, "init");

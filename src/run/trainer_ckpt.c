@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loom/hf.h"
 #include "loom/log.h"
 #include "loom/supervise.h"
 
@@ -239,18 +240,25 @@ static void resume_hint(const loom_trainer *tr, int64_t bad_step, loom_status st
 /* This rank's part of the state from checkpoint `from` (a run directory, a step's shard directory or a
  * file), written by any number of ranks and any ZeRO stage: each rank reads the flat ranges its own layout
  * needs (resharding). Rank-local; `hint`: a damaged checkpoint's message names what the user can do. */
+/* the checkpoint holds this run's model */
+static loom_status check_ckpt_model(const loom_trainer *tr, loom_run_ckpt *c) {
+    const char *path = loom_run_ckpt_path(c);
+    loom_model_config mc;
+    LOOM_CALL(loom_model_config_from_json(loom_json_get(loom_run_ckpt_meta(c), "model"), &mc));
+    LOOM_CALL(compare_models(&mc, &tr->model_cfg, path));
+    LOOM_CHECK(loom_run_ckpt_size(c) == loom_model_canonical_size(tr->model), LOOM_ERR_MISMATCH,
+               "checkpoint %s holds %lld floats, this model %lld", path, (long long)loom_run_ckpt_size(c),
+               (long long)loom_model_canonical_size(tr->model));
+    return LOOM_OK;
+}
+
 static loom_status load_from(loom_trainer *tr, const char *from, int hint, int64_t *step) {
     loom_run_ckpt *c = NULL;
     loom_status st;
     LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
     const loom_json *j = loom_run_ckpt_meta(c);
     const char *path = loom_run_ckpt_path(c);
-    loom_model_config mc;
-    LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), done);
-    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, path), done);
-    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == loom_model_canonical_size(tr->model), LOOM_ERR_MISMATCH, done,
-                    "checkpoint %s holds %lld floats, this model %lld", path, (long long)loom_run_ckpt_size(c),
-                    (long long)loom_model_canonical_size(tr->model));
+    LOOM_CALL_GOTO(st, check_ckpt_model(tr, c), done);
     train_state ts;
     LOOM_CALL_GOTO(st, loom_run_ckpt_read_state(c, &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
@@ -292,6 +300,49 @@ done:
 loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *step) {
     const char *from = tr->rc->train.resume_from[0] ? tr->rc->train.resume_from : tr->rc->train.out;
     return load_from(tr, from, 1, step);
+}
+
+/* ---- a new run from a checkpoint's weights (train.init_from): the parameters read, the optimizer's state
+ * zero (every optimizer's fresh state), the step count and the data position the run's own ---- */
+typedef struct {
+    loom_trainer *tr;
+    loom_run_ckpt *c;
+} weights_reader;
+
+static loom_status read_weights_only(void *ctx, const char *section, int64_t begin, int64_t end, float *dst) {
+    const weights_reader *r = ctx;
+    if (strcmp(section, "params") != 0) {
+        memset(dst, 0, (size_t)(end - begin) * sizeof(float));
+        return LOOM_OK;
+    }
+    tp_reader tpr = {r->c, r->tr->model};
+    return r->tr->tp > 1 || r->tr->pp > 1 ? read_tp_range(&tpr, section, begin, end, dst)
+                                          : read_ckpt_range(r->c, section, begin, end, dst);
+}
+
+loom_status loom_trainer_ckpt_init(loom_trainer *tr) {
+    const loom_train_config *t = &tr->rc->train;
+    char from[LOOM_PATH_MAX + 16];
+    snprintf(from, sizeof from, "%s", t->init_from);
+    if (loom_hf_is_model_dir(t->init_from)) { /* through the importer, by rank 0, into the run directory */
+        snprintf(from, sizeof from, "%s/init-hf", t->out);
+        const loom_status st = tr->root ? loom_hf_import(t->init_from, from, NULL) : LOOM_OK;
+        LOOM_CALL(loom_comm_agree(tr->world, st, "importing the Hugging Face model"));
+    }
+    loom_run_ckpt *c = NULL;
+    loom_status st;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
+    LOOM_CALL_GOTO(st, check_ckpt_model(tr, c), done);
+    weights_reader r = {tr, c};
+    LOOM_CALL_GOTO(st, loom_zero_load(tr->zero, read_weights_only, &r), done);
+    const loom_json *js = loom_json_get(loom_run_ckpt_meta(c), "step");
+    if (tr->root)
+        LOOM_INFO("weights from %s (its step %lld)%s; a fresh optimizer, step 0, the data from its start",
+                  loom_run_ckpt_path(c), js && js->type == LOOM_JSON_NUMBER ? (long long)js->number : 0LL,
+                  strcmp(from, t->init_from) ? ", imported from the Hugging Face directory" : "");
+done:
+    loom_run_ckpt_close(&c);
+    return st;
 }
 
 /* ---- resilience: in-memory snapshots, asynchronous disk checkpoints, resuming from the newest intact ----
