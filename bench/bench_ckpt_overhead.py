@@ -11,7 +11,12 @@ time between them (metrics.jsonl's "time": snapshot and checkpoint pauses betwee
 step's "ms"). From step 30 on is the steady state: the first two snapshots allocate their shared memory
 (once per run; the later ones reuse it), which the table reports apart as "first two snapshots". The table
 gives each configuration's median tokens/s over the rounds (and each round's), the overhead 1 - with/without
-(the bar is <= 3%), and the pauses: the share of a run's own wall time spent between its steps.
+(the bar is <= 3%), and two measures taken within each run, free of the speed drift between runs that the
+A/B comparison carries (on a shared VM, runs of one configuration differ by several percent): the pauses
+(the share of the run's wall time spent between its steps) and the in-run overhead (the pauses plus what the
+steps checkpoint work can touch, the one after each snapshot and those while a disk checkpoint's background
+copy runs, took beyond the run's median of its other steps; measured in the same windows without
+checkpoints, it gives the estimate's own noise).
 Synthetic tokens; snapshots in /dev/shm; the disk checkpoints in a temporary directory.
 """
 import argparse
@@ -66,9 +71,23 @@ def run(name, rnd):
     # within this run: the share of the wall time spent between steps (snapshot and checkpoint pauses), free of
     # the step-time noise between runs that the A/B comparison carries
     paused = sum(t[s] - t[s - 1] - ms_of[s] / 1e3 for s in range(a.from_step + 1, a.steps + 1))
-    pause_share = paused / (t[a.steps] - t[a.from_step])
+    wall = t[a.steps] - t[a.from_step]
+    pause_share = paused / wall
+    # within this run, free of the speed drift between runs: the pauses plus what the steps that checkpoint
+    # work can touch (the step after each snapshot, the steps while a disk checkpoint's background copy runs,
+    # up to the next snapshot) took beyond this run's median of the other steps
+    window = set()
+    for s in range(a.from_step + 1, a.steps + 1):
+        if s % 10 == 0 and s < a.steps:
+            window.add(s + 1)
+        if s % 100 == 0:
+            window.update(range(s + 1, min(s + 11, a.steps + 1)))
+    steps = range(a.from_step + 1, a.steps + 1)
+    calm = statistics.median(ms_of[s] for s in steps if s not in window)
+    extra = sum(ms_of[s] - calm for s in steps if s in window) / 1e3
+    inrun = (paused + extra) / wall
     shutil.rmtree(out, ignore_errors=True)
-    return tps, ms, first, pause_share
+    return tps, ms, first, pause_share, inrun
 
 
 results = {k: [] for k in CONFIGS}
@@ -81,14 +100,21 @@ shutil.rmtree(W, ignore_errors=True)
 base = statistics.median(r[0] for r in results["off"])
 print("%s, %d ranks x %d thread(s), B%d T%d, ZeRO-%d, %d steps (throughput over steps %d-%d), %d rounds, medians" %
       (a.preset, a.ranks, a.threads, a.batch, a.seq_len, a.zero, a.steps, a.from_step + 1, a.steps, a.rounds))
-print("%-18s %12s %12s %10s %10s %24s  %s" % ("checkpoints", "tokens/s", "step ms", "overhead", "pauses",
-                                           "first two snapshots (s)", "tokens/s by round"))
+print("%-18s %12s %12s %10s %10s %10s %24s  %s" % ("checkpoints", "tokens/s", "step ms", "overhead", "pauses",
+                                                 "in-run", "first two snapshots (s)", "tokens/s by round"))
 for name in CONFIGS:
     tps = statistics.median(r[0] for r in results[name])
     ms = statistics.median(r[1] for r in results[name])
     first = statistics.median(r[2] for r in results[name])
     pauses = statistics.median(r[3] for r in results[name])
-    print("%-18s %12.1f %12.1f %9.2f%% %9.2f%% %24.2f  %s" % (name, tps, ms, 100 * (1 - tps / base), 100 * pauses, first,
-                                                          " ".join("%.1f" % r[0] for r in results[name])))
-print("overhead: 1 - tokens/s over the run without checkpoints (bar <= 3%); pauses: the share of the run's own wall "
-      "time between steps (the snapshots' and checkpoints' cost without the step-time noise between runs)")
+    inrun = statistics.median(r[4] for r in results[name])
+    print("%-18s %12.1f %12.1f %9.2f%% %9.2f%% %9.2f%% %24.2f  %s" % (
+        name, tps, ms, 100 * (1 - tps / base), 100 * pauses, 100 * inrun, first,
+        " ".join("%.1f" % r[0] for r in results[name])))
+offs = [r[0] for r in results["off"]]
+print("overhead: 1 - tokens/s over the run without checkpoints (bar <= 3%%); the runs without checkpoints alone "
+      "spread by %.1f%% (max/min - 1): the machine's drift between runs, which this A/B figure carries" %
+      (100 * (max(offs) / min(offs) - 1)))
+print("pauses: the share of a run's own wall time between steps; in-run: the pauses plus what the steps that "
+      "checkpoint work can touch took beyond the run's median of its other steps (without checkpoints, the same "
+      "windows: the estimate's own noise); both free of the drift between runs")
