@@ -35,18 +35,16 @@ def peak_gflops(loom, threads, precision):
     """this machine's measured GEMM peak in the run's precision (fp16 runs on fp32 units: fp32's)"""
     out = subprocess.run([loom, "-q", "bench", "peak", "--threads", str(threads), "--quick"],
                          capture_output=True, text=True, check=True).stdout
-    vals, kernels = {}, {}
+    vals, kernels = {}, {"fp32": "?", "bf16": "?"}
     for line in out.splitlines():
         if "=" in line and line.split("=")[0] in ("peak_gflops", "peak_bf16_gflops"):
             vals[line.split("=")[0]] = float(line.split("=")[1])
-        elif line.startswith("fp32 kernel ") or line.startswith("bf16 kernel "):
-            k = line.split()
-            kernels.setdefault(k[0], (0.0, ""))
-            rate = float(line.rsplit(":", 1)[1].split()[0])
-            if rate > kernels[k[0]][0]:
-                kernels[k[0]] = (rate, k[2])
+        elif line.startswith("best fp32 kernel:"):  # "best fp32 kernel: K1; bf16: K2; ..."
+            parts = line.split(";")
+            kernels["fp32"] = parts[0].split(":", 1)[1].strip()
+            kernels["bf16"] = parts[1].split(":", 1)[1].strip()
     key = "bf16" if precision == "bf16" else "fp32"
-    return vals["peak_bf16_gflops" if key == "bf16" else "peak_gflops"], key + " " + kernels.get(key, (0, "?"))[1]
+    return vals["peak_bf16_gflops" if key == "bf16" else "peak_gflops"], key + " " + kernels[key]
 
 
 def run_loom(loom, model, args, workdir):

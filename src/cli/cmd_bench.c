@@ -219,13 +219,15 @@ static void write_cache(int threads, const machine_peak *p) {
     else unlink(tmp);
 }
 
-static void line_value(const char *line, const char *key, char *dst, size_t n) {
+/* 1 when line is key=value, the value copied to dst (cut to fit) */
+static int line_value(const char *line, const char *key, char *dst, size_t n) {
     const size_t k = strlen(key);
-    if (strncmp(line, key, k) || line[k] != '=') return;
-    size_t len = strcspn(line + k + 1, "\n"); /* a longer value is cut to fit */
+    if (strncmp(line, key, k) || line[k] != '=') return 0;
+    size_t len = strcspn(line + k + 1, "\n");
     if (len >= n) len = n - 1;
     memcpy(dst, line + k + 1, len);
     dst[len] = '\0';
+    return 1;
 }
 
 double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t ks) {
@@ -234,14 +236,10 @@ double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel,
     FILE *f = fopen(path, "r");
     machine_peak p = {0, 0, "?", "?"};
     if (f) {
-        char line[512], v[128] = "";
+        char line[512], v[128];
         while (fgets(line, sizeof line, f)) {
-            v[0] = '\0';
-            line_value(line, "peak_gflops", v, sizeof v);
-            if (v[0]) p.fp32 = atof(v);
-            v[0] = '\0';
-            line_value(line, "peak_bf16_gflops", v, sizeof v);
-            if (v[0]) p.bf16 = atof(v);
+            if (line_value(line, "peak_gflops", v, sizeof v)) p.fp32 = atof(v);
+            if (line_value(line, "peak_bf16_gflops", v, sizeof v)) p.bf16 = atof(v);
             line_value(line, "kernel", p.kernel, sizeof p.kernel);
             line_value(line, "bf16_kernel", p.bf16_kernel, sizeof p.bf16_kernel);
         }
