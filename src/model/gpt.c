@@ -87,6 +87,15 @@ static loom_status as_fp16(loom_model *m, const float *x, int64_t rows, int64_t 
     return loom_k_round_fp16(m->be, &(loom_round_fp16_args){scratch, ld, x, ld, rows, cols});
 }
 
+/* a bf16 product: both operands' bf16 views (a16: the first's, when the caller has made it already) */
+static loom_status mm_bf16(loom_model *m, const loom_gemm *g, const uint16_t *a16) {
+    const uint16_t *b16;
+    if (!a16) LOOM_CALL(as_bf16(m, g->A, g->trans_a ? g->K : g->M, g->lda, m->scratch16[0], &a16));
+    LOOM_CALL(as_bf16(m, g->B, g->trans_b ? g->N : g->K, g->ldb, m->scratch16[1], &b16));
+    return loom_k_matmul_bf16(m->be, &(loom_matmul_bf16_args){g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, a16,
+                                                              g->lda, b16, g->ldb, g->beta, g->C, g->ldc});
+}
+
 static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                       int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc) {
     if (m->params_h) { /* fp16: operands rounded to fp16, exact products accumulated in fp32, the result
@@ -98,15 +107,20 @@ static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64
         return loom_k_round_fp16(m->be, &(loom_round_fp16_args){C, ldc, C, ldc, M, N});
     }
     if (!m->params16) return loom_k_matmul(m->be, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc});
-    const uint16_t *a, *b;
-    LOOM_CALL(as_bf16(m, A, ta ? K : M, lda, m->scratch16[0], &a));
-    LOOM_CALL(as_bf16(m, B, tb ? N : K, ldb, m->scratch16[1], &b));
-    return loom_k_matmul_bf16(m->be, &(loom_matmul_bf16_args){ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, C, ldc});
+    return mm_bf16(m, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc}, NULL);
 }
 
-/* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side */
+/* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side;
+ * in bf16 they share their first operand (the output's gradient), converted once for both */
 static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
     if (!m->params16 && !m->params_h) return loom_k_matmul_pair(m->be, &(loom_matmul_pair_args){a, b});
+    const int64_t rows_a = a.trans_a ? a.K : a.M, rows_b = b.trans_a ? b.K : b.M;
+    if (m->params16 && a.A == b.A && rows_a == rows_b && a.lda == b.lda) {
+        const uint16_t *a16;
+        LOOM_CALL(as_bf16(m, a.A, rows_a, a.lda, m->scratch16[0], &a16));
+        LOOM_CALL(mm_bf16(m, &a, a16));
+        return mm_bf16(m, &b, a16);
+    }
     LOOM_CALL(mm(m, a.trans_a, a.trans_b, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
     return mm(m, b.trans_a, b.trans_b, b.M, b.N, b.K, b.alpha, b.A, b.lda, b.B, b.ldb, b.beta, b.C, b.ldc);
 }

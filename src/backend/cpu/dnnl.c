@@ -164,11 +164,10 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
     return p;
 }
 
-static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
-                       const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
-                       int64_t ldc) {
+static int onednn_run(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                      const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                      int64_t ldc) {
     dnnl_lib *d = be->bf16;
-    if (!d) return 0;
     bf16_plan *p = plan_for(be, d, ta, tb, M, N, K, lda, ldb, ldc, alpha, beta);
     if (!p) return 0;
     d->memory_set_data_handle(p->a, (void *)A);
@@ -178,6 +177,50 @@ static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N,
     if (d->primitive_execute(p->prim, d->stream, 3, args) != dnnl_success) return 0;
     d->stream_wait(d->stream);
     return 1;
+}
+
+/* pieces of a dimension longer than `limit`: equal, rounded up to 64 */
+static int64_t piece_of(int64_t n, int64_t limit) {
+    const int64_t pieces = (n + limit - 1) / limit, len = (n + pieces - 1) / pieces;
+    return (len + 63) / 64 * 64;
+}
+
+/* Products with a very long M or K (the vocabulary head's gradients: 50257) run in pieces: oneDNN's kernels
+ * reach ~0.6 of their rate on them whole (a head weight gradient measured 400 GFLOP/s whole, 740 in rows of
+ * ~7k; its input gradient 613 whole, 749 in K pieces of ~16k, on a Zen 5 at 2 threads). The row pieces are
+ * independent; the K pieces sum into C (beta 1 after the first). */
+enum { BF16_MAX_M = 16384, BF16_MAX_K = 16384 };
+
+static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                       const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                       int64_t ldc) {
+    dnnl_lib *d = be->bf16;
+    if (!d) return 0;
+    /* the pieces' primitives are made before any runs: a failure after C has changed could not fall back */
+    if (M > BF16_MAX_M) {
+        const int64_t len = piece_of(M, BF16_MAX_M / 2), last = M - (M - 1) / len * len;
+        if (!plan_for(be, d, ta, tb, len, N, K, lda, ldb, ldc, alpha, beta) ||
+            !plan_for(be, d, ta, tb, last, N, K, lda, ldb, ldc, alpha, beta))
+            return 0;
+        for (int64_t i = 0; i < M; i += len)
+            if (!onednn_run(be, ta, tb, M - i < len ? M - i : len, N, K, alpha, ta ? A + i : A + i * lda, lda, B, ldb,
+                            beta, C + i * ldc, ldc))
+                return 0;
+        return 1;
+    }
+    if (K > BF16_MAX_K) {
+        const int64_t len = piece_of(K, BF16_MAX_K), last = K - (K - 1) / len * len;
+        if (!plan_for(be, d, ta, tb, M, N, len, lda, ldb, ldc, alpha, beta) ||
+            !plan_for(be, d, ta, tb, M, N, len, lda, ldb, ldc, alpha, 1.0f) ||
+            !plan_for(be, d, ta, tb, M, N, last, lda, ldb, ldc, alpha, 1.0f))
+            return 0;
+        for (int64_t k = 0; k < K; k += len)
+            if (!onednn_run(be, ta, tb, M, N, K - k < len ? K - k : len, alpha, ta ? A + k * lda : A + k, lda,
+                            tb ? B + k : B + k * ldb, ldb, k ? 1.0f : beta, C, ldc))
+                return 0;
+        return 1;
+    }
+    return onednn_run(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 #else
 void loom_cpu_bf16_load(loom_backend *be) {
