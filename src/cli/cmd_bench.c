@@ -56,9 +56,11 @@ typedef struct {
     int ta, tb;
 } gemm_shape;
 
-/* GPT-2 124M's products at 256 tokens (qkv, MLP out, MLP in, a weight gradient, the head), then 2048^3 */
-static const gemm_shape shapes[] = {{256, 2304, 768, 0, 1}, {256, 768, 3072, 0, 1}, {256, 3072, 768, 0, 1},
-                                    {768, 3072, 256, 1, 0}, {256, 50257, 768, 0, 1}, {2048, 2048, 2048, 0, 0}};
+/* GPT-2 124M's products at 256 tokens (qkv, MLP out, MLP in, a weight gradient, the head) and at 2048 (B 8 x
+ * T 256: MLP in and a weight gradient), then 2048^3 */
+static const gemm_shape shapes[] = {{256, 2304, 768, 0, 1},   {256, 768, 3072, 0, 1},  {256, 3072, 768, 0, 1},
+                                    {768, 3072, 256, 1, 0},   {256, 50257, 768, 0, 1}, {2048, 3072, 768, 0, 1},
+                                    {768, 3072, 2048, 1, 0},  {2048, 2048, 2048, 0, 0}};
 enum { N_SHAPES = sizeof shapes / sizeof shapes[0], N_GPT2_SHAPES = N_SHAPES - 1 };
 
 /* the median GFLOP/s of `reps` runs of one product (after a warm-up): fp32 operands, or their bf16 copies */

@@ -26,7 +26,7 @@ typedef struct {
     dnnl_memory_t a, b, c;
 } bf16_plan;
 
-enum { MAX_PLANS = 64 };
+enum { MAX_PLANS = 256 }; /* shapes x strides x pieces: a GPT-2 step makes ~40 */
 
 typedef struct {
     void *h;
@@ -179,48 +179,47 @@ static int onednn_run(loom_backend *be, int ta, int tb, int64_t M, int64_t N, in
     return 1;
 }
 
+/* Tiles of C and pieces of K. oneDNN's kernels lose rate on some shapes that pieces avoid (Zen 5, 2 threads,
+ * medians): a transposed first operand (the weight gradients) ~620-660 GFLOP/s whole against ~750 in tiles of
+ * <= 768 x 768; a very long M (the head's weight gradient, 50257 rows: 400 whole, 708 in pieces) or K (its
+ * input gradient: 613 whole, 707 in pieces of ~16k). Tiles are independent; K pieces sum into C (beta 1
+ * after the first). */
+enum { BF16_TILE_TRANS_A = 768, BF16_MAX_M = 16384, BF16_MAX_K = 16384 };
+
 /* pieces of a dimension longer than `limit`: equal, rounded up to 64 */
 static int64_t piece_of(int64_t n, int64_t limit) {
+    if (n <= limit) return n;
     const int64_t pieces = (n + limit - 1) / limit, len = (n + pieces - 1) / pieces;
     return (len + 63) / 64 * 64;
 }
 
-/* Products with a very long M or K (the vocabulary head's gradients: 50257) run in pieces: oneDNN's kernels
- * reach ~0.6 of their rate on them whole (a head weight gradient measured 400 GFLOP/s whole, 740 in rows of
- * ~7k; its input gradient 613 whole, 749 in K pieces of ~16k, on a Zen 5 at 2 threads). The row pieces are
- * independent; the K pieces sum into C (beta 1 after the first). */
-enum { BF16_MAX_M = 16384, BF16_MAX_K = 16384 };
+/* run 0: only make every piece's primitive (so that a failure comes before C has changed and the caller can
+ * still fall back); run 1: compute */
+static int onednn_pieces(loom_backend *be, int run, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
+                         const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
+                         int64_t ldc) {
+    const int64_t lm = piece_of(M, ta ? BF16_TILE_TRANS_A : BF16_MAX_M), ln = piece_of(N, ta ? BF16_TILE_TRANS_A : N),
+                  lk = piece_of(K, BF16_MAX_K);
+    for (int64_t i = 0; i < M; i += lm)
+        for (int64_t j = 0; j < N; j += ln)
+            for (int64_t k = 0; k < K; k += lk) {
+                const int64_t m = M - i < lm ? M - i : lm, n = N - j < ln ? N - j : ln, kk = K - k < lk ? K - k : lk;
+                const float b = k ? 1.0f : beta;
+                if (!run) {
+                    if (!plan_for(be, be->bf16, ta, tb, m, n, kk, lda, ldb, ldc, alpha, b)) return 0;
+                    continue;
+                }
+                const uint16_t *a = ta ? A + k * lda + i : A + i * lda + k, *bb = tb ? B + j * ldb + k : B + k * ldb + j;
+                if (!onednn_run(be, ta, tb, m, n, kk, alpha, a, lda, bb, ldb, b, C + i * ldc + j, ldc)) return 0;
+            }
+    return 1;
+}
 
 static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                        const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
                        int64_t ldc) {
-    dnnl_lib *d = be->bf16;
-    if (!d) return 0;
-    /* the pieces' primitives are made before any runs: a failure after C has changed could not fall back */
-    if (M > BF16_MAX_M) {
-        const int64_t len = piece_of(M, BF16_MAX_M / 2), last = M - (M - 1) / len * len;
-        if (!plan_for(be, d, ta, tb, len, N, K, lda, ldb, ldc, alpha, beta) ||
-            !plan_for(be, d, ta, tb, last, N, K, lda, ldb, ldc, alpha, beta))
-            return 0;
-        for (int64_t i = 0; i < M; i += len)
-            if (!onednn_run(be, ta, tb, M - i < len ? M - i : len, N, K, alpha, ta ? A + i : A + i * lda, lda, B, ldb,
-                            beta, C + i * ldc, ldc))
-                return 0;
-        return 1;
-    }
-    if (K > BF16_MAX_K) {
-        const int64_t len = piece_of(K, BF16_MAX_K), last = K - (K - 1) / len * len;
-        if (!plan_for(be, d, ta, tb, M, N, len, lda, ldb, ldc, alpha, beta) ||
-            !plan_for(be, d, ta, tb, M, N, len, lda, ldb, ldc, alpha, 1.0f) ||
-            !plan_for(be, d, ta, tb, M, N, last, lda, ldb, ldc, alpha, 1.0f))
-            return 0;
-        for (int64_t k = 0; k < K; k += len)
-            if (!onednn_run(be, ta, tb, M, N, K - k < len ? K - k : len, alpha, ta ? A + k * lda : A + k, lda,
-                            tb ? B + k : B + k * ldb, ldb, k ? 1.0f : beta, C, ldc))
-                return 0;
-        return 1;
-    }
-    return onednn_run(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return be->bf16 && onednn_pieces(be, 0, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) &&
+           onednn_pieces(be, 1, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 #else
 void loom_cpu_bf16_load(loom_backend *be) {
