@@ -2,12 +2,14 @@
 """Training throughput: loom against PyTorch, side by side, alternating, same configs.
 
     /usr/bin/python3 bench/bench_train.py [--loom build/loom] [--models gpt2-124m,gpt2-l6]
-                                          [--steps 10] [--rounds 3] [--threads 2] [--precision fp32]
+                                          [--steps 10] [--rounds 3] [--threads 2] [--precision fp32[,bf16]]
+                                          [--systems loom,torch]
 
 Each round runs every model once in loom and once in PyTorch (bench/torch_gpt.py, in PyTorch's tuned
 configuration from ../shared/PERFORMANCE.md via bench/peer_env.sh). Per-step times after the first two
 (warm-up) steps are pooled over rounds; the table gives medians, tokens/s, MFU against this machine's
-measured GEMM peak (`loom bench peak`), peak memory, and loom/PyTorch ratios. Prints figures; asserts nothing.
+measured GEMM peak in the run's precision (`loom bench peak`), peak memory, and loom/PyTorch ratios; with two
+precisions (`--precision fp32,bf16`), also each system's bf16/fp32 ratio. Prints figures; asserts nothing.
 """
 import argparse
 import json
@@ -80,33 +82,45 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=64)
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="fp32", help="one, or several side by side (fp32,bf16)")
+    ap.add_argument("--systems", default="loom,torch", help="loom,torch or one of them")
     args = ap.parse_args()
-    models = args.models.split(",")
-    peak, kernel = peak_gflops(args.loom, args.threads, args.precision)
-    print(f"peak: {peak:.1f} GFLOP/s ({kernel}, {args.threads} threads; MFU against it); "
-          f"B={args.batch} T={args.seq_len}, "
-          f"{args.rounds} rounds x {args.steps} steps, first 2 steps of each run dropped", flush=True)
-    res = {(m, s): ([], 0) for m in models for s in ("loom", "torch")}
+    models, precisions, systems = args.models.split(","), args.precision.split(","), args.systems.split(",")
+    peaks = {}
+    for p in precisions:
+        peaks[p] = peak_gflops(args.loom, args.threads, p)
+        print(f"peak {p}: {peaks[p][0]:.1f} GFLOP/s ({peaks[p][1]}, {args.threads} threads; MFU against it)")
+    print(f"B={args.batch} T={args.seq_len}, {args.rounds} rounds x {args.steps} steps, first 2 steps of each run "
+          f"dropped; every configuration once per round, in turn", flush=True)
+    runs = [(m, s, p) for m in models for p in precisions for s in systems]
+    res = {k: ([], 0) for k in runs}
     with tempfile.TemporaryDirectory() as wd:
         for r in range(args.rounds):
-            for m in models:
-                for system in ("loom", "torch"):
-                    ms, mem = run_loom(args.loom, m, args, wd) if system == "loom" else run_torch(m, args)
-                    acc, old = res[(m, system)]
-                    res[(m, system)] = (acc + ms, max(old, mem))
-                    print(f"  round {r + 1} {m:10s} {system:5s} median {statistics.median(ms):8.1f} ms/step", flush=True)
+            for m, system, prec in runs:
+                a = argparse.Namespace(**{**vars(args), "precision": prec})
+                ms, mem = run_loom(args.loom, m, a, wd) if system == "loom" else run_torch(m, a)
+                acc, old = res[(m, system, prec)]
+                res[(m, system, prec)] = (acc + ms, max(old, mem))
+                print(f"  round {r + 1} {m:10s} {system:5s} {prec:4s} median {statistics.median(ms):8.1f} ms/step",
+                      flush=True)
     tok = args.batch * args.seq_len
-    print(f"\n{'model':10s} {'system':6s} {'ms/step':>9s} {'tokens/s':>9s} {'MFU':>7s} {'peak RSS':>10s}")
+    print(f"\n{'model':10s} {'system':6s} {'prec':4s} {'ms/step':>9s} {'tokens/s':>9s} {'MFU':>7s} {'peak RSS':>10s}")
     for m in models:
         tps = {}
-        for system in ("loom", "torch"):
-            ms, mem = res[(m, system)]
+        for _, system, prec in [k for k in runs if k[0] == m]:
+            ms, mem = res[(m, system, prec)]
             med = statistics.median(ms)
-            tps[system] = tok / (med / 1e3)
-            mfu = flops_per_token(m, args.seq_len) * tps[system] / (peak * 1e9)
-            print(f"{m:10s} {system:6s} {med:9.1f} {tps[system]:9.1f} {100 * mfu:6.1f}% {mem / 2**20:8.0f} MiB")
-        print(f"{m:10s} ratio  loom/torch tokens/s = {tps['loom'] / tps['torch']:.2f}x")
+            tps[(system, prec)] = tok / (med / 1e3)
+            mfu = flops_per_token(m, args.seq_len) * tps[(system, prec)] / (peaks[prec][0] * 1e9)
+            print(f"{m:10s} {system:6s} {prec:4s} {med:9.1f} {tps[(system, prec)]:9.1f} {100 * mfu:6.1f}% "
+                  f"{mem / 2**20:8.0f} MiB")
+        for prec in precisions:
+            if ("loom", prec) in tps and ("torch", prec) in tps:
+                print(f"{m:10s} ratio  {prec} loom/torch tokens/s = {tps[('loom', prec)] / tps[('torch', prec)]:.2f}x")
+        for system in systems:
+            if (system, "fp32") in tps and (system, "bf16") in tps:
+                print(f"{m:10s} ratio  {system} bf16/fp32 tokens/s = "
+                      f"{tps[(system, 'bf16')] / tps[(system, 'fp32')]:.2f}x")
 
 
 if __name__ == "__main__":
