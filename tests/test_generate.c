@@ -115,6 +115,62 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
     return 0;
 }
 
+/* bf16 decoding (loom generate --precision bf16): the KV-cache path multiplies with the weights' bf16 copy as
+ * the bf16 training forward does, so its logits equal that forward's to float rounding (the fp32 test's
+ * tolerance; measured: identical), and follow fp32's within bf16's error (measured 0.4% of the largest logit;
+ * bound 2%); they must differ from fp32's (else the products did not run in bf16). */
+static int run_bf16(loom_backend *be, const char *preset, int llama) {
+    loom_model_config c;
+    if (loom_model_config_preset(preset, &c) != LOOM_OK) return 1;
+    c.n_layer = 2;
+    c.n_head = 4;
+    c.n_kv_head = llama ? 2 : 4;
+    c.d_model = 64;
+    c.d_ff = llama ? 96 : 256;
+    c.vocab_size = 101;
+    c.max_seq_len = 48;
+    c.init_std = 0.1;
+    const int64_t T = 24, V = c.vocab_size;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m32, *m16;
+    const loom_model_options o16 = {.precision = LOOM_PRECISION_BF16};
+    if (loom_model_init(&c, be, &mem, NULL, &m32) || loom_model_init_weights(m32, 7) ||
+        loom_model_init(&c, be, &mem, &o16, &m16) || loom_model_init_weights(m16, 7) ||
+        loom_model_refresh_low_precision(m16) || loom_model_reserve(m16, 1, T, LOOM_RECOMPUTE_NONE))
+        return 1;
+    int32_t tok[32];
+    loom_rng r;
+    loom_rng_seed(&r, 5);
+    for (int64_t i = 0; i < T; i++) tok[i] = (int32_t)loom_rng_below(&r, (uint64_t)V);
+    float *full = malloc((size_t)(T * V) * sizeof(float)), *l16 = malloc((size_t)V * sizeof(float)),
+          *l32 = malloc((size_t)V * sizeof(float));
+    if (!full || !l16 || !l32 || loom_model_forward(m16, tok, NULL, 1, T, NULL) || loom_model_read_logits(m16, full) ||
+        loom_model_kv_reset(m16, T) || loom_model_kv_reset(m32, T))
+        return 1;
+    double maxabs = 0, e_full = 0, e_32 = 0;
+    for (int64_t t = 0; t < T; t++) {
+        if (loom_model_kv_step(m16, tok[t], l16) || loom_model_kv_step(m32, tok[t], l32)) return 1;
+        for (int64_t v = 0; v < V; v++) {
+            maxabs = fmax(maxabs, fabs(l32[v]));
+            e_full = fmax(e_full, fabs(l16[v] - full[t * V + v]));
+            e_32 = fmax(e_32, fabs(l16[v] - l32[v]));
+        }
+    }
+    char name[128];
+    const double tol_full = 1e-5 + 1e-5 * maxabs, tol_32 = 2e-2 * maxabs;
+    snprintf(name, sizeof name, "%s_bf16_kv_logits_follow_bf16_forward", preset);
+    check(e_full <= tol_full, name, e_full, tol_full);
+    snprintf(name, sizeof name, "%s_bf16_kv_logits_follow_fp32", preset);
+    check(e_32 <= tol_32, name, e_32, tol_32);
+    snprintf(name, sizeof name, "%s_bf16_kv_logits_differ_from_fp32", preset);
+    check(e_32 > 1e-4 * maxabs, name, e_32, 1e-4 * maxabs);
+    free(full); free(l16); free(l32);
+    loom_model_free(&m16);
+    loom_model_free(&m32);
+    return 0;
+}
+
 int main(int argc, char **argv) { /* test_generate [device] */
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
@@ -123,7 +179,8 @@ int main(int argc, char **argv) { /* test_generate [device] */
     loom_backend *be;
     if (loom_backend_init(&bc, &be)) return 1;
     /* nanogpt-char: GPT-2 without biases and with the exact GELU */
-    if (run_family(be, "demo", 0) || run_family(be, "llama-tiny", 1) || run_family(be, "nanogpt-char", 0)) {
+    if (run_family(be, "demo", 0) || run_family(be, "llama-tiny", 1) || run_family(be, "nanogpt-char", 0) ||
+        (!strcmp(bc.device, "cpu") && (run_bf16(be, "demo", 0) || run_bf16(be, "llama-tiny", 1)))) {
         fprintf(stderr, "error: %s\n", loom_error_message());
         return 1;
     }

@@ -449,6 +449,13 @@ def roundtrip(family, loom, helper, work):
     r = run([loom, "-q", "generate", "--ckpt", ck, "--prompt", "hi", "--max-tokens", "8", "--seed", "1"])
     check(r.returncode == 0 and len(r.stdout) > 2,
           "%s: loom generate --ckpt samples from the imported checkpoint" % vname)
+    # in bf16 too (the products on the weights' bf16 copy); any other precision is a usage error
+    r = run([loom, "-q", "generate", "--ckpt", ck, "--prompt", "hi", "--max-tokens", "8", "--seed", "1",
+             "--precision", "bf16"])
+    check(r.returncode == 0 and len(r.stdout) > 2, "%s: loom generate --precision bf16 samples" % vname)
+    r = run([loom, "-q", "generate", "--ckpt", ck, "--precision", "fp8"], expect_ok=False)
+    check(r.returncode == 2 and "--precision is fp32 or bf16" in r.stderr,
+          "%s: loom generate --precision fp8 is a usage error (exit 2)" % vname)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
     loom_model *m = NULL;
     loom_json *j = NULL;
     if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
-        loom_checkpoint_load_model(path, be, comm, &mem, &m, &j))
+        loom_checkpoint_load_model(path, LOOM_PRECISION_FP32, be, comm, &mem, &m, &j))
         return fail("reading the checkpoint");
     const loom_model_config cfg = *loom_model_get_config(m);
     /* forward checks every token against the vocabulary */

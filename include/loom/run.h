@@ -95,10 +95,12 @@ void loom_model_config_to_json(const loom_model_config *m, loom_strbuf *sb);
 LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loom_model_config *m);
 
 /* Loads a model from a training checkpoint (a file, or a run directory holding checkpoint.bin): the model
- * config from its metadata, the parameters verified against their checksum. *meta receives the parsed
- * metadata (loom_json_free it); the model has no gradients. */
-LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_comm *comm,
-                                                      loom_mem *mem, loom_model **model, loom_json **meta);
+ * config from its metadata, the parameters verified against their checksum, its products in `precision`
+ * (bf16: the weights' bf16 copy made here). *meta receives the parsed metadata (loom_json_free it); the
+ * model has no gradients. */
+LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_precision precision, loom_backend *be,
+                                                      loom_comm *comm, loom_mem *mem, loom_model **model,
+                                                      loom_json **meta);
 
 /* ---- the trainer: one run's state and its well-defined step, shared by `loom train`, the supervisor, the
  * planner and the benchmarks ----

@@ -110,6 +110,10 @@ static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64
     return mm_bf16(m, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc}, NULL);
 }
 
+loom_status loom_model_product(loom_model *m, const loom_gemm *g) {
+    return mm(m, g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
+}
+
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side;
  * in bf16 they share their first operand (the output's gradient), converted once for both */
 static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
@@ -454,6 +458,7 @@ static void free_acts(loom_model *m) {
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
     for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
     m->scratch16[0] = m->scratch16[1] = NULL;
+    m->scratch16_bytes = 0;
     loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->tok_dev, (size_t)(2 * N) * sizeof(int32_t));
     loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->ce_stats, (size_t)(3 * N) * sizeof(float));
     m->tok_dev = m->tgt_dev = NULL;
@@ -645,6 +650,16 @@ int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T,
     w = w > fcw ? w : fcw;
     w = w > m->V ? w : m->V;
     return 2 * B * T * w * (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
+}
+
+loom_status loom_model_lowp_scratch(loom_model *m, int64_t rows) {
+    const size_t bytes = (size_t)loom_model_lowp_scratch_bytes(m, 1, rows, m->precision) / 2;
+    if (bytes == 0 || (m->scratch16[0] && bytes <= m->scratch16_bytes)) return LOOM_OK;
+    for (int i = 0; i < 2; i++) loom_buf_free(m->be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
+    m->scratch16[0] = m->scratch16[1] = NULL;
+    m->scratch16_bytes = bytes;
+    for (int i = 0; i < 2; i++) LOOM_CALL(loom_buf_alloc(m->be, m->mem, LOOM_MEM_ACTS, bytes, (void **)&m->scratch16[i]));
+    return LOOM_OK;
 }
 
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {

@@ -1,6 +1,7 @@
 /* KV-cache decoding: one token at a time through every block, keys and values of past positions kept per
  * layer, so a new token costs O(layers x (params + position x width)) instead of a whole forward pass.
- * It reuses the training kernels with one row (N = 1), and attention over the cache (attention_decode). */
+ * It reuses the training kernels with one row (N = 1), and attention over the cache (attention_decode); its
+ * products run in the model's precision (bf16: the weights' bf16 copy, half the bytes a token reads). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
     }
     kv->max_len = max_len;
     m->kv = kv;
+    LOOM_CALL(loom_model_lowp_scratch(m, 1)); /* bf16: one row's operands */
     float *tab = malloc((size_t)(2 * max_len * half) * sizeof(float)); /* RoPE tables, in double */
     LOOM_CHECK(tab != NULL, LOOM_ERR_NOMEM, "out of memory");
     for (int64_t t = 0; t < max_len; t++)
@@ -97,7 +99,7 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits) {
         const int64_t *lo = m->layer_off + l * W_COUNT;
         if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = kv->ln, .inp = kv->x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = 1, .C = C, .eps = eps}));
         else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = kv->ln, .inp = kv->x, .w = P(lo[W_LN1_W]), .N = 1, .C = C, .eps = eps}));
-        LOOM_CALL(loom_k_matmul(be, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = Cq, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(lo[W_QKV_W]), .ldb = C, .beta = 0.0f, .C = kv->qkv, .ldc = Cq}));
+        LOOM_CALL(loom_model_product(m, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = Cq, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(lo[W_QKV_W]), .ldb = C, .beta = 0.0f, .C = kv->qkv, .ldc = Cq}));
         if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = kv->qkv, .bias = P(lo[W_QKV_B]), .N = 1, .C = Cq}));
         if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = kv->qkv, .cos_t = kv->cos_t + pos * half, .sin_t = kv->sin_t + pos * half, .B = 1, .T = 1, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
         float *K = kv->k + l * kv->max_len * kvw, *V = kv->v + l * kv->max_len * kvw;
@@ -106,22 +108,22 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits) {
         LOOM_CALL(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = kv->att, .q = kv->qkv, .k = K, .v = V,
                                           .ld = kvw, .n = pos + 1, .H = m->H, .KV = m->KV, .hd = m->hd}));
         LOOM_CALL(loom_buf_copy(be, kv->res, kv->x, (size_t)C * sizeof(float)));
-        LOOM_CALL(loom_k_matmul(be, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = C, .K = Ca, .alpha = 1.0f, .A = kv->att, .lda = Ca, .B = P(lo[W_ATTN_PROJ_W]), .ldb = Ca, .beta = 1.0f, .C = kv->res, .ldc = C}));
+        LOOM_CALL(loom_model_product(m, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = C, .K = Ca, .alpha = 1.0f, .A = kv->att, .lda = Ca, .B = P(lo[W_ATTN_PROJ_W]), .ldb = Ca, .beta = 1.0f, .C = kv->res, .ldc = C}));
         if (lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = kv->res, .bias = P(lo[W_ATTN_PROJ_B]), .N = 1, .C = C}));
         if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = kv->ln, .inp = kv->res, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = 1, .C = C, .eps = eps}));
         else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = kv->ln, .inp = kv->res, .w = P(lo[W_LN2_W]), .N = 1, .C = C, .eps = eps}));
-        LOOM_CALL(loom_k_matmul(be, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = fcw, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(lo[W_FC_W]), .ldb = C, .beta = 0.0f, .C = kv->fc, .ldc = fcw}));
+        LOOM_CALL(loom_model_product(m, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = fcw, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(lo[W_FC_W]), .ldb = C, .beta = 0.0f, .C = kv->fc, .ldc = fcw}));
         const int exact = m->cfg.gelu == LOOM_GELU_ERF;
         if (gpt && lo[W_FC_B] >= 0) LOOM_CALL(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = kv->fc, .out = kv->act, .bias = P(lo[W_FC_B]), .N = 1, .F = F, .exact = exact}));
         else if (gpt) LOOM_CALL(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = kv->act, .inp = kv->fc, .n = F, .exact = exact})); /* bias = 0 */
         else LOOM_CALL(loom_k_swiglu_forward(be, &(loom_swiglu_forward_args){.out = kv->act, .gu = kv->fc, .N = 1, .F = F}));
         LOOM_CALL(loom_buf_copy(be, kv->x, kv->res, (size_t)C * sizeof(float)));
-        LOOM_CALL(loom_k_matmul(be, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = C, .K = F, .alpha = 1.0f, .A = kv->act, .lda = F, .B = P(lo[W_MLP_PROJ_W]), .ldb = F, .beta = 1.0f, .C = kv->x, .ldc = C}));
+        LOOM_CALL(loom_model_product(m, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = C, .K = F, .alpha = 1.0f, .A = kv->act, .lda = F, .B = P(lo[W_MLP_PROJ_W]), .ldb = F, .beta = 1.0f, .C = kv->x, .ldc = C}));
         if (lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = kv->x, .bias = P(lo[W_MLP_PROJ_B]), .N = 1, .C = C}));
     }
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = kv->ln, .inp = kv->x, .w = P(m->off_lnf_w), .b = P_OPT(m->off_lnf_b), .N = 1, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = kv->ln, .inp = kv->x, .w = P(m->off_lnf_w), .N = 1, .C = C, .eps = eps}));
-    LOOM_CALL(loom_k_matmul(be, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = m->V, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(m->off_head), .ldb = C, .beta = 0.0f, .C = kv->logits, .ldc = m->V}));
+    LOOM_CALL(loom_model_product(m, &(loom_gemm){.trans_a = 0, .trans_b = 1, .M = 1, .N = m->V, .K = C, .alpha = 1.0f, .A = kv->ln, .lda = C, .B = P(m->off_head), .ldb = C, .beta = 0.0f, .C = kv->logits, .ldc = m->V}));
     kv->pos++;
     return loom_buf_download(be, logits, kv->logits, (size_t)m->V * sizeof(float));
 }

@@ -102,5 +102,10 @@ struct loom_model {
 };
 
 void loom_kv_cache_free(loom_model *m);
+/* a product with the model's weights in the model's precision (gpt.c): fp32, or bf16/fp16 operands with fp32
+ * accumulation, the weights' copy made as training makes it; the one way every path multiplies */
+LOOM_NODISCARD loom_status loom_model_product(loom_model *m, const loom_gemm *g);
+/* the low-precision products' operand scratch for `rows` rows, where the activations did not make it */
+LOOM_NODISCARD loom_status loom_model_lowp_scratch(loom_model *m, int64_t rows);
 
 #endif

@@ -6,8 +6,8 @@
 #include "loom/ckpt.h"
 #include "loom/run.h"
 
-loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_comm *comm, loom_mem *mem,
-                                       loom_model **model, loom_json **meta) {
+loom_status loom_checkpoint_load_model(const char *path, loom_precision precision, loom_backend *be, loom_comm *comm,
+                                       loom_mem *mem, loom_model **model, loom_json **meta) {
     *model = NULL;
     *meta = NULL;
     loom_run_ckpt *c = NULL;
@@ -22,7 +22,7 @@ loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_
     LOOM_CALL_GOTO(st, loom_json_parse(sb.buf, sb.len, &j), fail);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), fail);
-    const loom_model_options mo = {.tp = comm};
+    const loom_model_options mo = {.tp = comm, .precision = precision};
     LOOM_CALL_GOTO(st, loom_model_init(&mc, be, mem, &mo, &m), fail);
     const int64_t n = loom_model_buffer_size(m);
     LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, fail,
@@ -38,6 +38,7 @@ loom_status loom_checkpoint_load_model(const char *path, loom_backend *be, loom_
         free(host);
         LOOM_CALL_GOTO(st, st, fail);
     }
+    LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(m), fail);
     loom_run_ckpt_close(&c);
     loom_strbuf_free(&sb);
     *model = m;
