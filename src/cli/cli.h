@@ -29,4 +29,7 @@ int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *cons
 double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */
 int loom_cli_fail(const char *cmd);
+/* the tokenizer a checkpoint records (its metadata), or the obvious one for its vocabulary; NULL if neither
+ * (cmd_generate.c) */
+const char *loom_cli_ckpt_tokenizer(const loom_json *meta, const loom_model_config *mc);
 #endif

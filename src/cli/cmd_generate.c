@@ -20,8 +20,7 @@ static void generate_help(void) {
            "bytes each token reads.\n");
 }
 
-/* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
-static const char *pick_tokenizer(const loom_json *meta, const loom_model_config *mc) {
+const char *loom_cli_ckpt_tokenizer(const loom_json *meta, const loom_model_config *mc) {
     const loom_json *t = loom_json_get(meta, "tokenizer");
     if (t && t->type == LOOM_JSON_STRING && t->string[0]) return t->string;
     if (mc->vocab_size == 256) return "byte";
@@ -100,7 +99,7 @@ int loom_cmd_generate(int argc, char **argv) {
         goto out;
     }
     const loom_model_config *mc = loom_model_get_config(m);
-    if (!tok_name) tok_name = pick_tokenizer(meta, mc);
+    if (!tok_name) tok_name = loom_cli_ckpt_tokenizer(meta, mc);
     if (!tok_name) {
         fprintf(stderr, "loom generate: error: the checkpoint does not record its tokenizer (vocabulary %lld); "
                         "name it with --tokenizer\n", (long long)mc->vocab_size);

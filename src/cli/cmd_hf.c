@@ -5,20 +5,28 @@
 #include <string.h>
 
 #include "cli.h"
+#include "loom/gguf.h"
 #include "loom/hf.h"
 #include "loom/log.h"
+#include "loom/run.h"
 
 static void export_help(FILE *f) {
     fprintf(f,
-            "usage: loom export --ckpt DIR|FILE --format hf --out DIR [--dtype f32|bf16|f16] [--max-shard-size SIZE]\n\n"
-            "Writes a loom checkpoint as a Hugging Face model: DIR/config.json and DIR/model.safetensors in\n"
-            "transformers' names (GPT2LMHeadModel for gpt2, LlamaForCausalLM for llama).\n\n"
+            "usage: loom export --ckpt DIR|FILE --format hf --out DIR [--dtype f32|bf16|f16] [--max-shard-size SIZE]\n"
+            "       loom export --ckpt DIR|FILE --format gguf --out FILE.gguf [--dtype f32|bf16|f16] [--tokenizer T]\n"
+            "                   [--name NAME]\n\n"
+            "hf: writes a loom checkpoint as a Hugging Face model: DIR/config.json and DIR/model.safetensors in\n"
+            "transformers' names (GPT2LMHeadModel for gpt2, LlamaForCausalLM for llama).\n"
+            "gguf: one GGUF file that llama.cpp runs (its gpt2 or llama architecture), with the tokenizer.\n\n"
             "  --ckpt DIR|FILE        run directory holding checkpoint.bin, or the file\n"
-            "  --format hf            the only format (default)\n"
-            "  --out DIR              output directory (created)\n"
-            "  --dtype f32|bf16|f16   tensor type on disk (default f32; bf16/f16 round to nearest even)\n"
-            "  --max-shard-size SIZE  split into model-0000i-of-0000n.safetensors + model.safetensors.index.json\n"
-            "                         when larger (bytes, or with a unit: 500MB, 5GB, 2GiB); default: one file\n");
+            "  --format hf|gguf       default hf\n"
+            "  --out DIR|FILE         output directory (created), or the .gguf file\n"
+            "  --dtype f32|bf16|f16   tensor type on disk (default f32; bf16/f16 round to nearest even; gguf:\n"
+            "                         the matrices, norms and biases stay f32)\n"
+            "  --max-shard-size SIZE  hf: split into model-0000i-of-0000n.safetensors + model.safetensors.index.json\n"
+            "                         when larger (bytes, or with a unit: 500MB, 5GB, 2GiB); default: one file\n"
+            "  --tokenizer T          gguf: the tokenizer to embed (default: the one the checkpoint records)\n"
+            "  --name NAME            gguf: general.name (default loom)\n");
 }
 
 static void import_help(FILE *f) {
@@ -56,8 +64,48 @@ static int parse_size(const char *s, int64_t *out) {
     return 0;
 }
 
+/* `loom export --format gguf`: the checkpoint's model on the CPU, its tokenizer, one GGUF file */
+static int export_gguf(const char *ckpt, const char *out, const char *tok_name, loom_gguf_options *o) {
+    loom_backend_config bc = loom_backend_config_default();
+    bc.blas_library = "builtin"; /* no GEMM runs here */
+    bc.quiet = 1;
+    loom_backend *be = NULL;
+    loom_comm *comm = NULL;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m = NULL;
+    loom_json *meta = NULL;
+    loom_tokenizer *tok = NULL;
+    int rc = 1;
+    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
+        loom_checkpoint_load_model(ckpt, LOOM_PRECISION_FP32, be, comm, &mem, &m, &meta)) {
+        rc = loom_cli_fail("export");
+        goto out;
+    }
+    if (!tok_name) tok_name = loom_cli_ckpt_tokenizer(meta, loom_model_get_config(m));
+    if (!tok_name) {
+        fprintf(stderr, "loom export: error: the checkpoint does not record its tokenizer; name it with --tokenizer\n");
+        goto out;
+    }
+    if (loom_tokenizer_load(tok_name, &tok) || loom_gguf_write(m, tok, out, o)) {
+        rc = loom_cli_fail("export");
+        goto out;
+    }
+    LOOM_INFO("exported %s to %s (GGUF, %s, tokenizer %s)", ckpt, out,
+              o->dtype == LOOM_GGUF_F32 ? "f32" : o->dtype == LOOM_GGUF_F16 ? "f16" : "bf16", tok_name);
+    rc = 0;
+out:
+    loom_tokenizer_free(&tok);
+    loom_json_free(&meta);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    loom_backend_free(&be);
+    return rc;
+}
+
 int loom_cmd_export(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *format = "hf";
+    const char *ckpt = NULL, *out = NULL, *format = "hf", *tok_name = NULL;
+    loom_gguf_options go = loom_gguf_options_default();
     loom_hf_export_options o = loom_hf_export_options_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -66,7 +114,7 @@ int loom_cmd_export(int argc, char **argv) {
             return 0;
         }
         int takes = !strcmp(a, "--ckpt") || !strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--dtype") ||
-                    !strcmp(a, "--max-shard-size");
+                    !strcmp(a, "--max-shard-size") || !strcmp(a, "--tokenizer") || !strcmp(a, "--name");
         if (!takes) {
             fprintf(stderr, "loom export: unknown argument '%s' (see loom export --help)\n", a);
             return 2;
@@ -79,10 +127,12 @@ int loom_cmd_export(int argc, char **argv) {
         if (!strcmp(a, "--ckpt")) ckpt = v;
         else if (!strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--format")) format = v;
+        else if (!strcmp(a, "--tokenizer")) tok_name = v;
+        else if (!strcmp(a, "--name")) go.name = v;
         else if (!strcmp(a, "--dtype")) {
-            if (!strcmp(v, "f32") || !strcmp(v, "float32")) o.dtype = LOOM_ST_F32;
-            else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16")) o.dtype = LOOM_ST_BF16;
-            else if (!strcmp(v, "f16") || !strcmp(v, "float16")) o.dtype = LOOM_ST_F16;
+            if (!strcmp(v, "f32") || !strcmp(v, "float32")) o.dtype = LOOM_ST_F32, go.dtype = LOOM_GGUF_F32;
+            else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16")) o.dtype = LOOM_ST_BF16, go.dtype = LOOM_GGUF_BF16;
+            else if (!strcmp(v, "f16") || !strcmp(v, "float16")) o.dtype = LOOM_ST_F16, go.dtype = LOOM_GGUF_F16;
             else {
                 fprintf(stderr, "loom export: --dtype expects f32, bf16 or f16, got '%s'\n", v);
                 return 2;
@@ -92,14 +142,15 @@ int loom_cmd_export(int argc, char **argv) {
             return 2;
         }
     }
-    if (strcmp(format, "hf") != 0) {
-        fprintf(stderr, "loom export: --format expects hf, got '%s'\n", format);
+    if (strcmp(format, "hf") != 0 && strcmp(format, "gguf") != 0) {
+        fprintf(stderr, "loom export: --format expects hf or gguf, got '%s'\n", format);
         return 2;
     }
     if (!ckpt || !out) {
         fprintf(stderr, "loom export: --ckpt and --out are required (see loom export --help)\n");
         return 2;
     }
+    if (!strcmp(format, "gguf")) return export_gguf(ckpt, out, tok_name, &go);
     if (loom_hf_export(ckpt, out, &o) != LOOM_OK) return loom_cli_fail("export");
     LOOM_INFO("exported %s to %s (%s)", ckpt, out, loom_st_dtype_name(o.dtype));
     return 0;

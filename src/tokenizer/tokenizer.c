@@ -269,3 +269,58 @@ const char *loom_tokenizer_special(const loom_tokenizer *t, int i, size_t *len, 
     if (id) *id = t->special[i].id;
     return (const char *)t->special[i].bytes;
 }
+
+/* ---- the vocabulary (exporters) ---- */
+
+int loom_tokenizer_is_byte_level(const loom_tokenizer *t) { return t->kind != LOOM_TOK_KIND_CHAR; }
+
+int loom_tokenizer_is_special(const loom_tokenizer *t, int32_t id) {
+    for (int i = 0; i < t->n_special; i++)
+        if (t->special[i].id == id) return 1;
+    return 0;
+}
+
+static int by_rank(const void *a, const void *b) {
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+loom_status loom_tokenizer_merges(const loom_tokenizer *t, int32_t **pairs, int64_t *n) {
+    *pairs = NULL;
+    *n = 0;
+    if (t->kind == LOOM_TOK_KIND_BPE) { /* merge i joins merges[2i], merges[2i+1] */
+        int32_t *p = malloc((size_t)(2 * t->n_merges + 1) * sizeof *p);
+        LOOM_CHECK(p != NULL, LOOM_ERR_NOMEM, "out of memory for %lld merges", (long long)t->n_merges);
+        for (int64_t i = 0; i < 2 * t->n_merges; i++) p[i] = (int32_t)t->merges[i];
+        *pairs = p;
+        *n = t->n_merges;
+        return LOOM_OK;
+    }
+    if (t->kind != LOOM_TOK_KIND_GPT2) return LOOM_OK;
+    /* the pair map: (left << 32 | right) -> (rank << 32 | merged); sorted by rank */
+    const size_t slots = t->pairs.mask + 1;
+    uint64_t *ranked = malloc((t->pairs.n + 1) * 2 * sizeof *ranked);
+    LOOM_CHECK(ranked != NULL, LOOM_ERR_NOMEM, "out of memory for %zu merges", t->pairs.n);
+    size_t k = 0;
+    for (size_t i = 0; i < slots && k < t->pairs.n; i++) {
+        const uint64_t key = t->pairs.slots[2 * i];
+        if (key == LOOM_TOK_NO_KEY) continue;
+        ranked[2 * k] = t->pairs.slots[2 * i + 1] >> 32;
+        ranked[2 * k + 1] = key;
+        k++;
+    }
+    qsort(ranked, k, 2 * sizeof *ranked, by_rank);
+    int32_t *p = malloc((k * 2 + 1) * sizeof *p);
+    if (!p) {
+        free(ranked);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %zu merges", k);
+    }
+    for (size_t i = 0; i < k; i++) {
+        p[2 * i] = (int32_t)(ranked[2 * i + 1] >> 32);
+        p[2 * i + 1] = (int32_t)(uint32_t)ranked[2 * i + 1];
+    }
+    free(ranked);
+    *pairs = p;
+    *n = (int64_t)k;
+    return LOOM_OK;
+}
