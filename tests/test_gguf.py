@@ -5,8 +5,8 @@ binary, installed by scripts/setup.sh --test into build/peers/llama-cpp; tests/g
 For each model, exported as f32: llama.cpp loads the file, tokenizes three prompts into the ids loom's
 tokenizer gives, and its greedy continuation of each (32 tokens) is loom's own (`loom generate
 --temperature 0`), as text. Models: GPT-2 family (demo) and LLaMA family (llama-tiny, whose q and k rows the
-export reorders for GGML's rotary pairs) with the GPT-2 tokenizer, and GPT-2 family with the byte tokenizer
-(a BPE without merges). The weights are random with init_std 0.1: the logits then differ by clear margins
+export reorders for GGML's rotary pairs) with the GPT-2 tokenizer, GPT-2 family with the byte tokenizer
+(a BPE without merges), and LLaMA family with a BPE trained by `loom tokenizer train` (300 tokens). The weights are random with init_std 0.1: the logits then differ by clear margins
 at every step, so 32 equal tokens are not luck (a wrong tensor, a transposition or a wrong rotary order
 changes the first token), while f32 llama.cpp (f16 KV cache) and loom agree to rounding. f16 and bf16
 exports: 2-D weights in half the bytes, loaded by llama.cpp, and the first continuation token equal to f32's.
@@ -83,13 +83,17 @@ def main():
     with open(corpus, "w") as f:
         for i in range(200):
             f.write(f"Line {i}: the quick brown fox jumps over the lazy dog, and then it rests a while.\n")
-    for tok in ("gpt2", "byte"):
-        run([LOOM, "-q", "data", "prepare", corpus, "--tokenizer", tok, "--out", os.path.join(w, "data-" + tok)])
+    bpe = os.path.join(w, "bpe.tok")  # a trained byte-level BPE (its merges in the order it learned them)
+    run([LOOM, "-q", "tokenizer", "train", corpus, "--vocab-size", "300", "--out", bpe])
+    for tok in ("gpt2", "byte", bpe):
+        run([LOOM, "-q", "data", "prepare", corpus, "--tokenizer", tok, "--out",
+             os.path.join(w, "data-" + os.path.basename(tok))])
     models = [("gpt2 family, gpt2 tokenizer", "demo", "gpt2"), ("llama family, gpt2 tokenizer", "llama-tiny", "gpt2"),
-              ("gpt2 family, byte tokenizer", "demo", "byte")]
+              ("gpt2 family, byte tokenizer", "demo", "byte"), ("llama family, trained BPE", "llama-tiny", bpe)]
     for name, preset, tok in models:
-        d = os.path.join(w, f"{preset}-{tok}")
-        if not train(d, preset, os.path.join(w, "data-" + tok)):
+        tok_tag = os.path.basename(tok)
+        d = os.path.join(w, f"{preset}-{tok_tag}")
+        if not train(d, preset, os.path.join(w, "data-" + tok_tag)):
             check(False, f"{name}: training the model")
             continue
         gguf = d + ".gguf"
