@@ -1,5 +1,6 @@
 // Runs a GGUF file in llama.cpp (the npm package node-llama-cpp, its prebuilt CPU binary): for each prompt,
-// llama.cpp's tokenization and its greedy continuation. The GGUF export test's independent reference.
+// llama.cpp's tokenization, its greedy continuation and its timings. The GGUF export test's independent
+// reference, and bench/bench_generate.py's peer.
 //   node gguf_llama.mjs PEER_DIR MODEL.gguf N_TOKENS PROMPT...   -> one JSON line per prompt
 import {pathToFileURL} from "node:url";
 import path from "node:path";
@@ -13,11 +14,17 @@ for (const prompt of prompts) {
     const seq = context.getSequence();
     const ids = model.tokenize(prompt);
     const out = [];
+    const t0 = performance.now();
+    let first = 0;
     for await (const t of seq.evaluate(ids, {temperature: 0})) {
+        if (!out.length) first = performance.now();
         out.push(t);
         if (out.length >= +n) break;
     }
-    console.log(JSON.stringify({prompt_ids: Array.from(ids), ids: out, text: model.detokenize(out)}));
+    const end = performance.now();
+    /* prefill: until the first token; decode: the tokens after it */
+    console.log(JSON.stringify({prompt_ids: Array.from(ids), ids: out, text: model.detokenize(out),
+                                prefill_ms: first - t0, decode_ms: end - first}));
     await context.dispose();
 }
 await model.dispose();
