@@ -64,6 +64,14 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
     }
     snprintf(name, sizeof name, "%s_kv_cache_reset", preset);
     check(err2 <= tol, name, err2, tol);
+    /* a batched prefill of T-1 tokens (one forward), then a step: the same logits at both positions */
+    double err3 = 0;
+    if (loom_model_kv_reset(m, T) || loom_model_kv_prefill(m, tok, T - 1, lg)) return 1;
+    for (int64_t v = 0; v < c.vocab_size; v++) err3 = fmax(err3, fabs(lg[v] - full[(T - 2) * c.vocab_size + v]));
+    if (loom_model_kv_position(m) != T - 1 || loom_model_kv_step(m, tok[T - 1], lg)) return 1;
+    for (int64_t v = 0; v < c.vocab_size; v++) err3 = fmax(err3, fabs(lg[v] - full[(T - 1) * c.vocab_size + v]));
+    snprintf(name, sizeof name, "%s_kv_prefill_then_step_equal_full_forward", preset);
+    check(err3 <= tol, name, err3, tol);
     /* generation: same seed, same tokens; greedy equals top_k=1 */
     loom_sample_config sc = loom_sample_config_default();
     sc.max_tokens = 20;

@@ -206,6 +206,11 @@ LOOM_NODISCARD loom_status loom_model_forward_backward(loom_model *m, const int3
  * position up to float rounding (different summation order; tested). */
 LOOM_NODISCARD loom_status loom_model_kv_reset(loom_model *m, int64_t max_len);
 LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits);
+/* Feeds n tokens (a prompt) and writes the logits for the position after the last. Into an empty cache of a
+ * model without gradients (an inference model): one batched forward through the training forward's blocks
+ * (every product a GEMM over all n tokens), its keys and values copied into the cache; otherwise (a training
+ * model sampling between steps, whose activations must stay as they are) token by token. */
+LOOM_NODISCARD loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t n, float *logits);
 int64_t loom_model_kv_position(const loom_model *m);
 
 const loom_model_config *loom_model_get_config(const loom_model *m);

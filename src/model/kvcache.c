@@ -127,3 +127,32 @@ loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits) {
     kv->pos++;
     return loom_buf_download(be, logits, kv->logits, (size_t)m->V * sizeof(float));
 }
+
+loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t n, float *logits) {
+    struct loom_kv_cache *kv = m->kv;
+    LOOM_CHECK(kv != NULL, LOOM_ERR_INVALID_ARG, "call loom_model_kv_reset before loom_model_kv_prefill");
+    LOOM_CHECK(n >= 1 && kv->pos + n <= kv->max_len, LOOM_ERR_INVALID_ARG,
+               "%lld prompt tokens do not fit the sequence (%lld of %lld positions used)", (long long)n,
+               (long long)kv->pos, (long long)kv->max_len);
+    if (n == 1 || kv->pos != 0 || m->has_grads) { /* token by token */
+        for (int64_t i = 0; i < n; i++) LOOM_CALL(loom_model_kv_step(m, tokens[i], logits));
+        return LOOM_OK;
+    }
+    for (int64_t i = 0; i < n; i++)
+        LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
+                   "token %d is outside the vocabulary [0, %lld)", tokens[i], (long long)m->V);
+    LOOM_CALL(loom_model_reserve(m, 1, n, LOOM_RECOMPUTE_NONE));
+    LOOM_CALL(loom_model_forward(m, tokens, NULL, 1, n, NULL));
+    /* each layer's keys and values (after RoPE, as kv_step stores them) from its qkv rows into the cache */
+    const int64_t Ca = m->H * m->hd, kvw = m->KV * m->hd;
+    for (int64_t l = 0; l < m->cfg.n_layer; l++) {
+        const float *qkv = m->acts[l].qkv;
+        float *K = kv->k + l * kv->max_len * kvw, *V = kv->v + l * kv->max_len * kvw;
+        for (int64_t t = 0; t < n; t++) {
+            LOOM_CALL(loom_buf_copy(m->be, K + t * kvw, qkv + t * m->Cq + Ca, (size_t)kvw * sizeof(float)));
+            LOOM_CALL(loom_buf_copy(m->be, V + t * kvw, qkv + t * m->Cq + Ca + kvw, (size_t)kvw * sizeof(float)));
+        }
+    }
+    kv->pos = n;
+    return loom_buf_download(m->be, logits, m->logits + (n - 1) * m->V, (size_t)m->V * sizeof(float));
+}

@@ -95,11 +95,12 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     if (max_len > cfg->max_seq_len) max_len = cfg->max_seq_len;
     LOOM_CALL(loom_model_kv_reset(m, max_len));
     float *scratch = malloc((size_t)V * 2 * sizeof(float)), *logits = malloc((size_t)V * sizeof(float));
-    int32_t *gen = malloc((size_t)(sc->max_tokens + 1) * sizeof(int32_t));
-    if (!scratch || !gen || !logits) {
+    int32_t *gen = malloc((size_t)(sc->max_tokens + 1) * sizeof(int32_t)), *window = malloc((size_t)max_len * sizeof(int32_t));
+    if (!scratch || !gen || !logits || !window) {
         free(scratch);
         free(logits);
         free(gen);
+        free(window);
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
     loom_generate_stats gs;
@@ -109,7 +110,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     loom_rng_seed(&rng, sc->seed);
     loom_status st = LOOM_OK;
     double t0 = now_s();
-    for (int64_t i = 0; i < n_prompt && st == LOOM_OK; i++) st = loom_model_kv_step(m, prompt[i], logits);
+    st = loom_model_kv_prefill(m, prompt, n_prompt, logits);
     gs.prefill_seconds = now_s() - t0;
     t0 = now_s();
     const int32_t eot = tok ? loom_tokenizer_eot(tok) : -1;
@@ -129,11 +130,12 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
             gs.context_full = 1;
             const int64_t keep = max_len / 2 > 0 ? max_len / 2 : 1;
             st = loom_model_kv_reset(m, max_len);
-            for (int64_t i = keep - 1; i >= 1 && st == LOOM_OK; i--) {
-                int64_t back = n - 1 - i; /* the tokens before `next`: gen, or the prompt before it */
-                if (back < -n_prompt) continue;
-                st = loom_model_kv_step(m, back >= 0 ? gen[back] : prompt[n_prompt + back], logits);
+            int64_t nw = 0; /* the keep - 1 tokens before `next`: gen, or the prompt before it */
+            for (int64_t i = keep - 1; i >= 1; i--) {
+                const int64_t back = n - 1 - i;
+                if (back >= -n_prompt) window[nw++] = back >= 0 ? gen[back] : prompt[n_prompt + back];
             }
+            if (st == LOOM_OK && nw > 0) st = loom_model_kv_prefill(m, window, nw, logits);
             if (st != LOOM_OK) break;
         }
         st = loom_model_kv_step(m, next, logits);
@@ -142,6 +144,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     gs.generated_tokens = n;
     free(scratch);
     free(logits);
+    free(window);
     if (st != LOOM_OK) {
         free(gen);
         loom_error_trace(__FILE__, __LINE__, __func__);
