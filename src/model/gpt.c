@@ -110,10 +110,6 @@ static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64
     return mm_bf16(m, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc}, NULL);
 }
 
-loom_status loom_model_product(loom_model *m, const loom_gemm *g) {
-    return mm(m, g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, g->A, g->lda, g->B, g->ldb, g->beta, g->C, g->ldc);
-}
-
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side;
  * in bf16 they share their first operand (the output's gradient), converted once for both */
 static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
@@ -652,16 +648,6 @@ int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T,
     return 2 * B * T * w * (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
 }
 
-loom_status loom_model_lowp_scratch(loom_model *m, int64_t rows) {
-    const size_t bytes = (size_t)loom_model_lowp_scratch_bytes(m, 1, rows, m->precision) / 2;
-    if (bytes == 0 || (m->scratch16[0] && bytes <= m->scratch16_bytes)) return LOOM_OK;
-    for (int i = 0; i < 2; i++) loom_buf_free(m->be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
-    m->scratch16[0] = m->scratch16[1] = NULL;
-    m->scratch16_bytes = bytes;
-    for (int i = 0; i < 2; i++) LOOM_CALL(loom_buf_alloc(m->be, m->mem, LOOM_MEM_ACTS, bytes, (void **)&m->scratch16[i]));
-    return LOOM_OK;
-}
-
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
     LOOM_CHECK(B >= 1 && T >= 1 && slots >= 1, LOOM_ERR_INVALID_ARG,
                "batch %lld, sequence length %lld and slots %d must be >= 1", (long long)B, (long long)T, slots);
@@ -870,7 +856,9 @@ static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t
 }
 
 /* The attention core of layer l: qkv -> atty, lse. */
-static loom_status attention_core_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
+static loom_status attention_core_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
+    layer_acts *a = &m->acts[l];
+    if (loom_kv_decoding(m)) return loom_kv_attention(m, l, T);
     if (m->sp_size > 1) return ring_attention_forward(m, a, B, T);
     LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse, .qkv = a->qkv, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     return LOOM_OK;
@@ -917,8 +905,12 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = N, .C = C, .eps = eps}));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
-    if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
-    LOOM_CALL(attention_core_forward(m, a, B, T));
+    if (!gpt) { /* positions from 0, or after a cache's */
+        const float *cos_t = m->rope_cos, *sin_t = m->rope_sin;
+        if (loom_kv_decoding(m)) loom_kv_rope_tables(m, &cos_t, &sin_t);
+        LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = cos_t, .sin_t = sin_t, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
+    }
+    LOOM_CALL(attention_core_forward(m, l, B, T));
     /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x. Tensor parallel: tp rank 0
      * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
     const int lead = m->tp_rank == 0;
@@ -993,7 +985,7 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
-    LOOM_CALL(attention_core_forward(m, a, B, T));
+    LOOM_CALL(attention_core_forward(m, l, B, T));
     LOOM_CALL(mm(m, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C));
     LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
     LOOM_CALL(add_into(m, a->res1, x, Nr * C));
@@ -1014,7 +1006,7 @@ static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t
 static loom_status recompute_layer(loom_model *m, int64_t l, int64_t B, int64_t T) {
     if (m->rc == LOOM_RECOMPUTE_FULL) return m->tp_sp ? layer_forward_sp(m, l, B, T) : layer_forward(m, l, B, T);
     if (m->rc == LOOM_RECOMPUTE_ATTN) {
-        LOOM_CALL(attention_core_forward(m, &m->acts[l], B, T));
+        LOOM_CALL(attention_core_forward(m, l, B, T));
         LOOM_CALL(mlp_activation_forward(m, &m->acts[l], m->layer_off + l * W_COUNT, B * T, 0));
     }
     return LOOM_OK;
@@ -1091,7 +1083,8 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(unit_done(m, 0));
     } else if (embed) {
         HOOK(params_needed, 0, 1);
-        const int64_t t0 = (int64_t)m->sp_rank * T; /* this rank's first position */
+        /* this rank's first position (after a cache's) */
+        const int64_t t0 = (int64_t)m->sp_rank * T + (loom_kv_decoding(m) ? loom_kv_first_position(m) : 0);
         LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->enc, .tokens = tok,
                                            .wte = P(m->off_wte), .wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
                                            .B = B, .T = T, .C = C}));
@@ -1117,7 +1110,9 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     float *lnf_full = m->slots[m->slot].lnf_full;
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
-    LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
+    if (loom_kv_decoding(m)) /* generation needs the last position's logits only: in row 0 */
+        LOOM_CALL(mm(m, 0, 1, 1, V, C, 1.0f, lnf_full + (N - 1) * C, C, P(m->off_head), C, 0.0f, m->logits, V));
+    else LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
     if (!keep_head) {
         LOOM_CALL(unit_done(m, U_HEAD));
         if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));

@@ -102,10 +102,12 @@ struct loom_model {
 };
 
 void loom_kv_cache_free(loom_model *m);
-/* a product with the model's weights in the model's precision (gpt.c): fp32, or bf16/fp16 operands with fp32
- * accumulation, the weights' copy made as training makes it; the one way every path multiplies */
-LOOM_NODISCARD loom_status loom_model_product(loom_model *m, const loom_gemm *g);
-/* the low-precision products' operand scratch for `rows` rows, where the activations did not make it */
-LOOM_NODISCARD loom_status loom_model_lowp_scratch(loom_model *m, int64_t rows);
+/* While a cached forward runs (kvcache.c): the forward's positions start at loom_kv_first_position, RoPE
+ * reads loom_kv_rope_tables, attention is loom_kv_attention (the new keys and values into the cache, the
+ * queries against it), and the head scores only the last position. */
+int loom_kv_decoding(const loom_model *m);
+int64_t loom_kv_first_position(const loom_model *m);
+void loom_kv_rope_tables(const loom_model *m, const float **cos_t, const float **sin_t);
+LOOM_NODISCARD loom_status loom_kv_attention(loom_model *m, int64_t l, int64_t T);
 
 #endif
