@@ -890,45 +890,6 @@ static loom_status tp_sum(loom_model *m, float *x, int64_t n) {
     return m->tp_size > 1 ? loom_comm_allreduce_sum_f32(m->tp, x, n) : LOOM_OK;
 }
 
-static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t T);
-
-static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
-    if (m->tp_sp) return layer_forward_sp(m, l, B, T);
-    loom_backend *be = m->be;
-    const int64_t N = B * T, C = m->C, Cq = m->Cq, F = m->F, fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? F : 2 * F;
-    const int64_t *lo = m->layer_off + l * W_COUNT;
-    const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
-    const float eps = (float)m->cfg.norm_eps;
-    layer_acts *a = &m->acts[l];
-    const float *x = layer_input(m, l);
-    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = N, .C = C, .eps = eps}));
-    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = N, .C = C, .eps = eps}));
-    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, a->ln1, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
-    if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
-    if (!gpt) { /* positions from 0, or after a cache's */
-        const float *cos_t = m->rope_cos, *sin_t = m->rope_sin;
-        if (loom_kv_decoding(m)) loom_kv_rope_tables(m, &cos_t, &sin_t);
-        LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = cos_t, .sin_t = sin_t, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
-    }
-    LOOM_CALL(attention_core_forward(m, l, B, T));
-    /* res1 = x + atty W_o^T (+ b_o): the GEMM accumulates onto a copy of x. Tensor parallel: tp rank 0
-     * adds x and the bias to its partial product, the others only their partial, and the sum completes it */
-    const int lead = m->tp_rank == 0;
-    if (lead) LOOM_CALL(loom_buf_copy(be, a->res1, x, (size_t)(N * C) * sizeof(float)));
-    LOOM_CALL(mm(m, 0, 1, N, C, m->H * m->hd, 1.0f, a->atty, m->H * m->hd, P(lo[W_ATTN_PROJ_W]), m->H * m->hd,
-                  lead ? 1.0f : 0.0f, a->res1, C));
-    if (lead && lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->res1, .bias = P(lo[W_ATTN_PROJ_B]), .N = N, .C = C}));
-    LOOM_CALL(tp_sum(m, a->res1, N * C));
-    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = N, .C = C, .eps = eps}));
-    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = N, .C = C, .eps = eps}));
-    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, a->ln2, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
-    LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
-    if (lead) LOOM_CALL(loom_buf_copy(be, a->out, a->res1, (size_t)(N * C) * sizeof(float)));
-    LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, lead ? 1.0f : 0.0f, a->out, C));
-    if (lead && lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->out, .bias = P(lo[W_MLP_PROJ_B]), .N = N, .C = C}));
-    return tp_sum(m, a->out, N * C);
-}
-
 /* ---- Megatron sequence parallelism inside tp ----
  * The residual stream, the norms and the embedding output hold rows [r Nr, (r+1) Nr) of the N tokens on tp
  * rank r (Nr = N/tp). A column-parallel product first all-gathers its input (N,C); a row-parallel one
@@ -969,42 +930,73 @@ static loom_status sp_apply_rep(loom_model *m, const int64_t *offs, int n, int a
     return LOOM_OK;
 }
 
-static loom_status layer_forward_sp(loom_model *m, int64_t l, int64_t B, int64_t T) {
+/* The input of a column-parallel product (forward) or of a weight gradient (backward): the rows as they
+ * are, or with Megatron-SP this rank's Nr rows all-gathered to all N (into m->sp_gather). */
+static loom_status all_rows(loom_model *m, const float *rows, int64_t Nr, const float **out) {
+    *out = rows;
+    if (!m->tp_sp) return LOOM_OK;
+    LOOM_CALL(sp_all_gather(m, rows, m->sp_gather, Nr));
+    *out = m->sp_gather;
+    return LOOM_OK;
+}
+
+/* A row-parallel product (K columns of in against weight W) completed onto the residual: dst = resid +
+ * in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates onto a copy of resid on tp rank 0, which
+ * also adds the bias, the others contribute only their partial product, and the tp sum completes it (one
+ * all-reduce). Megatron-SP: the partial product reduce-scattered to this rank's Nr rows, then resid and the
+ * bias added there. */
+static loom_status row_output(loom_model *m, const float *in, int64_t K, int64_t w_off, int64_t b_off,
+                              const float *resid, float *dst, int64_t N, int64_t Nr) {
+    const int64_t C = m->C;
+    if (m->tp_sp) {
+        LOOM_CALL(mm(m, 0, 1, N, C, K, 1.0f, in, K, P(w_off), K, 0.0f, m->sp_partial, C));
+        LOOM_CALL(sp_reduce_scatter(m, m->sp_partial, dst, Nr));
+        LOOM_CALL(add_into(m, dst, resid, Nr * C));
+        if (b_off >= 0) LOOM_CALL(loom_k_bias_add(m->be, &(loom_bias_add_args){.x = dst, .bias = P(b_off), .N = Nr, .C = C}));
+        return LOOM_OK;
+    }
+    const int lead = m->tp_rank == 0;
+    if (lead) LOOM_CALL(loom_buf_copy(m->be, dst, resid, (size_t)(N * C) * sizeof(float)));
+    LOOM_CALL(mm(m, 0, 1, N, C, K, 1.0f, in, K, P(w_off), K, lead ? 1.0f : 0.0f, dst, C));
+    if (lead && b_off >= 0) LOOM_CALL(loom_k_bias_add(m->be, &(loom_bias_add_args){.x = dst, .bias = P(b_off), .N = N, .C = C}));
+    return tp_sum(m, dst, N * C);
+}
+
+/* One transformer block's forward: training (plain, tensor parallel, Megatron-SP) and generation (with
+ * the KV cache active: positions after the cached ones, attention against the cache) alike. The residual
+ * stream x, the norms and the residual sums hold Nr rows (N, or N/tp with Megatron-SP). */
+static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
     loom_backend *be = m->be;
-    const int64_t N = B * T, Nr = N / m->tp_size, C = m->C, Cq = m->Cq, F = m->F, Ca = m->H * m->hd;
+    const int64_t N = B * T, Nr = m->tp_sp ? N / m->tp_size : N, C = m->C, Cq = m->Cq, F = m->F;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
     const int64_t *lo = m->layer_off + l * W_COUNT;
     const float eps = (float)m->cfg.norm_eps;
     layer_acts *a = &m->acts[l];
-    const float *x = layer_input(m, l);
-    float *full = m->sp_gather, *part = m->sp_partial;
+    const float *x = layer_input(m, l), *in;
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
-    LOOM_CALL(sp_all_gather(m, a->ln1, full, Nr));
-    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, full, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
+    LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
+    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
-    if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
+    if (!gpt) { /* positions from 0, or after a cache's */
+        const float *cos_t = m->rope_cos, *sin_t = m->rope_sin;
+        if (loom_kv_decoding(m)) loom_kv_rope_tables(m, &cos_t, &sin_t);
+        LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = cos_t, .sin_t = sin_t, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
+    }
     LOOM_CALL(attention_core_forward(m, l, B, T));
-    LOOM_CALL(mm(m, 0, 1, N, C, Ca, 1.0f, a->atty, Ca, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, part, C));
-    LOOM_CALL(sp_reduce_scatter(m, part, a->res1, Nr));
-    LOOM_CALL(add_into(m, a->res1, x, Nr * C));
-    if (lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->res1, .bias = P(lo[W_ATTN_PROJ_B]), .N = Nr, .C = C}));
+    LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
-    LOOM_CALL(sp_all_gather(m, a->ln2, full, Nr));
-    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, full, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
+    LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
+    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
-    LOOM_CALL(mm(m, 0, 1, N, C, F, 1.0f, a->fc_act, F, P(lo[W_MLP_PROJ_W]), F, 0.0f, part, C));
-    LOOM_CALL(sp_reduce_scatter(m, part, a->out, Nr));
-    LOOM_CALL(add_into(m, a->out, a->res1, Nr * C));
-    if (lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->out, .bias = P(lo[W_MLP_PROJ_B]), .N = Nr, .C = C}));
-    return LOOM_OK;
+    return row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr);
 }
 
 /* before a layer's backward: recompute what the recompute mode did not keep */
 static loom_status recompute_layer(loom_model *m, int64_t l, int64_t B, int64_t T) {
-    if (m->rc == LOOM_RECOMPUTE_FULL) return m->tp_sp ? layer_forward_sp(m, l, B, T) : layer_forward(m, l, B, T);
+    if (m->rc == LOOM_RECOMPUTE_FULL) return layer_forward(m, l, B, T);
     if (m->rc == LOOM_RECOMPUTE_ATTN) {
         LOOM_CALL(attention_core_forward(m, l, B, T));
         LOOM_CALL(mlp_activation_forward(m, &m->acts[l], m->layer_off + l * W_COUNT, B * T, 0));
@@ -1159,16 +1151,6 @@ loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32
     float l = 0.0f;
     LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, 0.0f, &l, 0, NULL));
     if (loss) *loss = l;
-    return LOOM_OK;
-}
-
-/* The input of a weight product in the backward: the rows as they are, or with Megatron-SP this rank's
- * Nr rows all-gathered to all N (into m->sp_gather). */
-static loom_status all_rows(loom_model *m, const float *rows, int64_t Nr, const float **out) {
-    *out = rows;
-    if (!m->tp_sp) return LOOM_OK;
-    LOOM_CALL(sp_all_gather(m, rows, m->sp_gather, Nr));
-    *out = m->sp_gather;
     return LOOM_OK;
 }
 
