@@ -16,12 +16,14 @@ enum { CBLAS_ROW_MAJOR = 101, CBLAS_NO_TRANS = 111, CBLAS_TRANS = 112 };
 
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *, int, float,
                          float *, int);
+typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int, float, float *, int);
 typedef void (*set_threads_fn)(int);
 typedef char *(*get_str_fn)(void);
 
 typedef struct {
     void *handle;
     sgemm_fn sgemm;
+    sgemv_fn sgemv;
     set_threads_fn set_threads;
 } cpu_blas;
 
@@ -56,6 +58,13 @@ void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int6
     const int64_t max_int = 0x7fffffff;
     if (blas && blas->sgemm && K <= max_int && N <= max_int && lda <= max_int && ldb <= max_int &&
         ldc <= max_int) {
+        if (M == 1 && blas->sgemv) { /* one row (decoding a token): OpenBLAS 0.3.21's sgemm packs the whole
+                                      * weight for it; its gemv streams it once */
+            const int inc_a = ta ? (int)lda : 1;
+            if (tb) blas->sgemv(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, (int)N, (int)K, alpha, B, (int)ldb, A, inc_a, beta, C, 1);
+            else blas->sgemv(CBLAS_ROW_MAJOR, CBLAS_TRANS, (int)K, (int)N, alpha, B, (int)ldb, A, inc_a, beta, C, 1);
+            return;
+        }
         for (int64_t m0 = 0; m0 < M; m0 += max_int) {
             int64_t mb = M - m0 < max_int ? M - m0 : max_int;
             const float *Am = ta ? A + m0 : A + m0 * lda;
@@ -188,6 +197,7 @@ loom_status loom_cpu_blas_load(const loom_backend_config *cfg, loom_backend *be)
     LOOM_CHECK(blas != NULL, LOOM_ERR_NOMEM, "out of memory");
     blas->handle = h;
     *(void **)&blas->sgemm = dlsym(h, "cblas_sgemm");
+    *(void **)&blas->sgemv = dlsym(h, "cblas_sgemv");
     *(void **)&blas->set_threads = dlsym(h, "openblas_set_num_threads");
     get_str_fn corename = NULL, config = NULL;
     *(void **)&corename = dlsym(h, "openblas_get_corename");
