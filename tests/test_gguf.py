@@ -2,7 +2,7 @@
 """GGUF export (`loom export --format gguf`) against llama.cpp itself (node-llama-cpp 3.21.1's prebuilt CPU
 binary, installed by scripts/setup.sh --test into build/peers/llama-cpp; tests/gguf_llama.mjs runs it).
 
-For each model, exported as f32: llama.cpp loads the file, tokenizes three prompts into the ids loom's
+For each model, exported as f32: llama.cpp loads the file, tokenizes five prompts into the ids loom's
 tokenizer gives, and its greedy continuation of each (32 tokens) is loom's own (`loom generate
 --temperature 0`), as text. Models: GPT-2 family (demo) and LLaMA family (llama-tiny, whose q and k rows the
 export reorders for GGML's rotary pairs) with the GPT-2 tokenizer, GPT-2 family with the byte tokenizer
@@ -26,7 +26,8 @@ LOOM = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.environ.get("LOOM_LLAMA_CPP", os.path.join(os.path.dirname(LOOM), "peers", "llama-cpp"))
 GPT2 = os.path.join(os.path.dirname(LOOM), "share", "gpt2")
-PROMPTS = ["To be, or not to be, that is", "The quick brown fox", "Once upon a time there"]
+PROMPTS = ["To be, or not to be, that is", "The quick brown fox", "Once upon a time there",
+           "In 1905, Albert Einstein published", "def main():\n    print("]
 N = 32
 fails = 0
 
