@@ -33,7 +33,8 @@ def loom_run(loom, ckpt, prompt, tokens, threads, precision):
 
 
 def llama_run(peer, gguf, prompt, tokens, n_prompt):
-    r = subprocess.run(["node", os.path.join(ROOT, "tests", "gguf_llama.mjs"), peer, gguf, str(tokens), prompt],
+    r = subprocess.run([os.path.join(peer, "bin", "node"), os.path.join(ROOT, "tests", "gguf_llama.mjs"), peer, gguf,
+                        str(tokens), prompt],
                        capture_output=True, text=True, check=True)
     d = json.loads([l for l in r.stdout.splitlines() if l.startswith("{")][-1])
     return {"decode_tps": (len(d["ids"]) - 1) / (d["decode_ms"] / 1e3),

@@ -26,6 +26,7 @@ LOOM = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.environ.get("LOOM_LLAMA_CPP", os.path.join(os.path.dirname(LOOM), "peers", "llama-cpp"))
 GPT2 = os.path.join(os.path.dirname(LOOM), "share", "gpt2")
+NODE = os.path.join(PEER, "bin", "node")  # Node.js >= 20, as node-llama-cpp needs (scripts/fetch_llama_cpp.sh)
 PROMPTS = ["To be, or not to be, that is", "The quick brown fox", "Once upon a time there",
            "In 1905, Albert Einstein published", "def main():\n    print("]
 N = 32
@@ -46,7 +47,7 @@ def run(cmd, ok=True):
 
 
 def llama(gguf, prompts, n=N):
-    r = run(["node", os.path.join(HERE, "gguf_llama.mjs"), PEER, gguf, str(n)] + prompts)
+    r = run([NODE, os.path.join(HERE, "gguf_llama.mjs"), PEER, gguf, str(n)] + prompts)
     return [json.loads(l) for l in r.stdout.decode().splitlines() if l.startswith("{")] if r.returncode == 0 else []
 
 
@@ -73,7 +74,7 @@ def export(run_dir, gguf, dtype="f32", ok=True):
 
 
 def main():
-    if shutil.which("node") is None or not os.path.exists(os.path.join(PEER, "node_modules", "node-llama-cpp")):
+    if not os.path.exists(NODE) or not os.path.exists(os.path.join(PEER, "node_modules", "node-llama-cpp")):
         print(f"SKIP: node-llama-cpp not found in {PEER} (scripts/setup.sh --test installs it)")
         return 77
     if not os.path.exists(os.path.join(GPT2, "encoder.json")):

@@ -19,7 +19,7 @@ static void usage(FILE *f) {
             "  generate     sample text from a checkpoint (KV cache, temperature, top-k, top-p)\n"
             "  tokenizer    encode, decode, train a tokenizer\n"
             "  data         prepare token shards from text\n"
-            "  export       write a checkpoint as Hugging Face safetensors\n"
+            "  export       write a checkpoint as Hugging Face safetensors, or GGUF for llama.cpp\n"
             "  import       read Hugging Face safetensors into a checkpoint\n"
             "  plot         draw the loss and throughput of a metrics log\n"
             "  launch       run a command on N MPI ranks (mpirun with the right flags); with --max-restarts,\n"
