@@ -17,17 +17,23 @@ static void check(int ok, const char *name, double err, double tol) {
     if (ok) pass++; else fail++;
 }
 
+/* the preset's family at a test's size: 2 layers, width 64 (llama: 2 kv heads of 4), vocabulary 101 */
+static loom_status tiny_config(const char *preset, int llama, loom_model_config *c) {
+    LOOM_CALL(loom_model_config_preset(preset, c));
+    c->n_layer = 2;
+    c->n_head = 4;
+    c->n_kv_head = llama ? 2 : 4;
+    c->d_model = 64;
+    c->d_ff = llama ? 96 : 256;
+    c->vocab_size = 101;
+    c->max_seq_len = 48;
+    c->init_std = 0.1;
+    return LOOM_OK;
+}
+
 static int run_family(loom_backend *be, const char *preset, int llama) {
     loom_model_config c;
-    if (loom_model_config_preset(preset, &c) != LOOM_OK) return 1;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_kv_head = llama ? 2 : 4;
-    c.d_model = 64;
-    c.d_ff = llama ? 96 : 256;
-    c.vocab_size = 101;
-    c.max_seq_len = 48;
-    c.init_std = 0.1;
+    if (tiny_config(preset, llama, &c) != LOOM_OK) return 1;
     loom_mem mem;
     loom_mem_init(&mem);
     loom_model *m;
@@ -129,15 +135,7 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
  * bound 2%); they must differ from fp32's (else the products did not run in bf16). */
 static int run_bf16(loom_backend *be, const char *preset, int llama) {
     loom_model_config c;
-    if (loom_model_config_preset(preset, &c) != LOOM_OK) return 1;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_kv_head = llama ? 2 : 4;
-    c.d_model = 64;
-    c.d_ff = llama ? 96 : 256;
-    c.vocab_size = 101;
-    c.max_seq_len = 48;
-    c.init_std = 0.1;
+    if (tiny_config(preset, llama, &c) != LOOM_OK) return 1;
     const int64_t T = 24, V = c.vocab_size;
     loom_mem mem;
     loom_mem_init(&mem);

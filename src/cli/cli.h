@@ -5,6 +5,7 @@
 
 #include "loom/model.h"
 #include "loom/run.h"
+#include "loom/tokenizer.h"
 
 int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
@@ -29,7 +30,20 @@ int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *cons
 double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t kernel_size);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */
 int loom_cli_fail(const char *cmd);
-/* the tokenizer a checkpoint records (its metadata), or the obvious one for its vocabulary; NULL if neither
- * (cmd_generate.c) */
-const char *loom_cli_ckpt_tokenizer(const loom_json *meta, const loom_model_config *mc);
+/* A checkpoint's model on a backend of its own, with its tokenizer (cmd_generate.c; `generate`, `export`). */
+typedef struct {
+    loom_backend *be;
+    loom_comm *comm;
+    loom_mem mem;       /* the model points at it: the struct stays where it was opened */
+    loom_model *model;
+    loom_json *meta;
+    loom_tokenizer *tok;
+    const char *tok_name;
+} loom_cli_ckpt;
+/* Opens ckpt in `precision` on a backend made from bc, then the tokenizer tok_name (NULL: the one the
+ * checkpoint records, or the obvious one for its vocabulary). Returns 0, or an exit code after printing why
+ * (cmd names the command). Close it either way. */
+int loom_cli_ckpt_open(const char *cmd, const char *ckpt, loom_precision precision, const loom_backend_config *bc,
+                       const char *tok_name, loom_cli_ckpt *c);
+void loom_cli_ckpt_close(loom_cli_ckpt *c);
 #endif

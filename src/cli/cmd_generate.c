@@ -20,12 +20,44 @@ static void generate_help(void) {
            "bytes each token reads.\n");
 }
 
-const char *loom_cli_ckpt_tokenizer(const loom_json *meta, const loom_model_config *mc) {
+/* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
+static const char *ckpt_tokenizer(const loom_json *meta, const loom_model_config *mc) {
     const loom_json *t = loom_json_get(meta, "tokenizer");
     if (t && t->type == LOOM_JSON_STRING && t->string[0]) return t->string;
     if (mc->vocab_size == 256) return "byte";
     if (mc->vocab_size == 50257) return "gpt2";
     return NULL;
+}
+
+int loom_cli_ckpt_open(const char *cmd, const char *ckpt, loom_precision precision, const loom_backend_config *bc,
+                       const char *tok_name, loom_cli_ckpt *c) {
+    memset(c, 0, sizeof *c);
+    loom_mem_init(&c->mem);
+    if (loom_backend_init(bc, &c->be) || loom_comm_init_self(&c->comm) ||
+        loom_checkpoint_load_model(ckpt, precision, c->be, c->comm, &c->mem, &c->model, &c->meta))
+        return loom_cli_fail(cmd);
+    const loom_model_config *mc = loom_model_get_config(c->model);
+    c->tok_name = tok_name ? tok_name : ckpt_tokenizer(c->meta, mc);
+    if (!c->tok_name) {
+        fprintf(stderr, "loom %s: error: the checkpoint does not record its tokenizer (vocabulary %lld); "
+                        "name it with --tokenizer\n", cmd, (long long)mc->vocab_size);
+        return 1;
+    }
+    if (loom_tokenizer_load(c->tok_name, &c->tok)) return loom_cli_fail(cmd);
+    if (loom_tokenizer_vocab_size(c->tok) > mc->vocab_size) {
+        fprintf(stderr, "loom %s: error: tokenizer %s has %lld tokens, the model only %lld\n", cmd, c->tok_name,
+                (long long)loom_tokenizer_vocab_size(c->tok), (long long)mc->vocab_size);
+        return 1;
+    }
+    return 0;
+}
+
+void loom_cli_ckpt_close(loom_cli_ckpt *c) {
+    loom_tokenizer_free(&c->tok);
+    loom_json_free(&c->meta);
+    loom_model_free(&c->model);
+    loom_comm_free(&c->comm);
+    loom_backend_free(&c->be);
 }
 
 int loom_cmd_generate(int argc, char **argv) {
@@ -83,37 +115,14 @@ int loom_cmd_generate(int argc, char **argv) {
     bc.threads = threads;
     bc.quiet = 1;
     bc.device = device;
-    loom_backend *be = NULL;
-    loom_comm *comm = NULL;
-    loom_mem mem;
-    loom_mem_init(&mem);
-    loom_model *m = NULL;
-    loom_json *meta = NULL;
-    loom_tokenizer *tok = NULL;
+    loom_cli_ckpt c;
     int32_t *ids = NULL;
     int64_t n = 0;
-    int rc = 1;
-    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
-        loom_checkpoint_load_model(ckpt, precision, be, comm, &mem, &m, &meta)) {
-        rc = loom_cli_fail("generate");
-        goto out;
-    }
-    const loom_model_config *mc = loom_model_get_config(m);
-    if (!tok_name) tok_name = loom_cli_ckpt_tokenizer(meta, mc);
-    if (!tok_name) {
-        fprintf(stderr, "loom generate: error: the checkpoint does not record its tokenizer (vocabulary %lld); "
-                        "name it with --tokenizer\n", (long long)mc->vocab_size);
-        goto out;
-    }
-    if (loom_tokenizer_load(tok_name, &tok)) {
-        rc = loom_cli_fail("generate");
-        goto out;
-    }
-    if (loom_tokenizer_vocab_size(tok) > mc->vocab_size) {
-        fprintf(stderr, "loom generate: error: tokenizer %s has %lld tokens, the model only %lld\n", tok_name,
-                (long long)loom_tokenizer_vocab_size(tok), (long long)mc->vocab_size);
-        goto out;
-    }
+    int rc = loom_cli_ckpt_open("generate", ckpt, precision, &bc, tok_name, &c);
+    if (rc) goto out;
+    rc = 1;
+    loom_model *m = c.model;
+    loom_tokenizer *tok = c.tok;
     if (prompt && prompt[0]) {
         if (loom_tokenizer_encode(tok, prompt, strlen(prompt), &ids, &n)) {
             rc = loom_cli_fail("generate");
@@ -153,10 +162,6 @@ int loom_cmd_generate(int argc, char **argv) {
     rc = 0;
 out:
     free(ids);
-    loom_tokenizer_free(&tok);
-    loom_json_free(&meta);
-    loom_model_free(&m);
-    loom_comm_free(&comm);
-    loom_backend_free(&be);
+    loom_cli_ckpt_close(&c);
     return rc;
 }

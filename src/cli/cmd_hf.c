@@ -69,37 +69,13 @@ static int export_gguf(const char *ckpt, const char *out, const char *tok_name, 
     loom_backend_config bc = loom_backend_config_default();
     bc.blas_library = "builtin"; /* no GEMM runs here */
     bc.quiet = 1;
-    loom_backend *be = NULL;
-    loom_comm *comm = NULL;
-    loom_mem mem;
-    loom_mem_init(&mem);
-    loom_model *m = NULL;
-    loom_json *meta = NULL;
-    loom_tokenizer *tok = NULL;
-    int rc = 1;
-    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
-        loom_checkpoint_load_model(ckpt, LOOM_PRECISION_FP32, be, comm, &mem, &m, &meta)) {
-        rc = loom_cli_fail("export");
-        goto out;
-    }
-    if (!tok_name) tok_name = loom_cli_ckpt_tokenizer(meta, loom_model_get_config(m));
-    if (!tok_name) {
-        fprintf(stderr, "loom export: error: the checkpoint does not record its tokenizer; name it with --tokenizer\n");
-        goto out;
-    }
-    if (loom_tokenizer_load(tok_name, &tok) || loom_gguf_write(m, tok, out, o)) {
-        rc = loom_cli_fail("export");
-        goto out;
-    }
-    LOOM_INFO("exported %s to %s (GGUF, %s, tokenizer %s)", ckpt, out,
-              o->dtype == LOOM_GGUF_F32 ? "f32" : o->dtype == LOOM_GGUF_F16 ? "f16" : "bf16", tok_name);
-    rc = 0;
-out:
-    loom_tokenizer_free(&tok);
-    loom_json_free(&meta);
-    loom_model_free(&m);
-    loom_comm_free(&comm);
-    loom_backend_free(&be);
+    loom_cli_ckpt c;
+    int rc = loom_cli_ckpt_open("export", ckpt, LOOM_PRECISION_FP32, &bc, tok_name, &c);
+    if (!rc && loom_gguf_write(c.model, c.tok, out, o)) rc = loom_cli_fail("export");
+    if (!rc)
+        LOOM_INFO("exported %s to %s (GGUF, %s, tokenizer %s)", ckpt, out,
+                  o->dtype == LOOM_GGUF_F32 ? "f32" : o->dtype == LOOM_GGUF_F16 ? "f16" : "bf16", c.tok_name);
+    loom_cli_ckpt_close(&c);
     return rc;
 }
 
