@@ -269,10 +269,18 @@ static void run_case(loom_kernel k, run *r) {
     }
     case LOOM_KERNEL_attention_decode: {
         const int64_t H = 6, KV = 3, hd = 10, n = 29, ld = KV * hd + 4;
-        loom_attention_decode_args a = {NULL, rand_in(r, H * hd, -1, 1), rand_in(r, n * ld, -1, 1),
-                                        rand_in(r, n * ld, -1, 1), ld, n, H, KV, hd};
+        loom_attention_decode_args a = {.q = rand_in(r, H * hd, -1, 1), .k = rand_in(r, n * ld, -1, 1),
+                                        .v = rand_in(r, n * ld, -1, 1), .ld = ld, .n = n, .H = H, .KV = KV, .hd = hd};
         a.out = out_f(r, H * hd);
         KCALL(loom_k_attention_decode(be, &a));
+        /* paged, several causal query rows: 5 rows after 24 cached positions in blocks of 4 (of 9) */
+        const int64_t bl = 4, nb = 9, rows = 5, qs = H * hd + 3;
+        loom_attention_decode_args p = {NULL, rand_in(r, rows * qs, -1, 1), NULL, NULL, ld, n, H, KV, hd,
+                                        rows, qs, H * hd + 1, ids_in(r, (n + bl - 1) / bl, nb, 0), bl, bl * ld};
+        p.k = rand_in(r, nb * bl * ld, -1, 1);
+        p.v = rand_in(r, nb * bl * ld, -1, 1);
+        p.out = out_f(r, rows * (H * hd + 1));
+        KCALL(loom_k_attention_decode(be, &p));
         break;
     }
     case LOOM_KERNEL_embedding_forward:

@@ -664,9 +664,23 @@ static void test_attention_decode(loom_backend *be) {
     double *outr = dvec(T * C), *lser = dvec(H * T);
     ref_attention(qkv, NULL, 1, T, H, KV, hd, outr, lser, NULL);
     /* the cache: keys and values of every position, rows of stride `row` (as the q|k|v rows lie) */
-    K(loom_k_attention_decode(be, &(loom_attention_decode_args){out, qkv + (T - 1) * row, qkv + H * hd,
-                                                               qkv + (H + KV) * hd, row, T, H, KV, hd}));
+    K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = out, .q = qkv + (T - 1) * row, .k = qkv + H * hd,
+                                                               .v = qkv + (H + KV) * hd, .ld = row, .n = T, .H = H, .KV = KV, .hd = hd}));
     check_close("attention_decode_equals_last_causal_row", out, outr + (T - 1) * C, C, 5e-6, 1e-5);
+    /* paged: the k|v rows scattered over blocks of 4 in a shuffled order; the last 5 positions as causal
+     * query rows equal the full causal attention's last 5 rows */
+    const int64_t bl = 4, nb = (T + bl - 1) / bl, kvw2 = 2 * KV * hd, rows = 5;
+    int32_t table[8] = {5, 2, 7, 0, 3, 6, 1, 4};
+    float *pool = fvec(8 * bl * kvw2), *outs = fvec(rows * C);
+    for (int64_t j = 0; j < T; j++)
+        memcpy(pool + (table[j / bl] * bl + j % bl) * kvw2, qkv + j * row + H * hd, (size_t)kvw2 * sizeof(float));
+    K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = outs, .q = qkv + (T - rows) * row, .k = pool,
+                                                               .v = pool + KV * hd, .ld = kvw2, .n = T, .H = H, .KV = KV,
+                                                               .hd = hd, .rows = rows, .qs = row, .blocks = table,
+                                                               .block_len = bl, .block_stride = bl * kvw2}));
+    check_close("attention_decode_paged_rows_equal_causal_rows", outs, outr + (T - rows) * C, rows * C, 5e-6, 1e-5);
+    (void)nb;
+    free(pool); free(outs);
     free(qkv); free(out); free(outr); free(lser);
 }
 

@@ -279,12 +279,18 @@ typedef struct {
     const float *out_b, *lse_b;
     int64_t B, T, H, hd;
 } loom_attention_merge_args;
-/* One new position against a key/value cache (generation): out (H*hd) = softmax(q k^T / sqrt(hd)) v for q
- * (H*hd) and the n cached positions of k and v (n rows of stride ld, kv head g at column g*hd). */
+/* New positions against a key/value cache (generation, serving): out = softmax(q k^T / sqrt(hd)) v for each
+ * of `rows` query rows (0 means 1; row r at q + r*qs, its output at out + r*os; qs, os 0 mean H*hd), the
+ * last `rows` of n positions, causal: row r sees positions [0, n - rows + r]. Position j's key is row j of
+ * stride ld (kv head g at column g*hd) or, paged (blocks != NULL, block table in backend memory), row
+ * j % block_len of block blocks[j / block_len], which starts block_stride floats after k; v likewise. */
 typedef struct {
     float *out;
     const float *q, *k, *v;
     int64_t ld, n, H, KV, hd;
+    int64_t rows, qs, os;
+    const int32_t *blocks;
+    int64_t block_len, block_stride;
 } loom_attention_decode_args;
 
 /* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL); tokens (B,T) a buffer of int32. A negative token's
@@ -440,7 +446,7 @@ typedef struct {
     X(attention_block_backward, LOOM_OP_ATTENTION,                                                              \
       (a->causal ? 5.0 : 10.0) * (double)a->B * (double)a->H * (double)a->Tq * (double)a->Tk * (double)a->hd)    \
     X(attention_merge, LOOM_OP_ATTENTION, 0)                                                                    \
-    X(attention_decode, LOOM_OP_ATTENTION, 4.0 * (double)a->H * (double)a->n * (double)a->hd)                   \
+    X(attention_decode, LOOM_OP_ATTENTION, 4.0 * (double)(a->rows > 1 ? a->rows : 1) * (double)a->H * (double)a->n * (double)a->hd)                   \
     X(embedding_forward, LOOM_OP_EMBEDDING, 0)                                                                  \
     X(embedding_backward, LOOM_OP_EMBEDDING, 0)                                                                 \
     X(softmax_cross_entropy, LOOM_OP_LOSS, 0)                                                                   \

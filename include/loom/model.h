@@ -213,6 +213,31 @@ LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, floa
 LOOM_NODISCARD loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t n, float *logits);
 int64_t loom_model_kv_position(const loom_model *m);
 
+/* Paged key/value memory for serving many sequences (vLLM's PagedAttention layout): n_blocks blocks of
+ * block_len positions, each holding every layer's keys and values for them. A sequence's block table says
+ * which block holds its positions [i*block_len, (i+1)*block_len); which blocks are free or shared is the
+ * caller's business (src/serve). loom_kv_pool_block_bytes is one block's size, to size a pool. */
+typedef struct loom_kv_pool loom_kv_pool;
+LOOM_NODISCARD loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, loom_kv_pool **out);
+void loom_kv_pool_free(loom_kv_pool **p);
+size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len);
+int64_t loom_kv_pool_blocks(const loom_kv_pool *p);
+int64_t loom_kv_pool_block_len(const loom_kv_pool *p);
+/* One sequence's part of a cached forward: n new tokens at positions [pos, pos + n), the positions before
+ * them already in its blocks; the block table must cover pos + n positions. */
+typedef struct {
+    const int32_t *tokens;
+    int64_t n, pos;
+    const int32_t *blocks; /* host memory */
+    int logits;            /* 1: the logits after its last token are wanted */
+} loom_kv_segment;
+/* Advances several sequences in one forward: every product runs over all segments' rows together;
+ * positions, RoPE and attention are per segment (causal over the new rows, against the cached ones). Writes
+ * the new keys and values into the blocks, and V logits (host memory) for each segment that wants them, in
+ * segment order. An inference model reserves activations for the rows as needed. Single rank only. */
+LOOM_NODISCARD loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *pool, const loom_kv_segment *segs,
+                                                 int64_t n_segs, float *logits);
+
 const loom_model_config *loom_model_get_config(const loom_model *m);
 loom_backend *loom_model_backend(const loom_model *m);
 /* the flat buffers: backend memory (loom_buf_download / loom_buf_upload to read or write them) */

@@ -858,7 +858,7 @@ static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t
 /* The attention core of layer l: qkv -> atty, lse. */
 static loom_status attention_core_forward(loom_model *m, int64_t l, int64_t B, int64_t T) {
     layer_acts *a = &m->acts[l];
-    if (loom_kv_decoding(m)) return loom_kv_attention(m, l, T);
+    if (loom_kv_decoding(m)) return loom_kv_attention(m, l);
     if (m->sp_size > 1) return ring_attention_forward(m, a, B, T);
     LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse, .qkv = a->qkv, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     return LOOM_OK;
@@ -979,11 +979,8 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
-    if (!gpt) { /* positions from 0, or after a cache's */
-        const float *cos_t = m->rope_cos, *sin_t = m->rope_sin;
-        if (loom_kv_decoding(m)) loom_kv_rope_tables(m, &cos_t, &sin_t);
-        LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = cos_t, .sin_t = sin_t, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
-    }
+    if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
+    else if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, l, B, T));
     LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
@@ -1075,11 +1072,11 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(unit_done(m, 0));
     } else if (embed) {
         HOOK(params_needed, 0, 1);
-        /* this rank's first position (after a cache's) */
-        const int64_t t0 = (int64_t)m->sp_rank * T + (loom_kv_decoding(m) ? loom_kv_first_position(m) : 0);
-        LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->enc, .tokens = tok,
-                                           .wte = P(m->off_wte), .wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) + t0 * C : NULL,
-                                           .B = B, .T = T, .C = C}));
+        const float *wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) : NULL;
+        if (loom_kv_decoding(m)) LOOM_CALL(loom_kv_embed(m, tok, P(m->off_wte), wpe, m->enc)); /* each sequence's positions */
+        else LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->enc, .tokens = tok,
+                                                .wte = P(m->off_wte), .wpe = wpe ? wpe + (int64_t)m->sp_rank * T * C : NULL,
+                                                .B = B, .T = T, .C = C}));
         LOOM_CALL(tp_sum(m, m->enc, N * C));
         LOOM_CALL(unit_done(m, 0));
     } else if (x_in != m->slots[m->slot].chunk_in[k]) {
@@ -1102,9 +1099,12 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     float *lnf_full = m->slots[m->slot].lnf_full;
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
-    if (loom_kv_decoding(m)) /* generation needs the last position's logits only: in row 0 */
-        LOOM_CALL(mm(m, 0, 1, 1, V, C, 1.0f, lnf_full + (N - 1) * C, C, P(m->off_head), C, 0.0f, m->logits, V));
-    else LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
+    if (loom_kv_decoding(m)) { /* generation scores only the rows it samples from: moved to the front */
+        loom_status st;
+        const int64_t rows = loom_kv_logit_rows(m, lnf_full, &st);
+        LOOM_CALL(st);
+        if (rows) LOOM_CALL(mm(m, 0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
+    } else LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
     if (!keep_head) {
         LOOM_CALL(unit_done(m, U_HEAD));
         if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));

@@ -1,39 +1,282 @@
-/* KV-cache decoding through the model's one forward (gpt.c's blocks): a prompt as one batched pass, then one
- * token at a time, the keys and values of past positions kept per layer, so a new token costs O(layers x
- * (params + position x width)) instead of a whole forward pass. While a cached forward runs, the forward asks
- * here for the positions' RoPE tables and for attention (the new keys and values appended, the queries against
- * the cache); its products run in the model's precision (bf16: the weights' bf16 copy). */
+/* Key/value caching through the model's one forward (gpt.c's blocks). The keys and values live in a paged
+ * pool (vLLM's PagedAttention layout): fixed blocks of block_len positions, every layer's keys and values of
+ * a block side by side as in a qkv row, and a block table per sequence saying which block holds its
+ * positions [i*block_len, (i+1)*block_len). One cached forward advances several sequences at once: each
+ * brings a segment of new tokens (a prompt, a chunk of one, or the one token a decode step feeds), all
+ * segments' rows go through every product together, and only positions, RoPE and attention are per segment.
+ * While it runs the forward asks here for the embedding, the RoPE tables and attention, and the head
+ * scores only the rows whose logits are wanted. Single-sequence generation (loom_model_kv_reset/step/prefill)
+ * is the same path with a pool of its own and one segment. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model_impl.h"
 
-struct loom_kv_cache {
-    int64_t max_len, pos;
-    int decoding;               /* 1 while a cached forward runs (the model's forward reads it) */
+struct loom_kv_pool {
+    loom_model *m;
+    int64_t n_blocks, block_len, kvw2; /* kvw2: one position's key and value (2 KV hd floats) */
     size_t bytes;
     float *mem;
-    float *kv;                  /* [L][max_len][2 KV hd]: each position's key then value, as in a qkv row */
-    float *cos_t, *sin_t;       /* (max_len, hd/2) */
+    float *kv;                  /* [L][n_blocks][block_len][kvw2] */
+    float *cos_t, *sin_t;       /* (max_seq_len, hd/2) RoPE tables */
+    int32_t *tables_dev;        /* block tables staged for a backend the host cannot address */
+    int64_t tables_cap;
 };
+
+/* the cached forward in progress: its segments and where each one's rows start */
+typedef struct {
+    loom_kv_pool *pool;
+    const loom_kv_segment *segs;
+    int64_t n_segs, rows;
+    int64_t *row0;
+    const int32_t **tables; /* each segment's block table where the kernels read it */
+} kv_run;
+
+/* a single sequence's cache (loom_model_kv_reset/step/prefill) */
+struct loom_kv_cache {
+    loom_kv_pool *pool;
+    int32_t *table;
+    int64_t max_len, pos;
+};
+
+size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len) {
+    return (size_t)(m->cfg.n_layer * block_len * 2 * m->KV * m->hd) * sizeof(float);
+}
+
+loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, loom_kv_pool **out) {
+    *out = NULL;
+    LOOM_CHECK(m->tp_size == 1 && m->sp_size == 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
+               "generation runs on one rank holding the whole model (this one is cut over tp=%d, sp=%d, or a "
+               "pipeline part); generate from its checkpoint", m->tp_size, m->sp_size);
+    LOOM_CHECK(n_blocks >= 1 && block_len >= 1 && n_blocks <= INT32_MAX, LOOM_ERR_INVALID_ARG,
+               "a key/value pool needs at least one block of at least one position (%lld blocks of %lld)",
+               (long long)n_blocks, (long long)block_len);
+    loom_kv_pool *p = calloc(1, sizeof *p);
+    LOOM_CHECK(p != NULL, LOOM_ERR_NOMEM, "out of memory");
+    const int64_t half = m->hd / 2, T = m->cfg.max_seq_len;
+    p->m = m;
+    p->n_blocks = n_blocks;
+    p->block_len = block_len;
+    p->kvw2 = 2 * m->KV * m->hd;
+    const int64_t cache = m->cfg.n_layer * n_blocks * block_len * p->kvw2, table = (T * half + 15) / 16 * 16;
+    p->bytes = (size_t)(cache + 2 * table) * sizeof(float);
+    loom_status st = loom_buf_alloc(m->be, m->mem, LOOM_MEM_WORKSPACE, p->bytes, (void **)&p->mem);
+    if (st != LOOM_OK) {
+        free(p);
+        loom_error_trace(__FILE__, __LINE__, __func__);
+        return st;
+    }
+    p->kv = p->mem;
+    p->cos_t = p->mem + cache;
+    p->sin_t = p->cos_t + table;
+    *out = p;
+    float *tab = malloc((size_t)(2 * T * half + 1) * sizeof(float)); /* RoPE tables, in double */
+    LOOM_CHECK(tab != NULL, LOOM_ERR_NOMEM, "out of memory");
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t i = 0; i < half; i++) {
+            double inv = pow(m->cfg.rope_theta, -2.0 * (double)i / (double)m->hd);
+            tab[t * half + i] = (float)cos((double)t * inv);
+            tab[(T + t) * half + i] = (float)sin((double)t * inv);
+        }
+    st = loom_buf_upload(m->be, p->cos_t, tab, (size_t)(T * half) * sizeof(float));
+    if (st == LOOM_OK) st = loom_buf_upload(m->be, p->sin_t, tab + T * half, (size_t)(T * half) * sizeof(float));
+    free(tab);
+    return st;
+}
+
+void loom_kv_pool_free(loom_kv_pool **pp) {
+    loom_kv_pool *p = *pp;
+    if (!p) return;
+    loom_buf_free(p->m->be, p->m->mem, LOOM_MEM_WORKSPACE, p->mem, p->bytes);
+    if (p->tables_dev)
+        loom_buf_free(p->m->be, p->m->mem, LOOM_MEM_WORKSPACE, p->tables_dev, (size_t)p->tables_cap * sizeof(int32_t));
+    free(p);
+    *pp = NULL;
+}
+
+int64_t loom_kv_pool_blocks(const loom_kv_pool *p) { return p->n_blocks; }
+int64_t loom_kv_pool_block_len(const loom_kv_pool *p) { return p->block_len; }
+
+/* ---- what the model's forward asks while a cached forward runs (gpt.c) ---- */
+
+int loom_kv_decoding(const loom_model *m) { return m->kv_run != NULL; }
+
+
+/* token rows -> embeddings (+ the positions' wpe rows), segment by segment */
+loom_status loom_kv_embed(loom_model *m, const int32_t *tok, const float *wte, const float *wpe, float *out) {
+    const kv_run *r = (const kv_run *)m->kv_run;
+    for (int64_t s = 0; s < r->n_segs; s++) {
+        const int64_t r0 = r->row0[s], pos = r->segs[s].pos;
+        LOOM_CALL(loom_k_embedding_forward(m->be, &(loom_embedding_forward_args){.out = out + r0 * m->C,
+                                           .tokens = tok + r0, .wte = wte, .wpe = wpe ? wpe + pos * m->C : NULL,
+                                           .B = 1, .T = r->segs[s].n, .C = m->C}));
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_kv_rope(loom_model *m, float *qkv) {
+    const kv_run *r = (const kv_run *)m->kv_run;
+    const int64_t half = m->hd / 2;
+    for (int64_t s = 0; s < r->n_segs; s++) {
+        const int64_t pos = r->segs[s].pos;
+        LOOM_CALL(loom_k_rope(m->be, &(loom_rope_args){.qkv = qkv + r->row0[s] * m->Cq, .cos_t = r->pool->cos_t + pos * half,
+                              .sin_t = r->pool->sin_t + pos * half, .B = 1, .T = r->segs[s].n, .H = m->H,
+                              .KV = m->KV, .hd = m->hd, .inverse = 0}));
+    }
+    return LOOM_OK;
+}
+
+/* Layer l's attention: each segment's new keys and values (after RoPE) into its blocks, then its queries
+ * against its cache. A segment with nothing cached before it is the training forward's causal attention
+ * over its own rows; after cached positions, the decode kernel over the block table. */
+loom_status loom_kv_attention(loom_model *m, int64_t l) {
+    const kv_run *r = (const kv_run *)m->kv_run;
+    const loom_kv_pool *p = r->pool;
+    layer_acts *a = &m->acts[l];
+    const int64_t Ca = m->H * m->hd, bl = p->block_len, kvw2 = p->kvw2;
+    float *layer = p->kv + l * p->n_blocks * bl * kvw2;
+    for (int64_t s = 0; s < r->n_segs; s++) {
+        const loom_kv_segment *sg = &r->segs[s];
+        const int64_t r0 = r->row0[s];
+        for (int64_t t = 0; t < sg->n; t++) { /* k|v lie side by side in a qkv row */
+            const int64_t j = sg->pos + t;
+            LOOM_CALL(loom_buf_copy(m->be, layer + ((int64_t)sg->blocks[j / bl] * bl + j % bl) * kvw2,
+                                    a->qkv + (r0 + t) * m->Cq + Ca, (size_t)kvw2 * sizeof(float)));
+        }
+        if (sg->pos == 0)
+            LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty + r0 * Ca,
+                                               .lse = a->lse, .qkv = a->qkv + r0 * m->Cq, .B = 1, .T = sg->n,
+                                               .H = m->H, .KV = m->KV, .hd = m->hd}));
+        else
+            LOOM_CALL(loom_k_attention_decode(m->be, &(loom_attention_decode_args){.out = a->atty + r0 * Ca,
+                                              .q = a->qkv + r0 * m->Cq, .k = layer, .v = layer + kvw2 / 2,
+                                              .ld = kvw2, .n = sg->pos + sg->n, .H = m->H, .KV = m->KV,
+                                              .hd = m->hd, .rows = sg->n, .qs = m->Cq, .os = Ca,
+                                              .blocks = r->tables[s], .block_len = bl, .block_stride = bl * kvw2}));
+    }
+    return LOOM_OK;
+}
+
+/* Moves the rows whose logits are wanted (each wanting segment's last) to the front of x (rows of C floats,
+ * in order: each goes to a row at or before its own); returns how many. */
+int64_t loom_kv_logit_rows(loom_model *m, float *x, loom_status *st) {
+    const kv_run *r = (const kv_run *)m->kv_run;
+    int64_t n = 0;
+    *st = LOOM_OK;
+    for (int64_t s = 0; s < r->n_segs && *st == LOOM_OK; s++) {
+        if (!r->segs[s].logits) continue;
+        const int64_t row = r->row0[s] + r->segs[s].n - 1;
+        if (row != n) *st = loom_buf_copy(m->be, x + n * m->C, x + row * m->C, (size_t)m->C * sizeof(float));
+        n++;
+    }
+    return n;
+}
+
+/* the segments' block tables where the kernels read them: host memory, or staged into the pool's buffer */
+static loom_status stage_tables(loom_kv_pool *p, const loom_kv_segment *segs, int64_t n_segs, const int32_t **tables) {
+    loom_model *m = p->m;
+    int64_t need = 0;
+    for (int64_t s = 0; s < n_segs; s++) {
+        tables[s] = segs[s].blocks;
+        need += (segs[s].pos + segs[s].n + p->block_len - 1) / p->block_len;
+    }
+    if (loom_backend_host_accessible(m->be)) return LOOM_OK;
+    if (need > p->tables_cap) {
+        if (p->tables_dev)
+            loom_buf_free(m->be, m->mem, LOOM_MEM_WORKSPACE, p->tables_dev, (size_t)p->tables_cap * sizeof(int32_t));
+        p->tables_dev = NULL;
+        p->tables_cap = 0;
+        LOOM_CALL(loom_buf_alloc(m->be, m->mem, LOOM_MEM_WORKSPACE, (size_t)need * sizeof(int32_t), (void **)&p->tables_dev));
+        p->tables_cap = need;
+    }
+    int64_t at = 0;
+    for (int64_t s = 0; s < n_segs; s++) {
+        const int64_t nb = (segs[s].pos + segs[s].n + p->block_len - 1) / p->block_len;
+        LOOM_CALL(loom_buf_upload(m->be, p->tables_dev + at, segs[s].blocks, (size_t)nb * sizeof(int32_t)));
+        tables[s] = p->tables_dev + at;
+        at += nb;
+    }
+    return LOOM_OK;
+}
+
+static loom_status check_segments(loom_model *m, const loom_kv_pool *p, const loom_kv_segment *segs, int64_t n_segs,
+                                  int64_t *rows, int64_t *n_logits) {
+    *rows = *n_logits = 0;
+    LOOM_CHECK(n_segs >= 1, LOOM_ERR_INVALID_ARG, "a cached forward needs at least one segment");
+    for (int64_t s = 0; s < n_segs; s++) {
+        const loom_kv_segment *sg = &segs[s];
+        LOOM_CHECK(sg->n >= 1 && sg->pos >= 0 && sg->pos + sg->n <= m->cfg.max_seq_len && sg->blocks, LOOM_ERR_INVALID_ARG,
+                   "segment %lld: %lld new tokens after %lld cached ones (the context is %lld positions)",
+                   (long long)s, (long long)sg->n, (long long)sg->pos, (long long)m->cfg.max_seq_len);
+        for (int64_t i = 0; i < sg->n; i++)
+            LOOM_CHECK(sg->tokens[i] >= 0 && sg->tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
+                       "token %d is outside the vocabulary [0, %lld)", sg->tokens[i], (long long)m->V);
+        for (int64_t i = 0; i < (sg->pos + sg->n + p->block_len - 1) / p->block_len; i++)
+            LOOM_CHECK(sg->blocks[i] >= 0 && sg->blocks[i] < p->n_blocks, LOOM_ERR_INVALID_ARG,
+                       "segment %lld: block %d is outside the pool's %lld", (long long)s, sg->blocks[i],
+                       (long long)p->n_blocks);
+        *rows += sg->n;
+        *n_logits += sg->logits != 0;
+    }
+    return LOOM_OK;
+}
+
+loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_segment *segs, int64_t n_segs,
+                                  float *logits) {
+    LOOM_CHECK(p && p->m == m, LOOM_ERR_INVALID_ARG, "the key/value pool belongs to another model");
+    int64_t rows, n_logits;
+    LOOM_CALL(check_segments(m, p, segs, n_segs, &rows, &n_logits));
+    if (!m->act_mem || m->cap_B * m->cap_T < rows) {
+        LOOM_CHECK(!m->has_grads || !m->act_mem, LOOM_ERR_INVALID_ARG,
+                   "%lld rows in one cached forward exceed the %lld the training model's activations hold",
+                   (long long)rows, (long long)(m->cap_B * m->cap_T));
+        LOOM_CALL(loom_model_reserve(m, 1, rows, LOOM_RECOMPUTE_NONE));
+    }
+    int32_t *tokens = malloc((size_t)rows * sizeof(int32_t));
+    int64_t *row0 = malloc((size_t)n_segs * sizeof(int64_t));
+    const int32_t **tables = malloc((size_t)n_segs * sizeof(*tables));
+    loom_status st = tokens && row0 && tables ? LOOM_OK : LOOM_ERR_NOMEM;
+    if (st != LOOM_OK) loom_error_set(st, __FILE__, __LINE__, __func__, "out of memory");
+    for (int64_t s = 0, at = 0; st == LOOM_OK && s < n_segs; at += segs[s].n, s++) {
+        row0[s] = at;
+        memcpy(tokens + at, segs[s].tokens, (size_t)segs[s].n * sizeof(int32_t));
+    }
+    if (st == LOOM_OK) st = stage_tables(p, segs, n_segs, tables);
+    if (st == LOOM_OK) {
+        kv_run run = {p, segs, n_segs, rows, row0, tables};
+        const loom_model_hooks hooks = m->hooks; /* the sequences are this rank's alone, parameters resident */
+        memset(&m->hooks, 0, sizeof m->hooks);
+        m->kv_run = &run;
+        st = loom_model_forward(m, tokens, NULL, 1, rows, NULL);
+        m->kv_run = NULL;
+        m->hooks = hooks;
+    }
+    if (st == LOOM_OK && logits && n_logits)
+        st = loom_buf_download(m->be, logits, m->logits, (size_t)(n_logits * m->V) * sizeof(float));
+    free(tokens);
+    free(row0);
+    free(tables);
+    if (st != LOOM_OK) loom_error_trace(__FILE__, __LINE__, __func__);
+    return st;
+}
+
+/* ---- one sequence (loom generate): a pool of its own whose blocks are the positions in order ---- */
 
 void loom_kv_cache_free(loom_model *m) {
     if (!m->kv) return;
-    loom_buf_free(m->be, m->mem, LOOM_MEM_WORKSPACE, m->kv->mem, m->kv->bytes);
+    loom_kv_pool_free(&m->kv->pool);
+    free(m->kv->table);
     free(m->kv);
     m->kv = NULL;
 }
 
+#define SOLO_BLOCK 64
+
 loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
-    LOOM_CHECK(m->tp_size == 1 && m->sp_size == 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
-               "generation runs on one rank holding the whole model (this one is cut over tp=%d, sp=%d, or a "
-               "pipeline part); generate from its "
-               "checkpoint", m->tp_size, m->sp_size);
     LOOM_CHECK(max_len >= 1 && max_len <= m->cfg.max_seq_len, LOOM_ERR_INVALID_ARG,
                "generation length %lld must be in [1, max_seq_len=%lld]", (long long)max_len,
                (long long)m->cfg.max_seq_len);
-    if (!m->act_mem) LOOM_CALL(loom_model_reserve(m, 1, 1, LOOM_RECOMPUTE_NONE)); /* a step's activations */
     if (m->kv && m->kv->max_len >= max_len) {
         m->kv->pos = 0;
         return LOOM_OK;
@@ -41,92 +284,41 @@ loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
     loom_kv_cache_free(m);
     struct loom_kv_cache *kv = calloc(1, sizeof *kv);
     LOOM_CHECK(kv != NULL, LOOM_ERR_NOMEM, "out of memory");
-    const int64_t L = m->cfg.n_layer, kvw = m->KV * m->hd, half = m->hd / 2;
-    const int64_t cache = L * max_len * 2 * kvw, table = (max_len * half + 15) / 16 * 16;
-    kv->bytes = (size_t)(cache + 2 * table) * sizeof(float);
-    loom_status st = loom_buf_alloc(m->be, m->mem, LOOM_MEM_WORKSPACE, kv->bytes, (void **)&kv->mem);
+    const int64_t nb = (max_len + SOLO_BLOCK - 1) / SOLO_BLOCK;
+    kv->table = malloc((size_t)nb * sizeof(int32_t));
+    if (!kv->table) {
+        free(kv);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
+    }
+    loom_status st = loom_kv_pool_create(m, nb, SOLO_BLOCK, &kv->pool);
     if (st != LOOM_OK) {
+        free(kv->table);
         free(kv);
         loom_error_trace(__FILE__, __LINE__, __func__);
         return st;
     }
-    kv->kv = kv->mem;
-    kv->cos_t = kv->mem + cache;
-    kv->sin_t = kv->cos_t + table;
+    for (int64_t i = 0; i < nb; i++) kv->table[i] = (int32_t)i;
     kv->max_len = max_len;
     m->kv = kv;
-    float *tab = malloc((size_t)(2 * max_len * half) * sizeof(float)); /* RoPE tables, in double */
-    LOOM_CHECK(tab != NULL, LOOM_ERR_NOMEM, "out of memory");
-    for (int64_t t = 0; t < max_len; t++)
-        for (int64_t i = 0; i < half; i++) {
-            double inv = pow(m->cfg.rope_theta, -2.0 * (double)i / (double)m->hd);
-            tab[t * half + i] = (float)cos((double)t * inv);
-            tab[(max_len + t) * half + i] = (float)sin((double)t * inv);
-        }
-    st = loom_buf_upload(m->be, kv->cos_t, tab, (size_t)(max_len * half) * sizeof(float));
-    if (st == LOOM_OK) st = loom_buf_upload(m->be, kv->sin_t, tab + max_len * half, (size_t)(max_len * half) * sizeof(float));
-    free(tab);
-    return st;
+    return LOOM_OK;
 }
 
 int64_t loom_model_kv_position(const loom_model *m) { return m->kv ? m->kv->pos : 0; }
 
-/* ---- what the model's forward asks while a cached forward runs (gpt.c) ---- */
-
-int loom_kv_decoding(const loom_model *m) { return m->kv && m->kv->decoding; }
-int64_t loom_kv_first_position(const loom_model *m) { return m->kv->pos; }
-
-void loom_kv_rope_tables(const loom_model *m, const float **cos_t, const float **sin_t) {
-    const int64_t half = m->hd / 2;
-    *cos_t = m->kv->cos_t + m->kv->pos * half;
-    *sin_t = m->kv->sin_t + m->kv->pos * half;
-}
-
-/* Layer l's attention for T new positions: their keys and values (after RoPE) appended to the cache, then
- * the queries against every cached position. Into an empty cache it is the training forward's causal
- * attention over the T tokens; after that one position at a time over the cache (attention_decode). */
-loom_status loom_kv_attention(loom_model *m, int64_t l, int64_t T) {
-    struct loom_kv_cache *kv = m->kv;
-    layer_acts *a = &m->acts[l];
-    const int64_t Ca = m->H * m->hd, kvw = m->KV * m->hd, pos = kv->pos;
-    float *cache = kv->kv + l * kv->max_len * 2 * kvw;
-    LOOM_CHECK(pos == 0 || T == 1, LOOM_ERR_UNSUPPORTED,
-               "several new positions (%lld) after %lld cached ones: one at a time (loom_model_kv_prefill does)",
-               (long long)T, (long long)pos);
-    for (int64_t t = 0; t < T; t++) /* k|v lie side by side in a qkv row */
-        LOOM_CALL(loom_buf_copy(m->be, cache + (pos + t) * 2 * kvw, a->qkv + t * m->Cq + Ca,
-                                (size_t)(2 * kvw) * sizeof(float)));
-    if (pos == 0)
-        return loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse,
-                                        .qkv = a->qkv, .B = 1, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd});
-    return loom_k_attention_decode(m->be, &(loom_attention_decode_args){.out = a->atty, .q = a->qkv, .k = cache,
-                                   .v = cache + kvw, .ld = 2 * kvw, .n = pos + 1, .H = m->H, .KV = m->KV,
-                                   .hd = m->hd});
-}
-
-/* T tokens through the model's one forward with the cache (no parallel hooks: the sequence is this rank's
- * alone, with its parameters resident); the logits of the last go to host memory */
-static loom_status cached_forward(loom_model *m, const int32_t *tokens, int64_t T, float *logits) {
+/* n tokens of the one sequence through a cached forward; the logits of the last to host memory */
+static loom_status solo_forward(loom_model *m, const int32_t *tokens, int64_t n, float *logits) {
     struct loom_kv_cache *kv = m->kv;
     LOOM_CHECK(kv != NULL, LOOM_ERR_INVALID_ARG, "call loom_model_kv_reset before feeding tokens");
-    LOOM_CHECK(kv->pos + T <= kv->max_len, LOOM_ERR_INVALID_ARG, "the sequence is full (%lld positions)",
+    LOOM_CHECK(kv->pos + n <= kv->max_len, LOOM_ERR_INVALID_ARG, "the sequence is full (%lld positions)",
                (long long)kv->max_len);
-    for (int64_t i = 0; i < T; i++)
-        LOOM_CHECK(tokens[i] >= 0 && tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
-                   "token %d is outside the vocabulary [0, %lld)", tokens[i], (long long)m->V);
-    const loom_model_hooks hooks = m->hooks;
-    memset(&m->hooks, 0, sizeof m->hooks);
-    kv->decoding = 1;
-    loom_status st = loom_model_forward(m, tokens, NULL, 1, T, NULL);
-    kv->decoding = 0;
-    m->hooks = hooks;
-    LOOM_CALL(st);
-    kv->pos += T;
-    return loom_buf_download(m->be, logits, m->logits, (size_t)m->V * sizeof(float));
+    const loom_kv_segment seg = {.tokens = tokens, .n = n, .pos = kv->pos, .blocks = kv->table, .logits = 1};
+    LOOM_CALL(loom_model_kv_forward(m, kv->pool, &seg, 1, logits));
+    kv->pos += n;
+    return LOOM_OK;
 }
 
 loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits) {
-    return cached_forward(m, &token, 1, logits);
+    return solo_forward(m, &token, 1, logits);
 }
 
 loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t n, float *logits) {
@@ -134,11 +326,8 @@ loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t 
     LOOM_CHECK(n >= 1, LOOM_ERR_INVALID_ARG, "a prefill needs at least one token");
     /* one pass where the activations allow it: an inference model reserves them, a training model's
      * (sampling between steps) are used only as far as they reach */
-    const int fits = m->act_mem && m->cap_B >= 1 && m->cap_T >= n;
-    if (m->kv->pos == 0 && (fits || !m->has_grads)) {
-        if (!fits) LOOM_CALL(loom_model_reserve(m, 1, n, LOOM_RECOMPUTE_NONE));
-        return cached_forward(m, tokens, n, logits);
-    }
-    for (int64_t i = 0; i < n; i++) LOOM_CALL(cached_forward(m, tokens + i, 1, logits));
+    if (!m->has_grads || (m->act_mem && m->cap_B * m->cap_T >= n)) return solo_forward(m, tokens, n, logits);
+    const int64_t chunk = m->act_mem ? m->cap_B * m->cap_T : 1;
+    for (int64_t i = 0; i < n; i += chunk) LOOM_CALL(solo_forward(m, tokens + i, n - i < chunk ? n - i : chunk, logits));
     return LOOM_OK;
 }

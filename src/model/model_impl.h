@@ -98,16 +98,18 @@ struct loom_model {
     float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int64_t last_B, last_T;
-    struct loom_kv_cache *kv; /* generation state (kvcache.c), NULL until used */
+    struct loom_kv_cache *kv; /* single-sequence generation state (kvcache.c), NULL until used */
+    const void *kv_run;       /* the cached forward in progress (kvcache.c), NULL otherwise */
 };
 
 void loom_kv_cache_free(loom_model *m);
-/* While a cached forward runs (kvcache.c): the forward's positions start at loom_kv_first_position, RoPE
- * reads loom_kv_rope_tables, attention is loom_kv_attention (the new keys and values into the cache, the
- * queries against it), and the head scores only the last position. */
+/* While a cached forward runs (kvcache.c) its rows are segments of several sequences: the embedding, RoPE
+ * and attention go segment by segment through these, and the head scores only the rows loom_kv_logit_rows
+ * moves to the front. */
 int loom_kv_decoding(const loom_model *m);
-int64_t loom_kv_first_position(const loom_model *m);
-void loom_kv_rope_tables(const loom_model *m, const float **cos_t, const float **sin_t);
-LOOM_NODISCARD loom_status loom_kv_attention(loom_model *m, int64_t l, int64_t T);
+LOOM_NODISCARD loom_status loom_kv_embed(loom_model *m, const int32_t *tok, const float *wte, const float *wpe, float *out);
+LOOM_NODISCARD loom_status loom_kv_rope(loom_model *m, float *qkv);
+LOOM_NODISCARD loom_status loom_kv_attention(loom_model *m, int64_t l);
+int64_t loom_kv_logit_rows(loom_model *m, float *x, loom_status *st);
 
 #endif

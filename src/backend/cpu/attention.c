@@ -186,38 +186,55 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
     return LOOM_OK;
 }
 
-/* One query position against n cached ones: per head, scores, a max-subtracted softmax, the weighted sum of
- * values (heads in parallel; each head's arithmetic in a fixed order). */
+/* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
+ * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order). */
+static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
+    if (!a->blocks) return j * a->ld;
+    return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
+}
+
 loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
     (void)be;
-    const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, ld = a->ld;
-    float *scores = malloc((size_t)(H * n) * sizeof(float));
-    LOOM_CHECK(scores != NULL, LOOM_ERR_NOMEM, "out of memory for %lld attention scores", (long long)(H * n));
-    const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(static) if (H * n * hd > 65536)
-    for (int64_t h = 0; h < H; h++) {
-        const float *q = a->q + h * hd;
-        const int64_t off = (h / group) * hd;
-        float *s = scores + h * n, mx = -INFINITY;
-        for (int64_t j = 0; j < n; j++) {
-            const float *k = a->k + j * ld + off;
-            float d = 0.0f;
-            for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
-            s[j] = d * scale;
-            mx = s[j] > mx ? s[j] : mx;
-        }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n; j++) {
-            s[j] = expf(s[j] - mx);
-            sum += s[j];
-        }
-        float *o = a->out + h * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t j = 0; j < n; j++) {
-            const float *v = a->v + j * ld + off, w = s[j] / sum;
-            for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
-        }
+    const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, rows = a->rows > 1 ? a->rows : 1;
+    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd;
+    LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
+               (long long)n);
+    int64_t *off = malloc((size_t)n * sizeof(int64_t));
+    float *scores = malloc((size_t)(rows * H * n) * sizeof(float));
+    if (!off || !scores) {
+        free(off);
+        free(scores);
+        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld attention scores",
+                              (long long)(rows * H * n));
     }
+    for (int64_t j = 0; j < n; j++) off[j] = decode_row_offset(a, j);
+    const float scale = 1.0f / sqrtf((float)hd);
+#pragma omp parallel for schedule(static) collapse(2) if (rows * H * n * hd > 65536)
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t h = 0; h < H; h++) {
+            const float *q = a->q + r * qs + h * hd;
+            const int64_t kvo = (h / group) * hd, seen = n - rows + r + 1;
+            float *s = scores + (r * H + h) * n, mx = -INFINITY;
+            for (int64_t j = 0; j < seen; j++) {
+                const float *k = a->k + off[j] + kvo;
+                float d = 0.0f;
+                for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
+                s[j] = d * scale;
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < seen; j++) {
+                s[j] = expf(s[j] - mx);
+                sum += s[j];
+            }
+            float *o = a->out + r * os + h * hd;
+            memset(o, 0, (size_t)hd * sizeof(float));
+            for (int64_t j = 0; j < seen; j++) {
+                const float *v = a->v + off[j] + kvo, w = s[j] / sum;
+                for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
+            }
+        }
+    free(off);
     free(scores);
     return LOOM_OK;
 }

@@ -424,17 +424,24 @@ extern "C" loom_status loom_cuda_attention_merge(loom_backend *be, const loom_at
     return LOOM_OK;
 }
 
-/* ---- decode: one query against n cached positions; one block per head ---- */
+/* ---- decode: query rows against n cached positions (paged or not); one block per (row, head) ---- */
 
-__global__ void attention_decode_kernel(float *out, const float *q, const float *k, const float *v, int64_t ld,
-                                        int64_t n, int64_t group, int64_t hd, float scale, float *scores) {
+__device__ int64_t decode_row_offset(const int32_t *blocks, int64_t block_len, int64_t block_stride, int64_t ld,
+                                     int64_t j) {
+    if (!blocks) return j * ld;
+    return (int64_t)blocks[j / block_len] * block_stride + (j % block_len) * ld;
+}
+
+__global__ void attention_decode_kernel(loom_attention_decode_args a, int64_t rows, int64_t qs, int64_t os,
+                                        int64_t group, float scale, float *scores) {
     __shared__ float sh[32];
-    const int64_t h = blockIdx.x, off = (h / group) * hd;
-    const float *qh = q + h * hd;
-    float *s = scores + h * n;
+    const int64_t r = blockIdx.x / a.H, h = blockIdx.x % a.H, hd = a.hd, off = (h / group) * hd;
+    const int64_t seen = a.n - rows + r + 1;
+    const float *qh = a.q + r * qs + h * hd;
+    float *s = scores + (r * a.H + h) * a.n;
     float mx = -INFINITY;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
-        const float *kj = k + j * ld + off;
+    for (int64_t j = threadIdx.x; j < seen; j += blockDim.x) {
+        const float *kj = a.k + decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off;
         float d = 0.0f;
         for (int64_t i = 0; i < hd; i++) d += qh[i] * kj[i];
         s[j] = d * scale;
@@ -442,30 +449,30 @@ __global__ void attention_decode_kernel(float *out, const float *q, const float 
     }
     mx = block_max(mx, sh);
     float sum = 0.0f;
-    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < seen; j += blockDim.x) {
         s[j] = expf(s[j] - mx);
         sum += s[j];
     }
     sum = block_sum(sum, sh); /* also orders every thread's s[] writes before the reads below */
     for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
         float o = 0.0f;
-        for (int64_t j = 0; j < n; j++) o += (s[j] / sum) * v[j * ld + off + i];
-        out[h * hd + i] = o;
+        for (int64_t j = 0; j < seen; j++)
+            o += (s[j] / sum) * a.v[decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off + i];
+        a.out[r * os + h * hd + i] = o;
     }
 }
 
 extern "C" loom_status loom_cuda_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
+    const int64_t rows = a->rows > 1 ? a->rows : 1, qs = a->qs ? a->qs : a->H * a->hd, os = a->os ? a->os : a->H * a->hd;
     if (a->H <= 0 || a->hd <= 0) return LOOM_OK;
-    if (a->n <= 0) {
-        LOOM_CALL_CUDA(cudaMemsetAsync(a->out, 0, (size_t)(a->H * a->hd) * sizeof(float), loom_cuda_of(be)->stream));
-        return LOOM_OK;
-    }
+    LOOM_CHECK(a->n >= rows, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
+               (long long)a->n);
     LOOM_CHECK(a->KV >= 1 && a->H % a->KV == 0, LOOM_ERR_INVALID_ARG, "attention: %lld query heads over %lld kv heads",
                (long long)a->H, (long long)a->KV);
     float *scores;
-    LOOM_CALL(loom_cuda_workspace(be, (size_t)(a->H * a->n) * sizeof(float), (void **)&scores));
-    attention_decode_kernel<<<(unsigned)a->H, LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->q, a->k, a->v, a->ld, a->n, a->H / a->KV, a->hd, 1.0f / sqrtf((float)a->hd), scores);
+    LOOM_CALL(loom_cuda_workspace(be, (size_t)(rows * a->H * a->n) * sizeof(float), (void **)&scores));
+    attention_decode_kernel<<<(unsigned)(rows * a->H), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
+        *a, rows, qs, os, a->H / a->KV, 1.0f / sqrtf((float)a->hd), scores);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
