@@ -8,7 +8,7 @@
 #                               Node.js binding (npm; the GGUF export test's reference)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2 libdnnl-dev)
+pkgs=(build-essential cmake pkg-config libopenblas0-openmp libopenblas-dev fortunes gnuplot-nox libopenmpi-dev openmpi-bin iproute2 libdnnl-dev libevent-dev)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(python3 python3-torch python3-numpy valgrind libtcmalloc-minimal4 slurmctld slurmd slurm-client munge)
 fi
@@ -34,4 +34,8 @@ fi
 # llama.cpp (node-llama-cpp's prebuilt CPU binary): the reference the GGUF export test runs exported models in
 if [[ "${1:-}" == "--test" && -x scripts/fetch_llama_cpp.sh ]]; then
   scripts/fetch_llama_cpp.sh build/peers/llama-cpp || echo "setup: warning: could not install node-llama-cpp (the GGUF test will be skipped)" >&2
+fi
+# OpenAI's official Node.js client (npm openai, pinned): the client the `loom serve` test drives the server with
+if [[ "${1:-}" == "--test" && -x scripts/fetch_openai_client.sh ]]; then
+  scripts/fetch_openai_client.sh build/peers/openai || echo "setup: warning: could not install the openai npm package (the serve test's client checks will be skipped)" >&2
 fi

@@ -11,6 +11,7 @@ int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
 int loom_cmd_ckpt(int argc, char **argv);
 int loom_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
+int loom_cmd_serve(int argc, char **argv);     /* cmd_serve.c */
 int loom_cmd_tokenizer(int argc, char **argv); /* cmd_tokenizer.c */
 int loom_cmd_data(int argc, char **argv);      /* cmd_data.c */
 int loom_cmd_export(int argc, char **argv);    /* cmd_hf.c */

@@ -17,6 +17,7 @@ static void usage(FILE *f) {
             "  bench        benchmarks: `bench peak` measures this machine's fp32 GEMM peak\n"
             "  ckpt         inspect a checkpoint: `ckpt info DIR|FILE`\n"
             "  generate     sample text from a checkpoint (KV cache, temperature, top-k, top-p)\n"
+            "  serve        an OpenAI-compatible HTTP server (continuous batching, paged KV cache, streaming)\n"
             "  tokenizer    encode, decode, train a tokenizer\n"
             "  data         prepare token shards from text\n"
             "  export       write a checkpoint as Hugging Face safetensors, or GGUF for llama.cpp\n"
@@ -75,6 +76,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bench")) return loom_cmd_bench(sub_argc, sub_argv);
     if (!strcmp(cmd, "ckpt")) return loom_cmd_ckpt(sub_argc, sub_argv);
     if (!strcmp(cmd, "generate")) return loom_cmd_generate(sub_argc, sub_argv);
+    if (!strcmp(cmd, "serve")) return loom_cmd_serve(sub_argc, sub_argv);
     if (!strcmp(cmd, "tokenizer")) return loom_cmd_tokenizer(sub_argc, sub_argv);
     if (!strcmp(cmd, "data")) return loom_cmd_data(sub_argc, sub_argv);
     if (!strcmp(cmd, "export")) return loom_cmd_export(sub_argc, sub_argv);

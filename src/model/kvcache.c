@@ -227,12 +227,16 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
     LOOM_CHECK(p && p->m == m, LOOM_ERR_INVALID_ARG, "the key/value pool belongs to another model");
     int64_t rows, n_logits;
     LOOM_CALL(check_segments(m, p, segs, n_segs, &rows, &n_logits));
-    if (!m->act_mem || m->cap_B * m->cap_T < rows) {
+    /* the rows go through the forward as one sequence of the reserved shape, or as a batch of one-token
+     * sequences (positions and attention come from the segments either way) */
+    int64_t B = 1, T = rows;
+    if (!m->act_mem || (rows > m->cap_T && rows > m->cap_B)) {
         LOOM_CHECK(!m->has_grads || !m->act_mem, LOOM_ERR_INVALID_ARG,
-                   "%lld rows in one cached forward exceed the %lld the training model's activations hold",
-                   (long long)rows, (long long)(m->cap_B * m->cap_T));
-        LOOM_CALL(loom_model_reserve(m, 1, rows, LOOM_RECOMPUTE_NONE));
+                   "%lld rows in one cached forward exceed what the training model's activations hold (%lld)",
+                   (long long)rows, (long long)(m->cap_T > m->cap_B ? m->cap_T : m->cap_B));
+        LOOM_CALL(loom_model_reserve(m, rows, 1, LOOM_RECOMPUTE_NONE));
     }
+    if (rows > m->cap_T) B = rows, T = 1;
     int32_t *tokens = malloc((size_t)rows * sizeof(int32_t));
     int64_t *row0 = malloc((size_t)n_segs * sizeof(int64_t));
     const int32_t **tables = malloc((size_t)n_segs * sizeof(*tables));
@@ -248,7 +252,7 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
         const loom_model_hooks hooks = m->hooks; /* the sequences are this rank's alone, parameters resident */
         memset(&m->hooks, 0, sizeof m->hooks);
         m->kv_run = &run;
-        st = loom_model_forward(m, tokens, NULL, 1, rows, NULL);
+        st = loom_model_forward(m, tokens, NULL, B, T, NULL);
         m->kv_run = NULL;
         m->hooks = hooks;
     }
@@ -326,8 +330,8 @@ loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t 
     LOOM_CHECK(n >= 1, LOOM_ERR_INVALID_ARG, "a prefill needs at least one token");
     /* one pass where the activations allow it: an inference model reserves them, a training model's
      * (sampling between steps) are used only as far as they reach */
-    if (!m->has_grads || (m->act_mem && m->cap_B * m->cap_T >= n)) return solo_forward(m, tokens, n, logits);
-    const int64_t chunk = m->act_mem ? m->cap_B * m->cap_T : 1;
+    const int64_t chunk = !m->act_mem ? 1 : m->cap_T > m->cap_B ? m->cap_T : m->cap_B;
+    if (!m->has_grads || n <= chunk) return solo_forward(m, tokens, n, logits);
     for (int64_t i = 0; i < n; i += chunk) LOOM_CALL(solo_forward(m, tokens + i, n - i < chunk ? n - i : chunk, logits));
     return LOOM_OK;
 }
