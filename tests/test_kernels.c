@@ -182,8 +182,9 @@ static void test_matmul_case(loom_backend *be, const char *tag, int ta, int tb, 
 }
 
 static void test_matmul(loom_backend *be, const char *tag) {
-    static const int64_t shapes[][3] = {{37, 53, 71}, {1, 53, 71}, {37, 1, 71}, {5, 3, 1}};
-    for (int s = 0; s < 4; s++)
+    /* NT with up to 32 rows runs the few-rows kernel (decoding a batch): partial 4x4 tiles, a K tail, none */
+    static const int64_t shapes[][3] = {{37, 53, 71}, {1, 53, 71}, {37, 1, 71}, {5, 3, 1}, {13, 53, 71}, {8, 8, 64}};
+    for (int s = 0; s < 6; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++) {
                 int64_t M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
@@ -893,15 +894,15 @@ static void test_matmul_bf16(loom_backend *be) {
     for (int i = 0; i < 5; i++) ok &= bf16_value(h[i]) == want[i];
     ok &= isnan(bf16_value(h[5]));
     report("f32_to_bf16 rounding (nearest, ties to even; NaN kept)", ok, 0, 0);
-    /* a small product, one row (NT: the AVX512_BF16 gemv where the CPU has it; K = 70 leaves a tail), then
+    /* a small product, one row and 13 rows (NT: the few-rows kernel where the CPU has AVX512_BF16; K = 70 leaves a tail), then
      * one with M and one with K past the backend's piece length (16384: oneDNN runs them in pieces, the K
      * pieces summed into C); fp32 sums of 16500 terms: a looser tolerance */
-    const int64_t shapes[4][3] = {{37, 45, 70}, {1, 45, 70}, {16500, 9, 20}, {5, 7, 16500}};
-    for (int sh = 0; sh < 4; sh++)
+    const int64_t shapes[6][3] = {{37, 45, 70}, {1, 45, 70}, {16500, 9, 20}, {5, 7, 16500}, {13, 45, 70}, {8, 8, 64}};
+    for (int sh = 0; sh < 6; sh++)
     for (int ta = 0; ta < 2; ta++)
         for (int tb = 0; tb < 2; tb++) {
             const int64_t M = shapes[sh][0], N = shapes[sh][1], K = shapes[sh][2];
-            const double tol = sh >= 2 ? 1e-4 : 1e-5;
+            const double tol = sh == 2 || sh == 3 ? 1e-4 : 1e-5;
             float *a = fvec(M * K), *b = fvec(K * N), *c = fvec(M * N);
             double *ref = dvec(M * N);
             uint16_t *a16 = malloc((size_t)(M * K) * 2), *b16 = malloc((size_t)(K * N) * 2);

@@ -218,6 +218,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
             for (int64_t j = 0; j < seen; j++) {
                 const float *k = a->k + off[j] + kvo;
                 float d = 0.0f;
+#pragma omp simd reduction(+ : d)
                 for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
                 s[j] = d * scale;
                 mx = s[j] > mx ? s[j] : mx;
@@ -231,6 +232,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
             memset(o, 0, (size_t)hd * sizeof(float));
             for (int64_t j = 0; j < seen; j++) {
                 const float *v = a->v + off[j] + kvo, w = s[j] / sum;
+#pragma omp simd
                 for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
             }
         }

@@ -53,13 +53,17 @@ void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int6
                     int64_t ldc) {
     cpu_blas *blas = be->blas;
     if (M == 0 || N == 0) return;
+    if (!ta && tb && M <= loom_cpu_fewrows_max() && K > 0 && loom_cpu_fewrows_supported(0)) {
+        loom_cpu_fewrows_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); /* decoding: see fewrows.c */
+        return;
+    }
     /* BLAS takes int sizes: split along M (rows of C) where a dimension would not fit. The model's
      * sizes are far below 2^31; K and N over 2^31 are refused at model construction. */
     const int64_t max_int = 0x7fffffff;
     if (blas && blas->sgemm && K <= max_int && N <= max_int && lda <= max_int && ldb <= max_int &&
         ldc <= max_int) {
-        if (M == 1 && blas->sgemv) { /* one row (decoding a token): OpenBLAS 0.3.21's sgemm packs the whole
-                                      * weight for it; its gemv streams it once */
+        if (M == 1 && blas->sgemv) { /* one row without the few-rows kernel (no AVX-512): OpenBLAS 0.3.21's
+                                      * sgemm packs the whole weight for it; its gemv streams it once */
             const int inc_a = ta ? (int)lda : 1;
             if (tb) blas->sgemv(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, (int)N, (int)K, alpha, B, (int)ldb, A, inc_a, beta, C, 1);
             else blas->sgemv(CBLAS_ROW_MAJOR, CBLAS_TRANS, (int)K, (int)N, alpha, B, (int)ldb, A, inc_a, beta, C, 1);

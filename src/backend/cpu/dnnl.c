@@ -282,43 +282,12 @@ static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, 
     return LOOM_OK;
 }
 
-/* One row against a weight stored [N, K] (decoding a token): y = alpha W x (+ beta y). oneDNN's kernels
- * reach ~20-45 GB/s on it, below fp32's gemv (measured, Zen 5, 2 threads); this streams each weight row once
- * through AVX512_BF16's dot product (bf16 pairs, fp32 sums), rows split over the threads. */
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define LOOM_BF16_GEMV 1
-__attribute__((target("avx512f,avx512bf16"))) static void gemv_bf16(int64_t N, int64_t K, float alpha,
-                                                                    const uint16_t *x, const uint16_t *W,
-                                                                    int64_t ldw, float beta, float *y) {
-#pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const uint16_t *w = W + n * ldw;
-        __m512 acc = _mm512_setzero_ps();
-        int64_t k = 0;
-        for (; k + 32 <= K; k += 32)
-            acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(w + k), (__m512bh)_mm512_loadu_si512(x + k));
-        float sum = _mm512_reduce_add_ps(acc);
-        for (; k < K; k++) {
-            const uint32_t a = (uint32_t)w[k] << 16, b = (uint32_t)x[k] << 16;
-            float fa, fb;
-            memcpy(&fa, &a, 4);
-            memcpy(&fb, &b, 4);
-            sum += fa * fb;
-        }
-        y[n] = alpha * sum + (beta != 0.0f ? beta * y[n] : 0.0f);
-    }
-}
-#endif
 
 loom_status loom_cpu_matmul_bf16(loom_backend *be, const loom_matmul_bf16_args *a) {
-#ifdef LOOM_BF16_GEMV
-    static int has_bf16 = -1;
-    if (has_bf16 < 0) has_bf16 = __builtin_cpu_supports("avx512bf16") != 0;
-    if (a->M == 1 && !a->trans_a && a->trans_b && has_bf16 && be->bf16) {
-        gemv_bf16(a->N, a->K, a->alpha, a->A, a->B, a->ldb, a->beta, a->C);
+    if (a->M <= loom_cpu_fewrows_max() && !a->trans_a && a->trans_b && a->K > 0 && loom_cpu_fewrows_supported(1)) {
+        /* decoding: oneDNN reaches 20-45 GB/s on a few rows (fewrows.c) */
+        loom_cpu_fewrows_bf16(a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
         return LOOM_OK;
     }
-#endif
     return cpu_matmul_bf16(be, a->trans_a, a->trans_b, a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
 }
