@@ -4,8 +4,9 @@
 // expected greedy texts with `loom generate` and runs this.
 //   node serve_openai.mjs OPENAI_DIR BASE_URL API_KEY CASES.json
 // CASES.json: {"model": NAME, "completion": {prompt, max_tokens, text, prompt_tokens}, "length": {...same},
-//              "stop": {prompt, max_tokens, stop, text, prompt_tokens}, "chat": {messages, max_tokens}}
-// where text is the greedy continuation (`loom generate --temperature 0`), cut before the stop string for "stop".
+//              "stop": {prompt, max_tokens, stop, text, prompt_tokens}, "chat": {messages, max_tokens, text,
+//              prompt_tokens}} where text is the greedy continuation (`loom generate --temperature 0`), cut before
+// the stop string for "stop", and for "chat" after the prompt the server's chat template makes of the messages.
 // Prints one line per check ("ok   ..." or "FAIL ..."); exits 1 on any failure.
 import {pathToFileURL} from "node:url";
 import path from "node:path";
@@ -190,9 +191,12 @@ await group("chat.completions.create", async () => {
     const m = r.choices?.[0]?.message ?? {};
     check(m.role === "assistant" && typeof m.content === "string" && m.content.length > 0,
           "chat: message {role: assistant, content: a string}", show(m));
+    check(m.content === ch.text, "chat: the content is loom generate's greedy text after the templated prompt",
+          `server: ${show(m.content)}\n       loom generate: ${show(ch.text)}`);
     check(r.choices?.[0]?.finish_reason === "length", `chat: finish_reason "length"`, show(r.choices?.[0]?.finish_reason));
-    check(usageOk(r.usage, undefined, ch.max_tokens) && r.usage.prompt_tokens > 0,
-          `chat: usage with completion_tokens ${ch.max_tokens}`, show(r.usage));
+    check(usageOk(r.usage, ch.prompt_tokens, ch.max_tokens),
+          `chat: usage {prompt_tokens: ${ch.prompt_tokens} (the templated prompt), completion_tokens: ${ch.max_tokens}}`,
+          show(r.usage));
     chatText = m.content;
     chatUsage = r.usage;
 });
@@ -258,8 +262,9 @@ await expectError("n: 2 on chat, streamed", () => client.chat.completions.create
                   "invalid_request_error");
 await expectError("max_tokens: -1", () => client.completions.create({model, prompt: cc.prompt, max_tokens: -1}),
                   OpenAI.BadRequestError, 400, "invalid_request_error");
+// as OpenAI answers it: 404, code model_not_found
 await expectError("unknown model", () => client.completions.create({model: model + "-nope", prompt: "a", max_tokens: 1}),
-                  OpenAI.BadRequestError, 400);
+                  OpenAI.NotFoundError, 404, "invalid_request_error");
 
 // ---- a client that goes away mid-stream, then the server still answers (and the right text)
 await group("abort mid-stream", async () => {

@@ -5,23 +5,31 @@ by scripts/setup.sh --test into build/peers/openai) and by raw HTTP.
 
 The model: the demo preset (GPT-2 family, 4 layers) with its random initial weights (init_std 0.1: clear logit
 margins, so greedy tokens do not flip with the summation order of a batch) and a char tokenizer over printable
-ASCII: every token is one character, so any continuation is valid text (no UTF-8 split across tokens), every
-prompt of printable ASCII encodes, and the tokenizer has no end-of-text, so greedy output always runs to max_tokens.
-The reference is `loom generate --temperature 0 --no-stop` (the same code path, one sequence alone).
+ASCII: every token is one character, so any continuation is valid text, every printable ASCII prompt encodes, and
+there is no end-of-text, so greedy output always runs to max_tokens. The reference is `loom generate
+--temperature 0 --no-stop` (one sequence alone). Servers run with a small --kv-memory (the default takes a
+quarter of the machine's available memory).
 
-Checks: the listening line (--port 0, the model named after the checkpoint directory); through the client:
-completions and chat completions, plain and streamed (stream_options.include_usage), greedy text equal to
-loom generate's, stop strings (list and string, streamed without leaking the stop), finish_reason "length" with
-usage.completion_tokens == max_tokens, models.list, seeded sampling repeatable, the client's errors (401, 400 for
-n: 2, max_tokens -1, unknown model), a client aborting a stream. Raw HTTP: /health; /metrics (every key, counters
-that move by what the requests did); 404, 405, 401 (missing and wrong key), 400 with OpenAI's error shape for
-malformed JSON and each bad field, 413; SSE framing to the byte; keep-alive; 16 concurrent greedy requests
-(different prompts and lengths, some sharing a prefix, half streamed) each equal to its solo `loom generate`;
-the prefix cache answering a repeated prompt with the same text; a second server (--api-key-file, --model-name,
---max-seqs 1 --max-queue 1: 503 when the queue is full); SIGTERM (idle) and SIGINT (a stream in flight) ->
-exit 0 within 10 s; bad command lines refused.
+Main server (--port 0, --api-key): the listening line (the model named after the checkpoint directory).
+Through the client: completions and chat completions, plain and streamed (with and without
+stream_options.include_usage), greedy text equal to loom generate's (chat: after the plain template's prompt),
+stop strings (list, and string streamed without leaking the stop), finish_reason "length" with
+usage.completion_tokens == max_tokens, max_completion_tokens, models.list, seeded sampling repeatable, the
+client's stream helper, its errors (401; 400 for n: 2 and max_tokens -1; 404 model_not_found for an unknown model,
+as OpenAI answers), a client aborting a stream. Raw HTTP: /health; /metrics (every key, counters that move by
+exactly what the requests did, gauges back to 0); 404, 405, 401 (missing, wrong, empty, non-Bearer key), 400
+with OpenAI's error shape for malformed JSON and each bad field; SSE framing to the byte; keep-alive; 16
+concurrent greedy requests (different prompts and lengths, 4 sharing a prefix, half streamed) each equal to its
+solo `loom generate`; the prefix cache hit by a repeated prompt, same text; a prompt as a list of one string; a
+stop at the first token; prompts the model cannot take (outside the vocabulary, longer than the context) -> 400;
+a chunked body; clients hanging up mid-request; 413 for an oversized body; SIGTERM -> exit 0 within 10 s.
+Second server (--api-key-file, --model-name, --chat-template chatml, --max-seqs 1 --max-queue 1): its key and
+name, the chatml prompt, 503 when the queue is full, SIGINT with a stream in flight -> exit 0. Small-pool server
+(40 blocks, no --api-key): no key needed; the 16-request burst preempts sequences and every text is still the solo
+one. Byte-tokenizer server: arbitrary bytes out (invalid UTF-8 included): the same text streamed and not, and
+loom generate's bytes with U+FFFD for what is not UTF-8. Bad command lines are refused.
 
-Usage: test_serve.py LOOM   (exit 77 = the raw-HTTP checks passed but the client checks were skipped: no Node.js
+Usage: test_serve.py LOOM   (exit 77 = every raw-HTTP check passed but the client checks were skipped: no Node.js
 >= 18 or no openai package; LOOM_OPENAI_CLIENT=DIR overrides build/peers/openai)
 """
 import http.client
@@ -64,6 +72,8 @@ def run(cmd, **kw):
         return subprocess.run(cmd, capture_output=True, **kw)
     except subprocess.TimeoutExpired as e:  # a server that should have refused to start and did not
         return subprocess.CompletedProcess(cmd, -9, e.stdout or b"", (e.stderr or b"") + b" [timed out]")
+    except OSError as e:  # no such program, or not executable
+        return subprocess.CompletedProcess(cmd, -1, b"", repr(e).encode())
 
 
 def node_binary():
@@ -81,8 +91,8 @@ def node_binary():
 class Server:
     """`loom serve` on a free port; its stderr and stdout collected (shown when a check fails)."""
 
-    def __init__(self, args, name):
-        self.name, self.log, self.proc = name, [], None
+    def __init__(self, args, name, key=KEY):
+        self.name, self.log, self.proc, self.key = name, [], None, key
         self.cmd = [LOOM, "serve"] + args
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.listening = threading.Event()
@@ -130,8 +140,13 @@ class Server:
 
 # ---------------------------------------------------------------- raw HTTP
 
-def request(srv, method, path, body=None, key=KEY, headers=None, timeout=120):
-    """(status, lower-cased headers, body bytes). body: bytes, str or an object sent as JSON."""
+DEFAULT = object()
+
+
+def request(srv, method, path, body=None, key=DEFAULT, headers=None, timeout=120):
+    """(status, lower-cased headers, body bytes). body: bytes, str or an object sent as JSON; key: the server's
+    unless given (None: no Authorization header)."""
+    key = srv.key if key is DEFAULT else key
     h = {} if headers is None else dict(headers)
     if key is not None:
         h["Authorization"] = "Bearer " + key
@@ -145,6 +160,8 @@ def request(srv, method, path, body=None, key=KEY, headers=None, timeout=120):
         c.request(method, path, body=body, headers=h)
         r = c.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    except (OSError, http.client.HTTPException) as e:  # no answer: a failed check, not a crashed test
+        return None, {}, f"no response: {e!r}".encode()
     finally:
         c.close()
 
@@ -185,12 +202,15 @@ def parse_sse(raw):
     return events, None
 
 
-def stream(srv, path, body, key=KEY, timeout=120, on_first=None):
+def stream(srv, path, body, key=DEFAULT, timeout=120, on_first=None):
     """A streamed request: (status, headers, events or None, problem or raw body, timings of each event)."""
+    key = srv.key if key is DEFAULT else key
     c = http.client.HTTPConnection(srv.host, srv.port, timeout=timeout)
     try:
-        c.request("POST", path, body=json.dumps(body), headers={"Authorization": "Bearer " + key,
-                                                               "Content-Type": "application/json"})
+        h = {"Content-Type": "application/json"}
+        if key is not None:
+            h["Authorization"] = "Bearer " + key
+        c.request("POST", path, body=json.dumps(body), headers=h)
         r = c.getresponse()
         hdr = {k.lower(): v for k, v in r.getheaders()}
         if r.status != 200:
@@ -209,6 +229,8 @@ def stream(srv, path, body, key=KEY, timeout=120, on_first=None):
                     on_first()
         events, problem = parse_sse(raw)
         return r.status, hdr, events, problem if events is None else raw, times
+    except (OSError, http.client.HTTPException, UnicodeDecodeError) as e:
+        return None, {}, None, f"no complete response: {e!r}".encode(), []
     finally:
         c.close()
 
@@ -236,22 +258,27 @@ def metric(m, name):
 
 # ---------------------------------------------------------------- the model and the reference
 
-def make_model(w):
-    """The demo preset, random weights, a char tokenizer over printable ASCII; returns (checkpoint dir, tokenizer)."""
+def make_model(w, kind="char"):
+    """The demo preset with its random initial weights (init_std 0.1) and a char tokenizer over printable ASCII
+    (kind "char": the checkpoint directory is tiny-char) or the byte tokenizer ("byte": tiny-byte, whose
+    continuations are arbitrary bytes, invalid UTF-8 included). Returns (checkpoint dir, tokenizer)."""
     corpus = os.path.join(w, "corpus.txt")
-    with open(corpus, "w", newline="") as f:
-        f.write(string.printable * 4 + "\n")
-        for i in range(200):
-            f.write(f"Line {i}: the quick brown fox jumps over the lazy dog, and then it rests a while.\n")
-    tok = os.path.join(w, "char.tok")
-    data = os.path.join(w, "data")
-    ckpt = os.path.join(w, "tiny-char")
-    for cmd in ([LOOM, "-q", "tokenizer", "train", corpus, "--kind", "char", "--out", tok],
-                [LOOM, "-q", "data", "prepare", corpus, "--tokenizer", tok, "--out", data],
-                # lr 0: the initial weights themselves (one step only writes the checkpoint)
-                [LOOM, "-q", "train", "--preset", "demo", "--data", data, "--steps", "1", "--batch", "2", "--seq-len",
-                 "16", "--threads", THREADS, "--set", "model.init_std=0.1", "--set", "model.vocab_size=100",
-                 "--set", "optim.lr=0", "--set", "optim.min_lr=0", "--set", "train.progress=0", "--out", ckpt]):
+    if not os.path.exists(corpus):
+        with open(corpus, "w", newline="") as f:
+            f.write(string.printable * 4 + "\n")
+            for i in range(200):
+                f.write(f"Line {i}: the quick brown fox jumps over the lazy dog, and then it rests a while.\n")
+    tok = os.path.join(w, "char.tok") if kind == "char" else "byte"
+    data = os.path.join(w, "data-" + kind)
+    ckpt = os.path.join(w, "tiny-" + kind)
+    cmds = [[LOOM, "-q", "tokenizer", "train", corpus, "--kind", "char", "--out", tok]] if kind == "char" else []
+    cmds += [[LOOM, "-q", "data", "prepare", corpus, "--tokenizer", tok, "--out", data],
+             # lr 0: the initial weights themselves (one step only writes the checkpoint)
+             [LOOM, "-q", "train", "--preset", "demo", "--data", data, "--steps", "1", "--batch", "2", "--seq-len",
+              "16", "--threads", THREADS, "--set", "model.init_std=0.1", "--set", "optim.lr=0", "--set",
+              "optim.min_lr=0", "--set", "train.progress=0", "--out", ckpt]
+             + (["--set", "model.vocab_size=100"] if kind == "char" else [])]
+    for cmd in cmds:
         r = run(cmd)
         if r.returncode != 0:
             check(False, "making the model: " + " ".join(cmd[1:4]), r.stderr.decode(errors="replace")[-2000:])
@@ -259,15 +286,21 @@ def make_model(w):
     return ckpt, tok
 
 
-def greedy(ckpt, prompt, n):
-    """`loom generate`'s greedy n tokens after prompt, as text (None when it fails)."""
+def generate_bytes(ckpt, prompt, n):
+    """`loom generate`'s greedy n tokens after prompt, as bytes (None when it fails)."""
     r = run([LOOM, "-q", "generate", "--ckpt", ckpt, "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0",
              "--no-stop", "--threads", THREADS])
     out, p = r.stdout, prompt.encode()
     if r.returncode != 0 or not out.startswith(p) or not out.endswith(b"\n"):
         print(f"loom generate failed ({r.returncode}) on {prompt!r}: {r.stderr.decode(errors='replace')[-500:]}")
         return None
-    return out[len(p):-1].decode("utf-8")  # generate ends its output with one newline of its own
+    return out[len(p):-1]  # generate ends its output with one newline of its own
+
+
+def greedy(ckpt, prompt, n):
+    """The same as text (the char model's continuations are ASCII)."""
+    b = generate_bytes(ckpt, prompt, n)
+    return None if b is None else b.decode("utf-8")
 
 
 def n_tokens(tok, text):
@@ -361,7 +394,6 @@ def check_bad_requests(srv):
              ("/v1/completions", dict(ok, stop=7), "stop: 7"),
              ("/v1/completions", dict(ok, n=2), "n: 2"),
              ("/v1/completions", dict(ok, stream="yes"), 'stream: "yes"'),
-             ("/v1/completions", dict(ok, model=m + "-nope"), "an unknown model"),
              ("/v1/chat/completions", {"model": m, "messages": "hi", "max_tokens": 2}, 'messages: "hi"'),
              ("/v1/chat/completions", {"model": m, "messages": [], "max_tokens": 2}, "messages: []"),
              ("/v1/chat/completions", {"model": m, "messages": [{"role": "user"}], "max_tokens": 2},
@@ -374,6 +406,11 @@ def check_bad_requests(srv):
         st, _, b = request(srv, "POST", path, body)
         check(error_shape(st, b, 400, "invalid_request_error"),
               f"{path} with {what}: 400 invalid_request_error", f"{st} {b[:300]!r}")
+    # an unknown model: as OpenAI answers it, 404 with code model_not_found
+    st, _, b = request(srv, "POST", "/v1/completions", dict(ok, model=m + "-nope"))
+    check(error_shape(st, b, 404, "invalid_request_error") and as_json(b)["error"]["code"] == "model_not_found",
+          "/v1/completions with an unknown model: 404 invalid_request_error, code model_not_found (as OpenAI)",
+          f"{st} {b[:300]!r}")
     # still serving after all that, on a connection kept alive across two requests
     c = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
     try:
@@ -470,7 +507,9 @@ def complete(srv, prompt, n, streamed, extra=None):
     return j["choices"][0].get("text"), j["choices"][0].get("finish_reason"), j.get("usage")
 
 
-def check_burst(srv, ckpt, tok):
+def check_burst(srv, ckpt, tok, where, preemption=False):
+    """16 greedy completions at once (different prompts and lengths, 4 sharing a prefix, half streamed), each
+    equal to its solo `loom generate`; the metrics move by what they did."""
     shared = "The committee met on Tuesday to discuss the budget for the coming year, and "
     prompts = [shared + t for t in ("then it adjourned.", "everyone agreed", "nobody came", "the chair spoke")]
     prompts += ["Hi", "Once upon a time", "def main():\n    print(", "12 + 30 =", "To be, or not to be",
@@ -502,38 +541,40 @@ def check_burst(srv, ckpt, tok):
                 usage.get("prompt_tokens") == ptoks[i]):
             bad.append(f"#{i} {'streamed' if i % 2 else 'plain'} {p[:30]!r} n={n}: got {text!r} ({fin}, {usage}),"
                        f" loom generate {w!r} (prompt {ptoks[i]} tokens)")
-    check(not bad, f"16 concurrent greedy completions (8 streamed, 8 plain, {min(lens)}-{max(lens)} tokens, 4 sharing a"
-                   f" prefix) each equal their solo loom generate, finish length, usage exact ({dt:.1f} s)",
+    check(not bad, f"{where}: 16 concurrent greedy completions (8 streamed, 8 plain, {min(lens)}-{max(lens)} tokens,"
+                   f" 4 sharing a prefix) each equal their solo loom generate, finish length, usage exact ({dt:.1f} s)",
           "\n       ".join(bad))
     time.sleep(0.2)
     _, _, m1 = metrics(srv)
-    d = {k: metric(m1, k) - metric(m0, k) for k in METRICS + [h + "_count" for h in HISTOGRAMS]}
-    check(d["loom_requests_total"] >= 16, f"loom_requests_total rose by {d['loom_requests_total']:g} (>= 16)")
+    d = {k: metric(m1, k) - metric(m0, k) for k in METRICS + [h + "_count" for h in HISTOGRAMS] +
+         ["loom_preemptions_total"]}
+    check(d["loom_requests_total"] == 16, f"{where}: loom_requests_total rose by 16", d["loom_requests_total"])
     check(d["loom_generation_tokens_total"] == sum(lens),
-          f"loom_generation_tokens_total rose by the {sum(lens)} tokens generated",
+          f"{where}: loom_generation_tokens_total rose by the {sum(lens)} tokens generated",
           d["loom_generation_tokens_total"])
     check(d["loom_prompt_tokens_total"] == sum(ptoks),
-          f"loom_prompt_tokens_total rose by the {sum(ptoks)} prompt tokens", d["loom_prompt_tokens_total"])
+          f"{where}: loom_prompt_tokens_total rose by the {sum(ptoks)} prompt tokens", d["loom_prompt_tokens_total"])
     check(d["loom_time_to_first_token_seconds_count"] == 16,
-          "loom_time_to_first_token_seconds_count rose by 16", d["loom_time_to_first_token_seconds_count"])
-    check(d["loom_inter_token_seconds_count"] >= sum(lens) - 16 - 1,
-          f"loom_inter_token_seconds_count rose by ~{sum(lens) - 16} (tokens after the first)",
+          f"{where}: loom_time_to_first_token_seconds_count rose by 16", d["loom_time_to_first_token_seconds_count"])
+    check(d["loom_inter_token_seconds_count"] == sum(lens) - 16,
+          f"{where}: loom_inter_token_seconds_count rose by the {sum(lens) - 16} tokens after each first",
           d["loom_inter_token_seconds_count"])
-    check(d["loom_prefix_cache_queries_total"] > 0, "loom_prefix_cache_queries_total rose",
+    check(d["loom_prefix_cache_queries_total"] > 0, f"{where}: loom_prefix_cache_queries_total rose",
           d["loom_prefix_cache_queries_total"])
-    # idle again: nothing queued or running
+    if preemption:
+        check(d["loom_preemptions_total"] > 0,
+              f"{where}: the pool ran short: loom_preemptions_total rose by {d['loom_preemptions_total']:g}")
+    # idle again: nothing queued or running, no block held
     for _ in range(50):
         _, _, m2 = metrics(srv)
         if metric(m2, "loom_queue_depth") == 0 and metric(m2, "loom_running_sequences") == 0:
             break
         time.sleep(0.1)
-    check(metric(m2, "loom_queue_depth") == 0 and metric(m2, "loom_running_sequences") == 0,
-          "after the burst: loom_queue_depth 0, loom_running_sequences 0",
-          {k: metric(m2, k) for k in ("loom_queue_depth", "loom_running_sequences", "loom_kv_blocks_used",
-                                      "loom_kv_blocks_free")})
-    check(metric(m2, "loom_kv_blocks_used") + metric(m2, "loom_kv_blocks_free") > 0,
-          "loom_kv_blocks_used + loom_kv_blocks_free > 0",
-          {k: metric(m2, k) for k in ("loom_kv_blocks_used", "loom_kv_blocks_free")})
+    gauges = {k: metric(m2, k) for k in ("loom_queue_depth", "loom_running_sequences", "loom_kv_blocks_used",
+                                         "loom_kv_blocks_free")}
+    check(gauges["loom_queue_depth"] == 0 and gauges["loom_running_sequences"] == 0 and
+          gauges["loom_kv_blocks_used"] == 0 and gauges["loom_kv_blocks_free"] > 0,
+          f"{where}: after the burst nothing is queued, running or holding blocks", gauges)
 
 
 def check_prefix_cache(srv, ckpt):
@@ -559,6 +600,57 @@ def check_seeded(srv):
     check(texts[0] is not None and texts[0] == texts[1], "temperature 1 with seed 7 twice: the same text", texts)
 
 
+def check_edges(srv, ckpt, case):
+    """A prompt given as a list of one string; a stop at the very first token; prompts the model cannot take;
+    a chunked request body; a client that hangs up before its answer."""
+    p, n, want = case["prompt"], case["max_tokens"], case["text"]
+    r = complete(srv, [p], n, streamed=False)
+    check(r[0] == want, "prompt as a list of one string: the same text as the string", r)
+    for streamed in (False, True):
+        r = complete(srv, p, n, streamed, {"stop": want[0]})
+        mode = "streamed" if streamed else "plain"
+        check(r[0] == "" and r[1] == "stop", f"a stop string that is the first token ({mode}): empty text, "
+              "finish_reason stop", r)
+    for body, what in (({"prompt": "caf\u00e9 \u2603", "max_tokens": 2}, "a prompt with characters outside the"
+                        " char tokenizer's vocabulary"),
+                       ({"prompt": "a" * 300, "max_tokens": 2}, "a prompt longer than the context (300 of 256)")):
+        st, _, b = request(srv, "POST", "/v1/completions", dict(body, model=srv.model))
+        check(error_shape(st, b, 400, "invalid_request_error"), f"{what}: 400 invalid_request_error",
+              f"{st} {b[:300]!r}")
+    # Transfer-Encoding: chunked (no Content-Length)
+    c = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
+    try:
+        body = json.dumps({"model": srv.model, "prompt": p, "max_tokens": n, "temperature": 0}).encode()
+        c.request("POST", "/v1/completions", body=iter([body[:10], body[10:]]), encode_chunked=True,
+                  headers={"Authorization": "Bearer " + (srv.key or ""), "Content-Type": "application/json",
+                           "Transfer-Encoding": "chunked"})
+        r = c.getresponse()
+        j = as_json(r.read())
+        check(r.status == 200 and isinstance(j, dict) and j["choices"][0]["text"] == want,
+              "a chunked request body: 200 and the greedy text", (r.status, j))
+    except (OSError, http.client.HTTPException, KeyError, TypeError) as e:
+        check(False, "a chunked request body", repr(e))
+    finally:
+        c.close()
+    # clients that hang up before their answer (one plain, one streamed, 200 tokens each)
+    for streamed in (False, True):
+        s = socket.create_connection((srv.host, srv.port), timeout=30)
+        body = json.dumps({"model": srv.model, "prompt": p, "max_tokens": 200, "temperature": 0, "stream": streamed})
+        s.sendall((f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {srv.key or ''}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}").encode())
+        time.sleep(0.05)
+        s.close()
+    for _ in range(100):
+        _, _, m = metrics(srv)
+        if metric(m, "loom_running_sequences") == 0 and metric(m, "loom_kv_blocks_used") == 0:
+            break
+        time.sleep(0.1)
+    r = complete(srv, p, n, streamed=False)
+    check(r[0] == want and metric(m, "loom_running_sequences") == 0,
+          "after two clients hung up mid-request: nothing left running, and the next request is answered",
+          (r, {k: metric(m, k) for k in ("loom_running_sequences", "loom_kv_blocks_used")}))
+
+
 def run_client(srv, node, cases_path):
     r = subprocess.run([node, os.path.join(HERE, "serve_openai.mjs"), OPENAI_DIR, f"http://{srv.host}:{srv.port}/v1",
                         KEY, cases_path], capture_output=True, timeout=600)
@@ -571,26 +663,48 @@ def run_client(srv, node, cases_path):
           f"exit {r.returncode}")
 
 
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say something."}]
+
+
+def render_chat(template, messages):
+    """The prompt `loom serve --chat-template T` makes of messages (src/serve/chat.c), and the stop it adds."""
+    if template == "chatml":
+        return ("".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) +
+                "<|im_start|>assistant\n", "<|im_end|>")
+    return "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:", "\nUser:"
+
+
 def check_second_server(ckpt, w):
-    """--api-key-file, --model-name, a queue of one: 503 when full; SIGINT with a stream in flight."""
+    """--api-key-file, --model-name, --chat-template chatml, a queue of one: 503 when full; SIGINT with a stream
+    in flight."""
     keyfile = os.path.join(w, "key.txt")
     key2 = "sk-file-" + secrets.token_hex(6)
     with open(keyfile, "w") as f:
         f.write(key2 + "\n")
     srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--api-key-file", keyfile, "--model-name",
-                  "custom-name", "--threads", THREADS, "--max-seqs", "1", "--max-queue", "1"], "second server")
+                  "custom-name", "--threads", THREADS, "--max-seqs", "1", "--max-queue", "1", "--chat-template",
+                  "chatml", "--kv-memory", "16M"], "second server", key=key2)
     try:
-        if not check(srv.wait_listening(), "second server (--api-key-file, --model-name, --max-seqs 1 --max-queue 1)"
-                                           " prints its listening line", srv.tail()):
+        if not check(srv.wait_listening(), "second server (--api-key-file, --model-name, --chat-template chatml, "
+                                           "--max-seqs 1 --max-queue 1) prints its listening line", srv.tail()):
             return
         check(srv.model == "custom-name", f"--model-name custom-name: the listening line names it ({srv.model!r})")
-        st, _, b = request(srv, "GET", "/v1/models", key=key2)
+        st, _, b = request(srv, "GET", "/v1/models")
         j = as_json(b)
         check(st == 200 and isinstance(j, dict) and [d.get("id") for d in j.get("data", [])] == ["custom-name"],
               "the key from --api-key-file (its trailing newline dropped) opens /v1/models, which names custom-name",
               f"{st} {b[:200]!r}")
         st, _, b = request(srv, "GET", "/v1/models", key=KEY)
         check(st == 401, "another key: 401", st)
+        prompt, stop = render_chat("chatml", CHAT)
+        want = greedy(ckpt, prompt, 16)
+        want = want.split(stop)[0] if want is not None else None
+        st, _, b = request(srv, "POST", "/v1/chat/completions", {"model": "custom-name", "messages": CHAT,
+                                                                 "max_tokens": 16, "temperature": 0})
+        j = as_json(b)
+        got = j["choices"][0]["message"]["content"] if st == 200 and isinstance(j, dict) else None
+        check(got == want, "chatml: the chat reply is loom generate's greedy text after the chatml prompt",
+              f"{st} {got!r} vs {want!r}")
         # 12 requests at once, each long, one sequence and a queue of one: the rest are refused with 503
         results = [None] * 12
         barrier = threading.Barrier(12)
@@ -598,7 +712,7 @@ def check_second_server(ckpt, w):
         def one(i):
             body = {"model": "custom-name", "prompt": f"Request {i} says", "max_tokens": 200, "temperature": 0}
             barrier.wait()
-            results[i] = request(srv, "POST", "/v1/completions", body, key=key2)
+            results[i] = request(srv, "POST", "/v1/completions", body)
 
         th = [threading.Thread(target=one, args=(i,)) for i in range(12)]
         for t in th:
@@ -617,8 +731,7 @@ def check_second_server(ckpt, w):
 
         def streaming():
             box["r"] = stream(srv, "/v1/completions", {"model": "custom-name", "prompt": "Long", "max_tokens": 240,
-                                                       "temperature": 0, "stream": True}, key=key2,
-                              on_first=started.set)
+                                                       "temperature": 0, "stream": True}, on_first=started.set)
 
         t = threading.Thread(target=streaming, daemon=True)
         t.start()
@@ -626,6 +739,72 @@ def check_second_server(ckpt, w):
             rc, dt = srv.stop(signal.SIGINT)
             check(rc == 0, f"SIGINT with a stream in flight: exit 0 within 10 s (exit {rc}, {dt:.1f} s)", srv.tail())
         t.join(15)
+        r = box.get("r")
+        print("info the stream in flight at SIGINT " + ("ended with data: [DONE]" if r and r[2] is not None else
+                                                         f"was cut: {r[3][-120:] if r else 'no result'!r}"))
+    finally:
+        srv.kill()
+
+
+def check_small_pool(ckpt, tok):
+    """A key/value pool too small for 16 sequences (about 40 blocks) and no API key: the burst preempts sequences
+    and recomputes them, and every text is still the solo one."""
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "2560K"],
+                 "small-pool server", key=None)
+    try:
+        if not check(srv.wait_listening(), "small-pool server (--kv-memory 2560K, no --api-key) starts", srv.tail()):
+            return
+        blocks = [re.search(r"= (\d+) blocks", l) for l in srv.log]
+        print("info small-pool server: " + next((l for l in srv.log if " blocks " in l), "(no pool line)"))
+        st, _, b = request(srv, "POST", "/v1/completions", {"model": srv.model, "prompt": "Hi", "max_tokens": 2},
+                           key=None)
+        check(st == 200, "without --api-key, a request with no Authorization is served", f"{st} {b[:200]!r}")
+        check_burst(srv, ckpt, tok, "small pool", preemption=any(blocks))
+        rc, dt = srv.stop(signal.SIGTERM)
+        check(rc == 0, f"small-pool server: SIGTERM, exit 0 ({dt:.1f} s)", srv.tail())
+    finally:
+        srv.kill()
+
+
+def check_utf8(w):
+    """The byte tokenizer: continuations are arbitrary bytes. The server sends valid JSON, the same text streamed
+    and not, and loom generate's bytes with invalid UTF-8 replaced by U+FFFD (a run of them counted as one: how
+    many an invalid sequence becomes is the decoder's choice)."""
+    ckpt, _ = make_model(w, "byte")
+    if ckpt is None:
+        return
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "16M"],
+                 "byte-model server", key=None)
+    try:
+        if not check(srv.wait_listening(), "byte-tokenizer server starts", srv.tail()):
+            return
+        prompts = ["Hello", "na\u00efve caf\u00e9 \u2603", "The quick", "\u65e5\u672c\u8a9e\u306e\u30c6\u30ad\u30b9\u30c8",
+                   "\U0001F600 emoji", "x", "Line 1: the", "\u00a9 2024"]
+        n = 24
+        want = [generate_bytes(ckpt, p, n) for p in prompts]
+        results = {}
+        barrier = threading.Barrier(2 * len(prompts))
+
+        def one(i, streamed):
+            barrier.wait()
+            results[(i, streamed)] = complete(srv, prompts[i], n, streamed)
+
+        th = [threading.Thread(target=one, args=(i, st)) for i in range(len(prompts)) for st in (False, True)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join(300)
+        collapse = lambda t: re.sub("\ufffd+", "\ufffd", t) if t is not None else None
+        bad = []
+        for i, p in enumerate(prompts):
+            a, b = results.get((i, False)), results.get((i, True))
+            ref = want[i].decode("utf-8", errors="replace") if want[i] is not None else None
+            if not (a and b and a[0] is not None and a[0] == b[0] and collapse(a[0]) == collapse(ref) and
+                    a[2] and a[2].get("prompt_tokens") == len(p.encode()) and a[2].get("completion_tokens") == n):
+                bad.append(f"{p!r}: plain {a}, streamed {b}; loom generate {want[i]!r}")
+        check(not bad, f"byte tokenizer, {len(prompts)} prompts (UTF-8 ones too) plain and streamed at once: the same"
+                       " text both ways, loom generate's bytes with U+FFFD for invalid UTF-8, prompt_tokens = bytes",
+              "\n       ".join(bad + [srv.tail()]))
     finally:
         srv.kill()
 
@@ -654,14 +833,19 @@ def main():
         if not check(stop is not None, f"a stop string from the greedy text: {stop!r}", cases["stop"]["text"]):
             return 1
         cases["stop"].update(stop=stop, text=cut)
-        cases["chat"] = {"messages": [{"role": "system", "content": "You are terse."},
-                                      {"role": "user", "content": "Say something."}], "max_tokens": 16}
+        chat_prompt, chat_stop = render_chat("plain", CHAT)
+        chat_text = greedy(ckpt, chat_prompt, 16)
+        if chat_text is None or chat_stop in chat_text:
+            check(False, "the chat case's greedy reply runs to max_tokens", chat_text)
+            return 1
+        cases["chat"] = {"messages": CHAT, "max_tokens": 16, "text": chat_text,
+                         "prompt_tokens": n_tokens(tok, chat_prompt)}
         cases_path = os.path.join(w, "cases.json")
         with open(cases_path, "w") as f:
             json.dump(cases, f)
 
-        srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--api-key", KEY, "--threads", THREADS],
-                     "server")
+        srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--api-key", KEY, "--threads", THREADS,
+                      "--kv-memory", "64M"], "server")
         if not check(srv.wait_listening(), "loom serve --port 0 prints 'loom serve: listening on http://HOST:PORT "
                                            "(model NAME)'", srv.tail()):
             return 1
@@ -676,15 +860,18 @@ def main():
         else:
             print(f"SKIP: OpenAI's Node.js client: {'no Node.js >= 18' if node is None else 'no openai package in ' + OPENAI_DIR}"
                   " (scripts/setup.sh --test installs it: scripts/fetch_openai_client.sh build/peers/openai)")
-        check_burst(srv, ckpt, tok)
+        check_burst(srv, ckpt, tok, "main server")
         check_prefix_cache(srv, ckpt)
         check_seeded(srv)
+        check_edges(srv, ckpt, cases["completion"])
         check_too_large(srv)
         rc, dt = srv.stop(signal.SIGTERM)
         check(rc == 0, f"SIGTERM: exit 0 within 10 s (exit {rc}, {dt:.1f} s)", srv.tail())
         if fails:
             print(srv.tail(60))
         check_second_server(ckpt, w)
+        check_small_pool(ckpt, tok)
+        check_utf8(w)
     finally:
         if srv:
             srv.kill()

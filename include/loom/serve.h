@@ -82,6 +82,7 @@ LOOM_NODISCARD loom_status loom_engine_submit(loom_engine *e, const loom_request
 /* Drops a request (thread-safe; its callback is not called again). Unknown ids are ignored. */
 void loom_engine_cancel(loom_engine *e, uint64_t id);
 void loom_engine_cancel_all(loom_engine *e);
+int64_t loom_engine_context(const loom_engine *e); /* positions a sequence may have */
 void loom_engine_get_stats(loom_engine *e, loom_engine_stats *s);
 
 /* The HTTP server (libevent's evhttp): OpenAI's /v1/completions, /v1/chat/completions (JSON, or Server-Sent

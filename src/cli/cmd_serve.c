@@ -18,8 +18,9 @@ static void serve_help(void) {
            "/v1/chat/completions (stream: true for Server-Sent Events), GET /v1/models, /health and /metrics\n"
            "(Prometheus). Requests are batched continuously: each step runs one forward over every running\n"
            "sequence (decodes, and prefill chunks up to --max-batch-tokens rows). Keys and values live in a paged\n"
-           "pool of --kv-memory bytes (K, M, G suffixes; default a quarter of the available memory) in blocks of\n"
-           "--kv-block positions; prompts sharing a prefix share its blocks. --port 0 picks a free port; the\n"
+           "pool of --kv-memory bytes (K, M, G suffixes; default: a quarter of the context for every sequence\n"
+           "slot, at least two contexts, at most a quarter of the available memory) in blocks of --kv-block\n"
+           "positions; prompts sharing a prefix share its blocks. --port 0 picks a free port; the\n"
            "address is printed to stderr once listening. SIGINT or SIGTERM stops the server.\n"
            "  curl -s localhost:8080/v1/completions -H 'Content-Type: application/json' \\\n"
            "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'\n");
@@ -161,9 +162,15 @@ int loom_cmd_serve(int argc, char **argv) {
     }
     sc.model_name = model_name;
     const size_t block_bytes = loom_kv_pool_block_bytes(c.model, ec.block_len);
-    if (!kv_memory) kv_memory = available_memory() / 4;
-    ec.kv_blocks = (int64_t)((size_t)kv_memory / block_bytes);
     const loom_model_config *mc = loom_model_get_config(c.model);
+    if (!kv_memory) { /* every sequence slot a quarter of the context (preemption covers the rest), at least two
+                       * whole contexts, at most a quarter of the available memory */
+        int64_t positions = ec.max_seqs * mc->max_seq_len / 4;
+        if (positions < 2 * mc->max_seq_len) positions = 2 * mc->max_seq_len;
+        kv_memory = (positions + ec.block_len - 1) / ec.block_len * (int64_t)block_bytes;
+        if (kv_memory > available_memory() / 4) kv_memory = available_memory() / 4;
+    }
+    ec.kv_blocks = (int64_t)((size_t)kv_memory / block_bytes);
     if (ec.max_batch_tokens < ec.max_seqs) ec.max_batch_tokens = ec.max_seqs; /* every sequence can decode */
     fprintf(stderr, "loom serve: %s (%s), key/value pool %.1f MiB = %lld blocks of %lld positions (%.1f full contexts "
                     "of %lld), up to %lld sequences and %lld tokens a step, chat template %s\n",

@@ -592,6 +592,8 @@ void loom_engine_cancel(loom_engine *e, uint64_t id) {
     pthread_mutex_unlock(&e->lock);
 }
 
+int64_t loom_engine_context(const loom_engine *e) { return e->ctx_len; }
+
 void loom_engine_cancel_all(loom_engine *e) {
     pthread_mutex_lock(&e->lock);
     for (int list = 0; list < 2; list++)

@@ -325,7 +325,7 @@ static const char *get_number(const loom_json *body, const char *key, double lo,
 typedef struct {
     loom_request r;
     int32_t *ids;
-    int stream, include_usage;
+    int stream, include_usage, max_tokens_given;
     char msg[256];
     const char *param;
 } parsed;
@@ -358,6 +358,8 @@ static const char *parse_common(server *s, const loom_json *body, int chat, pars
     const loom_json *mct = loom_json_get(body, "max_completion_tokens");
     if (mct && mct->type != LOOM_JSON_NULL) NUM("max_completion_tokens", 1, 1e18, 1, def_max, x);
     p->r.sample.max_tokens = x > 4e18 ? INT64_MAX : (int64_t)x;
+    const loom_json *mt = loom_json_get(body, "max_tokens");
+    p->max_tokens_given = (mt && mt->type != LOOM_JSON_NULL) || (mct && mct->type != LOOM_JSON_NULL);
 #undef NUM
     const loom_json *stop = loom_json_get(body, "stop");
     int n_stop = 0;
@@ -478,6 +480,20 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
         loom_strbuf_init(&c->text);
         snprintf(c->id, sizeof c->id, "%s-%llu%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)++s->next_call,
                  (unsigned long long)(c->created & 0xffffff));
+        const int64_t ctx = loom_engine_context(s->engine);
+        if (p.max_tokens_given && p.r.n_prompt + p.r.sample.max_tokens > ctx) { /* as OpenAI answers */
+            snprintf(p.msg, sizeof p.msg, "This model's maximum context length is %lld tokens. However, you requested "
+                     "%lld tokens (%lld in the prompt, %lld for the completion). Please reduce the prompt or the "
+                     "completion length.", (long long)ctx, (long long)(p.r.n_prompt + p.r.sample.max_tokens),
+                     (long long)p.r.n_prompt, (long long)p.r.sample.max_tokens);
+            p.param = "max_tokens";
+            call_free(c);
+            send_error(s, req, 400, "invalid_request_error", p.param, p.msg);
+            free(p.ids);
+            loom_strbuf_free(&prompt);
+            loom_json_free(&body);
+            return;
+        }
         p.r.on_event = on_engine_event;
         p.r.ctx = c;
         const loom_status st = loom_engine_submit(s->engine, &p.r, &id);
@@ -626,7 +642,8 @@ loom_status loom_serve_http(loom_engine *e, const loom_tokenizer *tok, const loo
         evhttp_set_max_body_size(http, (ev_ssize_t)cfg->max_body);
         evhttp_set_max_headers_size(http, 64 * 1024);
         evhttp_set_timeout(http, cfg->timeout_s);
-        evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST);
+        evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                           EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH); /* 405 below */
         evhttp_set_gencb(http, on_request, &s);
         sock = evhttp_bind_socket_with_handle(http, cfg->host, (ev_uint16_t)cfg->port);
         if (!sock)
