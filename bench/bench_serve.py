@@ -6,8 +6,10 @@ once in one context (loom's own GGUF export, the same model, prompts, token coun
         [--requests-per-client 2] [--max-tokens 32] [--prompt-tokens 64] [--threads 2] [--precision fp32]
         [--rounds 3] [--check-prompts 16] [--peer-threads N] [--no-peer] [--server-arg=--kv-memory=1G ...]
 
-Without --ckpt the model is the preset with loom's initial weights (one training step on synthetic data, as
-bench/bench_generate.py makes it: speed does not depend on the values). Each client sends its requests one after
+Without --ckpt the model is the preset with loom's initial weights at init_std 0.1 (one training step on synthetic
+data, as bench/bench_generate.py makes it: speed does not depend on the values; the wider weights give the
+logits clear margins, so fp32 greedy texts compare across batch sizes; bf16 ones may part where a
+summation-order difference flips a bf16 rounding). Each client sends its requests one after
 another (POST /v1/completions, stream: true, stream_options.include_usage, temperature 0), each with a prompt of its
 own (about --prompt-tokens tokens, no two alike from the first token: no shared prefix to cache), all N clients
 at once. Per N: aggregate output tokens/s (all completion tokens / the wall time from the first request sent to the
@@ -256,9 +258,11 @@ def main():
         tokenizer = a.tokenizer
         if not ckpt:
             ckpt = os.path.join(w, a.preset)
+            # init_std 0.1: logits with clear margins, so a greedy text does not hinge on float rounding (a
+            # batch's products sum in another order than a solo run's; bf16's prefill kernels differ by size)
             subprocess.run([a.loom, "-q", "train", "--preset", a.preset, "--data", "synthetic", "--steps", "1",
                             "--batch", "1", "--seq-len", "16", "--threads", str(a.threads), "--out", ckpt, "--set",
-                            "train.progress=0"], check=True, stdout=subprocess.DEVNULL)
+                            "train.progress=0", "--set", "model.init_std=0.1"], check=True, stdout=subprocess.DEVNULL)
             if tokenizer is None and a.preset.startswith("gpt2"):
                 tokenizer = "gpt2"
         gguf = os.path.join(w, f"model-{gguf_dtype}.gguf")
@@ -268,8 +272,10 @@ def main():
         extra = []
         for s in a.server_arg:
             extra += s.split("=", 1) if s.startswith("--") and "=" in s else [s]
+        # no prefix cache: the solo references send the same prompts first, and the peer prefills every prompt
         cmd = [a.loom, "serve", "--ckpt", ckpt, "--port", "0", "--threads", str(a.threads), "--precision",
-               a.precision, "--max-seqs", str(max(clients)), "--max-queue", str(4 * max(clients) * R)]
+               a.precision, "--max-seqs", str(max(clients)), "--max-queue", str(4 * max(clients) * R),
+               "--no-prefix-cache"]
         cmd += (["--tokenizer", tokenizer] if tokenizer else []) + extra
         srv = Server(cmd)
         try:

@@ -356,10 +356,19 @@ def roundtrip(family, loom, helper, work):
                                     inv.astype("<f4").tobytes()))
         src = os.path.join(work, vname + "_hf")
         write_model_dir(src, cfg, tensors, shards=shards)
+        # a Jinja chat template that loom serve has built in (recognised by its turn markers)
+        tmpl = {"gpt2": ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}",
+                         "chatml"),
+                "llama": ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>"
+                          "\n\n{{ m.content }}<|eot_id|>{% endfor %}", "llama3")}[family]
+        with open(os.path.join(src, "tokenizer_config.json"), "w") as f:
+            json.dump({"chat_template": tmpl[0]}, f)
         ck = os.path.join(work, vname + "_loom")
         r = run([loom, "-q", "import", "--format", "hf", src, "--out", ck])
         if not check(r.returncode == 0, "%s: loom import" % vname):
             continue
+        info = run([loom, "ckpt", "info", ck]).stdout
+        check('"chat_template":"%s"' % tmpl[1] in info, "%s: the import records the chat template %s" % (vname, tmpl[1]))
         tokens = rng.integers(0, V, size=(B, T)).astype(np.int32)
         ref = (gpt2_forward(cfg, P, tokens, prefix) if family == "gpt2" else llama_forward(cfg, P, tokens)).numpy()
         compare_logits(vname, loom_logits(helper, ck, tokens, V, work), ref)

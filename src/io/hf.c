@@ -674,6 +674,23 @@ loom_status loom_hf_model_config_of(const char *path, loom_model_config *out) {
     return st;
 }
 
+/* The chat template loom serve has built in that tokenizer_config.json's Jinja template is, recognised by
+ * its turn markers (ChatML's <|im_start|>, Llama 3's <|start_header_id|>); NULL for none or another. */
+static const char *chat_template_of(const char *src_dir) {
+    char *path = join(src_dir, "tokenizer_config.json");
+    loom_json *tc = NULL;
+    const char *name = NULL;
+    if (path && loom_json_parse_file(path, &tc) == LOOM_OK) {
+        const loom_json *t = loom_json_get(tc, "chat_template");
+        if (t && t->type == LOOM_JSON_STRING && strstr(t->string, "<|im_start|>")) name = "chatml";
+        else if (t && t->type == LOOM_JSON_STRING && strstr(t->string, "<|start_header_id|>")) name = "llama3";
+    }
+    loom_error_clear();
+    loom_json_free(&tc);
+    free(path);
+    return name;
+}
+
 loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_hf_import_options *opt) {
     LOOM_CHECK(src_dir && out_dir, LOOM_ERR_INVALID_ARG, "loom_hf_import: src_dir and out_dir are required");
     loom_hf_import_options o = opt ? *opt : loom_hf_import_options_default();
@@ -748,6 +765,8 @@ loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_
                               "\"optimizer\":\"%s\",\"threads\":%d,\"source\":",
                        loom_optim_kind_name(LOOM_OPTIM_ADAMW), loom_backend_threads(mc.be));
     loom_json_write_string(&meta, src_dir);
+    const char *tmpl = chat_template_of(src_dir);
+    if (tmpl) loom_strbuf_printf(&meta, ",\"chat_template\":\"%s\"", tmpl);
     loom_strbuf_printf(&meta, ",\"model\":");
     loom_model_config_to_json(&cfg, &meta);
     loom_strbuf_printf(&meta, ",\"params\":[");

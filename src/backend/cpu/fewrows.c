@@ -58,7 +58,10 @@ __attribute__((target("avx512f"))) void loom_cpu_fewrows_f32(int64_t M, int64_t 
             for (int64_t k = 0; k < kf; k += 16) {
                 __m512 wv[TILE], av[TILE];
 #pragma GCC unroll 4
-                for (int t = 0; t < TILE; t++) wv[t] = _mm512_loadu_ps((const float *)w[t] + k);
+                for (int t = 0; t < TILE; t++) {
+                    wv[t] = _mm512_loadu_ps((const float *)w[t] + k);
+                    __asm__("" : "+v"(wv[t])); /* one load per weight vector, not one per multiply-add */
+                }
 #pragma GCC unroll 4
                 for (int s = 0; s < TILE; s++) av[s] = _mm512_loadu_ps((const float *)a[s] + k);
 #pragma GCC unroll 4
@@ -121,7 +124,10 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void loom_cpu_fewrows_bf1
             for (int64_t k = 0; k < kf; k += 32) {
                 __m512i wv[TILE], av[TILE];
 #pragma GCC unroll 4
-                for (int t = 0; t < TILE; t++) wv[t] = _mm512_loadu_si512((const uint16_t *)w[t] + k);
+                for (int t = 0; t < TILE; t++) {
+                    wv[t] = _mm512_loadu_si512((const uint16_t *)w[t] + k);
+                    __asm__("" : "+v"(wv[t]));
+                }
 #pragma GCC unroll 4
                 for (int s = 0; s < TILE; s++) av[s] = _mm512_loadu_si512((const uint16_t *)a[s] + k);
 #pragma GCC unroll 4
