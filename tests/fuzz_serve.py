@@ -3,7 +3,7 @@
 
 usage: fuzz_serve.py LOOM [N_REQUESTS]
 
-Sends N (10,000) malformed or hostile requests over raw sockets from 4 threads: random bytes, random and
+Sends N (10,000) malformed or hostile requests over raw sockets from 8 threads: random bytes, random and
 truncated bodies, bodies over the size limit, invalid UTF-8, deep nesting, wrong types, negative and huge
 max_tokens, n != 1, unknown paths and methods, wrong keys, clients that stop mid-request, and clients that
 leave mid-stream. Each must get a 4xx status or have its connection closed, never a 5xx or a hang; every
@@ -25,6 +25,7 @@ import time
 LOOM = sys.argv[1]
 N = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
 KEY = "fuzz-key"
+THREADS = 8
 failures = []
 lock = threading.Lock()
 
@@ -172,7 +173,7 @@ def main():
 
         def worker(t):
             rng = random.Random(1000 + t)
-            for i in range(t, N, 4):
+            for i in range(t, N, THREADS):
                 if i % 200 == 0:  # a correct request among the hostile ones
                     st, data = http(port, post("/v1/completions", json.dumps(GOOD)), timeout=60)
                     txt = json.loads(data.partition(b"\r\n\r\n")[2])["choices"][0]["text"] if st == 200 else None
@@ -215,7 +216,7 @@ def main():
                     fail(f"request {i} (kind {i % 16}): closed without a reply")
 
         t0 = time.time()
-        th = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        th = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
         for t in th:
             t.start()
         for t in th:
