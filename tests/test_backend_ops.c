@@ -276,9 +276,14 @@ static void run_case(loom_kernel k, run *r) {
         /* paged, several causal query rows: 5 rows after 24 cached positions in blocks of 4 (of 9) */
         const int64_t bl = 4, nb = 9, rows = 5, qs = H * hd + 3;
         loom_attention_decode_args p = {NULL, rand_in(r, rows * qs, -1, 1), NULL, NULL, ld, n, H, KV, hd,
-                                        rows, qs, H * hd + 1, ids_in(r, (n + bl - 1) / bl, nb, 0), bl, bl * ld};
+                                        rows, qs, H * hd + 1, ids_in(r, (n + bl - 1) / bl, nb, 0), bl, bl * ld, NULL, NULL};
         p.k = rand_in(r, nb * bl * ld, -1, 1);
         p.v = rand_in(r, nb * bl * ld, -1, 1);
+        p.out = out_f(r, rows * (H * hd + 1));
+        KCALL(loom_k_attention_decode(be, &p));
+        p.k = p.v = NULL; /* the same from a bf16 cache */
+        p.k16 = bf16_in(r, nb * bl * ld);
+        p.v16 = bf16_in(r, nb * bl * ld);
         p.out = out_f(r, rows * (H * hd + 1));
         KCALL(loom_k_attention_decode(be, &p));
         break;

@@ -658,6 +658,8 @@ static void test_attention_blocks(loom_backend *be) {
 }
 
 /* One new position against a cache: the last row of the whole causal attention. */
+static float bf16_value(uint16_t h); /* below */
+
 static void test_attention_decode(loom_backend *be) {
     const int64_t T = 23, H = 6, KV = 3, hd = 10, row = (H + 2 * KV) * hd, C = H * hd;
     float *qkv = fvec(T * row), *out = fvec(C);
@@ -680,6 +682,23 @@ static void test_attention_decode(loom_backend *be) {
                                                                .hd = hd, .rows = rows, .qs = row, .blocks = table,
                                                                .block_len = bl, .block_stride = bl * kvw2}));
     check_close("attention_decode_paged_rows_equal_causal_rows", outs, outr + (T - rows) * C, rows * C, 5e-6, 1e-5);
+    /* a bf16 cache: equal to the causal attention over keys and values rounded to bf16 */
+    uint16_t *pool16 = malloc((size_t)(8 * bl * kvw2) * sizeof(uint16_t));
+    for (int64_t i = 0; i < 8 * bl * kvw2; i++) pool16[i] = loom_f32_to_bf16(pool[i]);
+    float *qkv16 = fvec(T * row);
+    memcpy(qkv16, qkv, (size_t)(T * row) * sizeof(float));
+    for (int64_t j = 0; j < T; j++)
+        for (int64_t i = H * hd; i < row; i++) qkv16[j * row + i] = bf16_value(loom_f32_to_bf16(qkv[j * row + i]));
+    double *outr16 = dvec(T * C), *lser16 = dvec(H * T);
+    ref_attention(qkv16, NULL, 1, T, H, KV, hd, outr16, lser16, NULL);
+    K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = outs, .q = qkv + (T - rows) * row, .ld = kvw2,
+                                                               .n = T, .H = H, .KV = KV, .hd = hd, .rows = rows,
+                                                               .qs = row, .blocks = table, .block_len = bl,
+                                                               .block_stride = bl * kvw2, .k16 = pool16,
+                                                               .v16 = pool16 + KV * hd}));
+    check_close("attention_decode_bf16_cache_equals_causal_rows_on_rounded_kv", outs, outr16 + (T - rows) * C, rows * C,
+                5e-6, 1e-5);
+    free(pool16); free(qkv16); free(outr16); free(lser16);
     (void)nb;
     free(pool); free(outs);
     free(qkv); free(out); free(outr); free(lser);

@@ -766,6 +766,26 @@ def check_small_pool(ckpt, tok):
         srv.kill()
 
 
+def check_kv_bf16(ckpt, tok):
+    """--kv-dtype bf16: the same pool memory as the small-pool server's holds twice the blocks (half of 2560K
+    gives its 40), and the burst's greedy texts still equal the solo fp32 runs (this model's logits have
+    margins wider than bf16's rounding of the keys and values)."""
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "1280K",
+                  "--kv-dtype", "bf16"], "bf16-cache server", key=None)
+    try:
+        if not check(srv.wait_listening(), "bf16-cache server (--kv-dtype bf16 --kv-memory 1280K) starts", srv.tail()):
+            return
+        line = next((l for l in srv.log if " blocks " in l), "")
+        m = re.search(r"= (\d+) blocks of 16 positions in bf16", line)
+        check(m is not None and int(m.group(1)) == 40, "--kv-dtype bf16: 1280K hold 40 blocks of 16 positions in bf16",
+              line)
+        check_burst(srv, ckpt, tok, "bf16 cache", preemption=True)
+        rc, dt = srv.stop(signal.SIGTERM)
+        check(rc == 0, f"bf16-cache server: SIGTERM, exit 0 ({dt:.1f} s)", srv.tail())
+    finally:
+        srv.kill()
+
+
 def check_utf8(w):
     """The byte tokenizer: continuations are arbitrary bytes. The server sends valid JSON, the same text streamed
     and not, and loom generate's bytes with invalid UTF-8 replaced by U+FFFD (a run of them counted as one: how
@@ -871,6 +891,7 @@ def main():
             print(srv.tail(60))
         check_second_server(ckpt, w)
         check_small_pool(ckpt, tok)
+        check_kv_bf16(ckpt, tok)
         check_utf8(w)
     finally:
         if srv:

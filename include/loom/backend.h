@@ -283,7 +283,8 @@ typedef struct {
  * of `rows` query rows (0 means 1; row r at q + r*qs, its output at out + r*os; qs, os 0 mean H*hd), the
  * last `rows` of n positions, causal: row r sees positions [0, n - rows + r]. Position j's key is row j of
  * stride ld (kv head g at column g*hd) or, paged (blocks != NULL, block table in backend memory), row
- * j % block_len of block blocks[j / block_len], which starts block_stride floats after k; v likewise. */
+ * j % block_len of block blocks[j / block_len], which starts block_stride elements after k; v likewise. A
+ * bf16 cache gives k16, v16 instead of k, v (the same layout in bf16 elements). */
 typedef struct {
     float *out;
     const float *q, *k, *v;
@@ -291,6 +292,7 @@ typedef struct {
     int64_t rows, qs, os;
     const int32_t *blocks;
     int64_t block_len, block_stride;
+    const uint16_t *k16, *v16;
 } loom_attention_decode_args;
 
 /* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL); tokens (B,T) a buffer of int32. A negative token's

@@ -216,11 +216,13 @@ int64_t loom_model_kv_position(const loom_model *m);
 /* Paged key/value memory for serving many sequences (vLLM's PagedAttention layout): n_blocks blocks of
  * block_len positions, each holding every layer's keys and values for them. A sequence's block table says
  * which block holds its positions [i*block_len, (i+1)*block_len); which blocks are free or shared is the
- * caller's business (src/serve). loom_kv_pool_block_bytes is one block's size, to size a pool. */
+ * caller's business (src/serve). bf16: keys and values stored in bf16 (half the memory; attention reads
+ * them back into fp32). loom_kv_pool_block_bytes is one block's size, to size a pool. */
 typedef struct loom_kv_pool loom_kv_pool;
-LOOM_NODISCARD loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, loom_kv_pool **out);
+LOOM_NODISCARD loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, int bf16,
+                                               loom_kv_pool **out);
 void loom_kv_pool_free(loom_kv_pool **p);
-size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len);
+size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len, int bf16);
 int64_t loom_kv_pool_blocks(const loom_kv_pool *p);
 int64_t loom_kv_pool_block_len(const loom_kv_pool *p);
 /* One sequence's part of a cached forward: n new tokens at positions [pos, pos + n), the positions before

@@ -31,6 +31,7 @@ typedef struct {
     int64_t max_batch_tokens; /* rows in one step's forward (decodes + prefill chunks) */
     int64_t max_queue;        /* waiting requests; submit refuses more (LOOM_ERR_BUSY... see loom_engine_submit) */
     int prefix_cache;         /* share blocks between requests with a common prompt prefix */
+    int kv_bf16;              /* keys and values stored as bf16 */
 } loom_engine_config;
 
 loom_engine_config loom_engine_config_default(void);

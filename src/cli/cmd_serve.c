@@ -10,7 +10,7 @@
 
 static void serve_help(void) {
     printf("usage: loom serve --ckpt DIR [--host 127.0.0.1] [--port 8080] [--api-key KEY | --api-key-file F]\n"
-           "                  [--threads N] [--kv-memory BYTES] [--kv-block 16] [--max-seqs 64]\n"
+           "                  [--threads N] [--kv-memory BYTES] [--kv-dtype f32|bf16] [--kv-block 16] [--max-seqs 64]\n"
            "                  [--max-batch-tokens 512] [--max-queue 1024] [--chat-template plain|chatml|llama3]\n"
            "                  [--precision fp32|bf16] [--tokenizer T] [--model-name NAME] [--no-prefix-cache]\n"
            "                  [--max-body BYTES] [--timeout SECONDS] [--device cpu|cuda]\n"
@@ -20,7 +20,8 @@ static void serve_help(void) {
            "sequence (decodes, and prefill chunks up to --max-batch-tokens rows). Keys and values live in a paged\n"
            "pool of --kv-memory bytes (K, M, G suffixes; default: a quarter of the context for every sequence\n"
            "slot, at least two contexts, at most a quarter of the available memory) in blocks of --kv-block\n"
-           "positions; prompts sharing a prefix share its blocks. --port 0 picks a free port; the\n"
+           "positions; prompts sharing a prefix share its blocks. --kv-dtype bf16 stores them in bf16: twice the\n"
+           "positions in the same memory (attention reads them back into fp32). --port 0 picks a free port; the\n"
            "address is printed to stderr once listening. SIGINT or SIGTERM stops the server.\n"
            "  curl -s localhost:8080/v1/completions -H 'Content-Type: application/json' \\\n"
            "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'\n");
@@ -94,6 +95,13 @@ int loom_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--model-name")) model_name = v;
         else if (!strcmp(a, "--chat-template")) sc.chat_template = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--kv-dtype")) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "loom serve: --kv-dtype is f32 or bf16, not '%s'\n", v);
+                return 2;
+            }
+            ec.kv_bf16 = !strcmp(v, "bf16");
+        }
         else if (!strcmp(a, "--kv-memory") || !strcmp(a, "--max-body")) {
             int64_t b;
             if (!parse_bytes(v, &b)) {
@@ -161,7 +169,7 @@ int loom_cmd_serve(int argc, char **argv) {
         model_name = basename(dir);
     }
     sc.model_name = model_name;
-    const size_t block_bytes = loom_kv_pool_block_bytes(c.model, ec.block_len);
+    const size_t block_bytes = loom_kv_pool_block_bytes(c.model, ec.block_len, ec.kv_bf16);
     const loom_model_config *mc = loom_model_get_config(c.model);
     if (!kv_memory) { /* every sequence slot a quarter of the context (preemption covers the rest), at least two
                        * whole contexts, at most a quarter of the available memory */
@@ -172,10 +180,10 @@ int loom_cmd_serve(int argc, char **argv) {
     }
     ec.kv_blocks = (int64_t)((size_t)kv_memory / block_bytes);
     if (ec.max_batch_tokens < ec.max_seqs) ec.max_batch_tokens = ec.max_seqs; /* every sequence can decode */
-    fprintf(stderr, "loom serve: %s (%s), key/value pool %.1f MiB = %lld blocks of %lld positions (%.1f full contexts "
-                    "of %lld), up to %lld sequences and %lld tokens a step, chat template %s\n",
+    fprintf(stderr, "loom serve: %s (%s), key/value pool %.1f MiB = %lld blocks of %lld positions in %s (%.1f full "
+                    "contexts of %lld), up to %lld sequences and %lld tokens a step, chat template %s\n",
             model_name, mc->family == LOOM_FAMILY_GPT2 ? "gpt2" : "llama", (double)ec.kv_blocks * (double)block_bytes / 1048576.0,
-            (long long)ec.kv_blocks, (long long)ec.block_len,
+            (long long)ec.kv_blocks, (long long)ec.block_len, ec.kv_bf16 ? "bf16" : "f32",
             (double)(ec.kv_blocks * ec.block_len) / (double)mc->max_seq_len, (long long)mc->max_seq_len,
             (long long)ec.max_seqs, (long long)ec.max_batch_tokens, sc.chat_template);
     if (loom_engine_create(c.model, c.tok, &ec, &e) || loom_serve_http(e, c.tok, &sc)) {

@@ -15,10 +15,11 @@
 
 struct loom_kv_pool {
     loom_model *m;
-    int64_t n_blocks, block_len, kvw2; /* kvw2: one position's key and value (2 KV hd floats) */
+    int64_t n_blocks, block_len, kvw2; /* kvw2: one position's key and value (2 KV hd elements) */
+    int bf16;                   /* the keys and values stored as bf16 (else fp32) */
     size_t bytes;
     float *mem;
-    float *kv;                  /* [L][n_blocks][block_len][kvw2] */
+    void *kv;                   /* [L][n_blocks][block_len][kvw2] fp32 or bf16 elements */
     float *cos_t, *sin_t;       /* (max_seq_len, hd/2) RoPE tables */
     int32_t *tables_dev;        /* block tables staged for a backend the host cannot address */
     int64_t tables_cap;
@@ -40,11 +41,11 @@ struct loom_kv_cache {
     int64_t max_len, pos;
 };
 
-size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len) {
-    return (size_t)(m->cfg.n_layer * block_len * 2 * m->KV * m->hd) * sizeof(float);
+size_t loom_kv_pool_block_bytes(const loom_model *m, int64_t block_len, int bf16) {
+    return (size_t)(m->cfg.n_layer * block_len * 2 * m->KV * m->hd) * (bf16 ? sizeof(uint16_t) : sizeof(float));
 }
 
-loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, loom_kv_pool **out) {
+loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_len, int bf16, loom_kv_pool **out) {
     *out = NULL;
     LOOM_CHECK(m->tp_size == 1 && m->sp_size == 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
                "generation runs on one rank holding the whole model (this one is cut over tp=%d, sp=%d, or a "
@@ -59,7 +60,10 @@ loom_status loom_kv_pool_create(loom_model *m, int64_t n_blocks, int64_t block_l
     p->n_blocks = n_blocks;
     p->block_len = block_len;
     p->kvw2 = 2 * m->KV * m->hd;
-    const int64_t cache = m->cfg.n_layer * n_blocks * block_len * p->kvw2, table = (T * half + 15) / 16 * 16;
+    p->bf16 = bf16 != 0;
+    /* the cache in floats (a bf16 cache: half as many, rounded up), then the RoPE tables */
+    const int64_t elems = m->cfg.n_layer * n_blocks * block_len * p->kvw2, table = (T * half + 15) / 16 * 16;
+    const int64_t cache = p->bf16 ? (elems + 31) / 32 * 16 : elems;
     p->bytes = (size_t)(cache + 2 * table) * sizeof(float);
     loom_status st = loom_buf_alloc(m->be, m->mem, LOOM_MEM_WORKSPACE, p->bytes, (void **)&p->mem);
     if (st != LOOM_OK) {
@@ -135,14 +139,18 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
     const loom_kv_pool *p = r->pool;
     layer_acts *a = &m->acts[l];
     const int64_t Ca = m->H * m->hd, bl = p->block_len, kvw2 = p->kvw2;
-    float *layer = p->kv + l * p->n_blocks * bl * kvw2;
+    const int64_t layer0 = l * p->n_blocks * bl * kvw2; /* element offsets */
+    float *layer = p->bf16 ? NULL : (float *)p->kv + layer0;
+    uint16_t *layer16 = p->bf16 ? (uint16_t *)p->kv + layer0 : NULL;
     for (int64_t s = 0; s < r->n_segs; s++) {
         const loom_kv_segment *sg = &r->segs[s];
         const int64_t r0 = r->row0[s];
         for (int64_t t = 0; t < sg->n; t++) { /* k|v lie side by side in a qkv row */
             const int64_t j = sg->pos + t;
-            LOOM_CALL(loom_buf_copy(m->be, layer + ((int64_t)sg->blocks[j / bl] * bl + j % bl) * kvw2,
-                                    a->qkv + (r0 + t) * m->Cq + Ca, (size_t)kvw2 * sizeof(float)));
+            const int64_t at = ((int64_t)sg->blocks[j / bl] * bl + j % bl) * kvw2;
+            const float *src = a->qkv + (r0 + t) * m->Cq + Ca;
+            if (p->bf16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){.dst = layer16 + at, .src = src, .n = kvw2}));
+            else LOOM_CALL(loom_buf_copy(m->be, layer + at, src, (size_t)kvw2 * sizeof(float)));
         }
         if (sg->pos == 0)
             LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty + r0 * Ca,
@@ -150,7 +158,8 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
                                                .H = m->H, .KV = m->KV, .hd = m->hd}));
         else
             LOOM_CALL(loom_k_attention_decode(m->be, &(loom_attention_decode_args){.out = a->atty + r0 * Ca,
-                                              .q = a->qkv + r0 * m->Cq, .k = layer, .v = layer + kvw2 / 2,
+                                              .q = a->qkv + r0 * m->Cq, .k = layer, .v = layer ? layer + kvw2 / 2 : NULL,
+                                              .k16 = layer16, .v16 = layer16 ? layer16 + kvw2 / 2 : NULL,
                                               .ld = kvw2, .n = sg->pos + sg->n, .H = m->H, .KV = m->KV,
                                               .hd = m->hd, .rows = sg->n, .qs = m->Cq, .os = Ca,
                                               .blocks = r->tables[s], .block_len = bl, .block_stride = bl * kvw2}));
@@ -294,7 +303,7 @@ loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
         free(kv);
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
-    loom_status st = loom_kv_pool_create(m, nb, SOLO_BLOCK, &kv->pool);
+    loom_status st = loom_kv_pool_create(m, nb, SOLO_BLOCK, 0, &kv->pool);
     if (st != LOOM_OK) {
         free(kv->table);
         free(kv);

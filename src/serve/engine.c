@@ -488,7 +488,7 @@ loom_status loom_engine_create(loom_model *m, const loom_tokenizer *tok, const l
     e->seg_seq = malloc((size_t)cfg->max_seqs * sizeof *e->seg_seq);
     if (!e->logits || !e->scratch || !e->seen || !e->segs || !e->seg_seq || !blocks_init(&e->blocks, cfg->kv_blocks))
         st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
-    if (st == LOOM_OK) st = loom_kv_pool_create(m, cfg->kv_blocks, cfg->block_len, &e->pool);
+    if (st == LOOM_OK) st = loom_kv_pool_create(m, cfg->kv_blocks, cfg->block_len, cfg->kv_bf16, &e->pool);
     if (st == LOOM_OK) st = loom_model_reserve(m, cfg->max_batch_tokens, 1, LOOM_RECOMPUTE_NONE);
     if (st == LOOM_OK && pthread_create(&e->thread, NULL, engine_main, e) != 0)
         st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "cannot start the engine's thread");

@@ -40,6 +40,11 @@ static inline unsigned __float_as_uint(float f) {
     memcpy(&u, &f, 4);
     return u;
 }
+static inline float __uint_as_float(unsigned u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
 void emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<void()> &kernel);
 template <class T>
 static inline cudaError_t cudaFuncSetAttribute(T *, cudaFuncAttribute, int) {

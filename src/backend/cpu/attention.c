@@ -188,6 +188,11 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
 
 /* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
  * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order). */
+static inline float bf16_value(uint16_t h) {
+    union { uint32_t u; float f; } x = {.u = (uint32_t)h << 16};
+    return x.f;
+}
+
 static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
     if (!a->blocks) return j * a->ld;
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
@@ -216,10 +221,16 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
             const int64_t kvo = (h / group) * hd, seen = n - rows + r + 1;
             float *s = scores + (r * H + h) * n, mx = -INFINITY;
             for (int64_t j = 0; j < seen; j++) {
-                const float *k = a->k + off[j] + kvo;
                 float d = 0.0f;
+                if (a->k16) {
+                    const uint16_t *k = a->k16 + off[j] + kvo;
 #pragma omp simd reduction(+ : d)
-                for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
+                    for (int64_t i = 0; i < hd; i++) d += q[i] * bf16_value(k[i]);
+                } else {
+                    const float *k = a->k + off[j] + kvo;
+#pragma omp simd reduction(+ : d)
+                    for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
+                }
                 s[j] = d * scale;
                 mx = s[j] > mx ? s[j] : mx;
             }
@@ -231,9 +242,16 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
             float *o = a->out + r * os + h * hd;
             memset(o, 0, (size_t)hd * sizeof(float));
             for (int64_t j = 0; j < seen; j++) {
-                const float *v = a->v + off[j] + kvo, w = s[j] / sum;
+                const float w = s[j] / sum;
+                if (a->v16) {
+                    const uint16_t *v = a->v16 + off[j] + kvo;
 #pragma omp simd
-                for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
+                    for (int64_t i = 0; i < hd; i++) o[i] += w * bf16_value(v[i]);
+                } else {
+                    const float *v = a->v + off[j] + kvo;
+#pragma omp simd
+                    for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
+                }
             }
         }
     free(off);

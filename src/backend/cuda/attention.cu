@@ -426,6 +426,8 @@ extern "C" loom_status loom_cuda_attention_merge(loom_backend *be, const loom_at
 
 /* ---- decode: query rows against n cached positions (paged or not); one block per (row, head) ---- */
 
+__device__ float bf16_value(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
 __device__ int64_t decode_row_offset(const int32_t *blocks, int64_t block_len, int64_t block_stride, int64_t ld,
                                      int64_t j) {
     if (!blocks) return j * ld;
@@ -441,9 +443,9 @@ __global__ void attention_decode_kernel(loom_attention_decode_args a, int64_t ro
     float *s = scores + (r * a.H + h) * a.n;
     float mx = -INFINITY;
     for (int64_t j = threadIdx.x; j < seen; j += blockDim.x) {
-        const float *kj = a.k + decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off;
+        const int64_t kj = decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off;
         float d = 0.0f;
-        for (int64_t i = 0; i < hd; i++) d += qh[i] * kj[i];
+        for (int64_t i = 0; i < hd; i++) d += qh[i] * (a.k16 ? bf16_value(a.k16[kj + i]) : a.k[kj + i]);
         s[j] = d * scale;
         mx = fmaxf(mx, s[j]);
     }
@@ -456,8 +458,10 @@ __global__ void attention_decode_kernel(loom_attention_decode_args a, int64_t ro
     sum = block_sum(sum, sh); /* also orders every thread's s[] writes before the reads below */
     for (int64_t i = threadIdx.x; i < hd; i += blockDim.x) {
         float o = 0.0f;
-        for (int64_t j = 0; j < seen; j++)
-            o += (s[j] / sum) * a.v[decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off + i];
+        for (int64_t j = 0; j < seen; j++) {
+            const int64_t vj = decode_row_offset(a.blocks, a.block_len, a.block_stride, a.ld, j) + off + i;
+            o += (s[j] / sum) * (a.v16 ? bf16_value(a.v16[vj]) : a.v[vj]);
+        }
         a.out[r * os + h * hd + i] = o;
     }
 }
