@@ -29,7 +29,7 @@ typedef struct {
     int64_t block_len;        /* positions per block */
     int64_t max_seqs;         /* sequences running at once */
     int64_t max_batch_tokens; /* rows in one step's forward (decodes + prefill chunks) */
-    int64_t max_queue;        /* waiting requests; submit refuses more (LOOM_ERR_BUSY... see loom_engine_submit) */
+    int64_t max_queue;        /* waiting requests; loom_engine_submit refuses more */
     int prefix_cache;         /* share blocks between requests with a common prompt prefix */
     int kv_bf16;              /* keys and values stored as bf16 */
 } loom_engine_config;

@@ -29,7 +29,7 @@ struct loom_kv_pool {
 typedef struct {
     loom_kv_pool *pool;
     const loom_kv_segment *segs;
-    int64_t n_segs, rows;
+    int64_t n_segs;
     int64_t *row0;
     const int32_t **tables; /* each segment's block table where the kernels read it */
 } kv_run;
@@ -257,7 +257,7 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
     }
     if (st == LOOM_OK) st = stage_tables(p, segs, n_segs, tables);
     if (st == LOOM_OK) {
-        kv_run run = {p, segs, n_segs, rows, row0, tables};
+        kv_run run = {p, segs, n_segs, row0, tables};
         const loom_model_hooks hooks = m->hooks; /* the sequences are this rank's alone, parameters resident */
         memset(&m->hooks, 0, sizeof m->hooks);
         m->kv_run = &run;
