@@ -388,6 +388,7 @@ def check_bad_requests(srv):
              ("/v1/completions", dict(ok, max_tokens="ten"), 'max_tokens: "ten"'),
              ("/v1/completions", dict(ok, max_tokens=-1), "max_tokens: -1"),
              ("/v1/completions", dict(ok, max_tokens=1.5), "max_tokens: 1.5"),
+             ("/v1/completions", dict(ok, max_tokens=100000), "max_tokens past the context (as OpenAI: 400)"),
              ("/v1/completions", dict(ok, temperature="hot"), 'temperature: "hot"'),
              ("/v1/completions", dict(ok, temperature=-1), "temperature: -1"),
              ("/v1/completions", dict(ok, top_p=2), "top_p: 2"),

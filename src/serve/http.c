@@ -460,6 +460,15 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
             err = parse_prompt(s, body, &p);
         }
     }
+    const int64_t ctx = loom_engine_context(s->engine);
+    if (!err && p.max_tokens_given && p.r.n_prompt + p.r.sample.max_tokens > ctx) { /* as OpenAI answers */
+        snprintf(p.msg, sizeof p.msg, "This model's maximum context length is %lld tokens. However, you requested "
+                 "%lld tokens (%lld in the prompt, %lld for the completion). Please reduce the prompt or the "
+                 "completion length.", (long long)ctx, (long long)(p.r.n_prompt + p.r.sample.max_tokens),
+                 (long long)p.r.n_prompt, (long long)p.r.sample.max_tokens);
+        err = p.msg;
+        p.param = "max_tokens";
+    }
     uint64_t id = 0;
     call *c = NULL;
     if (!err) {
@@ -480,20 +489,6 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
         loom_strbuf_init(&c->text);
         snprintf(c->id, sizeof c->id, "%s-%llu%06llx", chat ? "chatcmpl" : "cmpl", (unsigned long long)++s->next_call,
                  (unsigned long long)(c->created & 0xffffff));
-        const int64_t ctx = loom_engine_context(s->engine);
-        if (p.max_tokens_given && p.r.n_prompt + p.r.sample.max_tokens > ctx) { /* as OpenAI answers */
-            snprintf(p.msg, sizeof p.msg, "This model's maximum context length is %lld tokens. However, you requested "
-                     "%lld tokens (%lld in the prompt, %lld for the completion). Please reduce the prompt or the "
-                     "completion length.", (long long)ctx, (long long)(p.r.n_prompt + p.r.sample.max_tokens),
-                     (long long)p.r.n_prompt, (long long)p.r.sample.max_tokens);
-            p.param = "max_tokens";
-            call_free(c);
-            send_error(s, req, 400, "invalid_request_error", p.param, p.msg);
-            free(p.ids);
-            loom_strbuf_free(&prompt);
-            loom_json_free(&body);
-            return;
-        }
         p.r.on_event = on_engine_event;
         p.r.ctx = c;
         const loom_status st = loom_engine_submit(s->engine, &p.r, &id);
@@ -508,7 +503,7 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
             if (c->conn) evhttp_connection_set_closecb(c->conn, on_close, c);
         }
     }
-    if (err) send_error(s, req, code, code == 503 ? "server_error" : code == 500 ? "server_error" : "invalid_request_error", p.param, err);
+    if (err) send_error(s, req, code, code >= 500 ? "server_error" : "invalid_request_error", p.param, err);
     free(p.ids);
     loom_strbuf_free(&prompt);
     loom_json_free(&body);
