@@ -5,7 +5,10 @@ random tokens.
 
 Usage:
   bench/peer_env.sh /usr/bin/python3 bench/torch_gpt.py --model gpt2-124m|gpt2-l6 --steps N \\
-      [--batch 4] [--seq-len 64] [--threads 2] [--precision fp32|bf16] [--warmup 2]
+      [--batch 4] [--seq-len 64] [--threads 2] [--precision fp32|bf16] [--warmup 2] [--lora R]
+
+--lora R: LoRA fine-tuning as PEFT runs it (every weight frozen, requires_grad False; c_attn, c_proj, c_fc and
+the MLP projection each gain y += (alpha/r) (x A^T) B^T with alpha = 2r; AdamW over the adapters only).
 
 It must run under the "tuned" environment of shared PERFORMANCE.md (bench/peer_env.sh sets it up): OPENBLAS_CORETYPE
 unset (OpenBLAS picks its AVX-512 kernels), tcmalloc preloaded with TCMALLOC_RELEASE_RATE=0, OMP_WAIT_POLICY=PASSIVE,
@@ -97,6 +100,33 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, VOCAB), targets.reshape(-1))
 
 
+class LoRALinear(nn.Module):
+    """A frozen nn.Linear plus PEFT's LoRA update (A: kaiming-uniform, B: zero, scale alpha / r)."""
+
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base = base
+        self.base.weight.requires_grad_(False)
+        if self.base.bias is not None:
+            self.base.bias.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scale = alpha / r
+
+    def forward(self, x):
+        return self.base(x) + ((x @ self.lora_A.t()) @ self.lora_B.t()) * self.scale
+
+
+def add_lora(model, r):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for blk in model.modules():
+        if isinstance(blk, Block):
+            for name in ("c_attn", "c_proj", "c_fc", "mlp_proj"):
+                setattr(blk, name, LoRALinear(getattr(blk, name), r, 2 * r))
+
+
 def tuned_env_problems(threads):
     probs = []
     if "OPENBLAS_CORETYPE" in os.environ:
@@ -130,6 +160,7 @@ def main():
                     help="AdamW's multi-tensor (foreach) implementation; the per-tensor loop ('off', torch 1.13's "
                          "default) measured ~10%% faster here (L6: ~75 against ~85 ms per optimizer step)")
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--lora", type=int, default=0, help="LoRA rank on attn+mlp (0: full training)")
     a = ap.parse_args()
     if a.steps < 1 or a.warmup < 0 or a.batch < 1 or not 1 <= a.seq_len <= MAX_SEQ or a.threads < 1:
         ap.error("bad arguments")
@@ -143,11 +174,14 @@ def main():
     model = GPT(**MODELS[a.model])
     model.train()
     n_params = sum(p.numel() for p in model.parameters())  # tied head counted once
+    if a.lora:
+        add_lora(model, a.lora)
+    trained = [p for p in model.parameters() if p.requires_grad]
     # the same recipe as loom's defaults: decay on 2-D parameters only, global-norm clipping
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
+    decay = [p for p in trained if p.dim() >= 2]
+    no_decay = [p for p in trained if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": a.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=a.lr, betas=(0.9, 0.95), eps=1e-8,
                             foreach=(a.foreach == "on"))
     gen = torch.Generator().manual_seed(a.seed + 1)
     B, T = a.batch, a.seq_len
@@ -165,7 +199,7 @@ def main():
             loss = model(x, y)
         loss.backward()
         if a.clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+            torch.nn.utils.clip_grad_norm_(trained, a.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         lossv = loss.item()
@@ -180,7 +214,7 @@ def main():
     med = statistics.median(times)
     print(json.dumps({
         "summary": True, "system": "pytorch", "torch": torch.__version__, "model": a.model, "params": n_params,
-        "precision": a.precision, "batch": B, "seq_len": T, "threads": a.threads, "steps": a.steps,
+        "precision": a.precision, "lora": a.lora, "trained_params": sum(p.numel() for p in trained), "batch": B, "seq_len": T, "threads": a.threads, "steps": a.steps,
         "warmup": a.warmup, "attention": "sdpa" if HAS_SDPA else "manual", "adamw_foreach": a.foreach == "on",
         "median_ms": round(med, 3), "mean_ms": round(statistics.mean(times), 3), "min_ms": round(min(times), 3),
         "tokens_per_sec": round(B * T / med * 1e3, 2),

@@ -289,10 +289,11 @@ static void run_case(loom_kernel k, run *r) {
         break;
     }
     case LOOM_KERNEL_embedding_forward:
-        for (int pos = 0; pos < 2; pos++) {
+        for (int pos = 0; pos < 3; pos++) { /* without positions, with them, with them and a bf16 table */
             const int64_t B = 3, T = 7, C = 33, V = 41;
             loom_embedding_forward_args a = {NULL, ids_in(r, B * T, V, 1), rand_in(r, V * C, -1, 1),
-                                             pos ? rand_in(r, T * C, -1, 1) : NULL, B, T, C};
+                                             pos ? rand_in(r, T * C, -1, 1) : NULL, B, T, C,
+                                             pos == 2 ? bf16_in(r, V * C) : NULL};
             a.out = out_f(r, B * T * C);
             KCALL(loom_k_embedding_forward(be, &a));
         }

@@ -731,6 +731,13 @@ static void test_embedding(loom_backend *be) {
     for (int64_t i = 0; i < N; i++)
         for (int64_t c = 0; c < C; c++) want[i * C + c] = wte[tok[i] * C + c];
     check_bits("embedding_forward_wte_only", out, want, N * C);
+    uint16_t *wte16 = malloc((size_t)(V * C) * sizeof(uint16_t)); /* a bf16 table: its rows widened exactly */
+    for (int64_t i = 0; i < V * C; i++) wte16[i] = loom_f32_to_bf16(wte[i]);
+    K(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = out, .tokens = tok, .wte = wte, .wpe = wpe, .B = B, .T = T, .C = C, .wte16 = wte16}));
+    for (int64_t i = 0; i < N; i++)
+        for (int64_t c = 0; c < C; c++) want[i * C + c] = loom_bf16_to_f32(wte16[tok[i] * C + c]) + wpe[(i % T) * C + c];
+    check_bits("embedding_forward_bf16_table", out, want, N * C);
+    free(wte16);
 
     float *dout = fvec(N * C), *dwte = fvec(V * C), *dwpe = fvec(T * C), *dwte0 = fvec(V * C), *dwpe0 = fvec(T * C);
     fill(dout, N * C, -1, 1);

@@ -302,6 +302,8 @@ typedef struct {
     const int32_t *tokens;
     const float *wte, *wpe;
     int64_t B, T, C;
+    const uint16_t *wte16; /* when set, the table in bf16, read instead of wte (a model holding its frozen weights in
+                              bf16: LoRA's base_bf16) */
 } loom_embedding_forward_args;
 /* dwte (V,C) (+)= scatter of dout rows; dwpe (maxT,C) (+)= sums over batch (NULL: none). accumulate 0
  * zeroes first. */

@@ -98,6 +98,34 @@ enum {
  * 65504: inf). This CPU has no fp16 arithmetic, so the values are held in fp32 registers: the numerics of
  * fp16 training (what dynamic loss scaling is for), not its speed; bf16 is the fast low precision here. */
 typedef enum { LOOM_PRECISION_FP32 = 0, LOOM_PRECISION_BF16, LOOM_PRECISION_FP16 } loom_precision;
+/* LoRA (Hu et al. 2021, as Hugging Face PEFT lays it out): low-rank adapters beside frozen weights. A
+ * targeted product y = x W^T gains s * (drop(x) A^T) B^T, A (r x fan_in), B (rows x r), s = alpha / r
+ * (rslora: alpha / sqrt(r)); A starts uniform in +-1/sqrt(fan_in), B at zero, so training starts from the
+ * base model exactly. Adapters go where PEFT puts them, one per Hugging Face module: GPT-2's fused c_attn
+ * (qkv) has one adapter, LLaMA's q, k and v projections one each (on their rows of the fused qkv weight),
+ * likewise gate and up. With adapters the model's flat parameter and gradient buffers (loom_model_params,
+ * _grads, _param_info, the units) hold the adapters only: the optimizer, ZeRO and checkpoints see what
+ * trains; the frozen weights are loom_model_weights, no gradient is computed for them (the backward skips
+ * their weight-gradient products). Targets: */
+enum { LOOM_LORA_QKV = 1, LOOM_LORA_PROJ = 2, LOOM_LORA_FC = 4, LOOM_LORA_DOWN = 8,
+       LOOM_LORA_ATTN = 3, LOOM_LORA_MLP = 12, LOOM_LORA_ALL = 15 };
+typedef struct {
+    int r;          /* rank; 0: no adapters */
+    double alpha;   /* scale numerator (PEFT's lora_alpha) */
+    double dropout; /* on the adapters' input while training (PEFT's lora_dropout) */
+    int targets;    /* LOOM_LORA_* bits */
+    int rslora;     /* scale alpha / sqrt(r) */
+    int base_bf16;  /* the frozen weights held in bf16 only (precision bf16): written a piece at a time, each
+                       piece handed to loom_model_weights_done, which makes its bf16 copy and returns the fp32
+                       matrices' memory (all but GPT-2's position table); the embedding reads its bf16 rows.
+                       CPU backend (host-addressable memory). */
+} loom_lora_config;
+/* "r=16,alpha=32,dropout=0.05,targets=attn,mlp,rslora=1": keys in any order; targets by role (qkv, proj,
+ * fc or gate_up, down) or group (attn, mlp, all), comma-separated; defaults PEFT's: r 8, alpha = r,
+ * dropout 0, targets attn (PEFT's GPT-2 and LLaMA defaults are the attention projections). */
+LOOM_NODISCARD loom_status loom_lora_config_parse(const char *spec, loom_lora_config *out);
+/* The same text back (canonical: every key, targets by role; not base_bf16, which is how the base is held). */
+void loom_lora_config_format(const loom_lora_config *c, char *buf, size_t n);
 /* How a model is built and where its parts live. Zero-initialised: one rank, fp32, no gradients. The
  * communicators are borrowed; each NULL or of size 1 means "not cut over that axis". */
 typedef struct {
@@ -111,6 +139,7 @@ typedef struct {
                                  all-gather before a column-parallel product and a reduce-scatter after a
                                  row-parallel one; B*T must divide by tp */
     loom_precision precision;
+    loom_lora_config lora;    /* r > 0: adapters over frozen weights (one rank of tp, sp and pipeline) */
 } loom_model_options;
 /* Collective over opts->tp, sp and parts (none today: it only reads their sizes and ranks). */
 LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_mem *mem,
@@ -239,6 +268,23 @@ typedef struct {
  * segment order. An inference model reserves activations for the rows as needed. Single rank only. */
 LOOM_NODISCARD loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *pool, const loom_kv_segment *segs,
                                                  int64_t n_segs, float *logits);
+
+/* The weights the blocks multiply by, in the whole model's layout (loom_model_weights_size floats; its
+ * views: loom_model_weight_info): with LoRA the frozen base, without it the parameters themselves. After
+ * writing them call loom_model_refresh_low_precision. */
+float *loom_model_weights(loom_model *m);
+int64_t loom_model_weights_size(const loom_model *m);
+int loom_model_num_weight_infos(const loom_model *m);
+const loom_param_info *loom_model_weight_info(const loom_model *m, int i);
+/* [begin, end) of loom_model_weights is written: with a bf16 base (base_bf16) its bf16 copy is made now and
+ * the fp32 matrices' whole pages in it go back to the system (so a base loaded in pieces is never whole in
+ * fp32; use pieces of a multiple of 1024 floats); otherwise nothing (loom_model_refresh_low_precision does it). */
+LOOM_NODISCARD loom_status loom_model_weights_done(loom_model *m, int64_t begin, int64_t end);
+/* The frozen weights' initial values from a seed (what loom_model_init_weights gives a model without
+ * adapters); without LoRA the same as loom_model_init_weights. */
+LOOM_NODISCARD loom_status loom_model_init_frozen(loom_model *m, uint64_t seed);
+/* The model's adapters (NULL without). */
+const loom_lora_config *loom_model_lora(const loom_model *m);
 
 const loom_model_config *loom_model_get_config(const loom_model *m);
 loom_backend *loom_model_backend(const loom_model *m);

@@ -63,6 +63,8 @@ typedef struct {
     loom_comm *sp, *parts;       /* the model's sequence-parallel ring and pipeline axis (loom_model_options) */
     int tp_seq_parallel;
     loom_precision precision;
+    loom_lora_config lora;       /* r > 0: the model's flat buffers are LoRA adapters (loom/model.h): what is
+                                    reduced, sharded and updated; the frozen weights stay whole on every rank */
     /* the heterogeneous memory manager (loom/offload.h): a RAM budget for this rank's parameters, gradients
      * and optimizer state. Within it everything stays in RAM; above it, with offload on, the chunk store
      * holds the rank's optimizer moments (stages 0-2) or its whole shard (stage 3; one rank alone always

@@ -42,6 +42,9 @@ typedef struct {
     int resume;
     char resume_from[LOOM_PATH_MAX]; /* resume from this checkpoint ("" = <out>'s newest) */
     char init_from[LOOM_PATH_MAX];   /* a new run from this checkpoint's (or HF directory's) weights ("" = none) */
+    char lora[256];         /* LoRA adapters over frozen weights (loom_lora_config_parse's spec; "" = none): the
+                               frozen base is init_from's weights (or the seed's), on a new run and on resume */
+    int lora_base_dtype;    /* 0 fp32, 1 bf16: the frozen base held in bf16 only (with precision bf16) */
     int64_t keep_checkpoints; /* sharded: steps whose shards stay on disk */
     int resume_if_any;      /* resume from the newest intact checkpoint (snapshot or disk), else start afresh */
     int64_t snapshot_interval; /* steps between in-memory snapshots (0: none) */

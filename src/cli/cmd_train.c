@@ -17,7 +17,7 @@
 static void train_help(void) {
     printf("usage: loom train [--config FILE.json] [--preset NAME] [--set key=value]... [--steps N] [--batch B]\n"
            "                  [--seq-len T] [--grad-accum N] [--threads N] [--data PATH|synthetic] [--out DIR]\n"
-           "                  [--resume|--resume-if-any|--init CKPT_OR_HF_DIR] [--seed S] [--metrics FILE.jsonl]\n"
+           "                  [--resume|--resume-if-any|--init CKPT_OR_HF_DIR] [--lora SPEC [--lora-base-dtype bf16]] [--seed S] [--metrics FILE.jsonl]\n"
            "                  [--recompute none|attn|full]\n"
            "                  [--optimizer adamw|sgd|lamb|lars] [--lr X] [--eval-interval N] [--ckpt-interval N]\n"
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
@@ -58,7 +58,7 @@ static const flag_alias aliases[] = {
     {"--sample", "train.sample_tokens", 1},  {"--precision", "train.precision", 1},
     {"--mem-budget", "train.mem_budget", 1}, {"--mem-trace", "train.mem_trace", 1},
     {"--resume", "train.resume", 0},        {"--profile", "train.profile", 0},
-    {"--resume-if-any", "train.resume_if_any", 0}, {"--init", "train.init_from", 1},
+    {"--resume-if-any", "train.resume_if_any", 0}, {"--init", "train.init_from", 1}, {"--lora", "train.lora", 1}, {"--lora-base-dtype", "train.lora_base_dtype", 1},
 };
 
 /* The run config from argv (preset, JSON, --set, flags). Returns 0 (built), -1 (help printed) or an exit

@@ -21,8 +21,8 @@
 
 #include "model_impl.h"
 
-#define P(off) (m->params + (off))
-#define P_OPT(off) ((off) >= 0 ? m->params + (off) : NULL) /* an optional parameter (a bias) */
+#define P(off) (m->w + (off)) /* the weights: the parameters, or with LoRA the frozen base */
+#define P_OPT(off) ((off) >= 0 ? m->w + (off) : NULL) /* an optional parameter (a bias) */
 
 /* ---- the model's products with its weights: fp32, or bf16 copies of both operands (mixed precision) ---- */
 
@@ -47,8 +47,8 @@ static loom_status lowp_unit_of(loom_model *m, int64_t k) {
     while (u + 1 < m->n_units && m->unit_lo[u + 1] <= k) u++;
     if (m->lowp_made[u]) return LOOM_OK;
     const int64_t a = m->unit_lo[u], n = m->unit_lo[u + 1] - a;
-    if (m->params16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16 + a, m->params + a, n}));
-    else LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h + a, n, m->params + a, n, 1, n}));
+    if (m->params16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16 + a, m->w + a, n}));
+    else LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h + a, n, m->w + a, n, 1, n}));
     m->lowp_made[u] = 1;
     loom_mem_track(m->mem, LOOM_MEM_WORKSPACE, (int64_t)((size_t)n * lowp_elem(m)));
     return LOOM_OK;
@@ -65,9 +65,9 @@ static loom_status unit_done(loom_model *m, int u) {
  * of `ld` floats converted into scratch */
 static loom_status as_bf16(loom_model *m, const float *x, int64_t rows, int64_t ld, uint16_t *scratch,
                            const uint16_t **out) {
-    if (x >= m->params && x < m->params + m->buf_size) {
-        LOOM_CALL(lowp_unit_of(m, x - m->params));
-        *out = m->params16 + (x - m->params);
+    if (x >= m->w && x < m->w + m->w_size) {
+        LOOM_CALL(lowp_unit_of(m, x - m->w));
+        *out = m->params16 + (x - m->w);
         return LOOM_OK;
     }
     *out = scratch;
@@ -78,9 +78,9 @@ static loom_status as_bf16(loom_model *m, const float *x, int64_t rows, int64_t 
  * into scratch */
 static loom_status as_fp16(loom_model *m, const float *x, int64_t rows, int64_t cols, int64_t ld, float *scratch,
                            const float **out) {
-    if (x >= m->params && x < m->params + m->buf_size) {
-        LOOM_CALL(lowp_unit_of(m, x - m->params));
-        *out = m->params_h + (x - m->params);
+    if (x >= m->w && x < m->w + m->w_size) {
+        LOOM_CALL(lowp_unit_of(m, x - m->w));
+        *out = m->params_h + (x - m->w);
         return LOOM_OK;
     }
     *out = scratch;
@@ -410,17 +410,35 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
         LOOM_CHECK_GOTO(st, m->sp_counts != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
     }
     LOOM_CALL_GOTO(st, build_layout(m), fail);
+    m->w_infos = m->infos;
+    m->w_n_infos = m->n_infos;
+    m->w_size = m->buf_size;
+    m->w_n_params = m->n_params;
+    if (o->lora.r > 0) LOOM_CALL_GOTO(st, loom_lora_build(m, &o->lora), fail); /* the flat buffers: adapters */
     m->own_params = !(flags & LOOM_MODEL_EXTERNAL_PARAMS);
     m->own_grads = (flags & LOOM_MODEL_GRADS) && !(flags & LOOM_MODEL_EXTERNAL_GRADS);
     const size_t bytes = (size_t)m->buf_size * sizeof(float);
     if (m->own_params) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params), fail);
     if (m->own_grads) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, bytes, (void **)&m->grads), fail);
     m->has_grads = (flags & LOOM_MODEL_GRADS) != 0;
+    m->w_resident = -1;
+    if (!m->lora) {
+        m->w = m->params;
+    } else if (be && o->lora.base_bf16) { /* fp32 until the bf16 copy is made, then only what reads fp32 */
+        LOOM_CHECK_GOTO(st, m->precision == LOOM_PRECISION_BF16, LOOM_ERR_CONFIG, fail,
+                        "a bf16 LoRA base needs bf16 precision (the frozen products read the bf16 copy)");
+        LOOM_CHECK_GOTO(st, loom_backend_host_accessible(be), LOOM_ERR_UNSUPPORTED, fail,
+                        "a bf16 LoRA base runs on the CPU backend only yet (%s)", loom_backend_name(be));
+        LOOM_CALL_GOTO(st, loom_buf_reserve(be, (size_t)m->w_size * sizeof(float), (void **)&m->w), fail);
+        m->w_resident = 0; /* accounted as pieces are written (loom_model_weights_done) */
+    } else if (be) { /* the frozen weights: whole on every rank, whatever the ZeRO stage (nothing of them trains) */
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, (size_t)m->w_size * sizeof(float), (void **)&m->w), fail);
+    }
     if (be && m->precision != LOOM_PRECISION_FP32) {
         /* bf16's copy, or fp16's (the weights rounded to fp16, held as fp32 values): whole, or per unit */
         void **copy = m->precision == LOOM_PRECISION_BF16 ? (void **)&m->params16 : (void **)&m->params_h;
-        const size_t copy_bytes = (size_t)m->buf_size * (m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
-        if (flags & LOOM_MODEL_LOWP_PER_UNIT) {
+        const size_t copy_bytes = (size_t)m->w_size * (m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
+        if ((flags & LOOM_MODEL_LOWP_PER_UNIT) && !m->lora) {
             m->lowp_made = calloc((size_t)m->n_units, 1);
             LOOM_CHECK_GOTO(st, m->lowp_made != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
             LOOM_CALL_GOTO(st, loom_buf_reserve(be, copy_bytes, copy), fail);
@@ -459,6 +477,7 @@ static void free_acts(loom_model *m) {
     loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->ce_stats, (size_t)(3 * N) * sizeof(float));
     m->tok_dev = m->tgt_dev = NULL;
     m->ce_stats = NULL;
+    loom_lora_release(m);
     free(m->losses_host);
     free(m->tok_local);
     m->losses_host = NULL;
@@ -478,18 +497,28 @@ void loom_model_free(loom_model **pm) {
     loom_model *m = *pm;
     free_acts(m);
     loom_backend *be = m->be;
-    const size_t bytes = (size_t)m->buf_size * sizeof(float);
+    const size_t bytes = (size_t)m->buf_size * sizeof(float), w_bytes = (size_t)m->w_size * sizeof(float);
     if (m->own_params) loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params, bytes);
     if (m->own_grads) loom_buf_free(be, m->mem, LOOM_MEM_GRADS, m->grads, bytes);
     if (m->lowp_made) { /* reserved: the made units were accounted as they were made */
         for (int u = 0; u < m->n_units; u++)
             if (m->lowp_made[u]) lowp_drop(m, u);
         if (m->params16 || m->params_h)
-            loom_buf_unreserve(be, m->params16 ? (void *)m->params16 : (void *)m->params_h, (size_t)m->buf_size * lowp_elem(m));
+            loom_buf_unreserve(be, m->params16 ? (void *)m->params16 : (void *)m->params_h, (size_t)m->w_size * lowp_elem(m));
         free(m->lowp_made);
     } else {
-        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->buf_size * sizeof(uint16_t));
-        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params_h, bytes);
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params16, (size_t)m->w_size * sizeof(uint16_t));
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params_h, w_bytes);
+    }
+    if (m->lora && m->w_resident >= 0) {
+        loom_mem_track(m->mem, LOOM_MEM_PARAMS, -m->w_resident);
+        loom_buf_unreserve(be, m->w, w_bytes);
+    } else if (m->lora) {
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->w, w_bytes);
+    }
+    if (m->lora) {
+        free(m->w_infos);
+        loom_lora_free(m);
     }
     free(m->infos);
     free(m->row_blocks);
@@ -503,27 +532,52 @@ void loom_model_free(loom_model **pm) {
     *pm = NULL;
 }
 
-loom_status loom_model_init_weights(loom_model *m, uint64_t seed) {
-    if (loom_backend_host_accessible(m->be)) { /* straight into the parameters */
-        loom_model_init_weights_range(m, seed, 0, m->buf_size, m->params);
-        return LOOM_OK;
-    }
-    float *host = malloc((size_t)m->buf_size * sizeof(float));
-    LOOM_CHECK(host != NULL, LOOM_ERR_NOMEM, "out of memory initialising %lld parameters", (long long)m->buf_size);
-    loom_model_init_weights_range(m, seed, 0, m->buf_size, host);
-    loom_status st = loom_buf_upload(m->be, m->params, host, (size_t)m->buf_size * sizeof(float));
+static void init_weights_range(const loom_model *m, const loom_param_info *infos, int n_infos, uint64_t seed,
+                               int64_t begin, int64_t end, float *dst);
+
+/* a buffer of n floats (backend memory) filled from a range initialiser (frozen: the weights' own) */
+static loom_status init_buffer(loom_model *m, uint64_t seed, float *buf, int64_t n, int frozen) {
+    float *host = loom_backend_host_accessible(m->be) ? buf : malloc((size_t)n * sizeof(float));
+    LOOM_CHECK(host != NULL, LOOM_ERR_NOMEM, "out of memory initialising %lld parameters", (long long)n);
+    if (frozen) init_weights_range(m, m->w_infos, m->w_n_infos, seed, 0, n, host);
+    else loom_model_init_weights_range(m, seed, 0, n, host);
+    if (host == buf) return LOOM_OK;
+    loom_status st = loom_buf_upload(m->be, buf, host, (size_t)n * sizeof(float));
     free(host);
     return st;
 }
 
+loom_status loom_model_init_weights(loom_model *m, uint64_t seed) {
+    return init_buffer(m, seed, m->params, m->buf_size, 0);
+}
+
+loom_status loom_model_init_frozen(loom_model *m, uint64_t seed) {
+    m->w_lowp_fresh = 0;
+    if (m->w_resident < 0) return init_buffer(m, seed, m->w, m->w_size, 1);
+    /* a bf16 base: a piece at a time, each made bf16 before the next (never the whole base in fp32) */
+    const int64_t piece = (int64_t)1 << 20; /* floats: a multiple of the page */
+    for (int64_t lo = 0; lo < m->w_size; lo += piece) {
+        const int64_t hi = lo + piece < m->w_size ? lo + piece : m->w_size;
+        init_weights_range(m, m->w_infos, m->w_n_infos, seed, lo, hi, m->w + lo); /* host memory (CPU) */
+        LOOM_CALL(loom_model_weights_done(m, lo, hi));
+    }
+    return LOOM_OK;
+}
+
 void loom_model_init_weights_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst) {
+    if (m->lora) loom_lora_init_range(m, seed, begin, end, dst);
+    else init_weights_range(m, m->infos, m->n_infos, seed, begin, end, dst);
+}
+
+static void init_weights_range(const loom_model *m, const loom_param_info *infos, int n_infos, uint64_t seed,
+                               int64_t begin, int64_t end, float *dst) {
     const loom_model_config *c = &m->cfg;
     double resid_std = c->init_std / sqrt(2.0 * (double)c->n_layer); /* the whole model's depth */
     memset(dst, 0, (size_t)(end - begin) * sizeof(float)); /* alignment padding stays zero */
     /* Each parameter draws from its own stream (seed, parameter index), so the values do not depend on
      * how parameters are later laid out or sharded: a shard replays its parameters' streams up to its end. */
-    for (int i = 0; i < m->n_infos; i++) {
-        const loom_param_info *p = &m->infos[i];
+    for (int i = 0; i < n_infos; i++) {
+        const loom_param_info *p = &infos[i];
         const int64_t lo = p->offset > begin ? p->offset : begin;
         const int64_t hi = p->offset + p->numel < end ? p->offset + p->numel : end;
         if (lo >= hi) continue;
@@ -573,6 +627,7 @@ void loom_model_set_hooks(loom_model *m, const loom_model_hooks *h) {
 
 void loom_model_set_buffers(loom_model *m, float *params, float *grads) {
     if (params) m->params = params;
+    if (params && !m->lora) m->w = params;
     if (grads) m->grads = grads;
 }
 
@@ -759,6 +814,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
         LOOM_CHECK(m->tok_local != NULL, LOOM_ERR_NOMEM, "out of memory");
         LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_WORKSPACE, (size_t)(3 * N) * sizeof(float), (void **)&m->ce_stats));
     }
+    LOOM_CALL(loom_lora_reserve(m, N));
     /* RoPE tables, computed in double once, at this rank's absolute positions */
     const int64_t half = m->hd / 2, t0 = (int64_t)m->sp_rank * T;
     float *tab = malloc((size_t)(2 * T * half) * sizeof(float));
@@ -978,17 +1034,21 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
+    LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N)); /* LoRA: tp 1, so the rows are all here */
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
     else if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, l, B, T));
     LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
+    LOOM_CALL(loom_lora_forward(m, l, LORA_PROJ, a->atty, a->res1, C, N));
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
+    LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
-    return row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr);
+    LOOM_CALL(row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
+    return loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N);
 }
 
 /* before a layer's backward: recompute what the recompute mode did not keep */
@@ -1075,7 +1135,8 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         const float *wpe = gpt && m->tp_rank == 0 ? P(m->off_wpe) : NULL;
         if (loom_kv_decoding(m)) LOOM_CALL(loom_kv_embed(m, tok, P(m->off_wte), wpe, m->enc)); /* each sequence's positions */
         else LOOM_CALL(loom_k_embedding_forward(be, &(loom_embedding_forward_args){.out = m->enc, .tokens = tok,
-                                                .wte = P(m->off_wte), .wpe = wpe ? wpe + (int64_t)m->sp_rank * T * C : NULL,
+                                                .wte = P(m->off_wte), .wte16 = loom_model_wte16(m),
+                                                .wpe = wpe ? wpe + (int64_t)m->sp_rank * T * C : NULL,
                                                 .B = B, .T = T, .C = C}));
         LOOM_CALL(tp_sum(m, m->enc, N * C));
         LOOM_CALL(unit_done(m, 0));
@@ -1148,6 +1209,7 @@ loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32
                                float *loss) {
     LOOM_CHECK(whole(m), LOOM_ERR_INVALID_ARG, "loom_model_forward runs a whole model (this is a pipeline part)");
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    loom_lora_begin_micro(m, 0);
     float l = 0.0f;
     LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, 0.0f, &l, 0, NULL));
     if (loss) *loss = l;
@@ -1160,6 +1222,12 @@ static float *input_grad_dst(loom_model *m) { return m->tp_sp ? m->sp_partial : 
 
 static loom_status input_grad_sum(loom_model *m, int64_t N, int64_t Nr) {
     return m->tp_sp ? sp_reduce_scatter(m, m->sp_partial, m->dln, Nr) : tp_sum(m, m->dln, N * m->C);
+}
+
+/* A product's input gradient and its weight's gradient (not for frozen weights: LoRA) */
+static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw) {
+    if (m->lora) return mm(m, dx.trans_a, dx.trans_b, dx.M, dx.N, dx.K, dx.alpha, dx.A, dx.lda, dx.B, dx.ldb, dx.beta, dx.C, dx.ldc);
+    return mm_pair(m, dx, dw);
 }
 
 /* One layer's backward, plain or tensor parallel, with or without Megatron-SP. The residual-stream
@@ -1179,35 +1247,40 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     float *dres = m->dres, *dfull = input_grad_dst(m);
     const float *in;
     const int racc = sp ? 0 : acc; /* replicated gradients: staged (written) or in place (accumulated) */
-#define REP(slot, w) (sp ? m->sp_rep + (slot) * C : G_OPT(lo[w]))
+    const int frozen = m->lora != NULL; /* LoRA: the weights take no gradient; norms write theirs to scratch */
+#define REP(slot, w) (sp ? m->sp_rep + (slot) * C : frozen ? loom_lora_dw_scratch(m) + ((slot) & 1) * C : G_OPT(lo[w]))
     LOOM_CALL(recompute_layer(m, l, B, T));
     if (sp) LOOM_CALL(loom_buf_fill(be, m->sp_rep, 0.0f, 6 * C));
     /* MLP: out = res1 + fc_act W2^T + b2 */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
-    if (lo[W_MLP_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
+    LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, N, acc));
+    if (lo[W_MLP_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     LOOM_CALL(mlp_activation_backward(m, a, N));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C},
-              (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, dfull, C}));
-    if (lo[W_FC_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, dfull, C},
+              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}));
+    LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, N, acc));
+    if (lo[W_FC_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .db = REP(4, W_LN2_B), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .mean = a->ln2_mean, .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
     else LOOM_CALL(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
     /* attention: res1 = x + atty Wo^T + bo */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
-    LOOM_CALL(mm_pair(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
               (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
-    if (lo[W_ATTN_PROJ_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
+    LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, N, acc));
+    if (lo[W_ATTN_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
-    LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C},
-              (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, dfull, C}));
-    if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, dfull, C},
+              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}));
+    LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, N, acc));
+    if (lo[W_QKV_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(0, W_LN1_W), .db = REP(1, W_LN1_B), .dout = m->dln, .inp = x, .w = P(lo[W_LN1_W]), .mean = a->ln1_mean, .rstd = a->ln1_rstd, .N = Nr, .C = C, .accumulate = racc}));
@@ -1232,13 +1305,14 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     if (head) { /* logits = lnf Whead^T; m->logits holds dlogits */
         const float *lnf_full = m->slots[m->slot].lnf_full;
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
-        LOOM_CALL(mm_pair(m, (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C},
-                  (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C}));
+        LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C},
+                  (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C}));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));
         const float *xL = m->acts[l1 - 1].out;
-        float *gw = G(m->off_lnf_w), *gb = m->off_lnf_b >= 0 ? G(m->off_lnf_b) : NULL;
+        float *gw = m->lora ? loom_lora_dw_scratch(m) : G(m->off_lnf_w);
+        float *gb = m->off_lnf_b < 0 ? NULL : m->lora ? gw + C : G(m->off_lnf_b);
         const int acc_n = m->tp_sp ? 0 : accumulate;
         if (m->tp_sp) { /* this rank's rows' part, summed over tp below */
             gw = m->sp_rep;
@@ -1268,6 +1342,10 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
         float *dx = m->slots[m->slot].dx;
         LOOM_CALL(loom_buf_copy(be, dx, m->dres, (size_t)(Nr * C) * sizeof(float)));
         if (dx_out) *dx_out = dx;
+        return LOOM_OK;
+    }
+    if (m->lora) { /* the embedding is frozen */
+        HOOK(grads_done, 0);
         return LOOM_OK;
     }
     /* the token embedding (reads no parameter): with the tied head here, the head already wrote this
@@ -1318,6 +1396,7 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     LOOM_CHECK(targets != NULL, LOOM_ERR_INVALID_ARG, "training needs targets");
     LOOM_CHECK(whole(m), LOOM_ERR_INVALID_ARG, "loom_model_forward_backward runs a whole model (this is a pipeline part)");
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
+    loom_lora_begin_micro(m, 1);
     float l = 0.0f;
     LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, grad_scale, &l, 1, NULL));
     LOOM_CALL(chunk_backward(m, 0, tokens, NULL, B, T, accumulate, NULL));
@@ -1345,6 +1424,16 @@ loom_status loom_model_chunk_backward(loom_model *m, int chunk, const int32_t *t
 
 const loom_model_config *loom_model_get_config(const loom_model *m) { return &m->cfg; }
 float *loom_model_params(loom_model *m) { return m->params; }
+float *loom_model_weights(loom_model *m) {
+    if (m->w_resident < 0) m->w_lowp_fresh = 0; /* the caller may write them (a bf16 base: before its first refresh) */
+    return m->w;
+}
+int64_t loom_model_weights_size(const loom_model *m) { return m->w_size; }
+int loom_model_num_weight_infos(const loom_model *m) { return m->w_n_infos; }
+const loom_param_info *loom_model_weight_info(const loom_model *m, int i) {
+    return (i >= 0 && i < m->w_n_infos) ? &m->w_infos[i] : NULL;
+}
+
 float *loom_model_grads(loom_model *m) { return m->grads; }
 int64_t loom_model_buffer_size(const loom_model *m) { return m->buf_size; }
 int64_t loom_model_num_params(const loom_model *m) { return m->n_params; }
@@ -1364,17 +1453,42 @@ loom_status loom_model_read_logits(const loom_model *m, float *dst) {
 loom_backend *loom_model_backend(const loom_model *m) { return m->be; }
 loom_comm *loom_model_tp_comm(const loom_model *m) { return m->tp; }
 
+loom_status loom_model_weights_done(loom_model *m, int64_t begin, int64_t end) {
+    LOOM_CHECK(begin >= 0 && begin <= end && end <= m->w_size, LOOM_ERR_INVALID_ARG, "weights [%lld, %lld) of %lld",
+               (long long)begin, (long long)end, (long long)m->w_size);
+    if (m->w_resident < 0) return LOOM_OK; /* the next refresh makes the copy */
+    LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16 + begin, m->w + begin, end - begin}));
+    /* the fp32 matrices' whole pages in the range go back: their products read the copy, the embedding its bf16
+     * rows; norms, biases and GPT-2's position table stay */
+    const int64_t page = 4096 / (int64_t)sizeof(float);
+    int64_t kept = end - begin; /* floats of the range that stay resident */
+    for (int i = 0; i < m->w_n_infos; i++) {
+        const loom_param_info *p = &m->w_infos[i];
+        if (p->ndim != 2 || p->offset == m->off_wpe) continue;
+        const int64_t a = p->offset > begin ? p->offset : begin, b = p->offset + p->numel < end ? p->offset + p->numel : end;
+        const int64_t lo = (a + page - 1) / page * page, hi = b / page * page;
+        if (hi <= lo) continue;
+        loom_buf_discard(m->be, m->w + lo, (size_t)(hi - lo) * sizeof(float));
+        kept -= hi - lo;
+    }
+    loom_mem_track(m->mem, LOOM_MEM_PARAMS, kept * (int64_t)sizeof(float));
+    m->w_resident += kept * (int64_t)sizeof(float);
+    m->w_lowp_fresh = 1;
+    return LOOM_OK;
+}
+
 loom_status loom_model_refresh_low_precision(loom_model *m) {
     if (m->lowp_made) { /* per unit: every part is made again from the new values at its next use */
         for (int u = 0; u < m->n_units; u++)
             if (m->lowp_made[u]) lowp_drop(m, u);
         return LOOM_OK;
     }
-    if (m->params16)
-        LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16, m->params, m->buf_size}));
+    if (m->lora && (m->w_lowp_fresh || m->w_resident >= 0)) return LOOM_OK; /* frozen: made once (bf16 base:
+                                                                                as they were written) */
+    if (m->params16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16, m->w, m->w_size}));
     if (m->params_h)
-        LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h, m->buf_size, m->params, m->buf_size, 1,
-                                                                   m->buf_size}));
+        LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h, m->w_size, m->w, m->w_size, 1, m->w_size}));
+    m->w_lowp_fresh = 1;
     return LOOM_OK;
 }
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T) {

@@ -114,7 +114,7 @@ loom_status loom_kv_embed(loom_model *m, const int32_t *tok, const float *wte, c
         const int64_t r0 = r->row0[s], pos = r->segs[s].pos;
         LOOM_CALL(loom_k_embedding_forward(m->be, &(loom_embedding_forward_args){.out = out + r0 * m->C,
                                            .tokens = tok + r0, .wte = wte, .wpe = wpe ? wpe + pos * m->C : NULL,
-                                           .B = 1, .T = r->segs[s].n, .C = m->C}));
+                                           .B = 1, .T = r->segs[s].n, .C = m->C, .wte16 = loom_model_wte16(m)}));
     }
     return LOOM_OK;
 }

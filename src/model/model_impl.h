@@ -98,11 +98,53 @@ struct loom_model {
     float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int64_t last_B, last_T;
+    /* LoRA (lora.c): the weights the blocks read are w, in the whole model's layout (w_infos, w_size); with
+     * adapters they are frozen and the flat parameter and gradient buffers above (infos, units, buf_size)
+     * hold only the adapters, so the optimizer, ZeRO and checkpoints see what trains. Without: w == params. */
+    float *w;
+    int64_t w_size, w_n_params;
+    loom_param_info *w_infos;
+    int w_n_infos;
+    int w_lowp_fresh;           /* LoRA: the frozen weights' low-precision copy is made from their values */
+    int64_t w_resident;         /* LoRA base_bf16: bytes of w still resident (reserved memory; -1: allocated) */
+    struct lora_state *lora;    /* NULL without adapters */
     struct loom_kv_cache *kv; /* single-sequence generation state (kvcache.c), NULL until used */
     const void *kv_run;       /* the cached forward in progress (kvcache.c), NULL otherwise */
 };
 
 void loom_kv_cache_free(loom_model *m);
+/* The embedding table in bf16 where the model holds it only so (a LoRA base_bf16 after its first refresh) */
+static inline const uint16_t *loom_model_wte16(const loom_model *m) {
+    return m->w_resident >= 0 && m->w_lowp_fresh ? m->params16 + m->off_wte : NULL;
+}
+
+/* ---- LoRA (lora.c) ---- */
+/* Adapter targets by role, as the products that carry them */
+enum { LORA_QKV = 0, LORA_PROJ, LORA_FC, LORA_DOWN, LORA_N_ROLES };
+/* Called by model_create after build_layout: moves the whole model's layout to the w_* fields and lays
+ * out the adapters in its place (the same units: the embedding, each block, the head). */
+LOOM_NODISCARD loom_status loom_lora_build(loom_model *m, const loom_lora_config *cfg);
+void loom_lora_free(loom_model *m);
+/* Activations for N rows: each adapter's low-rank product (kept for the backward when training), and the
+ * dropout scratch. Accounted as activations. */
+LOOM_NODISCARD loom_status loom_lora_reserve(loom_model *m, int64_t N);
+void loom_lora_release(loom_model *m);
+/* The adapters' initial values (A uniform in +-1/sqrt(fan_in), as PEFT's kaiming_uniform(a=sqrt(5)); B
+ * zero) for flat positions [begin, end) of the adapter buffer. */
+void loom_lora_init_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst);
+/* y (N rows, leading dimension ldy) += the adapters of role `role` in block l over input x (N x fan_in);
+ * training (dropout on): once per micro-batch, lora_begin_micro first. */
+LOOM_NODISCARD loom_status loom_lora_forward(loom_model *m, int64_t l, int role, const float *x, float *y,
+                                             int64_t ldy, int64_t N);
+/* Backward of the same: dy (N rows, ldy) the output's gradient; the adapters' gradients written (acc 0) or
+ * added; dx (N x fan_in) += the input's gradient through them. */
+LOOM_NODISCARD loom_status loom_lora_backward(loom_model *m, int64_t l, int role, const float *x, const float *dy,
+                                              int64_t ldy, float *dx, int64_t N, int acc);
+/* Dropout masks are a function of (seed, micro-batch counter, block, adapter, element): the forward, a
+ * recomputed forward and the backward of one micro-batch draw the same one. training 0: no dropout. */
+void loom_lora_begin_micro(loom_model *m, int training);
+/* (2C) floats where the frozen norms' backward writes the weight gradients nobody keeps */
+float *loom_lora_dw_scratch(loom_model *m);
 /* While a cached forward runs (kvcache.c) its rows are segments of several sequences: the embedding, RoPE
  * and attention go segment by segment through these, and the head scores only the rows loom_kv_logit_rows
  * moves to the front. */

@@ -561,7 +561,7 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
                  (stage >= 2 || try_shm ? LOOM_MODEL_EXTERNAL_GRADS : 0) |
                  (stage >= 3 ? LOOM_MODEL_LOWP_PER_UNIT : 0), /* the parameters come and go a unit at a time */
         .tp = zo->tp, .sp = zo->sp, .parts = zo->parts, .tp_seq_parallel = zo->tp_seq_parallel,
-        .precision = zo->precision};
+        .precision = zo->precision, .lora = zo->lora};
     if (zo->part) LOOM_CALL_GOTO(st, loom_model_init_part(mc, zo->part, be, mem, &mo, &z->model), fail);
     else LOOM_CALL_GOTO(st, loom_model_init(mc, be, mem, &mo, &z->model), fail);
     z->n = loom_model_buffer_size(z->model);

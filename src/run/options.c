@@ -25,6 +25,7 @@ static const char *const rc_choices[] = {"none", "attn", "full", NULL};
 static const char *const gelu_choices[] = {"tanh", "erf", NULL}; /* loom_gelu's order */
 static const char *const precision_choices[] = {"fp32", "bf16", "fp16", NULL}; /* loom_precision's order */
 static const char *const pp_choices[] = {"1f1b", "interleaved", NULL}; /* loom_pp_schedule's order */
+static const char *const base_dtype_choices[] = {"fp32", "bf16", NULL};
 static const char *const transport_choices[] = {"auto", "mpi", "shm", NULL}; /* loom_dp_transport's order */
 
 #define M(f) offsetof(loom_run_config, model.f)
@@ -84,6 +85,8 @@ static const option options[] = {
     {"train.keep_checkpoints", OPT_INT, T(keep_checkpoints), 0, NULL, "sharded checkpoints: the newest N steps' shards stay on disk, each with its own manifest (older ones are removed)"},
     {"train.init_from", OPT_STRING, T(init_from), S(init_from), NULL, "start a new run from this checkpoint's weights, with a fresh optimizer, step 0 and the data from its start (fine-tuning; --init): a run directory, a kept step's shard directory, a checkpoint file, or a Hugging Face directory (config.json + safetensors; imported first into <out>/init-hf); the model must be the checkpoint's"},
     {"train.resume_if_any", OPT_BOOL, T(resume_if_any), 0, NULL, "resume from the newest intact checkpoint (in-memory snapshot, then disk, newest first), or start afresh when there is none (--resume-if-any; what the supervisor's restarts use)"},
+    {"train.lora", OPT_STRING, T(lora), S(lora), NULL, "LoRA fine-tuning (--lora): 'r=16,alpha=32,dropout=0.05,targets=attn,mlp[,rslora=1]' trains low-rank adapters beside the frozen weights of --init (targets: qkv, proj, fc|gate_up, down, attn, mlp, all); with --resume, --init names the same base again"},
+    {"train.lora_base_dtype", OPT_ENUM, T(lora_base_dtype), 0, base_dtype_choices, "LoRA: hold the frozen base in bf16 only, half its memory (--lora-base-dtype; needs --precision bf16)"},
     {"train.snapshot_interval", OPT_INT, T(snapshot_interval), 0, NULL, "steps between in-memory snapshots of the training state (shared memory: they outlive a crashed process; 0 = none)"},
     {"train.snapshot_dir", OPT_STRING, T(snapshot_dir), S(snapshot_dir), NULL, "where snapshots go (default /dev/shm/loom-<uid>-<hash of the run directory>)"},
     {"train.ckpt_async", OPT_BOOL, T(ckpt_async), 0, NULL, "disk checkpoints: the step pays for a snapshot in memory, a background thread writes the files"},
@@ -340,9 +343,18 @@ loom_status loom_run_config_validate(const loom_run_config *c) {
     LOOM_CHECK(t->steps >= 1, LOOM_ERR_CONFIG, "train.steps must be >= 1, got %lld", (long long)t->steps);
     LOOM_CHECK(t->stop_after >= 0, LOOM_ERR_CONFIG, "train.stop_after must be >= 0");
     LOOM_CHECK(t->snapshot_interval >= 0, LOOM_ERR_CONFIG, "train.snapshot_interval must be >= 0");
-    LOOM_CHECK(!t->init_from[0] || (!t->resume && !t->resume_from[0]), LOOM_ERR_CONFIG,
+    LOOM_CHECK(!t->init_from[0] || t->lora[0] || (!t->resume && !t->resume_from[0]), LOOM_ERR_CONFIG,
                "train.init_from (--init) starts a new run from a checkpoint's weights and train.resume continues one: "
-               "give one of them");
+               "give one of them (with --lora, --init names the frozen base, on resume too)");
+    if (t->lora[0]) {
+        loom_lora_config lc;
+        LOOM_CALL(loom_lora_config_parse(t->lora, &lc));
+        LOOM_CHECK(t->precision != LOOM_PRECISION_FP16, LOOM_ERR_UNSUPPORTED, "LoRA runs in fp32 or bf16 (not fp16 yet)");
+        LOOM_CHECK(t->mem_budget == 0, LOOM_ERR_UNSUPPORTED, "LoRA does not compose with train.mem_budget (offload) yet");
+    }
+    LOOM_CHECK(!t->lora_base_dtype || (t->lora[0] && t->precision == LOOM_PRECISION_BF16), LOOM_ERR_CONFIG,
+               "train.lora_base_dtype bf16 (--lora-base-dtype) holds a LoRA run's frozen base in bf16: it needs --lora "
+               "and --precision bf16");
     LOOM_CHECK(t->spike_zscore >= 0 && isfinite(t->spike_zscore), LOOM_ERR_CONFIG, "train.spike_zscore must be >= 0");
     LOOM_CHECK(t->spike_window >= 8 && t->spike_window <= LOOM_SPIKE_WINDOW_MAX, LOOM_ERR_CONFIG,
                "train.spike_window must be 8-%d, got %lld", LOOM_SPIKE_WINDOW_MAX, (long long)t->spike_window);

@@ -122,6 +122,8 @@ LOOM_NODISCARD loom_status loom_trainer_ckpt_load(loom_trainer *tr, int64_t *ste
 /* Collective: the parameters of train.init_from (a loom checkpoint, or a Hugging Face directory imported into
  * <out>/init-hf first), the optimizer's state zero: a new run from trained weights. */
 LOOM_NODISCARD loom_status loom_trainer_ckpt_init(loom_trainer *tr);
+/* LoRA: the frozen weights from train.init_from (every rank reads them whole), or from the seed. Rank-local. */
+LOOM_NODISCARD loom_status loom_trainer_load_frozen(loom_trainer *tr);
 /* the snapshot directory of this run (train.snapshot_dir, or /dev/shm/loom-<uid>-<hash of out>); its removal */
 void loom_trainer_snapshot_dir(const loom_trainer *tr, char *dir, size_t n);
 void loom_trainer_snapshot_clear(loom_trainer *tr);

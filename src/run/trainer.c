@@ -282,12 +282,15 @@ static loom_status setup_model(loom_trainer *tr) {
             LOOM_CHECK(tr->mem_trace != NULL, LOOM_ERR_IO, "cannot create %s: %s", t->mem_trace, strerror(errno));
         }
     }
+    loom_lora_config lora = {0};
+    if (t->lora[0]) LOOM_CALL(loom_lora_config_parse(t->lora, &lora));
+    lora.base_bf16 = t->lora_base_dtype == 1;
     const loom_zero_options zo = {.stage = (int)t->zero, .overlap = t->dp_overlap, .transport = t->dp_transport,
                                   .tp = tr->mesh.tp, .part = tr->pp > 1 ? &tr->part : NULL, .sp = tr->mesh.sp,
                                   .parts = tr->pp > 1 ? tr->mesh.pp : NULL, .tp_seq_parallel = t->tp_seq_parallel,
                                   .precision = (loom_precision)t->precision, .mem_budget = t->mem_budget,
                                   .offload = t->offload, .mem_chunk = t->mem_chunk, .offload_dir = off_dir,
-                                  .mem_trace = tr->mem_trace};
+                                  .mem_trace = tr->mem_trace, .lora = lora};
     LOOM_CALL(loom_zero_init(&tr->model_cfg, &rc->optim, &zo, tr->red, tr->be, &tr->mem, &tr->zero));
     tr->model = loom_zero_model(tr->zero);
     tr->opt = loom_zero_optim(tr->zero);
@@ -359,6 +362,14 @@ static void describe(const loom_trainer *tr, double peak_gflops, const char *pea
     LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
               loom_family_name(tr->model_cfg.family), (double)loom_model_num_params(tr->model) / 1e6,
               tr->flops_per_token / 1e9, loom_data_describe(tr->data));
+    const loom_lora_config *lora = loom_model_lora(tr->model);
+    if (lora)
+        LOOM_INFO("LoRA r %d, alpha %g (scale %g), dropout %g, targets %s%s%s%s: %.3fM trainable parameters over %.2fM "
+                  "frozen ones (no gradient, no optimizer state; the model FLOPs count no weight-gradient products for them)",
+                  lora->r, lora->alpha, lora->alpha / (lora->rslora ? sqrt(lora->r) : lora->r), lora->dropout,
+                  lora->targets & LOOM_LORA_QKV ? "qkv " : "", lora->targets & LOOM_LORA_PROJ ? "proj " : "",
+                  lora->targets & LOOM_LORA_FC ? "fc " : "", lora->targets & LOOM_LORA_DOWN ? "down " : "",
+                  (double)loom_model_num_params(tr->model) / 1e6, (double)loom_model_config_num_params(&tr->model_cfg) / 1e6);
     LOOM_INFO("batch %lld x %lld x %lld accum = %lld tokens/step; %s %s; %d threads on %s; GEMM %s; MFU against a "
               "peak of %.1f GFLOP/s per rank (%s)",
               (long long)t->batch, (long long)t->seq_len, (long long)t->grad_accum, (long long)tr->tokens_per_step,
@@ -456,6 +467,8 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     tr->snap_step = -1;
     loom_progress_mark(0, "init");
     tr->resumed = t->resume || t->resume_from[0];
+    if (loom_model_lora(tr->model)) /* LoRA: the frozen base first, on a new run and a resumed one alike */
+        LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_load_frozen(tr), "loading the frozen weights"), fail);
     if (tr->resumed) { /* every rank reads its own ranges: all of them resume, or none */
         LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_ckpt_load(tr, &tr->step), "resuming"), fail);
         LOOM_INFO("resumed from %s at step %lld", t->resume_from[0] ? t->resume_from : t->out, (long long)tr->step);
@@ -465,7 +478,7 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
         tr->resumed = found;
     }
     if (!tr->resumed) {
-        if (t->init_from[0]) /* every rank reads its own ranges of the weights, or none does */
+        if (t->init_from[0] && !loom_model_lora(tr->model)) /* every rank reads its own ranges of the weights, or none does */
             LOOM_CALL_GOTO(st, loom_comm_agree(tr->world, loom_trainer_ckpt_init(tr), "loading the initial weights"), fail);
         else
             LOOM_CALL_GOTO(st, loom_zero_init_weights(tr->zero, (uint64_t)t->seed), fail);
@@ -477,6 +490,9 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr->model), fail); /* bf16: the working copy of the weights */
     LOOM_CALL_GOTO(st, setup_run_dir(tr), fail);
     tr->flops_per_token = loom_model_config_flops_per_token(&tr->model_cfg, t->seq_len);
+    if (loom_model_lora(tr->model)) /* frozen weights: forward and input gradient only; the adapters train */
+        tr->flops_per_token += -2.0 * (double)loom_model_config_num_params(&tr->model_cfg) +
+                               6.0 * (double)loom_model_num_params(tr->model);
     tr->tokens_per_step = t->batch * t->seq_len * t->grad_accum;
     /* every rank's share of the machine(s), in the run's precision: the host's peak comes measured in it (`loom
      * bench peak`); a GPU's is measured on it here */

@@ -62,6 +62,16 @@ static loom_status save_to(loom_trainer *tr, int64_t step, const char *dir, int6
         loom_json_write_string(&meta, tr->tokenizer);
         loom_strbuf_printf(&meta, ",");
     }
+    const loom_lora_config *lora = loom_model_lora(tr->model);
+    if (lora) { /* what the adapters sit on: resuming and merging find the same base */
+        char spec[256];
+        loom_lora_config_format(lora, spec, sizeof spec);
+        loom_strbuf_printf(&meta, "\"lora\":{\"spec\":");
+        loom_json_write_string(&meta, spec);
+        loom_strbuf_printf(&meta, ",\"base\":");
+        loom_json_write_string(&meta, rc->train.init_from);
+        loom_strbuf_printf(&meta, ",\"base_seed\":%lld},", (long long)rc->train.seed);
+    }
     loom_strbuf_printf(&meta, "\"model\":");
     loom_model_config_to_json(&tr->model_cfg, &meta);
     loom_strbuf_printf(&meta, ",\"params\":["); /* the one-rank layout, which the sections hold */
@@ -252,6 +262,27 @@ static loom_status check_ckpt_model(const loom_trainer *tr, loom_run_ckpt *c) {
     return LOOM_OK;
 }
 
+/* a LoRA run resumes on the base it trained on, with the same adapters */
+static loom_status check_lora_base(const loom_trainer *tr, const loom_json *meta, const char *path) {
+    const loom_lora_config *lora = loom_model_lora(tr->model);
+    const loom_json *jl = loom_json_get(meta, "lora");
+    LOOM_CHECK(!lora == !jl, LOOM_ERR_MISMATCH, "checkpoint %s %s LoRA adapters and this run %s", path,
+               jl ? "holds" : "holds no", lora ? "trains them (--lora)" : "does not (give its --lora)");
+    if (!lora) return LOOM_OK;
+    char spec[256];
+    loom_lora_config_format(lora, spec, sizeof spec);
+    const loom_json *js = loom_json_get(jl, "spec"), *jb = loom_json_get(jl, "base"), *jseed = loom_json_get(jl, "base_seed");
+    LOOM_CHECK(js && js->type == LOOM_JSON_STRING && !strcmp(js->string, spec), LOOM_ERR_MISMATCH,
+               "checkpoint %s holds adapters '%s', this run asks for '%s'", path, js && js->string ? js->string : "?", spec);
+    const loom_train_config *t = &tr->rc->train;
+    LOOM_CHECK(jb && jb->type == LOOM_JSON_STRING && !strcmp(jb->string, t->init_from) &&
+                   (t->init_from[0] || (jseed && jseed->type == LOOM_JSON_NUMBER && (int64_t)jseed->number == t->seed)),
+               LOOM_ERR_MISMATCH, "checkpoint %s trained its adapters on the base '%s'%s; this run's is '%s' (give --init %s)",
+               path, jb && jb->string ? jb->string : "?", jb && jb->string && !jb->string[0] ? " (the seed's)" : "",
+               t->init_from, jb && jb->string && jb->string[0] ? jb->string : "nothing, and its seed");
+    return LOOM_OK;
+}
+
 static loom_status load_from(loom_trainer *tr, const char *from, int hint, int64_t *step) {
     loom_run_ckpt *c = NULL;
     loom_status st;
@@ -259,6 +290,7 @@ static loom_status load_from(loom_trainer *tr, const char *from, int hint, int64
     const loom_json *j = loom_run_ckpt_meta(c);
     const char *path = loom_run_ckpt_path(c);
     LOOM_CALL_GOTO(st, check_ckpt_model(tr, c), done);
+    LOOM_CALL_GOTO(st, check_lora_base(tr, j, path), done);
     train_state ts;
     LOOM_CALL_GOTO(st, loom_run_ckpt_read_state(c, &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
@@ -320,15 +352,58 @@ static loom_status read_weights_only(void *ctx, const char *section, int64_t beg
                                           : read_ckpt_range(r->c, section, begin, end, dst);
 }
 
+/* the checkpoint train.init_from names: itself, or a Hugging Face directory imported into <out>/init-hf by
+ * rank 0 (collective then) */
+static loom_status init_source(loom_trainer *tr, char *from, size_t n) {
+    const loom_train_config *t = &tr->rc->train;
+    snprintf(from, n, "%s", t->init_from);
+    if (!loom_hf_is_model_dir(t->init_from)) return LOOM_OK;
+    snprintf(from, n, "%s/init-hf", t->out);
+    const loom_status st = tr->root ? loom_hf_import(t->init_from, from, NULL) : LOOM_OK;
+    return loom_comm_agree(tr->world, st, "importing the Hugging Face model");
+}
+
+loom_status loom_trainer_load_frozen(loom_trainer *tr) {
+    const loom_train_config *t = &tr->rc->train;
+    loom_model *m = tr->model;
+    if (!t->init_from[0]) {
+        if (tr->root) LOOM_INFO("LoRA: the frozen weights from seed %lld (no --init)", (long long)t->seed);
+        return loom_model_init_frozen(m, (uint64_t)t->seed);
+    }
+    char from[LOOM_PATH_MAX + 16];
+    LOOM_CALL(init_source(tr, from, sizeof from));
+    loom_run_ckpt *c = NULL;
+    float *w = loom_model_weights(m), *host = NULL;
+    const int64_t piece = (int64_t)1 << 20; /* floats read at a time: a bf16 base is never whole in fp32 */
+    loom_status st;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
+    loom_model_config mc;
+    LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(loom_run_ckpt_meta(c), "model"), &mc), done);
+    LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, loom_run_ckpt_path(c)), done);
+    const int64_t n = loom_model_weights_size(m);
+    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, done,
+                    "%s holds %lld floats of weights, this model %lld (a LoRA run's checkpoint holds adapters: merge "
+                    "it first)", loom_run_ckpt_path(c), (long long)loom_run_ckpt_size(c), (long long)n);
+    host = loom_backend_host_accessible(tr->be) ? w : malloc((size_t)piece * sizeof(float));
+    LOOM_CHECK_GOTO(st, host != NULL, LOOM_ERR_NOMEM, done, "out of memory");
+    for (int64_t lo = 0; lo < n; lo += piece) {
+        const int64_t hi = lo + piece < n ? lo + piece : n;
+        float *dst = host == w ? w + lo : host;
+        LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", lo, hi, dst), done);
+        if (host != w) LOOM_CALL_GOTO(st, loom_buf_upload(tr->be, w + lo, host, (size_t)(hi - lo) * sizeof(float)), done);
+        LOOM_CALL_GOTO(st, loom_model_weights_done(m, lo, hi), done);
+    }
+    if (tr->root) LOOM_INFO("LoRA: the frozen weights from %s", loom_run_ckpt_path(c));
+done:
+    if (host != w) free(host);
+    loom_run_ckpt_close(&c);
+    return st;
+}
+
 loom_status loom_trainer_ckpt_init(loom_trainer *tr) {
     const loom_train_config *t = &tr->rc->train;
     char from[LOOM_PATH_MAX + 16];
-    snprintf(from, sizeof from, "%s", t->init_from);
-    if (loom_hf_is_model_dir(t->init_from)) { /* through the importer, by rank 0, into the run directory */
-        snprintf(from, sizeof from, "%s/init-hf", t->out);
-        const loom_status st = tr->root ? loom_hf_import(t->init_from, from, NULL) : LOOM_OK;
-        LOOM_CALL(loom_comm_agree(tr->world, st, "importing the Hugging Face model"));
-    }
+    LOOM_CALL(init_source(tr, from, sizeof from));
     loom_run_ckpt *c = NULL;
     loom_status st;
     LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);

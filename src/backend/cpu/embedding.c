@@ -3,7 +3,7 @@
 #include "cpu_impl.h"
 
 static void cpu_embedding_forward(loom_backend *be, float *out, const int32_t *tokens, const float *wte,
-                                const float *wpe, int64_t B, int64_t T, int64_t C) {
+                                const uint16_t *wte16, const float *wpe, int64_t B, int64_t T, int64_t C) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t bt = 0; bt < B * T; bt++) {
@@ -11,6 +11,16 @@ static void cpu_embedding_forward(loom_backend *be, float *out, const int32_t *t
         if (tokens[bt] < 0) { /* another rank's vocabulary row */
             if (wpe) memcpy(o, wpe + (bt % T) * C, (size_t)C * sizeof(float));
             else memset(o, 0, (size_t)C * sizeof(float));
+            continue;
+        }
+        if (wte16) { /* bf16 rows: the upper half of an fp32 */
+            const uint16_t *e = wte16 + (int64_t)tokens[bt] * C;
+            for (int64_t c = 0; c < C; c++) {
+                uint32_t u = (uint32_t)e[c] << 16;
+                float v;
+                memcpy(&v, &u, sizeof v);
+                o[c] = wpe ? v + wpe[(bt % T) * C + c] : v;
+            }
             continue;
         }
         const float *e = wte + (int64_t)tokens[bt] * C;
@@ -25,7 +35,7 @@ static void cpu_embedding_forward(loom_backend *be, float *out, const int32_t *t
 }
 
 loom_status loom_cpu_embedding_forward(loom_backend *be, const loom_embedding_forward_args *a) {
-    cpu_embedding_forward(be, a->out, a->tokens, a->wte, a->wpe, a->B, a->T, a->C);
+    cpu_embedding_forward(be, a->out, a->tokens, a->wte, a->wte16, a->wpe, a->B, a->T, a->C);
     return LOOM_OK;
 }
 

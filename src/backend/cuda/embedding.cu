@@ -10,12 +10,13 @@
 #include "cuda_kernels.cuh"
 
 /* out (B*T, C) = wte[token] (+ wpe[t]); a negative token's row is zero (+ wpe[t]) */
-__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte, const float *wpe,
-                                         int64_t T, int64_t C, int64_t n) {
+__global__ void embedding_forward_kernel(float *out, const int32_t *tokens, const float *wte, const uint16_t *wte16,
+                                         const float *wpe, int64_t T, int64_t C, int64_t n) {
     LOOM_GRID_STRIDE(i, n) {
         const int64_t bt = i / C, c = i - bt * C;
         const int32_t tok = tokens[bt];
-        const float e = tok >= 0 ? wte[(int64_t)tok * C + c] : 0.0f;
+        const float e = tok < 0 ? 0.0f : wte16 ? __uint_as_float((uint32_t)wte16[(int64_t)tok * C + c] << 16)
+                                               : wte[(int64_t)tok * C + c];
         out[i] = wpe ? (tok >= 0 ? e + wpe[(bt % T) * C + c] : wpe[(bt % T) * C + c]) : e;
     }
 }
@@ -24,7 +25,7 @@ extern "C" loom_status loom_cuda_embedding_forward(loom_backend *be, const loom_
     const int64_t n = a->B * a->T * a->C;
     if (n <= 0) return LOOM_OK;
     embedding_forward_kernel<<<loom_cuda_blocks(n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->tokens, a->wte, a->wpe, a->T, a->C, n);
+        a->out, a->tokens, a->wte, a->wte16, a->wpe, a->T, a->C, n);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
