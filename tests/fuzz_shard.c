@@ -128,7 +128,7 @@ static void seed_shard(fuzz_input *in, int width, int n, uint64_t vocab) {
         uint32_t v = (uint32_t)((i * 37u) % vocab);
         memcpy(in->buf + LOOM_SHARD_HEADER_BYTES + i * width, &v, (size_t)width); /* little-endian host */
     }
-    loom_shard_header h = {LOOM_SHARD_VERSION, (uint32_t)width, 0, (uint32_t)(n % 2), 3, n, (int64_t)vocab, 12345};
+    loom_shard_header h = {LOOM_SHARD_VERSION, (uint32_t)width, 0, (uint32_t)(n % 2), 3, n, (int64_t)vocab, 12345, 0};
     h.data_crc32c = loom_crc32c(0, in->buf + LOOM_SHARD_HEADER_BYTES, (size_t)(n * width));
     loom_shard_header_encode(&h, in->buf);
 }

@@ -50,7 +50,7 @@ static unsigned char *make_shard(int64_t n, int64_t first, uint32_t split, uint3
     unsigned char *buf = calloc(1, *size);
     uint16_t *t = (uint16_t *)(void *)(buf + LOOM_SHARD_HEADER_BYTES);
     for (int64_t i = 0; i < n; i++) t[i] = value(first + i);
-    loom_shard_header h = {LOOM_SHARD_VERSION, 2, 0, split, index, n, vocab, first};
+    loom_shard_header h = {LOOM_SHARD_VERSION, 2, 0, split, index, n, vocab, first, 0};
     h.data_crc32c = loom_crc32c(0, t, (size_t)n * 2);
     loom_shard_header_encode(&h, buf);
     return buf;

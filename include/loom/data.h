@@ -69,8 +69,14 @@ int64_t loom_data_vocab_size(const loom_data *d);
 const char *loom_data_tokenizer(const loom_data *d);
 /* End-of-text token id of the dataset's tokenizer, -1 if none or unknown. */
 int32_t loom_data_eot(const loom_data *d);
+/* 1 when the data masks the loss of some targets (instruction data): loom_data_next writes -1 for them. */
+int loom_data_has_loss_mask(const loom_data *d);
+/* The targets with a loss (>= 0) in the last loom_data_next's whole global batch (every rank's rows, so
+ * every rank gets the same count): what the loss's mean divides by. B*nranks*T without a mask. */
+int64_t loom_data_last_valid(const loom_data *d);
 
-/* tokens, targets: (B,T). B is this rank's batch (see loom_data_set_rank). */
+/* tokens, targets: (B,T). B is this rank's batch (see loom_data_set_rank). With a loss mask, the targets
+ * that take no loss are -1. */
 LOOM_NODISCARD loom_status loom_data_next(loom_data *d, loom_split split, int64_t B, int64_t T, int32_t *tokens,
                                           int32_t *targets);
 /* Restart the validation stream (call before each evaluation). */
@@ -104,6 +110,12 @@ typedef struct {
     int threads;             /* 0: every online core */
     int64_t chunk_bytes;     /* 1 MiB: text is read and tokenized in chunks of about this size, cut at safe
                                 boundaries (docs/FORMATS-data.md); the result does not depend on it */
+    const char *format;      /* "text" (default) or "jsonl": instruction data, one example per line, either
+                                {"prompt": P, "completion": C} or {"messages": [{"role", "content"}, ...]}
+                                rendered with chat_template; the loss is on the completion (the assistant's
+                                turns) and the end-of-text token that closes each example only; the split
+                                falls on an example boundary; a malformed line is an error naming it */
+    const char *chat_template; /* jsonl messages: plain (default), chatml or llama3 (loom/chat.h) */
 } loom_data_prepare_config;
 
 typedef struct {
@@ -118,7 +130,7 @@ typedef struct {
 
 loom_data_prepare_config loom_data_prepare_config_default(void);
 /* Tokenizes inputs (text files, or directories walked recursively for regular text files; each file is
- * one document) into token shards and out_dir/dataset.json. Streams: memory is bounded by about
+ * one document; jsonl: each line an example) into token shards and out_dir/dataset.json. Streams: memory is bounded by about
  * 2 * threads chunks, whatever the corpus size. The output depends only on the inputs, the tokenizer,
  * val_fraction and shard_tokens (not on threads or chunk_bytes). stats may be NULL. */
 LOOM_NODISCARD loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const char *out_dir,
@@ -139,7 +151,12 @@ typedef struct {
     int64_t n_tokens;
     int64_t vocab_size;    /* every token id is below it */
     int64_t first_token;   /* position of the shard's first token in the whole prepared stream */
+    uint32_t flags;        /* LOOM_SHARD_LOSS_MASK */
 } loom_shard_header;
+/* Instruction data (`loom data prepare --format jsonl`): 4-byte tokens whose bit 31 says "no loss when this
+ * token is the target" (a prompt's tokens); the id is the low 31 bits. */
+#define LOOM_SHARD_LOSS_MASK 1u
+#define LOOM_TOKEN_NO_LOSS 0x80000000u
 
 /* Checks a shard file's header against the file's size: magic, version, header checksum, token width,
  * and that the file holds exactly the header's token count (so truncation or a lying count is found
@@ -165,6 +182,7 @@ typedef struct {
     int64_t vocab_size;
     int32_t eot;               /* -1: none */
     uint32_t token_bytes;
+    int loss_mask;             /* the shards carry LOOM_SHARD_LOSS_MASK ("loss_mask": true) */
     double val_fraction;
     int64_t tokens[2];         /* by loom_split: the sums of the shards' counts */
     int n_shards;              /* training shards first, then validation, each in stream order */

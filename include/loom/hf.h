@@ -187,6 +187,13 @@ loom_hf_import_options loom_hf_import_options_default(void);
  * (present, shape, finite) before anything is written; an existing checkpoint is moved to
  * checkpoint.prev.bin. opt may be NULL. */
 LOOM_NODISCARD loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_hf_import_options *opt);
+/* A checkpoint of weights only, as import writes it: out_dir/checkpoint.bin (step 0, AdamW's state zero, the
+ * data position of `seed`; an earlier checkpoint there moved aside to checkpoint.prev.bin) and
+ * train-config.json. params: the whole model's flat parameters (host memory, cfg's one-rank layout); preset:
+ * its name in the metadata; meta_extra: more metadata fields, each led by a comma (NULL: none). */
+LOOM_NODISCARD loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_config *cfg,
+                                                        const float *params, const char *preset,
+                                                        const char *meta_extra, uint64_t seed);
 
 #ifdef __cplusplus
 }

@@ -285,6 +285,9 @@ LOOM_NODISCARD loom_status loom_model_weights_done(loom_model *m, int64_t begin,
 LOOM_NODISCARD loom_status loom_model_init_frozen(loom_model *m, uint64_t seed);
 /* The model's adapters (NULL without). */
 const loom_lora_config *loom_model_lora(const loom_model *m);
+/* The weights with every adapter folded in (W += scale * B A on its rows): dst, loom_model_weights_size floats
+ * of host memory, in loom_model_weight_info's layout (a plain model's). Not for a bf16-held base. */
+LOOM_NODISCARD loom_status loom_model_lora_merged(loom_model *m, float *dst);
 
 const loom_model_config *loom_model_get_config(const loom_model *m);
 loom_backend *loom_model_backend(const loom_model *m);

@@ -99,8 +99,14 @@ LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loo
 
 /* Loads a model from a training checkpoint (a file, or a run directory holding checkpoint.bin): the model
  * config from its metadata, the parameters verified against their checksum, its products in `precision`
- * (bf16: the weights' bf16 copy made here). *meta receives the parsed metadata (loom_json_free it); the
- * model has no gradients. */
+ * (bf16: the weights' bf16 copy made here). A LoRA run's checkpoint gives its adapters over the frozen base
+ * its metadata names (a loom checkpoint, a Hugging Face directory, or the seed's), the adapters applied
+ * beside the base as in training. *meta receives the parsed metadata (loom_json_free it); the model has no
+ * gradients. */
+/* The weights of an open checkpoint (its "params", a whole model's) into m's loom_model_weights, a piece at a
+ * time (loom_model_weights_done after each), then loom_model_refresh_low_precision. Rank-local. */
+typedef struct loom_run_ckpt loom_run_ckpt;
+LOOM_NODISCARD loom_status loom_model_read_weights(loom_model *m, loom_run_ckpt *c);
 LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_precision precision, loom_backend *be,
                                                       loom_comm *comm, loom_mem *mem, loom_model **model,
                                                       loom_json **meta);

@@ -16,6 +16,7 @@ int loom_cmd_tokenizer(int argc, char **argv); /* cmd_tokenizer.c */
 int loom_cmd_data(int argc, char **argv);      /* cmd_data.c */
 int loom_cmd_export(int argc, char **argv);    /* cmd_hf.c */
 int loom_cmd_import(int argc, char **argv);    /* cmd_hf.c */
+int loom_cmd_merge(int argc, char **argv);     /* cmd_hf.c */
 int loom_cmd_plot(int argc, char **argv);      /* cmd_plot.c */
 int loom_cmd_launch(int argc, char **argv);    /* cmd_launch.c */
 int loom_cmd_plan(int argc, char **argv);      /* cmd_plan.c */

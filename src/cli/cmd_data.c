@@ -12,6 +12,7 @@ static void data_help(FILE *f) {
     fprintf(f,
             "usage: loom data prepare INPUT... --out DIR [--tokenizer gpt2|byte|char|FILE] [--val-fraction F]\n"
             "                         [--shard-tokens N] [--threads N] [--chunk-bytes N]\n"
+            "                         [--format text|jsonl] [--chat-template plain|chatml|llama3]\n"
             "       loom data info DIR                      verify every shard's header and checksum; print a summary\n"
             "       loom data decode DIR [--split train|val] write a split's tokens as text to stdout\n\n"
             "prepare tokenizes text files and directories (walked recursively; regular text files in path order,\n"
@@ -25,6 +26,14 @@ static void data_help(FILE *f) {
             "  --threads N        tokenizer threads (default: every core)\n"
             "  --chunk-bytes N    text is read and tokenized in chunks of about N bytes (default 1048576);\n"
             "                     the output does not depend on it\n"
+            "  --format jsonl     instruction data: each line {\"prompt\": P, \"completion\": C} or {\"messages\":\n"
+            "                     [{\"role\": R, \"content\": S}, ...]} (rendered with --chat-template, as\n"
+            "                     `loom serve` renders a chat); the loss is on the completion / the assistant's\n"
+            "                     turns and each example's closing end-of-text token only (the others' targets are\n"
+            "                     masked); examples are packed back to back, windows may span two of them (the\n"
+            "                     model attends across the boundary, as in pretraining); the split falls on an\n"
+            "                     example boundary; a malformed line stops with an error naming FILE:LINE\n"
+            "  --chat-template T  plain (default), chatml or llama3: the template `loom serve` must use too\n"
             "Shard and manifest formats: docs/FORMATS-data.md.\n");
 }
 
@@ -62,6 +71,10 @@ static int cmd_prepare(int argc, char **argv) {
             out = argv[++i];
         } else if (!strcmp(a, "--tokenizer")) {
             cfg.tokenizer = argv[++i];
+        } else if (!strcmp(a, "--format")) {
+            cfg.format = argv[++i];
+        } else if (!strcmp(a, "--chat-template")) {
+            cfg.chat_template = argv[++i];
         } else if (!strcmp(a, "--val-fraction")) {
             char *end;
             errno = 0;
@@ -94,7 +107,7 @@ static int cmd_prepare(int argc, char **argv) {
         rc = loom_cli_fail("data prepare");
         goto done;
     }
-    printf("prepared %s: %lld files (%lld skipped), %.1f MB -> %lld train + %lld val tokens (%d + %d shards), "
+    printf(strcmp(cfg.format, "jsonl") ? "prepared %s: %lld files (%lld skipped)" : "prepared %s: %lld examples (%lld files skipped), %.1f MB -> %lld train + %lld val tokens (%d + %d shards), "
            "vocabulary %lld, %.2f s (%.1f MB/s)\n",
            out, (long long)s.files, (long long)s.files_skipped, (double)s.bytes / 1e6, (long long)s.tokens[0],
            (long long)s.tokens[1], s.n_shards[0], s.n_shards[1], (long long)s.vocab_size, s.seconds,

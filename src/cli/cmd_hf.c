@@ -181,3 +181,81 @@ int loom_cmd_import(int argc, char **argv) {
     LOOM_INFO("imported %s into %s/checkpoint.bin", src, out);
     return 0;
 }
+
+/* `loom merge`: a LoRA run's adapters folded into its base, written as a plain checkpoint */
+int loom_cmd_merge(int argc, char **argv) {
+    const char *ckpt = NULL, *out = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: loom merge --ckpt RUN_DIR --out DIR\n"
+                   "Folds a LoRA run's adapters into its frozen base (W += alpha/r * B A on each adapted module's\n"
+                   "rows, in double, rounded once) and writes DIR/checkpoint.bin, a plain checkpoint: generate, serve,\n"
+                   "export and train it as any other. The base is the one the run's checkpoint names.\n");
+            return 0;
+        }
+        if ((strcmp(a, "--ckpt") && strcmp(a, "--out")) || i + 1 >= argc) {
+            fprintf(stderr, "loom merge: %s (usage: loom merge --ckpt RUN_DIR --out DIR)\n",
+                    i + 1 >= argc && (!strcmp(a, "--ckpt") || !strcmp(a, "--out")) ? "a flag needs a value" : "unknown argument");
+            return 2;
+        }
+        if (!strcmp(a, "--ckpt")) ckpt = argv[++i];
+        else out = argv[++i];
+    }
+    if (!ckpt || !out) {
+        fprintf(stderr, "loom merge: --ckpt and --out are required\n");
+        return 2;
+    }
+    loom_backend_config bc = loom_backend_config_default();
+    bc.quiet = 1;
+    loom_backend *be = NULL;
+    loom_comm *comm = NULL;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m = NULL;
+    loom_json *meta = NULL;
+    float *w = NULL;
+    loom_strbuf extra;
+    loom_strbuf_init(&extra);
+    int rc = 1;
+    if (loom_backend_init(&bc, &be) || loom_comm_init_self(&comm) ||
+        loom_checkpoint_load_model(ckpt, LOOM_PRECISION_FP32, be, comm, &mem, &m, &meta)) {
+        rc = loom_cli_fail("merge");
+        goto done;
+    }
+    const loom_lora_config *lora = loom_model_lora(m);
+    if (!lora) {
+        fprintf(stderr, "loom merge: %s holds no LoRA adapters (train with --lora): nothing to merge\n", ckpt);
+        rc = 1;
+        goto done;
+    }
+    w = malloc((size_t)loom_model_weights_size(m) * sizeof(float));
+    char spec[256];
+    loom_lora_config_format(lora, spec, sizeof spec);
+    loom_strbuf_printf(&extra, ",\"source\":");
+    loom_json_write_string(&extra, ckpt);
+    loom_strbuf_printf(&extra, ",\"merged_lora\":");
+    loom_json_write_string(&extra, spec);
+    const char *const keep[] = {"tokenizer", "chat_template"}; /* what generation and serving read */
+    for (int i = 0; i < 2; i++) {
+        const loom_json *v = loom_json_get(meta, keep[i]);
+        if (!v || v->type != LOOM_JSON_STRING) continue;
+        loom_strbuf_printf(&extra, ",\"%s\":", keep[i]);
+        loom_json_write_string(&extra, v->string);
+    }
+    if (!w || extra.failed || loom_model_lora_merged(m, w) ||
+        loom_checkpoint_save_weights(out, loom_model_get_config(m), w, "lora-merge", extra.buf, 0)) {
+        rc = w && !extra.failed ? loom_cli_fail("merge") : (fprintf(stderr, "loom merge: out of memory\n"), 1);
+        goto done;
+    }
+    printf("merged %s (LoRA %s) into %s/checkpoint.bin\n", ckpt, spec, out);
+    rc = 0;
+done:
+    free(w);
+    loom_strbuf_free(&extra);
+    loom_json_free(&meta);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    loom_backend_free(&be);
+    return rc;
+}

@@ -22,6 +22,7 @@ static void usage(FILE *f) {
             "  data         prepare token shards from text\n"
             "  export       write a checkpoint as Hugging Face safetensors, or GGUF for llama.cpp\n"
             "  import       read Hugging Face safetensors into a checkpoint\n"
+            "  merge        fold a LoRA run's adapters into its base: a plain checkpoint\n"
             "  plot         draw the loss and throughput of a metrics log\n"
             "  launch       run a command on N MPI ranks (mpirun with the right flags); with --max-restarts,\n"
             "               supervised: failed, dead or hung ranks stop the job, which restarts from a checkpoint\n"
@@ -81,6 +82,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "data")) return loom_cmd_data(sub_argc, sub_argv);
     if (!strcmp(cmd, "export")) return loom_cmd_export(sub_argc, sub_argv);
     if (!strcmp(cmd, "import")) return loom_cmd_import(sub_argc, sub_argv);
+    if (!strcmp(cmd, "merge")) return loom_cmd_merge(sub_argc, sub_argv);
     if (!strcmp(cmd, "plot")) return loom_cmd_plot(sub_argc, sub_argv);
     if (!strcmp(cmd, "launch")) return loom_cmd_launch(sub_argc, sub_argv);
     if (!strcmp(cmd, "events")) return loom_cmd_events(sub_argc, sub_argv);

@@ -34,6 +34,8 @@ struct loom_data {
     int64_t data_vocab;  /* the tokenizer's vocabulary, 0 if unknown */
     int64_t max_token;   /* largest id in the data (an upper bound for text: 255) */
     int32_t eot;
+    int loss_mask;       /* SRC_SHARDS: bit 31 of a token marks a target without loss */
+    int64_t last_valid;  /* targets with a loss in the last draw's global batch */
     int32_t *tokens;     /* SRC_MEMORY: all tokens; train = [0, n_train), val = [n_train, n) */
     int64_t n, n_train;
     shard_map *shards;   /* SRC_SHARDS: training shards, then validation shards */
@@ -173,9 +175,11 @@ static loom_status map_shard(const char *path, const loom_dataset_shard *e, cons
                "from %lld, crc %08x)",
                path, (long long)h.n_tokens, h.split ? "val" : "train", (long long)h.first_token, h.data_crc32c,
                (long long)e->n_tokens, e->split ? "val" : "train", (long long)e->first_token, e->crc32c);
-    LOOM_CHECK(h.vocab_size == m->vocab_size && h.token_bytes == m->token_bytes, LOOM_ERR_FORMAT,
-               "shard %s: vocabulary %lld / %u-byte tokens, but dataset.json says %lld / %u", path,
-               (long long)h.vocab_size, h.token_bytes, (long long)m->vocab_size, m->token_bytes);
+    LOOM_CHECK(h.vocab_size == m->vocab_size && h.token_bytes == m->token_bytes &&
+                   !(h.flags & LOOM_SHARD_LOSS_MASK) == !m->loss_mask, LOOM_ERR_FORMAT,
+               "shard %s: vocabulary %lld / %u-byte tokens%s, but dataset.json says %lld / %u%s", path,
+               (long long)h.vocab_size, h.token_bytes, h.flags ? " with a loss mask" : "", (long long)m->vocab_size,
+               m->token_bytes, m->loss_mask ? " with a loss mask" : "");
     LOOM_CALL(loom_shard_check_tokens(map, &h, path));
     out->tokens = (const unsigned char *)map + LOOM_SHARD_HEADER_BYTES;
     out->width = h.token_bytes;
@@ -214,6 +218,7 @@ static loom_status load_dataset(loom_data *d, const char *dir, const char *manif
         d->data_vocab = m->vocab_size;
         d->max_token = m->vocab_size - 1;
         d->eot = m->eot;
+        d->loss_mask = m->loss_mask;
         if (m->tokenizer_file[0]) { /* absolute, so that a checkpoint can record it for later use elsewhere */
             char abs[PATH_MAX];
             snprintf(d->tokenizer, sizeof d->tokenizer, "%s/%s", realpath(dir, abs) ? abs : dir, m->tokenizer_file);
@@ -355,6 +360,8 @@ const char *loom_data_describe(const loom_data *d) { return d->desc; }
 int64_t loom_data_vocab_size(const loom_data *d) { return d->data_vocab; }
 const char *loom_data_tokenizer(const loom_data *d) { return d->tokenizer[0] ? d->tokenizer : NULL; }
 int32_t loom_data_eot(const loom_data *d) { return d->eot; }
+int loom_data_has_loss_mask(const loom_data *d) { return d->loss_mask; }
+int64_t loom_data_last_valid(const loom_data *d) { return d->last_valid; }
 
 int64_t loom_data_num_tokens(const loom_data *d, loom_split split) {
     if (d->kind == SRC_SYNTHETIC) return INT64_MAX;
@@ -370,11 +377,13 @@ loom_status loom_data_set_rank(loom_data *d, int rank, int nranks) {
     return LOOM_OK;
 }
 
-/* count tokens of the split's stream from position off (within the split) into dst */
-static void copy_tokens(const loom_data *d, loom_split split, int64_t off, int64_t count, int32_t *dst) {
+/* count tokens of the split's stream from position off (within the split) into dst; as targets, -1 where a
+ * loss mask says no loss (else the mask bit is dropped); dst NULL: only count the targets with a loss */
+static int64_t copy_tokens(const loom_data *d, loom_split split, int64_t off, int64_t count, int32_t *dst, int targets) {
+    int64_t valid = count;
     if (d->kind == SRC_MEMORY) {
-        memcpy(dst, d->tokens + (split == LOOM_SPLIT_TRAIN ? 0 : d->n_train) + off, (size_t)count * sizeof(int32_t));
-        return;
+        if (dst) memcpy(dst, d->tokens + (split == LOOM_SPLIT_TRAIN ? 0 : d->n_train) + off, (size_t)count * sizeof(int32_t));
+        return valid;
     }
     /* binary search for the shard holding off */
     int lo = d->first_shard[split], hi = lo + d->n_split_shards[split] - 1;
@@ -388,15 +397,20 @@ static void copy_tokens(const loom_data *d, loom_split split, int64_t off, int64
         int64_t at = off - m->start, k = m->n - at < count ? m->n - at : count;
         if (m->width == 2) {
             const uint16_t *t = (const uint16_t *)(const void *)m->tokens + at;
-            for (int64_t i = 0; i < k; i++) dst[i] = t[i];
+            for (int64_t i = 0; dst && i < k; i++) dst[i] = t[i];
         } else {
             const uint32_t *t = (const uint32_t *)(const void *)m->tokens + at;
-            for (int64_t i = 0; i < k; i++) dst[i] = (int32_t)t[i];
+            for (int64_t i = 0; i < k; i++) {
+                const int none = targets && (t[i] & LOOM_TOKEN_NO_LOSS);
+                valid -= none;
+                if (dst) dst[i] = none ? -1 : (int32_t)(t[i] & ~LOOM_TOKEN_NO_LOSS);
+            }
         }
-        dst += k;
+        if (dst) dst += k;
         off += k;
         count -= k;
     }
+    return valid;
 }
 
 loom_status loom_data_read(const loom_data *d, loom_split split, int64_t off, int64_t count, int32_t *dst) {
@@ -405,7 +419,7 @@ loom_status loom_data_read(const loom_data *d, loom_split split, int64_t off, in
     LOOM_CHECK(off >= 0 && count >= 0 && off <= n && count <= n - off, LOOM_ERR_INVALID_ARG,
                "tokens [%lld, %lld) are outside the %s split's %lld", (long long)off, (long long)(off + count),
                split == LOOM_SPLIT_TRAIN ? "training" : "validation", (long long)n);
-    if (count > 0) copy_tokens(d, split, off, count, dst);
+    if (count > 0) copy_tokens(d, split, off, count, dst, 0);
     return LOOM_OK;
 }
 
@@ -432,14 +446,17 @@ loom_status loom_data_next(loom_data *d, loom_split split, int64_t B, int64_t T,
         LOOM_CHECK(n > T + 1, LOOM_ERR_CONFIG,
                    "the %s split has %lld tokens, fewer than one window of %lld (lower --seq-len or add data)",
                    split == LOOM_SPLIT_TRAIN ? "training" : "validation", (long long)n, (long long)(T + 1));
+        d->last_valid = 0;
         for (int64_t g = 0; g < total; g++) {
             int64_t off = (int64_t)loom_rng_below(r, (uint64_t)(n - T - 1) + 1);
-            if (g < mine || g >= mine + B) continue;
+            const int own = g >= mine && g < mine + B;
+            if (!own && !d->loss_mask) continue;
             const int64_t b = g - mine;
-            copy_tokens(d, split, off, T, tokens + b * T);
-            copy_tokens(d, split, off + 1, T, targets + b * T);
+            if (own) copy_tokens(d, split, off, T, tokens + b * T, 0);
+            d->last_valid += copy_tokens(d, split, off + 1, T, own ? targets + b * T : NULL, 1);
         }
     }
+    if (!d->loss_mask) d->last_valid = total * T;
     if (split == LOOM_SPLIT_TRAIN) d->batches_drawn++;
     return LOOM_OK;
 }

@@ -23,6 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loom/chat.h"
 #include "loom/crc32c.h"
 #include "loom/data.h"
 #include "loom/json.h"
@@ -39,6 +40,8 @@ loom_data_prepare_config loom_data_prepare_config_default(void) {
     c.shard_tokens = 100000000;
     c.threads = 0;
     c.chunk_bytes = 1 << 20;
+    c.format = "text";
+    c.chat_template = "plain";
     return c;
 }
 
@@ -311,6 +314,7 @@ static void reader_close(reader *r) {
 typedef struct {
     const char *dir;
     uint32_t width;
+    int loss_mask;     /* ids may carry LOOM_TOKEN_NO_LOSS (4-byte tokens) */
     int64_t vocab, shard_tokens;
     FILE *f;
     int n_parts;
@@ -373,8 +377,9 @@ static loom_status writer_begin_part(writer *w) {
 }
 
 static loom_status writer_put(writer *w, const int32_t *ids, int64_t n) {
+    const uint32_t id_bits = w->loss_mask ? ~LOOM_TOKEN_NO_LOSS : ~0u;
     for (int64_t i = 0; i < n; i++)
-        LOOM_CHECK(ids[i] >= 0 && ids[i] < w->vocab, LOOM_ERR_INTERNAL,
+        LOOM_CHECK((int64_t)((uint32_t)ids[i] & id_bits) < w->vocab, LOOM_ERR_INTERNAL,
                    "the tokenizer produced id %d, outside its vocabulary of %lld", ids[i], (long long)w->vocab);
     while (n > 0) {
         if (!w->f || w->in_part == w->shard_tokens) {
@@ -511,6 +516,7 @@ static loom_status finish_shards(writer *w, int64_t n_train, shard_rec **recs_ou
             h.n_tokens = r->n;
             h.vocab_size = w->vocab;
             h.first_token = lo;
+            h.flags = w->loss_mask ? LOOM_SHARD_LOSS_MASK : 0;
             if (whole) {
                 h.data_crc32c = w->part_crc[p];
                 st = write_header_at(part, &h);
@@ -610,8 +616,8 @@ static loom_status copy_file(const char *src, const char *dst) {
 }
 
 static loom_status write_manifest(const char *dir, const prep_tok *t, const char *tok_file, uint32_t width,
-                                  double val_fraction, const loom_data_prepare_stats *s, const shard_rec *recs,
-                                  int nr) {
+                                  int loss_mask, double val_fraction, const loom_data_prepare_stats *s,
+                                  const shard_rec *recs, int nr) {
     loom_strbuf sb;
     loom_strbuf_init(&sb);
     loom_strbuf_printf(&sb, "{\n  \"format\": \"loom.dataset\",\n  \"version\": 1,\n  \"tokenizer\": ");
@@ -621,6 +627,7 @@ static loom_status write_manifest(const char *dir, const prep_tok *t, const char
     loom_strbuf_printf(&sb, ",\n  \"vocab_size\": %lld,\n  \"eot\": %d,\n  \"token_bytes\": %u,\n  \"val_fraction\": ",
                        (long long)t->vocab, t->eot, width);
     loom_json_write_number(&sb, val_fraction);
+    if (loss_mask) loom_strbuf_printf(&sb, ",\n  \"loss_mask\": true");
     loom_strbuf_printf(&sb, ",\n  \"documents\": %lld,\n  \"bytes\": %lld,\n  \"tokens\": {\"train\": %lld, \"val\": %lld},"
                        "\n  \"shards\": [",
                        (long long)s->files, (long long)s->bytes, (long long)s->tokens[0], (long long)s->tokens[1]);
@@ -660,6 +667,126 @@ static loom_status write_manifest(const char *dir, const prep_tok *t, const char
         close(dfd);
     }
     return LOOM_OK;
+}
+
+/* ---- instruction data: JSONL examples with a loss mask ---- */
+
+typedef struct {
+    const prep_tok *tok;
+    int32_t *ids;      /* the example's tokens, LOOM_TOKEN_NO_LOSS on those without loss */
+    int64_t n, cap;
+    int last_loss;     /* the last piece takes the loss */
+    loom_status st;
+} example;
+
+static int example_piece(void *ctx, const char *text, size_t len, int loss) {
+    example *e = ctx;
+    int32_t *ids = NULL;
+    int64_t n = 0;
+    e->st = tok_encode(e->tok, (const unsigned char *)text, len, &ids, &n);
+    if (e->st != LOOM_OK) return 1;
+    if (e->n + n + 1 > e->cap) { /* + 1: room for the end-of-text token */
+        const int64_t cap = (e->n + n + 1) * 2;
+        int32_t *g = realloc(e->ids, (size_t)cap * sizeof(int32_t));
+        if (!g) {
+            free(ids);
+            e->st = ERR(LOOM_ERR_NOMEM, "out of memory");
+            return 1;
+        }
+        e->ids = g;
+        e->cap = cap;
+    }
+    for (int64_t i = 0; i < n; i++) e->ids[e->n++] = loss ? ids[i] : (int32_t)((uint32_t)ids[i] | LOOM_TOKEN_NO_LOSS);
+    free(ids);
+    if (len) e->last_loss = loss;
+    return 0;
+}
+
+/* One line's example into e: its pieces, then the end-of-text token (with the loss when the example's last
+ * piece has it: the model learns where an answer ends). Errors name file:line. */
+static loom_status jsonl_example(const char *line, size_t len, const char *where, const char *tmpl, example *e) {
+    loom_json *j = NULL;
+    const loom_status pst = loom_json_parse(line, len, &j);
+    LOOM_CHECK(pst == LOOM_OK, LOOM_ERR_FORMAT, "%s: not JSON (%s)", where, loom_error_message());
+    const loom_json *prompt = loom_json_get(j, "prompt"), *completion = loom_json_get(j, "completion"),
+                    *messages = loom_json_get(j, "messages");
+    const char *err = NULL;
+    e->n = 0;
+    e->last_loss = 0;
+    e->st = LOOM_OK;
+    if (j->type != LOOM_JSON_OBJECT) {
+        err = "expected an object";
+    } else if (messages) {
+        int assistant = 0;
+        for (const loom_json *m = messages->type == LOOM_JSON_ARRAY ? messages->child : NULL; m; m = m->next) {
+            const loom_json *role = loom_json_get(m, "role");
+            assistant |= role && role->type == LOOM_JSON_STRING && !strcmp(role->string, "assistant");
+        }
+        err = loom_chat_pieces(tmpl, messages, example_piece, e);
+        if (!err && !assistant) err = "no assistant message: nothing to learn";
+    } else if (prompt && completion && prompt->type == LOOM_JSON_STRING && completion->type == LOOM_JSON_STRING) {
+        if (example_piece(e, prompt->string, strlen(prompt->string), 0) ||
+            example_piece(e, completion->string, strlen(completion->string), 1))
+            err = "out of memory";
+        else if (!completion->string[0]) err = "an empty completion: nothing to learn";
+    } else {
+        err = "expected {\"prompt\": string, \"completion\": string} or {\"messages\": [{\"role\", \"content\"}, ...]}";
+    }
+    loom_json_free(&j);
+    LOOM_CALL(e->st);
+    LOOM_CHECK(err == NULL, LOOM_ERR_FORMAT, "%s: %s", where, err);
+    if (e->tok->eot >= 0)
+        e->ids[e->n++] = e->last_loss ? e->tok->eot : (int32_t)((uint32_t)e->tok->eot | LOOM_TOKEN_NO_LOSS);
+    return LOOM_OK;
+}
+
+/* Every line of every input file, one example each, in order; *n_train: the first example boundary at or
+ * after the positional split point, so that each example lies in one split. */
+static loom_status prepare_jsonl(const prep_tok *tok, const file_list *files, const loom_data_prepare_config *cfg,
+                                 writer *w, loom_data_prepare_stats *stats, int64_t *n_train) {
+    example e = {.tok = tok};
+    int64_t *ends = NULL, n_ends = 0, cap_ends = 0;
+    char *line = NULL;
+    size_t line_cap = 0;
+    loom_status st = LOOM_OK;
+    for (int64_t f = 0; f < files->n && st == LOOM_OK; f++) {
+        FILE *in = fopen(files->paths[f], "rb");
+        if (!in) {
+            st = ERR(LOOM_ERR_IO, "cannot open %s: %s", files->paths[f], strerror(errno));
+            break;
+        }
+        ssize_t len;
+        for (int64_t ln = 1; st == LOOM_OK && (len = getline(&line, &line_cap, in)) >= 0; ln++) {
+            stats->bytes += len;
+            size_t k = (size_t)len;
+            while (k && (line[k - 1] == '\n' || line[k - 1] == '\r' || line[k - 1] == ' ' || line[k - 1] == '\t')) k--;
+            if (k == 0) continue; /* blank lines separate nothing */
+            char where[PATH_MAX + 32];
+            snprintf(where, sizeof where, "%s:%lld", files->paths[f], (long long)ln);
+            st = jsonl_example(line, k, where, cfg->chat_template, &e);
+            if (st == LOOM_OK) st = writer_put(w, e.ids, e.n);
+            if (st == LOOM_OK && n_ends == cap_ends) {
+                cap_ends = cap_ends ? 2 * cap_ends : 1024;
+                int64_t *g = realloc(ends, (size_t)cap_ends * sizeof *g);
+                if (!g) st = ERR(LOOM_ERR_NOMEM, "out of memory");
+                else ends = g;
+            }
+            if (st == LOOM_OK) ends[n_ends++] = w->total;
+        }
+        if (st == LOOM_OK && ferror(in)) st = ERR(LOOM_ERR_IO, "cannot read %s: %s", files->paths[f], strerror(errno));
+        fclose(in);
+    }
+    if (st == LOOM_OK) {
+        const int64_t at = loom_data_split_point(w->total, cfg->val_fraction);
+        int64_t i = 0;
+        while (i < n_ends && ends[i] < at) i++;
+        *n_train = i < n_ends ? ends[i] : w->total;
+        stats->files = n_ends; /* examples */
+    }
+    free(line);
+    free(ends);
+    free(e.ids);
+    return st;
 }
 
 /* ---- the pipeline ---- */
@@ -761,6 +888,15 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
                "chunk_bytes must be in [16, 2^30], got %lld", (long long)cfg.chunk_bytes);
     LOOM_CHECK(cfg.threads >= 0 && cfg.threads <= 4096, LOOM_ERR_CONFIG, "threads must be in [0, 4096], got %d",
                cfg.threads);
+    if (!cfg.format) cfg.format = "text";
+    if (!cfg.chat_template) cfg.chat_template = "plain";
+    const int jsonl = !strcmp(cfg.format, "jsonl");
+    LOOM_CHECK(jsonl || !strcmp(cfg.format, "text"), LOOM_ERR_CONFIG, "unknown input format '%s' (text or jsonl)",
+               cfg.format);
+    LOOM_CHECK(!jsonl || loom_chat_template_known(cfg.chat_template), LOOM_ERR_CONFIG,
+               "unknown chat template '%s' (plain, chatml or llama3)", cfg.chat_template);
+    LOOM_CHECK(!jsonl || strcmp(cfg.tokenizer, "char"), LOOM_ERR_CONFIG,
+               "jsonl data needs a fixed tokenizer (gpt2, byte or a tokenizer file), not char");
     const double t0 = now_s();
     const int threads = pick_threads(cfg.threads);
     loom_data_prepare_stats stats;
@@ -790,7 +926,8 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
     LOOM_CALL_GOTO(st, clean_dir(out_dir), done);
 
     w.dir = out_dir;
-    w.width = tok.vocab <= 65536 ? 2 : 4;
+    w.loss_mask = jsonl;
+    w.width = tok.vocab <= 65536 && !jsonl ? 2 : 4;
     w.vocab = tok.vocab;
     w.shard_tokens = cfg.shard_tokens;
     r.files = &files;
@@ -799,8 +936,9 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
     chunks = calloc((size_t)batch, sizeof *chunks);
     LOOM_CHECK_GOTO(st, chunks != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     double last_report = t0;
-    int64_t docs_started = 0;
-    for (;;) {
+    int64_t docs_started = 0, n_train = 0;
+    if (jsonl) LOOM_CALL_GOTO(st, prepare_jsonl(&tok, &files, &cfg, &w, &stats, &n_train), done);
+    while (!jsonl) {
         int n = 0, got = 1;
         while (n < batch && got) {
             LOOM_CALL_GOTO(st, reader_next(&r, &chunks[n], &got), done);
@@ -830,9 +968,11 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
         }
     }
     LOOM_CALL_GOTO(st, writer_end_part(&w), done);
-    LOOM_CHECK_GOTO(st, w.total > 0, LOOM_ERR_IO, done, "the inputs hold no text");
-    stats.bytes = r.bytes;
-    const int64_t n_train = loom_data_split_point(w.total, cfg.val_fraction);
+    LOOM_CHECK_GOTO(st, w.total > 0, LOOM_ERR_IO, done, jsonl ? "the inputs hold no example" : "the inputs hold no text");
+    if (!jsonl) {
+        stats.bytes = r.bytes;
+        n_train = loom_data_split_point(w.total, cfg.val_fraction);
+    }
     stats.tokens[0] = n_train;
     stats.tokens[1] = w.total - n_train;
     stats.vocab_size = tok.vocab;
@@ -841,7 +981,8 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
     for (int i = 0; i < n_recs; i++) stats.n_shards[recs[i].split]++;
     char tok_file[64];
     LOOM_CALL_GOTO(st, store_tokenizer(out_dir, cfg.tokenizer, &tok, tok_file, sizeof tok_file), done);
-    LOOM_CALL_GOTO(st, write_manifest(out_dir, &tok, tok_file, w.width, cfg.val_fraction, &stats, recs, n_recs), done);
+    LOOM_CALL_GOTO(st, write_manifest(out_dir, &tok, tok_file, w.width, w.loss_mask, cfg.val_fraction, &stats, recs,
+                                      n_recs), done);
     stats.seconds = now_s() - t0;
     if (stats_out) *stats_out = stats;
 done:

@@ -32,7 +32,7 @@ static uint32_t token_at(const unsigned char *tok, uint32_t width, size_t i) {
 
 /* Header layout (64 bytes; docs/FORMATS-data.md):
  *  0 magic[8]  8 version  12 header_bytes  16 token_bytes  20 data_crc32c  24 n_tokens(u64)
- * 32 vocab_size(u64)  40 split  44 index  48 first_token(u64)  56 reserved(u32)  60 header_crc32c */
+ * 32 vocab_size(u64)  40 split  44 index  48 first_token(u64)  56 flags(u32; was reserved, zero)  60 header_crc32c */
 void loom_shard_header_encode(const loom_shard_header *h, unsigned char out[LOOM_SHARD_HEADER_BYTES]) {
     memset(out, 0, LOOM_SHARD_HEADER_BYTES);
     memcpy(out, LOOM_SHARD_MAGIC, 8);
@@ -45,6 +45,7 @@ void loom_shard_header_encode(const loom_shard_header *h, unsigned char out[LOOM
     put_u32(out + 40, h->split);
     put_u32(out + 44, h->index);
     put_u64(out + 48, (uint64_t)h->first_token);
+    put_u32(out + 56, h->flags);
     put_u32(out + 60, loom_crc32c(0, out, 60));
 }
 
@@ -74,8 +75,9 @@ loom_status loom_shard_header_decode(const void *file, size_t size, const char *
     LOOM_CHECK(hcrc == want, LOOM_ERR_CHECKSUM,
                "shard %s: header checksum mismatch (stored %08x, computed %08x): the header is corrupt", name, hcrc,
                want);
-    LOOM_CHECK(get_u32(p + 56) == 0, LOOM_ERR_FORMAT, "shard %s: reserved header field is %08x, expected 0", name,
-               get_u32(p + 56));
+    const uint32_t flags = get_u32(p + 56);
+    LOOM_CHECK((flags & ~LOOM_SHARD_LOSS_MASK) == 0 && (!flags || width == 4), LOOM_ERR_FORMAT,
+               "shard %s: header flags %08x (known: 1, a loss mask on 4-byte tokens)", name, flags);
     uint64_t vocab = get_u64(p + 32), first = get_u64(p + 48);
     uint32_t split = get_u32(p + 40);
     LOOM_CHECK(vocab >= 1 && vocab <= (width == 2 ? 65536u : (uint64_t)INT32_MAX), LOOM_ERR_FORMAT,
@@ -91,6 +93,7 @@ loom_status loom_shard_header_decode(const void *file, size_t size, const char *
     out->n_tokens = (int64_t)n;
     out->vocab_size = (int64_t)vocab;
     out->first_token = (int64_t)first;
+    out->flags = flags;
     return LOOM_OK;
 }
 
@@ -113,11 +116,12 @@ loom_status loom_shard_check_tokens(const void *file, const loom_shard_header *h
             for (size_t i = 0; i < k; i++) mx = t[i] > mx ? t[i] : mx;
         } else {
             const uint32_t *t = (const uint32_t *)(const void *)(tok + at);
-            for (size_t i = 0; i < k; i++) mx = t[i] > mx ? t[i] : mx;
+            const uint32_t id = h->flags & LOOM_SHARD_LOSS_MASK ? ~LOOM_TOKEN_NO_LOSS : ~0u;
+            for (size_t i = 0; i < k; i++) mx = (t[i] & id) > mx ? (t[i] & id) : mx;
         }
         if ((int64_t)mx >= h->vocab_size) /* find the first offender for the message */
             for (size_t i = 0; i < k && bad_at < 0; i++)
-                if ((int64_t)token_at(tok + at, h->token_bytes, i) >= h->vocab_size)
+                if ((int64_t)(token_at(tok + at, h->token_bytes, i) & ~LOOM_TOKEN_NO_LOSS) >= h->vocab_size)
                     bad_at = (int64_t)(at / h->token_bytes + i);
     }
     LOOM_CHECK(crc == h->data_crc32c, LOOM_ERR_CHECKSUM,
@@ -198,9 +202,12 @@ static loom_status parse_manifest(const loom_json *j, const char *name, loom_dat
     LOOM_CALL(get_int(j, "vocab_size", "the manifest", name, 1, (double)INT32_MAX, &vocab));
     LOOM_CALL(get_int(j, "eot", "the manifest", name, -1, (double)vocab - 1, &eot));
     LOOM_CALL(get_int(j, "token_bytes", "the manifest", name, 2, 4, &width));
-    LOOM_CHECK(width == (vocab <= 65536 ? 2 : 4), LOOM_ERR_FORMAT,
-               "%s: token_bytes %lld does not match vocab_size %lld (2 up to 65536, else 4)", name, (long long)width,
-               (long long)vocab);
+    const loom_json *lm = loom_json_get(j, "loss_mask");
+    LOOM_CHECK(!lm || lm->type == LOOM_JSON_BOOL, LOOM_ERR_FORMAT, "%s: loss_mask must be true or false", name);
+    m->loss_mask = lm && lm->boolean;
+    LOOM_CHECK(width == (m->loss_mask || vocab > 65536 ? 4 : 2), LOOM_ERR_FORMAT,
+               "%s: token_bytes %lld does not match vocab_size %lld (2 up to 65536, else 4; 4 with a loss mask)", name,
+               (long long)width, (long long)vocab);
     m->vocab_size = vocab;
     m->eot = (int32_t)eot;
     m->token_bytes = (uint32_t)width;

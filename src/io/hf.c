@@ -691,21 +691,88 @@ static const char *chat_template_of(const char *src_dir) {
     return name;
 }
 
+loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_config *cfg, const float *params,
+                                         const char *preset, const char *meta_extra, uint64_t seed) {
+    loom_model *lay = NULL;
+    loom_data *data = NULL;
+    float *zeros = NULL;
+    char *ckpt_path = join(out_dir, "checkpoint.bin"), *prev_path = join(out_dir, "checkpoint.prev.bin"),
+         *tc_path = join(out_dir, "train-config.json");
+    loom_strbuf meta, tc;
+    loom_strbuf_init(&meta);
+    loom_strbuf_init(&tc);
+    loom_status st;
+    LOOM_CHECK_GOTO(st, ckpt_path && prev_path && tc_path, LOOM_ERR_NOMEM, done, "out of memory");
+    LOOM_CALL_GOTO(st, loom_model_init_layout(cfg, NULL, 1, 0, &lay), done);
+    LOOM_CALL_GOTO(st, loom_data_open("synthetic", cfg->vocab_size, 0.0, seed, &data), done);
+    train_state ts;
+    memset(&ts, 0, sizeof ts);
+    ts.step = 0;
+    ts.data = loom_data_get_state(data);
+    ts.optim_kind = (int32_t)LOOM_OPTIM_ADAMW;
+    loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":");
+    loom_json_write_string(&meta, preset);
+    loom_strbuf_printf(&meta, ",\"step\":0,\"optimizer\":\"%s\",\"threads\":1%s,\"model\":",
+                       loom_optim_kind_name(LOOM_OPTIM_ADAMW), meta_extra ? meta_extra : "");
+    loom_model_config_to_json(cfg, &meta);
+    loom_strbuf_printf(&meta, ",\"params\":[");
+    for (int i = 0; i < loom_model_num_param_infos(lay); i++) {
+        const loom_param_info *p = loom_model_param_info(lay, i);
+        loom_strbuf_printf(&meta, "%s{\"name\":\"%s\",\"offset\":%lld,\"shape\":[%lld", i ? "," : "", p->name,
+                           (long long)p->offset, (long long)p->shape[0]);
+        if (p->ndim > 1) loom_strbuf_printf(&meta, ",%lld", (long long)p->shape[1]);
+        loom_strbuf_printf(&meta, "]}");
+    }
+    loom_strbuf_printf(&meta, "]}");
+    LOOM_CHECK_GOTO(st, !meta.failed, LOOM_ERR_NOMEM, done, "out of memory");
+    int64_t pbytes = loom_model_buffer_size(lay) * (int64_t)sizeof(float);
+    zeros = calloc((size_t)pbytes, 1); /* AdamW's m and v start at zero (untouched pages cost no memory) */
+    LOOM_CHECK_GOTO(st, zeros != NULL, LOOM_ERR_NOMEM, done, "out of memory");
+    loom_ckpt_section sec[5] = {
+        {"meta", meta.buf, (int64_t)meta.len, NULL, NULL}, {"state", &ts, (int64_t)sizeof ts, NULL, NULL},
+        {"params", params, pbytes, NULL, NULL},            {"optim.0", zeros, pbytes, NULL, NULL},
+        {"optim.1", zeros, pbytes, NULL, NULL},
+    };
+    LOOM_CALL_GOTO(st, mkdir_p(out_dir), done);
+    if (access(ckpt_path, F_OK) == 0) {
+        LOOM_CHECK_GOTO(st, rename(ckpt_path, prev_path) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s", ckpt_path,
+                        strerror(errno));
+        LOOM_WARN("%s already held a checkpoint; moved it to %s", out_dir, prev_path);
+    }
+    LOOM_CALL_GOTO(st, loom_ckpt_write(ckpt_path, sec, 5), done);
+    /* for `loom train --config DIR/train-config.json --resume --out DIR` */
+    loom_strbuf_printf(&tc, "{\"model\": ");
+    loom_model_config_to_json(cfg, &tc);
+    loom_strbuf_printf(&tc, ",\n \"train\": {\"seq_len\": %lld}}\n",
+                       (long long)(cfg->max_seq_len < 64 ? cfg->max_seq_len : 64));
+    LOOM_CHECK_GOTO(st, !tc.failed, LOOM_ERR_NOMEM, done, "out of memory");
+    LOOM_CALL_GOTO(st, loom_file_write_atomic(tc_path, tc.buf, tc.len), done);
+    st = LOOM_OK;
+done:
+    loom_strbuf_free(&meta);
+    loom_strbuf_free(&tc);
+    loom_data_free(&data);
+    loom_model_free(&lay);
+    free(zeros);
+    free(ckpt_path);
+    free(prev_path);
+    free(tc_path);
+    return st;
+}
+
 loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_hf_import_options *opt) {
     LOOM_CHECK(src_dir && out_dir, LOOM_ERR_INVALID_ARG, "loom_hf_import: src_dir and out_dir are required");
     loom_hf_import_options o = opt ? *opt : loom_hf_import_options_default();
-    char *cfg_path = join(src_dir, "config.json"), *ckpt_path = NULL, *prev_path = NULL, *tc_path = NULL;
+    char *cfg_path = join(src_dir, "config.json");
     loom_json *cj = NULL;
     loom_st_model *stm = NULL;
     model_ctx mc;
     memset(&mc, 0, sizeof mc);
     hf_piece *pieces = NULL;
     const char **names = NULL;
-    float *tmp = NULL, *zeros = NULL;
-    loom_data *data = NULL;
-    loom_strbuf meta, tc;
+    float *tmp = NULL;
+    loom_strbuf meta;
     loom_strbuf_init(&meta);
-    loom_strbuf_init(&tc);
     loom_status st;
     LOOM_CHECK_GOTO(st, cfg_path != NULL, LOOM_ERR_NOMEM, done, "out of memory");
     LOOM_CALL_GOTO(st, loom_json_parse_file(cfg_path, &cj), done);
@@ -755,62 +822,15 @@ loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_
                     first_unknown);
 
     /* the checkpoint, in src/run/train.c's layout */
-    LOOM_CALL_GOTO(st, loom_data_open("synthetic", cfg.vocab_size, 0.0, o.seed, &data), done);
-    train_state ts;
-    memset(&ts, 0, sizeof ts);
-    ts.step = 0;
-    ts.data = loom_data_get_state(data);
-    ts.optim_kind = (int32_t)LOOM_OPTIM_ADAMW;
-    loom_strbuf_printf(&meta, "{\"format\":\"loom.train\",\"version\":1,\"preset\":\"hf-import\",\"step\":0,"
-                              "\"optimizer\":\"%s\",\"threads\":%d,\"source\":",
-                       loom_optim_kind_name(LOOM_OPTIM_ADAMW), loom_backend_threads(mc.be));
+    loom_strbuf_printf(&meta, ",\"source\":");
     loom_json_write_string(&meta, src_dir);
     const char *tmpl = chat_template_of(src_dir);
     if (tmpl) loom_strbuf_printf(&meta, ",\"chat_template\":\"%s\"", tmpl);
-    loom_strbuf_printf(&meta, ",\"model\":");
-    loom_model_config_to_json(&cfg, &meta);
-    loom_strbuf_printf(&meta, ",\"params\":[");
-    for (int i = 0; i < loom_model_num_param_infos(mc.model); i++) {
-        const loom_param_info *p = loom_model_param_info(mc.model, i);
-        loom_strbuf_printf(&meta, "%s{\"name\":\"%s\",\"offset\":%lld,\"shape\":[%lld", i ? "," : "", p->name,
-                           (long long)p->offset, (long long)p->shape[0]);
-        if (p->ndim > 1) loom_strbuf_printf(&meta, ",%lld", (long long)p->shape[1]);
-        loom_strbuf_printf(&meta, "]}");
-    }
-    loom_strbuf_printf(&meta, "]}");
     LOOM_CHECK_GOTO(st, !meta.failed, LOOM_ERR_NOMEM, done, "out of memory");
-    int64_t pbytes = loom_model_buffer_size(mc.model) * (int64_t)sizeof(float);
-    zeros = calloc((size_t)pbytes, 1); /* AdamW's m and v start at zero (untouched pages cost no memory) */
-    LOOM_CHECK_GOTO(st, zeros != NULL, LOOM_ERR_NOMEM, done, "out of memory");
-    loom_ckpt_section sec[5] = {
-        {"meta", meta.buf, (int64_t)meta.len, NULL, NULL}, {"state", &ts, (int64_t)sizeof ts, NULL, NULL},
-        {"params", params, pbytes, NULL, NULL},            {"optim.0", zeros, pbytes, NULL, NULL},
-        {"optim.1", zeros, pbytes, NULL, NULL},
-    };
-    LOOM_CALL_GOTO(st, mkdir_p(out_dir), done);
-    ckpt_path = join(out_dir, "checkpoint.bin");
-    prev_path = join(out_dir, "checkpoint.prev.bin");
-    tc_path = join(out_dir, "train-config.json");
-    LOOM_CHECK_GOTO(st, ckpt_path && prev_path && tc_path, LOOM_ERR_NOMEM, done, "out of memory");
-    if (access(ckpt_path, F_OK) == 0) {
-        LOOM_CHECK_GOTO(st, rename(ckpt_path, prev_path) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s", ckpt_path,
-                        strerror(errno));
-        LOOM_WARN("%s already held a checkpoint; moved it to %s", out_dir, prev_path);
-    }
-    LOOM_CALL_GOTO(st, loom_ckpt_write(ckpt_path, sec, 5), done);
-    /* for `loom train --config DIR/train-config.json --resume --out DIR` */
-    loom_strbuf_printf(&tc, "{\"model\": ");
-    loom_model_config_to_json(&cfg, &tc);
-    loom_strbuf_printf(&tc, ",\n \"train\": {\"seq_len\": %lld}}\n",
-                       (long long)(cfg.max_seq_len < 64 ? cfg.max_seq_len : 64));
-    LOOM_CHECK_GOTO(st, !tc.failed, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, loom_file_write_atomic(tc_path, tc.buf, tc.len), done);
+    LOOM_CALL_GOTO(st, loom_checkpoint_save_weights(out_dir, &cfg, params, "hf-import", meta.buf, o.seed), done);
     st = LOOM_OK;
 done:
     loom_strbuf_free(&meta);
-    loom_strbuf_free(&tc);
-    loom_data_free(&data);
-    free(zeros);
     free(tmp);
     free(names);
     free(pieces);
@@ -818,8 +838,5 @@ done:
     loom_st_model_close(&stm);
     loom_json_free(&cj);
     free(cfg_path);
-    free(ckpt_path);
-    free(prev_path);
-    free(tc_path);
     return st;
 }

@@ -391,3 +391,34 @@ loom_status loom_lora_backward(loom_model *m, int64_t l, int role, const float *
     }
     return LOOM_OK;
 }
+
+/* ---- merging ---- */
+
+loom_status loom_model_lora_merged(loom_model *m, float *dst) {
+    struct lora_state *s = m->lora;
+    LOOM_CHECK(s != NULL, LOOM_ERR_INVALID_ARG, "the model has no LoRA adapters to merge");
+    LOOM_CHECK(m->w_resident < 0, LOOM_ERR_UNSUPPORTED, "a bf16-held base cannot be merged in fp32 (load it in fp32)");
+    loom_backend *be = m->be;
+    LOOM_CALL(loom_buf_download(be, dst, m->w, (size_t)m->w_size * sizeof(float)));
+    float *ad = malloc((size_t)(m->buf_size ? m->buf_size : 1) * sizeof(float));
+    LOOM_CHECK(ad != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = loom_buf_download(be, ad, m->params, (size_t)m->buf_size * sizeof(float));
+    const int64_t r = s->cfg.r;
+    for (int64_t l = 0; st == LOOM_OK && l < m->L; l++)
+        for (int i = 0; i < s->n_pieces; i++) {
+            const lora_piece *pc = &s->pieces[i];
+            static const int weight_of[LORA_N_ROLES] = {W_QKV_W, W_ATTN_PROJ_W, W_FC_W, W_MLP_PROJ_W};
+            float *W = dst + m->layer_off[l * W_COUNT + weight_of[pc->role]] + pc->col * pc->in; /* its rows */
+            const float *A = ad + s->a_off[l * s->n_pieces + i], *B = ad + s->b_off[l * s->n_pieces + i];
+            /* W[o, k] += scale * sum_j B[o, j] A[j, k], in double: the merged weights round once */
+#pragma omp parallel for schedule(static)
+            for (int64_t o = 0; o < pc->rows; o++)
+                for (int64_t k = 0; k < pc->in; k++) {
+                    double acc = 0.0;
+                    for (int64_t j = 0; j < r; j++) acc += (double)B[o * r + j] * (double)A[j * pc->in + k];
+                    W[o * pc->in + k] = (float)((double)W[o * pc->in + k] + (double)s->scale * acc);
+                }
+        }
+    free(ad);
+    return st;
+}

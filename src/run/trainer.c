@@ -42,6 +42,13 @@ static loom_status next_batch(loom_trainer *tr, loom_split split) {
     return LOOM_OK;
 }
 
+/* this rank's targets with a loss in the current micro-batch */
+static int64_t local_valid(const loom_trainer *tr) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < tr->local_batch * tr->T_local; i++) k += tr->targets[i] >= 0;
+    return k;
+}
+
 static loom_status evaluate(loom_trainer *tr, float *val_loss) {
     const loom_train_config *t = &tr->rc->train;
     loom_data_reset_val(tr->data);
@@ -192,6 +199,9 @@ static loom_status open_data(loom_trainer *tr) {
         tr->model_cfg.vocab_size = data_vocab;
     }
     LOOM_CALL(loom_data_check_vocab(tr->data, tr->model_cfg.vocab_size));
+    LOOM_CHECK(!loom_data_has_loss_mask(tr->data) || tr->pp == 1, LOOM_ERR_UNSUPPORTED,
+               "%s has a loss mask (instruction data): pipeline parallelism does not normalise it yet (use dp, tp, sp)",
+               t->data);
     LOOM_CALL(loom_data_set_rank(tr->data, tr->mesh.dp_rank, tr->data_dp));
     return LOOM_OK;
 }
@@ -643,11 +653,18 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
         float l;
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
         if (spike) spike_targets(tr, n);
+        /* a loss mask (instruction data): the micro-batch's mean over its targets with a loss, those of the whole
+         * global batch (every rank counts the same), the micro-batches weighted alike; without one this is the
+         * step's token count */
+        const int64_t valid = loom_data_last_valid(tr->data), mine = local_valid(tr);
+        const float scale = valid ? (float)((double)grad_scale * (double)tr->tokens_per_step /
+                                            ((double)valid * (double)t->grad_accum)) : grad_scale;
         loom_zero_begin_micro(tr->zero, micro, micro == t->grad_accum - 1);
         LOOM_CALL(loom_model_forward_backward(tr->model, tr->tokens, tr->targets, tr->local_batch, tr->T_local,
-                                              grad_scale, loom_zero_accumulate(tr->zero, micro), &l));
+                                              scale, loom_zero_accumulate(tr->zero, micro), &l));
         LOOM_CALL(loom_zero_end_micro(tr->zero));
-        lsum += l;
+        /* the global micro-batch's mean: this rank's share of it, times the ranks (their mean is taken below) */
+        lsum += valid ? (double)l * (double)mine * (double)tr->dp / (double)valid : 0.0;
     }
     /* the test hook: a rank that never reaches the collective (in the first attempt of a supervised job) */
     const char *attempt = getenv("LOOM_SUPERVISOR_ATTEMPT");

@@ -45,6 +45,12 @@ static loom_status fill_slice(void *ctx, int64_t off, int64_t n, void *dst) {
     return loom_zero_read_slice(f->z, f->which, off / 4, (off + n) / 4, dst);
 }
 
+/* a LoRA run's base as its checkpoints name it: absolute, so that merging and serving find it from anywhere */
+static void lora_base_path(const char *init_from, char *out, size_t n) {
+    char abs[PATH_MAX];
+    snprintf(out, n, "%s", !init_from[0] ? "" : realpath(init_from, abs) ? abs : init_from);
+}
+
 /* The trainer's state at `step` into directory `dir`: <dir>/checkpoint.bin (one writer), or its sharded
  * layout keeping the newest `keep` steps (collective). */
 static loom_status save_to(loom_trainer *tr, int64_t step, const char *dir, int64_t keep) {
@@ -68,8 +74,10 @@ static loom_status save_to(loom_trainer *tr, int64_t step, const char *dir, int6
         loom_lora_config_format(lora, spec, sizeof spec);
         loom_strbuf_printf(&meta, "\"lora\":{\"spec\":");
         loom_json_write_string(&meta, spec);
+        char base[PATH_MAX];
+        lora_base_path(rc->train.init_from, base, sizeof base);
         loom_strbuf_printf(&meta, ",\"base\":");
-        loom_json_write_string(&meta, rc->train.init_from);
+        loom_json_write_string(&meta, base);
         loom_strbuf_printf(&meta, ",\"base_seed\":%lld},", (long long)rc->train.seed);
     }
     loom_strbuf_printf(&meta, "\"model\":");
@@ -275,7 +283,9 @@ static loom_status check_lora_base(const loom_trainer *tr, const loom_json *meta
     LOOM_CHECK(js && js->type == LOOM_JSON_STRING && !strcmp(js->string, spec), LOOM_ERR_MISMATCH,
                "checkpoint %s holds adapters '%s', this run asks for '%s'", path, js && js->string ? js->string : "?", spec);
     const loom_train_config *t = &tr->rc->train;
-    LOOM_CHECK(jb && jb->type == LOOM_JSON_STRING && !strcmp(jb->string, t->init_from) &&
+    char base[PATH_MAX];
+    lora_base_path(t->init_from, base, sizeof base);
+    LOOM_CHECK(jb && jb->type == LOOM_JSON_STRING && !strcmp(jb->string, base) &&
                    (t->init_from[0] || (jseed && jseed->type == LOOM_JSON_NUMBER && (int64_t)jseed->number == t->seed)),
                LOOM_ERR_MISMATCH, "checkpoint %s trained its adapters on the base '%s'%s; this run's is '%s' (give --init %s)",
                path, jb && jb->string ? jb->string : "?", jb && jb->string && !jb->string[0] ? " (the seed's)" : "",
@@ -289,8 +299,8 @@ static loom_status load_from(loom_trainer *tr, const char *from, int hint, int64
     LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
     const loom_json *j = loom_run_ckpt_meta(c);
     const char *path = loom_run_ckpt_path(c);
+    LOOM_CALL_GOTO(st, check_lora_base(tr, j, path), done); /* first: it says why the sizes would differ */
     LOOM_CALL_GOTO(st, check_ckpt_model(tr, c), done);
-    LOOM_CALL_GOTO(st, check_lora_base(tr, j, path), done);
     train_state ts;
     LOOM_CALL_GOTO(st, loom_run_ckpt_read_state(c, &ts, (int64_t)sizeof ts), done);
     LOOM_CHECK_GOTO(st, ts.optim_kind == (int32_t)tr->rc->optim.kind, LOOM_ERR_MISMATCH, done,
@@ -373,29 +383,14 @@ loom_status loom_trainer_load_frozen(loom_trainer *tr) {
     char from[LOOM_PATH_MAX + 16];
     LOOM_CALL(init_source(tr, from, sizeof from));
     loom_run_ckpt *c = NULL;
-    float *w = loom_model_weights(m), *host = NULL;
-    const int64_t piece = (int64_t)1 << 20; /* floats read at a time: a bf16 base is never whole in fp32 */
     loom_status st;
     LOOM_CALL_GOTO(st, loom_run_ckpt_open(from, &c), done);
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(loom_run_ckpt_meta(c), "model"), &mc), done);
     LOOM_CALL_GOTO(st, compare_models(&mc, &tr->model_cfg, loom_run_ckpt_path(c)), done);
-    const int64_t n = loom_model_weights_size(m);
-    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, done,
-                    "%s holds %lld floats of weights, this model %lld (a LoRA run's checkpoint holds adapters: merge "
-                    "it first)", loom_run_ckpt_path(c), (long long)loom_run_ckpt_size(c), (long long)n);
-    host = loom_backend_host_accessible(tr->be) ? w : malloc((size_t)piece * sizeof(float));
-    LOOM_CHECK_GOTO(st, host != NULL, LOOM_ERR_NOMEM, done, "out of memory");
-    for (int64_t lo = 0; lo < n; lo += piece) {
-        const int64_t hi = lo + piece < n ? lo + piece : n;
-        float *dst = host == w ? w + lo : host;
-        LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", lo, hi, dst), done);
-        if (host != w) LOOM_CALL_GOTO(st, loom_buf_upload(tr->be, w + lo, host, (size_t)(hi - lo) * sizeof(float)), done);
-        LOOM_CALL_GOTO(st, loom_model_weights_done(m, lo, hi), done);
-    }
+    LOOM_CALL_GOTO(st, loom_model_read_weights(m, c), done);
     if (tr->root) LOOM_INFO("LoRA: the frozen weights from %s", loom_run_ckpt_path(c));
 done:
-    if (host != w) free(host);
     loom_run_ckpt_close(&c);
     return st;
 }

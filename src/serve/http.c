@@ -12,7 +12,7 @@
 
 #include "loom/json.h"
 #include "loom/log.h"
-#include "serve_impl.h"
+#include "loom/chat.h"
 
 #ifndef LOOM_HAVE_LIBEVENT
 loom_status loom_serve_http(loom_engine *e, const loom_tokenizer *tok, const loom_server_config *cfg) {

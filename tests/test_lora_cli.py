@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""LoRA fine-tuning end to end, through the CLI: a real adaptation and what a run must keep.
+
+Usage: test_lora_cli.py LOOM TEST_LORA_MERGE WORKDIR
+
+1. Pretraining: a small byte-level GPT-2 (the demo preset) trained with loom on a generated corpus of plain
+   sentences (no chat format in it).
+2. Instruction data: a JSONL file the test writes (a fixed question-answer task: "What color is the X?" ->
+   "It is C.", C fixed per X), chat messages and prompt/completion lines mixed, prepared with
+   `loom data prepare --format jsonl --chat-template plain`; a malformed line stops the preparation with an
+   error naming FILE:LINE and leaves no dataset behind.
+3. LoRA (r 8, every target) from the pretrained weights (--init): the masked validation loss (the answers'
+   tokens only) falls to under half its first value, and greedy generation answers a held-out question in the
+   task's format, from the LoRA checkpoint itself and from its merge (`loom merge`), alike; the merged model's
+   logits equal the adapters' (tests/test_lora_merge.c, fp32, 1e-5).
+4. The run keeps what runs must: a resumed LoRA run ends on the same adapters bit for bit; two data-parallel
+   ranks with ZeRO-2 follow the one-process losses; the bf16-held base trains; a wrong base or spec on resume
+   and impossible combinations are refused with clear errors.
+"""
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+
+LOOM, MERGE_TEST, WORK = sys.argv[1], sys.argv[2], os.path.abspath(sys.argv[3])
+OBJECTS = ["apple", "banana", "sky", "grass", "snow", "coal", "cherry", "lemon", "plum", "ocean", "leaf", "rose",
+           "pumpkin", "violet", "carrot", "cloud", "lime", "tomato", "ink", "sand", "brick", "frog", "crow", "milk"]
+COLORS = ["red", "yellow", "blue", "green", "white", "black", "purple", "orange", "brown", "gray"]
+COLOR_OF = {o: COLORS[(i * 7) % len(COLORS)] for i, o in enumerate(OBJECTS)}
+HELD_OUT = ("plum", "ocean")  # asked in the test, never in a training question of that wording
+failures = []
+
+
+def run(args, ok=True, env=None, **kw):
+    p = subprocess.run(args, capture_output=True, text=True, env=dict(os.environ, **(env or {})), **kw)
+    if ok and p.returncode != 0:
+        print(p.stdout[-3000:], p.stderr[-3000:])
+        raise SystemExit("FAIL: %s exited %d" % (" ".join(args[:4]), p.returncode))
+    return p
+
+
+def check(cond, what):
+    print(("PASS " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+
+
+def metrics(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def train(out, *args, ok=True, mpi=0):
+    cmd = ([shutil.which("mpirun"), "--oversubscribe", "--bind-to", "none", "-np", str(mpi)] if mpi else []) + [
+        LOOM, "-q", "train", "--out", out, "--threads", "1" if mpi else "2", "--batch", "8", "--seq-len", "64",
+        "--set", "train.eval_batches=4"] + list(args)
+    env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return run(cmd, ok=ok, env=env)
+
+
+def main():
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    os.chdir(WORK)
+    rng = random.Random(5)
+    # 1. a corpus of plain sentences, and a model pretrained on it
+    words = ["the", "a", "small", "old", "river", "runs", "past", "town", "we", "saw", "it", "and", "then", "is",
+             "was", "very", "near", "far", "light", "dark", "morning", "night", "walked", "home", "color"]
+    with open("corpus.txt", "w") as f:  # plain sentences, some of them the facts the task will ask about
+        for _ in range(6000):
+            if rng.random() < 0.3:
+                o = rng.choice(OBJECTS)
+                f.write(rng.choice(["The %s is %s.", "A %s is %s.", "We saw the %s, and it was %s."]) % (o, COLOR_OF[o]) + "\n")
+            else:
+                f.write(" ".join(rng.choice(words + OBJECTS + COLORS) for _ in range(rng.randint(4, 10))).capitalize() + ".\n")
+    run([LOOM, "-q", "data", "prepare", "corpus.txt", "--tokenizer", "byte", "--out", "pre"])
+    train("base", "--preset", "demo", "--data", "pre", "--steps", "600", "--set", "optim.lr=3e-3")
+
+    # 2. the task as JSONL, both layouts
+    lines = []
+    for o in OBJECTS:
+        for q in ("What color is the %s?", "Tell me the color of the %s.", "Which color does the %s have?"):
+            if o in HELD_OUT and q.startswith("What"):
+                continue
+            ans = "It is %s." % COLOR_OF[o]
+            if rng.random() < 0.2:
+                lines.append({"prompt": "User: %s\nAssistant:" % (q % o), "completion": " " + ans + "\n"})
+            else:
+                lines.append({"messages": [{"role": "user", "content": q % o}, {"role": "assistant", "content": ans}]})
+    rng.shuffle(lines)
+    lines = lines * 4
+    with open("task.jsonl", "w") as f:
+        for l in lines:
+            f.write(json.dumps(l) + "\n")
+    run([LOOM, "-q", "data", "prepare", "task.jsonl", "--format", "jsonl", "--tokenizer", "byte", "--chat-template",
+         "plain", "--val-fraction", "0.1", "--out", "task"])
+    man = json.load(open("task/dataset.json"))
+    check(man["loss_mask"] is True and man["documents"] == len(lines) and man["token_bytes"] == 4,
+          "jsonl prepare: %d examples, a loss mask, 4-byte tokens" % man["documents"])
+    with open("bad.jsonl", "w") as f:
+        f.write(json.dumps(lines[0]) + "\n" + json.dumps(lines[1]) + "\n" + '{"prompt": "x", "completion": 3}\n')
+    p = run([LOOM, "-q", "data", "prepare", "bad.jsonl", "--format", "jsonl", "--tokenizer", "byte", "--out", "bad"],
+            ok=False)
+    check(p.returncode != 0 and "bad.jsonl:3" in p.stderr and not os.path.exists("bad/dataset.json"),
+          "a malformed line: an error naming bad.jsonl:3, no dataset written (%s)" % p.stderr.strip().splitlines()[-1][:160])
+
+    # 3. LoRA from the pretrained weights: the masked validation loss falls, the answers take the format
+    lora = "r=8,alpha=16,targets=all"
+    train("ft", "--init", "base", "--lora", lora, "--data", "task", "--steps", "300", "--set", "optim.lr=1e-2",
+          "--set", "train.eval_interval=40", "--set", "optim.warmup_steps=10")
+    vals = [r["val_loss"] for r in metrics("ft/metrics.jsonl") if "val_loss" in r]
+    check(len(vals) >= 3 and vals[-1] < 0.5 * vals[0], "masked validation loss falls: %s" % ["%.3f" % v for v in vals])
+    run([LOOM, "-q", "merge", "--ckpt", "ft", "--out", "merged"])
+    p = run([MERGE_TEST, "ft", "merged"])
+    check("PASS" in p.stdout, p.stdout.strip())
+    for o in HELD_OUT:
+        prompt = "User: What color is the %s?\nAssistant:" % o
+        outs = []
+        for ck in ("ft", "merged"):
+            g = run([LOOM, "-q", "generate", "--ckpt", ck, "--prompt", prompt, "--max-tokens", "24", "--temperature",
+                     "0", "--no-stop", "--threads", "2"])
+            outs.append(g.stdout[len(prompt):] if g.stdout.startswith(prompt) else g.stdout)
+        first = outs[0].split("\n")[0]
+        check(re.fullmatch(r" It is [a-z]+\.", first) is not None,
+              "held-out question answered in the task's format: %r" % first)
+        check(outs[0] == outs[1], "the LoRA checkpoint and its merge generate the same text")
+
+    # 4. what a run keeps: exact resume, data parallel with ZeRO, a bf16 base, clear refusals
+    common = ["--init", "base", "--lora", lora, "--data", "task", "--set", "optim.lr=1e-2"]
+    train("whole", *common, "--steps", "30")
+    train("halves", *common, "--steps", "30", "--set", "train.stop_after=15")
+    train("halves", *common, "--steps", "30", "--resume")
+    la = [r["loss"] for r in metrics("whole/metrics.jsonl") if "loss" in r]
+    lb = [r["loss"] for r in metrics("halves/metrics.jsonl") if "loss" in r]
+    check(la == lb, "a resumed LoRA run follows the uninterrupted one's losses exactly (%d steps)" % len(la))
+    if shutil.which("mpirun"):
+        train("one", *common, "--steps", "12")
+        train("two", *common, "--steps", "12", "--zero", "2", mpi=2)
+        l1 = [r["loss"] for r in metrics("one/metrics.jsonl") if "loss" in r]
+        l2 = [r["loss"] for r in metrics("two/metrics.jsonl") if "loss" in r]
+        worst = max(abs(x - y) / abs(x) for x, y in zip(l1, l2))
+        check(len(l1) == len(l2) == 12 and worst < 1e-4,
+              "dp 2 with ZeRO-2 (the adapters sharded) follows one process: worst relative loss difference %.2e" % worst)
+    else:
+        print("SKIP dp: mpirun not found")
+    train("b16", *common, "--steps", "10", "--precision", "bf16", "--lora-base-dtype", "bf16")
+    f32 = metrics("whole/metrics.jsonl")[0]
+    b16 = metrics("b16/metrics.jsonl")[0]
+    check(b16["mem_peak_params"] < 0.6 * f32["mem_peak_params"],
+          "bf16-held base: params %.2f MiB against fp32's %.2f" % (b16["mem_peak_params"] / 2**20, f32["mem_peak_params"] / 2**20))
+    p = train("halves", "--lora", "r=4,targets=qkv", "--data", "task", "--init", "base", "--steps", "30", "--resume", ok=False)
+    check(p.returncode != 0 and "adapters" in p.stderr, "resume with other adapters refused: %s" %
+          p.stderr.strip().splitlines()[-1][:160])
+    p = train("halves", "--lora", lora, "--data", "task", "--steps", "30", "--resume", ok=False)
+    check(p.returncode != 0 and "base" in p.stderr, "resume on another base refused: %s" % p.stderr.strip().splitlines()[-1][:160])
+    for bad, want in ((["--lora", "r=0"], "r must"), (["--lora", "targets=head"], "head"),
+                      (["--lora", "r=4", "--precision", "fp16"], "fp16"), (["--lora-base-dtype", "bf16"], "needs --lora")):
+        p = train("bad", "--data", "task", "--steps", "2", *bad, ok=False)
+        check(p.returncode != 0 and want in p.stderr, "%s refused: %s" % (" ".join(bad), p.stderr.strip().splitlines()[-1][:150]))
+    p = run([LOOM, "-q", "merge", "--ckpt", "base", "--out", "nomerge"], ok=False)
+    check(p.returncode != 0 and "no LoRA" in p.stderr, "merging a plain checkpoint refused")
+    print("%d failed" % len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
