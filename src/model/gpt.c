@@ -1033,22 +1033,24 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
-    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, 0.0f, a->qkv, Cq));
-    LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N)); /* LoRA: tp 1, so the rows are all here */
+    /* LoRA (tp 1: all rows here): the adapters write their part first, the frozen product adds to it */
+    const float lq = (float)loom_lora_has(m, LORA_QKV), lf = (float)loom_lora_has(m, LORA_FC);
+    if (lq != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N, 0.0f));
+    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq));
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
     else if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, l, B, T));
     LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
-    LOOM_CALL(loom_lora_forward(m, l, LORA_PROJ, a->atty, a->res1, C, N));
+    LOOM_CALL(loom_lora_forward(m, l, LORA_PROJ, a->atty, a->res1, C, N, 1.0f)); /* onto the residual sum */
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
-    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, 0.0f, a->fc_pre, fcw));
-    LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N));
+    if (lf != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N, 0.0f));
+    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
     LOOM_CALL(row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
-    return loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N);
+    return loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N, 1.0f);
 }
 
 /* before a layer's backward: recompute what the recompute mode did not keep */
@@ -1253,15 +1255,18 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     if (sp) LOOM_CALL(loom_buf_fill(be, m->sp_rep, 0.0f, 6 * C));
     /* MLP: out = res1 + fc_act W2^T + b2 */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
-    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, 0.0f, m->dfc_act, F},
+    /* LoRA: the adapters write their part of each input gradient first, the frozen product adds to it */
+    float lx = (float)loom_lora_has(m, LORA_DOWN);
+    LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, 0.0f, N, acc));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, lx, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
-    LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, N, acc));
     if (lo[W_MLP_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     LOOM_CALL(mlp_activation_backward(m, a, N));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
-    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, 0.0f, dfull, C},
+    lx = (float)loom_lora_has(m, LORA_FC);
+    LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
               (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}));
-    LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, N, acc));
     if (lo[W_FC_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
@@ -1269,17 +1274,19 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     else LOOM_CALL(loom_k_rmsnorm_backward(be, &(loom_rmsnorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
     /* attention: res1 = x + atty Wo^T + bo */
     LOOM_CALL(all_rows(m, dres, Nr, &in));
-    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, 0.0f, m->datty, Ca},
+    lx = (float)loom_lora_has(m, LORA_PROJ);
+    LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, 0.0f, N, acc));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, lx, m->datty, Ca},
               (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
-    LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, N, acc));
     if (lo[W_ATTN_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
-    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, 0.0f, dfull, C},
+    lx = (float)loom_lora_has(m, LORA_QKV);
+    LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, 0.0f, N, acc));
+    LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, lx, dfull, C},
               (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}));
-    LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, N, acc));
     if (lo[W_QKV_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)

@@ -349,7 +349,14 @@ static float *u_of(const loom_model *m, int64_t l, int i, int64_t N) {
     return m->has_grads ? s->u + (l * s->n_pieces + i) * N * s->cfg.r : s->u;
 }
 
-loom_status loom_lora_forward(loom_model *m, int64_t l, int role, const float *x, float *y, int64_t ldy, int64_t N) {
+int loom_lora_has(const loom_model *m, int role) {
+    for (int i = 0; m->lora && i < m->lora->n_pieces; i++)
+        if (m->lora->pieces[i].role == role) return 1;
+    return 0;
+}
+
+loom_status loom_lora_forward(loom_model *m, int64_t l, int role, const float *x, float *y, int64_t ldy, int64_t N,
+                              float beta) {
     struct lora_state *s = m->lora;
     if (!s) return LOOM_OK;
     LOOM_CALL(loom_lora_reserve(m, N));
@@ -361,13 +368,13 @@ loom_status loom_lora_forward(loom_model *m, int64_t l, int role, const float *x
         float *u = u_of(m, l, i, N);
         const float *xd = adapter_input(m, l, i, x, N);
         LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 1, N, r, pc->in, 1.0f, xd, pc->in, A, pc->in, 0.0f, u, r}));
-        LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 1, N, pc->rows, r, s->scale, u, r, B, r, 1.0f, y + pc->col, ldy}));
+        LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 1, N, pc->rows, r, s->scale, u, r, B, r, beta, y + pc->col, ldy}));
     }
     return LOOM_OK;
 }
 
 loom_status loom_lora_backward(loom_model *m, int64_t l, int role, const float *x, const float *dy, int64_t ldy,
-                               float *dx, int64_t N, int acc) {
+                               float *dx, float dx_beta, int64_t N, int acc) {
     struct lora_state *s = m->lora;
     if (!s) return LOOM_OK;
     const int64_t r = s->cfg.r;
@@ -382,12 +389,13 @@ loom_status loom_lora_backward(loom_model *m, int64_t l, int role, const float *
         const float *xd = adapter_input(m, l, i, x, N);
         LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){1, 0, r, pc->in, N, 1.0f, s->du, r, xd, pc->in, beta, m->grads + ao, pc->in}));
         if (!dropping(m)) {
-            LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 0, N, pc->in, r, 1.0f, s->du, r, A, pc->in, 1.0f, dx, pc->in}));
-            continue;
+            LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 0, N, pc->in, r, 1.0f, s->du, r, A, pc->in, dx_beta, dx, pc->in}));
+        } else {
+            LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 0, N, pc->in, r, 1.0f, s->du, r, A, pc->in, 0.0f, s->dxd, pc->in}));
+            apply_mask(m, mask_key(m, l, i), s->dxd, pc->in, N, pc->in, s->dxd);
+            for (int64_t k = 0; k < N * pc->in; k++) dx[k] = s->dxd[k] + (dx_beta != 0.0f ? dx[k] : 0.0f);
         }
-        LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 0, N, pc->in, r, 1.0f, s->du, r, A, pc->in, 0.0f, s->dxd, pc->in}));
-        apply_mask(m, mask_key(m, l, i), s->dxd, pc->in, N, pc->in, s->dxd);
-        for (int64_t k = 0; k < N * pc->in; k++) dx[k] += s->dxd[k];
+        dx_beta = 1.0f; /* the role's next adapters add to it */
     }
     return LOOM_OK;
 }

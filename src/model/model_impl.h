@@ -132,14 +132,18 @@ void loom_lora_release(loom_model *m);
 /* The adapters' initial values (A uniform in +-1/sqrt(fan_in), as PEFT's kaiming_uniform(a=sqrt(5)); B
  * zero) for flat positions [begin, end) of the adapter buffer. */
 void loom_lora_init_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst);
-/* y (N rows, leading dimension ldy) += the adapters of role `role` in block l over input x (N x fan_in);
- * training (dropout on): once per micro-batch, lora_begin_micro first. */
+/* 1 when block products of role `role` carry adapters */
+int loom_lora_has(const loom_model *m, int role);
+/* y (N rows, leading dimension ldy) = beta * y + the adapters of role `role` in block l over input x
+ * (N x fan_in), on their columns. With beta 0 the frozen product then adds to y (its GEMM with beta 1): the
+ * output is written once by the small product and read inside the large one, instead of a pass of its own. */
 LOOM_NODISCARD loom_status loom_lora_forward(loom_model *m, int64_t l, int role, const float *x, float *y,
-                                             int64_t ldy, int64_t N);
+                                             int64_t ldy, int64_t N, float beta);
 /* Backward of the same: dy (N rows, ldy) the output's gradient; the adapters' gradients written (acc 0) or
- * added; dx (N x fan_in) += the input's gradient through them. */
+ * added; dx (N x fan_in) = dx_beta * dx + the input's gradient through them (dx_beta 0: the frozen product's
+ * input gradient then adds to it, likewise). */
 LOOM_NODISCARD loom_status loom_lora_backward(loom_model *m, int64_t l, int role, const float *x, const float *dy,
-                                              int64_t ldy, float *dx, int64_t N, int acc);
+                                              int64_t ldy, float *dx, float dx_beta, int64_t N, int acc);
 /* Dropout masks are a function of (seed, micro-batch counter, block, adapter, element): the forward, a
  * recomputed forward and the backward of one micro-batch draw the same one. training 0: no dropout. */
 void loom_lora_begin_micro(loom_model *m, int training);
