@@ -22,8 +22,12 @@ import os
 import random
 import re
 import shutil
+import struct
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import loom_files  # noqa: E402
 
 LOOM, MERGE_TEST, WORK = sys.argv[1], sys.argv[2], os.path.abspath(sys.argv[3])
 OBJECTS = ["apple", "banana", "sky", "grass", "snow", "coal", "cherry", "lemon", "plum", "ocean", "leaf", "rose",
@@ -58,6 +62,90 @@ def train(out, *args, ok=True, mpi=0):
         "--set", "train.eval_batches=4"] + list(args)
     env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     return run(cmd, ok=ok, env=env)
+
+
+def safetensors_header(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return json.loads(f.read(n))
+
+
+def drop_tensors(src, part, dst):
+    """a safetensors file without the tensors whose names contain `part`"""
+    buf = open(src, "rb").read()
+    n = struct.unpack("<Q", buf[:8])[0]
+    hdr, data = json.loads(buf[8:8 + n]), buf[8 + n:]
+    out_hdr, out_data = {}, b""
+    for k, v in hdr.items():
+        if k == "__metadata__" or part in k:
+            continue
+        b = data[v["data_offsets"][0]:v["data_offsets"][1]]
+        out_hdr[k] = dict(v, data_offsets=[len(out_data), len(out_data) + len(b)])
+        out_data += b
+    h = json.dumps(out_hdr).encode()
+    h += b" " * (-len(h) % 8)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    open(dst, "wb").write(struct.pack("<Q", len(h)) + h + out_data)
+
+
+def peft_table(family, L, C, F, q, kv, r):
+    """PEFT's key names and shapes for LoRA on every linear of a block, written from PEFT's documentation
+    (LoraModel: lora_A is nn.Linear(in_features, r), lora_B nn.Linear(r, out_features); saved as
+    base_model.model.<module>.lora_{A,B}.weight, the adapter name left out)."""
+    if family == "gpt2":
+        mods = {"attn.c_attn": (C, 3 * C), "attn.c_proj": (C, C), "mlp.c_fc": (C, F), "mlp.c_proj": (F, C)}
+        prefix = "base_model.model.transformer.h.%d."
+    else:
+        mods = {"self_attn.q_proj": (C, q), "self_attn.k_proj": (C, kv), "self_attn.v_proj": (C, kv),
+                "self_attn.o_proj": (q, C), "mlp.gate_proj": (C, F), "mlp.up_proj": (C, F), "mlp.down_proj": (F, C)}
+        prefix = "base_model.model.model.layers.%d."
+    out = {}
+    for l in range(L):
+        for m, (fin, fout) in mods.items():
+            out[prefix % l + m + ".lora_A.weight"] = [r, fin]
+            out[prefix % l + m + ".lora_B.weight"] = [fout, r]
+    return out
+
+
+def peft_round_trip(lora):
+    """export --format peft: PEFT's names and shapes; import --format peft: the adapters back bit for bit"""
+    for fam, ck, r, L, C, F, q, kv in (("gpt2", "ft", 8, 4, 128, 512, 128, 128),
+                                       ("llama", "llft", 4, 2, 64, 96, 64, 32)):
+        if fam == "llama":  # a small LLaMA, and a LoRA run of a few steps over it
+            shape = ["--preset", "llama-tiny", "--data", "synthetic", "--set", "model.n_layer=2", "--set", "model.d_model=64",
+                     "--set", "model.n_head=4", "--set", "model.n_kv_head=2", "--set", "model.d_ff=96",
+                     "--set", "model.vocab_size=300"]
+            train("llbase", *shape, "--steps", "2")
+            train(ck, *shape, "--steps", "3", "--init", "llbase", "--lora", "r=4,alpha=8,targets=all")
+        run([LOOM, "-q", "export", "--format", "peft", "--ckpt", ck, "--out", ck + "-peft"])
+        cfg = json.load(open(ck + "-peft/adapter_config.json"))
+        want = {"gpt2": {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"},
+                "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}}[fam]
+        check(cfg["peft_type"] == "LORA" and cfg["r"] == r and set(cfg["target_modules"]) == want and
+              cfg["fan_in_fan_out"] == (fam == "gpt2"), "%s adapter_config.json: r %d, targets %s" % (fam, cfg["r"], sorted(cfg["target_modules"])))
+        hdr = {k: v["shape"] for k, v in safetensors_header(ck + "-peft/adapter_model.safetensors").items() if k != "__metadata__"}
+        table = peft_table(fam, L, C, F, q, kv, r)
+        check(hdr == table, "%s adapter_model.safetensors: %d tensors, PEFT's names and shapes%s" % (
+            fam, len(hdr), "" if hdr == table else ": %s" % sorted(set(hdr) ^ set(table))[:4]))
+        base = os.path.abspath("base" if fam == "gpt2" else "llbase")
+        run([LOOM, "-q", "import", "--format", "peft", ck + "-peft", "--base", base, "--out", ck + "-back"])
+        a = loom_files.read_ckpt_sections(ck + "/checkpoint.bin")["params"]
+        b = loom_files.read_ckpt_sections(ck + "-back/checkpoint.bin")["params"]
+        check(a == b, "PEFT export then import restores the %s adapters bit for bit (%d bytes)" % (fam, len(a)))
+        if fam == "llama":  # PEFT's LLaMA default adapts q_proj and v_proj only: k gets zero adapters
+            drop_tensors(ck + "-peft/adapter_model.safetensors", "k_proj", "qv-peft/adapter_model.safetensors")
+            shutil.copy(ck + "-peft/adapter_config.json", "qv-peft/adapter_config.json")
+            run([LOOM, "-q", "import", "--format", "peft", "qv-peft", "--base", base, "--out", "qv-back"])
+            meta, back = loom_files.read_ckpt_params("qv-back/checkpoint.bin")
+            _, orig = loom_files.read_ckpt_params(ck + "/checkpoint.bin")
+            ok = all((back[k] == 0).all() if ".attn.k." in k else (back[k] == orig[k]).all() for k in orig)
+            check(ok and len(back) == len(orig), "q/v-only PEFT adapters import with zero k adapters, the rest exact")
+        if fam == "gpt2":
+            g1 = run([LOOM, "-q", "generate", "--ckpt", ck, "--prompt", "User: Hi\nAssistant:", "--max-tokens", "12",
+                      "--temperature", "0", "--threads", "2"]).stdout
+            g2 = run([LOOM, "-q", "generate", "--ckpt", ck + "-back", "--prompt", "User: Hi\nAssistant:",
+                      "--max-tokens", "12", "--temperature", "0", "--threads", "2"]).stdout
+            check(g1 == g2, "the imported adapters generate what the run's do")
 
 
 def main():
@@ -159,6 +247,7 @@ def main():
                       (["--lora", "r=4", "--precision", "fp16"], "fp16"), (["--lora-base-dtype", "bf16"], "needs --lora")):
         p = train("bad", "--data", "task", "--steps", "2", *bad, ok=False)
         check(p.returncode != 0 and want in p.stderr, "%s refused: %s" % (" ".join(bad), p.stderr.strip().splitlines()[-1][:150]))
+    peft_round_trip(lora)
     p = run([LOOM, "-q", "merge", "--ckpt", "base", "--out", "nomerge"], ok=False)
     check(p.returncode != 0 and "no LoRA" in p.stderr, "merging a plain checkpoint refused")
     print("%d failed" % len(failures))

@@ -35,6 +35,8 @@ typedef struct loom_ckpt_reader loom_ckpt_reader;
 
 
 /* Writes a whole small file atomically (temporary file, fsync, rename, directory fsync). */
+/* A directory and its missing parents (mkdir -p); LOOM_ERR_IO naming the one that cannot be made. */
+LOOM_NODISCARD loom_status loom_file_mkdir_p(const char *path);
 LOOM_NODISCARD loom_status loom_file_write_atomic(const char *path, const void *data, size_t n);
 /* Copies a file to dst atomically (the same temporary, fsync, rename and directory fsync), 1 MiB at a time;
  * after_piece (may be NULL) runs after each piece (the tests slow a copy down with it). */

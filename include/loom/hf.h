@@ -187,11 +187,18 @@ loom_hf_import_options loom_hf_import_options_default(void);
  * (present, shape, finite) before anything is written; an existing checkpoint is moved to
  * checkpoint.prev.bin. opt may be NULL. */
 LOOM_NODISCARD loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_hf_import_options *opt);
-/* A checkpoint of weights only, as import writes it: out_dir/checkpoint.bin (step 0, AdamW's state zero, the
- * data position of `seed`; an earlier checkpoint there moved aside to checkpoint.prev.bin) and
- * train-config.json. params: the whole model's flat parameters (host memory, cfg's one-rank layout); preset:
- * its name in the metadata; meta_extra: more metadata fields, each led by a comma (NULL: none). */
-LOOM_NODISCARD loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_config *cfg,
+/* LoRA adapters in Hugging Face PEFT's layout (src/io/peft.c): export writes out_dir/adapter_config.json and
+ * adapter_model.safetensors (fp32) from a LoRA run's checkpoint; import reads them onto `base` (a loom
+ * checkpoint or a Hugging Face directory, imported into out_dir/base-hf) and writes out_dir/checkpoint.bin, a
+ * LoRA checkpoint that generate, serve, merge and export read as loom's own. */
+LOOM_NODISCARD loom_status loom_peft_export(const char *ckpt, const char *out_dir);
+LOOM_NODISCARD loom_status loom_peft_import(const char *adapter_dir, const char *base, const char *out_dir);
+/* A checkpoint of parameters only, as import writes it: out_dir/checkpoint.bin (step 0, AdamW's state zero,
+ * the data position of `seed`; an earlier checkpoint there moved aside to checkpoint.prev.bin) and
+ * train-config.json. layout: a one-rank model whose flat parameters params holds (host memory): a plain
+ * model's weights, or a LoRA model's adapters (then meta_extra carries the "lora" field); preset: its name in
+ * the metadata; meta_extra: more metadata fields, each led by a comma (NULL: none). */
+LOOM_NODISCARD loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model *layout,
                                                         const float *params, const char *preset,
                                                         const char *meta_extra, uint64_t seed);
 

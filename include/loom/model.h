@@ -165,6 +165,9 @@ int loom_model_num_chunks(const loom_model *m);
  * (NULL: the whole model), for buffer sizes and loom_model_activation_bytes. Free with loom_model_free. */
 LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_model_part *part,
                                                   int tp_size, int tp_rank, loom_model **out);
+/* The layout alone of a one-rank model with LoRA adapters (its flat parameters: the adapters). */
+LOOM_NODISCARD loom_status loom_model_init_lora_layout(const loom_model_config *cfg, const loom_lora_config *lora,
+                                                       loom_model **out);
 /* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring
  * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,

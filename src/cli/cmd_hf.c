@@ -14,12 +14,16 @@ static void export_help(FILE *f) {
     fprintf(f,
             "usage: loom export --ckpt DIR|FILE --format hf --out DIR [--dtype f32|bf16|f16] [--max-shard-size SIZE]\n"
             "       loom export --ckpt DIR|FILE --format gguf --out FILE.gguf [--dtype f32|bf16|f16] [--tokenizer T]\n"
-            "                   [--name NAME]\n\n"
+            "                   [--name NAME]\n"
+            "       loom export --ckpt LORA_RUN --format peft --out DIR\n\n"
             "hf: writes a loom checkpoint as a Hugging Face model: DIR/config.json and DIR/model.safetensors in\n"
             "transformers' names (GPT2LMHeadModel for gpt2, LlamaForCausalLM for llama).\n"
-            "gguf: one GGUF file that llama.cpp runs (its gpt2 or llama architecture), with the tokenizer.\n\n"
+            "gguf: one GGUF file that llama.cpp runs (its gpt2 or llama architecture), with the tokenizer.\n"
+            "peft: a LoRA run's adapters as Hugging Face PEFT saves them: DIR/adapter_config.json and\n"
+            "DIR/adapter_model.safetensors (fp32; GPT-2's c_attn/c_proj/c_fc with fan_in_fan_out, LLaMA's q/k/v/o_proj\n"
+            "and gate/up/down_proj), for PeftModel.from_pretrained over the exported base.\n\n"
             "  --ckpt DIR|FILE        run directory holding checkpoint.bin, or the file\n"
-            "  --format hf|gguf       default hf\n"
+            "  --format hf|gguf|peft  default hf\n"
             "  --out DIR|FILE         output directory (created), or the .gguf file\n"
             "  --dtype f32|bf16|f16   tensor type on disk (default f32; bf16/f16 round to nearest even; gguf:\n"
             "                         the matrices, norms and biases stay f32)\n"
@@ -31,11 +35,15 @@ static void export_help(FILE *f) {
 
 static void import_help(FILE *f) {
     fprintf(f,
-            "usage: loom import --format hf SRC_DIR --out DIR [--seed S]\n\n"
+            "usage: loom import --format hf SRC_DIR --out DIR [--seed S]\n"
+            "       loom import --format peft ADAPTER_DIR --base CKPT_OR_HF_DIR --out DIR\n\n"
             "Reads a Hugging Face model (SRC_DIR/config.json with model_type gpt2 or llama, and\n"
             "model.safetensors or model.safetensors.index.json + shards; F32, BF16 or F16 tensors) and writes\n"
             "DIR/checkpoint.bin (step 0, zero AdamW state) and DIR/train-config.json.\n\n"
-            "  --format hf   the only format (default)\n"
+            "peft: Hugging Face PEFT LoRA adapters (adapter_config.json, adapter_model.safetensors) over a base: DIR holds\n"
+            "a LoRA checkpoint (generate, serve, merge, export it; modules PEFT left out get zero adapters).\n\n"
+            "  --format hf|peft  default hf\n"
+            "  --base B      peft: the base model (a loom checkpoint, or a Hugging Face directory, imported to DIR/base-hf)\n"
             "  --out DIR     output run directory (created; an existing checkpoint is moved to checkpoint.prev.bin)\n"
             "  --seed S      data sampler seed of the saved state (default 1337, as loom train)\n\n"
             "Then:  loom generate --ckpt DIR\n"
@@ -118,8 +126,8 @@ int loom_cmd_export(int argc, char **argv) {
             return 2;
         }
     }
-    if (strcmp(format, "hf") != 0 && strcmp(format, "gguf") != 0) {
-        fprintf(stderr, "loom export: --format expects hf or gguf, got '%s'\n", format);
+    if (strcmp(format, "hf") != 0 && strcmp(format, "gguf") != 0 && strcmp(format, "peft") != 0) {
+        fprintf(stderr, "loom export: --format expects hf, gguf or peft, got '%s'\n", format);
         return 2;
     }
     if (!ckpt || !out) {
@@ -127,13 +135,14 @@ int loom_cmd_export(int argc, char **argv) {
         return 2;
     }
     if (!strcmp(format, "gguf")) return export_gguf(ckpt, out, tok_name, &go);
+    if (!strcmp(format, "peft")) return loom_peft_export(ckpt, out) != LOOM_OK ? loom_cli_fail("export") : 0;
     if (loom_hf_export(ckpt, out, &o) != LOOM_OK) return loom_cli_fail("export");
     LOOM_INFO("exported %s to %s (%s)", ckpt, out, loom_st_dtype_name(o.dtype));
     return 0;
 }
 
 int loom_cmd_import(int argc, char **argv) {
-    const char *src = NULL, *out = NULL, *format = "hf";
+    const char *src = NULL, *out = NULL, *format = "hf", *base = NULL;
     loom_hf_import_options o = loom_hf_import_options_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -141,7 +150,7 @@ int loom_cmd_import(int argc, char **argv) {
             import_help(stdout);
             return 0;
         }
-        if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--seed")) {
+        if (!strcmp(a, "--out") || !strcmp(a, "--format") || !strcmp(a, "--seed") || !strcmp(a, "--base")) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "loom import: %s needs a value\n", a);
                 return 2;
@@ -149,6 +158,7 @@ int loom_cmd_import(int argc, char **argv) {
             const char *v = argv[++i];
             if (!strcmp(a, "--out")) out = v;
             else if (!strcmp(a, "--format")) format = v;
+            else if (!strcmp(a, "--base")) base = v;
             else {
                 char *end = NULL;
                 errno = 0;
@@ -169,9 +179,16 @@ int loom_cmd_import(int argc, char **argv) {
             src = a;
         }
     }
-    if (strcmp(format, "hf") != 0) {
-        fprintf(stderr, "loom import: --format expects hf, got '%s'\n", format);
+    if (strcmp(format, "hf") != 0 && strcmp(format, "peft") != 0) {
+        fprintf(stderr, "loom import: --format expects hf or peft, got '%s'\n", format);
         return 2;
+    }
+    if (!strcmp(format, "peft")) {
+        if (!src || !out || !base) {
+            fprintf(stderr, "loom import: peft needs the adapter directory, --base and --out (see loom import --help)\n");
+            return 2;
+        }
+        return loom_peft_import(src, base, out) != LOOM_OK ? loom_cli_fail("import") : 0;
     }
     if (!src || !out) {
         fprintf(stderr, "loom import: a source directory and --out are required (see loom import --help)\n");
@@ -212,7 +229,7 @@ int loom_cmd_merge(int argc, char **argv) {
     loom_comm *comm = NULL;
     loom_mem mem;
     loom_mem_init(&mem);
-    loom_model *m = NULL;
+    loom_model *m = NULL, *plain = NULL;
     loom_json *meta = NULL;
     float *w = NULL;
     loom_strbuf extra;
@@ -244,7 +261,8 @@ int loom_cmd_merge(int argc, char **argv) {
         loom_json_write_string(&extra, v->string);
     }
     if (!w || extra.failed || loom_model_lora_merged(m, w) ||
-        loom_checkpoint_save_weights(out, loom_model_get_config(m), w, "lora-merge", extra.buf, 0)) {
+        loom_model_init_layout(loom_model_get_config(m), NULL, 1, 0, &plain) ||
+        loom_checkpoint_save_weights(out, plain, w, "lora-merge", extra.buf, 0)) {
         rc = w && !extra.failed ? loom_cli_fail("merge") : (fprintf(stderr, "loom merge: out of memory\n"), 1);
         goto done;
     }
@@ -254,6 +272,7 @@ done:
     free(w);
     loom_strbuf_free(&extra);
     loom_json_free(&meta);
+    loom_model_free(&plain);
     loom_model_free(&m);
     loom_comm_free(&comm);
     loom_backend_free(&be);

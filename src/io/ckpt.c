@@ -389,6 +389,28 @@ loom_status loom_file_copy_atomic(const char *src, const char *dst, void (*after
     return LOOM_OK;
 }
 
+loom_status loom_file_mkdir_p(const char *path) {
+    size_t n = strlen(path);
+    char *buf = malloc(n + 1);
+    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
+    memcpy(buf, path, n + 1);
+    loom_status st = LOOM_OK;
+    for (char *p = buf + 1; *p && st == LOOM_OK; p++)
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", buf, strerror(errno));
+            *p = '/';
+        }
+    if (st == LOOM_OK && mkdir(buf, 0755) != 0 && errno != EEXIST)
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", buf, strerror(errno));
+    struct stat sb;
+    if (st == LOOM_OK && (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)))
+        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "%s is not a directory", buf);
+    free(buf);
+    return st;
+}
+
 loom_status loom_file_write_atomic(const char *path, const void *data, size_t n) {
     char tmp[4200];
     loom_io_tmp_path(tmp, sizeof tmp, path);

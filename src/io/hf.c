@@ -386,27 +386,6 @@ static void hf_config_to_json(const loom_model_config *c, int has_bias, loom_st_
 /* ------------------------------------------------------------------------------------------------------ */
 /* helpers */
 
-static loom_status mkdir_p(const char *path) {
-    size_t n = strlen(path);
-    char *buf = malloc(n + 1);
-    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
-    memcpy(buf, path, n + 1);
-    loom_status st = LOOM_OK;
-    for (char *p = buf + 1; *p && st == LOOM_OK; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", buf, strerror(errno));
-            *p = '/';
-        }
-    if (st == LOOM_OK && mkdir(buf, 0755) != 0 && errno != EEXIST)
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "cannot create %s: %s", buf, strerror(errno));
-    struct stat sb;
-    if (st == LOOM_OK && (stat(buf, &sb) != 0 || !S_ISDIR(sb.st_mode)))
-        st = loom_error_set(LOOM_ERR_IO, __FILE__, __LINE__, __func__, "%s is not a directory", buf);
-    free(buf);
-    return st;
-}
 
 static char *join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
@@ -553,7 +532,7 @@ loom_status loom_hf_export(const char *ckpt, const char *out_dir, const loom_hf_
         specs[i].dtype = o.dtype;
         specs[i].ndim = piece_shape(&pieces[i], specs[i].shape);
     }
-    LOOM_CALL_GOTO(st, mkdir_p(out_dir), done);
+    LOOM_CALL_GOTO(st, loom_file_mkdir_p(out_dir), done);
     export_ctx xc = {pieces, params, o.dtype};
     LOOM_CALL_GOTO(st, loom_st_write_model(out_dir, specs, n, o.max_shard_bytes, export_fill, &xc), done);
     hf_config_to_json(&cfg, loom_model_find_param(mc.model, "h.0.attn.qkv.bias") != NULL, o.dtype, &cj);
@@ -691,9 +670,9 @@ static const char *chat_template_of(const char *src_dir) {
     return name;
 }
 
-loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_config *cfg, const float *params,
+loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model *lay, const float *params,
                                          const char *preset, const char *meta_extra, uint64_t seed) {
-    loom_model *lay = NULL;
+    const loom_model_config *cfg = loom_model_get_config(lay);
     loom_data *data = NULL;
     float *zeros = NULL;
     char *ckpt_path = join(out_dir, "checkpoint.bin"), *prev_path = join(out_dir, "checkpoint.prev.bin"),
@@ -703,7 +682,6 @@ loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_c
     loom_strbuf_init(&tc);
     loom_status st;
     LOOM_CHECK_GOTO(st, ckpt_path && prev_path && tc_path, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, loom_model_init_layout(cfg, NULL, 1, 0, &lay), done);
     LOOM_CALL_GOTO(st, loom_data_open("synthetic", cfg->vocab_size, 0.0, seed, &data), done);
     train_state ts;
     memset(&ts, 0, sizeof ts);
@@ -733,7 +711,7 @@ loom_status loom_checkpoint_save_weights(const char *out_dir, const loom_model_c
         {"params", params, pbytes, NULL, NULL},            {"optim.0", zeros, pbytes, NULL, NULL},
         {"optim.1", zeros, pbytes, NULL, NULL},
     };
-    LOOM_CALL_GOTO(st, mkdir_p(out_dir), done);
+    LOOM_CALL_GOTO(st, loom_file_mkdir_p(out_dir), done);
     if (access(ckpt_path, F_OK) == 0) {
         LOOM_CHECK_GOTO(st, rename(ckpt_path, prev_path) == 0, LOOM_ERR_IO, done, "cannot move aside %s: %s", ckpt_path,
                         strerror(errno));
@@ -752,7 +730,6 @@ done:
     loom_strbuf_free(&meta);
     loom_strbuf_free(&tc);
     loom_data_free(&data);
-    loom_model_free(&lay);
     free(zeros);
     free(ckpt_path);
     free(prev_path);
@@ -827,7 +804,7 @@ loom_status loom_hf_import(const char *src_dir, const char *out_dir, const loom_
     const char *tmpl = chat_template_of(src_dir);
     if (tmpl) loom_strbuf_printf(&meta, ",\"chat_template\":\"%s\"", tmpl);
     LOOM_CHECK_GOTO(st, !meta.failed, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, loom_checkpoint_save_weights(out_dir, &cfg, params, "hf-import", meta.buf, o.seed), done);
+    LOOM_CALL_GOTO(st, loom_checkpoint_save_weights(out_dir, mc.model, params, "hf-import", meta.buf, o.seed), done);
     st = LOOM_OK;
 done:
     loom_strbuf_free(&meta);

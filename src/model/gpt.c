@@ -340,6 +340,13 @@ loom_status loom_model_init_layout(const loom_model_config *cfg, const loom_mode
     return model_create(cfg, part ? part : &whole, NULL, &o, tp_size, tp_rank, NULL, out);
 }
 
+loom_status loom_model_init_lora_layout(const loom_model_config *cfg, const loom_lora_config *lora, loom_model **out) {
+    loom_model_part whole = {1, {0}, {cfg->n_layer}, 1, 1};
+    const loom_model_options o = {.flags = LOOM_MODEL_GRADS | LOOM_MODEL_EXTERNAL_PARAMS | LOOM_MODEL_EXTERNAL_GRADS,
+                                  .lora = *lora};
+    return model_create(cfg, &whole, NULL, &o, 1, 0, NULL, out);
+}
+
 static loom_status model_create(const loom_model_config *cfg, const loom_model_part *part, loom_backend *be,
                                 const loom_model_options *o, int tps, int tpr, loom_mem *mem, loom_model **out) {
     const int flags = o->flags;
