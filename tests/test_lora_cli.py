@@ -17,14 +17,17 @@ Usage: test_lora_cli.py LOOM TEST_LORA_MERGE WORKDIR
    ranks with ZeRO-2 follow the one-process losses; the bf16-held base trains; a wrong base or spec on resume
    and impossible combinations are refused with clear errors.
 """
+import http.client
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loom_files  # noqa: E402
@@ -148,6 +151,73 @@ def peft_round_trip(lora):
             check(g1 == g2, "the imported adapters generate what the run's do")
 
 
+def served_adapters():
+    """two adapter sets and the base through one server, concurrently: each answer equals that model alone"""
+    proc = subprocess.Popen([LOOM, "serve", "--ckpt", "base", "--port", "0", "--threads", "2", "--lora", "ft=ft",
+                             "--lora", "whole=whole", "--max-seqs", "8"], stderr=subprocess.PIPE, text=True)
+    port, log = None, []
+    try:
+        for line in proc.stderr:
+            log.append(line)
+            m = re.search(r"listening on http://[^:]+:(\d+) ", line)
+            if m:
+                port = int(m.group(1))
+                break
+        check(port is not None, "loom serve with two --lora adapter sets listens" + ("" if port else ": " + "".join(log)[-400:]))
+        if port is None:
+            return
+        threading.Thread(target=lambda: [log.append(l) for l in proc.stderr], daemon=True).start()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/v1/models")
+        ids = [d["id"] for d in json.loads(conn.getresponse().read())["data"]]
+        check(ids == ["base", "ft", "whole"], "/v1/models lists the model and its adapter sets: %s" % ids)
+        prompts = ["User: What color is the lemon?\nAssistant:", "User: Tell me the color of the sky.\nAssistant:"]
+        jobs = [(mod, p) for mod in ("base", "ft", "whole") for p in prompts] * 2
+        got = [None] * len(jobs)
+
+        def ask(i):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            c.request("POST", "/v1/completions", json.dumps({"model": jobs[i][0], "prompt": jobs[i][1], "max_tokens": 16,
+                                                             "temperature": 0}), {"Content-Type": "application/json"})
+            r = json.loads(c.getresponse().read())
+            got[i] = (r.get("model"), r["choices"][0]["text"]) if "choices" in r else (None, json.dumps(r))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        solo = {}
+        for mod, p in set(jobs):
+            ck = {"base": "base", "ft": "ft", "whole": "whole"}[mod]
+            g = run([LOOM, "-q", "generate", "--ckpt", ck, "--prompt", p, "--max-tokens", "16", "--temperature", "0",
+                     "--no-stop", "--threads", "2"]).stdout
+            g = g[:-1] if g.endswith("\n") else g  # generate ends its output with a newline
+            solo[(mod, p)] = g[len(p):] if g.startswith(p) else g
+        bad = [(jobs[i], got[i], solo[jobs[i]]) for i in range(len(jobs)) if got[i] != (jobs[i][0], solo[jobs[i]])]
+        check(not bad, "%d concurrent requests over base, ft and whole: each equals that model alone (greedy)%s" % (
+            len(jobs), "" if not bad else ": %r" % (bad[:2],)))
+        conn.request("GET", "/metrics")
+        metrics_text = conn.getresponse().read().decode()
+        val = {k: float(v) for k, v in re.findall(r"^(loom_engine_steps_total|loom_generation_tokens_total) (\S+)$",
+                                                   metrics_text, re.M)}
+        check(val["loom_engine_steps_total"] < val["loom_generation_tokens_total"] / 2,
+              "requests for different adapters batched together: %d steps for %d tokens" % (
+                  val["loom_engine_steps_total"], val["loom_generation_tokens_total"]))
+        check(len({got[i][1] for i in range(len(jobs)) if jobs[i][1] == prompts[0]}) > 1,
+              "the adapter sets answer differently from the base (they are applied)")
+        conn.request("POST", "/v1/completions", json.dumps({"model": "nope", "prompt": "x"}), {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        check(r.status == 404, "an unknown model name: 404 (%d)" % r.status)
+        r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main():
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
@@ -248,6 +318,7 @@ def main():
         p = train("bad", "--data", "task", "--steps", "2", *bad, ok=False)
         check(p.returncode != 0 and want in p.stderr, "%s refused: %s" % (" ".join(bad), p.stderr.strip().splitlines()[-1][:150]))
     peft_round_trip(lora)
+    served_adapters()
     p = run([LOOM, "-q", "merge", "--ckpt", "base", "--out", "nomerge"], ok=False)
     check(p.returncode != 0 and "no LoRA" in p.stderr, "merging a plain checkpoint refused")
     print("%d failed" % len(failures))

@@ -264,6 +264,7 @@ typedef struct {
     int64_t n, pos;
     const int32_t *blocks; /* host memory */
     int logits;            /* 1: the logits after its last token are wanted */
+    int adapter;           /* 0: the model alone; k: the k-th adapter set (loom_model_add_adapter_set) */
 } loom_kv_segment;
 /* Advances several sequences in one forward: every product runs over all segments' rows together;
  * positions, RoPE and attention are per segment (causal over the new rows, against the cached ones). Writes
@@ -286,6 +287,14 @@ LOOM_NODISCARD loom_status loom_model_weights_done(loom_model *m, int64_t begin,
 /* The frozen weights' initial values from a seed (what loom_model_init_weights gives a model without
  * adapters); without LoRA the same as loom_model_init_weights. */
 LOOM_NODISCARD loom_status loom_model_init_frozen(loom_model *m, uint64_t seed);
+/* Serving several fine-tunes of one base at once: LoRA adapter sets over an inference model without adapters
+ * of its own, numbered from 1 in the order added; params (host memory, n floats) in the layout a LoRA run of
+ * cfg has (its checkpoint's "params"). A cached forward's segment names its set; rows of different sets
+ * share every frozen product and add their own adapters' (fp32). */
+#define LOOM_MAX_ADAPTER_SETS 32
+LOOM_NODISCARD loom_status loom_model_add_adapter_set(loom_model *m, const loom_lora_config *cfg, const float *params,
+                                                      int64_t n, int *index);
+int loom_model_num_adapter_sets(const loom_model *m);
 /* The model's adapters (NULL without). */
 const loom_lora_config *loom_model_lora(const loom_model *m);
 /* The weights with every adapter folded in (W += scale * B A on its rows): dst, loom_model_weights_size floats

@@ -57,6 +57,7 @@ typedef struct {
     const char *stop[LOOM_MAX_STOP];            /* stop strings (copied), NULL-terminated if fewer */
     loom_engine_callback on_event;              /* called from the engine's thread */
     void *ctx;
+    int adapter;                                /* 0: the model; k: its k-th LoRA adapter set */
 } loom_request;
 
 typedef struct {
@@ -92,7 +93,10 @@ typedef struct {
     const char *host;          /* 127.0.0.1 */
     int port;                  /* 0: any free port */
     const char *api_key;       /* NULL: no key needed; else "Authorization: Bearer KEY" */
-    const char *model_name;    /* what /v1/models lists and requests may name */
+    const char *model_name;    /* what /v1/models lists and requests may name (also "base") */
+    const char *const *adapter_names; /* n_adapters names of the model's LoRA adapter sets, 1..n in order:
+                                         a request's "model" chooses one (listed by /v1/models too) */
+    int n_adapters;
     const char *chat_template; /* plain, chatml, llama3 */
     size_t max_body;           /* bytes; larger requests get 413 */
     int timeout_s;             /* a request must arrive within it (slow clients are closed) */

@@ -1,10 +1,13 @@
 /* loom serve: a checkpoint behind OpenAI's HTTP API, many requests batched together (include/loom/serve.h). */
+#define _DEFAULT_SOURCE /* realpath */
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "loom/ckpt.h"
 #include "loom/log.h"
 #include "loom/serve.h"
 
@@ -13,7 +16,7 @@ static void serve_help(void) {
            "                  [--threads N] [--kv-memory BYTES] [--kv-dtype f32|bf16] [--kv-block 16] [--max-seqs 64]\n"
            "                  [--max-batch-tokens 512] [--max-queue 1024] [--chat-template plain|chatml|llama3]\n"
            "                  [--precision fp32|bf16] [--tokenizer T] [--model-name NAME] [--no-prefix-cache]\n"
-           "                  [--max-body BYTES] [--timeout SECONDS] [--device cpu|cuda]\n"
+           "                  [--max-body BYTES] [--timeout SECONDS] [--device cpu|cuda] [--lora NAME=RUN_DIR]...\n"
            "Serves the model in DIR/checkpoint.bin with OpenAI's API: POST /v1/completions and\n"
            "/v1/chat/completions (stream: true for Server-Sent Events), GET /v1/models, /health and /metrics\n"
            "(Prometheus). Requests are batched continuously: each step runs one forward over every running\n"
@@ -23,6 +26,9 @@ static void serve_help(void) {
            "positions; prompts sharing a prefix share its blocks. --kv-dtype bf16 stores them in bf16: twice the\n"
            "positions in the same memory (attention reads them back into fp32). --port 0 picks a free port; the\n"
            "address is printed to stderr once listening. SIGINT or SIGTERM stops the server.\n"
+           "--lora NAME=RUN_DIR (repeatable) serves a LoRA run's adapters over the model as model NAME: a request's\n"
+           "\"model\" chooses the model itself (its name or \"base\") or an adapter set; requests for different\n"
+           "ones share every step (the frozen products batched, each adds its own adapters).\n"
            "  curl -s localhost:8080/v1/completions -H 'Content-Type: application/json' \\\n"
            "       -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'\n");
 }
@@ -62,13 +68,51 @@ static char *read_key_file(const char *path) {
     return n ? strdup(buf) : NULL;
 }
 
+/* --lora NAME=DIR: a LoRA run's adapters over the served model (its config; a warning when its base differs) */
+static loom_status add_adapters(loom_model *m, const char *served, const char *name, const char *dir) {
+    loom_run_ckpt *c = NULL;
+    float *params = NULL;
+    loom_status st;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(dir, &c), done);
+    const loom_json *meta = loom_run_ckpt_meta(c), *lora = loom_json_get(meta, "lora");
+    const loom_json *spec = loom_json_get(lora, "spec"), *base = loom_json_get(lora, "base");
+    LOOM_CHECK_GOTO(st, spec && spec->type == LOOM_JSON_STRING, LOOM_ERR_INVALID_ARG, done,
+                    "--lora %s=%s: %s holds no LoRA adapters", name, dir, loom_run_ckpt_path(c));
+    loom_model_config ac;
+    loom_lora_config lc;
+    LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(meta, "model"), &ac), done);
+    const loom_model_config *mc = loom_model_get_config(m);
+    LOOM_CHECK_GOTO(st, ac.family == mc->family && ac.n_layer == mc->n_layer && ac.d_model == mc->d_model &&
+                            ac.n_head == mc->n_head && ac.n_kv_head == mc->n_kv_head && ac.d_ff == mc->d_ff &&
+                            ac.vocab_size == mc->vocab_size, LOOM_ERR_MISMATCH, done,
+                    "--lora %s=%s: its adapters were trained on another model (%s, %lld layers, width %lld)", name, dir,
+                    loom_family_name(ac.family), (long long)ac.n_layer, (long long)ac.d_model);
+    char a[PATH_MAX], b[PATH_MAX];
+    if (base && base->type == LOOM_JSON_STRING && (!realpath(served, a) || !realpath(base->string, b) || strcmp(a, b)))
+        LOOM_WARN("--lora %s=%s: trained on the base '%s', served over '%s'", name, dir, base->string, served);
+    LOOM_CALL_GOTO(st, loom_lora_config_parse(spec->string, &lc), done);
+    const int64_t n = loom_run_ckpt_size(c);
+    params = malloc((size_t)(n ? n : 1) * sizeof(float));
+    LOOM_CHECK_GOTO(st, params != NULL, LOOM_ERR_NOMEM, done, "out of memory");
+    LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, n, params), done);
+    int index;
+    LOOM_CALL_GOTO(st, loom_model_add_adapter_set(m, &lc, params, n, &index), done);
+    fprintf(stderr, "loom serve: adapters '%s' (LoRA %s) from %s\n", name, spec->string, loom_run_ckpt_path(c));
+done:
+    free(params);
+    loom_run_ckpt_close(&c);
+    return st;
+}
+
 int loom_cmd_serve(int argc, char **argv) {
     const char *ckpt = NULL, *tok_name = NULL, *device = "cpu", *key_file = NULL, *model_name = NULL;
     loom_server_config sc = {.host = "127.0.0.1", .port = 8080, .chat_template = NULL, .max_body = 1 << 20,
                              .timeout_s = 30};
     loom_engine_config ec = loom_engine_config_default();
     int64_t kv_memory = 0;
-    int threads = 0;
+    int threads = 0, n_lora = 0;
+    const char *lora_name[LOOM_MAX_ADAPTER_SETS], *lora_dir[LOOM_MAX_ADAPTER_SETS];
+    char lora_buf[LOOM_MAX_ADAPTER_SETS][128];
     loom_precision precision = LOOM_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -95,6 +139,17 @@ int loom_cmd_serve(int argc, char **argv) {
         else if (!strcmp(a, "--model-name")) model_name = v;
         else if (!strcmp(a, "--chat-template")) sc.chat_template = v;
         else if (!strcmp(a, "--device")) device = v;
+        else if (!strcmp(a, "--lora")) { /* NAME=DIR */
+            const char *eq = strchr(v, '=');
+            if (!eq || eq == v || !eq[1] || (size_t)(eq - v) >= sizeof lora_buf[0] || n_lora == LOOM_MAX_ADAPTER_SETS) {
+                fprintf(stderr, "loom serve: --lora expects NAME=RUN_DIR (a LoRA run's checkpoint; at most %d), got '%s'\n",
+                        LOOM_MAX_ADAPTER_SETS, v);
+                return 2;
+            }
+            snprintf(lora_buf[n_lora], sizeof lora_buf[n_lora], "%.*s", (int)(eq - v), v);
+            lora_name[n_lora] = lora_buf[n_lora];
+            lora_dir[n_lora++] = eq + 1;
+        }
         else if (!strcmp(a, "--kv-dtype")) {
             if (strcmp(v, "f32") && strcmp(v, "bf16")) {
                 fprintf(stderr, "loom serve: --kv-dtype is f32 or bf16, not '%s'\n", v);
@@ -169,6 +224,21 @@ int loom_cmd_serve(int argc, char **argv) {
         model_name = basename(dir);
     }
     sc.model_name = model_name;
+    for (int i = 0; i < n_lora; i++) {
+        int dup = !strcmp(lora_name[i], model_name) || !strcmp(lora_name[i], "base");
+        for (int j = 0; j < i; j++) dup |= !strcmp(lora_name[i], lora_name[j]);
+        if (dup) {
+            fprintf(stderr, "loom serve: --lora name '%s' is taken (the model's name, \"base\", or another adapter's)\n",
+                    lora_name[i]);
+            goto out;
+        }
+        if (add_adapters(c.model, ckpt, lora_name[i], lora_dir[i]) != LOOM_OK) {
+            rc = loom_cli_fail("serve");
+            goto out;
+        }
+    }
+    sc.adapter_names = lora_name;
+    sc.n_adapters = n_lora;
     const size_t block_bytes = loom_kv_pool_block_bytes(c.model, ec.block_len, ec.kv_bf16);
     const loom_model_config *mc = loom_model_get_config(c.model);
     if (!kv_memory) { /* every sequence slot a quarter of the context (preemption covers the rest), at least two

@@ -523,10 +523,8 @@ void loom_model_free(loom_model **pm) {
     } else if (m->lora) {
         loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->w, w_bytes);
     }
-    if (m->lora) {
-        free(m->w_infos);
-        loom_lora_free(m);
-    }
+    if (m->lora) free(m->w_infos);
+    loom_lora_free(m); /* the adapters, or a server's adapter sets */
     free(m->infos);
     free(m->row_blocks);
     free(m->sp_counts);
@@ -1044,20 +1042,24 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float lq = (float)loom_lora_has(m, LORA_QKV), lf = (float)loom_lora_has(m, LORA_FC);
     if (lq != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N, 0.0f));
     LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq));
+    LOOM_CALL(loom_lora_forward_sets(m, l, LORA_QKV, in, a->qkv, Cq)); /* serving: each segment's adapter set */
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
     else if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, l, B, T));
     LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
     LOOM_CALL(loom_lora_forward(m, l, LORA_PROJ, a->atty, a->res1, C, N, 1.0f)); /* onto the residual sum */
+    LOOM_CALL(loom_lora_forward_sets(m, l, LORA_PROJ, a->atty, a->res1, C));
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
     if (lf != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N, 0.0f));
     LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw));
+    LOOM_CALL(loom_lora_forward_sets(m, l, LORA_FC, in, a->fc_pre, fcw));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
     LOOM_CALL(row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
-    return loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N, 1.0f);
+    LOOM_CALL(loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N, 1.0f));
+    return loom_lora_forward_sets(m, l, LORA_DOWN, a->fc_act, a->out, C);
 }
 
 /* before a layer's backward: recompute what the recompute mode did not keep */

@@ -106,6 +106,15 @@ int64_t loom_kv_pool_block_len(const loom_kv_pool *p) { return p->block_len; }
 
 int loom_kv_decoding(const loom_model *m) { return m->kv_run != NULL; }
 
+int64_t loom_kv_num_segments(const loom_model *m) { return m->kv_run ? ((const kv_run *)m->kv_run)->n_segs : 0; }
+
+void loom_kv_segment_rows(const loom_model *m, int64_t s, int64_t *row0, int64_t *n, int *adapter) {
+    const kv_run *r = (const kv_run *)m->kv_run;
+    *row0 = r->row0[s];
+    *n = r->segs[s].n;
+    *adapter = r->segs[s].adapter;
+}
+
 
 /* token rows -> embeddings (+ the positions' wpe rows), segment by segment */
 loom_status loom_kv_embed(loom_model *m, const int32_t *tok, const float *wte, const float *wpe, float *out) {
@@ -218,6 +227,8 @@ static loom_status check_segments(loom_model *m, const loom_kv_pool *p, const lo
         LOOM_CHECK(sg->n >= 1 && sg->pos >= 0 && sg->pos + sg->n <= m->cfg.max_seq_len && sg->blocks, LOOM_ERR_INVALID_ARG,
                    "segment %lld: %lld new tokens after %lld cached ones (the context is %lld positions)",
                    (long long)s, (long long)sg->n, (long long)sg->pos, (long long)m->cfg.max_seq_len);
+        LOOM_CHECK(sg->adapter >= 0 && sg->adapter <= m->n_sets, LOOM_ERR_INVALID_ARG,
+                   "segment %lld: adapter set %d, the model has %d", (long long)s, sg->adapter, m->n_sets);
         for (int64_t i = 0; i < sg->n; i++)
             LOOM_CHECK(sg->tokens[i] >= 0 && sg->tokens[i] < m->V, LOOM_ERR_INVALID_ARG,
                        "token %d is outside the vocabulary [0, %lld)", sg->tokens[i], (long long)m->V);

@@ -39,6 +39,8 @@ struct lora_state {
     size_t u_bytes, du_bytes, x_bytes;
     int training;
     uint64_t micro;                  /* micro-batches run in training: the dropout stream's counter */
+    float *own;                      /* a serving set's adapters (NULL: the model's flat parameters) */
+    size_t own_bytes;
 };
 
 /* ---- the config ---- */
@@ -139,12 +141,16 @@ static const char *piece_name(const loom_model *m, const lora_piece *pc, int ind
     }
 }
 
-static loom_status add_adapter(loom_model *m, int cap, const char *name, int layer, int64_t d0, int64_t d1,
-                               int64_t *cur, int64_t *off) {
-    LOOM_CHECK(m->n_infos < cap, LOOM_ERR_INTERNAL, "adapter table overflow");
-    loom_param_info *p = &m->infos[m->n_infos];
+/* an adapter tensor of d0 x d1 at *cur (64-byte aligned views); its view into infos when given */
+static void add_adapter(loom_model *m, loom_param_info *infos, const char *name, int layer, int64_t d0, int64_t d1,
+                        int64_t *cur, int64_t *off) {
+    *off = *cur;
+    *cur += (d0 * d1 + 15) / 16 * 16;
+    if (!infos) return;
+    loom_param_info *p = &infos[m->n_infos];
+    memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
-    p->offset = *cur;
+    p->offset = *off;
     p->ndim = 2;
     p->shape[0] = p->full_shape[0] = d0;
     p->shape[1] = p->full_shape[1] = d1;
@@ -152,23 +158,21 @@ static loom_status add_adapter(loom_model *m, int cap, const char *name, int lay
     p->layer = layer;
     p->decay = 1; /* PEFT under the Hugging Face Trainer decays every weight that is not a bias or a norm */
     p->tp_split = LOOM_TP_REPLICATED;
-    p->canon_offset = *cur;
+    p->canon_offset = *off;
     p->seed_index = m->n_infos;
     m->n_infos++;
     m->n_params += p->numel;
-    *off = *cur;
-    *cur += (p->numel + 15) / 16 * 16;
-    return LOOM_OK;
 }
 
-loom_status loom_lora_build(loom_model *m, const loom_lora_config *cfg) {
+/* The adapters of cfg over m's blocks: their pieces, scale and offsets (*size floats in all); with infos,
+ * their views too (m->infos, m->n_infos, m->n_params) and the units' starts in m->unit_lo. */
+static loom_status lora_plan(loom_model *m, const loom_lora_config *cfg, loom_param_info *infos,
+                             struct lora_state **out, int64_t *size) {
     LOOM_CHECK(cfg->r >= 1 && cfg->alpha > 0 && cfg->dropout >= 0 && cfg->dropout < 1 && (cfg->targets & LOOM_LORA_ALL) &&
                    !(cfg->targets & ~LOOM_LORA_ALL), LOOM_ERR_CONFIG, "LoRA: r >= 1, alpha > 0, dropout in [0, 1) and a target");
-    LOOM_CHECK(m->tp_size == 1 && m->sp_size <= 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
-               "LoRA runs without tensor, sequence or pipeline parallelism yet (data parallel and ZeRO 0-3 compose)");
     struct lora_state *s = calloc(1, sizeof *s);
     LOOM_CHECK(s != NULL, LOOM_ERR_NOMEM, "out of memory");
-    m->lora = s;
+    *out = s;
     s->cfg = *cfg;
     s->scale = (float)(cfg->alpha / (cfg->rslora ? sqrt((double)cfg->r) : (double)cfg->r));
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
@@ -187,50 +191,107 @@ loom_status loom_lora_build(loom_model *m, const loom_lora_config *cfg) {
         if (!gpt) s->pieces[s->n_pieces++] = (lora_piece){LORA_FC, C, F, F};
     }
     if (cfg->targets & LOOM_LORA_DOWN) s->pieces[s->n_pieces++] = (lora_piece){LORA_DOWN, F, C, 0};
-    /* the whole model's layout becomes the frozen weights' */
-    m->w_infos = m->infos;
-    m->w_n_infos = m->n_infos;
-    m->w_size = m->buf_size;
-    m->w_n_params = m->n_params;
-    free(m->row_blocks);
-    const int cap = (int)m->L * s->n_pieces * 2;
-    m->infos = calloc((size_t)(cap ? cap : 1), sizeof *m->infos);
-    m->row_blocks = calloc((size_t)(cap ? cap : 1), sizeof *m->row_blocks);
     s->a_off = malloc((size_t)(m->L * s->n_pieces + 1) * sizeof(int64_t));
     s->b_off = malloc((size_t)(m->L * s->n_pieces + 1) * sizeof(int64_t));
-    LOOM_CHECK(m->infos && m->row_blocks && s->a_off && s->b_off, LOOM_ERR_NOMEM, "out of memory");
-    m->n_infos = 0;
-    m->n_params = 0;
+    LOOM_CHECK(s->a_off && s->b_off, LOOM_ERR_NOMEM, "out of memory");
     /* the same units as the weights': the embedding's (empty), one per block, the head's (empty) */
     int64_t cur = 0;
     int u = 0;
-    m->unit_lo[u++] = 0;
+    if (infos) m->unit_lo[u++] = 0;
     for (int64_t l = 0; l < m->L; l++) {
-        m->unit_lo[u++] = cur;
+        if (infos) m->unit_lo[u++] = cur;
         int seen[LORA_N_ROLES] = {0};
         for (int i = 0; i < s->n_pieces; i++) {
             const lora_piece *pc = &s->pieces[i];
             const char *nm = piece_name(m, pc, seen[pc->role]++);
             char name[64];
             snprintf(name, sizeof name, "h.%lld.%s.lora_A", (long long)m->layer_g[l], nm);
-            LOOM_CALL(add_adapter(m, cap, name, (int)m->layer_g[l], cfg->r, pc->in, &cur, &s->a_off[l * s->n_pieces + i]));
+            add_adapter(m, infos, name, (int)m->layer_g[l], cfg->r, pc->in, &cur, &s->a_off[l * s->n_pieces + i]);
             snprintf(name, sizeof name, "h.%lld.%s.lora_B", (long long)m->layer_g[l], nm);
-            LOOM_CALL(add_adapter(m, cap, name, (int)m->layer_g[l], pc->rows, cfg->r, &cur, &s->b_off[l * s->n_pieces + i]));
+            add_adapter(m, infos, name, (int)m->layer_g[l], pc->rows, cfg->r, &cur, &s->b_off[l * s->n_pieces + i]);
         }
     }
-    m->unit_lo[u++] = cur;
-    m->unit_lo[u] = cur;
-    m->n_units = u;
-    m->buf_size = m->canon_size = cur;
+    if (infos) {
+        m->unit_lo[u++] = cur;
+        m->unit_lo[u] = cur;
+        m->n_units = u;
+    }
+    *size = cur;
     return LOOM_OK;
 }
 
+static void free_state(struct lora_state *s, loom_model *m) {
+    if (!s) return;
+    if (s->own) loom_buf_free(m->be, m->mem, LOOM_MEM_PARAMS, s->own, s->own_bytes);
+    free(s->a_off);
+    free(s->b_off);
+    free(s);
+}
+
+loom_status loom_lora_build(loom_model *m, const loom_lora_config *cfg) {
+    LOOM_CHECK(m->tp_size == 1 && m->sp_size <= 1 && m->first && m->last && m->n_chunks == 1, LOOM_ERR_UNSUPPORTED,
+               "LoRA runs without tensor, sequence or pipeline parallelism yet (data parallel and ZeRO 0-3 compose)");
+    /* the whole model's layout becomes the frozen weights' */
+    m->w_infos = m->infos;
+    m->w_n_infos = m->n_infos;
+    m->w_size = m->buf_size;
+    m->w_n_params = m->n_params;
+    free(m->row_blocks);
+    const int cap = (int)m->L * 14; /* at most 7 adapters of 2 tensors a block */
+    m->infos = calloc((size_t)(cap ? cap : 1), sizeof *m->infos);
+    m->row_blocks = calloc((size_t)(cap ? cap : 1), sizeof *m->row_blocks);
+    LOOM_CHECK(m->infos && m->row_blocks, LOOM_ERR_NOMEM, "out of memory");
+    m->n_infos = 0;
+    m->n_params = 0;
+    int64_t size;
+    LOOM_CALL(lora_plan(m, cfg, m->infos, &m->lora, &size));
+    m->buf_size = m->canon_size = size;
+    return LOOM_OK;
+}
+
+loom_status loom_model_add_adapter_set(loom_model *m, const loom_lora_config *cfg, const float *params, int64_t n,
+                                       int *index) {
+    LOOM_CHECK(!m->lora && !m->has_grads, LOOM_ERR_INVALID_ARG,
+               "adapter sets go on an inference model without adapters of its own");
+    LOOM_CHECK(m->n_sets < LOOM_MAX_ADAPTER_SETS, LOOM_ERR_CONFIG, "at most %d adapter sets", LOOM_MAX_ADAPTER_SETS);
+    LOOM_CHECK(m->tp_size == 1 && m->n_chunks == 1 && m->first && m->last, LOOM_ERR_UNSUPPORTED,
+               "adapter sets serve a whole model on one rank");
+    struct lora_state *s = NULL;
+    int64_t size = 0;
+    loom_status st = lora_plan(m, cfg, NULL, &s, &size);
+    if (st == LOOM_OK && n != size)
+        st = loom_error_set(LOOM_ERR_MISMATCH, __FILE__, __LINE__, __func__,
+                            "adapters of %lld floats, their LoRA config over this model needs %lld", (long long)n,
+                            (long long)size);
+    if (st == LOOM_OK) {
+        s->own_bytes = (size_t)(size ? size : 1) * sizeof(float);
+        st = loom_buf_alloc(m->be, m->mem, LOOM_MEM_PARAMS, s->own_bytes, (void **)&s->own);
+    }
+    if (st == LOOM_OK) st = loom_buf_upload(m->be, s->own, params, (size_t)size * sizeof(float));
+    if (st != LOOM_OK) {
+        free_state(s, m);
+        return st;
+    }
+    m->sets[m->n_sets++] = s;
+    *index = m->n_sets;
+    return LOOM_OK;
+}
+
+int loom_model_num_adapter_sets(const loom_model *m) { return m->n_sets; }
+
+void loom_lora_free_sets(loom_model *m) {
+    for (int i = 0; i < m->n_sets; i++) free_state(m->sets[i], m);
+    m->n_sets = 0;
+    loom_buf_free(m->be, m->mem, LOOM_MEM_ACTS, m->set_u, m->set_u_bytes);
+    m->set_u = NULL;
+    m->set_u_bytes = 0;
+}
+
 void loom_lora_free(loom_model *m) {
+    loom_lora_free_sets(m);
     if (!m->lora) return;
     loom_lora_release(m);
-    free(m->lora->a_off);
-    free(m->lora->b_off);
-    free(m->lora);
+    free_state(m->lora, m);
     m->lora = NULL;
 }
 
@@ -429,4 +490,41 @@ loom_status loom_model_lora_merged(loom_model *m, float *dst) {
         }
     free(ad);
     return st;
+}
+
+/* ---- serving: adapter sets, segment by segment ---- */
+
+loom_status loom_lora_forward_sets(loom_model *m, int64_t l, int role, const float *x, float *y, int64_t ldy) {
+    if (!m->n_sets || !loom_kv_decoding(m)) return LOOM_OK;
+    const int64_t n_segs = loom_kv_num_segments(m);
+    for (int64_t g = 0; g < n_segs;) {
+        int64_t row0, n, r0b, nb;
+        int k, kb;
+        loom_kv_segment_rows(m, g, &row0, &n, &k);
+        /* the following segments of the same set, rows contiguous: one product for them all */
+        for (g++; g < n_segs; g++) {
+            loom_kv_segment_rows(m, g, &r0b, &nb, &kb);
+            if (kb != k || r0b != row0 + n) break;
+            n += nb;
+        }
+        if (k == 0) continue;
+        const struct lora_state *s = m->sets[k - 1];
+        const int64_t r = s->cfg.r;
+        if ((size_t)(n * r) * sizeof(float) > m->set_u_bytes) {
+            loom_buf_free(m->be, m->mem, LOOM_MEM_ACTS, m->set_u, m->set_u_bytes);
+            m->set_u = NULL;
+            m->set_u_bytes = (size_t)(n * r) * sizeof(float);
+            LOOM_CALL(loom_buf_alloc(m->be, m->mem, LOOM_MEM_ACTS, m->set_u_bytes, (void **)&m->set_u));
+        }
+        for (int i = 0; i < s->n_pieces; i++) {
+            const lora_piece *pc = &s->pieces[i];
+            if (pc->role != role) continue;
+            const float *A = s->own + s->a_off[l * s->n_pieces + i], *B = s->own + s->b_off[l * s->n_pieces + i];
+            LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 1, n, r, pc->in, 1.0f, x + row0 * pc->in, pc->in, A, pc->in,
+                                                        0.0f, m->set_u, r}));
+            LOOM_CALL(loom_k_matmul(m->be, &(loom_gemm){0, 1, n, pc->rows, r, s->scale, m->set_u, r, B, r, 1.0f,
+                                                        y + row0 * ldy + pc->col, ldy}));
+        }
+    }
+    return LOOM_OK;
 }

@@ -108,6 +108,10 @@ struct loom_model {
     int w_lowp_fresh;           /* LoRA: the frozen weights' low-precision copy is made from their values */
     int64_t w_resident;         /* LoRA base_bf16: bytes of w still resident (reserved memory; -1: allocated) */
     struct lora_state *lora;    /* NULL without adapters */
+    struct lora_state *sets[LOOM_MAX_ADAPTER_SETS]; /* serving: adapter sets, each with its own buffer */
+    int n_sets;
+    float *set_u;               /* their low-rank products, one segment's at a time */
+    size_t set_u_bytes;
     struct loom_kv_cache *kv; /* single-sequence generation state (kvcache.c), NULL until used */
     const void *kv_run;       /* the cached forward in progress (kvcache.c), NULL otherwise */
 };
@@ -147,6 +151,11 @@ LOOM_NODISCARD loom_status loom_lora_backward(loom_model *m, int64_t l, int role
 /* Dropout masks are a function of (seed, micro-batch counter, block, adapter, element): the forward, a
  * recomputed forward and the backward of one micro-batch draw the same one. training 0: no dropout. */
 void loom_lora_begin_micro(loom_model *m, int training);
+/* y (N rows, ldy) += the adapter sets' products of role `role` in block l, segment by segment (each its own
+ * set, or none), while a cached forward with adapter sets runs; nothing otherwise */
+LOOM_NODISCARD loom_status loom_lora_forward_sets(loom_model *m, int64_t l, int role, const float *x, float *y,
+                                                  int64_t ldy);
+void loom_lora_free_sets(loom_model *m);
 /* (2C) floats where the frozen norms' backward writes the weight gradients nobody keeps */
 float *loom_lora_dw_scratch(loom_model *m);
 /* While a cached forward runs (kvcache.c) its rows are segments of several sequences: the embedding, RoPE
@@ -157,5 +166,8 @@ LOOM_NODISCARD loom_status loom_kv_embed(loom_model *m, const int32_t *tok, cons
 LOOM_NODISCARD loom_status loom_kv_rope(loom_model *m, float *qkv);
 LOOM_NODISCARD loom_status loom_kv_attention(loom_model *m, int64_t l);
 int64_t loom_kv_logit_rows(loom_model *m, float *x, loom_status *st);
+/* the cached forward's segments: their count; segment s's first row, rows and adapter set (0: none) */
+int64_t loom_kv_num_segments(const loom_model *m);
+void loom_kv_segment_rows(const loom_model *m, int64_t s, int64_t *row0, int64_t *n, int *adapter);
 
 #endif

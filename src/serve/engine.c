@@ -241,7 +241,8 @@ static void seq_release_blocks(loom_engine *e, seq *s) {
 static void seq_hash(loom_engine *e, seq *s) {
     const int64_t bl = e->cfg.block_len;
     while ((s->n_hashed + 1) * bl <= s->n_tokens) {
-        const uint64_t parent = s->n_hashed ? s->hashes[s->n_hashed - 1] : 0;
+        /* the first block's parent names the adapter set: another set's keys and values are other values */
+        const uint64_t parent = s->n_hashed ? s->hashes[s->n_hashed - 1] : (uint64_t)s->req.adapter * 0x9e3779b97f4a7c15ull;
         s->hashes[s->n_hashed] = block_hash(parent, s->tokens + s->n_hashed * bl, bl);
         s->n_hashed++;
     }
@@ -415,7 +416,8 @@ static void step(loom_engine *e) {
             }
             if (lost_self) break;
             e->segs[n_segs] = (loom_kv_segment){.tokens = s->tokens + s->n_cached, .n = n, .pos = s->n_cached,
-                                                .blocks = s->table, .logits = s->n_cached + n == s->n_tokens};
+                                                .blocks = s->table, .logits = s->n_cached + n == s->n_tokens,
+                                                .adapter = s->req.adapter};
             e->seg_seq[n_segs++] = s;
             budget -= n;
         }
@@ -534,6 +536,8 @@ void loom_engine_free(loom_engine **pe) {
 loom_status loom_engine_submit(loom_engine *e, const loom_request *r, uint64_t *id) {
     const loom_sample_config *sc = &r->sample;
     LOOM_CHECK(r->n_prompt >= 1, LOOM_ERR_INVALID_ARG, "the prompt is empty");
+    LOOM_CHECK(r->adapter >= 0 && r->adapter <= loom_model_num_adapter_sets(e->m), LOOM_ERR_INVALID_ARG,
+               "adapter set %d, the model has %d", r->adapter, loom_model_num_adapter_sets(e->m));
     LOOM_CHECK(r->n_prompt < e->ctx_len, LOOM_ERR_INVALID_ARG,
                "the prompt has %lld tokens; the model's context is %lld", (long long)r->n_prompt, (long long)e->ctx_len);
     LOOM_CHECK(sc->max_tokens >= 1 && sc->top_k >= 0 && sc->top_p > 0 && sc->top_p <= 1 && sc->temperature >= 0,

@@ -40,6 +40,7 @@ typedef struct call {
     struct evhttp_connection *conn;
     uint64_t engine_id;
     int chat, stream, include_usage, gone, started;
+    const char *model; /* the name it asked for: the model's, or an adapter set's */
     char id[48];
     long long created;
     loom_strbuf text; /* the whole reply text (not streamed) */
@@ -152,7 +153,7 @@ static void on_close(struct evhttp_connection *conn, void *arg) {
 static void chunk_head(const call *c, loom_strbuf *sb) {
     loom_strbuf_printf(sb, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", c->id,
                        c->chat ? "chat.completion.chunk" : "text_completion", c->created);
-    loom_json_write_string(sb, c->srv->cfg.model_name);
+    loom_json_write_string(sb, c->model);
     loom_strbuf_printf(sb, ",\"system_fingerprint\":null,\"choices\":[");
 }
 
@@ -243,7 +244,7 @@ static void whole_reply(call *c, const loom_engine_event *ev) {
     loom_strbuf_init(&sb);
     loom_strbuf_printf(&sb, "{\"id\":\"%s\",\"object\":\"%s\",\"created\":%lld,\"model\":", c->id,
                        c->chat ? "chat.completion" : "text_completion", c->created);
-    loom_json_write_string(&sb, c->srv->cfg.model_name);
+    loom_json_write_string(&sb, c->model);
     loom_strbuf_printf(&sb, ",\"system_fingerprint\":null,\"choices\":[{\"index\":0,");
     if (c->chat) {
         loom_strbuf_printf(&sb, "\"message\":{\"role\":\"assistant\",\"content\":");
@@ -329,6 +330,15 @@ typedef struct {
     char msg[256];
     const char *param;
 } parsed;
+
+/* the adapter set a request's "model" names: 0 the model itself (its name or "base"), k its k-th adapter set,
+ * -1 none */
+static int model_index(const server *s, const char *name) {
+    if (!strcmp(name, s->cfg.model_name) || !strcmp(name, "base")) return 0;
+    for (int i = 0; i < s->cfg.n_adapters; i++)
+        if (!strcmp(name, s->cfg.adapter_names[i])) return i + 1;
+    return -1;
+}
 
 /* OpenAI's sampling parameters and stop strings; returns an error message for a 400, else NULL */
 static const char *parse_common(server *s, const loom_json *body, int chat, parsed *p) {
@@ -442,9 +452,10 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
         err = "the body must be a JSON object";
     } else if (!(err = parse_common(s, body, chat, &p))) {
         const loom_json *model = loom_json_get(body, "model");
-        if (model && strcmp(model->string, s->cfg.model_name)) {
-            snprintf(p.msg, sizeof p.msg, "The model '%s' does not exist (this server has '%s')", model->string,
-                     s->cfg.model_name);
+        p.r.adapter = model ? model_index(s, model->string) : 0;
+        if (p.r.adapter < 0) {
+            snprintf(p.msg, sizeof p.msg, "The model '%s' does not exist (this server has '%s'%s)", model->string,
+                     s->cfg.model_name, s->cfg.n_adapters ? " and its adapters: see /v1/models" : "");
             err = p.msg;
             p.param = "model";
             code = 404;
@@ -483,6 +494,7 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
         c->req = req;
         c->conn = evhttp_request_get_connection(req);
         c->chat = chat;
+        c->model = p.r.adapter ? s->cfg.adapter_names[p.r.adapter - 1] : s->cfg.model_name;
         c->stream = p.stream;
         c->include_usage = p.include_usage;
         c->created = (long long)time(NULL);
@@ -512,9 +524,18 @@ static void handle_generate(server *s, struct evhttp_request *req, int chat) {
 static void handle_models(server *s, struct evhttp_request *req) {
     loom_strbuf sb;
     loom_strbuf_init(&sb);
-    loom_strbuf_printf(&sb, "{\"object\":\"list\",\"data\":[{\"id\":");
-    loom_json_write_string(&sb, s->cfg.model_name);
-    loom_strbuf_printf(&sb, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"loom\"}]}");
+    loom_strbuf_printf(&sb, "{\"object\":\"list\",\"data\":[");
+    for (int i = 0; i <= s->cfg.n_adapters; i++) {
+        loom_strbuf_printf(&sb, "%s{\"id\":", i ? "," : "");
+        loom_json_write_string(&sb, i ? s->cfg.adapter_names[i - 1] : s->cfg.model_name);
+        loom_strbuf_printf(&sb, ",\"object\":\"model\",\"created\":0,\"owned_by\":\"loom\"");
+        if (i) {
+            loom_strbuf_printf(&sb, ",\"parent\":");
+            loom_json_write_string(&sb, s->cfg.model_name);
+        }
+        loom_strbuf_printf(&sb, "}");
+    }
+    loom_strbuf_printf(&sb, "]}");
     send_json(req, 200, "OK", &sb);
     s->http_status[2]++;
     loom_strbuf_free(&sb);
