@@ -37,7 +37,7 @@ def run_loom(a, workdir, name, extra):
     last = rows[-1]
     state = last["mem_peak_params"] + last["mem_peak_grads"] + last["mem_peak_optim"]
     return {"ms": [r["ms"] for r in rows[2:]], "mfu": [r.get("mfu", 0) for r in rows[2:]], "state": state,
-            "rss": max(r["rss_peak_bytes"] for r in rows), "acts": last["mem_peak_acts"]}
+            "rss": max(r["rss_peak_bytes"] for r in rows), "acts": last["mem_peak_acts"] + last["mem_peak_workspace"]}
 
 
 def run_torch(a, lora):
@@ -74,7 +74,7 @@ def main():
                      "--precision", "bf16", "--lora-base-dtype", "bf16"]))]
     if "torch" in systems:
         runs += [("torch full fp32", lambda w: run_torch(a, 0)), ("torch LoRA fp32", lambda w: run_torch(a, a.rank))]
-    pooled = {name: {"ms": [], "mfu": [], "state": [], "rss": []} for name, _ in runs}
+    pooled = {name: {"ms": [], "mfu": [], "state": [], "rss": [], "acts": []} for name, _ in runs}
     with tempfile.TemporaryDirectory() as w:
         for rnd in range(a.rounds):
             for name, fn in runs:
@@ -86,12 +86,14 @@ def main():
                     p["mfu"] += r["mfu"]
                 if r["state"] is not None:
                     p["state"].append(r["state"])
+                    p["acts"].append(r["acts"])
                 print("round %d %-28s median %.1f ms" % (rnd + 1, name, statistics.median(r["ms"])), file=sys.stderr)
     tokens = a.batch * a.seq_len
     print("%s, B %d, T %d, %d threads, LoRA r=%d alpha=%d on attn+mlp; %d rounds x %d steps, medians" % (
         a.model, a.batch, a.seq_len, a.threads, a.rank, 2 * a.rank, a.rounds, a.steps))
-    print("%-28s %10s %9s %7s %10s %16s %14s %10s" % ("run", "ms/step", "tok/s", "MFU", "vs full", "params+grads+optim",
-                                                      "state vs full", "peak RSS"))
+    print("%-28s %10s %9s %7s %10s %16s %14s %10s %14s" % ("run", "ms/step", "tok/s", "MFU", "vs full",
+                                                           "params+grads+optim", "state vs full", "peak RSS",
+                                                           "RSS-acts vs full"))
     for name, _ in runs:
         p = pooled[name]
         sysname = name.split()[0]
@@ -99,10 +101,20 @@ def main():
         ms = statistics.median(p["ms"])
         state = statistics.median(p["state"]) if p["state"] else None
         fstate = statistics.median(full["state"]) if full["state"] else None
-        print("%-28s %10.1f %9.1f %7s %9.3fx %16s %14s %8.0f MiB" % (
+        # the process's peak RSS less the activations and workspace it accounted (equal in both runs): what RSS
+        # says the parameters, gradients and optimizer state (and the runtime) take
+        rest = statistics.median(p["rss"]) - statistics.median(p["acts"]) if p["acts"] else None
+        frest = statistics.median(full["rss"]) - statistics.median(full["acts"]) if full["acts"] else None
+        print("%-28s %10.1f %9.1f %7s %9.3fx %16s %14s %8.0f MiB %14s" % (
             name, ms, tokens / ms * 1e3, "%.1f%%" % (100 * statistics.median(p["mfu"])) if p["mfu"] else "-",
             ms / statistics.median(full["ms"]), "%.1f MiB" % (state / MiB) if state else "-",
-            "%.1f%%" % (100 * state / fstate) if state else "-", statistics.median(p["rss"]) / MiB))
+            "%.1f%%" % (100 * state / fstate) if state else "-", statistics.median(p["rss"]) / MiB,
+            "%.1f%%" % (100 * rest / frest) if rest else "-"))
+    ratios = [statistics.median(pooled["loom LoRA fp32"]["ms"][i:i + a.steps]) /
+              statistics.median(pooled["loom full fp32"]["ms"][i:i + a.steps])
+              for i in range(0, len(pooled["loom LoRA fp32"]["ms"]), a.steps)] if "loom" in systems else []
+    if ratios:
+        print("loom LoRA/full step time by round: %s" % ", ".join("%.3f" % r for r in ratios))
     return 0
 
 

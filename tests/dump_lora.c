@@ -12,22 +12,10 @@
 #include "loom/optim.h"
 #include "loom/rng.h"
 
+#include "dump_io.h"
+
 #define STEPS 20
 
-static void put(FILE *f, const char *name, uint32_t dtype, int ndim, const int64_t *shape, const void *data,
-                size_t elem) {
-    uint32_t nl = (uint32_t)strlen(name), nd = (uint32_t)ndim;
-    fwrite(&nl, 4, 1, f);
-    fwrite(name, 1, nl, f);
-    fwrite(&dtype, 4, 1, f);
-    fwrite(&nd, 4, 1, f);
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        fwrite(&shape[i], 8, 1, f);
-        n *= (size_t)shape[i];
-    }
-    fwrite(data, elem, n, f);
-}
 
 /* the views of a backend buffer of n floats, through a host copy */
 static int put_views(FILE *f, loom_backend *be, const char *prefix, const float *buf, int64_t n,

@@ -11,20 +11,8 @@
 #include "loom/optim.h"
 #include "loom/rng.h"
 
-static void put(FILE *f, const char *name, uint32_t dtype, int ndim, const int64_t *shape, const void *data,
-                size_t elem) {
-    uint32_t nl = (uint32_t)strlen(name), nd = (uint32_t)ndim;
-    fwrite(&nl, 4, 1, f);
-    fwrite(name, 1, nl, f);
-    fwrite(&dtype, 4, 1, f);
-    fwrite(&nd, 4, 1, f);
-    size_t n = 1;
-    for (int i = 0; i < ndim; i++) {
-        fwrite(&shape[i], 8, 1, f);
-        n *= (size_t)shape[i];
-    }
-    fwrite(data, elem, n, f);
-}
+#include "dump_io.h"
+
 
 /* every parameter of a flat buffer of the model's backend (parameters or gradients), through a host copy */
 static int put_params(FILE *f, loom_model *m, const char *prefix, const float *buf, float *host) {

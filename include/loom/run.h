@@ -107,6 +107,10 @@ LOOM_NODISCARD loom_status loom_model_config_from_json(const loom_json *obj, loo
  * time (loom_model_weights_done after each), then loom_model_refresh_low_precision. Rank-local. */
 typedef struct loom_run_ckpt loom_run_ckpt;
 LOOM_NODISCARD loom_status loom_model_read_weights(loom_model *m, loom_run_ckpt *c);
+/* A LoRA run's checkpoint: its adapters' config and the adapters (*params, *n floats of host memory in the
+ * layout a LoRA model of that config has; free it). LOOM_ERR_INVALID_ARG naming the file when it holds none. */
+LOOM_NODISCARD loom_status loom_checkpoint_read_adapters(loom_run_ckpt *c, loom_lora_config *lc, float **params,
+                                                         int64_t *n);
 LOOM_NODISCARD loom_status loom_checkpoint_load_model(const char *path, loom_precision precision, loom_backend *be,
                                                       loom_comm *comm, loom_mem *mem, loom_model **model,
                                                       loom_json **meta);

@@ -73,13 +73,12 @@ static loom_status add_adapters(loom_model *m, const char *served, const char *n
     loom_run_ckpt *c = NULL;
     float *params = NULL;
     loom_status st;
-    LOOM_CALL_GOTO(st, loom_run_ckpt_open(dir, &c), done);
-    const loom_json *meta = loom_run_ckpt_meta(c), *lora = loom_json_get(meta, "lora");
-    const loom_json *spec = loom_json_get(lora, "spec"), *base = loom_json_get(lora, "base");
-    LOOM_CHECK_GOTO(st, spec && spec->type == LOOM_JSON_STRING, LOOM_ERR_INVALID_ARG, done,
-                    "--lora %s=%s: %s holds no LoRA adapters", name, dir, loom_run_ckpt_path(c));
-    loom_model_config ac;
     loom_lora_config lc;
+    int64_t n = 0;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(dir, &c), done);
+    LOOM_CALL_GOTO(st, loom_checkpoint_read_adapters(c, &lc, &params, &n), done);
+    const loom_json *meta = loom_run_ckpt_meta(c), *base = loom_json_get(loom_json_get(meta, "lora"), "base");
+    loom_model_config ac;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(meta, "model"), &ac), done);
     const loom_model_config *mc = loom_model_get_config(m);
     LOOM_CHECK_GOTO(st, ac.family == mc->family && ac.n_layer == mc->n_layer && ac.d_model == mc->d_model &&
@@ -90,14 +89,11 @@ static loom_status add_adapters(loom_model *m, const char *served, const char *n
     char a[PATH_MAX], b[PATH_MAX];
     if (base && base->type == LOOM_JSON_STRING && (!realpath(served, a) || !realpath(base->string, b) || strcmp(a, b)))
         LOOM_WARN("--lora %s=%s: trained on the base '%s', served over '%s'", name, dir, base->string, served);
-    LOOM_CALL_GOTO(st, loom_lora_config_parse(spec->string, &lc), done);
-    const int64_t n = loom_run_ckpt_size(c);
-    params = malloc((size_t)(n ? n : 1) * sizeof(float));
-    LOOM_CHECK_GOTO(st, params != NULL, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, n, params), done);
     int index;
     LOOM_CALL_GOTO(st, loom_model_add_adapter_set(m, &lc, params, n, &index), done);
-    fprintf(stderr, "loom serve: adapters '%s' (LoRA %s) from %s\n", name, spec->string, loom_run_ckpt_path(c));
+    char spec[256];
+    loom_lora_config_format(&lc, spec, sizeof spec);
+    fprintf(stderr, "loom serve: adapters '%s' (LoRA %s) from %s\n", name, spec, loom_run_ckpt_path(c));
 done:
     free(params);
     loom_run_ckpt_close(&c);

@@ -95,26 +95,21 @@ loom_status loom_peft_export(const char *ckpt, const char *out_dir) {
     loom_strbuf cfg;
     loom_strbuf_init(&cfg);
     loom_status st;
-    LOOM_CALL_GOTO(st, loom_run_ckpt_open(ckpt, &c), done);
-    const loom_json *meta = loom_run_ckpt_meta(c), *lora = loom_json_get(meta, "lora");
-    const loom_json *spec = loom_json_get(lora, "spec"), *base = loom_json_get(lora, "base");
-    LOOM_CHECK_GOTO(st, spec && spec->type == LOOM_JSON_STRING, LOOM_ERR_INVALID_ARG, done,
-                    "%s holds no LoRA adapters (train with --lora): nothing to export as PEFT", loom_run_ckpt_path(c));
     loom_model_config mc;
     loom_lora_config lc;
+    int64_t n = 0;
+    LOOM_CALL_GOTO(st, loom_run_ckpt_open(ckpt, &c), done);
+    LOOM_CALL_GOTO(st, loom_checkpoint_read_adapters(c, &lc, &params, &n), done);
+    const loom_json *meta = loom_run_ckpt_meta(c), *base = loom_json_get(loom_json_get(meta, "lora"), "base");
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(meta, "model"), &mc), done);
-    LOOM_CALL_GOTO(st, loom_lora_config_parse(spec->string, &lc), done);
     LOOM_CALL_GOTO(st, loom_model_init_lora_layout(&mc, &lc, &lay), done);
-    const int64_t n = loom_model_buffer_size(lay);
-    LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, done, "%s holds %lld floats, its adapters %lld",
-                    loom_run_ckpt_path(c), (long long)loom_run_ckpt_size(c), (long long)n);
+    LOOM_CHECK_GOTO(st, n == loom_model_buffer_size(lay), LOOM_ERR_MISMATCH, done, "%s holds %lld floats, its adapters %lld",
+                    loom_run_ckpt_path(c), (long long)n, (long long)loom_model_buffer_size(lay));
     const int k = loom_model_num_param_infos(lay);
-    params = malloc((size_t)(n ? n : 1) * sizeof(float));
     specs = calloc((size_t)k, sizeof *specs);
     infos = calloc((size_t)k, sizeof *infos);
     names = calloc((size_t)k, sizeof *names);
-    LOOM_CHECK_GOTO(st, params && specs && infos && names, LOOM_ERR_NOMEM, done, "out of memory");
-    LOOM_CALL_GOTO(st, loom_run_ckpt_read(c, "params", 0, n, params), done);
+    LOOM_CHECK_GOTO(st, specs && infos && names, LOOM_ERR_NOMEM, done, "out of memory");
     for (int i = 0; i < k; i++) {
         infos[i] = loom_model_param_info(lay, i);
         LOOM_CHECK_GOTO(st, peft_key(mc.family, infos[i]->name, names[i], sizeof names[i]), LOOM_ERR_INTERNAL, done,

@@ -34,6 +34,26 @@ loom_status loom_model_read_weights(loom_model *m, loom_run_ckpt *c) {
     return loom_model_refresh_low_precision(m);
 }
 
+loom_status loom_checkpoint_read_adapters(loom_run_ckpt *c, loom_lora_config *lc, float **params, int64_t *n) {
+    *params = NULL;
+    *n = 0;
+    const loom_json *spec = loom_json_get(loom_json_get(loom_run_ckpt_meta(c), "lora"), "spec");
+    LOOM_CHECK(spec && spec->type == LOOM_JSON_STRING, LOOM_ERR_INVALID_ARG,
+               "%s holds no LoRA adapters (a run trained with --lora has them)", loom_run_ckpt_path(c));
+    LOOM_CALL(loom_lora_config_parse(spec->string, lc));
+    const int64_t k = loom_run_ckpt_size(c);
+    float *p = malloc((size_t)(k ? k : 1) * sizeof(float));
+    LOOM_CHECK(p != NULL, LOOM_ERR_NOMEM, "out of memory");
+    const loom_status st = loom_run_ckpt_read(c, "params", 0, k, p);
+    if (st != LOOM_OK) {
+        free(p);
+        return st;
+    }
+    *params = p;
+    *n = k;
+    return LOOM_OK;
+}
+
 /* the directory of a checkpoint path (a run directory, a shard directory, or a file in one) */
 static void ckpt_dir(const char *path, char *dir, size_t n) {
     struct stat sb;
@@ -99,25 +119,22 @@ loom_status loom_checkpoint_load_model(const char *path, loom_precision precisio
     loom_model_config mc;
     LOOM_CALL_GOTO(st, loom_model_config_from_json(loom_json_get(j, "model"), &mc), fail);
     loom_model_options mo = {.tp = comm, .precision = precision};
-    const loom_json *lora = loom_json_get(j, "lora"), *spec = loom_json_get(lora, "spec");
-    if (lora) {
-        LOOM_CHECK_GOTO(st, spec && spec->type == LOOM_JSON_STRING, LOOM_ERR_FORMAT, fail, "%s: bad LoRA metadata",
-                        loom_run_ckpt_path(c));
-        LOOM_CALL_GOTO(st, loom_lora_config_parse(spec->string, &mo.lora), fail);
+    const loom_json *lora = loom_json_get(j, "lora");
+    float *adapters = NULL;
+    int64_t n = 0;
+    if (lora) LOOM_CALL_GOTO(st, loom_checkpoint_read_adapters(c, &mo.lora, &adapters, &n), fail);
+    st = loom_model_init(&mc, be, mem, &mo, &m);
+    if (lora && st == LOOM_OK) { /* the base first, then the adapters: the flat parameters */
+        st = load_lora_base(m, lora, loom_run_ckpt_path(c));
+        if (st == LOOM_OK && n != loom_model_buffer_size(m))
+            st = loom_error_set(LOOM_ERR_MISMATCH, __FILE__, __LINE__, __func__, "%s holds %lld floats of adapters, "
+                                "its LoRA config needs %lld", loom_run_ckpt_path(c), (long long)n,
+                                (long long)loom_model_buffer_size(m));
+        if (st == LOOM_OK) st = loom_buf_upload(be, loom_model_params(m), adapters, (size_t)n * sizeof(float));
     }
-    LOOM_CALL_GOTO(st, loom_model_init(&mc, be, mem, &mo, &m), fail);
-    if (lora) { /* the base first, then the adapters: the flat parameters */
-        LOOM_CALL_GOTO(st, load_lora_base(m, lora, loom_run_ckpt_path(c)), fail);
-        const int64_t n = loom_model_buffer_size(m);
-        LOOM_CHECK_GOTO(st, loom_run_ckpt_size(c) == n, LOOM_ERR_MISMATCH, fail, "%s holds %lld floats of adapters, "
-                        "its LoRA config needs %lld", loom_run_ckpt_path(c), (long long)loom_run_ckpt_size(c), (long long)n);
-        float *host = malloc((size_t)(n ? n : 1) * sizeof(float));
-        LOOM_CHECK_GOTO(st, host != NULL, LOOM_ERR_NOMEM, fail, "out of memory");
-        st = loom_run_ckpt_read(c, "params", 0, n, host);
-        if (st == LOOM_OK) st = loom_buf_upload(be, loom_model_params(m), host, (size_t)n * sizeof(float));
-        free(host);
-        LOOM_CALL_GOTO(st, st, fail);
-    } else {
+    free(adapters);
+    LOOM_CALL_GOTO(st, st, fail);
+    if (!lora) {
         LOOM_CALL_GOTO(st, loom_model_read_weights(m, c), fail);
     }
     loom_run_ckpt_close(&c);
