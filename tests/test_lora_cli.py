@@ -264,6 +264,18 @@ def main():
     check(p.returncode != 0 and "bad.jsonl:3" in p.stderr and not os.path.exists("bad/dataset.json"),
           "a malformed line: an error naming bad.jsonl:3, no dataset written (%s)" % p.stderr.strip().splitlines()[-1][:160])
 
+    for bad, want in (('{"prompt": "x", "completion": "y"', "not JSON"), ('["x"]', "expected an object"),
+                      ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+                      ('{"messages": [{"role": "wizard", "content": "hi"}]}', "'role' must be"),
+                      ('{"messages": [{"role": "assistant", "content": 5}]}', "'content' must be"),
+                      ('{"prompt": "x", "completion": ""}', "empty completion"), ('{"text": "x"}', "expected {")):
+        with open("bad2.jsonl", "w") as f:
+            f.write(json.dumps(lines[0]) + "\n\n" + bad + "\n")
+        p = run([LOOM, "-q", "data", "prepare", "bad2.jsonl", "--format", "jsonl", "--tokenizer", "byte", "--out", "bad2"],
+                ok=False)
+        check(p.returncode != 0 and "bad2.jsonl:3" in p.stderr and want in p.stderr and not os.path.exists("bad2/dataset.json"),
+              "malformed line %s: %s" % (bad[:40], p.stderr.strip().splitlines()[-1][-90:]))
+
     # 3. LoRA from the pretrained weights: the masked validation loss falls, the answers take the format
     lora = "r=8,alpha=16,targets=all"
     train("ft", "--init", "base", "--lora", lora, "--data", "task", "--steps", "300", "--set", "optim.lr=1e-2",
