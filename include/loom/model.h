@@ -295,6 +295,10 @@ LOOM_NODISCARD loom_status loom_model_init_frozen(loom_model *m, uint64_t seed);
 LOOM_NODISCARD loom_status loom_model_add_adapter_set(loom_model *m, const loom_lora_config *cfg, const float *params,
                                                       int64_t n, int *index);
 int loom_model_num_adapter_sets(const loom_model *m);
+/* LoRA dropout draws its masks from the count of training micro-batches run (each loom_model_forward_backward
+ * counts one): a trainer sets it from its step (step x grad_accum) so that a resumed run draws the
+ * uninterrupted run's masks. The masks are per local row: another data-parallel layout draws other ones. */
+void loom_model_lora_seek(loom_model *m, uint64_t micro_batches);
 /* The model's adapters (NULL without). */
 const loom_lora_config *loom_model_lora(const loom_model *m);
 /* The weights with every adapter folded in (W += scale * B A on its rows): dst, loom_model_weights_size floats

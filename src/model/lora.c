@@ -362,6 +362,10 @@ void loom_lora_release(loom_model *m) {
 
 /* ---- dropout ---- */
 
+void loom_model_lora_seek(loom_model *m, uint64_t micro_batches) {
+    if (m->lora) m->lora->micro = micro_batches;
+}
+
 void loom_lora_begin_micro(loom_model *m, int training) {
     if (!m->lora) return;
     m->lora->training = training;
@@ -387,7 +391,8 @@ static uint64_t mask_key(const loom_model *m, int64_t l, int piece) {
 static void apply_mask(const loom_model *m, uint64_t key, const float *src, int64_t ld, int64_t N, int64_t n,
                        float *dst) {
     const double p = m->lora->cfg.dropout;
-    const uint64_t keep_below = (uint64_t)((1.0 - p) * 18446744073709551616.0);
+    const double keep = (1.0 - p) * 18446744073709551616.0; /* 2^64 (1 - p), clamped: p near 0 keeps all */
+    const uint64_t keep_below = keep >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)keep;
     const float inv = (float)(1.0 / (1.0 - p));
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < N; i++)

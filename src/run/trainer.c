@@ -369,10 +369,11 @@ static loom_status setup_run_dir(loom_trainer *tr) {
 static void describe(const loom_trainer *tr, double peak_gflops, const char *peak_kernel) {
     const loom_run_config *rc = tr->rc;
     const loom_train_config *t = &rc->train;
-    LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
-              loom_family_name(tr->model_cfg.family), (double)loom_model_num_params(tr->model) / 1e6,
-              tr->flops_per_token / 1e9, loom_data_describe(tr->data));
     const loom_lora_config *lora = loom_model_lora(tr->model);
+    LOOM_INFO("model %s (%s): %.2fM parameters, %.3f GFLOP/token; data %s", rc->preset,
+              loom_family_name(tr->model_cfg.family),
+              (double)(lora ? loom_model_config_num_params(&tr->model_cfg) : loom_model_num_params(tr->model)) / 1e6,
+              tr->flops_per_token / 1e9, loom_data_describe(tr->data));
     if (lora)
         LOOM_INFO("LoRA r %d, alpha %g (scale %g), dropout %g, targets %s%s%s%s: %.3fM trainable parameters over %.2fM "
                   "frozen ones (no gradient, no optimizer state; the model FLOPs count no weight-gradient products for them)",
@@ -649,6 +650,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
         double mine[2] = {ps.idle_s, ps.busy_s};
         LOOM_CALL(loom_comm_allgather_bytes(tr->mesh.pp, mine, (int64_t)sizeof mine, tr->pp_stats));
     }
+    loom_model_lora_seek(tr->model, (uint64_t)tr->step * (uint64_t)t->grad_accum); /* dropout: the step's masks */
     for (int64_t micro = 0; !tr->pipe && micro < t->grad_accum; micro++) {
         float l;
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
