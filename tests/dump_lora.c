@@ -47,15 +47,7 @@ int main(int argc, char **argv) {
     if (argc > 4) rc = strcmp(argv[4], "full") == 0 ? LOOM_RECOMPUTE_FULL : strcmp(argv[4], "attn") == 0 ? LOOM_RECOMPUTE_ATTN : LOOM_RECOMPUTE_NONE;
     const loom_precision prec = argc > 5 && !strcmp(argv[5], "bf16") ? LOOM_PRECISION_BF16 : LOOM_PRECISION_FP32;
     loom_model_config c;
-    if (loom_model_config_preset(llama ? "llama-tiny" : "demo", &c) != LOOM_OK) return 1;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_kv_head = llama ? 2 : 4;
-    c.d_model = 64;
-    c.d_ff = llama ? 96 : 256;
-    c.vocab_size = llama ? 101 : 97;
-    c.max_seq_len = 32;
-    c.init_std = 0.1; /* every path carries signal */
+    if (small_config(llama, &c)) return 1;
     const int64_t B = 2, T = 16, N = B * T;
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
@@ -88,20 +80,11 @@ int main(int argc, char **argv) {
     if (!f) return 1;
     const loom_lora_config *lc = loom_model_lora(m);
     const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
-    char cfgjson[1024];
-    snprintf(cfgjson, sizeof cfgjson,
-             "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,\"d_ff\":%lld,"
-             "\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
-             "\"tie_embeddings\":%s,\"bias\":%s,\"gelu\":\"%s\",\"B\":%lld,\"T\":%lld,\"lr\":%.17g,\"beta1\":%.17g,"
-             "\"beta2\":%.17g,\"eps\":%.17g,\"weight_decay\":%.17g,\"steps\":%d,\"lora_r\":%d,\"lora_alpha\":%.17g,"
-             "\"masked\":%d,\"precision\":\"%s\"}",
-             loom_family_name(c.family), (long long)c.n_layer, (long long)c.n_head, (long long)c.n_kv_head,
-             (long long)c.d_model, (long long)c.d_ff, (long long)c.vocab_size, (long long)c.max_seq_len, c.norm_eps,
-             c.rope_theta, c.tie_embeddings ? "true" : "false", c.bias ? "true" : "false",
-             c.gelu == LOOM_GELU_ERF ? "erf" : "tanh", (long long)B, (long long)T, lr, b1, b2, eps, wd, STEPS, lc->r,
-             lc->alpha, masked, prec == LOOM_PRECISION_BF16 ? "bf16" : "fp32");
-    int64_t len = (int64_t)strlen(cfgjson), bt[2] = {B, T}, one = 1;
-    put(f, "config", 2, 1, &len, cfgjson, 1);
+    char extra[256];
+    snprintf(extra, sizeof extra, ",\"steps\":%d,\"lora_r\":%d,\"lora_alpha\":%.17g,\"masked\":%d,\"precision\":\"%s\"",
+             STEPS, lc->r, lc->alpha, masked, prec == LOOM_PRECISION_BF16 ? "bf16" : "fp32");
+    put_config(f, &c, B, T, lr, b1, b2, eps, wd, extra);
+    int64_t bt[2] = {B, T}, one = 1;
     if (put_views(f, be, "param/", loom_model_weights(m), nw, loom_model_weight_info, loom_model_num_weight_infos(m), m) ||
         put_views(f, be, "lora/", loom_model_params(m), loom_model_buffer_size(m), loom_model_param_info,
                   loom_model_num_param_infos(m), m))

@@ -37,15 +37,7 @@ int main(int argc, char **argv) {
     loom_recompute rc = LOOM_RECOMPUTE_NONE;
     if (argc > 3) rc = strcmp(argv[3], "full") == 0 ? LOOM_RECOMPUTE_FULL : strcmp(argv[3], "attn") == 0 ? LOOM_RECOMPUTE_ATTN : LOOM_RECOMPUTE_NONE;
     loom_model_config c;
-    if (loom_model_config_preset(llama ? "llama-tiny" : "demo", &c) != LOOM_OK) return 1;
-    c.n_layer = 2;
-    c.n_head = 4;
-    c.n_kv_head = llama ? 2 : 4;
-    c.d_model = 64;
-    c.d_ff = llama ? 96 : 256;
-    c.vocab_size = llama ? 101 : 97;
-    c.max_seq_len = 32;
-    c.init_std = 0.1; /* larger than training's 0.02 so that every path carries signal */
+    if (small_config(llama, &c)) return 1;
     if (strcmp(argv[1], "gpt2-nobias") == 0) { /* nanoGPT's model: bias=False (no linear or LayerNorm bias), nn.GELU() */
         c.bias = 0;
         c.gelu = LOOM_GELU_ERF;
@@ -86,19 +78,8 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[2], "wb");
     if (!f) return 1;
     const double lr = 1e-2, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1;
-    char cfgjson[1024];
-    snprintf(cfgjson, sizeof cfgjson,
-             "{\"family\":\"%s\",\"n_layer\":%lld,\"n_head\":%lld,\"n_kv_head\":%lld,\"d_model\":%lld,\"d_ff\":%lld,"
-             "\"vocab_size\":%lld,\"max_seq_len\":%lld,\"norm_eps\":%.17g,\"rope_theta\":%.17g,"
-             "\"tie_embeddings\":%s,\"bias\":%s,\"gelu\":\"%s\",\"B\":%lld,\"T\":%lld,\"lr\":%.17g,\"beta1\":%.17g,"
-             "\"beta2\":%.17g,\"eps\":%.17g,\"weight_decay\":%.17g,\"step\":1}",
-             loom_family_name(c.family), (long long)c.n_layer, (long long)c.n_head, (long long)c.n_kv_head,
-             (long long)c.d_model, (long long)c.d_ff, (long long)c.vocab_size, (long long)c.max_seq_len, c.norm_eps,
-             c.rope_theta, c.tie_embeddings ? "true" : "false", c.bias ? "true" : "false",
-             c.gelu == LOOM_GELU_ERF ? "erf" : "tanh", (long long)B,
-             (long long)T, lr, b1, b2, eps, wd);
-    int64_t len = (int64_t)strlen(cfgjson), bt[2] = {B, T};
-    put(f, "config", 2, 1, &len, cfgjson, 1);
+    put_config(f, &c, B, T, lr, b1, b2, eps, wd, ",\"step\":1");
+    int64_t bt[2] = {B, T};
     put(f, "tokens", 1, 2, bt, tokens, 4);
     put(f, "targets", 1, 2, bt, targets, 4);
     if (put_params(f, m, "param/", params, host)) return 1;
