@@ -182,4 +182,10 @@ LOOM_NODISCARD loom_status loom_pipeline_eval(loom_pipeline *pl, loom_model *m, 
 loom_pipeline_stats loom_pipeline_get_stats(const loom_pipeline *pl);
 /* The schedule's idle fraction in theory: (pp - 1) / (v m + pp - 1). */
 double loom_pipeline_bubble_theory(const loom_pipeline *pl);
+/* Planning: the schedule's step on a clock, for p ranks and m micro-batches, where virtual stage g (= chunk
+ * c of rank r: g = c*p + r) takes fwd_s[g] and bwd_s[g] seconds per micro-batch and a transfer between ranks
+ * p2p_s. Returns the step's seconds (the last rank's finish; -1 when out of memory); busy_out (p, added to,
+ * may be NULL): each rank's seconds of work. Equal stages and no transfer time give the theory's bubble. */
+double loom_pipeline_simulate(int p, loom_pp_schedule sched, int v, int m, const double *fwd_s, const double *bwd_s,
+                              double p2p_s, double *busy_out);
 #endif

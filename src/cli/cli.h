@@ -9,6 +9,9 @@
 
 int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
+int loom_cmd_bench_cluster(int argc, char **argv); /* cmd_bench_cluster.c: `loom bench cluster` */
+/* where `loom bench cluster` writes this machine's description by default, and `loom plan` reads it */
+void loom_cli_cluster_default_path(char *buf, size_t n);
 int loom_cmd_ckpt(int argc, char **argv);
 int loom_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
 int loom_cmd_serve(int argc, char **argv);     /* cmd_serve.c */

@@ -260,8 +260,10 @@ double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel,
 }
 
 int loom_cmd_bench(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "cluster")) return loom_cmd_bench_cluster(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: loom bench peak [--threads N] [--quick]\n"
+               "       loom bench cluster [--out cluster.json] [--ranks N] [--threads N] [--quick]\n"
                "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick] [--bf16]\n"
                "                       [--precision fp32|bf16]\n"
                "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
@@ -271,6 +273,11 @@ int loom_cmd_bench(int argc, char **argv) {
                "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products; --bf16: beside it the bf16 GEMM's\n"
                "(oneDNN's matmul when libdnnl.so.2 is installed) on the same products, and their ratio;\n"
                "--precision bf16: the bf16 products alone (last line gflops=<best> kernel=<name>).\n"
+               "cluster: what `loom plan --time/--auto` predicts from (docs/FORMATS.md, cluster.json): GEMM rates on a\n"
+               "grid of shapes in the step's three orientations, attention, the memory-bound kernels, at 1 thread and\n"
+               "at every core, fp32 and bf16; each collective's latency and bus bandwidth over 2, 4, .. N ranks (mpirun;\n"
+               "default N: the cores); the disk's rates (the file's folder). About a minute (--quick: less). Default\n"
+               "--out: $LOOM_CACHE_DIR/cluster.json (~/.cache/loom), where `loom plan` looks.\n"
                "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
         return argc < 2 ? 2 : 0;
     }

@@ -1,29 +1,149 @@
-/* loom plan --memory: every rank's peak memory by category, predicted from the run config before anything
- * runs (include/loom/plan.h). Takes the same configuration arguments as `loom train`. */
+/* loom plan: predictions before anything runs (include/loom/plan.h). --memory: every rank's peak memory by
+ * category; --time: one layout's step time by category, from a cluster description; --auto: every layout of
+ * N ranks searched, the fastest that fit first. Takes the same configuration arguments as `loom train`. */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli.h"
 #include "loom/plan.h"
 
 static void plan_help(void) {
-    printf("usage: loom plan --memory [--world N] [--json] [train's configuration: --preset, --config, --set,\n"
-           "                 --batch, --seq-len, --grad-accum, --recompute, --zero, --mesh, --optimizer,\n"
-           "                 --precision, --mem-budget ...]\n\n"
-           "Predicts each rank's peak bytes of parameters, gradients, optimizer state, activations and workspace\n"
+    printf("usage: loom plan --memory|--time|--auto [--world N] [--json] [--cluster FILE] [--top K]\n"
+           "                 [--mem-limit BYTES] [train's configuration: --preset, --config, --set, --batch,\n"
+           "                 --seq-len, --grad-accum, --recompute, --zero, --mesh, --optimizer, --precision,\n"
+           "                 --threads, --mem-budget ...]\n\n"
+           "--memory: each rank's peak bytes of parameters, gradients, optimizer state, activations and workspace\n"
            "for the run `loom train` would make with the same arguments on N ranks (default: the mesh's product),\n"
            "from the layout and activation arena the run allocates; with --mem-budget, the memory manager's\n"
-           "placement (what is pinned in RAM, what goes to files). --json: one JSON object per rank.\n");
+           "placement (what is pinned in RAM, what goes to files). --json: one JSON object per rank.\n"
+           "--time: that run's step predicted from the cluster description (--cluster, default the one `loom bench\n"
+           "cluster` wrote to the cache): ms/step, tokens/s, MFU, peak memory and the breakdown by category; --json:\n"
+           "step_ms, tokens_per_sec, mfu, breakdown (ms per category), the collectives' counts and bytes.\n"
+           "--auto: every layout of N ranks for the same model and global batch (--batch x --grad-accum sequences):\n"
+           "dp x tp x pp x sp, ZeRO stage, recompute, micro-batches, schedule, Megatron-SP, precision (fp32, bf16),\n"
+           "offload; drops those over --mem-limit (default: the cluster's memory per rank), ranks the rest by\n"
+           "predicted step time and prints the top K (default 5) with the `loom train` flags of each.\n");
+}
+
+/* --time: one layout */
+static int plan_time(const loom_run_config *run, int world, const loom_cluster *c, int json) {
+    loom_plan_time_result r;
+    if (loom_plan_time(run, world, c, &r) != LOOM_OK) return loom_cli_fail("plan");
+    int dom = 0;
+    for (int k = 1; k < LOOM_PT_COUNT; k++)
+        if (r.breakdown_s[k] > r.breakdown_s[dom]) dom = k;
+    if (json) {
+        printf("{\"step_ms\":%.4f,\"tokens_per_sec\":%.2f,\"mfu\":%.5f,\"peak_bytes\":%lld,\"dp\":%d,\"tp\":%d,"
+               "\"pp\":%d,\"sp\":%d,\"pp_bubble\":%.5f,\"breakdown\":{", r.step_s * 1e3, r.tokens_per_sec, r.mfu,
+               (long long)r.peak_bytes, r.dp, r.tp, r.pp, r.sp, r.pp_bubble);
+        for (int k = 0; k < LOOM_PT_COUNT; k++)
+            printf("%s\"%s\":%.4f", k ? "," : "", loom_plan_cost_name((loom_plan_cost)k), r.breakdown_s[k] * 1e3);
+        printf("},\"dominant\":\"%s\"", loom_plan_cost_name((loom_plan_cost)dom));
+        static const char *const keys[LOOM_COLL_COUNT] = {"allreduce", "reduce_scatter", "allgather", "broadcast", "send",
+                                                          "barrier"};
+        for (int k = 0; k < LOOM_COLL_COUNT; k++) {
+            if (r.tp_calls[k]) printf(",\"tp_%s_calls\":%lld,\"tp_%s_bytes\":%lld", keys[k], (long long)r.tp_calls[k],
+                                      keys[k], (long long)r.tp_bytes[k]);
+            if (r.dp_calls[k]) printf(",\"dp_%s_calls\":%lld,\"dp_%s_bytes\":%lld", keys[k], (long long)r.dp_calls[k],
+                                      keys[k], (long long)r.dp_bytes[k]);
+        }
+        if (r.sp_calls) printf(",\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", (long long)r.sp_calls, (long long)r.sp_bytes);
+        printf(",\"model_flops\":%.6g}\n", r.model_flops);
+        return 0;
+    }
+    printf("predicted step of %s (batch %lld x %lld x %lld accum) on %d ranks, mesh dp=%d tp=%d pp=%d sp=%d, %s:\n"
+           "  %.2f ms/step, %.0f tokens/s, MFU %.1f%%, peak %.1f MiB per rank (largest rank)\n",
+           run->preset, (long long)run->train.batch, (long long)run->train.seq_len, (long long)run->train.grad_accum,
+           world, r.dp, r.tp, r.pp, r.sp, c->name, r.step_s * 1e3, r.tokens_per_sec, 100 * r.mfu,
+           r.peak_bytes / 1048576.0);
+    for (int k = 0; k < LOOM_PT_COUNT; k++)
+        if (r.breakdown_s[k] > 0)
+            printf("  %-13s %9.2f ms %5.1f%%\n", loom_plan_cost_name((loom_plan_cost)k), r.breakdown_s[k] * 1e3,
+                   100 * r.breakdown_s[k] / r.step_s);
+    if (r.pp > 1) printf("  pipeline: the busiest stage idles %.1f%% of the step\n", 100 * r.pp_bubble);
+    return 0;
+}
+
+static const char *recompute_name(int r) { return r == LOOM_RECOMPUTE_FULL ? "full" : r == LOOM_RECOMPUTE_ATTN ? "attn" : "none"; }
+
+/* the `loom train` flags of a layout */
+static void layout_flags(const loom_run_config *rc, char *dst, size_t n) {
+    const loom_train_config *t = &rc->train;
+    int o = snprintf(dst, n, "--mesh %s --zero %lld --batch %lld --grad-accum %lld --recompute %s --precision %s", t->mesh,
+                     (long long)t->zero, (long long)t->batch, (long long)t->grad_accum, recompute_name(t->recompute),
+                     t->precision == LOOM_PRECISION_BF16 ? "bf16" : t->precision == LOOM_PRECISION_FP16 ? "fp16" : "fp32");
+    if (t->threads > 0 && o < (int)n) o += snprintf(dst + o, n - (size_t)o, " --threads %lld", (long long)t->threads);
+    if (t->pp_schedule && o < (int)n) o += snprintf(dst + o, n - (size_t)o, " --set train.pp_schedule=interleaved");
+    if (t->tp_seq_parallel && o < (int)n) o += snprintf(dst + o, n - (size_t)o, " --set train.tp_seq_parallel=1");
+    if (t->offload && o < (int)n) snprintf(dst + o, n - (size_t)o, " --mem-budget %lld --set train.offload=1", (long long)t->mem_budget);
+}
+
+/* --auto: the search */
+static int plan_auto(const loom_run_config *run, int world, const loom_cluster *c, int json, int top, int64_t mem_limit) {
+    loom_plan_search so;
+    memset(&so, 0, sizeof so);
+    so.mem_limit = mem_limit;
+    so.try_offload = 1;
+    loom_plan_choice *ch = NULL;
+    int n = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (loom_plan_auto(run, world, c, &so, top, &ch, &n) != LOOM_OK) return loom_cli_fail("plan");
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double secs = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    if (!json)
+        printf("%s, global batch %lld x %lld on %d ranks of %s: %lld layouts, %lld fit in %.1f GiB, searched in %.2f s\n",
+               run->preset, (long long)(run->train.batch * run->train.grad_accum), (long long)run->train.seq_len, world,
+               c->name, (long long)so.evaluated, (long long)so.fitting,
+               (so.mem_limit ? so.mem_limit : c->memory_per_rank) / 1073741824.0, secs);
+    for (int i = 0; i < n; i++) {
+        const loom_plan_time_result *r = &ch[i].t;
+        int dom = 0;
+        for (int k = 1; k < LOOM_PT_COUNT; k++)
+            if (r->breakdown_s[k] > r->breakdown_s[dom]) dom = k;
+        char flags[512];
+        layout_flags(&ch[i].rc, flags, sizeof flags);
+        if (json) {
+            printf("{\"rank\":%d,\"step_ms\":%.4f,\"tokens_per_sec\":%.2f,\"mfu\":%.5f,\"peak_bytes\":%lld,"
+                   "\"dominant\":\"%s\",\"dominant_share\":%.4f,\"search_seconds\":%.3f,\"evaluated\":%lld,\"args\":",
+                   i + 1, r->step_s * 1e3, r->tokens_per_sec, r->mfu, (long long)r->peak_bytes,
+                   loom_plan_cost_name((loom_plan_cost)dom), r->breakdown_s[dom] / r->step_s, secs, (long long)so.evaluated);
+            loom_strbuf sb;
+            loom_strbuf_init(&sb);
+            loom_json_write_string(&sb, flags);
+            printf("%s}\n", sb.failed ? "\"\"" : sb.buf);
+            loom_strbuf_free(&sb);
+        } else {
+            printf("%2d. %9.2f ms/step %10.0f tokens/s  MFU %5.1f%%  %8.1f MiB/rank  %s %.0f%%\n    %s\n", i + 1,
+                   r->step_s * 1e3, r->tokens_per_sec, 100 * r->mfu, r->peak_bytes / 1048576.0,
+                   loom_plan_cost_name((loom_plan_cost)dom), 100 * r->breakdown_s[dom] / r->step_s, flags);
+        }
+    }
+    free(ch);
+    if (!n) {
+        fprintf(stderr, "loom plan: no layout of %d ranks fits in %.1f GiB per rank\n", world,
+                (so.mem_limit ? so.mem_limit : c->memory_per_rank) / 1073741824.0);
+        return 1;
+    }
+    return 0;
 }
 
 int loom_cmd_plan(int argc, char **argv) {
-    int memory = 0, json = 0, world = 0;
+    int memory = 0, json = 0, world = 0, timing = 0, autop = 0, top = 5;
+    const char *cluster_path = NULL;
+    int64_t mem_limit = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             plan_help();
             return 0;
         }
         if (!strcmp(argv[i], "--memory")) memory = 1;
+        else if (!strcmp(argv[i], "--time")) timing = 1;
+        else if (!strcmp(argv[i], "--auto")) autop = 1;
+        else if (!strcmp(argv[i], "--cluster") && i + 1 < argc) cluster_path = argv[++i];
+        else if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--mem-limit") && i + 1 < argc) mem_limit = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
         else if (!strcmp(argv[i], "--world")) {
             if (i + 1 >= argc || atoi(argv[i + 1]) < 1) {
@@ -33,11 +153,12 @@ int loom_cmd_plan(int argc, char **argv) {
             world = atoi(argv[++i]);
         }
     }
-    if (!memory) {
-        fprintf(stderr, "loom plan: say what to predict (--memory); see loom plan --help\n");
+    if (memory + timing + autop != 1 || top < 1) {
+        fprintf(stderr, "loom plan: say what to predict (one of --memory, --time, --auto; --top >= 1); see loom plan --help\n");
         return 2;
     }
-    static const char *const own[] = {"--memory", "0", "--json", "0", "--world", "1", NULL};
+    static const char *const own[] = {"--memory", "0", "--json", "0", "--world", "1", "--time", "0", "--auto", "0",
+                                      "--cluster", "1", "--top", "1", "--mem-limit", "1", NULL};
     loom_run_config run;
     double peak;
     int rc = loom_cli_run_config(argc, argv, "plan", own, &run, &peak);
@@ -46,6 +167,24 @@ int loom_cmd_plan(int argc, char **argv) {
         loom_mesh_shape s;
         if (loom_mesh_shape_parse(run.train.mesh, &s) != LOOM_OK) return loom_cli_fail("plan");
         world = s.dp * s.pp * s.tp * s.sp;
+    }
+    if (timing || autop) {
+        char def[4200];
+        if (!cluster_path) {
+            loom_cli_cluster_default_path(def, sizeof def);
+            cluster_path = def;
+        }
+        loom_cluster *c = malloc(sizeof *c);
+        if (!c) return 1;
+        if (loom_cluster_load(cluster_path, c) != LOOM_OK) {
+            free(c);
+            fprintf(stderr, "loom plan: no cluster description (measure this machine with `loom bench cluster`, or pass "
+                            "--cluster FILE; docs/clusters/ has real clusters)\n");
+            return loom_cli_fail("plan");
+        }
+        const int code = timing ? plan_time(&run, world, c, json) : plan_auto(&run, world, c, json, top, mem_limit);
+        free(c);
+        return code;
     }
     loom_plan_rank *ranks = NULL;
     int n = 0;

@@ -4,7 +4,7 @@
 #include "loom/model.h"
 
 static const char *const preset_names[] = {"demo", "gpt2-124m", "gpt2-350m", "gpt2-l6", "llama-tiny",
-                                           "llama-l6", "nanogpt-char", NULL};
+                                           "llama-l6", "nanogpt-char", "gpt3-175b", "llama2-70b", NULL};
 
 const char *const *loom_model_preset_names(void) { return preset_names; }
 
@@ -52,6 +52,13 @@ loom_status loom_model_config_preset(const char *name, loom_model_config *out) {
     else if (strcmp(name, "gpt2-l6") == 0) *out = gpt2(6, 6, 384);
     else if (strcmp(name, "llama-tiny") == 0) *out = llama(4, 8, 4, 256, 704);
     else if (strcmp(name, "llama-l6") == 0) *out = llama(6, 6, 2, 384, 1024);
+    else if (strcmp(name, "gpt3-175b") == 0) { /* GPT-3 (Brown et al. 2020, table 2.1): for planning at scale */
+        *out = gpt2(96, 96, 12288);
+        out->max_seq_len = 2048;
+    } else if (strcmp(name, "llama2-70b") == 0) { /* Llama 2 70B (grouped-query attention, 8 KV heads) */
+        *out = llama(80, 64, 8, 8192, 28672);
+        out->max_seq_len = 4096;
+    }
     else if (strcmp(name, "nanogpt-char") == 0) {
         /* nanoGPT's CPU recipe for character-level Tiny Shakespeare (65 characters, context 64) */
         *out = gpt2(4, 4, 128);

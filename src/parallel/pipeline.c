@@ -154,6 +154,58 @@ int loom_pipeline_schedule_slots(int pp, int rank, loom_pp_schedule sched, int v
     return slots;
 }
 
+/* The schedule run on a clock: every rank executes its ops in order, an op starting when its rank is free and
+ * its input is there (a forward after the previous chunk's forward of that micro-batch, a backward after the
+ * next chunk's backward, the last chunk's after its own forward), plus p2p seconds when the two chunks are on
+ * different ranks. Rounds over the ranks until every op has run: the schedules cannot deadlock. */
+double loom_pipeline_simulate(int p, loom_pp_schedule sched, int v, int m, const double *fwd_s, const double *bwd_s,
+                              double p2p_s, double *busy_out) {
+    if (sched == LOOM_PP_1F1B) v = 1;
+    const int G = p * v, per = 2 * m * v;
+    pp_op *ops = calloc((size_t)p * (size_t)per, sizeof(pp_op));
+    int *n_ops = calloc((size_t)p, sizeof(int)), *next = calloc((size_t)p, sizeof(int));
+    double *done = malloc((size_t)2 * (size_t)G * (size_t)m * sizeof(double)), *clock = calloc((size_t)p, sizeof(double));
+    double makespan = -1.0;
+    if (!ops || !n_ops || !next || !done || !clock) goto out;
+    for (int r = 0; r < p; r++) n_ops[r] = build_schedule(p, r, v, m, ops + (size_t)r * per);
+    for (int64_t i = 0; i < 2 * (int64_t)G * m; i++) done[i] = -1.0;
+#define DONE(g, mb, f) done[((int64_t)(g) * m + (mb)) * 2 + (f)]
+    for (int left = 1, progress = 1; left && progress;) {
+        left = progress = 0;
+        for (int r = 0; r < p; r++) {
+            while (next[r] < n_ops[r]) {
+                const pp_op *o = &ops[(size_t)r * per + next[r]];
+                const int g = o->chunk * p + r;
+                const int dep_g = o->fwd ? g - 1 : (g == G - 1 ? g : g + 1), dep_f = o->fwd || g == G - 1;
+                double ready = 0.0;
+                if (!(o->fwd && g == 0)) {
+                    const double d = DONE(dep_g, o->mb, dep_f);
+                    if (d < 0) break;
+                    ready = d + (dep_g != g && dep_g % p != r ? p2p_s : 0.0);
+                }
+                const double start = clock[r] > ready ? clock[r] : ready;
+                clock[r] = start + (o->fwd ? fwd_s[g] : bwd_s[g]);
+                if (busy_out) busy_out[r] += o->fwd ? fwd_s[g] : bwd_s[g];
+                DONE(g, o->mb, o->fwd) = clock[r];
+                next[r]++;
+                progress = 1;
+            }
+            if (next[r] < n_ops[r]) left = 1;
+        }
+        if (!left) makespan = 0.0;
+    }
+#undef DONE
+    for (int r = 0; makespan >= 0.0 && r < p; r++)
+        if (clock[r] > makespan) makespan = clock[r];
+out:
+    free(ops);
+    free(n_ops);
+    free(next);
+    free(done);
+    free(clock);
+    return makespan;
+}
+
 loom_status loom_pipeline_init(loom_comm *pp, loom_comm *embed, loom_pp_schedule sched, int v, int micro,
                                loom_pipeline **out) {
     *out = NULL;

@@ -7,104 +7,119 @@
 #include "loom/parallel.h"
 #include "loom/plan.h"
 
-loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_rank **out, int *n_out) {
-    *out = NULL;
-    *n_out = 0;
-    const loom_train_config *t = &rc->train;
-    loom_mesh_shape s;
-    LOOM_CALL(loom_mesh_shape_parse(t->mesh, &s));
-    if (!strstr(t->mesh, "dp=")) s.dp = world / (s.pp * s.tp * s.sp);
-    LOOM_CHECK(s.dp >= 1 && s.dp * s.pp * s.tp * s.sp == world, LOOM_ERR_CONFIG,
+/* the mesh for `world` ranks (dp = the rest when left out) */
+static loom_status mesh_of(const loom_train_config *t, int world, loom_mesh_shape *s) {
+    LOOM_CALL(loom_mesh_shape_parse(t->mesh, s));
+    if (!strstr(t->mesh, "dp=")) s->dp = world / (s->pp * s->tp * s->sp);
+    LOOM_CHECK(s->dp >= 1 && s->dp * s->pp * s->tp * s->sp == world, LOOM_ERR_CONFIG,
                "mesh '%s' does not tile %d ranks", t->mesh, world);
-    LOOM_CHECK(t->batch % s.dp == 0 && t->seq_len % s.sp == 0, LOOM_ERR_CONFIG,
-               "batch %lld over dp=%d and seq_len %lld over sp=%d must divide evenly", (long long)t->batch, s.dp,
-               (long long)t->seq_len, s.sp);
-    loom_plan_rank *r = calloc((size_t)world, sizeof *r);
-    LOOM_CHECK(r != NULL, LOOM_ERR_NOMEM, "out of memory");
+    LOOM_CHECK(t->batch % s->dp == 0 && t->seq_len % s->sp == 0, LOOM_ERR_CONFIG,
+               "batch %lld over dp=%d and seq_len %lld over sp=%d must divide evenly", (long long)t->batch, s->dp,
+               (long long)t->seq_len, s->sp);
+    return LOOM_OK;
+}
+
+static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, int w, loom_plan_rank *p) {
+    const loom_train_config *t = &rc->train;
     const int red = s.dp * s.sp; /* the ranks ZeRO slices over */
     const int64_t B = t->batch / s.dp, T = t->seq_len / s.sp;
     const int states = rc->optim.kind == LOOM_OPTIM_ADAMW || rc->optim.kind == LOOM_OPTIM_LAMB ? 2 : 1;
     loom_status st = LOOM_OK;
-    for (int w = 0; w < world && st == LOOM_OK; w++) {
-        loom_plan_rank *p = &r[w];
-        p->world_rank = w;
-        p->tp_rank = w % s.tp;
-        p->sp_rank = (w / s.tp) % s.sp;
-        p->dp_rank = (w / (s.tp * s.sp)) % s.dp;
-        p->pp_rank = w / (s.tp * s.sp * s.dp);
-        loom_model_part part;
-        int slots = 1;
-        if (s.pp > 1) {
-            const int v = t->pp_schedule ? (int)t->pp_virtual : 1;
-            st = loom_pipeline_partition(&rc->model, s.pp, v, p->pp_rank, &part, NULL);
-            if (st != LOOM_OK) break;
-            slots = loom_pipeline_schedule_slots(s.pp, p->pp_rank, (loom_pp_schedule)t->pp_schedule, v,
-                                                 (int)t->grad_accum);
-        }
-        loom_model *m = NULL;
-        st = loom_model_init_layout(&rc->model, s.pp > 1 ? &part : NULL, s.tp, p->tp_rank, &m);
-        if (st != LOOM_OK) break;
-        const int64_t n = loom_model_buffer_size(m);
-        const int64_t S = (n + red - 1) / red, rr = p->dp_rank * s.sp + p->sp_rank;
-        const int64_t lo = rr * S < n ? rr * S : n, hi = lo + S < n ? lo + S : n, slice = hi - lo;
-        /* the memory budget: what zero.c would offload, and its placement */
-        loom_zero_options zo;
-        memset(&zo, 0, sizeof zo);
-        zo.stage = (int)t->zero;
-        zo.mem_budget = t->mem_budget;
-        zo.offload = t->offload;
-        zo.mem_chunk = t->mem_chunk;
-        zo.precision = (loom_precision)t->precision; /* stage 3's low-precision copy is part of the working set */
-        zo.part = s.pp > 1 ? &part : NULL;
-        if (s.tp > 1 && t->mem_budget > 0) {
-            st = loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
-                                "the memory budget composes with data parallelism and ZeRO; not yet with tensor "
-                                "or pipeline parallelism");
-            loom_model_free(&m);
-            break;
-        }
-        loom_zero_budget zb;
-        st = loom_zero_plan_budget(m, &rc->optim, &zo, red, (int)rr, &zb);
-        if (st == LOOM_OK && zb.mask && zb.working_set > t->mem_budget)
-            st = loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "memory budget %.1f MiB is below the "
-                                "memory manager's working set of %.1f MiB", t->mem_budget / 1048576.0,
-                                zb.working_set / 1048576.0);
-        if (st != LOOM_OK) {
-            loom_model_free(&m);
-            break;
-        }
-        const int stage = zb.stage, off_pg = zb.mask && stage >= 3;
-        p->stage = stage;
-        p->offload_mask = zb.mask;
-        p->pinned_bytes = p->file_bytes = 0;
-        for (int k = 0; k < LOOM_OFF_N_STREAMS; k++)
-            if (zb.mask & (1 << k)) {
-                p->pinned_bytes += zb.pinned[k];
-                p->file_bytes += 4 * zb.store_floats - zb.pinned[k];
-            }
-        p->bytes[LOOM_MEM_PARAMS] = off_pg ? zb.pinned[LOOM_OFF_PARAMS] : 4 * (stage >= 3 ? slice : n);
-        p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
-        p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
-                                           : 4 * (int64_t)states * (stage >= 1 ? slice : n);
-        /* the weights' low-precision copy: whole below stage 3, a unit at a time (workspace, below) at stage 3 */
-        if (t->precision == LOOM_PRECISION_BF16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 2 * n;
-        if (t->precision == LOOM_PRECISION_FP16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp32-held */
-        int64_t ws = 0;
-        if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
-            ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
-        /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
-         * part); the memory manager's update staging */
-        ws += loom_zero_unit_workspace(m, stage, t->precision);
-        if (stage >= 2 && !off_pg) ws += 4 * slice;
-        if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
-        ws += zb.staging_bytes;
-        p->bytes[LOOM_MEM_WORKSPACE] = ws;
-        p->bytes[LOOM_MEM_ACTS] =
-            loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1);
-        /* low-precision copies of a product's two activation operands */
-        p->bytes[LOOM_MEM_ACTS] += loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision);
-        loom_model_free(&m);
+    memset(p, 0, sizeof *p);
+    p->world_rank = w;
+    p->tp_rank = w % s.tp;
+    p->sp_rank = (w / s.tp) % s.sp;
+    p->dp_rank = (w / (s.tp * s.sp)) % s.dp;
+    p->pp_rank = w / (s.tp * s.sp * s.dp);
+    loom_model_part part;
+    int slots = 1;
+    if (s.pp > 1) {
+        const int v = t->pp_schedule ? (int)t->pp_virtual : 1;
+        LOOM_CALL(loom_pipeline_partition(&rc->model, s.pp, v, p->pp_rank, &part, NULL));
+        slots = loom_pipeline_schedule_slots(s.pp, p->pp_rank, (loom_pp_schedule)t->pp_schedule, v,
+                                             (int)t->grad_accum);
     }
+    loom_model *m = NULL;
+    LOOM_CALL(loom_model_init_layout(&rc->model, s.pp > 1 ? &part : NULL, s.tp, p->tp_rank, &m));
+    const int64_t n = loom_model_buffer_size(m);
+    const int64_t S = (n + red - 1) / red, rr = p->dp_rank * s.sp + p->sp_rank;
+    const int64_t lo = rr * S < n ? rr * S : n, hi = lo + S < n ? lo + S : n, slice = hi - lo;
+    /* the memory budget: what zero.c would offload, and its placement */
+    loom_zero_options zo;
+    memset(&zo, 0, sizeof zo);
+    zo.stage = (int)t->zero;
+    zo.mem_budget = t->mem_budget;
+    zo.offload = t->offload;
+    zo.mem_chunk = t->mem_chunk;
+    zo.precision = (loom_precision)t->precision; /* stage 3's low-precision copy is part of the working set */
+    zo.part = s.pp > 1 ? &part : NULL;
+    if (s.tp > 1 && t->mem_budget > 0) {
+        st = loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
+                            "the memory budget composes with data parallelism and ZeRO; not yet with tensor "
+                            "or pipeline parallelism");
+        loom_model_free(&m);
+        return st;
+    }
+    loom_zero_budget zb;
+    st = loom_zero_plan_budget(m, &rc->optim, &zo, red, (int)rr, &zb);
+    if (st == LOOM_OK && zb.mask && zb.working_set > t->mem_budget)
+        st = loom_error_set(LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__, "memory budget %.1f MiB is below the "
+                            "memory manager's working set of %.1f MiB", t->mem_budget / 1048576.0,
+                            zb.working_set / 1048576.0);
+    if (st != LOOM_OK) {
+        loom_model_free(&m);
+        return st;
+    }
+    const int stage = zb.stage, off_pg = zb.mask && stage >= 3;
+    p->stage = stage;
+    p->offload_mask = zb.mask;
+    p->pinned_bytes = p->file_bytes = 0;
+    for (int k = 0; k < LOOM_OFF_N_STREAMS; k++)
+        if (zb.mask & (1 << k)) {
+            p->pinned_bytes += zb.pinned[k];
+            p->file_bytes += 4 * zb.store_floats - zb.pinned[k];
+        }
+    p->bytes[LOOM_MEM_PARAMS] = off_pg ? zb.pinned[LOOM_OFF_PARAMS] : 4 * (stage >= 3 ? slice : n);
+    p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
+    p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
+                                       : 4 * (int64_t)states * (stage >= 1 ? slice : n);
+    /* the weights' low-precision copy: whole below stage 3, a unit at a time (workspace, below) at stage 3 */
+    if (t->precision == LOOM_PRECISION_BF16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 2 * n;
+    if (t->precision == LOOM_PRECISION_FP16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp32-held */
+    int64_t ws = 0;
+    if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
+        ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
+    /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
+     * part); the memory manager's update staging */
+    ws += loom_zero_unit_workspace(m, stage, t->precision);
+    if (stage >= 2 && !off_pg) ws += 4 * slice;
+    if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
+    ws += zb.staging_bytes;
+    p->bytes[LOOM_MEM_WORKSPACE] = ws;
+    p->bytes[LOOM_MEM_ACTS] =
+        loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1);
+    /* low-precision copies of a product's two activation operands */
+    p->bytes[LOOM_MEM_ACTS] += loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision);
+    loom_model_free(&m);
+    return st;
+}
+
+loom_status loom_plan_memory_rank(const loom_run_config *rc, int world, int world_rank, loom_plan_rank *out) {
+    loom_mesh_shape s;
+    LOOM_CALL(mesh_of(&rc->train, world, &s));
+    LOOM_CHECK(world_rank >= 0 && world_rank < world, LOOM_ERR_INVALID_ARG, "rank %d of %d", world_rank, world);
+    return predict_rank(rc, s, world_rank, out);
+}
+
+loom_status loom_plan_memory(const loom_run_config *rc, int world, loom_plan_rank **out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    loom_mesh_shape s;
+    LOOM_CALL(mesh_of(&rc->train, world, &s));
+    loom_plan_rank *r = calloc((size_t)world, sizeof *r);
+    LOOM_CHECK(r != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = LOOM_OK;
+    for (int w = 0; w < world && st == LOOM_OK; w++) st = predict_rank(rc, s, w, &r[w]);
     if (st != LOOM_OK) {
         free(r);
         return st;

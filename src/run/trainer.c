@@ -155,6 +155,12 @@ static void write_metrics_line(loom_trainer *tr, int64_t step, float loss, const
         }
         loom_strbuf_printf(&sb, "]");
     }
+    if (tr->dp > 1) /* this step's data-parallel collectives (MPI's; the node-shared transport's sums are not) */
+        for (int k = LOOM_COLL_ALLREDUCE; k <= LOOM_COLL_ALLGATHER; k++) {
+            static const char *const key[] = {"allreduce", "reduce_scatter", "allgather"};
+            loom_strbuf_printf(&sb, ",\"dp_%s_calls\":%lld,\"dp_%s_bytes\":%lld", key[k], (long long)tr->dp_stats.calls[k],
+                               key[k], (long long)tr->dp_stats.bytes[k]);
+        }
     if (tr->sp > 1)
         loom_strbuf_printf(&sb, ",\"sp\":%d,\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", tr->sp,
                            (long long)tr->sp_stats.calls[LOOM_COLL_SENDRECV],
@@ -637,6 +643,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     loom_zero_reset_stats(tr->zero);
     loom_comm_reset_stats(tr->mesh.tp);
     loom_comm_reset_stats(tr->mesh.sp);
+    loom_comm_reset_stats(tr->red);
     for (int64_t micro = 0; tr->pipe && micro < t->grad_accum; micro++) { /* the step's micro-batches */
         LOOM_CALL(next_batch(tr, LOOM_SPLIT_TRAIN));
         if (spike) spike_targets(tr, n);
@@ -705,6 +712,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     LOOM_CALL(loom_model_refresh_low_precision(tr->model));
     tr->tp_stats = loom_comm_get_stats(tr->mesh.tp); /* this step's tensor-parallel traffic, before any eval */
     tr->sp_stats = loom_comm_get_stats(tr->mesh.sp);
+    tr->dp_stats = loom_comm_get_stats(tr->red);
     if (tr->dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
         LOOM_CALL(loom_comm_allreduce_sum_f64(tr->red, &lsum, 1));
         lsum /= tr->dp;

@@ -1,0 +1,121 @@
+/* The layout search (include/loom/plan.h, loom_plan_auto): every way to run one model and global batch on
+ * `world` ranks that loom can run, each checked against the memory limit (loom_plan_memory's prediction for
+ * one rank per pipeline stage) and timed (loom_plan_time); the k fastest kept. Layouts loom would refuse
+ * (a split that does not divide, a memory budget with tp or pp) are not enumerated. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "loom/parallel.h"
+#include "loom/plan.h"
+
+typedef struct {
+    loom_plan_choice *best;
+    int k, n;
+} top_k;
+
+static void keep(top_k *tk, const loom_run_config *rc, const loom_plan_time_result *t) {
+    if (tk->n == tk->k && t->step_s >= tk->best[tk->n - 1].t.step_s) return;
+    int i = tk->n < tk->k ? tk->n++ : tk->n - 1;
+    while (i > 0 && tk->best[i - 1].t.step_s > t->step_s) {
+        tk->best[i] = tk->best[i - 1];
+        i--;
+    }
+    tk->best[i].rc = *rc;
+    tk->best[i].t = *t;
+}
+
+/* the largest predicted peak over one rank of each pipeline stage (the ranks of a stage differ by at most a
+ * slice's rounding) */
+static loom_status peak_of(const loom_run_config *rc, int world, const loom_mesh_shape *s, int64_t *peak) {
+    *peak = 0;
+    for (int p = 0; p < s->pp; p++) {
+        loom_plan_rank pr;
+        LOOM_CALL(loom_plan_memory_rank(rc, world, p * s->dp * s->sp * s->tp, &pr));
+        int64_t total = 0;
+        for (int k = 0; k < LOOM_MEM_N_CATEGORIES; k++) total += pr.bytes[k];
+        if (total > *peak) *peak = total;
+    }
+    return LOOM_OK;
+}
+
+static int divides(int64_t a, int64_t b) { return b > 0 && a % b == 0; }
+
+loom_status loom_plan_auto(const loom_run_config *base, int world, const loom_cluster *c, loom_plan_search *so, int k,
+                           loom_plan_choice **out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    LOOM_CHECK(world >= 1 && k >= 1, LOOM_ERR_INVALID_ARG, "a search needs ranks and k >= 1");
+    const loom_model_config *mc = &base->model;
+    const int64_t global = base->train.batch * base->train.grad_accum, T = base->train.seq_len;
+    const int64_t limit = so->mem_limit > 0 ? so->mem_limit : c->memory_per_rank;
+    LOOM_CHECK(limit > 0, LOOM_ERR_INVALID_ARG, "no memory limit: give one (--mem-limit) or a cluster that states it");
+    top_k tk = {calloc((size_t)k, sizeof(loom_plan_choice)), k, 0};
+    LOOM_CHECK(tk.best != NULL, LOOM_ERR_NOMEM, "out of memory");
+    so->evaluated = so->fitting = 0;
+    const int max_prec = c->peak_gflops[LOOM_PRECISION_BF16] > 0 ? LOOM_PRECISION_BF16 : LOOM_PRECISION_FP32;
+    loom_status st = LOOM_OK;
+    for (int tp = 1; tp <= world && st == LOOM_OK; tp *= 2) {
+        if (!divides(world, tp) || !divides(mc->n_head, tp) || !divides(mc->n_kv_head, tp) || !divides(mc->d_ff, tp)) continue;
+        for (int pp = 1; tp * pp <= world && st == LOOM_OK; pp++) {
+            if (!divides(world, tp * pp) || pp > mc->n_layer) continue;
+            for (int sp = 1; tp * pp * sp <= world && st == LOOM_OK; sp *= 2) {
+                if (!divides(world, tp * pp * sp) || !divides(T, sp)) continue;
+                const int dp = world / (tp * pp * sp);
+                loom_mesh_shape s = {dp, pp, tp, sp};
+                /* micro-batches: powers of two dividing the global batch over dp (a pipeline wants >= pp) */
+                for (int64_t m = 1; m <= global && st == LOOM_OK; m *= 2) {
+                    if (!divides(global, m) || !divides(global / m, dp)) continue;
+                    if (pp > 1 && m < pp) continue;
+                    for (int zero = 0; zero <= (dp * sp > 1 ? 3 : 0) && st == LOOM_OK; zero++)
+                        for (int rcm = 0; rcm < 3 && st == LOOM_OK; rcm++)
+                            for (int sched = 0; sched < (pp > 1 ? 2 : 1) && st == LOOM_OK; sched++) {
+                                if (sched && (!divides(m, pp) || mc->n_layer < 2 * pp)) continue;
+                                for (int tsp = 0; tsp < (tp > 1 ? 2 : 1) && st == LOOM_OK; tsp++)
+                                    for (int prec = 0; prec <= max_prec && st == LOOM_OK; prec++)
+                                        for (int off = 0; off < (so->try_offload && tp == 1 && pp == 1 ? 2 : 1); off++) {
+                                            loom_run_config rc = *base;
+                                            loom_train_config *t = &rc.train;
+                                            snprintf(t->mesh, sizeof t->mesh, "dp=%d,pp=%d,tp=%d,sp=%d", dp, pp, tp, sp);
+                                            t->batch = global / m;
+                                            t->grad_accum = m;
+                                            t->zero = zero;
+                                            t->recompute = (loom_recompute)rcm;
+                                            t->pp_schedule = sched;
+                                            t->pp_virtual = sched ? 2 : t->pp_virtual;
+                                            t->tp_seq_parallel = tsp;
+                                            t->precision = prec;
+                                            t->offload = 0;
+                                            t->mem_budget = 0;
+                                            if (!c->gpu) {
+                                                const int per_host = (world + c->hosts - 1) / c->hosts;
+                                                t->threads = c->cores_per_host / per_host > 0 ? c->cores_per_host / per_host : 1;
+                                            }
+                                            so->evaluated++;
+                                            int64_t peak;
+                                            if (off) { /* the memory manager keeps the state within what is left */
+                                                loom_run_config probe = rc;
+                                                if (peak_of(&probe, world, &s, &peak) != LOOM_OK || peak <= limit) continue;
+                                                t->offload = 1;
+                                                loom_plan_rank pr;
+                                                if (loom_plan_memory_rank(&rc, world, 0, &pr) != LOOM_OK) continue;
+                                                t->mem_budget = limit - pr.bytes[LOOM_MEM_ACTS] - pr.bytes[LOOM_MEM_WORKSPACE];
+                                                if (t->mem_budget <= 0) continue;
+                                            }
+                                            if (peak_of(&rc, world, &s, &peak) != LOOM_OK) continue; /* not runnable */
+                                            if (peak > limit) continue;
+                                            so->fitting++;
+                                            loom_plan_time_result r;
+                                            if (loom_plan_time(&rc, world, c, &r) != LOOM_OK) continue;
+                                            r.peak_bytes = peak;
+                                            keep(&tk, &rc, &r);
+                                        }
+                            }
+                }
+            }
+        }
+    }
+    loom_error_clear();
+    *out = tk.best;
+    *n_out = tk.n;
+    return st;
+}

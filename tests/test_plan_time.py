@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""loom plan --time's inputs against real runs, without timing anything (issue 18).
+
+For each layout the run trains 2 steps on 2 ranks and reports, per step, the collectives it issued (metrics:
+tp_*, sp_send_*, dp_* calls and bytes); `loom plan --time --json` with the same arguments must predict exactly
+those counts and bytes (the time model prices each of them), and the model FLOPs the run's MFU counts. The
+cluster description is a small hand-written one: the counts do not depend on the rates.
+
+Usage: test_plan_time.py LOOM   (exit 77 = skipped: no MPI)
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+LOOM = os.path.abspath(sys.argv[1])
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
+W = tempfile.mkdtemp(prefix="loom_plan_time_")
+CLUSTER = os.path.join(W, "cluster.json")
+json.dump({"format": "loom-cluster", "version": 1, "name": "test", "source": "measured", "device": "cpu", "gpu": False,
+           "hosts": 1, "cores_per_host": 2, "memory_per_rank_bytes": 8 << 30, "peak_gflops": {"fp32": 100, "bf16": 200},
+           "compute": [{"threads": 1, "precision": "fp32", "gemm": [[256, 256, 256, t, 50] for t in range(3)],
+                        "attention": [[64, 10, 10]],
+                        "ns_per_element": {k: 1 for k in ("norm", "activation", "elementwise", "embedding", "loss",
+                                                          "optimizer", "copy")}}],
+           "links": [{"ranks": 2, "cross_host": False, "all_reduce": [10, 2], "send": [5, 4]}],
+           "disk": {"read_GBps": 1, "write_GBps": 1}}, open(CLUSTER, "w"))
+GPT = ["--preset", "demo"]
+LLAMA = ["--preset", "llama-tiny", "--set", "model.vocab_size=512"]
+BASE = ["--batch", "8", "--seq-len", "32", "--threads", "1", "--data", "synthetic", "--set", "train.dp_transport=mpi"]
+CONFIGS = [
+    ("gpt2 dp=2 ZeRO-0, 2 micro-batches", GPT + ["--mesh", "dp=2", "--zero", "0", "--grad-accum", "2"]),
+    ("gpt2 dp=2 ZeRO-1", GPT + ["--mesh", "dp=2", "--zero", "1"]),
+    ("llama dp=2 ZeRO-2, 2 micro-batches", LLAMA + ["--mesh", "dp=2", "--zero", "2", "--grad-accum", "2"]),
+    ("gpt2 dp=2 ZeRO-3, 2 micro-batches", GPT + ["--mesh", "dp=2", "--zero", "3", "--grad-accum", "2"]),
+    ("gpt2 tp=2", GPT + ["--mesh", "tp=2"]),
+    ("gpt2 tp=2 recompute full", GPT + ["--mesh", "tp=2", "--recompute", "full"]),
+    ("gpt2 tp=2 Megatron-SP", GPT + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1"]),
+    ("llama tp=2 Megatron-SP, 2 micro-batches", LLAMA + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1",
+                                                        "--grad-accum", "2"]),
+    ("llama sp=2", LLAMA + ["--mesh", "sp=2"]),
+    ("gpt2 sp=2 ZeRO-1", GPT + ["--mesh", "sp=2", "--zero", "1"]),
+    ("llama sp=2 recompute full, ZeRO-3 bf16", LLAMA + ["--mesh", "sp=2", "--recompute", "full", "--zero", "3",
+                                                       "--precision", "bf16"]),
+    ("llama tp=2 Megatron-SP recompute attn", LLAMA + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1",
+                                                      "--recompute", "attn"]),
+]
+KEYS = [f"{axis}_{op}_{what}" for axis in ("tp", "dp") for op in ("allreduce", "reduce_scatter", "allgather")
+        for what in ("calls", "bytes")] + ["sp_send_calls", "sp_send_bytes"]
+
+if subprocess.run(["mpirun", "--version"], capture_output=True).returncode != 0:
+    print("mpirun not found: skipped")
+    sys.exit(77)
+fails = 0
+try:
+    for name, args in CONFIGS:
+        out = os.path.join(W, "run")
+        shutil.rmtree(out, ignore_errors=True)
+        p = subprocess.run([LOOM, "plan", "--time", "--json", "--cluster", CLUSTER, "--world", "2"] + BASE + args,
+                           capture_output=True, text=True, env=ENV)
+        if p.returncode != 0:
+            print(f"FAIL {name}: plan: {p.stderr.strip()}")
+            fails += 1
+            continue
+        pred = json.loads(p.stdout.strip().splitlines()[-1])
+        r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", LOOM, "-q", "train"] + BASE +
+                           args + ["--steps", "2", "--set", "train.progress=0", "--set", "train.sample_tokens=0",
+                                   "--set", "train.save_checkpoints=0", "--set", "train.eval_interval=0",
+                                   "--set", "train.eval_batches=1", "--out", out],
+                           capture_output=True, text=True, env=ENV, timeout=600)
+        if r.returncode != 0:
+            print(f"FAIL {name}: run: {r.stderr[-800:]}")
+            fails += 1
+            continue
+        steps = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"ms"' in l]
+        got = steps[-1]
+        bad = [f"{k}: predicted {pred.get(k, 0)}, the run {got.get(k, 0)}" for k in KEYS
+               if pred.get(k, 0) != got.get(k, 0)]
+        checked = [k for k in KEYS if got.get(k, 0)]
+        if bad:
+            fails += 1
+            print(f"FAIL {name}:\n  " + "\n  ".join(bad))
+        else:
+            print(f"ok   {name}: {', '.join(f'{k}={got[k]}' for k in checked if k.endswith('calls'))}")
+        if not checked:
+            fails += 1
+            print(f"FAIL {name}: the run reported no collectives to compare")
+finally:
+    shutil.rmtree(W, ignore_errors=True)
+print("plan time inputs:", "all match" if not fails else f"{fails} layouts differ")
+sys.exit(1 if fails else 0)
