@@ -10,8 +10,10 @@ machine spreads over all of them; the median over rounds is kept.
 
 Usage: bench/plan_accuracy.py --cluster cluster.json [--loom build/loom] [--preset gpt2-l6] [--batch 8]
                               [--seq-len 64] [--accum 4] [--steps 4] [--rounds 1] [--ranks 4] [--only NAME,...]
+                              [--choice]
 Prints a table (layout, ranks, predicted, measured, error) and the largest and median absolute error; --json F
-writes the rows.
+writes the rows. --choice: instead, for three cases (model, global batch, world) `loom plan --auto`'s top 5
+layouts are all run, and the planner's first choice is compared with the fastest of them as measured.
 """
 import argparse
 import json
@@ -33,7 +35,64 @@ ap.add_argument("--rounds", type=int, default=1)
 ap.add_argument("--ranks", type=int, default=4)
 ap.add_argument("--only", default="")
 ap.add_argument("--json", default="")
+ap.add_argument("--choice", action="store_true")
 a = ap.parse_args()
+env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
+def measure(n, args, out):
+    """median ms/step over the steps after the first, or None"""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = ([] if n == 1 else ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(n)]) + \
+        [a.loom, "-q", "train"] + args + \
+        ["--steps", str(a.steps), "--set", "train.progress=0", "--set", "train.sample_tokens=0",
+         "--set", "train.save_checkpoints=0", "--set", "train.eval_batches=1", "--out", out]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"run failed: {' '.join(args)}\n{r.stderr[-1000:]}")
+        return None
+    ms = [json.loads(l)["ms"] for l in open(os.path.join(out, "metrics.jsonl")) if '"ms"' in l]
+    return statistics.median(ms[1:])
+
+
+if a.choice:
+    cases = [("gpt2-l6", 32, 64, 2), ("gpt2-l6", 32, 64, 4), ("llama-l6", 16, 128, 2)]
+    work = tempfile.mkdtemp(prefix="loom_plan_choice_")
+    rows = []
+    try:
+        for preset, global_batch, T, n in cases:
+            base = ["--preset", preset, "--batch", str(global_batch), "--seq-len", str(T), "--data", "synthetic"]
+            r = subprocess.run([a.loom, "plan", "--auto", "--json", "--top", "5", "--cluster", a.cluster, "--world", str(n)]
+                               + base, capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                print(f"{preset} on {n}: plan failed: {r.stderr[-500:]}")
+                continue
+            plans = [json.loads(l) for l in r.stdout.strip().splitlines()]
+            meas = {}
+            for rnd in range(a.rounds):
+                for p in plans:
+                    ms = measure(n, ["--preset", preset, "--seq-len", str(T), "--data", "synthetic"] + p["args"].split(),
+                                 os.path.join(work, "run"))
+                    if ms is not None:
+                        meas.setdefault(p["rank"], []).append(ms)
+            print(f"\n{preset}, global batch {global_batch} x {T}, {n} ranks (search: {plans[0]['evaluated']} layouts, "
+                  f"{plans[0]['search_seconds']:.2f} s):")
+            for p in plans:
+                m = statistics.median(meas[p["rank"]]) if p["rank"] in meas else float("nan")
+                print(f"  {p['rank']}. predicted {p['step_ms']:8.1f} measured {m:8.1f} ms  {p['args']}")
+            done = {k: statistics.median(v) for k, v in meas.items()}
+            if 1 in done:
+                best = min(done.values())
+                gap = done[1] / best - 1
+                print(f"  first choice measured {done[1]:.1f} ms; fastest of the top 5 measured {best:.1f} ms: "
+                      f"{'the first choice' if gap <= 0 else f'{100 * gap:.1f}% slower'}")
+                rows.append({"case": f"{preset} {global_batch}x{T} world {n}", "first_ms": done[1], "best_ms": best,
+                             "gap": gap})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        json.dump(rows, open(a.json, "w"), indent=1)
+    raise SystemExit(0)
 
 T1, T2 = ["--threads", "1"], ["--threads", "2"]
 ZERO = lambda z: ["--zero", str(z)]
@@ -61,7 +120,6 @@ layouts = [
 layouts = [l for l in layouts if l[1] <= a.ranks and (not a.only or l[0] in a.only.split(","))]
 common = ["--preset", a.preset, "--batch", str(a.batch), "--seq-len", str(a.seq_len), "--grad-accum", str(a.accum),
           "--data", "synthetic"]
-env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
 work = tempfile.mkdtemp(prefix="loom_plan_acc_")
 predicted, measured = {}, {name: [] for name, *_ in layouts}
 try:
@@ -74,18 +132,9 @@ try:
         predicted[name] = json.loads(r.stdout.strip().splitlines()[-1])
     for rnd in range(a.rounds):
         for name, n, extra in layouts:
-            out = os.path.join(work, "run")
-            shutil.rmtree(out, ignore_errors=True)
-            cmd = ([] if n == 1 else ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(n)]) + \
-                [a.loom, "-q", "train"] + common + extra + \
-                ["--steps", str(a.steps), "--set", "train.progress=0", "--set", "train.sample_tokens=0",
-                 "--set", "train.save_checkpoints=0", "--set", "train.eval_batches=1", "--out", out]
-            r = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if r.returncode != 0:
-                print(f"{name}: run failed\n{r.stderr[-1500:]}")
-                continue
-            ms = [json.loads(l)["ms"] for l in open(os.path.join(out, "metrics.jsonl")) if '"ms"' in l]
-            measured[name].append(statistics.median(ms[1:]))
+            ms = measure(n, common + extra, os.path.join(work, "run"))
+            if ms is not None:
+                measured[name].append(ms)
 finally:
     shutil.rmtree(work, ignore_errors=True)
 

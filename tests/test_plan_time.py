@@ -87,6 +87,19 @@ try:
         if not checked:
             fails += 1
             print(f"FAIL {name}: the run reported no collectives to compare")
+    # loom train --auto: the planner's first layout for 2 ranks runs, with its prediction beside the measurement
+    out = os.path.join(W, "auto")
+    r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", LOOM, "train", "--auto",
+                        "--cluster", CLUSTER] + GPT + ["--batch", "8", "--grad-accum", "2", "--seq-len", "32",
+                                                       "--data", "synthetic", "--steps", "3", "--set", "train.progress=0",
+                                                       "--set", "train.sample_tokens=0", "--out", out],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    said = [l for l in (r.stderr + r.stdout).splitlines() if "auto:" in l]  # the plan (log), then the comparison
+    if r.returncode != 0 or len(said) != 2 or "layouts searched" not in said[0] or "measured" not in said[1]:
+        fails += 1
+        print(f"FAIL train --auto: exit {r.returncode}\n{r.stdout[-800:]}{r.stderr[-800:]}")
+    else:
+        print("ok   train --auto:", said[0].split("auto: ")[1], "|", said[1].split("auto: ")[1])
 finally:
     shutil.rmtree(W, ignore_errors=True)
 print("plan time inputs:", "all match" if not fails else f"{fails} layouts differ")

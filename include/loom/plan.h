@@ -53,6 +53,7 @@ typedef struct {
     int64_t M, N, K;  /* C (M x N) = A (M x K) B (K x N) */
     int trans;        /* 0: A B^T (forward: activations x weight rows), 1: A B (input gradient), 2: A^T B (weight) */
     double gflops;
+    double log_mnk[3], log_rate; /* filled when read (loom_cluster_from_json): the interpolation's coordinates */
 } loom_gemm_rate;
 typedef struct {
     int threads;      /* per rank (0: a GPU) */

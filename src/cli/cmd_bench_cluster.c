@@ -60,7 +60,7 @@ static const int64_t quick_M[] = {256, 2048}, quick_NK[] = {192, 3072};
 static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_cluster_compute *k) {
     const int64_t *Ms = quick ? quick_M : grid_M, *NKs = quick ? quick_NK : grid_NK;
     const int nM = quick ? 2 : 3, nNK = quick ? 2 : 3;
-    const int64_t most = 3072 * 3072; /* the largest operand: a weight-sized 3072 x 3072 */
+    const int64_t most = 50304 * 768; /* the largest operand: the head's weight (the grid's: 3072 x 3072) */
     float *A = filled(most), *B = filled(most), *C = filled(most);
     uint16_t *A16 = malloc((size_t)most * 2), *B16 = malloc((size_t)most * 2);
     loom_status st = A && B && C && A16 && B16 ? LOOM_OK : LOOM_ERR_NOMEM;
@@ -80,8 +80,24 @@ static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_clu
                     else
                         TIME_MEDIAN(s, loom_k_matmul(be, &(loom_gemm){ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N}));
                     if (s <= 0) st = LOOM_ERR_UNSUPPORTED;
-                    else k->gemm[k->n_gemm++] = (loom_gemm_rate){M, N, K, tr, 2.0 * M * N * K / s / 1e9};
+                    else k->gemm[k->n_gemm++] = (loom_gemm_rate){.M = M, .N = N, .K = K, .trans = tr, .gflops = 2.0 * M * N * K / s / 1e9};
                 }
+    /* the vocabulary head's products (a 50,304-row weight against 768 columns): the largest of a small model's
+     * step, where rates differ most from the square grid's */
+    const int64_t V = 50304, D = 768, Mv[2] = {128, 512};
+    for (int tr = 0; st == LOOM_OK && tr < 3; tr++)
+        for (int a = 0; st == LOOM_OK && a < 2; a++) {
+            const int64_t M = tr == 2 ? V : Mv[a], N = tr == 1 ? D : tr == 2 ? D : V, K = tr == 1 ? V : tr == 2 ? Mv[a] : D;
+            const int ta = tr == 2, tb = tr == 0;
+            const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+            double s;
+            if (bf16)
+                TIME_MEDIAN(s, loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){ta, tb, M, N, K, 1.0f, A16, lda, B16, ldb, 0.0f, C, N}));
+            else
+                TIME_MEDIAN(s, loom_k_matmul(be, &(loom_gemm){ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N}));
+            if (s <= 0) st = LOOM_ERR_UNSUPPORTED;
+            else k->gemm[k->n_gemm++] = (loom_gemm_rate){.M = M, .N = N, .K = K, .trans = tr, .gflops = 2.0 * M * N * K / s / 1e9};
+        }
     free(A);
     free(B);
     free(C);

@@ -9,6 +9,7 @@
 #include "loom/hf.h"
 #include "loom/json.h"
 #include "loom/log.h"
+#include "loom/plan.h"
 #include "loom/run.h"
 #include "loom/supervise.h"
 
@@ -23,7 +24,10 @@ static void train_help(void) {
            "                  [--stop-after N] [--sample N] [--profile] [--blas-coretype auto|keep|NAME]\n"
            "                  [--zero 0|1|2|3] [--mesh dp=N]   (under mpirun/srun or `loom launch`)\n"
            "                  [--precision fp32|bf16|fp16] [--mem-budget SIZE] [--mem-trace FILE.jsonl]\n"
-           "                  [--peak-gflops X] [--device cpu|cuda]\n\n"
+           "                  [--peak-gflops X] [--device cpu|cuda] [--auto [--cluster FILE]]\n\n"
+           "--auto: the layout `loom plan --auto` ranks first for this many ranks (mesh, ZeRO stage, micro-batches of the\n"
+           "global batch --batch x --grad-accum, recompute, precision, threads) from the cluster description (default: the\n"
+           "one `loom bench cluster` wrote), printed with its predicted ms/step, and at the end next to the measured one.\n"
            "With no arguments: the demo preset on the default corpus (%s, Debian's fortunes),\n"
            "400 steps, a checkpoint in runs/demo and a 300-token sample at the end. --steps is the run's total:\n--resume continues up to it.\n"
            "MFU is against this machine's measured GEMM peak in the run's precision (`loom bench peak`: bf16's for bf16,\n"
@@ -211,11 +215,95 @@ int loom_cmd_train(int argc, char **argv) {
     return rc;
 }
 
+/* the median ms of a run's steps after the first (its metrics file), or -1 */
+static double measured_step_ms(const loom_run_config *run) {
+    char path[LOOM_PATH_MAX + 32];
+    if (run->train.metrics[0]) snprintf(path, sizeof path, "%s", run->train.metrics);
+    else snprintf(path, sizeof path, "%s/metrics.jsonl", run->train.out);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    double ms[4096];
+    int n = 0;
+    char line[65536];
+    while (n < 4096 && fgets(line, sizeof line, f)) {
+        loom_json *j = NULL;
+        if (loom_json_parse(line, strlen(line), &j) != LOOM_OK) {
+            loom_error_clear();
+            continue;
+        }
+        const loom_json *v = loom_json_get(j, "ms");
+        if (v && v->type == LOOM_JSON_NUMBER) ms[n++] = v->number;
+        loom_json_free(&j);
+    }
+    fclose(f);
+    if (n < 2) return n ? ms[0] : -1;
+    for (int a = 1; a < n; a++) /* sort the steps after the first */
+        for (int b = a + 1; b < n; b++)
+            if (ms[b] < ms[a]) { const double x = ms[a]; ms[a] = ms[b]; ms[b] = x; }
+    return ms[1 + (n - 1) / 2];
+}
+
+/* --auto: the planner's first layout for `ranks` ranks into *run; *predicted_ms its prediction */
+static int auto_layout(loom_run_config *run, int ranks, int root, const char *cluster_path, double *predicted_ms) {
+    char def[4200];
+    if (!cluster_path) {
+        loom_cli_cluster_default_path(def, sizeof def);
+        cluster_path = def;
+    }
+    loom_cluster *c = malloc(sizeof *c);
+    if (!c) return 1;
+    if (loom_cluster_load(cluster_path, c) != LOOM_OK) {
+        free(c);
+        fprintf(stderr, "loom train: --auto needs a cluster description (`loom bench cluster`, or --cluster FILE)\n");
+        return loom_cli_fail("train");
+    }
+    loom_plan_search so;
+    memset(&so, 0, sizeof so);
+    so.try_offload = 1;
+    loom_plan_choice *ch = NULL;
+    int n = 0;
+    const loom_status st = loom_plan_auto(run, ranks, c, &so, 1, &ch, &n);
+    free(c);
+    if (st != LOOM_OK) return loom_cli_fail("train");
+    if (!n) {
+        free(ch);
+        fprintf(stderr, "loom train: --auto: no layout of %d ranks fits\n", ranks);
+        return 2;
+    }
+    *run = ch[0].rc;
+    *predicted_ms = ch[0].t.step_s * 1e3;
+    const loom_train_config *t = &run->train;
+    if (root)
+        LOOM_INFO("auto: %lld layouts searched; the first: mesh %s, ZeRO-%lld, batch %lld x %lld micro-batches, recompute %s, "
+              "%s, %lld threads; predicted %.1f ms/step", (long long)so.evaluated, t->mesh, (long long)t->zero,
+              (long long)t->batch, (long long)t->grad_accum,
+              t->recompute == LOOM_RECOMPUTE_FULL ? "full" : t->recompute == LOOM_RECOMPUTE_ATTN ? "attn" : "none",
+              t->precision == LOOM_PRECISION_BF16 ? "bf16" : "fp32", (long long)t->threads, *predicted_ms);
+    free(ch);
+    return 0;
+}
+
 static int train(int argc, char **argv) {
     loom_run_config run;
     double peak = -1;
-    int rc = loom_cli_run_config(argc, argv, "train", NULL, &run, &peak);
+    int autop = 0;
+    const char *cluster_path = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--auto")) autop = 1;
+        else if (!strcmp(argv[i], "--cluster") && i + 1 < argc) cluster_path = argv[++i];
+    }
+    static const char *const own[] = {"--auto", "0", "--cluster", "1", NULL};
+    int rc = loom_cli_run_config(argc, argv, "train", own, &run, &peak);
     if (rc) return rc < 0 ? 0 : 2; /* the configuration: a restart would fail the same way */
+    loom_comm *world = NULL; /* held here, so that MPI outlives the run for an abort */
+    double predicted_ms = -1;
+    if (autop) { /* the layout for this job's ranks (every rank plans the same) */
+        if (loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");
+        if ((rc = auto_layout(&run, loom_comm_size(world), loom_comm_rank(world) == 0, cluster_path, &predicted_ms)) != 0) {
+            loom_comm_free(&world);
+            return rc;
+        }
+    }
     int threads = (int)run.train.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -226,9 +314,13 @@ static int train(int argc, char **argv) {
     if (peak < 0 && !strncmp(run.train.device, "cpu", 3))
         peak = loom_cli_peak_gflops(threads, (loom_precision)run.train.precision, kernel, sizeof kernel);
     loom_train_install_signal_handlers();
-    loom_comm *world = NULL; /* held here, so that MPI outlives the run for an abort */
-    if (loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");
+    if (!world && loom_comm_init_world(&world) != LOOM_OK) return loom_cli_fail("train");
     loom_status st = loom_train(&run, world, peak, kernel);
+    if (st == LOOM_OK && autop && loom_comm_rank(world) == 0) {
+        const double ms = measured_step_ms(&run);
+        if (ms > 0) printf("auto: predicted %.1f ms/step, measured %.1f ms/step (median after the first step): %+.1f%%\n",
+                           predicted_ms, ms, 100 * (predicted_ms - ms) / ms);
+    }
     if (st == LOOM_ERR_INTERRUPTED) {
         fprintf(stderr, "loom train: %s\n", loom_error_message());
         rc = 130;

@@ -131,7 +131,9 @@ static loom_status add_param(loom_model *m, int cap, const char *name, int layer
                              int64_t d1, int decay, int64_t *cursor, int64_t *out_off) {
     LOOM_CHECK(m->n_infos < cap, LOOM_ERR_INTERNAL, "parameter table overflow");
     loom_param_info *p = &m->infos[m->n_infos++];
-    snprintf(p->name, sizeof p->name, "%s", name);
+    const size_t len = strnlen(name, sizeof p->name - 1); /* (no printf: the planner builds thousands of layouts) */
+    memcpy(p->name, name, len);
+    p->name[len] = '\0';
     p->offset = *cursor;
     p->ndim = ndim;
     p->shape[0] = d0;
@@ -235,11 +237,25 @@ static loom_status walk_param(loom_model *m, int cap, int include, const char *n
     return LOOM_OK;
 }
 
+/* "h.<g>.<nm>", without printf: the planner builds thousands of layouts */
+static void block_name(char *dst, size_t n, int64_t g, const char *nm) {
+    char digits[24];
+    int nd = 0;
+    for (int64_t v = g; nd == 0 || v > 0; v /= 10) digits[nd++] = (char)('0' + v % 10);
+    size_t k = 0;
+    dst[k++] = 'h';
+    dst[k++] = '.';
+    while (nd > 0 && k < n - 2) dst[k++] = digits[--nd];
+    dst[k++] = '.';
+    for (const char *q = nm; *q && k < n - 1; q++) dst[k++] = *q;
+    dst[k] = '\0';
+}
+
 static loom_status build_layout(loom_model *m) {
     const loom_model_config *c = &m->cfg;
     const int64_t Lg = c->n_layer, C = m->C, Cq = m->Cq, F = m->F, V = m->V;
     const int gpt = c->family == LOOM_FAMILY_GPT2;
-    const int cap = 8 + (int)Lg * W_COUNT;
+    const int cap = 8 + (int)(m->L ? m->L : 1) * W_COUNT; /* the held blocks' tensors, the ends' */
     m->infos = calloc((size_t)cap, sizeof *m->infos);
     m->row_blocks = calloc((size_t)cap, sizeof *m->row_blocks);
     m->layer_off = malloc((size_t)((m->L ? m->L : 1) * W_COUNT) * sizeof(int64_t));
@@ -292,8 +308,8 @@ static loom_status build_layout(loom_model *m) {
             case W_ATTN_PROJ_W: case W_MLP_PROJ_W: sp = (split_spec){LOOM_TP_COLS, d0, d1 * P, 0, 0, 0}; break;
             default: break;
             }
-            char name[64];
-            snprintf(name, sizeof name, "h.%lld.%s", (long long)g, nm);
+            char name[64] = ""; /* the blocks of other stages only advance the whole model's offsets */
+            if (held) block_name(name, sizeof name, g, nm);
             LOOM_CALL(walk_param(m, cap, held, name, (int)g, ndim, d0, d1, ndim == 2, sp, &cur, &off));
             if (held) m->layer_off[l * W_COUNT + w] = off;
         }

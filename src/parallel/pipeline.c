@@ -56,7 +56,9 @@ loom_status loom_pipeline_partition(const loom_model_config *mc, int p, int v, i
     int64_t *b = calloc((size_t)K + 1, sizeof(int64_t));
     LOOM_CHECK(b != NULL, LOOM_ERR_NOMEM, "out of memory");
     double lo = block, hi = block * (double)L + head;
-    for (int it = 0; it < 60; it++) { /* the smallest cap with which a greedy cut fits in K chunks */
+    /* the smallest cap with which a greedy cut fits in K chunks (chunk costs are sums of whole blocks and the
+     * head, so a cap known within 1e-7 of a block gives the same cut as the exact one) */
+    for (int it = 0; it < 60 && hi - lo > 1e-7 * block; it++) {
         const double cap = 0.5 * (lo + hi);
         int k = 0;
         double acc = 0.0;

@@ -65,7 +65,8 @@ static loom_status read_compute(const loom_json *o, const char *origin, int idx,
         LOOM_CHECK(numbers(e, v, 5) && v[0] >= 1 && v[1] >= 1 && v[2] >= 1 && v[3] >= 0 && v[3] <= 2 && v[4] > 0,
                    LOOM_ERR_FORMAT, "%s: compute[%d].gemm[%d] must be [M, N, K, trans 0-2, GFLOP/s > 0]", origin,
                    idx, k->n_gemm);
-        k->gemm[k->n_gemm++] = (loom_gemm_rate){(int64_t)v[0], (int64_t)v[1], (int64_t)v[2], (int)v[3], v[4]};
+        k->gemm[k->n_gemm++] = (loom_gemm_rate){(int64_t)v[0], (int64_t)v[1], (int64_t)v[2], (int)v[3], v[4],
+                                                {log(v[0]), log(v[1]), log(v[2])}, log(v[4])};
     }
     const loom_json *at = loom_json_get(o, "attention");
     LOOM_CHECK(at && at->type == LOOM_JSON_ARRAY && at->n_children >= 1 && at->n_children <= LOOM_CLUSTER_MAX_ATTN,
@@ -233,12 +234,12 @@ double loom_cluster_gemm_seconds(const loom_cluster *c, int threads, int precisi
         for (int i = 0; i < k->n_gemm; i++) {
             const loom_gemm_rate *g = &k->gemm[i];
             if (pass == 0 && g->trans != trans) continue; /* another orientation only when this one is missing */
-            const double dm = lm - log((double)g->M), dn = ln - log((double)g->N), dk = lk - log((double)g->K);
+            const double dm = lm - g->log_mnk[0], dn = ln - g->log_mnk[1], dk = lk - g->log_mnk[2];
             const double d2 = dm * dm + dn * dn + dk * dk;
             if (d2 < 1e-12) return 2.0 * M * N * K / (g->gflops * 1e9 * thread_scale(k, threads));
             const double w = 1.0 / (d2 * d2);
             wsum += w;
-            lr += w * log(g->gflops);
+            lr += w * g->log_rate;
         }
     return 2.0 * (double)M * (double)N * (double)K / (exp(lr / wsum) * 1e9 * thread_scale(k, threads));
 }

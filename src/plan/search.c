@@ -7,6 +7,7 @@
 
 #include "loom/parallel.h"
 #include "loom/plan.h"
+#include "plan_impl.h"
 
 typedef struct {
     loom_plan_choice *best;
@@ -24,11 +25,13 @@ static void keep(top_k *tk, const loom_run_config *rc, const loom_plan_time_resu
     tk->best[i].t = *t;
 }
 
-/* the largest predicted peak over one rank of each pipeline stage (the ranks of a stage differ by at most a
- * slice's rounding) */
-static loom_status peak_of(const loom_run_config *rc, int world, const loom_mesh_shape *s, int64_t *peak) {
+/* The largest predicted peak over the pipeline's stages: while searching (all = 0) the first stage (the most
+ * micro-batches in flight, the embedding) and the last (the head), which hold the most; the chosen layouts
+ * are then checked on every stage (all = 1). The ranks of a stage differ by at most a slice's rounding. */
+static loom_status peak_of(const loom_run_config *rc, int world, const loom_mesh_shape *s, int all, int64_t *peak) {
     *peak = 0;
     for (int p = 0; p < s->pp; p++) {
+        if (!all && p != 0 && p != s->pp - 1) continue;
         loom_plan_rank pr;
         LOOM_CALL(loom_plan_memory_rank(rc, world, p * s->dp * s->sp * s->tp, &pr));
         int64_t total = 0;
@@ -39,6 +42,15 @@ static loom_status peak_of(const loom_run_config *rc, int world, const loom_mesh
 }
 
 static int divides(int64_t a, int64_t b) { return b > 0 && a % b == 0; }
+
+/* A lower bound of a rank's persistent state (parameters, gradients, the optimizer's n_state moments; a bf16
+ * copy below stage 3), its share of the whole model's: it rules out most layouts of a large model before any
+ * layout is built. */
+static double state_floor(double params, int n_state, int tp, int pp, int red, int zero, int prec) {
+    const double p = params / ((double)tp * pp);
+    return 4.0 * p * (zero >= 3 ? 1.0 / red : 1.0) + 4.0 * p * (zero >= 2 ? 1.0 / red : 1.0) +
+           4.0 * n_state * p * (zero >= 1 ? 1.0 / red : 1.0) + (prec == LOOM_PRECISION_BF16 && zero < 3 ? 2.0 * p : 0.0);
+}
 
 loom_status loom_plan_auto(const loom_run_config *base, int world, const loom_cluster *c, loom_plan_search *so, int k,
                            loom_plan_choice **out, int *n_out) {
@@ -53,13 +65,16 @@ loom_status loom_plan_auto(const loom_run_config *base, int world, const loom_cl
     LOOM_CHECK(tk.best != NULL, LOOM_ERR_NOMEM, "out of memory");
     so->evaluated = so->fitting = 0;
     const int max_prec = c->peak_gflops[LOOM_PRECISION_BF16] > 0 ? LOOM_PRECISION_BF16 : LOOM_PRECISION_FP32;
+    const double params = (double)loom_model_config_num_params(mc);
+    const int n_state = base->optim.kind == LOOM_OPTIM_ADAMW || base->optim.kind == LOOM_OPTIM_LAMB ? 2 : 1;
     loom_status st = LOOM_OK;
     for (int tp = 1; tp <= world && st == LOOM_OK; tp *= 2) {
         if (!divides(world, tp) || !divides(mc->n_head, tp) || !divides(mc->n_kv_head, tp) || !divides(mc->d_ff, tp)) continue;
         for (int pp = 1; tp * pp <= world && st == LOOM_OK; pp++) {
             if (!divides(world, tp * pp) || pp > mc->n_layer) continue;
             for (int sp = 1; tp * pp * sp <= world && st == LOOM_OK; sp *= 2) {
-                if (!divides(world, tp * pp * sp) || !divides(T, sp)) continue;
+                /* ring attention's blocks of at least 128 positions (shorter ones leave the products too small) */
+                if (!divides(world, tp * pp * sp) || !divides(T, sp) || (sp > 1 && T / sp < 128)) continue;
                 const int dp = world / (tp * pp * sp);
                 loom_mesh_shape s = {dp, pp, tp, sp};
                 /* micro-batches: powers of two dividing the global batch over dp (a pipeline wants >= pp) */
@@ -91,21 +106,23 @@ loom_status loom_plan_auto(const loom_run_config *base, int world, const loom_cl
                                                 t->threads = c->cores_per_host / per_host > 0 ? c->cores_per_host / per_host : 1;
                                             }
                                             so->evaluated++;
+                                            if (!off && state_floor(params, n_state, tp, pp, dp * sp, zero, prec) > (double)limit)
+                                                continue;
                                             int64_t peak;
                                             if (off) { /* the memory manager keeps the state within what is left */
                                                 loom_run_config probe = rc;
-                                                if (peak_of(&probe, world, &s, &peak) != LOOM_OK || peak <= limit) continue;
+                                                if (peak_of(&probe, world, &s, 0, &peak) != LOOM_OK || peak <= limit) continue;
                                                 t->offload = 1;
                                                 loom_plan_rank pr;
                                                 if (loom_plan_memory_rank(&rc, world, 0, &pr) != LOOM_OK) continue;
                                                 t->mem_budget = limit - pr.bytes[LOOM_MEM_ACTS] - pr.bytes[LOOM_MEM_WORKSPACE];
                                                 if (t->mem_budget <= 0) continue;
                                             }
-                                            if (peak_of(&rc, world, &s, &peak) != LOOM_OK) continue; /* not runnable */
+                                            if (peak_of(&rc, world, &s, 0, &peak) != LOOM_OK) continue; /* not runnable */
                                             if (peak > limit) continue;
                                             so->fitting++;
                                             loom_plan_time_result r;
-                                            if (loom_plan_time(&rc, world, c, &r) != LOOM_OK) continue;
+                                            if (loom_plan_time_internal(&rc, world, c, 0, &r) != LOOM_OK) continue;
                                             r.peak_bytes = peak;
                                             keep(&tk, &rc, &r);
                                         }
@@ -115,7 +132,21 @@ loom_status loom_plan_auto(const loom_run_config *base, int world, const loom_cl
         }
     }
     loom_error_clear();
+    /* the chosen layouts' memory on every stage */
+    int kept = 0;
+    for (int i = 0; i < tk.n; i++) {
+        loom_mesh_shape s;
+        int64_t peak = 0;
+        if (loom_mesh_shape_parse(tk.best[i].rc.train.mesh, &s) != LOOM_OK ||
+            peak_of(&tk.best[i].rc, world, &s, 1, &peak) != LOOM_OK || peak > limit) {
+            loom_error_clear();
+            so->fitting--;
+            continue;
+        }
+        tk.best[i].t.peak_bytes = peak;
+        tk.best[kept++] = tk.best[i];
+    }
     *out = tk.best;
-    *n_out = tk.n;
+    *n_out = kept;
     return st;
 }

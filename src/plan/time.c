@@ -14,6 +14,7 @@
 
 #include "loom/parallel.h"
 #include "loom/plan.h"
+#include "plan_impl.h"
 
 static const char *const cost_names[LOOM_PT_COUNT] = {"gemm",    "attention", "memory-bound", "optimizer",
                                                       "dp comm", "tp comm",   "sp comm",      "pp comm",
@@ -30,7 +31,7 @@ typedef struct {
 typedef struct {
     const loom_cluster *c;
     int threads, prec, tp, sp, tp_sp, host_tp, host_sp; /* host_*: the group's ranks on each host */
-    double slow;          /* CPU oversubscription: ranks x threads over the host's cores */
+    double slow;          /* a factor on compute (1 while the stages are timed; see oversubscription below) */
     int gpt, lora;
     int64_t B, T, N, Nr, C, Cq, Cl, F, fcw, V, KVl, Hl, hd;
 } ctx;
@@ -253,6 +254,11 @@ static int on_host(int stride, int size, int rph) {
 }
 
 loom_status loom_plan_time(const loom_run_config *rc, int world, const loom_cluster *c, loom_plan_time_result *r) {
+    return loom_plan_time_internal(rc, world, c, 1, r);
+}
+
+loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const loom_cluster *c, int memory,
+                                    loom_plan_time_result *r) {
     memset(r, 0, sizeof *r);
     const loom_train_config *t = &rc->train;
     const loom_model_config *mc = &rc->model;
@@ -288,7 +294,10 @@ loom_status loom_plan_time(const loom_run_config *rc, int world, const loom_clus
     const int host_pp = on_host(s.tp * s.sp * s.dp, s.pp, rph) > 1 ? 2 : 1;
     x.threads = c->gpu ? 0 : (t->threads > 0 ? (int)t->threads : (c->cores_per_host / rph > 0 ? c->cores_per_host / rph : 1));
     x.slow = 1.0;
-    if (!c->gpu && (double)rph * x.threads > c->cores_per_host) x.slow = (double)rph * x.threads / c->cores_per_host;
+    /* CPU ranks asking for more cores than their host has: they share them (see below) */
+    const double demand = !c->gpu && (double)rph * x.threads > c->cores_per_host
+                              ? (double)rph * x.threads / c->cores_per_host : 1.0;
+    const int hosts_used = (world + rph - 1) / rph;
     x.B = t->batch / s.dp;
     x.T = t->seq_len / s.sp;
     x.N = x.B * x.T;
@@ -354,6 +363,18 @@ loom_status loom_plan_time(const loom_run_config *rc, int world, const loom_clus
         r->breakdown_s[LOOM_PT_PP_BUBBLE] = step_compute - busy[worst] - r->breakdown_s[LOOM_PT_PP_COMM];
         r->pp_bubble = (step_compute - busy[worst]) / step_compute;
     }
+    /* Oversubscribed CPU cores are shared, and work-conserving: a rank blocked in a wait yields its core (the
+     * waits poll with sched_yield), so the step takes at least all ranks' work over the cores, and no less than
+     * the schedule's own length. */
+    if (demand > 1.0) {
+        double work = 0.0;
+        for (int p = 0; p < s.pp; p++) work += busy[p];
+        work *= (double)(s.dp * s.tp * s.sp) * x.threads / ((double)c->cores_per_host * hosts_used);
+        const double f = work > step_compute ? work / step_compute : 1.0;
+        for (int k = 0; k < LOOM_PT_COUNT; k++) r->breakdown_s[k] *= f;
+        busy[worst] *= f;
+        step_compute *= f;
+    }
     for (int k = 0; k < LOOM_COLL_COUNT; k++) {
         r->tp_calls[k] = stage_tally[0].tp_calls[k];
         r->tp_bytes[k] = stage_tally[0].tp_bytes[k];
@@ -366,24 +387,27 @@ loom_status loom_plan_time(const loom_run_config *rc, int world, const loom_clus
     r->sp_bytes = stage_tally[0].sp_bytes;
 
     /* the optimizer and data parallelism: the memory prediction's layout and stage for the slowest stage */
-    loom_plan_rank pr;
-    const int wrank = worst * s.dp * s.sp * s.tp;
-    st = loom_plan_memory_rank(rc, world, wrank, &pr);
+    loom_plan_rank pr; /* without a memory budget the stage asked for runs, nothing offloaded */
+    memset(&pr, 0, sizeof pr);
+    pr.stage = (int)t->zero;
+    if (memory || t->mem_budget > 0) st = loom_plan_memory_rank(rc, world, worst * s.dp * s.sp * s.tp, &pr);
     if (st != LOOM_OK) goto out;
     {
-        loom_model_part part;
+        loom_model_part part = {.n_chunks = v, .first = worst == 0, .last = worst == s.pp - 1};
+        for (int k = 0; k < v; k++) { /* the worst stage's chunks, from the partition's bounds */
+            part.layer_lo[k] = bounds[k * s.pp + worst];
+            part.layer_hi[k] = bounds[k * s.pp + worst + 1];
+        }
         loom_model *m = NULL;
-        if (s.pp > 1) st = loom_pipeline_partition(mc, s.pp, v, worst, &part, NULL);
-        if (st == LOOM_OK) st = loom_model_init_layout(mc, s.pp > 1 ? &part : NULL, s.tp, 0, &m);
+        st = loom_model_init_layout(mc, s.pp > 1 ? &part : NULL, s.tp, 0, &m);
         if (st != LOOM_OK) goto out;
         const int64_t n = x.lora ? 0 : loom_model_buffer_size(m);
         const int red = s.dp * s.sp;
         const int64_t slice = pr.stage >= 1 ? (n + red - 1) / red : n;
-        double opt = x.slow * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_OPTIMIZER, (double)slice);
+        /* every rank updates at once: oversubscribed, they share the cores */
+        double opt = demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_OPTIMIZER, (double)slice);
         if (t->precision != LOOM_PRECISION_FP32) /* the low-precision copy refreshed */
-            opt += x.slow * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_ELEMENTWISE, (double)n);
-        if (micro > 1 && pr.stage < 2) /* accumulation into the gradients */
-            opt += x.slow * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_ELEMENTWISE, (double)(micro - 1) * n);
+            opt += demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_ELEMENTWISE, (double)n);
         r->breakdown_s[LOOM_PT_OPTIMIZER] += opt;
         double dp_s;
         dp_traffic(c, m, pr.stage, red, host_dp, micro, mc->tie_embeddings && s.pp == 1, r, &dp_s);
@@ -412,7 +436,7 @@ loom_status loom_plan_time(const loom_run_config *rc, int world, const loom_clus
     r->tokens_per_sec = tokens / r->step_s;
     const double peak = c->peak_gflops[t->precision] > 0 ? c->peak_gflops[t->precision] : c->peak_gflops[0];
     /* a GPU's peak per rank; a CPU host's (its cores, however many ranks share them) per host used */
-    const double world_peak = c->gpu ? peak * world : peak * (double)((world + rph - 1) / rph);
+    const double world_peak = c->gpu ? peak * world : peak * (double)hosts_used;
     r->mfu = r->model_flops / r->step_s / (world_peak * 1e9);
 out:
     free(fwd_s);
