@@ -301,6 +301,9 @@ int loom_model_num_adapter_sets(const loom_model *m);
 void loom_model_lora_seek(loom_model *m, uint64_t micro_batches);
 /* The model's adapters (NULL without). */
 const loom_lora_config *loom_model_lora(const loom_model *m);
+/* Model FLOPs per token of a training step at sequence length T, the MFU numerator: the config's 6 N + 12 L d T;
+ * with LoRA, the frozen weights' products without weight gradients (4 N) and the adapters' 6 n. */
+double loom_model_train_flops_per_token(const loom_model *m, int64_t T);
 /* The weights with every adapter folded in (W += scale * B A on its rows): dst, loom_model_weights_size floats
  * of host memory, in loom_model_weight_info's layout (a plain model's). Not for a bf16-held base. */
 LOOM_NODISCARD loom_status loom_model_lora_merged(loom_model *m, float *dst);

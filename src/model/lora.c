@@ -296,6 +296,12 @@ void loom_lora_free(loom_model *m) {
 }
 
 const loom_lora_config *loom_model_lora(const loom_model *m) { return m->lora ? &m->lora->cfg : NULL; }
+
+double loom_model_train_flops_per_token(const loom_model *m, int64_t T) {
+    double f = loom_model_config_flops_per_token(&m->cfg, T);
+    if (m->lora) f += -2.0 * (double)loom_model_config_num_params(&m->cfg) + 6.0 * (double)m->n_params;
+    return f;
+}
 float *loom_lora_dw_scratch(loom_model *m) { return m->lora->dw; }
 
 void loom_lora_init_range(const loom_model *m, uint64_t seed, int64_t begin, int64_t end, float *dst) {

@@ -31,7 +31,6 @@ typedef struct {
 typedef struct {
     const loom_cluster *c;
     int threads, prec, tp, sp, tp_sp, host_tp, host_sp; /* host_*: the group's ranks on each host */
-    double slow;          /* a factor on compute (1 while the stages are timed; see oversubscription below) */
     int gpt, lora;
     int64_t B, T, N, Nr, C, Cq, Cl, F, fcw, V, KVl, Hl, hd;
 } ctx;
@@ -54,22 +53,25 @@ static void add_tally(tally *a, const tally *b, double times) {
 
 /* a product of the step: forward (trans 0, M x N from K), its input gradient, its weight gradient */
 static void gemm(const ctx *x, tally *t, int trans, int64_t M, int64_t N, int64_t K) {
-    t->s[LOOM_PT_GEMM] += x->slow * loom_cluster_gemm_seconds(x->c, x->threads, x->prec, trans, M, N, K);
+    t->s[LOOM_PT_GEMM] += loom_cluster_gemm_seconds(x->c, x->threads, x->prec, trans, M, N, K);
     if (x->prec == LOOM_PRECISION_BF16) /* the activation operand converted to bf16 first */
-        t->s[LOOM_PT_MEMBOUND] += x->slow * loom_cluster_kernel_seconds(x->c, x->threads, x->prec, LOOM_KC_ELEMENTWISE,
-                                                                       (double)(trans == 2 ? K * N : M * K));
+        t->s[LOOM_PT_MEMBOUND] += loom_cluster_kernel_seconds(x->c, x->threads, x->prec, LOOM_KC_ELEMENTWISE,
+                                                              (double)(trans == 2 ? K * N : M * K));
 }
 
 /* forward Y (rows x out) = X (rows x in) W^T and, for the backward, dX and (not frozen) dW */
 static void linear(const ctx *x, tally *t, int backward, int64_t rows, int64_t out, int64_t in) {
-    if (!backward) return gemm(x, t, 0, rows, out, in);
+    if (!backward) {
+        gemm(x, t, 0, rows, out, in);
+        return;
+    }
     gemm(x, t, 1, rows, in, out);
     if (!x->lora) gemm(x, t, 2, out, in, rows);
 }
 
 static void mem(const ctx *x, tally *t, loom_kernel_class k, double elements) {
     t->s[k == LOOM_KC_OPTIMIZER ? LOOM_PT_OPTIMIZER : LOOM_PT_MEMBOUND] +=
-        x->slow * loom_cluster_kernel_seconds(x->c, x->threads, x->prec, k, elements);
+        loom_cluster_kernel_seconds(x->c, x->threads, x->prec, k, elements);
 }
 
 /* a tp collective of `floats` (the whole vector; all-gather: this rank's part counted, as the metrics do) */
@@ -95,8 +97,8 @@ static void attention(const ctx *x, tally *t, int backward) {
     const double B = (double)x->B, H = (double)x->Hl, T = (double)x->T, hd = (double)x->hd;
     const double causal = (backward ? 5.0 : 2.0) * B * H * T * (x->sp > 1 ? T : T + 1) * hd;
     const double full = (backward ? 10.0 : 4.0) * B * H * T * T * hd * (double)(x->sp - 1);
-    t->s[LOOM_PT_ATTENTION] += x->slow * loom_cluster_attention_seconds(x->c, x->threads, x->prec, backward,
-                                                                        causal + full, x->T * x->sp);
+    t->s[LOOM_PT_ATTENTION] += loom_cluster_attention_seconds(x->c, x->threads, x->prec, backward, causal + full,
+                                                              x->T * x->sp);
     if (x->sp > 1) {
         const int64_t kv = x->B * x->T * 2 * x->KVl * x->hd; /* one block's keys and values */
         /* forward: the block visits the sp-1 other ranks; backward: the block with its gradients, and the
@@ -293,7 +295,6 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
     const int host_dp = on_host(s.tp, s.sp * s.dp, rph); /* ZeRO's group: dp x sp, stride tp */
     const int host_pp = on_host(s.tp * s.sp * s.dp, s.pp, rph) > 1 ? 2 : 1;
     x.threads = c->gpu ? 0 : (t->threads > 0 ? (int)t->threads : (c->cores_per_host / rph > 0 ? c->cores_per_host / rph : 1));
-    x.slow = 1.0;
     /* CPU ranks asking for more cores than their host has: they share them (see below) */
     const double demand = !c->gpu && (double)rph * x.threads > c->cores_per_host
                               ? (double)rph * x.threads / c->cores_per_host : 1.0;
@@ -398,15 +399,24 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
             part.layer_lo[k] = bounds[k * s.pp + worst];
             part.layer_hi[k] = bounds[k * s.pp + worst + 1];
         }
+        /* what the optimizer updates and dp reduces: this stage's flat buffer, or a LoRA run's adapters
+         * (whose frozen weights have no gradients; LoRA runs one whole model per rank) */
         loom_model *m = NULL;
-        st = loom_model_init_layout(mc, s.pp > 1 ? &part : NULL, s.tp, 0, &m);
+        loom_lora_config lc;
+        if (x.lora) {
+            st = loom_lora_config_parse(t->lora, &lc);
+            if (st == LOOM_OK) st = loom_model_init_lora_layout(mc, &lc, &m);
+        } else {
+            st = loom_model_init_layout(mc, s.pp > 1 ? &part : NULL, s.tp, 0, &m);
+        }
         if (st != LOOM_OK) goto out;
-        const int64_t n = x.lora ? 0 : loom_model_buffer_size(m);
+        const int64_t n = loom_model_buffer_size(m);
+        r->model_flops = loom_model_train_flops_per_token(m, t->seq_len); /* per token, as the run counts */
         const int red = s.dp * s.sp;
         const int64_t slice = pr.stage >= 1 ? (n + red - 1) / red : n;
         /* every rank updates at once: oversubscribed, they share the cores */
         double opt = demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_OPTIMIZER, (double)slice);
-        if (t->precision != LOOM_PRECISION_FP32) /* the low-precision copy refreshed */
+        if (t->precision != LOOM_PRECISION_FP32 && !x.lora) /* the low-precision copy refreshed */
             opt += demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_ELEMENTWISE, (double)n);
         r->breakdown_s[LOOM_PT_OPTIMIZER] += opt;
         double dp_s;
@@ -431,8 +441,7 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
     for (int k = 0; k < LOOM_PT_COUNT; k++)
         if (k != LOOM_PT_PP_BUBBLE && k != LOOM_PT_PP_COMM) r->step_s += r->breakdown_s[k];
     const double tokens = (double)t->batch * (double)t->seq_len * (double)micro;
-    double fpt = loom_model_config_flops_per_token(mc, t->seq_len);
-    r->model_flops = fpt * tokens;
+    r->model_flops *= tokens;
     r->tokens_per_sec = tokens / r->step_s;
     const double peak = c->peak_gflops[t->precision] > 0 ? c->peak_gflops[t->precision] : c->peak_gflops[0];
     /* a GPU's peak per rank; a CPU host's (its cores, however many ranks share them) per host used */

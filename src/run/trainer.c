@@ -506,10 +506,7 @@ loom_status loom_trainer_init(const loom_run_config *rc, loom_comm *world, doubl
     loom_optim_set_skip_nonfinite(tr->opt, 1);
     LOOM_CALL_GOTO(st, loom_model_refresh_low_precision(tr->model), fail); /* bf16: the working copy of the weights */
     LOOM_CALL_GOTO(st, setup_run_dir(tr), fail);
-    tr->flops_per_token = loom_model_config_flops_per_token(&tr->model_cfg, t->seq_len);
-    if (loom_model_lora(tr->model)) /* frozen weights: forward and input gradient only; the adapters train */
-        tr->flops_per_token += -2.0 * (double)loom_model_config_num_params(&tr->model_cfg) +
-                               6.0 * (double)loom_model_num_params(tr->model);
+    tr->flops_per_token = loom_model_train_flops_per_token(tr->model, t->seq_len);
     tr->tokens_per_step = t->batch * t->seq_len * t->grad_accum;
     /* every rank's share of the machine(s), in the run's precision: the host's peak comes measured in it (`loom
      * bench peak`); a GPU's is measured on it here */
