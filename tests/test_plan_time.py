@@ -87,6 +87,23 @@ try:
         if not checked:
             fails += 1
             print(f"FAIL {name}: the run reported no collectives to compare")
+    # --explain: a profiled run's kernel time per step in the prediction's categories, beside it
+    out = os.path.join(W, "profiled")
+    args = GPT + ["--batch", "8", "--seq-len", "32", "--threads", "1", "--data", "synthetic"]
+    r = subprocess.run([LOOM, "-q", "train"] + args + ["--steps", "3", "--profile", "--set", "train.progress=0",
+                                                      "--set", "train.sample_tokens=0", "--out", out],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    p = subprocess.run([LOOM, "plan", "--time", "--json", "--cluster", CLUSTER, "--explain", out] + args,
+                       capture_output=True, text=True, env=ENV)
+    meas = json.loads(p.stdout.strip().splitlines()[-1]).get("measured_ms", {}) if p.returncode == 0 else {}
+    missing = subprocess.run([LOOM, "plan", "--time", "--cluster", CLUSTER, "--explain", W] + args,
+                             capture_output=True, text=True, env=ENV)
+    if r.returncode != 0 or not (meas.get("gemm", 0) > 0 and meas.get("step", 0) >= meas["gemm"]) or \
+            missing.returncode == 0 or "--profile" not in missing.stderr:
+        fails += 1
+        print(f"FAIL plan --explain: {r.stderr[-500:]} {p.stdout[-500:]} {p.stderr[-500:]} / {missing.stderr[-300:]}")
+    else:
+        print("ok   plan --time --explain: measured", ", ".join(f"{k} {v:.1f} ms" for k, v in meas.items()))
     # loom train --auto: the planner's first layout for 2 ranks runs, with its prediction beside the measurement
     out = os.path.join(W, "auto")
     r = subprocess.run(["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "2", LOOM, "train", "--auto",

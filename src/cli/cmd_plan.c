@@ -9,7 +9,7 @@
 #include "loom/plan.h"
 
 static void plan_help(void) {
-    printf("usage: loom plan --memory|--time|--auto [--world N] [--json] [--cluster FILE] [--top K]\n"
+    printf("usage: loom plan --memory|--time|--auto [--world N] [--json] [--cluster FILE] [--top K] [--explain DIR]\n"
            "                 [--mem-limit BYTES] [train's configuration: --preset, --config, --set, --batch,\n"
            "                 --seq-len, --grad-accum, --recompute, --zero, --mesh, --optimizer, --precision,\n"
            "                 --threads, --mem-budget ...]\n\n"
@@ -20,16 +20,56 @@ static void plan_help(void) {
            "--time: that run's step predicted from the cluster description (--cluster, default the one `loom bench\n"
            "cluster` wrote to the cache): ms/step, tokens/s, MFU, peak memory and the breakdown by category; --json:\n"
            "step_ms, tokens_per_sec, mfu, breakdown (ms per category), the collectives' counts and bytes.\n"
+           "--explain DIR (with --time): beside it, the run in DIR made with the same arguments and --profile\n"
+           "(its profile.json), category by category (--json: measured_ms).\n"
            "--auto: every layout of N ranks for the same model and global batch (--batch x --grad-accum sequences):\n"
            "dp x tp x pp x sp, ZeRO stage, recompute, micro-batches, schedule, Megatron-SP, precision (fp32, bf16),\n"
            "offload; drops those over --mem-limit (default: the cluster's memory per rank), ranks the rest by\n"
            "predicted step time and prints the top K (default 5) with the `loom train` flags of each.\n");
 }
 
-/* --time: one layout */
-static int plan_time(const loom_run_config *run, int world, const loom_cluster *c, int json) {
+/* --explain DIR: a measured run's profile (DIR/profile.json, `loom train --profile`) in the prediction's
+ * categories: [gemm, attention, memory-bound, optimizer, outside the kernels, step] in ms per step */
+enum { EXPLAIN_OUTSIDE = 4, EXPLAIN_STEP = 5, EXPLAIN_N = 6 };
+static int read_explain(const char *dir, double *ms) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/profile.json", dir);
+    loom_json *j = NULL;
+    if (loom_json_parse_file(path, &j) != LOOM_OK) {
+        fprintf(stderr, "loom plan: --explain needs a run made with --profile (%s)\n", path);
+        return loom_cli_fail("plan");
+    }
+    const loom_json *per = loom_json_get(j, "ms_per_step"), *step = loom_json_get(j, "step_ms");
+    memset(ms, 0, EXPLAIN_N * sizeof *ms);
+    int ok = per && per->type == LOOM_JSON_OBJECT && step && step->type == LOOM_JSON_NUMBER;
+    for (const loom_json *e = ok ? per->child : NULL; e; e = e->next) {
+        if (e->type != LOOM_JSON_NUMBER) ok = 0;
+        else if (!strcmp(e->key, "matmul")) ms[LOOM_PT_GEMM] += e->number;
+        else if (!strcmp(e->key, "attention")) ms[LOOM_PT_ATTENTION] += e->number;
+        else if (!strcmp(e->key, "optimizer")) ms[LOOM_PT_OPTIMIZER] += e->number;
+        else if (!strcmp(e->key, "other")) ms[EXPLAIN_OUTSIDE] += e->number;
+        else ms[LOOM_PT_MEMBOUND] += e->number; /* norm, activation, rope, embedding, loss, elementwise, copy */
+    }
+    if (ok) ms[EXPLAIN_STEP] = step->number;
+    loom_json_free(&j);
+    if (!ok) fprintf(stderr, "loom plan: %s is not a profile (step_ms, ms_per_step)\n", path);
+    return ok ? 0 : 1;
+}
+
+/* --time: one layout (explain: a measured run's directory, or NULL) */
+static int plan_time(const loom_run_config *run, int world, const loom_cluster *c, int json, const char *explain) {
     loom_plan_time_result r;
     if (loom_plan_time(run, world, c, &r) != LOOM_OK) return loom_cli_fail("plan");
+    double meas[EXPLAIN_N] = {0}, pred[EXPLAIN_N] = {0};
+    if (explain) {
+        const int code = read_explain(explain, meas);
+        if (code) return code;
+        for (int k = 0; k < LOOM_PT_COUNT; k++)
+            pred[k <= LOOM_PT_OPTIMIZER ? k : EXPLAIN_OUTSIDE] += 1e3 * r.breakdown_s[k];
+        pred[EXPLAIN_STEP] = 1e3 * r.step_s;
+    }
+    static const char *const explain_names[EXPLAIN_N] = {"gemm", "attention", "memory-bound", "optimizer",
+                                                         "outside kernels", "step"};
     int dom = 0;
     for (int k = 1; k < LOOM_PT_COUNT; k++)
         if (r.breakdown_s[k] > r.breakdown_s[dom]) dom = k;
@@ -49,6 +89,11 @@ static int plan_time(const loom_run_config *run, int world, const loom_cluster *
                                       keys[k], (long long)r.dp_bytes[k]);
         }
         if (r.sp_calls) printf(",\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", (long long)r.sp_calls, (long long)r.sp_bytes);
+        if (explain) {
+            printf(",\"measured_ms\":{");
+            for (int k = 0; k < EXPLAIN_N; k++) printf("%s\"%s\":%.4f", k ? "," : "", explain_names[k], meas[k]);
+            printf("}");
+        }
         printf(",\"model_flops\":%.6g}\n", r.model_flops);
         return 0;
     }
@@ -62,6 +107,12 @@ static int plan_time(const loom_run_config *run, int world, const loom_cluster *
             printf("  %-13s %9.2f ms %5.1f%%\n", loom_plan_cost_name((loom_plan_cost)k), r.breakdown_s[k] * 1e3,
                    100 * r.breakdown_s[k] / r.step_s);
     if (r.pp > 1) printf("  pipeline: the busiest stage idles %.1f%% of the step\n", 100 * r.pp_bubble);
+    if (explain) { /* outside the kernels: communication, the bubble, offload and the host's own work */
+        printf("beside the measured run in %s (its profile, rank 0, per step):\n  %-16s %11s %11s\n", explain,
+               "category", "predicted", "measured");
+        for (int k = 0; k < EXPLAIN_N; k++)
+            printf("  %-16s %8.2f ms %8.2f ms\n", explain_names[k], pred[k], meas[k]);
+    }
     return 0;
 }
 
@@ -131,7 +182,7 @@ static int plan_auto(const loom_run_config *run, int world, const loom_cluster *
 
 int loom_cmd_plan(int argc, char **argv) {
     int memory = 0, json = 0, world = 0, timing = 0, autop = 0, top = 5;
-    const char *cluster_path = NULL;
+    const char *cluster_path = NULL, *explain = NULL;
     int64_t mem_limit = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -142,6 +193,7 @@ int loom_cmd_plan(int argc, char **argv) {
         else if (!strcmp(argv[i], "--time")) timing = 1;
         else if (!strcmp(argv[i], "--auto")) autop = 1;
         else if (!strcmp(argv[i], "--cluster") && i + 1 < argc) cluster_path = argv[++i];
+        else if (!strcmp(argv[i], "--explain") && i + 1 < argc) explain = argv[++i];
         else if (!strcmp(argv[i], "--top") && i + 1 < argc) top = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--mem-limit") && i + 1 < argc) mem_limit = atoll(argv[++i]);
         else if (!strcmp(argv[i], "--json")) json = 1;
@@ -158,7 +210,7 @@ int loom_cmd_plan(int argc, char **argv) {
         return 2;
     }
     static const char *const own[] = {"--memory", "0", "--json", "0", "--world", "1", "--time", "0", "--auto", "0",
-                                      "--cluster", "1", "--top", "1", "--mem-limit", "1", NULL};
+                                      "--cluster", "1", "--top", "1", "--mem-limit", "1", "--explain", "1", NULL};
     loom_run_config run;
     double peak;
     int rc = loom_cli_run_config(argc, argv, "plan", own, &run, &peak);
@@ -182,7 +234,7 @@ int loom_cmd_plan(int argc, char **argv) {
                             "--cluster FILE; docs/clusters/ has real clusters)\n");
             return loom_cli_fail("plan");
         }
-        const int code = timing ? plan_time(&run, world, c, json) : plan_auto(&run, world, c, json, top, mem_limit);
+        const int code = timing ? plan_time(&run, world, c, json, explain) : plan_auto(&run, world, c, json, top, mem_limit);
         free(c);
         return code;
     }

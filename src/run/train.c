@@ -60,10 +60,27 @@ static void fmt_duration(char *buf, size_t n, double s) {
     else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
 }
 
-static void print_profile(loom_backend *be, double total_s) {
-    loom_profile *p = loom_backend_profile(be);
+/* the profile per step by category, for `loom plan --time --explain DIR` (docs/FORMATS.md, profile.json) */
+static void write_profile(const loom_trainer *tr, const loom_profile *p, double total_s, double ksum, int64_t steps) {
+    char path[LOOM_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/profile.json", tr->rc->train.out);
+    FILE *f = steps > 0 ? fopen(path, "w") : NULL;
+    if (!f) {
+        if (steps > 0) LOOM_WARN("could not write %s", path);
+        return;
+    }
+    fprintf(f, "{\"steps\":%lld,\"step_ms\":%.4f,\"ms_per_step\":{", (long long)steps, 1e3 * total_s / steps);
+    for (int i = 0; i < LOOM_OP_COUNT; i++)
+        fprintf(f, "\"%s\":%.4f,", loom_op_name((loom_op)i), 1e3 * p->seconds[i] / steps);
+    fprintf(f, "\"other\":%.4f}}\n", 1e3 * (total_s - ksum) / steps);
+    if (fclose(f) != 0) LOOM_WARN("could not write %s", path);
+}
+
+static void print_profile(const loom_trainer *tr, double total_s, int64_t steps) {
+    loom_profile *p = loom_backend_profile(tr->be);
     double ksum = 0;
     for (int i = 0; i < LOOM_OP_COUNT; i++) ksum += p->seconds[i];
+    write_profile(tr, p, total_s, ksum, steps);
     printf("profile (kernel time by category; %.2f s in kernels of %.2f s total):\n", ksum, total_s);
     printf("  %-12s %10s %10s %7s %10s\n", "category", "calls", "seconds", "share", "GFLOP/s");
     for (int i = 0; i < LOOM_OP_COUNT; i++) {
@@ -203,7 +220,7 @@ static loom_status run_loop(loom_trainer *tr) {
     loom_trainer_snapshot_clear(tr); /* the run is complete: its checkpoint is on disk */
     if (tr->root)
         print_summary(tr, loom_trainer_steps_done(tr) - first_step, loss, val_loss, loom_run_now() - t_start, t_train);
-    if (t->profile && tr->root) print_profile(tr->be, t_train);
+    if (t->profile && tr->root) print_profile(tr, t_train, loom_trainer_steps_done(tr) - first_step);
     return sample(tr);
 }
 
