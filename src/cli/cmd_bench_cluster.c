@@ -137,7 +137,7 @@ static loom_status measure_attention(loom_backend *be, int quick, loom_cluster_c
 
 /* each memory-bound class: its forward and backward kernels (where it has two) per element, averaged */
 static loom_status measure_kernels(loom_backend *be, loom_cluster_compute *k) {
-    const int64_t N = 2048, C = 768, F = 3072, V = 50257, Nl = 64, n = 4 << 20;
+    const int64_t N = 2048, C = 768, F = 3072, V = 50257, Nl = 512, n = 4 << 20; /* Nl: a micro-batch's rows of logits */
     float *x = filled(N * F), *y = filled(N * F), *z = filled(N * F), *mean = filled(N), *rstd = filled(N), *w = filled(C),
           *bias = filled(C), *dw = filled(C), *db = filled(C), *logits = filled(Nl * V), *losses = filled(Nl),
           *wte = filled(V * C), *dwte = filled(V * C), *p = filled(n), *g = filled(n), *m = filled(n), *v = filled(n);
