@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "loom/model.h"
+#include "loom/plan.h"
 #include "loom/run.h"
 #include "loom/tokenizer.h"
 
@@ -12,6 +13,9 @@ int loom_cmd_bench(int argc, char **argv);
 int loom_cmd_bench_cluster(int argc, char **argv); /* cmd_bench_cluster.c: `loom bench cluster` */
 /* where `loom bench cluster` writes this machine's description by default, and `loom plan` reads it */
 void loom_cli_cluster_default_path(char *buf, size_t n);
+/* The cluster description at path (NULL: the default one) into *out (malloc'd; free it). Returns 0, or an exit
+ * code after saying why (cmd names the command). */
+int loom_cli_cluster_load(const char *cmd, const char *path, loom_cluster **out);
 int loom_cmd_ckpt(int argc, char **argv);
 int loom_cmd_generate(int argc, char **argv);  /* cmd_generate.c */
 int loom_cmd_serve(int argc, char **argv);     /* cmd_serve.c */

@@ -57,6 +57,29 @@ static float *filled(int64_t n) {
 static const int64_t grid_M[] = {128, 512, 2048}, grid_NK[] = {128, 768, 3072};
 static const int64_t quick_M[] = {256, 2048}, quick_NK[] = {192, 3072};
 
+/* a product's operands: fp32, or (bf16) their bf16 copies */
+typedef struct {
+    const float *A, *B;
+    const uint16_t *A16, *B16; /* NULL: fp32 */
+    float *C;
+} gemm_operands;
+
+/* one product in orientation tr (0 A W^T, 1 dY W, 2 dY^T X): its median rate into k's table */
+static loom_status time_gemm(loom_backend *be, const gemm_operands *o, int tr, int64_t M, int64_t N, int64_t K,
+                             loom_cluster_compute *k) {
+    const int ta = tr == 2, tb = tr == 0;
+    const int64_t lda = ta ? M : K, ldb = tb ? K : N;
+    double s;
+    if (o->A16)
+        TIME_MEDIAN(s, loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){ta, tb, M, N, K, 1.0f, o->A16, lda, o->B16, ldb,
+                                                                     0.0f, o->C, N}));
+    else
+        TIME_MEDIAN(s, loom_k_matmul(be, &(loom_gemm){ta, tb, M, N, K, 1.0f, o->A, lda, o->B, ldb, 0.0f, o->C, N}));
+    if (s <= 0) return LOOM_ERR_UNSUPPORTED;
+    k->gemm[k->n_gemm++] = (loom_gemm_rate){.M = M, .N = N, .K = K, .trans = tr, .gflops = 2.0 * M * N * K / s / 1e9};
+    return LOOM_OK;
+}
+
 static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_cluster_compute *k) {
     const int64_t *Ms = quick ? quick_M : grid_M, *NKs = quick ? quick_NK : grid_NK;
     const int nM = quick ? 2 : 3, nNK = quick ? 2 : 3;
@@ -65,22 +88,14 @@ static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_clu
     uint16_t *A16 = malloc((size_t)most * 2), *B16 = malloc((size_t)most * 2);
     loom_status st = A && B && C && A16 && B16 ? LOOM_OK : LOOM_ERR_NOMEM;
     for (int64_t i = 0; st == LOOM_OK && i < most; i++) A16[i] = B16[i] = 0x3c00; /* bf16 0.0078 */
+    const gemm_operands ops = {A, B, bf16 ? A16 : NULL, B16, C};
     for (int tr = 0; st == LOOM_OK && tr < 3; tr++)
         for (int a = 0; st == LOOM_OK && a < nM; a++)
             for (int b = 0; st == LOOM_OK && b < nNK; b++)
                 for (int c = 0; st == LOOM_OK && c < nNK; c++) {
                     /* the step's three orientations: forward A W^T; input gradient dY W; weight gradient dY^T X */
                     const int64_t M = tr == 2 ? NKs[b] : Ms[a], N = tr == 2 ? NKs[c] : NKs[b], K = tr == 2 ? Ms[a] : NKs[c];
-                    const int ta = tr == 2, tb = tr == 0;
-                    const int64_t lda = ta ? M : K, ldb = tb ? K : N;
-                    double s;
-                    if (bf16)
-                        TIME_MEDIAN(s, loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){ta, tb, M, N, K, 1.0f, A16, lda, B16,
-                                                                                     ldb, 0.0f, C, N}));
-                    else
-                        TIME_MEDIAN(s, loom_k_matmul(be, &(loom_gemm){ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N}));
-                    if (s <= 0) st = LOOM_ERR_UNSUPPORTED;
-                    else k->gemm[k->n_gemm++] = (loom_gemm_rate){.M = M, .N = N, .K = K, .trans = tr, .gflops = 2.0 * M * N * K / s / 1e9};
+                    st = time_gemm(be, &ops, tr, M, N, K, k);
                 }
     /* the vocabulary head's products (a 50,304-row weight against 768 columns): the largest of a small model's
      * step, where rates differ most from the square grid's */
@@ -88,15 +103,7 @@ static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_clu
     for (int tr = 0; st == LOOM_OK && tr < 3; tr++)
         for (int a = 0; st == LOOM_OK && a < 2; a++) {
             const int64_t M = tr == 2 ? V : Mv[a], N = tr == 1 ? D : tr == 2 ? D : V, K = tr == 1 ? V : tr == 2 ? Mv[a] : D;
-            const int ta = tr == 2, tb = tr == 0;
-            const int64_t lda = ta ? M : K, ldb = tb ? K : N;
-            double s;
-            if (bf16)
-                TIME_MEDIAN(s, loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){ta, tb, M, N, K, 1.0f, A16, lda, B16, ldb, 0.0f, C, N}));
-            else
-                TIME_MEDIAN(s, loom_k_matmul(be, &(loom_gemm){ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N}));
-            if (s <= 0) st = LOOM_ERR_UNSUPPORTED;
-            else k->gemm[k->n_gemm++] = (loom_gemm_rate){.M = M, .N = N, .K = K, .trans = tr, .gflops = 2.0 * M * N * K / s / 1e9};
+            st = time_gemm(be, &ops, tr, M, N, K, k);
         }
     free(A);
     free(B);
@@ -352,6 +359,24 @@ void loom_cli_cluster_default_path(char *buf, size_t n) {
     if (dir && dir[0]) snprintf(buf, n, "%s/cluster.json", dir);
     else if (xdg && xdg[0]) snprintf(buf, n, "%s/loom/cluster.json", xdg);
     else snprintf(buf, n, "%s/.cache/loom/cluster.json", home && home[0] ? home : "/tmp");
+}
+
+int loom_cli_cluster_load(const char *cmd, const char *path, loom_cluster **out) {
+    char def[4200];
+    if (!path) {
+        loom_cli_cluster_default_path(def, sizeof def);
+        path = def;
+    }
+    *out = malloc(sizeof **out);
+    if (!*out) return 1;
+    if (loom_cluster_load(path, *out) != LOOM_OK) {
+        free(*out);
+        *out = NULL;
+        fprintf(stderr, "loom %s: no cluster description (measure this machine with `loom bench cluster`, or pass "
+                        "--cluster FILE; docs/clusters/ has real clusters)\n", cmd);
+        return loom_cli_fail(cmd);
+    }
+    return 0;
 }
 
 int loom_cmd_bench_cluster(int argc, char **argv) {

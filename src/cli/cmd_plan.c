@@ -221,22 +221,12 @@ int loom_cmd_plan(int argc, char **argv) {
         world = s.dp * s.pp * s.tp * s.sp;
     }
     if (timing || autop) {
-        char def[4200];
-        if (!cluster_path) {
-            loom_cli_cluster_default_path(def, sizeof def);
-            cluster_path = def;
-        }
-        loom_cluster *c = malloc(sizeof *c);
-        if (!c) return 1;
-        if (loom_cluster_load(cluster_path, c) != LOOM_OK) {
-            free(c);
-            fprintf(stderr, "loom plan: no cluster description (measure this machine with `loom bench cluster`, or pass "
-                            "--cluster FILE; docs/clusters/ has real clusters)\n");
-            return loom_cli_fail("plan");
-        }
-        const int code = timing ? plan_time(&run, world, c, json, explain) : plan_auto(&run, world, c, json, top, mem_limit);
+        loom_cluster *c = NULL;
+        const int code = loom_cli_cluster_load("plan", cluster_path, &c);
+        if (code) return code;
+        const int done = timing ? plan_time(&run, world, c, json, explain) : plan_auto(&run, world, c, json, top, mem_limit);
         free(c);
-        return code;
+        return done;
     }
     loom_plan_rank *ranks = NULL;
     int n = 0;

@@ -245,18 +245,9 @@ static double measured_step_ms(const loom_run_config *run) {
 
 /* --auto: the planner's first layout for `ranks` ranks into *run; *predicted_ms its prediction */
 static int auto_layout(loom_run_config *run, int ranks, int root, const char *cluster_path, double *predicted_ms) {
-    char def[4200];
-    if (!cluster_path) {
-        loom_cli_cluster_default_path(def, sizeof def);
-        cluster_path = def;
-    }
-    loom_cluster *c = malloc(sizeof *c);
-    if (!c) return 1;
-    if (loom_cluster_load(cluster_path, c) != LOOM_OK) {
-        free(c);
-        fprintf(stderr, "loom train: --auto needs a cluster description (`loom bench cluster`, or --cluster FILE)\n");
-        return loom_cli_fail("train");
-    }
+    loom_cluster *c = NULL;
+    const int code = loom_cli_cluster_load("train", cluster_path, &c);
+    if (code) return code;
     loom_plan_search so;
     memset(&so, 0, sizeof so);
     so.try_offload = 1;
