@@ -14,7 +14,7 @@ static void usage(FILE *f) {
             "usage: loom <command> [options]   (loom <command> --help for its options)\n\n"
             "commands:\n"
             "  train        train a model (no arguments: the demo model on the default corpus)\n"
-            "  bench        benchmarks: `bench peak` measures this machine's fp32 GEMM peak\n"
+            "  bench        benchmarks: `bench peak` (the GEMM peaks), `bench cluster` (what `plan` predicts from)\n"
             "  ckpt         inspect a checkpoint: `ckpt info DIR|FILE`\n"
             "  generate     sample text from a checkpoint (KV cache, temperature, top-k, top-p)\n"
             "  serve        an OpenAI-compatible HTTP server (continuous batching, paged KV cache, streaming)\n"
@@ -27,7 +27,8 @@ static void usage(FILE *f) {
             "  launch       run a command on N MPI ranks (mpirun with the right flags); with --max-restarts,\n"
             "               supervised: failed, dead or hung ranks stop the job, which restarts from a checkpoint\n"
             "  events       a run's incidents and its effective training time ratio (ETTR)\n"
-            "  plan         predict a run before it runs: `plan --memory` (peak memory per rank by category)\n\n"
+            "  plan         predict a run before it runs: `plan --memory` (peak memory per rank by category), `plan --time`\n"
+            "               (step time by category), `plan --auto` (the fastest layout that fits)\n\n"
             "options: --version, --help, -v/--verbose (debug logging), -q/--quiet (errors only)\n",
             LOOM_VERSION);
 }
