@@ -53,6 +53,12 @@ size=$(stat -c %s "$W/good.bin")
 printf '\xff' | dd of="$W/run/checkpoint.bin" bs=1 seek=$((size - 100)) conv=notrunc status=none
 expect_error checksum 'checksum' -- "${resume[@]}"
 
+# a flipped weight (the params section: the first of three equal flat sections): generation reads the weights
+# in pieces, checked once for the whole section
+cp "$W/good.bin" "$W/run/checkpoint.bin"
+printf '\xff' | dd of="$W/run/checkpoint.bin" bs=1 seek=$((size / 6)) conv=notrunc status=none
+expect_error generate-checksum "section 'params' fails its checksum" -- "$LOOM" -q generate --ckpt "$W/run" --prompt hi --max-tokens 2
+
 printf 'not a checkpoint at all' > "$W/run/checkpoint.bin"
 expect_error not-a-checkpoint 'not a loom checkpoint' -- "${resume[@]}"
 

@@ -56,6 +56,12 @@ void loom_ckpt_close(loom_ckpt_reader **r);
 int64_t loom_ckpt_section_size(const loom_ckpt_reader *r, const char *name);
 /* Reads exactly nbytes (the section's size) into dst and verifies its checksum. */
 LOOM_NODISCARD loom_status loom_ckpt_read(loom_ckpt_reader *r, const char *name, void *dst, int64_t nbytes);
+/* Reads the whole section a piece at a time (no buffer of its size) and verifies its checksum; *crc (may be
+ * NULL) gets it. With loom_ckpt_read_part: many parts of one section read after one check, not one each. */
+LOOM_NODISCARD loom_status loom_ckpt_verify(loom_ckpt_reader *r, const char *name, uint32_t *crc);
+/* Reads bytes [offset, offset + nbytes) of a section, unchecked: verify the section first. */
+LOOM_NODISCARD loom_status loom_ckpt_read_part(loom_ckpt_reader *r, const char *name, int64_t offset, void *dst,
+                                               int64_t nbytes);
 /* Reads a text section into a new NUL-terminated string (free() it). */
 LOOM_NODISCARD loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **out);
 /* ---- a run's checkpoint: one file <out>/checkpoint.bin (one rank), or per-rank shards and the manifest

@@ -298,6 +298,34 @@ loom_status loom_ckpt_read(loom_ckpt_reader *r, const char *name, void *dst, int
     return LOOM_OK;
 }
 
+loom_status loom_ckpt_verify(loom_ckpt_reader *r, const char *name, uint32_t *crc) {
+    const ckpt_entry *e = find(r, name);
+    LOOM_CHECK(e != NULL, LOOM_ERR_FORMAT, "%s has no section '%s'", r->path, name);
+    char *buf = malloc(CKPT_PIECE);
+    LOOM_CHECK(buf != NULL, LOOM_ERR_NOMEM, "out of memory");
+    uint32_t sum = 0;
+    loom_status st = LOOM_OK;
+    for (uint64_t off = 0; off < e->nbytes && st == LOOM_OK; off += CKPT_PIECE) {
+        const size_t k = e->nbytes - off < CKPT_PIECE ? (size_t)(e->nbytes - off) : CKPT_PIECE;
+        st = read_all(r->fd, buf, k, e->offset + off, r->path);
+        if (st == LOOM_OK) sum = loom_crc32c(sum, buf, k);
+    }
+    free(buf);
+    LOOM_CALL(st);
+    LOOM_CHECK(sum == e->crc, LOOM_ERR_CHECKSUM, "%s: section '%s' fails its checksum (corrupt file)", r->path, name);
+    if (crc) *crc = sum;
+    return LOOM_OK;
+}
+
+loom_status loom_ckpt_read_part(loom_ckpt_reader *r, const char *name, int64_t offset, void *dst, int64_t nbytes) {
+    const ckpt_entry *e = find(r, name);
+    LOOM_CHECK(e != NULL, LOOM_ERR_FORMAT, "%s has no section '%s'", r->path, name);
+    LOOM_CHECK(offset >= 0 && nbytes >= 0 && (uint64_t)(offset + nbytes) <= e->nbytes, LOOM_ERR_INVALID_ARG,
+               "%s: bytes [%lld, %lld) are outside section '%s' (%llu bytes)", r->path, (long long)offset,
+               (long long)(offset + nbytes), name, (unsigned long long)e->nbytes);
+    return read_all(r->fd, dst, (size_t)nbytes, e->offset + (uint64_t)offset, r->path);
+}
+
 loom_status loom_ckpt_read_text(loom_ckpt_reader *r, const char *name, char **out) {
     *out = NULL;
     int64_t n = loom_ckpt_section_size(r, name);

@@ -19,6 +19,7 @@ typedef struct {
     char file[2 * LOOM_PATH_MAX + 64];
     int64_t begin, end;
     uint32_t crc[3];
+    int verified[3]; /* the section checked once: later parts are read without reading it all again */
 } shard_entry;
 
 struct loom_run_ckpt {
@@ -31,6 +32,7 @@ struct loom_run_ckpt {
     int world;
     shard_entry *shards;
     int n_shards;
+    int verified[3]; /* single file: as shard_entry's */
 };
 
 static const char *const section_names[3] = {"params", "optim.0", "optim.1"};
@@ -196,33 +198,38 @@ loom_status loom_run_ckpt_read(loom_run_ckpt *c, const char *section, int64_t be
         LOOM_CHECK(sz == c->n * 4, LOOM_ERR_FORMAT, "%s: section %s is %lld bytes, expected %lld", c->path, section,
                    (long long)sz, (long long)(c->n * 4));
         if (begin == 0 && end == c->n) return loom_ckpt_read(c->single, section, dst, sz);
-        float *tmp = malloc((size_t)sz);
-        LOOM_CHECK(tmp != NULL, LOOM_ERR_NOMEM, "out of memory");
-        loom_status st = loom_ckpt_read(c->single, section, tmp, sz);
-        if (st == LOOM_OK) memcpy(dst, tmp + begin, (size_t)(end - begin) * sizeof(float));
-        free(tmp);
-        return st;
+        /* a part (a model loaded in pieces): the section's checksum once, then only the part itself */
+        if (!c->verified[k]) LOOM_CALL(loom_ckpt_verify(c->single, section, NULL));
+        c->verified[k] = 1;
+        return loom_ckpt_read_part(c->single, section, begin * 4, dst, (end - begin) * 4);
     }
     for (int i = 0; i < c->n_shards; i++) {
-        const shard_entry *s = &c->shards[i];
+        shard_entry *s = &c->shards[i];
         int64_t lo = begin > s->begin ? begin : s->begin, hi = end < s->end ? end : s->end;
         if (lo >= hi) continue;
         loom_ckpt_reader *r = NULL;
-        float *tmp = NULL;
         loom_status st;
         const int64_t bytes = (s->end - s->begin) * 4;
+        uint32_t crc = 0;
         LOOM_CALL_GOTO(st, loom_ckpt_open(s->file, &r), shard_done);
-        tmp = malloc((size_t)(bytes > 0 ? bytes : 1));
-        LOOM_CHECK_GOTO(st, tmp != NULL, LOOM_ERR_NOMEM, shard_done, "out of memory");
-        LOOM_CALL_GOTO(st, loom_ckpt_read(r, section, tmp, bytes), shard_done);
+        if (lo == s->begin && hi == s->end) { /* the whole shard: one pass reads and checks it */
+            LOOM_CALL_GOTO(st, loom_ckpt_read(r, section, dst + (lo - begin), bytes), shard_done);
+            crc = loom_crc32c(0, dst + (lo - begin), (size_t)bytes);
+        } else if (!s->verified[k]) {
+            LOOM_CALL_GOTO(st, loom_ckpt_verify(r, section, &crc), shard_done);
+        } else {
+            crc = s->crc[k];
+        }
         /* the manifest's checksum ties the shard to this checkpoint (not a stale file of another step) */
-        LOOM_CHECK_GOTO(st, loom_crc32c(0, tmp, (size_t)bytes) == s->crc[k], LOOM_ERR_CHECKSUM, shard_done,
+        LOOM_CHECK_GOTO(st, crc == s->crc[k], LOOM_ERR_CHECKSUM, shard_done,
                         "%s: section %s does not match the manifest %s (a shard of another checkpoint?)", s->file,
                         section, c->path);
-        memcpy(dst + (lo - begin), tmp + (lo - s->begin), (size_t)(hi - lo) * sizeof(float));
+        s->verified[k] = 1;
+        if (lo != s->begin || hi != s->end)
+            LOOM_CALL_GOTO(st, loom_ckpt_read_part(r, section, (lo - s->begin) * 4, dst + (lo - begin), (hi - lo) * 4),
+                           shard_done);
         st = LOOM_OK;
     shard_done:
-        free(tmp);
         loom_ckpt_close(&r);
         LOOM_CALL(st);
     }
