@@ -67,15 +67,16 @@ static inline float loom_fast_tanhf(float x) {
 LOOM_KERNELS(LOOM_CPU_KERNEL_DECLARE)
 #undef LOOM_CPU_KERNEL_DECLARE
 
-/* the fp32 GEMM itself (OpenBLAS, else a plain loop), for kernels built on products */
 /* fewrows.c: C = alpha A B^T + beta C for a few rows of A (decoding a batch); supported(bf16): the CPU has
- * the instructions. Rows up to loom_cpu_fewrows_max() go there. */
+ * the instructions (AVX-512, or AVX2 with FMA). Rows up to loom_cpu_fewrows_max() go there. The bf16 one
+ * returns 0 where it could not run (no memory to widen the rows): the caller takes its general path. */
 void loom_cpu_fewrows_f32(int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                           int64_t ldb, float beta, float *C, int64_t ldc);
-void loom_cpu_fewrows_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t *A, int64_t lda,
-                           const uint16_t *B, int64_t ldb, float beta, float *C, int64_t ldc);
+int loom_cpu_fewrows_bf16(int64_t M, int64_t N, int64_t K, float alpha, const uint16_t *A, int64_t lda,
+                          const uint16_t *B, int64_t ldb, float beta, float *C, int64_t ldc);
 int loom_cpu_fewrows_supported(int bf16);
 int64_t loom_cpu_fewrows_max(void);
+/* the fp32 GEMM itself (OpenBLAS, else a plain loop), for kernels built on products */
 void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 /* loads OpenBLAS (required unless "builtin") and oneDNN (optional) */
