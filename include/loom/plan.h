@@ -46,7 +46,7 @@ enum { LOOM_CLUSTER_MAX_GEMM = 256, LOOM_CLUSTER_MAX_ATTN = 8, LOOM_CLUSTER_MAX_
        LOOM_CLUSTER_MAX_LINKS = 16 };
 typedef enum {
     LOOM_KC_NORM = 0, LOOM_KC_ACTIVATION, LOOM_KC_ELEMENTWISE, LOOM_KC_EMBEDDING, LOOM_KC_LOSS, LOOM_KC_OPTIMIZER,
-    LOOM_KC_COPY, LOOM_KC_COUNT
+    LOOM_KC_COPY, LOOM_KC_REFILL, LOOM_KC_COUNT
 } loom_kernel_class;
 const char *loom_kernel_class_name(loom_kernel_class k);
 typedef struct {
@@ -110,7 +110,7 @@ double loom_cluster_coll_seconds(const loom_cluster *c, loom_coll op, int n, int
  * host's cores run slower by the oversubscription. */
 typedef enum {
     LOOM_PT_GEMM = 0, LOOM_PT_ATTENTION, LOOM_PT_MEMBOUND, LOOM_PT_OPTIMIZER, LOOM_PT_DP_COMM, LOOM_PT_TP_COMM,
-    LOOM_PT_SP_COMM, LOOM_PT_PP_COMM, LOOM_PT_PP_BUBBLE, LOOM_PT_OFFLOAD, LOOM_PT_COUNT
+    LOOM_PT_SP_COMM, LOOM_PT_PP_COMM, LOOM_PT_PP_BUBBLE, LOOM_PT_OFFLOAD, LOOM_PT_REFILL, LOOM_PT_COUNT
 } loom_plan_cost;
 const char *loom_plan_cost_name(loom_plan_cost c);
 typedef struct {

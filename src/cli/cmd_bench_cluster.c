@@ -143,6 +143,34 @@ static loom_status measure_attention(loom_backend *be, int quick, loom_cluster_c
 }
 
 /* each memory-bound class: its forward and backward kernels (where it has two) per element, averaged */
+/* a copy into dst, its pages first given back (discard) or left resident */
+static loom_status copy_into(loom_backend *be, float *dst, const float *src, int64_t n, int discard) {
+    if (discard) loom_buf_discard(be, dst, (size_t)n * sizeof(float));
+    return loom_k_copy(be, &(loom_copy_args){dst, src, n * (int64_t)sizeof(float), LOOM_COPY_D2D});
+}
+
+/* ZeRO-2/3 give a unit's pages back after use and write them again at its next (zero.c): the cost per float
+ * of writing into given-back pages beyond writing into resident ones, through the backend's own reserve; a
+ * model's worth (256 MiB, past the caches: a unit's pages come back cold) */
+static loom_status measure_refill(loom_backend *be, loom_cluster_compute *k) {
+    const int64_t n = 64 << 20;
+    float *r = NULL, *src = filled(n);
+    LOOM_CHECK(src != NULL, LOOM_ERR_NOMEM, "out of memory");
+    loom_status st = loom_buf_reserve(be, (size_t)n * sizeof(float), (void **)&r);
+    if (st != LOOM_OK) {
+        free(src);
+        return st;
+    }
+    double fresh = -1, resident = -1;
+    TIME_MEDIAN(fresh, copy_into(be, r, src, n, 1));
+    TIME_MEDIAN(resident, copy_into(be, r, src, n, 0));
+    loom_buf_unreserve(be, r, (size_t)n * sizeof(float));
+    free(src);
+    LOOM_CHECK(fresh > 0 && resident > 0, LOOM_ERR_UNSUPPORTED, "the page refill could not be timed");
+    k->ns_per_element[LOOM_KC_REFILL] = fresh > resident ? (fresh - resident) / (double)n * 1e9 : 0.0;
+    return LOOM_OK;
+}
+
 static loom_status measure_kernels(loom_backend *be, loom_cluster_compute *k) {
     const int64_t N = 2048, C = 768, F = 3072, V = 50257, Nl = 512, n = 4 << 20; /* Nl: a micro-batch's rows of logits */
     float *x = filled(N * F), *y = filled(N * F), *z = filled(N * F), *mean = filled(N), *rstd = filled(N), *w = filled(C),
@@ -188,6 +216,7 @@ static loom_status measure_kernels(loom_backend *be, loom_cluster_compute *k) {
     CLASS(LOOM_KC_COPY, N * F, loom_k_copy(be, &(loom_copy_args){z, x, N * F * (int64_t)sizeof(float), LOOM_COPY_D2D}),
           loom_k_copy(be, &(loom_copy_args){x, z, N * F * (int64_t)sizeof(float), LOOM_COPY_D2D}));
 #undef CLASS
+    if (st == LOOM_OK) st = measure_refill(be, k);
 out:
     free(x), free(y), free(z), free(mean), free(rstd), free(w), free(bias), free(dw), free(db), free(logits);
     free(losses), free(wte), free(dwte), free(p), free(g), free(m), free(v), free(tok);

@@ -8,7 +8,7 @@
 #include "loom/plan.h"
 
 static const char *const kc_names[LOOM_KC_COUNT] = {"norm",    "activation", "elementwise", "embedding",
-                                                    "loss",    "optimizer",  "copy"};
+                                                    "loss",    "optimizer",  "copy",        "refill"};
 /* the collectives' keys in a link (send/recv: "send"; a barrier is a latency alone) */
 static const char *const coll_keys[LOOM_COLL_COUNT] = {"all_reduce", "reduce_scatter", "all_gather", "broadcast",
                                                        "send", "barrier"};
@@ -86,7 +86,8 @@ static loom_status read_compute(const loom_json *o, const char *origin, int idx,
     LOOM_CHECK(ns && ns->type == LOOM_JSON_OBJECT, LOOM_ERR_FORMAT, "%s: compute[%d].ns_per_element is missing",
                origin, idx);
     for (int c = 0; c < LOOM_KC_COUNT; c++) {
-        k->ns_per_element[c] = num(ns, kc_names[c], -1);
+        /* refill (pages given back and written again, ZeRO-2/3) came later: absent, nothing is priced */
+        k->ns_per_element[c] = num(ns, kc_names[c], c == LOOM_KC_REFILL ? 0 : -1);
         LOOM_CHECK(k->ns_per_element[c] >= 0, LOOM_ERR_FORMAT, "%s: compute[%d].ns_per_element.%s must be >= 0",
                    origin, idx, kc_names[c]);
     }

@@ -18,7 +18,7 @@
 
 static const char *const cost_names[LOOM_PT_COUNT] = {"gemm",    "attention", "memory-bound", "optimizer",
                                                       "dp comm", "tp comm",   "sp comm",      "pp comm",
-                                                      "pp bubble", "offload"};
+                                                      "pp bubble", "offload",   "page refill"};
 const char *loom_plan_cost_name(loom_plan_cost c) { return c >= 0 && c < LOOM_PT_COUNT ? cost_names[c] : "?"; }
 
 /* what one rank does for one micro-batch through some layers (a chunk), forward or backward */
@@ -220,10 +220,12 @@ static int64_t part0(int64_t lo, int64_t hi, int64_t S) {
  * all-gather the updated slices once; 3 all-gathers a unit before each use: forward every unit (a tied head
  * the embedding's again), backward the blocks (the head is kept from the forward; the embedding's backward
  * reads no parameters). The
- * gradient norm's sum of squares over the slices: one 8-byte all-reduce. */
+ * gradient norm's sum of squares over the slices: one 8-byte all-reduce. *refill: the floats written again
+ * into pages given back (zero.c drops a unit's gradients after its reduce-scatter, at stage 3 its parameters
+ * after use): each reduce-scatter's unit, each gather's. */
 static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, int red, int per_host, int64_t micro,
-                       int tied, loom_plan_time_result *r, double *seconds) {
-    *seconds = 0.0;
+                       int tied, loom_plan_time_result *r, double *seconds, double *refill) {
+    *seconds = *refill = 0.0;
     if (red <= 1) return;
     const int units = loom_model_num_units(m);
     const int64_t n = loom_model_buffer_size(m), S = (n + red - 1) / red;
@@ -242,6 +244,7 @@ static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, in
         const int head = u == units - 1;
         const int gathers = stage < 3 ? 0 : (int)micro * (u == 0 ? 1 + tied : head ? 1 : 2);
         for (int k = 0; k < gathers; k++) COLL(LOOM_COLL_ALLGATHER, b, 4 * part0(lo, hi, S));
+        *refill += (double)(hi - lo) * (double)((stage >= 2 ? micro : 0) + gathers);
     }
     if (stage == 1 || stage == 2) COLL(LOOM_COLL_ALLGATHER, 4 * n, 4 * part0(0, n, S));
     if (stage >= 1) COLL(LOOM_COLL_ALLREDUCE, 8, 8);
@@ -419,8 +422,10 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
         if (t->precision != LOOM_PRECISION_FP32 && !x.lora) /* the low-precision copy refreshed */
             opt += demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_ELEMENTWISE, (double)n);
         r->breakdown_s[LOOM_PT_OPTIMIZER] += opt;
-        double dp_s;
-        dp_traffic(c, m, pr.stage, red, host_dp, micro, mc->tie_embeddings && s.pp == 1, r, &dp_s);
+        double dp_s, refill;
+        dp_traffic(c, m, pr.stage, red, host_dp, micro, mc->tie_embeddings && s.pp == 1, r, &dp_s, &refill);
+        r->breakdown_s[LOOM_PT_REFILL] =
+            demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_REFILL, refill);
         const int units = loom_model_num_units(m);
         loom_model_free(&m);
         /* a GPU's collectives (NCCL) run beside the backward pass; a CPU's take the cores that compute */

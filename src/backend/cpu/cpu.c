@@ -48,6 +48,12 @@ static loom_status cpu_reserve(loom_backend *be, size_t bytes, void **out) {
     (void)be;
     void *p = mmap(NULL, bytes ? bytes : 1, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     LOOM_CHECK(p != MAP_FAILED, LOOM_ERR_NOMEM, "cannot reserve %zu bytes of address space", bytes);
+#ifdef MADV_HUGEPAGE
+    /* ZeRO-2/3 drop a unit's pages after each use and write them again at the next: with 4 KiB pages every
+     * refill takes a fault per page (measured here: ~2.2 ns per float refilled, against ~0.3 with 2 MiB
+     * pages; a dp=2 ZeRO-3 step of gpt2-l6 faulted 3.3M times in 4 steps, 0.74M with them) */
+    (void)madvise(p, bytes ? bytes : 1, MADV_HUGEPAGE);
+#endif
     *out = p;
     return LOOM_OK;
 }
