@@ -102,6 +102,9 @@ LOOM_NODISCARD loom_status loom_buf_reserve(loom_backend *be, size_t bytes, void
 void loom_buf_unreserve(loom_backend *be, void *p, size_t bytes);
 /* The pages wholly inside [p, p + bytes) of a reserved range go back (their contents become zero). */
 void loom_buf_discard(loom_backend *be, void *p, size_t bytes);
+/* Makes the pages of [p, p + bytes) of a reserved range resident at once, ahead of a write that would take
+ * them one fault at a time (another process's copy into them: MPI's single-copy transfers). A hint. */
+void loom_buf_populate(loom_backend *be, void *p, size_t bytes);
 /* 1 when p is backend memory the host cannot address: a host-side user of it (MPI, a file read) must stage
  * it through host memory with loom_buf_download / loom_buf_upload. 0 for host memory, and on the CPU. */
 int loom_buf_device_only(const loom_backend *be, const void *p);

@@ -150,6 +150,9 @@ void loom_buf_unreserve(loom_backend *be, void *p, size_t bytes) {
 void loom_buf_discard(loom_backend *be, void *p, size_t bytes) {
     if (be->buf.discard && bytes > 0) be->buf.discard(be, p, bytes);
 }
+void loom_buf_populate(loom_backend *be, void *p, size_t bytes) {
+    if (be->buf.populate && bytes > 0) be->buf.populate(be, p, bytes);
+}
 int loom_buf_device_only(const loom_backend *be, const void *p) {
     return be && p && be->buf.device_only && be->buf.device_only(be, p);
 }

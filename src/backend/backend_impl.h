@@ -21,6 +21,7 @@ typedef struct {
     void (*discard)(loom_backend *, void *p, size_t bytes);
     int (*device_only)(const loom_backend *, const void *p); /* NULL: the host addresses everything */
     loom_status (*sync)(loom_backend *);
+    void (*populate)(loom_backend *, void *p, size_t bytes); /* NULL: pages come as they are written */
 } loom_buffer_ops;
 
 struct loom_backend {

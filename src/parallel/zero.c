@@ -116,7 +116,10 @@ static loom_status gather_start(loom_zero *z, int u) {
         z->pticket[u] = hi > lo ? loom_offload_read(z->off, LOOM_OFF_PARAMS, lo - z->olo, hi - z->olo, z->pfull + lo) : 0;
         return LOOM_OK;
     }
-    /* in-place all-gather: this rank's part first goes to its place in the whole buffer */
+    /* in-place all-gather: this rank's part first goes to its place in the whole buffer; the unit's pages
+     * made resident in one call first (the peers' parts arrive by copies that would fault them one by one:
+     * dp=2 ZeRO-3 gpt2-l6, 4 steps: 749k page faults without, ~500k with) */
+    loom_buf_populate(z->be, z->pfull + a, (size_t)(b - a) * sizeof(float));
     const int64_t lo = max64(a, z->begin), hi = min64(b, z->end);
     if (hi > lo) LOOM_CALL(loom_buf_copy(z->be, z->pfull + lo, z->pshard + (lo - z->begin), (size_t)(hi - lo) * sizeof(float)));
     unit_counts(z, a, b);

@@ -71,8 +71,20 @@ static void cpu_discard(loom_backend *be, void *p, size_t bytes) {
     if (hi > lo) (void)madvise((void *)lo, hi - lo, MADV_DONTNEED);
 }
 
+/* Linux 5.14's MADV_POPULATE_WRITE: one call faults the range in (huge pages where the range has them); an
+ * older kernel refuses it and the pages come as they are written */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+static void cpu_populate(loom_backend *be, void *p, size_t bytes) {
+    (void)be;
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t lo = (uintptr_t)p / pg * pg, hi = ((uintptr_t)p + bytes + pg - 1) / pg * pg;
+    (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+}
+
 void loom_cpu_buffer_ops(loom_backend *be) {
-    be->buf = (loom_buffer_ops){cpu_alloc, cpu_free, cpu_reserve, cpu_unreserve, cpu_discard, NULL, NULL};
+    be->buf = (loom_buffer_ops){cpu_alloc, cpu_free, cpu_reserve, cpu_unreserve, cpu_discard, NULL, NULL, cpu_populate};
 }
 
 loom_status loom_cpu_backend_init(const loom_backend_config *cfg, loom_backend *be) {

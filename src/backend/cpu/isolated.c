@@ -244,6 +244,6 @@ loom_status loom_isolated_backend_init(const loom_backend_config *cfg, loom_back
     LOOM_KERNELS(ISO_FILL)
 #undef ISO_FILL
     /* reserved ranges are arena allocations: its pages are resident only once written */
-    be->buf = (loom_buffer_ops){iso_alloc, iso_free, iso_alloc, iso_free, iso_discard, iso_device_only, NULL};
+    be->buf = (loom_buffer_ops){iso_alloc, iso_free, iso_alloc, iso_free, iso_discard, iso_device_only, NULL, NULL};
     return LOOM_OK;
 }

@@ -220,7 +220,7 @@ __attribute__((visibility("default"))) loom_status loom_cuda_backend_init(const 
 #define LOOM_CUDA_KERNEL_FILL(name, category, flops) be->k.name = loom_cuda_##name;
     LOOM_KERNELS(LOOM_CUDA_KERNEL_FILL)
 #undef LOOM_CUDA_KERNEL_FILL
-    be->buf = (loom_buffer_ops){cu_alloc, cu_free, cu_reserve, cu_unreserve, cu_discard, cu_device_only, cu_sync};
+    be->buf = (loom_buffer_ops){cu_alloc, cu_free, cu_reserve, cu_unreserve, cu_discard, cu_device_only, cu_sync, NULL};
 #ifdef LOOM_HAVE_NCCL
     be->comm_attach = loom_nccl_attach;
 #endif
