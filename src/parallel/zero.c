@@ -12,6 +12,9 @@
 #include <string.h>
 #include <stdlib.h>
 #include <time.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "loom/log.h"
 #include "loom/parallel.h"
@@ -410,6 +413,23 @@ static loom_status hook_grads_done(void *ctx, int u) {
 
 /* ---- set-up ---- */
 
+/* Open MPI's non-blocking reduce-scatter (libnbc) allocates temporaries of up to twice the unit at every call
+ * and frees them after; glibc maps a block past its threshold (at most 32 MiB by itself) afresh each time, so
+ * every call faulted in that many new 4 KiB pages. A threshold past them keeps those temporaries in the heap,
+ * reused (the heap then holds them between steps). */
+static void keep_mpi_temporaries(const loom_zero *z) {
+#if defined(__GLIBC__)
+    int64_t largest = 0;
+    for (int u = 0; u < z->n_units; u++) largest = unit_bytes(z, u) > largest ? unit_bytes(z, u) : largest;
+    const int64_t cap = (int64_t)1 << 30, threshold = 4 * largest + 1 < cap ? 4 * largest + 1 : cap;
+    if (threshold <= (int64_t)32 << 20) return; /* glibc's own dynamic threshold reaches that far */
+    (void)mallopt(M_MMAP_THRESHOLD, (int)threshold);
+    (void)mallopt(M_TRIM_THRESHOLD, (int)(2 * threshold));
+#else
+    (void)z;
+#endif
+}
+
 /* Stages 0-1 on one node: the gradient (and stage-1 parameter) buffers become shared segments. Returns
  * LOOM_ERR_UNSUPPORTED (after the collective attempt) when the node cannot share them. */
 static loom_status shm_setup(loom_zero *z) {
@@ -631,6 +651,7 @@ loom_status loom_zero_init(const loom_model_config *mc, const loom_optim_config 
         if (!z->owns_gfull) z->gfull = loom_model_grads(z->model);
         z->gshard = z->gfull + z->begin;
     }
+    if (stage >= 2 && N > 1 && host) keep_mpi_temporaries(z); /* MPI reduces host memory (NCCL: the device's) */
     loom_model_set_buffers(z->model, z->pfull, z->gfull);
     if (offload) {
         LOOM_CALL_GOTO(st, loom_optim_init_streamed(oc, be, mem, z->model, z->olo, z->ohi, stage == 0 ? NULL : dp, &z->opt),
