@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "cpu_impl.h"
+#include "loom/tensor.h"
 
 /* up to how many rows these beat the library's GEMM (measured: see DESIGN.md); LOOM_FEWROWS_MAX overrides */
 int64_t loom_cpu_fewrows_max(void) {
@@ -112,11 +113,6 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline float bf16_value(uint16_t h) {
-    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
-    return v.f;
-}
-
 /* A always fp32 here; the weight's element type T, its 8-element fp32 load LOADW and scalar WVALUE; the
  * empty asm keeps each loaded vector in a register (else GCC folds it into every multiply-add: 3 loads for 1) */
 #define FEWROWS_AVX2_KERNEL(NAME, T, LOADW, WVALUE)                                                                  \
@@ -173,7 +169,14 @@ static inline float bf16_value(uint16_t h) {
 #define BF16_LOADW(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 FEWROWS_AVX2_KERNEL(fewrows_f32_avx2, float, F32_LOADW, F32_VALUE)
-FEWROWS_AVX2_KERNEL(fewrows_bf16_avx2, uint16_t, BF16_LOADW, bf16_value)
+FEWROWS_AVX2_KERNEL(fewrows_bf16_avx2, uint16_t, BF16_LOADW, loom_bf16_to_f32)
+
+/* rows of bf16 widened to fp32 (exact) */
+__attribute__((target("avx2,fma"))) static void widen_bf16(const uint16_t *src, float *dst, int64_t n) {
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) _mm256_storeu_ps(dst + k, BF16_LOADW(src + k));
+    for (; k < n; k++) dst[k] = loom_bf16_to_f32(src[k]);
+}
 
 static int has_avx512(void) {
     static int has = -1;
@@ -213,8 +216,7 @@ int loom_cpu_fewrows_bf16(int64_t M, int64_t N, int64_t K, float alpha, const ui
     /* the input rows widened once (exact), not at every weight-row group */
     float *a = malloc((size_t)(M * K) * sizeof(float));
     if (!a) return 0;
-    for (int64_t i = 0; i < M; i++)
-        for (int64_t k = 0; k < K; k++) a[i * K + k] = bf16_value(A[i * lda + k]);
+    for (int64_t i = 0; i < M; i++) widen_bf16(A + i * lda, a + i * K, K);
     fewrows_bf16_avx2(M, N, K, alpha, a, K, B, ldb, beta, C, ldc);
     free(a);
     return 1;
