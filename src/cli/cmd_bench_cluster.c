@@ -142,7 +142,6 @@ static loom_status measure_attention(loom_backend *be, int quick, loom_cluster_c
     return st;
 }
 
-/* each memory-bound class: its forward and backward kernels (where it has two) per element, averaged */
 /* a copy into dst, its pages first given back (discard) or left resident */
 static loom_status copy_into(loom_backend *be, float *dst, const float *src, int64_t n, int discard) {
     if (discard) loom_buf_discard(be, dst, (size_t)n * sizeof(float));
@@ -171,6 +170,7 @@ static loom_status measure_refill(loom_backend *be, loom_cluster_compute *k) {
     return LOOM_OK;
 }
 
+/* each memory-bound class: its forward and backward kernels (where it has two) per element, averaged */
 static loom_status measure_kernels(loom_backend *be, loom_cluster_compute *k) {
     const int64_t N = 2048, C = 768, F = 3072, V = 50257, Nl = 512, n = 4 << 20; /* Nl: a micro-batch's rows of logits */
     float *x = filled(N * F), *y = filled(N * F), *z = filled(N * F), *mean = filled(N), *rstd = filled(N), *w = filled(C),
