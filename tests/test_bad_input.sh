@@ -58,6 +58,7 @@ expect_error checksum 'checksum' -- "${resume[@]}"
 cp "$W/good.bin" "$W/run/checkpoint.bin"
 printf '\xff' | dd of="$W/run/checkpoint.bin" bs=1 seek=$((size / 6)) conv=notrunc status=none
 expect_error generate-checksum "section 'params' fails its checksum" -- "$LOOM" -q generate --ckpt "$W/run" --prompt hi --max-tokens 2
+expect_error generate-kv-dtype "kv-dtype is f32 or bf16, not .f16." -- "$LOOM" -q generate --ckpt "$W/run" --prompt hi --kv-dtype f16
 
 printf 'not a checkpoint at all' > "$W/run/checkpoint.bin"
 expect_error not-a-checkpoint 'not a loom checkpoint' -- "${resume[@]}"

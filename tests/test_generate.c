@@ -52,7 +52,7 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
     if (!full || !lg || loom_model_read_logits(m, full)) return 1;
     double maxabs = 0, err = 0;
     for (int64_t i = 0; i < T * c.vocab_size; i++) maxabs = fmax(maxabs, fabs(full[i]));
-    if (loom_model_kv_reset(m, T)) return 1;
+    if (loom_model_kv_reset(m, T, 0)) return 1;
     for (int64_t t = 0; t < T; t++) {
         if (loom_model_kv_step(m, tok[t], lg)) return 1;
         for (int64_t v = 0; v < c.vocab_size; v++) err = fmax(err, fabs(lg[v] - full[t * c.vocab_size + v]));
@@ -62,7 +62,7 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
     snprintf(name, sizeof name, "%s_kv_cache_logits_equal_full_forward_T%lld", preset, (long long)T);
     check(err <= tol, name, err, tol);
     /* a second sequence after reset reuses the cache and gives the same logits again */
-    if (loom_model_kv_reset(m, T)) return 1;
+    if (loom_model_kv_reset(m, T, 0)) return 1;
     double err2 = 0;
     for (int64_t t = 0; t < 5; t++) {
         if (loom_model_kv_step(m, tok[t], lg)) return 1;
@@ -72,7 +72,7 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
     check(err2 <= tol, name, err2, tol);
     /* a batched prefill of T-1 tokens (one forward), then a step: the same logits at both positions */
     double err3 = 0;
-    if (loom_model_kv_reset(m, T) || loom_model_kv_prefill(m, tok, T - 1, lg)) return 1;
+    if (loom_model_kv_reset(m, T, 0) || loom_model_kv_prefill(m, tok, T - 1, lg)) return 1;
     for (int64_t v = 0; v < c.vocab_size; v++) err3 = fmax(err3, fabs(lg[v] - full[(T - 2) * c.vocab_size + v]));
     if (loom_model_kv_position(m) != T - 1 || loom_model_kv_step(m, tok[T - 1], lg)) return 1;
     for (int64_t v = 0; v < c.vocab_size; v++) err3 = fmax(err3, fabs(lg[v] - full[(T - 1) * c.vocab_size + v]));
@@ -152,7 +152,7 @@ static int run_bf16(loom_backend *be, const char *preset, int llama) {
     float *full = malloc((size_t)(T * V) * sizeof(float)), *l16 = malloc((size_t)V * sizeof(float)),
           *l32 = malloc((size_t)V * sizeof(float));
     if (!full || !l16 || !l32 || loom_model_forward(m16, tok, NULL, 1, T, NULL) || loom_model_read_logits(m16, full) ||
-        loom_model_kv_reset(m16, T) || loom_model_kv_reset(m32, T))
+        loom_model_kv_reset(m16, T, 0) || loom_model_kv_reset(m32, T, 0))
         return 1;
     double maxabs = 0, e_full = 0, e_32 = 0;
     for (int64_t t = 0; t < T; t++) {

@@ -286,10 +286,10 @@ def make_model(w, kind="char"):
     return ckpt, tok
 
 
-def generate_bytes(ckpt, prompt, n):
+def generate_bytes(ckpt, prompt, n, kv_dtype="f32"):
     """`loom generate`'s greedy n tokens after prompt, as bytes (None when it fails)."""
     r = run([LOOM, "-q", "generate", "--ckpt", ckpt, "--prompt", prompt, "--max-tokens", str(n), "--temperature", "0",
-             "--no-stop", "--threads", THREADS])
+             "--no-stop", "--threads", THREADS, "--kv-dtype", kv_dtype])
     out, p = r.stdout, prompt.encode()
     if r.returncode != 0 or not out.startswith(p) or not out.endswith(b"\n"):
         print(f"loom generate failed ({r.returncode}) on {prompt!r}: {r.stderr.decode(errors='replace')[-500:]}")
@@ -297,9 +297,9 @@ def generate_bytes(ckpt, prompt, n):
     return out[len(p):-1]  # generate ends its output with one newline of its own
 
 
-def greedy(ckpt, prompt, n):
+def greedy(ckpt, prompt, n, kv_dtype="f32"):
     """The same as text (the char model's continuations are ASCII)."""
-    b = generate_bytes(ckpt, prompt, n)
+    b = generate_bytes(ckpt, prompt, n, kv_dtype)
     return None if b is None else b.decode("utf-8")
 
 
@@ -508,9 +508,9 @@ def complete(srv, prompt, n, streamed, extra=None):
     return j["choices"][0].get("text"), j["choices"][0].get("finish_reason"), j.get("usage")
 
 
-def check_burst(srv, ckpt, tok, where, preemption=False):
+def check_burst(srv, ckpt, tok, where, preemption=False, kv_dtype="f32"):
     """16 greedy completions at once (different prompts and lengths, 4 sharing a prefix, half streamed), each
-    equal to its solo `loom generate`; the metrics move by what they did."""
+    equal to its solo `loom generate` (with the server's cache storage); the metrics move by what they did."""
     shared = "The committee met on Tuesday to discuss the budget for the coming year, and "
     prompts = [shared + t for t in ("then it adjourned.", "everyone agreed", "nobody came", "the chair spoke")]
     prompts += ["Hi", "Once upon a time", "def main():\n    print(", "12 + 30 =", "To be, or not to be",
@@ -518,7 +518,7 @@ def check_burst(srv, ckpt, tok, where, preemption=False):
                 "{\"key\": [1, 2, 3]}", "a", "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do",
                 "\tTabs\tand\tspaces ", "ZZZ"]
     lens = [8 + (i * 7) % 33 for i in range(len(prompts))]
-    want = [greedy(ckpt, p, n) for p, n in zip(prompts, lens)]
+    want = [greedy(ckpt, p, n, kv_dtype) for p, n in zip(prompts, lens)]
     ptoks = [n_tokens(tok, p) for p in prompts]
     _, _, m0 = metrics(srv)
     results = [None] * len(prompts)
@@ -769,8 +769,9 @@ def check_small_pool(ckpt, tok):
 
 def check_kv_bf16(ckpt, tok):
     """--kv-dtype bf16: the same pool memory as the small-pool server's holds twice the blocks (half of 2560K
-    gives its 40), and the burst's greedy texts still equal the solo fp32 runs (this model's logits have
-    margins wider than bf16's rounding of the keys and values)."""
+    gives its 40), and the burst's greedy texts equal the solo runs of `loom generate --kv-dtype bf16` (against
+    the fp32-cache runs they would rest on this model's logit margins being wider than bf16's rounding of the
+    keys and values: one flipped token in some runs)."""
     srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "1280K",
                   "--kv-dtype", "bf16"], "bf16-cache server", key=None)
     try:
@@ -780,7 +781,7 @@ def check_kv_bf16(ckpt, tok):
         m = re.search(r"= (\d+) blocks of 16 positions in bf16", line)
         check(m is not None and int(m.group(1)) == 40, "--kv-dtype bf16: 1280K hold 40 blocks of 16 positions in bf16",
               line)
-        check_burst(srv, ckpt, tok, "bf16 cache", preemption=True)
+        check_burst(srv, ckpt, tok, "bf16 cache", preemption=True, kv_dtype="bf16")
         rc, dt = srv.stop(signal.SIGTERM)
         check(rc == 0, f"bf16-cache server: SIGTERM, exit 0 ({dt:.1f} s)", srv.tail())
     finally:

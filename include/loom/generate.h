@@ -23,6 +23,7 @@ typedef struct {
     uint64_t seed;
     int64_t max_tokens;
     int stop_at_eot;
+    int kv_bf16; /* the cache's keys and values stored in bf16 (loom serve --kv-dtype bf16's storage) */
 } loom_sample_config;
 
 typedef struct {

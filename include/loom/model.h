@@ -233,15 +233,16 @@ LOOM_NODISCARD loom_status loom_model_forward_backward(loom_model *m, const int3
                                                        float grad_scale, int accumulate, float *loss);
 
 /* Incremental decoding with a key/value cache (generation). reset starts a new sequence of up to max_len
- * positions (<= max_seq_len; allocates the cache once); step feeds the next token and writes the logits
+ * positions (<= max_seq_len; allocates the cache once, bf16: its keys and values stored in bf16, as
+ * loom_kv_pool's); step feeds the next token and writes the logits
  * (V floats, host memory) for the position after it. Equal to loom_model_forward's logits at the same
  * position up to float rounding (different summation order; tested). */
-LOOM_NODISCARD loom_status loom_model_kv_reset(loom_model *m, int64_t max_len);
+LOOM_NODISCARD loom_status loom_model_kv_reset(loom_model *m, int64_t max_len, int bf16);
 LOOM_NODISCARD loom_status loom_model_kv_step(loom_model *m, int32_t token, float *logits);
-/* Feeds n tokens (a prompt) and writes the logits for the position after the last. Into an empty cache of a
- * model without gradients (an inference model): one batched forward through the training forward's blocks
- * (every product a GEMM over all n tokens), its keys and values copied into the cache; otherwise (a training
- * model sampling between steps, whose activations must stay as they are) token by token. */
+/* Feeds n tokens (a prompt) and writes the logits for the position after the last. For a model without
+ * gradients (an inference model): one cached forward (loom_model_kv_forward, one segment) over all n tokens;
+ * a training model sampling between steps, whose activations must stay as they are, in pieces as large as
+ * its activations reach. */
 LOOM_NODISCARD loom_status loom_model_kv_prefill(loom_model *m, const int32_t *tokens, int64_t n, float *logits);
 int64_t loom_model_kv_position(const loom_model *m);
 

@@ -11,13 +11,14 @@
 static void generate_help(void) {
     printf("usage: loom generate --ckpt DIR [--prompt TEXT] [--max-tokens N] [--temperature X] [--top-k K]\n"
            "                     [--top-p P] [--seed S] [--tokenizer gpt2|byte|FILE] [--threads N] [--no-stop]\n"
-           "                     [--device cpu|cuda] [--precision fp32|bf16]\n"
+           "                     [--device cpu|cuda] [--precision fp32|bf16] [--kv-dtype f32|bf16]\n"
            "Samples from the model in DIR/checkpoint.bin with a KV cache and streams the text to stdout; the\n"
            "tokens/s go to stderr. Defaults: --max-tokens 200 --temperature 0.8 --top-k 0 (off) --top-p 1 (off)\n"
            "--seed 1337; temperature 0 is greedy. Stops at end-of-text unless --no-stop. The tokenizer is the one\n"
            "the checkpoint was trained with (recorded in it), unless --tokenizer says otherwise. --precision bf16\n"
            "multiplies with a bf16 copy of the weights (fp32 accumulation, as bf16 training does): half the\n"
-           "bytes each token reads.\n");
+           "bytes each token reads. --kv-dtype bf16 stores the cached keys and values in bf16, as loom serve\n"
+           "--kv-dtype bf16 does (the same text as the server's, one sequence alone).\n");
 }
 
 /* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
@@ -98,6 +99,12 @@ int loom_cmd_generate(int argc, char **argv) {
                 return 2;
             }
             precision = strcmp(v, "bf16") ? LOOM_PRECISION_FP32 : LOOM_PRECISION_BF16;
+        } else if (!strcmp(a, "--kv-dtype")) {
+            if (strcmp(v, "f32") && strcmp(v, "bf16")) {
+                fprintf(stderr, "loom generate: --kv-dtype is f32 or bf16, not '%s'\n", v);
+                return 2;
+            }
+            sc.kv_bf16 = !strcmp(v, "bf16");
         } else {
             fprintf(stderr, "loom generate: unknown option '%s' (see --help)\n", a);
             return 2;

@@ -297,11 +297,11 @@ void loom_kv_cache_free(loom_model *m) {
 
 #define SOLO_BLOCK 64
 
-loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
+loom_status loom_model_kv_reset(loom_model *m, int64_t max_len, int bf16) {
     LOOM_CHECK(max_len >= 1 && max_len <= m->cfg.max_seq_len, LOOM_ERR_INVALID_ARG,
                "generation length %lld must be in [1, max_seq_len=%lld]", (long long)max_len,
                (long long)m->cfg.max_seq_len);
-    if (m->kv && m->kv->max_len >= max_len) {
+    if (m->kv && m->kv->max_len >= max_len && m->kv->pool->bf16 == (bf16 != 0)) {
         m->kv->pos = 0;
         return LOOM_OK;
     }
@@ -314,7 +314,7 @@ loom_status loom_model_kv_reset(loom_model *m, int64_t max_len) {
         free(kv);
         return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     }
-    loom_status st = loom_kv_pool_create(m, nb, SOLO_BLOCK, 0, &kv->pool);
+    loom_status st = loom_kv_pool_create(m, nb, SOLO_BLOCK, bf16, &kv->pool);
     if (st != LOOM_OK) {
         free(kv->table);
         free(kv);

@@ -93,7 +93,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     const int64_t V = cfg->vocab_size;
     int64_t max_len = n_prompt + sc->max_tokens;
     if (max_len > cfg->max_seq_len) max_len = cfg->max_seq_len;
-    LOOM_CALL(loom_model_kv_reset(m, max_len));
+    LOOM_CALL(loom_model_kv_reset(m, max_len, sc->kv_bf16));
     float *scratch = malloc((size_t)V * 2 * sizeof(float)), *logits = malloc((size_t)V * sizeof(float));
     int32_t *gen = malloc((size_t)(sc->max_tokens + 1) * sizeof(int32_t)), *window = malloc((size_t)max_len * sizeof(int32_t));
     if (!scratch || !gen || !logits || !window) {
@@ -129,7 +129,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
              * (as nanoGPT crops to its block size) */
             gs.context_full = 1;
             const int64_t keep = max_len / 2 > 0 ? max_len / 2 : 1;
-            st = loom_model_kv_reset(m, max_len);
+            st = loom_model_kv_reset(m, max_len, sc->kv_bf16);
             int64_t nw = 0; /* the keep - 1 tokens before `next`: gen, or the prompt before it */
             for (int64_t i = keep - 1; i >= 1; i--) {
                 const int64_t back = n - 1 - i;
