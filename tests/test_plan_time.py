@@ -2,8 +2,9 @@
 """loom plan --time's inputs against real runs, without timing anything (issue 18).
 
 For each layout the run trains 2 steps on 2 ranks and reports, per step, the collectives it issued (metrics:
-tp_*, sp_send_*, dp_* calls and bytes); `loom plan --time --json` with the same arguments must predict exactly
-those counts and bytes (the time model prices each of them), and the model FLOPs the run's MFU counts. The
+tp_*, sp_send_*, dp_* calls and bytes) and the floats ZeRO-2/3 gave back to the system and wrote again
+(dp_refill_floats); `loom plan --time --json` with the same arguments must predict exactly those counts and
+bytes (the time model prices each of them), and the model FLOPs the run's MFU counts. The
 cluster description is a small hand-written one: the counts do not depend on the rates.
 
 Usage: test_plan_time.py LOOM   (exit 77 = skipped: no MPI)
@@ -48,7 +49,7 @@ CONFIGS = [
                                                       "--recompute", "attn"]),
 ]
 KEYS = [f"{axis}_{op}_{what}" for axis in ("tp", "dp") for op in ("allreduce", "reduce_scatter", "allgather")
-        for what in ("calls", "bytes")] + ["sp_send_calls", "sp_send_bytes"]
+        for what in ("calls", "bytes")] + ["sp_send_calls", "sp_send_bytes", "dp_refill_floats"]
 
 if subprocess.run(["mpirun", "--version"], capture_output=True).returncode != 0:
     print("mpirun not found: skipped")
@@ -83,10 +84,13 @@ try:
             fails += 1
             print(f"FAIL {name}:\n  " + "\n  ".join(bad))
         else:
-            print(f"ok   {name}: {', '.join(f'{k}={got[k]}' for k in checked if k.endswith('calls'))}")
+            print(f"ok   {name}: {', '.join(f'{k}={got[k]}' for k in checked if not k.endswith('bytes'))}")
         if not checked:
             fails += 1
             print(f"FAIL {name}: the run reported no collectives to compare")
+        if ("ZeRO-2" in name or "ZeRO-3" in name) and not got.get("dp_refill_floats"):
+            fails += 1
+            print(f"FAIL {name}: the run reported no floats given back (dp_refill_floats)")
     # --explain: a profiled run's kernel time per step in the prediction's categories, beside it
     out = os.path.join(W, "profiled")
     args = GPT + ["--batch", "8", "--seq-len", "32", "--threads", "1", "--data", "synthetic"]

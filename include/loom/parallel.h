@@ -46,6 +46,8 @@ typedef struct loom_zero loom_zero;
 typedef struct {
     double comm_wait_s;     /* blocked in gradient/parameter waits since the last reset */
     double comm_work_s;     /* shared-memory transport: this core summing and copying peers' bytes */
+    int64_t refill_floats;  /* floats of gradients and parameters given back, to be written again at their
+                             * next use (what loom plan --time prices as "page refill") */
 } loom_zero_stats;
 
 typedef enum {

@@ -120,6 +120,7 @@ typedef struct {
     int64_t tp_calls[LOOM_COLL_COUNT], tp_bytes[LOOM_COLL_COUNT]; /* per step, one tp rank (as the metrics) */
     int64_t sp_calls, sp_bytes;          /* ring attention's sends per step, one rank */
     int64_t dp_calls[LOOM_COLL_COUNT], dp_bytes[LOOM_COLL_COUNT]; /* the dp (x sp) group's, one rank */
+    int64_t dp_refill_floats;            /* floats ZeRO-2/3 give back and write again per step, one rank */
     double pp_bubble;                    /* idle share of the step on the pipeline's busiest rank */
     int64_t peak_bytes;                  /* the largest rank's predicted peak (loom_plan_memory) */
     int dp, tp, pp, sp;

@@ -89,6 +89,7 @@ static int plan_time(const loom_run_config *run, int world, const loom_cluster *
                                       keys[k], (long long)r.dp_bytes[k]);
         }
         if (r.sp_calls) printf(",\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", (long long)r.sp_calls, (long long)r.sp_bytes);
+        if (r.dp_refill_floats) printf(",\"dp_refill_floats\":%lld", (long long)r.dp_refill_floats);
         if (explain) {
             printf(",\"measured_ms\":{");
             for (int k = 0; k < EXPLAIN_N; k++) printf("%s\"%s\":%.4f", k ? "," : "", explain_names[k], meas[k]);

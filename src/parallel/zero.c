@@ -88,6 +88,7 @@ static void unit_counts(loom_zero *z, int64_t a, int64_t b) {
  * neighbouring units, stay; their stale part is overwritten before the next use). */
 static void drop_range(loom_zero *z, float *base, int64_t a, int64_t b) {
     loom_buf_discard(z->be, base + a, (size_t)(b - a) * sizeof(float));
+    z->stats.refill_floats += b - a;
 }
 
 static int64_t unit_bytes(const loom_zero *z, int u) { return (z->unit_lo[u + 1] - z->unit_lo[u]) * 4; }

@@ -424,6 +424,7 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
         r->breakdown_s[LOOM_PT_OPTIMIZER] += opt;
         double dp_s, refill;
         dp_traffic(c, m, pr.stage, red, host_dp, micro, mc->tie_embeddings && s.pp == 1, r, &dp_s, &refill);
+        r->dp_refill_floats = (int64_t)refill;
         r->breakdown_s[LOOM_PT_REFILL] =
             demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_REFILL, refill);
         const int units = loom_model_num_units(m);

@@ -99,6 +99,7 @@ struct loom_trainer {
     loom_comm_stats tp_stats;      /* the last step's collectives on the tp axis (this rank) */
     loom_comm_stats sp_stats;      /* and the ring transfers on the sp axis */
     loom_comm_stats dp_stats;      /* and the data-parallel (dp x sp) group's, MPI's collectives only */
+    int64_t dp_refill_floats;      /* this step's floats given back and written again (ZeRO-2/3) */
     int64_t step;                  /* optimizer steps completed */
     int64_t tokens_per_step;       /* over every rank and micro-batch */
     double flops_per_token, world_peak; /* for the MFU: model FLOPs, and every rank's peak (GFLOP/s) */

@@ -161,6 +161,8 @@ static void write_metrics_line(loom_trainer *tr, int64_t step, float loss, const
             loom_strbuf_printf(&sb, ",\"dp_%s_calls\":%lld,\"dp_%s_bytes\":%lld", key[k], (long long)tr->dp_stats.calls[k],
                                key[k], (long long)tr->dp_stats.bytes[k]);
         }
+    if (tr->dp_refill_floats)
+        loom_strbuf_printf(&sb, ",\"dp_refill_floats\":%lld", (long long)tr->dp_refill_floats);
     if (tr->sp > 1)
         loom_strbuf_printf(&sb, ",\"sp\":%d,\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", tr->sp,
                            (long long)tr->sp_stats.calls[LOOM_COLL_SENDRECV],
@@ -710,6 +712,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     tr->tp_stats = loom_comm_get_stats(tr->mesh.tp); /* this step's tensor-parallel traffic, before any eval */
     tr->sp_stats = loom_comm_get_stats(tr->mesh.sp);
     tr->dp_stats = loom_comm_get_stats(tr->red);
+    tr->dp_refill_floats = loom_zero_get_stats(tr->zero).refill_floats;
     if (tr->dp > 1) { /* the global batch's mean loss: equal shares, so the mean of the ranks' means */
         LOOM_CALL(loom_comm_allreduce_sum_f64(tr->red, &lsum, 1));
         lsum /= tr->dp;
