@@ -23,7 +23,9 @@ The peer, node-llama-cpp 3.21.1 (scripts/setup.sh --test), runs bench/serve_llam
 share batches), greedy, max_tokens each, the same threads (--peer-threads to change: node-llama-cpp's own
 JavaScript thread also needs a core, so on a 2-core machine llama.cpp with 2 threads is oversubscribed and
 its per-token overhead dominates small models); loom serve stays up, idle (its CPU time meanwhile is printed).
-Prints figures and the ratios loom/llama.cpp per N and loom(N=16)/loom(N=1); asserts nothing, but a greedy text
+Prints figures and the ratios loom/llama.cpp per N and loom(N=16)/loom(N=1), beside the compute ceiling of the
+latter (each request's FLOPs, from the checkpoint's shapes, at `loom bench peak`'s measured GEMM peak or
+--peak-gflops: what N=16 would give with every FLOP at the peak and nothing else); asserts nothing, but a greedy text
 that differs from its solo one is printed and the exit status is 1. Run it on a quiet machine.
 """
 import argparse
@@ -55,6 +57,47 @@ def pct(xs, q):
 def med(xs):
     xs = [x for x in xs if x == x]
     return statistics.median(xs) if xs else float("nan")
+
+
+def model_flops(loom, ckpt):
+    """(FLOPs of one row through the blocks, of one row through the vocabulary head, attention FLOPs per row
+    and cached position) from the checkpoint's metadata (`loom ckpt info`): 2 per weight of each product."""
+    r = subprocess.run([loom, "ckpt", "info", ckpt], capture_output=True, text=True)
+    meta = next((json.loads(l[5:]) for l in r.stdout.splitlines() if l.startswith("meta ")), None)
+    if r.returncode != 0 or not meta:
+        return None
+    mc, body, head = meta["model"], 0, 0
+    for p in meta["params"]:
+        if len(p["shape"]) != 2 or p["name"] in ("wpe",):
+            continue
+        n = p["shape"][0] * p["shape"][1]
+        if p["name"] in ("wte", "tok_embeddings.weight", "lm_head", "lm_head.weight", "output.weight"):
+            head = n if p["name"] != "wte" or mc.get("tie_embeddings", True) else head
+            continue
+        body += n
+    if not head:
+        head = mc["vocab_size"] * mc["d_model"]
+    return 2.0 * body, 2.0 * head, 4.0 * mc["n_layer"] * mc["d_model"]
+
+
+def bench_peak(loom, threads, precision):
+    """The fp32 or bf16 GEMM peak for `threads`, GFLOP/s: `loom bench peak`'s cache, else measured now"""
+    cache = os.path.join(os.environ.get("LOOM_CACHE_DIR") or os.path.expanduser("~/.cache/loom"),
+                         f"peak-{threads}threads.txt")
+    text = open(cache).read() if os.path.exists(cache) else ""
+    if "peak_bf16_gflops=" not in text:
+        r = subprocess.run([loom, "bench", "peak", "--threads", str(threads)], capture_output=True, text=True)
+        text = r.stdout + r.stderr
+    m = re.search(("peak_bf16_gflops" if precision == "bf16" else "peak_gflops") + r"=([0-9.]+)", text)
+    return float(m.group(1)) if m else None
+
+
+def request_flops(f, prompt, gen):
+    """FLOPs of one request: its prompt's rows through the blocks and one through the head, then gen - 1
+    decode rows through both; attention against every cached position."""
+    body, head, att = f
+    rows = prompt + max(gen - 1, 0)
+    return rows * body + gen * head + att * rows * (rows + 1) / 2
 
 
 def make_prompt(k, n_tokens):
@@ -154,6 +197,7 @@ def stream_request(srv, prompt, max_tokens, timeout=3600):
                             res["t_first"] = now
                 if j.get("usage"):
                     res["tokens"] = j["usage"].get("completion_tokens", 0)
+                    res["prompt_tokens"] = j["usage"].get("prompt_tokens", 0)
         res["t_end"] = time.perf_counter()
         res["text"] = "".join(parts)
         res["ok"] = done
@@ -193,10 +237,12 @@ def loom_phase(srv, n, prompts_of):
     itl = [b - a for r in good for a, b in zip(r["event_times"], r["event_times"][1:])]
     tokens = sum(r["tokens"] for r in good)
     errors = [r["error"] for r in flat if not r["ok"]]
+    shapes = [(r.get("prompt_tokens", 0), r["tokens"]) for r in good]
     return ({"tps": tokens / (t_end - t_start) if t_end > t_start else 0.0, "tokens": tokens,
              "ttft50": pct(ttft, 50), "ttft99": pct(ttft, 99), "itl50": pct(itl, 50), "itl99": pct(itl, 99),
              "fail": len(errors), "errors": errors[:3], "rss_before": before.get("VmRSS", float("nan")),
-             "rss_after": after.get("VmRSS", float("nan")), "hwm": after.get("VmHWM", float("nan"))},
+             "rss_after": after.get("VmRSS", float("nan")), "hwm": after.get("VmHWM", float("nan")),
+             "shapes": shapes},
             {r["k"]: r["text"] for r in good})
 
 
@@ -243,6 +289,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--check-prompts", type=int, default=16, help="prompts first sent alone as the greedy reference")
     ap.add_argument("--no-peer", action="store_true", help="loom serve only")
+    ap.add_argument("--peak-gflops", type=float, help="the machine's peak for the compute ceiling (default: `loom "
+                    "bench peak`'s cached figure for --threads)")
     ap.add_argument("--server-arg", action="append", default=[], help="more loom serve arguments, e.g. "
                     "--server-arg=--kv-memory=2G (split at the first '=' after the option name)")
     ARGS = a = ap.parse_args()
@@ -282,6 +330,8 @@ def main():
             if not srv.wait():
                 sys.exit("loom serve did not start:\n" + "\n".join(srv.log[-30:]))
             st0 = proc_status(srv.proc.pid)
+            flops = model_flops(a.loom, ckpt)
+            peak = a.peak_gflops or bench_peak(a.loom, a.threads, a.precision)
             print(f"{os.path.basename(ckpt)} ({a.precision}; llama.cpp {gguf_dtype if peer_ok else '-'}), prompts of "
                   f"~{a.prompt_tokens} tokens, {a.max_tokens} new tokens, {R} requests per client, {a.threads} "
                   f"threads, {a.rounds} rounds; loom serve RSS at start {st0.get('VmRSS', 0):.0f} MiB", flush=True)
@@ -350,6 +400,16 @@ def main():
         print(row)
     if 1 in tps and 16 in tps and tps[1] > 0:
         print(f"loom serve N=16 / N=1 aggregate tokens/s: {tps[16] / tps[1]:.2f}x")
+        # the most N=16 could give: every request's FLOPs at the machine's measured fp32 peak, nothing else
+        shapes = [s for x in loom_res[16] for s in x["shapes"]]
+        if flops and peak and shapes:
+            per_req = statistics.mean(request_flops(flops, p, g) for p, g in shapes)
+            gen = statistics.mean(g for _, g in shapes)
+            ceil_tps = gen / (per_req / (peak * 1e9))
+            print(f"  compute ceiling: {per_req / 1e9:.1f} GFLOP per request ({statistics.mean(p for p, _ in shapes):.0f}"
+                  f" prompt + {gen:.0f} generated tokens) at the measured {a.precision} peak {peak:.1f} GFLOP/s "
+                  f"(loom bench peak): {ceil_tps:.0f} tok/s, {ceil_tps / tps[1]:.2f}x N=1; N=16 ran at "
+                  f"{tps[16] * per_req / gen / 1e9:.1f} GFLOP/s ({100 * tps[16] / ceil_tps:.0f}% of the ceiling)")
     print(f"loom serve RSS: {st0.get('VmRSS', 0):.0f} MiB at start, {st1.get('VmRSS', 0):.0f} MiB at the end, "
           f"peak {st1.get('VmHWM', 0):.0f} MiB")
     if llama_agree[1]:
