@@ -4,7 +4,8 @@ once in one context (loom's own GGUF export, the same model, prompts, token coun
 
     /usr/bin/python3 bench/bench_serve.py [--loom build/loom] [--ckpt DIR | --preset gpt2-124m] [--clients 1,4,16,64]
         [--requests-per-client 2] [--max-tokens 32] [--prompt-tokens 64] [--threads 2] [--precision fp32]
-        [--rounds 3] [--check-prompts 16] [--peer-threads N] [--no-peer] [--server-arg=--kv-memory=1G ...]
+        [--rounds 3] [--check-prompts 16] [--peer-threads N] [--no-peer] [--peak-gflops G]
+        [--server-arg=--kv-memory=1G ...]
 
 Without --ckpt the model is the preset with loom's initial weights at init_std 0.1 (one training step on synthetic
 data, as bench/bench_generate.py makes it: speed does not depend on the values; the wider weights give the
