@@ -4,7 +4,8 @@
 For each layout the run trains 2 steps on 2 ranks and reports, per step, the collectives it issued (metrics:
 tp_*, sp_send_*, dp_* calls and bytes) and the floats ZeRO-2/3 gave back to the system and wrote again
 (dp_refill_floats); `loom plan --time --json` with the same arguments must predict exactly those counts and
-bytes (the time model prices each of them), and the model FLOPs the run's MFU counts. The
+bytes (the time model prices each of them), and, for one rank over a memory budget, its files' reads and writes
+(offload_read_bytes, offload_write_bytes) and the floats it gives back, and the model FLOPs the run's MFU counts. The
 cluster description is a small hand-written one: the counts do not depend on the rates.
 
 Usage: test_plan_time.py LOOM   (exit 77 = skipped: no MPI)
@@ -91,6 +92,36 @@ try:
         if ("ZeRO-2" in name or "ZeRO-3" in name) and not got.get("dp_refill_floats"):
             fails += 1
             print(f"FAIL {name}: the run reported no floats given back (dp_refill_floats)")
+    # one rank over a memory budget (the memory manager streams its state through files, ZeRO-3's layout): the
+    # files' reads and writes per step and the floats given back, each budget pinning a different share in RAM
+    OFF = ["--preset", "demo", "--batch", "8", "--seq-len", "32", "--grad-accum", "2", "--threads", "1", "--data",
+           "synthetic", "--set", "train.offload=1", "--set", "train.mem_chunk=65536"]
+    for budget in ("6M", "8M"):
+        name = f"gpt2 1 rank, --mem-budget {budget}, 2 micro-batches"
+        args = OFF + ["--mem-budget", budget]
+        p = subprocess.run([LOOM, "plan", "--time", "--json", "--cluster", CLUSTER, "--world", "1"] + args,
+                           capture_output=True, text=True, env=ENV)
+        out = os.path.join(W, "offload")
+        shutil.rmtree(out, ignore_errors=True)
+        r = subprocess.run([LOOM, "-q", "train"] + args + ["--steps", "2", "--set", "train.progress=0", "--set",
+                                                           "train.sample_tokens=0", "--set", "train.save_checkpoints=0",
+                                                           "--set", "train.eval_interval=0", "--out", out],
+                           capture_output=True, text=True, env=ENV, timeout=600)
+        if p.returncode != 0 or r.returncode != 0:
+            fails += 1
+            print(f"FAIL {name}: {p.stderr[-500:]} {r.stderr[-500:]}")
+            continue
+        pred = json.loads(p.stdout.strip().splitlines()[-1])
+        got = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"ms"' in l][-1]
+        keys = ["offload_read_bytes", "offload_write_bytes", "dp_refill_floats"]
+        bad = [f"{k}: predicted {pred.get(k, 0)}, the run {got.get(k, 0)}" for k in keys if pred.get(k, 0) != got.get(k, 0)]
+        if bad or not all(got.get(k) for k in keys) or not 0 < got.get("offload_pinned_bytes", 0):
+            fails += 1
+            print(f"FAIL {name}: " + "; ".join(bad or [f"the run reported {', '.join(f'{k}={got.get(k)}' for k in keys)}"
+                                                        f" and pinned {got.get('offload_pinned_bytes')}"]))
+        else:
+            print(f"ok   {name}: " + ", ".join(f"{k}={got[k]}" for k in keys) +
+                  f" ({got['offload_pinned_bytes']} bytes pinned)")
     # --explain: a profiled run's kernel time per step in the prediction's categories, beside it
     out = os.path.join(W, "profiled")
     args = GPT + ["--batch", "8", "--seq-len", "32", "--threads", "1", "--data", "synthetic"]

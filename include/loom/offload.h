@@ -59,9 +59,11 @@ extern const double loom_offload_default_cost[LOOM_OFF_N_STREAMS];
 LOOM_NODISCARD loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask,
                                              const double cost[LOOM_OFF_N_STREAMS], int64_t working_set_bytes,
                                              loom_mem *mem, loom_offload **out);
-/* The placement loom_offload_init would make, without making it: bytes pinned per stream (planning). */
+/* The placement loom_offload_init would make, without making it: bytes pinned per stream (planning);
+ * marks (NULL, or per stream an array of one char per chunk) set to 1 for each pinned chunk. */
 void loom_offload_plan_pins(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
-                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS]);
+                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS],
+                            char *marks[LOOM_OFF_N_STREAMS]);
 /* Waits for every queued request, then frees the files and chunks. */
 void loom_offload_free(loom_offload **st);
 int loom_offload_holds(const loom_offload *st, loom_offload_stream s);

@@ -25,6 +25,7 @@ typedef struct {
     int stage;                            /* the ZeRO stage it runs (one rank over a budget: 3) */
     int offload_mask;                     /* streams the memory manager holds (loom/offload.h); 0: none */
     int64_t pinned_bytes, file_bytes;     /* its placement: in RAM (within bytes[]) and in files */
+    int64_t file_read_bytes, file_write_bytes; /* the files' traffic per step (the run's offload_*_bytes) */
 } loom_plan_rank;
 
 /* For `world` ranks laid out by rc->train.mesh (dp = the rest when left out); *out is malloc'd, one entry
@@ -121,6 +122,7 @@ typedef struct {
     int64_t sp_calls, sp_bytes;          /* ring attention's sends per step, one rank */
     int64_t dp_calls[LOOM_COLL_COUNT], dp_bytes[LOOM_COLL_COUNT]; /* the dp (x sp) group's, one rank */
     int64_t dp_refill_floats;            /* floats ZeRO-2/3 give back and write again per step, one rank */
+    int64_t offload_read_bytes, offload_write_bytes; /* the memory manager's file traffic per step, one rank */
     double pp_bubble;                    /* idle share of the step on the pipeline's busiest rank */
     int64_t peak_bytes;                  /* the largest rank's predicted peak (loom_plan_memory) */
     int dp, tp, pp, sp;

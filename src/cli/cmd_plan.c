@@ -90,6 +90,9 @@ static int plan_time(const loom_run_config *run, int world, const loom_cluster *
         }
         if (r.sp_calls) printf(",\"sp_send_calls\":%lld,\"sp_send_bytes\":%lld", (long long)r.sp_calls, (long long)r.sp_bytes);
         if (r.dp_refill_floats) printf(",\"dp_refill_floats\":%lld", (long long)r.dp_refill_floats);
+        if (r.offload_read_bytes || r.offload_write_bytes)
+            printf(",\"offload_read_bytes\":%lld,\"offload_write_bytes\":%lld", (long long)r.offload_read_bytes,
+                   (long long)r.offload_write_bytes);
         if (explain) {
             printf(",\"measured_ms\":{");
             for (int k = 0; k < EXPLAIN_N; k++) printf("%s\"%s\":%.4f", k ? "," : "", explain_names[k], meas[k]);

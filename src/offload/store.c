@@ -298,8 +298,9 @@ static void place(const loom_offload_options *o, int64_t n, int mask, const doub
 }
 
 void loom_offload_plan_pins(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],
-                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS]) {
-    place(o, n, mask, cost, working_set_bytes, pinned, NULL);
+                            int64_t working_set_bytes, int64_t pinned[LOOM_OFF_N_STREAMS],
+                            char *marks[LOOM_OFF_N_STREAMS]) {
+    place(o, n, mask, cost, working_set_bytes, pinned, marks);
 }
 
 loom_status loom_offload_init(const loom_offload_options *o, int64_t n, int mask, const double cost[LOOM_OFF_N_STREAMS],

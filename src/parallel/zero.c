@@ -526,7 +526,8 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     }
     const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, NULL, NULL, NULL};
     if (zo->mem_budget >= b->working_set)
-        loom_offload_plan_pins(&oo, b->store_floats, b->mask, loom_offload_default_cost, b->working_set, b->pinned);
+        loom_offload_plan_pins(&oo, b->store_floats, b->mask, loom_offload_default_cost, b->working_set, b->pinned,
+                               NULL);
     return LOOM_OK;
 }
 

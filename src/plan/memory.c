@@ -19,6 +19,56 @@ static loom_status mesh_of(const loom_train_config *t, int world, loom_mesh_shap
     return LOOM_OK;
 }
 
+/* floats of [a, b) (store positions) in chunks of C that are not pinned */
+static int64_t in_files(const char *pinned, int64_t C, int64_t a, int64_t b) {
+    int64_t f = 0;
+    for (int64_t c = a / C; c * C < b; c++)
+        if (!pinned[c]) f += (b < (c + 1) * C ? b : (c + 1) * C) - (a > c * C ? a : c * C);
+    return f;
+}
+
+/* The memory manager's file traffic per step, in zero.c's order: at stage 3 a unit's parameters are read
+ * at each gather (every micro-batch: the forward, and the blocks' backward again; a tied head the embedding
+ * once more), its gradients written each micro-batch and, from the second, read back first to be added;
+ * the update then reads every held stream once and writes all but the gradients. Only the files' parts
+ * count (pinned chunks stay in RAM): the placement is loom_offload_plan_pins', chunk by chunk. */
+static loom_status file_traffic(const loom_model *m, const loom_zero_budget *zb, int64_t budget, int64_t olo,
+                                int64_t ohi, int64_t micro, int tied, loom_plan_rank *p) {
+    const int64_t C = zb->chunk_bytes / 4, nc = (ohi - olo + C - 1) / C;
+    char *marks[LOOM_OFF_N_STREAMS], *mem = calloc((size_t)(LOOM_OFF_N_STREAMS * nc), 1);
+    LOOM_CHECK(mem != NULL, LOOM_ERR_NOMEM, "out of memory");
+    for (int k = 0; k < LOOM_OFF_N_STREAMS; k++) marks[k] = mem + k * nc;
+    int64_t pinned[LOOM_OFF_N_STREAMS];
+    const loom_offload_options oo = {.budget_bytes = budget, .chunk_bytes = zb->chunk_bytes};
+    loom_offload_plan_pins(&oo, ohi - olo, zb->mask, loom_offload_default_cost, zb->working_set, pinned, marks);
+    int64_t reads = 0, writes = 0; /* floats */
+    for (int k = 0; k < LOOM_OFF_N_STREAMS; k++) {
+        if (!(zb->mask & (1 << k))) continue;
+        const int64_t all = in_files(marks[k], C, 0, ohi - olo);
+        reads += all;                               /* the update reads it */
+        if (k != LOOM_OFF_GRADS) writes += all;     /* and writes it back */
+        if (k == LOOM_OFF_GRADS && zb->stage >= 3) { /* each micro-batch's gradients */
+            writes += micro * all;
+            reads += (micro - 1) * all;
+        }
+    }
+    if (zb->stage >= 3 && (zb->mask & (1 << LOOM_OFF_PARAMS))) {
+        const int units = loom_model_num_units(m);
+        for (int u = 0; u < units; u++) {
+            int64_t a, b;
+            loom_model_unit_range(m, u, &a, &b);
+            a = a > olo ? a : olo;
+            b = b < ohi ? b : ohi;
+            const int64_t gathers = micro * (u == 0 ? 1 + tied : u == units - 1 ? 1 : 2);
+            if (b > a) reads += gathers * in_files(marks[LOOM_OFF_PARAMS], C, a - olo, b - olo);
+        }
+    }
+    free(mem);
+    p->file_read_bytes = 4 * reads;
+    p->file_write_bytes = 4 * writes;
+    return LOOM_OK;
+}
+
 static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, int w, loom_plan_rank *p) {
     const loom_train_config *t = &rc->train;
     const int red = s.dp * s.sp; /* the ranks ZeRO slices over */
@@ -79,6 +129,15 @@ static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, in
             p->pinned_bytes += zb.pinned[k];
             p->file_bytes += 4 * zb.store_floats - zb.pinned[k];
         }
+    if (zb.mask) {
+        const int64_t olo = stage == 0 ? 0 : lo;
+        st = file_traffic(m, &zb, t->mem_budget, olo, olo + zb.store_floats, t->grad_accum,
+                          rc->model.tie_embeddings && s.pp == 1, p);
+        if (st != LOOM_OK) {
+            loom_model_free(&m);
+            return st;
+        }
+    }
     p->bytes[LOOM_MEM_PARAMS] = off_pg ? zb.pinned[LOOM_OFF_PARAMS] : 4 * (stage >= 3 ? slice : n);
     p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
     p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]

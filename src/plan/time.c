@@ -226,7 +226,7 @@ static int64_t part0(int64_t lo, int64_t hi, int64_t S) {
 static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, int red, int per_host, int64_t micro,
                        int tied, loom_plan_time_result *r, double *seconds, double *refill) {
     *seconds = *refill = 0.0;
-    if (red <= 1) return;
+    if (red <= 1 && stage < 2) return; /* one rank over a memory budget runs stage 3: its refill, no collectives */
     const int units = loom_model_num_units(m);
     const int64_t n = loom_model_buffer_size(m), S = (n + red - 1) / red;
 #define COLL(op, bytes_total, bytes_counted)                                                           \
@@ -238,17 +238,30 @@ static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, in
     for (int u = 0; u < units; u++) {
         int64_t lo, hi;
         loom_model_unit_range(m, u, &lo, &hi);
+        const int head = u == units - 1;
+        const int gathers = stage < 3 ? 0 : (int)micro * (u == 0 ? 1 + tied : head ? 1 : 2);
+        *refill += (double)(hi - lo) * (double)((stage >= 2 ? micro : 0) + gathers);
+        if (red <= 1) continue;
         const int64_t b = 4 * (hi - lo);
         if (stage <= 1) COLL(LOOM_COLL_ALLREDUCE, b, b);
         for (int64_t k = 0; stage >= 2 && k < micro; k++) COLL(LOOM_COLL_REDUCE_SCATTER, b, b);
-        const int head = u == units - 1;
-        const int gathers = stage < 3 ? 0 : (int)micro * (u == 0 ? 1 + tied : head ? 1 : 2);
         for (int k = 0; k < gathers; k++) COLL(LOOM_COLL_ALLGATHER, b, 4 * part0(lo, hi, S));
-        *refill += (double)(hi - lo) * (double)((stage >= 2 ? micro : 0) + gathers);
     }
+    if (red <= 1) return;
     if (stage == 1 || stage == 2) COLL(LOOM_COLL_ALLGATHER, 4 * n, 4 * part0(0, n, S));
     if (stage >= 1) COLL(LOOM_COLL_ALLREDUCE, 8, 8);
 #undef COLL
+}
+
+/* Writing `floats` into pages given back: each thread takes its own pages' faults, so more threads never
+ * refill slower than one does; a figure above the one-thread one is the benchmark's own stall (with
+ * MADV_HUGEPAGE the kernel may compact memory at a fault: 0.07-5.1 ns per float at 2 threads between two
+ * passes of one `loom bench cluster` here, 0.12-0.14 at 1 thread; the run with 364M refilled floats per
+ * step bounds its own cost below 1.4 ns) */
+static double refill_seconds(const loom_cluster *c, int threads, int prec, double floats) {
+    const double s = loom_cluster_kernel_seconds(c, threads, prec, LOOM_KC_REFILL, floats);
+    const double one = threads > 1 ? loom_cluster_kernel_seconds(c, 1, prec, LOOM_KC_REFILL, floats) : s;
+    return one > 0 && one < s ? one : s;
 }
 
 /* the members of a group (`size` ranks, `stride` apart in the world's order) on each host of rph ranks */
@@ -426,7 +439,7 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
         dp_traffic(c, m, pr.stage, red, host_dp, micro, mc->tie_embeddings && s.pp == 1, r, &dp_s, &refill);
         r->dp_refill_floats = (int64_t)refill;
         r->breakdown_s[LOOM_PT_REFILL] =
-            demand * loom_cluster_kernel_seconds(c, x.threads, x.prec, LOOM_KC_REFILL, refill);
+            demand * refill_seconds(c, x.threads, x.prec, refill);
         const int units = loom_model_num_units(m);
         loom_model_free(&m);
         /* a GPU's collectives (NCCL) run beside the backward pass; a CPU's take the cores that compute */
@@ -435,10 +448,12 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
             dp_s = dp_s > hide ? dp_s - hide : dp_s / units;
         }
         r->breakdown_s[LOOM_PT_DP_COMM] = dp_s;
-        if (pr.offload_mask) { /* every offloaded stream read and written once per step */
-            const double bytes = (double)pr.file_bytes;
-            r->breakdown_s[LOOM_PT_OFFLOAD] = (c->disk_read_bps > 0 ? bytes / c->disk_read_bps : 0.0) +
-                                              (c->disk_write_bps > 0 ? bytes / c->disk_write_bps : 0.0);
+        if (pr.offload_mask) { /* the files' reads and writes (loom_plan_rank's count of zero.c's) */
+            r->offload_read_bytes = pr.file_read_bytes;
+            r->offload_write_bytes = pr.file_write_bytes;
+            r->breakdown_s[LOOM_PT_OFFLOAD] =
+                (c->disk_read_bps > 0 ? (double)pr.file_read_bytes / c->disk_read_bps : 0.0) +
+                (c->disk_write_bps > 0 ? (double)pr.file_write_bytes / c->disk_write_bps : 0.0);
         }
         r->peak_bytes = 0;
         for (int k = 0; k < LOOM_MEM_N_CATEGORIES; k++) r->peak_bytes += pr.bytes[k];
