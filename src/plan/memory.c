@@ -6,6 +6,7 @@
 
 #include "loom/parallel.h"
 #include "loom/plan.h"
+#include "plan_impl.h"
 
 /* the mesh for `world` ranks (dp = the rest when left out) */
 static loom_status mesh_of(const loom_train_config *t, int world, loom_mesh_shape *s) {
@@ -59,8 +60,7 @@ static loom_status file_traffic(const loom_model *m, const loom_zero_budget *zb,
             loom_model_unit_range(m, u, &a, &b);
             a = a > olo ? a : olo;
             b = b < ohi ? b : ohi;
-            const int64_t gathers = micro * (u == 0 ? 1 + tied : u == units - 1 ? 1 : 2);
-            if (b > a) reads += gathers * in_files(marks[LOOM_OFF_PARAMS], C, a - olo, b - olo);
+            if (b > a) reads += loom_plan_unit_gathers(u, units, micro, tied) * in_files(marks[LOOM_OFF_PARAMS], C, a - olo, b - olo);
         }
     }
     free(mem);

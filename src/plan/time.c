@@ -238,14 +238,13 @@ static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, in
     for (int u = 0; u < units; u++) {
         int64_t lo, hi;
         loom_model_unit_range(m, u, &lo, &hi);
-        const int head = u == units - 1;
-        const int gathers = stage < 3 ? 0 : (int)micro * (u == 0 ? 1 + tied : head ? 1 : 2);
+        const int64_t gathers = stage < 3 ? 0 : loom_plan_unit_gathers(u, units, micro, tied);
         *refill += (double)(hi - lo) * (double)((stage >= 2 ? micro : 0) + gathers);
         if (red <= 1) continue;
         const int64_t b = 4 * (hi - lo);
         if (stage <= 1) COLL(LOOM_COLL_ALLREDUCE, b, b);
         for (int64_t k = 0; stage >= 2 && k < micro; k++) COLL(LOOM_COLL_REDUCE_SCATTER, b, b);
-        for (int k = 0; k < gathers; k++) COLL(LOOM_COLL_ALLGATHER, b, 4 * part0(lo, hi, S));
+        for (int64_t k = 0; k < gathers; k++) COLL(LOOM_COLL_ALLGATHER, b, 4 * part0(lo, hi, S));
     }
     if (red <= 1) return;
     if (stage == 1 || stage == 2) COLL(LOOM_COLL_ALLGATHER, 4 * n, 4 * part0(0, n, S));
