@@ -62,23 +62,16 @@ def med(xs):
 
 def model_flops(loom, ckpt):
     """(FLOPs of one row through the blocks, of one row through the vocabulary head, attention FLOPs per row
-    and cached position) from the checkpoint's metadata (`loom ckpt info`): 2 per weight of each product."""
+    and cached position) from the checkpoint's metadata (`loom ckpt info`): 2 per weight of each product; the
+    embeddings (wte, wpe) are looked up, the head (tied or lm_head.weight) is vocabulary x d_model."""
     r = subprocess.run([loom, "ckpt", "info", ckpt], capture_output=True, text=True)
     meta = next((json.loads(l[5:]) for l in r.stdout.splitlines() if l.startswith("meta ")), None)
     if r.returncode != 0 or not meta:
         return None
-    mc, body, head = meta["model"], 0, 0
-    for p in meta["params"]:
-        if len(p["shape"]) != 2 or p["name"] in ("wpe",):
-            continue
-        n = p["shape"][0] * p["shape"][1]
-        if p["name"] in ("wte", "tok_embeddings.weight", "lm_head", "lm_head.weight", "output.weight"):
-            head = n if p["name"] != "wte" or mc.get("tie_embeddings", True) else head
-            continue
-        body += n
-    if not head:
-        head = mc["vocab_size"] * mc["d_model"]
-    return 2.0 * body, 2.0 * head, 4.0 * mc["n_layer"] * mc["d_model"]
+    mc = meta["model"]
+    body = sum(p["shape"][0] * p["shape"][1] for p in meta["params"]
+               if len(p["shape"]) == 2 and p["name"] not in ("wte", "wpe", "lm_head.weight"))
+    return 2.0 * body, 2.0 * mc["vocab_size"] * mc["d_model"], 4.0 * mc["n_layer"] * mc["d_model"]
 
 
 def bench_peak(loom, threads, precision):
@@ -401,7 +394,7 @@ def main():
         print(row)
     if 1 in tps and 16 in tps and tps[1] > 0:
         print(f"loom serve N=16 / N=1 aggregate tokens/s: {tps[16] / tps[1]:.2f}x")
-        # the most N=16 could give: every request's FLOPs at the machine's measured fp32 peak, nothing else
+        # the most N=16 could give: every request's FLOPs at the machine's measured peak, nothing else
         shapes = [s for x in loom_res[16] for s in x["shapes"]]
         if flops and peak and shapes:
             per_req = statistics.mean(request_flops(flops, p, g) for p, g in shapes)

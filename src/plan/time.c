@@ -226,7 +226,6 @@ static int64_t part0(int64_t lo, int64_t hi, int64_t S) {
 static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, int red, int per_host, int64_t micro,
                        int tied, loom_plan_time_result *r, double *seconds, double *refill) {
     *seconds = *refill = 0.0;
-    if (red <= 1 && stage < 2) return; /* one rank over a memory budget runs stage 3: its refill, no collectives */
     const int units = loom_model_num_units(m);
     const int64_t n = loom_model_buffer_size(m), S = (n + red - 1) / red;
 #define COLL(op, bytes_total, bytes_counted)                                                           \
@@ -240,7 +239,7 @@ static void dp_traffic(const loom_cluster *c, const loom_model *m, int stage, in
         loom_model_unit_range(m, u, &lo, &hi);
         const int64_t gathers = stage < 3 ? 0 : loom_plan_unit_gathers(u, units, micro, tied);
         *refill += (double)(hi - lo) * (double)((stage >= 2 ? micro : 0) + gathers);
-        if (red <= 1) continue;
+        if (red <= 1) continue; /* one rank (over a memory budget: stage 3) refills, and issues no collectives */
         const int64_t b = 4 * (hi - lo);
         if (stage <= 1) COLL(LOOM_COLL_ALLREDUCE, b, b);
         for (int64_t k = 0; stage >= 2 && k < micro; k++) COLL(LOOM_COLL_REDUCE_SCATTER, b, b);
