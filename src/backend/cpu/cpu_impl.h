@@ -24,7 +24,8 @@ static inline void loom_cpu_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
 }
 
 /* Cephes-style expf: ~1 ulp on [-87, 88], written so that the compiler vectorises it without
- * -ffast-math (glibc's expf only vectorises under fast-math). Deterministic. */
+ * -ffast-math (glibc's expf only vectorises under fast-math); its clamp becomes a blend only under
+ * -fno-trapping-math (CMakeLists.txt). Deterministic. */
 static inline float loom_fast_expf(float x) {
     x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
     float n = __builtin_rintf(x * 1.44269504088896341f);
