@@ -307,9 +307,9 @@ static void run_case(loom_kernel k, run *r) {
         }
         break;
     case LOOM_KERNEL_softmax_cross_entropy:
-        for (int grad = 0; grad < 2; grad++) {
+        for (int grad = 0; grad < 3; grad++) { /* no gradient, over the logits, into bf16 (compared as floats) */
             loom_softmax_cross_entropy_args a = {out_f(r, 13 * 211), out_f(r, 13), ids_in(r, 13, 211, 1), 13, 211,
-                                                 grad ? 0.25f : 0.0f};
+                                                 grad ? 0.25f : 0.0f, grad == 2 ? (uint16_t *)out_f(r, (13 * 211 + 1) / 2) : NULL};
             KCALL(loom_k_softmax_cross_entropy(be, &a));
         }
         break;
@@ -344,14 +344,15 @@ static void run_case(loom_kernel k, run *r) {
         out_scalar(r, &scalar_a);
         break;
     }
-    case LOOM_KERNEL_adamw: {
-        const int64_t n = 5003;
-        loom_adamw_args a = {out_f(r, n), rand_in(r, n, -1, 1), out_f(r, n), NULL, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f,
-                             0.1f, 0.05f, 0.5f};
-        a.v = out_range(r, n, 0.01, 1); /* a second moment is never negative */
-        KCALL(loom_k_adamw(be, &a));
+    case LOOM_KERNEL_adamw:
+        for (int with16 = 0; with16 < 2; with16++) { /* and writing the bf16 copy (compared as floats) */
+            const int64_t n = 5003;
+            loom_adamw_args a = {out_f(r, n), rand_in(r, n, -1, 1), out_f(r, n), NULL, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.1f,
+                                 0.1f, 0.05f, 0.5f, with16 ? (uint16_t *)out_f(r, (n + 1) / 2) : NULL};
+            a.v = out_range(r, n, 0.01, 1); /* a second moment is never negative */
+            KCALL(loom_k_adamw(be, &a));
+        }
         break;
-    }
     case LOOM_KERNEL_lamb_moments:
     case LOOM_KERNEL_lamb_apply: {
         const int64_t n = 5003;

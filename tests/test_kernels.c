@@ -64,6 +64,13 @@ static void check_close(const char *name, const float *got, const double *ref, i
     report(name, ok, werr, wtol);
 }
 
+/* got (n bf16) holds exactly the bf16 rounding of src: the bits loom_f32_to_bf16 gives */
+static void check_bf16_of(const char *name, const uint16_t *got, const float *src, int64_t n) {
+    int64_t bad = 0;
+    for (int64_t i = 0; i < n; i++) bad += got[i] != loom_f32_to_bf16(src[i]);
+    report(name, bad == 0, (double)bad, 0.0);
+}
+
 static void check_scalar(const char *name, double got, double ref, double atol, double rtol) {
     double err = fabs(got - ref), tol = atol + rtol * fabs(ref);
     report(name, err <= tol, err, tol);
@@ -821,6 +828,17 @@ static void test_cross_entropy(loom_backend *be) {
     K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss_nog, .targets = tgt, .N = N, .V = V, .grad_scale = 0.0f}));
     check_bits("softmax_cross_entropy_no_grad_logits_untouched", x, x0, N * V);
     check_bits("softmax_cross_entropy_no_grad_same_losses", loss_nog, loss, N);
+    /* the gradient into bf16: exactly the fp32 gradient's rounding (ignored rows zero), the same losses, and the
+     * logits left as they were */
+    float *loss16 = fvec(N);
+    uint16_t *g16 = malloc((size_t)(N * V) * sizeof(uint16_t));
+    K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss16, .targets = tgt, .N = N, .V = V, .grad_scale = gs, .grad16 = g16}));
+    check_bits("softmax_cross_entropy_bf16_grad_logits_untouched", x, x0, N * V);
+    check_bits("softmax_cross_entropy_bf16_grad_same_losses", loss16, loss, N);
+    K(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = x, .losses = loss16, .targets = tgt, .N = N, .V = V, .grad_scale = gs}));
+    check_bf16_of("softmax_cross_entropy_bf16_grad_is_rounded_grad", g16, x, N * V);
+    free(loss16);
+    free(g16);
     /* vocabulary-parallel: the columns cut in two ranges (as two tp ranks hold them), the reductions between the
      * passes done here; losses and gradients as the fused kernel's reference */
     const int64_t V1 = 40;
@@ -1004,6 +1022,18 @@ static void test_adamw(loom_backend *be, int64_t n) {
     check_close("adamw_p", p, pr, n, 1e-7, 1e-6);
     check_close("adamw_m", m, mr, n, 3e-8, 1e-6);
     check_close("adamw_v", v, vr, n, 1e-11, 1e-6);
+    /* the fused bf16 copy: the same update bit for bit, and the copy is exactly the updated weights rounded */
+    float *pf = fvec(n), *mf = fvec(n), *vf = fvec(n);
+    uint16_t *p16 = malloc((size_t)n * sizeof(uint16_t));
+    memcpy(pf, p0, (size_t)n * sizeof(float));
+    memcpy(mf, m0, (size_t)n * sizeof(float));
+    memcpy(vf, v0, (size_t)n * sizeof(float));
+    K(loom_k_adamw(be, &(loom_adamw_args){.p = pf, .g = g, .m = mf, .v = vf, .n = n, .lr = lr, .beta1 = b1, .beta2 = b2, .eps = eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = gs, .p16 = p16}));
+    check_bits("adamw_bf16_copy_same_p", pf, p, n);
+    check_bits("adamw_bf16_copy_same_m", mf, m, n);
+    check_bits("adamw_bf16_copy_same_v", vf, v, n);
+    check_bf16_of("adamw_bf16_copy_is_rounded_p", p16, p, n);
+    free(pf); free(mf); free(vf); free(p16);
     free(p); free(g); free(m); free(v); free(p0); free(m0); free(v0); free(pr); free(mr); free(vr);
 }
 

@@ -319,12 +319,15 @@ typedef struct {
 } loom_embedding_backward_args;
 
 /* Fused softmax + cross-entropy. logits (N,V) in; losses (N) out; when grad_scale != 0 the logits are
- * overwritten by grad_scale * (softmax - onehot(target)). targets (N) int32; < 0 are ignored. */
+ * overwritten by grad_scale * (softmax - onehot(target)). targets (N) int32; < 0 are ignored. grad16
+ * (N,V) or NULL: the gradient goes there instead, rounded to bf16 (the bits f32_to_bf16 gives of the fp32
+ * gradient), and the logits stay as they are: bf16 training's head products read it without a conversion. */
 typedef struct {
     float *logits, *losses;
     const int32_t *targets;
     int64_t N, V;
     float grad_scale;
+    uint16_t *grad16;
 } loom_softmax_cross_entropy_args;
 /* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
  * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.
@@ -369,13 +372,15 @@ typedef struct {
 } loom_sum_squares_args;
 
 /* Optimizer updates over one contiguous range; every scalar is already scheduled (lr, corrections). p, g
- * and the state are buffers; grad_scale multiplies g (clipping, loss-scale removal). */
+ * and the state are buffers; grad_scale multiplies g (clipping, loss-scale removal). AdamW's p16 (n) or
+ * NULL: the updated weights' bf16 copy, written in the same pass (the bits f32_to_bf16 gives of p). */
 typedef struct {
     float *p;
     const float *g;
     float *m, *v;
     int64_t n;
     float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale;
+    uint16_t *p16;
 } loom_adamw_args;
 /* LAMB, two passes so that no update buffer the size of a parameter is needed: moments updates m and v and
  * sets *result to the squared norm of the Adam direction r = mhat/(sqrt(vhat)+eps) + wd*p; apply recomputes r

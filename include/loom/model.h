@@ -217,6 +217,9 @@ void loom_model_set_buffers(loom_model *m, float *params, float *grads);
 int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p);
 /* Mixed precision: refreshes the weights' low-precision copy from the parameters (after each change). */
 LOOM_NODISCARD loom_status loom_model_refresh_low_precision(loom_model *m);
+/* The bf16 copy of the weights where an update of `params` (n floats) can write it in the same pass: only
+ * when they are the whole trained weights and the copy is whole-model bf16; else NULL (the caller refreshes). */
+uint16_t *loom_model_bf16_copy_of(loom_model *m, const float *params, int64_t n);
 /* Floats of one activation passed between pipeline chunks for a B x T micro-batch. */
 int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */

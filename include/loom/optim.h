@@ -37,6 +37,7 @@ typedef struct {
     double grad_norm;  /* before clipping */
     double clip_coef;  /* applied scale (1 = none) */
     int skipped;       /* loss scaling: the gradients overflowed, nothing was updated */
+    int bf16_written;  /* the update also wrote the weights' bf16 copy (loom_model_bf16_copy_of): no refresh */
 } loom_optim_stats;
 
 typedef struct loom_optim loom_optim;

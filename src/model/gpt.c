@@ -1199,6 +1199,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     }
     m->last_B = B;
     m->last_T = T;
+    m->dlogits16 = 0;
     const int32_t *tgt = NULL;
     if (targets) LOOM_CALL(stage_ids(m, targets, m->tgt_dev, N, &tgt));
     if (targets && m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
@@ -1211,9 +1212,13 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses, .targets = tgt,
                                    .N = N, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale}));
     } else if (targets) {
+        /* bf16 with one activation slot: the gradient goes straight into the head products' bf16 operand
+         * (scratch16[0], untouched until this slot's backward starts with the head) */
+        uint16_t *g16 = grad_scale != 0.0f && m->params16 && m->n_slots == 1 ? m->scratch16[0] : NULL;
         LOOM_CALL(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
                                                .losses = m->losses, .targets = tgt, .N = N, .V = V,
-                                               .grad_scale = grad_scale}));
+                                               .grad_scale = grad_scale, .grad16 = g16}));
+        m->dlogits16 = g16 != NULL;
     }
     if (targets && loss) { /* the mean over the tokens with a target, summed on the host */
         const float *losses = m->losses;
@@ -1334,11 +1339,16 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     const float beta = accumulate ? 1.0f : 0.0f;
     const int64_t l0 = m->chunk_l0[k], l1 = m->chunk_l1[k];
     const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
-    if (head) { /* logits = lnf Whead^T; m->logits holds dlogits */
+    if (head) { /* logits = lnf Whead^T; m->logits holds dlogits, or scratch16[0] in bf16 (m->dlogits16) */
         const float *lnf_full = m->slots[m->slot].lnf_full;
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
-        LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C},
-                  (loom_gemm){1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C}));
+        const loom_gemm dx = {0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C},
+                        dw = {1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C};
+        if (m->dlogits16) { /* the same products on the bits as_bf16 would have made of the fp32 gradient */
+            m->dlogits16 = 0;
+            LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0]));
+            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0]));
+        } else LOOM_CALL(grad_products(m, dx, dw));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));
@@ -1507,6 +1517,11 @@ loom_status loom_model_weights_done(loom_model *m, int64_t begin, int64_t end) {
     m->w_resident += kept * (int64_t)sizeof(float);
     m->w_lowp_fresh = 1;
     return LOOM_OK;
+}
+
+uint16_t *loom_model_bf16_copy_of(loom_model *m, const float *params, int64_t n) {
+    const int whole = params == m->w && n == m->w_size && !m->lora && !m->lowp_made;
+    return whole && m->params16 ? m->params16 : NULL;
 }
 
 loom_status loom_model_refresh_low_precision(loom_model *m) {

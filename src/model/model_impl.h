@@ -45,6 +45,7 @@ struct loom_model {
     int n_units;
     int64_t *unit_lo;           /* [n_units + 1] */
     int n_slots, slot;
+    int dlogits16;                    /* the last forward left its logits' bf16 gradient in scratch16[0] */
     act_slot *slots;
     /* mixed precision (both NULL: fp32) */
     loom_precision precision;

@@ -171,6 +171,7 @@ static loom_status norm_to_clip(loom_optim *o, int64_t step, double norm, loom_o
         st->grad_norm = norm;
         st->clip_coef = clip;
         st->skipped = *skip;
+        st->bf16_written = 0; /* set by the update that writes it */
     }
     LOOM_CHECK(*skip || isfinite(norm), LOOM_ERR_INVALID_ARG, "gradient norm is %g at step %lld (loss diverged)", norm,
                (long long)step);
@@ -240,6 +241,8 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
     LOOM_CALL(range_grad_norm(o, model, grads, &norm));
     LOOM_CALL(norm_to_clip(o, step, norm, st, &skip, &clip)); /* clip: also divides out a loss scale */
     if (skip) return LOOM_OK;
+    /* AdamW over the whole weights writes their bf16 copy in the same pass (one read of p, not two) */
+    uint16_t *p16 = c->kind == LOOM_OPTIM_ADAMW ? loom_model_bf16_copy_of(model, params, o->end - o->begin) : NULL;
     const double lr = loom_optim_lr(c, step, o->total_steps);
     const double t = (double)(step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
@@ -277,7 +280,7 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
         const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
         switch (c->kind) {
         case LOOM_OPTIM_ADAMW:
-            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)clip}));
+            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)clip, .p16 = p16 ? p16 + (lo - o->begin) : NULL}));
             break;
         case LOOM_OPTIM_LAMB: {
             double pn = sqrt(o->norms[2 * i]), rn = sqrt(o->norms[2 * i + 1]);
@@ -298,6 +301,7 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
         }
         }
     }
+    if (st) st->bf16_written = p16 != NULL;
     return LOOM_OK;
 }
 

@@ -679,7 +679,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     while (test_fault_at(tr, "hang", n) && (!attempt || !strcmp(attempt, "0"))) sleep(1);
     LOOM_CHECK(!test_fault_at(tr, "step", tr->step + 1), LOOM_ERR_INTERNAL,
                "an error in the middle of step %lld (injected by LOOM_TEST_FAULT)", (long long)tr->step + 1);
-    loom_optim_stats os;
+    loom_optim_stats os = {0};
     LOOM_CALL(loom_zero_step(tr->zero, tr->step, &os));
     tr->skipped = tr->loss_scale > 0 && os.skipped;
     if (os.skipped && tr->loss_scale <= 0) { /* a non-finite gradient norm (every rank sees the same) */
@@ -708,7 +708,7 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
         tr->loss_scale *= 2.0;
         tr->loss_scale_good = 0;
     }
-    LOOM_CALL(loom_model_refresh_low_precision(tr->model));
+    if (!os.bf16_written) LOOM_CALL(loom_model_refresh_low_precision(tr->model));
     tr->tp_stats = loom_comm_get_stats(tr->mesh.tp); /* this step's tensor-parallel traffic, before any eval */
     tr->sp_stats = loom_comm_get_stats(tr->mesh.sp);
     tr->dp_stats = loom_comm_get_stats(tr->red);

@@ -57,6 +57,15 @@ static inline float loom_fast_erff(float x) {
     return __builtin_copysignf(y, x);
 }
 
+/* fp32 -> bf16, round to nearest even, NaN stays a quiet NaN: the one rounding every bf16 writer uses */
+static inline uint16_t loom_cpu_bf16_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 static inline float loom_fast_tanhf(float x) {
     /* tanh(x) = 1 - 2 / (exp(2x) + 1); the absolute error near 0 is ~1e-7, well inside the tests' bounds */
     return 1.0f - 2.0f / (loom_fast_expf(2.0f * x) + 1.0f);

@@ -243,17 +243,8 @@ static float bf16_to_f32(uint16_t h) {
 
 static void cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
     (void)be;
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t u;
-        memcpy(&u, &src[i], sizeof u);
-        if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) { /* NaN stays a (quiet) NaN */
-            dst[i] = (uint16_t)((u >> 16) | 0x40);
-            continue;
-        }
-        u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */
-        dst[i] = (uint16_t)(u >> 16);
-    }
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) dst[i] = loom_cpu_bf16_round(src[i]);
 }
 
 loom_status loom_cpu_f32_to_bf16(loom_backend *be, const loom_f32_to_bf16_args *a) {

@@ -4,7 +4,7 @@
 #include "cpu_impl.h"
 
 static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
-                                    int64_t N, int64_t V, float grad_scale) {
+                                    int64_t N, int64_t V, float grad_scale, uint16_t *grad16) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -19,11 +19,18 @@ static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *lo
         float lse = mx + logf(s);
         if (tgt < 0) {
             losses[n] = 0.0f;
-            if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
+            if (grad_scale != 0.0f && grad16) memset(grad16 + n * V, 0, (size_t)V * sizeof(uint16_t));
+            else if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
             continue;
         }
         losses[n] = lse - x[tgt];
-        if (grad_scale != 0.0f) {
+        if (grad_scale != 0.0f && grad16) { /* the same fp32 values as below, rounded as they are written */
+            const float inv = grad_scale / s, at_tgt = loom_fast_expf(x[tgt] - mx) * inv - grad_scale;
+            uint16_t *d = grad16 + n * V;
+#pragma omp simd
+            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(loom_fast_expf(x[v] - mx) * inv);
+            d[tgt] = loom_cpu_bf16_round(at_tgt);
+        } else if (grad_scale != 0.0f) {
             float inv = grad_scale / s;
 #pragma omp simd
             for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - mx) * inv;
@@ -33,7 +40,7 @@ static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *lo
 }
 
 loom_status loom_cpu_softmax_cross_entropy(loom_backend *be, const loom_softmax_cross_entropy_args *a) {
-    cpu_softmax_cross_entropy(be, a->logits, a->losses, a->targets, a->N, a->V, a->grad_scale);
+    cpu_softmax_cross_entropy(be, a->logits, a->losses, a->targets, a->N, a->V, a->grad_scale, a->grad16);
     return LOOM_OK;
 }
 

@@ -42,24 +42,34 @@ loom_status loom_cpu_sum_squares(loom_backend *be, const loom_sum_squares_args *
     return LOOM_OK;
 }
 
-static void cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, int64_t n, float lr,
-                    float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
+/* one element's update; p16: also its bf16 copy (the flag is a constant in each caller's loop) */
+static inline void adamw_one(float *p, const float *g, float *m, float *v, uint16_t *p16, int64_t i, float decay,
+                             float step, float bc2s, float beta1, float beta2, float eps, float gs, int with16) {
+    float gi = g[i] * gs;
+    float pi = p[i] * decay;
+    float mi = m[i] * beta1 + (1.0f - beta1) * gi;
+    float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
+    if (with16) p16[i] = loom_cpu_bf16_round(p[i]);
+}
+
+static void cpu_adamw(loom_backend *be, float *p, const float *g, float *m, float *v, uint16_t *p16, int64_t n,
+                      float lr, float beta1, float beta2, float eps, float wd, float bc1, float bc2, float gs) {
     (void)be;
     const float decay = 1.0f - lr * wd, step = lr / bc1, bc2s = sqrtf(bc2);
+    if (p16) {
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float gi = g[i] * gs;
-        float pi = p[i] * decay;
-        float mi = m[i] * beta1 + (1.0f - beta1) * gi;
-        float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        p[i] = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
+        for (int64_t i = 0; i < n; i++) adamw_one(p, g, m, v, p16, i, decay, step, bc2s, beta1, beta2, eps, gs, 1);
+        return;
     }
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) adamw_one(p, g, m, v, NULL, i, decay, step, bc2s, beta1, beta2, eps, gs, 0);
 }
 
 loom_status loom_cpu_adamw(loom_backend *be, const loom_adamw_args *a) {
-    cpu_adamw(be, a->p, a->g, a->m, a->v, a->n, a->lr, a->beta1, a->beta2, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->grad_scale);
+    cpu_adamw(be, a->p, a->g, a->m, a->v, a->p16, a->n, a->lr, a->beta1, a->beta2, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->grad_scale);
     return LOOM_OK;
 }
 

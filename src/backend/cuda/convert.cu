@@ -8,15 +8,7 @@
 #include "cuda_kernels.cuh"
 
 __global__ void f32_to_bf16_kernel(uint16_t *dst, const float *src, int64_t n) {
-    LOOM_GRID_STRIDE(i, n) {
-        uint32_t u = __float_as_uint(src[i]);
-        if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) {
-            dst[i] = (uint16_t)((u >> 16) | 0x40u);
-            continue;
-        }
-        u += 0x7fffu + ((u >> 16) & 1u);
-        dst[i] = (uint16_t)(u >> 16);
-    }
+    LOOM_GRID_STRIDE(i, n) dst[i] = bf16_round(src[i]);
 }
 
 extern "C" loom_status loom_cuda_f32_to_bf16(loom_backend *be, const loom_f32_to_bf16_args *a) {

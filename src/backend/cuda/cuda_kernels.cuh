@@ -25,6 +25,14 @@ static inline unsigned loom_cuda_blocks(int64_t n, int threads) {
 
 /* Butterfly reductions: every lane ends with the same bits (a + b == b + a in IEEE arithmetic, and each
  * step pairs the same partial sums on both sides). */
+/* fp32 -> bf16 as the CPU rounds it (nearest, ties to even, NaN kept a quiet NaN): the same integer steps */
+__device__ __forceinline__ uint16_t bf16_round(float x) {
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

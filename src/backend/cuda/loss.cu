@@ -9,7 +9,8 @@ enum { CE_THREADS = 512 };
 
 static unsigned rows_grid(int64_t N) { return (unsigned)N; }
 
-__global__ void softmax_ce_kernel(float *logits, float *losses, const int32_t *targets, int64_t V, float grad_scale) {
+__global__ void softmax_ce_kernel(float *logits, float *losses, const int32_t *targets, int64_t V, float grad_scale,
+                                  uint16_t *grad16) {
     __shared__ float sh[32];
     const int64_t n = blockIdx.x;
     float *x = logits + n * V;
@@ -25,7 +26,10 @@ __global__ void softmax_ce_kernel(float *logits, float *losses, const int32_t *t
     if (tgt < 0) {
         if (threadIdx.x == 0) losses[n] = 0.0f;
         if (grad_scale != 0.0f)
-            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) x[v] = 0.0f;
+            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+                if (grad16) grad16[n * V + v] = 0;
+                else x[v] = 0.0f;
+            }
         return;
     }
     if (threadIdx.x == 0) losses[n] = (mx + logf(s)) - xt;
@@ -34,7 +38,8 @@ __global__ void softmax_ce_kernel(float *logits, float *losses, const int32_t *t
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
         float p = expf(x[v] - mx) * inv;
         if (v == tgt) p -= grad_scale;
-        x[v] = p;
+        if (grad16) grad16[n * V + v] = bf16_round(p); /* the logits stay */
+        else x[v] = p;
     }
 }
 
@@ -42,7 +47,7 @@ extern "C" loom_status loom_cuda_softmax_cross_entropy(loom_backend *be, const l
     if (a->N <= 0) return LOOM_OK;
     LOOM_CHECK(a->N <= 0x7fffffff, LOOM_ERR_UNSUPPORTED, "cuda cross-entropy: %lld rows exceed the grid", (long long)a->N);
     softmax_ce_kernel<<<rows_grid(a->N), CE_THREADS, 0, loom_cuda_of(be)->stream>>>(a->logits, a->losses, a->targets,
-                                                                                    a->V, a->grad_scale);
+                                                                                    a->V, a->grad_scale, a->grad16);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }

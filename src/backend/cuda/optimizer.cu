@@ -49,15 +49,17 @@ extern "C" loom_status loom_cuda_sum_squares(loom_backend *be, const loom_sum_sq
     return loom_cuda_scalar_to_host(be, part, a->result);
 }
 
-__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, int64_t n, float beta1, float beta2,
-                             float eps, float decay, float step, float bc2s, float gs) {
+__global__ void adamw_kernel(float *p, const float *g, float *m, float *v, uint16_t *p16, int64_t n, float beta1,
+                             float beta2, float eps, float decay, float step, float bc2s, float gs) {
     LOOM_GRID_STRIDE(i, n) {
         const float gi = g[i] * gs, pi = p[i] * decay;
         const float mi = m[i] * beta1 + (1.0f - beta1) * gi;
         const float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        p[i] = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
+        const float pn = pi - step * (mi / (sqrtf(vi) / bc2s + eps));
+        p[i] = pn;
+        if (p16) p16[i] = bf16_round(pn);
     }
 }
 
@@ -67,7 +69,7 @@ extern "C" loom_status loom_cuda_adamw(loom_backend *be, const loom_adamw_args *
     const float decay = 1.0f - a->lr * a->weight_decay, step = a->lr / a->bias_correction1,
                 bc2s = sqrtf(a->bias_correction2);
     adamw_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->p, a->g, a->m, a->v, a->n, a->beta1, a->beta2, a->eps, decay, step, bc2s, a->grad_scale);
+        a->p, a->g, a->m, a->v, a->p16, a->n, a->beta1, a->beta2, a->eps, decay, step, bc2s, a->grad_scale);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
