@@ -57,7 +57,8 @@ static inline float loom_fast_erff(float x) {
     return __builtin_copysignf(y, x);
 }
 
-/* fp32 -> bf16, round to nearest even, NaN stays a quiet NaN: the one rounding every bf16 writer uses */
+/* fp32 -> bf16, round to nearest even, NaN stays a quiet NaN: the one rounding every bf16 writer here uses, the
+ * same as core's loom_f32_to_bf16 but inline, so that the loops writing bf16 vectorise */
 static inline uint16_t loom_cpu_bf16_round(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
