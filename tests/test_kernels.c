@@ -613,8 +613,8 @@ static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t 
 /* Ring attention's pieces against the whole sequence's reference: the second half's queries against their own
  * keys (causal) and the first half's (all visible), merged, give the second half's rows of causal attention
  * over all 2T positions; the two backward pieces give its dq and both halves' dk, dv (from those rows). */
-static void test_attention_blocks(loom_backend *be) {
-    const int64_t B = 2, T = 9, T2 = 2 * T, H = 4, KV = 2, hd = 6, row = (H + 2 * KV) * hd, C = H * hd, kvw = 2 * KV * hd;
+static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd) {
+    const int64_t B = 2, T2 = 2 * T, H = 4, KV = 2, row = (H + 2 * KV) * hd, C = H * hd, kvw = 2 * KV * hd;
     float *qkv = fvec(B * T2 * row), *dout = fvec(B * T2 * C);
     fill(qkv, B * T2 * row, -1.5, 1.5);
     fill(dout, B * T2 * C, -1, 1);
@@ -712,12 +712,17 @@ static void test_attention_decode(loom_backend *be) {
 }
 
 static void test_attention(loom_backend *be) {
-    test_attention_blocks(be);
+    test_attention_blocks(be, 9, 6);
+    test_attention_blocks(be, 70, 32); /* two query blocks, whole register tiles and 8 x 8 transposes */
     test_attention_decode(be);
     test_attention_case(be, 2, 13, 4, 2, 8);  /* GQA, group 2 */
     test_attention_case(be, 1, 17, 3, 1, 10); /* multi-query: one kv head for three query heads */
     test_attention_case(be, 3, 5, 2, 2, 6);   /* plain multi-head */
     test_attention_case(be, 2, 1, 2, 1, 4);   /* T = 1: the softmax of a single score */
+    /* past one block of queries (64) and one register tile: a ragged last block, head sizes that fill the
+     * vectors and one that leaves a partial column strip */
+    test_attention_case(be, 1, 150, 4, 2, 24);
+    test_attention_case(be, 2, 80, 2, 2, 64);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
