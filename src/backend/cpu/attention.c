@@ -185,7 +185,7 @@ static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse
 static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
                                          int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
                                          int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
-                                         int causal);
+                                         int causal, int add);
 
 static void cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
                                 int64_t H, int64_t KV, int64_t hd) {
@@ -202,9 +202,8 @@ static void cpu_attention_backward(loom_backend *be, float *dqkv, const float *d
                                  const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                  int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd;
-    memset(dqkv, 0, (size_t)(B * T * row) * sizeof(float));
     cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
-                                      KV, hd, 1);
+                                      KV, hd, 1, 0);
 }
 
 loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_backward_args *a) {
@@ -256,11 +255,12 @@ loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attent
 
 /* The backward works on the transposes of a block's scores, St = K Q_blk^T (keys x queries): the two products
  * into dK and dV then read them in place (adding into dense per-(batch, kv head) sums, added to dkv once at the
- * end), and only the block's small Q and dO (packed) and dQ's addend are transposed. */
+ * end), and only the block's small Q and dO (packed) and dQ's addend are transposed. add: the gradients add
+ * into dq and dkv (ring attention's blocks); else they are written, every element once (the whole attention). */
 static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
                                        int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
-                                       int causal) {
+                                       int causal, int add) {
     (void)be;
     const int64_t group = H / KV, C = H * hd, pad_rows = (Tk > hd ? Tk : hd) > ATT_BLOCK ? (Tk > hd ? Tk : hd) : ATT_BLOCK;
     const float scale = 1.0f / sqrtf((float)hd);
@@ -315,12 +315,12 @@ static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv
                         tile_product(n, hd, rows, pt, rows, dO, C, 0, dv_sum, hd, 1, k_seen_by, panel);
                         tile_product(n, hd, rows, dpt, rows, Q, qs, 0, dk_sum, hd, 1, k_seen_by, panel);
                         tile_product(hd, rows, n, kt, Tk, dpt, rows, 0, dqt, rows, 0, no_mask, panel);
-                        transpose(dQ, qs, dqt, rows, hd, rows, 1);
+                        transpose(dQ, qs, dqt, rows, hd, rows, add);
                     }
                 for (int64_t j = 0; j < Tk; j++)
                     for (int64_t d = 0; d < hd; d++) {
-                        dK[j * kvs + d] += dk_sum[j * hd + d];
-                        dV[j * kvs + d] += dv_sum[j * hd + d];
+                        dK[j * kvs + d] = (add ? dK[j * kvs + d] : 0.0f) + dk_sum[j * hd + d];
+                        dV[j * kvs + d] = (add ? dV[j * kvs + d] : 0.0f) + dv_sum[j * hd + d];
                     }
             }
         free(pt);
@@ -335,7 +335,7 @@ static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv
 }
 
 loom_status loom_cpu_attention_block_backward(loom_backend *be, const loom_attention_block_backward_args *a) {
-    cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
+    cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1);
     return LOOM_OK;
 }
 
