@@ -41,8 +41,10 @@ tail -2 "$W/peak" | head -1 | grepq -E '^peak_bf16_gflops=[0-9]+(\.[0-9]+)?$' &&
   || bad "bench peak: no bf16 peak"
 # MFU in each precision against that precision's cached peak: a cache with peaks far from 2:1 (as on AMX),
 # so that a bf16 MFU against twice the fp32 peak would show
+# (the bf16 GEMM's name as bench peak cached it: a cache naming another bf16 GEMM is measured again, below)
 pf=100.0 pb=700.0
-printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test bf16\nthreads=1\n' "$pf" "$pb" \
+bk=$(grep '^bf16_kernel=' "$LOOM_CACHE_DIR/peak-1threads.txt")
+printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\n%s\nthreads=1\n' "$pf" "$pb" "$bk" \
   > "$LOOM_CACHE_DIR/peak-1threads.txt"
 for p in fp32 bf16; do
   "$LOOM" train --preset demo --data synthetic --steps 3 --batch 2 --seq-len 16 --threads 1 --precision $p \
@@ -58,5 +60,13 @@ rf=$(ratio fp32 "$pf") rb=$(ratio bf16 "$pb")
 awk -v a="$rf" -v b="$rb" 'BEGIN{d = a / b - 1; exit !(a > 0 && d < 0.05 && d > -0.05)}' \
   && ok "mfu x peak / tokens_per_sec agrees across precisions ($rf, $rb GFLOP/token)" \
   || bad "mfu not against each precision's peak: ($rf, $rb)"
+# a cached bf16 peak measured with another bf16 GEMM (libdnnl installed or removed since) is not this run's
+printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test bf16\nthreads=1\n' "$pf" "$pb" \
+  > "$LOOM_CACHE_DIR/peak-1threads.txt"
+"$LOOM" train --preset demo --data synthetic --steps 1 --batch 2 --seq-len 16 --threads 1 --precision bf16 \
+  --set train.save_checkpoints=false --set train.sample_tokens=0 --out "$W/mfu-stale" > "$W/mfu-stale.log" 2>&1 || bad "train stale"
+grepq -F "measured with another bf16 GEMM (test bf16)" "$W/mfu-stale.log" && ! grepq -F "peak of $pb GFLOP/s" "$W/mfu-stale.log" \
+  && grepq -F "$bk" "$LOOM_CACHE_DIR/peak-1threads.txt" && ok "a cached bf16 peak of another bf16 GEMM is measured again" \
+  || bad "stale bf16 peak kept: $(grep -o 'MFU against.*' "$W/mfu-stale.log")"
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

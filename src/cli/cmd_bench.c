@@ -232,6 +232,19 @@ static int line_value(const char *line, const char *key, char *dst, size_t n) {
     return 1;
 }
 
+/* 1 when this build and machine run another bf16 GEMM than `cached` names (libdnnl installed or removed since, or
+ * a loom that reports it differently): its peak is then not this run's */
+static int bf16_kernel_changed(int threads, const char *cached) {
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = threads;
+    bc.quiet = 1;
+    loom_backend *be;
+    if (loom_backend_init(&bc, &be) != LOOM_OK) return 0;
+    const int changed = strncmp(loom_backend_bf16_kernel(be), cached, sizeof ((machine_peak *)0)->bf16_kernel - 1) != 0;
+    loom_backend_free(&be);
+    return changed;
+}
+
 double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t ks) {
     char path[4200];
     cache_path(path, sizeof path, threads);
@@ -246,6 +259,10 @@ double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel,
             line_value(line, "bf16_kernel", p.bf16_kernel, sizeof p.bf16_kernel);
         }
         fclose(f);
+    }
+    if (precision == LOOM_PRECISION_BF16 && p.bf16 > 0 && bf16_kernel_changed(threads, p.bf16_kernel)) {
+        LOOM_INFO("the cached bf16 peak was measured with another bf16 GEMM (%s)", p.bf16_kernel);
+        p.bf16 = 0;
     }
     if (p.fp32 <= 0 || p.bf16 <= 0) { /* none yet, or a cache from before bf16 was measured */
         LOOM_INFO("measuring this machine's fp32 and bf16 GEMM peaks for %d threads once (cached in %s; `loom bench "

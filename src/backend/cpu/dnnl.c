@@ -83,34 +83,6 @@ static void dnnl_lib_free(void *p) {
     free(d);
 }
 
-void loom_cpu_bf16_load(loom_backend *be) {
-    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: no libdnnl.so.2)");
-    const char *want = getenv("LOOM_BF16_GEMM"); /* "reference": compare against the fallback */
-    if (want && !strcmp(want, "reference")) {
-        snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: LOOM_BF16_GEMM)");
-        return;
-    }
-    dnnl_lib *d = calloc(1, sizeof *d);
-    if (!d) return;
-    d->h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
-    if (!d->h) {
-        free(d);
-        return;
-    }
-    int ok = 1;
-#define F(ret, name, args) ok &= (*(void **)&d->name = dlsym(d->h, "dnnl_" #name)) != NULL;
-    DNNL_FUNCS
-#undef F
-    if (!ok || d->engine_create(&d->engine, dnnl_cpu, 0) != dnnl_success ||
-        d->stream_create(&d->stream, d->engine, dnnl_stream_default_flags) != dnnl_success) {
-        dnnl_lib_free(d);
-        return;
-    }
-    be->bf16 = d;
-    be->bf16_free = dnnl_lib_free;
-    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "onednn matmul");
-}
-
 static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_t M, int64_t N, int64_t K,
                            int64_t lda, int64_t ldb, int64_t ldc, float alpha, float beta) {
     for (int i = 0; i < d->n_plans; i++) {
@@ -162,6 +134,41 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
     *p = (bf16_plan){ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, p->prim, p->a, p->b, p->c};
     d->n_plans++;
     return p;
+}
+
+void loom_cpu_bf16_load(loom_backend *be) {
+    snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: no libdnnl.so.2)");
+    const char *want = getenv("LOOM_BF16_GEMM"); /* "reference": compare against the fallback */
+    if (want && !strcmp(want, "reference")) {
+        snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "reference (fp32 GEMM on converted inputs: LOOM_BF16_GEMM)");
+        return;
+    }
+    dnnl_lib *d = calloc(1, sizeof *d);
+    if (!d) return;
+    d->h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!d->h) {
+        free(d);
+        return;
+    }
+    int ok = 1;
+#define F(ret, name, args) ok &= (*(void **)&d->name = dlsym(d->h, "dnnl_" #name)) != NULL;
+    DNNL_FUNCS
+#undef F
+    if (!ok || d->engine_create(&d->engine, dnnl_cpu, 0) != dnnl_success ||
+        d->stream_create(&d->stream, d->engine, dnnl_stream_default_flags) != dnnl_success) {
+        dnnl_lib_free(d);
+        return;
+    }
+    /* oneDNN makes bf16 matmuls only where the CPU has bf16 or AVX-512 instructions (2.x: none on AVX2-only
+     * CPUs such as Zen 3); ask for one product now, so that such a machine reports the reference it runs */
+    if (!plan_for(be, d, 0, 0, 64, 64, 64, 64, 64, 64, 1.0f, 0.0f)) {
+        dnnl_lib_free(d);
+        snprintf(be->bf16_kernel, sizeof be->bf16_kernel,
+                 "reference (fp32 GEMM on converted inputs: oneDNN has no bf16 matmul for this CPU)");
+        return;
+    }
+    be->bf16 = d;
+    be->bf16_free = dnnl_lib_free;
 }
 
 static int onednn_run(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
@@ -261,8 +268,10 @@ static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, 
     float *fa = malloc((size_t)(ra * ca) * sizeof(float)), *fb = malloc((size_t)(rb * cb) * sizeof(float));
     const int ok = fa && fb;
     if (ok) {
+#pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < ra; i++)
             for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = bf16_to_f32(A[i * lda + j]);
+#pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < rb; i++)
             for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = bf16_to_f32(B[i * ldb + j]);
         loom_cpu_sgemm(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
