@@ -92,6 +92,8 @@ void loom_backend_free(loom_backend **pbe) {
     if (!pbe || !*pbe) return;
     loom_backend *be = *pbe;
     if (be->bf16_free) be->bf16_free(be->bf16);
+    free(be->bf16_ref[0]);
+    free(be->bf16_ref[1]);
     if (be->blas_free) be->blas_free(be->blas);
     if (be->impl_free) be->impl_free(be);
     free(be);

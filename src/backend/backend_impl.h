@@ -35,6 +35,8 @@ struct loom_backend {
     char bf16_kernel[160];        /* which bf16 GEMM runs */
     void *bf16;                   /* its state (oneDNN), NULL when the reference runs */
     void (*bf16_free)(void *);
+    float *bf16_ref[2];           /* the reference's fp32 operands, grow-only (src/backend/cpu/dnnl.c) */
+    size_t bf16_ref_n[2];
     void *blas;                   /* the CPU kernels' GEMM (OpenBLAS), NULL for the built-in loop */
     void (*blas_free)(void *);
     int profiling;
