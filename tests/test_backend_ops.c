@@ -357,17 +357,20 @@ static void run_case(loom_kernel k, run *r) {
     case LOOM_KERNEL_lamb_apply: {
         const int64_t n = 5003;
         loom_lamb_args a = {out_f(r, n), rand_in(r, n, -1, 1), out_f(r, n), out_range(r, n, 0.01, 1), n, 0.9f, 0.999f,
-                            1e-6f, 0.01f, 0.1f, 0.05f, 2.0f, 0.003f, &scalar_b};
+                            1e-6f, 0.01f, 0.1f, 0.05f, 2.0f, 0.003f, &scalar_b, NULL};
         KCALL(loom_k_lamb_moments(be, &a));
         out_scalar(r, &scalar_b);
+        KCALL(loom_k_lamb_apply(be, &a));
+        a.p16 = (uint16_t *)out_f(r, (n + 1) / 2); /* and a second apply writing the bf16 copy */
         KCALL(loom_k_lamb_apply(be, &a));
         break;
     }
     case LOOM_KERNEL_sgd:
     case LOOM_KERNEL_lars:
-        for (int first = 0; first < 2; first++) {
+        for (int variant = 0; variant < 3; variant++) { /* first step, later step, later step writing the bf16 copy */
             const int64_t n = 5003;
-            loom_sgd_args a = {out_f(r, n), rand_in(r, n, -1, 1), out_f(r, n), n, 0.01f, 0.9f, 0.1f, 0.5f, 1, first};
+            loom_sgd_args a = {out_f(r, n), rand_in(r, n, -1, 1), out_f(r, n), n, 0.01f, 0.9f, 0.1f, 0.5f, 1, variant == 0,
+                               variant == 2 ? (uint16_t *)out_f(r, (n + 1) / 2) : NULL};
             KCALL(k == LOOM_KERNEL_sgd ? loom_k_sgd(be, &a) : loom_k_lars(be, &a));
         }
         break;

@@ -1067,13 +1067,22 @@ static void test_lamb(loom_backend *be, int64_t n) {
     check_close("lamb_moments_v", v, vr, n, 1e-11, 1e-6);
     /* sum of n squares of float r, each a few ulp (~5e-7) off: the total is within ~1e-6 relative */
     check_scalar("lamb_moments_sq_norm", sq, sqr, 0.0, 2e-6);
+    float *pf = fvec(n);
+    uint16_t *p16 = malloc((size_t)n * sizeof(uint16_t));
+    memcpy(pf, p, (size_t)n * sizeof(float));
     K(loom_k_lamb_apply(be, &(loom_lamb_apply_args){.p = p, .m = m, .v = v, .n = n, .eps = eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = step}));
     check_close("lamb_apply_p", p, pr, n, 1e-7, 1e-6);
+    /* the fused bf16 copy: the same update bit for bit, and the copy is exactly the updated weights rounded */
+    K(loom_k_lamb_apply(be, &(loom_lamb_apply_args){.p = pf, .m = m, .v = v, .n = n, .eps = eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = step, .p16 = p16}));
+    check_bits("lamb_apply_bf16_copy_same_p", pf, p, n);
+    check_bf16_of("lamb_apply_bf16_copy_is_rounded_p", p16, p, n);
+    free(pf); free(p16);
     free(p); free(g); free(m); free(v); free(m0); free(v0); free(pr); free(mr); free(vr);
 }
 
 static void test_sgd(loom_backend *be, int64_t n) {
-    float *p = fvec(n), *g = fvec(n), *buf = fvec(n), *p0 = fvec(n), *b0 = fvec(n);
+    float *p = fvec(n), *g = fvec(n), *buf = fvec(n), *p0 = fvec(n), *b0 = fvec(n), *pf = fvec(n), *buff = fvec(n);
+    uint16_t *p16 = malloc((size_t)n * sizeof(uint16_t));
     fill(p0, n, -1, 1);
     fill(g, n, -1, 1);
     fill(b0, n, -0.5, 0.5);
@@ -1108,6 +1117,16 @@ static void test_sgd(loom_backend *be, int64_t n) {
                      cases[c].first);
             check_close(name, buf, br, n, 1e-7, 1e-6);
         }
+        /* the fused bf16 copy: the same p and buf bit for bit, the copy the rounded p */
+        memcpy(pf, p0, (size_t)n * sizeof(float));
+        memcpy(buff, b0, (size_t)n * sizeof(float));
+        if (cases[c].first) fill_value(buff, n, NAN);
+        K(loom_k_sgd(be, &(loom_sgd_args){.p = pf, .g = g, .buf = buff, .n = n, .lr = lr, .momentum = mom, .nesterov = cases[c].nesterov, .weight_decay = wd, .grad_scale = gs, .first_step = cases[c].first, .p16 = p16}));
+        snprintf(name, sizeof name, "sgd_bf16_copy_momentum%g_nesterov%d_first%d", (double)mom, cases[c].nesterov,
+                 cases[c].first);
+        check_bits(name, pf, p, n);
+        if (mom != 0.0f) check_bits(name, buff, buf, n);
+        check_bf16_of(name, p16, p, n);
     }
     /* LARS: d = g gs + wd p; buf = mom buf + lr_local d; p -= buf */
     const float lrl = 0.037f, mom = 0.9f;
@@ -1121,7 +1140,13 @@ static void test_sgd(loom_backend *be, int64_t n) {
     }
     check_close("lars_p", p, pr, n, 1e-7, 1e-6);
     check_close("lars_buf", buf, br, n, 1e-7, 1e-6);
-    free(p); free(g); free(buf); free(p0); free(b0); free(pr); free(br);
+    memcpy(pf, p0, (size_t)n * sizeof(float));
+    memcpy(buff, b0, (size_t)n * sizeof(float));
+    K(loom_k_lars(be, &(loom_lars_args){.p = pf, .g = g, .buf = buff, .n = n, .lr = lrl, .momentum = mom, .weight_decay = wd, .grad_scale = gs, .p16 = p16}));
+    check_bits("lars_bf16_copy_same_p", pf, p, n);
+    check_bits("lars_bf16_copy_same_buf", buff, buf, n);
+    check_bf16_of("lars_bf16_copy_is_rounded_p", p16, p, n);
+    free(p); free(g); free(buf); free(p0); free(b0); free(pr); free(br); free(pf); free(buff); free(p16);
 }
 
 /* ------------------------------------------------------------------------------------------------ */

@@ -372,8 +372,9 @@ typedef struct {
 } loom_sum_squares_args;
 
 /* Optimizer updates over one contiguous range; every scalar is already scheduled (lr, corrections). p, g
- * and the state are buffers; grad_scale multiplies g (clipping, loss-scale removal). AdamW's p16 (n) or
- * NULL: the updated weights' bf16 copy, written in the same pass (the bits f32_to_bf16 gives of p). */
+ * and the state are buffers; grad_scale multiplies g (clipping, loss-scale removal). p16 (n) or NULL, in every
+ * update that writes p (AdamW, LAMB's apply, SGD, LARS): the updated weights' bf16 copy, written in the same
+ * pass (the bits f32_to_bf16 gives of p). */
 typedef struct {
     float *p;
     const float *g;
@@ -392,6 +393,7 @@ typedef struct {
     int64_t n;
     float beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale, step;
     double *result;
+    uint16_t *p16; /* apply */
 } loom_lamb_args;
 typedef loom_lamb_args loom_lamb_moments_args;
 typedef loom_lamb_args loom_lamb_apply_args;
@@ -404,6 +406,7 @@ typedef struct {
     int64_t n;
     float lr, momentum, weight_decay, grad_scale;
     int nesterov, first_step;
+    uint16_t *p16;
 } loom_sgd_args;
 typedef loom_sgd_args loom_lars_args;
 

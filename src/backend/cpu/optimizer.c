@@ -42,7 +42,8 @@ loom_status loom_cpu_sum_squares(loom_backend *be, const loom_sum_squares_args *
     return LOOM_OK;
 }
 
-/* one element's update; p16: also its bf16 copy (the flag is a constant in each caller's loop) */
+/* one element's update; p16: also its bf16 copy (the flag is a constant in each caller's loop; so in the
+ * updates below) */
 static inline void adamw_one(float *p, const float *g, float *m, float *v, uint16_t *p16, int64_t i, float decay,
                              float step, float bc2s, float beta1, float beta2, float eps, float gs, int with16) {
     float gi = g[i] * gs;
@@ -116,54 +117,81 @@ loom_status loom_cpu_lamb_moments(loom_backend *be, const loom_lamb_moments_args
     return LOOM_OK;
 }
 
-static void cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, int64_t n, float eps,
-                         float wd, float bc1, float bc2, float step) {
+static inline void lamb_apply_one(float *p, const float *m, const float *v, uint16_t *p16, int64_t i, float eps,
+                                  float wd, float bc1, float bc2, float step, int with16) {
+    float r = (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i];
+    p[i] -= step * r;
+    if (with16) p16[i] = loom_cpu_bf16_round(p[i]);
+}
+
+static void cpu_lamb_apply(loom_backend *be, float *p, const float *m, const float *v, uint16_t *p16, int64_t n,
+                           float eps, float wd, float bc1, float bc2, float step) {
     (void)be;
+    if (p16) {
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float r = (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i];
-        p[i] -= step * r;
+        for (int64_t i = 0; i < n; i++) lamb_apply_one(p, m, v, p16, i, eps, wd, bc1, bc2, step, 1);
+        return;
     }
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) lamb_apply_one(p, m, v, NULL, i, eps, wd, bc1, bc2, step, 0);
 }
 
 loom_status loom_cpu_lamb_apply(loom_backend *be, const loom_lamb_apply_args *a) {
-    cpu_lamb_apply(be, a->p, a->m, a->v, a->n, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->step);
+    cpu_lamb_apply(be, a->p, a->m, a->v, a->p16, a->n, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->step);
     return LOOM_OK;
 }
 
-static void cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr, float momentum,
-                  int nesterov, float wd, float gs, int first_step) {
-    (void)be;
-#pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float d = g[i] * gs + wd * p[i];
-        if (momentum != 0.0f) {
-            float b = first_step ? d : momentum * buf[i] + d;
-            buf[i] = b;
-            d = nesterov ? d + momentum * b : b;
-        }
-        p[i] -= lr * d;
+static inline void sgd_one(float *p, const float *g, float *buf, uint16_t *p16, int64_t i, float lr, float momentum,
+                           int nesterov, float wd, float gs, int first_step, int with16) {
+    float d = g[i] * gs + wd * p[i];
+    if (momentum != 0.0f) {
+        float b = first_step ? d : momentum * buf[i] + d;
+        buf[i] = b;
+        d = nesterov ? d + momentum * b : b;
     }
+    p[i] -= lr * d;
+    if (with16) p16[i] = loom_cpu_bf16_round(p[i]);
+}
+
+static void cpu_sgd(loom_backend *be, float *p, const float *g, float *buf, uint16_t *p16, int64_t n, float lr,
+                    float momentum, int nesterov, float wd, float gs, int first_step) {
+    (void)be;
+    if (p16) {
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < n; i++) sgd_one(p, g, buf, p16, i, lr, momentum, nesterov, wd, gs, first_step, 1);
+        return;
+    }
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) sgd_one(p, g, buf, NULL, i, lr, momentum, nesterov, wd, gs, first_step, 0);
 }
 
 loom_status loom_cpu_sgd(loom_backend *be, const loom_sgd_args *a) {
-    cpu_sgd(be, a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->nesterov, a->weight_decay, a->grad_scale, a->first_step);
+    cpu_sgd(be, a->p, a->g, a->buf, a->p16, a->n, a->lr, a->momentum, a->nesterov, a->weight_decay, a->grad_scale, a->first_step);
     return LOOM_OK;
 }
 
-static void cpu_lars(loom_backend *be, float *p, const float *g, float *buf, int64_t n, float lr_local,
-                   float momentum, float wd, float gs) {
+static inline void lars_one(float *p, const float *g, float *buf, uint16_t *p16, int64_t i, float lr_local,
+                            float momentum, float wd, float gs, int with16) {
+    float d = g[i] * gs + wd * p[i];
+    float b = momentum * buf[i] + lr_local * d;
+    buf[i] = b;
+    p[i] -= b;
+    if (with16) p16[i] = loom_cpu_bf16_round(p[i]);
+}
+
+static void cpu_lars(loom_backend *be, float *p, const float *g, float *buf, uint16_t *p16, int64_t n, float lr_local,
+                     float momentum, float wd, float gs) {
     (void)be;
+    if (p16) {
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float d = g[i] * gs + wd * p[i];
-        float b = momentum * buf[i] + lr_local * d;
-        buf[i] = b;
-        p[i] -= b;
+        for (int64_t i = 0; i < n; i++) lars_one(p, g, buf, p16, i, lr_local, momentum, wd, gs, 1);
+        return;
     }
+#pragma omp parallel for simd schedule(static)
+    for (int64_t i = 0; i < n; i++) lars_one(p, g, buf, NULL, i, lr_local, momentum, wd, gs, 0);
 }
 
 loom_status loom_cpu_lars(loom_backend *be, const loom_lars_args *a) {
-    cpu_lars(be, a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->weight_decay, a->grad_scale);
+    cpu_lars(be, a->p, a->g, a->buf, a->p16, a->n, a->lr, a->momentum, a->weight_decay, a->grad_scale);
     return LOOM_OK;
 }

@@ -112,25 +112,27 @@ extern "C" loom_status loom_cuda_lamb_moments(loom_backend *be, const loom_lamb_
     return loom_cuda_scalar_to_host(be, part, a->result);
 }
 
-__global__ void lamb_apply_kernel(float *p, const float *m, const float *v, int64_t n, float eps, float wd, float bc1,
-                                  float bc2, float step) {
+__global__ void lamb_apply_kernel(float *p, const float *m, const float *v, uint16_t *p16, int64_t n, float eps,
+                                  float wd, float bc1, float bc2, float step) {
     LOOM_GRID_STRIDE(i, n) {
         const float r = (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + wd * p[i];
-        p[i] -= step * r;
+        const float pn = p[i] - step * r;
+        p[i] = pn;
+        if (p16) p16[i] = bf16_round(pn);
     }
 }
 
 extern "C" loom_status loom_cuda_lamb_apply(loom_backend *be, const loom_lamb_apply_args *a) {
     if (a->n <= 0) return LOOM_OK;
     lamb_apply_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->p, a->m, a->v, a->n, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->step);
+        a->p, a->m, a->v, a->p16, a->n, a->eps, a->weight_decay, a->bias_correction1, a->bias_correction2, a->step);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
 
 /* SGD with momentum (dampening 0), optional Nesterov; weight decay added to the gradient */
-__global__ void sgd_kernel(float *p, const float *g, float *buf, int64_t n, float lr, float momentum, int nesterov,
-                           float wd, float gs, int first_step) {
+__global__ void sgd_kernel(float *p, const float *g, float *buf, uint16_t *p16, int64_t n, float lr, float momentum,
+                           int nesterov, float wd, float gs, int first_step) {
     LOOM_GRID_STRIDE(i, n) {
         float d = g[i] * gs + wd * p[i];
         if (momentum != 0.0f) {
@@ -138,32 +140,37 @@ __global__ void sgd_kernel(float *p, const float *g, float *buf, int64_t n, floa
             buf[i] = b;
             d = nesterov ? d + momentum * b : b;
         }
-        p[i] -= lr * d;
+        const float pn = p[i] - lr * d;
+        p[i] = pn;
+        if (p16) p16[i] = bf16_round(pn);
     }
 }
 
 extern "C" loom_status loom_cuda_sgd(loom_backend *be, const loom_sgd_args *a) {
     if (a->n <= 0) return LOOM_OK;
     sgd_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->nesterov, a->weight_decay, a->grad_scale, a->first_step);
+        a->p, a->g, a->buf, a->p16, a->n, a->lr, a->momentum, a->nesterov, a->weight_decay, a->grad_scale, a->first_step);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
 
 /* LARS: buf = momentum*buf + lr*(g + wd*p); p -= buf */
-__global__ void lars_kernel(float *p, const float *g, float *buf, int64_t n, float lr, float momentum, float wd, float gs) {
+__global__ void lars_kernel(float *p, const float *g, float *buf, uint16_t *p16, int64_t n, float lr, float momentum,
+                            float wd, float gs) {
     LOOM_GRID_STRIDE(i, n) {
         const float d = g[i] * gs + wd * p[i];
         const float b = momentum * buf[i] + lr * d;
         buf[i] = b;
-        p[i] -= b;
+        const float pn = p[i] - b;
+        p[i] = pn;
+        if (p16) p16[i] = bf16_round(pn);
     }
 }
 
 extern "C" loom_status loom_cuda_lars(loom_backend *be, const loom_lars_args *a) {
     if (a->n <= 0) return LOOM_OK;
     lars_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->p, a->g, a->buf, a->n, a->lr, a->momentum, a->weight_decay, a->grad_scale);
+        a->p, a->g, a->buf, a->p16, a->n, a->lr, a->momentum, a->weight_decay, a->grad_scale);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
