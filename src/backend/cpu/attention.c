@@ -179,35 +179,37 @@ static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t r
     }
 }
 
-static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
                                         const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
                                         int64_t KV, int64_t hd, int causal);
-static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
                                          int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
                                          int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
                                          int causal, int add);
 
-static void cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
+static int cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
                                 int64_t H, int64_t KV, int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd; /* q, k and v of a position side by side */
-    cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
+    return cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
 }
 
 loom_status loom_cpu_attention_forward(loom_backend *be, const loom_attention_forward_args *a) {
-    cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd);
+    const int ok = cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd);
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
     return LOOM_OK;
 }
 
-static void cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
+static int cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
                                  const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
                                  int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd;
-    cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
+    return cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
                                       KV, hd, 1, 0);
 }
 
 loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_backward_args *a) {
-    cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd);
+    const int ok = cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd);
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
     return LOOM_OK;
 }
 
@@ -216,12 +218,13 @@ loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_b
  * column g*hd and value at (KV+g)*hd. causal: the two blocks cover the same positions (key j visible to
  * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). */
 
-static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
+static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
                                       const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
                                       int64_t KV, int64_t hd, int causal) {
     (void)be;
     const int64_t group = H / KV, C = H * hd, pad_rows = (Tk > hd ? Tk : hd) > ATT_BLOCK ? (Tk > hd ? Tk : hd) : ATT_BLOCK;
     const float scale = 1.0f / sqrtf((float)hd);
+    int ok = 1; /* a thread without its scratch clears it: the kernel fails rather than skip work */
 #pragma omp parallel
     {
         float *s = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float)), *kt = malloc((size_t)(hd * Tk) * sizeof(float));
@@ -229,7 +232,11 @@ static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++) {
-                if (!s || !kt || !panel) continue;
+                if (!s || !kt || !panel) {
+#pragma omp atomic write
+                    ok = 0;
+                    continue;
+                }
                 const int64_t g = h / group;
                 const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
                 transpose(kt, Tk, K, kvs, Tk, hd, 0);
@@ -246,10 +253,12 @@ static void cpu_attention_block_forward(loom_backend *be, float *out, float *lse
         free(kt);
         free(panel);
     }
+    return ok;
 }
 
 loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attention_block_forward_args *a) {
-    cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
+    const int ok = cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
     return LOOM_OK;
 }
 
@@ -257,13 +266,14 @@ loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attent
  * into dK and dV then read them in place (adding into dense per-(batch, kv head) sums, added to dkv once at the
  * end), and only the block's small Q and dO (packed) and dQ's addend are transposed. add: the gradients add
  * into dq and dkv (ring attention's blocks); else they are written, every element once (the whole attention). */
-static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
+static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
                                        int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
                                        int causal, int add) {
     (void)be;
     const int64_t group = H / KV, C = H * hd, pad_rows = (Tk > hd ? Tk : hd) > ATT_BLOCK ? (Tk > hd ? Tk : hd) : ATT_BLOCK;
     const float scale = 1.0f / sqrtf((float)hd);
+    int ok = 1;
 #pragma omp parallel
     {
         float *pt = malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float)), *dpt = malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float));
@@ -273,7 +283,11 @@ static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t g = 0; g < KV; g++) {
-                if (!pt || !dpt || !kt || !dqt || !dk_sum || !dv_sum || !dcoef || !panel) continue;
+                if (!pt || !dpt || !kt || !dqt || !dk_sum || !dv_sum || !dcoef || !panel) {
+#pragma omp atomic write
+                    ok = 0;
+                    continue;
+                }
                 const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
                 float *dK = dkv + b * Tk * kvs + g * hd, *dV = dkv + b * Tk * kvs + (KV + g) * hd;
                 transpose(kt, Tk, K, kvs, Tk, hd, 0);
@@ -332,10 +346,12 @@ static void cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv
         free(dcoef);
         free(panel);
     }
+    return ok;
 }
 
 loom_status loom_cpu_attention_block_backward(loom_backend *be, const loom_attention_block_backward_args *a) {
-    cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1);
+    const int ok = cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1);
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
     return LOOM_OK;
 }
 
