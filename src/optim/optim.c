@@ -243,7 +243,6 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
     if (skip) return LOOM_OK;
     /* an update over the whole weights writes their bf16 copy in the same pass (one read of p, not two) */
     uint16_t *p16 = loom_model_bf16_copy_of(model, params, o->end - o->begin);
-#define P16 (p16 ? p16 + (lo - o->begin) : NULL)
     const double lr = loom_optim_lr(c, step, o->total_steps);
     const double t = (double)(step + 1);
     const float bc1 = (float)(1.0 - pow(c->beta1, t)), bc2 = (float)(1.0 - pow(c->beta2, t));
@@ -277,32 +276,32 @@ loom_status loom_optim_step_range(loom_optim *o, loom_model *model, int64_t step
         if (!clip_to_range(o, pi, &lo, &hi)) continue;
         const int64_t n = hi - lo;
         float *p = params + (lo - o->begin), *m = o->m + (lo - o->begin), *v = o->v ? o->v + (lo - o->begin) : NULL;
+        uint16_t *q16 = p16 ? p16 + (lo - o->begin) : NULL; /* this parameter's part of the bf16 copy */
         const float *g = grads + (lo - o->begin);
         const float wd = (pi->decay || c->decay_all) ? (float)c->weight_decay : 0.0f;
         switch (c->kind) {
         case LOOM_OPTIM_ADAMW:
-            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)clip, .p16 = P16}));
+            LOOM_CALL(loom_k_adamw(o->be, &(loom_adamw_args){.p = p, .g = g, .m = m, .v = v, .n = n, .lr = (float)lr, .beta1 = (float)c->beta1, .beta2 = (float)c->beta2, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .grad_scale = (float)clip, .p16 = q16}));
             break;
         case LOOM_OPTIM_LAMB: {
             double pn = sqrt(o->norms[2 * i]), rn = sqrt(o->norms[2 * i + 1]);
             double trust = (pn > 0 && rn > 0) ? pn / rn : 1.0;
-            LOOM_CALL(loom_k_lamb_apply(o->be, &(loom_lamb_apply_args){.p = p, .m = m, .v = v, .n = n, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = (float)(lr * trust), .p16 = P16}));
+            LOOM_CALL(loom_k_lamb_apply(o->be, &(loom_lamb_apply_args){.p = p, .m = m, .v = v, .n = n, .eps = (float)c->eps, .weight_decay = wd, .bias_correction1 = bc1, .bias_correction2 = bc2, .step = (float)(lr * trust), .p16 = q16}));
             break;
         }
         case LOOM_OPTIM_SGD:
-            LOOM_CALL(loom_k_sgd(o->be, &(loom_sgd_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)lr, .momentum = (float)c->momentum, .nesterov = c->nesterov, .weight_decay = wd, .grad_scale = (float)clip, .first_step = step == 0, .p16 = P16}));
+            LOOM_CALL(loom_k_sgd(o->be, &(loom_sgd_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)lr, .momentum = (float)c->momentum, .nesterov = c->nesterov, .weight_decay = wd, .grad_scale = (float)clip, .first_step = step == 0, .p16 = q16}));
             break;
         case LOOM_OPTIM_LARS: {
             double pn = sqrt(o->norms[2 * i]);
             double gn = clip * sqrt(o->norms[2 * i + 1]);
             double denom = gn + (double)wd * pn;
             double local = (pn > 0 && denom > 0) ? c->trust_coef * pn / denom : 1.0;
-            LOOM_CALL(loom_k_lars(o->be, &(loom_lars_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)(lr * local), .momentum = (float)c->momentum, .weight_decay = wd, .grad_scale = (float)clip, .p16 = P16}));
+            LOOM_CALL(loom_k_lars(o->be, &(loom_lars_args){.p = p, .g = g, .buf = m, .n = n, .lr = (float)(lr * local), .momentum = (float)c->momentum, .weight_decay = wd, .grad_scale = (float)clip, .p16 = q16}));
             break;
         }
         }
     }
-#undef P16
     if (st) st->bf16_written = p16 != NULL;
     return LOOM_OK;
 }

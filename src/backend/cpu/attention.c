@@ -50,6 +50,12 @@ typedef struct {
 
 static inline int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
 
+/* the longest K of the kernels' products (head size, keys, or a block's queries): the panel's rows */
+static inline int64_t panel_rows(int64_t Tk, int64_t hd) {
+    const int64_t m = Tk > hd ? Tk : hd;
+    return m > ATT_BLOCK ? m : ATT_BLOCK;
+}
+
 /* An 8 x 8 block transposed in registers: pairs of rows interleaved, then pairs of pairs, then the halves
  * swapped (the unpack / shuffle / permute sequence of an AVX transpose, left to the compiler's shuffles). */
 typedef float vec8 __attribute__((vector_size(8 * sizeof(float))));
@@ -187,6 +193,12 @@ static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv,
                                          int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
                                          int causal, int add);
 
+/* a kernel whose threads could not all allocate their scratch fails (rather than skip their work) */
+static loom_status scratch_status(int ok) {
+    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
+    return LOOM_OK;
+}
+
 static int cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
                                 int64_t H, int64_t KV, int64_t hd) {
     const int64_t row = (H + 2 * KV) * hd; /* q, k and v of a position side by side */
@@ -194,9 +206,7 @@ static int cpu_attention_forward(loom_backend *be, float *out, float *lse, const
 }
 
 loom_status loom_cpu_attention_forward(loom_backend *be, const loom_attention_forward_args *a) {
-    const int ok = cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd);
-    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
-    return LOOM_OK;
+    return scratch_status(cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd));
 }
 
 static int cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
@@ -208,9 +218,7 @@ static int cpu_attention_backward(loom_backend *be, float *dqkv, const float *do
 }
 
 loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_backward_args *a) {
-    const int ok = cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd);
-    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
-    return LOOM_OK;
+    return scratch_status(cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd));
 }
 
 /* ---- one block of queries against one block of keys and values (ring attention) ----
@@ -222,7 +230,7 @@ static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse,
                                       const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
                                       int64_t KV, int64_t hd, int causal) {
     (void)be;
-    const int64_t group = H / KV, C = H * hd, pad_rows = (Tk > hd ? Tk : hd) > ATT_BLOCK ? (Tk > hd ? Tk : hd) : ATT_BLOCK;
+    const int64_t group = H / KV, C = H * hd, pad_rows = panel_rows(Tk, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     int ok = 1; /* a thread without its scratch clears it: the kernel fails rather than skip work */
 #pragma omp parallel
@@ -257,9 +265,7 @@ static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse,
 }
 
 loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attention_block_forward_args *a) {
-    const int ok = cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal);
-    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
-    return LOOM_OK;
+    return scratch_status(cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal));
 }
 
 /* The backward works on the transposes of a block's scores, St = K Q_blk^T (keys x queries): the two products
@@ -271,7 +277,7 @@ static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv,
                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
                                        int causal, int add) {
     (void)be;
-    const int64_t group = H / KV, C = H * hd, pad_rows = (Tk > hd ? Tk : hd) > ATT_BLOCK ? (Tk > hd ? Tk : hd) : ATT_BLOCK;
+    const int64_t group = H / KV, C = H * hd, pad_rows = panel_rows(Tk, hd);
     const float scale = 1.0f / sqrtf((float)hd);
     int ok = 1;
 #pragma omp parallel
@@ -350,9 +356,7 @@ static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv,
 }
 
 loom_status loom_cpu_attention_block_backward(loom_backend *be, const loom_attention_block_backward_args *a) {
-    const int ok = cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1);
-    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the attention kernel's per-thread scratch");
-    return LOOM_OK;
+    return scratch_status(cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1));
 }
 
 static void cpu_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,
