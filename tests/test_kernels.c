@@ -231,6 +231,16 @@ static void test_layernorm(loom_backend *be) {
     check_close("layernorm_forward_out", y, yr, N * C, 1e-5, 1e-5);
     check_close("layernorm_forward_mean", mean, mr, N, 1e-6, 1e-5);
     check_close("layernorm_forward_rstd", rstd, rr, N, 1e-6, 1e-5);
+    /* the output in bf16 instead (bf16 training): exactly the fp32 output's rounding, the same statistics */
+    uint16_t *y16 = malloc((size_t)(N * C) * sizeof(uint16_t));
+    float *mean16 = fvec(N), *rstd16 = fvec(N);
+    K(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out16 = y16, .mean = mean16, .rstd = rstd16, .inp = x, .w = w, .b = b, .N = N, .C = C, .eps = eps}));
+    check_bf16_of("layernorm_forward_bf16_out_is_rounded_out", y16, y, N * C);
+    check_bits("layernorm_forward_bf16_out_same_mean", mean16, mean, N);
+    check_bits("layernorm_forward_bf16_out_same_rstd", rstd16, rstd, N);
+    free(y16);
+    free(mean16);
+    free(rstd16);
 
     /* backward: dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy w; dw = sum dy xhat;
      * db = sum dy. Reference from x alone (its own double mean/rstd). */
@@ -301,6 +311,10 @@ static void test_rmsnorm(loom_backend *be) {
     /* one 53-term float sum of squares (positive terms: relative error <= C*2^-24 ~ 3e-6) */
     check_close("rmsnorm_forward_out", y, yr, N * C, 1e-5, 1e-5);
     check_close("rmsnorm_forward_rstd", rstd, rr, N, 1e-6, 1e-5);
+    uint16_t *y16 = malloc((size_t)(N * C) * sizeof(uint16_t));
+    K(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out16 = y16, .inp = x, .w = w, .N = N, .C = C, .eps = eps}));
+    check_bf16_of("rmsnorm_forward_bf16_out_is_rounded_out", y16, y, N * C);
+    free(y16);
     /* backward: dx = r (dy w - xhat mean(dy w xhat)), xhat = x r; dw = sum dy xhat */
     float *dy = fvec(N * C), *dx = fvec(N * C), *dx0 = fvec(N * C), *dw = fvec(C), *dw0 = fvec(C);
     fill(dy, N * C, -1, 1);
@@ -364,6 +378,12 @@ static void test_activations(loom_backend *be) {
     /* tanh through 1 - 2/(exp(2u)+1) with a ~1-ulp expf: absolute error ~1e-7 near 0 (cancellation),
      * times 0.5|x| <= 2.75, plus the ulp of the O(5) result: atol 2e-6, rtol 4e-6. */
     check_close("bias_gelu_forward_out", out, ref, n, 2e-6, 4e-6);
+    /* the output in bf16 instead (bf16 training), here and below: exactly the fp32 output's rounding */
+    uint16_t *out16 = malloc((size_t)n * sizeof(uint16_t));
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .out16 = out16, .bias = bias, .N = N, .F = F, .exact = 0}));
+    check_bits("bias_gelu_forward_bf16_pre_plus_bias", pre, pre_want, n);
+    check_bf16_of("bias_gelu_forward_bf16_out_is_rounded_out", out16, out, n);
     /* out == NULL: bias only */
     memcpy(pre, pre0, (size_t)n * sizeof(float));
     K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .bias = bias, .N = N, .F = F, .exact = 0}));
@@ -373,6 +393,8 @@ static void test_activations(loom_backend *be) {
     K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = out, .inp = pre0, .n = n, .exact = 0}));
     for (int64_t i = 0; i < n; i++) ref[i] = gelu_ref((double)pre0[i]);
     check_close("gelu_forward", out, ref, n, 2e-6, 4e-6);
+    K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out16 = out16, .inp = pre0, .n = n, .exact = 0}));
+    check_bf16_of("gelu_forward_bf16_out_is_rounded_out", out16, out, n);
     /* gelu_backward (and in place: dpre aliases dout) */
     float *dout = fvec(n), *dpre = fvec(n);
     fill(dout, n, -1, 1);
@@ -393,9 +415,14 @@ static void test_activations(loom_backend *be) {
     for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre_want[i] * (1.0 + erf(pre_want[i] / sqrt(2.0)));
     check_bits("bias_gelu_erf_forward_pre_plus_bias", pre, pre_want, n);
     check_close("bias_gelu_erf_forward_out", out, ref, n, 1e-6, 4e-6);
+    memcpy(pre, pre0, (size_t)n * sizeof(float));
+    K(loom_k_bias_gelu_forward(be, &(loom_bias_gelu_forward_args){.pre = pre, .out16 = out16, .bias = bias, .N = N, .F = F, .exact = 1}));
+    check_bf16_of("bias_gelu_erf_forward_bf16_out_is_rounded_out", out16, out, n);
     K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out = out, .inp = pre0, .n = n, .exact = 1}));
     for (int64_t i = 0; i < n; i++) ref[i] = 0.5 * pre0[i] * (1.0 + erf(pre0[i] / sqrt(2.0)));
     check_close("gelu_erf_forward", out, ref, n, 1e-6, 4e-6);
+    K(loom_k_gelu_forward(be, &(loom_gelu_forward_args){.out16 = out16, .inp = pre0, .n = n, .exact = 1}));
+    check_bf16_of("gelu_erf_forward_bf16_out_is_rounded_out", out16, out, n);
     K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.dinp = dpre, .inp = pre0, .dout = dout, .n = n, .exact = 1}));
     for (int64_t i = 0; i < n; i++) {
         const double x = pre0[i];
@@ -418,6 +445,9 @@ static void test_activations(loom_backend *be) {
         }
     /* sigmoid through a ~1-ulp expf and one division: a few ulp relative on O(36) products */
     check_close("swiglu_forward", sw, swr, n, 1e-6, 4e-6);
+    K(loom_k_swiglu_forward(be, &(loom_swiglu_forward_args){.out16 = out16, .gu = gu, .N = N, .F = F}));
+    check_bf16_of("swiglu_forward_bf16_out_is_rounded_out", out16, sw, n);
+    free(out16);
     fill_value(dgu, N * 2 * F, NAN);
     K(loom_k_swiglu_backward(be, &(loom_swiglu_backward_args){.dgu = dgu, .gu = gu, .dout = dout, .N = N, .F = F}));
     /* dgate's factor s(1 + g(1-s)) is a difference-free product; same few-ulp bound */

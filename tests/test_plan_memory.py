@@ -39,6 +39,9 @@ CONFIGS += [
     ("llama", "bf16 recompute full", 1, ["--precision", "bf16", "--recompute", "full"]),
     ("gpt2", "bf16 dp=2 ZeRO-1 recompute attn", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "1", "--recompute", "attn"]),
     ("gpt2", "bf16 dp=2 ZeRO-2", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "2"]),
+    # bf16 stores the norms' and the MLP's outputs in bf16: per pipeline slot, and not under Megatron-SP
+    ("gpt2", "bf16 pp=2 1F1B", 2, ["--precision", "bf16", "--mesh", "pp=2", "--grad-accum", "4"]),
+    ("llama", "bf16 tp=2 sequence-parallel", 2, ["--precision", "bf16", "--mesh", "tp=2", "--set", "train.tp_seq_parallel=1"]),
     ("gpt2", "fp16 one process recompute attn", 1, ["--precision", "fp16", "--recompute", "attn"]),
     ("llama", "fp16 dp=2 ZeRO-1", 2, ["--precision", "fp16", "--mesh", "dp=2", "--zero", "1"]),
 ]

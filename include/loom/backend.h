@@ -154,12 +154,15 @@ typedef struct {
 } loom_matmul_bf16_args;
 
 /* LayerNorm: out (N,C) = norm(inp (N,C)) * w (C) + b (C) (b may be NULL); mean, rstd (N) saved for backward
- * (NULL: not saved). RMSNorm: out = inp * rsqrt(mean(inp^2) + eps) * w; mean and b unused. */
+ * (NULL: not saved). RMSNorm: out = inp * rsqrt(mean(inp^2) + eps) * w; mean and b unused.
+ * Here and in the activations below, out16 non-NULL: the output goes there instead, rounded to bf16 (the
+ * bits f32_to_bf16 gives of the fp32 output), and out is not written: bf16 training's products read it so. */
 typedef struct {
     float *out, *mean, *rstd;
     const float *inp, *w, *b;
     int64_t N, C;
     float eps;
+    uint16_t *out16;
 } loom_layernorm_forward_args;
 typedef loom_layernorm_forward_args loom_rmsnorm_forward_args;
 /* dinp (N,C) += ...; dw, db (C) = (accumulate ? += : =) ... (db NULL: no bias) */
@@ -178,6 +181,7 @@ typedef struct {
     const float *bias;
     int64_t N, F;
     int exact;
+    uint16_t *out16;
 } loom_bias_gelu_forward_args;
 /* out (n) = gelu(inp) */
 typedef struct {
@@ -185,6 +189,7 @@ typedef struct {
     const float *inp;
     int64_t n;
     int exact;
+    uint16_t *out16;
 } loom_gelu_forward_args;
 /* dinp (n) = gelu'(inp) * dout; dinp may alias dout. */
 typedef struct {
@@ -198,6 +203,7 @@ typedef struct {
     float *out;
     const float *gu;
     int64_t N, F;
+    uint16_t *out16;
 } loom_swiglu_forward_args;
 typedef struct {
     float *dgu;

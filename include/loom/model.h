@@ -169,9 +169,10 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
 LOOM_NODISCARD loom_status loom_model_init_lora_layout(const loom_model_config *cfg, const loom_lora_config *lora,
                                                        loom_model **out);
 /* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring
- * attention) and tp sequence parallelism as set on the model (planning: pass them here). */
+ * attention), tp sequence parallelism and the precision as set on the model (planning: pass them here; bf16
+ * training stores some activations in bf16). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
-                                    int tp_seq_parallel);
+                                    int tp_seq_parallel, loom_precision precision);
 /* The pipeline axis given at init (borrowed; NULL without pipeline parallelism). */
 loom_comm *loom_model_parts_comm(const loom_model *m);
 /* Activations for `slots` micro-batches in flight (pipeline schedules); loom_model_reserve is one slot. */

@@ -87,11 +87,10 @@ static loom_status as_fp16(loom_model *m, const float *x, int64_t rows, int64_t 
     return loom_k_round_fp16(m->be, &(loom_round_fp16_args){scratch, ld, x, ld, rows, cols});
 }
 
-/* a bf16 product: both operands' bf16 views (a16: the first's, when the caller has made it already) */
-static loom_status mm_bf16(loom_model *m, const loom_gemm *g, const uint16_t *a16) {
-    const uint16_t *b16;
+/* a bf16 product: both operands' bf16 views (a16, b16: an operand's, when the caller has it in bf16 already) */
+static loom_status mm_bf16(loom_model *m, const loom_gemm *g, const uint16_t *a16, const uint16_t *b16) {
     if (!a16) LOOM_CALL(as_bf16(m, g->A, g->trans_a ? g->K : g->M, g->lda, m->scratch16[0], &a16));
-    LOOM_CALL(as_bf16(m, g->B, g->trans_b ? g->N : g->K, g->ldb, m->scratch16[1], &b16));
+    if (!b16) LOOM_CALL(as_bf16(m, g->B, g->trans_b ? g->N : g->K, g->ldb, m->scratch16[1], &b16));
     return loom_k_matmul_bf16(m->be, &(loom_matmul_bf16_args){g->trans_a, g->trans_b, g->M, g->N, g->K, g->alpha, a16,
                                                               g->lda, b16, g->ldb, g->beta, g->C, g->ldc});
 }
@@ -107,22 +106,29 @@ static loom_status mm(loom_model *m, int ta, int tb, int64_t M, int64_t N, int64
         return loom_k_round_fp16(m->be, &(loom_round_fp16_args){C, ldc, C, ldc, M, N});
     }
     if (!m->params16) return loom_k_matmul(m->be, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc});
-    return mm_bf16(m, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc}, NULL);
+    return mm_bf16(m, &(loom_gemm){ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc}, NULL, NULL);
+}
+
+/* a product with an activation the model may store in bf16 (acts16): a16 or b16 is that operand, else mm */
+static loom_status mm_act(loom_model *m, loom_gemm g, const uint16_t *a16, const uint16_t *b16) {
+    if (a16 || b16) return mm_bf16(m, &g, a16, b16);
+    return mm(m, g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, g.A, g.lda, g.B, g.ldb, g.beta, g.C, g.ldc);
 }
 
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side;
- * in bf16 they share their first operand (the output's gradient), converted once for both */
-static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b) {
+ * in bf16 they share their first operand (the output's gradient), converted once for both. b16: the weight
+ * gradient's activation operand, where the model stores it in bf16 (acts16). */
+static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b, const uint16_t *b16) {
     if (!m->params16 && !m->params_h) return loom_k_matmul_pair(m->be, &(loom_matmul_pair_args){a, b});
     const int64_t rows_a = a.trans_a ? a.K : a.M, rows_b = b.trans_a ? b.K : b.M;
     if (m->params16 && a.A == b.A && rows_a == rows_b && a.lda == b.lda) {
         const uint16_t *a16;
         LOOM_CALL(as_bf16(m, a.A, rows_a, a.lda, m->scratch16[0], &a16));
-        LOOM_CALL(mm_bf16(m, &a, a16));
-        return mm_bf16(m, &b, a16);
+        LOOM_CALL(mm_bf16(m, &a, a16, NULL));
+        return mm_bf16(m, &b, a16, b16);
     }
     LOOM_CALL(mm(m, a.trans_a, a.trans_b, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
-    return mm(m, b.trans_a, b.trans_b, b.M, b.N, b.K, b.alpha, b.A, b.lda, b.B, b.ldb, b.beta, b.C, b.ldc);
+    return mm_act(m, b, NULL, b16);
 }
 #define G(off) (m->grads + (off))
 #define G_OPT(off) ((off) >= 0 ? m->grads + (off) : NULL)
@@ -661,6 +667,7 @@ void loom_model_use_slot(loom_model *m, int slot) {
     m->slot = slot;
     m->enc = a->enc;
     m->lnf = a->lnf;
+    m->lnf16 = a->lnf16;
     m->lnf_mean = a->lnf_mean;
     m->lnf_rstd = a->lnf_rstd;
     m->logits = a->logits;
@@ -668,14 +675,24 @@ void loom_model_use_slot(loom_model *m, int slot) {
     m->acts = a->acts;
 }
 
+/* bf16 training stores the activations that only products read (the norms' outputs, the MLP activation) in
+ * bf16, rounded as they are written: the products read the bits they would have converted (so the numbers
+ * are unchanged), nothing converts them, and they take half the memory. Not where something else reads
+ * them in fp32: LoRA's adapters and Megatron-SP's gathers. Generation on a training model goes through the
+ * same forward; an inference model (no gradients) keeps fp32 for its adapter sets. */
+static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
+    return p == LOOM_PRECISION_BF16 && m->has_grads && !m->lora && !tp_sp;
+}
+
 /* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */
 typedef struct {
-    int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act;
-    int keep_ln, keep_att, keep_act;
+    int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act, s_lnf; /* floats (a bf16 tensor: half as many) */
+    int keep_ln, keep_att, keep_act, acts16;
     int64_t total; /* floats */
 } arena_plan;
 
-static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int tp_sp) {
+static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int tp_sp,
+                             int acts16) {
     const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
@@ -683,8 +700,11 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     p.Nr = tp_sp ? N / m->tp_size : N; /* rows of the norms and the residual stream here */
     const int64_t Nr = p.Nr;
     /* per-tensor sizes of one layer */
-    p.s_ln = Nr * C, p.s_stat = Nr, p.s_qkv = N * Cq, p.s_att = N * C, p.s_lse = B * H * T, p.s_fc = N * fcw;
-    p.s_act = N * F;
+    p.acts16 = acts16;
+#define STORED(n) (acts16 ? ((n) + 1) / 2 : (n)) /* the floats a product-only operand takes */
+    p.s_ln = STORED(Nr * C), p.s_stat = Nr, p.s_qkv = N * Cq, p.s_att = N * C, p.s_lse = B * H * T, p.s_fc = N * fcw;
+    p.s_act = STORED(N * F), p.s_lnf = STORED(Nr * C);
+#undef STORED
     /* which tensors are stored per layer (1) or live in the shared scratch (0) */
     p.keep_ln = rc != LOOM_RECOMPUTE_FULL, p.keep_att = rc == LOOM_RECOMPUTE_NONE, p.keep_act = rc == LOOM_RECOMPUTE_NONE;
     int64_t per_layer_store = Nr * C; /* out */
@@ -695,7 +715,7 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     const int64_t scratch = (p.keep_ln ? 0 : ln_pack) + (p.keep_att ? 0 : p.s_att + p.s_lse) + (p.keep_act ? 0 : p.s_act);
     /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
     const int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
-                             (m->last ? Nr * C + 2 * Nr + N * V + N + (tp_sp ? N * C : 0) : 0) +
+                             (m->last ? p.s_lnf + 2 * Nr + N * V + N + (tp_sp ? N * C : 0) : 0) +
                              (m->has_grads ? Nr * C : 0);
     const int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     const int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
@@ -705,9 +725,9 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
 }
 
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
-                                    int tp_seq_parallel) {
+                                    int tp_seq_parallel, loom_precision precision) {
     const int tp_sp = tp_seq_parallel && m->tp_size > 1;
-    int64_t bytes = plan_arena(m, B, T, rc, slots, tp_sp).total * (int64_t)sizeof(float);
+    int64_t bytes = plan_arena(m, B, T, rc, slots, tp_sp, acts_bf16(m, precision, tp_sp)).total * (int64_t)sizeof(float);
     if (sp > 1) /* ring attention's packets and one block's partial output */
         bytes += (int64_t)sizeof(float) * (2 * B * T * 4 * m->KV * m->hd + B * T * m->H * m->hd + B * T * m->H);
     return bytes;
@@ -738,7 +758,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK(!m->tp_sp || N % m->tp_size == 0, LOOM_ERR_CONFIG,
                "tp sequence parallelism: the micro-batch's %lld tokens must divide over tp = %d", (long long)N,
                m->tp_size);
-    const arena_plan ap = plan_arena(m, B, T, rc, slots, m->tp_sp);
+    const arena_plan ap = plan_arena(m, B, T, rc, slots, m->tp_sp, acts_bf16(m, m->precision, m->tp_sp));
     const int64_t Nr = ap.Nr, s_ln = ap.s_ln, s_stat = ap.s_stat, s_qkv = ap.s_qkv, s_att = ap.s_att, s_lse = ap.s_lse,
                   s_fc = ap.s_fc, s_act = ap.s_act;
     const int keep_ln = ap.keep_ln, keep_att = ap.keep_att, keep_act = ap.keep_act;
@@ -754,7 +774,15 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     }
     m->n_slots = slots;
     float *cur = m->act_mem;
+    m->acts16 = ap.acts16;
 #define TAKE(n) (cur += (((n) + 15) / 16 * 16), cur - (((n) + 15) / 16 * 16))
+    /* a product-only operand: bf16 (acts16) or fp32, in n floats' room */
+#define TAKE_OPERAND(n, f32, b16)                   \
+    do {                                            \
+        float *t_ = TAKE(n);                        \
+        if (ap.acts16) (b16) = (uint16_t *)(void *)t_; \
+        else (f32) = t_;                            \
+    } while (0)
     if (m->has_grads) {
         m->dres = TAKE(N * C);
         m->dln = TAKE(N * C);
@@ -774,19 +802,19 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     layer_acts sc;
     memset(&sc, 0, sizeof sc);
     if (!keep_ln) {
-        sc.ln1 = TAKE(s_ln); sc.ln1_mean = TAKE(s_stat); sc.ln1_rstd = TAKE(s_stat); sc.qkv = TAKE(s_qkv);
-        sc.res1 = TAKE(Nr * C); sc.ln2 = TAKE(s_ln); sc.ln2_mean = TAKE(s_stat); sc.ln2_rstd = TAKE(s_stat);
+        TAKE_OPERAND(s_ln, sc.ln1, sc.ln1_16); sc.ln1_mean = TAKE(s_stat); sc.ln1_rstd = TAKE(s_stat); sc.qkv = TAKE(s_qkv);
+        sc.res1 = TAKE(Nr * C); TAKE_OPERAND(s_ln, sc.ln2, sc.ln2_16); sc.ln2_mean = TAKE(s_stat); sc.ln2_rstd = TAKE(s_stat);
         sc.fc_pre = TAKE(s_fc);
     }
     if (!keep_att) { sc.atty = TAKE(s_att); sc.lse = TAKE(s_lse); }
-    if (!keep_act) sc.fc_act = TAKE(s_act);
+    if (!keep_act) TAKE_OPERAND(s_act, sc.fc_act, sc.fc_act16);
     for (int i = 0; i < slots; i++) {
         act_slot *as = &m->slots[i];
         if (m->first) as->enc = TAKE(Nr * C);
         for (int k = 0; k < m->n_chunks; k++)
             as->chunk_in[k] = (k == 0 && m->first) ? as->enc : TAKE(Nr * C);
         if (m->last) {
-            as->lnf = TAKE(Nr * C);
+            TAKE_OPERAND(ap.s_lnf, as->lnf, as->lnf16);
             as->lnf_mean = TAKE(Nr);
             as->lnf_rstd = TAKE(Nr);
             as->logits = TAKE(N * V);
@@ -799,14 +827,15 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
             *a = sc;
             a->out = TAKE(Nr * C);
             if (keep_ln) {
-                a->ln1 = TAKE(s_ln); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
-                a->res1 = TAKE(Nr * C); a->ln2 = TAKE(s_ln); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
+                TAKE_OPERAND(s_ln, a->ln1, a->ln1_16); a->ln1_mean = TAKE(s_stat); a->ln1_rstd = TAKE(s_stat); a->qkv = TAKE(s_qkv);
+                a->res1 = TAKE(Nr * C); TAKE_OPERAND(s_ln, a->ln2, a->ln2_16); a->ln2_mean = TAKE(s_stat); a->ln2_rstd = TAKE(s_stat);
                 a->fc_pre = TAKE(s_fc);
             }
             if (keep_att) { a->atty = TAKE(s_att); a->lse = TAKE(s_lse); }
-            if (keep_act) a->fc_act = TAKE(s_act);
+            if (keep_act) TAKE_OPERAND(s_act, a->fc_act, a->fc_act16);
         }
     }
+#undef TAKE_OPERAND
 #undef TAKE
     LOOM_CHECK((size_t)(cur - m->act_mem) * sizeof(float) <= m->act_bytes, LOOM_ERR_INTERNAL,
                "activation arena overflow");
@@ -943,12 +972,12 @@ static loom_status attention_core_forward(loom_model *m, int64_t l, int64_t B, i
 
 static loom_status mlp_activation_forward(loom_model *m, layer_acts *a, const int64_t *lo, int64_t N, int with_bias) {
     if (m->cfg.family != LOOM_FAMILY_GPT2)
-        return loom_k_swiglu_forward(m->be, &(loom_swiglu_forward_args){.out = a->fc_act, .gu = a->fc_pre, .N = N, .F = m->F});
+        return loom_k_swiglu_forward(m->be, &(loom_swiglu_forward_args){.out = a->fc_act, .out16 = a->fc_act16, .gu = a->fc_pre, .N = N, .F = m->F});
     const int exact = m->cfg.gelu == LOOM_GELU_ERF;
     if (with_bias && lo[W_FC_B] >= 0)
-        return loom_k_bias_gelu_forward(m->be, &(loom_bias_gelu_forward_args){.pre = a->fc_pre, .out = a->fc_act,
+        return loom_k_bias_gelu_forward(m->be, &(loom_bias_gelu_forward_args){.pre = a->fc_pre, .out = a->fc_act, .out16 = a->fc_act16,
                                         .bias = P(lo[W_FC_B]), .N = N, .F = m->F, .exact = exact});
-    return loom_k_gelu_forward(m->be, &(loom_gelu_forward_args){.out = a->fc_act, .inp = a->fc_pre, .n = N * m->F,
+    return loom_k_gelu_forward(m->be, &(loom_gelu_forward_args){.out = a->fc_act, .out16 = a->fc_act16, .inp = a->fc_pre, .n = N * m->F,
                                .exact = exact});
 }
 
@@ -1017,13 +1046,13 @@ static loom_status all_rows(loom_model *m, const float *rows, int64_t Nr, const 
     return LOOM_OK;
 }
 
-/* A row-parallel product (K columns of in against weight W) completed onto the residual: dst = resid +
- * in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates onto a copy of resid on tp rank 0, which
+/* A row-parallel product (K columns of in, or of in16 where the model stores it in bf16, against weight W)
+ * completed onto the residual: dst = resid + in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates onto a copy of resid on tp rank 0, which
  * also adds the bias, the others contribute only their partial product, and the tp sum completes it (one
  * all-reduce). Megatron-SP: the partial product reduce-scattered to this rank's Nr rows, then resid and the
  * bias added there. */
-static loom_status row_output(loom_model *m, const float *in, int64_t K, int64_t w_off, int64_t b_off,
-                              const float *resid, float *dst, int64_t N, int64_t Nr) {
+static loom_status row_output(loom_model *m, const float *in, const uint16_t *in16, int64_t K, int64_t w_off,
+                              int64_t b_off, const float *resid, float *dst, int64_t N, int64_t Nr) {
     const int64_t C = m->C;
     if (m->tp_sp) {
         LOOM_CALL(mm(m, 0, 1, N, C, K, 1.0f, in, K, P(w_off), K, 0.0f, m->sp_partial, C));
@@ -1034,7 +1063,7 @@ static loom_status row_output(loom_model *m, const float *in, int64_t K, int64_t
     }
     const int lead = m->tp_rank == 0;
     if (lead) LOOM_CALL(loom_buf_copy(m->be, dst, resid, (size_t)(N * C) * sizeof(float)));
-    LOOM_CALL(mm(m, 0, 1, N, C, K, 1.0f, in, K, P(w_off), K, lead ? 1.0f : 0.0f, dst, C));
+    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, C, K, 1.0f, in, K, P(w_off), K, lead ? 1.0f : 0.0f, dst, C}, in16, NULL));
     if (lead && b_off >= 0) LOOM_CALL(loom_k_bias_add(m->be, &(loom_bias_add_args){.x = dst, .bias = P(b_off), .N = N, .C = C}));
     return tp_sum(m, dst, N * C);
 }
@@ -1051,29 +1080,29 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float eps = (float)m->cfg.norm_eps;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l), *in;
-    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
-    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .out16 = a->ln1_16, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .out16 = a->ln1_16, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
     /* LoRA (tp 1: all rows here): the adapters write their part first, the frozen product adds to it */
     const float lq = (float)loom_lora_has(m, LORA_QKV), lf = (float)loom_lora_has(m, LORA_FC);
     if (lq != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N, 0.0f));
-    LOOM_CALL(mm(m, 0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq));
+    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq}, a->ln1_16, NULL));
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_QKV, in, a->qkv, Cq)); /* serving: each segment's adapter set */
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
     else if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = a->qkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 0}));
     LOOM_CALL(attention_core_forward(m, l, B, T));
-    LOOM_CALL(row_output(m, a->atty, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
+    LOOM_CALL(row_output(m, a->atty, NULL, m->H * m->hd, lo[W_ATTN_PROJ_W], lo[W_ATTN_PROJ_B], x, a->res1, N, Nr));
     LOOM_CALL(loom_lora_forward(m, l, LORA_PROJ, a->atty, a->res1, C, N, 1.0f)); /* onto the residual sum */
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_PROJ, a->atty, a->res1, C));
-    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
-    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
+    if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .out16 = a->ln2_16, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .out16 = a->ln2_16, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
     if (lf != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N, 0.0f));
-    LOOM_CALL(mm(m, 0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw));
+    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw}, a->ln2_16, NULL));
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_FC, in, a->fc_pre, fcw));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
-    LOOM_CALL(row_output(m, a->fc_act, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
+    LOOM_CALL(row_output(m, a->fc_act, a->fc_act16, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
     LOOM_CALL(loom_lora_forward(m, l, LORA_DOWN, a->fc_act, a->out, C, N, 1.0f));
     return loom_lora_forward_sets(m, l, LORA_DOWN, a->fc_act, a->out, C);
 }
@@ -1183,16 +1212,17 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     HOOK(params_needed, U_HEAD, 1);
     if (head_is_wte(m)) HOOK(params_needed, 0, 1);
     if (gpt)
-        LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = m->lnf, .mean = m->lnf_mean, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .b = P_OPT(m->off_lnf_b), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
-    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
+        LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = m->lnf, .out16 = m->lnf16, .mean = m->lnf_mean, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .b = P_OPT(m->off_lnf_b), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
+    else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .out16 = m->lnf16, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     float *lnf_full = m->slots[m->slot].lnf_full;
     if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
     if (loom_kv_decoding(m)) { /* generation scores only the rows it samples from: moved to the front */
         loom_status st;
-        const int64_t rows = loom_kv_logit_rows(m, lnf_full, &st);
+        const int64_t rows = m->lnf16 ? loom_kv_logit_rows(m, m->lnf16, (size_t)C * sizeof(uint16_t), &st)
+                                      : loom_kv_logit_rows(m, lnf_full, (size_t)C * sizeof(float), &st);
         LOOM_CALL(st);
-        if (rows) LOOM_CALL(mm(m, 0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
-    } else LOOM_CALL(mm(m, 0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V));
+        if (rows) LOOM_CALL(mm_act(m, (loom_gemm){0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, m->lnf16, NULL));
+    } else LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, m->lnf16, NULL));
     if (!keep_head) {
         LOOM_CALL(unit_done(m, U_HEAD));
         if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
@@ -1256,10 +1286,11 @@ static loom_status input_grad_sum(loom_model *m, int64_t N, int64_t Nr) {
     return m->tp_sp ? sp_reduce_scatter(m, m->sp_partial, m->dln, Nr) : tp_sum(m, m->dln, N * m->C);
 }
 
-/* A product's input gradient and its weight's gradient (not for frozen weights: LoRA) */
-static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw) {
+/* A product's input gradient and its weight's gradient (not for frozen weights: LoRA); dw_b16: the weight
+ * gradient's activation operand where the model stores it in bf16 (acts16) */
+static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw, const uint16_t *dw_b16) {
     if (m->lora) return mm(m, dx.trans_a, dx.trans_b, dx.M, dx.N, dx.K, dx.alpha, dx.A, dx.lda, dx.B, dx.ldb, dx.beta, dx.C, dx.ldc);
-    return mm_pair(m, dx, dw);
+    return mm_pair(m, dx, dw, dw_b16);
 }
 
 /* One layer's backward, plain or tensor parallel, with or without Megatron-SP. The residual-stream
@@ -1289,14 +1320,14 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     float lx = (float)loom_lora_has(m, LORA_DOWN);
     LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, lx, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}));
+              (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, a->fc_act16));
     if (lo[W_MLP_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     LOOM_CALL(mlp_activation_backward(m, a, N));
     LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
     lx = (float)loom_lora_has(m, LORA_FC);
     LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}));
+              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, a->ln2_16));
     if (lo[W_FC_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
@@ -1307,7 +1338,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     lx = (float)loom_lora_has(m, LORA_PROJ);
     LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, lx, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}));
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}, NULL));
     if (lo[W_ATTN_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
@@ -1316,7 +1347,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     lx = (float)loom_lora_has(m, LORA_QKV);
     LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}));
+              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, a->ln1_16));
     if (lo[W_QKV_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
@@ -1346,9 +1377,9 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
                         dw = {1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C};
         if (m->dlogits16) { /* the same products on the bits as_bf16 would have made of the fp32 gradient */
             m->dlogits16 = 0;
-            LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0]));
-            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0]));
-        } else LOOM_CALL(grad_products(m, dx, dw));
+            LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0], NULL));
+            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0], m->lnf16));
+        } else LOOM_CALL(grad_products(m, dx, dw, m->lnf16));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));

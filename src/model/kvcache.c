@@ -176,16 +176,17 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
     return LOOM_OK;
 }
 
-/* Moves the rows whose logits are wanted (each wanting segment's last) to the front of x (rows of C floats,
- * in order: each goes to a row at or before its own); returns how many. */
-int64_t loom_kv_logit_rows(loom_model *m, float *x, loom_status *st) {
+/* Moves the rows whose logits are wanted (each wanting segment's last) to the front of x (rows of row_bytes:
+ * C floats, or C bf16 values where the model stores the final norm's output so; in order: each goes to a row
+ * at or before its own); returns how many. */
+int64_t loom_kv_logit_rows(loom_model *m, void *x, size_t row_bytes, loom_status *st) {
     const kv_run *r = (const kv_run *)m->kv_run;
     int64_t n = 0;
     *st = LOOM_OK;
     for (int64_t s = 0; s < r->n_segs && *st == LOOM_OK; s++) {
         if (!r->segs[s].logits) continue;
         const int64_t row = r->row0[s] + r->segs[s].n - 1;
-        if (row != n) *st = loom_buf_copy(m->be, x + n * m->C, x + row * m->C, (size_t)m->C * sizeof(float));
+        if (row != n) *st = loom_buf_copy(m->be, (char *)x + n * row_bytes, (char *)x + row * row_bytes, row_bytes);
         n++;
     }
     return n;

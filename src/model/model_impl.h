@@ -20,12 +20,15 @@ typedef struct layer_acts_s {
     float *fc_pre;                    /* (N,F) GPT-2 pre-activation, or (N,2F) LLaMA gate|up */
     float *fc_act;                    /* (N,F) */
     float *out;                       /* (N,C) the layer's output = next layer's input */
+    /* bf16 training (m->acts16): the operands only products read, stored in bf16 instead (the fp32 ones NULL) */
+    uint16_t *ln1_16, *ln2_16, *fc_act16;
 } layer_acts;
 
 /* What one micro-batch in flight keeps (pipeline schedules keep several). */
 typedef struct act_slot {
     float *enc, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
     float *lnf_full;                  /* tp sequence parallel: the final norm's output gathered (N,C) */
+    uint16_t *lnf16;                  /* acts16: the final norm's output in bf16 (lnf, lnf_full NULL) */
     struct layer_acts_s *acts;
     float *chunk_in[LOOM_MAX_CHUNKS]; /* each chunk's input (chunks that do not start with the embedding) */
     float *dx;                        /* the gradient of a chunk's input, sent from here */
@@ -46,6 +49,7 @@ struct loom_model {
     int64_t *unit_lo;           /* [n_units + 1] */
     int n_slots, slot;
     int dlogits16;                    /* the last forward left its logits' bf16 gradient in scratch16[0] */
+    int acts16;                       /* the norms' and the MLP activation's outputs are stored in bf16 */
     act_slot *slots;
     /* mixed precision (both NULL: fp32) */
     loom_precision precision;
@@ -94,6 +98,7 @@ struct loom_model {
     float *enc;                 /* (N,C) embedding output = layer 0 input */
     layer_acts *acts;           /* [L] */
     float *lnf, *lnf_mean, *lnf_rstd;
+    uint16_t *lnf16;
     float *logits;              /* (N,V) */
     float *losses;              /* (N) */
     float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
@@ -166,7 +171,7 @@ int loom_kv_decoding(const loom_model *m);
 LOOM_NODISCARD loom_status loom_kv_embed(loom_model *m, const int32_t *tok, const float *wte, const float *wpe, float *out);
 LOOM_NODISCARD loom_status loom_kv_rope(loom_model *m, float *qkv);
 LOOM_NODISCARD loom_status loom_kv_attention(loom_model *m, int64_t l);
-int64_t loom_kv_logit_rows(loom_model *m, float *x, loom_status *st);
+int64_t loom_kv_logit_rows(loom_model *m, void *x, size_t row_bytes, loom_status *st);
 /* the cached forward's segments: their count; segment s's first row, rows and adapter set (0: none) */
 int64_t loom_kv_num_segments(const loom_model *m);
 void loom_kv_segment_rows(const loom_model *m, int64_t s, int64_t *row0, int64_t *n, int *adapter);

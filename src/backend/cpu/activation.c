@@ -12,55 +12,65 @@ static inline float gelu_erf_grad(float x) {
            x * 0.3989422804014327f * loom_fast_expf(-0.5f * x * x);
 }
 
-static void cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, const float *bias, int64_t N,
-                                int64_t F, int exact) {
+static inline float gelu_tanh(float x) {
+    return 0.5f * x * (1.0f + loom_fast_tanhf(GELU_K * (x + GELU_C * x * x * x)));
+}
+
+/* Each forward below writes its output as fp32 (out) or as bf16 (out16): the loops are one per form, so that
+ * neither branches per element, and the values are the same expression in both. */
+
+static void cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, uint16_t *out16, const float *bias,
+                                  int64_t N, int64_t F, int exact) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         float *p = pre + n * F;
-        if (out && exact) {
+#pragma omp simd
+        for (int64_t f = 0; f < F; f++) p[f] += bias[f];
+        if (out16 && exact) {
+            uint16_t *o = out16 + n * F;
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) o[f] = loom_cpu_bf16_round(gelu_erf(p[f]));
+        } else if (out16) {
+            uint16_t *o = out16 + n * F;
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) o[f] = loom_cpu_bf16_round(gelu_tanh(p[f]));
+        } else if (out && exact) {
             float *o = out + n * F;
 #pragma omp simd
-            for (int64_t f = 0; f < F; f++) {
-                p[f] += bias[f];
-                o[f] = gelu_erf(p[f]);
-            }
+            for (int64_t f = 0; f < F; f++) o[f] = gelu_erf(p[f]);
         } else if (out) {
             float *o = out + n * F;
 #pragma omp simd
-            for (int64_t f = 0; f < F; f++) {
-                float x = p[f] + bias[f];
-                p[f] = x;
-                o[f] = 0.5f * x * (1.0f + loom_fast_tanhf(GELU_K * (x + GELU_C * x * x * x)));
-            }
-        } else {
-#pragma omp simd
-            for (int64_t f = 0; f < F; f++) p[f] += bias[f];
+            for (int64_t f = 0; f < F; f++) o[f] = gelu_tanh(p[f]);
         }
     }
 }
 
 loom_status loom_cpu_bias_gelu_forward(loom_backend *be, const loom_bias_gelu_forward_args *a) {
-    cpu_bias_gelu_forward(be, a->pre, a->out, a->bias, a->N, a->F, a->exact);
+    cpu_bias_gelu_forward(be, a->pre, a->out, a->out16, a->bias, a->N, a->F, a->exact);
     return LOOM_OK;
 }
 
-static void cpu_gelu_forward(loom_backend *be, float *out, const float *pre, int64_t n, int exact) {
+static void cpu_gelu_forward(loom_backend *be, float *out, uint16_t *out16, const float *pre, int64_t n, int exact) {
     (void)be;
-    if (exact) {
+    if (out16 && exact) {
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < n; i++) out16[i] = loom_cpu_bf16_round(gelu_erf(pre[i]));
+    } else if (out16) {
+#pragma omp parallel for simd schedule(static)
+        for (int64_t i = 0; i < n; i++) out16[i] = loom_cpu_bf16_round(gelu_tanh(pre[i]));
+    } else if (exact) {
 #pragma omp parallel for simd schedule(static)
         for (int64_t i = 0; i < n; i++) out[i] = gelu_erf(pre[i]);
-        return;
-    }
+    } else {
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float x = pre[i];
-        out[i] = 0.5f * x * (1.0f + loom_fast_tanhf(GELU_K * (x + GELU_C * x * x * x)));
+        for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(pre[i]);
     }
 }
 
 loom_status loom_cpu_gelu_forward(loom_backend *be, const loom_gelu_forward_args *a) {
-    cpu_gelu_forward(be, a->out, a->inp, a->n, a->exact);
+    cpu_gelu_forward(be, a->out, a->out16, a->inp, a->n, a->exact);
     return LOOM_OK;
 }
 
@@ -88,22 +98,27 @@ loom_status loom_cpu_gelu_backward(loom_backend *be, const loom_gelu_backward_ar
     return LOOM_OK;
 }
 
-static void cpu_swiglu_forward(loom_backend *be, float *out, const float *gu, int64_t N, int64_t F) {
+static inline float swiglu(float g, float u) { return g * (1.0f / (1.0f + loom_fast_expf(-g))) * u; }
+
+static void cpu_swiglu_forward(loom_backend *be, float *out, uint16_t *out16, const float *gu, int64_t N, int64_t F) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *g = gu + n * 2 * F, *u = g + F;
-        float *o = out + n * F;
+        if (out16) {
+            uint16_t *o = out16 + n * F;
 #pragma omp simd
-        for (int64_t f = 0; f < F; f++) {
-            float s = 1.0f / (1.0f + loom_fast_expf(-g[f]));
-            o[f] = g[f] * s * u[f];
+            for (int64_t f = 0; f < F; f++) o[f] = loom_cpu_bf16_round(swiglu(g[f], u[f]));
+        } else {
+            float *o = out + n * F;
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) o[f] = swiglu(g[f], u[f]);
         }
     }
 }
 
 loom_status loom_cpu_swiglu_forward(loom_backend *be, const loom_swiglu_forward_args *a) {
-    cpu_swiglu_forward(be, a->out, a->gu, a->N, a->F);
+    cpu_swiglu_forward(be, a->out, a->out16, a->gu, a->N, a->F);
     return LOOM_OK;
 }
 

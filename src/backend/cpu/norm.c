@@ -3,13 +3,15 @@
  * not depend on the thread count. dinp accumulates (+=): it is the residual stream's gradient. */
 #include "cpu_impl.h"
 
-static void cpu_layernorm_forward(loom_backend *be, float *out, float *mean, float *rstd, const float *inp,
-                                const float *w, const float *b, int64_t N, int64_t C, float eps) {
+/* one output element, fp32, whichever way it is stored (one expression, so fp32 and bf16 outputs agree) */
+static inline float ln_value(float x, float m, float r, float w, float b) { return (x - m) * r * w + b; }
+
+static void cpu_layernorm_forward(loom_backend *be, float *out, uint16_t *out16, float *mean, float *rstd,
+                                  const float *inp, const float *w, const float *b, int64_t N, int64_t C, float eps) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
-        float *y = out + n * C;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int64_t c = 0; c < C; c++) s += x[c];
@@ -18,15 +20,22 @@ static void cpu_layernorm_forward(loom_backend *be, float *out, float *mean, flo
 #pragma omp simd reduction(+ : v)
         for (int64_t c = 0; c < C; c++) v += (x[c] - m) * (x[c] - m);
         float r = 1.0f / sqrtf(v / (float)C + eps);
+        if (out16) {
+            uint16_t *y = out16 + n * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) y[c] = (x[c] - m) * r * w[c] + (b ? b[c] : 0.0f);
+            for (int64_t c = 0; c < C; c++) y[c] = loom_cpu_bf16_round(ln_value(x[c], m, r, w[c], b ? b[c] : 0.0f));
+        } else {
+            float *y = out + n * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) y[c] = ln_value(x[c], m, r, w[c], b ? b[c] : 0.0f);
+        }
         if (mean) mean[n] = m;
         if (rstd) rstd[n] = r;
     }
 }
 
 loom_status loom_cpu_layernorm_forward(loom_backend *be, const loom_layernorm_forward_args *a) {
-    cpu_layernorm_forward(be, a->out, a->mean, a->rstd, a->inp, a->w, a->b, a->N, a->C, a->eps);
+    cpu_layernorm_forward(be, a->out, a->out16, a->mean, a->rstd, a->inp, a->w, a->b, a->N, a->C, a->eps);
     return LOOM_OK;
 }
 
@@ -82,25 +91,31 @@ loom_status loom_cpu_layernorm_backward(loom_backend *be, const loom_layernorm_b
     return LOOM_OK;
 }
 
-static void cpu_rmsnorm_forward(loom_backend *be, float *out, float *rstd, const float *inp, const float *w,
-                              int64_t N, int64_t C, float eps) {
+static void cpu_rmsnorm_forward(loom_backend *be, float *out, uint16_t *out16, float *rstd, const float *inp,
+                                const float *w, int64_t N, int64_t C, float eps) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         const float *x = inp + n * C;
-        float *y = out + n * C;
         float ss = 0.0f;
 #pragma omp simd reduction(+ : ss)
         for (int64_t c = 0; c < C; c++) ss += x[c] * x[c];
         float r = 1.0f / sqrtf(ss / (float)C + eps);
+        if (out16) {
+            uint16_t *y = out16 + n * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+            for (int64_t c = 0; c < C; c++) y[c] = loom_cpu_bf16_round(x[c] * r * w[c]);
+        } else {
+            float *y = out + n * C;
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) y[c] = x[c] * r * w[c];
+        }
         if (rstd) rstd[n] = r;
     }
 }
 
 loom_status loom_cpu_rmsnorm_forward(loom_backend *be, const loom_rmsnorm_forward_args *a) {
-    cpu_rmsnorm_forward(be, a->out, a->rstd, a->inp, a->w, a->N, a->C, a->eps);
+    cpu_rmsnorm_forward(be, a->out, a->out16, a->rstd, a->inp, a->w, a->N, a->C, a->eps);
     return LOOM_OK;
 }
 

@@ -29,12 +29,13 @@ __global__ void colsum_finish(float *dst, const float *partial, int64_t chunks, 
     }
 }
 
-/* pre (N,F) += bias; out = gelu(pre) when out != NULL */
-__global__ void bias_gelu_kernel(float *pre, float *out, const float *bias, int64_t n, int64_t F, int exact) {
+/* pre (N,F) += bias; out (or out16) = gelu(pre) when either is given */
+__global__ void bias_gelu_kernel(float *pre, float *out, uint16_t *out16, const float *bias, int64_t n, int64_t F,
+                                 int exact) {
     LOOM_GRID_STRIDE(i, n) {
         const float x = pre[i] + bias[i % F];
         pre[i] = x;
-        if (out) out[i] = exact ? gelu_erf(x) : gelu_tanh(x);
+        if (out || out16) store_out(out, out16, i, exact ? gelu_erf(x) : gelu_tanh(x));
     }
 }
 
@@ -42,19 +43,19 @@ extern "C" loom_status loom_cuda_bias_gelu_forward(loom_backend *be, const loom_
     const int64_t n = a->N * a->F;
     if (n <= 0) return LOOM_OK;
     bias_gelu_kernel<<<loom_cuda_blocks(n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->pre, a->out, a->bias, n, a->F, a->exact);
+        a->pre, a->out, a->out16, a->bias, n, a->F, a->exact);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
 
-__global__ void gelu_kernel(float *out, const float *inp, int64_t n, int exact) {
-    LOOM_GRID_STRIDE(i, n) out[i] = exact ? gelu_erf(inp[i]) : gelu_tanh(inp[i]);
+__global__ void gelu_kernel(float *out, uint16_t *out16, const float *inp, int64_t n, int exact) {
+    LOOM_GRID_STRIDE(i, n) store_out(out, out16, i, exact ? gelu_erf(inp[i]) : gelu_tanh(inp[i]));
 }
 
 extern "C" loom_status loom_cuda_gelu_forward(loom_backend *be, const loom_gelu_forward_args *a) {
     if (a->n <= 0) return LOOM_OK;
     gelu_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->inp, a->n, a->exact);
+        a->out, a->out16, a->inp, a->n, a->exact);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
@@ -76,12 +77,12 @@ extern "C" loom_status loom_cuda_gelu_backward(loom_backend *be, const loom_gelu
 }
 
 /* out (N,F) = silu(g) * u, gu rows [g (F) | u (F)] */
-__global__ void swiglu_kernel(float *out, const float *gu, int64_t n, int64_t F) {
+__global__ void swiglu_kernel(float *out, uint16_t *out16, const float *gu, int64_t n, int64_t F) {
     LOOM_GRID_STRIDE(i, n) {
         const int64_t row = i / F, f = i - row * F;
         const float g = gu[row * 2 * F + f], u = gu[row * 2 * F + F + f];
         const float s = 1.0f / (1.0f + expf(-g));
-        out[i] = g * s * u;
+        store_out(out, out16, i, g * s * u);
     }
 }
 
@@ -89,7 +90,7 @@ extern "C" loom_status loom_cuda_swiglu_forward(loom_backend *be, const loom_swi
     const int64_t n = a->N * a->F;
     if (n <= 0) return LOOM_OK;
     swiglu_kernel<<<loom_cuda_blocks(n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->gu, n, a->F);
+        a->out, a->out16, a->gu, n, a->F);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }

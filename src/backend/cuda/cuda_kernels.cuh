@@ -33,6 +33,12 @@ __device__ __forceinline__ uint16_t bf16_round(float x) {
     return (uint16_t)(u >> 16);
 }
 
+/* an output element stored as fp32 (out) or, where out16 is given, as bf16 (the kernels' out16 forms) */
+__device__ __forceinline__ void store_out(float *out, uint16_t *out16, int64_t i, float v) {
+    if (out16) out16[i] = bf16_round(v);
+    else out[i] = v;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

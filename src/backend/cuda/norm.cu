@@ -9,20 +9,19 @@ enum { ROWS_PER_BLOCK = LOOM_CUDA_THREADS / 32 };
 
 static unsigned row_blocks(int64_t N) { return (unsigned)((N + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK); }
 
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp, const float *w,
-                                         const float *b, int64_t N, int64_t C, float eps) {
+__global__ void layernorm_forward_kernel(float *out, uint16_t *out16, float *mean, float *rstd, const float *inp,
+                                         const float *w, const float *b, int64_t N, int64_t C, float eps) {
     const int64_t n = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (n >= N) return;
     const float *x = inp + n * C;
-    float *y = out + n * C;
     float s = 0.0f;
     for (int64_t c = lane; c < C; c += 32) s += x[c];
     const float m = warp_sum(s) / (float)C;
     float v = 0.0f; /* two passes, as the CPU: the variance of (x - mean), not E[x^2] - mean^2 */
     for (int64_t c = lane; c < C; c += 32) v += (x[c] - m) * (x[c] - m);
     const float r = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
-    for (int64_t c = lane; c < C; c += 32) y[c] = (x[c] - m) * r * w[c] + (b ? b[c] : 0.0f);
+    for (int64_t c = lane; c < C; c += 32) store_out(out, out16, n * C + c, (x[c] - m) * r * w[c] + (b ? b[c] : 0.0f));
     if (lane == 0) {
         if (mean) mean[n] = m;
         if (rstd) rstd[n] = r;
@@ -32,7 +31,7 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
 extern "C" loom_status loom_cuda_layernorm_forward(loom_backend *be, const loom_layernorm_forward_args *a) {
     if (a->N <= 0) return LOOM_OK;
     layernorm_forward_kernel<<<row_blocks(a->N), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->mean, a->rstd, a->inp, a->w, a->b, a->N, a->C, a->eps);
+        a->out, a->out16, a->mean, a->rstd, a->inp, a->w, a->b, a->N, a->C, a->eps);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
@@ -82,24 +81,23 @@ extern "C" loom_status loom_cuda_layernorm_backward(loom_backend *be, const loom
     return LOOM_OK;
 }
 
-__global__ void rmsnorm_forward_kernel(float *out, float *rstd, const float *inp, const float *w, int64_t N,
-                                       int64_t C, float eps) {
+__global__ void rmsnorm_forward_kernel(float *out, uint16_t *out16, float *rstd, const float *inp, const float *w,
+                                       int64_t N, int64_t C, float eps) {
     const int64_t n = (int64_t)blockIdx.x * ROWS_PER_BLOCK + (threadIdx.x >> 5);
     const int lane = threadIdx.x & 31;
     if (n >= N) return;
     const float *x = inp + n * C;
-    float *y = out + n * C;
     float ss = 0.0f;
     for (int64_t c = lane; c < C; c += 32) ss += x[c] * x[c];
     const float r = 1.0f / sqrtf(warp_sum(ss) / (float)C + eps);
-    for (int64_t c = lane; c < C; c += 32) y[c] = x[c] * r * w[c];
+    for (int64_t c = lane; c < C; c += 32) store_out(out, out16, n * C + c, x[c] * r * w[c]);
     if (lane == 0 && rstd) rstd[n] = r;
 }
 
 extern "C" loom_status loom_cuda_rmsnorm_forward(loom_backend *be, const loom_rmsnorm_forward_args *a) {
     if (a->N <= 0) return LOOM_OK;
     rmsnorm_forward_kernel<<<row_blocks(a->N), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->out, a->rstd, a->inp, a->w, a->N, a->C, a->eps);
+        a->out, a->out16, a->rstd, a->inp, a->w, a->N, a->C, a->eps);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
