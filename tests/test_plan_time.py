@@ -48,6 +48,10 @@ CONFIGS = [
                                                        "--precision", "bf16"]),
     ("llama tp=2 Megatron-SP recompute attn", LLAMA + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1",
                                                       "--recompute", "attn"]),
+    # bf16 gathers the norms' outputs in bf16 (half the bytes); the residual stream's gradient stays fp32
+    ("gpt2 tp=2 Megatron-SP bf16", GPT + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1", "--precision", "bf16"]),
+    ("llama tp=2 Megatron-SP bf16 recompute full", LLAMA + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1",
+                                                           "--precision", "bf16", "--recompute", "full"]),
 ]
 KEYS = [f"{axis}_{op}_{what}" for axis in ("tp", "dp") for op in ("allreduce", "reduce_scatter", "allgather")
         for what in ("calls", "bytes")] + ["sp_send_calls", "sp_send_bytes", "dp_refill_floats"]

@@ -677,16 +677,16 @@ void loom_model_use_slot(loom_model *m, int slot) {
 
 /* bf16 training stores the activations that only products read (the norms' outputs, the MLP activation) in
  * bf16, rounded as they are written: the products read the bits they would have converted (so the numbers
- * are unchanged), nothing converts them, and they take half the memory. Not where something else reads
- * them in fp32: LoRA's adapters and Megatron-SP's gathers. Generation on a training model goes through the
- * same forward; an inference model (no gradients) keeps fp32 for its adapter sets. */
+ * are unchanged), nothing converts them, they take half the memory, and Megatron-SP gathers them in bf16
+ * (two to a 32-bit word: C even). Not where LoRA's adapters read them in fp32. Generation on a training model
+ * goes through the same forward; an inference model (no gradients) keeps fp32 for its adapter sets. */
 static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
-    return p == LOOM_PRECISION_BF16 && m->has_grads && !m->lora && !tp_sp;
+    return p == LOOM_PRECISION_BF16 && m->has_grads && !m->lora && (!tp_sp || m->C % 2 == 0);
 }
 
 /* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */
 typedef struct {
-    int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act, s_lnf; /* floats (a bf16 tensor: half as many) */
+    int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act, s_lnf, s_lnf_full; /* floats (bf16: half as many) */
     int keep_ln, keep_att, keep_act, acts16;
     int64_t total; /* floats */
 } arena_plan;
@@ -703,7 +703,7 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     p.acts16 = acts16;
 #define STORED(n) (acts16 ? ((n) + 1) / 2 : (n)) /* the floats a product-only operand takes */
     p.s_ln = STORED(Nr * C), p.s_stat = Nr, p.s_qkv = N * Cq, p.s_att = N * C, p.s_lse = B * H * T, p.s_fc = N * fcw;
-    p.s_act = STORED(N * F), p.s_lnf = STORED(Nr * C);
+    p.s_act = STORED(N * F), p.s_lnf = STORED(Nr * C), p.s_lnf_full = STORED(N * C);
 #undef STORED
     /* which tensors are stored per layer (1) or live in the shared scratch (0) */
     p.keep_ln = rc != LOOM_RECOMPUTE_FULL, p.keep_att = rc == LOOM_RECOMPUTE_NONE, p.keep_act = rc == LOOM_RECOMPUTE_NONE;
@@ -715,7 +715,7 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     const int64_t scratch = (p.keep_ln ? 0 : ln_pack) + (p.keep_att ? 0 : p.s_att + p.s_lse) + (p.keep_act ? 0 : p.s_act);
     /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
     const int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
-                             (m->last ? p.s_lnf + 2 * Nr + N * V + N + (tp_sp ? N * C : 0) : 0) +
+                             (m->last ? p.s_lnf + 2 * Nr + N * V + N + (tp_sp ? p.s_lnf_full : 0) : 0) +
                              (m->has_grads ? Nr * C : 0);
     const int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     const int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
@@ -819,7 +819,8 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
             as->lnf_rstd = TAKE(Nr);
             as->logits = TAKE(N * V);
             as->losses = TAKE(N);
-            as->lnf_full = m->tp_sp ? TAKE(N * C) : as->lnf;
+            if (ap.acts16) as->lnf16_full = m->tp_sp ? (uint16_t *)(void *)TAKE(ap.s_lnf_full) : as->lnf16;
+            else as->lnf_full = m->tp_sp ? TAKE(ap.s_lnf_full) : as->lnf;
         }
         if (m->has_grads) as->dx = TAKE(Nr * C);
         for (int64_t l = 0; l < L; l++) {
@@ -1001,13 +1002,18 @@ static loom_status tp_sum(loom_model *m, float *x, int64_t n) {
  * rank r (Nr = N/tp). A column-parallel product first all-gathers its input (N,C); a row-parallel one
  * reduce-scatters its partial product back to rows. The replicated parameters (norms, the output
  * projections' biases, wpe) then see only this rank's rows: their gradients are summed over tp per layer. */
-static loom_status sp_all_gather(loom_model *m, const float *shard, float *full, int64_t Nr) {
-    const int64_t w = Nr * m->C;
-    LOOM_CALL(loom_buf_copy(m->be, full + m->tp_rank * w, shard, (size_t)w * sizeof(float)));
-    for (int r = 0; r < m->tp_size; r++) m->sp_counts[r] = w;
+/* every tp rank's `words` 32-bit words (its rows: fp32, or bf16 two to a word) gathered into full, in rank order */
+static loom_status sp_all_gather_words(loom_model *m, const void *shard, void *full, int64_t words) {
+    float *f = full;
+    LOOM_CALL(loom_buf_copy(m->be, f + m->tp_rank * words, shard, (size_t)words * sizeof(float)));
+    for (int r = 0; r < m->tp_size; r++) m->sp_counts[r] = words;
     loom_comm_req rq;
-    LOOM_CALL(loom_comm_iallgather_f32(m->tp, full, m->sp_counts, &rq));
+    LOOM_CALL(loom_comm_iallgather_f32(m->tp, f, m->sp_counts, &rq));
     return loom_comm_wait(&rq);
+}
+
+static loom_status sp_all_gather(loom_model *m, const float *shard, float *full, int64_t Nr) {
+    return sp_all_gather_words(m, shard, full, Nr * m->C);
 }
 
 static loom_status sp_reduce_scatter(loom_model *m, const float *full, float *shard, int64_t Nr) {
@@ -1046,6 +1052,19 @@ static loom_status all_rows(loom_model *m, const float *rows, int64_t Nr, const 
     return LOOM_OK;
 }
 
+/* The same for an operand the model stores as fp32 (rows) or in bf16 (rows16, acts16: gathered in bf16, half
+ * the bytes, as Megatron gathers its bf16 activations; C is even there); the other output is NULL. */
+static loom_status operand_rows(loom_model *m, const float *rows, const uint16_t *rows16, int64_t Nr, const float **in,
+                                const uint16_t **in16) {
+    *in = NULL;
+    *in16 = rows16;
+    if (!rows16) return all_rows(m, rows, Nr, in);
+    if (!m->tp_sp) return LOOM_OK;
+    LOOM_CALL(sp_all_gather_words(m, rows16, m->sp_gather, Nr * m->C / 2));
+    *in16 = (const uint16_t *)(void *)m->sp_gather;
+    return LOOM_OK;
+}
+
 /* A row-parallel product (K columns of in, or of in16 where the model stores it in bf16, against weight W)
  * completed onto the residual: dst = resid + in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates onto a copy of resid on tp rank 0, which
  * also adds the bias, the others contribute only their partial product, and the tp sum completes it (one
@@ -1055,7 +1074,7 @@ static loom_status row_output(loom_model *m, const float *in, const uint16_t *in
                               int64_t b_off, const float *resid, float *dst, int64_t N, int64_t Nr) {
     const int64_t C = m->C;
     if (m->tp_sp) {
-        LOOM_CALL(mm(m, 0, 1, N, C, K, 1.0f, in, K, P(w_off), K, 0.0f, m->sp_partial, C));
+        LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, C, K, 1.0f, in, K, P(w_off), K, 0.0f, m->sp_partial, C}, in16, NULL));
         LOOM_CALL(sp_reduce_scatter(m, m->sp_partial, dst, Nr));
         LOOM_CALL(add_into(m, dst, resid, Nr * C));
         if (b_off >= 0) LOOM_CALL(loom_k_bias_add(m->be, &(loom_bias_add_args){.x = dst, .bias = P(b_off), .N = Nr, .C = C}));
@@ -1080,13 +1099,14 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     const float eps = (float)m->cfg.norm_eps;
     layer_acts *a = &m->acts[l];
     const float *x = layer_input(m, l), *in;
+    const uint16_t *in16;
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln1, .out16 = a->ln1_16, .mean = a->ln1_mean, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .b = P_OPT(lo[W_LN1_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln1, .out16 = a->ln1_16, .rstd = a->ln1_rstd, .inp = x, .w = P(lo[W_LN1_W]), .N = Nr, .C = C, .eps = eps}));
-    LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
+    LOOM_CALL(operand_rows(m, a->ln1, a->ln1_16, Nr, &in, &in16));
     /* LoRA (tp 1: all rows here): the adapters write their part first, the frozen product adds to it */
     const float lq = (float)loom_lora_has(m, LORA_QKV), lf = (float)loom_lora_has(m, LORA_FC);
     if (lq != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_QKV, in, a->qkv, Cq, N, 0.0f));
-    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq}, a->ln1_16, NULL));
+    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, Cq, C, 1.0f, in, C, P(lo[W_QKV_W]), C, lq, a->qkv, Cq}, in16, NULL));
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_QKV, in, a->qkv, Cq)); /* serving: each segment's adapter set */
     if (lo[W_QKV_B] >= 0) LOOM_CALL(loom_k_bias_add(be, &(loom_bias_add_args){.x = a->qkv, .bias = P(lo[W_QKV_B]), .N = N, .C = Cq}));
     if (!gpt && loom_kv_decoding(m)) LOOM_CALL(loom_kv_rope(m, a->qkv)); /* each sequence's positions */
@@ -1097,9 +1117,9 @@ static loom_status layer_forward(loom_model *m, int64_t l, int64_t B, int64_t T)
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_PROJ, a->atty, a->res1, C));
     if (gpt) LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = a->ln2, .out16 = a->ln2_16, .mean = a->ln2_mean, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .b = P_OPT(lo[W_LN2_B]), .N = Nr, .C = C, .eps = eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = a->ln2, .out16 = a->ln2_16, .rstd = a->ln2_rstd, .inp = a->res1, .w = P(lo[W_LN2_W]), .N = Nr, .C = C, .eps = eps}));
-    LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
+    LOOM_CALL(operand_rows(m, a->ln2, a->ln2_16, Nr, &in, &in16));
     if (lf != 0.0f) LOOM_CALL(loom_lora_forward(m, l, LORA_FC, in, a->fc_pre, fcw, N, 0.0f));
-    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw}, a->ln2_16, NULL));
+    LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, fcw, C, 1.0f, in, C, P(lo[W_FC_W]), C, lf, a->fc_pre, fcw}, in16, NULL));
     LOOM_CALL(loom_lora_forward_sets(m, l, LORA_FC, in, a->fc_pre, fcw));
     LOOM_CALL(mlp_activation_forward(m, a, lo, N, 1));
     LOOM_CALL(row_output(m, a->fc_act, a->fc_act16, F, lo[W_MLP_PROJ_W], lo[W_MLP_PROJ_B], a->res1, a->out, N, Nr));
@@ -1215,14 +1235,16 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(loom_k_layernorm_forward(be, &(loom_layernorm_forward_args){.out = m->lnf, .out16 = m->lnf16, .mean = m->lnf_mean, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .b = P_OPT(m->off_lnf_b), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     else LOOM_CALL(loom_k_rmsnorm_forward(be, &(loom_rmsnorm_forward_args){.out = m->lnf, .out16 = m->lnf16, .rstd = m->lnf_rstd, .inp = x, .w = P(m->off_lnf_w), .N = Nr, .C = C, .eps = (float)m->cfg.norm_eps}));
     float *lnf_full = m->slots[m->slot].lnf_full;
-    if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
+    uint16_t *lnf16_full = m->slots[m->slot].lnf16_full;
+    if (m->tp_sp && lnf16_full) LOOM_CALL(sp_all_gather_words(m, m->lnf16, lnf16_full, Nr * C / 2));
+    else if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
     if (loom_kv_decoding(m)) { /* generation scores only the rows it samples from: moved to the front */
         loom_status st;
-        const int64_t rows = m->lnf16 ? loom_kv_logit_rows(m, m->lnf16, (size_t)C * sizeof(uint16_t), &st)
+        const int64_t rows = lnf16_full ? loom_kv_logit_rows(m, lnf16_full, (size_t)C * sizeof(uint16_t), &st)
                                       : loom_kv_logit_rows(m, lnf_full, (size_t)C * sizeof(float), &st);
         LOOM_CALL(st);
-        if (rows) LOOM_CALL(mm_act(m, (loom_gemm){0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, m->lnf16, NULL));
-    } else LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, m->lnf16, NULL));
+        if (rows) LOOM_CALL(mm_act(m, (loom_gemm){0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, lnf16_full, NULL));
+    } else LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, lnf16_full, NULL));
     if (!keep_head) {
         LOOM_CALL(unit_done(m, U_HEAD));
         if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
@@ -1309,6 +1331,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     const float *x = layer_input(m, l);
     float *dres = m->dres, *dfull = input_grad_dst(m);
     const float *in;
+    const uint16_t *in16;
     const int racc = sp ? 0 : acc; /* replicated gradients: staged (written) or in place (accumulated) */
     const int frozen = m->lora != NULL; /* LoRA: the weights take no gradient; norms write theirs to scratch */
 #define REP(slot, w) (sp ? m->sp_rep + (slot) * C : frozen ? loom_lora_dw_scratch(m) + ((slot) & 1) * C : G_OPT(lo[w]))
@@ -1323,11 +1346,11 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, a->fc_act16));
     if (lo[W_MLP_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     LOOM_CALL(mlp_activation_backward(m, a, N));
-    LOOM_CALL(all_rows(m, a->ln2, Nr, &in));
+    LOOM_CALL(operand_rows(m, a->ln2, a->ln2_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_FC);
     LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, a->ln2_16));
+              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, in16));
     if (lo[W_FC_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
@@ -1343,11 +1366,11 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
-    LOOM_CALL(all_rows(m, a->ln1, Nr, &in));
+    LOOM_CALL(operand_rows(m, a->ln1, a->ln1_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_QKV);
     LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, 0.0f, N, acc));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, a->ln1_16));
+              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, in16));
     if (lo[W_QKV_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
@@ -1372,14 +1395,15 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
     if (head) { /* logits = lnf Whead^T; m->logits holds dlogits, or scratch16[0] in bf16 (m->dlogits16) */
         const float *lnf_full = m->slots[m->slot].lnf_full;
+        const uint16_t *lnf16_full = m->slots[m->slot].lnf16_full;
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
         const loom_gemm dx = {0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C},
                         dw = {1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C};
         if (m->dlogits16) { /* the same products on the bits as_bf16 would have made of the fp32 gradient */
             m->dlogits16 = 0;
             LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0], NULL));
-            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0], m->lnf16));
-        } else LOOM_CALL(grad_products(m, dx, dw, m->lnf16));
+            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0], lnf16_full));
+        } else LOOM_CALL(grad_products(m, dx, dw, lnf16_full));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));

@@ -28,7 +28,7 @@ typedef struct layer_acts_s {
 typedef struct act_slot {
     float *enc, *lnf, *lnf_mean, *lnf_rstd, *logits, *losses;
     float *lnf_full;                  /* tp sequence parallel: the final norm's output gathered (N,C) */
-    uint16_t *lnf16;                  /* acts16: the final norm's output in bf16 (lnf, lnf_full NULL) */
+    uint16_t *lnf16, *lnf16_full;     /* acts16: the final norm's output in bf16, and gathered (lnf, lnf_full NULL) */
     struct layer_acts_s *acts;
     float *chunk_in[LOOM_MAX_CHUNKS]; /* each chunk's input (chunks that do not start with the embedding) */
     float *dx;                        /* the gradient of a chunk's input, sent from here */

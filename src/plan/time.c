@@ -51,22 +51,30 @@ static void add_tally(tally *a, const tally *b, double times) {
     a->sp_bytes += (int64_t)times * b->sp_bytes;
 }
 
-/* a product of the step: forward (trans 0, M x N from K), its input gradient, its weight gradient */
-static void gemm(const ctx *x, tally *t, int trans, int64_t M, int64_t N, int64_t K) {
+/* bf16 training stores the norms' and the MLP activation's outputs in bf16 (gpt.c acts_bf16) */
+static int acts16(const ctx *x) {
+    return x->prec == LOOM_PRECISION_BF16 && !x->lora && (!x->tp_sp || x->C % 2 == 0);
+}
+
+/* a product of the step: forward (trans 0, M x N from K), its input gradient, its weight gradient; convert:
+ * its activation operand is fp32, converted to bf16 first in a bf16 step */
+static void gemm(const ctx *x, tally *t, int trans, int64_t M, int64_t N, int64_t K, int convert) {
     t->s[LOOM_PT_GEMM] += loom_cluster_gemm_seconds(x->c, x->threads, x->prec, trans, M, N, K);
-    if (x->prec == LOOM_PRECISION_BF16) /* the activation operand converted to bf16 first */
+    if (x->prec == LOOM_PRECISION_BF16 && convert)
         t->s[LOOM_PT_MEMBOUND] += loom_cluster_kernel_seconds(x->c, x->threads, x->prec, LOOM_KC_ELEMENTWISE,
                                                               (double)(trans == 2 ? K * N : M * K));
 }
 
-/* forward Y (rows x out) = X (rows x in) W^T and, for the backward, dX and (not frozen) dW */
-static void linear(const ctx *x, tally *t, int backward, int64_t rows, int64_t out, int64_t in) {
+/* forward Y (rows x out) = X (rows x in) W^T and, for the backward, dX and (not frozen) dW; x16: X is one of
+ * the activations a bf16 step stores in bf16 (no conversion before its products) */
+static void linear(const ctx *x, tally *t, int backward, int64_t rows, int64_t out, int64_t in, int x16) {
+    const int convert_x = !(x16 && acts16(x));
     if (!backward) {
-        gemm(x, t, 0, rows, out, in);
+        gemm(x, t, 0, rows, out, in, convert_x);
         return;
     }
-    gemm(x, t, 1, rows, in, out);
-    if (!x->lora) gemm(x, t, 2, out, in, rows);
+    gemm(x, t, 1, rows, in, out, 1);
+    if (!x->lora) gemm(x, t, 2, out, in, rows, convert_x);
 }
 
 static void mem(const ctx *x, tally *t, loom_kernel_class k, double elements) {
@@ -82,9 +90,10 @@ static void tp_coll(const ctx *x, tally *t, loom_coll op, int64_t floats) {
     t->s[LOOM_PT_TP_COMM] += loom_cluster_coll_seconds(x->c, op, x->tp, x->host_tp, 4.0 * (double)floats);
 }
 
-/* the rows of a column-parallel product's input: all-gathered with Megatron-SP */
-static void all_rows(const ctx *x, tally *t) {
-    if (x->tp_sp) tp_coll(x, t, LOOM_COLL_ALLGATHER, x->N * x->C);
+/* the rows of a column-parallel product's input: all-gathered with Megatron-SP; x16: a norm's output, which a
+ * bf16 step gathers in bf16 (half the words) */
+static void all_rows(const ctx *x, tally *t, int x16) {
+    if (x->tp_sp) tp_coll(x, t, LOOM_COLL_ALLGATHER, x16 && acts16(x) ? x->N * x->C / 2 : x->N * x->C);
 }
 /* a row-parallel product completed: summed over tp, or reduce-scattered to this rank's rows */
 static void row_sum(const ctx *x, tally *t) {
@@ -118,19 +127,19 @@ static void norm(const ctx *x, tally *t) { mem(x, t, LOOM_KC_NORM, (double)(x->N
 /* one block's forward (gpt.c layer_forward) */
 static void layer_forward(const ctx *x, tally *t) {
     norm(x, t);
-    all_rows(x, t);
-    linear(x, t, 0, x->N, x->Cq, x->C);
+    all_rows(x, t, 1);
+    linear(x, t, 0, x->N, x->Cq, x->C, 1);
     if (x->gpt) mem(x, t, LOOM_KC_ELEMENTWISE, (double)(x->N * x->Cq)); /* bias */
     else mem(x, t, LOOM_KC_ELEMENTWISE, (double)(x->N * x->Cq));        /* RoPE */
     attention(x, t, 0);
-    linear(x, t, 0, x->N, x->C, x->Cl);
+    linear(x, t, 0, x->N, x->C, x->Cl, 0);
     row_sum(x, t);
     mem(x, t, LOOM_KC_ELEMENTWISE, 2.0 * (double)(x->Nr * x->C)); /* residual and bias */
     norm(x, t);
-    all_rows(x, t);
-    linear(x, t, 0, x->N, x->fcw, x->C);
+    all_rows(x, t, 1);
+    linear(x, t, 0, x->N, x->fcw, x->C, 1);
     mem(x, t, LOOM_KC_ACTIVATION, (double)(x->N * x->F));
-    linear(x, t, 0, x->N, x->C, x->F);
+    linear(x, t, 0, x->N, x->C, x->F, 1);
     row_sum(x, t);
     mem(x, t, LOOM_KC_ELEMENTWISE, 2.0 * (double)(x->Nr * x->C));
 }
@@ -144,20 +153,20 @@ static void layer_backward(const ctx *x, tally *t, loom_recompute rc) {
     }
     /* MLP: the output projection (its input gradient over all rows: all-gathered with SP), the activation,
      * the column-parallel fc (input gradient summed over tp), the norm */
-    all_rows(x, t);
-    linear(x, t, 1, x->N, x->C, x->F);
+    all_rows(x, t, 0);
+    linear(x, t, 1, x->N, x->C, x->F, 1);
     mem(x, t, LOOM_KC_ACTIVATION, (double)(x->N * x->F));
-    if (x->tp_sp) all_rows(x, t); /* the norm's output again, for the weight gradient */
-    linear(x, t, 1, x->N, x->fcw, x->C);
+    if (x->tp_sp) all_rows(x, t, 1); /* the norm's output again, for the weight gradient */
+    linear(x, t, 1, x->N, x->fcw, x->C, 1);
     row_sum(x, t);
     norm(x, t);
     mem(x, t, LOOM_KC_ELEMENTWISE, 2.0 * (double)(x->Nr * x->C) + (double)(x->N * x->C));
     /* attention */
-    all_rows(x, t);
-    linear(x, t, 1, x->N, x->C, x->Cl);
+    all_rows(x, t, 0);
+    linear(x, t, 1, x->N, x->C, x->Cl, 0);
     attention(x, t, 1);
-    if (x->tp_sp) all_rows(x, t);
-    linear(x, t, 1, x->N, x->Cq, x->C);
+    if (x->tp_sp) all_rows(x, t, 1);
+    linear(x, t, 1, x->N, x->Cq, x->C, 1);
     mem(x, t, LOOM_KC_ELEMENTWISE, (double)(x->N * x->Cq));
     row_sum(x, t);
     norm(x, t);
@@ -170,20 +179,20 @@ static void embed_forward(const ctx *x, tally *t) {
     row_sum(x, t);
 }
 static void embed_backward(const ctx *x, tally *t) {
-    if (x->tp_sp) all_rows(x, t);
+    if (x->tp_sp) all_rows(x, t, 0);
     mem(x, t, LOOM_KC_EMBEDDING, (double)(x->N * x->C));
     if (x->tp_sp && x->gpt) tp_coll(x, t, LOOM_COLL_ALLREDUCE, x->T * x->C); /* the positions' gradient */
 }
 static void head_forward(const ctx *x, tally *t) {
     norm(x, t);
-    all_rows(x, t);
-    linear(x, t, 0, x->N, x->V, x->C);
+    all_rows(x, t, 1);
+    linear(x, t, 0, x->N, x->V, x->C, 1);
     mem(x, t, LOOM_KC_LOSS, (double)(x->N * x->V));
     tp_coll(x, t, LOOM_COLL_ALLREDUCE, x->N);     /* vocabulary-parallel loss: the rows' maxima, */
     tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->N); /* their sums and the targets' logits */
 }
 static void head_backward(const ctx *x, tally *t) {
-    linear(x, t, 1, x->N, x->V, x->C);
+    linear(x, t, 1, x->N, x->V, x->C, 1);
     row_sum(x, t);
     norm(x, t);
     if (x->tp_sp) tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->C); /* the final norm's replicated gradients */
