@@ -499,9 +499,9 @@ static void free_acts(loom_model *m) {
     loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_out, (size_t)(N * m->H * m->hd) * sizeof(float));
     loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
-    for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes);
+    for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes[i]);
     m->scratch16[0] = m->scratch16[1] = NULL;
-    m->scratch16_bytes = 0;
+    m->scratch16_bytes[0] = m->scratch16_bytes[1] = 0;
     loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->tok_dev, (size_t)(2 * N) * sizeof(int32_t));
     loom_buf_free(be, m->mem, LOOM_MEM_WORKSPACE, m->ce_stats, (size_t)(3 * N) * sizeof(float));
     m->tok_dev = m->tgt_dev = NULL;
@@ -733,15 +733,24 @@ int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, l
     return bytes;
 }
 
-int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p) {
-    /* two buffers, each the widest activation operand of any product: (N, max(C, Cq, fc width, V)), in
-     * bf16, or for fp16 as fp32 values */
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Row width of low-precision scratch buffer i (mm_bf16, as_fp16). [0]: a product's first operand, the widest
+ * of the activations and gradients (N, max(C, Cq, H hd, fc width, V): the logits' gradient). [1]: a weight
+ * gradient's second operand, the product's input: a norm's output (C), attention's (H hd) or the MLP
+ * activation (F); where bf16 stores the norms' and the MLP's outputs (acts16) only attention's is left. */
+static int64_t lowp_scratch_width(const loom_model *m, int i, int acts16) {
+    const int64_t fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? m->F : 2 * m->F, Ca = m->H * m->hd;
+    if (i == 1) return acts16 ? Ca : max64(max64(m->C, Ca), m->F);
+    return max64(max64(max64(m->C, m->Cq), max64(Ca, fcw)), m->V);
+}
+
+int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p,
+                                      int tp_seq_parallel) {
     if (p == LOOM_PRECISION_FP32) return 0;
-    const int64_t fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? m->F : 2 * m->F;
-    int64_t w = m->C > m->Cq ? m->C : m->Cq;
-    w = w > fcw ? w : fcw;
-    w = w > m->V ? w : m->V;
-    return 2 * B * T * w * (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
+    const int acts16 = acts_bf16(m, p, tp_seq_parallel && m->tp_size > 1);
+    return B * T * (lowp_scratch_width(m, 0, acts16) + lowp_scratch_width(m, 1, acts16)) *
+           (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
 }
 
 loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots) {
@@ -845,9 +854,11 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     m->cap_T = T;
     m->rc = rc;
     if (m->precision != LOOM_PRECISION_FP32) {
-        m->scratch16_bytes = (size_t)loom_model_lowp_scratch_bytes(m, B, T, m->precision) / 2;
-        for (int i = 0; i < 2; i++)
-            LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->scratch16_bytes, (void **)&m->scratch16[i]));
+        const size_t elem = m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
+        for (int i = 0; i < 2; i++) {
+            m->scratch16_bytes[i] = (size_t)(N * lowp_scratch_width(m, i, m->acts16)) * elem;
+            LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->scratch16_bytes[i], (void **)&m->scratch16[i]));
+        }
     }
     if (m->sp_size > 1) {
         m->ring_bytes = (size_t)(N * 4 * m->KV * m->hd) * sizeof(float);

@@ -58,7 +58,7 @@ struct loom_model {
     unsigned char *lowp_made;   /* per unit (LOOM_MODEL_LOWP_PER_UNIT; NULL: the copy is whole): its part of
                                    the copy is made (reserved memory, resident while made) */
     void *scratch16[2];         /* low-precision copies of a product's activation operands */
-    size_t scratch16_bytes;
+    size_t scratch16_bytes[2];
     loom_backend *be;
     loom_comm *tp;
     loom_mem *mem;

@@ -159,7 +159,8 @@ static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, in
         loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1,
                                     (loom_precision)t->precision);
     /* low-precision copies of a product's two activation operands */
-    p->bytes[LOOM_MEM_ACTS] += loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision);
+    p->bytes[LOOM_MEM_ACTS] +=
+        loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision, t->tp_seq_parallel && s.tp > 1);
     loom_model_free(&m);
     return st;
 }
