@@ -386,11 +386,6 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
 
 /* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
  * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order). */
-static inline float bf16_value(uint16_t h) {
-    union { uint32_t u; float f; } x = {.u = (uint32_t)h << 16};
-    return x.f;
-}
-
 static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
     if (!a->blocks) return j * a->ld;
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
@@ -423,7 +418,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
                 if (a->k16) {
                     const uint16_t *k = a->k16 + off[j] + kvo;
 #pragma omp simd reduction(+ : d)
-                    for (int64_t i = 0; i < hd; i++) d += q[i] * bf16_value(k[i]);
+                    for (int64_t i = 0; i < hd; i++) d += q[i] * loom_cpu_bf16_widen(k[i]);
                 } else {
                     const float *k = a->k + off[j] + kvo;
 #pragma omp simd reduction(+ : d)
@@ -444,7 +439,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
                 if (a->v16) {
                     const uint16_t *v = a->v16 + off[j] + kvo;
 #pragma omp simd
-                    for (int64_t i = 0; i < hd; i++) o[i] += w * bf16_value(v[i]);
+                    for (int64_t i = 0; i < hd; i++) o[i] += w * loom_cpu_bf16_widen(v[i]);
                 } else {
                     const float *v = a->v + off[j] + kvo;
 #pragma omp simd

@@ -241,13 +241,6 @@ static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N,
 }
 #endif
 
-static float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
 static void cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
     (void)be;
 #pragma omp parallel for simd schedule(static)
@@ -283,10 +276,10 @@ static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, 
     if (ok) {
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < ra; i++)
-            for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = bf16_to_f32(A[i * lda + j]);
+            for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = loom_cpu_bf16_widen(A[i * lda + j]);
 #pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < rb; i++)
-            for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = bf16_to_f32(B[i * ldb + j]);
+            for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = loom_cpu_bf16_widen(B[i * ldb + j]);
         loom_cpu_sgemm(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
     }
     LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the reference bf16 GEMM");
