@@ -783,14 +783,13 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     }
     m->n_slots = slots;
     float *cur = m->act_mem;
-    m->acts16 = ap.acts16;
 #define TAKE(n) (cur += (((n) + 15) / 16 * 16), cur - (((n) + 15) / 16 * 16))
     /* a product-only operand: bf16 (acts16) or fp32, in n floats' room */
-#define TAKE_OPERAND(n, f32, b16)                   \
-    do {                                            \
-        float *t_ = TAKE(n);                        \
-        if (ap.acts16) (b16) = (uint16_t *)(void *)t_; \
-        else (f32) = t_;                            \
+#define TAKE_OPERAND(n, f32, b16)                          \
+    do {                                                   \
+        float *t_ = TAKE(n);                               \
+        if (ap.acts16) (b16) = (uint16_t *)(void *)t_;     \
+        else (f32) = t_;                                   \
     } while (0)
     if (m->has_grads) {
         m->dres = TAKE(N * C);
@@ -856,7 +855,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     if (m->precision != LOOM_PRECISION_FP32) {
         const size_t elem = m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
         for (int i = 0; i < 2; i++) {
-            m->scratch16_bytes[i] = (size_t)(N * lowp_scratch_width(m, i, m->acts16)) * elem;
+            m->scratch16_bytes[i] = (size_t)(N * lowp_scratch_width(m, i, ap.acts16)) * elem;
             LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->scratch16_bytes[i], (void **)&m->scratch16[i]));
         }
     }
@@ -1077,9 +1076,9 @@ static loom_status operand_rows(loom_model *m, const float *rows, const uint16_t
 }
 
 /* A row-parallel product (K columns of in, or of in16 where the model stores it in bf16, against weight W)
- * completed onto the residual: dst = resid + in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates onto a copy of resid on tp rank 0, which
- * also adds the bias, the others contribute only their partial product, and the tp sum completes it (one
- * all-reduce). Megatron-SP: the partial product reduce-scattered to this rank's Nr rows, then resid and the
+ * completed onto the residual: dst = resid + in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates
+ * onto a copy of resid on tp rank 0, which also adds the bias, the others contribute only their partial
+ * product, and the tp sum completes it (one all-reduce). Megatron-SP: the partial product reduce-scattered to this rank's Nr rows, then resid and the
  * bias added there. */
 static loom_status row_output(loom_model *m, const float *in, const uint16_t *in16, int64_t K, int64_t w_off,
                               int64_t b_off, const float *resid, float *dst, int64_t N, int64_t Nr) {

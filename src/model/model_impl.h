@@ -20,7 +20,7 @@ typedef struct layer_acts_s {
     float *fc_pre;                    /* (N,F) GPT-2 pre-activation, or (N,2F) LLaMA gate|up */
     float *fc_act;                    /* (N,F) */
     float *out;                       /* (N,C) the layer's output = next layer's input */
-    /* bf16 training (m->acts16): the operands only products read, stored in bf16 instead (the fp32 ones NULL) */
+    /* bf16 training (gpt.c acts_bf16): the operands only products read, stored in bf16 instead (fp32 ones NULL) */
     uint16_t *ln1_16, *ln2_16, *fc_act16;
 } layer_acts;
 
@@ -49,7 +49,6 @@ struct loom_model {
     int64_t *unit_lo;           /* [n_units + 1] */
     int n_slots, slot;
     int dlogits16;                    /* the last forward left its logits' bf16 gradient in scratch16[0] */
-    int acts16;                       /* the norms' and the MLP activation's outputs are stored in bf16 */
     act_slot *slots;
     /* mixed precision (both NULL: fp32) */
     loom_precision precision;
