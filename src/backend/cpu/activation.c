@@ -25,24 +25,41 @@ static void cpu_bias_gelu_forward(loom_backend *be, float *pre, float *out, uint
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         float *p = pre + n * F;
-#pragma omp simd
-        for (int64_t f = 0; f < F; f++) p[f] += bias[f];
-        if (out16 && exact) {
+        if (out16) {
             uint16_t *o = out16 + n * F;
+            if (exact)
 #pragma omp simd
-            for (int64_t f = 0; f < F; f++) o[f] = loom_cpu_bf16_round(gelu_erf(p[f]));
-        } else if (out16) {
-            uint16_t *o = out16 + n * F;
+                for (int64_t f = 0; f < F; f++) {
+                    const float x = p[f] + bias[f];
+                    p[f] = x;
+                    o[f] = loom_cpu_bf16_round(gelu_erf(x));
+                }
+            else
 #pragma omp simd
-            for (int64_t f = 0; f < F; f++) o[f] = loom_cpu_bf16_round(gelu_tanh(p[f]));
-        } else if (out && exact) {
-            float *o = out + n * F;
-#pragma omp simd
-            for (int64_t f = 0; f < F; f++) o[f] = gelu_erf(p[f]);
+                for (int64_t f = 0; f < F; f++) {
+                    const float x = p[f] + bias[f];
+                    p[f] = x;
+                    o[f] = loom_cpu_bf16_round(gelu_tanh(x));
+                }
         } else if (out) {
             float *o = out + n * F;
+            if (exact)
 #pragma omp simd
-            for (int64_t f = 0; f < F; f++) o[f] = gelu_tanh(p[f]);
+                for (int64_t f = 0; f < F; f++) {
+                    const float x = p[f] + bias[f];
+                    p[f] = x;
+                    o[f] = gelu_erf(x);
+                }
+            else
+#pragma omp simd
+                for (int64_t f = 0; f < F; f++) {
+                    const float x = p[f] + bias[f];
+                    p[f] = x;
+                    o[f] = gelu_tanh(x);
+                }
+        } else {
+#pragma omp simd
+            for (int64_t f = 0; f < F; f++) p[f] += bias[f];
         }
     }
 }
