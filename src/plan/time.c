@@ -31,7 +31,7 @@ typedef struct {
 typedef struct {
     const loom_cluster *c;
     int threads, prec, tp, sp, tp_sp, host_tp, host_sp; /* host_*: the group's ranks on each host */
-    int gpt, lora;
+    int gpt, lora, dlogits16;
     int64_t B, T, N, Nr, C, Cq, Cl, F, fcw, V, KVl, Hl, hd;
 } ctx;
 
@@ -65,16 +65,19 @@ static void gemm(const ctx *x, tally *t, int trans, int64_t M, int64_t N, int64_
                                                               (double)(trans == 2 ? K * N : M * K));
 }
 
+/* a product's backward: dX and (not frozen) dW, with X and dY each converted to bf16 first, or not */
+static void linear_grads(const ctx *x, tally *t, int64_t rows, int64_t out, int64_t in, int convert_x,
+                         int convert_dy) {
+    gemm(x, t, 1, rows, in, out, convert_dy);
+    if (!x->lora) gemm(x, t, 2, out, in, rows, convert_x);
+}
+
 /* forward Y (rows x out) = X (rows x in) W^T and, for the backward, dX and (not frozen) dW; x16: X is one of
  * the activations a bf16 step stores in bf16 (no conversion before its products) */
 static void linear(const ctx *x, tally *t, int backward, int64_t rows, int64_t out, int64_t in, int x16) {
     const int convert_x = !(x16 && acts16(x));
-    if (!backward) {
-        gemm(x, t, 0, rows, out, in, convert_x);
-        return;
-    }
-    gemm(x, t, 1, rows, in, out, 1);
-    if (!x->lora) gemm(x, t, 2, out, in, rows, convert_x);
+    if (backward) linear_grads(x, t, rows, out, in, convert_x, 1);
+    else gemm(x, t, 0, rows, out, in, convert_x);
 }
 
 static void mem(const ctx *x, tally *t, loom_kernel_class k, double elements) {
@@ -192,7 +195,7 @@ static void head_forward(const ctx *x, tally *t) {
     tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->N); /* their sums and the targets' logits */
 }
 static void head_backward(const ctx *x, tally *t) {
-    linear(x, t, 1, x->N, x->V, x->C, 1);
+    linear_grads(x, t, x->N, x->V, x->C, !acts16(x), !x->dlogits16);
     row_sum(x, t);
     norm(x, t);
     if (x->tp_sp) tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->C); /* the final norm's replicated gradients */
@@ -310,6 +313,12 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
     x.tp_sp = t->tp_seq_parallel && s.tp > 1;
     x.gpt = mc->family == LOOM_FAMILY_GPT2;
     x.lora = t->lora[0] != 0;
+    /* bf16 with one micro-batch in flight where the head is: the loss writes the logits' gradient in bf16
+     * (gpt.c dlogits16), the head's products read it unconverted; not with the vocabulary cut over tp */
+    const int head_slots = s.pp > 1 ? loom_pipeline_schedule_slots(s.pp, s.pp - 1, (loom_pp_schedule)t->pp_schedule,
+                                                                    v, (int)t->grad_accum)
+                                    : 1;
+    x.dlogits16 = x.prec == LOOM_PRECISION_BF16 && s.tp == 1 && head_slots == 1;
     /* ranks per host: they fill hosts in order, tp fastest; a group is within a host while it fits */
     const int per_host = c->gpu ? c->cores_per_host : (world < c->cores_per_host * c->hosts ? (world + c->hosts - 1) / c->hosts : world / c->hosts);
     const int rph = per_host < 1 ? 1 : per_host;
