@@ -68,5 +68,15 @@ printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test 
 grepq -F "measured with another bf16 GEMM (test bf16)" "$W/mfu-stale.log" && ! grepq -F "peak of $pb GFLOP/s" "$W/mfu-stale.log" \
   && grepq -F "$bk" "$LOOM_CACHE_DIR/peak-1threads.txt" && ok "a cached bf16 peak of another bf16 GEMM is measured again" \
   || bad "stale bf16 peak kept: $(grep -o 'MFU against.*' "$W/mfu-stale.log")"
+# memory outside the categories is reported: the bf16 reference GEMM's operands, where the CPU runs that path
+if grepq -F "bf16 reference (" "$W/mfu-bf16.log"; then
+  grepq -E "besides these, the backend's own buffers: [0-9.]+ MiB" "$W/mfu-bf16.log" \
+    && ok "bf16 on the reference GEMM reports its own buffers" || bad "bf16 reference buffers not reported"
+else
+  ! grepq -F "the backend's own buffers" "$W/mfu-bf16.log" && ok "bf16 on oneDNN: no backend buffers to report" \
+    || bad "backend buffers reported without the reference GEMM"
+fi
+! grepq -F "the backend's own buffers" "$W/mfu-fp32.log" && ok "fp32: no backend buffers to report" \
+  || bad "fp32 run reports backend buffers"
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -105,6 +105,7 @@ const char *loom_backend_gemm_kernel(const loom_backend *be) { return be->gemm_k
 const char *loom_backend_bf16_kernel(const loom_backend *be) { return be->bf16_kernel; }
 int loom_backend_threads(const loom_backend *be) { return be->threads; }
 int loom_backend_host_accessible(const loom_backend *be) { return be->host_accessible; }
+size_t loom_backend_own_bytes(const loom_backend *be) { return (be->bf16_ref_n[0] + be->bf16_ref_n[1]) * sizeof(float); }
 int loom_backend_has_own_peak(const loom_backend *be) { return be->own_peak; }
 void loom_backend_set_profiling(loom_backend *be, int on) { be->profiling = on; }
 loom_profile *loom_backend_profile(loom_backend *be) { return &be->profile; }

@@ -125,6 +125,9 @@ static void print_summary(const loom_trainer *tr, int64_t steps, float loss, flo
            (double)tr->mem.peak[LOOM_MEM_GRADS] / 1048576.0, (double)tr->mem.peak[LOOM_MEM_OPTIM] / 1048576.0,
            (double)tr->mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr->mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
            !t->save_checkpoints ? "none (train.save_checkpoints=false)" : tr->dp > 1 ? t->out : tr->ckpt_path);
+    const size_t own = loom_backend_own_bytes(tr->be);
+    if (own) printf("  besides these, the backend's own buffers: %.1f MiB (the bf16 reference GEMM's fp32 operands)\n",
+                    (double)own / 1048576.0);
     for (int r = 0; tr->pp > 1 && r < tr->pp; r++) {
         const double idle = tr->pp_stats[2 * r], busy = tr->pp_stats[2 * r + 1];
         printf("  pipeline stage %d idle %.1f%% of the last step (theory (p-1)/(v m+p-1) = %.1f%%)\n", r,
