@@ -1460,6 +1460,89 @@ static int test_model_family(loom_backend *be, int llama) {
     return 0;
 }
 
+/* bf16 training makes and scores the logits LOOM_MODEL_HEAD_PIECE_ROWS rows at a time where one micro-batch
+ * is in flight (gpt.c logit_rows); with two slots reserved it keeps them whole. The same model on the same
+ * batch both ways: the pieces must change nothing but the rounding of the head's product (BLAS blocks a
+ * product of fewer rows differently) and must hold less memory. */
+static int test_head_pieces(loom_backend *be, int llama) {
+    const char *fam = llama ? "llama" : "gpt2";
+    enum { PB = 9, PT = 128 }; /* 1152 rows: a whole piece and a short one */
+    loom_comm *comm = NULL;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *m = NULL;
+    loom_model_config c;
+    char name[160];
+#define PCALL(expr)                                                   \
+    do {                                                              \
+        if ((expr) != LOOM_OK) {                                      \
+            fprintf(stderr, "error: %s\n", loom_error_trace_text());  \
+            return 1;                                                 \
+        }                                                             \
+    } while (0)
+    PCALL(loom_comm_init_self(&comm));
+    PCALL(loom_model_config_preset(llama ? "llama-tiny" : "demo", &c));
+    c.n_layer = 1, c.d_model = 16, c.n_head = 2, c.n_kv_head = llama ? 1 : 2, c.d_ff = 24, c.vocab_size = 53;
+    c.max_seq_len = PT, c.init_std = 0.2;
+    const loom_model_options mo = {.flags = LOOM_MODEL_GRADS, .tp = comm, .precision = LOOM_PRECISION_BF16};
+    PCALL(loom_model_init(&c, be, &mem, &mo, &m));
+    PCALL(loom_model_init_weights(m, 4243));
+    PCALL(loom_model_refresh_low_precision(m));
+    const int64_t N = PB * PT, V = c.vocab_size, nbuf = loom_model_buffer_size(m);
+    int32_t *tok = malloc((size_t)N * sizeof(int32_t)), *tgt = malloc((size_t)N * sizeof(int32_t));
+    loom_rng r;
+    loom_rng_seed(&r, llama ? 21 : 22);
+    for (int64_t i = 0; i < N; i++) {
+        tok[i] = (int32_t)loom_rng_below(&r, (uint64_t)V);
+        tgt[i] = i % 7 == 3 ? -1 : (int32_t)loom_rng_below(&r, (uint64_t)V); /* some rows without a target */
+    }
+    float *g_pieces = fvec(nbuf), *lg_pieces = fvec(N * V), *lg_whole = fvec(N * V);
+    float l_pieces = 0, l_whole = 0, l_eval = 0;
+    /* the planner: past a piece's rows (B 8 -> 9 at T 128) the micro-batch's bytes grow by all but the logits */
+    int64_t plan[3];
+    for (int b = 7; b <= 9; b++)
+        plan[b - 7] = loom_model_activation_bytes(m, b, PT, LOOM_RECOMPUTE_NONE, 1, 1, 0, LOOM_PRECISION_BF16);
+    const double logit_growth = (double)((plan[1] - plan[0]) - (plan[2] - plan[1])), want = (double)(PT * V * 4);
+    snprintf(name, sizeof name, "head_pieces_%s_plan_stops_the_logits_at_a_piece", fam);
+    report(name, fabs(logit_growth - want) <= 1024, fabs(logit_growth - want), 1024); /* 1024: the alignment */
+
+    PCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 1)); /* in pieces */
+    PCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_pieces));
+    memcpy(g_pieces, loom_model_grads(m), (size_t)nbuf * sizeof(float));
+    snprintf(name, sizeof name, "head_pieces_%s_logits_not_kept_after_a_training_forward", fam);
+    report(name, loom_model_read_logits(m, lg_pieces) == LOOM_ERR_INVALID_ARG, 0, 0);
+    PCALL(loom_model_forward(m, tok, tgt, PB, PT, &l_eval));
+    snprintf(name, sizeof name, "head_pieces_%s_eval_loss_equals_training_loss", fam);
+    check_bits(name, &l_eval, &l_pieces, 1);
+    PCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL)); /* the caller reads them: whole */
+    PCALL(loom_model_read_logits(m, lg_pieces));
+
+    PCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 2)); /* whole */
+    PCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_whole));
+    PCALL(loom_model_read_logits(m, lg_whole)); /* the logits' gradient, in place: kept */
+    PCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL));
+    PCALL(loom_model_read_logits(m, lg_whole));
+    snprintf(name, sizeof name, "head_pieces_%s_logits_without_targets_bitwise", fam);
+    check_bits(name, lg_pieces, lg_whole, N * V);
+    /* the loss: each row's logits rounded differently by at most a few ulps; the mean over ~1000 rows */
+    snprintf(name, sizeof name, "head_pieces_%s_loss_vs_whole", fam);
+    report(name, fabs((double)l_pieces - l_whole) <= 1e-6 * fabs((double)l_whole), fabs((double)l_pieces - l_whole),
+           1e-6 * fabs((double)l_whole));
+    /* the gradients: a logit a few ulps apart can round its bf16 gradient one bf16 ulp (2^-8) apart, so up to
+     * 2^-8 of an element, with the tensor's floor as for every float sum */
+    snprintf(name, sizeof name, "head_pieces_%s_grads_vs_whole", fam);
+    compare_grads(name, m, g_pieces, loom_model_grads(m), 0, 1.0 / 256, 1.0);
+#undef PCALL
+    free(tok);
+    free(tgt);
+    free(g_pieces);
+    free(lg_pieces);
+    free(lg_whole);
+    loom_model_free(&m);
+    loom_comm_free(&comm);
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 
 int main(void) {
@@ -1497,6 +1580,8 @@ int main(void) {
     test_sgd(be, 40009);
     int rc = test_model_family(be, 0);
     rc |= test_model_family(be, 1);
+    rc |= test_head_pieces(be, 0);
+    rc |= test_head_pieces(be, 1);
     loom_backend_free(&be);
     rc |= test_thread_invariance();
     printf("%d passed, %d failed\n", g_pass, g_fail);

@@ -168,6 +168,10 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
 /* The layout alone of a one-rank model with LoRA adapters (its flat parameters: the adapters). */
 LOOM_NODISCARD loom_status loom_model_init_lora_layout(const loom_model_config *cfg, const loom_lora_config *lora,
                                                        loom_model **out);
+/* Rows of fp32 logits a bf16 training step makes and scores at a time, where one micro-batch is in flight
+ * on the head's rank and the vocabulary is whole there (tp 1): the loss writes the logits' gradient in bf16,
+ * which the head's backward reads, so the (N, V) fp32 logits are never whole. */
+#define LOOM_MODEL_HEAD_PIECE_ROWS 1024
 /* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring
  * attention), tp sequence parallelism and the precision as set on the model (planning: pass them here; bf16
  * training stores some activations in bf16). */
@@ -228,8 +232,10 @@ int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 /* Allocates activations for micro-batches up to B x T (reallocates only when larger). */
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 
-/* Forward only. targets may be NULL (no loss). The logits (B,T,V) stay readable by loom_model_read_logits.
- * tokens and targets are host memory. */
+/* Forward only. targets may be NULL (no loss). The logits (B,T,V) stay readable by loom_model_read_logits,
+ * except where a bf16 training model (one micro-batch in flight, tp 1) scores them a piece of rows at a time
+ * with targets: then only the loss is kept (without targets they are kept whole). tokens and targets are
+ * host memory. */
 LOOM_NODISCARD loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets,
                                               int64_t B, int64_t T, float *loss);
 /* Forward and backward of one micro-batch. Gradients of grad_scale * sum of token losses are written
@@ -326,7 +332,8 @@ int64_t loom_model_num_params(const loom_model *m);
 int loom_model_num_param_infos(const loom_model *m);
 const loom_param_info *loom_model_param_info(const loom_model *m, int i);
 const loom_param_info *loom_model_find_param(const loom_model *m, const char *name);
-/* The last forward's logits (B*T rows of this rank's V columns) into host memory. */
+/* The last forward's logits (B*T rows of this rank's V columns) into host memory; an error where that
+ * forward scored them in pieces (loom_model_forward). */
 LOOM_NODISCARD loom_status loom_model_read_logits(const loom_model *m, float *dst);
 /* The tensor-parallel communicator given at init (borrowed). */
 loom_comm *loom_model_tp_comm(const loom_model *m);

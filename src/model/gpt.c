@@ -499,6 +499,10 @@ static void free_acts(loom_model *m) {
     loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_out, (size_t)(N * m->H * m->hd) * sizeof(float));
     loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->ring_lse, (size_t)(N * m->H) * sizeof(float));
     m->ring[0] = m->ring[1] = m->ring_out = m->ring_lse = NULL;
+    loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->logits_whole, m->logits_whole_bytes);
+    m->logits_whole = NULL;
+    m->logits_whole_bytes = 0;
+    m->logits_kept = 0;
     for (int i = 0; i < 2; i++) loom_buf_free(be, m->mem, LOOM_MEM_ACTS, m->scratch16[i], m->scratch16_bytes[i]);
     m->scratch16[0] = m->scratch16[1] = NULL;
     m->scratch16_bytes[0] = m->scratch16_bytes[1] = 0;
@@ -684,21 +688,35 @@ static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
     return p == LOOM_PRECISION_BF16 && m->has_grads && !m->lora && (!tp_sp || m->C % 2 == 0);
 }
 
+/* Rows of the slot's fp32 logits buffer for micro-batches of N rows. bf16 training with one micro-batch in
+ * flight and the whole vocabulary here (tp 1) has the loss write the logits' gradient in bf16 (scratch16[0]),
+ * which the head's backward multiplies as it is: nothing reads the fp32 logits after the loss, so the head
+ * makes and scores them LOOM_MODEL_HEAD_PIECE_ROWS rows at a time. Pieces that large keep the head's product
+ * a wide one (its weights are converted or packed once a piece: ~1% of a piece's time here). Elsewhere the
+ * fp32 logits (or their gradient) are kept whole. */
+static int64_t logit_rows(const loom_model *m, loom_precision p, int slots, int64_t N) {
+    const int pieces = p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1 && m->tp_size == 1;
+    return pieces && N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : N;
+}
+
 /* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */
 typedef struct {
     int64_t Nr, s_ln, s_stat, s_qkv, s_att, s_lse, s_fc, s_act, s_lnf, s_lnf_full; /* floats (bf16: half as many) */
+    int64_t logit_rows;
     int keep_ln, keep_att, keep_act, acts16;
     int64_t total; /* floats */
 } arena_plan;
 
 static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int tp_sp,
-                             int acts16) {
+                             loom_precision precision) {
     const int64_t L = m->L, N = B * T, C = m->C, Cq = m->Cq, F = m->F, V = m->V, H = m->H;
     const int gpt = m->cfg.family == LOOM_FAMILY_GPT2;
     const int64_t fcw = gpt ? F : 2 * F;
+    const int acts16 = acts_bf16(m, precision, tp_sp);
     arena_plan p;
     p.Nr = tp_sp ? N / m->tp_size : N; /* rows of the norms and the residual stream here */
     const int64_t Nr = p.Nr;
+    p.logit_rows = logit_rows(m, precision, slots, N);
     /* per-tensor sizes of one layer */
     p.acts16 = acts16;
 #define STORED(n) (acts16 ? ((n) + 1) / 2 : (n)) /* the floats a product-only operand takes */
@@ -715,7 +733,7 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     const int64_t scratch = (p.keep_ln ? 0 : ln_pack) + (p.keep_att ? 0 : p.s_att + p.s_lse) + (p.keep_act ? 0 : p.s_act);
     /* what one micro-batch in flight keeps: its inputs, its layers' stores, the head's outputs */
     const int64_t per_slot = L * per_layer_store + (m->first ? Nr * C : 0) + (m->n_chunks - (m->first ? 1 : 0)) * Nr * C +
-                             (m->last ? p.s_lnf + 2 * Nr + N * V + N + (tp_sp ? p.s_lnf_full : 0) : 0) +
+                             (m->last ? p.s_lnf + 2 * Nr + p.logit_rows * V + N + (tp_sp ? p.s_lnf_full : 0) : 0) +
                              (m->has_grads ? Nr * C : 0);
     const int64_t grads = m->has_grads ? (N * C * 3 + N * Cq + N * fcw + N * F) : 0;
     const int64_t rope = (T * (m->hd / 2) + 15) / 16 * 16 * 2;
@@ -727,7 +745,7 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel, loom_precision precision) {
     const int tp_sp = tp_seq_parallel && m->tp_size > 1;
-    int64_t bytes = plan_arena(m, B, T, rc, slots, tp_sp, acts_bf16(m, precision, tp_sp)).total * (int64_t)sizeof(float);
+    int64_t bytes = plan_arena(m, B, T, rc, slots, tp_sp, precision).total * (int64_t)sizeof(float);
     if (sp > 1) /* ring attention's packets and one block's partial output */
         bytes += (int64_t)sizeof(float) * (2 * B * T * 4 * m->KV * m->hd + B * T * m->H * m->hd + B * T * m->H);
     return bytes;
@@ -767,7 +785,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     LOOM_CHECK(!m->tp_sp || N % m->tp_size == 0, LOOM_ERR_CONFIG,
                "tp sequence parallelism: the micro-batch's %lld tokens must divide over tp = %d", (long long)N,
                m->tp_size);
-    const arena_plan ap = plan_arena(m, B, T, rc, slots, m->tp_sp, acts_bf16(m, m->precision, m->tp_sp));
+    const arena_plan ap = plan_arena(m, B, T, rc, slots, m->tp_sp, m->precision);
     const int64_t Nr = ap.Nr, s_ln = ap.s_ln, s_stat = ap.s_stat, s_qkv = ap.s_qkv, s_att = ap.s_att, s_lse = ap.s_lse,
                   s_fc = ap.s_fc, s_act = ap.s_act;
     const int keep_ln = ap.keep_ln, keep_att = ap.keep_att, keep_act = ap.keep_act;
@@ -825,7 +843,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
             TAKE_OPERAND(ap.s_lnf, as->lnf, as->lnf16);
             as->lnf_mean = TAKE(Nr);
             as->lnf_rstd = TAKE(Nr);
-            as->logits = TAKE(N * V);
+            as->logits = TAKE(ap.logit_rows * V);
             as->losses = TAKE(N);
             if (ap.acts16) as->lnf16_full = m->tp_sp ? (uint16_t *)(void *)TAKE(ap.s_lnf_full) : as->lnf16;
             else as->lnf_full = m->tp_sp ? TAKE(ap.s_lnf_full) : as->lnf;
@@ -851,6 +869,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     loom_model_use_slot(m, 0);
     m->cap_B = B; /* from here free_acts frees what follows */
     m->cap_T = T;
+    m->logit_rows = ap.logit_rows;
     m->rc = rc;
     if (m->precision != LOOM_PRECISION_FP32) {
         const size_t elem = m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
@@ -1194,6 +1213,43 @@ static loom_status local_tokens(loom_model *m, const int32_t *tokens, int64_t N,
 /* the head multiplies by the embedding matrix itself (tied, on the stage that holds the embedding) */
 static int head_is_wte(const loom_model *m) { return m->cfg.tie_embeddings && m->first; }
 
+/* logits rows [r0, r0 + rows) = lnf Whead^T, into out (rows, V) */
+static loom_status head_logits(loom_model *m, const float *lnf_full, const uint16_t *lnf16_full, int64_t r0,
+                               int64_t rows, float *out) {
+    const int64_t C = m->C, V = m->V;
+    const float *a = lnf_full ? lnf_full + r0 * C : NULL;
+    return mm_act(m, (loom_gemm){0, 1, rows, V, C, 1.0f, a, C, P(m->off_head), C, 0.0f, out, V},
+                  lnf16_full ? lnf16_full + r0 * C : NULL, NULL);
+}
+
+/* the head's products are made: its units released, unless the backward pass follows (keep_head) */
+static loom_status head_done(loom_model *m, int keep_head) {
+    if (keep_head) return LOOM_OK;
+    LOOM_CALL(unit_done(m, U_HEAD));
+    if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
+    return LOOM_OK;
+}
+
+/* m->logits: room for `rows` whole rows of logits the caller reads; the slot's buffer, or where that holds
+ * only a piece (logit_rows), a buffer of their own, made at the first forward that needs it */
+static loom_status logits_room(loom_model *m, int64_t rows) {
+    m->logits_kept = 1;
+    if (rows <= m->logit_rows) {
+        m->logits = m->slots[m->slot].logits;
+        return LOOM_OK;
+    }
+    const size_t bytes = (size_t)(rows * m->V) * sizeof(float);
+    if (bytes > m->logits_whole_bytes) {
+        loom_buf_free(m->be, m->mem, LOOM_MEM_ACTS, m->logits_whole, m->logits_whole_bytes);
+        m->logits_whole = NULL;
+        m->logits_whole_bytes = 0;
+        LOOM_CALL(loom_buf_alloc(m->be, m->mem, LOOM_MEM_ACTS, bytes, (void **)&m->logits_whole));
+        m->logits_whole_bytes = bytes;
+    }
+    m->logits = m->logits_whole;
+    return LOOM_OK;
+}
+
 /* Forward of chunk k: from tokens (the first stage's chunk 0) or x_in, to the next chunk's input, or on
  * the last stage's last chunk to the logits and, with targets, the fused loss (grad_scale != 0: dlogits
  * in place). keep_head: leave the head's units acquired for the backward pass. */
@@ -1248,23 +1304,27 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     uint16_t *lnf16_full = m->slots[m->slot].lnf16_full;
     if (m->tp_sp && lnf16_full) LOOM_CALL(sp_all_gather_words(m, m->lnf16, lnf16_full, Nr * C / 2));
     else if (m->tp_sp) LOOM_CALL(sp_all_gather(m, m->lnf, lnf_full, Nr));
-    if (loom_kv_decoding(m)) { /* generation scores only the rows it samples from: moved to the front */
-        loom_status st;
-        const int64_t rows = lnf16_full ? loom_kv_logit_rows(m, lnf16_full, (size_t)C * sizeof(uint16_t), &st)
-                                      : loom_kv_logit_rows(m, lnf_full, (size_t)C * sizeof(float), &st);
-        LOOM_CALL(st);
-        if (rows) LOOM_CALL(mm_act(m, (loom_gemm){0, 1, rows, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, lnf16_full, NULL));
-    } else LOOM_CALL(mm_act(m, (loom_gemm){0, 1, N, V, C, 1.0f, lnf_full, C, P(m->off_head), C, 0.0f, m->logits, V}, lnf16_full, NULL));
-    if (!keep_head) {
-        LOOM_CALL(unit_done(m, U_HEAD));
-        if (head_is_wte(m)) LOOM_CALL(unit_done(m, 0));
-    }
     m->last_B = B;
     m->last_T = T;
     m->dlogits16 = 0;
     const int32_t *tgt = NULL;
     if (targets) LOOM_CALL(stage_ids(m, targets, m->tgt_dev, N, &tgt));
-    if (targets && m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
+    if (!targets || loom_kv_decoding(m)) { /* the caller reads the logits: all of them, in one buffer */
+        int64_t rows = N;
+        if (loom_kv_decoding(m)) { /* generation scores only the rows it samples from: moved to the front */
+            loom_status st;
+            rows = lnf16_full ? loom_kv_logit_rows(m, lnf16_full, (size_t)C * sizeof(uint16_t), &st)
+                              : loom_kv_logit_rows(m, lnf_full, (size_t)C * sizeof(float), &st);
+            LOOM_CALL(st);
+        }
+        LOOM_CALL(logits_room(m, rows));
+        if (rows) LOOM_CALL(head_logits(m, lnf_full, lnf16_full, 0, rows, m->logits));
+        LOOM_CALL(head_done(m, keep_head));
+    } else if (m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
+        m->logits = m->slots[m->slot].logits;
+        m->logits_kept = 1;
+        LOOM_CALL(head_logits(m, lnf_full, lnf16_full, 0, N, m->logits));
+        LOOM_CALL(head_done(m, keep_head));
         float *mx = m->ce_stats, *sums = m->ce_stats + N;
         LOOM_CALL(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = m->logits, .N = N, .V = V, .mx = mx}));
         LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, N));
@@ -1273,13 +1333,28 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * N));
         LOOM_CALL(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses, .targets = tgt,
                                    .N = N, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale}));
-    } else if (targets) {
+    } else {
         /* bf16 with one activation slot: the gradient goes straight into the head products' bf16 operand
-         * (scratch16[0], untouched until this slot's backward starts with the head) */
+         * (scratch16[0], untouched until this slot's backward starts with the head); then the fp32 logits
+         * are made and scored m->logit_rows rows at a time (logit_rows) */
         uint16_t *g16 = grad_scale != 0.0f && m->params16 && m->n_slots == 1 ? m->scratch16[0] : NULL;
-        LOOM_CALL(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
-                                               .losses = m->losses, .targets = tgt, .N = N, .V = V,
-                                               .grad_scale = grad_scale, .grad16 = g16}));
+        const int64_t piece = m->logit_rows;
+        LOOM_CHECK(piece >= N || grad_scale == 0.0f || g16, LOOM_ERR_INTERNAL,
+                   "the logits are scored in pieces but their gradient has nowhere to go");
+        m->logits = m->slots[m->slot].logits;
+        m->logits_kept = piece >= N;
+        if (piece < N && !lnf16_full) { /* converted once, beside the gradient (scratch16[1]: N rows >= C wide) */
+            LOOM_CALL(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = m->scratch16[1], .src = lnf_full, .n = N * C}));
+            lnf16_full = m->scratch16[1];
+        }
+        for (int64_t r0 = 0; r0 < N; r0 += piece) {
+            const int64_t rows = N - r0 < piece ? N - r0 : piece;
+            LOOM_CALL(head_logits(m, lnf_full, lnf16_full, r0, rows, m->logits));
+            LOOM_CALL(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
+                                                   .losses = m->losses + r0, .targets = tgt + r0, .N = rows, .V = V,
+                                                   .grad_scale = grad_scale, .grad16 = g16 ? g16 + r0 * V : NULL}));
+        }
+        LOOM_CALL(head_done(m, keep_head));
         m->dlogits16 = g16 != NULL;
     }
     if (targets && loss) { /* the mean over the tokens with a target, summed on the host */
@@ -1555,6 +1630,9 @@ const loom_param_info *loom_model_find_param(const loom_model *m, const char *na
 }
 loom_status loom_model_read_logits(const loom_model *m, float *dst) {
     LOOM_CHECK(m->logits && m->last_B > 0, LOOM_ERR_INVALID_ARG, "no forward pass has produced logits yet");
+    LOOM_CHECK(m->logits_kept, LOOM_ERR_INVALID_ARG,
+               "the last forward scored its logits %lld rows at a time and kept none whole (bf16 training with "
+               "targets); a forward without targets keeps them", (long long)m->logit_rows);
     return loom_buf_download(m->be, dst, m->logits, (size_t)(m->last_B * m->last_T * m->V) * sizeof(float));
 }
 loom_backend *loom_model_backend(const loom_model *m) { return m->be; }

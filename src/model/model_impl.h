@@ -98,7 +98,11 @@ struct loom_model {
     layer_acts *acts;           /* [L] */
     float *lnf, *lnf_mean, *lnf_rstd;
     uint16_t *lnf16;
-    float *logits;              /* (N,V) */
+    float *logits;              /* the last forward's logits (the slot's piece, or logits_whole) */
+    int64_t logit_rows;         /* rows of the slot's logits buffer (gpt.c logit_rows: N, or a piece of N) */
+    int logits_kept;            /* the last forward left all its logits in m->logits (not scored in pieces) */
+    float *logits_whole;        /* forwards without targets, where the slot's buffer holds a piece: (rows,V) */
+    size_t logits_whole_bytes;
     float *losses;              /* (N) */
     float *dres, *dln, *dqkv, *datty, *dfc, *dfc_act;
     float *rope_cos, *rope_sin; /* (T, hd/2) */

@@ -189,7 +189,9 @@ static void embed_backward(const ctx *x, tally *t) {
 static void head_forward(const ctx *x, tally *t) {
     norm(x, t);
     all_rows(x, t, 1);
-    linear(x, t, 0, x->N, x->V, x->C, 1);
+    /* where the loss writes the logits' gradient in bf16, the logits are made a piece of rows at a time */
+    const int64_t piece = x->dlogits16 && x->N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : x->N;
+    for (int64_t r0 = 0; r0 < x->N; r0 += piece) linear(x, t, 0, x->N - r0 < piece ? x->N - r0 : piece, x->V, x->C, 1);
     mem(x, t, LOOM_KC_LOSS, (double)(x->N * x->V));
     tp_coll(x, t, LOOM_COLL_ALLREDUCE, x->N);     /* vocabulary-parallel loss: the rows' maxima, */
     tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->N); /* their sums and the targets' logits */
