@@ -329,8 +329,10 @@ static void run_case(loom_kernel k, run *r) {
         }
         break;
     case LOOM_KERNEL_softmax_cross_entropy:
-        for (int grad = 0; grad < 3; grad++) { /* no gradient, over the logits, into bf16 (compared as floats) */
-            loom_softmax_cross_entropy_args a = {out_f(r, 13 * 211), out_f(r, 13), ids_in(r, 13, 211, 1), 13, 211,
+        for (int grad = 0; grad < 3; grad++) { /* no gradient, over the logits, into bf16 (compared as floats;
+                                                * the logits are then scratch, not compared) */
+            float *logits = grad == 2 ? rand_in(r, 13 * 211, -1, 1) : out_f(r, 13 * 211);
+            loom_softmax_cross_entropy_args a = {logits, out_f(r, 13), ids_in(r, 13, 211, 1), 13, 211,
                                                  grad ? 0.25f : 0.0f, grad == 2 ? (uint16_t *)out_f(r, (13 * 211 + 1) / 2) : NULL};
             KCALL(loom_k_softmax_cross_entropy(be, &a));
         }

@@ -330,7 +330,8 @@ typedef struct {
 /* Fused softmax + cross-entropy. logits (N,V) in; losses (N) out; when grad_scale != 0 the logits are
  * overwritten by grad_scale * (softmax - onehot(target)). targets (N) int32; < 0 are ignored. grad16
  * (N,V) or NULL: the gradient goes there instead, rounded to bf16 (the bits f32_to_bf16 gives of the fp32
- * gradient), and the logits stay as they are: bf16 training's head products read it without a conversion. */
+ * gradient), and the logits are left undefined (a backend may keep intermediates there): bf16 training's
+ * head products read it without a conversion. */
 typedef struct {
     float *logits, *losses;
     const int32_t *targets;

@@ -1,6 +1,7 @@
 /* Softmax and cross-entropy fused: one pass for the row maximum, one for the sum of exponentials, and
  * (training) one that overwrites the logits with their gradient, so the (N,V) probabilities are never
- * stored separately. */
+ * stored separately. Training keeps each exponential in its logit's place between the last two passes, so
+ * each is computed once (a row is ~200 KB: the later passes read it from L2). */
 #include "cpu_impl.h"
 
 static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
@@ -13,9 +14,18 @@ static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *lo
         float mx = -INFINITY;
 #pragma omp simd reduction(max : mx)
         for (int64_t v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+        const float x_tgt = tgt >= 0 ? x[tgt] : 0.0f;
         float s = 0.0f;
+        if (grad_scale != 0.0f) { /* the exponentials stay in place for the gradient's pass */
 #pragma omp simd reduction(+ : s)
-        for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - mx);
+            for (int64_t v = 0; v < V; v++) {
+                x[v] = loom_fast_expf(x[v] - mx);
+                s += x[v];
+            }
+        } else {
+#pragma omp simd reduction(+ : s)
+            for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - mx);
+        }
         float lse = mx + logf(s);
         if (tgt < 0) {
             losses[n] = 0.0f;
@@ -23,17 +33,17 @@ static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *lo
             else if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
             continue;
         }
-        losses[n] = lse - x[tgt];
+        losses[n] = lse - x_tgt;
         if (grad_scale != 0.0f && grad16) { /* the same fp32 values as below, rounded as they are written */
-            const float inv = grad_scale / s, at_tgt = loom_fast_expf(x[tgt] - mx) * inv - grad_scale;
+            const float inv = grad_scale / s, at_tgt = x[tgt] * inv - grad_scale;
             uint16_t *d = grad16 + n * V;
 #pragma omp simd
-            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(loom_fast_expf(x[v] - mx) * inv);
+            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(x[v] * inv);
             d[tgt] = loom_cpu_bf16_round(at_tgt);
         } else if (grad_scale != 0.0f) {
             float inv = grad_scale / s;
 #pragma omp simd
-            for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - mx) * inv;
+            for (int64_t v = 0; v < V; v++) x[v] *= inv;
             x[tgt] -= grad_scale;
         }
     }

@@ -38,7 +38,7 @@ __global__ void softmax_ce_kernel(float *logits, float *losses, const int32_t *t
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
         float p = expf(x[v] - mx) * inv;
         if (v == tgt) p -= grad_scale;
-        if (grad16) grad16[n * V + v] = bf16_round(p); /* the logits stay */
+        if (grad16) grad16[n * V + v] = bf16_round(p); /* the logits stay (the CPU kernel writes its exponentials there) */
         else x[v] = p;
     }
 }
