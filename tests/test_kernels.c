@@ -891,8 +891,18 @@ static void test_cross_entropy(loom_backend *be) {
     K(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = xb, .targets = tgt, .N = N, .V = V - V1, .v0 = V1,
                                                       .mx = mxb, .sums = sb}));
     for (int64_t i = 0; i < 2 * N; i++) sa[i] = sb[i] = sa[i] + sb[i]; /* all-reduce sum */
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la, tgt, N, V1, 0, mxa, sa, gs}));
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb, tgt, N, V - V1, V1, mxb, sb, gs}));
+    /* into bf16 first (the logits stay): the fp32 gradient's rounding, the same losses */
+    uint16_t *ga16 = malloc((size_t)(N * V1) * sizeof(uint16_t)), *gb16 = malloc((size_t)(N * (V - V1)) * sizeof(uint16_t));
+    float *la16 = fvec(N), *lb16 = fvec(N);
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la16, tgt, N, V1, 0, mxa, sa, gs, ga16}));
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb16, tgt, N, V - V1, V1, mxb, sb, gs, gb16}));
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la, tgt, N, V1, 0, mxa, sa, gs, NULL}));
+    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb, tgt, N, V - V1, V1, mxb, sb, gs, NULL}));
+    check_bits("ce_vocab_parallel_bf16_same_losses_rank0", la16, la, N);
+    check_bits("ce_vocab_parallel_bf16_same_losses_rank1", lb16, lb, N);
+    check_bf16_of("ce_vocab_parallel_bf16_grad_is_rounded_grad_rank0", ga16, xa, N * V1);
+    check_bf16_of("ce_vocab_parallel_bf16_grad_is_rounded_grad_rank1", gb16, xb, N * (V - V1));
+    free(ga16); free(gb16); free(la16); free(lb16);
     double *ga = dvec(N * V1), *gb = dvec(N * (V - V1));
     for (int64_t n = 0; n < N; n++)
         for (int64_t v = 0; v < V; v++) *(v < V1 ? &ga[n * V1 + v] : &gb[n * (V - V1) + v - V1]) = gr[n * V + v];

@@ -59,6 +59,7 @@ CONFIGS += [
     ("gpt2", "bf16 dp=2 ZeRO-3", 2, ["--precision", "bf16", "--mesh", "dp=2", "--zero", "3"]),
     # more rows than a piece of the head (LOOM_MODEL_HEAD_PIECE_ROWS): the fp32 logits are held a piece at a time
     ("llama", "bf16 one process, 1280 rows", 1, ["--precision", "bf16", "--batch", "40"]),
+    ("gpt2", "bf16 tp=2, 1280 rows", 2, ["--precision", "bf16", "--mesh", "tp=2", "--batch", "40"]),
     ("llama", "fp16 dp=2 ZeRO-3 recompute attn", 2, ["--precision", "fp16", "--mesh", "dp=2", "--zero", "3", "--recompute", "attn"]),
     ("gpt2", "bf16 offload dp=2 ZeRO-3", 2, OFF + ["--precision", "bf16", "--mesh", "dp=2", "--zero", "3", "--mem-budget", "6M"]),
     ("gpt2", "bf16 offload one process", 1, OFF + ["--precision", "bf16", "--mem-budget", "7M"]),

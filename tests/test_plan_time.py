@@ -52,6 +52,8 @@ CONFIGS = [
     ("gpt2 tp=2 Megatron-SP bf16", GPT + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1", "--precision", "bf16"]),
     ("llama tp=2 Megatron-SP bf16 recompute full", LLAMA + ["--mesh", "tp=2", "--set", "train.tp_seq_parallel=1",
                                                            "--precision", "bf16", "--recompute", "full"]),
+    # 1280 rows: the head scores its logits in two pieces, the vocabulary-parallel loss reducing each's rows
+    ("gpt2 tp=2 bf16, 1280 rows", GPT + ["--mesh", "tp=2", "--precision", "bf16", "--batch", "40"]),
 ]
 KEYS = [f"{axis}_{op}_{what}" for axis in ("tp", "dp") for op in ("allreduce", "reduce_scatter", "allgather")
         for what in ("calls", "bytes")] + ["sp_send_calls", "sp_send_bytes", "dp_refill_floats"]

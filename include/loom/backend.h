@@ -345,13 +345,16 @@ typedef struct {
  *   row_sums: sums (2N) = [sum_v exp(x - mx) (N), the target's logit where this rank holds it, else 0 (N)]
  *                                                                    -> caller: all-reduce sum
  *   finish: losses (N) = log(sum) + mx - target logit; with grad_scale != 0 the logits become
- *           grad_scale * (softmax - onehot(target)) over this rank's columns. Targets < 0 are ignored. */
+ *           grad_scale * (softmax - onehot(target)) over this rank's columns, or with grad16 (N,V) that
+ *           gradient goes there in bf16 (as loom_softmax_cross_entropy_args' grad16; the logits stay).
+ *           Targets < 0 are ignored. */
 typedef struct {
     float *logits, *losses;
     const int32_t *targets;
     int64_t N, V, v0;
     float *mx, *sums;
     float grad_scale;
+    uint16_t *grad16;
 } loom_ce_args;
 typedef loom_ce_args loom_ce_row_max_args;
 typedef loom_ce_args loom_ce_row_sums_args;

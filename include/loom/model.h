@@ -169,7 +169,7 @@ LOOM_NODISCARD loom_status loom_model_init_layout(const loom_model_config *cfg, 
 LOOM_NODISCARD loom_status loom_model_init_lora_layout(const loom_model_config *cfg, const loom_lora_config *lora,
                                                        loom_model **out);
 /* Rows of fp32 logits a bf16 training step makes and scores at a time, where one micro-batch is in flight
- * on the head's rank and the vocabulary is whole there (tp 1): the loss writes the logits' gradient in bf16,
+ * on the head's rank: the loss writes the logits' gradient in bf16 (with tp, the rank's vocabulary columns),
  * which the head's backward reads, so the (N, V) fp32 logits are never whole. */
 #define LOOM_MODEL_HEAD_PIECE_ROWS 1024
 /* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring

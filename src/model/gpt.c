@@ -689,13 +689,13 @@ static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
 }
 
 /* Rows of the slot's fp32 logits buffer for micro-batches of N rows. bf16 training with one micro-batch in
- * flight and the whole vocabulary here (tp 1) has the loss write the logits' gradient in bf16 (scratch16[0]),
- * which the head's backward multiplies as it is: nothing reads the fp32 logits after the loss, so the head
- * makes and scores them LOOM_MODEL_HEAD_PIECE_ROWS rows at a time. Pieces that large keep the head's product
- * a wide one (its weights are converted or packed once a piece: ~1% of a piece's time here). Elsewhere the
+ * flight has the loss write the logits' gradient in bf16 (scratch16[0]; with tp, this rank's columns), which
+ * the head's backward multiplies as it is: nothing reads the fp32 logits after the loss, so the head makes
+ * and scores them LOOM_MODEL_HEAD_PIECE_ROWS rows at a time. Pieces that large keep the head's product a
+ * wide one (its weights are converted or packed once a piece: ~2% of the head's product here). Elsewhere the
  * fp32 logits (or their gradient) are kept whole. */
 static int64_t logit_rows(const loom_model *m, loom_precision p, int slots, int64_t N) {
-    const int pieces = p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1 && m->tp_size == 1;
+    const int pieces = p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1;
     return pieces && N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : N;
 }
 
@@ -1230,6 +1230,28 @@ static loom_status head_done(loom_model *m, int keep_head) {
     return LOOM_OK;
 }
 
+/* The loss of logits rows [r0, r0 + rows) (in m->logits) and, with grad_scale, their gradient: in m->logits'
+ * place, or into g16 in bf16. Vocabulary-parallel (tp > 1), no rank holds a whole row: three passes with the
+ * rows' maxima and sums reduced over tp between them. */
+static loom_status score_rows(loom_model *m, int64_t r0, int64_t rows, const int32_t *tgt, float grad_scale,
+                              uint16_t *g16) {
+    loom_backend *be = m->be;
+    const int64_t V = m->V;
+    if (m->tp_size == 1)
+        return loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
+                                            .losses = m->losses + r0, .targets = tgt, .N = rows, .V = V,
+                                            .grad_scale = grad_scale, .grad16 = g16});
+    float *mx = m->ce_stats, *sums = m->ce_stats + rows;
+    LOOM_CALL(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = m->logits, .N = rows, .V = V, .mx = mx}));
+    LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, rows));
+    LOOM_CALL(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = m->logits, .targets = tgt, .N = rows, .V = V,
+                                 .v0 = m->v0, .mx = mx, .sums = sums}));
+    LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * rows));
+    return loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses + r0, .targets = tgt,
+                            .N = rows, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale,
+                            .grad16 = g16});
+}
+
 /* m->logits: room for `rows` whole rows of logits the caller reads; the slot's buffer, or where that holds
  * only a piece (logit_rows), a buffer of their own, made at the first forward that needs it */
 static loom_status logits_room(loom_model *m, int64_t rows) {
@@ -1320,19 +1342,6 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         LOOM_CALL(logits_room(m, rows));
         if (rows) LOOM_CALL(head_logits(m, lnf_full, lnf16_full, 0, rows, m->logits));
         LOOM_CALL(head_done(m, keep_head));
-    } else if (m->tp_size > 1) { /* vocabulary-parallel: no rank holds a whole row of logits */
-        m->logits = m->slots[m->slot].logits;
-        m->logits_kept = 1;
-        LOOM_CALL(head_logits(m, lnf_full, lnf16_full, 0, N, m->logits));
-        LOOM_CALL(head_done(m, keep_head));
-        float *mx = m->ce_stats, *sums = m->ce_stats + N;
-        LOOM_CALL(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = m->logits, .N = N, .V = V, .mx = mx}));
-        LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, N));
-        LOOM_CALL(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = m->logits, .targets = tgt, .N = N, .V = V,
-                                     .v0 = m->v0, .mx = mx, .sums = sums}));
-        LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * N));
-        LOOM_CALL(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses, .targets = tgt,
-                                   .N = N, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale}));
     } else {
         /* bf16 with one activation slot: the gradient goes straight into the head products' bf16 operand
          * (scratch16[0], untouched until this slot's backward starts with the head); then the fp32 logits
@@ -1350,9 +1359,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         for (int64_t r0 = 0; r0 < N; r0 += piece) {
             const int64_t rows = N - r0 < piece ? N - r0 : piece;
             LOOM_CALL(head_logits(m, lnf_full, lnf16_full, r0, rows, m->logits));
-            LOOM_CALL(loom_k_softmax_cross_entropy(be, &(loom_softmax_cross_entropy_args){.logits = m->logits,
-                                                   .losses = m->losses + r0, .targets = tgt + r0, .N = rows, .V = V,
-                                                   .grad_scale = grad_scale, .grad16 = g16 ? g16 + r0 * V : NULL}));
+            LOOM_CALL(score_rows(m, r0, rows, tgt + r0, grad_scale, g16 ? g16 + r0 * V : NULL));
         }
         LOOM_CALL(head_done(m, keep_head));
         m->dlogits16 = g16 != NULL;

@@ -189,12 +189,16 @@ static void embed_backward(const ctx *x, tally *t) {
 static void head_forward(const ctx *x, tally *t) {
     norm(x, t);
     all_rows(x, t, 1);
-    /* where the loss writes the logits' gradient in bf16, the logits are made a piece of rows at a time */
+    /* where the loss writes the logits' gradient in bf16, the logits are made and scored a piece of rows at
+     * a time */
     const int64_t piece = x->dlogits16 && x->N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : x->N;
-    for (int64_t r0 = 0; r0 < x->N; r0 += piece) linear(x, t, 0, x->N - r0 < piece ? x->N - r0 : piece, x->V, x->C, 1);
-    mem(x, t, LOOM_KC_LOSS, (double)(x->N * x->V));
-    tp_coll(x, t, LOOM_COLL_ALLREDUCE, x->N);     /* vocabulary-parallel loss: the rows' maxima, */
-    tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->N); /* their sums and the targets' logits */
+    for (int64_t r0 = 0; r0 < x->N; r0 += piece) {
+        const int64_t rows = x->N - r0 < piece ? x->N - r0 : piece;
+        linear(x, t, 0, rows, x->V, x->C, 1);
+        mem(x, t, LOOM_KC_LOSS, (double)(rows * x->V));
+        tp_coll(x, t, LOOM_COLL_ALLREDUCE, rows);     /* vocabulary-parallel loss: the rows' maxima, */
+        tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * rows); /* their sums and the targets' logits */
+    }
 }
 static void head_backward(const ctx *x, tally *t) {
     linear_grads(x, t, x->N, x->V, x->C, !acts16(x), !x->dlogits16);
@@ -316,11 +320,11 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
     x.gpt = mc->family == LOOM_FAMILY_GPT2;
     x.lora = t->lora[0] != 0;
     /* bf16 with one micro-batch in flight where the head is: the loss writes the logits' gradient in bf16
-     * (gpt.c dlogits16), the head's products read it unconverted; not with the vocabulary cut over tp */
+     * (gpt.c dlogits16), the head's products read it unconverted */
     const int head_slots = s.pp > 1 ? loom_pipeline_schedule_slots(s.pp, s.pp - 1, (loom_pp_schedule)t->pp_schedule,
                                                                     v, (int)t->grad_accum)
                                     : 1;
-    x.dlogits16 = x.prec == LOOM_PRECISION_BF16 && s.tp == 1 && head_slots == 1;
+    x.dlogits16 = x.prec == LOOM_PRECISION_BF16 && head_slots == 1;
     /* ranks per host: they fill hosts in order, tp fastest; a group is within a host while it fits */
     const int per_host = c->gpu ? c->cores_per_host : (world < c->cores_per_host * c->hosts ? (world + c->hosts - 1) / c->hosts : world / c->hosts);
     const int rph = per_host < 1 ? 1 : per_host;

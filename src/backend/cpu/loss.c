@@ -93,29 +93,36 @@ loom_status loom_cpu_ce_row_sums(loom_backend *be, const loom_ce_row_sums_args *
 }
 
 static void cpu_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
-                        int64_t v0, const float *mx, const float *sums, float grad_scale) {
+                        int64_t v0, const float *mx, const float *sums, float grad_scale, uint16_t *grad16) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
         float *x = logits + n * V;
         if (targets[n] < 0) {
             losses[n] = 0.0f;
-            if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
+            if (grad_scale != 0.0f && grad16) memset(grad16 + n * V, 0, (size_t)V * sizeof(uint16_t));
+            else if (grad_scale != 0.0f) memset(x, 0, (size_t)V * sizeof(float));
             continue;
         }
         const float m = mx[n], s = sums[n];
         losses[n] = m + logf(s) - sums[N + n];
-        if (grad_scale != 0.0f) {
+        const int64_t t = (int64_t)targets[n] - v0;
+        if (grad_scale != 0.0f && grad16) { /* the same fp32 values as below, rounded as they are written */
+            const float inv = grad_scale / s;
+            uint16_t *d = grad16 + n * V;
+#pragma omp simd
+            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(loom_fast_expf(x[v] - m) * inv);
+            if (t >= 0 && t < V) d[t] = loom_cpu_bf16_round(loom_fast_expf(x[t] - m) * inv - grad_scale);
+        } else if (grad_scale != 0.0f) {
             const float inv = grad_scale / s;
 #pragma omp simd
             for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - m) * inv;
-            const int64_t t = (int64_t)targets[n] - v0;
             if (t >= 0 && t < V) x[t] -= grad_scale;
         }
     }
 }
 
 loom_status loom_cpu_ce_finish(loom_backend *be, const loom_ce_finish_args *a) {
-    cpu_ce_finish(be, a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale);
+    cpu_ce_finish(be, a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16);
     return LOOM_OK;
 }

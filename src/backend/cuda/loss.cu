@@ -97,13 +97,16 @@ extern "C" loom_status loom_cuda_ce_row_sums(loom_backend *be, const loom_ce_row
 }
 
 __global__ void ce_finish_kernel(float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V, int64_t v0,
-                                 const float *mx, const float *sums, float grad_scale) {
+                                 const float *mx, const float *sums, float grad_scale, uint16_t *grad16) {
     const int64_t n = blockIdx.x;
     float *x = logits + n * V;
     if (targets[n] < 0) {
         if (threadIdx.x == 0) losses[n] = 0.0f;
         if (grad_scale != 0.0f)
-            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) x[v] = 0.0f;
+            for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+                if (grad16) grad16[n * V + v] = 0;
+                else x[v] = 0.0f;
+            }
         return;
     }
     const float m = mx[n], s = sums[n];
@@ -114,7 +117,8 @@ __global__ void ce_finish_kernel(float *logits, float *losses, const int32_t *ta
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
         float p = expf(x[v] - m) * inv;
         if (v == t) p -= grad_scale;
-        x[v] = p;
+        if (grad16) grad16[n * V + v] = bf16_round(p); /* the logits stay */
+        else x[v] = p;
     }
 }
 
@@ -122,7 +126,7 @@ extern "C" loom_status loom_cuda_ce_finish(loom_backend *be, const loom_ce_finis
     if (a->N <= 0) return LOOM_OK;
     LOOM_CHECK(a->N <= 0x7fffffff, LOOM_ERR_UNSUPPORTED, "cuda cross-entropy: %lld rows exceed the grid", (long long)a->N);
     ce_finish_kernel<<<rows_grid(a->N), CE_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale);
+        a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
