@@ -233,8 +233,8 @@ int64_t loom_model_boundary_floats(const loom_model *m, int64_t B, int64_t T);
 LOOM_NODISCARD loom_status loom_model_reserve(loom_model *m, int64_t B, int64_t T, loom_recompute rc);
 
 /* Forward only. targets may be NULL (no loss). The logits (B,T,V) stay readable by loom_model_read_logits,
- * except where a bf16 training model (one micro-batch in flight, tp 1) scores them a piece of rows at a time
- * with targets: then only the loss is kept (without targets they are kept whole). tokens and targets are
+ * except where a bf16 training model (one micro-batch in flight) scores them a piece of rows at a time with
+ * targets: then only the loss is kept (without targets they are kept whole). tokens and targets are
  * host memory. */
 LOOM_NODISCARD loom_status loom_model_forward(loom_model *m, const int32_t *tokens, const int32_t *targets,
                                               int64_t B, int64_t T, float *loss);
