@@ -1354,6 +1354,15 @@ static void compare_grads(const char *name, loom_model *m, const float *got, con
     report(name, ok, werr, wtol);
 }
 
+/* a model call in a test that returns 1 on error, with the error trace */
+#define MCALL(expr)                                                   \
+    do {                                                              \
+        if ((expr) != LOOM_OK) {                                      \
+            fprintf(stderr, "error: %s\n", loom_error_trace_text());  \
+            return 1;                                                 \
+        }                                                             \
+    } while (0)
+
 static int test_model_family(loom_backend *be, int llama) {
     const char *fam = llama ? "llama" : "gpt2";
     loom_comm *comm = NULL;
@@ -1377,13 +1386,6 @@ static int test_model_family(loom_backend *be, int llama) {
     float *g0 = fvec(nbuf);
     float loss_fb = 0, loss_f = 0;
     char name[160];
-#define MCALL(expr)                                                   \
-    do {                                                              \
-        if ((expr) != LOOM_OK) {                                      \
-            fprintf(stderr, "error: %s\n", loom_error_trace_text());  \
-            return 1;                                                 \
-        }                                                             \
-    } while (0)
     MCALL(loom_model_forward_backward(m, tok, tgt, MB, MT, 1.0f / (float)N, 0, &loss_fb));
     memcpy(g0, grads, (size_t)nbuf * sizeof(float));
     MCALL(loom_model_forward(m, tok, tgt, MB, MT, &loss_f));
@@ -1463,7 +1465,6 @@ static int test_model_family(loom_backend *be, int llama) {
     MCALL(loom_model_forward_backward(m, tok + MT, tgt + MT, 1, MT, 1.0f / (float)N, 1, &loss_fb));
     snprintf(name, sizeof name, "model_%s_accumulate_two_half_batches_equals_full", fam);
     compare_grads(name, m, grads, g0, 0, 1e-5, 1.0);
-#undef MCALL
     free(g0);
     loom_model_free(&m);
     loom_comm_free(&comm);
@@ -1483,21 +1484,14 @@ static int test_head_pieces(loom_backend *be, int llama) {
     loom_model *m = NULL;
     loom_model_config c;
     char name[160];
-#define PCALL(expr)                                                   \
-    do {                                                              \
-        if ((expr) != LOOM_OK) {                                      \
-            fprintf(stderr, "error: %s\n", loom_error_trace_text());  \
-            return 1;                                                 \
-        }                                                             \
-    } while (0)
-    PCALL(loom_comm_init_self(&comm));
-    PCALL(loom_model_config_preset(llama ? "llama-tiny" : "demo", &c));
+    MCALL(loom_comm_init_self(&comm));
+    MCALL(loom_model_config_preset(llama ? "llama-tiny" : "demo", &c));
     c.n_layer = 1, c.d_model = 16, c.n_head = 2, c.n_kv_head = llama ? 1 : 2, c.d_ff = 24, c.vocab_size = 53;
     c.max_seq_len = PT, c.init_std = 0.2;
     const loom_model_options mo = {.flags = LOOM_MODEL_GRADS, .tp = comm, .precision = LOOM_PRECISION_BF16};
-    PCALL(loom_model_init(&c, be, &mem, &mo, &m));
-    PCALL(loom_model_init_weights(m, 4243));
-    PCALL(loom_model_refresh_low_precision(m));
+    MCALL(loom_model_init(&c, be, &mem, &mo, &m));
+    MCALL(loom_model_init_weights(m, 4243));
+    MCALL(loom_model_refresh_low_precision(m));
     const int64_t N = PB * PT, V = c.vocab_size, nbuf = loom_model_buffer_size(m);
     int32_t *tok = malloc((size_t)N * sizeof(int32_t)), *tgt = malloc((size_t)N * sizeof(int32_t));
     loom_rng r;
@@ -1516,22 +1510,22 @@ static int test_head_pieces(loom_backend *be, int llama) {
     snprintf(name, sizeof name, "head_pieces_%s_plan_stops_the_logits_at_a_piece", fam);
     report(name, fabs(logit_growth - want) <= 1024, fabs(logit_growth - want), 1024); /* 1024: the alignment */
 
-    PCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 1)); /* in pieces */
-    PCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_pieces));
+    MCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 1)); /* in pieces */
+    MCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_pieces));
     memcpy(g_pieces, loom_model_grads(m), (size_t)nbuf * sizeof(float));
     snprintf(name, sizeof name, "head_pieces_%s_logits_not_kept_after_a_training_forward", fam);
     report(name, loom_model_read_logits(m, lg_pieces) == LOOM_ERR_INVALID_ARG, 0, 0);
-    PCALL(loom_model_forward(m, tok, tgt, PB, PT, &l_eval));
+    MCALL(loom_model_forward(m, tok, tgt, PB, PT, &l_eval));
     snprintf(name, sizeof name, "head_pieces_%s_eval_loss_equals_training_loss", fam);
     check_bits(name, &l_eval, &l_pieces, 1);
-    PCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL)); /* the caller reads them: whole */
-    PCALL(loom_model_read_logits(m, lg_pieces));
+    MCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL)); /* the caller reads them: whole */
+    MCALL(loom_model_read_logits(m, lg_pieces));
 
-    PCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 2)); /* whole */
-    PCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_whole));
-    PCALL(loom_model_read_logits(m, lg_whole)); /* the logits' gradient, in place: kept */
-    PCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL));
-    PCALL(loom_model_read_logits(m, lg_whole));
+    MCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 2)); /* whole */
+    MCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_whole));
+    MCALL(loom_model_read_logits(m, lg_whole)); /* the logits' gradient, in place: kept */
+    MCALL(loom_model_forward(m, tok, NULL, PB, PT, NULL));
+    MCALL(loom_model_read_logits(m, lg_whole));
     snprintf(name, sizeof name, "head_pieces_%s_logits_without_targets_bitwise", fam);
     check_bits(name, lg_pieces, lg_whole, N * V);
     /* the loss: each row's logits rounded differently by at most a few ulps; the mean over ~1000 rows */
@@ -1542,7 +1536,6 @@ static int test_head_pieces(loom_backend *be, int llama) {
      * 2^-8 of an element, with the tensor's floor as for every float sum */
     snprintf(name, sizeof name, "head_pieces_%s_grads_vs_whole", fam);
     compare_grads(name, m, g_pieces, loom_model_grads(m), 0, 1.0 / 256, 1.0);
-#undef PCALL
     free(tok);
     free(tgt);
     free(g_pieces);
