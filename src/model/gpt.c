@@ -1097,8 +1097,8 @@ static loom_status operand_rows(loom_model *m, const float *rows, const uint16_t
 /* A row-parallel product (K columns of in, or of in16 where the model stores it in bf16, against weight W)
  * completed onto the residual: dst = resid + in W^T (+ bias). Plain and tensor parallel: the GEMM accumulates
  * onto a copy of resid on tp rank 0, which also adds the bias, the others contribute only their partial
- * product, and the tp sum completes it (one all-reduce). Megatron-SP: the partial product reduce-scattered to this rank's Nr rows, then resid and the
- * bias added there. */
+ * product, and the tp sum completes it (one all-reduce). Megatron-SP: the partial product reduce-scattered
+ * to this rank's Nr rows, then resid and the bias added there. */
 static loom_status row_output(loom_model *m, const float *in, const uint16_t *in16, int64_t K, int64_t w_off,
                               int64_t b_off, const float *resid, float *dst, int64_t N, int64_t Nr) {
     const int64_t C = m->C;
