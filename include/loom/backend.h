@@ -78,7 +78,8 @@ int loom_backend_threads(const loom_backend *be);
 /* 1 when the host can read and write the backend's buffers directly (the CPU backend) */
 int loom_backend_host_accessible(const loom_backend *be);
 /* Host bytes the backend keeps between calls for its own use, outside every loom_mem category: the CPU's bf16
- * reference GEMM (no bf16 matmul in oneDNN for this CPU) holds its fp32 operands, grow-only. Runs report it. */
+ * reference GEMM (no bf16 matmul in oneDNN for this CPU) holds blocks of its fp32 operands (at most 2^24 floats
+ * each), grow-only. Runs report it. */
 size_t loom_backend_own_bytes(const loom_backend *be);
 void loom_backend_set_profiling(loom_backend *be, int on);
 /* 1 when MFU must be taken against this backend's own measured GEMM rate, not the host CPU's (a GPU). */

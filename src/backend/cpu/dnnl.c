@@ -252,10 +252,10 @@ loom_status loom_cpu_f32_to_bf16(loom_backend *be, const loom_f32_to_bf16_args *
     return LOOM_OK;
 }
 
-/* the reference's fp32 copy of operand i (n floats), grow-only: a step makes the same products every time, so
- * after the first these are reused instead of being mapped and faulted in on every call (~1 GB a step at GPT-2
- * 124M B8 T256: 4% of its bf16 step on Zen 3). Like the per-call buffers they replace, they lie outside loom's
- * memory accounting. */
+/* the reference's fp32 copy of a block of operand i (n floats), grow-only: a step makes the same products every
+ * time, so after the first these are reused instead of being mapped and faulted in on every call (~1 GB a step
+ * at GPT-2 124M B8 T256: 4% of its bf16 step on Zen 3). They lie outside loom's memory categories and runs
+ * report them (loom_backend_own_bytes). */
 static float *ref_operand(loom_backend *be, int i, size_t n) {
     if (n > be->bf16_ref_n[i]) {
         free(be->bf16_ref[i]);
@@ -265,24 +265,54 @@ static float *ref_operand(loom_backend *be, int i, size_t n) {
     return be->bf16_ref[i];
 }
 
+/* The reference widens its operands a block at a time, so that its fp32 copies stay bounded (2^24 floats an
+ * operand): whole, the head's backward products widened the loss's gradient of the logits (N x V) entire,
+ * 1.6 GB at GPT-2 124M B8 T1024, more than bf16's pieces of logits save. An op(A) past the bound is cut along
+ * the dimension that costs the GEMM least: its rows where M >= K (each block's call packs op(B) again, K x N),
+ * else K (each block's call reads and writes C again, M x N; the pieces summed into C, beta 1 after the
+ * first). op(B) is then cut along its columns where still past the bound (op(A)'s block packed again). */
+enum { REF_BLOCK_FLOATS = 1 << 24 }; /* 64 MiB an operand */
+
+static int64_t ref_block(int64_t n, int64_t other) {
+    const int64_t len = REF_BLOCK_FLOATS / (other > 1 ? other : 1);
+    return len < 1 ? 1 : len < n ? len : n;
+}
+
+/* rows x cols of the bf16 matrix src (leading dimension ld) from (r0, c0), widened into dst, packed */
+static void widen_block(float *dst, const uint16_t *src, int64_t ld, int64_t r0, int64_t c0, int64_t rows,
+                        int64_t cols) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) dst[i * cols + j] = loom_cpu_bf16_widen(src[(r0 + i) * ld + c0 + j]);
+}
+
 static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha,
                                  const uint16_t *A, int64_t lda, const uint16_t *B, int64_t ldb, float beta, float *C,
                                  int64_t ldc) {
     if (onednn_matmul(be, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return LOOM_OK;
     /* reference: the same products in fp32 from the bf16 values */
-    const int64_t ra = ta ? K : M, ca = ta ? M : K, rb = tb ? N : K, cb = tb ? K : N;
-    float *fa = ref_operand(be, 0, (size_t)(ra * ca)), *fb = ref_operand(be, 1, (size_t)(rb * cb));
-    const int ok = fa && fb;
-    if (ok) {
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < ra; i++)
-            for (int64_t j = 0; j < ca; j++) fa[i * ca + j] = loom_cpu_bf16_widen(A[i * lda + j]);
-#pragma omp parallel for schedule(static)
-        for (int64_t i = 0; i < rb; i++)
-            for (int64_t j = 0; j < cb; j++) fb[i * cb + j] = loom_cpu_bf16_widen(B[i * ldb + j]);
-        loom_cpu_sgemm(be, ta, tb, M, N, K, alpha, fa, ca, fb, cb, beta, C, ldc);
+    const int whole_a = M * K <= REF_BLOCK_FLOATS, cut_k = !whole_a && M < K;
+    const int64_t bm = whole_a || cut_k ? M : ref_block(M, K), bk = cut_k ? ref_block(K, M) : K, bn = ref_block(N, bk);
+    const int64_t kk = bk > 1 ? bk : 1;
+    float *fa = ref_operand(be, 0, (size_t)(bm * kk)), *fb = ref_operand(be, 1, (size_t)(bn * kk));
+    LOOM_CHECK(fa && fb, LOOM_ERR_NOMEM, "out of memory for the reference bf16 GEMM");
+    for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kk) {
+        const int64_t kb = K - k0 < bk ? K - k0 : bk, ld_k = kb > 1 ? kb : 1; /* the blocks' rows are kb long */
+        for (int64_t j = 0; j < N; j += bn) {
+            const int64_t n = N - j < bn ? N - j : bn;
+            if (tb) widen_block(fb, B, ldb, j, k0, n, kb);
+            else widen_block(fb, B, ldb, k0, j, kb, n);
+            for (int64_t i = 0; i < M; i += bm) {
+                const int64_t m = M - i < bm ? M - i : bm;
+                if (j == 0 || bm < M) { /* a whole row of op(A)'s blocks is widened once for every block of B */
+                    if (ta) widen_block(fa, A, lda, k0, i, kb, m);
+                    else widen_block(fa, A, lda, i, k0, m, kb);
+                }
+                loom_cpu_sgemm(be, ta, tb, m, n, kb, alpha, fa, ta ? m : ld_k, fb, tb ? ld_k : n, k0 ? 1.0f : beta,
+                               C + i * ldc + j, ldc);
+            }
+        }
     }
-    LOOM_CHECK(ok, LOOM_ERR_NOMEM, "out of memory for the reference bf16 GEMM");
     return LOOM_OK;
 }
 
