@@ -342,11 +342,15 @@ static void run_case(loom_kernel k, run *r) {
     case LOOM_KERNEL_ce_finish: { /* this rank's columns [50, 150) of a vocabulary of 211 */
         const int64_t N = 13, V = 100, v0 = 50;
         loom_ce_args a = {out_f(r, N * V), out_f(r, N), ids_in(r, N, 211, 1), N, V, v0, out_f(r, N), out_f(r, 2 * N),
-                          0.5f, NULL};
+                          0.5f, NULL, 0};
         KCALL(loom_k_ce_row_max(be, &a));
         KCALL(loom_k_ce_row_sums(be, &a));
         KCALL(loom_k_ce_finish(be, &a));
-        a.grad16 = out_b16(r, N * V); /* the gradient into bf16 (the logits stay) */
+        /* again on those values, as training runs it: the exponentials kept by row_sums (keep_exps), the
+         * gradient into bf16 (the logits stay) */
+        a.keep_exps = 1;
+        KCALL(loom_k_ce_row_sums(be, &a));
+        a.grad16 = out_b16(r, N * V);
         KCALL(loom_k_ce_finish(be, &a));
         break;
     }

@@ -890,19 +890,51 @@ static void test_cross_entropy(loom_backend *be) {
                                                       .sums = sa}));
     K(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = xb, .targets = tgt, .N = N, .V = V - V1, .v0 = V1,
                                                       .mx = mxb, .sums = sb}));
+    float *local_sums[2] = {fvec(2 * N), fvec(2 * N)};
+    memcpy(local_sums[0], sa, (size_t)(2 * N) * sizeof(float));
+    memcpy(local_sums[1], sb, (size_t)(2 * N) * sizeof(float));
     for (int64_t i = 0; i < 2 * N; i++) sa[i] = sb[i] = sa[i] + sb[i]; /* all-reduce sum */
-    /* into bf16 first (the logits stay): the fp32 gradient's rounding, the same losses */
-    uint16_t *ga16 = malloc((size_t)(N * V1) * sizeof(uint16_t)), *gb16 = malloc((size_t)(N * (V - V1)) * sizeof(uint16_t));
-    float *la16 = fvec(N), *lb16 = fvec(N);
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la16, tgt, N, V1, 0, mxa, sa, gs, ga16}));
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb16, tgt, N, V - V1, V1, mxb, sb, gs, gb16}));
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xa, la, tgt, N, V1, 0, mxa, sa, gs, NULL}));
-    K(loom_k_ce_finish(be, &(loom_ce_finish_args){xb, lb, tgt, N, V - V1, V1, mxb, sb, gs, NULL}));
-    check_bits("ce_vocab_parallel_bf16_same_losses_rank0", la16, la, N);
-    check_bits("ce_vocab_parallel_bf16_same_losses_rank1", lb16, lb, N);
-    check_bf16_of("ce_vocab_parallel_bf16_grad_is_rounded_grad_rank0", ga16, xa, N * V1);
-    check_bf16_of("ce_vocab_parallel_bf16_grad_is_rounded_grad_rank1", gb16, xb, N * (V - V1));
-    free(ga16); free(gb16); free(la16); free(lb16);
+    /* into bf16 (on a copy: the logits are then undefined): the fp32 gradient's rounding, the same losses */
+    const int64_t Vr[2] = {V1, V - V1}, v0r[2] = {0, V1};
+    float *xr[2] = {xa, xb}, *mxr[2] = {mxa, mxb}, *sr[2] = {sa, sb}, *lr2[2] = {la, lb};
+    for (int k = 0; k < 2; k++) {
+        const int64_t n = N * Vr[k];
+        uint16_t *g16r = malloc((size_t)n * sizeof(uint16_t)), *gk16 = malloc((size_t)n * sizeof(uint16_t));
+        float *scratch = fvec(n), *l16 = fvec(N), *xk = fvec(n), *mk = fvec(N), *sk = fvec(2 * N), *lk = fvec(N), *lk16 = fvec(N);
+        memcpy(scratch, xr[k], (size_t)n * sizeof(float));
+        memcpy(xk, xr[k], (size_t)n * sizeof(float)); /* the raw logits, for keep_exps below */
+        K(loom_k_ce_finish(be, &(loom_ce_finish_args){scratch, l16, tgt, N, Vr[k], v0r[k], mxr[k], sr[k], gs, g16r, 0}));
+        K(loom_k_ce_finish(be, &(loom_ce_finish_args){xr[k], lr2[k], tgt, N, Vr[k], v0r[k], mxr[k], sr[k], gs, NULL, 0}));
+        char name[96];
+        snprintf(name, sizeof name, "ce_vocab_parallel_bf16_same_losses_rank%d", k);
+        check_bits(name, l16, lr2[k], N);
+        snprintf(name, sizeof name, "ce_vocab_parallel_bf16_grad_is_rounded_grad_rank%d", k);
+        check_bf16_of(name, g16r, xr[k], n);
+        /* keep_exps (training): row_sums leaves the exponentials, finish scales them; bf16 first (the logits
+         * stay), then fp32: the same sums, losses and gradients, bit for bit */
+        memcpy(mk, mxr[k], (size_t)N * sizeof(float));
+        K(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = xk, .targets = tgt, .N = N, .V = Vr[k], .v0 = v0r[k],
+                                                          .mx = mk, .sums = sk, .keep_exps = 1}));
+        snprintf(name, sizeof name, "ce_vocab_parallel_keep_exps_sums_rank%d", k);
+        check_bits(name, sk, local_sums[k], 2 * N);
+        memcpy(sk, sr[k], (size_t)(2 * N) * sizeof(float)); /* the other rank's part, all-reduced as above */
+        K(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = xk, .losses = lk16, .targets = tgt, .N = N, .V = Vr[k],
+                                                      .v0 = v0r[k], .mx = mk, .sums = sk, .grad_scale = gs, .grad16 = gk16,
+                                                      .keep_exps = 1}));
+        K(loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = xk, .losses = lk, .targets = tgt, .N = N, .V = Vr[k],
+                                                      .v0 = v0r[k], .mx = mk, .sums = sk, .grad_scale = gs,
+                                                      .keep_exps = 1}));
+        snprintf(name, sizeof name, "ce_vocab_parallel_keep_exps_losses_rank%d", k);
+        check_bits(name, lk, lr2[k], N);
+        snprintf(name, sizeof name, "ce_vocab_parallel_keep_exps_grad_rank%d", k);
+        check_bits(name, xk, xr[k], n);
+        snprintf(name, sizeof name, "ce_vocab_parallel_keep_exps_bf16_rank%d", k);
+        report(name, memcmp(gk16, g16r, (size_t)n * sizeof(uint16_t)) == 0, 0, 0);
+        snprintf(name, sizeof name, "ce_vocab_parallel_keep_exps_bf16_losses_rank%d", k);
+        check_bits(name, lk16, lr2[k], N);
+        free(g16r); free(gk16); free(scratch); free(l16); free(xk); free(mk); free(sk); free(lk); free(lk16);
+        free(local_sums[k]);
+    }
     double *ga = dvec(N * V1), *gb = dvec(N * (V - V1));
     for (int64_t n = 0; n < N; n++)
         for (int64_t v = 0; v < V; v++) *(v < V1 ? &ga[n * V1 + v] : &gb[n * (V - V1) + v - V1]) = gr[n * V + v];

@@ -343,11 +343,14 @@ typedef struct {
 /* Vocabulary-parallel cross-entropy, in three passes with the caller's reductions over the ranks between
  * them: logits (N,V) hold this rank's columns [v0, v0+V) of the full vocabulary.
  *   row_max: mx (N) = each row's local maximum                     -> caller: all-reduce max
- *   row_sums: sums (2N) = [sum_v exp(x - mx) (N), the target's logit where this rank holds it, else 0 (N)]
- *                                                                    -> caller: all-reduce sum
+ *   row_sums: sums (2N) = [sum_v exp(x - mx) (N), the target's logit where this rank holds it, else 0 (N)];
+ *             with keep_exps the logits become those exponentials (a gradient follows: finish scales them
+ *             instead of computing each again)                      -> caller: all-reduce sum
  *   finish: losses (N) = log(sum) + mx - target logit; with grad_scale != 0 the logits become
  *           grad_scale * (softmax - onehot(target)) over this rank's columns, or with grad16 (N,V) that
- *           gradient goes there in bf16 (as loom_softmax_cross_entropy_args' grad16; the logits stay).
+ *           gradient goes there in bf16 (as loom_softmax_cross_entropy_args' grad16: the logits are left
+ *           undefined, except that with keep_exps they stay). keep_exps: the logits hold row_sums'
+ *           exponentials (set it on both passes or on neither).
  *           Targets < 0 are ignored. */
 typedef struct {
     float *logits, *losses;
@@ -356,6 +359,7 @@ typedef struct {
     float *mx, *sums;
     float grad_scale;
     uint16_t *grad16;
+    int keep_exps;
 } loom_ce_args;
 typedef loom_ce_args loom_ce_row_max_args;
 typedef loom_ce_args loom_ce_row_sums_args;

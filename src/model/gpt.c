@@ -1244,12 +1244,13 @@ static loom_status score_rows(loom_model *m, int64_t r0, int64_t rows, const int
     float *mx = m->ce_stats, *sums = m->ce_stats + rows;
     LOOM_CALL(loom_k_ce_row_max(be, &(loom_ce_row_max_args){.logits = m->logits, .N = rows, .V = V, .mx = mx}));
     LOOM_CALL(loom_comm_allreduce_max_f32(m->tp, mx, rows));
+    const int keep_exps = grad_scale != 0.0f; /* each exponential computed once, kept for the gradient's pass */
     LOOM_CALL(loom_k_ce_row_sums(be, &(loom_ce_row_sums_args){.logits = m->logits, .targets = tgt, .N = rows, .V = V,
-                                 .v0 = m->v0, .mx = mx, .sums = sums}));
+                                 .v0 = m->v0, .mx = mx, .sums = sums, .keep_exps = keep_exps}));
     LOOM_CALL(loom_comm_allreduce_sum_f32(m->tp, sums, 2 * rows));
     return loom_k_ce_finish(be, &(loom_ce_finish_args){.logits = m->logits, .losses = m->losses + r0, .targets = tgt,
                             .N = rows, .V = V, .v0 = m->v0, .mx = mx, .sums = sums, .grad_scale = grad_scale,
-                            .grad16 = g16});
+                            .grad16 = g16, .keep_exps = keep_exps});
 }
 
 /* m->logits: room for `rows` whole rows of logits the caller reads; the slot's buffer, or where that holds

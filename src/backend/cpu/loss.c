@@ -1,7 +1,8 @@
 /* Softmax and cross-entropy fused: one pass for the row maximum, one for the sum of exponentials, and
  * (training) one that overwrites the logits with their gradient, so the (N,V) probabilities are never
  * stored separately. Training keeps each exponential in its logit's place between the last two passes, so
- * each is computed once (a row is ~200 KB: the later passes read it from L2). */
+ * each is computed once (a row is ~200 KB: the later passes read it from L2); the vocabulary-parallel passes
+ * too (keep_exps), across the all-reduce between them. */
 #include "cpu_impl.h"
 
 static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
@@ -71,29 +72,38 @@ loom_status loom_cpu_ce_row_max(loom_backend *be, const loom_ce_row_max_args *a)
     return LOOM_OK;
 }
 
-static void cpu_ce_row_sums(loom_backend *be, const float *logits, const int32_t *targets, int64_t N, int64_t V,
-                          int64_t v0, const float *mx, float *sums) {
+static void cpu_ce_row_sums(loom_backend *be, float *logits, const int32_t *targets, int64_t N, int64_t V,
+                          int64_t v0, const float *mx, float *sums, int keep_exps) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
-        const float *x = logits + n * V;
+        float *x = logits + n * V;
         const float m = mx[n];
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - m);
-        sums[n] = s;
         const int64_t t = (int64_t)targets[n] - v0;
-        sums[N + n] = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f;
+        sums[N + n] = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f; /* before keep_exps overwrites it */
+        float s = 0.0f;
+        if (keep_exps) {
+#pragma omp simd reduction(+ : s)
+            for (int64_t v = 0; v < V; v++) {
+                x[v] = loom_fast_expf(x[v] - m);
+                s += x[v];
+            }
+        } else {
+#pragma omp simd reduction(+ : s)
+            for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - m);
+        }
+        sums[n] = s;
     }
 }
 
 loom_status loom_cpu_ce_row_sums(loom_backend *be, const loom_ce_row_sums_args *a) {
-    cpu_ce_row_sums(be, a->logits, a->targets, a->N, a->V, a->v0, a->mx, a->sums);
+    cpu_ce_row_sums(be, a->logits, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->keep_exps);
     return LOOM_OK;
 }
 
 static void cpu_ce_finish(loom_backend *be, float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V,
-                        int64_t v0, const float *mx, const float *sums, float grad_scale, uint16_t *grad16) {
+                        int64_t v0, const float *mx, const float *sums, float grad_scale, uint16_t *grad16,
+                        int have_exps) {
     (void)be;
 #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -107,22 +117,26 @@ static void cpu_ce_finish(loom_backend *be, float *logits, float *losses, const 
         const float m = mx[n], s = sums[n];
         losses[n] = m + logf(s) - sums[N + n];
         const int64_t t = (int64_t)targets[n] - v0;
-        if (grad_scale != 0.0f && grad16) { /* the same fp32 values as below, rounded as they are written */
-            const float inv = grad_scale / s;
+        if (grad_scale == 0.0f) continue;
+        const float inv = grad_scale / s;
+        if (!have_exps) /* the exponentials in the logits' place first, as row_sums leaves them with keep_exps */
+#pragma omp simd
+            for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - m);
+        if (grad16) { /* the same fp32 values as below, rounded as they are written */
             uint16_t *d = grad16 + n * V;
 #pragma omp simd
-            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(loom_fast_expf(x[v] - m) * inv);
-            if (t >= 0 && t < V) d[t] = loom_cpu_bf16_round(loom_fast_expf(x[t] - m) * inv - grad_scale);
-        } else if (grad_scale != 0.0f) {
-            const float inv = grad_scale / s;
+            for (int64_t v = 0; v < V; v++) d[v] = loom_cpu_bf16_round(x[v] * inv);
+            if (t >= 0 && t < V) d[t] = loom_cpu_bf16_round(x[t] * inv - grad_scale);
+        } else {
 #pragma omp simd
-            for (int64_t v = 0; v < V; v++) x[v] = loom_fast_expf(x[v] - m) * inv;
+            for (int64_t v = 0; v < V; v++) x[v] *= inv;
             if (t >= 0 && t < V) x[t] -= grad_scale;
         }
     }
 }
 
 loom_status loom_cpu_ce_finish(loom_backend *be, const loom_ce_finish_args *a) {
-    cpu_ce_finish(be, a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16);
+    cpu_ce_finish(be, a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16,
+                  a->keep_exps);
     return LOOM_OK;
 }

@@ -71,19 +71,25 @@ extern "C" loom_status loom_cuda_ce_row_max(loom_backend *be, const loom_ce_row_
 }
 
 /* sums[n] = sum exp(x - mx[n]); sums[N + n] = the target's logit when this rank holds column target - v0 */
-__global__ void ce_row_sums_kernel(const float *logits, const int32_t *targets, int64_t N, int64_t V, int64_t v0,
-                                   const float *mx, float *sums) {
+__global__ void ce_row_sums_kernel(float *logits, const int32_t *targets, int64_t N, int64_t V, int64_t v0,
+                                   const float *mx, float *sums, int keep_exps) {
     __shared__ float sh[32];
     const int64_t n = blockIdx.x;
-    const float *x = logits + n * V;
+    float *x = logits + n * V;
     const float m = mx[n];
+    const int64_t t = (int64_t)targets[n] - v0;
+    const float xt = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f;
+    __syncthreads(); /* the target's logit is read before keep_exps overwrites it */
     float s = 0.0f;
-    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) s += expf(x[v] - m);
+    for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
+        const float e = expf(x[v] - m);
+        if (keep_exps) x[v] = e;
+        s += e;
+    }
     s = block_sum(s, sh);
     if (threadIdx.x == 0) {
-        const int64_t t = (int64_t)targets[n] - v0;
         sums[n] = s;
-        sums[N + n] = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f;
+        sums[N + n] = xt;
     }
 }
 
@@ -91,13 +97,15 @@ extern "C" loom_status loom_cuda_ce_row_sums(loom_backend *be, const loom_ce_row
     if (a->N <= 0) return LOOM_OK;
     LOOM_CHECK(a->N <= 0x7fffffff, LOOM_ERR_UNSUPPORTED, "cuda cross-entropy: %lld rows exceed the grid", (long long)a->N);
     ce_row_sums_kernel<<<rows_grid(a->N), CE_THREADS, 0, loom_cuda_of(be)->stream>>>(a->logits, a->targets, a->N, a->V,
-                                                                                     a->v0, a->mx, a->sums);
+                                                                                     a->v0, a->mx, a->sums,
+                                                                                     a->keep_exps);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
 
 __global__ void ce_finish_kernel(float *logits, float *losses, const int32_t *targets, int64_t N, int64_t V, int64_t v0,
-                                 const float *mx, const float *sums, float grad_scale, uint16_t *grad16) {
+                                 const float *mx, const float *sums, float grad_scale, uint16_t *grad16,
+                                 int have_exps) {
     const int64_t n = blockIdx.x;
     float *x = logits + n * V;
     if (targets[n] < 0) {
@@ -115,7 +123,7 @@ __global__ void ce_finish_kernel(float *logits, float *losses, const int32_t *ta
     const float inv = grad_scale / s;
     const int64_t t = (int64_t)targets[n] - v0;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-        float p = expf(x[v] - m) * inv;
+        float p = (have_exps ? x[v] : expf(x[v] - m)) * inv;
         if (v == t) p -= grad_scale;
         if (grad16) grad16[n * V + v] = bf16_round(p); /* the logits stay */
         else x[v] = p;
@@ -126,7 +134,7 @@ extern "C" loom_status loom_cuda_ce_finish(loom_backend *be, const loom_ce_finis
     if (a->N <= 0) return LOOM_OK;
     LOOM_CHECK(a->N <= 0x7fffffff, LOOM_ERR_UNSUPPORTED, "cuda cross-entropy: %lld rows exceed the grid", (long long)a->N);
     ce_finish_kernel<<<rows_grid(a->N), CE_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16);
+        a->logits, a->losses, a->targets, a->N, a->V, a->v0, a->mx, a->sums, a->grad_scale, a->grad16, a->keep_exps);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
