@@ -304,7 +304,7 @@ static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, 
             else widen_block(fb, B, ldb, k0, j, kb, n);
             for (int64_t i = 0; i < M; i += bm) {
                 const int64_t m = M - i < bm ? M - i : bm;
-                if (j == 0 || bm < M) { /* a whole row of op(A)'s blocks is widened once for every block of B */
+                if (j == 0 || bm < M) { /* op(A)'s block of all M rows serves every block of op(B) */
                     if (ta) widen_block(fa, A, lda, k0, i, kb, m);
                     else widen_block(fa, A, lda, i, k0, m, kb);
                 }

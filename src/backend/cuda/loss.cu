@@ -70,7 +70,8 @@ extern "C" loom_status loom_cuda_ce_row_max(loom_backend *be, const loom_ce_row_
     return LOOM_OK;
 }
 
-/* sums[n] = sum exp(x - mx[n]); sums[N + n] = the target's logit when this rank holds column target - v0 */
+/* sums[n] = sum exp(x - mx[n]); sums[N + n] = the target's logit when this rank holds column target - v0; with
+ * keep_exps the logits become those exponentials, which ce_finish scales */
 __global__ void ce_row_sums_kernel(float *logits, const int32_t *targets, int64_t N, int64_t V, int64_t v0,
                                    const float *mx, float *sums, int keep_exps) {
     __shared__ float sh[32];
