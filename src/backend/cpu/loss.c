@@ -5,6 +5,23 @@
  * too (keep_exps), across the all-reduce between them. */
 #include "cpu_impl.h"
 
+/* the sum of exp(x[v] - m) over a row; with keep, each exponential is left in its logit's place (for the
+ * gradient's pass) */
+static inline float row_exp_sum(float *x, int64_t V, float m, int keep) {
+    float s = 0.0f;
+    if (keep) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t v = 0; v < V; v++) {
+            x[v] = loom_fast_expf(x[v] - m);
+            s += x[v];
+        }
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - m);
+    }
+    return s;
+}
+
 static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *losses, const int32_t *targets,
                                     int64_t N, int64_t V, float grad_scale, uint16_t *grad16) {
     (void)be;
@@ -16,17 +33,7 @@ static void cpu_softmax_cross_entropy(loom_backend *be, float *logits, float *lo
 #pragma omp simd reduction(max : mx)
         for (int64_t v = 0; v < V; v++) mx = x[v] > mx ? x[v] : mx;
         const float x_tgt = tgt >= 0 ? x[tgt] : 0.0f;
-        float s = 0.0f;
-        if (grad_scale != 0.0f) { /* the exponentials stay in place for the gradient's pass */
-#pragma omp simd reduction(+ : s)
-            for (int64_t v = 0; v < V; v++) {
-                x[v] = loom_fast_expf(x[v] - mx);
-                s += x[v];
-            }
-        } else {
-#pragma omp simd reduction(+ : s)
-            for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - mx);
-        }
+        const float s = row_exp_sum(x, V, mx, grad_scale != 0.0f);
         float lse = mx + logf(s);
         if (tgt < 0) {
             losses[n] = 0.0f;
@@ -81,18 +88,7 @@ static void cpu_ce_row_sums(loom_backend *be, float *logits, const int32_t *targ
         const float m = mx[n];
         const int64_t t = (int64_t)targets[n] - v0;
         sums[N + n] = (targets[n] >= 0 && t >= 0 && t < V) ? x[t] : 0.0f; /* before keep_exps overwrites it */
-        float s = 0.0f;
-        if (keep_exps) {
-#pragma omp simd reduction(+ : s)
-            for (int64_t v = 0; v < V; v++) {
-                x[v] = loom_fast_expf(x[v] - m);
-                s += x[v];
-            }
-        } else {
-#pragma omp simd reduction(+ : s)
-            for (int64_t v = 0; v < V; v++) s += loom_fast_expf(x[v] - m);
-        }
-        sums[n] = s;
+        sums[n] = row_exp_sum(x, V, m, keep_exps);
     }
 }
 
