@@ -247,7 +247,7 @@ static void run_case(loom_kernel k, run *r) {
         break;
     case LOOM_KERNEL_attention_forward: {
         const int64_t B = 2, T = 37, H = 4, KV = 2, hd = 12;
-        loom_attention_forward_args a = {NULL, NULL, rand_in(r, B * T * (H + 2 * KV) * hd, -1, 1), B, T, H, KV, hd};
+        loom_attention_forward_args a = {NULL, NULL, rand_in(r, B * T * (H + 2 * KV) * hd, -1, 1), B, T, H, KV, hd, 0};
         a.out = out_f(r, B * T * H * hd);
         a.lse = out_f(r, B * H * T);
         KCALL(loom_k_attention_forward(be, &a));
@@ -257,9 +257,9 @@ static void run_case(loom_kernel k, run *r) {
         const int64_t B = 2, T = 37, H = 4, KV = 2, hd = 12, Cq = (H + 2 * KV) * hd;
         float *qkv = rand_in(r, B * T * Cq, -1, 1), *out = rand_in(r, B * T * H * hd, -1, 1),
               *lse = rand_in(r, B * H * T, 1, 3);
-        loom_attention_forward_args f = {out, lse, qkv, B, T, H, KV, hd}; /* a consistent out and lse */
+        loom_attention_forward_args f = {out, lse, qkv, B, T, H, KV, hd, 0}; /* a consistent out and lse */
         KCALL(loom_k_attention_forward(be, &f));
-        loom_attention_backward_args a = {NULL, rand_in(r, B * T * H * hd, -1, 1), qkv, out, lse, B, T, H, KV, hd};
+        loom_attention_backward_args a = {NULL, rand_in(r, B * T * H * hd, -1, 1), qkv, out, lse, B, T, H, KV, hd, 0};
         a.dqkv = out_f(r, B * T * Cq);
         KCALL(loom_k_attention_backward(be, &a));
         break;
@@ -273,8 +273,8 @@ static void run_case(loom_kernel k, run *r) {
         const float *q = rand_in(r, B * T * Cq, -1, 1), *kv0 = rand_in(r, B * T * 2 * KV * hd, -1, 1);
         float *out = out_f(r, B * T * C), *lse = out_f(r, B * H * T);
         float *out_b = out_f(r, B * T * C), *lse_b = out_f(r, B * H * T);
-        loom_attention_block_forward_args own = {out, lse, q, Cq, q + H * hd, Cq, B, T, T, H, KV, hd, 1};
-        loom_attention_block_forward_args prev = {out_b, lse_b, q, Cq, kv0, 2 * KV * hd, B, T, T, H, KV, hd, 0};
+        loom_attention_block_forward_args own = {out, lse, q, Cq, q + H * hd, Cq, B, T, T, H, KV, hd, 1, 0};
+        loom_attention_block_forward_args prev = {out_b, lse_b, q, Cq, kv0, 2 * KV * hd, B, T, T, H, KV, hd, 0, 0};
         KCALL(loom_k_attention_block_forward(be, &own));
         KCALL(loom_k_attention_block_forward(be, &prev));
         loom_attention_merge_args mg = {out, lse, out_b, lse_b, B, T, H, hd};
@@ -282,9 +282,9 @@ static void run_case(loom_kernel k, run *r) {
         const float *dout = rand_in(r, B * T * C, -1, 1);
         float *dq = out_f(r, B * T * Cq), *dkv0 = out_f(r, B * T * 2 * KV * hd);
         loom_attention_block_backward_args b1 = {dq, dq + H * hd, dout, q, Cq, q + H * hd, Cq, out, lse,
-                                                 B, T, T, H, KV, hd, 1};
+                                                 B, T, T, H, KV, hd, 1, 0};
         loom_attention_block_backward_args b0 = {dq, dkv0, dout, q, Cq, kv0, 2 * KV * hd, out, lse,
-                                                 B, T, T, H, KV, hd, 0};
+                                                 B, T, T, H, KV, hd, 0, 0};
         KCALL(loom_k_attention_block_backward(be, &b1));
         KCALL(loom_k_attention_block_backward(be, &b0));
         break;

@@ -610,44 +610,85 @@ static void ref_attention(const float *qkv, const float *dout, int64_t B, int64_
     free(dp);
 }
 
-static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd) {
+static float bf16_value(uint16_t h); /* below */
+
+/* the values of x rounded to bf16, in place: the operands bf16 products take (the reference reads the same) */
+static void round_to_bf16(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = bf16_value(loom_f32_to_bf16(x[i]));
+}
+
+/* bf16 (bf16_products): the inputs are bf16 values, so that q.k, dO.v and the rest are exact products in both;
+ * what is left is the rounding of the probabilities (p.v, dV) and of dS (dK, dQ) to bf16, 2^-8 relative a term
+ * (8 significant bits): out within 2^-8 sum_j p_j |v_j| <= 2^-8 1.5; dv within 2^-8 1.5 sum_i p_ij, a key's
+ * probabilities over the queries that see it, ~1 + ln T where rows are flat (dq, dk: the same order here).
+ * lse comes from fp32 scores, as without. Where the build multiplies bf16 (AVX512_BF16) the products must
+ * differ from fp32's on the same inputs (the probabilities were rounded); elsewhere the flag must leave the
+ * fp32 products, bit for bit. */
+static double bf16_out_tol(void) { return 1.5 / 256.0; }
+static double bf16_grad_tol(int64_t T) { return 1.5 / 256.0 * (1.0 + log((double)T)); }
+
+static void test_attention_case(loom_backend *be, int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, int bf16) {
     const int64_t row = (H + 2 * KV) * hd, C = H * hd;
     float *qkv = fvec(B * T * row), *out = fvec(B * T * C), *lse = fvec(B * H * T), *dout = fvec(B * T * C),
           *dqkv = fvec(B * T * row);
     fill(qkv, B * T * row, -1.5, 1.5); /* scores up to ~|q||k|/sqrt(hd) ~ 6: peaked and flat rows both */
     fill(dout, B * T * C, -1, 1);
+    if (bf16) {
+        round_to_bf16(qkv, B * T * row);
+        round_to_bf16(dout, B * T * C);
+    }
     fill_value(out, B * T * C, NAN);
     fill_value(lse, B * H * T, NAN);
-    K(loom_k_attention_forward(be, &(loom_attention_forward_args){.out = out, .lse = lse, .qkv = qkv, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
+    K(loom_k_attention_forward(be, &(loom_attention_forward_args){.out = out, .lse = lse, .qkv = qkv, .B = B, .T = T, .H = H, .KV = KV, .hd = hd, .bf16_products = bf16}));
     double *outr = dvec(B * T * C), *lser = dvec(B * H * T), *dqkvr = dvec(B * T * row);
     ref_attention(qkv, dout, B, T, H, KV, hd, outr, lser, dqkvr);
-    char name[128];
+    char name[128], shape[64];
+    snprintf(shape, sizeof shape, "B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B, (long long)T, (long long)H,
+             (long long)KV, (long long)hd);
+    const char *form = bf16 ? "attention_bf16" : "attention";
     /* out: a convex combination of unit-range v (<= T terms) with probabilities from a ~1-ulp expf and
      * hd-term float dot products: ~1e-6 absolute. lse: max + log(sum) of O(6) numbers: a few ulp. */
-    snprintf(name, sizeof name, "attention_forward_out_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
-             (long long)T, (long long)H, (long long)KV, (long long)hd);
-    check_close(name, out, outr, B * T * C, 5e-6, 1e-5);
-    snprintf(name, sizeof name, "attention_forward_lse_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
-             (long long)T, (long long)H, (long long)KV, (long long)hd);
+    snprintf(name, sizeof name, "%s_forward_out_%s", form, shape);
+    check_close(name, out, outr, B * T * C, bf16 ? bf16_out_tol() : 5e-6, 1e-5);
+    snprintf(name, sizeof name, "%s_forward_lse_%s", form, shape);
     check_close(name, lse, lser, B * H * T, 5e-6, 2e-6);
     fill_value(dqkv, B * T * row, NAN); /* written, not accumulated */
-    K(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = dqkv, .dout = dout, .qkv = qkv, .out = out, .lse = lse, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
+    K(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = dqkv, .dout = dout, .qkv = qkv, .out = out, .lse = lse, .B = B, .T = T, .H = H, .KV = KV, .hd = hd, .bf16_products = bf16}));
     /* dq, dk, dv: sums over up to T (x group) terms of products of O(1) values, with p recomputed as
      * exp(s - lse) from float s and lse (relative error ~ ulp(|s|+|lse|) ~ 1e-6): 2e-5 absolute. */
-    snprintf(name, sizeof name, "attention_backward_dqkv_B%lld_T%lld_H%lld_KV%lld_hd%lld", (long long)B,
-             (long long)T, (long long)H, (long long)KV, (long long)hd);
-    check_close(name, dqkv, dqkvr, B * T * row, 2e-5, 1e-4);
+    snprintf(name, sizeof name, "%s_backward_dqkv_%s", form, shape);
+    check_close(name, dqkv, dqkvr, B * T * row, bf16 ? bf16_grad_tol(T) : 2e-5, 1e-4);
+    if (bf16) { /* the same inputs through the fp32 products */
+        float *out32 = fvec(B * T * C), *lse32 = fvec(B * H * T), *dqkv32 = fvec(B * T * row);
+        K(loom_k_attention_forward(be, &(loom_attention_forward_args){.out = out32, .lse = lse32, .qkv = qkv, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
+        K(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = dqkv32, .dout = dout, .qkv = qkv, .out = out32, .lse = lse32, .B = B, .T = T, .H = H, .KV = KV, .hd = hd}));
+        const int differ = memcmp(out, out32, (size_t)(B * T * C) * sizeof(float)) != 0 &&
+                           memcmp(dqkv, dqkv32, (size_t)(B * T * row) * sizeof(float)) != 0;
+#if defined(__AVX512BF16__)
+        const int want = T > 1; /* one position: p = 1 exactly, nothing to round */
+#else
+        const int want = 0;
+#endif
+        snprintf(name, sizeof name, "attention_bf16_products_%s_%s", want ? "used" : "not_used", shape);
+        report(name, differ == want, differ, want);
+        free(out32); free(lse32); free(dqkv32);
+    }
     free(qkv); free(out); free(lse); free(dout); free(dqkv); free(outr); free(lser); free(dqkvr);
 }
 
 /* Ring attention's pieces against the whole sequence's reference: the second half's queries against their own
  * keys (causal) and the first half's (all visible), merged, give the second half's rows of causal attention
  * over all 2T positions; the two backward pieces give its dq and both halves' dk, dv (from those rows). */
-static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd) {
+static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd, int bf16) {
     const int64_t B = 2, T2 = 2 * T, H = 4, KV = 2, row = (H + 2 * KV) * hd, C = H * hd, kvw = 2 * KV * hd;
     float *qkv = fvec(B * T2 * row), *dout = fvec(B * T2 * C);
     fill(qkv, B * T2 * row, -1.5, 1.5);
     fill(dout, B * T2 * C, -1, 1);
+    if (bf16) { /* tolerances as test_attention_case's */
+        round_to_bf16(qkv, B * T2 * row);
+        round_to_bf16(dout, B * T2 * C);
+    }
+    const double out_tol = bf16 ? bf16_out_tol() : 5e-6, grad_tol = bf16 ? bf16_grad_tol(T2) : 2e-5;
     for (int64_t b = 0; b < B; b++) /* the first half's rows carry no gradient: only the second half is checked */
         for (int64_t i = 0; i < T * C; i++) dout[b * T2 * C + i] = 0.0f;
     double *outr = dvec(B * T2 * C), *lser = dvec(B * H * T2), *dr = dvec(B * T2 * row);
@@ -662,9 +703,9 @@ static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd) {
         }
     float *out = fvec(B * T * C), *lse = fvec(B * H * T), *ob = fvec(B * T * C), *lb = fvec(B * H * T);
     K(loom_k_attention_block_forward(be, &(loom_attention_block_forward_args){out, lse, q1, row, q1 + H * hd, row, B, T,
-                                                                             T, H, KV, hd, 1}));
+                                                                             T, H, KV, hd, 1, bf16}));
     K(loom_k_attention_block_forward(be, &(loom_attention_block_forward_args){ob, lb, q1, row, kv0, kvw, B, T, T, H, KV,
-                                                                             hd, 0}));
+                                                                             hd, 0, bf16}));
     K(loom_k_attention_merge(be, &(loom_attention_merge_args){out, lse, ob, lb, B, T, H, hd}));
     double *want = dvec(B * T * C), *wl = dvec(B * H * T);
     for (int64_t b = 0; b < B; b++) {
@@ -673,23 +714,29 @@ static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd) {
             for (int64_t t = 0; t < T; t++) wl[(b * H + h) * T + t] = lser[(b * H + h) * T2 + T + t];
     }
     /* as the whole attention's out and lse (attention_forward's tolerances), through one more merge */
-    check_close("attention_block_forward_merge_out_equals_causal_rows", out, want, B * T * C, 5e-6, 1e-5);
-    check_close("attention_block_forward_merge_lse", lse, wl, B * H * T, 5e-6, 2e-6);
+    char name[128];
+    const char *form = bf16 ? "attention_bf16" : "attention";
+    snprintf(name, sizeof name, "%s_block_forward_merge_out_equals_causal_rows_T%lld", form, (long long)T);
+    check_close(name, out, want, B * T * C, out_tol, 1e-5);
+    snprintf(name, sizeof name, "%s_block_forward_merge_lse_T%lld", form, (long long)T);
+    check_close(name, lse, wl, B * H * T, 5e-6, 2e-6);
     float *dq = fvec(B * T * row), *dkv0 = fvec(B * T * kvw);
     fill_value(dq, B * T * row, 0.0f);
     fill_value(dkv0, B * T * kvw, 0.0f);
     K(loom_k_attention_block_backward(be, &(loom_attention_block_backward_args){dq, dq + H * hd, dy1, q1, row, q1 + H * hd,
-                                                                               row, out, lse, B, T, T, H, KV, hd, 1}));
+                                                                               row, out, lse, B, T, T, H, KV, hd, 1, bf16}));
     K(loom_k_attention_block_backward(be, &(loom_attention_block_backward_args){dq, dkv0, dy1, q1, row, kv0, kvw, out, lse,
-                                                                               B, T, T, H, KV, hd, 0}));
+                                                                               B, T, T, H, KV, hd, 0, bf16}));
     double *wq = dvec(B * T * row), *wk = dvec(B * T * kvw);
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < T; t++) {
             for (int64_t e = 0; e < row; e++) wq[(b * T + t) * row + e] = dr[(b * T2 + T + t) * row + e];
             for (int64_t e = 0; e < kvw; e++) wk[(b * T + t) * kvw + e] = dr[(b * T2 + t) * row + H * hd + e];
         }
-    check_close("attention_block_backward_dq_dk_dv_second_half", dq, wq, B * T * row, 2e-5, 1e-4);
-    check_close("attention_block_backward_dk_dv_first_half", dkv0, wk, B * T * kvw, 2e-5, 1e-4);
+    snprintf(name, sizeof name, "%s_block_backward_dq_dk_dv_second_half_T%lld", form, (long long)T);
+    check_close(name, dq, wq, B * T * row, grad_tol, 1e-4);
+    snprintf(name, sizeof name, "%s_block_backward_dk_dv_first_half_T%lld", form, (long long)T);
+    check_close(name, dkv0, wk, B * T * kvw, grad_tol, 1e-4);
     free(qkv); free(dout); free(outr); free(lser); free(dr); free(q1); free(kv0); free(dy1); free(out); free(lse);
     free(ob); free(lb); free(want); free(wl); free(dq); free(dkv0); free(wq); free(wk);
 }
@@ -742,17 +789,20 @@ static void test_attention_decode(loom_backend *be) {
 }
 
 static void test_attention(loom_backend *be) {
-    test_attention_blocks(be, 9, 6);
-    test_attention_blocks(be, 70, 32); /* two query blocks, whole register tiles and 8 x 8 transposes */
     test_attention_decode(be);
-    test_attention_case(be, 2, 13, 4, 2, 8);  /* GQA, group 2 */
-    test_attention_case(be, 1, 17, 3, 1, 10); /* multi-query: one kv head for three query heads */
-    test_attention_case(be, 3, 5, 2, 2, 6);   /* plain multi-head */
-    test_attention_case(be, 2, 1, 2, 1, 4);   /* T = 1: the softmax of a single score */
-    /* past one block of queries (64) and one register tile: a ragged last block, head sizes that fill the
-     * vectors and one that leaves a partial column strip */
-    test_attention_case(be, 1, 150, 4, 2, 24);
-    test_attention_case(be, 2, 80, 2, 2, 64);
+    for (int bf16 = 0; bf16 < 2; bf16++) { /* fp32 products, then bf16 training's */
+        test_attention_blocks(be, 9, 6, bf16);
+        test_attention_blocks(be, 70, 32, bf16); /* two query blocks, whole register tiles and 8 x 8 transposes */
+        test_attention_case(be, 2, 13, 4, 2, 8, bf16);  /* GQA, group 2 */
+        test_attention_case(be, 1, 17, 3, 1, 10, bf16); /* multi-query: one kv head for three query heads */
+        test_attention_case(be, 3, 5, 2, 2, 6, bf16);   /* plain multi-head */
+        test_attention_case(be, 2, 1, 2, 1, 4, bf16);   /* T = 1: the softmax of a single score */
+        /* past one block of queries (64) and one register tile: a ragged last block, head sizes that fill the
+         * vectors and one that leaves a partial column strip; odd head size and odd ragged block (bf16 pairs) */
+        test_attention_case(be, 1, 150, 4, 2, 24, bf16);
+        test_attention_case(be, 2, 80, 2, 2, 64, bf16);
+        test_attention_case(be, 1, 99, 2, 1, 7, bf16);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ */

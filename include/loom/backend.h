@@ -250,17 +250,22 @@ typedef struct {
 } loom_rope_args;
 
 /* Causal attention. qkv (B,T,(H+2KV)*hd); out (B,T,H*hd); lse (B,H,T) log-sum-exp of each row's scores.
- * Query head h reads kv head h / (H/KV). No T x T matrix is stored. */
+ * Query head h reads kv head h / (H/KV). No T x T matrix is stored. bf16_products (here and in the block
+ * forms below; bf16 training sets it): the products inside (q.k, p.v and the backward's) may take their
+ * operands rounded to bf16, probabilities included, with fp32 accumulation and an fp32 softmax, where the
+ * backend multiplies bf16 natively (the CPU: builds with AVX512_BF16); elsewhere they stay fp32. */
 typedef struct {
     float *out, *lse;
     const float *qkv;
     int64_t B, T, H, KV, hd;
+    int bf16_products;
 } loom_attention_forward_args;
 /* dqkv (B,T,(H+2KV)*hd) is written (not accumulated). */
 typedef struct {
     float *dqkv;
     const float *dout, *qkv, *out, *lse;
     int64_t B, T, H, KV, hd;
+    int bf16_products;
 } loom_attention_backward_args;
 /* Ring attention's pieces: queries of one sequence block against the keys and values of one block.
  * q: (B,Tq) rows of stride qs, head h at column h*hd; kv: (B,Tk) rows of stride kvs, kv head g's key at
@@ -276,6 +281,7 @@ typedef struct {
     int64_t kvs;
     int64_t B, Tq, Tk, H, KV, hd;
     int causal;
+    int bf16_products;
 } loom_attention_block_forward_args;
 typedef struct {
     float *dq, *dkv;
@@ -286,6 +292,7 @@ typedef struct {
     const float *out, *lse;
     int64_t B, Tq, Tk, H, KV, hd;
     int causal;
+    int bf16_products;
 } loom_attention_block_backward_args;
 typedef struct {
     float *out, *lse;

@@ -113,7 +113,8 @@ static loom_status measure_gemms(loom_backend *be, int bf16, int quick, loom_clu
     return st;
 }
 
-static loom_status measure_attention(loom_backend *be, int quick, loom_cluster_compute *k) {
+/* bf16: the attention of bf16 training (its products on bf16 operands where the backend has them) */
+static loom_status measure_attention(loom_backend *be, int bf16, int quick, loom_cluster_compute *k) {
     const int64_t Ts[] = {64, 256, 1024}, H = 12, hd = 64;
     const int nT = quick ? 2 : 3;
     loom_status st = LOOM_OK;
@@ -123,8 +124,8 @@ static loom_status measure_attention(loom_backend *be, int quick, loom_cluster_c
               *dout = filled(B * T * C);
         double f = -1, b = -1;
         if (qkv && out && lse && dq && dout) {
-            TIME_MEDIAN(f, loom_k_attention_forward(be, &(loom_attention_forward_args){out, lse, qkv, B, T, H, H, hd}));
-            TIME_MEDIAN(b, loom_k_attention_backward(be, &(loom_attention_backward_args){dq, dout, qkv, out, lse, B, T, H, H, hd}));
+            TIME_MEDIAN(f, loom_k_attention_forward(be, &(loom_attention_forward_args){out, lse, qkv, B, T, H, H, hd, bf16}));
+            TIME_MEDIAN(b, loom_k_attention_backward(be, &(loom_attention_backward_args){dq, dout, qkv, out, lse, B, T, H, H, hd, bf16}));
         }
         if (f <= 0 || b <= 0) st = LOOM_ERR_UNSUPPORTED;
         else {
@@ -233,7 +234,7 @@ static int measure_compute(int threads, int bf16, int quick, loom_cluster_comput
     k->threads = threads;
     k->precision = bf16 ? LOOM_PRECISION_BF16 : LOOM_PRECISION_FP32;
     loom_status st = measure_gemms(be, bf16, quick, k);
-    if (st == LOOM_OK) st = measure_attention(be, quick, k);
+    if (st == LOOM_OK) st = measure_attention(be, bf16, quick, k);
     if (st == LOOM_OK) st = measure_kernels(be, k);
     loom_backend_free(&be);
     if (st != LOOM_OK) {

@@ -945,6 +945,9 @@ static loom_status copy_rows(loom_model *m, float *dst, int64_t ds, const float 
     return loom_k_copy_rows(m->be, &(loom_copy_rows_args){dst, ds, src, ss, N, w, add});
 }
 
+/* bf16 training's attention takes its products on bf16 operands where the backend has them (backend.h) */
+static int attention_bf16(const loom_model *m) { return m->precision == LOOM_PRECISION_BF16; }
+
 static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
     const int p = m->sp_size, r = m->sp_rank;
     const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd;
@@ -952,7 +955,7 @@ static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t 
     LOOM_CALL(copy_rows(m, cur, kvw, a->qkv + H * hd, Cq, N, kvw, 0)); /* this block's [K | V] */
     loom_comm_req rs, rr;
     LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
-    LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = a->atty, .lse = a->lse, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1}));
+    LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = a->atty, .lse = a->lse, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1, .bf16_products = attention_bf16(m)}));
     for (int s = 1; s < p; s++) {
         LOOM_CALL(ring_wait(&rs, &rr));
         float *t = cur;
@@ -961,7 +964,7 @@ static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t 
         if (s < p - 1) LOOM_CALL(ring_shift(m, cur, nxt, N * kvw, &rs, &rr));
         const int j = (r - s + p) % p; /* whose block arrived */
         if (j < r) {
-            LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = m->ring_out, .lse = m->ring_lse, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = kvw, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0}));
+            LOOM_CALL(loom_k_attention_block_forward(m->be, &(loom_attention_block_forward_args){.out = m->ring_out, .lse = m->ring_lse, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = kvw, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0, .bf16_products = attention_bf16(m)}));
             LOOM_CALL(loom_k_attention_merge(m->be, &(loom_attention_merge_args){.out = a->atty, .lse = a->lse, .out_b = m->ring_out, .lse_b = m->ring_lse, .B = B, .T = T, .H = H, .hd = hd}));
         }
     }
@@ -972,7 +975,7 @@ static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t
     const int p = m->sp_size, r = m->sp_rank;
     const int64_t N = B * T, H = m->H, KV = m->KV, hd = m->hd, Cq = m->Cq, kvw = 2 * KV * hd, pw = 2 * kvw;
     LOOM_CALL(loom_buf_fill(m->be, m->dqkv, 0.0f, N * Cq));
-    LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = m->dqkv + H * hd, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1}));
+    LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = m->dqkv + H * hd, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = a->qkv + H * hd, .kvs = Cq, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 1, .bf16_products = attention_bf16(m)}));
     float *cur = m->ring[0], *nxt = m->ring[1];
     /* packet: [K | V] of this block, [dK | dV] (zero) from the ranks it visits */
     LOOM_CALL(loom_buf_fill(m->be, cur, 0.0f, N * pw));
@@ -986,7 +989,7 @@ static loom_status ring_attention_backward(loom_model *m, layer_acts *a, int64_t
         nxt = t;
         const int j = (r - s + p) % p;
         if (s < p && j < r)
-            LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = cur + kvw, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = pw, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0}));
+            LOOM_CALL(loom_k_attention_block_backward(m->be, &(loom_attention_block_backward_args){.dq = m->dqkv, .dkv = cur + kvw, .dout = m->datty, .q = a->qkv, .qs = Cq, .kv = cur, .kvs = pw, .out = a->atty, .lse = a->lse, .B = B, .Tq = T, .Tk = T, .H = H, .KV = KV, .hd = hd, .causal = 0, .bf16_products = attention_bf16(m)}));
     }
     return copy_rows(m, m->dqkv + H * hd, Cq, cur + kvw, pw, N, kvw, 1); /* home again: the later ranks' dK, dV */
 }
@@ -996,7 +999,7 @@ static loom_status attention_core_forward(loom_model *m, int64_t l, int64_t B, i
     layer_acts *a = &m->acts[l];
     if (loom_kv_decoding(m)) return loom_kv_attention(m, l);
     if (m->sp_size > 1) return ring_attention_forward(m, a, B, T);
-    LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse, .qkv = a->qkv, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
+    LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty, .lse = a->lse, .qkv = a->qkv, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .bf16_products = attention_bf16(m)}));
     return LOOM_OK;
 }
 
@@ -1457,7 +1460,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
               (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}, NULL));
     if (lo[W_ATTN_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
-    else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd}));
+    else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .bf16_products = attention_bf16(m)}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(operand_rows(m, a->ln1, a->ln1_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_QKV);

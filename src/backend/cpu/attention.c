@@ -89,7 +89,7 @@ static inline void transpose8x8(float *dst, int64_t ldd, const float *src, int64
 }
 
 /* dst (cols x rows, row stride ldd) = or += the transpose of src's rows x cols block (row stride lds), 8 x 8
- * blocks at a time */
+ * blocks at a time. Written (not added), the elements are only moved: it transposes pairs of bf16 too. */
 static void transpose(float *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows, int64_t cols, int accumulate) {
     for (int64_t i0 = 0; i0 < rows; i0 += 8)
         for (int64_t j0 = 0; j0 < cols; j0 += 8) {
@@ -99,23 +99,15 @@ static void transpose(float *dst, int64_t ldd, const float *src, int64_t lds, in
             }
             const int64_t i1 = i0 + 8 < rows ? i0 + 8 : rows, j1 = j0 + 8 < cols ? j0 + 8 : cols;
             for (int64_t j = j0; j < j1; j++)
-                for (int64_t i = i0; i < i1; i++) dst[j * ldd + i] = (accumulate ? dst[j * ldd + i] : 0.0f) + src[i * lds + j];
+                for (int64_t i = i0; i < i1; i++) {
+                    if (accumulate) dst[j * ldd + i] += src[i * lds + j];
+                    else memcpy(dst + j * ldd + i, src + i * lds + j, sizeof(float)); /* bits as they are */
+                }
         }
 }
 
-/* one tile: rows a[0..TILE_ROWS) (rows past the matrix repeat the last one and are not stored), the panel
- * (K x TILE_COLS, dense), k in [k0, k1); the first cols columns of mr rows stored into c */
-static inline void tile_kernel(const float *const a[TILE_ROWS], const float *panel, int64_t k0, int64_t k1, float *c,
-                               int64_t ldc, int64_t mr, int64_t cols, int accumulate) {
-    vecf acc[TILE_ROWS][2] = {{{0}}};
-    for (int64_t k = k0; k < k1; k++) {
-        const vecf b0 = vec_load(panel + k * TILE_COLS), b1 = vec_load(panel + k * TILE_COLS + VEC_FLOATS);
-        for (int r = 0; r < TILE_ROWS; r++) {
-            const float s = a[r][k];
-            acc[r][0] += s * b0;
-            acc[r][1] += s * b1;
-        }
-    }
+/* a tile's accumulators: the first cols columns of its first mr rows stored into (or added to) c */
+static inline void tile_store(vecf acc[TILE_ROWS][2], float *c, int64_t ldc, int64_t mr, int64_t cols, int accumulate) {
     for (int64_t r = 0; r < mr; r++) {
         float *cr = c + r * ldc;
         if (cols == TILE_COLS) {
@@ -128,6 +120,40 @@ static inline void tile_kernel(const float *const a[TILE_ROWS], const float *pan
             for (int64_t j = 0; j < cols; j++) cr[j] = accumulate ? cr[j] + t[j] : t[j];
         }
     }
+}
+
+/* one tile: rows a[0..TILE_ROWS) (rows past the matrix repeat the last one and are not stored), the panel
+ * (K x TILE_COLS, dense), k in [k0, k1) */
+static inline void tile_kernel(const float *const a[TILE_ROWS], const float *panel, int64_t k0, int64_t k1, float *c,
+                               int64_t ldc, int64_t mr, int64_t cols, int accumulate) {
+    vecf acc[TILE_ROWS][2] = {{{0}}};
+    for (int64_t k = k0; k < k1; k++) {
+        const vecf b0 = vec_load(panel + k * TILE_COLS), b1 = vec_load(panel + k * TILE_COLS + VEC_FLOATS);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            const float s = a[r][k];
+            acc[r][0] += s * b0;
+            acc[r][1] += s * b1;
+        }
+    }
+    tile_store(acc, c, ldc, mr, cols, accumulate);
+}
+
+/* The tile of rows r0.. and the column strip j..j+w under the mask: its rows (mr), the columns to store (cols)
+ * and the k that can hold non-zero terms [k0, k1); 0 where the mask hides the whole strip from these rows. */
+typedef struct {
+    int64_t mr, cols, k0, k1;
+} tile_span;
+
+static inline int tile_span_of(tile_mask mask, int64_t r0, int64_t M, int64_t j, int64_t w, int64_t N, int64_t K,
+                               tile_span *t) {
+    t->mr = M - r0 < TILE_ROWS ? M - r0 : TILE_ROWS;
+    const int64_t cols = mask.col_end == NO_LIMIT ? N : clamp64(r0 + t->mr + mask.col_end, 0, N);
+    if (j >= cols || (mask.col_begin != NO_LIMIT && j + TILE_COLS <= r0 + mask.col_begin)) return 0;
+    t->cols = cols - j < w ? cols - j : w;
+    t->k0 = mask.k_begin == NO_LIMIT ? 0 : clamp64(r0 + mask.k_begin, 0, K);
+    t->k1 = mask.k_end == NO_LIMIT ? K : clamp64(r0 + t->mr + mask.k_end, 0, K);
+    if (t->k0 > t->k1) t->k0 = t->k1;
+    return 1;
 }
 
 /* C (M x N, ldc) = or += A (M x K, lda) B, B being K x N (row stride ldb) or, b_trans, the transpose of an
@@ -148,18 +174,109 @@ static void tile_product(int64_t M, int64_t N, int64_t K, const float *A, int64_
                     for (int64_t c = 0; c < TILE_COLS; c++) pk[c] = c < w ? bk[c] : 0.0f;
             }
         for (int64_t r0 = 0; r0 < M; r0 += TILE_ROWS) {
-            const int64_t mr = M - r0 < TILE_ROWS ? M - r0 : TILE_ROWS;
-            const int64_t cols = mask.col_end == NO_LIMIT ? N : clamp64(r0 + mr + mask.col_end, 0, N);
-            if (j >= cols || (mask.col_begin != NO_LIMIT && j + TILE_COLS <= r0 + mask.col_begin)) continue;
+            tile_span t;
+            if (!tile_span_of(mask, r0, M, j, w, N, K, &t)) continue;
             const float *a[TILE_ROWS];
-            for (int r = 0; r < TILE_ROWS; r++) a[r] = A + (r0 + (r < mr ? r : mr - 1)) * lda;
-            int64_t k0 = mask.k_begin == NO_LIMIT ? 0 : clamp64(r0 + mask.k_begin, 0, K);
-            const int64_t k1 = mask.k_end == NO_LIMIT ? K : clamp64(r0 + mr + mask.k_end, 0, K);
-            if (k0 > k1) k0 = k1;
-            tile_kernel(a, panel, k0, k1, C + r0 * ldc + j, ldc, mr, cols - j < w ? cols - j : w, accumulate);
+            for (int r = 0; r < TILE_ROWS; r++) a[r] = A + (r0 + (r < t.mr ? r : t.mr - 1)) * lda;
+            tile_kernel(a, panel, t.k0, t.k1, C + r0 * ldc + j, ldc, t.mr, t.cols, accumulate);
         }
     }
 }
+
+/* ---- bf16 products (mixed precision), where the build has AVX512_BF16 ----
+ * vdpbf16ps multiplies pairs of bf16 and adds both products into one fp32 lane: the same tiles, two k at a time.
+ * A is bf16, row-major, k and k+1 side by side (rows padded to an even length with a zero); B is in pair rows:
+ * row p holds, for each column c, (B[2p][c], B[2p+1][c]) as one 32-bit unit, the lower k in the low half (a
+ * zero where K is odd). A strip of pair rows is copied into a dense panel as the fp32 product copies rows.
+ * Where a mask cuts k at an odd index the pair takes one more k, whose terms the mask knows to be zero (the
+ * callers zero the probabilities a query does not see). */
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define ATT_BF16 1
+
+static inline int64_t even(int64_t n) { return (n + 1) & ~(int64_t)1; }
+
+/* The operands are rounded by the CPU's own instruction, vcvtneps2bf16: nearest even, as loom_cpu_bf16_round,
+ * but reading denormal inputs as zero (terms under 1e-38 here; it is 16 lanes an instruction). The first
+ * min(n, 16) floats of x; the rest zero. */
+static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
+
+static inline __m256i bf16x16(const float *x, int64_t n) {
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first_lanes(n), x));
+}
+
+/* rows x cols of src (row stride lds) rounded to bf16 into dst (row stride ldd, even), an odd row's pad zero */
+static void round_rows(uint16_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t rows, int64_t cols) {
+    for (int64_t i = 0; i < rows; i++) {
+        const float *s = src + i * lds;
+        uint16_t *d = dst + i * ldd;
+        for (int64_t j = 0; j < cols; j += 16) _mm256_mask_storeu_epi16(d + j, first_lanes(cols - j), bf16x16(s + j, cols - j));
+        if (cols & 1) d[cols] = 0;
+    }
+}
+
+/* the pair rows of the K x N matrix src (row stride lds) into dst (row stride ldd) */
+static void pairs_of_rows(uint32_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t K, int64_t N) {
+    for (int64_t p = 0; 2 * p < K; p++) {
+        const float *lo = src + 2 * p * lds, *hi = lo + lds;
+        uint32_t *d = dst + p * ldd;
+        for (int64_t c = 0; c < N; c += 16) {
+            const __m512i l = _mm512_cvtepu16_epi32(bf16x16(lo + c, N - c));
+            const __m512i h = 2 * p + 1 < K ? _mm512_cvtepu16_epi32(bf16x16(hi + c, N - c)) : _mm512_setzero_si512();
+            _mm512_mask_storeu_epi32(d + c, first_lanes(N - c), _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+        }
+    }
+}
+
+/* the pair rows of the transpose of the N x K matrix src (row stride lds), into dst (row stride ldd): each row of
+ * src rounded into tmp (N x even(K)) is a row of pairs already, and the pairs are transposed as 32-bit units */
+static void pairs_of_cols(uint32_t *dst, int64_t ldd, const float *src, int64_t lds, int64_t N, int64_t K,
+                          uint16_t *tmp) {
+    round_rows(tmp, even(K), src, lds, N, K);
+    transpose((float *)dst, ldd, (const float *)tmp, even(K) / 2, N, even(K) / 2, 0);
+}
+
+static inline void tile_kernel16(const uint16_t *const a[TILE_ROWS], const uint32_t *panel, int64_t p0, int64_t p1,
+                                 float *c, int64_t ldc, int64_t mr, int64_t cols, int accumulate) {
+    vecf acc[TILE_ROWS][2] = {{{0}}};
+    for (int64_t p = p0; p < p1; p++) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(panel + p * TILE_COLS);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(panel + p * TILE_COLS + VEC_FLOATS);
+        for (int r = 0; r < TILE_ROWS; r++) {
+            uint32_t pair;
+            memcpy(&pair, a[r] + 2 * p, sizeof pair);
+            const __m512bh s = (__m512bh)_mm512_set1_epi32((int)pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], s, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], s, b1);
+        }
+    }
+    tile_store(acc, c, ldc, mr, cols, accumulate);
+}
+
+/* C (M x N, ldc) = or += A (M x K, bf16, lda even) B (pair rows, ldb); panel: even(K) / 2 x TILE_COLS units */
+static void tile_product16(int64_t M, int64_t N, int64_t K, const uint16_t *A, int64_t lda, const uint32_t *B,
+                           int64_t ldb, float *C, int64_t ldc, int accumulate, tile_mask mask, uint32_t *panel) {
+    for (int64_t j = 0; j < N; j += TILE_COLS) {
+        const int64_t w = N - j < TILE_COLS ? N - j : TILE_COLS;
+        for (int64_t p = 0; 2 * p < K; p++) {
+            const uint32_t *bp = B + p * ldb + j;
+            uint32_t *pp = panel + p * TILE_COLS;
+            if (w == TILE_COLS) memcpy(pp, bp, sizeof(uint32_t) * TILE_COLS);
+            else
+                for (int64_t c = 0; c < TILE_COLS; c++) pp[c] = c < w ? bp[c] : 0u;
+        }
+        for (int64_t r0 = 0; r0 < M; r0 += TILE_ROWS) {
+            tile_span t;
+            if (!tile_span_of(mask, r0, M, j, w, N, K, &t)) continue;
+            const uint16_t *a[TILE_ROWS];
+            for (int r = 0; r < TILE_ROWS; r++) a[r] = A + (r0 + (r < t.mr ? r : t.mr - 1)) * lda;
+            tile_kernel16(a, panel, t.k0 / 2, (t.k1 + 1) / 2, C + r0 * ldc + j, ldc, t.mr, t.cols, accumulate);
+        }
+    }
+}
+#else
+#define ATT_BF16 0
+#endif
 
 /* Row i of the block (absolute position i0 + r) sees keys 0..i0+r (causal) or all ld keys: softmax in place
  * over those, zero beyond. s holds raw q.k scores on entry, probabilities on exit; lse gets
@@ -186,12 +303,12 @@ static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t r
 }
 
 static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
-                                        const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
-                                        int64_t KV, int64_t hd, int causal);
+                                       const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                       int64_t KV, int64_t hd, int causal, int bf16);
 static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
-                                         int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
-                                         int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
-                                         int causal, int add);
+                                        int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
+                                        int causal, int add, int bf16);
 
 /* a kernel whose threads could not all allocate their scratch fails (rather than skip their work) */
 static loom_status scratch_status(int ok) {
@@ -199,73 +316,207 @@ static loom_status scratch_status(int ok) {
     return LOOM_OK;
 }
 
-static int cpu_attention_forward(loom_backend *be, float *out, float *lse, const float *qkv, int64_t B, int64_t T,
-                                int64_t H, int64_t KV, int64_t hd) {
-    const int64_t row = (H + 2 * KV) * hd; /* q, k and v of a position side by side */
-    return cpu_attention_block_forward(be, out, lse, qkv, row, qkv + H * hd, row, B, T, T, H, KV, hd, 1);
-}
-
 loom_status loom_cpu_attention_forward(loom_backend *be, const loom_attention_forward_args *a) {
-    return scratch_status(cpu_attention_forward(be, a->out, a->lse, a->qkv, a->B, a->T, a->H, a->KV, a->hd));
-}
-
-static int cpu_attention_backward(loom_backend *be, float *dqkv, const float *dout, const float *qkv,
-                                 const float *out, const float *lse, int64_t B, int64_t T, int64_t H, int64_t KV,
-                                 int64_t hd) {
-    const int64_t row = (H + 2 * KV) * hd;
-    return cpu_attention_block_backward(be, dqkv, dqkv + H * hd, dout, qkv, row, qkv + H * hd, row, out, lse, B, T, T, H,
-                                      KV, hd, 1, 0);
+    const int64_t row = (a->H + 2 * a->KV) * a->hd; /* q, k and v of a position side by side */
+    return scratch_status(cpu_attention_block_forward(be, a->out, a->lse, a->qkv, row, a->qkv + a->H * a->hd, row, a->B,
+                                                      a->T, a->T, a->H, a->KV, a->hd, 1, a->bf16_products));
 }
 
 loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_backward_args *a) {
-    return scratch_status(cpu_attention_backward(be, a->dqkv, a->dout, a->qkv, a->out, a->lse, a->B, a->T, a->H, a->KV, a->hd));
+    const int64_t row = (a->H + 2 * a->KV) * a->hd;
+    return scratch_status(cpu_attention_block_backward(be, a->dqkv, a->dqkv + a->H * a->hd, a->dout, a->qkv, row,
+                                                       a->qkv + a->H * a->hd, row, a->out, a->lse, a->B, a->T, a->T,
+                                                       a->H, a->KV, a->hd, 1, 0, a->bf16_products));
 }
 
 /* ---- one block of queries against one block of keys and values (ring attention) ----
  * Queries: rows of stride qs, head h at column h*hd. Keys and values: rows of stride kvs, kv head g's key at
  * column g*hd and value at (KV+g)*hd. causal: the two blocks cover the same positions (key j visible to
- * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). */
+ * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). bf16: the products
+ * on bf16 operands where the build has AVX512_BF16 (else it is ignored: fp32 products). */
+
+/* the per-thread scratch of the bf16 products (pair rows and rounded copies of a head's operands); any NULL
+ * after att16_alloc: out of memory */
+typedef struct {
+    uint16_t *a, *tmp, *k16, *v16, *kt16;
+    uint32_t *kp, *vp, *qc, *doc, *qr, *dor, *dsp;
+} att16;
+
+#if ATT_BF16
+static int att16_alloc(att16 *w, int64_t Tk, int64_t hd) {
+    const int64_t hp = even(hd), tp = even(Tk), most = Tk > ATT_BLOCK ? Tk : ATT_BLOCK;
+    const int64_t a = ATT_BLOCK * (hp > tp ? hp : tp), at = Tk * ATT_BLOCK;
+    w->a = malloc((size_t)(a > at ? a : at) * sizeof(uint16_t));
+    w->tmp = malloc((size_t)(most * hp) * sizeof(uint16_t));
+    w->k16 = malloc((size_t)(Tk * hp) * sizeof(uint16_t));
+    w->v16 = malloc((size_t)(Tk * hp) * sizeof(uint16_t));
+    w->kt16 = malloc((size_t)(hd * tp) * sizeof(uint16_t));
+    w->kp = malloc((size_t)(hp / 2 * Tk) * sizeof(uint32_t));
+    w->vp = malloc((size_t)(tp / 2 * hd) * sizeof(uint32_t));
+    w->qc = malloc((size_t)(hp / 2 * ATT_BLOCK) * sizeof(uint32_t));
+    w->doc = malloc((size_t)(hp / 2 * ATT_BLOCK) * sizeof(uint32_t));
+    w->qr = malloc((size_t)(ATT_BLOCK / 2 * hd) * sizeof(uint32_t));
+    w->dor = malloc((size_t)(ATT_BLOCK / 2 * hd) * sizeof(uint32_t));
+    w->dsp = malloc((size_t)(tp / 2 * ATT_BLOCK) * sizeof(uint32_t));
+    return w->a && w->tmp && w->k16 && w->v16 && w->kt16 && w->kp && w->vp && w->qc && w->doc && w->qr && w->dor &&
+           w->dsp;
+}
+#endif
+
+static void att16_free(att16 *w) {
+    void *all[] = {w->a, w->tmp, w->k16, w->v16, w->kt16, w->kp, w->vp, w->qc, w->doc, w->qr, w->dor, w->dsp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+}
+
+/* One (batch, query head) of the forward: per block of queries, the scores against the keys it may see, their
+ * softmax, and the probabilities times the values. kt: scratch (fp32 products: the keys transposed once); w16
+ * (bf16 products): the keys and values to pair rows once, the block's queries and probabilities rounded. */
+static void head_forward(float *out, int64_t C, float *lse, const float *Q, int64_t qs, const float *K,
+                         const float *V, int64_t kvs, int64_t Tq, int64_t Tk, int64_t hd, int causal, float *s,
+                         float *kt, float *panel, att16 *w16) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    (void)w16; /* builds without AVX512_BF16 */
+#if ATT_BF16
+    if (w16) {
+        pairs_of_cols(w16->kp, Tk, K, kvs, Tk, hd, w16->tmp); /* q.k: pairs over d, a column per key */
+        pairs_of_rows(w16->vp, hd, V, kvs, Tk, hd);           /* p.v: pairs over keys */
+    } else
+#endif
+        transpose(kt, Tk, K, kvs, Tk, hd, 0);
+    for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
+        const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
+        const tile_mask cols_seen = {NO_LIMIT, causal ? i0 : NO_LIMIT, NO_LIMIT, NO_LIMIT};
+        const tile_mask keys_seen = {NO_LIMIT, NO_LIMIT, NO_LIMIT, causal ? i0 : NO_LIMIT};
+        const float *q = Q + i0 * qs;
+        float *o = out + i0 * C;
+#if ATT_BF16
+        if (w16) {
+            round_rows(w16->a, even(hd), q, qs, rows, hd);
+            tile_product16(rows, n, hd, w16->a, even(hd), w16->kp, Tk, s, n, 0, cols_seen, (uint32_t *)panel);
+            softmax_rows(s, n, lse + i0, i0, rows, scale, causal);
+            round_rows(w16->a, even(n), s, n, rows, n);
+            tile_product16(rows, hd, n, w16->a, even(n), w16->vp, hd, o, C, 0, keys_seen, (uint32_t *)panel);
+            continue;
+        }
+#endif
+        tile_product(rows, n, hd, q, qs, kt, Tk, 0, s, n, 0, cols_seen, panel);
+        softmax_rows(s, n, lse + i0, i0, rows, scale, causal);
+        tile_product(rows, hd, n, s, n, V, kvs, 0, o, C, 0, keys_seen, panel);
+    }
+}
 
 static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse, const float *q, int64_t qs,
-                                      const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
-                                      int64_t KV, int64_t hd, int causal) {
+                                       const float *kv, int64_t kvs, int64_t B, int64_t Tq, int64_t Tk, int64_t H,
+                                       int64_t KV, int64_t hd, int causal, int bf16) {
     (void)be;
     const int64_t group = H / KV, C = H * hd, pad_rows = panel_rows(Tk, hd);
-    const float scale = 1.0f / sqrtf((float)hd);
     int ok = 1; /* a thread without its scratch clears it: the kernel fails rather than skip work */
 #pragma omp parallel
     {
         float *s = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float)), *kt = malloc((size_t)(hd * Tk) * sizeof(float));
         float *panel = malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float));
+        att16 w = {0}, *w16 = NULL;
+#if ATT_BF16
+        if (bf16) w16 = att16_alloc(&w, Tk, hd) ? &w : NULL;
+#endif
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++) {
-                if (!s || !kt || !panel) {
+                if (!s || !kt || !panel || (bf16 && ATT_BF16 && !w16)) {
 #pragma omp atomic write
                     ok = 0;
                     continue;
                 }
                 const int64_t g = h / group;
                 const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
-                transpose(kt, Tk, K, kvs, Tk, hd, 0);
-                for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
-                    const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
-                    const tile_mask cols_seen = {NO_LIMIT, causal ? i0 : NO_LIMIT, NO_LIMIT, NO_LIMIT};
-                    const tile_mask keys_seen = {NO_LIMIT, NO_LIMIT, NO_LIMIT, causal ? i0 : NO_LIMIT};
-                    tile_product(rows, n, hd, q + (b * Tq + i0) * qs + h * hd, qs, kt, Tk, 0, s, n, 0, cols_seen, panel);
-                    softmax_rows(s, n, lse + (b * H + h) * Tq + i0, i0, rows, scale, causal);
-                    tile_product(rows, hd, n, s, n, V, kvs, 0, out + (b * Tq + i0) * C + h * hd, C, 0, keys_seen, panel);
-                }
+                head_forward(out + b * Tq * C + h * hd, C, lse + (b * H + h) * Tq, q + b * Tq * qs + h * hd, qs, K, V,
+                             kvs, Tq, Tk, hd, causal, s, kt, panel, w16);
             }
         free(s);
         free(kt);
         free(panel);
+        att16_free(&w);
     }
     return ok;
 }
 
 loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attention_block_forward_args *a) {
-    return scratch_status(cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal));
+    return scratch_status(cpu_attention_block_forward(be, a->out, a->lse, a->q, a->qs, a->kv, a->kvs, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, a->bf16_products));
+}
+
+/* The softmax's backward on a block's transposed scores (keys x queries): pt holds the scores St on entry and
+ * the probabilities on exit (exp(scale s - lse)); dpt holds dPt on entry and dSt = P (dP - D) scale on exit,
+ * D being each query's dO . O; both zero where a query does not see the key (the products read them so). */
+static void softmax_backward_t(float *pt, float *dpt, float *dcoef, const float *dO, const float *O, int64_t C,
+                               const float *L, int64_t n, int64_t rows, int64_t i0, int64_t hd, int causal,
+                               float scale) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *dor = dO + r * C, *orow = O + r * C;
+        float D = 0.0f;
+#pragma omp simd reduction(+ : D)
+        for (int64_t d = 0; d < hd; d++) D += dor[d] * orow[d];
+        dcoef[r] = D;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float *pj = pt + j * rows, *dpj = dpt + j * rows;
+        const int64_t first = causal && j > i0 ? j - i0 : 0; /* queries before it do not see key j */
+        for (int64_t r = 0; r < first; r++) pj[r] = dpj[r] = 0.0f;
+#pragma omp simd
+        for (int64_t r = first; r < rows; r++) {
+            const float p = loom_fast_expf(pj[r] * scale - L[r]);
+            pj[r] = p;
+            dpj[r] = p * (dpj[r] - dcoef[r]) * scale;
+        }
+    }
+}
+
+/* the per-thread scratch of the backward (fp32 products; w16 adds the bf16 products') */
+typedef struct {
+    float *pt, *dpt, *kt, *dqt, *dk_sum, *dv_sum, *dcoef, *panel;
+    att16 *w16;
+} bwd_scratch;
+
+/* One query head's block of queries i0.. in the backward of its (batch, kv head): dK and dV added into the
+ * dense sums, dQ written or added. The block's Q, dO, O, L, dQ: from its first row. */
+static void block_backward(const bwd_scratch *w, const float *K, const float *V, int64_t kvs, const float *Q,
+                           int64_t qs, const float *dO, const float *O, int64_t C, const float *L, float *dQ,
+                           int64_t i0, int64_t rows, int64_t Tk, int64_t hd, int causal, int add) {
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int64_t n = causal ? i0 + rows : Tk;
+    /* key j is seen by the block's queries r >= j - i0 */
+    const tile_mask seen_by = {causal ? -i0 : NO_LIMIT, NO_LIMIT, NO_LIMIT, NO_LIMIT};
+    const tile_mask k_seen_by = {NO_LIMIT, NO_LIMIT, causal ? -i0 : NO_LIMIT, NO_LIMIT};
+    const tile_mask no_mask = {NO_LIMIT, NO_LIMIT, NO_LIMIT, NO_LIMIT};
+#if ATT_BF16
+    if (w->w16) {
+        att16 *v = w->w16;
+        uint32_t *panel = (uint32_t *)w->panel;
+        const int64_t rp = even(rows);
+        pairs_of_cols(v->qc, rows, Q, qs, rows, hd, v->tmp);  /* St = K Q^T: pairs over d, a column per query */
+        pairs_of_cols(v->doc, rows, dO, C, rows, hd, v->tmp); /* dPt = V dO^T */
+        tile_product16(n, rows, hd, v->k16, even(hd), v->qc, rows, w->pt, rows, 0, seen_by, panel);
+        tile_product16(n, rows, hd, v->v16, even(hd), v->doc, rows, w->dpt, rows, 0, seen_by, panel);
+        softmax_backward_t(w->pt, w->dpt, w->dcoef, dO, O, C, L, n, rows, i0, hd, causal, scale);
+        pairs_of_rows(v->dor, hd, dO, C, rows, hd); /* dV += P^T dO: pairs over queries */
+        pairs_of_rows(v->qr, hd, Q, qs, rows, hd);  /* dK += dS^T Q */
+        round_rows(v->a, rp, w->pt, rows, n, rows);
+        tile_product16(n, hd, rows, v->a, rp, v->dor, hd, w->dv_sum, hd, 1, k_seen_by, panel);
+        round_rows(v->a, rp, w->dpt, rows, n, rows);
+        tile_product16(n, hd, rows, v->a, rp, v->qr, hd, w->dk_sum, hd, 1, k_seen_by, panel);
+        pairs_of_rows(v->dsp, rows, w->dpt, rows, n, rows); /* dQ^T = K^T dS^T: pairs over keys */
+        tile_product16(hd, rows, n, v->kt16, even(Tk), v->dsp, rows, w->dqt, rows, 0, no_mask, panel);
+        transpose(dQ, qs, w->dqt, rows, hd, rows, add);
+        return;
+    }
+#endif
+    tile_product(n, rows, hd, K, kvs, Q, qs, 1, w->pt, rows, 0, seen_by, w->panel);   /* St */
+    tile_product(n, rows, hd, V, kvs, dO, C, 1, w->dpt, rows, 0, seen_by, w->panel); /* dPt */
+    softmax_backward_t(w->pt, w->dpt, w->dcoef, dO, O, C, L, n, rows, i0, hd, causal, scale);
+    /* dV += P^T dO_blk; dK += dS^T Q_blk (both into the dense sums); dQ_blk += dS K, as its transpose K^T dS^T */
+    tile_product(n, hd, rows, w->pt, rows, dO, C, 0, w->dv_sum, hd, 1, k_seen_by, w->panel);
+    tile_product(n, hd, rows, w->dpt, rows, Q, qs, 0, w->dk_sum, hd, 1, k_seen_by, w->panel);
+    tile_product(hd, rows, n, w->kt, Tk, w->dpt, rows, 0, w->dqt, rows, 0, no_mask, w->panel);
+    transpose(dQ, qs, w->dqt, rows, hd, rows, add);
 }
 
 /* The backward works on the transposes of a block's scores, St = K Q_blk^T (keys x queries): the two products
@@ -273,90 +524,75 @@ loom_status loom_cpu_attention_block_forward(loom_backend *be, const loom_attent
  * end), and only the block's small Q and dO (packed) and dQ's addend are transposed. add: the gradients add
  * into dq and dkv (ring attention's blocks); else they are written, every element once (the whole attention). */
 static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv, const float *dout, const float *q,
-                                       int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
-                                       int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
-                                       int causal, int add) {
+                                        int64_t qs, const float *kv, int64_t kvs, const float *out, const float *lse,
+                                        int64_t B, int64_t Tq, int64_t Tk, int64_t H, int64_t KV, int64_t hd,
+                                        int causal, int add, int bf16) {
     (void)be;
     const int64_t group = H / KV, C = H * hd, pad_rows = panel_rows(Tk, hd);
-    const float scale = 1.0f / sqrtf((float)hd);
     int ok = 1;
 #pragma omp parallel
     {
-        float *pt = malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float)), *dpt = malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float));
-        float *kt = malloc((size_t)(hd * Tk) * sizeof(float)), *dqt = malloc((size_t)(hd * ATT_BLOCK) * sizeof(float));
-        float *dk_sum = malloc((size_t)(Tk * hd) * sizeof(float)), *dv_sum = malloc((size_t)(Tk * hd) * sizeof(float));
-        float *dcoef = malloc(ATT_BLOCK * sizeof(float)), *panel = malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float));
+        bwd_scratch w = {malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float)), malloc((size_t)(Tk * ATT_BLOCK) * sizeof(float)),
+                         malloc((size_t)(hd * Tk) * sizeof(float)), malloc((size_t)(hd * ATT_BLOCK) * sizeof(float)),
+                         malloc((size_t)(Tk * hd) * sizeof(float)), malloc((size_t)(Tk * hd) * sizeof(float)),
+                         malloc(ATT_BLOCK * sizeof(float)), malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float)), NULL};
+        att16 w16 = {0};
+#if ATT_BF16
+        if (bf16) w.w16 = att16_alloc(&w16, Tk, hd) ? &w16 : NULL;
+#endif
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t g = 0; g < KV; g++) {
-                if (!pt || !dpt || !kt || !dqt || !dk_sum || !dv_sum || !dcoef || !panel) {
+                if (!w.pt || !w.dpt || !w.kt || !w.dqt || !w.dk_sum || !w.dv_sum || !w.dcoef || !w.panel ||
+                    (bf16 && ATT_BF16 && !w.w16)) {
 #pragma omp atomic write
                     ok = 0;
                     continue;
                 }
                 const float *K = kv + b * Tk * kvs + g * hd, *V = kv + b * Tk * kvs + (KV + g) * hd;
                 float *dK = dkv + b * Tk * kvs + g * hd, *dV = dkv + b * Tk * kvs + (KV + g) * hd;
-                transpose(kt, Tk, K, kvs, Tk, hd, 0);
-                memset(dk_sum, 0, (size_t)(Tk * hd) * sizeof(float));
-                memset(dv_sum, 0, (size_t)(Tk * hd) * sizeof(float));
+                transpose(w.kt, Tk, K, kvs, Tk, hd, 0);
+#if ATT_BF16
+                if (w.w16) { /* the kv head's operands in bf16, once */
+                    round_rows(w16.k16, even(hd), K, kvs, Tk, hd);
+                    round_rows(w16.v16, even(hd), V, kvs, Tk, hd);
+                    round_rows(w16.kt16, even(Tk), w.kt, Tk, hd, Tk);
+                }
+#endif
+                memset(w.dk_sum, 0, (size_t)(Tk * hd) * sizeof(float));
+                memset(w.dv_sum, 0, (size_t)(Tk * hd) * sizeof(float));
                 for (int64_t h = g * group; h < (g + 1) * group; h++)
                     for (int64_t i0 = 0; i0 < Tq; i0 += ATT_BLOCK) {
-                        const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, n = causal ? i0 + rows : Tk;
-                        const float *Q = q + (b * Tq + i0) * qs + h * hd;
-                        const float *dO = dout + (b * Tq + i0) * C + h * hd, *O = out + (b * Tq + i0) * C + h * hd;
-                        const float *L = lse + (b * H + h) * Tq + i0;
-                        float *dQ = dq + (b * Tq + i0) * qs + h * hd;
-                        /* key j is seen by the block's queries r >= j - i0 */
-                        const tile_mask seen_by = {causal ? -i0 : NO_LIMIT, NO_LIMIT, NO_LIMIT, NO_LIMIT};
-                        const tile_mask k_seen_by = {NO_LIMIT, NO_LIMIT, causal ? -i0 : NO_LIMIT, NO_LIMIT};
-                        const tile_mask no_mask = {NO_LIMIT, NO_LIMIT, NO_LIMIT, NO_LIMIT};
-                        tile_product(n, rows, hd, K, kvs, Q, qs, 1, pt, rows, 0, seen_by, panel);   /* St */
-                        tile_product(n, rows, hd, V, kvs, dO, C, 1, dpt, rows, 0, seen_by, panel); /* dPt */
-                        for (int64_t r = 0; r < rows; r++) {
-                            const float *dor = dO + r * C, *orow = O + r * C;
-                            float D = 0.0f;
-#pragma omp simd reduction(+ : D)
-                            for (int64_t d = 0; d < hd; d++) D += dor[d] * orow[d];
-                            dcoef[r] = D;
-                        }
-                        for (int64_t j = 0; j < n; j++) {
-                            float *pj = pt + j * rows, *dpj = dpt + j * rows;
-                            const int64_t first = causal && j > i0 ? j - i0 : 0; /* queries before it do not see key j */
-                            for (int64_t r = 0; r < first; r++) pj[r] = dpj[r] = 0.0f;
+                        const int64_t rows = Tq - i0 < ATT_BLOCK ? Tq - i0 : ATT_BLOCK, r0 = b * Tq + i0;
+                        block_backward(&w, K, V, kvs, q + r0 * qs + h * hd, qs, dout + r0 * C + h * hd,
+                                       out + r0 * C + h * hd, C, lse + (b * H + h) * Tq + i0, dq + r0 * qs + h * hd, i0,
+                                       rows, Tk, hd, causal, add);
+                    }
+                for (int64_t j = 0; j < Tk; j++) {
+                    float *dk = dK + j * kvs, *dv = dV + j * kvs;
+                    const float *sk = w.dk_sum + j * hd, *sv = w.dv_sum + j * hd;
+                    if (add)
 #pragma omp simd
-                            for (int64_t r = first; r < rows; r++) {
-                                const float p = loom_fast_expf(pj[r] * scale - L[r]);
-                                pj[r] = p;
-                                dpj[r] = p * (dpj[r] - dcoef[r]) * scale;
-                            }
-                        }
-                        /* dV += P^T dO_blk; dK += dS^T Q_blk (both into the dense sums); dQ_blk += dS K, as its
-                         * transpose K^T dS^T */
-                        tile_product(n, hd, rows, pt, rows, dO, C, 0, dv_sum, hd, 1, k_seen_by, panel);
-                        tile_product(n, hd, rows, dpt, rows, Q, qs, 0, dk_sum, hd, 1, k_seen_by, panel);
-                        tile_product(hd, rows, n, kt, Tk, dpt, rows, 0, dqt, rows, 0, no_mask, panel);
-                        transpose(dQ, qs, dqt, rows, hd, rows, add);
-                    }
-                for (int64_t j = 0; j < Tk; j++)
-                    for (int64_t d = 0; d < hd; d++) {
-                        dK[j * kvs + d] = (add ? dK[j * kvs + d] : 0.0f) + dk_sum[j * hd + d];
-                        dV[j * kvs + d] = (add ? dV[j * kvs + d] : 0.0f) + dv_sum[j * hd + d];
-                    }
+                        for (int64_t d = 0; d < hd; d++) dk[d] += sk[d], dv[d] += sv[d];
+                    else
+                        memcpy(dk, sk, (size_t)hd * sizeof(float)), memcpy(dv, sv, (size_t)hd * sizeof(float));
+                }
             }
-        free(pt);
-        free(dpt);
-        free(kt);
-        free(dqt);
-        free(dk_sum);
-        free(dv_sum);
-        free(dcoef);
-        free(panel);
+        free(w.pt);
+        free(w.dpt);
+        free(w.kt);
+        free(w.dqt);
+        free(w.dk_sum);
+        free(w.dv_sum);
+        free(w.dcoef);
+        free(w.panel);
+        att16_free(&w16);
     }
     return ok;
 }
 
 loom_status loom_cpu_attention_block_backward(loom_backend *be, const loom_attention_block_backward_args *a) {
-    return scratch_status(cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1));
+    return scratch_status(cpu_attention_block_backward(be, a->dq, a->dkv, a->dout, a->q, a->qs, a->kv, a->kvs, a->out, a->lse, a->B, a->Tq, a->Tk, a->H, a->KV, a->hd, a->causal, 1, a->bf16_products));
 }
 
 static void cpu_attention_merge(loom_backend *be, float *out, float *lse, const float *out_b, const float *lse_b,

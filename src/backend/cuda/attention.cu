@@ -1,4 +1,5 @@
-/* Attention on the GPU, in fp32, flash style: no T x T matrix is ever stored.
+/* Attention on the GPU, in fp32, flash style: no T x T matrix is ever stored. bf16_products is passed
+ * through and not used: the products stay fp32 here (the contract allows it).
  *
  * Forward (one block per 64 queries of one (batch, head)): the query tile stays in shared memory while tiles
  * of 64 keys and values stream through it; each tile's scores S = Q K^T are a 64 x 64 product (each of 256
@@ -382,7 +383,7 @@ extern "C" loom_status loom_cuda_attention_block_backward(loom_backend *be, cons
 extern "C" loom_status loom_cuda_attention_forward(loom_backend *be, const loom_attention_forward_args *a) {
     const int64_t row = (a->H + 2 * a->KV) * a->hd; /* q, k and v of a position side by side */
     const loom_attention_block_forward_args f = {a->out, a->lse, a->qkv, row, a->qkv + a->H * a->hd, row,
-                                                 a->B,   a->T,   a->T,   a->H, a->KV, a->hd, 1};
+                                                 a->B,   a->T,   a->T,   a->H, a->KV, a->hd, 1, a->bf16_products};
     return loom_cuda_attention_block_forward(be, &f);
 }
 
@@ -392,7 +393,7 @@ extern "C" loom_status loom_cuda_attention_backward(loom_backend *be, const loom
     LOOM_CALL_CUDA(cudaMemsetAsync(a->dqkv, 0, (size_t)(a->B * a->T * row) * sizeof(float), loom_cuda_of(be)->stream));
     const loom_attention_block_backward_args g = {a->dqkv, a->dqkv + a->H * a->hd, a->dout, a->qkv, row,
                                                   a->qkv + a->H * a->hd, row, a->out, a->lse, a->B, a->T, a->T,
-                                                  a->H, a->KV, a->hd, 1};
+                                                  a->H, a->KV, a->hd, 1, a->bf16_products};
     return loom_cuda_attention_block_backward(be, &g);
 }
 
