@@ -945,8 +945,10 @@ static loom_status copy_rows(loom_model *m, float *dst, int64_t ds, const float 
     return loom_k_copy_rows(m->be, &(loom_copy_rows_args){dst, ds, src, ss, N, w, add});
 }
 
-/* bf16 training's attention takes its products on bf16 operands where the backend has them (backend.h) */
-static int attention_bf16(const loom_model *m) { return m->precision == LOOM_PRECISION_BF16; }
+/* bf16 training's attention takes its products on bf16 operands where the backend has them (backend.h); an
+ * inference model keeps fp32 products, as its key/value cache's decoding does, so that a cached step and the
+ * whole forward agree */
+static int attention_bf16(const loom_model *m) { return m->precision == LOOM_PRECISION_BF16 && m->has_grads; }
 
 static loom_status ring_attention_forward(loom_model *m, layer_acts *a, int64_t B, int64_t T) {
     const int p = m->sp_size, r = m->sp_rank;
