@@ -413,16 +413,18 @@ static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse,
     int ok = 1; /* a thread without its scratch clears it: the kernel fails rather than skip work */
 #pragma omp parallel
     {
-        float *s = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float)), *kt = malloc((size_t)(hd * Tk) * sizeof(float));
+        const int with16 = bf16 && ATT_BF16; /* the bf16 products: no transposed keys (kt) */
+        float *s = malloc((size_t)(ATT_BLOCK * Tk) * sizeof(float));
+        float *kt = with16 ? NULL : malloc((size_t)(hd * Tk) * sizeof(float));
         float *panel = malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float));
         att16 w = {0}, *w16 = NULL;
 #if ATT_BF16
-        if (bf16) w16 = att16_alloc(&w, Tk, hd) ? &w : NULL;
+        if (with16) w16 = att16_alloc(&w, Tk, hd) ? &w : NULL;
 #endif
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t h = 0; h < H; h++) {
-                if (!s || !kt || !panel || (bf16 && ATT_BF16 && !w16)) {
+                if (!s || !panel || (with16 ? !w16 : !kt)) {
 #pragma omp atomic write
                     ok = 0;
                     continue;
