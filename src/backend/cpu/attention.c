@@ -335,31 +335,36 @@ loom_status loom_cpu_attention_backward(loom_backend *be, const loom_attention_b
  * query i iff j <= i); otherwise every key is visible (an earlier block of the sequence). bf16: the products
  * on bf16 operands where the build has AVX512_BF16 (else it is ignored: fp32 products). */
 
-/* the per-thread scratch of the bf16 products (pair rows and rounded copies of a head's operands); any NULL
- * after att16_alloc: out of memory */
+/* the per-thread scratch of the bf16 products (pair rows and rounded copies of a head's operands): the forward's
+ * (a, tmp, kp, vp) or the backward's (the rest, a and tmp sized for it); the others NULL */
 typedef struct {
     uint16_t *a, *tmp, *k16, *v16, *kt16;
     uint32_t *kp, *vp, *qc, *doc, *qr, *dor, *dsp;
 } att16;
 
 #if ATT_BF16
-static int att16_alloc(att16 *w, int64_t Tk, int64_t hd) {
-    const int64_t hp = even(hd), tp = even(Tk), most = Tk > ATT_BLOCK ? Tk : ATT_BLOCK;
-    const int64_t a = ATT_BLOCK * (hp > tp ? hp : tp), at = Tk * ATT_BLOCK;
-    w->a = malloc((size_t)(a > at ? a : at) * sizeof(uint16_t));
-    w->tmp = malloc((size_t)(most * hp) * sizeof(uint16_t));
-    w->k16 = malloc((size_t)(Tk * hp) * sizeof(uint16_t));
-    w->v16 = malloc((size_t)(Tk * hp) * sizeof(uint16_t));
-    w->kt16 = malloc((size_t)(hd * tp) * sizeof(uint16_t));
-    w->kp = malloc((size_t)(hp / 2 * Tk) * sizeof(uint32_t));
-    w->vp = malloc((size_t)(tp / 2 * hd) * sizeof(uint32_t));
-    w->qc = malloc((size_t)(hp / 2 * ATT_BLOCK) * sizeof(uint32_t));
-    w->doc = malloc((size_t)(hp / 2 * ATT_BLOCK) * sizeof(uint32_t));
-    w->qr = malloc((size_t)(ATT_BLOCK / 2 * hd) * sizeof(uint32_t));
-    w->dor = malloc((size_t)(ATT_BLOCK / 2 * hd) * sizeof(uint32_t));
-    w->dsp = malloc((size_t)(tp / 2 * ATT_BLOCK) * sizeof(uint32_t));
-    return w->a && w->tmp && w->k16 && w->v16 && w->kt16 && w->kp && w->vp && w->qc && w->doc && w->qr && w->dor &&
-           w->dsp;
+/* 0: out of memory (what was allocated is freed by att16_free) */
+static int att16_alloc(att16 *w, int64_t Tk, int64_t hd, int backward) {
+    const int64_t hp = even(hd), tp = even(Tk);
+    const size_t h2 = sizeof(uint16_t), h4 = sizeof(uint32_t);
+    if (!backward) {
+        w->a = malloc((size_t)(ATT_BLOCK * (hp > tp ? hp : tp)) * h2); /* a block's queries, or probabilities */
+        w->tmp = malloc((size_t)(Tk * hp) * h2);
+        w->kp = malloc((size_t)(hp / 2 * Tk) * h4);
+        w->vp = malloc((size_t)(tp / 2 * hd) * h4);
+        return w->a && w->tmp && w->kp && w->vp;
+    }
+    w->a = malloc((size_t)(Tk * ATT_BLOCK) * h2); /* a block's transposed probabilities, or dS */
+    w->tmp = malloc((size_t)(ATT_BLOCK * hp) * h2);
+    w->k16 = malloc((size_t)(Tk * hp) * h2);
+    w->v16 = malloc((size_t)(Tk * hp) * h2);
+    w->kt16 = malloc((size_t)(hd * tp) * h2);
+    w->qc = malloc((size_t)(hp / 2 * ATT_BLOCK) * h4);
+    w->doc = malloc((size_t)(hp / 2 * ATT_BLOCK) * h4);
+    w->qr = malloc((size_t)(ATT_BLOCK / 2 * hd) * h4);
+    w->dor = malloc((size_t)(ATT_BLOCK / 2 * hd) * h4);
+    w->dsp = malloc((size_t)(tp / 2 * ATT_BLOCK) * h4);
+    return w->a && w->tmp && w->k16 && w->v16 && w->kt16 && w->qc && w->doc && w->qr && w->dor && w->dsp;
 }
 #endif
 
@@ -419,7 +424,7 @@ static int cpu_attention_block_forward(loom_backend *be, float *out, float *lse,
         float *panel = malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float));
         att16 w = {0}, *w16 = NULL;
 #if ATT_BF16
-        if (with16) w16 = att16_alloc(&w, Tk, hd) ? &w : NULL;
+        if (with16) w16 = att16_alloc(&w, Tk, hd, 0) ? &w : NULL;
 #endif
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
@@ -538,15 +543,16 @@ static int cpu_attention_block_backward(loom_backend *be, float *dq, float *dkv,
                          malloc((size_t)(hd * Tk) * sizeof(float)), malloc((size_t)(hd * ATT_BLOCK) * sizeof(float)),
                          malloc((size_t)(Tk * hd) * sizeof(float)), malloc((size_t)(Tk * hd) * sizeof(float)),
                          malloc(ATT_BLOCK * sizeof(float)), malloc((size_t)(pad_rows * TILE_COLS) * sizeof(float)), NULL};
+        const int with16 = bf16 && ATT_BF16;
         att16 w16 = {0};
 #if ATT_BF16
-        if (bf16) w.w16 = att16_alloc(&w16, Tk, hd) ? &w16 : NULL;
+        if (with16) w.w16 = att16_alloc(&w16, Tk, hd, 1) ? &w16 : NULL;
 #endif
 #pragma omp for schedule(static) collapse(2)
         for (int64_t b = 0; b < B; b++)
             for (int64_t g = 0; g < KV; g++) {
                 if (!w.pt || !w.dpt || !w.kt || !w.dqt || !w.dk_sum || !w.dv_sum || !w.dcoef || !w.panel ||
-                    (bf16 && ATT_BF16 && !w.w16)) {
+                    (with16 && !w.w16)) {
 #pragma omp atomic write
                     ok = 0;
                     continue;
