@@ -222,7 +222,12 @@ static void run_case(loom_kernel k, run *r) {
     }
     case LOOM_KERNEL_bias_backward:
         for (int acc = 0; acc < 2; acc++) {
-            loom_bias_backward_args a = {out_f(r, 71), rand_in(r, 131 * 71, -1, 1), 131, 71, acc};
+            loom_bias_backward_args a = {out_f(r, 71), rand_in(r, 131 * 71, -1, 1), 131, 71, acc, NULL};
+            KCALL(loom_k_bias_backward(be, &a));
+            a.dout16 = out_b16(r, 131 * 71); /* the bf16 operand beside the sums, then alone */
+            KCALL(loom_k_bias_backward(be, &a));
+            a.db = NULL;
+            a.dout16 = out_b16(r, 131 * 71);
             KCALL(loom_k_bias_backward(be, &a));
         }
         break;

@@ -471,6 +471,19 @@ static void test_activations(loom_backend *be) {
     memcpy(db, db0, (size_t)F * sizeof(float));
     K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = N, .C = F, .accumulate = 1}));
     check_close("bias_backward_acc1", db, dbr1, F, 1e-5, 1e-5);
+    /* with dout16: the same sums to the bit, and dout's bf16 rounding beside them (or only that, db NULL) */
+    uint16_t *dout16 = malloc((size_t)n * sizeof(uint16_t));
+    float *db16 = fvec(F);
+    memcpy(db16, db0, (size_t)F * sizeof(float));
+    for (int64_t i = 0; i < n; i++) dout16[i] = 0xFFFF;
+    K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = db16, .dout = dout, .N = N, .C = F, .accumulate = 1, .dout16 = dout16}));
+    check_bits("bias_backward_dout16_sums", db16, db, F);
+    check_bf16_of("bias_backward_dout16", dout16, dout, n);
+    for (int64_t i = 0; i < n; i++) dout16[i] = 0xFFFF;
+    K(loom_k_bias_backward(be, &(loom_bias_backward_args){.dout = dout, .N = N, .C = F, .dout16 = dout16}));
+    check_bf16_of("bias_backward_dout16_only", dout16, dout, n);
+    free(dout16);
+    free(db16);
 
     /* add (and out aliasing a), scale: one float operation each, so bit-exact */
     float *a = fvec(n), *s = fvec(n), *want = fvec(n);
@@ -1054,6 +1067,43 @@ static float bf16_value(uint16_t h) {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
+}
+
+/* operands and result inside wider matrices (leading dimensions past their widths), as the model's pieces of
+ * the head and its weights' sub-blocks are: every layout a product's B is packed from (oneDNN) must read the
+ * strides, and C's other columns stay as they were */
+static void test_matmul_bf16_strided(loom_backend *be) {
+    const int64_t M = 37, N = 45, K = 70;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int64_t lda = (ta ? M : K) + 5, ldb = (tb ? K : N) + 3, ldc = N + 2;
+            const int64_t ra = ta ? K : M, rb = tb ? N : K;
+            uint16_t *a16 = malloc((size_t)(ra * lda) * 2), *b16 = malloc((size_t)(rb * ldb) * 2);
+            float *a = fvec(ra * lda), *b = fvec(rb * ldb), *c = fvec(M * ldc), *c0 = fvec(M * ldc);
+            double *ref = dvec(M * ldc);
+            fill(a, ra * lda, -1, 1);
+            fill(b, rb * ldb, -1, 1);
+            fill(c, M * ldc, -1, 1);
+            memcpy(c0, c, (size_t)(M * ldc) * sizeof(float));
+            K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = a16, .src = a, .n = ra * lda}));
+            K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = b16, .src = b, .n = rb * ldb}));
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < ldc; j++) {
+                    double acc = 0.0;
+                    for (int64_t k = 0; j < N && k < K; k++)
+                        acc += (double)bf16_value(a16[ta ? k * lda + i : i * lda + k]) *
+                               (double)bf16_value(b16[tb ? j * ldb + k : k * ldb + j]);
+                    ref[i * ldc + j] = j < N ? 0.5 * acc + (double)c0[i * ldc + j] : (double)c0[i * ldc + j];
+                }
+            char name[96];
+            snprintf(name, sizeof name, "matmul_bf16 %s%s strided (lda %lld, ldb %lld, ldc %lld)", ta ? "T" : "N",
+                     tb ? "T" : "N", (long long)lda, (long long)ldb, (long long)ldc);
+            if (loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){.trans_a = ta, .trans_b = tb, .M = M, .N = N, .K = K, .alpha = 0.5f, .A = a16, .lda = lda, .B = b16, .ldb = ldb, .beta = 1.0f, .C = c, .ldc = ldc}) != LOOM_OK)
+                report(name, 0, 0, 0);
+            else
+                check_close(name, c, ref, M * ldc, 1e-5, 1e-5);
+            free(a); free(b); free(c); free(c0); free(ref); free(a16); free(b16);
+        }
 }
 
 static void test_matmul_bf16(loom_backend *be) {
@@ -1668,6 +1718,7 @@ int main(void) {
     test_cross_entropy(be);
     test_pair_round_copy(be);
     test_matmul_bf16(be);
+    test_matmul_bf16_strided(be);
     test_sum_squares(be);
     test_adamw(be, 40009);
     test_lamb(be, 40009); /* three of the kernel's 16384-element blocks, the last partial */

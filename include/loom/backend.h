@@ -59,11 +59,7 @@ typedef enum {
     LOOM_OP_COUNT
 } loom_op;
 
-typedef struct {
-    int64_t calls[LOOM_OP_COUNT];
-    double seconds[LOOM_OP_COUNT];
-    double flops[LOOM_OP_COUNT];
-} loom_profile;
+typedef struct loom_profile loom_profile; /* below the kernel list: it counts per kernel too */
 
 loom_backend_config loom_backend_config_default(void);
 /* The devices this build has, e.g. "cpu cpu-isolated cuda". */
@@ -77,9 +73,10 @@ const char *loom_backend_bf16_kernel(const loom_backend *be);
 int loom_backend_threads(const loom_backend *be);
 /* 1 when the host can read and write the backend's buffers directly (the CPU backend) */
 int loom_backend_host_accessible(const loom_backend *be);
-/* Host bytes the backend keeps between calls for its own use, outside every loom_mem category: the CPU's bf16
- * reference GEMM (no bf16 matmul in oneDNN for this CPU) holds blocks of its fp32 operands (at most 2^24 floats
- * each), grow-only. Runs report it. */
+/* Host bytes the backend keeps between calls for its own use, outside every loom_mem category, grow-only: the
+ * CPU's bf16 GEMM holds its second operand in oneDNN's blocked layout (at most 32 MiB), or, where oneDNN has no
+ * bf16 matmul for this CPU, the reference holds blocks of its fp32 operands (at most 2^24 floats each). Runs
+ * report it. */
 size_t loom_backend_own_bytes(const loom_backend *be);
 void loom_backend_set_profiling(loom_backend *be, int on);
 /* 1 when MFU must be taken against this backend's own measured GEMM rate, not the host CPU's (a GPU). */
@@ -220,12 +217,14 @@ typedef struct {
     const float *bias;
     int64_t N, C;
 } loom_bias_add_args;
-/* db (C) (+)= column sums of dout (N,C) */
+/* db (C) (+)= column sums of dout (N,C). dout16 non-NULL: dout rounded to bf16 (the bits f32_to_bf16 gives) is
+ * written there too, in the same pass: bf16 training's products read the gradient so (db NULL: only that). */
 typedef struct {
     float *db;
     const float *dout;
     int64_t N, C;
     int accumulate;
+    uint16_t *dout16;
 } loom_bias_backward_args;
 /* out (n) = a + b (out may alias a) */
 typedef struct {
@@ -519,4 +518,13 @@ typedef enum {
         LOOM_KERNEL_COUNT
 } loom_kernel;
 const char *loom_kernel_name(loom_kernel k);
+
+/* what profiling counted: per category, and per kernel (which kernels a category's time went to) */
+struct loom_profile {
+    int64_t calls[LOOM_OP_COUNT];
+    double seconds[LOOM_OP_COUNT];
+    double flops[LOOM_OP_COUNT];
+    int64_t kernel_calls[LOOM_KERNEL_COUNT];
+    double kernel_seconds[LOOM_KERNEL_COUNT];
+};
 #endif

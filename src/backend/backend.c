@@ -105,7 +105,9 @@ const char *loom_backend_gemm_kernel(const loom_backend *be) { return be->gemm_k
 const char *loom_backend_bf16_kernel(const loom_backend *be) { return be->bf16_kernel; }
 int loom_backend_threads(const loom_backend *be) { return be->threads; }
 int loom_backend_host_accessible(const loom_backend *be) { return be->host_accessible; }
-size_t loom_backend_own_bytes(const loom_backend *be) { return (be->bf16_ref_n[0] + be->bf16_ref_n[1]) * sizeof(float); }
+size_t loom_backend_own_bytes(const loom_backend *be) {
+    return (be->bf16_ref_n[0] + be->bf16_ref_n[1]) * sizeof(float) + be->bf16_own_bytes;
+}
 int loom_backend_has_own_peak(const loom_backend *be) { return be->own_peak; }
 void loom_backend_set_profiling(loom_backend *be, int on) { be->profiling = on; }
 loom_profile *loom_backend_profile(loom_backend *be) { return &be->profile; }
@@ -192,8 +194,11 @@ static double now_seconds(void) {
         loom_status st_ = be->k.name(be, a);                                             \
         if (st_ == LOOM_OK && !be->host_accessible) st_ = loom_backend_sync(be);         \
         if (st_ != LOOM_OK) loom_error_trace(__FILE__, __LINE__, "loom_k_" #name);        \
-        be->profile.seconds[category] += now_seconds() - t0_;                            \
+        const double dt_ = now_seconds() - t0_;                                          \
+        be->profile.seconds[category] += dt_;                                            \
         be->profile.calls[category] += 1;                                                \
+        be->profile.kernel_seconds[LOOM_KERNEL_##name] += dt_;                           \
+        be->profile.kernel_calls[LOOM_KERNEL_##name] += 1;                               \
         be->profile.flops[category] += (double)(flop_count);                                  \
         return st_;                                                                      \
     }

@@ -37,6 +37,7 @@ struct loom_backend {
     void (*bf16_free)(void *);
     float *bf16_ref[2];           /* the reference's fp32 operands, grow-only (src/backend/cpu/dnnl.c) */
     size_t bf16_ref_n[2];
+    size_t bf16_own_bytes;        /* the bf16 GEMM's own buffers (oneDNN's packed operands) */
     void *blas;                   /* the CPU kernels' GEMM (OpenBLAS), NULL for the built-in loop */
     void (*blas_free)(void *);
     int profiling;

@@ -116,18 +116,18 @@ static loom_status mm_act(loom_model *m, loom_gemm g, const uint16_t *a16, const
 }
 
 /* a layer's input- and weight-gradient products are independent: in fp32 one call runs them side by side;
- * in bf16 they share their first operand (the output's gradient), converted once for both. b16: the weight
- * gradient's activation operand, where the model stores it in bf16 (acts16). */
-static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b, const uint16_t *b16) {
+ * in bf16 they share their first operand (the output's gradient), converted once for both, or given (a16:
+ * a's first operand in bf16, made beside the bias gradient). b16: the weight gradient's activation operand,
+ * where the model stores it in bf16 (acts16). */
+static loom_status mm_pair(loom_model *m, loom_gemm a, loom_gemm b, const uint16_t *a16, const uint16_t *b16) {
     if (!m->params16 && !m->params_h) return loom_k_matmul_pair(m->be, &(loom_matmul_pair_args){a, b});
     const int64_t rows_a = a.trans_a ? a.K : a.M, rows_b = b.trans_a ? b.K : b.M;
     if (m->params16 && a.A == b.A && rows_a == rows_b && a.lda == b.lda) {
-        const uint16_t *a16;
-        LOOM_CALL(as_bf16(m, a.A, rows_a, a.lda, m->scratch16[0], &a16));
+        if (!a16) LOOM_CALL(as_bf16(m, a.A, rows_a, a.lda, m->scratch16[0], &a16));
         LOOM_CALL(mm_bf16(m, &a, a16, NULL));
         return mm_bf16(m, &b, a16, b16);
     }
-    LOOM_CALL(mm(m, a.trans_a, a.trans_b, a.M, a.N, a.K, a.alpha, a.A, a.lda, a.B, a.ldb, a.beta, a.C, a.ldc));
+    LOOM_CALL(mm_act(m, a, a16, NULL));
     return mm_act(m, b, NULL, b16);
 }
 #define G(off) (m->grads + (off))
@@ -1406,11 +1406,26 @@ static loom_status input_grad_sum(loom_model *m, int64_t N, int64_t Nr) {
     return m->tp_sp ? sp_reduce_scatter(m, m->sp_partial, m->dln, Nr) : tp_sum(m, m->dln, N * m->C);
 }
 
-/* A product's input gradient and its weight's gradient (not for frozen weights: LoRA); dw_b16: the weight
- * gradient's activation operand where the model stores it in bf16 (acts16) */
-static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw, const uint16_t *dw_b16) {
-    if (m->lora) return mm(m, dx.trans_a, dx.trans_b, dx.M, dx.N, dx.K, dx.alpha, dx.A, dx.lda, dx.B, dx.ldb, dx.beta, dx.C, dx.ldc);
-    return mm_pair(m, dx, dw, dw_b16);
+/* A product's output gradient dout (rows x C) as its bias and its gradient products need it: the bias
+ * gradient (db; NULL: none), and in bf16 the products' first operand rounded in the same pass over dout (*d16,
+ * in scratch16[0]). *d16 is NULL where the products convert their operand themselves: not bf16, or the operand
+ * is not dout's rows (Megatron-SP gathers them first). */
+static loom_status output_grad(loom_model *m, float *db, const float *dout, const float *operand, int64_t rows,
+                               int64_t C, int acc, const uint16_t **d16) {
+    uint16_t *out16 = m->params16 && operand == dout ? m->scratch16[0] : NULL;
+    *d16 = out16;
+    if (!db && !out16) return LOOM_OK;
+    return loom_k_bias_backward(m->be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = rows, .C = C,
+                                                                  .accumulate = acc, .dout16 = out16});
+}
+
+/* A product's input gradient and its weight's gradient (not for frozen weights: LoRA); d16: their shared first
+ * operand in bf16 (output_grad), or NULL; dw_b16: the weight gradient's activation operand where the model
+ * stores it in bf16 (acts16) */
+static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw, const uint16_t *d16,
+                                 const uint16_t *dw_b16) {
+    if (m->lora) return mm_act(m, dx, d16, NULL);
+    return mm_pair(m, dx, dw, d16, dw_b16);
 }
 
 /* One layer's backward, plain or tensor parallel, with or without Megatron-SP. The residual-stream
@@ -1429,7 +1444,7 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     const float *x = layer_input(m, l);
     float *dres = m->dres, *dfull = input_grad_dst(m);
     const float *in;
-    const uint16_t *in16;
+    const uint16_t *in16, *d16;
     const int racc = sp ? 0 : acc; /* replicated gradients: staged (written) or in place (accumulated) */
     const int frozen = m->lora != NULL; /* LoRA: the weights take no gradient; norms write theirs to scratch */
 #define REP(slot, w) (sp ? m->sp_rep + (slot) * C : frozen ? loom_lora_dw_scratch(m) + ((slot) & 1) * C : G_OPT(lo[w]))
@@ -1440,16 +1455,16 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     /* LoRA: the adapters write their part of each input gradient first, the frozen product adds to it */
     float lx = (float)loom_lora_has(m, LORA_DOWN);
     LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, 0.0f, N, acc));
+    LOOM_CALL(output_grad(m, lo[W_MLP_PROJ_B] >= 0 && !frozen ? REP(5, W_MLP_PROJ_B) : NULL, dres, in, Nr, C, racc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, lx, m->dfc_act, F},
-              (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, a->fc_act16));
-    if (lo[W_MLP_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(5, W_MLP_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
+              (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, d16, a->fc_act16));
     LOOM_CALL(mlp_activation_backward(m, a, N));
     LOOM_CALL(operand_rows(m, a->ln2, a->ln2_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_FC);
     LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
+    LOOM_CALL(output_grad(m, lo[W_FC_B] >= 0 && !frozen ? G(lo[W_FC_B]) : NULL, m->dfc, m->dfc, N, fcw, acc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, in16));
-    if (lo[W_FC_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_FC_B]), .dout = m->dfc, .N = N, .C = fcw, .accumulate = acc}));
+              (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, d16, in16));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .db = REP(4, W_LN2_B), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .mean = a->ln2_mean, .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
@@ -1458,18 +1473,18 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     LOOM_CALL(all_rows(m, dres, Nr, &in));
     lx = (float)loom_lora_has(m, LORA_PROJ);
     LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, 0.0f, N, acc));
+    LOOM_CALL(output_grad(m, lo[W_ATTN_PROJ_B] >= 0 && !frozen ? REP(2, W_ATTN_PROJ_B) : NULL, dres, in, Nr, C, racc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, lx, m->datty, Ca},
-              (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}, NULL));
-    if (lo[W_ATTN_PROJ_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = REP(2, W_ATTN_PROJ_B), .dout = dres, .N = Nr, .C = C, .accumulate = racc}));
+              (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}, d16, NULL));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .bf16_products = attention_bf16(m)}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(operand_rows(m, a->ln1, a->ln1_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_QKV);
     LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, 0.0f, N, acc));
+    LOOM_CALL(output_grad(m, lo[W_QKV_B] >= 0 && !frozen ? G(lo[W_QKV_B]) : NULL, m->dqkv, m->dqkv, N, Cq, acc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, lx, dfull, C},
-              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, in16));
-    if (lo[W_QKV_B] >= 0 && !frozen) LOOM_CALL(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = G(lo[W_QKV_B]), .dout = m->dqkv, .N = N, .C = Cq, .accumulate = acc}));
+              (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, d16, in16));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(0, W_LN1_W), .db = REP(1, W_LN1_B), .dout = m->dln, .inp = x, .w = P(lo[W_LN1_W]), .mean = a->ln1_mean, .rstd = a->ln1_rstd, .N = Nr, .C = C, .accumulate = racc}));
@@ -1501,7 +1516,7 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
             m->dlogits16 = 0;
             LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0], NULL));
             if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0], lnf16_full));
-        } else LOOM_CALL(grad_products(m, dx, dw, lnf16_full));
+        } else LOOM_CALL(grad_products(m, dx, dw, NULL, lnf16_full));
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));

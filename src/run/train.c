@@ -72,8 +72,30 @@ static void write_profile(const loom_trainer *tr, const loom_profile *p, double 
     fprintf(f, "{\"steps\":%lld,\"step_ms\":%.4f,\"ms_per_step\":{", (long long)steps, 1e3 * total_s / steps);
     for (int i = 0; i < LOOM_OP_COUNT; i++)
         fprintf(f, "\"%s\":%.4f,", loom_op_name((loom_op)i), 1e3 * p->seconds[i] / steps);
-    fprintf(f, "\"other\":%.4f}}\n", 1e3 * (total_s - ksum) / steps);
+    fprintf(f, "\"other\":%.4f},\"kernel_ms_per_step\":{", 1e3 * (total_s - ksum) / steps);
+    const char *sep = "";
+    for (int k = 0; k < LOOM_KERNEL_COUNT; k++) {
+        if (!p->kernel_calls[k]) continue;
+        fprintf(f, "%s\"%s\":%.4f", sep, loom_kernel_name((loom_kernel)k), 1e3 * p->kernel_seconds[k] / steps);
+        sep = ",";
+    }
+    fprintf(f, "}}\n");
     if (fclose(f) != 0) LOOM_WARN("could not write %s", path);
+}
+
+/* the kernels that took the most time, largest first, down to 0.5% of the run: where a category's time went */
+static void print_top_kernels(const loom_profile *p, double total_s) {
+    int done[LOOM_KERNEL_COUNT] = {0};
+    printf("  %-24s %10s %10s %7s\n", "kernel", "calls", "seconds", "share");
+    for (;;) {
+        int best = -1;
+        for (int k = 0; k < LOOM_KERNEL_COUNT; k++)
+            if (!done[k] && p->kernel_calls[k] && (best < 0 || p->kernel_seconds[k] > p->kernel_seconds[best])) best = k;
+        if (best < 0 || p->kernel_seconds[best] < 0.005 * total_s) break;
+        done[best] = 1;
+        printf("  %-24s %10lld %10.3f %6.1f%%\n", loom_kernel_name((loom_kernel)best), (long long)p->kernel_calls[best],
+               p->kernel_seconds[best], 100.0 * p->kernel_seconds[best] / total_s);
+    }
 }
 
 static void print_profile(const loom_trainer *tr, double total_s, int64_t steps) {
@@ -89,6 +111,7 @@ static void print_profile(const loom_trainer *tr, double total_s, int64_t steps)
                p->seconds[i], 100.0 * p->seconds[i] / total_s, p->seconds[i] > 0 ? p->flops[i] / p->seconds[i] / 1e9 : 0.0);
     }
     printf("  %-12s %10s %10.3f %6.1f%%\n", "other", "", total_s - ksum, 100.0 * (total_s - ksum) / total_s);
+    print_top_kernels(p, total_s);
 }
 
 /* A short text from the trained model, so a first run ends with something to read. */
@@ -126,7 +149,7 @@ static void print_summary(const loom_trainer *tr, int64_t steps, float loss, flo
            (double)tr->mem.peak[LOOM_MEM_ACTS] / 1048576.0, (double)tr->mem.peak[LOOM_MEM_WORKSPACE] / 1048576.0,
            !t->save_checkpoints ? "none (train.save_checkpoints=false)" : tr->dp > 1 ? t->out : tr->ckpt_path);
     const size_t own = loom_backend_own_bytes(tr->be);
-    if (own) printf("  besides these, the backend's own buffers: %.1f MiB (the bf16 reference GEMM's fp32 operands)\n",
+    if (own) printf("  besides these, the backend's own buffers: %.1f MiB (the bf16 GEMM's operands in its own layout)\n",
                     (double)own / 1048576.0);
     for (int r = 0; tr->pp > 1 && r < tr->pp; r++) {
         const double idle = tr->pp_stats[2 * r], busy = tr->pp_stats[2 * r + 1];

@@ -176,25 +176,38 @@ loom_status loom_cpu_bias_add(loom_backend *be, const loom_bias_add_args *a) {
     return LOOM_OK;
 }
 
-static void cpu_bias_backward(loom_backend *be, float *db, const float *dout, int64_t N, int64_t C,
-                            int accumulate) {
+/* Each thread sums its columns over every row, in row order (the same bits at any thread count); with dout16
+ * it rounds the values it reads, so the products' bf16 operand costs no pass of its own. */
+static void cpu_bias_backward(loom_backend *be, float *db, uint16_t *dout16, const float *dout, int64_t N, int64_t C,
+                              int accumulate) {
     (void)be;
 #pragma omp parallel
     {
         int64_t c0, c1;
         loom_cpu_thread_range(C, &c0, &c1);
-        if (!accumulate)
+        if (db && !accumulate)
             for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
         for (int64_t n = 0; n < N; n++) {
             const float *dy = dout + n * C;
+            uint16_t *d16 = dout16 ? dout16 + n * C : NULL;
+            if (db && d16)
 #pragma omp simd
-            for (int64_t c = c0; c < c1; c++) db[c] += dy[c];
+                for (int64_t c = c0; c < c1; c++) {
+                    db[c] += dy[c];
+                    d16[c] = loom_cpu_bf16_round(dy[c]);
+                }
+            else if (db)
+#pragma omp simd
+                for (int64_t c = c0; c < c1; c++) db[c] += dy[c];
+            else if (d16)
+#pragma omp simd
+                for (int64_t c = c0; c < c1; c++) d16[c] = loom_cpu_bf16_round(dy[c]);
         }
     }
 }
 
 loom_status loom_cpu_bias_backward(loom_backend *be, const loom_bias_backward_args *a) {
-    cpu_bias_backward(be, a->db, a->dout, a->N, a->C, a->accumulate);
+    cpu_bias_backward(be, a->db, a->dout16, a->dout, a->N, a->C, a->accumulate);
     return LOOM_OK;
 }
 

@@ -18,15 +18,24 @@
 #endif
 
 #ifdef LOOM_DNNL_HEADERS
+/* A shape's product. Where oneDNN's kernel prefers B in its own blocked layout (every product with a plain first
+ * operand: the forward's and the input gradients'), `pack` reorders B into it before each call, into the
+ * shared `packed` buffer: the product then reads B in the order its kernel walks it. On Zen 5 (2 threads) the
+ * reorder plus the packed product take 3-16% less time than the product on plain B, which copies B's blocks
+ * as it goes (docs/DESIGN.md). A weight changes after every step, so nothing is packed once and kept. */
 typedef struct {
     int ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
     float alpha, beta;
     dnnl_primitive_t prim;
     dnnl_memory_t a, b, c;
+    dnnl_primitive_t pack; /* plain B -> bp (NULL: the product reads B as it is) */
+    dnnl_memory_t bp;
+    size_t bp_bytes;
 } bf16_plan;
 
 enum { MAX_PLANS = 256 }; /* shapes x strides x pieces: a GPT-2 step makes ~40 */
+enum { BF16_PACK_MAX = 32 << 20 }; /* bytes of a B that is packed (bf16_plan) */
 
 typedef struct {
     void *h;
@@ -34,6 +43,8 @@ typedef struct {
     dnnl_stream_t stream;
     bf16_plan plans[MAX_PLANS];
     int n_plans;
+    void *packed; /* B in its product's layout, grow-only (the largest plan's bp_bytes) */
+    size_t packed_bytes;
 #define F(ret, name, args) ret(*name) args;
 #define DNNL_FUNCS                                                                                             \
     F(dnnl_status_t, engine_create, (dnnl_engine_t *, dnnl_engine_kind_t, size_t))                             \
@@ -63,20 +74,33 @@ typedef struct {
     F(dnnl_status_t, primitive_execute, (const_dnnl_primitive_t, dnnl_stream_t, int, const dnnl_exec_arg_t *)) \
     F(dnnl_status_t, memory_create, (dnnl_memory_t *, const dnnl_memory_desc_t *, dnnl_engine_t, void *))      \
     F(dnnl_status_t, memory_destroy, (dnnl_memory_t))                                                          \
-    F(dnnl_status_t, memory_set_data_handle, (dnnl_memory_t, void *))
+    F(dnnl_status_t, memory_set_data_handle, (dnnl_memory_t, void *))                                          \
+    F(dnnl_status_t, memory_desc_init_by_tag, (dnnl_memory_desc_t *, int, const dnnl_dims_t, dnnl_data_type_t,  \
+                                               dnnl_format_tag_t))                                             \
+    F(const dnnl_memory_desc_t *, primitive_desc_query_md, (const_dnnl_primitive_desc_t, dnnl_query_t, int))   \
+    F(size_t, memory_desc_get_size, (const dnnl_memory_desc_t *))                                              \
+    F(int, memory_desc_equal, (const dnnl_memory_desc_t *, const dnnl_memory_desc_t *))                         \
+    F(dnnl_status_t, reorder_primitive_desc_create, (dnnl_primitive_desc_t *, const dnnl_memory_desc_t *,       \
+                                                     dnnl_engine_t, const dnnl_memory_desc_t *, dnnl_engine_t,  \
+                                                     const_dnnl_primitive_attr_t))
     DNNL_FUNCS
 #undef F
 } dnnl_lib;
 
+static void plan_free(dnnl_lib *d, bf16_plan *p) {
+    if (p->prim) d->primitive_destroy(p->prim);
+    if (p->pack) d->primitive_destroy(p->pack);
+    if (p->a) d->memory_destroy(p->a);
+    if (p->b) d->memory_destroy(p->b);
+    if (p->bp) d->memory_destroy(p->bp);
+    if (p->c) d->memory_destroy(p->c);
+}
+
 static void dnnl_lib_free(void *p) {
     dnnl_lib *d = p;
     if (!d) return;
-    for (int i = 0; i < d->n_plans; i++) {
-        d->primitive_destroy(d->plans[i].prim);
-        d->memory_destroy(d->plans[i].a);
-        d->memory_destroy(d->plans[i].b);
-        d->memory_destroy(d->plans[i].c);
-    }
+    for (int i = 0; i < d->n_plans; i++) plan_free(d, &d->plans[i]);
+    free(d->packed);
     if (d->stream) d->stream_destroy(d->stream);
     if (d->engine) d->engine_destroy(d->engine);
     if (d->h) dlclose(d->h);
@@ -99,11 +123,19 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
         d->memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb) != dnnl_success ||
         d->memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc) != dnnl_success)
         return NULL;
+    /* B in the layout the kernel picks (packed), where A is plain and B fits the caches' scale: the weight
+     * gradients' tiles (transposed A) keep plain B (oneDNN picks it even when offered any), and a B past
+     * BF16_PACK_MAX bytes gains nothing from its reorder (GPT-2's head, 50257 x 768: 96.8 ms a piece plain,
+     * 86.0 packed + 10.6 for the reorder) */
+    dnnl_memory_desc_t mw = mb;
+    if (!ta && K * N * 2 <= BF16_PACK_MAX &&
+        d->memory_desc_init_by_tag(&mw, 2, db, dnnl_bf16, dnnl_format_tag_any) != dnnl_success)
+        return NULL;
     dnnl_matmul_desc_t md;
-    if (d->matmul_desc_init(&md, &ma, &mb, NULL, &mc) != dnnl_success) return NULL;
+    if (d->matmul_desc_init(&md, &ma, &mw, NULL, &mc) != dnnl_success) return NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
-    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
     bf16_plan *p = &d->plans[d->n_plans];
     memset(p, 0, sizeof *p);
     int ok = d->primitive_attr_create(&attr) == dnnl_success &&
@@ -116,22 +148,29 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
          d->memory_create(&p->a, &ma, d->engine, DNNL_MEMORY_NONE) == dnnl_success &&
          d->memory_create(&p->b, &mb, d->engine, DNNL_MEMORY_NONE) == dnnl_success &&
          d->memory_create(&p->c, &mc, d->engine, DNNL_MEMORY_NONE) == dnnl_success;
+    const dnnl_memory_desc_t *wq = ok ? d->primitive_desc_query_md(pd, dnnl_query_weights_md, 0) : NULL;
+    ok = ok && wq;
+    if (ok && !d->memory_desc_equal(wq, &mb)) {
+        p->bp_bytes = d->memory_desc_get_size(wq);
+        ok = d->reorder_primitive_desc_create(&rpd, &mb, d->engine, wq, d->engine, NULL) == dnnl_success &&
+             d->primitive_create(&p->pack, rpd) == dnnl_success &&
+             d->memory_create(&p->bp, wq, d->engine, DNNL_MEMORY_NONE) == dnnl_success;
+    }
     if (ok && d->n_plans == 0) { /* say which implementation oneDNN chose */
         const char *impl = NULL;
         if (d->primitive_desc_query(pd, dnnl_query_impl_info_str, 0, (void *)&impl) == dnnl_success && impl)
             snprintf(be->bf16_kernel, sizeof be->bf16_kernel, "onednn matmul %s", impl);
     }
+    if (rpd) d->primitive_desc_destroy(rpd);
     if (pd) d->primitive_desc_destroy(pd);
     if (po) d->post_ops_destroy(po);
     if (attr) d->primitive_attr_destroy(attr);
     if (!ok) {
-        if (p->prim) d->primitive_destroy(p->prim);
-        if (p->a) d->memory_destroy(p->a);
-        if (p->b) d->memory_destroy(p->b);
-        if (p->c) d->memory_destroy(p->c);
+        plan_free(d, p);
         return NULL;
     }
-    *p = (bf16_plan){ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, p->prim, p->a, p->b, p->c};
+    p->ta = ta, p->tb = tb, p->M = M, p->N = N, p->K = K, p->lda = lda, p->ldb = ldb, p->ldc = ldc;
+    p->alpha = alpha, p->beta = beta;
     d->n_plans++;
     return p;
 }
@@ -180,10 +219,26 @@ static int onednn_run(loom_backend *be, int ta, int tb, int64_t M, int64_t N, in
     d->memory_set_data_handle(p->a, (void *)A);
     d->memory_set_data_handle(p->b, (void *)B);
     d->memory_set_data_handle(p->c, C);
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->b}, {DNNL_ARG_DST, p->c}};
+    if (p->pack) {
+        d->memory_set_data_handle(p->bp, d->packed);
+        dnnl_exec_arg_t r[2] = {{DNNL_ARG_FROM, p->b}, {DNNL_ARG_TO, p->bp}};
+        if (d->primitive_execute(p->pack, d->stream, 2, r) != dnnl_success) return 0;
+    }
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->a}, {DNNL_ARG_WEIGHTS, p->pack ? p->bp : p->b}, {DNNL_ARG_DST, p->c}};
     if (d->primitive_execute(p->prim, d->stream, 3, args) != dnnl_success) return 0;
     d->stream_wait(d->stream);
     return 1;
+}
+
+/* the packed buffer, grown to hold plan p's B (run 0 of onednn_pieces, before C changes) */
+static int packed_room(loom_backend *be, const bf16_plan *p) {
+    dnnl_lib *d = be->bf16;
+    if (p->bp_bytes <= d->packed_bytes) return 1;
+    free(d->packed);
+    d->packed = aligned_alloc(64, (p->bp_bytes + 63) / 64 * 64);
+    d->packed_bytes = d->packed ? p->bp_bytes : 0;
+    be->bf16_own_bytes = d->packed_bytes;
+    return d->packed != NULL;
 }
 
 /* Tiles of C and pieces of K. oneDNN's kernels lose rate on some shapes that pieces avoid (Zen 5, 2 threads,
@@ -213,7 +268,8 @@ static int onednn_pieces(loom_backend *be, int run, int ta, int tb, int64_t M, i
                 const int64_t m = M - i < lm ? M - i : lm, n = N - j < ln ? N - j : ln, kk = K - k < lk ? K - k : lk;
                 const float b = k ? 1.0f : beta;
                 if (!run) {
-                    if (!plan_for(be, be->bf16, ta, tb, m, n, kk, lda, ldb, ldc, alpha, b)) return 0;
+                    const bf16_plan *p = plan_for(be, be->bf16, ta, tb, m, n, kk, lda, ldb, ldc, alpha, b);
+                    if (!p || !packed_room(be, p)) return 0;
                     continue;
                 }
                 const uint16_t *a = ta ? A + k * lda + i : A + i * lda + k, *bb = tb ? B + j * ldb + k : B + k * ldb + j;
