@@ -196,8 +196,17 @@ static void run_case(loom_kernel k, run *r) {
         break;
     case LOOM_KERNEL_gelu_backward:
         for (int exact = 0; exact < 2; exact++) {
-            loom_gelu_backward_args a = {NULL, rand_in(r, 1001, -6, 6), rand_in(r, 1001, -1, 1), 1001, exact};
+            loom_gelu_backward_args a = {NULL, rand_in(r, 1001, -6, 6), rand_in(r, 1001, -1, 1), 1001, exact, NULL, NULL, 0, 0};
             a.dinp = out_f(r, 1001);
+            KCALL(loom_k_gelu_backward(be, &a));
+            a.dinp = NULL; /* the bf16 form, 7 rows of 143: with the bias gradient (added to), then without */
+            a.dinp16 = out_b16(r, 1001);
+            a.db = out_f(r, 143);
+            a.cols = 143;
+            a.accumulate = 1;
+            KCALL(loom_k_gelu_backward(be, &a));
+            a.dinp16 = out_b16(r, 1001);
+            a.db = NULL;
             KCALL(loom_k_gelu_backward(be, &a));
         }
         break;

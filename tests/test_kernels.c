@@ -429,6 +429,30 @@ static void test_activations(loom_backend *be) {
         ref[i] = (0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI)) * dout[i];
     }
     check_close("gelu_erf_backward", dpre, ref, n, 1e-6, 4e-6);
+    /* the bf16 form (rows of F): the bias gradient bias_backward makes of the fp32 gradient, to the bit, and
+     * that gradient's bf16 rounding; with db NULL only the rounding */
+    for (int exact = 0; exact < 2; exact++) {
+        float *dbw = fvec(F), *db16 = fvec(F);
+        fill(dbw, F, -1, 1);
+        memcpy(db16, dbw, (size_t)F * sizeof(float));
+        K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.dinp = dpre, .inp = pre0, .dout = dout, .n = n, .exact = exact}));
+        K(loom_k_bias_backward(be, &(loom_bias_backward_args){.db = dbw, .dout = dpre, .N = N, .C = F, .accumulate = 1}));
+        for (int64_t i = 0; i < n; i++) out16[i] = 0xFFFF;
+        K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.inp = pre0, .dout = dout, .n = n, .exact = exact, .dinp16 = out16, .db = db16, .cols = F, .accumulate = 1}));
+        if (exact) { /* the erf form's vector and remainder loops fall on other elements: an ulp apart at most */
+            double *dbr = dvec(F);
+            for (int64_t f = 0; f < F; f++) dbr[f] = dbw[f];
+            check_close("gelu_erf_backward_bf16_bias_sums", db16, dbr, F, 1e-6, 1e-6);
+            free(dbr);
+        } else
+            check_bits("gelu_backward_bf16_bias_sums", db16, dbw, F);
+        check_bf16_of(exact ? "gelu_erf_backward_bf16" : "gelu_backward_bf16", out16, dpre, n);
+        for (int64_t i = 0; i < n; i++) out16[i] = 0xFFFF;
+        K(loom_k_gelu_backward(be, &(loom_gelu_backward_args){.inp = pre0, .dout = dout, .n = n, .exact = exact, .dinp16 = out16, .cols = F}));
+        check_bf16_of(exact ? "gelu_erf_backward_bf16_no_bias" : "gelu_backward_bf16_no_bias", out16, dpre, n);
+        free(dbw);
+        free(db16);
+    }
 
     /* SwiGLU: gu (N, 2F) = [gate | up]; out = silu(gate) * up */
     float *gu = fvec(N * 2 * F), *sw = fvec(n), *dgu = fvec(N * 2 * F);

@@ -192,12 +192,19 @@ typedef struct {
     int exact;
     uint16_t *out16;
 } loom_gelu_forward_args;
-/* dinp (n) = gelu'(inp) * dout; dinp may alias dout. */
+/* dinp (n) = gelu'(inp) * dout; dinp may alias dout. dinp16 non-NULL (bf16 training, the layer's bias and
+ * products next): the rows are `cols` wide (n = rows x cols), db (cols; NULL: no bias) (+)= dinp's column sums
+ * as bias_backward makes them (the same bits), and dinp is written rounded to bf16 into dinp16 instead (dinp
+ * is not written): one pass where three (this, bias_backward, f32_to_bf16) would read and write it. */
 typedef struct {
     float *dinp;
     const float *inp, *dout;
     int64_t n;
     int exact;
+    uint16_t *dinp16;
+    float *db;
+    int64_t cols;
+    int accumulate;
 } loom_gelu_backward_args;
 /* forward: out (N,F) = silu(gu[:, :F]) * gu[:, F:], gu (N,2F). backward: dgu (N,2F) from dout (N,F). */
 typedef struct {

@@ -1017,10 +1017,21 @@ static loom_status mlp_activation_forward(loom_model *m, layer_acts *a, const in
 }
 
 /* its backward: m->dfc (N, fc width) from m->dfc_act (N, F) */
-static loom_status mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N) {
+/* The MLP activation's backward, dfc from dfc_act. bf16 GELU (not under LoRA, whose adapters read dfc in
+ * fp32) writes it straight as the fc products' bf16 operand (*d16, scratch16[0]) with the fc bias's gradient
+ * (db, NULL: none) in the same pass; else *d16 is NULL, dfc is fp32, and the bias is the caller's. */
+static loom_status mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N, float *db, int acc,
+                                           const uint16_t **d16) {
+    *d16 = NULL;
+    const int exact = m->cfg.gelu == LOOM_GELU_ERF;
+    if (m->cfg.family == LOOM_FAMILY_GPT2 && m->params16 && !m->lora) {
+        *d16 = m->scratch16[0];
+        return loom_k_gelu_backward(m->be, &(loom_gelu_backward_args){.inp = a->fc_pre, .dout = m->dfc_act, .n = N * m->F,
+                                    .exact = exact, .dinp16 = m->scratch16[0], .db = db, .cols = m->F, .accumulate = acc});
+    }
     if (m->cfg.family == LOOM_FAMILY_GPT2)
         return loom_k_gelu_backward(m->be, &(loom_gelu_backward_args){.dinp = m->dfc, .inp = a->fc_pre, .dout = m->dfc_act,
-                                    .n = N * m->F, .exact = m->cfg.gelu == LOOM_GELU_ERF});
+                                    .n = N * m->F, .exact = exact});
     return loom_k_swiglu_backward(m->be, &(loom_swiglu_backward_args){.dgu = m->dfc, .gu = a->fc_pre, .dout = m->dfc_act,
                                   .N = N, .F = m->F});
 }
@@ -1458,11 +1469,12 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     LOOM_CALL(output_grad(m, lo[W_MLP_PROJ_B] >= 0 && !frozen ? REP(5, W_MLP_PROJ_B) : NULL, dres, in, Nr, C, racc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, lx, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, d16, a->fc_act16));
-    LOOM_CALL(mlp_activation_backward(m, a, N));
+    float *fc_db = lo[W_FC_B] >= 0 && !frozen ? G(lo[W_FC_B]) : NULL;
+    LOOM_CALL(mlp_activation_backward(m, a, N, fc_db, acc, &d16));
     LOOM_CALL(operand_rows(m, a->ln2, a->ln2_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_FC);
     LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
-    LOOM_CALL(output_grad(m, lo[W_FC_B] >= 0 && !frozen ? G(lo[W_FC_B]) : NULL, m->dfc, m->dfc, N, fcw, acc, &d16));
+    if (!d16) LOOM_CALL(output_grad(m, fc_db, m->dfc, m->dfc, N, fcw, acc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
               (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, d16, in16));
     LOOM_CALL(input_grad_sum(m, N, Nr));

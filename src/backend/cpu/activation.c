@@ -91,8 +91,13 @@ loom_status loom_cpu_gelu_forward(loom_backend *be, const loom_gelu_forward_args
     return LOOM_OK;
 }
 
+static inline float gelu_tanh_grad(float x) {
+    const float u = GELU_K * (x + GELU_C * x * x * x), t = loom_fast_tanhf(u), sech2 = 1.0f - t * t;
+    return 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
+}
+
 static void cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, const float *dout, int64_t n,
-                            int exact) {
+                              int exact) {
     (void)be;
     if (exact) {
 #pragma omp parallel for simd schedule(static)
@@ -100,18 +105,46 @@ static void cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, c
         return;
     }
 #pragma omp parallel for simd schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        float x = pre[i];
-        float u = GELU_K * (x + GELU_C * x * x * x);
-        float t = loom_fast_tanhf(u);
-        float sech2 = 1.0f - t * t;
-        float grad = 0.5f * (1.0f + t) + 0.5f * x * sech2 * GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-        dpre[i] = grad * dout[i];
-    }
+    for (int64_t i = 0; i < n; i++) dpre[i] = gelu_tanh_grad(pre[i]) * dout[i];
 }
 
+/* one row of the bf16 form, columns [c0, c1): the gradient, its column sums (db) and its bf16 rounding; the
+ * loop per form (erf or tanh, with or without db) so that none branches per element */
+#define GELU_BACKWARD16_ROW(GRAD, DB)                                                                            \
+    _Pragma("omp simd") for (int64_t c = c0; c < c1; c++) {                                                    \
+        const float g = GRAD(x[c]) * dy[c];                                                                    \
+        DB;                                                                                                    \
+        o[c] = loom_cpu_bf16_round(g);                                                                         \
+    }
+
+/* the bf16 form: each thread its columns over every row, in row order, as cpu_bias_backward sums them */
+static void cpu_gelu_backward16(uint16_t *d16, float *db, const float *pre, const float *dout, int64_t rows,
+                                int64_t cols, int exact, int accumulate) {
+#pragma omp parallel
+    {
+        int64_t c0, c1;
+        loom_cpu_thread_range(cols, &c0, &c1);
+        if (db && !accumulate)
+            for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
+        for (int64_t r = 0; r < rows; r++) {
+            const float *x = pre + r * cols, *dy = dout + r * cols;
+            uint16_t *o = d16 + r * cols;
+            if (exact && db) GELU_BACKWARD16_ROW(gelu_erf_grad, db[c] += g)
+            else if (exact) GELU_BACKWARD16_ROW(gelu_erf_grad, (void)0)
+            else if (db) GELU_BACKWARD16_ROW(gelu_tanh_grad, db[c] += g)
+            else GELU_BACKWARD16_ROW(gelu_tanh_grad, (void)0)
+        }
+    }
+}
+#undef GELU_BACKWARD16_ROW
+
 loom_status loom_cpu_gelu_backward(loom_backend *be, const loom_gelu_backward_args *a) {
-    cpu_gelu_backward(be, a->dinp, a->inp, a->dout, a->n, a->exact);
+    if (a->dinp16) {
+        LOOM_CHECK(a->cols > 0 && a->n % a->cols == 0, LOOM_ERR_INVALID_ARG, "gelu_backward: %lld values in rows of %lld",
+                   (long long)a->n, (long long)a->cols);
+        cpu_gelu_backward16(a->dinp16, a->db, a->inp, a->dout, a->n / a->cols, a->cols, a->exact, a->accumulate);
+    } else
+        cpu_gelu_backward(be, a->dinp, a->inp, a->dout, a->n, a->exact);
     return LOOM_OK;
 }
 

@@ -60,18 +60,35 @@ extern "C" loom_status loom_cuda_gelu_forward(loom_backend *be, const loom_gelu_
     return LOOM_OK;
 }
 
-/* dinp may alias dout: each element reads both before it writes */
-__global__ void gelu_backward_kernel(float *dinp, const float *inp, const float *dout, int64_t n, int exact) {
-    LOOM_GRID_STRIDE(i, n) {
-        const float x = inp[i];
-        dinp[i] = (exact ? gelu_erf_grad(x) : gelu_tanh_grad(x)) * dout[i];
-    }
+__device__ __forceinline__ float gelu_grad_times(const float *inp, const float *dout, int64_t i, int exact) {
+    const float x = inp[i];
+    return (exact ? gelu_erf_grad(x) : gelu_tanh_grad(x)) * dout[i];
 }
 
+/* dinp may alias dout: each element reads both before it writes */
+__global__ void gelu_backward_kernel(float *dinp, uint16_t *dinp16, const float *inp, const float *dout, int64_t n,
+                                     int exact) {
+    LOOM_GRID_STRIDE(i, n) store_out(dinp, dinp16, i, gelu_grad_times(inp, dout, i, exact));
+}
+
+/* the bias gradient's summand in the bf16 form: the gradient recomputed from inp and dout (nothing fp32 stored) */
+struct gelu_grad_of {
+    const float *inp, *dout;
+    int64_t cols;
+    int exact;
+    __device__ float operator()(int64_t n, int64_t c) const { return gelu_grad_times(inp, dout, n * cols + c, exact); }
+};
+
+/* with dinp16, the column sums (db) are a second kernel: the gradient recomputed per element */
 extern "C" loom_status loom_cuda_gelu_backward(loom_backend *be, const loom_gelu_backward_args *a) {
     if (a->n <= 0) return LOOM_OK;
+    if (a->dinp16 && a->db) {
+        if (a->cols <= 0 || a->n % a->cols) return LOOM_ERR_INVALID_ARG;
+        LOOM_CALL(colsum(be, gelu_grad_of{a->inp, a->dout, a->cols, a->exact}, a->db, a->n / a->cols, a->cols,
+                         a->accumulate));
+    }
     gelu_backward_kernel<<<loom_cuda_blocks(a->n, LOOM_CUDA_THREADS), LOOM_CUDA_THREADS, 0, loom_cuda_of(be)->stream>>>(
-        a->dinp, a->inp, a->dout, a->n, a->exact);
+        a->dinp16 ? NULL : a->dinp, a->dinp16, a->inp, a->dout, a->n, a->exact);
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
