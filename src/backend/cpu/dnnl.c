@@ -35,7 +35,7 @@ typedef struct {
 } bf16_plan;
 
 enum { MAX_PLANS = 256 }; /* shapes x strides x pieces: a GPT-2 step makes ~40 */
-enum { BF16_PACK_MAX = 32 << 20 }; /* bytes of a B that is packed (bf16_plan) */
+enum { BF16_PACK_MAX = 32 << 20, BF16_PACK_MIN_ROWS = 2048 }; /* which products pack B (bf16_plan) */
 
 typedef struct {
     void *h;
@@ -123,12 +123,13 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
         d->memory_desc_init_by_strides(&mb, 2, db, dnnl_bf16, sb) != dnnl_success ||
         d->memory_desc_init_by_strides(&mc, 2, dc, dnnl_f32, sc) != dnnl_success)
         return NULL;
-    /* B in the layout the kernel picks (packed), where A is plain and B fits the caches' scale: the weight
-     * gradients' tiles (transposed A) keep plain B (oneDNN picks it even when offered any), and a B past
-     * BF16_PACK_MAX bytes gains nothing from its reorder (GPT-2's head, 50257 x 768: 96.8 ms a piece plain,
-     * 86.0 packed + 10.6 for the reorder) */
+    /* B in the layout the kernel picks (packed), where A is plain, has the rows to pay for the reorder and B
+     * fits the caches' scale: the weight gradients' tiles (transposed A) keep plain B (oneDNN picks it even
+     * when offered any); below BF16_PACK_MIN_ROWS the reorder costs more than it saves (Zen 5, 2 threads:
+     * M 256-512 lose 6-25%, M 1024 is even, M 2048-4096 gain 0-16% from run to run); a B past BF16_PACK_MAX
+     * bytes gains nothing (GPT-2's head, 50257 x 768 at M 1024: 96.8 ms plain, 86.0 packed + 10.6 reorder) */
     dnnl_memory_desc_t mw = mb;
-    if (!ta && K * N * 2 <= BF16_PACK_MAX &&
+    if (!ta && M >= BF16_PACK_MIN_ROWS && K * N * 2 <= BF16_PACK_MAX &&
         d->memory_desc_init_by_tag(&mw, 2, db, dnnl_bf16, dnnl_format_tag_any) != dnnl_success)
         return NULL;
     dnnl_matmul_desc_t md;
