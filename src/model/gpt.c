@@ -1417,17 +1417,23 @@ static loom_status input_grad_sum(loom_model *m, int64_t N, int64_t Nr) {
     return m->tp_sp ? sp_reduce_scatter(m, m->sp_partial, m->dln, Nr) : tp_sum(m, m->dln, N * m->C);
 }
 
-/* A product's output gradient dout (rows x C) as its bias and its gradient products need it: the bias
- * gradient (db; NULL: none), and in bf16 the products' first operand rounded in the same pass over dout (*d16,
- * in scratch16[0]). *d16 is NULL where the products convert their operand themselves: not bf16, or the operand
- * is not dout's rows (Megatron-SP gathers them first). */
-static loom_status output_grad(loom_model *m, float *db, const float *dout, const float *operand, int64_t rows,
-                               int64_t C, int acc, const uint16_t **d16) {
+/* A product's output gradient dout (rows x C) as its gradient products read it in bf16: rounded once for both
+ * (*d16, in scratch16[0]) in the same pass as its bias gradient (db; NULL: none). *d16 is NULL where the
+ * products read dout as it is (fp32, fp16) or convert it themselves (their operand is not dout's rows:
+ * Megatron-SP gathers them first); bias_after then makes the bias gradient after the products, as it always was. */
+static loom_status output_grad16(loom_model *m, float *db, const float *dout, const float *operand, int64_t rows,
+                                 int64_t C, int acc, const uint16_t **d16) {
     uint16_t *out16 = m->params16 && operand == dout ? m->scratch16[0] : NULL;
     *d16 = out16;
-    if (!db && !out16) return LOOM_OK;
+    if (!out16) return LOOM_OK;
     return loom_k_bias_backward(m->be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = rows, .C = C,
                                                                   .accumulate = acc, .dout16 = out16});
+}
+
+static loom_status bias_after(loom_model *m, float *db, const float *dout, int64_t rows, int64_t C, int acc,
+                              const uint16_t *d16) {
+    if (d16 || !db) return LOOM_OK; /* made with d16, or no bias */
+    return loom_k_bias_backward(m->be, &(loom_bias_backward_args){.db = db, .dout = dout, .N = rows, .C = C, .accumulate = acc});
 }
 
 /* A product's input gradient and its weight's gradient (not for frozen weights: LoRA); d16: their shared first
@@ -1466,17 +1472,20 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     /* LoRA: the adapters write their part of each input gradient first, the frozen product adds to it */
     float lx = (float)loom_lora_has(m, LORA_DOWN);
     LOOM_CALL(loom_lora_backward(m, l, LORA_DOWN, a->fc_act, in, C, m->dfc_act, 0.0f, N, acc));
-    LOOM_CALL(output_grad(m, lo[W_MLP_PROJ_B] >= 0 && !frozen ? REP(5, W_MLP_PROJ_B) : NULL, dres, in, Nr, C, racc, &d16));
+    float *db = lo[W_MLP_PROJ_B] >= 0 && !frozen ? REP(5, W_MLP_PROJ_B) : NULL;
+    LOOM_CALL(output_grad16(m, db, dres, in, Nr, C, racc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, F, C, 1.0f, in, C, P(lo[W_MLP_PROJ_W]), F, lx, m->dfc_act, F},
               (loom_gemm){1, 0, C, F, N, 1.0f, in, C, a->fc_act, F, beta, G(lo[W_MLP_PROJ_W]), F}, d16, a->fc_act16));
-    float *fc_db = lo[W_FC_B] >= 0 && !frozen ? G(lo[W_FC_B]) : NULL;
-    LOOM_CALL(mlp_activation_backward(m, a, N, fc_db, acc, &d16));
+    LOOM_CALL(bias_after(m, db, dres, Nr, C, racc, d16));
+    db = lo[W_FC_B] >= 0 && !frozen ? G(lo[W_FC_B]) : NULL;
+    LOOM_CALL(mlp_activation_backward(m, a, N, db, acc, &d16));
     LOOM_CALL(operand_rows(m, a->ln2, a->ln2_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_FC);
     LOOM_CALL(loom_lora_backward(m, l, LORA_FC, in, m->dfc, fcw, dfull, 0.0f, N, acc));
-    if (!d16) LOOM_CALL(output_grad(m, fc_db, m->dfc, m->dfc, N, fcw, acc, &d16));
+    if (!d16) LOOM_CALL(output_grad16(m, db, m->dfc, m->dfc, N, fcw, acc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, fcw, 1.0f, m->dfc, fcw, P(lo[W_FC_W]), C, lx, dfull, C},
               (loom_gemm){1, 0, fcw, C, N, 1.0f, m->dfc, fcw, in, C, beta, G(lo[W_FC_W]), C}, d16, in16));
+    LOOM_CALL(bias_after(m, db, m->dfc, N, fcw, acc, d16));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(3, W_LN2_W), .db = REP(4, W_LN2_B), .dout = m->dln, .inp = a->res1, .w = P(lo[W_LN2_W]), .mean = a->ln2_mean, .rstd = a->ln2_rstd, .N = Nr, .C = C, .accumulate = racc}));
@@ -1485,18 +1494,22 @@ static loom_status layer_backward(loom_model *m, int64_t l, int64_t B, int64_t T
     LOOM_CALL(all_rows(m, dres, Nr, &in));
     lx = (float)loom_lora_has(m, LORA_PROJ);
     LOOM_CALL(loom_lora_backward(m, l, LORA_PROJ, a->atty, in, C, m->datty, 0.0f, N, acc));
-    LOOM_CALL(output_grad(m, lo[W_ATTN_PROJ_B] >= 0 && !frozen ? REP(2, W_ATTN_PROJ_B) : NULL, dres, in, Nr, C, racc, &d16));
+    db = lo[W_ATTN_PROJ_B] >= 0 && !frozen ? REP(2, W_ATTN_PROJ_B) : NULL;
+    LOOM_CALL(output_grad16(m, db, dres, in, Nr, C, racc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, Ca, C, 1.0f, in, C, P(lo[W_ATTN_PROJ_W]), Ca, lx, m->datty, Ca},
               (loom_gemm){1, 0, C, Ca, N, 1.0f, in, C, a->atty, Ca, beta, G(lo[W_ATTN_PROJ_W]), Ca}, d16, NULL));
+    LOOM_CALL(bias_after(m, db, dres, Nr, C, racc, d16));
     if (m->sp_size > 1) LOOM_CALL(ring_attention_backward(m, a, B, T));
     else LOOM_CALL(loom_k_attention_backward(be, &(loom_attention_backward_args){.dqkv = m->dqkv, .dout = m->datty, .qkv = a->qkv, .out = a->atty, .lse = a->lse, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .bf16_products = attention_bf16(m)}));
     if (!gpt) LOOM_CALL(loom_k_rope(be, &(loom_rope_args){.qkv = m->dqkv, .cos_t = m->rope_cos, .sin_t = m->rope_sin, .B = B, .T = T, .H = m->H, .KV = m->KV, .hd = m->hd, .inverse = 1}));
     LOOM_CALL(operand_rows(m, a->ln1, a->ln1_16, Nr, &in, &in16));
     lx = (float)loom_lora_has(m, LORA_QKV);
     LOOM_CALL(loom_lora_backward(m, l, LORA_QKV, in, m->dqkv, Cq, dfull, 0.0f, N, acc));
-    LOOM_CALL(output_grad(m, lo[W_QKV_B] >= 0 && !frozen ? G(lo[W_QKV_B]) : NULL, m->dqkv, m->dqkv, N, Cq, acc, &d16));
+    db = lo[W_QKV_B] >= 0 && !frozen ? G(lo[W_QKV_B]) : NULL;
+    LOOM_CALL(output_grad16(m, db, m->dqkv, m->dqkv, N, Cq, acc, &d16));
     LOOM_CALL(grad_products(m, (loom_gemm){0, 0, N, C, Cq, 1.0f, m->dqkv, Cq, P(lo[W_QKV_W]), C, lx, dfull, C},
               (loom_gemm){1, 0, Cq, C, N, 1.0f, m->dqkv, Cq, in, C, beta, G(lo[W_QKV_W]), C}, d16, in16));
+    LOOM_CALL(bias_after(m, db, m->dqkv, N, Cq, acc, d16));
     LOOM_CALL(input_grad_sum(m, N, Nr));
     if (gpt)
         LOOM_CALL(loom_k_layernorm_backward(be, &(loom_layernorm_backward_args){.dinp = dres, .dw = REP(0, W_LN1_W), .db = REP(1, W_LN1_B), .dout = m->dln, .inp = x, .w = P(lo[W_LN1_W]), .mean = a->ln1_mean, .rstd = a->ln1_rstd, .N = Nr, .C = C, .accumulate = racc}));
