@@ -1016,8 +1016,7 @@ static loom_status mlp_activation_forward(loom_model *m, layer_acts *a, const in
                                .exact = exact});
 }
 
-/* its backward: m->dfc (N, fc width) from m->dfc_act (N, F) */
-/* The MLP activation's backward, dfc from dfc_act. bf16 GELU (not under LoRA, whose adapters read dfc in
+/* its backward: m->dfc (N, fc width) from m->dfc_act (N, F). bf16 GELU (not under LoRA, whose adapters read dfc in
  * fp32) writes it straight as the fc products' bf16 operand (*d16, scratch16[0]) with the fc bias's gradient
  * (db, NULL: none) in the same pass; else *d16 is NULL, dfc is fp32, and the bias is the caller's. */
 static loom_status mlp_activation_backward(loom_model *m, const layer_acts *a, int64_t N, float *db, int acc,
@@ -1437,7 +1436,7 @@ static loom_status bias_after(loom_model *m, float *db, const float *dout, int64
 }
 
 /* A product's input gradient and its weight's gradient (not for frozen weights: LoRA); d16: their shared first
- * operand in bf16 (output_grad), or NULL; dw_b16: the weight gradient's activation operand where the model
+ * operand in bf16 (output_grad16, mlp_activation_backward), or NULL; dw_b16: the weight gradient's activation operand where the model
  * stores it in bf16 (acts16) */
 static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw, const uint16_t *d16,
                                  const uint16_t *dw_b16) {

@@ -108,6 +108,14 @@ static void cpu_gelu_backward(loom_backend *be, float *dpre, const float *pre, c
     for (int64_t i = 0; i < n; i++) dpre[i] = gelu_tanh_grad(pre[i]) * dout[i];
 }
 
+/* A bias gradient's column sums split by columns: this thread's [c0, c1) of C, its part of db (if any) zeroed
+ * unless accumulating. Each column is then summed over the rows in row order: the same bits at any thread count. */
+static void column_sums_begin(float *db, int64_t C, int accumulate, int64_t *c0, int64_t *c1) {
+    loom_cpu_thread_range(C, c0, c1);
+    if (db && !accumulate)
+        for (int64_t c = *c0; c < *c1; c++) db[c] = 0.0f;
+}
+
 /* one row of the bf16 form, columns [c0, c1): the gradient, its column sums (db) and its bf16 rounding; the
  * loop per form (erf or tanh, with or without db) so that none branches per element */
 #define GELU_BACKWARD16_ROW(GRAD, DB)                                                                            \
@@ -123,9 +131,7 @@ static void cpu_gelu_backward16(uint16_t *d16, float *db, const float *pre, cons
 #pragma omp parallel
     {
         int64_t c0, c1;
-        loom_cpu_thread_range(cols, &c0, &c1);
-        if (db && !accumulate)
-            for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
+        column_sums_begin(db, cols, accumulate, &c0, &c1);
         for (int64_t r = 0; r < rows; r++) {
             const float *x = pre + r * cols, *dy = dout + r * cols;
             uint16_t *o = d16 + r * cols;
@@ -209,17 +215,15 @@ loom_status loom_cpu_bias_add(loom_backend *be, const loom_bias_add_args *a) {
     return LOOM_OK;
 }
 
-/* Each thread sums its columns over every row, in row order (the same bits at any thread count); with dout16
- * it rounds the values it reads, so the products' bf16 operand costs no pass of its own. */
+/* column_sums_begin's split; with dout16 each thread rounds the values it reads, so the products' bf16 operand
+ * costs no pass of its own */
 static void cpu_bias_backward(loom_backend *be, float *db, uint16_t *dout16, const float *dout, int64_t N, int64_t C,
                               int accumulate) {
     (void)be;
 #pragma omp parallel
     {
         int64_t c0, c1;
-        loom_cpu_thread_range(C, &c0, &c1);
-        if (db && !accumulate)
-            for (int64_t c = c0; c < c1; c++) db[c] = 0.0f;
+        column_sums_begin(db, C, accumulate, &c0, &c1);
         for (int64_t n = 0; n < N; n++) {
             const float *dy = dout + n * C;
             uint16_t *d16 = dout16 ? dout16 + n * C : NULL;
