@@ -39,6 +39,9 @@ export LOOM_CACHE_DIR="$W/cache" # this test's own peaks
   && ok "bench peak: $(tail -1 "$W/peak")" || bad "bench peak"
 tail -2 "$W/peak" | head -1 | grepq -E '^peak_bf16_gflops=[0-9]+(\.[0-9]+)?$' && ok "bench peak: $(tail -2 "$W/peak" | head -1)" \
   || bad "bench peak: no bf16 peak"
+# the bf16 layer stack, B packed against plain B in one process (a benchmark: only its form is checked here)
+"$LOOM" bench gemm --stack --threads 1 --quick > "$W/stack" && tail -1 "$W/stack" | grepq -E '^packed/plain speed [0-9]+\.[0-9]+x$' \
+  && ok "bench gemm --stack: $(tail -1 "$W/stack")" || bad "bench gemm --stack: $(tail -3 "$W/stack")"
 # MFU in each precision against that precision's cached peak: a cache with peaks far from 2:1 (as on AMX),
 # so that a bf16 MFU against twice the fp32 peak would show
 # (the bf16 GEMM's name as bench peak cached it: a cache naming another bf16 GEMM is measured again, below)

@@ -157,6 +157,89 @@ static int bench_gemm(int threads, const char *coretype, int quick, int bf16, do
     return 0;
 }
 
+/* --stack: the forward and input-gradient products of GPT-2 124M's 12 layers at B8 T256 (M 2048), in the
+ * step's order, each layer with its own bf16 weights (so B comes from memory, as in training), through
+ * loom_k_matmul_bf16: once with B packed into oneDNN's layout (the default) and once on plain B (a second
+ * backend made with LOOM_BF16_PACK=0), in alternating rounds of one process; medians. */
+enum { STACK_LAYERS = 12, STACK_M = 2048, STACK_C = 768, STACK_F = 3072 };
+
+static double stack_seconds(loom_backend *be, const uint16_t *W, const uint16_t *X, float *Y) {
+    const int64_t M = STACK_M, C = STACK_C, F = STACK_F, per = 4 * C * C + 2 * C * F;
+    const double t0 = now_s();
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < STACK_LAYERS; i++) {
+            const int l = pass ? STACK_LAYERS - 1 - i : i; /* the backward walks the layers back */
+            const uint16_t *wqkv = W + l * per, *wo = wqkv + 3 * C * C, *w1 = wo + C * C, *w2 = w1 + F * C;
+            /* forward: x W^T (qkv, attention proj, fc, mlp proj); backward: dy W (the same four, reversed) */
+            const loom_matmul_bf16_args g[4] = {
+                pass ? (loom_matmul_bf16_args){0, 0, M, F, C, 1.0f, X, C, w2, F, 0.0f, Y, F}
+                     : (loom_matmul_bf16_args){0, 1, M, 3 * C, C, 1.0f, X, C, wqkv, C, 0.0f, Y, 3 * C},
+                pass ? (loom_matmul_bf16_args){0, 0, M, C, F, 1.0f, X, F, w1, C, 0.0f, Y, C}
+                     : (loom_matmul_bf16_args){0, 1, M, C, C, 1.0f, X, C, wo, C, 1.0f, Y, C},
+                pass ? (loom_matmul_bf16_args){0, 0, M, C, C, 1.0f, X, C, wo, C, 0.0f, Y, C}
+                     : (loom_matmul_bf16_args){0, 1, M, F, C, 1.0f, X, C, w1, C, 0.0f, Y, F},
+                pass ? (loom_matmul_bf16_args){0, 0, M, C, 3 * C, 1.0f, X, 3 * C, wqkv, C, 0.0f, Y, C}
+                     : (loom_matmul_bf16_args){0, 1, M, C, F, 1.0f, X, F, w2, F, 1.0f, Y, C}};
+            for (int k = 0; k < 4; k++)
+                if (loom_k_matmul_bf16(be, &g[k]) != LOOM_OK) return -1.0;
+        }
+    return now_s() - t0;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int bench_stack(int threads, int quick) {
+    const int64_t C = STACK_C, F = STACK_F, per = 4 * C * C + 2 * C * F;
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = threads;
+    bc.quiet = 1;
+    loom_backend *packed = NULL, *plain = NULL;
+    if (loom_backend_init(&bc, &packed) != LOOM_OK) return loom_cli_fail("bench");
+    setenv("LOOM_BF16_PACK", "0", 1);
+    const loom_status st = loom_backend_init(&bc, &plain);
+    unsetenv("LOOM_BF16_PACK");
+    if (st != LOOM_OK) return loom_cli_fail("bench");
+    const size_t nw = (size_t)STACK_LAYERS * (size_t)per, nx = (size_t)STACK_M * (size_t)F;
+    uint16_t *W = malloc(nw * sizeof *W), *X = malloc(nx * sizeof *X);
+    float *Y = malloc(nx * sizeof *Y);
+    if (!W || !X || !Y) {
+        fprintf(stderr, "loom bench: out of memory\n");
+        return 1;
+    }
+    for (size_t i = 0; i < nw; i++) W[i] = (uint16_t)(0x3C00u + (i * 7) % 97); /* ~1.0-1.7: finite sums */
+    for (size_t i = 0; i < nx; i++) X[i] = (uint16_t)(0x3A00u + (i * 13) % 89);
+    enum { MAX_ROUNDS = 7 };
+    const int rounds = quick ? 3 : MAX_ROUNDS;
+    double tp[MAX_ROUNDS], tq[MAX_ROUNDS];
+    if (stack_seconds(packed, W, X, Y) < 0 || stack_seconds(plain, W, X, Y) < 0) /* warm-up: plans made */
+        return loom_cli_fail("bench");
+    for (int r = 0; r < rounds; r++) { /* alternating which goes first */
+        loom_backend *first = r & 1 ? plain : packed, *second = r & 1 ? packed : plain;
+        const double a = stack_seconds(first, W, X, Y), b = stack_seconds(second, W, X, Y);
+        if (a < 0 || b < 0) return loom_cli_fail("bench");
+        tp[r] = r & 1 ? b : a;
+        tq[r] = r & 1 ? a : b;
+    }
+    qsort(tp, (size_t)rounds, sizeof *tp, cmp_double);
+    qsort(tq, (size_t)rounds, sizeof *tq, cmp_double);
+    const double mp = tp[rounds / 2], mq = tq[rounds / 2];
+    const double flops = 2.0 * 2.0 * STACK_LAYERS * (double)STACK_M * (double)per; /* forward + input gradients */
+    printf("gemm stack: GPT-2 124M's %d layers, forward and input-gradient products, M %d, bf16 (%s), %d threads, "
+           "medians of %d alternating rounds\n", STACK_LAYERS, STACK_M, loom_backend_bf16_kernel(packed), threads, rounds);
+    printf("  B packed (default) %8.1f ms %7.1f GFLOP/s\n", 1e3 * mp, flops / mp / 1e9);
+    printf("  B plain            %8.1f ms %7.1f GFLOP/s\n", 1e3 * mq, flops / mq / 1e9);
+    printf("packed/plain speed %.3fx\n", mq / mp);
+    free(W);
+    free(X);
+    free(Y);
+    loom_backend_free(&packed);
+    loom_backend_free(&plain);
+    return 0;
+}
+
 /* Runs `loom bench gemm` for one kernel (fp32) or the bf16 products in a child; parses its last line. */
 static double run_child(int threads, const char *coretype, int quick, int bf16, char *kernel, size_t ks) {
     char cmd[4096 + 256];
@@ -282,7 +365,7 @@ int loom_cmd_bench(int argc, char **argv) {
         printf("usage: loom bench peak [--threads N] [--quick]\n"
                "       loom bench cluster [--out cluster.json] [--ranks N] [--threads N] [--quick]\n"
                "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick] [--bf16]\n"
-               "                       [--precision fp32|bf16]\n"
+               "                       [--precision fp32|bf16] [--stack]\n"
                "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
                "in its own process), and the best bf16 GEMM rate (oneDNN's matmul), cached for training's MFU: a\n"
                "run's MFU is against its precision's peak (fp16, which runs on fp32 units here, against fp32's).\n"
@@ -290,6 +373,8 @@ int loom_cmd_bench(int argc, char **argv) {
                "gemm: one kernel's rate on GPT-2-shaped and 2048^3 products; --bf16: beside it the bf16 GEMM's\n"
                "(oneDNN's matmul when libdnnl.so.2 is installed) on the same products, and their ratio;\n"
                "--precision bf16: the bf16 products alone (last line gflops=<best> kernel=<name>).\n"
+               "--stack: GPT-2 124M's 12 layers of bf16 forward and input-gradient products at M 2048 in sequence,\n"
+               "B packed into oneDNN's layout (the default) against plain B (LOOM_BF16_PACK=0), alternating rounds.\n"
                "cluster: what `loom plan --time/--auto` predicts from (docs/FORMATS.md, cluster.json): GEMM rates on a\n"
                "grid of shapes in the step's three orientations, attention, the memory-bound kernels, at 1 thread and\n"
                "at every core, fp32 and bf16; each collective's latency and bus bandwidth over 2, 4, .. N ranks (mpirun;\n"
@@ -298,13 +383,14 @@ int loom_cmd_bench(int argc, char **argv) {
                "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
         return argc < 2 ? 2 : 0;
     }
-    int threads = 0, quick = 0, bf16 = 0;
+    int threads = 0, quick = 0, bf16 = 0, stack = 0;
     const char *coretype = "auto";
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--blas-coretype") && i + 1 < argc) coretype = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--bf16")) bf16 = 1;
+        else if (!strcmp(argv[i], "--stack")) stack = 1;
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc && (!strcmp(argv[i + 1], "fp32") || !strcmp(argv[i + 1], "bf16")))
             bf16 = !strcmp(argv[++i], "bf16") ? 2 : 0;
         else {
@@ -317,6 +403,7 @@ int loom_cmd_bench(int argc, char **argv) {
         threads = n > 0 ? (int)n : 1;
     }
     char kernel[128] = "?";
+    if (!strcmp(argv[1], "gemm") && stack) return bench_stack(threads, quick);
     if (!strcmp(argv[1], "gemm")) {
         double best = 0;
         int rc = bench_gemm(threads, coretype, quick, bf16, &best, kernel, sizeof kernel);

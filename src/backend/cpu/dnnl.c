@@ -18,11 +18,12 @@
 #endif
 
 #ifdef LOOM_DNNL_HEADERS
-/* A shape's product. Where oneDNN's kernel prefers B in its own blocked layout (every product with a plain first
- * operand: the forward's and the input gradients'), `pack` reorders B into it before each call, into the
- * shared `packed` buffer: the product then reads B in the order its kernel walks it. On Zen 5 (2 threads) the
- * reorder plus the packed product take 3-16% less time than the product on plain B, which copies B's blocks
- * as it goes (docs/DESIGN.md). A weight changes after every step, so nothing is packed once and kept. */
+/* A shape's product. Where oneDNN's kernel prefers B in its own blocked layout (products with a plain first
+ * operand and enough rows: the forward's and the input gradients', plan_for), `pack` reorders B into it before
+ * each call, into the shared `packed` buffer: the product then reads B in the order its kernel walks it,
+ * instead of copying B's blocks as it goes. `loom bench gemm --stack` measures it against plain B (Zen 5, 2
+ * threads: 1.04-1.06x on GPT-2 124M's layers). A weight changes after every step, so nothing is packed once
+ * and kept. */
 typedef struct {
     int ta, tb;
     int64_t M, N, K, lda, ldb, ldc;
@@ -45,6 +46,7 @@ typedef struct {
     int n_plans;
     void *packed; /* B in its product's layout, grow-only (the largest plan's bp_bytes) */
     size_t packed_bytes;
+    int pack_b; /* 0: every product reads plain B (LOOM_BF16_PACK=0, the side-by-side of `loom bench gemm --stack`) */
 #define F(ret, name, args) ret(*name) args;
 #define DNNL_FUNCS                                                                                             \
     F(dnnl_status_t, engine_create, (dnnl_engine_t *, dnnl_engine_kind_t, size_t))                             \
@@ -129,7 +131,7 @@ static bf16_plan *plan_for(loom_backend *be, dnnl_lib *d, int ta, int tb, int64_
      * M 256-512 lose 6-25%, M 1024 is even, M 2048-4096 gain 0-16% from run to run); a B past BF16_PACK_MAX
      * bytes gains nothing (GPT-2's head, 50257 x 768 at M 1024: 96.8 ms plain, 86.0 packed + 10.6 reorder) */
     dnnl_memory_desc_t mw = mb;
-    if (!ta && M >= BF16_PACK_MIN_ROWS && K * N * 2 <= BF16_PACK_MAX &&
+    if (!ta && d->pack_b && M >= BF16_PACK_MIN_ROWS && K * N * 2 <= BF16_PACK_MAX &&
         d->memory_desc_init_by_tag(&mw, 2, db, dnnl_bf16, dnnl_format_tag_any) != dnnl_success)
         return NULL;
     dnnl_matmul_desc_t md;
@@ -185,6 +187,8 @@ void loom_cpu_bf16_load(loom_backend *be) {
     }
     dnnl_lib *d = calloc(1, sizeof *d);
     if (!d) return;
+    const char *pack = getenv("LOOM_BF16_PACK");
+    d->pack_b = !(pack && !strcmp(pack, "0"));
     d->h = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_LOCAL);
     if (!d->h) {
         free(d);
