@@ -27,6 +27,16 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double loom_cli_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return v[n / 2];
+}
+
 static void cache_path(char *buf, size_t n, int threads) {
     const char *dir = getenv("LOOM_CACHE_DIR");
     char def[4096];
@@ -77,10 +87,7 @@ static double median_rate(loom_backend *be, const gemm_shape *g, int reps, const
         if (st != LOOM_OK) return 0.0;
         if (r >= 0) times[r] = now_s() - t0;
     }
-    for (int a = 0; a < reps; a++)
-        for (int b = a + 1; b < reps; b++)
-            if (times[b] < times[a]) { double x = times[a]; times[a] = times[b]; times[b] = x; }
-    return 2.0 * (double)g->M * (double)g->N * (double)g->K / times[reps / 2] / 1e9;
+    return 2.0 * (double)g->M * (double)g->N * (double)g->K / loom_cli_median(times, reps) / 1e9;
 }
 
 /* bf16: 0 fp32 products only, 1 fp32 and bf16 side by side (*best: fp32's), 2 bf16 products only (*best and
@@ -186,11 +193,6 @@ static double stack_seconds(loom_backend *be, const uint16_t *W, const uint16_t 
     return now_s() - t0;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static int bench_stack(int threads, int quick) {
     const int64_t C = STACK_C, F = STACK_F, per = 4 * C * C + 2 * C * F;
     loom_backend_config bc = loom_backend_config_default();
@@ -201,43 +203,51 @@ static int bench_stack(int threads, int quick) {
     setenv("LOOM_BF16_PACK", "0", 1);
     const loom_status st = loom_backend_init(&bc, &plain);
     unsetenv("LOOM_BF16_PACK");
-    if (st != LOOM_OK) return loom_cli_fail("bench");
+    if (st != LOOM_OK) {
+        loom_backend_free(&packed);
+        return loom_cli_fail("bench");
+    }
     const size_t nw = (size_t)STACK_LAYERS * (size_t)per, nx = (size_t)STACK_M * (size_t)F;
     uint16_t *W = malloc(nw * sizeof *W), *X = malloc(nx * sizeof *X);
     float *Y = malloc(nx * sizeof *Y);
-    if (!W || !X || !Y) {
-        fprintf(stderr, "loom bench: out of memory\n");
-        return 1;
-    }
-    for (size_t i = 0; i < nw; i++) W[i] = (uint16_t)(0x3C00u + (i * 7) % 97); /* ~1.0-1.7: finite sums */
-    for (size_t i = 0; i < nx; i++) X[i] = (uint16_t)(0x3A00u + (i * 13) % 89);
     enum { MAX_ROUNDS = 7 };
     const int rounds = quick ? 3 : MAX_ROUNDS;
     double tp[MAX_ROUNDS], tq[MAX_ROUNDS];
-    if (stack_seconds(packed, W, X, Y) < 0 || stack_seconds(plain, W, X, Y) < 0) /* warm-up: plans made */
-        return loom_cli_fail("bench");
-    for (int r = 0; r < rounds; r++) { /* alternating which goes first */
+    int rc = 0;
+    if (!W || !X || !Y) {
+        fprintf(stderr, "loom bench: out of memory\n");
+        rc = 1;
+        goto out;
+    }
+    for (size_t i = 0; i < nw; i++) W[i] = (uint16_t)(0x3C00u + (i * 7) % 97); /* ~1.0-1.7: finite sums */
+    for (size_t i = 0; i < nx; i++) X[i] = (uint16_t)(0x3A00u + (i * 13) % 89);
+    /* a warm-up (plans made), then rounds alternating which goes first */
+    rc = stack_seconds(packed, W, X, Y) < 0 || stack_seconds(plain, W, X, Y) < 0;
+    for (int r = 0; r < rounds && !rc; r++) {
         loom_backend *first = r & 1 ? plain : packed, *second = r & 1 ? packed : plain;
         const double a = stack_seconds(first, W, X, Y), b = stack_seconds(second, W, X, Y);
-        if (a < 0 || b < 0) return loom_cli_fail("bench");
+        rc = a < 0 || b < 0;
         tp[r] = r & 1 ? b : a;
         tq[r] = r & 1 ? a : b;
     }
-    qsort(tp, (size_t)rounds, sizeof *tp, cmp_double);
-    qsort(tq, (size_t)rounds, sizeof *tq, cmp_double);
-    const double mp = tp[rounds / 2], mq = tq[rounds / 2];
+    if (rc) {
+        rc = loom_cli_fail("bench");
+        goto out;
+    }
+    const double mp = loom_cli_median(tp, rounds), mq = loom_cli_median(tq, rounds);
     const double flops = 2.0 * 2.0 * STACK_LAYERS * (double)STACK_M * (double)per; /* forward + input gradients */
     printf("gemm stack: GPT-2 124M's %d layers, forward and input-gradient products, M %d, bf16 (%s), %d threads, "
            "medians of %d alternating rounds\n", STACK_LAYERS, STACK_M, loom_backend_bf16_kernel(packed), threads, rounds);
     printf("  B packed (default) %8.1f ms %7.1f GFLOP/s\n", 1e3 * mp, flops / mp / 1e9);
     printf("  B plain            %8.1f ms %7.1f GFLOP/s\n", 1e3 * mq, flops / mq / 1e9);
     printf("packed/plain speed %.3fx\n", mq / mp);
+out:
     free(W);
     free(X);
     free(Y);
     loom_backend_free(&packed);
     loom_backend_free(&plain);
-    return 0;
+    return rc;
 }
 
 /* Runs `loom bench gemm` for one kernel (fp32) or the bf16 products in a child; parses its last line. */

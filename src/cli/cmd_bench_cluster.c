@@ -24,11 +24,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b) {
-    const double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* the median seconds of a call, after a warm-up: 3 runs, more (up to 9) while the total stays under 50 ms */
 #define TIME_MEDIAN(result, call)                                         \
     do {                                                                  \
@@ -42,8 +37,7 @@ static int cmp_double(const void *a, const void *b) {
             ts_[n_++] = now_s() - t0_;                                    \
         }                                                                 \
         if (n_ < 0) { result = -1; break; }                               \
-        qsort(ts_, (size_t)n_, sizeof(double), cmp_double);               \
-        result = ts_[n_ / 2];                                             \
+        result = loom_cli_median(ts_, n_);                                \
     } while (0)
 
 static float *filled(int64_t n) {
@@ -291,8 +285,7 @@ static int comm_child(void) {
                 else if (i >= 0) ts[i] = s;
             }
             if (!rc) {
-                qsort(ts, (size_t)reps, sizeof(double), cmp_double);
-                t[sz] = ts[reps / 2];
+                t[sz] = loom_cli_median(ts, reps);
             }
         }
         if (rc) break;
