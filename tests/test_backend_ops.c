@@ -382,6 +382,13 @@ static void run_case(loom_kernel k, run *r) {
         KCALL(loom_k_round_fp16(be, &a));
         break;
     }
+    case LOOM_KERNEL_round_bf16: { /* in place, as the key/value cache calls it */
+        const int64_t rows = 9, cols = 45;
+        float *x = out_range(r, rows * (cols + 5), -100, 100); /* the columns past cols stay as they are */
+        loom_round_bf16_args a = {x, cols + 5, x, cols + 5, rows, cols};
+        KCALL(loom_k_round_bf16(be, &a));
+        break;
+    }
     case LOOM_KERNEL_sum_squares: {
         loom_sum_squares_args a = {rand_in(r, 100003, -1, 1), 100003, &scalar_a};
         KCALL(loom_k_sum_squares(be, &a));
@@ -499,6 +506,7 @@ static tolerance tolerance_of(loom_kernel k, int exact) {
     case LOOM_KERNEL_attention_decode: return (tolerance){2e-5, 1e-4}; /* online softmax in another order */
     case LOOM_KERNEL_f32_to_bf16:
     case LOOM_KERNEL_round_fp16:
+    case LOOM_KERNEL_round_bf16:
     case LOOM_KERNEL_copy:
     case LOOM_KERNEL_copy_rows:
     case LOOM_KERNEL_fill: return (tolerance){0, 0};                   /* exact operations */

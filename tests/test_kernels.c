@@ -1065,6 +1065,12 @@ static void test_pair_round_copy(loom_backend *be) {
         for (int64_t j = 0; j < cols; j++) want[i * ld + j] = loom_f16_to_f32(loom_f32_to_f16(x[i * ld + j]));
     K(loom_k_round_fp16(be, &(loom_round_fp16_args){y, ld, x, ld, rows, cols}));
     check_bits("round_fp16_equals_software_half_conversion", y, want, rows * ld);
+    memcpy(y, x, (size_t)(rows * ld) * sizeof(float)); /* bf16, in place (the columns past cols untouched) */
+    memcpy(want, x, (size_t)(rows * ld) * sizeof(float));
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) want[i * ld + j] = loom_bf16_to_f32(loom_f32_to_bf16(x[i * ld + j]));
+    K(loom_k_round_bf16(be, &(loom_round_bf16_args){y, ld, y, ld, rows, cols}));
+    check_bits("round_bf16_equals_software_bf16_conversion", y, want, rows * ld);
     K(loom_k_copy_rows(be, &(loom_copy_rows_args){y, ld, x, ld, rows, cols, 0}));
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) want[i * ld + j] = x[i * ld + j];

@@ -24,7 +24,9 @@ solo `loom generate`; the prefix cache hit by a repeated prompt, same text; a pr
 stop at the first token; prompts the model cannot take (outside the vocabulary, longer than the context) -> 400;
 a chunked body; clients hanging up mid-request; 413 for an oversized body; SIGTERM -> exit 0 within 10 s.
 Second server (--api-key-file, --model-name, --chat-template chatml, --max-seqs 1 --max-queue 1): its key and
-name, the chatml prompt, 503 when the queue is full, SIGINT with a stream in flight -> exit 0. Small-pool server
+name, the chatml prompt, 503 when the queue is full, SIGINT with a stream in flight -> exit 0. Recompute (each
+cache dtype): generation resumed from a prompt and its first k greedy tokens continues the uninterrupted run,
+as a preempted sequence must. Small-pool server
 (40 blocks, no --api-key): no key needed; the 16-request burst preempts sequences and every text is still the solo
 one. Byte-tokenizer server: arbitrary bytes out (invalid UTF-8 included): the same text streamed and not, and
 loom generate's bytes with U+FFFD for what is not UTF-8. Bad command lines are refused.
@@ -508,16 +510,39 @@ def complete(srv, prompt, n, streamed, extra=None):
     return j["choices"][0].get("text"), j["choices"][0].get("finish_reason"), j.get("usage")
 
 
-def check_burst(srv, ckpt, tok, where, preemption=False, kv_dtype="f32"):
-    """16 greedy completions at once (different prompts and lengths, 4 sharing a prefix, half streamed), each
-    equal to its solo `loom generate` (with the server's cache storage); the metrics move by what they did."""
+def burst_prompts():
+    """The burst's 16 prompts (4 sharing a prefix) and their lengths."""
     shared = "The committee met on Tuesday to discuss the budget for the coming year, and "
     prompts = [shared + t for t in ("then it adjourned.", "everyone agreed", "nobody came", "the chair spoke")]
     prompts += ["Hi", "Once upon a time", "def main():\n    print(", "12 + 30 =", "To be, or not to be",
                 "The quick brown fox jumps over the lazy dog " * 3, "Q: What is the capital of France?\nA:",
                 "{\"key\": [1, 2, 3]}", "a", "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do",
                 "\tTabs\tand\tspaces ", "ZZZ"]
-    lens = [8 + (i * 7) % 33 for i in range(len(prompts))]
+    return prompts, [8 + (i * 7) % 33 for i in range(len(prompts))]
+
+
+def check_recompute(ckpt, kv_dtype):
+    """What preemption rests on, without the timing that decides who is preempted: a sequence recomputed from
+    its prompt and the k tokens it had generated (those now prompt rows, through the prefill's attention)
+    continues as the uninterrupted run did (whose k tokens went through decode steps). With a bf16 cache the
+    prefill must see its keys and values as the cache stores them: with fp32 ones the JSON prompt's greedy
+    text parted from the uninterrupted run's at k = 3, 4 and 5."""
+    prompts, _ = burst_prompts()
+    bad, n = [], 24
+    for p in prompts:
+        g = greedy(ckpt, p, n, kv_dtype)
+        for k in (1, 3, 4, 5, 11):
+            h = greedy(ckpt, p + g[:k], n - k, kv_dtype) if g is not None else None
+            if g is None or h != g[k:]:
+                bad.append(f"{p[:30]!r} k={k}: {h!r}, uninterrupted {g and g[k:]!r}")
+    check(not bad, f"--kv-dtype {kv_dtype}: 16 prompts x 5 points, loom generate from the prompt and its first k "
+                   f"greedy tokens continues the uninterrupted greedy run", "\n       ".join(bad))
+
+
+def check_burst(srv, ckpt, tok, where, preemption=False, kv_dtype="f32"):
+    """16 greedy completions at once (different prompts and lengths, 4 sharing a prefix, half streamed), each
+    equal to its solo `loom generate` (with the server's cache storage); the metrics move by what they did."""
+    prompts, lens = burst_prompts()
     want = [greedy(ckpt, p, n, kv_dtype) for p, n in zip(prompts, lens)]
     ptoks = [n_tokens(tok, p) for p in prompts]
     _, _, m0 = metrics(srv)
@@ -892,7 +917,9 @@ def main():
         if fails:
             print(srv.tail(60))
         check_second_server(ckpt, w)
+        check_recompute(ckpt, "f32")
         check_small_pool(ckpt, tok)
+        check_recompute(ckpt, "bf16")
         check_kv_bf16(ckpt, tok)
         check_utf8(w)
     finally:

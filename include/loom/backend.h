@@ -393,6 +393,9 @@ typedef struct {
     const float *src;
     int64_t ld_src, rows, cols;
 } loom_round_fp16_args;
+/* The same, rounded to bf16 and back (the bits f32_to_bf16 gives, widened): the values a bf16 store holds,
+ * in fp32 (a bf16 key/value cache's prompt rows attend over what the cache will give back). dst may be src. */
+typedef loom_round_fp16_args loom_round_bf16_args;
 
 /* *result = sum of squares of x (n), in double, summed in fixed-size blocks in a fixed order: the same bits
  * for any thread count. result is host memory. */
@@ -501,6 +504,7 @@ typedef struct {
     X(ce_finish, LOOM_OP_LOSS, 0)                                                                               \
     X(f32_to_bf16, LOOM_OP_ELEMENTWISE, 0)                                                                      \
     X(round_fp16, LOOM_OP_ELEMENTWISE, 0)                                                                       \
+    X(round_bf16, LOOM_OP_ELEMENTWISE, 0)                                                                       \
     X(sum_squares, LOOM_OP_OPTIMIZER, 0)                                                                        \
     X(adamw, LOOM_OP_OPTIMIZER, 0)                                                                              \
     X(lamb_moments, LOOM_OP_OPTIMIZER, 0)                                                                       \

@@ -142,7 +142,8 @@ loom_status loom_kv_rope(loom_model *m, float *qkv) {
 
 /* Layer l's attention: each segment's new keys and values (after RoPE) into its blocks, then its queries
  * against its cache. A segment with nothing cached before it is the training forward's causal attention
- * over its own rows; after cached positions, the decode kernel over the block table. */
+ * over its own rows (their keys and values rounded as a bf16 cache stores them); after cached positions,
+ * the decode kernel over the block table. */
 loom_status loom_kv_attention(loom_model *m, int64_t l) {
     const kv_run *r = (const kv_run *)m->kv_run;
     const loom_kv_pool *p = r->pool;
@@ -160,6 +161,13 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
             const float *src = a->qkv + (r0 + t) * m->Cq + Ca;
             if (p->bf16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){.dst = layer16 + at, .src = src, .n = kvw2}));
             else LOOM_CALL(loom_buf_copy(m->be, layer + at, src, (size_t)kvw2 * sizeof(float)));
+        }
+        /* a bf16 cache: the prompt's own attention sees its keys and values as the cache holds them, as every
+         * later row will, so a sequence recomputed after preemption (its generated tokens now prompt rows)
+         * gets the values its decode steps had */
+        if (sg->pos == 0 && p->bf16) {
+            float *kv = a->qkv + r0 * m->Cq + Ca;
+            LOOM_CALL(loom_k_round_bf16(m->be, &(loom_round_bf16_args){kv, m->Cq, kv, m->Cq, sg->n, kvw2}));
         }
         if (sg->pos == 0)
             LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty + r0 * Ca,
