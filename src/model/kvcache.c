@@ -251,20 +251,27 @@ static loom_status check_segments(loom_model *m, const loom_kv_pool *p, const lo
     return LOOM_OK;
 }
 
+static int rows_fit(const loom_model *m, int64_t rows) {
+    return m->act_mem && (rows <= m->cap_T || rows <= m->cap_B);
+}
+
+loom_status loom_model_kv_prepare(loom_model *m, int64_t rows) {
+    if (rows_fit(m, rows) || (m->has_grads && m->act_mem)) return LOOM_OK; /* a training model's stay as they are */
+    return loom_model_reserve(m, rows, 1, LOOM_RECOMPUTE_NONE);
+}
+
 loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_segment *segs, int64_t n_segs,
                                   float *logits) {
     LOOM_CHECK(p && p->m == m, LOOM_ERR_INVALID_ARG, "the key/value pool belongs to another model");
     int64_t rows, n_logits;
     LOOM_CALL(check_segments(m, p, segs, n_segs, &rows, &n_logits));
+    LOOM_CALL(loom_model_kv_prepare(m, rows));
+    LOOM_CHECK(rows_fit(m, rows), LOOM_ERR_INVALID_ARG,
+               "%lld rows in one cached forward exceed what the training model's activations hold (%lld)",
+               (long long)rows, (long long)(m->cap_T > m->cap_B ? m->cap_T : m->cap_B));
     /* the rows go through the forward as one sequence of the reserved shape, or as a batch of one-token
      * sequences (positions and attention come from the segments either way) */
     int64_t B = 1, T = rows;
-    if (!m->act_mem || (rows > m->cap_T && rows > m->cap_B)) {
-        LOOM_CHECK(!m->has_grads || !m->act_mem, LOOM_ERR_INVALID_ARG,
-                   "%lld rows in one cached forward exceed what the training model's activations hold (%lld)",
-                   (long long)rows, (long long)(m->cap_T > m->cap_B ? m->cap_T : m->cap_B));
-        LOOM_CALL(loom_model_reserve(m, rows, 1, LOOM_RECOMPUTE_NONE));
-    }
     if (rows > m->cap_T) B = rows, T = 1;
     int32_t *tokens = malloc((size_t)rows * sizeof(int32_t));
     int64_t *row0 = malloc((size_t)n_segs * sizeof(int64_t));

@@ -94,6 +94,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     int64_t max_len = n_prompt + sc->max_tokens;
     if (max_len > cfg->max_seq_len) max_len = cfg->max_seq_len;
     LOOM_CALL(loom_model_kv_reset(m, max_len, sc->kv_bf16));
+    LOOM_CALL(loom_model_kv_prepare(m, n_prompt)); /* the prompt's activations, before its clock starts */
     float *scratch = malloc((size_t)V * 2 * sizeof(float)), *logits = malloc((size_t)V * sizeof(float));
     int32_t *gen = malloc((size_t)(sc->max_tokens + 1) * sizeof(int32_t)), *window = malloc((size_t)max_len * sizeof(int32_t));
     if (!scratch || !gen || !logits || !window) {
