@@ -10,6 +10,7 @@
 #include "loom/generate.h"
 #include "loom/model.h"
 #include "loom/rng.h"
+#include "loom/tensor.h"
 
 static int pass, fail;
 static void check(int ok, const char *name, double err, double tol) {
@@ -133,6 +134,52 @@ static int run_family(loom_backend *be, const char *preset, int llama) {
  * the bf16 training forward does, so its logits equal that forward's to float rounding (the fp32 test's
  * tolerance; measured: identical), and follow fp32's within bf16's error (measured 0.4% of the largest logit;
  * bound 2%); they must differ from fp32's (else the products did not run in bf16). */
+/* Weights held in bf16 only (weights_bf16, what a bf16 checkpoint load gives inference): written in pieces,
+ * each made bf16 and its fp32 matrices given back. Against m16 (fp32 weights beside their bf16 copy) whose
+ * weights are first rounded to bf16 values, so the one thing the first holds differently (the embedding read
+ * from its bf16 rows) reads the same values: the cached logits must be the same bits. And the memory: the
+ * bf16 copy plus what reads fp32 (norms, biases, the position table, pages the matrices share with them). */
+static int run_bf16_only(const loom_model_config *c, loom_backend *be, loom_model *m16, const char *preset) {
+    const int64_t T = 24, V = c->vocab_size, n = loom_model_weights_size(m16), piece = 4096;
+    float *w16 = loom_model_weights(m16);
+    for (int64_t i = 0; i < n; i++) w16[i] = loom_bf16_to_f32(loom_f32_to_bf16(w16[i]));
+    loom_mem mem;
+    loom_mem_init(&mem);
+    loom_model *mb;
+    const loom_model_options ob = {.precision = LOOM_PRECISION_BF16, .weights_bf16 = 1};
+    if (loom_model_refresh_low_precision(m16) || loom_model_init(c, be, &mem, &ob, &mb)) return 1;
+    for (int64_t lo = 0; lo < n; lo += piece) {
+        const int64_t hi = lo + piece < n ? lo + piece : n;
+        memcpy(loom_model_weights(mb) + lo, w16 + lo, (size_t)(hi - lo) * sizeof(float));
+        if (loom_model_weights_done(mb, lo, hi)) return 1;
+    }
+    const double params = (double)mem.current[LOOM_MEM_PARAMS], copy = 2.0 * (double)n, fp32 = 4.0 * (double)n;
+    if (loom_model_refresh_low_precision(mb) || loom_model_reserve(mb, 1, T, LOOM_RECOMPUTE_NONE) ||
+        loom_model_kv_reset(mb, T, 0) || loom_model_kv_reset(m16, T, 0))
+        return 1;
+    float *la = malloc((size_t)V * sizeof(float)), *lb = malloc((size_t)V * sizeof(float));
+    int32_t tok[32];
+    loom_rng r;
+    loom_rng_seed(&r, 9);
+    double err = 0;
+    for (int64_t t = 0; t < T; t++) {
+        tok[t] = (int32_t)loom_rng_below(&r, (uint64_t)V);
+        if (!la || !lb || loom_model_kv_step(m16, tok[t], la) || loom_model_kv_step(mb, tok[t], lb)) return 1;
+        for (int64_t v = 0; v < V; v++) err = fmax(err, fabs((double)la[v] - (double)lb[v]));
+    }
+    char name[128];
+    snprintf(name, sizeof name, "%s_bf16_only_weights_give_the_same_logits", preset);
+    check(err == 0, name, err, 0);
+    /* the tiny model's fp32 remainder is large beside its matrices (GPT-2 124M: 241 of 475 MiB) */
+    snprintf(name, sizeof name, "%s_bf16_only_weights_hold_the_copy_and_at_most_a_third_of_fp32", preset);
+    check(params >= copy && params <= copy + fp32 / 3, name, params / fp32, (copy + fp32 / 3) / fp32);
+    free(la);
+    free(lb);
+    loom_model_free(&mb);
+    check(mem.current[LOOM_MEM_PARAMS] == 0, "bf16_only_weights_freed_to_the_byte", (double)mem.current[LOOM_MEM_PARAMS], 0);
+    return 0;
+}
+
 static int run_bf16(loom_backend *be, const char *preset, int llama) {
     loom_model_config c;
     if (tiny_config(preset, llama, &c) != LOOM_OK) return 1;
@@ -172,8 +219,9 @@ static int run_bf16(loom_backend *be, const char *preset, int llama) {
     snprintf(name, sizeof name, "%s_bf16_kv_logits_differ_from_fp32", preset);
     check(e_32 > 1e-4 * maxabs, name, e_32, 1e-4 * maxabs);
     free(full); free(l16); free(l32);
-    loom_model_free(&m16);
     loom_model_free(&m32);
+    if (run_bf16_only(&c, be, m16, preset)) return 1;
+    loom_model_free(&m16);
     return 0;
 }
 

@@ -140,6 +140,12 @@ typedef struct {
                                  row-parallel one; B*T must divide by tp */
     loom_precision precision;
     loom_lora_config lora;    /* r > 0: adapters over frozen weights (one rank of tp, sp and pipeline) */
+    int weights_bf16;         /* an inference model (no LOOM_MODEL_GRADS, its own parameters) in bf16 on a
+                                 host-addressable backend: the weights held in bf16 only, as lora.base_bf16
+                                 holds a frozen base (written a piece at a time, each piece handed to
+                                 loom_model_weights_done; only what reads fp32 stays: norms, biases, GPT-2's
+                                 position table); half the bytes of the bf16 copy beside fp32 weights, a third
+                                 of them. loom_checkpoint_load_model sets it for bf16 loads on the CPU. */
 } loom_model_options;
 /* Collective over opts->tp, sp and parts (none today: it only reads their sizes and ranks). */
 LOOM_NODISCARD loom_status loom_model_init(const loom_model_config *cfg, loom_backend *be, loom_mem *mem,

@@ -16,9 +16,10 @@ static void generate_help(void) {
            "tokens/s go to stderr. Defaults: --max-tokens 200 --temperature 0.8 --top-k 0 (off) --top-p 1 (off)\n"
            "--seed 1337; temperature 0 is greedy. Stops at end-of-text unless --no-stop. The tokenizer is the one\n"
            "the checkpoint was trained with (recorded in it), unless --tokenizer says otherwise. --precision bf16\n"
-           "multiplies with a bf16 copy of the weights (fp32 accumulation, as bf16 training does): half the\n"
-           "bytes each token reads. --kv-dtype bf16 stores the cached keys and values in bf16, as loom serve\n"
-           "--kv-dtype bf16 does (the same text as the server's, one sequence alone).\n");
+           "holds the weights in bf16 only on the CPU (norms, biases and GPT-2's position table stay fp32) and\n"
+           "multiplies in bf16 with fp32 accumulation, as bf16 training does: half the bytes each token reads.\n"
+           "--kv-dtype bf16 stores the cached keys and values in bf16, as loom serve --kv-dtype bf16 does (the\n"
+           "same text as the server's, one sequence alone). The last line (stderr) gives the weights' memory.\n");
 }
 
 /* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
@@ -162,10 +163,11 @@ int loom_cmd_generate(int argc, char **argv) {
     }
     printf("\n");
     fflush(stdout);
-    fprintf(stderr, "[loom] %lld tokens in %.2f s (%.1f tokens/s); prompt %lld tokens in %.3f s%s\n",
+    fprintf(stderr, "[loom] %lld tokens in %.2f s (%.1f tokens/s); prompt %lld tokens in %.3f s; weights %.1f MiB%s\n",
             (long long)gs.generated_tokens, gs.decode_seconds,
             gs.decode_seconds > 0 ? (double)gs.generated_tokens / gs.decode_seconds : 0.0, (long long)gs.prompt_tokens,
-            gs.prefill_seconds, gs.stopped_at_eot ? "; stopped at end-of-text" : gs.context_full ? "; context full" : "");
+            gs.prefill_seconds, (double)c.mem.current[LOOM_MEM_PARAMS] / 1048576.0,
+            gs.stopped_at_eot ? "; stopped at end-of-text" : gs.context_full ? "; context full" : "");
     rc = 0;
 out:
     free(ids);

@@ -25,7 +25,8 @@ static void serve_help(void) {
            "slot, at least two contexts, at most a quarter of the available memory) in blocks of --kv-block\n"
            "positions; prompts sharing a prefix share its blocks. --kv-dtype bf16 stores them in bf16: twice the\n"
            "positions in the same memory (attention reads them back into fp32). --port 0 picks a free port; the\n"
-           "address is printed to stderr once listening. SIGINT or SIGTERM stops the server.\n"
+           "address is printed to stderr once listening. SIGINT or SIGTERM stops the server. --precision bf16\n"
+           "holds the weights in bf16 only on the CPU (norms and biases stay fp32) and multiplies in bf16.\n"
            "--lora NAME=RUN_DIR (repeatable) serves a LoRA run's adapters over the model as model NAME: a request's\n"
            "\"model\" chooses the model itself (its name or \"base\") or an adapter set; requests for different\n"
            "ones share every step (the frozen products batched, each adds its own adapters).\n"
@@ -246,9 +247,10 @@ int loom_cmd_serve(int argc, char **argv) {
     }
     ec.kv_blocks = (int64_t)((size_t)kv_memory / block_bytes);
     if (ec.max_batch_tokens < ec.max_seqs) ec.max_batch_tokens = ec.max_seqs; /* every sequence can decode */
-    fprintf(stderr, "loom serve: %s (%s), key/value pool %.1f MiB = %lld blocks of %lld positions in %s (%.1f full "
+    fprintf(stderr, "loom serve: %s (%s), weights %.1f MiB, key/value pool %.1f MiB = %lld blocks of %lld positions in %s (%.1f full "
                     "contexts of %lld), up to %lld sequences and %lld tokens a step, chat template %s\n",
-            model_name, mc->family == LOOM_FAMILY_GPT2 ? "gpt2" : "llama", (double)ec.kv_blocks * (double)block_bytes / 1048576.0,
+            model_name, mc->family == LOOM_FAMILY_GPT2 ? "gpt2" : "llama", (double)c.mem.current[LOOM_MEM_PARAMS] / 1048576.0,
+            (double)ec.kv_blocks * (double)block_bytes / 1048576.0,
             (long long)ec.kv_blocks, (long long)ec.block_len, ec.kv_bf16 ? "bf16" : "f32",
             (double)(ec.kv_blocks * ec.block_len) / (double)mc->max_seq_len, (long long)mc->max_seq_len,
             (long long)ec.max_seqs, (long long)ec.max_batch_tokens, sc.chat_template);

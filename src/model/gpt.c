@@ -446,20 +446,32 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
     if (o->lora.r > 0) LOOM_CALL_GOTO(st, loom_lora_build(m, &o->lora), fail); /* the flat buffers: adapters */
     m->own_params = !(flags & LOOM_MODEL_EXTERNAL_PARAMS);
     m->own_grads = (flags & LOOM_MODEL_GRADS) && !(flags & LOOM_MODEL_EXTERNAL_GRADS);
-    const size_t bytes = (size_t)m->buf_size * sizeof(float);
-    if (m->own_params) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params), fail);
-    if (m->own_grads) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, bytes, (void **)&m->grads), fail);
     m->has_grads = (flags & LOOM_MODEL_GRADS) != 0;
+    /* weights held in bf16 only: fp32 until their bf16 copy is made, then only what reads fp32 */
+    const int bf16_only = be && (m->lora ? o->lora.base_bf16 : o->weights_bf16);
+    if (bf16_only) {
+        LOOM_CHECK_GOTO(st, m->precision == LOOM_PRECISION_BF16, LOOM_ERR_CONFIG, fail,
+                        "weights held in bf16 only need bf16 precision (the products read the bf16 copy)");
+        LOOM_CHECK_GOTO(st, loom_backend_host_accessible(be), LOOM_ERR_UNSUPPORTED, fail,
+                        "weights held in bf16 only run on the CPU backend only yet (%s)", loom_backend_name(be));
+        LOOM_CHECK_GOTO(st, m->lora || (m->own_params && !m->has_grads), LOOM_ERR_CONFIG, fail,
+                        "weights held in bf16 only are an inference model's (its own parameters, no gradients: "
+                        "training updates fp32 master weights)");
+    }
+    const size_t bytes = (size_t)m->buf_size * sizeof(float);
     m->w_resident = -1;
+    if (m->own_params && bf16_only && !m->lora) {
+        LOOM_CALL_GOTO(st, loom_buf_reserve(be, bytes, (void **)&m->params), fail);
+        m->w_resident = 0; /* accounted as pieces are written (loom_model_weights_done) */
+    } else if (m->own_params) {
+        LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, bytes, (void **)&m->params), fail);
+    }
+    if (m->own_grads) LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_GRADS, bytes, (void **)&m->grads), fail);
     if (!m->lora) {
         m->w = m->params;
-    } else if (be && o->lora.base_bf16) { /* fp32 until the bf16 copy is made, then only what reads fp32 */
-        LOOM_CHECK_GOTO(st, m->precision == LOOM_PRECISION_BF16, LOOM_ERR_CONFIG, fail,
-                        "a bf16 LoRA base needs bf16 precision (the frozen products read the bf16 copy)");
-        LOOM_CHECK_GOTO(st, loom_backend_host_accessible(be), LOOM_ERR_UNSUPPORTED, fail,
-                        "a bf16 LoRA base runs on the CPU backend only yet (%s)", loom_backend_name(be));
+    } else if (bf16_only) {
         LOOM_CALL_GOTO(st, loom_buf_reserve(be, (size_t)m->w_size * sizeof(float), (void **)&m->w), fail);
-        m->w_resident = 0; /* accounted as pieces are written (loom_model_weights_done) */
+        m->w_resident = 0;
     } else if (be) { /* the frozen weights: whole on every rank, whatever the ZeRO stage (nothing of them trains) */
         LOOM_CALL_GOTO(st, loom_buf_alloc(be, mem, LOOM_MEM_PARAMS, (size_t)m->w_size * sizeof(float), (void **)&m->w), fail);
     }
@@ -531,7 +543,12 @@ void loom_model_free(loom_model **pm) {
     free_acts(m);
     loom_backend *be = m->be;
     const size_t bytes = (size_t)m->buf_size * sizeof(float), w_bytes = (size_t)m->w_size * sizeof(float);
-    if (m->own_params) loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params, bytes);
+    if (m->own_params && !m->lora && m->w_resident >= 0) { /* weights held in bf16 only: what stayed resident */
+        loom_mem_track(m->mem, LOOM_MEM_PARAMS, -m->w_resident);
+        loom_buf_unreserve(be, m->params, bytes);
+    } else if (m->own_params) {
+        loom_buf_free(be, m->mem, LOOM_MEM_PARAMS, m->params, bytes);
+    }
     if (m->own_grads) loom_buf_free(be, m->mem, LOOM_MEM_GRADS, m->grads, bytes);
     if (m->lowp_made) { /* reserved: the made units were accounted as they were made */
         for (int u = 0; u < m->n_units; u++)
@@ -579,13 +596,14 @@ static loom_status init_buffer(loom_model *m, uint64_t seed, float *buf, int64_t
 }
 
 loom_status loom_model_init_weights(loom_model *m, uint64_t seed) {
+    if (!m->lora && m->w_resident >= 0) return loom_model_init_frozen(m, seed); /* held in bf16 only: in pieces */
     return init_buffer(m, seed, m->params, m->buf_size, 0);
 }
 
 loom_status loom_model_init_frozen(loom_model *m, uint64_t seed) {
     m->w_lowp_fresh = 0;
     if (m->w_resident < 0) return init_buffer(m, seed, m->w, m->w_size, 1);
-    /* a bf16 base: a piece at a time, each made bf16 before the next (never the whole base in fp32) */
+    /* held in bf16 only: a piece at a time, each made bf16 before the next (never the whole in fp32) */
     const int64_t piece = (int64_t)1 << 20; /* floats: a multiple of the page */
     for (int64_t lo = 0; lo < m->w_size; lo += piece) {
         const int64_t hi = lo + piece < m->w_size ? lo + piece : m->w_size;
@@ -1725,8 +1743,8 @@ loom_status loom_model_refresh_low_precision(loom_model *m) {
             if (m->lowp_made[u]) lowp_drop(m, u);
         return LOOM_OK;
     }
-    if (m->lora && (m->w_lowp_fresh || m->w_resident >= 0)) return LOOM_OK; /* frozen: made once (bf16 base:
-                                                                                as they were written) */
+    if (m->w_resident >= 0 || (m->lora && m->w_lowp_fresh)) return LOOM_OK; /* held in bf16 only: made as they
+                                                                                were written; frozen: made once */
     if (m->params16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){m->params16, m->w, m->w_size}));
     if (m->params_h)
         LOOM_CALL(loom_k_round_fp16(m->be, &(loom_round_fp16_args){m->params_h, m->w_size, m->w, m->w_size, 1, m->w_size}));

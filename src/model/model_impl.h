@@ -115,7 +115,8 @@ struct loom_model {
     loom_param_info *w_infos;
     int w_n_infos;
     int w_lowp_fresh;           /* LoRA: the frozen weights' low-precision copy is made from their values */
-    int64_t w_resident;         /* LoRA base_bf16: bytes of w still resident (reserved memory; -1: allocated) */
+    int64_t w_resident;         /* weights held in bf16 only (LoRA base_bf16, weights_bf16): bytes of w still
+                                   resident (reserved memory; -1: allocated) */
     struct lora_state *lora;    /* NULL without adapters */
     struct lora_state *sets[LOOM_MAX_ADAPTER_SETS]; /* serving: adapter sets, each with its own buffer */
     int n_sets;
@@ -126,7 +127,7 @@ struct loom_model {
 };
 
 void loom_kv_cache_free(loom_model *m);
-/* The embedding table in bf16 where the model holds it only so (a LoRA base_bf16 after its first refresh) */
+/* The embedding table in bf16 where the model holds it only so (weights held in bf16 only, once written) */
 static inline const uint16_t *loom_model_wte16(const loom_model *m) {
     return m->w_resident >= 0 && m->w_lowp_fresh ? m->params16 + m->off_wte : NULL;
 }

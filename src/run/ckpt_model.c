@@ -123,6 +123,11 @@ loom_status loom_checkpoint_load_model(const char *path, loom_precision precisio
     float *adapters = NULL;
     int64_t n = 0;
     if (lora) LOOM_CALL_GOTO(st, loom_checkpoint_read_adapters(c, &mo.lora, &adapters, &n), fail);
+    /* bf16 inference on the CPU: the weights (or a LoRA run's frozen base) held in bf16 only */
+    if (precision == LOOM_PRECISION_BF16 && loom_backend_host_accessible(be)) {
+        if (lora) mo.lora.base_bf16 = 1;
+        else mo.weights_bf16 = 1;
+    }
     st = loom_model_init(&mc, be, mem, &mo, &m);
     if (lora && st == LOOM_OK) { /* the base first, then the adapters: the flat parameters */
         st = load_lora_base(m, lora, loom_run_ckpt_path(c));
