@@ -3,7 +3,7 @@
 bf16 files), same model, prompt, token count and threads, alternating, medians over rounds.
 
     /usr/bin/python3 bench/bench_generate.py [--loom build/loom] [--preset gpt2-124m] [--tokens 64]
-                                             [--prompt-tokens 128] [--rounds 3] [--threads 2]
+                                             [--prompt-tokens 128] [--rounds 3] [--threads 2] [--batch-invariant]
 
 The model is the preset with loom's initial weights (one training step on synthetic data; the speed does not
 depend on the values), tokens are greedy with end-of-text ignored. Prefill is the prompt up to the first new
@@ -22,9 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def loom_run(loom, ckpt, prompt, tokens, threads, precision):
+def loom_run(loom, ckpt, prompt, tokens, threads, precision, extra=()):
     r = subprocess.run([loom, "-q", "generate", "--ckpt", ckpt, "--prompt", prompt, "--max-tokens", str(tokens),
-                        "--temperature", "0", "--no-stop", "--threads", str(threads), "--precision", precision],
+                        "--temperature", "0", "--no-stop", "--threads", str(threads), "--precision", precision, *extra],
                        capture_output=True, text=True, errors="replace", check=True)
     # "[loom] N tokens in S s (X tokens/s); prompt P tokens in Q s"
     line = [l for l in r.stderr.splitlines() if l.startswith("[loom]")][-1].split()
@@ -50,6 +50,8 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128, help="about this many (GPT-2 tokens of plain words)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-invariant", action="store_true",
+                    help="also loom generate --batch-invariant (what loom serve --batch-invariant runs)")
     a = ap.parse_args()
     if not os.path.exists(os.path.join(a.peer, "node_modules", "node-llama-cpp")):
         sys.exit(f"node-llama-cpp not found in {a.peer}: scripts/fetch_llama_cpp.sh {a.peer}")
@@ -62,6 +64,10 @@ def main():
                         "train.progress=0"], check=True, stdout=subprocess.DEVNULL)
         systems = [("loom fp32", lambda: loom_run(a.loom, ckpt, prompt, a.tokens, a.threads, "fp32")),
                    ("loom bf16", lambda: loom_run(a.loom, ckpt, prompt, a.tokens, a.threads, "bf16"))]
+        if a.batch_invariant:
+            inv = ("--batch-invariant",)
+            systems += [("loom fp32 inv", lambda: loom_run(a.loom, ckpt, prompt, a.tokens, a.threads, "fp32", inv)),
+                        ("loom bf16 inv", lambda: loom_run(a.loom, ckpt, prompt, a.tokens, a.threads, "bf16", inv))]
         for dt in ("f32", "f16", "bf16"):
             g = os.path.join(w, f"model-{dt}.gguf")
             subprocess.run([a.loom, "-q", "export", "--ckpt", ckpt, "--format", "gguf", "--out", g, "--dtype", dt,
@@ -82,7 +88,10 @@ def main():
         med[name] = (statistics.median(x["decode_tps"] for x in res[name]),
                      statistics.median(x["prefill_tps"] for x in res[name]))
         print(f"{name:14s} {med[name][0]:13.1f} {med[name][1]:14.1f}")
-    for mine, peer in (("loom fp32", "llama.cpp f32"), ("loom bf16", "llama.cpp bf16"), ("loom bf16", "llama.cpp f16")):
+    pairs = [("loom fp32", "llama.cpp f32"), ("loom bf16", "llama.cpp bf16"), ("loom bf16", "llama.cpp f16")]
+    if a.batch_invariant:
+        pairs += [("loom fp32 inv", "loom fp32"), ("loom bf16 inv", "loom bf16"), ("loom bf16 inv", "llama.cpp bf16")]
+    for mine, peer in pairs:
         print(f"{mine} / {peer}: decode {med[mine][0] / med[peer][0]:.2f}x, prefill {med[mine][1] / med[peer][1]:.2f}x")
 
 

@@ -225,6 +225,120 @@ static int run_bf16(loom_backend *be, const char *preset, int llama) {
     return 0;
 }
 
+/* ---- batch invariance: a sequence's logits do not depend on what it is batched with ----
+ * Three sequences (prompts of 5, 23 and 30 tokens, then 6 decoded tokens each) run alone, then together as a
+ * continuous-batching server runs them: two prompts whole and the third's first 8 tokens in one forward, its
+ * rest beside two decode rows in the next, then decode rows together; and the first recomputed from its
+ * prompt and 3 generated tokens in one segment, as after preemption. On a batch-invariant backend every
+ * logit must be the same bits as alone; on the default one this prints how far they are (few-row kernels
+ * for small batches, the GEMM for large ones, the training attention for prompts). */
+enum { INV_SEQS = 3, INV_DEC = 6, INV_BLOCKS = 10, INV_BL = 4, INV_CHUNK = 8 };
+
+typedef struct {
+    loom_model *m;
+    loom_kv_pool *pool;
+    int64_t V;
+    int32_t tables[INV_SEQS][INV_BLOCKS];
+} inv_run;
+
+/* one forward over segments (seq, first token, n, pos, logits wanted); the wanted logits into out, in order */
+static int inv_forward(inv_run *r, const int32_t *const *tok, const int *seq, const int64_t *n, const int64_t *pos,
+                       const int *want, int n_segs, float *out) {
+    loom_kv_segment segs[INV_SEQS];
+    for (int k = 0; k < n_segs; k++)
+        segs[k] = (loom_kv_segment){.tokens = tok[k], .n = n[k], .pos = pos[k], .blocks = r->tables[seq[k]],
+                                    .logits = want[k]};
+    return loom_model_kv_forward(r->m, r->pool, segs, n_segs, out) != LOOM_OK;
+}
+
+static double bits_apart(const float *a, const float *b, int64_t n) {
+    double e = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (memcmp(a + i, b + i, sizeof(float))) e = fmax(e, fabs((double)a[i] - (double)b[i]) + 1e-30);
+    return e;
+}
+
+static int run_invariance(loom_backend *be, const char *preset, int llama, loom_precision prec, int kv_bf16) {
+    loom_model_config c;
+    if (tiny_config(preset, llama, &c) != LOOM_OK) return 1;
+    c.d_model = 256; /* sums long enough that their order shows in bf16 too */
+    c.d_ff = llama ? 384 : 1024;
+    loom_mem mem;
+    loom_mem_init(&mem);
+    inv_run r = {.V = c.vocab_size};
+    const loom_model_options o = {.precision = prec};
+    if (loom_model_init(&c, be, &mem, &o, &r.m) || loom_model_init_weights(r.m, 7) ||
+        loom_model_refresh_low_precision(r.m) ||
+        loom_kv_pool_create(r.m, INV_SEQS * INV_BLOCKS, INV_BL, kv_bf16, &r.pool))
+        return 1;
+    for (int s = 0; s < INV_SEQS; s++)
+        for (int b = 0; b < INV_BLOCKS; b++) r.tables[s][b] = s * INV_BLOCKS + b;
+    const int64_t len[INV_SEQS] = {5, 23, 30}, V = r.V;
+    int32_t tok[INV_SEQS][40];
+    loom_rng g;
+    loom_rng_seed(&g, 11);
+    for (int s = 0; s < INV_SEQS; s++)
+        for (int64_t i = 0; i < len[s] + INV_DEC; i++) tok[s][i] = (int32_t)loom_rng_below(&g, (uint64_t)V);
+    /* alone: logits after the prompt, then after each decoded token */
+    float *solo = malloc((size_t)(INV_SEQS * (INV_DEC + 1) * V) * sizeof(float));
+    float *got = malloc((size_t)(INV_SEQS * V) * sizeof(float));
+    if (!solo || !got) return 1;
+#define SOLO(s, t) (solo + ((s) * (INV_DEC + 1) + (t)) * V)
+    for (int s = 0; s < INV_SEQS; s++) {
+        const int32_t *t0 = tok[s];
+        if (inv_forward(&r, &t0, &s, &len[s], &(int64_t){0}, &(int){1}, 1, SOLO(s, 0))) return 1;
+        for (int t = 0; t < INV_DEC - 1; t++) {
+            const int32_t *tt = tok[s] + len[s] + t;
+            if (inv_forward(&r, &tt, &s, &(int64_t){1}, &(int64_t){len[s] + t}, &(int){1}, 1, SOLO(s, t + 1))) return 1;
+        }
+    }
+    double err = 0;
+    /* together: prompts 0 and 1 whole and a chunk of prompt 2 (36 rows: past the few-row kernel's 32); then 2's
+     * rest beside 0's and 1's first decodes */
+    {
+        const int32_t *tk[3] = {tok[0], tok[1], tok[2]};
+        const int sq[3] = {0, 1, 2}, wt[3] = {1, 1, 0};
+        const int64_t n[3] = {len[0], len[1], INV_CHUNK}, ps[3] = {0, 0, 0};
+        if (inv_forward(&r, tk, sq, n, ps, wt, 3, got)) return 1;
+        err = fmax(err, fmax(bits_apart(got, SOLO(0, 0), V), bits_apart(got + V, SOLO(1, 0), V)));
+    }
+    {
+        const int32_t *tk[3] = {tok[0] + len[0], tok[1] + len[1], tok[2] + INV_CHUNK};
+        const int sq[3] = {0, 1, 2}, wt[3] = {1, 1, 1};
+        const int64_t n[3] = {1, 1, len[2] - INV_CHUNK}, ps[3] = {len[0], len[1], INV_CHUNK};
+        if (inv_forward(&r, tk, sq, n, ps, wt, 3, got)) return 1;
+        err = fmax(err, fmax(bits_apart(got, SOLO(0, 1), V), bits_apart(got + V, SOLO(1, 1), V)));
+        err = fmax(err, bits_apart(got + 2 * V, SOLO(2, 0), V));
+    }
+    for (int t = 1; t < INV_DEC - 1; t++) { /* 0 and 1 at their (t+1)-th decode, 2 at its t-th */
+        const int32_t *tk[3] = {tok[0] + len[0] + t, tok[1] + len[1] + t, tok[2] + len[2] + t - 1};
+        const int sq[3] = {0, 1, 2}, wt[3] = {1, 1, 1};
+        const int64_t n[3] = {1, 1, 1}, ps[3] = {len[0] + t, len[1] + t, len[2] + t - 1};
+        if (inv_forward(&r, tk, sq, n, ps, wt, 3, got)) return 1;
+        err = fmax(err, fmax(bits_apart(got, SOLO(0, t + 1), V), bits_apart(got + V, SOLO(1, t + 1), V)));
+        err = fmax(err, bits_apart(got + 2 * V, SOLO(2, t), V));
+    }
+    { /* 0 recomputed from its prompt and its first 3 decoded tokens, beside 1's next decode */
+        const int32_t *tk[2] = {tok[0], tok[1] + len[1] + INV_DEC - 1};
+        const int sq[2] = {0, 1}, wt[2] = {1, 0};
+        const int64_t n[2] = {len[0] + 3, 1}, ps[2] = {0, len[1] + INV_DEC - 1};
+        if (inv_forward(&r, tk, sq, n, ps, wt, 2, got)) return 1;
+        err = fmax(err, bits_apart(got, SOLO(0, 3), V));
+    }
+#undef SOLO
+    char name[160];
+    snprintf(name, sizeof name, "%s_%s%s_%s", preset, prec == LOOM_PRECISION_BF16 ? "bf16" : "fp32",
+             kv_bf16 ? "_bf16_cache" : "", loom_backend_batch_invariant(be) ?
+             "batch_invariant_logits_equal_alone_to_the_bit" : "default_backend_logits_beside_alone_(info)");
+    if (loom_backend_batch_invariant(be)) check(err == 0, name, err, 0);
+    else printf("info %s: largest difference %.3e\n", name, err);
+    free(solo);
+    free(got);
+    loom_kv_pool_free(&r.pool);
+    loom_model_free(&r.m);
+    return 0;
+}
+
 int main(int argc, char **argv) { /* test_generate [device] */
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = 2;
@@ -237,6 +351,21 @@ int main(int argc, char **argv) { /* test_generate [device] */
         (!strcmp(bc.device, "cpu") && (run_bf16(be, "demo", 0) || run_bf16(be, "llama-tiny", 1)))) {
         fprintf(stderr, "error: %s\n", loom_error_message());
         return 1;
+    }
+    if (!strcmp(bc.device, "cpu") || !strcmp(bc.device, "cpu-isolated")) {
+        loom_backend *bi;
+        bc.batch_invariant = 1;
+        if (loom_backend_init(&bc, &bi)) return 1;
+        for (int inv = 0; inv < 2; inv++) {
+            loom_backend *b = inv ? bi : be;
+            if (run_invariance(b, "demo", 0, LOOM_PRECISION_FP32, 0) || run_invariance(b, "demo", 0, LOOM_PRECISION_BF16, 0) ||
+                run_invariance(b, "demo", 0, LOOM_PRECISION_BF16, 1) || run_invariance(b, "llama-tiny", 1, LOOM_PRECISION_FP32, 0) ||
+                run_invariance(b, "llama-tiny", 1, LOOM_PRECISION_BF16, 1)) {
+                fprintf(stderr, "error: %s\n", loom_error_message());
+                return 1;
+            }
+        }
+        loom_backend_free(&bi);
     }
     loom_backend_free(&be);
     printf("%d passed, %d failed\n", pass, fail);

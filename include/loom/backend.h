@@ -42,6 +42,13 @@ typedef struct {
     const char *blas_library; /* path to a libopenblas; NULL = search (OpenMP build first), "builtin" = none */
     int quiet;                /* do not log the kernel choice */
     int gpu;                  /* cuda: the device index */
+    int batch_invariant;      /* a row's results do not depend on the other rows of the call: products with
+                                 a weight stored [N, K] go through the few-row kernel whatever their row
+                                 count (each row against each weight row in one fixed order; the library
+                                 GEMMs' bits depend on M) and a cached forward attends every row with the
+                                 decode kernel, so a served sequence's tokens do not depend on its batch
+                                 (vLLM's batch invariance). Prompts run 1.4-1.7x slower (GPT-2 124M
+                                 here), decoding within about 6%. CPU backends only */
 } loom_backend_config;
 
 /* profiling categories */
@@ -73,6 +80,7 @@ const char *loom_backend_bf16_kernel(const loom_backend *be);
 int loom_backend_threads(const loom_backend *be);
 /* 1 when the host can read and write the backend's buffers directly (the CPU backend) */
 int loom_backend_host_accessible(const loom_backend *be);
+int loom_backend_batch_invariant(const loom_backend *be); /* loom_backend_config.batch_invariant */
 /* Host bytes the backend keeps between calls for its own use, outside every loom_mem category, grow-only: the
  * CPU's bf16 GEMM holds its second operand in oneDNN's blocked layout (at most 32 MiB), or, where oneDNN has no
  * bf16 matmul for this CPU, the reference holds blocks of its fp32 operands (at most 2^24 floats each). Runs

@@ -79,6 +79,10 @@ loom_status loom_backend_init(const loom_backend_config *cfg, loom_backend **out
         st = loom_error_set(!strcmp(dev, "cuda") ? LOOM_ERR_UNSUPPORTED : LOOM_ERR_CONFIG, __FILE__, __LINE__, __func__,
                             "device '%s' is not in this build (it has: %s)%s", dev, loom_backend_devices(),
                             !strcmp(dev, "cuda") ? "; build with the CUDA toolkit installed (cmake finds nvcc)" : "");
+    if (st == LOOM_OK && cfg->batch_invariant && !be->batch_invariant) /* the backend sets it where it can */
+        st = loom_error_set(LOOM_ERR_UNSUPPORTED, __FILE__, __LINE__, __func__,
+                            "batch-invariant products run on the CPU backends only (%s picks its kernels by shape)",
+                            be->name);
     if (st != LOOM_OK) {
         loom_error_trace(__FILE__, __LINE__, __func__);
         loom_backend_free(&be);
@@ -105,6 +109,7 @@ const char *loom_backend_gemm_kernel(const loom_backend *be) { return be->gemm_k
 const char *loom_backend_bf16_kernel(const loom_backend *be) { return be->bf16_kernel; }
 int loom_backend_threads(const loom_backend *be) { return be->threads; }
 int loom_backend_host_accessible(const loom_backend *be) { return be->host_accessible; }
+int loom_backend_batch_invariant(const loom_backend *be) { return be->batch_invariant; }
 size_t loom_backend_own_bytes(const loom_backend *be) {
     return (be->bf16_ref_n[0] + be->bf16_ref_n[1]) * sizeof(float) + be->bf16_own_bytes;
 }

@@ -29,6 +29,7 @@ struct loom_backend {
     loom_kernel_table k;
     loom_buffer_ops buf;
     int host_accessible;
+    int batch_invariant;          /* loom_backend_config.batch_invariant */
     int own_peak;                 /* 1: the host CPU's GEMM peak says nothing of this backend's rate (a GPU) */
     int threads;
     char gemm_kernel[128];

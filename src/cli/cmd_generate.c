@@ -11,7 +11,7 @@
 static void generate_help(void) {
     printf("usage: loom generate --ckpt DIR [--prompt TEXT] [--max-tokens N] [--temperature X] [--top-k K]\n"
            "                     [--top-p P] [--seed S] [--tokenizer gpt2|byte|FILE] [--threads N] [--no-stop]\n"
-           "                     [--device cpu|cuda] [--precision fp32|bf16] [--kv-dtype f32|bf16]\n"
+           "                     [--device cpu|cuda] [--precision fp32|bf16] [--kv-dtype f32|bf16] [--batch-invariant]\n"
            "Samples from the model in DIR/checkpoint.bin with a KV cache and streams the text to stdout; the\n"
            "tokens/s go to stderr. Defaults: --max-tokens 200 --temperature 0.8 --top-k 0 (off) --top-p 1 (off)\n"
            "--seed 1337; temperature 0 is greedy. Stops at end-of-text unless --no-stop. The tokenizer is the one\n"
@@ -19,7 +19,9 @@ static void generate_help(void) {
            "holds the weights in bf16 only on the CPU (norms, biases and GPT-2's position table stay fp32) and\n"
            "multiplies in bf16 with fp32 accumulation, as bf16 training does: half the bytes each token reads.\n"
            "--kv-dtype bf16 stores the cached keys and values in bf16, as loom serve --kv-dtype bf16 does (the\n"
-           "same text as the server's, one sequence alone). The last line (stderr) gives the weights' memory.\n");
+           "same text as the server's, one sequence alone). --batch-invariant runs the products and attention as\n"
+           "loom serve --batch-invariant does (every row alone in one fixed order): the server's texts to the bit.\n"
+           "The last line (stderr) gives the weights' memory.\n");
 }
 
 /* The tokenizer the checkpoint records, or the obvious one for its vocabulary. */
@@ -65,7 +67,7 @@ void loom_cli_ckpt_close(loom_cli_ckpt *c) {
 int loom_cmd_generate(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = NULL, *tok_name = NULL;
     loom_sample_config sc = loom_sample_config_default();
-    int threads = 0;
+    int threads = 0, batch_invariant = 0;
     const char *device = "cpu";
     loom_precision precision = LOOM_PRECISION_FP32;
     for (int i = 1; i < argc; i++) {
@@ -76,6 +78,10 @@ int loom_cmd_generate(int argc, char **argv) {
         }
         if (!strcmp(a, "--no-stop")) {
             sc.stop_at_eot = 0;
+            continue;
+        }
+        if (!strcmp(a, "--batch-invariant")) {
+            batch_invariant = 1;
             continue;
         }
         if (i + 1 >= argc) {
@@ -123,6 +129,7 @@ int loom_cmd_generate(int argc, char **argv) {
     bc.threads = threads;
     bc.quiet = 1;
     bc.device = device;
+    bc.batch_invariant = batch_invariant;
     loom_cli_ckpt c;
     int32_t *ids = NULL;
     int64_t n = 0;

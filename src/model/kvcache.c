@@ -143,7 +143,8 @@ loom_status loom_kv_rope(loom_model *m, float *qkv) {
 /* Layer l's attention: each segment's new keys and values (after RoPE) into its blocks, then its queries
  * against its cache. A segment with nothing cached before it is the training forward's causal attention
  * over its own rows (their keys and values rounded as a bf16 cache stores them); after cached positions,
- * the decode kernel over the block table. */
+ * and for every row on a batch-invariant backend (a row's arithmetic then the same in any segment), the
+ * decode kernel over the block table. */
 loom_status loom_kv_attention(loom_model *m, int64_t l) {
     const kv_run *r = (const kv_run *)m->kv_run;
     const loom_kv_pool *p = r->pool;
@@ -165,11 +166,12 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
         /* a bf16 cache: the prompt's own attention sees its keys and values as the cache holds them, as every
          * later row will, so a sequence recomputed after preemption (its generated tokens now prompt rows)
          * gets the values its decode steps had */
-        if (sg->pos == 0 && p->bf16) {
+        const int own_rows = sg->pos == 0 && !loom_backend_batch_invariant(m->be); /* the training kernel */
+        if (own_rows && p->bf16) {
             float *kv = a->qkv + r0 * m->Cq + Ca;
             LOOM_CALL(loom_k_round_bf16(m->be, &(loom_round_bf16_args){kv, m->Cq, kv, m->Cq, sg->n, kvw2}));
         }
-        if (sg->pos == 0)
+        if (own_rows)
             LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty + r0 * Ca,
                                                .lse = a->lse, .qkv = a->qkv + r0 * m->Cq, .B = 1, .T = sg->n,
                                                .H = m->H, .KV = m->KV, .hd = m->hd}));

@@ -53,8 +53,8 @@ void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int6
                     int64_t ldc) {
     cpu_blas *blas = be->blas;
     if (M == 0 || N == 0) return;
-    if (!ta && tb && M <= loom_cpu_fewrows_max() && K > 0 && loom_cpu_fewrows_supported(0)) {
-        loom_cpu_fewrows_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); /* decoding: see fewrows.c */
+    if (!ta && tb && (M <= loom_cpu_fewrows_max() || be->batch_invariant) && K > 0 && loom_cpu_fewrows_supported(0)) {
+        loom_cpu_fewrows_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); /* decoding, or batch-invariant: fewrows.c */
         return;
     }
     /* BLAS takes int sizes: split along M (rows of C) where a dimension would not fit. The model's

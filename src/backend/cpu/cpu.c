@@ -9,6 +9,9 @@
 loom_status loom_cpu_setup(const loom_backend_config *cfg, loom_backend *be) {
     LOOM_CHECK(cfg->threads >= 0 && cfg->threads <= 4096, LOOM_ERR_INVALID_ARG,
                "threads must be between 0 (all cores) and 4096, got %d", cfg->threads);
+    LOOM_CHECK(!cfg->batch_invariant || loom_cpu_fewrows_supported(0), LOOM_ERR_UNSUPPORTED,
+               "batch-invariant products need AVX2 or AVX-512 (fewrows.c's kernel, which runs them, uses them)");
+    be->batch_invariant = cfg->batch_invariant != 0;
     int threads = cfg->threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
