@@ -40,7 +40,16 @@ void *loom_mem_host_alloc(size_t bytes) {
 #ifdef MADV_HUGEPAGE
     if (align == LOOM_HUGE_ALIGN) (void)madvise(p, rounded, MADV_HUGEPAGE);
 #endif
-    memset(p, 0, rounded);
+    if (align != LOOM_HUGE_ALIGN) {
+        memset(p, 0, rounded);
+        return p;
+    }
+    /* first touch in 2 MiB pieces over the threads: faulting fresh pages is per-thread work in the kernel (and
+     * under a hypervisor that took freed pages back: 0.5-0.9 GB/s per thread here), so the threads together
+     * fault a large buffer 1.6-1.8x faster than one (measured on 1000 MB, 2 threads) */
+    const int64_t pieces = (int64_t)(rounded / LOOM_HUGE_ALIGN);
+#pragma omp parallel for schedule(static) if (pieces > 1)
+    for (int64_t i = 0; i < pieces; i++) memset((char *)p + (size_t)i * LOOM_HUGE_ALIGN, 0, LOOM_HUGE_ALIGN);
     return p;
 }
 
