@@ -11,6 +11,8 @@
 
 typedef enum { LOOM_LOG_ERROR = 0, LOOM_LOG_WARN, LOOM_LOG_INFO, LOOM_LOG_DEBUG } loom_log_level;
 
+/* seconds on the monotonic clock (timing: differences only) */
+double loom_now_s(void);
 void loom_log_set_level(loom_log_level level);
 loom_log_level loom_log_get_level(void);
 void loom_log(loom_log_level level, const char *fmt, ...) LOOM_PRINTF(2, 3);

@@ -2,7 +2,6 @@
  * here, so `--profile` can say where a step's time went (calls, seconds and FLOPs per op category). */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #ifdef LOOM_HAVE_CUDA
 #include <dlfcn.h>
 #include <stdio.h>
@@ -10,6 +9,7 @@
 #endif
 
 #include "backend_impl.h"
+#include "loom/log.h"
 
 loom_backend_config loom_backend_config_default(void) {
     loom_backend_config c;
@@ -182,12 +182,6 @@ loom_status loom_buf_fill(loom_backend *be, float *x, float value, int64_t n) {
 
 /* ---- kernels: dispatch, and when profiling is on, time (after the device finished), calls and FLOPs ---- */
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 #define LOOM_KERNEL_DEFINE(name, category, flop_count)                                        \
     loom_status loom_k_##name(loom_backend *be, const loom_##name##_args *a) {           \
         if (!be->profiling) {                                                            \
@@ -195,11 +189,11 @@ static double now_seconds(void) {
             if (st_ != LOOM_OK) loom_error_trace(__FILE__, __LINE__, "loom_k_" #name);    \
             return st_;                                                                  \
         }                                                                                \
-        const double t0_ = now_seconds();                                                \
+        const double t0_ = loom_now_s();                                                \
         loom_status st_ = be->k.name(be, a);                                             \
         if (st_ == LOOM_OK && !be->host_accessible) st_ = loom_backend_sync(be);         \
         if (st_ != LOOM_OK) loom_error_trace(__FILE__, __LINE__, "loom_k_" #name);        \
-        const double dt_ = now_seconds() - t0_;                                          \
+        const double dt_ = loom_now_s() - t0_;                                          \
         be->profile.seconds[category] += dt_;                                            \
         be->profile.calls[category] += 1;                                                \
         be->profile.kernel_seconds[LOOM_KERNEL_##name] += dt_;                           \
@@ -237,11 +231,11 @@ loom_status loom_backend_measure_gemm_peak(loom_backend *be, int64_t n, int bf16
     const int reps = 8;
     for (int round = 0; round < 4; round++) { /* round 0 warms up */
         LOOM_CALL_GOTO(st, loom_backend_sync(be), out);
-        const double t0 = now_seconds();
+        const double t0 = loom_now_s();
         for (int r = 0; r < reps; r++)
             LOOM_CALL_GOTO(st, bf16 ? loom_k_matmul_bf16(be, &gb) : loom_k_matmul(be, &g), out);
         LOOM_CALL_GOTO(st, loom_backend_sync(be), out);
-        const double dt = now_seconds() - t0;
+        const double dt = loom_now_s() - t0;
         const double rate = 2.0 * (double)n * (double)n * (double)n * reps / dt / 1e9;
         if (round > 0 && dt > 0 && rate > *gflops) *gflops = rate;
     }
@@ -251,3 +245,4 @@ out:
     loom_buf_free(be, NULL, LOOM_MEM_WORKSPACE, A, in_bytes);
     return st;
 }
+

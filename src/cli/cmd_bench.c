@@ -13,19 +13,12 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "loom/backend.h"
 #include "loom/log.h"
 #include "loom/mem.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -79,13 +72,13 @@ static double median_rate(loom_backend *be, const gemm_shape *g, int reps, const
     const int64_t lda = g->ta ? g->M : g->K, ldb = g->tb ? g->K : g->N;
     double times[16];
     for (int r = -1; r < reps; r++) {
-        const double t0 = now_s();
+        const double t0 = loom_now_s();
         const loom_status st =
             A16 ? loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){g->ta, g->tb, g->M, g->N, g->K, 1.0f, A16, lda, B16, ldb,
                                                                   0.0f, C, g->N})
                 : loom_k_matmul(be, &(loom_gemm){g->ta, g->tb, g->M, g->N, g->K, 1.0f, A, lda, B, ldb, 0.0f, C, g->N});
         if (st != LOOM_OK) return 0.0;
-        if (r >= 0) times[r] = now_s() - t0;
+        if (r >= 0) times[r] = loom_now_s() - t0;
     }
     return 2.0 * (double)g->M * (double)g->N * (double)g->K / loom_cli_median(times, reps) / 1e9;
 }
@@ -172,7 +165,7 @@ enum { STACK_LAYERS = 12, STACK_M = 2048, STACK_C = 768, STACK_F = 3072 };
 
 static double stack_seconds(loom_backend *be, const uint16_t *W, const uint16_t *X, float *Y) {
     const int64_t M = STACK_M, C = STACK_C, F = STACK_F, per = 4 * C * C + 2 * C * F;
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     for (int pass = 0; pass < 2; pass++)
         for (int i = 0; i < STACK_LAYERS; i++) {
             const int l = pass ? STACK_LAYERS - 1 - i : i; /* the backward walks the layers back */
@@ -190,7 +183,7 @@ static double stack_seconds(loom_backend *be, const uint16_t *W, const uint16_t 
             for (int k = 0; k < 4; k++)
                 if (loom_k_matmul_bf16(be, &g[k]) != LOOM_OK) return -1.0;
         }
-    return now_s() - t0;
+    return loom_now_s() - t0;
 }
 
 static int bench_stack(int threads, int quick) {

@@ -10,19 +10,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "loom/backend.h"
 #include "loom/comm.h"
+#include "loom/log.h"
 #include "loom/plan.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* the median seconds of a call, after a warm-up: 3 runs, more (up to 9) while the total stays under 50 ms */
 #define TIME_MEDIAN(result, call)                                         \
@@ -30,11 +24,11 @@ static double now_s(void) {
         double ts_[9];                                                    \
         int n_ = 0;                                                       \
         if ((call) != LOOM_OK) { result = -1; break; }                    \
-        const double start_ = now_s();                                    \
-        while (n_ < 9 && (n_ < 3 || now_s() - start_ < 0.05)) {           \
-            const double t0_ = now_s();                                   \
+        const double start_ = loom_now_s();                                    \
+        while (n_ < 9 && (n_ < 3 || loom_now_s() - start_ < 0.05)) {           \
+            const double t0_ = loom_now_s();                                   \
             if ((call) != LOOM_OK) { n_ = -1; break; }                    \
-            ts_[n_++] = now_s() - t0_;                                    \
+            ts_[n_++] = loom_now_s() - t0_;                                    \
         }                                                                 \
         if (n_ < 0) { result = -1; break; }                               \
         result = loom_cli_median(ts_, n_);                                \
@@ -246,7 +240,7 @@ static double coll_once(loom_comm *w, loom_coll op, float *buf, int64_t n) {
     int64_t counts[256];
     for (int i = 0; i < p; i++) counts[i] = n / p;
     loom_status st = loom_comm_barrier(w);
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     loom_comm_req rq;
     memset(&rq, 0, sizeof rq);
     if (st != LOOM_OK) return -1;
@@ -259,7 +253,7 @@ static double coll_once(loom_comm *w, loom_coll op, float *buf, int64_t n) {
         if (st == LOOM_OK) st = loom_comm_wait(&rq);
     } else if (r == 0) st = loom_comm_send_f32(w, buf, n, 1, 5); /* send/recv: rank 0 to rank 1 */
     else if (r == 1) st = loom_comm_recv_f32(w, buf, n, 0, 5);
-    double t = now_s() - t0;
+    double t = loom_now_s() - t0;
     if (st != LOOM_OK) return -1;
     /* the slowest rank's time */
     float f = (float)t;
@@ -345,16 +339,16 @@ static void measure_disk(const char *dir, loom_cluster *c) {
         return;
     }
     memset(buf, 7, chunk);
-    double t0 = now_s();
+    double t0 = loom_now_s();
     size_t done = 0;
     while (done < total && write(fd, buf, chunk) == (ssize_t)chunk) done += chunk;
-    if (fsync(fd) == 0 && done == total) c->disk_write_bps = (double)total / (now_s() - t0);
+    if (fsync(fd) == 0 && done == total) c->disk_write_bps = (double)total / (loom_now_s() - t0);
     (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); /* read from the disk, not the page cache */
     if (lseek(fd, 0, SEEK_SET) == 0) {
-        t0 = now_s();
+        t0 = loom_now_s();
         done = 0;
         while (done < total && read(fd, buf, chunk) == (ssize_t)chunk) done += chunk;
-        if (done == total) c->disk_read_bps = (double)total / (now_s() - t0);
+        if (done == total) c->disk_read_bps = (double)total / (loom_now_s() - t0);
     }
     close(fd);
     unlink(path);
@@ -443,7 +437,7 @@ int loom_cmd_bench_cluster(int argc, char **argv) {
     int rc = 0;
     for (int th = 1; th <= threads_max && !rc; th = th == threads_max ? threads_max + 1 : (th * 2 < threads_max ? th * 2 : threads_max))
         for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
-            const double t0 = now_s();
+            const double t0 = loom_now_s();
             rc = measure_compute(th, bf16, quick, &c->compute[c->n_compute]);
             if (rc) break;
             const loom_cluster_compute *k = &c->compute[c->n_compute++];
@@ -452,7 +446,7 @@ int loom_cmd_bench_cluster(int argc, char **argv) {
             if (th == threads_max && best > c->peak_gflops[bf16]) c->peak_gflops[bf16] = best;
             printf("compute: %d thread%s %s: best GEMM %.1f GFLOP/s, attention %.1f/%.1f GFLOP/s (T %lld), "
                    "%.1f s\n", th, th > 1 ? "s" : "", bf16 ? "bf16" : "fp32", best, k->attn_fwd_gflops[k->n_attn - 1],
-                   k->attn_bwd_gflops[k->n_attn - 1], (long long)k->attn_T[k->n_attn - 1], now_s() - t0);
+                   k->attn_bwd_gflops[k->n_attn - 1], (long long)k->attn_T[k->n_attn - 1], loom_now_s() - t0);
             fflush(stdout);
         }
     c->peak_gflops[2] = c->peak_gflops[0]; /* fp16 runs on fp32 units here */

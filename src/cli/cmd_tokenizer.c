@@ -6,18 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cli.h"
+#include "loom/log.h"
 #include "loom/tokenizer.h"
 
 #define READ_CHUNK (16u << 20)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void tokenizer_help(FILE *f) {
     fprintf(f,
@@ -111,9 +105,9 @@ static void idw_put(id_writer *w, int32_t id) {
 }
 
 static int load_tok(const char *name, loom_tokenizer **tok, const char *cmd, double *load_s) {
-    double t0 = now_s();
+    double t0 = loom_now_s();
     if (loom_tokenizer_load(name, tok) != LOOM_OK) return loom_cli_fail(cmd);
-    if (load_s) *load_s = now_s() - t0;
+    if (load_s) *load_s = loom_now_s() - t0;
     return 0;
 }
 
@@ -185,10 +179,10 @@ static int cmd_encode(int argc, char **argv) {
         int32_t *ids;
         int64_t n;
         size_t used;
-        double t0 = now_s();
+        double t0 = loom_now_s();
         loom_status st =
             loom_tokenizer_encode_ex(tok, buf, have, flags | (eof ? 0u : LOOM_TOKENIZER_PARTIAL), &ids, &n, &used);
-        enc_s += now_s() - t0;
+        enc_s += loom_now_s() - t0;
         if (st != LOOM_OK) {
             rc = loom_cli_fail("tokenizer encode");
             goto out;
@@ -373,12 +367,12 @@ static int cmd_train(int argc, char **argv) {
     }
     loom_tokenizer *tok = NULL;
     loom_tokenizer_train_stats ts;
-    double t0 = now_s();
+    double t0 = loom_now_s();
     if (loom_tokenizer_train(&cfg, inputs, n_inputs, &tok, &ts) != LOOM_OK) {
         rc = loom_cli_fail("tokenizer train");
         goto out;
     }
-    double dt = now_s() - t0;
+    double dt = loom_now_s() - t0;
     if (loom_tokenizer_save(tok, out_path) != LOOM_OK) {
         loom_tokenizer_free(&tok);
         rc = loom_cli_fail("tokenizer train");

@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "loom/chat.h"
@@ -43,12 +42,6 @@ loom_data_prepare_config loom_data_prepare_config_default(void) {
     c.format = "text";
     c.chat_template = "plain";
     return c;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- input files ---- */
@@ -897,7 +890,7 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
                "unknown chat template '%s' (plain, chatml or llama3)", cfg.chat_template);
     LOOM_CHECK(!jsonl || strcmp(cfg.tokenizer, "char"), LOOM_ERR_CONFIG,
                "jsonl data needs a fixed tokenizer (gpt2, byte or a tokenizer file), not char");
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     const int threads = pick_threads(cfg.threads);
     loom_data_prepare_stats stats;
     memset(&stats, 0, sizeof stats);
@@ -960,7 +953,7 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
                 goto done;
             }
         }
-        double tn = now_s();
+        double tn = loom_now_s();
         if (tn - last_report > 10) {
             LOOM_INFO("prepare: %.1f of %.1f MB, %lld tokens, %.1f MB/s", (double)r.bytes / 1e6,
                       (double)total_bytes / 1e6, (long long)w.total, (double)r.bytes / 1e6 / (tn - t0));
@@ -983,7 +976,7 @@ loom_status loom_data_prepare(const char *const *inputs, int n_inputs, const cha
     LOOM_CALL_GOTO(st, store_tokenizer(out_dir, cfg.tokenizer, &tok, tok_file, sizeof tok_file), done);
     LOOM_CALL_GOTO(st, write_manifest(out_dir, &tok, tok_file, w.width, w.loss_mask, cfg.val_fraction, &stats, recs,
                                       n_recs), done);
-    stats.seconds = now_s() - t0;
+    stats.seconds = loom_now_s() - t0;
     if (stats_out) *stats_out = stats;
 done:
     if (st != LOOM_OK && w.f) { /* a failed run leaves no part files (renamed shards go with the next prepare) */

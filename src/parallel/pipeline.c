@@ -8,7 +8,6 @@
  * schedule, so blocking receives with non-blocking sends cannot deadlock. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "loom/log.h"
 #include "loom/parallel.h"
@@ -30,12 +29,6 @@ struct loom_pipeline {
     int64_t cap_n;
     loom_pipeline_stats stats;
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- partition ---- */
 
@@ -291,16 +284,16 @@ static int tag_of(const loom_pipeline *pl, int g, int mb, int fwd) { return ((mb
 static loom_status recv_now(loom_pipeline *pl, float *buf, int64_t n, int src, int tag) {
     loom_comm_req rq;
     LOOM_CALL(loom_comm_irecv_f32(pl->pp, buf, n, src, tag, &rq));
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     loom_status st = loom_comm_wait(&rq);
-    pl->stats.idle_s += now_s() - t0;
+    pl->stats.idle_s += loom_now_s() - t0;
     return st;
 }
 
 static loom_status wait_send(loom_pipeline *pl, loom_comm_req *rq) {
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     loom_status st = loom_comm_wait(rq);
-    pl->stats.idle_s += now_s() - t0;
+    pl->stats.idle_s += loom_now_s() - t0;
     return st;
 }
 
@@ -323,7 +316,7 @@ loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero
     const int64_t N = B * T, NC = loom_model_boundary_floats(m, B, T);
     LOOM_CALL(buffers(pl, m, NC));
     pl->stats.idle_s = 0.0;
-    const double t_start = now_s();
+    const double t_start = loom_now_s();
     pl->n_free = 0;
     for (int s = pl->slots - 1; s >= 0; s--) pl->free_slots[pl->n_free++] = s;
     for (int i = 0; i < pl->m; i++) pl->slot_of[i] = -1;
@@ -375,7 +368,7 @@ loom_status loom_pipeline_train_step(loom_pipeline *pl, loom_model *m, loom_zero
         LOOM_CALL(wait_send(pl, &pl->fwd_send[s]));
         LOOM_CALL(wait_send(pl, &pl->bwd_send[s]));
     }
-    pl->stats.busy_s = now_s() - t_start - pl->stats.idle_s;
+    pl->stats.busy_s = loom_now_s() - t_start - pl->stats.idle_s;
     LOOM_CALL(sync_tied(pl, m));
     LOOM_CALL(loom_zero_reduce_all(z));
     LOOM_CALL(loom_comm_allreduce_sum_f64(pl->pp, &lsum, 1)); /* the last stage's losses, to every stage */

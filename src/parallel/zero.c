@@ -11,7 +11,6 @@
  * Every buffer is the backend's; host memory meets it only through copies (checkpoints, initial values). */
 #include <string.h>
 #include <stdlib.h>
-#include <time.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -150,12 +149,6 @@ enum { FLAG_LINE = 64 };
 #define SLOT_REDUCED(z) ((z)->n_units)
 #define SLOT_UPDATED(z) ((z)->n_units + 1)
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static uint64_t *flag_of(const loom_zero *z, int rank, int slot) {
     return (uint64_t *)((char *)loom_comm_shm_base(z->gwin, rank) + (size_t)slot * FLAG_LINE);
 }
@@ -178,9 +171,9 @@ static void shm_reduce_unit(loom_zero *z, int u) {
     const int N = loom_comm_size(z->dp), me = loom_comm_rank(z->dp);
     const int64_t a = z->unit_lo[u], len = z->unit_lo[u + 1] - a;
     const int64_t lo = a + len * me / N / 16 * 16, hi = me == N - 1 ? a + len : a + len * (me + 1) / N / 16 * 16;
-    const double t0 = now_s();
+    const double t0 = loom_now_s();
     loom_comm_shm_reduce(z->gwin, z->flags_bytes, lo, hi, z->stage == 0 ? NULL : z->slice_lo);
-    z->stats.comm_work_s += now_s() - t0;
+    z->stats.comm_work_s += loom_now_s() - t0;
     loom_comm_count(z->dp, LOOM_COLL_REDUCE_SCATTER, unit_bytes(z, u));
 }
 
@@ -206,10 +199,10 @@ static loom_status shm_gather_params(loom_zero *z) {
     for (int k = 1; k < N; k++) {
         const int q = (me + k) % N; /* start at different peers: the ranks do not all read one segment */
         LOOM_CALL(wait_flag(z, q, SLOT_UPDATED(z), "shared-memory all-gather"));
-        const double t0 = now_s();
+        const double t0 = loom_now_s();
         const int64_t a = z->slice_lo[q], b = z->slice_lo[q + 1];
         memcpy(z->pfull + a, params_of(z, q) + a, (size_t)(b - a) * sizeof(float)); /* host memory (see above) */
-        z->stats.comm_work_s += now_s() - t0;
+        z->stats.comm_work_s += loom_now_s() - t0;
     }
     loom_comm_count(z->dp, LOOM_COLL_ALLGATHER, (z->end - z->begin) * 4);
     return LOOM_OK;

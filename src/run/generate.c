@@ -4,13 +4,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
+#include "loom/log.h"
 
 loom_sample_config loom_sample_config_default(void) {
     loom_sample_config c;
@@ -110,10 +105,10 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
     loom_rng rng;
     loom_rng_seed(&rng, sc->seed);
     loom_status st = LOOM_OK;
-    double t0 = now_s();
+    double t0 = loom_now_s();
     st = loom_model_kv_prefill(m, prompt, n_prompt, logits);
-    gs.prefill_seconds = now_s() - t0;
-    t0 = now_s();
+    gs.prefill_seconds = loom_now_s() - t0;
+    t0 = loom_now_s();
     const int32_t eot = tok ? loom_tokenizer_eot(tok) : -1;
     int64_t n = 0;
     while (st == LOOM_OK && n < sc->max_tokens) {
@@ -141,7 +136,7 @@ loom_status loom_generate(loom_model *m, const loom_tokenizer *tok, const int32_
         }
         st = loom_model_kv_step(m, next, logits);
     }
-    gs.decode_seconds = now_s() - t0;
+    gs.decode_seconds = loom_now_s() - t0;
     gs.generated_tokens = n;
     free(scratch);
     free(logits);

@@ -7,7 +7,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "loom/log.h"
 
@@ -17,12 +16,6 @@ const double loom_engine_hist_bounds[LOOM_ENGINE_HIST] = {0.005, 0.01, 0.025, 0.
 loom_engine_config loom_engine_config_default(void) {
     return (loom_engine_config){.kv_blocks = 0, .block_len = 16, .max_seqs = 64, .max_batch_tokens = 512,
                                 .max_queue = 1024, .prefix_cache = 1};
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- blocks: reference counts, a free list in release order (least recently used first), and the hashes
@@ -311,7 +304,7 @@ static void preempt_newest(loom_engine *e) {
 static const char *accept_token(loom_engine *e, seq *s, int32_t t) {
     const loom_sample_config *sc = &s->req.sample;
     e->stats.generation_tokens++;
-    const double now = now_s();
+    const double now = loom_now_s();
     if (s->n_gen == 0) hist_add(e->stats.ttft_count, &e->stats.ttft_sum, now - s->arrived);
     else hist_add(e->stats.itl_count, &e->stats.itl_sum, now - s->last_token);
     s->last_token = now;
@@ -568,7 +561,7 @@ loom_status loom_engine_submit(loom_engine *e, const loom_request *r, uint64_t *
     memcpy(s->tokens, r->prompt, (size_t)r->n_prompt * sizeof(int32_t));
     s->n_tokens = s->n_prompt = r->n_prompt;
     loom_rng_seed(&s->rng, sc->seed);
-    s->arrived = now_s();
+    s->arrived = loom_now_s();
     pthread_mutex_lock(&e->lock);
     if (e->n_waiting >= e->cfg.max_queue) {
         pthread_mutex_unlock(&e->lock);

@@ -62,12 +62,6 @@ typedef struct {
     double since;         /* monotonic: the last moment the rank was known well (alive, or progressing) */
 } failure;
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void sleep_s(double s) {
     if (s <= 0) return;
     struct timespec ts = {(time_t)s, (long)((s - (double)(time_t)s) * 1e9)};
@@ -177,7 +171,7 @@ static void drain_beats(job *j) {
     ssize_t n;
     while ((n = recv(j->sock, msg, sizeof msg - 1, MSG_DONTWAIT)) > 0) {
         msg[n] = '\0';
-        on_beat(j->ranks, j->world, j->attempt, msg, mono());
+        on_beat(j->ranks, j->world, j->attempt, msg, loom_now_s());
     }
 }
 
@@ -256,7 +250,7 @@ static pid_t start_job(job *j, int resume) {
 /* Looks for a failure; 1 when one is found (or the job ended: *ended, *status). */
 static int check(job *j, double started, int *ended, int *status, failure *f) {
     const loom_supervise_config *c = j->cfg;
-    const double now = mono();
+    const double now = loom_now_s();
     if (!*ended) {
         int s;
         if (waitpid(j->child, &s, WNOHANG) == j->child) {
@@ -353,8 +347,8 @@ static int stop_job(job *j, int ended) {
     int status;
     if (!ended) {
         kill(-j->child, SIGTERM);
-        const double t0 = mono();
-        while (waitpid(j->child, &status, WNOHANG) == 0 && mono() - t0 < 3.0) {
+        const double t0 = loom_now_s();
+        while (waitpid(j->child, &status, WNOHANG) == 0 && loom_now_s() - t0 < 3.0) {
             drain_stderr(j);
             sleep_s(0.02);
         }
@@ -365,13 +359,13 @@ static int stop_job(job *j, int ended) {
     }
     drain_stderr(j);
     int left = 0;
-    const double t0 = mono();
+    const double t0 = loom_now_s();
     do {
         left = 0;
         for (int r = 0; r < j->world; r++)
             if (j->ranks[r].seen && is_local(&j->ranks[r], j->boot) && pid_alive(j->ranks[r].pid)) left++;
         if (left) sleep_s(0.05);
-    } while (left && mono() - t0 < 5.0);
+    } while (left && loom_now_s() - t0 < 5.0);
     return left;
 }
 
@@ -459,7 +453,7 @@ static void probe_all(job *j) {
     const loom_supervise_config *c = j->cfg;
     pid_t pids[SV_MAX_HOSTS];
     int state[SV_MAX_HOSTS];
-    const double t0 = mono(), limit = c->heartbeat_timeout > 10 ? c->heartbeat_timeout : 10;
+    const double t0 = loom_now_s(), limit = c->heartbeat_timeout > 10 ? c->heartbeat_timeout : 10;
     for (int i = 0; i < j->hosts.n; i++) {
         state[i] = j->hosts.h[i].listed ? -1 : 2;
         pids[i] = state[i] < 0 ? sv_probe_start(c, j->hosts.h[i].name) : -1;
@@ -468,7 +462,7 @@ static void probe_all(job *j) {
     for (int pending = 1; pending;) {
         pending = 0;
         for (int i = 0; i < j->hosts.n; i++)
-            if (state[i] < 0 && (state[i] = sv_probe_poll(pids[i], t0, mono(), limit)) < 0) pending = 1;
+            if (state[i] < 0 && (state[i] = sv_probe_poll(pids[i], t0, loom_now_s(), limit)) < 0) pending = 1;
         if (pending) sleep_s(0.05);
     }
     for (int i = 0; i < j->hosts.n; i++) {
@@ -498,7 +492,7 @@ typedef struct {
 static void try_grow(job *j, grow_probe *g) {
     const loom_supervise_config *c = j->cfg;
     if (!j->elastic || j->resizing || j->world >= c->n) return;
-    const double now = mono();
+    const double now = loom_now_s();
     if (g->pid > 0) {
         const int r = sv_probe_poll(g->pid, g->started, now, 10);
         if (r < 0) return;
@@ -581,13 +575,13 @@ int loom_supervise(const loom_supervise_config *c) {
                 LOOM_WARN("running on %d of %d ranks (%s): the global batch is kept", j.world, c->n, j.host_arg);
         }
         j.resizing = 0;
-        grow_probe grow = {-1, 0, 0, mono() + c->probe_interval};
+        grow_probe grow = {-1, 0, 0, loom_now_s() + c->probe_interval};
         memset(j.ranks, 0, (size_t)c->n * sizeof *j.ranks);
         memset(&j.hint, 0, sizeof j.hint);
         j.hint.rank = -1;
         drain_beats(&j); /* stale ones */
         event(c, "start", "\"attempt\":%d,\"world\":%d,\"resume\":%s", j.attempt, j.world, j.attempt ? "true" : "false");
-        const double started = mono();
+        const double started = loom_now_s();
         j.child = start_job(&j, j.attempt > 0);
         if (j.child < 0) {
             rc = give_up(c, 1, "cannot start %s: %s", c->mpirun, strerror(errno));
@@ -612,7 +606,7 @@ int loom_supervise(const loom_supervise_config *c) {
             event(c, "done", "\"attempts\":%d,\"step\":%lld", j.attempt + 1, (long long)last_step(&j));
             break;
         }
-        const double t_stop = mono();
+        const double t_stop = loom_now_s();
         if (j.resizing && (!strcmp(f.kind, "exited") || ended)) { /* the stop asked for: every rank checkpointed */
             if (!ended) waitpid(j.child, &status, 0);
             stop_job(&j, 1);
@@ -627,7 +621,7 @@ int loom_supervise(const loom_supervise_config *c) {
         event(c, "failure", "\"attempt\":%d,\"kind\":\"%s\",\"rank\":%d,\"host\":\"%s\",\"pid\":%ld%s,\"last_step\":%lld,"
                             "\"detect_s\":%.3f,\"stop_s\":%.3f,\"left\":%d",
               j.attempt, f.kind, f.rank, v && v->seen ? v->host : "?", v ? v->pid : 0L, extra,
-              (long long)last_step(&j), f.detected - f.since, mono() - t_stop, left);
+              (long long)last_step(&j), f.detected - f.since, loom_now_s() - t_stop, left);
         LOOM_WARN("attempt %d failed: rank %d %s%s%s after step %lld (detected in %.1f s); job stopped", j.attempt,
                   f.rank, f.kind, extra[0] ? " " : "", extra[0] ? extra + 1 : "", (long long)last_step(&j),
                   f.detected - f.since);
