@@ -46,8 +46,25 @@ tail -2 "$W/peak" | head -1 | grepq -E '^peak_bf16_gflops=[0-9]+(\.[0-9]+)?$' &&
 # so that a bf16 MFU against twice the fp32 peak would show
 # (the bf16 GEMM's name as bench peak cached it: a cache naming another bf16 GEMM is measured again, below)
 pf=100.0 pb=700.0
-bk=$(grep '^bf16_kernel=' "$LOOM_CACHE_DIR/peak-1threads.txt")
-printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\n%s\nthreads=1\n' "$pf" "$pb" "$bk" \
+bk=$(grep '^bf16_kernel=' "$LOOM_CACHE_DIR/peak-1threads.txt") fk=$(grep '^kernel=' "$LOOM_CACHE_DIR/peak-1threads.txt")
+cl=$(grep '^cpu=' "$LOOM_CACHE_DIR/peak-1threads.txt") # the CPU model the peaks belong to
+[ -n "$cl" ] && ok "bench peak records the CPU model: $cl" || bad "bench peak: no cpu= line in its cache"
+# a peak is the best rate measured on this CPU: a lower measurement keeps the cached one; --reset replaces it
+printf 'peak_gflops=99999\n%s\npeak_bf16_gflops=99999\n%s\nthreads=1\n%s\n' "$fk" "$bk" "$cl" > "$LOOM_CACHE_DIR/peak-1threads.txt"
+"$LOOM" bench peak --threads 1 --quick > "$W/peak-keep" && grepq -F "fp32: kept the cached 99999.0" "$W/peak-keep" \
+  && grepq -F "bf16: kept the cached 99999.0" "$W/peak-keep" && [ "$(tail -1 "$W/peak-keep")" = "peak_gflops=99999.0" ] \
+  && ok "bench peak keeps a higher cached peak of this CPU" || bad "bench peak lowered the cached peak: $(tail -4 "$W/peak-keep")"
+"$LOOM" bench peak --threads 1 --quick --reset > "$W/peak-reset" && ! grepq -F "kept the cached" "$W/peak-reset" \
+  && [ "$(tail -1 "$W/peak-reset")" != "peak_gflops=99999.0" ] && ok "bench peak --reset replaces it: $(tail -1 "$W/peak-reset")" \
+  || bad "bench peak --reset kept the cached peak"
+# a cache from another CPU model (a home directory shared by several kinds of machine) is measured again
+printf 'peak_gflops=99999\n%s\npeak_bf16_gflops=99999\n%s\nthreads=1\ncpu=Another CPU\n' "$fk" "$bk" > "$LOOM_CACHE_DIR/peak-1threads.txt"
+"$LOOM" train --preset demo --data synthetic --steps 1 --batch 2 --seq-len 16 --threads 1 \
+  --set train.save_checkpoints=false --set train.sample_tokens=0 --out "$W/mfu-cpu" > "$W/mfu-cpu.log" 2>&1 || bad "train cpu"
+grepq -F "measured on another CPU (Another CPU" "$W/mfu-cpu.log" && ! grepq -F "peak of 99999" "$W/mfu-cpu.log" \
+  && grepq -F "$cl" "$LOOM_CACHE_DIR/peak-1threads.txt" && ok "peaks cached on another CPU model are measured again" \
+  || bad "another CPU's peaks used: $(grep -o 'MFU against.*' "$W/mfu-cpu.log")"
+printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\n%s\nthreads=1\n%s\n' "$pf" "$pb" "$bk" "$cl" \
   > "$LOOM_CACHE_DIR/peak-1threads.txt"
 for p in fp32 bf16; do
   "$LOOM" train --preset demo --data synthetic --steps 3 --batch 2 --seq-len 16 --threads 1 --precision $p \
@@ -63,8 +80,14 @@ rf=$(ratio fp32 "$pf") rb=$(ratio bf16 "$pb")
 awk -v a="$rf" -v b="$rb" 'BEGIN{d = a / b - 1; exit !(a > 0 && d < 0.05 && d > -0.05)}' \
   && ok "mfu x peak / tokens_per_sec agrees across precisions ($rf, $rb GFLOP/token)" \
   || bad "mfu not against each precision's peak: ($rf, $rb)"
+# a peak below the run's own rate (measured in a slow minute) gives an MFU above 100%: the run says so, once
+printf 'peak_gflops=0.01\n%s\npeak_bf16_gflops=0.01\n%s\nthreads=1\n%s\n' "$fk" "$bk" "$cl" > "$LOOM_CACHE_DIR/peak-1threads.txt"
+"$LOOM" train --preset demo --data synthetic --steps 2 --batch 2 --seq-len 16 --threads 1 \
+  --set train.save_checkpoints=false --set train.sample_tokens=0 --out "$W/mfu-over" > "$W/mfu-over.log" 2>&1 || bad "train over"
+[ "$(grep -c 'below this run.s own rate' "$W/mfu-over.log")" = 1 ] && grepq -F "loom bench peak --reset" "$W/mfu-over.log" \
+  && ok "an MFU above 100% is called out once" || bad "MFU above 100% not called out: $(grep -i mfu "$W/mfu-over.log" | head -3)"
 # a cached bf16 peak measured with another bf16 GEMM (libdnnl installed or removed since) is not this run's
-printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test bf16\nthreads=1\n' "$pf" "$pb" \
+printf 'peak_gflops=%s\nkernel=test fp32\npeak_bf16_gflops=%s\nbf16_kernel=test bf16\nthreads=1\n%s\n' "$pf" "$pb" "$cl" \
   > "$LOOM_CACHE_DIR/peak-1threads.txt"
 "$LOOM" train --preset demo --data synthetic --steps 1 --batch 2 --seq-len 16 --threads 1 --precision bf16 \
   --set train.save_checkpoints=false --set train.sample_tokens=0 --out "$W/mfu-stale" > "$W/mfu-stale.log" 2>&1 || bad "train stale"

@@ -103,6 +103,7 @@ struct loom_trainer {
     int64_t step;                  /* optimizer steps completed */
     int64_t tokens_per_step;       /* over every rank and micro-batch */
     double flops_per_token, world_peak; /* for the MFU: model FLOPs, and every rank's peak (GFLOP/s) */
+    int mfu_over_said;                  /* an MFU above 1 was reported (once) */
     int resumed;
     /* resilience: snapshots, asynchronous checkpoints, bad steps (trainer_ckpt.c, trainer.c) */
     char snap_dir[LOOM_PATH_MAX];

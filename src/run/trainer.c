@@ -726,6 +726,12 @@ loom_status loom_trainer_step(loom_trainer *tr, loom_step_result *res) {
     r.seconds = loom_run_now() - t0;
     r.tokens_per_sec = (double)tr->tokens_per_step / r.seconds;
     r.mfu = tr->world_peak > 0 ? tr->flops_per_token * r.tokens_per_sec / (tr->world_peak * 1e9) : 0.0;
+    if (r.mfu > 1.0 && !tr->mfu_over_said) { /* the model FLOPs alone cannot outrun the best GEMM */
+        tr->mfu_over_said = 1;
+        LOOM_WARN("MFU %.1f%%: the peak it is against (%.1f GFLOP/s per rank) is below this run's own rate; it was "
+                  "measured in a slower moment or on another machine: `loom bench peak --reset` measures it again",
+                  100.0 * r.mfu, tr->world_peak / loom_comm_size(tr->world));
+    }
     LOOM_CALL(gather_rank_stats(tr, tr->rank_mem));
     write_metrics_line(tr, r.step, r.loss, &os, r.tokens_per_sec, r.mfu, r.seconds * 1e3, tr->rank_mem);
     if (loom_zero_offload(tr->zero)) loom_offload_trace_step(loom_zero_offload(tr->zero), r.step, &tr->mem);
