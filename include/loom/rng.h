@@ -14,4 +14,7 @@ uint64_t loom_rng_below(loom_rng *r, uint64_t n);
 double loom_rng_uniform(loom_rng *r);
 /* standard normal (Box-Muller, one value per call; deterministic) */
 double loom_rng_normal(loom_rng *r);
+/* out[i] = scale * the next n loom_rng_normal values, the same bits: the uniforms drawn in order, their
+ * transforms (the costly log and cos) spread over the OpenMP threads */
+void loom_rng_normals(loom_rng *r, double scale, int64_t n, float *out);
 #endif

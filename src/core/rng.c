@@ -38,8 +38,23 @@ uint64_t loom_rng_below(loom_rng *r, uint64_t n) {
 
 double loom_rng_uniform(loom_rng *r) { return (double)(loom_rng_next(r) >> 11) * 0x1.0p-53; }
 
-double loom_rng_normal(loom_rng *r) {
-    double u1 = loom_rng_uniform(r), u2 = loom_rng_uniform(r);
+static double box_muller(double u1, double u2) {
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+double loom_rng_normal(loom_rng *r) {
+    const double u1 = loom_rng_uniform(r), u2 = loom_rng_uniform(r);
+    return box_muller(u1, u2);
+}
+
+void loom_rng_normals(loom_rng *r, double scale, int64_t n, float *out) {
+    enum { BLOCK = 4096 }; /* 64 KiB of uniforms on the stack */
+    double u[2 * BLOCK];
+    for (int64_t b = 0; b < n; b += BLOCK) {
+        const int64_t m = n - b < BLOCK ? n - b : BLOCK;
+        for (int64_t i = 0; i < 2 * m; i++) u[i] = loom_rng_uniform(r);
+#pragma omp parallel for schedule(static) if (m > 1024)
+        for (int64_t i = 0; i < m; i++) out[b + i] = (float)(scale * box_muller(u[2 * i], u[2 * i + 1]));
+    }
 }

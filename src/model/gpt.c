@@ -647,18 +647,23 @@ static void init_weights_range(const loom_model *m, const loom_param_info *infos
         if (p->tp_split != LOOM_TP_REPLICATED) {
             /* the whole tensor's stream, each value kept where this rank holds it: a tp shard of the
              * one-process initialisation */
-            const int64_t cols = p->full_shape[1];
-            for (int64_t j = 0; j < p->full_shape[0] * cols; j++) {
-                float v = (float)(sd * loom_rng_normal(&r));
-                int64_t at = tp_local_index(m, i, j / cols, j % cols);
-                if (at >= lo && at < hi) dst[at - begin] = v;
+            const int64_t cols = p->full_shape[1], n = p->full_shape[0] * cols;
+            float v[1024];
+            for (int64_t j0 = 0; j0 < n; j0 += 1024) {
+                const int64_t k = n - j0 < 1024 ? n - j0 : 1024;
+                loom_rng_normals(&r, sd, k, v);
+                for (int64_t j = j0; j < j0 + k; j++) {
+                    const int64_t at = tp_local_index(m, i, j / cols, j % cols);
+                    if (at >= lo && at < hi) dst[at - begin] = v[j - j0];
+                }
             }
             continue;
         }
-        for (int64_t j = 0; j < hi - p->offset; j++) {
-            float v = (float)(sd * loom_rng_normal(&r));
-            if (j >= lo - p->offset) w[j] = v;
+        for (int64_t j = 0; j < lo - p->offset; j++) { /* the values before the range: their two uniforms each */
+            (void)loom_rng_next(&r);
+            (void)loom_rng_next(&r);
         }
+        loom_rng_normals(&r, sd, hi - lo, w + (lo - p->offset));
     }
 }
 
