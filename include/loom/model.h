@@ -178,6 +178,11 @@ LOOM_NODISCARD loom_status loom_model_init_lora_layout(const loom_model_config *
  * on the head's rank: the loss writes the logits' gradient in bf16 (with tp, the rank's vocabulary columns),
  * which the head's backward reads, so the (N, V) fp32 logits are never whole. */
 #define LOOM_MODEL_HEAD_PIECE_ROWS 1024
+/* the rows of one such piece for N rows (N itself where the logits are made whole); the model and the
+ * planner's time model both cut by it */
+static inline int64_t loom_model_head_piece(int64_t N, int in_pieces) {
+    return in_pieces && N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : N;
+}
 /* Bytes loom_model_reserve_slots would account as activations, with sequence-parallel degree sp (ring
  * attention), tp sequence parallelism and the precision as set on the model (planning: pass them here; bf16
  * training stores some activations in bf16). */

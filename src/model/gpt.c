@@ -718,8 +718,7 @@ static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
  * wide one (its weights are converted or packed once a piece: ~2% of the head's product here). Elsewhere the
  * fp32 logits (or their gradient) are kept whole. */
 static int64_t logit_rows(const loom_model *m, loom_precision p, int slots, int64_t N) {
-    const int pieces = p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1;
-    return pieces && N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : N;
+    return loom_model_head_piece(N, p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1);
 }
 
 /* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */

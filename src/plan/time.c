@@ -191,7 +191,7 @@ static void head_forward(const ctx *x, tally *t) {
     all_rows(x, t, 1);
     /* where the loss writes the logits' gradient in bf16, the logits are made and scored a piece of rows at
      * a time */
-    const int64_t piece = x->dlogits16 && x->N > LOOM_MODEL_HEAD_PIECE_ROWS ? LOOM_MODEL_HEAD_PIECE_ROWS : x->N;
+    const int64_t piece = loom_model_head_piece(x->N, x->dlogits16);
     for (int64_t r0 = 0; r0 < x->N; r0 += piece) {
         const int64_t rows = x->N - r0 < piece ? x->N - r0 : piece;
         linear(x, t, 0, rows, x->V, x->C, 1);
