@@ -629,7 +629,9 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
 }
 
 /* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
- * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order). */
+ * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order, so a row's
+ * bits do not depend on the others). The scores live in a per-thread row of n floats: a prompt's rows x
+ * heads x n would be a fresh allocation, faulted in, at every layer (12.6 MB for 512 rows of GPT-2 124M). */
 static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
     if (!a->blocks) return j * a->ld;
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
@@ -642,56 +644,62 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
     LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
                (long long)n);
     int64_t *off = malloc((size_t)n * sizeof(int64_t));
-    float *scores = malloc((size_t)(rows * H * n) * sizeof(float));
-    if (!off || !scores) {
-        free(off);
-        free(scores);
-        return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld attention scores",
-                              (long long)(rows * H * n));
-    }
+    if (!off) return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld positions",
+                                    (long long)n);
     for (int64_t j = 0; j < n; j++) off[j] = decode_row_offset(a, j);
     const float scale = 1.0f / sqrtf((float)hd);
-#pragma omp parallel for schedule(static) collapse(2) if (rows * H * n * hd > 65536)
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = a->q + r * qs + h * hd;
-            const int64_t kvo = (h / group) * hd, seen = n - rows + r + 1;
-            float *s = scores + (r * H + h) * n, mx = -INFINITY;
-            for (int64_t j = 0; j < seen; j++) {
-                float d = 0.0f;
-                if (a->k16) {
-                    const uint16_t *k = a->k16 + off[j] + kvo;
-#pragma omp simd reduction(+ : d)
-                    for (int64_t i = 0; i < hd; i++) d += q[i] * loom_cpu_bf16_widen(k[i]);
-                } else {
-                    const float *k = a->k + off[j] + kvo;
-#pragma omp simd reduction(+ : d)
-                    for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
-                }
-                s[j] = d * scale;
-                mx = s[j] > mx ? s[j] : mx;
-            }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < seen; j++) {
-                s[j] = expf(s[j] - mx);
-                sum += s[j];
-            }
-            float *o = a->out + r * os + h * hd;
-            memset(o, 0, (size_t)hd * sizeof(float));
-            for (int64_t j = 0; j < seen; j++) {
-                const float w = s[j] / sum;
-                if (a->v16) {
-                    const uint16_t *v = a->v16 + off[j] + kvo;
-#pragma omp simd
-                    for (int64_t i = 0; i < hd; i++) o[i] += w * loom_cpu_bf16_widen(v[i]);
-                } else {
-                    const float *v = a->v + off[j] + kvo;
-#pragma omp simd
-                    for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
-                }
-            }
+    int ok = 1;
+#pragma omp parallel if (rows * H * n * hd > 65536)
+    {
+        float *s = malloc((size_t)n * sizeof(float));
+        if (!s) {
+#pragma omp atomic write
+            ok = 0;
         }
+#pragma omp for schedule(static) collapse(2)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t h = 0; h < H; h++) {
+                if (!s) continue;
+                const float *q = a->q + r * qs + h * hd;
+                const int64_t kvo = (h / group) * hd, seen = n - rows + r + 1;
+                float mx = -INFINITY;
+                for (int64_t j = 0; j < seen; j++) {
+                    float d = 0.0f;
+                    if (a->k16) {
+                        const uint16_t *k = a->k16 + off[j] + kvo;
+#pragma omp simd reduction(+ : d)
+                        for (int64_t i = 0; i < hd; i++) d += q[i] * loom_cpu_bf16_widen(k[i]);
+                    } else {
+                        const float *k = a->k + off[j] + kvo;
+#pragma omp simd reduction(+ : d)
+                        for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
+                    }
+                    s[j] = d * scale;
+                    mx = s[j] > mx ? s[j] : mx;
+                }
+                float sum = 0.0f;
+#pragma omp simd
+                for (int64_t j = 0; j < seen; j++) s[j] = loom_fast_expf(s[j] - mx);
+                for (int64_t j = 0; j < seen; j++) sum += s[j]; /* in order */
+                float *o = a->out + r * os + h * hd;
+                memset(o, 0, (size_t)hd * sizeof(float));
+                for (int64_t j = 0; j < seen; j++) {
+                    const float w = s[j] / sum;
+                    if (a->v16) {
+                        const uint16_t *v = a->v16 + off[j] + kvo;
+#pragma omp simd
+                        for (int64_t i = 0; i < hd; i++) o[i] += w * loom_cpu_bf16_widen(v[i]);
+                    } else {
+                        const float *v = a->v + off[j] + kvo;
+#pragma omp simd
+                        for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
+                    }
+                }
+            }
+        free(s);
+    }
     free(off);
-    free(scores);
-    return LOOM_OK;
+    return ok ? LOOM_OK
+              : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld attention scores",
+                               (long long)n);
 }
