@@ -47,8 +47,8 @@ typedef struct {
                                  count (each row against each weight row in one fixed order; the library
                                  GEMMs' bits depend on M) and a cached forward attends every row with the
                                  decode kernel, so a served sequence's tokens do not depend on its batch
-                                 (vLLM's batch invariance). Prompts run 1.4-1.7x slower (GPT-2 124M
-                                 here), decoding within about 6%. CPU backends only */
+                                 (vLLM's batch invariance). Prompts run slower (GPT-2 124M here:
+                                 1.3-1.4x at 128 tokens, 2.5-2.8x at 512), decoding as fast. CPU only */
 } loom_backend_config;
 
 /* profiling categories */

@@ -30,7 +30,7 @@ static void serve_help(void) {
            "holds the weights in bf16 only on the CPU (norms and biases stay fp32) and multiplies in bf16.\n"
            "--batch-invariant: a request's tokens do not depend on what it is batched with (every row's products\n"
            "and attention in one fixed order, as loom generate --batch-invariant: its text to the bit); prompts\n"
-           "run 1.4-1.7x slower (GPT-2 124M here), decoding within about 6%%. CPU only.\n"
+           "run slower (GPT-2 124M here: 1.3-1.4x at 128 tokens, 2.5-2.8x at 512), decoding as fast. CPU only.\n"
            "--lora NAME=RUN_DIR (repeatable) serves a LoRA run's adapters over the model as model NAME: a request's\n"
            "\"model\" chooses the model itself (its name or \"base\") or an adapter set; requests for different\n"
            "ones share every step (the frozen products batched, each adds its own adapters).\n"
