@@ -245,4 +245,3 @@ out:
     loom_buf_free(be, NULL, LOOM_MEM_WORKSPACE, A, in_bytes);
     return st;
 }
-

@@ -163,10 +163,10 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
             if (p->bf16) LOOM_CALL(loom_k_f32_to_bf16(m->be, &(loom_f32_to_bf16_args){.dst = layer16 + at, .src = src, .n = kvw2}));
             else LOOM_CALL(loom_buf_copy(m->be, layer + at, src, (size_t)kvw2 * sizeof(float)));
         }
+        const int own_rows = sg->pos == 0 && !loom_backend_batch_invariant(m->be); /* the training kernel */
         /* a bf16 cache: the prompt's own attention sees its keys and values as the cache holds them, as every
          * later row will, so a sequence recomputed after preemption (its generated tokens now prompt rows)
          * gets the values its decode steps had */
-        const int own_rows = sg->pos == 0 && !loom_backend_batch_invariant(m->be); /* the training kernel */
         if (own_rows && p->bf16) {
             float *kv = a->qkv + r0 * m->Cq + Ca;
             LOOM_CALL(loom_k_round_bf16(m->be, &(loom_round_bf16_args){kv, m->Cq, kv, m->Cq, sg->n, kvw2}));
