@@ -53,7 +53,7 @@ void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int6
                     int64_t ldc) {
     cpu_blas *blas = be->blas;
     if (M == 0 || N == 0) return;
-    if (!ta && tb && (M <= loom_cpu_fewrows_max() || be->batch_invariant) && K > 0 && loom_cpu_fewrows_supported(0)) {
+    if (loom_cpu_fewrows_takes(be, ta, tb, M, K, 0)) {
         loom_cpu_fewrows_f32(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc); /* decoding, or batch-invariant: fewrows.c */
         return;
     }

@@ -96,6 +96,9 @@ int loom_cpu_fewrows_bf16(int64_t M, int64_t N, int64_t K, float alpha, const ui
                           const uint16_t *B, int64_t ldb, float beta, float *C, int64_t ldc);
 int loom_cpu_fewrows_supported(int bf16);
 int64_t loom_cpu_fewrows_max(void);
+/* 1 where a product goes there: a weight stored [N, K] (B^T), and up to loom_cpu_fewrows_max() rows, or any
+ * number on a batch-invariant backend (each row then in the one fixed order, whatever its batch) */
+int loom_cpu_fewrows_takes(const loom_backend *be, int ta, int tb, int64_t M, int64_t K, int bf16);
 /* the fp32 GEMM itself (OpenBLAS, else a plain loop), for kernels built on products */
 void loom_cpu_sgemm(loom_backend *be, int ta, int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                     int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);

@@ -379,9 +379,8 @@ static loom_status cpu_matmul_bf16(loom_backend *be, int ta, int tb, int64_t M, 
 
 
 loom_status loom_cpu_matmul_bf16(loom_backend *be, const loom_matmul_bf16_args *a) {
-    if ((a->M <= loom_cpu_fewrows_max() || be->batch_invariant) && !a->trans_a && a->trans_b && a->K > 0 &&
-        loom_cpu_fewrows_supported(1) &&
+    if (loom_cpu_fewrows_takes(be, a->trans_a, a->trans_b, a->M, a->K, 1) &&
         loom_cpu_fewrows_bf16(a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc))
-        return LOOM_OK; /* decoding: oneDNN reaches 20-45 GB/s on a few rows (fewrows.c) */
+        return LOOM_OK; /* decoding (oneDNN reaches 20-45 GB/s on a few rows), or batch-invariant: fewrows.c */
     return cpu_matmul_bf16(be, a->trans_a, a->trans_b, a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
 }

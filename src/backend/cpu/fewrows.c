@@ -12,6 +12,10 @@
 #include "cpu_impl.h"
 #include "loom/tensor.h"
 
+int loom_cpu_fewrows_takes(const loom_backend *be, int ta, int tb, int64_t M, int64_t K, int bf16) {
+    return !ta && tb && K > 0 && (M <= loom_cpu_fewrows_max() || be->batch_invariant) && loom_cpu_fewrows_supported(bf16);
+}
+
 /* up to how many rows these beat the library's GEMM (measured: see DESIGN.md); LOOM_FEWROWS_MAX overrides */
 int64_t loom_cpu_fewrows_max(void) {
     static int64_t max = -1;
