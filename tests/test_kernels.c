@@ -781,8 +781,9 @@ static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd, int b
 /* One new position against a cache: the last row of the whole causal attention. */
 static float bf16_value(uint16_t h); /* below */
 
-static void test_attention_decode(loom_backend *be) {
-    const int64_t T = 23, H = 6, KV = 3, hd = 10, row = (H + 2 * KV) * hd, C = H * hd;
+static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd) {
+    const int64_t H = 6, KV = 3, row = (H + 2 * KV) * hd, C = H * hd;
+    char name[128];
     float *qkv = fvec(T * row), *out = fvec(C);
     fill(qkv, T * row, -1.5, 1.5);
     double *outr = dvec(T * C), *lser = dvec(H * T);
@@ -790,43 +791,62 @@ static void test_attention_decode(loom_backend *be) {
     /* the cache: keys and values of every position, rows of stride `row` (as the q|k|v rows lie) */
     K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = out, .q = qkv + (T - 1) * row, .k = qkv + H * hd,
                                                                .v = qkv + (H + KV) * hd, .ld = row, .n = T, .H = H, .KV = KV, .hd = hd}));
-    check_close("attention_decode_equals_last_causal_row", out, outr + (T - 1) * C, C, 5e-6, 1e-5);
+    snprintf(name, sizeof name, "attention_decode_equals_last_causal_row_T%lld_hd%lld", (long long)T, (long long)hd);
+    check_close(name, out, outr + (T - 1) * C, C, 5e-6, 1e-5);
     /* paged: the k|v rows scattered over blocks of 4 in a shuffled order; the last 5 positions as causal
      * query rows equal the full causal attention's last 5 rows */
     const int64_t bl = 4, nb = (T + bl - 1) / bl, kvw2 = 2 * KV * hd, rows = 5;
-    int32_t table[8] = {5, 2, 7, 0, 3, 6, 1, 4};
-    float *pool = fvec(8 * bl * kvw2), *outs = fvec(rows * C);
+    int32_t *table = malloc((size_t)nb * sizeof(int32_t));
+    for (int64_t i = 0; i < nb; i++) table[i] = (int32_t)((i * 7 + 3) % nb); /* a permutation: nb is not a multiple of 7 */
+    float *pool = fvec(nb * bl * kvw2), *outs = fvec(rows * C), *alone = fvec(C);
     for (int64_t j = 0; j < T; j++)
         memcpy(pool + (table[j / bl] * bl + j % bl) * kvw2, qkv + j * row + H * hd, (size_t)kvw2 * sizeof(float));
-    K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = outs, .q = qkv + (T - rows) * row, .k = pool,
-                                                               .v = pool + KV * hd, .ld = kvw2, .n = T, .H = H, .KV = KV,
-                                                               .hd = hd, .rows = rows, .qs = row, .blocks = table,
-                                                               .block_len = bl, .block_stride = bl * kvw2}));
-    check_close("attention_decode_paged_rows_equal_causal_rows", outs, outr + (T - rows) * C, rows * C, 5e-6, 1e-5);
-    /* a bf16 cache: equal to the causal attention over keys and values rounded to bf16 */
-    uint16_t *pool16 = malloc((size_t)(8 * bl * kvw2) * sizeof(uint16_t));
-    for (int64_t i = 0; i < 8 * bl * kvw2; i++) pool16[i] = loom_f32_to_bf16(pool[i]);
-    float *qkv16 = fvec(T * row);
-    memcpy(qkv16, qkv, (size_t)(T * row) * sizeof(float));
-    for (int64_t j = 0; j < T; j++)
-        for (int64_t i = H * hd; i < row; i++) qkv16[j * row + i] = bf16_value(loom_f32_to_bf16(qkv[j * row + i]));
-    double *outr16 = dvec(T * C), *lser16 = dvec(H * T);
-    ref_attention(qkv16, NULL, 1, T, H, KV, hd, outr16, lser16, NULL);
-    K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = outs, .q = qkv + (T - rows) * row, .ld = kvw2,
-                                                               .n = T, .H = H, .KV = KV, .hd = hd, .rows = rows,
-                                                               .qs = row, .blocks = table, .block_len = bl,
-                                                               .block_stride = bl * kvw2, .k16 = pool16,
-                                                               .v16 = pool16 + KV * hd}));
-    check_close("attention_decode_bf16_cache_equals_causal_rows_on_rounded_kv", outs, outr16 + (T - rows) * C, rows * C,
-                5e-6, 1e-5);
-    free(pool16); free(qkv16); free(outr16); free(lser16);
-    (void)nb;
-    free(pool); free(outs);
+    loom_attention_decode_args p = {.out = outs, .q = qkv + (T - rows) * row, .k = pool, .v = pool + KV * hd, .ld = kvw2,
+                                    .n = T, .H = H, .KV = KV, .hd = hd, .rows = rows, .qs = row, .blocks = table,
+                                    .block_len = bl, .block_stride = bl * kvw2};
+    K(loom_k_attention_decode(be, &p));
+    snprintf(name, sizeof name, "attention_decode_paged_rows_equal_causal_rows_T%lld_hd%lld", (long long)T, (long long)hd);
+    check_close(name, outs, outr + (T - rows) * C, rows * C, 5e-6, 1e-5);
+    /* batch invariance: each of those rows decoded alone, over the positions it sees, gives the same bits */
+    for (int pass = 0; pass < 2; pass++) { /* fp32 cache, then bf16 */
+        uint16_t *pool16 = NULL;
+        if (pass) {
+            pool16 = malloc((size_t)(nb * bl * kvw2) * sizeof(uint16_t));
+            for (int64_t i = 0; i < nb * bl * kvw2; i++) pool16[i] = loom_f32_to_bf16(pool[i]);
+            p.k = p.v = NULL;
+            p.k16 = pool16, p.v16 = pool16 + KV * hd;
+            K(loom_k_attention_decode(be, &p));
+        }
+        int same = 1;
+        for (int64_t r = 0; r < rows; r++) {
+            loom_attention_decode_args one = p;
+            one.out = alone, one.q = p.q + r * row, one.rows = 1, one.n = T - rows + r + 1;
+            K(loom_k_attention_decode(be, &one));
+            same &= memcmp(alone, outs + r * C, (size_t)C * sizeof(float)) == 0;
+        }
+        snprintf(name, sizeof name, "attention_decode_%s_rows_alone_same_bits_T%lld_hd%lld", pass ? "bf16" : "f32",
+                 (long long)T, (long long)hd);
+        report(name, same, 0.0, 0.0);
+        if (!pass) continue;
+        /* a bf16 cache: equal to the causal attention over keys and values rounded to bf16 */
+        float *qkv16 = fvec(T * row);
+        memcpy(qkv16, qkv, (size_t)(T * row) * sizeof(float));
+        for (int64_t j = 0; j < T; j++)
+            for (int64_t i = H * hd; i < row; i++) qkv16[j * row + i] = bf16_value(loom_f32_to_bf16(qkv[j * row + i]));
+        double *outr16 = dvec(T * C), *lser16 = dvec(H * T);
+        ref_attention(qkv16, NULL, 1, T, H, KV, hd, outr16, lser16, NULL);
+        snprintf(name, sizeof name, "attention_decode_bf16_cache_equals_causal_rows_on_rounded_kv_T%lld_hd%lld",
+                 (long long)T, (long long)hd);
+        check_close(name, outs, outr16 + (T - rows) * C, rows * C, 5e-6, 1e-5);
+        free(pool16); free(qkv16); free(outr16); free(lser16);
+    }
+    free(table); free(pool); free(outs); free(alone);
     free(qkv); free(out); free(outr); free(lser);
 }
 
 static void test_attention(loom_backend *be) {
-    test_attention_decode(be);
+    test_attention_decode(be, 23, 10); /* a partial vector of head, a partial group of 16 keys */
+    test_attention_decode(be, 70, 80); /* past one group of 4 vectors of head (64 floats) */
     for (int bf16 = 0; bf16 < 2; bf16++) { /* fp32 products, then bf16 training's */
         test_attention_blocks(be, 9, 6, bf16);
         test_attention_blocks(be, 70, 32, bf16); /* two query blocks, whole register tiles and 8 x 8 transposes */
@@ -1189,6 +1209,62 @@ static void test_matmul_bf16(loom_backend *be) {
             }
             free(a); free(b); free(c); free(ref); free(a16); free(b16);
         }
+}
+
+/* A batch-invariant backend (loom serve --batch-invariant): products against a weight stored [N, K] give each
+ * row the same bits alone, in a few rows, or among many (the whole input past several of the kernel's blocks
+ * of rows, with rows left over past the last tile), fp32 and bf16 */
+static void test_matmul_batch_invariant(void) {
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = 2;
+    bc.quiet = 1;
+    bc.batch_invariant = 1;
+    loom_backend *be = NULL;
+    if (loom_backend_init(&bc, &be) != LOOM_OK) { /* no AVX-512 nor AVX2: refused, as loom serve says */
+        printf("# batch-invariant backend refused here: %s\n", loom_error_message());
+        return;
+    }
+    const int64_t M = 150, N = 37, K = 2100, sub0 = 7, subM = 13;
+    float *a = fvec(M * K), *b = fvec(N * K), *c = fvec(M * N), *part = fvec(M * N);
+    double *ref = dvec(M * N);
+    uint16_t *a16 = malloc((size_t)(M * K) * 2), *b16 = malloc((size_t)(N * K) * 2);
+    fill(a, M * K, -1, 1);
+    fill(b, N * K, -1, 1);
+    K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = a16, .src = a, .n = M * K}));
+    K(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = b16, .src = b, .n = N * K}));
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        for (int64_t i = 0; i < M; i++)
+            for (int64_t j = 0; j < N; j++) {
+                double acc = 0.0;
+                for (int64_t k = 0; k < K; k++)
+                    acc += bf16 ? (double)bf16_value(a16[i * K + k]) * bf16_value(b16[j * K + k])
+                                : (double)a[i * K + k] * b[j * K + k];
+                ref[i * N + j] = acc;
+            }
+        /* rows [i0, i0 + m) into out at their own rows */
+#define PRODUCT(i0, m, out)                                                                                           \
+        K(bf16 ? loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){.trans_b = 1, .M = (m), .N = N, .K = K, .alpha = 1.0f,  \
+                                                                 .A = a16 + (i0) * K, .lda = K, .B = b16, .ldb = K,     \
+                                                                 .C = (out) + (i0) * N, .ldc = N})                      \
+               : loom_k_matmul(be, &(loom_gemm){.trans_b = 1, .M = (m), .N = N, .K = K, .alpha = 1.0f,                 \
+                                                .A = a + (i0) * K, .lda = K, .B = b, .ldb = K, .C = (out) + (i0) * N,  \
+                                                .ldc = N}))
+        PRODUCT(0, M, c);
+        char name[96];
+        snprintf(name, sizeof name, "matmul_%s_batch_invariant_%lldx%lldx%lld", bf16 ? "bf16" : "f32", (long long)M,
+                 (long long)N, (long long)K);
+        check_close(name, c, ref, M * N, 1e-4, 1e-4);
+        int same = 1;
+        for (int64_t i = 0; i < M; i++) PRODUCT(i, 1, part);
+        same &= memcmp(part, c, (size_t)(M * N) * sizeof(float)) == 0;
+        PRODUCT(sub0, subM, part);
+        same &= memcmp(part + sub0 * N, c + sub0 * N, (size_t)(subM * N) * sizeof(float)) == 0;
+#undef PRODUCT
+        snprintf(name, sizeof name, "matmul_%s_batch_invariant_rows_alone_and_in_13_same_bits", bf16 ? "bf16" : "f32");
+        report(name, same, 0, 0);
+    }
+    free(a); free(b); free(c); free(part); free(ref); free(a16); free(b16);
+    loom_backend_free(&be);
 }
 
 static void test_sum_squares(loom_backend *be) {
@@ -1749,6 +1825,7 @@ int main(void) {
     test_pair_round_copy(be);
     test_matmul_bf16(be);
     test_matmul_bf16_strided(be);
+    test_matmul_batch_invariant();
     test_sum_squares(be);
     test_adamw(be, 40009);
     test_lamb(be, 40009); /* three of the kernel's 16384-element blocks, the last partial */

@@ -199,10 +199,9 @@ static inline int64_t even(int64_t n) { return (n + 1) & ~(int64_t)1; }
 /* The operands are rounded by the CPU's own instruction, vcvtneps2bf16: nearest even, as loom_cpu_bf16_round,
  * but reading denormal inputs as zero (terms under 1e-38 here; it is 16 lanes an instruction). The first
  * min(n, 16) floats of x; the rest zero. */
-static inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u); }
 
 static inline __m256i bf16x16(const float *x, int64_t n) {
-    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(first_lanes(n), x));
+    return (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(loom_cpu_first_lanes(n), x));
 }
 
 /* rows x cols of src (row stride lds) rounded to bf16 into dst (row stride ldd, even), an odd row's pad zero */
@@ -210,7 +209,7 @@ static void round_rows(uint16_t *dst, int64_t ldd, const float *src, int64_t lds
     for (int64_t i = 0; i < rows; i++) {
         const float *s = src + i * lds;
         uint16_t *d = dst + i * ldd;
-        for (int64_t j = 0; j < cols; j += 16) _mm256_mask_storeu_epi16(d + j, first_lanes(cols - j), bf16x16(s + j, cols - j));
+        for (int64_t j = 0; j < cols; j += 16) _mm256_mask_storeu_epi16(d + j, loom_cpu_first_lanes(cols - j), bf16x16(s + j, cols - j));
         if (cols & 1) d[cols] = 0;
     }
 }
@@ -223,7 +222,7 @@ static void pairs_of_rows(uint32_t *dst, int64_t ldd, const float *src, int64_t 
         for (int64_t c = 0; c < N; c += 16) {
             const __m512i l = _mm512_cvtepu16_epi32(bf16x16(lo + c, N - c));
             const __m512i h = 2 * p + 1 < K ? _mm512_cvtepu16_epi32(bf16x16(hi + c, N - c)) : _mm512_setzero_si512();
-            _mm512_mask_storeu_epi32(d + c, first_lanes(N - c), _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
+            _mm512_mask_storeu_epi32(d + c, loom_cpu_first_lanes(N - c), _mm512_or_si512(l, _mm512_slli_epi32(h, 16)));
         }
     }
 }
@@ -630,73 +629,278 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
 
 /* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
  * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order, so a row's
- * bits do not depend on the others). The scores live in a per-thread row of n floats: a prompt's rows x
- * heads x n would be a fresh allocation, faulted in, at every layer (12.6 MB for 512 rows of GPT-2 124M). */
+ * bits do not depend on the others: loom serve --batch-invariant runs prompts through here too). The scores
+ * live in a per-thread row of n floats: a prompt's rows x heads x n would be a fresh allocation, faulted in,
+ * at every layer (12.6 MB for 512 rows of GPT-2 124M). */
 static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
     if (!a->blocks) return j * a->ld;
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
 }
 
+/* Up to DECODE_ROWS consecutive query rows of one head at a time: row i sees the first seen + i positions.
+ * Each (row, position) runs the same arithmetic however many rows are together (what batch invariance rests
+ * on); together, a key or value loaded once serves every row. */
+#define DECODE_ROWS 4
+
+typedef struct {
+    const float *k, *v;
+    const uint16_t *k16, *v16;
+    const int64_t *off;
+    int64_t hd;
+    float scale;
+} decode_head;
+
+/* softmax of row i's scores s[0..seen) in place, as weights: max-subtracted exponentials over their sum */
+static void decode_softmax(float *s, int64_t seen);
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* AVX-512. A score is 16 lanes of multiply-adds over the head, a chunk of 16 at a time, then a fixed tree of
+ * pairwise sums; 16 such trees run at once (loom_cpu_sum16: 45 shuffles and adds where 16 reductions take ~130),
+ * for 16 positions of one row or 4 positions of 4 rows. A value is one multiply-add chain per lane, in position
+ * order. bf16 is a constant in each caller, so that no load asks which cache it reads. */
+static inline __m512 decode_load(const float *x, const uint16_t *x16, int64_t at, __mmask16 m, int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, x16 + at)), 16));
+    return _mm512_maskz_loadu_ps(m, x + at);
+}
+
+/* scores of R rows (R == 1: 16 positions at a time; else 4 rows, q[i] repeating the last for i >= R, 4 positions
+ * at a time) at positions [j0, j1), into s[i] + j */
+static inline __attribute__((always_inline)) void decode_scores(const decode_head *d, const float *const q[DECODE_ROWS],
+                                                                int R, int64_t kvo, int64_t j0, int64_t j1,
+                                                                float *const s[DECODE_ROWS], int bf16) {
+    const int per = R == 1 ? 16 : 4; /* positions per row in a tile of 16 sums */
+    for (int64_t jb = j0; jb < j1; jb += per) {
+        __m512 acc[16];
+        int64_t at[16];
+        for (int t = 0; t < per; t++) at[t] = d->off[jb + t < j1 ? jb + t : jb] + kvo; /* past j1: a copy, not stored */
+        for (int t = 0; t < 16; t++) acc[t] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d->hd; c += 16) {
+            const __mmask16 m = loom_cpu_first_lanes(d->hd - c);
+            if (R == 1) {
+                const __m512 qc = _mm512_maskz_loadu_ps(m, q[0] + c);
+                for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(qc, decode_load(d->k, d->k16, at[t] + c, m, bf16), acc[t]);
+            } else {
+                __m512 kc[4];
+                for (int t = 0; t < 4; t++) kc[t] = decode_load(d->k, d->k16, at[t] + c, m, bf16);
+                for (int i = 0; i < 4; i++) {
+                    const __m512 qc = _mm512_maskz_loadu_ps(m, q[i] + c);
+                    for (int t = 0; t < 4; t++) acc[4 * i + t] = _mm512_fmadd_ps(qc, kc[t], acc[4 * i + t]);
+                }
+            }
+        }
+        const __m512 sc = _mm512_mul_ps(loom_cpu_sum16(acc), _mm512_set1_ps(d->scale)); /* lane per * i + t */
+        if (R == 1) {
+            _mm512_mask_storeu_ps(s[0] + jb, loom_cpu_first_lanes(j1 - jb), sc);
+        } else {
+            float lane[16];
+            _mm512_storeu_ps(lane, sc);
+            const int64_t n = j1 - jb < 4 ? j1 - jb : 4;
+            for (int i = 0; i < R; i++) memcpy(s[i] + jb, lane + 4 * i, (size_t)n * sizeof(float));
+        }
+    }
+}
+
+/* o[i] = the weights s[i] at positions [0, seen + i) against the values, for R rows: each lane two chains of
+ * multiply-adds, over the even and over the odd positions in order (one chain would wait on its latency at
+ * every position of a lone row), added at the end. A lone row takes 64 floats of the head at a time, 4 rows 32
+ * (16 accumulators either way): the positions all rows see with each value loaded once, then each later row's
+ * last few. */
+static inline __attribute__((always_inline)) void decode_values(const decode_head *d, int R, int64_t kvo, int64_t seen,
+                                                                float *const s[DECODE_ROWS], float *const o[DECODE_ROWS],
+                                                                int bf16) {
+    const int C = R == 1 ? 4 : 2; /* vectors of the head per pass */
+    for (int64_t c0 = 0; c0 < d->hd; c0 += 16 * C) {
+        __m512 acc[DECODE_ROWS][4][2];
+        __mmask16 m[4];
+        for (int c = 0; c < C; c++) m[c] = c0 + 16 * c < d->hd ? loom_cpu_first_lanes(d->hd - c0 - 16 * c) : 0;
+        for (int i = 0; i < R; i++)
+            for (int c = 0; c < C; c++) acc[i][c][0] = acc[i][c][1] = _mm512_setzero_ps();
+        int64_t j = 0;
+        for (; j + 1 < seen; j += 2)
+            for (int p = 0; p < 2; p++) {
+                const int64_t at = d->off[j + p] + kvo + c0;
+                __m512 vc[4];
+                for (int c = 0; c < C; c++) vc[c] = decode_load(d->v, d->v16, at + 16 * c, m[c], bf16);
+                for (int i = 0; i < R; i++) {
+                    const __m512 w = _mm512_set1_ps(s[i][j + p]);
+                    for (int c = 0; c < C; c++) acc[i][c][p] = _mm512_fmadd_ps(w, vc[c], acc[i][c][p]);
+                }
+            }
+        for (int i = 0; i < R; i++) /* the rest, each position into its parity's chain */
+            for (int64_t k = j; k < seen + i; k++) {
+                const __m512 w = _mm512_set1_ps(s[i][k]);
+                const int p = (int)(k & 1);
+                for (int c = 0; c < C; c++) {
+                    const __m512 v = decode_load(d->v, d->v16, d->off[k] + kvo + c0 + 16 * c, m[c], bf16);
+                    if (p) acc[i][c][1] = _mm512_fmadd_ps(w, v, acc[i][c][1]);
+                    else acc[i][c][0] = _mm512_fmadd_ps(w, v, acc[i][c][0]);
+                }
+            }
+        for (int i = 0; i < R; i++)
+            for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(o[i] + c0 + 16 * c, m[c], _mm512_add_ps(acc[i][c][0], acc[i][c][1]));
+    }
+}
+
+static inline __attribute__((always_inline)) void decode_rows_body(const decode_head *d, const float *const q[DECODE_ROWS],
+                                                                   int R, int64_t kvo, int64_t seen,
+                                                                   float *const s[DECODE_ROWS],
+                                                                   float *const o[DECODE_ROWS], int bf16) {
+    decode_scores(d, q, R, kvo, 0, seen, s, bf16); /* the positions every row sees */
+    for (int i = 1; i < R; i++) { /* and each later row's own last i, alone */
+        const float *qi[DECODE_ROWS] = {q[i]};
+        float *si[DECODE_ROWS] = {s[i]};
+        decode_scores(d, qi, 1, kvo, seen, seen + i, si, bf16);
+    }
+    for (int i = 0; i < R; i++) decode_softmax(s[i], seen + i);
+    decode_values(d, R, kvo, seen, s, o, bf16);
+}
+
+static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
+                        float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
+    if (d->k16) decode_rows_body(d, q, R, kvo, seen, s, o, 1);
+    else decode_rows_body(d, q, R, kvo, seen, s, o, 0);
+}
+
+static void decode_softmax(float *s, int64_t seen) {
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < seen; j += 16) {
+        const __mmask16 m = loom_cpu_first_lanes(seen - j);
+        mx = _mm512_mask_max_ps(mx, m, mx, _mm512_maskz_loadu_ps(m, s + j));
+    }
+    const float top = _mm512_reduce_max_ps(mx);
+#pragma omp simd
+    for (int64_t j = 0; j < seen; j++) s[j] = loom_fast_expf(s[j] - top);
+    __m512 part = _mm512_setzero_ps();
+    for (int64_t j = 0; j < seen; j += 16) part = _mm512_add_ps(part, _mm512_maskz_loadu_ps(loom_cpu_first_lanes(seen - j), s + j));
+    const float sum = _mm512_reduce_add_ps(part);
+#pragma omp simd
+    for (int64_t j = 0; j < seen; j++) s[j] /= sum;
+}
+#else
+/* the portable build: one row at a time, scalar sums in order */
+static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
+                        float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
+    const int64_t hd = d->hd;
+    for (int i = 0; i < R; i++) {
+        const int64_t n = seen + i;
+        for (int64_t j = 0; j < n; j++) {
+            float dot = 0.0f;
+            if (d->k16) {
+                const uint16_t *k = d->k16 + d->off[j] + kvo;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t e = 0; e < hd; e++) dot += q[i][e] * loom_cpu_bf16_widen(k[e]);
+            } else {
+                const float *k = d->k + d->off[j] + kvo;
+#pragma omp simd reduction(+ : dot)
+                for (int64_t e = 0; e < hd; e++) dot += q[i][e] * k[e];
+            }
+            s[i][j] = dot * d->scale;
+        }
+        decode_softmax(s[i], n);
+        memset(o[i], 0, (size_t)hd * sizeof(float));
+        for (int64_t j = 0; j < n; j++) {
+            const float w = s[i][j];
+            if (d->v16) {
+                const uint16_t *v = d->v16 + d->off[j] + kvo;
+#pragma omp simd
+                for (int64_t e = 0; e < hd; e++) o[i][e] += w * loom_cpu_bf16_widen(v[e]);
+            } else {
+                const float *v = d->v + d->off[j] + kvo;
+#pragma omp simd
+                for (int64_t e = 0; e < hd; e++) o[i][e] += w * v[e];
+            }
+        }
+    }
+}
+
+static void decode_softmax(float *s, int64_t seen) {
+    float mx = -INFINITY, sum = 0.0f;
+    for (int64_t j = 0; j < seen; j++) mx = s[j] > mx ? s[j] : mx;
+#pragma omp simd
+    for (int64_t j = 0; j < seen; j++) s[j] = loom_fast_expf(s[j] - mx);
+    for (int64_t j = 0; j < seen; j++) sum += s[j]; /* in order */
+#pragma omp simd
+    for (int64_t j = 0; j < seen; j++) s[j] /= sum;
+}
+#endif
+
+/* A thread with several sets of rows of one head first copies that head's keys and values into dense rows
+ * (the cache's rows lie a whole k|v row apart, 6 KiB for GPT-2 124M: each set would read them back from L2 at
+ * a stride the prefetchers and L1's sets serve badly). A copy holds the same values: the bits do not change. */
+typedef struct {
+    void *k, *v;     /* n x hd each, the cache's element type */
+    int64_t *offs;   /* j * hd */
+    int64_t head;    /* the head copied, or -1 */
+} decode_copy;
+
+static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, int64_t n, int64_t h) {
+    const size_t el = d->k16 ? sizeof(uint16_t) : sizeof(float), row = (size_t)d->hd * el;
+    if (!c->k) {
+        c->k = malloc((size_t)n * row);
+        c->v = malloc((size_t)n * row);
+        c->offs = malloc((size_t)n * sizeof(int64_t));
+        if (!c->k || !c->v || !c->offs) return 0;
+        for (int64_t j = 0; j < n; j++) c->offs[j] = j * d->hd;
+    }
+    const char *k = d->k16 ? (const char *)d->k16 : (const char *)d->k, *v = d->v16 ? (const char *)d->v16 : (const char *)d->v;
+    for (int64_t j = 0; j < n; j++) {
+        memcpy((char *)c->k + (size_t)j * row, k + (size_t)(d->off[j] + kvo) * el, row);
+        memcpy((char *)c->v + (size_t)j * row, v + (size_t)(d->off[j] + kvo) * el, row);
+    }
+    c->head = h;
+    return 1;
+}
+
 loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
     (void)be;
     const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, rows = a->rows > 1 ? a->rows : 1;
-    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd;
+    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd, sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS;
     LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
                (long long)n);
     int64_t *off = malloc((size_t)n * sizeof(int64_t));
     if (!off) return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld positions",
                                     (long long)n);
     for (int64_t j = 0; j < n; j++) off[j] = decode_row_offset(a, j);
-    const float scale = 1.0f / sqrtf((float)hd);
+    const decode_head d = {a->k, a->v, a->k16, a->v16, off, hd, 1.0f / sqrtf((float)hd)};
     int ok = 1;
 #pragma omp parallel if (rows * H * n * hd > 65536)
     {
-        float *s = malloc((size_t)n * sizeof(float));
-        if (!s) {
+        float *scores = malloc((size_t)(DECODE_ROWS * n) * sizeof(float));
+        decode_copy copy = {NULL, NULL, NULL, -1};
+        int copies = 1; /* until an allocation fails: then the cache in place (the same bits) */
+        int64_t lo, hi; /* a fixed range of (head, set) items: a head's sets in turn, its keys and values in cache */
+        loom_cpu_thread_range(H * sets, &lo, &hi);
+        if (!scores) {
 #pragma omp atomic write
             ok = 0;
+            hi = lo;
         }
-#pragma omp for schedule(static) collapse(2)
-        for (int64_t r = 0; r < rows; r++)
-            for (int64_t h = 0; h < H; h++) {
-                if (!s) continue;
-                const float *q = a->q + r * qs + h * hd;
-                const int64_t kvo = (h / group) * hd, seen = n - rows + r + 1;
-                float mx = -INFINITY;
-                for (int64_t j = 0; j < seen; j++) {
-                    float d = 0.0f;
-                    if (a->k16) {
-                        const uint16_t *k = a->k16 + off[j] + kvo;
-#pragma omp simd reduction(+ : d)
-                        for (int64_t i = 0; i < hd; i++) d += q[i] * loom_cpu_bf16_widen(k[i]);
-                    } else {
-                        const float *k = a->k + off[j] + kvo;
-#pragma omp simd reduction(+ : d)
-                        for (int64_t i = 0; i < hd; i++) d += q[i] * k[i];
-                    }
-                    s[j] = d * scale;
-                    mx = s[j] > mx ? s[j] : mx;
-                }
-                float sum = 0.0f;
-#pragma omp simd
-                for (int64_t j = 0; j < seen; j++) s[j] = loom_fast_expf(s[j] - mx);
-                for (int64_t j = 0; j < seen; j++) sum += s[j]; /* in order */
-                float *o = a->out + r * os + h * hd;
-                memset(o, 0, (size_t)hd * sizeof(float));
-                for (int64_t j = 0; j < seen; j++) {
-                    const float w = s[j] / sum;
-                    if (a->v16) {
-                        const uint16_t *v = a->v16 + off[j] + kvo;
-#pragma omp simd
-                        for (int64_t i = 0; i < hd; i++) o[i] += w * loom_cpu_bf16_widen(v[i]);
-                    } else {
-                        const float *v = a->v + off[j] + kvo;
-#pragma omp simd
-                        for (int64_t i = 0; i < hd; i++) o[i] += w * v[i];
-                    }
-                }
+        for (int64_t item = lo; item < hi; item++) {
+            const int64_t h = item / sets, r0 = item % sets * DECODE_ROWS, kvo = (h / group) * hd;
+            const int R = rows - r0 < DECODE_ROWS ? (int)(rows - r0) : DECODE_ROWS;
+            const float *q[DECODE_ROWS];
+            float *s[DECODE_ROWS], *o[DECODE_ROWS];
+            for (int i = 0; i < DECODE_ROWS; i++) {
+                const int64_t r = r0 + (i < R ? i : R - 1);
+                q[i] = a->q + r * qs + h * hd;
+                s[i] = scores + i * n;
+                o[i] = a->out + r * os + h * hd;
             }
-        free(s);
+            const int64_t last = (h + 1) * sets - 1 < hi - 1 ? (h + 1) * sets - 1 : hi - 1; /* this head's last item here */
+            if (copies && copy.head != h && last > item) copies = decode_copy_head(&copy, &d, kvo, n, h);
+            if (copies && copy.head == h) {
+                const decode_head c = {d.k16 ? NULL : copy.k, d.v16 ? NULL : copy.v, d.k16 ? copy.k : NULL,
+                                       d.v16 ? copy.v : NULL, copy.offs, hd, d.scale};
+                decode_rows(&c, q, R, 0, n - rows + r0 + 1, s, o);
+            } else {
+                decode_rows(&d, q, R, kvo, n - rows + r0 + 1, s, o);
+            }
+        }
+        free(scores);
+        free(copy.k);
+        free(copy.v);
+        free(copy.offs);
     }
     free(off);
     return ok ? LOOM_OK

@@ -23,6 +23,36 @@ static inline void loom_cpu_thread_range(int64_t n, int64_t *lo, int64_t *hi) {
     *hi = n * (ith + 1) / nth;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* a mask of the first min(n, 16) lanes (n >= 0) */
+static inline __mmask16 loom_cpu_first_lanes(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1u);
+}
+
+/* The sums of 16 vectors' lanes at once: lane t of the result is a[t]'s lanes added by one fixed tree (lane i
+ * with i + 8, then i + 4, i + 2, i + 1: _mm512_reduce_add_ps's tree), so each sum's bits do not depend on the
+ * other 15 vectors. Pairs of vectors are halved together: 15 shuffle pairs and adds where 16 reductions take
+ * ~130 instructions. */
+__attribute__((target("avx512f"))) static inline __m512 loom_cpu_sum16(const __m512 a[16]) {
+    __m512 h8[8], h4[4], h2[2];
+    for (int p = 0; p < 8; p++) /* lanes 0-7: a[2p]'s i + (i + 8); lanes 8-15: a[2p + 1]'s */
+        h8[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0x44),
+                              _mm512_shuffle_f32x4(a[2 * p], a[2 * p + 1], 0xee));
+    for (int p = 0; p < 4; p++) /* 128-bit quarter q: vector 4p + q's i + (i + 4) */
+        h4[p] = _mm512_add_ps(_mm512_shuffle_f32x4(h8[2 * p], h8[2 * p + 1], 0x88),
+                              _mm512_shuffle_f32x4(h8[2 * p], h8[2 * p + 1], 0xdd));
+    for (int p = 0; p < 2; p++) /* quarter q: (i + (i + 2)) for i = 0, 1 of vector 8p + q, then of 8p + 4 + q */
+        h2[p] = _mm512_add_ps(_mm512_shuffle_ps(h4[2 * p], h4[2 * p + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                              _mm512_shuffle_ps(h4[2 * p], h4[2 * p + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* lane 4q + r: the sum of vector q + 4r; put back in order */
+    const __m512 t = _mm512_add_ps(_mm512_shuffle_ps(h2[0], h2[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_ps(h2[0], h2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), t);
+}
+#endif
+
 /* Cephes-style expf: ~1 ulp on [-87, 88], written so that the compiler vectorises it without
  * -ffast-math (glibc's expf only vectorises under fast-math); its clamp becomes a blend only under
  * -fno-trapping-math (CMakeLists.txt). Deterministic. */
