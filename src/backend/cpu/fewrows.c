@@ -57,8 +57,9 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
 /* One kernel, written once for both element types: T the element, STEP elements per vector, VEC the vector
  * type, LOAD/MLOAD (masked, mask type MASK) its loads, MADD(acc, a, w) the multiply-add into fp32 lanes.
  * Groups of TILE input rows run as TILE x TILE tiles; the last M % TILE rows one at a time against the same
- * TILE weight rows. Each weight vector is loaded once per tile step (the empty asm keeps the compiler from
- * folding it into every multiply-add as a memory operand, TILE loads instead of one). A tile's 16 sums are
+ * TILE weight rows. Each weight and input vector is loaded once per tile step (the empty asm keeps the compiler
+ * from folding it into every multiply-add as a memory operand, TILE loads instead of one: fp32 at M 512 here,
+ * 2 threads, 296-419 GFLOP/s against 168-280 with the input rows folded; bf16 the same either way). A tile's 16 sums are
  * one loom_cpu_sum16 (each the tree of _mm512_reduce_add_ps, the same bits for a tile or a single row).
  * Each thread holds a fixed range of weight-row groups; blocks of input rows pass in order (see above). */
 #define FEWROWS_KERNEL(NAME, TARGET, T, STEP, VEC, LOAD, MLOAD, MASK, MADD)                                          \
@@ -90,7 +91,10 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
                                     wv[t] = LOAD(w[t] + k);                                                         \
                                     __asm__("" : "+v"(wv[t]));                                                      \
                                 }                                                                                   \
-                                _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++) av[s] = LOAD(a[s] + k);      \
+                                _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++) {                            \
+                                    av[s] = LOAD(a[s] + k);                                                         \
+                                    __asm__("" : "+v"(av[s]));                                                      \
+                                }                                                                                   \
                                 _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++)                              \
                                     _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++)                          \
                                         acc[s * TILE + t] = MADD(acc[s * TILE + t], av[s], wv[t]);                  \
