@@ -756,10 +756,22 @@ static inline __attribute__((always_inline)) void decode_rows_body(const decode_
     decode_values(d, R, kvo, seen, s, o, bf16);
 }
 
+/* R and bf16 constants in each body (a row count known only at run time keeps the accumulators on the stack:
+ * one row over 96 positions took 3x as long) */
 static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
                         float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
-    if (d->k16) decode_rows_body(d, q, R, kvo, seen, s, o, 1);
-    else decode_rows_body(d, q, R, kvo, seen, s, o, 0);
+#define DECODE_ROWS_CASE(r)                                                   \
+    case r:                                                                   \
+        if (d->k16) decode_rows_body(d, q, r, kvo, seen, s, o, 1);            \
+        else decode_rows_body(d, q, r, kvo, seen, s, o, 0);                   \
+        break;
+    switch (R) {
+        DECODE_ROWS_CASE(1)
+        DECODE_ROWS_CASE(2)
+        DECODE_ROWS_CASE(3)
+        DECODE_ROWS_CASE(4)
+    }
+#undef DECODE_ROWS_CASE
 }
 
 static void decode_softmax(float *s, int64_t seen) {
