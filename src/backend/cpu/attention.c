@@ -209,7 +209,8 @@ static void round_rows(uint16_t *dst, int64_t ldd, const float *src, int64_t lds
     for (int64_t i = 0; i < rows; i++) {
         const float *s = src + i * lds;
         uint16_t *d = dst + i * ldd;
-        for (int64_t j = 0; j < cols; j += 16) _mm256_mask_storeu_epi16(d + j, loom_cpu_first_lanes(cols - j), bf16x16(s + j, cols - j));
+        for (int64_t j = 0; j < cols; j += 16)
+            _mm256_mask_storeu_epi16(d + j, loom_cpu_first_lanes(cols - j), bf16x16(s + j, cols - j));
         if (cols & 1) d[cols] = 0;
     }
 }
@@ -630,8 +631,8 @@ loom_status loom_cpu_attention_merge(loom_backend *be, const loom_attention_merg
 /* Query rows against n cached positions (paged or not): per (row, head), scores, a max-subtracted softmax,
  * the weighted sum of values (rows and heads in parallel; each one's arithmetic in a fixed order, so a row's
  * bits do not depend on the others: loom serve --batch-invariant runs prompts through here too). The scores
- * live in a per-thread row of n floats: a prompt's rows x heads x n would be a fresh allocation, faulted in,
- * at every layer (12.6 MB for 512 rows of GPT-2 124M). */
+ * live in DECODE_ROWS per-thread rows of n floats: a prompt's rows x heads x n would be a fresh allocation,
+ * faulted in, at every layer (12.6 MB for 512 rows of GPT-2 124M). */
 static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int64_t j) {
     if (!a->blocks) return j * a->ld;
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
@@ -679,7 +680,8 @@ static inline __attribute__((always_inline)) void decode_scores(const decode_hea
             const __mmask16 m = loom_cpu_first_lanes(d->hd - c);
             if (R == 1) {
                 const __m512 qc = _mm512_maskz_loadu_ps(m, q[0] + c);
-                for (int t = 0; t < 16; t++) acc[t] = _mm512_fmadd_ps(qc, decode_load(d->k, d->k16, at[t] + c, m, bf16), acc[t]);
+                for (int t = 0; t < 16; t++)
+                    acc[t] = _mm512_fmadd_ps(qc, decode_load(d->k, d->k16, at[t] + c, m, bf16), acc[t]);
             } else {
                 __m512 kc[4];
                 for (int t = 0; t < 4; t++) kc[t] = decode_load(d->k, d->k16, at[t] + c, m, bf16);
@@ -689,7 +691,8 @@ static inline __attribute__((always_inline)) void decode_scores(const decode_hea
                 }
             }
         }
-        const __m512 sc = _mm512_mul_ps(loom_cpu_sum16(acc), _mm512_set1_ps(d->scale)); /* lane per * i + t */
+        /* lane per * i + t: row i's score at position jb + t */
+        const __m512 sc = _mm512_mul_ps(loom_cpu_sum16(acc), _mm512_set1_ps(d->scale));
         if (R == 1) {
             _mm512_mask_storeu_ps(s[0] + jb, loom_cpu_first_lanes(j1 - jb), sc);
         } else {
@@ -738,12 +741,14 @@ static inline __attribute__((always_inline)) void decode_values(const decode_hea
                 }
             }
         for (int i = 0; i < R; i++)
-            for (int c = 0; c < C; c++) _mm512_mask_storeu_ps(o[i] + c0 + 16 * c, m[c], _mm512_add_ps(acc[i][c][0], acc[i][c][1]));
+            for (int c = 0; c < C; c++)
+                _mm512_mask_storeu_ps(o[i] + c0 + 16 * c, m[c], _mm512_add_ps(acc[i][c][0], acc[i][c][1]));
     }
 }
 
-static inline __attribute__((always_inline)) void decode_rows_body(const decode_head *d, const float *const q[DECODE_ROWS],
-                                                                   int R, int64_t kvo, int64_t seen,
+static inline __attribute__((always_inline)) void decode_rows_body(const decode_head *d,
+                                                                   const float *const q[DECODE_ROWS], int R,
+                                                                   int64_t kvo, int64_t seen,
                                                                    float *const s[DECODE_ROWS],
                                                                    float *const o[DECODE_ROWS], int bf16) {
     decode_scores(d, q, R, kvo, 0, seen, s, bf16); /* the positions every row sees */
@@ -784,13 +789,15 @@ static void decode_softmax(float *s, int64_t seen) {
 #pragma omp simd
     for (int64_t j = 0; j < seen; j++) s[j] = loom_fast_expf(s[j] - top);
     __m512 part = _mm512_setzero_ps();
-    for (int64_t j = 0; j < seen; j += 16) part = _mm512_add_ps(part, _mm512_maskz_loadu_ps(loom_cpu_first_lanes(seen - j), s + j));
+    for (int64_t j = 0; j < seen; j += 16)
+        part = _mm512_add_ps(part, _mm512_maskz_loadu_ps(loom_cpu_first_lanes(seen - j), s + j));
     const float sum = _mm512_reduce_add_ps(part);
 #pragma omp simd
     for (int64_t j = 0; j < seen; j++) s[j] /= sum;
 }
 #else
-/* the portable build: one row at a time, scalar sums in order */
+/* without AVX-512 (the portable build, AVX2 machines): one row at a time, the compiler's vectorised dot
+ * products, the exponentials' sum in order */
 static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
                         float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
     const int64_t hd = d->hd;
@@ -855,7 +862,8 @@ static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, i
         if (!c->k || !c->v || !c->offs) return 0;
         for (int64_t j = 0; j < n; j++) c->offs[j] = j * d->hd;
     }
-    const char *k = d->k16 ? (const char *)d->k16 : (const char *)d->k, *v = d->v16 ? (const char *)d->v16 : (const char *)d->v;
+    const char *k = d->k16 ? (const char *)d->k16 : (const char *)d->k;
+    const char *v = d->v16 ? (const char *)d->v16 : (const char *)d->v;
     for (int64_t j = 0; j < n; j++) {
         memcpy((char *)c->k + (size_t)j * row, k + (size_t)(d->off[j] + kvo) * el, row);
         memcpy((char *)c->v + (size_t)j * row, v + (size_t)(d->off[j] + kvo) * el, row);
@@ -867,7 +875,8 @@ static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, i
 loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
     (void)be;
     const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, rows = a->rows > 1 ? a->rows : 1;
-    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd, sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS;
+    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd;
+    const int64_t sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS; /* of up to DECODE_ROWS rows */
     LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
                (long long)n);
     int64_t *off = malloc((size_t)n * sizeof(int64_t));
@@ -899,7 +908,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
                 s[i] = scores + i * n;
                 o[i] = a->out + r * os + h * hd;
             }
-            const int64_t last = (h + 1) * sets - 1 < hi - 1 ? (h + 1) * sets - 1 : hi - 1; /* this head's last item here */
+            const int64_t last = (h + 1) * sets < hi ? (h + 1) * sets - 1 : hi - 1; /* this head's last item here */
             if (copies && copy.head != h && last > item) copies = decode_copy_head(&copy, &d, kvo, n, h);
             if (copies && copy.head == h) {
                 const decode_head c = {d.k16 ? NULL : copy.k, d.v16 ? NULL : copy.v, d.k16 ? copy.k : NULL,

@@ -384,8 +384,8 @@ loom_status loom_cpu_matmul_bf16(loom_backend *be, const loom_matmul_bf16_args *
         if (loom_cpu_fewrows_bf16(a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc))
             return LOOM_OK;
         /* no memory to widen the rows (AVX2): the general path, unless that would change a row's bits */
-        LOOM_CHECK(!be->batch_invariant, LOOM_ERR_NOMEM, "out of memory widening %lld x %lld bf16 rows (batch-invariant)",
-                   (long long)a->M, (long long)a->K);
+        LOOM_CHECK(!be->batch_invariant, LOOM_ERR_NOMEM,
+                   "out of memory widening %lld x %lld bf16 rows (batch-invariant)", (long long)a->M, (long long)a->K);
     }
     return cpu_matmul_bf16(be, a->trans_a, a->trans_b, a->M, a->N, a->K, a->alpha, a->A, a->lda, a->B, a->ldb, a->beta, a->C, a->ldc);
 }

@@ -59,9 +59,9 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
  * Groups of TILE input rows run as TILE x TILE tiles; the last M % TILE rows one at a time against the same
  * TILE weight rows. Each weight and input vector is loaded once per tile step (the empty asm keeps the compiler
  * from folding it into every multiply-add as a memory operand, TILE loads instead of one: fp32 at M 512 here,
- * 2 threads, 296-419 GFLOP/s against 168-280 with the input rows folded; bf16 the same either way). A tile's 16 sums are
- * one loom_cpu_sum16 (each the tree of _mm512_reduce_add_ps, the same bits for a tile or a single row).
- * Each thread holds a fixed range of weight-row groups; blocks of input rows pass in order (see above). */
+ * 2 threads, 296-419 GFLOP/s against 168-280 with the input rows folded; bf16 the same either way). A tile's
+ * 16 sums are one loom_cpu_sum16 (each the tree of _mm512_reduce_add_ps, the same bits for a tile or a single
+ * row). Each thread holds a fixed range of weight-row groups; blocks of input rows pass in order (see above). */
 #define FEWROWS_KERNEL(NAME, TARGET, T, STEP, VEC, LOAD, MLOAD, MASK, MADD)                                          \
     __attribute__((target(TARGET))) static void NAME(int64_t M, int64_t N, int64_t K, float alpha, const T *A, int64_t lda, \
                                               const T *B, int64_t ldb, float beta, float *C, int64_t ldc) {          \
