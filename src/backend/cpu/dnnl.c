@@ -304,7 +304,7 @@ static int onednn_matmul(loom_backend *be, int ta, int tb, int64_t M, int64_t N,
 
 static void cpu_f32_to_bf16(loom_backend *be, uint16_t *dst, const float *src, int64_t n) {
     (void)be;
-#pragma omp parallel for simd schedule(static)
+#pragma omp parallel for simd schedule(static) if (n > 65536) /* one token's keys and values: no threads to wake */
     for (int64_t i = 0; i < n; i++) dst[i] = loom_cpu_bf16_round(src[i]);
 }
 
