@@ -1245,15 +1245,26 @@ static void test_matmul_batch_invariant(void) {
 #define PRODUCT(i0, m, out)                                                                                           \
         K(bf16 ? loom_k_matmul_bf16(be, &(loom_matmul_bf16_args){.trans_b = 1, .M = (m), .N = N, .K = K, .alpha = 1.0f,  \
                                                                  .A = a16 + (i0) * K, .lda = K, .B = b16, .ldb = K,     \
-                                                                 .C = (out) + (i0) * N, .ldc = N})                      \
+                                                                 .beta = beta, .C = (out) + (i0) * N, .ldc = N})        \
                : loom_k_matmul(be, &(loom_gemm){.trans_b = 1, .M = (m), .N = N, .K = K, .alpha = 1.0f,                 \
-                                                .A = a + (i0) * K, .lda = K, .B = b, .ldb = K, .C = (out) + (i0) * N,  \
-                                                .ldc = N}))
+                                                .A = a + (i0) * K, .lda = K, .B = b, .ldb = K, .beta = beta,           \
+                                                .C = (out) + (i0) * N, .ldc = N}))
+        float beta = 0.0f;
         PRODUCT(0, M, c);
         char name[96];
         snprintf(name, sizeof name, "matmul_%s_batch_invariant_%lldx%lldx%lld", bf16 ? "bf16" : "f32", (long long)M,
                  (long long)N, (long long)K);
         check_close(name, c, ref, M * N, 1e-4, 1e-4);
+        /* beta: every element of C read once and written once, across the kernel's blocks of rows */
+        beta = 0.5f;
+        fill(part, M * N, -1, 1);
+        double *ref_b = dvec(M * N);
+        for (int64_t i = 0; i < M * N; i++) ref_b[i] = ref[i] + 0.5 * part[i];
+        PRODUCT(0, M, part);
+        snprintf(name, sizeof name, "matmul_%s_batch_invariant_beta_half", bf16 ? "bf16" : "f32");
+        check_close(name, part, ref_b, M * N, 1e-4, 1e-4);
+        free(ref_b);
+        beta = 0.0f;
         int same = 1;
         for (int64_t i = 0; i < M; i++) PRODUCT(i, 1, part);
         same &= memcmp(part, c, (size_t)(M * N) * sizeof(float)) == 0;

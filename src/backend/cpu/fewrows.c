@@ -48,10 +48,13 @@ static inline void tile_store(float sum[TILE][TILE], int rows, int64_t i0, int64
 /* Input rows per block when there are many (loom serve --batch-invariant runs whole prompts here): a block of
  * at most 512 KiB stays in L2 while this thread's weight rows pass over it once, where every input row against
  * every group of weight rows streams the whole input from L3 at every group (M 512 here, 2 threads, 1 MiB L2:
- * 623-777 GFLOP/s unblocked, 660-800 with 512 KiB blocks, 638-773 with 64 KiB). */
+ * 623-777 GFLOP/s unblocked, 660-800 with 512 KiB blocks, 638-773 with 64 KiB). Never fewer rows than
+ * decoding sends (loom_cpu_fewrows_max): there the weights stream from memory, once. */
 static inline int64_t rows_per_block(int64_t K, size_t size) {
-    const int64_t b = (int64_t)(512 * 1024 / ((size_t)K * size)) & ~(int64_t)(TILE - 1);
-    return b > TILE ? b : TILE;
+    /* whole tiles: none straddles two blocks */
+    const int64_t b = (int64_t)(512 * 1024 / ((size_t)K * size)) / TILE * TILE;
+    const int64_t few = (loom_cpu_fewrows_max() + TILE - 1) / TILE * TILE;
+    return b > few ? b : few > TILE ? few : TILE;
 }
 
 /* One kernel, written once for both element types: T the element, STEP elements per vector, VEC the vector
