@@ -781,8 +781,8 @@ static void test_attention_blocks(loom_backend *be, int64_t T, int64_t hd, int b
 /* One new position against a cache: the last row of the whole causal attention. */
 static float bf16_value(uint16_t h); /* below */
 
-static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd) {
-    const int64_t H = 6, KV = 3, row = (H + 2 * KV) * hd, C = H * hd;
+static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd, int64_t H, int64_t KV) {
+    const int64_t row = (H + 2 * KV) * hd, C = H * hd;
     char name[128];
     float *qkv = fvec(T * row), *out = fvec(C);
     fill(qkv, T * row, -1.5, 1.5);
@@ -791,7 +791,8 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd) {
     /* the cache: keys and values of every position, rows of stride `row` (as the q|k|v rows lie) */
     K(loom_k_attention_decode(be, &(loom_attention_decode_args){.out = out, .q = qkv + (T - 1) * row, .k = qkv + H * hd,
                                                                .v = qkv + (H + KV) * hd, .ld = row, .n = T, .H = H, .KV = KV, .hd = hd}));
-    snprintf(name, sizeof name, "attention_decode_equals_last_causal_row_T%lld_hd%lld", (long long)T, (long long)hd);
+    snprintf(name, sizeof name, "attention_decode_equals_last_causal_row_T%lld_hd%lld_H%lld_KV%lld", (long long)T,
+             (long long)hd, (long long)H, (long long)KV);
     check_close(name, out, outr + (T - 1) * C, C, 5e-6, 1e-5);
     /* paged: the k|v rows scattered over blocks of 4 in a shuffled order; the last 5 positions as causal
      * query rows equal the full causal attention's last 5 rows */
@@ -845,8 +846,9 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd) {
 }
 
 static void test_attention(loom_backend *be) {
-    test_attention_decode(be, 23, 10); /* a partial vector of head, a partial group of 16 keys */
-    test_attention_decode(be, 70, 80); /* past one group of 4 vectors of head (64 floats) */
+    test_attention_decode(be, 23, 10, 6, 3); /* a partial vector of head, a partial group of 16 keys */
+    test_attention_decode(be, 70, 80, 6, 3); /* past one group of 4 vectors of head (64 floats) */
+    test_attention_decode(be, 37, 16, 10, 2); /* a kv group of 5 query heads: one row's heads in sets of 4 and 1 */
     for (int bf16 = 0; bf16 < 2; bf16++) { /* fp32 products, then bf16 training's */
         test_attention_blocks(be, 9, 6, bf16);
         test_attention_blocks(be, 70, 32, bf16); /* two query blocks, whole register tiles and 8 x 8 transposes */

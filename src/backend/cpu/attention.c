@@ -638,9 +638,10 @@ static inline int64_t decode_row_offset(const loom_attention_decode_args *a, int
     return (int64_t)a->blocks[j / a->block_len] * a->block_stride + (j % a->block_len) * a->ld;
 }
 
-/* Up to DECODE_ROWS consecutive query rows of one head at a time: row i sees the first seen + i positions.
- * Each (row, position) runs the same arithmetic however many rows are together (what batch invariance rests
- * on); together, a key or value loaded once serves every row. */
+/* Up to DECODE_ROWS query rows at a time against one kv head: row i sees the first seen + i * step positions
+ * (step 1: consecutive rows of one head, causal among themselves; step 0: one position's query heads of a kv
+ * group). Each (row, position) runs the same arithmetic however many rows are together (what batch invariance
+ * rests on); together, a key or value loaded once serves every row. */
 #define DECODE_ROWS 4
 
 typedef struct {
@@ -704,14 +705,14 @@ static inline __attribute__((always_inline)) void decode_scores(const decode_hea
     }
 }
 
-/* o[i] = the weights s[i] at positions [0, seen + i) against the values, for R rows: each lane two chains of
+/* o[i] = the weights s[i] at positions [0, seen + i * step) against the values, for R rows: each lane two chains of
  * multiply-adds, over the even and over the odd positions in order (one chain would wait on its latency at
  * every position of a lone row), added at the end. A lone row takes 64 floats of the head at a time, 4 rows 32
  * (16 accumulators either way): the positions all rows see with each value loaded once, then each later row's
  * last few. */
 static inline __attribute__((always_inline)) void decode_values(const decode_head *d, int R, int64_t kvo, int64_t seen,
-                                                                float *const s[DECODE_ROWS], float *const o[DECODE_ROWS],
-                                                                int bf16) {
+                                                                int64_t step, float *const s[DECODE_ROWS],
+                                                                float *const o[DECODE_ROWS], int bf16) {
     const int C = R == 1 ? 4 : 2; /* vectors of the head per pass */
     for (int64_t c0 = 0; c0 < d->hd; c0 += 16 * C) {
         __m512 acc[DECODE_ROWS][4][2];
@@ -731,7 +732,7 @@ static inline __attribute__((always_inline)) void decode_values(const decode_hea
                 }
             }
         for (int i = 0; i < R; i++) /* the rest, each position into its parity's chain */
-            for (int64_t k = j; k < seen + i; k++) {
+            for (int64_t k = j; k < seen + i * step; k++) {
                 const __m512 w = _mm512_set1_ps(s[i][k]);
                 const int p = (int)(k & 1);
                 for (int c = 0; c < C; c++) {
@@ -748,27 +749,27 @@ static inline __attribute__((always_inline)) void decode_values(const decode_hea
 
 static inline __attribute__((always_inline)) void decode_rows_body(const decode_head *d,
                                                                    const float *const q[DECODE_ROWS], int R,
-                                                                   int64_t kvo, int64_t seen,
+                                                                   int64_t kvo, int64_t seen, int64_t step,
                                                                    float *const s[DECODE_ROWS],
                                                                    float *const o[DECODE_ROWS], int bf16) {
     decode_scores(d, q, R, kvo, 0, seen, s, bf16); /* the positions every row sees */
-    for (int i = 1; i < R; i++) { /* and each later row's own last i, alone */
+    for (int i = 1; step && i < R; i++) { /* and each later row's own last i, alone */
         const float *qi[DECODE_ROWS] = {q[i]};
         float *si[DECODE_ROWS] = {s[i]};
         decode_scores(d, qi, 1, kvo, seen, seen + i, si, bf16);
     }
-    for (int i = 0; i < R; i++) decode_softmax(s[i], seen + i);
-    decode_values(d, R, kvo, seen, s, o, bf16);
+    for (int i = 0; i < R; i++) decode_softmax(s[i], seen + i * step);
+    decode_values(d, R, kvo, seen, step, s, o, bf16);
 }
 
 /* R and bf16 constants in each body (a row count known only at run time keeps the accumulators on the stack:
  * one row over 96 positions took 3x as long) */
 static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
-                        float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
+                        int64_t step, float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
 #define DECODE_ROWS_CASE(r)                                                   \
     case r:                                                                   \
-        if (d->k16) decode_rows_body(d, q, r, kvo, seen, s, o, 1);            \
-        else decode_rows_body(d, q, r, kvo, seen, s, o, 0);                   \
+        if (d->k16) decode_rows_body(d, q, r, kvo, seen, step, s, o, 1);      \
+        else decode_rows_body(d, q, r, kvo, seen, step, s, o, 0);             \
         break;
     switch (R) {
         DECODE_ROWS_CASE(1)
@@ -799,10 +800,10 @@ static void decode_softmax(float *s, int64_t seen) {
 /* without AVX-512 (the portable build, AVX2 machines): one row at a time, the compiler's vectorised dot
  * products, the exponentials' sum in order */
 static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
-                        float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
+                        int64_t step, float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
     const int64_t hd = d->hd;
     for (int i = 0; i < R; i++) {
-        const int64_t n = seen + i;
+        const int64_t n = seen + i * step;
         for (int64_t j = 0; j < n; j++) {
             float dot = 0.0f;
             if (d->k16) {
@@ -877,6 +878,7 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
     const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, rows = a->rows > 1 ? a->rows : 1;
     const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd;
     const int64_t sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS; /* of up to DECODE_ROWS rows */
+    const int heads_together = rows == 1 && group > 1, hsets = (group + DECODE_ROWS - 1) / DECODE_ROWS;
     LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
                (long long)n);
     int64_t *off = malloc((size_t)n * sizeof(int64_t));
@@ -891,13 +893,26 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
         decode_copy copy = {NULL, NULL, NULL, -1};
         int copies = 1; /* until an allocation fails: then the cache in place (the same bits) */
         int64_t lo, hi; /* a fixed range of (head, set) items: a head's sets in turn, its keys and values in cache */
-        loom_cpu_thread_range(H * sets, &lo, &hi);
+        loom_cpu_thread_range(heads_together ? a->KV * hsets : H * sets, &lo, &hi);
         if (!scores) {
 #pragma omp atomic write
             ok = 0;
             hi = lo;
         }
-        for (int64_t item = lo; item < hi; item++) {
+        for (int64_t item = lo; item < hi && heads_together; item++) { /* one row: a kv group's heads together */
+            const int64_t g = item / hsets, h0 = g * group + item % hsets * DECODE_ROWS;
+            const int R = (g + 1) * group - h0 < DECODE_ROWS ? (int)((g + 1) * group - h0) : DECODE_ROWS;
+            const float *q[DECODE_ROWS];
+            float *s[DECODE_ROWS], *o[DECODE_ROWS];
+            for (int i = 0; i < DECODE_ROWS; i++) {
+                const int64_t h = h0 + (i < R ? i : R - 1);
+                q[i] = a->q + h * hd;
+                s[i] = scores + i * n;
+                o[i] = a->out + h * hd;
+            }
+            decode_rows(&d, q, R, g * hd, n, 0, s, o);
+        }
+        for (int64_t item = lo; item < hi && !heads_together; item++) {
             const int64_t h = item / sets, r0 = item % sets * DECODE_ROWS, kvo = (h / group) * hd;
             const int R = rows - r0 < DECODE_ROWS ? (int)(rows - r0) : DECODE_ROWS;
             const float *q[DECODE_ROWS];
@@ -913,9 +928,9 @@ loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_dec
             if (copies && copy.head == h) {
                 const decode_head c = {d.k16 ? NULL : copy.k, d.v16 ? NULL : copy.v, d.k16 ? copy.k : NULL,
                                        d.v16 ? copy.v : NULL, copy.offs, hd, d.scale};
-                decode_rows(&c, q, R, 0, n - rows + r0 + 1, s, o);
+                decode_rows(&c, q, R, 0, n - rows + r0 + 1, 1, s, o);
             } else {
-                decode_rows(&d, q, R, kvo, n - rows + r0 + 1, s, o);
+                decode_rows(&d, q, R, kvo, n - rows + r0 + 1, 1, s, o);
             }
         }
         free(scores);
