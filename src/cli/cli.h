@@ -11,6 +11,7 @@
 int loom_cmd_train(int argc, char **argv);
 int loom_cmd_bench(int argc, char **argv);
 int loom_cmd_bench_cluster(int argc, char **argv); /* cmd_bench_cluster.c: `loom bench cluster` */
+int loom_cmd_bench_decode(int argc, char **argv);  /* cmd_bench_decode.c: `loom bench decode` */
 /* where `loom bench cluster` writes this machine's description by default, and `loom plan` reads it */
 void loom_cli_cluster_default_path(char *buf, size_t n);
 /* The cluster description at path (NULL: the default one) into *out (malloc'd; free it). Returns 0, or an exit

@@ -398,11 +398,13 @@ double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel,
 
 int loom_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "cluster")) return loom_cmd_bench_cluster(argc, argv);
+    if (argc >= 2 && !strcmp(argv[1], "decode")) return loom_cmd_bench_decode(argc, argv);
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         printf("usage: loom bench peak [--threads N] [--quick] [--reset]\n"
                "       loom bench cluster [--out cluster.json] [--ranks N] [--threads N] [--quick]\n"
                "       loom bench gemm [--threads N] [--blas-coretype auto|keep|NAME] [--quick] [--bf16]\n"
                "                       [--precision fp32|bf16] [--stack]\n"
+               "       loom bench decode [--threads N] [--quick]\n"
                "peak: the best fp32 GEMM rate any available kernel reaches on this machine (each OpenBLAS kernel\n"
                "in its own process), and the best bf16 GEMM rate (oneDNN's matmul), cached for training's MFU: a\n"
                "run's MFU is against its precision's peak (fp16, which runs on fp32 units here, against fp32's).\n"
@@ -420,6 +422,10 @@ int loom_cmd_bench(int argc, char **argv) {
                "at every core, fp32 and bf16; each collective's latency and bus bandwidth over 2, 4, .. N ranks (mpirun;\n"
                "default N: the cores); the disk's rates (the file's folder). About a minute (--quick: less). Default\n"
                "--out: $LOOM_CACHE_DIR/cluster.json (~/.cache/loom), where `loom plan` looks.\n"
+               "decode: the serving kernels beside their peers, medians: the attention against a key/value cache\n"
+               "(512 prompt rows over 512 positions beside the training kernel's causal attention; one decoding row\n"
+               "over 96 and 2048 positions; 32 query heads over 4 kv heads), fp32 and bf16 caches; then the few-row\n"
+               "kernel (decoding, --batch-invariant) beside the library GEMM at M 64 and 512, fp32 and bf16.\n"
                "Training benchmarks against PyTorch: bench/bench_train.py (see README).\n");
         return argc < 2 ? 2 : 0;
     }

@@ -1,0 +1,190 @@
+/* loom bench decode: the serving kernels alone, each beside its peer in the same process, medians.
+ *
+ * The attention against a key/value cache (what `loom generate` and `loom serve` run after cached positions,
+ * and for every row with --batch-invariant): a prompt of 512 rows over 512 positions, one decoding row over 96
+ * and over 2048 positions, and grouped-query heads (32 over 4 kv heads) over 2048; fp32 and bf16 caches, the
+ * cache's rows as loom's pool lays them (k | v of every kv head in a row). Its peer: the training kernel on the
+ * same prompt (the default path for a prompt with nothing cached), whose arithmetic the batch-invariant path
+ * gives up.
+ *
+ * Then products of M rows against a weight stored [N, K] (GPT-2 124M's qkv, MLP in, MLP out): the few-row
+ * kernel (decoding's up to 32 rows, and every M with --batch-invariant) beside the library GEMM (OpenBLAS for
+ * fp32, oneDNN for bf16) at M 64 and 512. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "loom/backend.h"
+#include "loom/log.h"
+#include "loom/tensor.h"
+
+typedef struct {
+    int64_t rows, n, H, KV;
+} attention_shape;
+
+/* one kernel call of a benchmark, on its arguments */
+typedef struct {
+    loom_backend *be;
+    const void *args;
+    loom_status (*call)(loom_backend *be, const void *args);
+} bench_call;
+
+static loom_status call_decode(loom_backend *be, const void *a) { return loom_k_attention_decode(be, a); }
+static loom_status call_forward(loom_backend *be, const void *a) { return loom_k_attention_forward(be, a); }
+static loom_status call_matmul(loom_backend *be, const void *a) { return loom_k_matmul(be, a); }
+static loom_status call_matmul_bf16(loom_backend *be, const void *a) { return loom_k_matmul_bf16(be, a); }
+
+/* the median seconds of reps calls (after one warm-up); 0 where a call failed */
+static double median_seconds(bench_call c, int reps) {
+    double t[32];
+    for (int r = -1; r < reps; r++) {
+        const double t0 = loom_now_s();
+        if (c.call(c.be, c.args) != LOOM_OK) return 0.0;
+        if (r >= 0) t[r] = loom_now_s() - t0;
+    }
+    return loom_cli_median(t, reps);
+}
+
+static void fill(float *x, int64_t n, uint32_t seed) {
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = (float)((seed >> 8) * (1.0 / 16777216.0)) - 0.5f;
+    }
+}
+
+static int bench_attention(loom_backend *be, int reps) {
+    const attention_shape shapes[] = {{512, 512, 12, 12}, {1, 96, 12, 12}, {1, 2048, 12, 12}, {1, 2048, 32, 4}};
+    const int64_t hd = 64;
+    printf("attention against a cache (head size %lld): ms a call, medians of %d\n", (long long)hd, reps);
+    printf("  %5s %5s %5s %4s  %-6s %9s %9s   %s\n", "rows", "pos", "heads", "kv", "cache", "ms", "GFLOP/s",
+           "training kernel on the prompt (ms)");
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const attention_shape *s = &shapes[i];
+        /* queries in qkv rows (q | k | v, as the activations hold them), keys and values in the pool's rows
+         * (k | v of every kv head, as loom's paged pool lays them out) */
+        const int64_t qw = s->H * hd, kvw = 2 * s->KV * hd, row = qw + kvw;
+        float *qkv = malloc((size_t)(s->n * row) * sizeof(float)), *out = malloc((size_t)(s->n * qw) * sizeof(float));
+        float *lse = malloc((size_t)(s->H * s->n) * sizeof(float)), *kv = malloc((size_t)(s->n * kvw) * sizeof(float));
+        uint16_t *kv16 = malloc((size_t)(s->n * kvw) * sizeof(uint16_t));
+        if (!qkv || !out || !lse || !kv || !kv16) {
+            free(qkv), free(out), free(lse), free(kv), free(kv16);
+            fprintf(stderr, "loom bench decode: out of memory\n");
+            return 1;
+        }
+        fill(qkv, s->n * row, (uint32_t)i + 1);
+        for (int64_t j = 0; j < s->n; j++)
+            for (int64_t e = 0; e < kvw; e++) {
+                kv[j * kvw + e] = qkv[j * row + qw + e];
+                kv16[j * kvw + e] = loom_f32_to_bf16(kv[j * kvw + e]);
+            }
+        const int64_t q0 = s->n - s->rows; /* the last rows query */
+        /* pairs a row sees: causal among the rows, every earlier position */
+        const double pairs = (double)s->rows * (double)(s->n - s->rows) + (double)s->rows * (double)(s->rows + 1) / 2;
+        const double flop = 4.0 * pairs * (double)s->H * (double)hd;
+        double train_ms = 0.0;
+        if (s->rows == s->n) {
+            const loom_attention_forward_args f = {.out = out, .lse = lse, .qkv = qkv, .B = 1, .T = s->n, .H = s->H,
+                                                   .KV = s->KV, .hd = hd};
+            train_ms = 1e3 * median_seconds((bench_call){be, &f, call_forward}, reps);
+        }
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            loom_attention_decode_args a = {.out = out, .q = qkv + q0 * row, .ld = kvw, .n = s->n, .H = s->H,
+                                            .KV = s->KV, .hd = hd, .rows = s->rows, .qs = row};
+            if (bf16) a.k16 = kv16, a.v16 = kv16 + s->KV * hd;
+            else a.k = kv, a.v = kv + s->KV * hd;
+            const double sec = median_seconds((bench_call){be, &a, call_decode}, reps);
+            if (sec <= 0.0) {
+                free(qkv), free(out), free(lse), free(kv), free(kv16);
+                return loom_cli_fail("bench decode");
+            }
+            printf("  %5lld %5lld %5lld %4lld  %-6s %9.4f %9.1f", (long long)s->rows, (long long)s->n, (long long)s->H,
+                   (long long)s->KV, bf16 ? "bf16" : "f32", sec * 1e3, flop / sec / 1e9);
+            if (train_ms > 0.0 && !bf16) printf("   %.3f (%.2fx)", train_ms, sec * 1e3 / train_ms);
+            printf("\n");
+        }
+        free(qkv), free(out), free(lse), free(kv), free(kv16);
+    }
+    return 0;
+}
+
+/* GFLOP/s of M rows against a weight [N, K] on backend be (0: failed) */
+static double product_rate(loom_backend *be, int bf16, int64_t M, int64_t N, int64_t K, const float *A, const float *B,
+                           const uint16_t *A16, const uint16_t *B16, float *C, int reps) {
+    const loom_matmul_bf16_args b = {.trans_b = 1, .M = M, .N = N, .K = K, .alpha = 1.0f, .A = A16, .lda = K, .B = B16,
+                                     .ldb = K, .C = C, .ldc = N};
+    const loom_gemm f = {.trans_b = 1, .M = M, .N = N, .K = K, .alpha = 1.0f, .A = A, .lda = K, .B = B, .ldb = K, .C = C,
+                         .ldc = N};
+    const double sec = median_seconds(bf16 ? (bench_call){be, &b, call_matmul_bf16} : (bench_call){be, &f, call_matmul},
+                                      reps);
+    return sec > 0.0 ? 2.0 * (double)M * (double)N * (double)K / sec / 1e9 : 0.0;
+}
+
+static int bench_products(loom_backend *lib, loom_backend *few, int reps) {
+    const int64_t shapes[3][2] = {{2304, 768}, {3072, 768}, {768, 3072}}, ms[2] = {64, 512}, maxe = 512 * 3072;
+    float *A = malloc((size_t)maxe * sizeof(float)), *B = malloc((size_t)(3072 * 768) * sizeof(float));
+    float *C = malloc((size_t)(512 * 3072) * sizeof(float));
+    uint16_t *A16 = malloc((size_t)maxe * sizeof(uint16_t)), *B16 = malloc((size_t)(3072 * 768) * sizeof(uint16_t));
+    int rc = 0;
+    if (!A || !B || !C || !A16 || !B16) {
+        fprintf(stderr, "loom bench decode: out of memory\n");
+        rc = 1;
+        goto done;
+    }
+    fill(A, maxe, 7);
+    fill(B, 3072 * 768, 11);
+    for (int64_t i = 0; i < maxe; i++) A16[i] = loom_f32_to_bf16(A[i]);
+    for (int64_t i = 0; i < 3072 * 768; i++) B16[i] = loom_f32_to_bf16(B[i]);
+    printf("products against a weight [N, K]: GFLOP/s, medians of %d (library: past LOOM_FEWROWS_MAX rows)\n", reps);
+    printf("  %4s %5s %5s %5s %9s %9s %7s\n", "M", "N", "K", "prec", "few-row", "library", "ratio");
+    for (int bf16 = 0; bf16 < 2; bf16++)
+        for (int mi = 0; mi < 2; mi++)
+            for (int si = 0; si < 3; si++) {
+                const int64_t M = ms[mi], N = shapes[si][0], K = shapes[si][1];
+                const double f = product_rate(few, bf16, M, N, K, A, B, A16, B16, C, reps);
+                const double l = product_rate(lib, bf16, M, N, K, A, B, A16, B16, C, reps);
+                if (f <= 0.0 || l <= 0.0) {
+                    rc = loom_cli_fail("bench decode");
+                    goto done;
+                }
+                printf("  %4lld %5lld %5lld %5s %9.1f %9.1f %6.2fx\n", (long long)M, (long long)N, (long long)K,
+                       bf16 ? "bf16" : "fp32", f, l, f / l);
+            }
+done:
+    free(A), free(B), free(C), free(A16), free(B16);
+    return rc;
+}
+
+int loom_cmd_bench_decode(int argc, char **argv) {
+    int threads = 0, quick = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else {
+            fprintf(stderr, "loom bench decode: unknown option '%s'\n", argv[i]);
+            return 2;
+        }
+    }
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    const int reps = quick ? 3 : 15;
+    loom_backend_config bc = loom_backend_config_default();
+    bc.threads = threads;
+    bc.quiet = 1;
+    loom_backend *lib = NULL, *few = NULL;
+    if (loom_backend_init(&bc, &lib) != LOOM_OK) return loom_cli_fail("bench decode");
+    bc.batch_invariant = 1; /* every product with a weight [N, K] through the few-row kernel */
+    if (loom_backend_init(&bc, &few) != LOOM_OK) {
+        loom_backend_free(&lib);
+        return loom_cli_fail("bench decode");
+    }
+    printf("loom bench decode: %d threads\n", threads);
+    int rc = bench_attention(lib, reps);
+    if (!rc) rc = bench_products(lib, few, reps);
+    loom_backend_free(&few);
+    loom_backend_free(&lib);
+    return rc;
+}
