@@ -40,6 +40,8 @@ int loom_cli_run_config(int argc, char **argv, const char *cmd, const char *cons
 double loom_cli_peak_gflops(int threads, loom_precision precision, char *kernel, size_t kernel_size);
 /* The median of n timings (sorted in place): the benchmarks' one summary of repeated runs (cmd_bench.c). */
 double loom_cli_median(double *v, int n);
+/* the cores online (at least 1): the default thread count (cmd_bench.c) */
+int loom_cli_cores(void);
 /* Prints the error message (and the trace with LOOM_TRACE=1) and returns the exit code. */
 int loom_cli_fail(const char *cmd);
 /* A checkpoint's model on a backend of its own, with its tokenizer (cmd_generate.c; `generate`, `export`). */

@@ -30,6 +30,11 @@ double loom_cli_median(double *v, int n) {
     return v[n / 2];
 }
 
+int loom_cli_cores(void) {
+    const long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 static void cache_path(char *buf, size_t n, int threads) {
     const char *dir = getenv("LOOM_CACHE_DIR");
     char def[4096];
@@ -445,10 +450,7 @@ int loom_cmd_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
+    if (threads <= 0) threads = loom_cli_cores();
     char kernel[128] = "?";
     if (!strcmp(argv[1], "gemm") && stack) return bench_stack(threads, quick);
     if (!strcmp(argv[1], "gemm")) {

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
 #include "loom/backend.h"
@@ -166,10 +165,7 @@ int loom_cmd_bench_decode(int argc, char **argv) {
             return 2;
         }
     }
-    if (threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
+    if (threads <= 0) threads = loom_cli_cores();
     const int reps = quick ? 3 : 15;
     loom_backend_config bc = loom_backend_config_default();
     bc.threads = threads;

@@ -296,10 +296,7 @@ static int train(int argc, char **argv) {
         }
     }
     int threads = (int)run.train.threads;
-    if (threads == 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = n > 0 ? (int)n : 1;
-    }
+    if (threads == 0) threads = loom_cli_cores();
     char kernel[300] = "given by --peak-gflops";
     /* the host's GEMM peak for the CPU devices; a GPU's is measured on it by the trainer (peak stays < 0) */
     if (peak < 0 && !strncmp(run.train.device, "cpu", 3))
