@@ -17,6 +17,7 @@
 #include "cli.h"
 #include "loom/backend.h"
 #include "loom/log.h"
+#include "loom/rng.h"
 #include "loom/tensor.h"
 
 typedef struct {
@@ -46,11 +47,11 @@ static double median_seconds(bench_call c, int reps) {
     return loom_cli_median(t, reps);
 }
 
-static void fill(float *x, int64_t n, uint32_t seed) {
-    for (int64_t i = 0; i < n; i++) {
-        seed = seed * 1664525u + 1013904223u;
-        x[i] = (float)((seed >> 8) * (1.0 / 16777216.0)) - 0.5f;
-    }
+/* n uniforms in [-0.5, 0.5): the values do not change the speed */
+static void fill(float *x, int64_t n, uint64_t seed) {
+    loom_rng r;
+    loom_rng_seed(&r, seed);
+    for (int64_t i = 0; i < n; i++) x[i] = (float)loom_rng_uniform(&r) - 0.5f;
 }
 
 static int bench_attention(loom_backend *be, int reps) {
@@ -72,7 +73,7 @@ static int bench_attention(loom_backend *be, int reps) {
             fprintf(stderr, "loom bench decode: out of memory\n");
             return 1;
         }
-        fill(qkv, s->n * row, (uint32_t)i + 1);
+        fill(qkv, s->n * row, i + 1);
         for (int64_t j = 0; j < s->n; j++)
             for (int64_t e = 0; e < kvw; e++) {
                 kv[j * kvw + e] = qkv[j * row + qw + e];
