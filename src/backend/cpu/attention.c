@@ -763,7 +763,7 @@ static inline __attribute__((always_inline)) void decode_rows_body(const decode_
 }
 
 /* R and bf16 constants in each body (a row count known only at run time keeps the accumulators on the stack:
- * one row over 96 positions took 3x as long) */
+ * one row over 96 positions took 1.5x as long: 7.1 against 4.5 us a call, 2 threads) */
 static void decode_rows(const decode_head *d, const float *const q[DECODE_ROWS], int R, int64_t kvo, int64_t seen,
                         int64_t step, float *const s[DECODE_ROWS], float *const o[DECODE_ROWS]) {
 #define DECODE_ROWS_CASE(r)                                                   \
