@@ -24,8 +24,9 @@ ROOT = os.path.dirname(HERE)
 CONFIGS = {"gpt2-124m": (12, 768), "gpt2-l6": (6, 384)}
 
 
-def n_params(L, C, V=50257, T=1024):
-    return V * C + T * C + 2 * C + L * (12 * C * C + 13 * C)
+def n_params(L, C, V=50257):
+    """the parameters a token's products go through (loom's count): the position table is only looked up"""
+    return V * C + 2 * C + L * (12 * C * C + 13 * C)
 
 
 def flops_per_token(model, seq):

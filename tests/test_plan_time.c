@@ -152,10 +152,30 @@ static void model_flops(void) {
     free(c);
 }
 
+/* The FLOP count's N counts what is multiplied, not what is only looked up: GPT-2 124M's is nanoGPT's
+ * 123.65M (its count without the position table), and an untied LLaMA's is the blocks and the head, counted
+ * here by hand from the shapes (the input embedding had made llama-l6's MFU read 119%). */
+static void product_params(void) {
+    loom_model_config g, l;
+    CHECK(loom_model_config_preset("gpt2-124m", &g) == LOOM_OK && loom_model_config_preset("llama-l6", &l) == LOOM_OK,
+          "presets");
+    CHECK(loom_model_config_product_params(&g) == 123653376, "gpt2-124m: %lld product parameters, nanoGPT 123653376",
+          (long long)loom_model_config_product_params(&g));
+    const int64_t C = l.d_model, hd = C / l.n_head, kv = l.n_kv_head * hd, F = l.d_ff, V = l.vocab_size;
+    const int64_t by_hand = l.n_layer * (C * C + 2 * C * kv + C * C + 3 * C * F + 2 * C) + C + V * C;
+    CHECK(!l.tie_embeddings && loom_model_config_product_params(&l) == by_hand,
+          "llama-l6: %lld product parameters, by hand %lld", (long long)loom_model_config_product_params(&l),
+          (long long)by_hand);
+    CHECK(loom_model_config_num_params(&l) == by_hand + V * C, "llama-l6: the total adds the input embedding");
+    const double f = loom_model_config_flops_per_token(&l, 256), want = 6.0 * by_hand + 12.0 * l.n_layer * C * 256;
+    CHECK(fabs(f - want) <= 1e-9 * want, "llama-l6 FLOPs per token %g, want %g", f, want);
+}
+
 int main(void) {
     pipeline_bubbles();
     cluster_reader();
     model_flops();
+    product_params();
     if (fails) fprintf(stderr, "%d checks failed\n", fails);
     else printf("plan time model: all checks passed\n");
     return fails ? 1 : 0;

@@ -75,7 +75,12 @@ LOOM_NODISCARD loom_status loom_model_config_validate(const loom_model_config *c
 const char *loom_family_name(loom_family f);
 /* Total parameter count of a config (the head counted once when tied). */
 int64_t loom_model_config_num_params(const loom_model_config *cfg);
-/* Model FLOPs per token for training: 6 N + 12 L d T (Megatron/PaLM accounting). */
+/* The parameters a token's products go through: the total less the tables that are only looked up (GPT-2's
+ * position embedding, an untied model's input embedding). The norms' and biases' few are kept, as 6 N has it. */
+int64_t loom_model_config_product_params(const loom_model_config *cfg);
+/* Model FLOPs per token for training: 6 N + 12 L d T (Megatron/PaLM accounting, attention counted unmasked),
+ * N = loom_model_config_product_params: a looked-up table does no multiply-adds, so counting it would
+ * overstate the MFU (an untied LLaMA's by half again at d 384, vocabulary 32000). */
 double loom_model_config_flops_per_token(const loom_model_config *cfg, int64_t T);
 
 /* flags of loom_model_options */

@@ -128,7 +128,18 @@ int64_t loom_model_config_num_params(const loom_model_config *c) {
     return n + c->n_layer * per_layer;
 }
 
+/* The tables that are only looked up, never multiplied: GPT-2's positions, and an untied model's input
+ * embedding (a tied one is also the head, a product over the vocabulary). */
+static int64_t lookup_only_params(const loom_model_config *c) {
+    if (c->family == LOOM_FAMILY_GPT2) return c->max_seq_len * c->d_model;
+    return c->tie_embeddings ? 0 : c->vocab_size * c->d_model;
+}
+
+int64_t loom_model_config_product_params(const loom_model_config *c) {
+    return loom_model_config_num_params(c) - lookup_only_params(c);
+}
+
 double loom_model_config_flops_per_token(const loom_model_config *c, int64_t T) {
-    return 6.0 * (double)loom_model_config_num_params(c) +
+    return 6.0 * (double)loom_model_config_product_params(c) +
            12.0 * (double)c->n_layer * (double)c->d_model * (double)T;
 }

@@ -299,7 +299,7 @@ const loom_lora_config *loom_model_lora(const loom_model *m) { return m->lora ? 
 
 double loom_model_train_flops_per_token(const loom_model *m, int64_t T) {
     double f = loom_model_config_flops_per_token(&m->cfg, T);
-    if (m->lora) f += -2.0 * (double)loom_model_config_num_params(&m->cfg) + 6.0 * (double)m->n_params;
+    if (m->lora) f += -2.0 * (double)loom_model_config_product_params(&m->cfg) + 6.0 * (double)m->n_params;
     return f;
 }
 float *loom_lora_dw_scratch(loom_model *m) { return m->lora->dw; }
