@@ -1731,12 +1731,15 @@ static int test_model_family(loom_backend *be, int llama) {
     return 0;
 }
 
-/* bf16 training makes and scores the logits LOOM_MODEL_HEAD_PIECE_ROWS rows at a time where one micro-batch
- * is in flight (gpt.c logit_rows); with two slots reserved it keeps them whole. The same model on the same
- * batch both ways: the pieces must change nothing but the rounding of the head's product (BLAS blocks a
- * product of fewer rows differently) and must hold less memory. */
-static int test_head_pieces(loom_backend *be, int llama) {
-    const char *fam = llama ? "llama" : "gpt2";
+/* Training with one micro-batch in flight makes and scores the logits LOOM_MODEL_HEAD_PIECE_ROWS rows at a
+ * time, in every precision, and the head's gradient products follow each piece (gpt.c logit_rows,
+ * head_grads_in_forward); with two slots reserved it keeps them whole. The same model on the same batch both
+ * ways: the pieces must change nothing but the rounding of the head's products (BLAS blocks a product of
+ * fewer rows differently; the head weight's gradient is summed a piece at a time) and must hold less memory. */
+static int test_head_pieces(loom_backend *be, int llama, loom_precision prec) {
+    char fam[32];
+    snprintf(fam, sizeof fam, "%s_%s", llama ? "llama" : "gpt2",
+             prec == LOOM_PRECISION_BF16 ? "bf16" : prec == LOOM_PRECISION_FP16 ? "fp16" : "fp32");
     enum { PB = 9, PT = 128 }; /* 1152 rows: a whole piece and a short one */
     loom_comm *comm = NULL;
     loom_mem mem;
@@ -1748,10 +1751,10 @@ static int test_head_pieces(loom_backend *be, int llama) {
     MCALL(loom_model_config_preset(llama ? "llama-tiny" : "demo", &c));
     c.n_layer = 1, c.d_model = 16, c.n_head = 2, c.n_kv_head = llama ? 1 : 2, c.d_ff = 24, c.vocab_size = 53;
     c.max_seq_len = PT, c.init_std = 0.2;
-    const loom_model_options mo = {.flags = LOOM_MODEL_GRADS, .tp = comm, .precision = LOOM_PRECISION_BF16};
+    const loom_model_options mo = {.flags = LOOM_MODEL_GRADS, .tp = comm, .precision = prec};
     MCALL(loom_model_init(&c, be, &mem, &mo, &m));
     MCALL(loom_model_init_weights(m, 4243));
-    MCALL(loom_model_refresh_low_precision(m));
+    if (prec != LOOM_PRECISION_FP32) MCALL(loom_model_refresh_low_precision(m));
     const int64_t N = PB * PT, V = c.vocab_size, nbuf = loom_model_buffer_size(m);
     int32_t *tok = malloc((size_t)N * sizeof(int32_t)), *tgt = malloc((size_t)N * sizeof(int32_t));
     loom_rng r;
@@ -1765,10 +1768,18 @@ static int test_head_pieces(loom_backend *be, int llama) {
     /* the planner: past a piece's rows (B 8 -> 9 at T 128) the micro-batch's bytes grow by all but the logits */
     int64_t plan[3];
     for (int b = 7; b <= 9; b++)
-        plan[b - 7] = loom_model_activation_bytes(m, b, PT, LOOM_RECOMPUTE_NONE, 1, 1, 0, LOOM_PRECISION_BF16);
+        plan[b - 7] = loom_model_activation_bytes(m, b, PT, LOOM_RECOMPUTE_NONE, 1, 1, 0, prec);
     const double logit_growth = (double)((plan[1] - plan[0]) - (plan[2] - plan[1])), want = (double)(PT * V * 4);
     snprintf(name, sizeof name, "head_pieces_%s_plan_stops_the_logits_at_a_piece", fam);
     report(name, fabs(logit_growth - want) <= 1024, fabs(logit_growth - want), 1024); /* 1024: the alignment */
+    if (prec != LOOM_PRECISION_FP32) { /* the low-precision copy of the logits' gradient: a piece's rows too */
+        const int64_t widest = 48, elem = prec == LOOM_PRECISION_BF16 ? 2 : 4; /* max(C, Cq, H hd, fc width) */
+        const int64_t whole_rows = N * V, piece = N * widest > 1024 * V ? N * widest : 1024 * V;
+        const int64_t saved = loom_model_lowp_scratch_bytes(m, PB, PT, prec, 2, 0) -
+                              loom_model_lowp_scratch_bytes(m, PB, PT, prec, 1, 0);
+        snprintf(name, sizeof name, "head_pieces_%s_plan_stops_the_lowp_gradient_at_a_piece", fam);
+        report(name, saved == (whole_rows - piece) * elem, (double)saved, (double)((whole_rows - piece) * elem));
+    }
 
     MCALL(loom_model_reserve_slots(m, PB, PT, LOOM_RECOMPUTE_NONE, 1)); /* in pieces */
     MCALL(loom_model_forward_backward(m, tok, tgt, PB, PT, 1.0f / (float)N, 0, &l_pieces));
@@ -1793,9 +1804,11 @@ static int test_head_pieces(loom_backend *be, int llama) {
     report(name, fabs((double)l_pieces - l_whole) <= 1e-6 * fabs((double)l_whole), fabs((double)l_pieces - l_whole),
            1e-6 * fabs((double)l_whole));
     /* the gradients: a logit a few ulps apart can round its bf16 gradient one bf16 ulp (2^-8) apart, so up to
-     * 2^-8 of an element, with the tensor's floor as for every float sum */
+     * 2^-8 of an element, with the tensor's floor as for every float sum; fp16 rounds each product's result
+     * to 11 bits (2^-11); fp32 differs by float sums in another order (1e-5: ~100 ulps) */
+    const double rel = prec == LOOM_PRECISION_BF16 ? 1.0 / 256 : prec == LOOM_PRECISION_FP16 ? 1.0 / 2048 : 1e-5;
     snprintf(name, sizeof name, "head_pieces_%s_grads_vs_whole", fam);
-    compare_grads(name, m, g_pieces, loom_model_grads(m), 0, 1.0 / 256, 1.0);
+    compare_grads(name, m, g_pieces, loom_model_grads(m), 0, rel, 1.0);
     free(tok);
     free(tgt);
     free(g_pieces);
@@ -1845,8 +1858,11 @@ int main(void) {
     test_sgd(be, 40009);
     int rc = test_model_family(be, 0);
     rc |= test_model_family(be, 1);
-    rc |= test_head_pieces(be, 0);
-    rc |= test_head_pieces(be, 1);
+    for (int p = 0; p < 3; p++) {
+        const loom_precision prec[3] = {LOOM_PRECISION_BF16, LOOM_PRECISION_FP32, LOOM_PRECISION_FP16};
+        rc |= test_head_pieces(be, 0, prec[p]);
+        rc |= test_head_pieces(be, 1, prec[p]);
+    }
     loom_backend_free(&be);
     rc |= test_thread_invariance();
     printf("%d passed, %d failed\n", g_pass, g_fail);

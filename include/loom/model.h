@@ -234,9 +234,9 @@ typedef struct {
 void loom_model_set_hooks(loom_model *m, const loom_model_hooks *hooks);
 /* Points the model at caller-owned flat buffers (either may be NULL to keep the current one). */
 void loom_model_set_buffers(loom_model *m, float *params, float *grads);
-/* Bytes of the low-precision copies of a product's activation operands (mixed precision p) for B x T, with tp
- * sequence parallelism as set on the model (planning: pass it here). */
-int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p,
+/* Bytes of the low-precision copies of a product's activation operands (mixed precision p) for B x T with
+ * `slots` micro-batches in flight, with tp sequence parallelism as set on the model (planning: pass it here). */
+int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p, int slots,
                                       int tp_seq_parallel);
 /* Mixed precision: refreshes the weights' low-precision copy from the parameters (after each change). */
 LOOM_NODISCARD loom_status loom_model_refresh_low_precision(loom_model *m);

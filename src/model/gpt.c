@@ -388,6 +388,7 @@ static loom_status model_create(const loom_model_config *cfg, const loom_model_p
                (long long)cfg->vocab_size, tps);
     loom_model *m = calloc(1, sizeof *m);
     LOOM_CHECK(m != NULL, LOOM_ERR_NOMEM, "out of memory");
+    m->head_grads_acc = -1;
     m->cfg = *cfg;
     m->first = part->first;
     m->last = part->last;
@@ -711,14 +712,24 @@ static int acts_bf16(const loom_model *m, loom_precision p, int tp_sp) {
     return p == LOOM_PRECISION_BF16 && m->has_grads && !m->lora && (!tp_sp || m->C % 2 == 0);
 }
 
-/* Rows of the slot's fp32 logits buffer for micro-batches of N rows. bf16 training with one micro-batch in
- * flight has the loss write the logits' gradient in bf16 (scratch16[0]; with tp, this rank's columns), which
- * the head's backward multiplies as it is: nothing reads the fp32 logits after the loss, so the head makes
- * and scores them LOOM_MODEL_HEAD_PIECE_ROWS rows at a time. Pieces that large keep the head's product a
- * wide one (its weights are converted or packed once a piece: ~2% of the head's product here). Elsewhere the
- * fp32 logits (or their gradient) are kept whole. */
+/* A whole model training with one micro-batch in flight makes the head's gradient products in its forward,
+ * a piece of logits at a time, right after the loss turned the piece into its gradient (the fused linear
+ * cross-entropy of Liger and others): no buffer ever holds all N x V logits or their gradient, in any
+ * precision. A pipeline's last stage cannot (its forward and backward are separate calls). */
+static int head_grads_in_forward(const loom_model *m, int slots) {
+    return m->has_grads && slots == 1 && m->first && m->last && m->n_chunks == 1;
+}
+
+/* Rows of the slot's fp32 logits buffer for micro-batches of N rows: LOOM_MODEL_HEAD_PIECE_ROWS where the
+ * forward makes the head's gradient products (above), or where bf16 training with one micro-batch in flight
+ * has the loss write the logits' gradient in bf16 (scratch16[0]; with tp, this rank's columns), which the
+ * head's backward multiplies as it is: nothing reads the fp32 logits after the loss, so the head makes and
+ * scores them a piece at a time. Pieces that large keep the head's product a wide one (its weights are
+ * converted or packed once a piece: ~2% of the head's product here). Elsewhere the fp32 logits (or their
+ * gradient) are kept whole. */
 static int64_t logit_rows(const loom_model *m, loom_precision p, int slots, int64_t N) {
-    return loom_model_head_piece(N, p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1);
+    return loom_model_head_piece(N, head_grads_in_forward(m, slots) ||
+                                        (p == LOOM_PRECISION_BF16 && m->has_grads && slots == 1));
 }
 
 /* The activation arena's layout for B x T micro-batches (one function for reserve and the planner). */
@@ -775,21 +786,23 @@ int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, l
 
 static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-/* Row width of low-precision scratch buffer i (mm_bf16, as_fp16). [0]: a product's first operand, the widest
- * of the activations and gradients (N, max(C, Cq, H hd, fc width, V): the logits' gradient). [1]: a weight
- * gradient's second operand, the product's input: a norm's output (C), attention's (H hd) or the MLP
- * activation (F); where bf16 stores the norms' and the MLP's outputs (acts16) only attention's is left. */
-static int64_t lowp_scratch_width(const loom_model *m, int i, int acts16) {
+/* Elements of low-precision scratch buffer i (mm_bf16, as_fp16) for N rows. [0]: a product's first operand,
+ * the widest of the activations and gradients (C, Cq, H hd, fc width) or the logits' gradient (V wide: a
+ * piece of rows where the forward makes the head's gradient products, else all N). [1]: a weight gradient's
+ * second operand, the product's input: a norm's output (C), attention's (H hd) or the MLP activation (F);
+ * where bf16 stores the norms' and the MLP's outputs (acts16) only attention's is left. */
+static int64_t lowp_scratch_elems(const loom_model *m, int i, int acts16, int slots, int64_t N) {
     const int64_t fcw = m->cfg.family == LOOM_FAMILY_GPT2 ? m->F : 2 * m->F, Ca = m->H * m->hd;
-    if (i == 1) return acts16 ? Ca : max64(max64(m->C, Ca), m->F);
-    return max64(max64(max64(m->C, m->Cq), max64(Ca, fcw)), m->V);
+    if (i == 1) return N * (acts16 ? Ca : max64(max64(m->C, Ca), m->F));
+    const int64_t head_rows = head_grads_in_forward(m, slots) ? loom_model_head_piece(N, 1) : N;
+    return max64(N * max64(max64(m->C, m->Cq), max64(Ca, fcw)), head_rows * m->V);
 }
 
-int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p,
+int64_t loom_model_lowp_scratch_bytes(const loom_model *m, int64_t B, int64_t T, loom_precision p, int slots,
                                       int tp_seq_parallel) {
     if (p == LOOM_PRECISION_FP32) return 0;
     const int acts16 = acts_bf16(m, p, tp_seq_parallel && m->tp_size > 1);
-    return B * T * (lowp_scratch_width(m, 0, acts16) + lowp_scratch_width(m, 1, acts16)) *
+    return (lowp_scratch_elems(m, 0, acts16, slots, B * T) + lowp_scratch_elems(m, 1, acts16, slots, B * T)) *
            (int64_t)(p == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float));
 }
 
@@ -896,7 +909,7 @@ loom_status loom_model_reserve_slots(loom_model *m, int64_t B, int64_t T, loom_r
     if (m->precision != LOOM_PRECISION_FP32) {
         const size_t elem = m->precision == LOOM_PRECISION_BF16 ? sizeof(uint16_t) : sizeof(float);
         for (int i = 0; i < 2; i++) {
-            m->scratch16_bytes[i] = (size_t)(N * lowp_scratch_width(m, i, ap.acts16)) * elem;
+            m->scratch16_bytes[i] = (size_t)lowp_scratch_elems(m, i, ap.acts16, slots, N) * elem;
             LOOM_CALL(loom_buf_alloc(be, m->mem, LOOM_MEM_ACTS, m->scratch16_bytes[i], (void **)&m->scratch16[i]));
         }
     }
@@ -1310,6 +1323,9 @@ static loom_status logits_room(loom_model *m, int64_t rows) {
     return LOOM_OK;
 }
 
+static loom_status head_grad_rows(loom_model *m, int64_t r0, int64_t rows, const float *dlogits, const uint16_t *g16,
+                                  const uint16_t *lnf16, float beta);
+
 /* Forward of chunk k: from tokens (the first stage's chunk 0) or x_in, to the next chunk's input, or on
  * the last stage's last chunk to the logits and, with targets, the fused loss (grad_scale != 0: dlogits
  * in place). keep_head: leave the head's units acquired for the backward pass. */
@@ -1367,6 +1383,7 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
     m->last_B = B;
     m->last_T = T;
     m->dlogits16 = 0;
+    m->head_grads_made = 0;
     const int32_t *tgt = NULL;
     if (targets) LOOM_CALL(stage_ids(m, targets, m->tgt_dev, N, &tgt));
     if (!targets || loom_kv_decoding(m)) { /* the caller reads the logits: all of them, in one buffer */
@@ -1381,26 +1398,34 @@ static loom_status chunk_forward(loom_model *m, int k, const int32_t *tokens, co
         if (rows) LOOM_CALL(head_logits(m, lnf_full, lnf16_full, 0, rows, m->logits));
         LOOM_CALL(head_done(m, keep_head));
     } else {
-        /* bf16 with one activation slot: the gradient goes straight into the head products' bf16 operand
-         * (scratch16[0], untouched until this slot's backward starts with the head); then the fp32 logits
-         * are made and scored m->logit_rows rows at a time (logit_rows) */
+        /* The fp32 logits are made and scored m->logit_rows rows at a time (logit_rows). bf16 with one
+         * activation slot: the gradient goes straight into the head products' bf16 operand (scratch16[0],
+         * untouched until this slot's backward starts with the head). Called by loom_model_forward_backward
+         * (head_grads_acc >= 0), the head's gradient products follow each piece's loss at once. */
+        const int fused = grad_scale != 0.0f && m->head_grads_acc >= 0 && head_grads_in_forward(m, m->n_slots);
         uint16_t *g16 = grad_scale != 0.0f && m->params16 && m->n_slots == 1 ? m->scratch16[0] : NULL;
         const int64_t piece = m->logit_rows;
-        LOOM_CHECK(piece >= N || grad_scale == 0.0f || g16, LOOM_ERR_INTERNAL,
-                   "the logits are scored in pieces but their gradient has nowhere to go");
+        LOOM_CHECK(piece >= N || grad_scale == 0.0f || g16 || fused, LOOM_ERR_INTERNAL,
+                   "the logits are scored in pieces but their gradient has nowhere to go (a whole model trains "
+                   "through loom_model_forward_backward)");
         m->logits = m->slots[m->slot].logits;
         m->logits_kept = piece >= N;
-        if (piece < N && !lnf16_full) { /* converted once, beside the gradient (scratch16[1]: N rows >= C wide) */
+        if (piece < N && g16 && !lnf16_full) { /* converted once, beside the gradient (scratch16[1]: N rows >= C wide) */
             LOOM_CALL(loom_k_f32_to_bf16(be, &(loom_f32_to_bf16_args){.dst = m->scratch16[1], .src = lnf_full, .n = N * C}));
             lnf16_full = m->scratch16[1];
         }
         for (int64_t r0 = 0; r0 < N; r0 += piece) {
             const int64_t rows = N - r0 < piece ? N - r0 : piece;
+            uint16_t *piece16 = g16 ? g16 + (fused ? 0 : r0 * V) : NULL;
             LOOM_CALL(head_logits(m, lnf_full, lnf16_full, r0, rows, m->logits));
-            LOOM_CALL(score_rows(m, r0, rows, tgt + r0, grad_scale, g16 ? g16 + r0 * V : NULL));
+            LOOM_CALL(score_rows(m, r0, rows, tgt + r0, grad_scale, piece16));
+            if (fused)
+                LOOM_CALL(head_grad_rows(m, r0, rows, m->logits, piece16, lnf16_full,
+                                         r0 ? 1.0f : (float)m->head_grads_acc));
         }
         LOOM_CALL(head_done(m, keep_head));
-        m->dlogits16 = g16 != NULL;
+        m->dlogits16 = g16 != NULL && !fused;
+        m->head_grads_made = fused;
     }
     if (targets && loss) { /* the mean over the tokens with a target, summed on the host */
         const float *losses = m->losses;
@@ -1464,6 +1489,25 @@ static loom_status grad_products(loom_model *m, loom_gemm dx, loom_gemm dw, cons
                                  const uint16_t *dw_b16) {
     if (m->lora) return mm_act(m, dx, d16, NULL);
     return mm_pair(m, dx, dw, d16, dw_b16);
+}
+
+/* The head's gradient products for logits rows [r0, r0 + rows), from their gradient: dlogits (rows x V,
+ * fp32), or g16 (the same rows in bf16, as the loss wrote them). lnf16: the final norm's output in bf16, all
+ * rows (NULL: converted here). The norm's output gradient rows land in place (m->dln; with Megatron-SP
+ * m->sp_partial, every row); the head weight's gradient is written (beta 0) or added to (beta 1), not with
+ * LoRA (frozen). */
+static loom_status head_grad_rows(loom_model *m, int64_t r0, int64_t rows, const float *dlogits, const uint16_t *g16,
+                                  const uint16_t *lnf16, float beta) {
+    const int64_t C = m->C, V = m->V;
+    const float *lnf = m->slots[m->slot].lnf_full + r0 * C;
+    if (lnf16) lnf16 += r0 * C;
+    float *dlnf = (m->tp_sp ? m->sp_partial : m->dln) + r0 * C;
+    const loom_gemm dx = {0, 0, rows, C, V, 1.0f, dlogits, V, P(m->off_head), C, 0.0f, dlnf, C},
+                    dw = {1, 0, V, C, rows, 1.0f, dlogits, V, lnf, C, beta, G(m->off_head), C};
+    if (!g16) return grad_products(m, dx, dw, NULL, lnf16);
+    /* the same products on the bits as_bf16 would have made of the fp32 gradient */
+    LOOM_CALL(mm_bf16(m, &dx, g16, NULL));
+    return m->lora ? LOOM_OK : mm_bf16(m, &dw, g16, lnf16);
 }
 
 /* One layer's backward, plain or tensor parallel, with or without Megatron-SP. The residual-stream
@@ -1553,16 +1597,11 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     const int64_t l0 = m->chunk_l0[k], l1 = m->chunk_l1[k];
     const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
     if (head) { /* logits = lnf Whead^T; m->logits holds dlogits, or scratch16[0] in bf16 (m->dlogits16) */
-        const float *lnf_full = m->slots[m->slot].lnf_full;
-        const uint16_t *lnf16_full = m->slots[m->slot].lnf16_full;
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
-        const loom_gemm dx = {0, 0, N, C, V, 1.0f, m->logits, V, P(m->off_head), C, 0.0f, dlnf, C},
-                        dw = {1, 0, V, C, N, 1.0f, m->logits, V, lnf_full, C, beta, G(m->off_head), C};
-        if (m->dlogits16) { /* the same products on the bits as_bf16 would have made of the fp32 gradient */
-            m->dlogits16 = 0;
-            LOOM_CALL(mm_bf16(m, &dx, m->scratch16[0], NULL));
-            if (!m->lora) LOOM_CALL(mm_bf16(m, &dw, m->scratch16[0], lnf16_full));
-        } else LOOM_CALL(grad_products(m, dx, dw, NULL, lnf16_full));
+        if (!m->head_grads_made) /* else the forward made them (head_grads_in_forward) */
+            LOOM_CALL(head_grad_rows(m, 0, N, m->logits, m->dlogits16 ? m->scratch16[0] : NULL,
+                                     m->slots[m->slot].lnf16_full, beta));
+        m->dlogits16 = m->head_grads_made = 0;
         if (m->tp_sp) LOOM_CALL(sp_reduce_scatter(m, dlnf, m->dln, Nr));
         else LOOM_CALL(tp_sum(m, m->dln, N * C));
         LOOM_CALL(loom_buf_fill(be, m->dres, 0.0f, Nr * C));
@@ -1654,7 +1693,10 @@ loom_status loom_model_forward_backward(loom_model *m, const int32_t *tokens, co
     LOOM_CALL(check_batch(m, tokens, targets, B, T));
     loom_lora_begin_micro(m, 1);
     float l = 0.0f;
-    LOOM_CALL(chunk_forward(m, 0, tokens, NULL, targets, B, T, grad_scale, &l, 1, NULL));
+    m->head_grads_acc = accumulate ? 1 : 0;
+    const loom_status st = chunk_forward(m, 0, tokens, NULL, targets, B, T, grad_scale, &l, 1, NULL);
+    m->head_grads_acc = -1;
+    LOOM_CALL(st);
     LOOM_CALL(chunk_backward(m, 0, tokens, NULL, B, T, accumulate, NULL));
     if (loss) *loss = l;
     return LOOM_OK;

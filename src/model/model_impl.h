@@ -49,6 +49,10 @@ struct loom_model {
     int64_t *unit_lo;           /* [n_units + 1] */
     int n_slots, slot;
     int dlogits16;                    /* the last forward left its logits' bf16 gradient in scratch16[0] */
+    int head_grads_acc;               /* set by loom_model_forward_backward for its forward: the head's gradient
+                                       * products are made there, a piece of logits at a time, the weight's
+                                       * gradient written (0) or added to (1); -1: the backward makes them */
+    int head_grads_made;              /* the last forward made them (dlnf in place: gpt.c chunk_backward) */
     act_slot *slots;
     /* mixed precision (both NULL: fp32) */
     loom_precision precision;

@@ -160,7 +160,7 @@ static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, in
                                     (loom_precision)t->precision);
     /* low-precision copies of a product's two activation operands */
     p->bytes[LOOM_MEM_ACTS] +=
-        loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision, t->tp_seq_parallel && s.tp > 1);
+        loom_model_lowp_scratch_bytes(m, B, T, (loom_precision)t->precision, slots, t->tp_seq_parallel && s.tp > 1);
     loom_model_free(&m);
     return st;
 }
