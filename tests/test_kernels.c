@@ -806,7 +806,8 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd, int64
                                     .n = T, .H = H, .KV = KV, .hd = hd, .rows = rows, .qs = row, .blocks = table,
                                     .block_len = bl, .block_stride = bl * kvw2};
     K(loom_k_attention_decode(be, &p));
-    snprintf(name, sizeof name, "attention_decode_paged_rows_equal_causal_rows_T%lld_hd%lld", (long long)T, (long long)hd);
+    snprintf(name, sizeof name, "attention_decode_paged_rows_equal_causal_rows_T%lld_hd%lld_H%lld_KV%lld", (long long)T,
+             (long long)hd, (long long)H, (long long)KV);
     check_close(name, outs, outr + (T - rows) * C, rows * C, 5e-6, 1e-5);
     /* batch invariance: each of those rows decoded alone, over the positions it sees, gives the same bits */
     for (int pass = 0; pass < 2; pass++) { /* fp32 cache, then bf16 */
@@ -825,8 +826,8 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd, int64
             K(loom_k_attention_decode(be, &one));
             same &= memcmp(alone, outs + r * C, (size_t)C * sizeof(float)) == 0;
         }
-        snprintf(name, sizeof name, "attention_decode_%s_rows_alone_same_bits_T%lld_hd%lld", pass ? "bf16" : "f32",
-                 (long long)T, (long long)hd);
+        snprintf(name, sizeof name, "attention_decode_%s_rows_alone_same_bits_T%lld_hd%lld_H%lld_KV%lld",
+                 pass ? "bf16" : "f32", (long long)T, (long long)hd, (long long)H, (long long)KV);
         report(name, same, 0.0, 0.0);
         if (!pass) continue;
         /* a bf16 cache: equal to the causal attention over keys and values rounded to bf16 */
@@ -836,8 +837,8 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd, int64
             for (int64_t i = H * hd; i < row; i++) qkv16[j * row + i] = bf16_value(loom_f32_to_bf16(qkv[j * row + i]));
         double *outr16 = dvec(T * C), *lser16 = dvec(H * T);
         ref_attention(qkv16, NULL, 1, T, H, KV, hd, outr16, lser16, NULL);
-        snprintf(name, sizeof name, "attention_decode_bf16_cache_equals_causal_rows_on_rounded_kv_T%lld_hd%lld",
-                 (long long)T, (long long)hd);
+        snprintf(name, sizeof name, "attention_decode_bf16_cache_equals_causal_rows_on_rounded_kv_T%lld_hd%lld_H%lld_KV%lld",
+                 (long long)T, (long long)hd, (long long)H, (long long)KV);
         check_close(name, outs, outr16 + (T - rows) * C, rows * C, 5e-6, 1e-5);
         free(pool16); free(qkv16); free(outr16); free(lser16);
     }
@@ -849,6 +850,8 @@ static void test_attention(loom_backend *be) {
     test_attention_decode(be, 23, 10, 6, 3); /* a partial vector of head, a partial group of 16 keys */
     test_attention_decode(be, 70, 80, 6, 3); /* past one group of 4 vectors of head (64 floats) */
     test_attention_decode(be, 37, 16, 10, 2); /* a kv group of 5 query heads: one row's heads in sets of 4 and 1 */
+    test_attention_decode(be, 70, 80, 6, 6);  /* no GQA: a lone row's heads by blocks of positions (decode_heads) */
+    test_attention_decode(be, 23, 10, 4, 4);  /* the same, a partial vector of head and a partial block */
     for (int bf16 = 0; bf16 < 2; bf16++) { /* fp32 products, then bf16 training's */
         test_attention_blocks(be, 9, 6, bf16);
         test_attention_blocks(be, 70, 32, bf16); /* two query blocks, whole register tiles and 8 x 8 transposes */
