@@ -31,7 +31,7 @@ typedef struct {
 typedef struct {
     const loom_cluster *c;
     int threads, prec, tp, sp, tp_sp, host_tp, host_sp; /* host_*: the group's ranks on each host */
-    int gpt, lora, dlogits16;
+    int gpt, lora, dlogits16, head_grads_in_forward;
     int64_t B, T, N, Nr, C, Cq, Cl, F, fcw, V, KVl, Hl, hd;
 } ctx;
 
@@ -189,9 +189,9 @@ static void embed_backward(const ctx *x, tally *t) {
 static void head_forward(const ctx *x, tally *t) {
     norm(x, t);
     all_rows(x, t, 1);
-    /* where the loss writes the logits' gradient in bf16, the logits are made and scored a piece of rows at
-     * a time */
-    const int64_t piece = loom_model_head_piece(x->N, x->dlogits16);
+    /* where the loss writes the logits' gradient in bf16, or the forward makes the head's gradient products,
+     * the logits are made and scored a piece of rows at a time */
+    const int64_t piece = loom_model_head_piece(x->N, x->dlogits16 || x->head_grads_in_forward);
     for (int64_t r0 = 0; r0 < x->N; r0 += piece) {
         const int64_t rows = x->N - r0 < piece ? x->N - r0 : piece;
         linear(x, t, 0, rows, x->V, x->C, 1);
@@ -201,7 +201,10 @@ static void head_forward(const ctx *x, tally *t) {
     }
 }
 static void head_backward(const ctx *x, tally *t) {
-    linear_grads(x, t, x->N, x->V, x->C, !acts16(x), !x->dlogits16);
+    /* a whole model's are made in the forward a piece at a time (gpt.c head_grads_in_forward): counted here */
+    const int64_t piece = loom_model_head_piece(x->N, x->head_grads_in_forward);
+    for (int64_t r0 = 0; r0 < x->N; r0 += piece)
+        linear_grads(x, t, x->N - r0 < piece ? x->N - r0 : piece, x->V, x->C, !acts16(x), !x->dlogits16);
     row_sum(x, t);
     norm(x, t);
     if (x->tp_sp) tp_coll(x, t, LOOM_COLL_ALLREDUCE, 2 * x->C); /* the final norm's replicated gradients */
@@ -325,6 +328,7 @@ loom_status loom_plan_time_internal(const loom_run_config *rc, int world, const 
                                                                     v, (int)t->grad_accum)
                                     : 1;
     x.dlogits16 = x.prec == LOOM_PRECISION_BF16 && head_slots == 1;
+    x.head_grads_in_forward = s.pp == 1; /* a whole model, one micro-batch in flight */
     /* ranks per host: they fill hosts in order, tp fastest; a group is within a host while it fits */
     const int per_host = c->gpu ? c->cores_per_host : (world < c->cores_per_host * c->hosts ? (world + c->hosts - 1) / c->hosts : world / c->hosts);
     const int rph = per_host < 1 ? 1 : per_host;
