@@ -1596,7 +1596,8 @@ static loom_status chunk_backward(loom_model *m, int k, const int32_t *tokens, c
     const float beta = accumulate ? 1.0f : 0.0f;
     const int64_t l0 = m->chunk_l0[k], l1 = m->chunk_l1[k];
     const int64_t Nr = m->tp_sp ? N / m->tp_size : N; /* rows of the residual stream here */
-    if (head) { /* logits = lnf Whead^T; m->logits holds dlogits, or scratch16[0] in bf16 (m->dlogits16) */
+    if (head) { /* logits = lnf Whead^T; m->logits holds dlogits, or scratch16[0] in bf16 (m->dlogits16), unless
+                 * the forward made the head's gradient products already (m->head_grads_made) */
         float *dlnf = m->tp_sp ? m->sp_partial : m->dln;
         if (!m->head_grads_made) /* else the forward made them (head_grads_in_forward) */
             LOOM_CALL(head_grad_rows(m, 0, N, m->logits, m->dlogits16 ? m->scratch16[0] : NULL,
