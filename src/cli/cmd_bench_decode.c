@@ -9,7 +9,11 @@
  *
  * Then products of M rows against a weight stored [N, K] (GPT-2 124M's qkv, MLP in, MLP out): the few-row
  * kernel (decoding's up to 32 rows, and every M with --batch-invariant) beside the library GEMM (OpenBLAS for
- * fp32, oneDNN for bf16) at M 64 and 512. */
+ * fp32, oneDNN for bf16) at M 64 and 512.
+ *
+ * Last, one decoding row through 12 layers of those weights (what `loom generate` multiplies per token, less the
+ * head), in memory reserved as the model's is (huge pages) and past any cache: GB/s of weights read, beside a
+ * plain read of the same bytes, the memory's rate that bounds decoding (its roofline). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +160,88 @@ done:
     return rc;
 }
 
+#define ROW_LAYERS 12
+
+/* the median seconds of reps passes of one row through every layer's four products (0: a call failed) */
+static double row_pass_seconds(loom_backend *be, int bf16, const void *w, const void *x, float *y, int reps) {
+    const int64_t shapes[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}}; /* qkv, proj, fc, fc2 */
+    double t[32];
+    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
+    for (int r = 0; r <= reps; r++) { /* pass 0 warms up */
+        const char *at = w;
+        const double t0 = loom_now_s();
+        for (int l = 0; l < ROW_LAYERS; l++)
+            for (int p = 0; p < 4; p++) {
+                const int64_t N = shapes[p][0], K = shapes[p][1];
+                const loom_matmul_bf16_args b = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = x,
+                                                 .lda = K, .B = (const uint16_t *)at, .ldb = K, .C = y, .ldc = N};
+                const loom_gemm f = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = x, .lda = K,
+                                     .B = (const float *)at, .ldb = K, .C = y, .ldc = N};
+                if ((bf16 ? loom_k_matmul_bf16(be, &b) : loom_k_matmul(be, &f)) != LOOM_OK) return 0.0;
+                at += (size_t)(N * K) * es;
+            }
+        if (r) t[r - 1] = loom_now_s() - t0;
+    }
+    return loom_cli_median(t, reps);
+}
+
+/* the median seconds of reps plain reads of n bytes (8 at a time, on every thread) */
+static double read_seconds(const uint64_t *w, size_t n, int reps) {
+    double t[32];
+    uint64_t sink = 0;
+    for (int r = 0; r <= reps; r++) {
+        const double t0 = loom_now_s();
+        uint64_t s = 0;
+#pragma omp parallel for reduction(^ : s) schedule(static)
+        for (size_t i = 0; i < n / 8; i++) s ^= w[i];
+        sink ^= s;
+        if (r) t[r - 1] = loom_now_s() - t0;
+    }
+    __asm__ volatile("" : : "r"(sink));
+    return loom_cli_median(t, reps);
+}
+
+static int bench_decode_row(loom_backend *be, int reps) {
+    const int64_t per_layer = 2304 * 768 + 768 * 768 + 3072 * 768 + 768 * 3072, n = ROW_LAYERS * per_layer;
+    const size_t bytes = (size_t)n * sizeof(float);
+    void *w = NULL;
+    float *x = malloc(3072 * sizeof(float)), *y = malloc(3072 * sizeof(float));
+    uint16_t *x16 = malloc(3072 * sizeof(uint16_t));
+    if (!x || !y || !x16 || loom_buf_reserve(be, bytes, &w) != LOOM_OK) {
+        free(x), free(y), free(x16);
+        fprintf(stderr, "loom bench decode: out of memory\n");
+        return 1;
+    }
+    loom_buf_populate(be, w, bytes);
+    fill(x, 3072, 13);
+    for (int64_t i = 0; i < 3072; i++) x16[i] = loom_f32_to_bf16(x[i]);
+    printf("one decoding row through %d layers of those weights (%.0f MB in fp32), from memory: medians of %d\n",
+           ROW_LAYERS, (double)bytes / 1e6, reps);
+    printf("  %-5s %9s %9s %12s %7s\n", "prec", "ms", "GB/s", "read GB/s", "ratio");
+    int rc = 0;
+    for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
+        const size_t wb = bf16 ? bytes / 2 : bytes;
+        if (bf16) { /* the same buffer's first half as bf16 weights */
+            uint16_t *w16 = w;
+            for (int64_t i = 0; i < n; i++) w16[i] = loom_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
+        } else {
+            float *w32 = w;
+            for (int64_t i = 0; i < n; i++) w32[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        }
+        const double row = row_pass_seconds(be, bf16, w, bf16 ? (const void *)x16 : (const void *)x, y, reps);
+        const double rd = read_seconds(w, wb, reps);
+        if (row <= 0.0 || rd <= 0.0) {
+            rc = loom_cli_fail("bench decode");
+            break;
+        }
+        printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", bf16 ? "bf16" : "fp32", row * 1e3, (double)wb / row / 1e9,
+               (double)wb / rd / 1e9, rd / row);
+    }
+    loom_buf_unreserve(be, w, bytes);
+    free(x), free(y), free(x16);
+    return rc;
+}
+
 int loom_cmd_bench_decode(int argc, char **argv) {
     int threads = 0, quick = 0;
     for (int i = 2; i < argc; i++) {
@@ -181,6 +267,7 @@ int loom_cmd_bench_decode(int argc, char **argv) {
     printf("loom bench decode: %d threads\n", threads);
     int rc = bench_attention(lib, reps);
     if (!rc) rc = bench_products(lib, few, reps);
+    if (!rc) rc = bench_decode_row(lib, reps);
     loom_backend_free(&few);
     loom_backend_free(&lib);
     return rc;
