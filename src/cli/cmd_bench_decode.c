@@ -207,12 +207,16 @@ static int bench_decode_row(loom_backend *be, int reps) {
     void *w = NULL;
     float *x = malloc(3072 * sizeof(float)), *y = malloc(3072 * sizeof(float));
     uint16_t *x16 = malloc(3072 * sizeof(uint16_t));
-    if (!x || !y || !x16 || loom_buf_reserve(be, bytes, &w) != LOOM_OK) {
+    if (!x || !y || !x16 || loom_buf_reserve(be, bytes + bytes / 2, &w) != LOOM_OK) {
         free(x), free(y), free(x16);
         fprintf(stderr, "loom bench decode: out of memory\n");
         return 1;
     }
-    loom_buf_populate(be, w, bytes);
+    loom_buf_populate(be, w, bytes + bytes / 2);
+    float *w32 = w;
+    uint16_t *w16 = (uint16_t *)(w32 + n); /* the bf16 weights after the fp32 ones */
+    fill(w32, n, 17);
+    for (int64_t i = 0; i < n; i++) w16[i] = loom_f32_to_bf16(w32[i]);
     fill(x, 3072, 13);
     for (int64_t i = 0; i < 3072; i++) x16[i] = loom_f32_to_bf16(x[i]);
     printf("one decoding row through %d layers of those weights (%.0f MB in fp32), from memory: medians of %d\n",
@@ -221,15 +225,8 @@ static int bench_decode_row(loom_backend *be, int reps) {
     int rc = 0;
     for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
         const size_t wb = bf16 ? bytes / 2 : bytes;
-        if (bf16) { /* the same buffer's first half as bf16 weights */
-            uint16_t *w16 = w;
-            for (int64_t i = 0; i < n; i++) w16[i] = loom_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
-        } else {
-            float *w32 = w;
-            for (int64_t i = 0; i < n; i++) w32[i] = (float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f;
-        }
-        const double row = row_pass_seconds(be, bf16, w, bf16 ? (const void *)x16 : (const void *)x, y, reps);
-        const double rd = read_seconds(w, wb, reps);
+        const void *wt = bf16 ? (const void *)w16 : (const void *)w32, *xt = bf16 ? (const void *)x16 : (const void *)x;
+        const double row = row_pass_seconds(be, bf16, wt, xt, y, reps), rd = read_seconds(wt, wb, reps);
         if (row <= 0.0 || rd <= 0.0) {
             rc = loom_cli_fail("bench decode");
             break;
@@ -237,7 +234,7 @@ static int bench_decode_row(loom_backend *be, int reps) {
         printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", bf16 ? "bf16" : "fp32", row * 1e3, (double)wb / row / 1e9,
                (double)wb / rd / 1e9, rd / row);
     }
-    loom_buf_unreserve(be, w, bytes);
+    loom_buf_unreserve(be, w, bytes + bytes / 2);
     free(x), free(y), free(x16);
     return rc;
 }
