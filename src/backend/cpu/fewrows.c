@@ -62,8 +62,8 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
  * short streams, starts too late). Weights in huge pages as the model's, 2 threads, Zen 5, median us: bf16
  * M 8, 2304 x 768, 122 -> 49-60; M 16, 145-160 -> 90-97; fp32 M 16, 290-305 -> 232-272; `loom serve` bf16,
  * 8-32 clients decoding 64 tokens each: +10-11% tokens/s. A lone row (decoding one sequence, the path below
- * the tiles') goes without:
- * there the hardware keeps up, and `loom generate` ran 7% slower with it. Only a hint: no sum changes. */
+ * the tiles') goes without: there the hardware keeps up, and `loom generate` ran 7% slower with it. Only a
+ * hint: no sum changes. */
 #define PREFETCH_ROWS(rows, at)                                                                                        \
     _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++) _mm_prefetch((rows)[t] + (at), _MM_HINT_T0)
 
