@@ -324,6 +324,19 @@ static void run_case(loom_kernel k, run *r) {
         KCALL(loom_k_attention_decode(be, &p));
         break;
     }
+    case LOOM_KERNEL_attention_decode_batch: { /* three sequences of a serving step: paged, 1, 3 and 2 new rows */
+        const int64_t H = 6, KV = 3, hd = 10, ld = 2 * KV * hd, bl = 4, nb = 12, ns[3] = {9, 17, 5}, rs[3] = {1, 3, 2};
+        const float *pool = rand_in(r, nb * bl * ld, -1, 1);
+        loom_attention_decode_args calls[3];
+        for (int i = 0; i < 3; i++)
+            calls[i] = (loom_attention_decode_args){.out = out_f(r, rs[i] * H * hd), .q = rand_in(r, rs[i] * H * hd, -1, 1),
+                                                    .k = pool, .v = pool + KV * hd, .ld = ld, .n = ns[i], .H = H,
+                                                    .KV = KV, .hd = hd, .rows = rs[i],
+                                                    .blocks = ids_in(r, (ns[i] + bl - 1) / bl, nb, 0),
+                                                    .block_len = bl, .block_stride = bl * ld};
+        KCALL(loom_k_attention_decode_batch(be, &(loom_attention_decode_batch_args){calls, 3}));
+        break;
+    }
     case LOOM_KERNEL_embedding_forward:
         for (int pos = 0; pos < 3; pos++) { /* without positions, with them, with them and a bf16 table */
             const int64_t B = 3, T = 7, C = 33, V = 41;
@@ -503,7 +516,8 @@ static tolerance tolerance_of(loom_kernel k, int exact) {
     case LOOM_KERNEL_attention_block_forward:
     case LOOM_KERNEL_attention_block_backward:
     case LOOM_KERNEL_attention_merge:
-    case LOOM_KERNEL_attention_decode: return (tolerance){2e-5, 1e-4}; /* online softmax in another order */
+    case LOOM_KERNEL_attention_decode: /* online softmax in another order */
+    case LOOM_KERNEL_attention_decode_batch: return (tolerance){2e-5, 1e-4};
     case LOOM_KERNEL_f32_to_bf16:
     case LOOM_KERNEL_round_fp16:
     case LOOM_KERNEL_round_bf16:

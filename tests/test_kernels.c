@@ -829,6 +829,25 @@ static void test_attention_decode(loom_backend *be, int64_t T, int64_t hd, int64
         snprintf(name, sizeof name, "attention_decode_%s_rows_alone_same_bits_T%lld_hd%lld_H%lld_KV%lld",
                  pass ? "bf16" : "f32", (long long)T, (long long)hd, (long long)H, (long long)KV);
         report(name, same, 0.0, 0.0);
+        /* a serving step's batch: those rows as one call, and the first and the last row as calls of their own,
+         * together (their work split over the threads as one list): each call's bits as it gives alone */
+        float *batch_out[3] = {fvec(rows * C), fvec(C), fvec(C)}, *first = fvec(C);
+        loom_attention_decode_args calls[3] = {p, p, p};
+        calls[0].out = batch_out[0];
+        calls[1].out = batch_out[1], calls[1].rows = 1, calls[1].n = T - rows + 1;
+        calls[2].out = batch_out[2], calls[2].q = p.q + (rows - 1) * row, calls[2].rows = 1;
+        K(loom_k_attention_decode_batch(be, &(loom_attention_decode_batch_args){calls, 3}));
+        loom_attention_decode_args call1 = calls[1];
+        call1.out = first;
+        K(loom_k_attention_decode(be, &call1));
+        const int batch_same = memcmp(batch_out[0], outs, (size_t)(rows * C) * sizeof(float)) == 0 &&
+                               memcmp(batch_out[1], first, (size_t)C * sizeof(float)) == 0 &&
+                               memcmp(batch_out[2], alone, (size_t)C * sizeof(float)) == 0; /* the last row alone, above */
+        snprintf(name, sizeof name, "attention_decode_%s_batch_same_bits_T%lld_hd%lld_H%lld_KV%lld",
+                 pass ? "bf16" : "f32", (long long)T, (long long)hd, (long long)H, (long long)KV);
+        report(name, batch_same, 0.0, 0.0);
+        for (int i = 0; i < 3; i++) free(batch_out[i]);
+        free(first);
         if (!pass) continue;
         /* a bf16 cache: equal to the causal attention over keys and values rounded to bf16 */
         float *qkv16 = fvec(T * row);

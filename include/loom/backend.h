@@ -328,6 +328,22 @@ typedef struct {
     int64_t block_len, block_stride;
     const uint16_t *k16, *v16;
 } loom_attention_decode_args;
+/* Several such calls at once (a serving step: every sequence's new rows against its own cache): each call's
+ * outputs are the bits it gives alone. The array is host memory; what its calls point to, the backend's. A
+ * backend may run them together (the CPU: one parallel region over all their heads, where a sequence's few
+ * heads alone would not pay for waking the threads). */
+typedef struct {
+    const loom_attention_decode_args *calls;
+    int64_t n;
+} loom_attention_decode_batch_args;
+static inline double loom_attention_decode_flops(const loom_attention_decode_args *a) {
+    return 4.0 * (double)(a->rows > 1 ? a->rows : 1) * (double)a->H * (double)a->n * (double)a->hd;
+}
+static inline double loom_attention_decode_batch_flops(const loom_attention_decode_batch_args *a) {
+    double f = 0.0;
+    for (int64_t i = 0; i < a->n; i++) f += loom_attention_decode_flops(&a->calls[i]);
+    return f;
+}
 
 /* out (B,T,C) = wte[tokens] (+ wpe[t] when wpe != NULL); tokens (B,T) a buffer of int32. A negative token's
  * row is zero (vocabulary-parallel: that row lives on another rank); in backward it adds nothing. */
@@ -503,7 +519,8 @@ typedef struct {
     X(attention_block_backward, LOOM_OP_ATTENTION,                                                              \
       (a->causal ? 5.0 : 10.0) * (double)a->B * (double)a->H * (double)a->Tq * (double)a->Tk * (double)a->hd)    \
     X(attention_merge, LOOM_OP_ATTENTION, 0)                                                                    \
-    X(attention_decode, LOOM_OP_ATTENTION, 4.0 * (double)(a->rows > 1 ? a->rows : 1) * (double)a->H * (double)a->n * (double)a->hd)                   \
+    X(attention_decode, LOOM_OP_ATTENTION, loom_attention_decode_flops(a))                                      \
+    X(attention_decode_batch, LOOM_OP_ATTENTION, loom_attention_decode_batch_flops(a))                          \
     X(embedding_forward, LOOM_OP_EMBEDDING, 0)                                                                  \
     X(embedding_backward, LOOM_OP_EMBEDDING, 0)                                                                 \
     X(softmax_cross_entropy, LOOM_OP_LOSS, 0)                                                                   \

@@ -32,6 +32,7 @@ typedef struct {
     int64_t n_segs;
     int64_t *row0;
     const int32_t **tables; /* each segment's block table where the kernels read it */
+    loom_attention_decode_args *calls; /* a layer's decode calls, one per segment at most, run as one batch */
 } kv_run;
 
 /* a single sequence's cache (loom_model_kv_reset/step/prefill) */
@@ -153,6 +154,7 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
     const int64_t layer0 = l * p->n_blocks * bl * kvw2; /* element offsets */
     float *layer = p->bf16 ? NULL : (float *)p->kv + layer0;
     uint16_t *layer16 = p->bf16 ? (uint16_t *)p->kv + layer0 : NULL;
+    int64_t n_calls = 0;
     for (int64_t s = 0; s < r->n_segs; s++) {
         const loom_kv_segment *sg = &r->segs[s];
         const int64_t r0 = r->row0[s];
@@ -175,14 +177,16 @@ loom_status loom_kv_attention(loom_model *m, int64_t l) {
             LOOM_CALL(loom_k_attention_forward(m->be, &(loom_attention_forward_args){.out = a->atty + r0 * Ca,
                                                .lse = a->lse, .qkv = a->qkv + r0 * m->Cq, .B = 1, .T = sg->n,
                                                .H = m->H, .KV = m->KV, .hd = m->hd}));
-        else
-            LOOM_CALL(loom_k_attention_decode(m->be, &(loom_attention_decode_args){.out = a->atty + r0 * Ca,
-                                              .q = a->qkv + r0 * m->Cq, .k = layer, .v = layer ? layer + kvw2 / 2 : NULL,
-                                              .k16 = layer16, .v16 = layer16 ? layer16 + kvw2 / 2 : NULL,
-                                              .ld = kvw2, .n = sg->pos + sg->n, .H = m->H, .KV = m->KV,
-                                              .hd = m->hd, .rows = sg->n, .qs = m->Cq, .os = Ca,
-                                              .blocks = r->tables[s], .block_len = bl, .block_stride = bl * kvw2}));
+        else /* each segment reads only its own blocks and rows: the calls wait until every key is written */
+            r->calls[n_calls++] = (loom_attention_decode_args){.out = a->atty + r0 * Ca, .q = a->qkv + r0 * m->Cq,
+                                  .k = layer, .v = layer ? layer + kvw2 / 2 : NULL, .k16 = layer16,
+                                  .v16 = layer16 ? layer16 + kvw2 / 2 : NULL, .ld = kvw2, .n = sg->pos + sg->n,
+                                  .H = m->H, .KV = m->KV, .hd = m->hd, .rows = sg->n, .qs = m->Cq, .os = Ca,
+                                  .blocks = r->tables[s], .block_len = bl, .block_stride = bl * kvw2};
     }
+    if (n_calls == 1) return loom_k_attention_decode(m->be, &r->calls[0]);
+    if (n_calls > 1)
+        return loom_k_attention_decode_batch(m->be, &(loom_attention_decode_batch_args){r->calls, n_calls});
     return LOOM_OK;
 }
 
@@ -278,7 +282,8 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
     int32_t *tokens = malloc((size_t)rows * sizeof(int32_t));
     int64_t *row0 = malloc((size_t)n_segs * sizeof(int64_t));
     const int32_t **tables = malloc((size_t)n_segs * sizeof(*tables));
-    loom_status st = tokens && row0 && tables ? LOOM_OK : LOOM_ERR_NOMEM;
+    loom_attention_decode_args *calls = malloc((size_t)n_segs * sizeof(*calls));
+    loom_status st = tokens && row0 && tables && calls ? LOOM_OK : LOOM_ERR_NOMEM;
     if (st != LOOM_OK) loom_error_set(st, __FILE__, __LINE__, __func__, "out of memory");
     for (int64_t s = 0, at = 0; st == LOOM_OK && s < n_segs; at += segs[s].n, s++) {
         row0[s] = at;
@@ -286,7 +291,7 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
     }
     if (st == LOOM_OK) st = stage_tables(p, segs, n_segs, tables);
     if (st == LOOM_OK) {
-        kv_run run = {p, segs, n_segs, row0, tables};
+        kv_run run = {p, segs, n_segs, row0, tables, calls};
         const loom_model_hooks hooks = m->hooks; /* the sequences are this rank's alone, parameters resident */
         memset(&m->hooks, 0, sizeof m->hooks);
         m->kv_run = &run;
@@ -299,6 +304,7 @@ loom_status loom_model_kv_forward(loom_model *m, loom_kv_pool *p, const loom_kv_
     free(tokens);
     free(row0);
     free(tables);
+    free(calls);
     if (st != LOOM_OK) loom_error_trace(__FILE__, __LINE__, __func__);
     return st;
 }

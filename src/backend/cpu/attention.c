@@ -854,14 +854,15 @@ typedef struct {
     int64_t head;    /* the head copied, or -1 */
 } decode_copy;
 
-static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, int64_t n, int64_t h) {
+/* cap: the most positions of any call this thread's copy serves (its buffers are sized once, for all) */
+static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, int64_t n, int64_t h, int64_t cap) {
     const size_t el = d->k16 ? sizeof(uint16_t) : sizeof(float), row = (size_t)d->hd * el;
     if (!c->k) {
-        c->k = malloc((size_t)n * row);
-        c->v = malloc((size_t)n * row);
-        c->offs = malloc((size_t)n * sizeof(int64_t));
+        c->k = malloc((size_t)cap * row);
+        c->v = malloc((size_t)cap * row);
+        c->offs = malloc((size_t)cap * sizeof(int64_t));
         if (!c->k || !c->v || !c->offs) return 0;
-        for (int64_t j = 0; j < n; j++) c->offs[j] = j * d->hd;
+        for (int64_t j = 0; j < cap; j++) c->offs[j] = j * d->hd;
     }
     const char *k = d->k16 ? (const char *)d->k16 : (const char *)d->k;
     const char *v = d->v16 ? (const char *)d->v16 : (const char *)d->v;
@@ -873,73 +874,126 @@ static int decode_copy_head(decode_copy *c, const decode_head *d, int64_t kvo, i
     return 1;
 }
 
-loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
-    (void)be;
-    const int64_t H = a->H, hd = a->hd, n = a->n, group = H / a->KV, rows = a->rows > 1 ? a->rows : 1;
-    const int64_t qs = a->qs ? a->qs : H * hd, os = a->os ? a->os : H * hd;
-    const int64_t sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS; /* of up to DECODE_ROWS rows */
-    const int heads_together = rows == 1 && group > 1, hsets = (group + DECODE_ROWS - 1) / DECODE_ROWS;
-    LOOM_CHECK(rows <= n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
-               (long long)n);
-    int64_t *off = malloc((size_t)n * sizeof(int64_t));
+/* One call's work as items: (head, set of up to DECODE_ROWS rows), or for one row with grouped heads (kv head,
+ * set of its query heads) */
+typedef struct {
+    const loom_attention_decode_args *a;
+    decode_head d;
+    int64_t rows, qs, os, sets, hsets, group, items;
+    int heads_together;
+} decode_call;
+
+static loom_status decode_call_init(decode_call *c, const loom_attention_decode_args *a) {
+    const int64_t rows = a->rows > 1 ? a->rows : 1, group = a->H / a->KV;
+    LOOM_CHECK(rows <= a->n, LOOM_ERR_INVALID_ARG, "attention: %lld query rows over %lld positions", (long long)rows,
+               (long long)a->n);
+    int64_t *off = malloc((size_t)a->n * sizeof(int64_t));
     if (!off) return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld positions",
-                                    (long long)n);
-    for (int64_t j = 0; j < n; j++) off[j] = decode_row_offset(a, j);
-    const decode_head d = {a->k, a->v, a->k16, a->v16, off, hd, 1.0f / sqrtf((float)hd)};
+                                    (long long)a->n);
+    for (int64_t j = 0; j < a->n; j++) off[j] = decode_row_offset(a, j);
+    *c = (decode_call){.a = a, .d = {a->k, a->v, a->k16, a->v16, off, a->hd, 1.0f / sqrtf((float)a->hd)},
+                       .rows = rows, .qs = a->qs ? a->qs : a->H * a->hd, .os = a->os ? a->os : a->H * a->hd,
+                       .sets = (rows + DECODE_ROWS - 1) / DECODE_ROWS, .hsets = (group + DECODE_ROWS - 1) / DECODE_ROWS,
+                       .group = group, .heads_together = rows == 1 && group > 1};
+    c->items = c->heads_together ? a->KV * c->hsets : a->H * c->sets;
+    return LOOM_OK;
+}
+
+/* items [lo, hi) of one call, in order, by one thread (scores: DECODE_ROWS rows of at least n floats; copy: the
+ * thread's, holding no head of this call yet) */
+static void decode_call_items(const decode_call *c, int64_t lo, int64_t hi, float *scores, int64_t cap,
+                              decode_copy *copy, int *copies) {
+    const loom_attention_decode_args *a = c->a;
+    const int64_t hd = a->hd, n = a->n, rows = c->rows, group = c->group;
+    for (int64_t item = lo; item < hi && c->heads_together; item++) { /* one row: a kv group's heads together */
+        const int64_t g = item / c->hsets, h0 = g * group + item % c->hsets * DECODE_ROWS;
+        const int R = (g + 1) * group - h0 < DECODE_ROWS ? (int)((g + 1) * group - h0) : DECODE_ROWS;
+        const float *q[DECODE_ROWS];
+        float *s[DECODE_ROWS], *o[DECODE_ROWS];
+        for (int i = 0; i < DECODE_ROWS; i++) {
+            const int64_t h = h0 + (i < R ? i : R - 1);
+            q[i] = a->q + h * hd;
+            s[i] = scores + i * n;
+            o[i] = a->out + h * hd;
+        }
+        decode_rows(&c->d, q, R, g * hd, n, 0, s, o);
+    }
+    for (int64_t item = lo; item < hi && !c->heads_together; item++) {
+        const int64_t h = item / c->sets, r0 = item % c->sets * DECODE_ROWS, kvo = (h / group) * hd;
+        const int R = rows - r0 < DECODE_ROWS ? (int)(rows - r0) : DECODE_ROWS;
+        const float *q[DECODE_ROWS];
+        float *s[DECODE_ROWS], *o[DECODE_ROWS];
+        for (int i = 0; i < DECODE_ROWS; i++) {
+            const int64_t r = r0 + (i < R ? i : R - 1);
+            q[i] = a->q + r * c->qs + h * hd;
+            s[i] = scores + i * n;
+            o[i] = a->out + r * c->os + h * hd;
+        }
+        const int64_t last = (h + 1) * c->sets < hi ? (h + 1) * c->sets - 1 : hi - 1; /* this head's last item here */
+        if (*copies && copy->head != h && last > item) *copies = decode_copy_head(copy, &c->d, kvo, n, h, cap);
+        if (*copies && copy->head == h) {
+            const decode_head d = {c->d.k16 ? NULL : copy->k, c->d.v16 ? NULL : copy->v, c->d.k16 ? copy->k : NULL,
+                                   c->d.v16 ? copy->v : NULL, copy->offs, hd, c->d.scale};
+            decode_rows(&d, q, R, 0, n - rows + r0 + 1, 1, s, o);
+        } else {
+            decode_rows(&c->d, q, R, kvo, n - rows + r0 + 1, 1, s, o);
+        }
+    }
+}
+
+/* n calls as one list of items, split over the threads in fixed ranges (a call's bits do not depend on which
+ * thread runs its items, nor on the other calls); one parallel region for all, where their work pays for it */
+static loom_status decode_calls(const loom_attention_decode_args *calls, int64_t n_calls) {
+    decode_call *c = calloc((size_t)(n_calls > 0 ? n_calls : 1), sizeof *c);
+    if (!c) return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld calls",
+                                  (long long)n_calls);
+    loom_status st = LOOM_OK;
+    int64_t items = 0, cap = 1;
+    double work = 0.0;
+    for (int64_t i = 0; i < n_calls && st == LOOM_OK; i++) {
+        st = decode_call_init(&c[i], &calls[i]);
+        if (st != LOOM_OK) break;
+        items += c[i].items;
+        cap = calls[i].n > cap ? calls[i].n : cap;
+        work += (double)c[i].rows * (double)calls[i].H * (double)calls[i].n * (double)calls[i].hd;
+    }
     int ok = 1;
-#pragma omp parallel if (rows * H * n * hd > 65536)
+#pragma omp parallel if (st == LOOM_OK && work > 65536)
     {
-        float *scores = malloc((size_t)(DECODE_ROWS * n) * sizeof(float));
+        float *scores = st == LOOM_OK ? malloc((size_t)(DECODE_ROWS * cap) * sizeof(float)) : NULL;
         decode_copy copy = {NULL, NULL, NULL, -1};
         int copies = 1; /* until an allocation fails: then the cache in place (the same bits) */
-        int64_t lo, hi; /* a fixed range of (head, set) items: a head's sets in turn, its keys and values in cache */
-        loom_cpu_thread_range(heads_together ? a->KV * hsets : H * sets, &lo, &hi);
-        if (!scores) {
+        int64_t lo, hi; /* a fixed range of the items: a head's sets in turn, its keys and values in cache */
+        loom_cpu_thread_range(items, &lo, &hi);
+        if (st == LOOM_OK && !scores) {
 #pragma omp atomic write
             ok = 0;
             hi = lo;
         }
-        for (int64_t item = lo; item < hi && heads_together; item++) { /* one row: a kv group's heads together */
-            const int64_t g = item / hsets, h0 = g * group + item % hsets * DECODE_ROWS;
-            const int R = (g + 1) * group - h0 < DECODE_ROWS ? (int)((g + 1) * group - h0) : DECODE_ROWS;
-            const float *q[DECODE_ROWS];
-            float *s[DECODE_ROWS], *o[DECODE_ROWS];
-            for (int i = 0; i < DECODE_ROWS; i++) {
-                const int64_t h = h0 + (i < R ? i : R - 1);
-                q[i] = a->q + h * hd;
-                s[i] = scores + i * n;
-                o[i] = a->out + h * hd;
-            }
-            decode_rows(&d, q, R, g * hd, n, 0, s, o);
-        }
-        for (int64_t item = lo; item < hi && !heads_together; item++) {
-            const int64_t h = item / sets, r0 = item % sets * DECODE_ROWS, kvo = (h / group) * hd;
-            const int R = rows - r0 < DECODE_ROWS ? (int)(rows - r0) : DECODE_ROWS;
-            const float *q[DECODE_ROWS];
-            float *s[DECODE_ROWS], *o[DECODE_ROWS];
-            for (int i = 0; i < DECODE_ROWS; i++) {
-                const int64_t r = r0 + (i < R ? i : R - 1);
-                q[i] = a->q + r * qs + h * hd;
-                s[i] = scores + i * n;
-                o[i] = a->out + r * os + h * hd;
-            }
-            const int64_t last = (h + 1) * sets < hi ? (h + 1) * sets - 1 : hi - 1; /* this head's last item here */
-            if (copies && copy.head != h && last > item) copies = decode_copy_head(&copy, &d, kvo, n, h);
-            if (copies && copy.head == h) {
-                const decode_head c = {d.k16 ? NULL : copy.k, d.v16 ? NULL : copy.v, d.k16 ? copy.k : NULL,
-                                       d.v16 ? copy.v : NULL, copy.offs, hd, d.scale};
-                decode_rows(&c, q, R, 0, n - rows + r0 + 1, 1, s, o);
-            } else {
-                decode_rows(&d, q, R, kvo, n - rows + r0 + 1, 1, s, o);
-            }
+        for (int64_t i = 0, first = 0; st == LOOM_OK && i < n_calls && first < hi; first += c[i].items, i++) {
+            const int64_t a = lo > first ? lo - first : 0, b = hi - first < c[i].items ? hi - first : c[i].items;
+            copy.head = -1; /* a head of another call */
+            if (a < b) decode_call_items(&c[i], a, b, scores, cap, &copy, &copies);
         }
         free(scores);
         free(copy.k);
         free(copy.v);
         free(copy.offs);
     }
-    free(off);
+    for (int64_t i = 0; i < n_calls; i++) free((void *)c[i].d.off);
+    free(c);
+    if (st != LOOM_OK) return st;
     return ok ? LOOM_OK
               : loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld attention scores",
-                               (long long)n);
+                               (long long)cap);
+}
+
+loom_status loom_cpu_attention_decode(loom_backend *be, const loom_attention_decode_args *a) {
+    (void)be;
+    return decode_calls(a, 1);
+}
+
+loom_status loom_cpu_attention_decode_batch(loom_backend *be, const loom_attention_decode_batch_args *a) {
+    (void)be;
+    return decode_calls(a->calls, a->n);
 }

@@ -69,9 +69,8 @@ static loom_status arena_protect(arena *ar, int prot) {
     return LOOM_OK;
 }
 
-/* opens every allocation the argument struct `args` (bytes long) points into */
-static loom_status arena_open(arena *ar, const void *args, size_t bytes) {
-    ar->n_open = 0;
+/* adds to the open set every allocation the argument struct `args` (bytes long) points into */
+static loom_status arena_add(arena *ar, const void *args, size_t bytes) {
     for (size_t o = 0; o + sizeof(uintptr_t) <= bytes; o += sizeof(uintptr_t)) {
         uintptr_t v;
         memcpy(&v, (const char *)args + o, sizeof v);
@@ -87,6 +86,18 @@ static loom_status arena_open(arena *ar, const void *args, size_t bytes) {
             at--;
         }
         ar->open[at] = ar->live[i];
+    }
+    return LOOM_OK;
+}
+
+/* opens what an operation's arguments point into: its struct's words and, for a batch of decode calls (an array in
+ * host memory), every call's */
+static loom_status arena_open(arena *ar, loom_kernel k, const void *args, size_t bytes) {
+    ar->n_open = 0;
+    LOOM_CALL(arena_add(ar, args, bytes));
+    if (k == LOOM_KERNEL_attention_decode_batch) {
+        const loom_attention_decode_batch_args *b = args;
+        for (int64_t i = 0; i < b->n; i++) LOOM_CALL(arena_add(ar, &b->calls[i], sizeof b->calls[i]));
     }
     return arena_protect(ar, PROT_READ | PROT_WRITE);
 }
@@ -206,7 +217,7 @@ static void iso_impl_free(loom_backend *be) {
 /* every kernel: the CPU's, with the buffers it is given open only while it runs */
 #define ISO_KERNEL(name, category, flops)                                          \
     static loom_status iso_##name(loom_backend *be, const loom_##name##_args *a) { \
-        loom_status st = arena_open(be->impl, a, sizeof *a);                       \
+        loom_status st = arena_open(be->impl, LOOM_KERNEL_##name, a, sizeof *a);   \
         if (st == LOOM_OK) st = loom_cpu_##name(be, a);                            \
         arena_close(be->impl);                                                     \
         return st;                                                                 \

@@ -481,3 +481,9 @@ extern "C" loom_status loom_cuda_attention_decode(loom_backend *be, const loom_a
     LOOM_CUDA_LAUNCHED();
     return LOOM_OK;
 }
+
+/* one launch per call, in order on the stream (unverified on a device: none was lent) */
+extern "C" loom_status loom_cuda_attention_decode_batch(loom_backend *be, const loom_attention_decode_batch_args *a) {
+    for (int64_t i = 0; i < a->n; i++) LOOM_CALL(loom_cuda_attention_decode(be, &a->calls[i]));
+    return LOOM_OK;
+}
