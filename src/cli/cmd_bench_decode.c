@@ -5,7 +5,8 @@
  * and over 2048 positions, and grouped-query heads (32 over 4 kv heads) over 2048; fp32 and bf16 caches, the
  * cache's rows as loom's pool lays them (k | v of every kv head in a row). Its peer: the training kernel on the
  * same prompt (the default path for a prompt with nothing cached), whose arithmetic the batch-invariant path
- * gives up.
+ * gives up. Then a serving step's attention: 16 sequences decoding a row each, as one batch beside the same
+ * calls one by one.
  *
  * Then products of M rows against a weight stored [N, K] (GPT-2 124M's qkv, MLP in, MLP out): the few-row
  * kernel (decoding's up to 32 rows, and every M with --batch-invariant) beside the library GEMM (OpenBLAS for
@@ -37,6 +38,13 @@ typedef struct {
 
 static loom_status call_decode(loom_backend *be, const void *a) { return loom_k_attention_decode(be, a); }
 static loom_status call_forward(loom_backend *be, const void *a) { return loom_k_attention_forward(be, a); }
+static loom_status call_decode_batch(loom_backend *be, const void *a) { return loom_k_attention_decode_batch(be, a); }
+/* the same calls one by one (a backend without the batch, and serving before it) */
+static loom_status call_decode_each(loom_backend *be, const void *a) {
+    const loom_attention_decode_batch_args *b = a;
+    for (int64_t i = 0; i < b->n; i++) LOOM_CALL(loom_k_attention_decode(be, &b->calls[i]));
+    return LOOM_OK;
+}
 static loom_status call_matmul(loom_backend *be, const void *a) { return loom_k_matmul(be, a); }
 static loom_status call_matmul_bf16(loom_backend *be, const void *a) { return loom_k_matmul_bf16(be, a); }
 
@@ -110,6 +118,34 @@ static int bench_attention(loom_backend *be, int reps) {
         }
         free(qkv), free(out), free(lse), free(kv), free(kv16);
     }
+    return 0;
+}
+
+/* A serving step's attention: SEQS sequences decoding a row each over a short context, each its own cache, as
+ * one batch against the same calls one by one */
+#define SEQS 16
+static int bench_attention_batch(loom_backend *be, int reps) {
+    const int64_t H = 12, hd = 64, n = 64, kvw = 2 * H * hd;
+    float *q = malloc((size_t)(SEQS * H * hd) * sizeof(float)), *out = malloc((size_t)(SEQS * H * hd) * sizeof(float));
+    float *kv = malloc((size_t)(SEQS * n * kvw) * sizeof(float));
+    if (!q || !out || !kv) {
+        free(q), free(out), free(kv);
+        fprintf(stderr, "loom bench decode: out of memory\n");
+        return 1;
+    }
+    fill(q, SEQS * H * hd, 21);
+    fill(kv, SEQS * n * kvw, 23);
+    loom_attention_decode_args calls[SEQS];
+    for (int i = 0; i < SEQS; i++)
+        calls[i] = (loom_attention_decode_args){.out = out + i * H * hd, .q = q + i * H * hd, .k = kv + i * n * kvw,
+                                                .v = kv + i * n * kvw + H * hd, .ld = kvw, .n = n, .H = H, .KV = H, .hd = hd};
+    const loom_attention_decode_batch_args b = {calls, SEQS};
+    const double each = median_seconds((bench_call){be, &b, call_decode_each}, reps);
+    const double batch = median_seconds((bench_call){be, &b, call_decode_batch}, reps);
+    free(q), free(out), free(kv);
+    if (each <= 0.0 || batch <= 0.0) return loom_cli_fail("bench decode");
+    printf("a serving step's attention, %d sequences of 1 row over %lld positions (f32): one by one %.4f ms, one batch "
+           "%.4f ms (%.2fx)\n", SEQS, (long long)n, each * 1e3, batch * 1e3, each / batch);
     return 0;
 }
 
@@ -263,6 +299,7 @@ int loom_cmd_bench_decode(int argc, char **argv) {
     }
     printf("loom bench decode: %d threads\n", threads);
     int rc = bench_attention(lib, reps);
+    if (!rc) rc = bench_attention_batch(lib, reps);
     if (!rc) rc = bench_products(lib, few, reps);
     if (!rc) rc = bench_decode_row(lib, reps);
     loom_backend_free(&few);
