@@ -344,6 +344,22 @@ def check_cli(ckpt):
     return True
 
 
+def check_threads(srv):
+    """After traffic the server holds its HTTP thread, its engine thread and the engine's THREADS - 1 kernel
+    workers: the main thread, which loaded the model, let its own idle OpenMP pool go (with it kept, the runtime
+    counts more threads than cores and its workers sleep between parallel regions: one client got half `loom
+    generate`'s tokens/s). Only where the BLAS is OpenMP's (a pthreads OpenBLAS keeps threads of its own)."""
+    maps = open(f"/proc/{srv.proc.pid}/maps").read()
+    blas = sorted(set(re.findall(r"/\S*openblas\S*", maps)))
+    if any("openmp" not in b for b in blas):
+        print(f"SKIP: the server's thread count: a BLAS with threads of its own ({blas})")
+        return
+    n = len(os.listdir(f"/proc/{srv.proc.pid}/task"))
+    check(n == int(THREADS) + 1, f"after traffic the server runs {int(THREADS) + 1} threads (HTTP, engine, "
+                                 f"{int(THREADS) - 1} kernel worker): no idle OpenMP pool left on the main thread",
+          f"{n} threads")
+
+
 def check_basics(srv):
     st, hdr, body = request(srv, "GET", "/health")
     check(st == 200 and as_json(body) == {"status": "ok"}, 'GET /health: 200 {"status":"ok"}', f"{st} {body[:200]!r}")
@@ -951,6 +967,7 @@ def main():
         check_seeded(srv)
         check_edges(srv, ckpt, cases["completion"])
         check_too_large(srv)
+        check_threads(srv)
         rc, dt = srv.stop(signal.SIGTERM)
         check(rc == 0, f"SIGTERM: exit 0 within 10 s (exit {rc}, {dt:.1f} s)", srv.tail())
         if fails:

@@ -97,6 +97,12 @@ const char *loom_op_name(loom_op op);
 /* Waits until every operation issued so far has finished (kernels and copies may run asynchronously on a
  * device; on the CPU they are done when they return). */
 LOOM_NODISCARD loom_status loom_backend_sync(loom_backend *be);
+/* The calling thread lets its idle kernel threads go (the CPU's OpenMP pool: OpenMP gives each thread that
+ * starts parallel work a pool of its own); for a thread handing the kernels over to another (loom serve: the
+ * model is loaded on the main thread, its engine thread runs every step). While an idle pool stays, the runtime
+ * counts more threads than cores and its workers sleep between parallel regions instead of spinning: every
+ * region then waits on a wake-up (loom serve, one client: half `loom generate`'s tokens/s). */
+void loom_backend_release_threads(loom_backend *be);
 
 /* ---- buffers ----
  * Every allocation is accounted in `mem` by category and goes through its failure injection

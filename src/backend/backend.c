@@ -7,6 +7,9 @@
 #include <stdio.h>
 #include <unistd.h>
 #endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "backend_impl.h"
 #include "loom/log.h"
@@ -117,6 +120,13 @@ int loom_backend_has_own_peak(const loom_backend *be) { return be->own_peak; }
 void loom_backend_set_profiling(loom_backend *be, int on) { be->profiling = on; }
 loom_profile *loom_backend_profile(loom_backend *be) { return &be->profile; }
 loom_status loom_backend_sync(loom_backend *be) { return be->buf.sync ? be->buf.sync(be) : LOOM_OK; }
+
+void loom_backend_release_threads(loom_backend *be) {
+    (void)be; /* the pool is the calling thread's, whichever backend: a GPU backend's host code may use one too */
+#ifdef _OPENMP
+    (void)omp_pause_resource_all(omp_pause_soft); /* OpenMP 5.0; GCC's frees the caller's pool (gomp_pause_host) */
+#endif
+}
 
 const char *loom_op_name(loom_op op) {
     static const char *const names[LOOM_OP_COUNT] = {"matmul",    "norm",      "activation", "attention",

@@ -485,6 +485,8 @@ loom_status loom_engine_create(loom_model *m, const loom_tokenizer *tok, const l
         st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory");
     if (st == LOOM_OK) st = loom_kv_pool_create(m, cfg->kv_blocks, cfg->block_len, cfg->kv_bf16, &e->pool);
     if (st == LOOM_OK) st = loom_model_reserve(m, cfg->max_batch_tokens, 1, LOOM_RECOMPUTE_NONE);
+    /* from here on the engine's thread runs every kernel: this thread's idle pool goes (see the function) */
+    if (st == LOOM_OK) loom_backend_release_threads(loom_model_backend(m));
     if (st == LOOM_OK && pthread_create(&e->thread, NULL, engine_main, e) != 0)
         st = loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "cannot start the engine's thread");
     if (st != LOOM_OK) {
