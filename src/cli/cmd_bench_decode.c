@@ -5,8 +5,8 @@
  * and over 2048 positions, and grouped-query heads (32 over 4 kv heads) over 2048; fp32 and bf16 caches, the
  * cache's rows as loom's pool lays them (k | v of every kv head in a row). Its peer: the training kernel on the
  * same prompt (the default path for a prompt with nothing cached), whose arithmetic the batch-invariant path
- * gives up. Then a serving step's attention: 16 sequences decoding a row each, as one batch beside the same
- * calls one by one.
+ * gives up. Then a serving step's attention: 16 sequences decoding a row each (short contexts, then one long
+ * among them), as one batch beside the same calls one by one.
  *
  * Then products of M rows against a weight stored [N, K] (GPT-2 124M's qkv, MLP in, MLP out): the few-row
  * kernel (decoding's up to 32 rows, and every M with --batch-invariant) beside the library GEMM (OpenBLAS for
@@ -121,32 +121,47 @@ static int bench_attention(loom_backend *be, int reps) {
     return 0;
 }
 
-/* A serving step's attention: SEQS sequences decoding a row each over a short context, each its own cache, as
- * one batch against the same calls one by one */
+/* A serving step's attention: SEQS sequences decoding a row each, each its own cache, as one batch against the
+ * same calls one by one; every context short (64 positions), then one of them long (2048: the batch must not
+ * leave its heads to one thread) */
 #define SEQS 16
 static int bench_attention_batch(loom_backend *be, int reps) {
-    const int64_t H = 12, hd = 64, n = 64, kvw = 2 * H * hd;
+    const int64_t H = 12, hd = 64, kvw = 2 * H * hd, short_n = 64, long_n = 2048;
     float *q = malloc((size_t)(SEQS * H * hd) * sizeof(float)), *out = malloc((size_t)(SEQS * H * hd) * sizeof(float));
-    float *kv = malloc((size_t)(SEQS * n * kvw) * sizeof(float));
+    float *kv = malloc((size_t)((SEQS - 1) * short_n + long_n) * (size_t)kvw * sizeof(float));
     if (!q || !out || !kv) {
         free(q), free(out), free(kv);
         fprintf(stderr, "loom bench decode: out of memory\n");
         return 1;
     }
     fill(q, SEQS * H * hd, 21);
-    fill(kv, SEQS * n * kvw, 23);
-    loom_attention_decode_args calls[SEQS];
-    for (int i = 0; i < SEQS; i++)
-        calls[i] = (loom_attention_decode_args){.out = out + i * H * hd, .q = q + i * H * hd, .k = kv + i * n * kvw,
-                                                .v = kv + i * n * kvw + H * hd, .ld = kvw, .n = n, .H = H, .KV = H, .hd = hd};
-    const loom_attention_decode_batch_args b = {calls, SEQS};
-    const double each = median_seconds((bench_call){be, &b, call_decode_each}, reps);
-    const double batch = median_seconds((bench_call){be, &b, call_decode_batch}, reps);
+    fill(kv, ((SEQS - 1) * short_n + long_n) * kvw, 23);
+    int rc = 0;
+    for (int with_long = 0; with_long < 2 && !rc; with_long++) {
+        loom_attention_decode_args calls[SEQS];
+        for (int i = 0, at = 0; i < SEQS; at += (int)calls[i].n, i++) {
+            const int64_t n = with_long && i == 0 ? long_n : short_n;
+            calls[i] = (loom_attention_decode_args){.out = out + i * H * hd, .q = q + i * H * hd, .k = kv + at * kvw,
+                                                    .v = kv + at * kvw + H * hd, .ld = kvw, .n = n, .H = H, .KV = H,
+                                                    .hd = hd};
+        }
+        const loom_attention_decode_batch_args b = {calls, SEQS};
+        const double each = median_seconds((bench_call){be, &b, call_decode_each}, reps);
+        const double batch = median_seconds((bench_call){be, &b, call_decode_batch}, reps);
+        if (each <= 0.0 || batch <= 0.0) {
+            rc = loom_cli_fail("bench decode");
+            break;
+        }
+        char what[64];
+        if (with_long)
+            snprintf(what, sizeof what, "1 over %lld and %d over %lld", (long long)long_n, SEQS - 1, (long long)short_n);
+        else
+            snprintf(what, sizeof what, "%d over %lld", SEQS, (long long)short_n);
+        printf("a serving step's attention, %d sequences of 1 row (%s positions, f32): one by one %.4f ms, one batch "
+               "%.4f ms (%.2fx)\n", SEQS, what, each * 1e3, batch * 1e3, each / batch);
+    }
     free(q), free(out), free(kv);
-    if (each <= 0.0 || batch <= 0.0) return loom_cli_fail("bench decode");
-    printf("a serving step's attention, %d sequences of 1 row over %lld positions (f32): one by one %.4f ms, one batch "
-           "%.4f ms (%.2fx)\n", SEQS, (long long)n, each * 1e3, batch * 1e3, each / batch);
-    return 0;
+    return rc;
 }
 
 /* GFLOP/s of M rows against a weight [N, K] on backend be (0: failed) */

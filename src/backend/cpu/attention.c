@@ -941,21 +941,54 @@ static void decode_call_items(const decode_call *c, int64_t lo, int64_t hi, floa
     }
 }
 
-/* n calls as one list of items, split over the threads in fixed ranges (a call's bits do not depend on which
- * thread runs its items, nor on the other calls); one parallel region for all, where their work pays for it */
+/* item's rows times the positions they read: its share of the call's work */
+static double decode_item_cost(const decode_call *c, int64_t item) {
+    if (c->heads_together) {
+        const int64_t h0 = item % c->hsets * DECODE_ROWS;
+        return (double)(c->group - h0 < DECODE_ROWS ? c->group - h0 : DECODE_ROWS) * (double)c->a->n;
+    }
+    const int64_t r0 = item % c->sets * DECODE_ROWS, R = c->rows - r0 < DECODE_ROWS ? c->rows - r0 : DECODE_ROWS;
+    return (double)R * (double)(c->a->n - c->rows + r0 + R);
+}
+
+/* The calling thread's range [lo, hi) of all the calls' items, in order: each item goes to the thread where the
+ * middle of its cost falls, so the threads read about as many positions each. A split by count put a long
+ * context's heads on one thread (one sequence over 2048 positions and 15 over 64: the batch 0.33 ms against
+ * 0.27-0.29 one call at a time). Which thread runs an item does not change its bits. */
+static void decode_thread_range(const decode_call *c, int64_t n_calls, double total, int64_t *lo, int64_t *hi) {
+    int64_t ith = 0, nth = 1;
+#ifdef _OPENMP
+    ith = omp_get_thread_num(), nth = omp_get_num_threads();
+#endif
+    double before = 0.0;
+    *lo = *hi = 0;
+    for (int64_t i = 0, g = 0; i < n_calls; i++)
+        for (int64_t item = 0; item < c[i].items; item++, g++) {
+            const double w = decode_item_cost(&c[i], item);
+            int64_t t = total > 0.0 ? (int64_t)((before + 0.5 * w) * (double)nth / total) : 0;
+            t = t < nth ? t : nth - 1;
+            if (t < ith) *lo = g + 1;
+            if (t <= ith) *hi = g + 1;
+            before += w;
+        }
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* n calls as one list of items, split over the threads in fixed ranges by cost (a call's bits do not depend on
+ * which thread runs its items, nor on the other calls); one parallel region for all, where their work pays */
 static loom_status decode_calls(const loom_attention_decode_args *calls, int64_t n_calls) {
     decode_call *c = calloc((size_t)(n_calls > 0 ? n_calls : 1), sizeof *c);
     if (!c) return loom_error_set(LOOM_ERR_NOMEM, __FILE__, __LINE__, __func__, "out of memory for %lld calls",
                                   (long long)n_calls);
     loom_status st = LOOM_OK;
-    int64_t items = 0, cap = 1;
-    double work = 0.0;
+    int64_t cap = 1;
+    double work = 0.0, total = 0.0; /* multiply-adds of a score (the threads' threshold); rows x positions */
     for (int64_t i = 0; i < n_calls && st == LOOM_OK; i++) {
         st = decode_call_init(&c[i], &calls[i]);
         if (st != LOOM_OK) break;
-        items += c[i].items;
         cap = calls[i].n > cap ? calls[i].n : cap;
         work += (double)c[i].rows * (double)calls[i].H * (double)calls[i].n * (double)calls[i].hd;
+        for (int64_t item = 0; item < c[i].items; item++) total += decode_item_cost(&c[i], item);
     }
     int ok = 1;
 #pragma omp parallel if (st == LOOM_OK && work > 65536)
@@ -964,7 +997,7 @@ static loom_status decode_calls(const loom_attention_decode_args *calls, int64_t
         decode_copy copy = {NULL, NULL, NULL, -1};
         int copies = 1; /* until an allocation fails: then the cache in place (the same bits) */
         int64_t lo, hi; /* a fixed range of the items: a head's sets in turn, its keys and values in cache */
-        loom_cpu_thread_range(items, &lo, &hi);
+        decode_thread_range(c, st == LOOM_OK ? n_calls : 0, total, &lo, &hi);
         if (st == LOOM_OK && !scores) {
 #pragma omp atomic write
             ok = 0;
