@@ -852,7 +852,9 @@ def check_bf16_batch_invariant(ckpt, tok):
           f"loom generate --precision bf16 holds the weights in bf16: {w['bf16']} MiB against fp32's {w['fp32']}",
           gen["bf16"].stderr.decode(errors="replace")[-300:])
     extra = ("--precision", "bf16", "--batch-invariant")
-    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "1280K",
+    # one full context (16 blocks, the least a server takes): the burst runs it short however fast the steps go
+    # (at 40 blocks a fast server once finished its first requests before the last ones came, and never preempted)
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "512K",
                   "--kv-dtype", "bf16", *extra], "bf16 batch-invariant server", key=None)
     try:
         if not check(srv.wait_listening(), "bf16 server (--precision bf16 --kv-dtype bf16 --batch-invariant) starts",
