@@ -941,20 +941,22 @@ static void decode_call_items(const decode_call *c, int64_t lo, int64_t hi, floa
     }
 }
 
-/* item's rows times the positions they read: its share of the call's work */
+/* an item's multiply-adds for its scores: its rows x the positions they read x the head size */
 static double decode_item_cost(const decode_call *c, int64_t item) {
+    const double hd = (double)c->a->hd;
     if (c->heads_together) {
         const int64_t h0 = item % c->hsets * DECODE_ROWS;
-        return (double)(c->group - h0 < DECODE_ROWS ? c->group - h0 : DECODE_ROWS) * (double)c->a->n;
+        return (double)(c->group - h0 < DECODE_ROWS ? c->group - h0 : DECODE_ROWS) * (double)c->a->n * hd;
     }
     const int64_t r0 = item % c->sets * DECODE_ROWS, R = c->rows - r0 < DECODE_ROWS ? c->rows - r0 : DECODE_ROWS;
-    return (double)R * (double)(c->a->n - c->rows + r0 + R);
+    return (double)R * (double)(c->a->n - c->rows + r0 + R) * hd;
 }
 
 /* The calling thread's range [lo, hi) of all the calls' items, in order: each item goes to the thread where the
  * middle of its cost falls, so the threads read about as many positions each. A split by count put a long
- * context's heads on one thread (one sequence over 2048 positions and 15 over 64: the batch 0.33 ms against
- * 0.27-0.29 one call at a time). Which thread runs an item does not change its bits. */
+ * context's heads on one thread (one sequence over 2048 positions and 15 over 64: the batch slower than the
+ * calls one at a time in 5 of 6 runs; by cost, `loom bench decode`: 1.34x faster than them). Which thread runs
+ * an item does not change its bits. */
 static void decode_thread_range(const decode_call *c, int64_t n_calls, double total, int64_t *lo, int64_t *hi) {
     int64_t ith = 0, nth = 1;
 #ifdef _OPENMP
@@ -971,7 +973,6 @@ static void decode_thread_range(const decode_call *c, int64_t n_calls, double to
             if (t <= ith) *hi = g + 1;
             before += w;
         }
-    if (*hi < *lo) *hi = *lo;
 }
 
 /* n calls as one list of items, split over the threads in fixed ranges by cost (a call's bits do not depend on
@@ -982,16 +983,15 @@ static loom_status decode_calls(const loom_attention_decode_args *calls, int64_t
                                   (long long)n_calls);
     loom_status st = LOOM_OK;
     int64_t cap = 1;
-    double work = 0.0, total = 0.0; /* multiply-adds of a score (the threads' threshold); rows x positions */
+    double total = 0.0; /* the scores' multiply-adds: what the threads split, and whether they are woken */
     for (int64_t i = 0; i < n_calls && st == LOOM_OK; i++) {
         st = decode_call_init(&c[i], &calls[i]);
         if (st != LOOM_OK) break;
         cap = calls[i].n > cap ? calls[i].n : cap;
-        work += (double)c[i].rows * (double)calls[i].H * (double)calls[i].n * (double)calls[i].hd;
         for (int64_t item = 0; item < c[i].items; item++) total += decode_item_cost(&c[i], item);
     }
     int ok = 1;
-#pragma omp parallel if (st == LOOM_OK && work > 65536)
+#pragma omp parallel if (st == LOOM_OK && total > 65536)
     {
         float *scores = st == LOOM_OK ? malloc((size_t)(DECODE_ROWS * cap) * sizeof(float)) : NULL;
         decode_copy copy = {NULL, NULL, NULL, -1};
