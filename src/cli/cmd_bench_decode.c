@@ -213,43 +213,44 @@ done:
 
 #define ROW_LAYERS 12
 
-/* the median seconds of reps passes of one row through every layer's four products (0: a call failed) */
-static double row_pass_seconds(loom_backend *be, int bf16, const void *w, const void *x, float *y, int reps) {
-    const int64_t shapes[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}}; /* qkv, proj, fc, fc2 */
-    double t[32];
-    const size_t es = bf16 ? sizeof(uint16_t) : sizeof(float);
-    for (int r = 0; r <= reps; r++) { /* pass 0 warms up */
-        const char *at = w;
-        const double t0 = loom_now_s();
-        for (int l = 0; l < ROW_LAYERS; l++)
-            for (int p = 0; p < 4; p++) {
-                const int64_t N = shapes[p][0], K = shapes[p][1];
-                const loom_matmul_bf16_args b = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = x,
-                                                 .lda = K, .B = (const uint16_t *)at, .ldb = K, .C = y, .ldc = N};
-                const loom_gemm f = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = x, .lda = K,
-                                     .B = (const float *)at, .ldb = K, .C = y, .ldc = N};
-                if ((bf16 ? loom_k_matmul_bf16(be, &b) : loom_k_matmul(be, &f)) != LOOM_OK) return 0.0;
-                at += (size_t)(N * K) * es;
-            }
-        if (r) t[r - 1] = loom_now_s() - t0;
-    }
-    return loom_cli_median(t, reps);
+/* one row through every layer's four products (qkv, proj, fc, fc2), the weights one after another from w */
+typedef struct {
+    int bf16;
+    const void *w, *x;
+    float *y;
+} row_pass;
+
+static loom_status call_row_pass(loom_backend *be, const void *args) {
+    const row_pass *a = args;
+    const int64_t shapes[4][2] = {{2304, 768}, {768, 768}, {3072, 768}, {768, 3072}};
+    const char *at = a->w;
+    for (int l = 0; l < ROW_LAYERS; l++)
+        for (int p = 0; p < 4; p++) {
+            const int64_t N = shapes[p][0], K = shapes[p][1];
+            const loom_matmul_bf16_args b = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = a->x,
+                                             .lda = K, .B = (const uint16_t *)at, .ldb = K, .C = a->y, .ldc = N};
+            const loom_gemm f = {.trans_b = 1, .M = 1, .N = N, .K = K, .alpha = 1.0f, .A = a->x, .lda = K,
+                                 .B = (const float *)at, .ldb = K, .C = a->y, .ldc = N};
+            LOOM_CALL(a->bf16 ? loom_k_matmul_bf16(be, &b) : loom_k_matmul(be, &f));
+            at += (size_t)(N * K) * (a->bf16 ? sizeof(uint16_t) : sizeof(float));
+        }
+    return LOOM_OK;
 }
 
-/* the median seconds of reps plain reads of n bytes (8 at a time, on every thread) */
-static double read_seconds(const uint64_t *w, size_t n, int reps) {
-    double t[32];
-    uint64_t sink = 0;
-    for (int r = 0; r <= reps; r++) {
-        const double t0 = loom_now_s();
-        uint64_t s = 0;
+/* a plain read of n bytes, 8 at a time, on every thread */
+typedef struct {
+    const uint64_t *w;
+    size_t n;
+} plain_read;
+
+static loom_status call_plain_read(loom_backend *be, const void *args) {
+    (void)be;
+    const plain_read *a = args;
+    uint64_t s = 0;
 #pragma omp parallel for reduction(^ : s) schedule(static)
-        for (size_t i = 0; i < n / 8; i++) s ^= w[i];
-        sink ^= s;
-        if (r) t[r - 1] = loom_now_s() - t0;
-    }
-    __asm__ volatile("" : : "r"(sink));
-    return loom_cli_median(t, reps);
+    for (size_t i = 0; i < a->n / 8; i++) s ^= a->w[i];
+    __asm__ volatile("" : : "r"(s)); /* the sum is used: the loads stay */
+    return LOOM_OK;
 }
 
 static int bench_decode_row(loom_backend *be, int reps) {
@@ -277,7 +278,10 @@ static int bench_decode_row(loom_backend *be, int reps) {
     for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
         const size_t wb = bf16 ? bytes / 2 : bytes;
         const void *wt = bf16 ? (const void *)w16 : (const void *)w32, *xt = bf16 ? (const void *)x16 : (const void *)x;
-        const double row = row_pass_seconds(be, bf16, wt, xt, y, reps), rd = read_seconds(wt, wb, reps);
+        const row_pass rp = {bf16, wt, xt, y};
+        const plain_read pr = {wt, wb};
+        const double row = median_seconds((bench_call){be, &rp, call_row_pass}, reps);
+        const double rd = median_seconds((bench_call){be, &pr, call_plain_read}, reps);
         if (row <= 0.0 || rd <= 0.0) {
             rc = loom_cli_fail("bench decode");
             break;
