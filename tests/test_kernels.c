@@ -189,7 +189,7 @@ static void test_matmul_case(loom_backend *be, const char *tag, int ta, int tb, 
 }
 
 static void test_matmul(loom_backend *be, const char *tag) {
-    /* NT with up to 32 rows runs the few-rows kernel (decoding a batch): partial 4x4 tiles, a K tail, none */
+    /* NT with up to 32 rows runs the few-rows kernel (decoding a batch): partial 4 x 6 tiles, a K tail, none */
     static const int64_t shapes[][3] = {{37, 53, 71}, {1, 53, 71}, {37, 1, 71}, {5, 3, 1}, {13, 53, 71}, {8, 8, 64}};
     for (int s = 0; s < 6; s++)
         for (int ta = 0; ta < 2; ta++)

@@ -1,8 +1,8 @@
 /* Products of a few rows against a weight stored [N, K] (C = alpha A B^T + beta C, A [M, K] with M small):
  * decoding, one row per sequence in the batch. OpenBLAS 0.3.21 packs the whole weight for every such call
  * and reaches ~90 GFLOP/s at M = 16 here; oneDNN's bf16 kernels 20-45 GB/s. These stream each weight row
- * once: a 4-weight-row x 4-input-row tile of AVX-512 accumulators over K (16 multiply-adds per 8 loads),
- * each group of 4 weight rows kept in cache while every group of input rows passes over it; weight-row
+ * once: a 6-weight-row x 4-input-row tile of AVX-512 accumulators over K (24 multiply-adds per 10 loads),
+ * each group of 6 weight rows kept in cache while every group of input rows passes over it; weight-row
  * groups are split over the threads. fp32 with FMA; bf16 with AVX512_BF16's pair dot product, fp32 sums.
  * CPUs with AVX2 and FMA but no AVX-512 (AMD Zen 3, seen here) run the same walk with 16 vector registers:
  * tiles of 4 weight rows x 2 input rows, bf16 weights widened to fp32 as they are loaded and bf16 inputs
@@ -31,17 +31,26 @@ int64_t loom_cpu_fewrows_max(void) {
 
 #define TILE 4
 
-/* the TILE weight rows from row j0 (past the last: the last again, computed and not stored) */
-static inline void weight_rows(const void *B, int64_t ldb, size_t size, int64_t j0, int64_t N, const char **w) {
-    for (int t = 0; t < TILE; t++) w[t] = (const char *)B + (size_t)((j0 + t < N ? j0 + t : N - 1) * ldb) * size;
+/* Weight rows per group in the AVX-512 tiles (input rows: TILE). 6 x 4 holds 24 accumulators, the 4 input
+ * vectors and one weight vector at a time in the 32 registers; against 4 x 4 tiles (16 sums stored one by
+ * one), the same harness over 12 layers of GPT-2 124M's weights from memory (huge pages, 2 threads, Zen 5,
+ * alternating, ms): bf16 M 16 6.49-6.74 -> 6.13-6.48, M 32 10.8-11.7 -> 10.2-10.7, M 64 18.3-19.4 ->
+ * 16.9-18.4; fp32 M 16 14.2-15.5 -> 12.6-13.3, M 32 21.9-22.9 -> 19.7-20.3; M 1 and 8 (bound by the
+ * memory) unchanged. Every output's sum is the same: its own chain over K, then the same tree. */
+#define TW 6
+
+/* the tw weight rows from row j0 (past the last: the last again, computed and not stored) */
+static inline void weight_rows(const void *B, int64_t ldb, size_t size, int64_t j0, int64_t N, int tw, const char **w) {
+    for (int t = 0; t < tw; t++) w[t] = (const char *)B + (size_t)((j0 + t < N ? j0 + t : N - 1) * ldb) * size;
 }
 
-static inline void tile_store(float sum[TILE][TILE], int rows, int64_t i0, int64_t j0, int64_t N, float alpha,
+/* sum[s * tw + t]: input row i0 + s against weight row j0 + t */
+static inline void tile_store(const float *sum, int tw, int rows, int64_t i0, int64_t j0, int64_t N, float alpha,
                               float beta, float *C, int64_t ldc) {
     for (int s = 0; s < rows; s++)
-        for (int t = 0; t < TILE && j0 + t < N; t++) {
+        for (int t = 0; t < tw && j0 + t < N; t++) {
             float *c = C + (i0 + s) * ldc + j0 + t;
-            *c = alpha * sum[s][t] + (beta != 0.0f ? beta * *c : 0.0f);
+            *c = alpha * sum[s * tw + t] + (beta != 0.0f ? beta * *c : 0.0f);
         }
 }
 
@@ -58,27 +67,41 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
 }
 
 /* A block's first tile of input rows reads the group's weight rows from memory, and the tiles after it from
- * cache; while it runs, the next group's rows are fetched in software (the hardware prefetcher, seeing 4
+ * cache; while it runs, the next group's rows are fetched in software (the hardware prefetcher, seeing 6
  * short streams, starts too late). Weights in huge pages as the model's, 2 threads, Zen 5, median us: bf16
  * M 8, 2304 x 768, 122 -> 49-60; M 16, 145-160 -> 90-97; fp32 M 16, 285-305 -> 232-272; `loom serve` bf16,
  * 8-32 clients decoding 64 tokens each: +10-11% tokens/s. A lone row (decoding one sequence, the path below
  * the tiles') goes without: there the hardware keeps up, and `loom generate` ran 7% slower with it. Only a
  * hint: no sum changes. */
+/* A tile's outputs a row of TW at a time (sum[s * TW + t]): alpha x + (beta c, or 0), fused */
+__attribute__((target("avx512f"))) static inline void tile_store16(const float *sum, int rows, int64_t i0, int64_t j0,
+                                                                   int64_t N, float alpha, float beta, float *C,
+                                                                   int64_t ldc) {
+    const __mmask16 m = (__mmask16)((1u << (N - j0 < TW ? N - j0 : TW)) - 1u);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    for (int s = 0; s < rows; s++) {
+        float *c = C + (i0 + s) * ldc + j0;
+        const __m512 add = beta != 0.0f ? _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(m, c)) : _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(c, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, sum + s * TW), add));
+    }
+}
+
 #define PREFETCH_ROWS(rows, at)                                                                                        \
-    _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++) _mm_prefetch((rows)[t] + (at), _MM_HINT_T0)
+    _Pragma("GCC unroll 8") for (int t = 0; t < TW; t++) _mm_prefetch((rows)[t] + (at), _MM_HINT_T0)
 
 /* One kernel, written once for both element types: T the element, STEP elements per vector, VEC the vector
  * type, LOAD/MLOAD (masked, mask type MASK) its loads, MADD(acc, a, w) the multiply-add into fp32 lanes.
- * Groups of TILE input rows run as TILE x TILE tiles; the last M % TILE rows one at a time against the same
- * TILE weight rows. Each weight and input vector is loaded once per tile step (the empty asm keeps the compiler
- * from folding it into every multiply-add as a memory operand, TILE loads instead of one: fp32 at M 512 here,
- * 2 threads, 296-419 GFLOP/s against 168-280 with the input rows folded; bf16 the same either way). A tile's
- * 16 sums are one loom_cpu_sum16 (each the tree of _mm512_reduce_add_ps, the same bits for a tile or a single
- * row). Each thread holds a fixed range of weight-row groups; blocks of input rows pass in order (see above). */
+ * Groups of TILE input rows run as TILE x TW tiles; the last M % TILE rows one at a time against the same
+ * TW weight rows. Each weight and input vector is loaded once per tile step (the empty asm keeps the compiler
+ * from folding it into every multiply-add as a memory operand, several loads instead of one: fp32 at M 512
+ * here, 2 threads, 296-419 GFLOP/s against 168-280 with the input rows folded; bf16 the same either way). A
+ * tile's 24 sums are two loom_cpu_sum16 (each the tree of _mm512_reduce_add_ps, the same bits for a tile or a
+ * single row). Each thread holds a fixed range of weight-row groups; blocks of input rows pass in order (see
+ * above). */
 #define FEWROWS_KERNEL(NAME, TARGET, T, STEP, VEC, LOAD, MLOAD, MASK, MADD)                                          \
     __attribute__((target(TARGET))) static void NAME(int64_t M, int64_t N, int64_t K, float alpha, const T *A, int64_t lda, \
                                               const T *B, int64_t ldb, float beta, float *C, int64_t ldc) {          \
-        const int64_t kf = K - K % STEP, Mf = M - M % TILE, groups = (N + TILE - 1) / TILE;                         \
+        const int64_t kf = K - K % STEP, Mf = M - M % TILE, groups = (N + TW - 1) / TW;                             \
         const int64_t block = rows_per_block(K, sizeof(T));                                                         \
         const MASK tail = (MASK)((1ull << (K % STEP)) - 1u);                                                        \
         _Pragma("omp parallel") {                                                                                   \
@@ -87,51 +110,52 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
             for (int64_t b0 = 0; b0 < M; b0 += block) {                                                             \
                 const int64_t b1 = M - b0 < block ? M : b0 + block;                                                \
                 for (int64_t g = g_lo; g < g_hi; g++) {                                                             \
-                    const int64_t j0 = g * TILE;                                                                    \
-                    const char *wr[TILE];                                                                           \
-                    weight_rows(B, ldb, sizeof(T), j0, N, wr);                                                      \
-                    const T *w[TILE] = {(const T *)wr[0], (const T *)wr[1], (const T *)wr[2], (const T *)wr[3]};    \
-                    const char *next[TILE]; /* the next group's rows (the last group: its own) */                   \
-                    weight_rows(B, ldb, sizeof(T), j0 + TILE < N ? j0 + TILE : j0, N, next);                        \
+                    const int64_t j0 = g * TW;                                                                      \
+                    const char *wr[TW];                                                                             \
+                    weight_rows(B, ldb, sizeof(T), j0, N, TW, wr);                                                  \
+                    const T *w[TW];                                                                                 \
+                    _Pragma("GCC unroll 8") for (int t = 0; t < TW; t++) w[t] = (const T *)wr[t];                   \
+                    const char *next[TW]; /* the next group's rows (the last group: its own) */                     \
+                    weight_rows(B, ldb, sizeof(T), j0 + TW < N ? j0 + TW : j0, N, TW, next);                        \
                     for (int64_t i0 = b0; i0 < b1; i0 += i0 + TILE <= Mf ? TILE : 1) {                              \
                         const int rows = i0 + TILE <= Mf ? TILE : 1; /* a tile, or one of the last rows */          \
                         const T *a[TILE];                                                                           \
                         for (int s = 0; s < TILE; s++) a[s] = A + (i0 + (s < rows ? s : 0)) * lda;                  \
-                        __m512 acc[TILE * TILE];                                                                    \
-                        _Pragma("GCC unroll 16") for (int u = 0; u < TILE * TILE; u++) acc[u] = _mm512_setzero_ps(); \
+                        __m512 acc[32]; /* [s * TW + t], the rest zeros for the sums */                             \
+                        _Pragma("GCC unroll 32") for (int u = 0; u < 32; u++) acc[u] = _mm512_setzero_ps();         \
                         if (rows == TILE) {                                                                         \
                             for (int64_t k = 0; k < kf; k += STEP) {                                                \
                                 if (i0 == b0) PREFETCH_ROWS(next, k * (int64_t)sizeof(T));                         \
-                                VEC wv[TILE], av[TILE];                                                             \
-                                _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++) {                            \
-                                    wv[t] = LOAD(w[t] + k);                                                         \
-                                    __asm__("" : "+v"(wv[t]));                                                      \
-                                }                                                                                   \
+                                VEC av[TILE];                                                                       \
                                 _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++) {                            \
                                     av[s] = LOAD(a[s] + k);                                                         \
                                     __asm__("" : "+v"(av[s]));                                                      \
                                 }                                                                                   \
-                                _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++)                              \
-                                    _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++)                          \
-                                        acc[s * TILE + t] = MADD(acc[s * TILE + t], av[s], wv[t]);                  \
+                                _Pragma("GCC unroll 8") for (int t = 0; t < TW; t++) {                              \
+                                    VEC wv = LOAD(w[t] + k);                                                        \
+                                    __asm__("" : "+v"(wv));                                                         \
+                                    _Pragma("GCC unroll 4") for (int s = 0; s < TILE; s++)                          \
+                                        acc[s * TW + t] = MADD(acc[s * TW + t], av[s], wv);                         \
+                                }                                                                                   \
                             }                                                                                       \
                         } else {                                                                                    \
                             for (int64_t k = 0; k < kf; k += STEP) {                                                \
                                 const VEC av = LOAD(a[0] + k);                                                      \
-                                _Pragma("GCC unroll 4") for (int t = 0; t < TILE; t++)                              \
+                                _Pragma("GCC unroll 8") for (int t = 0; t < TW; t++)                                \
                                     acc[t] = MADD(acc[t], av, LOAD(w[t] + k));                                      \
                             }                                                                                       \
                         }                                                                                           \
                         if (tail) { /* the last K % STEP columns, masked */                                         \
                             for (int s = 0; s < rows; s++) {                                                        \
                                 const VEC av = MLOAD(tail, a[s] + kf);                                              \
-                                for (int t = 0; t < TILE; t++)                                                      \
-                                    acc[s * TILE + t] = MADD(acc[s * TILE + t], av, MLOAD(tail, w[t] + kf));        \
+                                for (int t = 0; t < TW; t++)                                                        \
+                                    acc[s * TW + t] = MADD(acc[s * TW + t], av, MLOAD(tail, w[t] + kf));            \
                             }                                                                                       \
                         }                                                                                           \
-                        float sum[TILE][TILE]; /* rows past `rows` summed from zeros, not stored */                 \
-                        _mm512_storeu_ps(&sum[0][0], loom_cpu_sum16(acc));                                          \
-                        tile_store(sum, rows, i0, j0, N, alpha, beta, C, ldc);                                      \
+                        float sum[32]; /* rows past `rows` summed from zeros, not stored */                         \
+                        _mm512_storeu_ps(sum, loom_cpu_sum16(acc));                                                 \
+                        if (rows * TW > 16) _mm512_storeu_ps(sum + 16, loom_cpu_sum16(acc + 16));                   \
+                        tile_store16(sum, rows, i0, j0, N, alpha, beta, C, ldc);                                    \
                     }                                                                                               \
                 }                                                                                                   \
             }                                                                                                       \
@@ -167,7 +191,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
         const int64_t kf = K - K % 8, Mf = M - M % AVX2_ROWS;                                                       \
         _Pragma("omp parallel for schedule(static)") for (int64_t j0 = 0; j0 < N; j0 += TILE) {                     \
             const char *wr[TILE];                                                                                   \
-            weight_rows(B, ldb, sizeof(T), j0, N, wr);                                                              \
+            weight_rows(B, ldb, sizeof(T), j0, N, TILE, wr);                                                        \
             const T *w[TILE] = {(const T *)wr[0], (const T *)wr[1], (const T *)wr[2], (const T *)wr[3]};            \
             for (int64_t i0 = 0; i0 < M; i0 += i0 < Mf ? AVX2_ROWS : 1) {                                           \
                 const int rows = i0 < Mf ? AVX2_ROWS : 1;                                                           \
@@ -197,14 +221,14 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
                             acc[0][t] = _mm256_fmadd_ps(av, LOADW(w[t] + k), acc[0][t]);                            \
                     }                                                                                               \
                 }                                                                                                   \
-                float sum[TILE][TILE];                                                                              \
+                float sum[AVX2_ROWS * TILE];                                                                        \
                 for (int s = 0; s < rows; s++)                                                                      \
                     for (int t = 0; t < TILE; t++) {                                                                \
                         float tail = 0.0f; /* the last K % 8 columns */                                             \
                         for (int64_t k = kf; k < K; k++) tail += a[s][k] * WVALUE(w[t][k]);                         \
-                        sum[s][t] = hsum256(acc[s][t]) + tail;                                                      \
+                        sum[s * TILE + t] = hsum256(acc[s][t]) + tail;                                              \
                     }                                                                                               \
-                tile_store(sum, rows, i0, j0, N, alpha, beta, C, ldc);                                              \
+                tile_store(sum, TILE, rows, i0, j0, N, alpha, beta, C, ldc);                                        \
             }                                                                                                       \
         }                                                                                                           \
     }
