@@ -26,7 +26,7 @@ a chunked body; clients hanging up mid-request; 413 for an oversized body; SIGTE
 Second server (--api-key-file, --model-name, --chat-template chatml, --max-seqs 1 --max-queue 1): its key and
 name, the chatml prompt, 503 when the queue is full, SIGINT with a stream in flight -> exit 0. Recompute (each
 cache dtype): generation resumed from a prompt and its first k greedy tokens continues the uninterrupted run, as a
-preempted sequence must. Small-pool server (40 blocks, no --api-key): no key needed; the 16-request burst preempts
+preempted sequence must. Small-pool server (16 blocks, no --api-key): no key needed; the 16-request burst preempts
 sequences and every text is still the solo one. bf16 batch-invariant server (--precision bf16 --kv-dtype bf16
 --batch-invariant): the weights held in bf16 only (the figure loom generate and the server print); the burst,
 with preemption, each text loom generate --batch-invariant's. Byte-tokenizer server: arbitrary
@@ -792,12 +792,13 @@ def check_second_server(ckpt, w):
 
 
 def check_small_pool(ckpt, tok):
-    """A key/value pool too small for 16 sequences (about 40 blocks) and no API key: the burst preempts sequences
-    and recomputes them, and every text is still the solo one."""
-    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "2560K"],
+    """A key/value pool too small for 16 sequences (16 blocks: one context, the least a server takes, so the burst
+    runs it short however fast the server steps) and no API key: the burst preempts sequences and recomputes them,
+    and every text is still the solo one."""
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "1024K"],
                  "small-pool server", key=None)
     try:
-        if not check(srv.wait_listening(), "small-pool server (--kv-memory 2560K, no --api-key) starts", srv.tail()):
+        if not check(srv.wait_listening(), "small-pool server (--kv-memory 1024K, no --api-key) starts", srv.tail()):
             return
         blocks = [re.search(r"= (\d+) blocks", l) for l in srv.log]
         print("info small-pool server: " + next((l for l in srv.log if " blocks " in l), "(no pool line)"))
@@ -812,18 +813,18 @@ def check_small_pool(ckpt, tok):
 
 
 def check_kv_bf16(ckpt, tok):
-    """--kv-dtype bf16: the same pool memory as the small-pool server's holds twice the blocks (half of 2560K
-    gives its 40), and the burst's greedy texts equal the solo runs of `loom generate --kv-dtype bf16` (against
+    """--kv-dtype bf16: the same pool memory as the small-pool server's holds twice the blocks (half of 1024K
+    gives its 16), and the burst's greedy texts equal the solo runs of `loom generate --kv-dtype bf16` (against
     the fp32-cache runs they would rest on this model's logit margins being wider than bf16's rounding of the
     keys and values: one flipped token in some runs)."""
-    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "1280K",
+    srv = Server(["--ckpt", ckpt, "--port", "0", "--host", "127.0.0.1", "--threads", THREADS, "--kv-memory", "512K",
                   "--kv-dtype", "bf16"], "bf16-cache server", key=None)
     try:
-        if not check(srv.wait_listening(), "bf16-cache server (--kv-dtype bf16 --kv-memory 1280K) starts", srv.tail()):
+        if not check(srv.wait_listening(), "bf16-cache server (--kv-dtype bf16 --kv-memory 512K) starts", srv.tail()):
             return
         line = next((l for l in srv.log if " blocks " in l), "")
         m = re.search(r"= (\d+) blocks of 16 positions in bf16", line)
-        check(m is not None and int(m.group(1)) == 40, "--kv-dtype bf16: 1280K hold 40 blocks of 16 positions in bf16",
+        check(m is not None and int(m.group(1)) == 16, "--kv-dtype bf16: 512K hold 16 blocks of 16 positions in bf16",
               line)
         check_burst(srv, ckpt, tok, "bf16 cache", preemption=True, kv_dtype="bf16")
         rc, dt = srv.stop(signal.SIGTERM)
