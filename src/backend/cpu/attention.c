@@ -899,13 +899,37 @@ static loom_status decode_call_init(decode_call *c, const loom_attention_decode_
     return LOOM_OK;
 }
 
+/* Decoding (one row): the keys and values a call's item reads, its first positions' up to DECODE_AHEAD bytes of
+ * each, fetched while the item before it runs. A kv head's rows are a slice of each cached row, and a short
+ * context's item is over before the hardware has fetched far into it: each of its blocks was a wait on memory.
+ * The next item's addresses are known, so they go ahead of it (only a hint: no sum changes). 64 sequences of
+ * one row over 80 positions, 12 layers of GPT-2 124M's cache from memory, 2 threads, Zen 5, ms a step: fp32
+ * 14.3-15.1 -> 12.9-13.6, bf16 14.8-15.5 -> 10.4-10.8; 16 over 80, bf16: 3.1-3.5 -> 2.2-2.5; 16 over 256, bf16:
+ * 11.6-11.7 -> 9.9-10.1; one over 2048 (past DECODE_AHEAD, the hardware's stream): unchanged. */
+#define DECODE_AHEAD (32 * 1024)
+/* always inlined: GCC takes a function of prefetches alone for one without effects and drops its calls */
+static inline __attribute__((always_inline)) void decode_prefetch_item(const decode_call *c, int64_t item) {
+    if (!c || c->rows != 1) return;
+    const int64_t g = c->heads_together ? item / c->hsets : item / c->sets / c->group;
+    const int64_t hd = c->a->hd, el = c->d.k16 ? 2 : 4, bytes = hd * el, kvo = g * hd;
+    const int64_t n = c->a->n < DECODE_AHEAD / bytes ? c->a->n : DECODE_AHEAD / bytes;
+    const char *k = c->d.k16 ? (const char *)c->d.k16 : (const char *)c->d.k;
+    const char *v = c->d.v16 ? (const char *)c->d.v16 : (const char *)c->d.v;
+    for (int64_t j = 0; j < n; j++)
+        for (int64_t b = 0; b < bytes; b += 64) {
+            __builtin_prefetch(k + (c->d.off[j] + kvo) * el + b, 0, 3);
+            __builtin_prefetch(v + (c->d.off[j] + kvo) * el + b, 0, 3);
+        }
+}
+
 /* items [lo, hi) of one call, in order, by one thread (scores: DECODE_ROWS rows of at least n floats; copy: the
- * thread's, holding no head of this call yet) */
+ * thread's, holding no head of this call yet; next: the call whose first item this thread runs next, or NULL) */
 static void decode_call_items(const decode_call *c, int64_t lo, int64_t hi, float *scores, int64_t cap,
-                              decode_copy *copy, int *copies) {
+                              decode_copy *copy, int *copies, const decode_call *next) {
     const loom_attention_decode_args *a = c->a;
     const int64_t hd = a->hd, n = a->n, rows = c->rows, group = c->group;
     for (int64_t item = lo; item < hi && c->heads_together; item++) { /* one row: a kv group's heads together */
+        decode_prefetch_item(item + 1 < hi ? c : next, item + 1 < hi ? item + 1 : 0);
         const int64_t g = item / c->hsets, h0 = g * group + item % c->hsets * DECODE_ROWS;
         const int R = (g + 1) * group - h0 < DECODE_ROWS ? (int)((g + 1) * group - h0) : DECODE_ROWS;
         const float *q[DECODE_ROWS];
@@ -919,6 +943,7 @@ static void decode_call_items(const decode_call *c, int64_t lo, int64_t hi, floa
         decode_rows(&c->d, q, R, g * hd, n, 0, s, o);
     }
     for (int64_t item = lo; item < hi && !c->heads_together; item++) {
+        decode_prefetch_item(item + 1 < hi ? c : next, item + 1 < hi ? item + 1 : 0);
         const int64_t h = item / c->sets, r0 = item % c->sets * DECODE_ROWS, kvo = (h / group) * hd;
         const int R = rows - r0 < DECODE_ROWS ? (int)(rows - r0) : DECODE_ROWS;
         const float *q[DECODE_ROWS];
@@ -1006,7 +1031,8 @@ static loom_status decode_calls(const loom_attention_decode_args *calls, int64_t
         for (int64_t i = 0, first = 0; st == LOOM_OK && i < n_calls && first < hi; first += c[i].items, i++) {
             const int64_t a = lo > first ? lo - first : 0, b = hi - first < c[i].items ? hi - first : c[i].items;
             copy.head = -1; /* a head of another call */
-            if (a < b) decode_call_items(&c[i], a, b, scores, cap, &copy, &copies);
+            const decode_call *next = i + 1 < n_calls && hi > first + c[i].items ? &c[i + 1] : NULL;
+            if (a < b) decode_call_items(&c[i], a, b, scores, cap, &copy, &copies, next);
         }
         free(scores);
         free(copy.k);
