@@ -43,11 +43,13 @@ tail -2 "$W/peak" | head -1 | grepq -E '^peak_bf16_gflops=[0-9]+(\.[0-9]+)?$' &&
 "$LOOM" bench gemm --stack --threads 1 --quick > "$W/stack" && tail -1 "$W/stack" | grepq -E '^packed/plain speed [0-9]+\.[0-9]+x$' \
   && ok "bench gemm --stack: $(tail -1 "$W/stack")" || bad "bench gemm --stack: $(tail -3 "$W/stack")"
 # the serving kernels beside their peers (a benchmark: only its form is checked): 8 attention lines, 2 serving
-# steps' batches of them, 12 products, a decoding row's weights against a plain read of them in each precision
+# steps' batches of them, 12 products; from memory against a plain read of the same bytes, a decoding row's
+# weights in each precision and a serving step's attention with each cache type
 "$LOOM" bench decode --threads 1 --quick > "$W/decode" \
   && [ "$(grep -cE '^ +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (f32|bf16) +[0-9.]+ +[0-9.]+' "$W/decode")" = 8 ] \
   && [ "$(grep -cE '^ +(64|512) +[0-9]+ +[0-9]+ +(fp32|bf16) +[0-9.]+ +[0-9.]+ +[0-9.]+x$' "$W/decode")" = 12 ] \
-  && [ "$(grep -cE '^ +(fp32|bf16) +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+x$' "$W/decode")" = 2 ] \
+  && [ "$(grep -cE '^ +(fp32|f32|bf16) +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+x$' "$W/decode")" = 4 ] \
+  && grep -qE '^a serving step.s attention from memory: 64 sequences of 1 row over 80 positions' "$W/decode" \
   && [ "$(grep -cE '^a serving step.s attention, 16 sequences .*: one by one [0-9.]+ ms, one batch [0-9.]+ ms \([0-9.]+x\)$' "$W/decode")" = 2 ] \
   && ok "bench decode: $(grep -E '^ +512 +512 +12 +12  f32' "$W/decode" | tr -s ' ')" || bad "bench decode: $(tail -5 "$W/decode")"
 # MFU in each precision against that precision's cached peak: a cache with peaks far from 2:1 (as on AMX),

@@ -12,9 +12,11 @@
  * kernel (decoding's up to 32 rows, and every M with --batch-invariant) beside the library GEMM (OpenBLAS for
  * fp32, oneDNN for bf16) at M 64 and 512.
  *
- * Last, one decoding row through 12 layers of those weights (what `loom generate` multiplies per token, less the
- * head), in memory reserved as the model's is (huge pages) and past any cache: GB/s of weights read, beside a
- * plain read of the same bytes, the memory's rate that bounds decoding (its roofline). */
+ * Last, from memory, beside a plain read of the same bytes (the memory's rate, the roofline), in memory reserved
+ * as the model's and the server's pool are (huge pages) and past any cache: one decoding row through 12 layers
+ * of those weights (what `loom generate` multiplies per token, less the head), GB/s of weights read; and a
+ * serving step's attention, 64 sequences decoding a row over 80 positions each, through 12 layers of a paged
+ * pool laid out as loom serve's (blocks of 16 positions, scattered), GB/s of keys and values read. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,6 +296,87 @@ static int bench_decode_row(loom_backend *be, int reps) {
     return rc;
 }
 
+/* a serving step's attention from memory: every layer's batch of decode calls in turn */
+typedef struct {
+    const loom_attention_decode_args *calls; /* [layers][seqs] */
+    int64_t layers, seqs;
+} step_attention;
+
+static loom_status call_step_attention(loom_backend *be, const void *args) {
+    const step_attention *a = args;
+    for (int64_t l = 0; l < a->layers; l++)
+        LOOM_CALL(loom_k_attention_decode_batch(be, &(loom_attention_decode_batch_args){a->calls + l * a->seqs,
+                                                                                         a->seqs}));
+    return LOOM_OK;
+}
+
+#define STEP_SEQS 64
+#define STEP_POSITIONS 80
+#define STEP_BLOCK 16
+static int bench_step_attention(loom_backend *be, int reps) {
+    const int64_t H = 12, hd = 64, kvw2 = 2 * H * hd, L = ROW_LAYERS, per_seq = STEP_POSITIONS / STEP_BLOCK;
+    const int64_t n_blocks = STEP_SEQS * per_seq, layer = n_blocks * STEP_BLOCK * kvw2; /* elements */
+    const size_t bytes = (size_t)(L * layer) * sizeof(float);
+    void *pool = NULL;
+    float *q = malloc((size_t)(STEP_SEQS * H * hd) * sizeof(float));
+    float *out = malloc((size_t)(STEP_SEQS * H * hd) * sizeof(float));
+    int32_t *tables = malloc((size_t)n_blocks * sizeof(int32_t));
+    loom_attention_decode_args *calls = malloc((size_t)(L * STEP_SEQS) * sizeof *calls);
+    if (!q || !out || !tables || !calls || loom_buf_reserve(be, bytes, &pool) != LOOM_OK) {
+        free(q), free(out), free(tables), free(calls);
+        fprintf(stderr, "loom bench decode: out of memory\n");
+        return 1;
+    }
+    loom_buf_populate(be, pool, bytes);
+    fill(q, STEP_SEQS * H * hd, 29);
+    fill(pool, L * layer, 31); /* fp32, then rounded in place to bf16 (the first half of the bytes) */
+    loom_rng rng;
+    loom_rng_seed(&rng, 37);
+    for (int64_t b = 0; b < n_blocks; b++) tables[b] = (int32_t)b; /* a shuffle: a server's blocks are scattered */
+    for (int64_t b = n_blocks - 1; b > 0; b--) {
+        const int64_t o = (int64_t)loom_rng_below(&rng, (uint64_t)(b + 1));
+        const int32_t t = tables[b];
+        tables[b] = tables[o], tables[o] = t;
+    }
+    printf("a serving step's attention from memory: %d sequences of 1 row over %d positions, %lld layers of a "
+           "paged pool (blocks of %d, scattered): medians of %d\n", STEP_SEQS, STEP_POSITIONS, (long long)L,
+           STEP_BLOCK, reps);
+    printf("  %-5s %9s %9s %12s %7s\n", "cache", "ms", "GB/s", "read GB/s", "ratio");
+    int rc = 0;
+    for (int bf16 = 0; bf16 < 2 && !rc; bf16++) {
+        const size_t el = bf16 ? sizeof(uint16_t) : sizeof(float), read = (size_t)(L * layer) * el;
+        for (int64_t i = 0; bf16 && i < L * layer; i++) { /* in place, ascending: value i lands on the float i / 2 */
+            float x;
+            memcpy(&x, (const char *)pool + i * (int64_t)sizeof x, sizeof x);
+            const uint16_t h = loom_f32_to_bf16(x);
+            memcpy((char *)pool + i * (int64_t)sizeof h, &h, sizeof h);
+        }
+        for (int64_t l = 0; l < L; l++)
+            for (int64_t i = 0; i < STEP_SEQS; i++) {
+                loom_attention_decode_args *c = &calls[l * STEP_SEQS + i];
+                *c = (loom_attention_decode_args){.out = out + i * H * hd, .q = q + i * H * hd, .ld = kvw2,
+                                                  .n = STEP_POSITIONS, .H = H, .KV = H, .hd = hd,
+                                                  .blocks = tables + i * per_seq, .block_len = STEP_BLOCK,
+                                                  .block_stride = STEP_BLOCK * kvw2};
+                if (bf16) c->k16 = (const uint16_t *)pool + l * layer, c->v16 = c->k16 + H * hd;
+                else c->k = (const float *)pool + l * layer, c->v = c->k + H * hd;
+            }
+        const step_attention sa = {calls, L, STEP_SEQS};
+        const plain_read pr = {pool, read};
+        const double step = median_seconds((bench_call){be, &sa, call_step_attention}, reps);
+        const double rd = median_seconds((bench_call){be, &pr, call_plain_read}, reps);
+        if (step <= 0.0 || rd <= 0.0) {
+            rc = loom_cli_fail("bench decode");
+            break;
+        }
+        printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", bf16 ? "bf16" : "f32", step * 1e3, (double)read / step / 1e9,
+               (double)read / rd / 1e9, rd / step);
+    }
+    loom_buf_unreserve(be, pool, bytes);
+    free(q), free(out), free(tables), free(calls);
+    return rc;
+}
+
 int loom_cmd_bench_decode(int argc, char **argv) {
     int threads = 0, quick = 0;
     for (int i = 2; i < argc; i++) {
@@ -321,6 +404,7 @@ int loom_cmd_bench_decode(int argc, char **argv) {
     if (!rc) rc = bench_attention_batch(lib, reps);
     if (!rc) rc = bench_products(lib, few, reps);
     if (!rc) rc = bench_decode_row(lib, reps);
+    if (!rc) rc = bench_step_attention(lib, reps);
     loom_backend_free(&few);
     loom_backend_free(&lib);
     return rc;
