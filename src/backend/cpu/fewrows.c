@@ -66,13 +66,6 @@ static inline int64_t rows_per_block(int64_t K, size_t size) {
     return b > few ? b : few > TILE ? few : TILE;
 }
 
-/* A block's first tile of input rows reads the group's weight rows from memory, and the tiles after it from
- * cache; while it runs, the next group's rows are fetched in software (the hardware prefetcher, seeing 6
- * short streams, starts too late). Weights in huge pages as the model's, 2 threads, Zen 5, median us: bf16
- * M 8, 2304 x 768, 122 -> 49-60; M 16, 145-160 -> 90-97; fp32 M 16, 285-305 -> 232-272; `loom serve` bf16,
- * 8-32 clients decoding 64 tokens each: +10-11% tokens/s. A lone row (decoding one sequence, the path below
- * the tiles') goes without: there the hardware keeps up, and `loom generate` ran 7% slower with it. Only a
- * hint: no sum changes. */
 /* A tile's outputs a row of TW at a time (sum[s * TW + t]): alpha x + (beta c, or 0), fused */
 __attribute__((target("avx512f"))) static inline void tile_store16(const float *sum, int rows, int64_t i0, int64_t j0,
                                                                    int64_t N, float alpha, float beta, float *C,
@@ -86,6 +79,13 @@ __attribute__((target("avx512f"))) static inline void tile_store16(const float *
     }
 }
 
+/* A block's first tile of input rows reads the group's weight rows from memory, and the tiles after it from
+ * cache; while it runs, the next group's rows are fetched in software (the hardware prefetcher, seeing a few
+ * short streams, starts too late). Weights in huge pages as the model's, 2 threads, Zen 5, median us: bf16
+ * M 8, 2304 x 768, 122 -> 49-60; M 16, 145-160 -> 90-97; fp32 M 16, 285-305 -> 232-272; `loom serve` bf16,
+ * 8-32 clients decoding 64 tokens each: +10-11% tokens/s. A lone row (decoding one sequence, the path below
+ * the tiles') goes without: there the hardware keeps up, and `loom generate` ran 7% slower with it. Only a
+ * hint: no sum changes. */
 #define PREFETCH_ROWS(rows, at)                                                                                        \
     _Pragma("GCC unroll 8") for (int t = 0; t < TW; t++) _mm_prefetch((rows)[t] + (at), _MM_HINT_T0)
 
