@@ -255,6 +255,17 @@ static loom_status call_plain_read(loom_backend *be, const void *args) {
     return LOOM_OK;
 }
 
+/* c's median beside a plain read of the n bytes at p it reads: a row of ms, GB/s, the read's GB/s, their ratio */
+static int roofline_row(loom_backend *be, bench_call c, const void *p, size_t n, const char *label, int reps) {
+    const plain_read pr = {p, n};
+    const double sec = median_seconds(c, reps);
+    const double rd = median_seconds((bench_call){be, &pr, call_plain_read}, reps);
+    if (sec <= 0.0 || rd <= 0.0) return loom_cli_fail("bench decode");
+    printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", label, sec * 1e3, (double)n / sec / 1e9, (double)n / rd / 1e9,
+           rd / sec);
+    return 0;
+}
+
 static int bench_decode_row(loom_backend *be, int reps) {
     const int64_t per_layer = 2304 * 768 + 768 * 768 + 3072 * 768 + 768 * 3072, n = ROW_LAYERS * per_layer;
     const size_t bytes = (size_t)n * sizeof(float);
@@ -281,15 +292,7 @@ static int bench_decode_row(loom_backend *be, int reps) {
         const size_t wb = bf16 ? bytes / 2 : bytes;
         const void *wt = bf16 ? (const void *)w16 : (const void *)w32, *xt = bf16 ? (const void *)x16 : (const void *)x;
         const row_pass rp = {bf16, wt, xt, y};
-        const plain_read pr = {wt, wb};
-        const double row = median_seconds((bench_call){be, &rp, call_row_pass}, reps);
-        const double rd = median_seconds((bench_call){be, &pr, call_plain_read}, reps);
-        if (row <= 0.0 || rd <= 0.0) {
-            rc = loom_cli_fail("bench decode");
-            break;
-        }
-        printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", bf16 ? "bf16" : "fp32", row * 1e3, (double)wb / row / 1e9,
-               (double)wb / rd / 1e9, rd / row);
+        rc = roofline_row(be, (bench_call){be, &rp, call_row_pass}, wt, wb, bf16 ? "bf16" : "fp32", reps);
     }
     loom_buf_unreserve(be, w, bytes + bytes / 2);
     free(x), free(y), free(x16);
@@ -362,15 +365,7 @@ static int bench_step_attention(loom_backend *be, int reps) {
                 else c->k = (const float *)pool + l * layer, c->v = c->k + H * hd;
             }
         const step_attention sa = {calls, L, STEP_SEQS};
-        const plain_read pr = {pool, read};
-        const double step = median_seconds((bench_call){be, &sa, call_step_attention}, reps);
-        const double rd = median_seconds((bench_call){be, &pr, call_plain_read}, reps);
-        if (step <= 0.0 || rd <= 0.0) {
-            rc = loom_cli_fail("bench decode");
-            break;
-        }
-        printf("  %-5s %9.3f %9.1f %12.1f %6.2fx\n", bf16 ? "bf16" : "f32", step * 1e3, (double)read / step / 1e9,
-               (double)read / rd / 1e9, rd / step);
+        rc = roofline_row(be, (bench_call){be, &sa, call_step_attention}, pool, read, bf16 ? "bf16" : "f32", reps);
     }
     loom_buf_unreserve(be, pool, bytes);
     free(q), free(out), free(tables), free(calls);
