@@ -44,13 +44,13 @@ static inline void weight_rows(const void *B, int64_t ldb, size_t size, int64_t 
     for (int t = 0; t < tw; t++) w[t] = (const char *)B + (size_t)((j0 + t < N ? j0 + t : N - 1) * ldb) * size;
 }
 
-/* sum[s * tw + t]: input row i0 + s against weight row j0 + t */
-static inline void tile_store(const float *sum, int tw, int rows, int64_t i0, int64_t j0, int64_t N, float alpha,
-                              float beta, float *C, int64_t ldc) {
+/* the AVX2 tiles' outputs, sum[s * TILE + t]: input row i0 + s against weight row j0 + t */
+static inline void tile_store(const float *sum, int rows, int64_t i0, int64_t j0, int64_t N, float alpha, float beta,
+                              float *C, int64_t ldc) {
     for (int s = 0; s < rows; s++)
-        for (int t = 0; t < tw && j0 + t < N; t++) {
+        for (int t = 0; t < TILE && j0 + t < N; t++) {
             float *c = C + (i0 + s) * ldc + j0 + t;
-            *c = alpha * sum[s * tw + t] + (beta != 0.0f ? beta * *c : 0.0f);
+            *c = alpha * sum[s * TILE + t] + (beta != 0.0f ? beta * *c : 0.0f);
         }
 }
 
@@ -228,7 +228,7 @@ __attribute__((target("avx2,fma"))) static inline float hsum256(__m256 v) {
                         for (int64_t k = kf; k < K; k++) tail += a[s][k] * WVALUE(w[t][k]);                         \
                         sum[s * TILE + t] = hsum256(acc[s][t]) + tail;                                              \
                     }                                                                                               \
-                tile_store(sum, TILE, rows, i0, j0, N, alpha, beta, C, ldc);                                        \
+                tile_store(sum, rows, i0, j0, N, alpha, beta, C, ldc);                                              \
             }                                                                                                       \
         }                                                                                                           \
     }
