@@ -193,6 +193,10 @@ static inline int64_t loom_model_head_piece(int64_t N, int in_pieces) {
  * training stores some activations in bf16). */
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel, loom_precision precision);
+/* Bytes loom_model_reserve_slots keeps as workspace for a micro-batch of `tokens` tokens: its tokens and
+ * targets where the kernels read them (with tensor parallelism, also the loss's per-row statistics). The
+ * memory manager's working set and the planner's workspace count them. */
+int64_t loom_model_token_workspace(const loom_model *m, int64_t tokens);
 /* The pipeline axis given at init (borrowed; NULL without pipeline parallelism). */
 loom_comm *loom_model_parts_comm(const loom_model *m);
 /* Activations for `slots` micro-batches in flight (pipeline schedules); loom_model_reserve is one slot. */

@@ -72,6 +72,8 @@ typedef struct {
      * holds the rank's optimizer moments (stages 0-2) or its whole shard (stage 3; one rank alone always
      * runs as stage 3, its shard being everything), pinning in RAM what the budget allows. */
     int64_t mem_budget;          /* bytes; 0: no budget */
+    int64_t tokens;              /* a micro-batch's tokens on this rank: the model's token buffers are part of
+                                    the working set the budget leaves free (loom_model_token_workspace) */
     int offload;                 /* 1: offload what the budget cannot hold; 0: exceeding it is an error */
     int64_t mem_chunk;           /* bytes per chunk (0: 16 MiB) */
     const char *offload_dir;     /* scratch files (NULL: the working directory) */
@@ -142,9 +144,16 @@ loom_offload *loom_zero_offload(loom_zero *z);
 /* Floats [lo, hi) of this rank's slice (positions relative to its begin) of buffer `which` (as
  * loom_zero_slice_ptr), from RAM or the store: checkpoints of offloaded state. */
 LOOM_NODISCARD loom_status loom_zero_read_slice(loom_zero *z, int which, int64_t lo, int64_t hi, float *dst);
-/* Bytes of this rank's parameters, gradients and optimizer state with everything in RAM at `stage`
- * (n floats, slice floats, state buffers): what a budget is compared with. */
-int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state);
+/* This rank's bytes by memory category (params, grads, optim and workspace: what a budget covers; acts are
+ * left as they are) at `stage` over N ranks, a slice of `slice` floats and n_state optimizer buffers: the
+ * stage's slices and whole buffers, the weights' low-precision copy (whole below stage 3, a unit at a time in
+ * the unit workspace at stage 3), units resident at once and the reduce-scatter results at stages 2-3, the
+ * node-shared flag pages, the model's token buffers. managed: the memory manager holds the optimizer state
+ * (at stage 3 also the parameters and gradients, with one unit's reduce-scatter part of rs_unit floats over
+ * N > 1), whose pinned chunks its placement adds. Everything in RAM (managed 0): what a budget is compared
+ * with; the planner predicts a run's peaks from it. */
+void loom_zero_ram_bytes(const loom_model *layout, const loom_zero_options *zo, int stage, int N, int64_t slice,
+                         int n_state, int managed, int64_t rs_unit, int64_t bytes[LOOM_MEM_N_CATEGORIES]);
 /* The node-shared transport's flag pages per rank (workspace) for a model of n_units units. */
 int64_t loom_zero_shm_flags_bytes(int n_units);
 

@@ -775,6 +775,10 @@ static arena_plan plan_arena(const loom_model *m, int64_t B, int64_t T, loom_rec
     return p;
 }
 
+int64_t loom_model_token_workspace(const loom_model *m, int64_t tokens) {
+    return tokens * (int64_t)(2 * sizeof(int32_t) + (m->tp_size > 1 ? 3 * sizeof(float) : 0));
+}
+
 int64_t loom_model_activation_bytes(const loom_model *m, int64_t B, int64_t T, loom_recompute rc, int slots, int sp,
                                     int tp_seq_parallel, loom_precision precision) {
     const int tp_sp = tp_seq_parallel && m->tp_size > 1;

@@ -452,8 +452,25 @@ static loom_status shm_setup(loom_zero *z) {
     return LOOM_OK;
 }
 
-int64_t loom_zero_state_bytes(int stage, int64_t n, int64_t slice, int n_state) {
-    return 4 * ((stage >= 3 ? slice : n) + (stage >= 2 ? slice : n) + (int64_t)n_state * (stage >= 1 ? slice : n));
+void loom_zero_ram_bytes(const loom_model *lay, const loom_zero_options *zo, int stage, int N, int64_t slice,
+                         int n_state, int managed, int64_t rs_unit, int64_t bytes[LOOM_MEM_N_CATEGORIES]) {
+    const int64_t n = loom_model_buffer_size(lay);
+    const int held = managed && stage >= 3; /* the store holds the parameters and gradients too */
+    /* bytes per element of the whole low-precision copy below stage 3 (fp16's values are held as fp32) */
+    const int64_t lowp = zo->precision == LOOM_PRECISION_BF16 ? 2 : zo->precision == LOOM_PRECISION_FP16 ? 4 : 0;
+    bytes[LOOM_MEM_PARAMS] = (held ? 0 : 4 * (stage >= 3 ? slice : n)) + (stage < 3 ? lowp * n : 0);
+    bytes[LOOM_MEM_GRADS] = held ? 0 : 4 * (stage >= 2 ? slice : n);
+    bytes[LOOM_MEM_OPTIM] = managed ? 0 : 4 * (int64_t)n_state * (stage >= 1 ? slice : n);
+    int64_t ws = loom_zero_unit_workspace(lay, stage, zo->precision) + loom_model_token_workspace(lay, zo->tokens);
+    if (N > 1 && stage <= 1 && zo->transport != LOOM_DP_MPI && !managed)
+        ws += loom_zero_shm_flags_bytes(loom_model_num_units(lay));
+    if (stage >= 2 && !held) ws += 4 * slice;
+    if (held && N > 1) ws += 4 * (rs_unit + 1);
+    bytes[LOOM_MEM_WORKSPACE] = ws;
+}
+
+static int64_t budgeted(const int64_t bytes[LOOM_MEM_N_CATEGORIES]) {
+    return bytes[LOOM_MEM_PARAMS] + bytes[LOOM_MEM_GRADS] + bytes[LOOM_MEM_OPTIM] + bytes[LOOM_MEM_WORKSPACE];
 }
 
 static void layout_units(const loom_model *m, int64_t *first, int64_t *last, int64_t *block) {
@@ -493,11 +510,14 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     const int64_t n = loom_model_buffer_size(lay), S = (n + N - 1) / N;
     const int64_t lo = min64((int64_t)rank * S, n), hi = min64(lo + S, n);
     const int n_state = oc->kind == LOOM_OPTIM_ADAMW || oc->kind == LOOM_OPTIM_LAMB ? 2 : 1;
-    const int64_t need = loom_zero_state_bytes(b->stage, n, S, n_state);
+    int64_t ram[LOOM_MEM_N_CATEGORIES] = {0};
+    loom_zero_ram_bytes(lay, zo, b->stage, N, S, n_state, 0, 0, ram);
+    const int64_t need = budgeted(ram);
     if (need <= zo->mem_budget) return LOOM_OK;
     LOOM_CHECK(zo->offload, LOOM_ERR_CONFIG,
-               "this rank's parameters, gradients and optimizer state need %.1f MiB at ZeRO-%d, above the memory "
-               "budget of %.1f MiB (train.offload=1 lets the memory manager keep what does not fit in files)",
+               "this rank's parameters, gradients, optimizer state and their workspace need %.1f MiB at ZeRO-%d, "
+               "above the memory budget of %.1f MiB (train.offload=1 lets the memory manager keep what does not "
+               "fit in files)",
                need / 1048576.0, b->stage, zo->mem_budget / 1048576.0);
     if (N == 1 && b->stage < 3) b->stage = 3;
     b->chunk_bytes = zo->mem_chunk > 0 ? zo->mem_chunk : (int64_t)16 << 20;
@@ -506,17 +526,15 @@ loom_status loom_zero_plan_budget(const loom_model *lay, const loom_optim_config
     b->store_floats = b->stage == 0 ? n : hi - lo;
     for (int s = 0; s < LOOM_OFF_N_STREAMS; s++)
         if (b->mask & (1 << s)) b->staging_bytes += 2 * b->chunk_bytes;
-    b->working_set = b->staging_bytes + loom_zero_unit_workspace(lay, b->stage, zo->precision);
-    if (b->stage >= 3 && N > 1) {
+    if (b->stage >= 3 && N > 1)
         for (int u = 0; u < loom_model_num_units(lay); u++) {
             int64_t a, e;
             loom_model_unit_range(lay, u, &a, &e);
             b->rs_unit_floats = max64(b->rs_unit_floats, min64(e, hi) - max64(a, lo));
         }
-        b->working_set += 4 * (b->rs_unit_floats + 1);
-    } else if (b->stage < 3) { /* what stays in RAM: parameters, gradients (and their reduce-scatter results) */
-        b->working_set += loom_zero_state_bytes(b->stage, n, S, 0) + (b->stage == 2 ? 4 * S : 0);
-    }
+    /* what stays in RAM beside the store: below stage 3 the parameters and gradients; units resident at once */
+    loom_zero_ram_bytes(lay, zo, b->stage, N, S, n_state, 1, b->rs_unit_floats, ram);
+    b->working_set = b->staging_bytes + budgeted(ram);
     const loom_offload_options oo = {zo->mem_budget, b->chunk_bytes, NULL, NULL, NULL};
     if (zo->mem_budget >= b->working_set)
         loom_offload_plan_pins(&oo, b->store_floats, b->mask, loom_offload_default_cost, b->working_set, b->pinned,

@@ -99,6 +99,8 @@ static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, in
     memset(&zo, 0, sizeof zo);
     zo.stage = (int)t->zero;
     zo.mem_budget = t->mem_budget;
+    zo.tokens = B * T;
+    zo.transport = (loom_dp_transport)t->dp_transport;
     zo.offload = t->offload;
     zo.mem_chunk = t->mem_chunk;
     zo.precision = (loom_precision)t->precision; /* stage 3's low-precision copy is part of the working set */
@@ -138,23 +140,12 @@ static loom_status predict_rank(const loom_run_config *rc, loom_mesh_shape s, in
             return st;
         }
     }
-    p->bytes[LOOM_MEM_PARAMS] = off_pg ? zb.pinned[LOOM_OFF_PARAMS] : 4 * (stage >= 3 ? slice : n);
-    p->bytes[LOOM_MEM_GRADS] = off_pg ? zb.pinned[LOOM_OFF_GRADS] : 4 * (stage >= 2 ? slice : n);
-    p->bytes[LOOM_MEM_OPTIM] = zb.mask ? zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V]
-                                       : 4 * (int64_t)states * (stage >= 1 ? slice : n);
-    /* the weights' low-precision copy: whole below stage 3, a unit at a time (workspace, below) at stage 3 */
-    if (t->precision == LOOM_PRECISION_BF16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 2 * n;
-    if (t->precision == LOOM_PRECISION_FP16 && stage < 3) p->bytes[LOOM_MEM_PARAMS] += 4 * n; /* fp32-held */
-    int64_t ws = 0;
-    if (red > 1 && stage <= 1 && t->dp_transport != LOOM_DP_MPI && !zb.mask) /* node-shared flags page(s) */
-        ws += loom_zero_shm_flags_bytes(loom_model_num_units(m));
-    /* stages 2-3: whole units resident at once; the reduce-scatter results (a slice, or offloaded one unit's
-     * part); the memory manager's update staging */
-    ws += loom_zero_unit_workspace(m, stage, t->precision);
-    if (stage >= 2 && !off_pg) ws += 4 * slice;
-    if (off_pg && red > 1) ws += 4 * (zb.rs_unit_floats + 1);
-    ws += zb.staging_bytes;
-    p->bytes[LOOM_MEM_WORKSPACE] = ws;
+    /* what stays in RAM (zero.c's own accounting), the chunks the memory manager pins, its update staging */
+    loom_zero_ram_bytes(m, &zo, stage, red, slice, states, zb.mask != 0, zb.rs_unit_floats, p->bytes);
+    if (off_pg) p->bytes[LOOM_MEM_PARAMS] += zb.pinned[LOOM_OFF_PARAMS];
+    if (off_pg) p->bytes[LOOM_MEM_GRADS] += zb.pinned[LOOM_OFF_GRADS];
+    p->bytes[LOOM_MEM_OPTIM] += zb.pinned[LOOM_OFF_M] + zb.pinned[LOOM_OFF_V];
+    p->bytes[LOOM_MEM_WORKSPACE] += zb.staging_bytes;
     p->bytes[LOOM_MEM_ACTS] =
         loom_model_activation_bytes(m, B, T, t->recompute, slots, s.sp, t->tp_seq_parallel && s.tp > 1,
                                     (loom_precision)t->precision);

@@ -110,7 +110,7 @@ static const option options[] = {
     {"train.loss_scale_window", OPT_INT, T(loss_scale_window), 0, NULL, "fp16: good steps in a row after which the loss scale doubles"},
     {"train.pp_schedule", OPT_ENUM, T(pp_schedule), 0, pp_choices, "pipeline schedule (mesh pp > 1): 1f1b or interleaved (virtual stages)"},
     {"train.pp_virtual", OPT_INT, T(pp_virtual), 0, NULL, "interleaved schedule: chunks per pipeline rank"},
-    {"train.mem_budget", OPT_BYTES, T(mem_budget), 0, NULL, "RAM for this rank's parameters, gradients and optimizer state, e.g. 2G (0 = no budget) (--mem-budget)"},
+    {"train.mem_budget", OPT_BYTES, T(mem_budget), 0, NULL, "RAM for this rank's parameters, gradients, optimizer state and their workspace (all but activations), e.g. 2G (0 = no budget) (--mem-budget)"},
     {"train.offload", OPT_BOOL, T(offload), 0, NULL, "let the memory manager keep what the budget cannot hold in files (0: over budget is an error)"},
     {"train.mem_chunk", OPT_BYTES, T(mem_chunk), 0, NULL, "memory manager chunk, the unit of placement and transfer"},
     {"train.offload_dir", OPT_STRING, T(offload_dir), S(offload_dir), NULL, "directory of the memory manager's scratch files (default: --out)"},

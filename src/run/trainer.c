@@ -307,6 +307,7 @@ static loom_status setup_model(loom_trainer *tr) {
                                   .tp = tr->mesh.tp, .part = tr->pp > 1 ? &tr->part : NULL, .sp = tr->mesh.sp,
                                   .parts = tr->pp > 1 ? tr->mesh.pp : NULL, .tp_seq_parallel = t->tp_seq_parallel,
                                   .precision = (loom_precision)t->precision, .mem_budget = t->mem_budget,
+                                  .tokens = tr->local_batch * tr->T_local,
                                   .offload = t->offload, .mem_chunk = t->mem_chunk, .offload_dir = off_dir,
                                   .mem_trace = tr->mem_trace, .lora = lora};
     LOOM_CALL(loom_zero_init(&tr->model_cfg, &rc->optim, &zo, tr->red, tr->be, &tr->mem, &tr->zero));
