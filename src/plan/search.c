@@ -78,7 +78,7 @@ static void consider(search *sr, loom_run_config *rc, const loom_mesh_shape *s, 
         loom_plan_rank pr;
         if (loom_plan_memory_rank(rc, sr->world, 0, &pr) != LOOM_OK) return;
         t->offload = 1;
-        t->mem_budget = sr->limit - pr.bytes[LOOM_MEM_ACTS] - pr.bytes[LOOM_MEM_WORKSPACE];
+        t->mem_budget = sr->limit - pr.bytes[LOOM_MEM_ACTS]; /* the budget covers every other category */
         if (t->mem_budget <= 0) return;
     }
     if (peak_of(rc, sr->world, s, 0, &peak) != LOOM_OK || peak > sr->limit) return; /* cannot run, or too big */
