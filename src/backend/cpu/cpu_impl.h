@@ -87,6 +87,27 @@ static inline float loom_fast_erff(float x) {
     return __builtin_copysignf(y, x);
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+/* loom_fast_expf on 16 lanes, operation for operation (each lane's bits are the scalar's; a NaN stays NaN):
+ * for loops whose remainders are masks rather than scalar tails */
+__attribute__((target("avx512f"))) static inline __m512 loom_cpu_exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_set1_ps(88.3f), _mm512_max_ps(_mm512_set1_ps(-87.3f), x));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(bits));
+}
+#endif
+
 /* fp32 -> bf16, round to nearest even, NaN stays a quiet NaN: the one rounding every bf16 writer here uses, the
  * same as core's loom_f32_to_bf16 but inline, so that the loops writing bf16 vectorise */
 static inline uint16_t loom_cpu_bf16_round(float x) {
