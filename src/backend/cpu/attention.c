@@ -287,7 +287,7 @@ static void tile_product16(int64_t M, int64_t N, int64_t K, const uint16_t *A, i
 /* AVX-512: every pass in 16 lanes, a row's last few under a mask. The compiler's loops ran their tails (up
  * to 15 of a causal row's positions, a different count each row) one by one, the exponential included, and
  * reduced through the stack: the softmax was a third of the bf16 forward at T 1024 (0.21 of 0.64 ms a head,
- * one thread). The sum is 16 lanes over the row in order, then _mm512_reduce_add_ps's tree. */
+ * one thread). */
 static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t rows, float scale, int causal,
                          uint16_t *p16) {
     const __m512 vscale = _mm512_set1_ps(scale);
@@ -302,13 +302,22 @@ static void softmax_rows(float *s, int64_t ld, float *lse, int64_t i0, int64_t r
         const float mx = _mm512_reduce_max_ps(vmax);
         const __m512 vmx = _mm512_set1_ps(mx);
         __m512 vsum = _mm512_setzero_ps();
+        const int64_t whole = n & ~(int64_t)15;
         for (int64_t j = 0; j < n; j += 16) {
             const __mmask16 m = loom_cpu_first_lanes(n - j);
             const __m512 e = loom_cpu_exp16(_mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p + j), vmx), vscale));
             _mm512_mask_storeu_ps(p + j, m, e);
-            vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+            if (j < whole) vsum = _mm512_add_ps(vsum, e);
         }
-        const float sum = _mm512_reduce_add_ps(vsum), inv = 1.0f / sum;
+        /* the sum in the order GCC's vectorised loop had (the portable one below, at -march=native with
+         * AVX-512): 16 lanes over the whole vectors, the tail added one by one into lane 0, then the lanes in
+         * turn. The same bits as before this loop was written by hand: a small model's training
+         * (tests/test_lora_cli.py) takes another path after hundreds of steps when one sum's last bit moves. */
+        float lane[16], sum = 0.0f;
+        _mm512_storeu_ps(lane, vsum);
+        for (int64_t j = whole; j < n; j++) lane[0] += p[j];
+        for (int l = 0; l < 16; l++) sum += lane[l];
+        const float inv = 1.0f / sum;
         lse[r] = mx * scale + logf(sum);
         const __m512 vinv = _mm512_set1_ps(inv);
 #if ATT_BF16
